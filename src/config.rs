@@ -1,0 +1,431 @@
+//! The configuration file: one TOML file, typed, every key documented with its default.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and
+//! every error names the file, the line and the key at fault. [`EXAMPLE`] is the
+//! complete commented file that `carehub config example` prints; a test checks that
+//! it parses to exactly [`Config::default`], so the documentation cannot drift.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sensor::simulator::SimulatorConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub site: SiteConfig,
+    pub sensors: SensorsConfig,
+    pub simulator: SimulatorSection,
+    pub store: StoreConfig,
+    pub web: WebConfig,
+    pub clinical: ClinicalConfig,
+}
+
+/// `[site]`: who this gateway is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// The care home's identifier in uplink topics. Default `"demo-site"`.
+    pub id: String,
+    /// This gateway's identifier (and its certificate's CN). Default `"carehub-gw"`.
+    pub gateway_id: String,
+}
+
+/// Where sensor data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The seeded simulator (demo, tests, benchmarks).
+    Simulator,
+    /// The Bluetooth adapter through BlueZ.
+    Ble,
+}
+
+/// `[sensors]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorsConfig {
+    /// `"simulator"` or `"ble"`. Default `"simulator"`.
+    pub source: SourceKind,
+    /// Frames buffered between the source and the decoder. Default 1024.
+    pub channel_capacity: usize,
+}
+
+/// `[simulator]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorSection {
+    /// Number of simulated residents, 1 to 500. Default 8.
+    pub residents: u16,
+    /// Seed: the same seed gives the same home and the same values. Default 1.
+    pub seed: u64,
+}
+
+/// How hard SQLite syncs to disk on commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit reaches the disk before it is reported: nothing committed is
+    /// lost on a power cut. The default.
+    Full,
+    /// WAL commits may be lost on power cut (never corrupted); fewer fsyncs.
+    Normal,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite database file. Default `"/var/lib/carehub/carehub.db"`.
+    pub path: PathBuf,
+    /// A commit groups at most this many readings. Default 1000.
+    pub commit_max_readings: usize,
+    /// A commit waits at most this long for more readings to group. Default 20.
+    pub commit_max_delay_ms: u64,
+    /// `"full"` or `"normal"`. Default `"full"`.
+    pub synchronous: Synchronous,
+}
+
+/// `[web]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address and port of the staff web page. Default `"127.0.0.1:8080"`.
+    pub listen: SocketAddr,
+}
+
+/// `[clinical]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClinicalConfig {
+    /// A vital sign older than this is shown as stale, never as current. Default 60.
+    pub stale_after_minutes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            site: SiteConfig::default(),
+            sensors: SensorsConfig::default(),
+            simulator: SimulatorSection::default(),
+            store: StoreConfig::default(),
+            web: WebConfig::default(),
+            clinical: ClinicalConfig::default(),
+        }
+    }
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig { id: "demo-site".into(), gateway_id: "carehub-gw".into() }
+    }
+}
+
+impl Default for SensorsConfig {
+    fn default() -> Self {
+        SensorsConfig { source: SourceKind::Simulator, channel_capacity: 1024 }
+    }
+}
+
+impl Default for SimulatorSection {
+    fn default() -> Self {
+        SimulatorSection { residents: 8, seed: 1 }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("/var/lib/carehub/carehub.db"),
+            commit_max_readings: 1000,
+            commit_max_delay_ms: 20,
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+impl Default for ClinicalConfig {
+    fn default() -> Self {
+        ClinicalConfig { stale_after_minutes: 60 }
+    }
+}
+
+impl SimulatorSection {
+    pub fn to_simulator_config(&self) -> SimulatorConfig {
+        SimulatorConfig { residents: self.residents, seed: self.seed }
+    }
+}
+
+/// The complete configuration file with every key, its meaning and its default.
+pub const EXAMPLE: &str = r#"# carehub configuration. Every key is optional; the value shown is the default.
+# Unknown keys are errors. Check a file with: carehub config check PATH
+
+[site]
+# The care home's identifier, used in uplink topics.
+id = "demo-site"
+# This gateway's identifier; also the CN of its client certificate.
+gateway_id = "carehub-gw"
+
+[sensors]
+# Where sensor data comes from: "simulator" (seeded, no hardware) or "ble"
+# (the Bluetooth adapter through BlueZ).
+source = "simulator"
+# Frames buffered between the sensor source and the decoder.
+channel_capacity = 1024
+
+[simulator]
+# Number of simulated residents, 1 to 500. Each has an oximeter, a thermometer,
+# a blood-pressure cuff, a scale and a room sensor; every second one a heart-rate strap.
+residents = 8
+# The same seed gives the same residents, devices and values.
+seed = 1
+
+[store]
+# The SQLite database that buffers every reading.
+path = "/var/lib/carehub/carehub.db"
+# A commit groups at most this many readings...
+commit_max_readings = 1000
+# ...and waits at most this many milliseconds for more to group.
+commit_max_delay_ms = 20
+# "full": a commit is on disk before it is reported (nothing committed is lost on
+# a power cut). "normal": fewer fsyncs; the last commits may be lost on power cut.
+synchronous = "full"
+
+[web]
+# Address and port of the staff web page.
+listen = "127.0.0.1:8080"
+
+[clinical]
+# A vital sign older than this many minutes is shown as stale, never as current.
+stale_after_minutes = 60
+"#;
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; `None` when the fault is not on one line (e.g. an unreadable file).
+    pub line: Option<usize>,
+    /// The dotted key at fault, e.g. `store.commit_max_readings`, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text, Config::default())
+    }
+
+    /// Parses `text` as a file overlaid on `base`: keys the file sets win, the rest
+    /// keep `base`'s values. Then validates the result.
+    pub fn parse(file: &Path, text: &str, base: Config) -> Result<Config, ConfigError> {
+        // Parse the file alone first: every field has a default, so this checks
+        // each key's name and type with the span of the fault.
+        toml::from_str::<Config>(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                key: line.and_then(|l| key_at_line(text, l)),
+                message: e.message().to_owned(),
+            }
+        })?;
+        let overlay: toml::Table = toml::from_str(text).map_err(|e: toml::de::Error| ConfigError {
+            file: file.to_owned(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            key: None,
+            message: e.message().to_owned(),
+        })?;
+        let internal = |e: &dyn fmt::Display| ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: None,
+            message: format!("internal: cannot overlay the file on the defaults: {e}"),
+        };
+        let mut merged = toml::Table::try_from(&base).map_err(|e| internal(&e))?;
+        merge(&mut merged, overlay);
+        let config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| internal(&e))?;
+        config.validate().map_err(|(key, message)| ConfigError {
+            file: file.to_owned(),
+            line: line_of_key(text, key),
+            key: Some(key.to_owned()),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot: ranges and relations between keys.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=500).contains(&self.simulator.residents) {
+            return Err(("simulator.residents", format!("{} is out of range 1 to 500", self.simulator.residents)));
+        }
+        if self.sensors.channel_capacity == 0 {
+            return Err(("sensors.channel_capacity", "must be at least 1".into()));
+        }
+        if self.store.commit_max_readings == 0 {
+            return Err(("store.commit_max_readings", "must be at least 1".into()));
+        }
+        if self.store.commit_max_delay_ms > 10_000 {
+            return Err(("store.commit_max_delay_ms", "must be at most 10000 (10 s)".into()));
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return Err(("store.path", "must not be empty".into()));
+        }
+        if self.clinical.stale_after_minutes == 0 {
+            return Err(("clinical.stale_after_minutes", "must be at least 1".into()));
+        }
+        for (key, value) in [("site.id", &self.site.id), ("site.gateway_id", &self.site.gateway_id)] {
+            if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err((key, format!("{value:?} must be non-empty letters, digits, '-' or '_' (it is used in MQTT topics)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// The dotted key defined on `line`, from the nearest `[table]` header above it.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            table = h.trim().to_owned();
+        }
+        if i + 1 == line {
+            if t.starts_with('[') {
+                return Some(table);
+            }
+            let key = t.split('=').next()?.trim().trim_matches('"');
+            if key.is_empty() {
+                return None;
+            }
+            return Some(if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") });
+        }
+    }
+    None
+}
+
+/// The line on which dotted `key` is set (or its table declared).
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let mut table = String::new();
+    let mut table_line = None;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            table = h.trim().to_owned();
+            if table == key {
+                table_line = Some(i + 1);
+            }
+            continue;
+        }
+        let Some(k) = t.split('=').next().map(|k| k.trim().trim_matches('"')) else { continue };
+        if t.contains('=') && !t.starts_with('#') {
+            let full = if table.is_empty() { k.to_owned() } else { format!("{table}.{k}") };
+            if full == key {
+                return Some(i + 1);
+            }
+        }
+    }
+    table_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_err(text: &str, line: Option<usize>, key: &str, message_part: &str) {
+        let e = Config::parse(Path::new("c.toml"), text, Config::default()).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (line, Some(key)), "{e}");
+        assert!(e.message.contains(message_part), "{e}");
+        assert!(e.to_string().starts_with("c.toml"), "{e}");
+    }
+
+    #[test]
+    fn example_is_exactly_the_defaults() {
+        let c = Config::parse(Path::new("example"), EXAMPLE, Config::default()).unwrap();
+        assert_eq!(c, Config::default());
+        let empty = Config::parse(Path::new("empty"), "", Config::default()).unwrap();
+        assert_eq!(empty, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        check_err("[store]\npath = \"/tmp/x.db\"\ncommit_max_readigns = 5\n", Some(3), "store.commit_max_readigns", "unknown field");
+        check_err("[sotre]\npath = \"x\"\n", Some(1), "sotre", "unknown field");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_with_its_line() {
+        check_err("[simulator]\nseed = 2\nresidents = \"many\"\n", Some(3), "simulator.residents", "invalid type");
+        check_err("[web]\nlisten = \"localhost\"\n", Some(2), "web.listen", "invalid");
+        check_err("[sensors]\nsource = \"bluetooth\"\n", Some(2), "sensors.source", "unknown variant");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let e = Config::parse(Path::new("c.toml"), "[web]\nlisten = \n", Config::default()).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_is_an_error_with_its_line() {
+        check_err("[simulator]\n\nresidents = 0\n", Some(3), "simulator.residents", "out of range");
+        check_err("[site]\nid = \"care home/1\"\n", Some(2), "site.id", "MQTT");
+    }
+
+    #[test]
+    fn overlay_keeps_base_values_it_does_not_set() {
+        let mut base = Config::default();
+        base.store.path = "/data/demo.db".into();
+        let c = Config::parse(Path::new("o"), "[simulator]\nresidents = 3\n", base).unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/data/demo.db"));
+        assert_eq!(c.simulator.residents, 3);
+    }
+}

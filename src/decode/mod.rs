@@ -1,0 +1,278 @@
+//! Turns the bytes sensors send into values: pure, no IO, no clock, no panics.
+//!
+//! [`Decoder`] is the one entry point the pipeline and `carehub decode` share. It
+//! picks a format from what a frame carries (a GATT characteristic UUID, a service
+//! data UUID, a manufacturer id) and keeps the little per-device state some formats
+//! need (BTHome packet ids). The caller passes times in and owns the decoder.
+//!
+//! Specifications: Bluetooth SIG GATT Specification Supplement (characteristics),
+//! IEEE 11073-20601 (numbers), bthome.io (BTHome v2). See `../shared/notes/protocols.md`.
+
+pub mod bthome;
+pub mod gatt;
+pub mod ieee11073;
+
+use std::collections::HashMap;
+
+use crate::model::{DeviceAddress, Quantity, Timestamp, Unit, Value};
+use crate::sensor::{Advertisement, Frame, Notification, short_uuid};
+
+/// One decoded value, before the pipeline gives it an id, a device and a subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedValue {
+    pub quantity: Quantity,
+    pub value: Value,
+    pub unit: Unit,
+    /// The device's own time stamp for the measurement, if the format carries one.
+    pub device_time: Option<DeviceDateTime>,
+}
+
+/// Something that happened rather than was measured (a button press).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// The result of decoding one frame.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decoded {
+    /// The format's name, e.g. `"bthome_v2"`, `"gatt_heart_rate_measurement"`.
+    pub format: &'static str,
+    pub values: Vec<DecodedValue>,
+    pub events: Vec<Event>,
+}
+
+/// A Bluetooth SIG Date Time (0x2A08): the device's local time, no zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceDateTime {
+    /// 0 means the device does not know the year.
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+}
+
+impl DeviceDateTime {
+    /// The time as UTC, or `None` when the device left it unknown or invalid.
+    /// Devices have no time zone; the gateway sets their clocks to UTC when it can.
+    pub fn to_timestamp_utc(self) -> Option<Timestamp> {
+        if self.year == 0 || self.month == 0 || self.day == 0 {
+            return None;
+        }
+        let month = time::Month::try_from(self.month).ok()?;
+        let date = time::Date::from_calendar_date(i32::from(self.year), month, self.day).ok()?;
+        let t = time::Time::from_hms(self.hour, self.minute, self.second).ok()?;
+        let secs = time::PrimitiveDateTime::new(date, t).assume_utc().unix_timestamp();
+        Some(Timestamp::from_unix_ms(secs.checked_mul(1000)?))
+    }
+}
+
+/// Why a frame could not be decoded. The caller counts it and carries on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame ended before a field the flags promised.
+    #[error("{format}: truncated: needed {needed} bytes at offset {offset}, have {len}")]
+    Truncated {
+        format: &'static str,
+        offset: usize,
+        needed: usize,
+        len: usize,
+    },
+    /// Nothing in the frame is a format carehub knows.
+    #[error("no decoder for this frame ({0})")]
+    Unsupported(String),
+    /// The format's version field says a version carehub does not decode.
+    #[error("{format}: unsupported version {version}")]
+    UnsupportedVersion { format: &'static str, version: u8 },
+    /// A BTHome object id that is not in the table: the rest cannot be parsed.
+    #[error("bthome_v2: unknown object id {0:#04x}")]
+    UnknownObject(u8),
+    /// Encrypted data, and this build or this device has no key for it.
+    #[error("{0}: encrypted payload and no key for this device")]
+    Encrypted(&'static str),
+    /// The same advertisement again (same packet id): not an error, just not new.
+    #[error("repeated packet id {0}")]
+    Duplicate(u8),
+    /// A field holds a value the specification does not allow.
+    #[error("{format}: invalid {field}")]
+    Invalid {
+        format: &'static str,
+        field: &'static str,
+    },
+}
+
+/// Per-device state some formats need between frames.
+#[derive(Debug, Default, Clone)]
+struct DeviceState {
+    last_bthome_packet_id: Option<u8>,
+}
+
+/// Decodes frames; owns the per-device state. One per pipeline.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    devices: HashMap<DeviceAddress, DeviceState>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Decoder::default()
+    }
+
+    pub fn decode(&mut self, frame: &Frame) -> Result<Decoded, DecodeError> {
+        match frame {
+            Frame::Notification(n) => decode_notification(n),
+            Frame::Advertisement(a) => self.decode_advertisement(a),
+        }
+    }
+
+    pub fn decode_advertisement(&mut self, adv: &Advertisement) -> Result<Decoded, DecodeError> {
+        for (uuid, data) in &adv.service_data {
+            if short_uuid(uuid) == Some(bthome::SERVICE_UUID) {
+                let state = self.devices.entry(adv.address).or_default();
+                let decoded = bthome::decode(data)?;
+                if let Some(id) = decoded.packet_id {
+                    if state.last_bthome_packet_id == Some(id) {
+                        return Err(DecodeError::Duplicate(id));
+                    }
+                    state.last_bthome_packet_id = Some(id);
+                }
+                return Ok(decoded.decoded);
+            }
+        }
+        Err(DecodeError::Unsupported(describe(adv)))
+    }
+}
+
+fn decode_notification(n: &Notification) -> Result<Decoded, DecodeError> {
+    let Some(short) = short_uuid(&n.characteristic) else {
+        return Err(DecodeError::Unsupported(format!("characteristic {}", n.characteristic)));
+    };
+    gatt::decode(short, &n.value)
+}
+
+fn describe(adv: &Advertisement) -> String {
+    let mut parts = Vec::new();
+    for (uuid, _) in &adv.service_data {
+        match short_uuid(uuid) {
+            Some(s) => parts.push(format!("service data {s:04x}")),
+            None => parts.push(format!("service data {uuid}")),
+        }
+    }
+    for (company, _) in &adv.manufacturer_data {
+        parts.push(format!("manufacturer {company:04x}"));
+    }
+    if parts.is_empty() {
+        "no service or manufacturer data".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A little-endian cursor that turns running off the end into [`DecodeError::Truncated`].
+pub(crate) struct Cursor<'a> {
+    format: &'static str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(format: &'static str, bytes: &'a [u8]) -> Self {
+        Cursor { format, bytes, pos: 0 }
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(DecodeError::Truncated {
+                format: self.format,
+                offset: self.pos,
+                needed: n,
+                len: self.bytes.len(),
+            }),
+        }
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    pub(crate) fn u24(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(3)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], 0]))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    pub(crate) fn date_time(&mut self) -> Result<DeviceDateTime, DecodeError> {
+        Ok(DeviceDateTime {
+            year: self.u16()?,
+            month: self.u8()?,
+            day: self.u8()?,
+            hour: self.u8()?,
+            minute: self.u8()?,
+            second: self.u8()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::uuid16;
+
+    #[test]
+    fn device_time_year_zero_is_unknown() {
+        let t = DeviceDateTime { year: 0, month: 1, day: 1, hour: 0, minute: 0, second: 0 };
+        assert_eq!(t.to_timestamp_utc(), None);
+        let t = DeviceDateTime { year: 2026, month: 2, day: 30, hour: 0, minute: 0, second: 0 };
+        assert_eq!(t.to_timestamp_utc(), None);
+        let t = DeviceDateTime { year: 2026, month: 11, day: 23, hour: 20, minute: 41, second: 7 };
+        assert_eq!(t.to_timestamp_utc().unwrap().to_rfc3339(), "2026-11-23T20:41:07.000Z");
+    }
+
+    #[test]
+    fn repeated_bthome_packet_is_dropped_once_per_repeat() {
+        let mut d = Decoder::new();
+        let adv = |payload: Vec<u8>| Advertisement {
+            address: "A4:C1:38:00:00:01".parse().unwrap(),
+            service_data: vec![(uuid16(0xFCD2), payload)],
+            ..Default::default()
+        };
+        // Packet id 9, temperature 25.00 °C.
+        let a = adv(vec![0x40, 0x00, 0x09, 0x02, 0xC4, 0x09]);
+        assert_eq!(d.decode_advertisement(&a).unwrap().values.len(), 1);
+        assert_eq!(d.decode_advertisement(&a), Err(DecodeError::Duplicate(9)));
+        let b = adv(vec![0x40, 0x00, 0x0A, 0x02, 0xC4, 0x09]);
+        assert!(d.decode_advertisement(&b).is_ok());
+    }
+
+    #[test]
+    fn unknown_advert_says_what_it_carried() {
+        let mut d = Decoder::new();
+        let a = Advertisement { manufacturer_data: vec![(0x004C, vec![1, 2])], ..Default::default() };
+        assert_eq!(
+            d.decode_advertisement(&a),
+            Err(DecodeError::Unsupported("manufacturer 004c".into()))
+        );
+    }
+}

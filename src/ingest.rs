@@ -1,0 +1,122 @@
+//! The decode stage: raw frames in, attributed readings out to the store.
+//!
+//! It decodes each frame, gives every value an id, its unit and its times, and
+//! attributes it to the resident (or room) the device is assigned to. Frames from
+//! devices nobody registered are counted and dropped: their data belongs to no
+//! resident and is not kept. Decode errors are counted and logged; the stage never
+//! stops for a bad frame.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::decode::{DecodeError, Decoder};
+use crate::model::{Device, DeviceAddress, Reading, ReadingId, Subject};
+use crate::sensor::RawFrame;
+use crate::store::StoreHandle;
+use crate::system::health::Heartbeat;
+
+/// Counters for status pages and metrics.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub frames: AtomicU64,
+    pub readings: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub unregistered: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// The stage's state: the decoder and who each device belongs to.
+pub struct Ingest {
+    pub rx: mpsc::Receiver<RawFrame>,
+    pub store: StoreHandle,
+    pub registry: HashMap<DeviceAddress, Subject>,
+    pub stats: Arc<IngestStats>,
+    pub heartbeat: Heartbeat,
+    /// Asked once per batch: is the gateway's clock synchronised?
+    pub clock_synced: fn() -> bool,
+}
+
+/// Most frames folded into one store command.
+const MAX_BATCH: usize = 512;
+
+impl Ingest {
+    pub fn registry_from(devices: &[Device]) -> HashMap<DeviceAddress, Subject> {
+        devices.iter().map(|d| (d.address, d.subject.clone())).collect()
+    }
+
+    /// Runs until every source has closed its sender and every frame is handed to
+    /// the store. Shutdown is driven by the sources: they stop, then this drains.
+    pub async fn run(mut self) {
+        let mut decoder = Decoder::new();
+        let mut frames = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let got = tokio::select! {
+                n = self.rx.recv_many(&mut frames, MAX_BATCH) => n,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                    self.heartbeat.beat();
+                    continue;
+                }
+            };
+            if got == 0 {
+                break;
+            }
+            self.heartbeat.beat();
+            let synced = (self.clock_synced)();
+            let mut readings = Vec::with_capacity(frames.len() * 2);
+            for raw in frames.drain(..) {
+                self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                self.attribute(&mut decoder, raw, synced, &mut readings);
+            }
+            if readings.is_empty() {
+                continue;
+            }
+            let n = readings.len() as u64;
+            match self.store.ingest_nowait(readings).await {
+                Ok(()) => {
+                    self.stats.readings.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.store_errors.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(error = %e, readings = n, "cannot hand readings to the store");
+                }
+            }
+        }
+        tracing::debug!("ingest stopped: sources closed and all frames handed to the store");
+    }
+
+    fn attribute(&self, decoder: &mut Decoder, raw: RawFrame, clock_synced: bool, out: &mut Vec<Reading>) {
+        let address = raw.frame.address();
+        let Some(subject) = self.registry.get(&address) else {
+            self.stats.unregistered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match decoder.decode(&raw.frame) {
+            Ok(decoded) => {
+                for v in decoded.values {
+                    out.push(Reading {
+                        id: ReadingId::new(raw.received_at),
+                        device: address,
+                        subject: subject.clone(),
+                        quantity: v.quantity,
+                        value: v.value,
+                        unit: v.unit,
+                        measured_at: v.device_time.and_then(|t| t.to_timestamp_utc()),
+                        received_at: raw.received_at,
+                        clock_synced,
+                    });
+                }
+            }
+            Err(DecodeError::Duplicate(_)) => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(device = %address, error = %e, "frame not decoded");
+            }
+        }
+    }
+}

@@ -1,0 +1,713 @@
+//! Domain types shared by every stage: what a reading is, which device sent it and
+//! whom it belongs to.
+//!
+//! These types carry no serde: every wire format (MQTT JSON, the JSON API, SQLite
+//! rows) is its own type at the edge with an explicit conversion, so that changing
+//! a wire format is a visible decision. Units travel with values everywhere: a
+//! `Reading` cannot be built without a [`Unit`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in time, as milliseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_unix_ms(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+
+    pub const fn unix_ms(self) -> i64 {
+        self.0
+    }
+
+    /// The gateway's wall clock now. Only the edges call this: `decode` and
+    /// `clinical` are handed times, never read the clock.
+    pub fn now() -> Self {
+        let ms = match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+        };
+        Timestamp(ms)
+    }
+
+    /// How long before `later` this was; zero when `later` is earlier.
+    pub fn age_at(self, later: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
+    }
+
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-23T20:41:07.123Z`.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000_000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => {
+                let f = time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+                );
+                t.format(&f).unwrap_or_else(|_| format!("@{}ms", self.0))
+            }
+            Err(_) => format!("@{}ms", self.0),
+        }
+    }
+}
+
+/// A reading's unique, time-ordered identity (UUIDv7). It is stable from the moment
+/// the reading is made, so the cloud can drop the duplicates that at-least-once
+/// delivery produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReadingId(uuid::Uuid);
+
+impl ReadingId {
+    /// A new id whose time part is `at`; ids made later sort later.
+    pub fn new(at: Timestamp) -> Self {
+        let ms = u64::try_from(at.unix_ms()).unwrap_or(0);
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+        ReadingId(uuid::Uuid::new_v7(ts))
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        ReadingId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Display for ReadingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for ReadingId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(ReadingId)
+    }
+}
+
+/// A Bluetooth device address, in the display order BlueZ uses (`AA:BB:CC:DD:EE:FF`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceAddress(pub [u8; 6]);
+
+impl fmt::Display for DeviceAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// Why a string is not a Bluetooth address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Bluetooth address {0:?}: expected six hex pairs like AA:BB:CC:DD:EE:FF")]
+pub struct AddressError(pub String);
+
+impl FromStr for DeviceAddress {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(|| AddressError(s.to_owned()))?;
+            if part.len() != 2 {
+                return Err(AddressError(s.to_owned()));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| AddressError(s.to_owned()))?;
+        }
+        if parts.next().is_some() {
+            return Err(AddressError(s.to_owned()));
+        }
+        Ok(DeviceAddress(out))
+    }
+}
+
+/// What was measured. The snake-case names are the vocabulary of every wire format
+/// (see `docs/decode.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Quantity {
+    // Vital signs.
+    HeartRate,
+    PulseRate,
+    Spo2,
+    BodyTemperature,
+    SystolicPressure,
+    DiastolicPressure,
+    MeanArterialPressure,
+    CuffPressure,
+    BodyWeight,
+    BodyMassIndex,
+    BodyHeight,
+    BloodGlucose,
+    RrInterval,
+    EnergyExpended,
+    PulseAmplitudeIndex,
+    // Device health.
+    BatteryLevel,
+    BatteryVoltage,
+    SignalStrength,
+    // Room and ambient.
+    Temperature,
+    Humidity,
+    Pressure,
+    Illuminance,
+    DewPoint,
+    Co2,
+    Voc,
+    Pm2_5,
+    Pm10,
+    Motion,
+    Occupancy,
+    Presence,
+    Door,
+    Window,
+    Opening,
+    Moisture,
+    Smoke,
+    CarbonMonoxide,
+    BatteryLow,
+    Acceleration,
+    Count,
+}
+
+impl Quantity {
+    pub const ALL: &'static [Quantity] = &[
+        Quantity::HeartRate,
+        Quantity::PulseRate,
+        Quantity::Spo2,
+        Quantity::BodyTemperature,
+        Quantity::SystolicPressure,
+        Quantity::DiastolicPressure,
+        Quantity::MeanArterialPressure,
+        Quantity::CuffPressure,
+        Quantity::BodyWeight,
+        Quantity::BodyMassIndex,
+        Quantity::BodyHeight,
+        Quantity::BloodGlucose,
+        Quantity::RrInterval,
+        Quantity::EnergyExpended,
+        Quantity::PulseAmplitudeIndex,
+        Quantity::BatteryLevel,
+        Quantity::BatteryVoltage,
+        Quantity::SignalStrength,
+        Quantity::Temperature,
+        Quantity::Humidity,
+        Quantity::Pressure,
+        Quantity::Illuminance,
+        Quantity::DewPoint,
+        Quantity::Co2,
+        Quantity::Voc,
+        Quantity::Pm2_5,
+        Quantity::Pm10,
+        Quantity::Motion,
+        Quantity::Occupancy,
+        Quantity::Presence,
+        Quantity::Door,
+        Quantity::Window,
+        Quantity::Opening,
+        Quantity::Moisture,
+        Quantity::Smoke,
+        Quantity::CarbonMonoxide,
+        Quantity::BatteryLow,
+        Quantity::Acceleration,
+        Quantity::Count,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantity::HeartRate => "heart_rate",
+            Quantity::PulseRate => "pulse_rate",
+            Quantity::Spo2 => "spo2",
+            Quantity::BodyTemperature => "body_temperature",
+            Quantity::SystolicPressure => "systolic_pressure",
+            Quantity::DiastolicPressure => "diastolic_pressure",
+            Quantity::MeanArterialPressure => "mean_arterial_pressure",
+            Quantity::CuffPressure => "cuff_pressure",
+            Quantity::BodyWeight => "body_weight",
+            Quantity::BodyMassIndex => "body_mass_index",
+            Quantity::BodyHeight => "body_height",
+            Quantity::BloodGlucose => "blood_glucose",
+            Quantity::RrInterval => "rr_interval",
+            Quantity::EnergyExpended => "energy_expended",
+            Quantity::PulseAmplitudeIndex => "pulse_amplitude_index",
+            Quantity::BatteryLevel => "battery_level",
+            Quantity::BatteryVoltage => "battery_voltage",
+            Quantity::SignalStrength => "signal_strength",
+            Quantity::Temperature => "temperature",
+            Quantity::Humidity => "humidity",
+            Quantity::Pressure => "pressure",
+            Quantity::Illuminance => "illuminance",
+            Quantity::DewPoint => "dew_point",
+            Quantity::Co2 => "co2",
+            Quantity::Voc => "voc",
+            Quantity::Pm2_5 => "pm2_5",
+            Quantity::Pm10 => "pm10",
+            Quantity::Motion => "motion",
+            Quantity::Occupancy => "occupancy",
+            Quantity::Presence => "presence",
+            Quantity::Door => "door",
+            Quantity::Window => "window",
+            Quantity::Opening => "opening",
+            Quantity::Moisture => "moisture",
+            Quantity::Smoke => "smoke",
+            Quantity::CarbonMonoxide => "carbon_monoxide",
+            Quantity::BatteryLow => "battery_low",
+            Quantity::Acceleration => "acceleration",
+            Quantity::Count => "count",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Quantity> {
+        Quantity::ALL.iter().copied().find(|q| q.as_str() == s)
+    }
+
+    /// Vital signs are a resident's clinical data: they outrank room data when the
+    /// buffer must evict, and they are what staff see on a resident's tile.
+    pub fn is_vital_sign(self) -> bool {
+        matches!(
+            self,
+            Quantity::HeartRate
+                | Quantity::PulseRate
+                | Quantity::Spo2
+                | Quantity::BodyTemperature
+                | Quantity::SystolicPressure
+                | Quantity::DiastolicPressure
+                | Quantity::MeanArterialPressure
+                | Quantity::BodyWeight
+                | Quantity::BodyMassIndex
+                | Quantity::BodyHeight
+                | Quantity::BloodGlucose
+                | Quantity::RrInterval
+                | Quantity::PulseAmplitudeIndex
+        )
+    }
+
+    /// A label a care worker understands.
+    pub fn label(self) -> &'static str {
+        match self {
+            Quantity::HeartRate => "Heart rate",
+            Quantity::PulseRate => "Pulse",
+            Quantity::Spo2 => "SpO₂",
+            Quantity::BodyTemperature => "Temperature",
+            Quantity::SystolicPressure => "Systolic BP",
+            Quantity::DiastolicPressure => "Diastolic BP",
+            Quantity::MeanArterialPressure => "Mean arterial pressure",
+            Quantity::CuffPressure => "Cuff pressure",
+            Quantity::BodyWeight => "Weight",
+            Quantity::BodyMassIndex => "BMI",
+            Quantity::BodyHeight => "Height",
+            Quantity::BloodGlucose => "Blood glucose",
+            Quantity::RrInterval => "RR interval",
+            Quantity::EnergyExpended => "Energy expended",
+            Quantity::PulseAmplitudeIndex => "Perfusion index",
+            Quantity::BatteryLevel => "Battery",
+            Quantity::BatteryVoltage => "Battery voltage",
+            Quantity::SignalStrength => "Signal",
+            Quantity::Temperature => "Room temperature",
+            Quantity::Humidity => "Humidity",
+            Quantity::Pressure => "Air pressure",
+            Quantity::Illuminance => "Light",
+            Quantity::DewPoint => "Dew point",
+            Quantity::Co2 => "CO₂",
+            Quantity::Voc => "VOC",
+            Quantity::Pm2_5 => "PM2.5",
+            Quantity::Pm10 => "PM10",
+            Quantity::Motion => "Motion",
+            Quantity::Occupancy => "Occupancy",
+            Quantity::Presence => "Presence",
+            Quantity::Door => "Door",
+            Quantity::Window => "Window",
+            Quantity::Opening => "Opening",
+            Quantity::Moisture => "Moisture",
+            Quantity::Smoke => "Smoke",
+            Quantity::CarbonMonoxide => "Carbon monoxide",
+            Quantity::BatteryLow => "Battery low",
+            Quantity::Acceleration => "Acceleration",
+            Quantity::Count => "Count",
+        }
+    }
+}
+
+/// A unit of measure, written on every wire as its UCUM code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unit {
+    PerMinute,
+    Percent,
+    Celsius,
+    Fahrenheit,
+    MillimetreOfMercury,
+    Kilopascal,
+    Hectopascal,
+    Kilogram,
+    Pound,
+    Metre,
+    Inch,
+    KilogramPerSquareMetre,
+    MillimolePerLitre,
+    MilligramPerDecilitre,
+    KilogramPerLitre,
+    MolePerLitre,
+    Millisecond,
+    Second,
+    Kilojoule,
+    Lux,
+    PartsPerMillion,
+    MicrogramPerCubicMetre,
+    Volt,
+    Watt,
+    DecibelMilliwatt,
+    MetrePerSecondSquared,
+    /// Dimensionless: counts, and binary states (0 or 1).
+    One,
+}
+
+impl Unit {
+    pub const ALL: &'static [Unit] = &[
+        Unit::PerMinute,
+        Unit::Percent,
+        Unit::Celsius,
+        Unit::Fahrenheit,
+        Unit::MillimetreOfMercury,
+        Unit::Kilopascal,
+        Unit::Hectopascal,
+        Unit::Kilogram,
+        Unit::Pound,
+        Unit::Metre,
+        Unit::Inch,
+        Unit::KilogramPerSquareMetre,
+        Unit::MillimolePerLitre,
+        Unit::MilligramPerDecilitre,
+        Unit::KilogramPerLitre,
+        Unit::MolePerLitre,
+        Unit::Millisecond,
+        Unit::Second,
+        Unit::Kilojoule,
+        Unit::Lux,
+        Unit::PartsPerMillion,
+        Unit::MicrogramPerCubicMetre,
+        Unit::Volt,
+        Unit::Watt,
+        Unit::DecibelMilliwatt,
+        Unit::MetrePerSecondSquared,
+        Unit::One,
+    ];
+
+    /// The UCUM code, as used on every wire.
+    pub fn ucum(self) -> &'static str {
+        match self {
+            Unit::PerMinute => "/min",
+            Unit::Percent => "%",
+            Unit::Celsius => "Cel",
+            Unit::Fahrenheit => "[degF]",
+            Unit::MillimetreOfMercury => "mm[Hg]",
+            Unit::Kilopascal => "kPa",
+            Unit::Hectopascal => "hPa",
+            Unit::Kilogram => "kg",
+            Unit::Pound => "[lb_av]",
+            Unit::Metre => "m",
+            Unit::Inch => "[in_i]",
+            Unit::KilogramPerSquareMetre => "kg/m2",
+            Unit::MillimolePerLitre => "mmol/L",
+            Unit::MilligramPerDecilitre => "mg/dL",
+            Unit::KilogramPerLitre => "kg/L",
+            Unit::MolePerLitre => "mol/L",
+            Unit::Millisecond => "ms",
+            Unit::Second => "s",
+            Unit::Kilojoule => "kJ",
+            Unit::Lux => "lx",
+            Unit::PartsPerMillion => "[ppm]",
+            Unit::MicrogramPerCubicMetre => "ug/m3",
+            Unit::Volt => "V",
+            Unit::Watt => "W",
+            Unit::DecibelMilliwatt => "dB[mW]",
+            Unit::MetrePerSecondSquared => "m/s2",
+            Unit::One => "1",
+        }
+    }
+
+    pub fn from_ucum(code: &str) -> Option<Unit> {
+        Unit::ALL.iter().copied().find(|u| u.ucum() == code)
+    }
+
+    /// How a person reads the unit on screen.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Unit::PerMinute => "/min",
+            Unit::Percent => "%",
+            Unit::Celsius => "°C",
+            Unit::Fahrenheit => "°F",
+            Unit::MillimetreOfMercury => "mmHg",
+            Unit::Kilopascal => "kPa",
+            Unit::Hectopascal => "hPa",
+            Unit::Kilogram => "kg",
+            Unit::Pound => "lb",
+            Unit::Metre => "m",
+            Unit::Inch => "in",
+            Unit::KilogramPerSquareMetre => "kg/m²",
+            Unit::MillimolePerLitre => "mmol/L",
+            Unit::MilligramPerDecilitre => "mg/dL",
+            Unit::KilogramPerLitre => "kg/L",
+            Unit::MolePerLitre => "mol/L",
+            Unit::Millisecond => "ms",
+            Unit::Second => "s",
+            Unit::Kilojoule => "kJ",
+            Unit::Lux => "lx",
+            Unit::PartsPerMillion => "ppm",
+            Unit::MicrogramPerCubicMetre => "µg/m³",
+            Unit::Volt => "V",
+            Unit::Watt => "W",
+            Unit::DecibelMilliwatt => "dBm",
+            Unit::MetrePerSecondSquared => "m/s²",
+            Unit::One => "",
+        }
+    }
+}
+
+/// A sensor's special value: the sensor sent something that is deliberately not a
+/// number. It is carried as a status and never turned into a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpecialValue {
+    /// IEEE 11073 NaN: not a number.
+    NotANumber,
+    /// IEEE 11073 NRes: not at this resolution.
+    NotAtResolution,
+    PositiveInfinity,
+    NegativeInfinity,
+    /// IEEE 11073 reserved for future use.
+    Reserved,
+    /// The format's "not available" marker (e.g. Ruuvi's 0x8000).
+    Unavailable,
+    /// The device reports the measurement failed (e.g. a scale's 0xFFFF).
+    Unsuccessful,
+}
+
+impl SpecialValue {
+    pub const ALL: &'static [SpecialValue] = &[
+        SpecialValue::NotANumber,
+        SpecialValue::NotAtResolution,
+        SpecialValue::PositiveInfinity,
+        SpecialValue::NegativeInfinity,
+        SpecialValue::Reserved,
+        SpecialValue::Unavailable,
+        SpecialValue::Unsuccessful,
+    ];
+
+    /// The `status` word on every wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpecialValue::NotANumber => "nan",
+            SpecialValue::NotAtResolution => "nres",
+            SpecialValue::PositiveInfinity => "+inf",
+            SpecialValue::NegativeInfinity => "-inf",
+            SpecialValue::Reserved => "reserved",
+            SpecialValue::Unavailable => "unavailable",
+            SpecialValue::Unsuccessful => "unsuccessful",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SpecialValue> {
+        SpecialValue::ALL.iter().copied().find(|v| v.as_str() == s)
+    }
+}
+
+/// A measured number, or the sensor's statement that there is none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    /// Always finite: decoders never build a `Number` from a special value.
+    Number(f64),
+    Special(SpecialValue),
+}
+
+impl Value {
+    pub fn number(self) -> Option<f64> {
+        match self {
+            Value::Number(n) => Some(n),
+            Value::Special(_) => None,
+        }
+    }
+
+    /// `"ok"` for a number, else the special value's word.
+    pub fn status(self) -> &'static str {
+        match self {
+            Value::Number(_) => "ok",
+            Value::Special(s) => s.as_str(),
+        }
+    }
+}
+
+/// Identifies a resident in the local database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResidentId(pub i64);
+
+/// Whom or what a device's readings describe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Resident(ResidentId),
+    Room(String),
+    /// Not assigned: the reading is kept for diagnosis but belongs to nobody.
+    Unassigned,
+}
+
+/// One measured value, with everything needed to trust it: what, from which device,
+/// about whom, in which unit, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub id: ReadingId,
+    pub device: DeviceAddress,
+    pub subject: Subject,
+    pub quantity: Quantity,
+    pub value: Value,
+    pub unit: Unit,
+    /// When the device says it measured, if it said (its own clock, which may be
+    /// wrong or unset); `None` when the format carries no time.
+    pub measured_at: Option<Timestamp>,
+    /// When the gateway received it.
+    pub received_at: Timestamp,
+    /// Whether the gateway's clock was synchronised (NTP) when it received it.
+    pub clock_synced: bool,
+}
+
+impl Reading {
+    /// The best estimate of when the value was true: the device's own time if it
+    /// gave one, else the moment the gateway received it.
+    pub fn taken_at(&self) -> Timestamp {
+        self.measured_at.unwrap_or(self.received_at)
+    }
+}
+
+/// What kind of sensor a device is; decides how it is handled and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    HeartRateMonitor,
+    PulseOximeter,
+    BloodPressureMonitor,
+    Thermometer,
+    WeightScale,
+    GlucoseMeter,
+    RoomSensor,
+    Unknown,
+}
+
+impl DeviceKind {
+    pub const ALL: &'static [DeviceKind] = &[
+        DeviceKind::HeartRateMonitor,
+        DeviceKind::PulseOximeter,
+        DeviceKind::BloodPressureMonitor,
+        DeviceKind::Thermometer,
+        DeviceKind::WeightScale,
+        DeviceKind::GlucoseMeter,
+        DeviceKind::RoomSensor,
+        DeviceKind::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::HeartRateMonitor => "heart_rate_monitor",
+            DeviceKind::PulseOximeter => "pulse_oximeter",
+            DeviceKind::BloodPressureMonitor => "blood_pressure_monitor",
+            DeviceKind::Thermometer => "thermometer",
+            DeviceKind::WeightScale => "weight_scale",
+            DeviceKind::GlucoseMeter => "glucose_meter",
+            DeviceKind::RoomSensor => "room_sensor",
+            DeviceKind::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeviceKind> {
+        DeviceKind::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+}
+
+/// A sensor the gateway knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub address: DeviceAddress,
+    pub kind: DeviceKind,
+    pub model: Option<String>,
+    pub name: Option<String>,
+    pub subject: Subject,
+}
+
+/// A person living in the home.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resident {
+    pub id: ResidentId,
+    /// The name staff know the resident by. Never leaves the gateway.
+    pub display_name: String,
+    pub room: String,
+    /// The pseudonymous reference that stands for the resident on the uplink.
+    pub reference: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_round_trips_and_rejects_garbage() {
+        let a: DeviceAddress = "a4:c1:38:00:00:01".parse().unwrap();
+        assert_eq!(a.to_string(), "A4:C1:38:00:00:01");
+        for bad in ["", "A4:C1:38:00:00", "A4:C1:38:00:00:01:02", "G4:C1:38:00:00:01", "A4C1:38:00:00:01"] {
+            assert!(bad.parse::<DeviceAddress>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn reading_ids_sort_by_time() {
+        let a = ReadingId::new(Timestamp::from_unix_ms(1_700_000_000_000));
+        let b = ReadingId::new(Timestamp::from_unix_ms(1_700_000_000_001));
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<ReadingId>().unwrap(), a);
+    }
+
+    #[test]
+    fn vocabularies_round_trip() {
+        for q in Quantity::ALL {
+            assert_eq!(Quantity::parse(q.as_str()), Some(*q));
+        }
+        for u in Unit::ALL {
+            assert_eq!(Unit::from_ucum(u.ucum()), Some(*u));
+        }
+        for s in SpecialValue::ALL {
+            assert_eq!(SpecialValue::parse(s.as_str()), Some(*s));
+        }
+        for k in DeviceKind::ALL {
+            assert_eq!(DeviceKind::parse(k.as_str()), Some(*k));
+        }
+    }
+
+    #[test]
+    fn rfc3339_has_millis_and_zulu() {
+        assert_eq!(
+            Timestamp::from_unix_ms(1_763_930_467_123).to_rfc3339(),
+            "2025-11-23T20:41:07.123Z"
+        );
+    }
+
+    #[test]
+    fn age_never_negative() {
+        let t = Timestamp::from_unix_ms(10_000);
+        assert_eq!(t.age_at(Timestamp::from_unix_ms(5_000)), Duration::ZERO);
+        assert_eq!(t.age_at(Timestamp::from_unix_ms(70_000)), Duration::from_secs(60));
+    }
+}

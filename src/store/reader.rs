@@ -1,0 +1,128 @@
+//! Read-only access for the web page and status: its own connections, never the
+//! writer's, used from blocking threads only.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::StoreError;
+use crate::model::{DeviceAddress, Quantity, ResidentId, SpecialValue, Timestamp, Unit, Value};
+
+/// The newest value of one quantity for a subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestValue {
+    pub quantity: Quantity,
+    pub value: Value,
+    pub unit: Unit,
+    pub taken_at: Timestamp,
+    pub device: DeviceAddress,
+}
+
+/// A resident and the newest value of each quantity measured for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidentOverview {
+    pub id: ResidentId,
+    pub display_name: String,
+    pub room: String,
+    pub latest: Vec<LatestValue>,
+}
+
+/// Opens read-only connections on demand and keeps a few for reuse. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    path: PathBuf,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+const POOL_SIZE: usize = 4;
+
+impl Reader {
+    pub(super) fn new(path: PathBuf) -> Self {
+        Reader { path, pool: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.pool.lock().unwrap().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(2))?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = self.pool.lock().unwrap();
+        if pool.len() < POOL_SIZE {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Every resident not archived, by room, with their newest values.
+    pub fn residents_overview(&self) -> Result<Vec<ResidentOverview>, StoreError> {
+        self.with_conn(|conn| {
+            let mut residents = conn.prepare_cached(
+                "SELECT id, display_name, room FROM residents WHERE archived = 0 ORDER BY id",
+            )?;
+            let mut latest = conn.prepare_cached(
+                "SELECT quantity, value, status, unit, taken_at_ms, device FROM latest WHERE subject = ?1",
+            )?;
+            let rows: Vec<(i64, String, String)> = residents
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, display_name, room) in rows {
+                let mut values: Vec<LatestValue> = latest
+                    .query_map([format!("resident:{id}")], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<f64>>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    })?
+                    .filter_map(|row| row.ok().and_then(|(q, v, s, u, t, d)| latest_value(&q, v, &s, &u, t, &d)))
+                    .collect();
+                values.sort_by_key(|v| v.quantity);
+                out.push(ResidentOverview { id: ResidentId(id), display_name, room, latest: values });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Readings waiting in the outbox.
+    pub fn outbox_depth(&self) -> Result<u64, StoreError> {
+        self.with_conn(|c| Ok(c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
+    /// `PRAGMA integrity_check`: `Ok(())` when SQLite says "ok".
+    pub fn integrity_check(&self) -> Result<Result<(), String>, StoreError> {
+        self.with_conn(|c| {
+            let verdict: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            Ok(if verdict == "ok" { Ok(()) } else { Err(verdict) })
+        })
+    }
+}
+
+/// Rebuilds a value from its row; a row this build cannot read (a quantity or unit
+/// from a newer version) is skipped rather than shown wrongly.
+fn latest_value(q: &str, v: Option<f64>, status: &str, unit: &str, t: i64, device: &str) -> Option<LatestValue> {
+    let value = match (status, v) {
+        ("ok", Some(n)) if n.is_finite() => Value::Number(n),
+        (s, _) => Value::Special(SpecialValue::parse(s)?),
+    };
+    Some(LatestValue {
+        quantity: Quantity::parse(q)?,
+        value,
+        unit: Unit::from_ucum(unit)?,
+        taken_at: Timestamp::from_unix_ms(t),
+        device: device.parse().ok()?,
+    })
+}

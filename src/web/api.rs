@@ -1,0 +1,99 @@
+//! `/api/v1`: the JSON shape of what the page shows. Version 1; see `docs/api.md`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use super::{AppState, WebError, read};
+use crate::clinical::{Freshness, freshness};
+use crate::model::Timestamp;
+use crate::store::ResidentOverview;
+
+#[derive(Serialize)]
+pub struct ResidentsResponse {
+    pub generated_at: String,
+    pub residents: Vec<ResidentJson>,
+}
+
+#[derive(Serialize)]
+pub struct ResidentJson {
+    pub id: i64,
+    pub name: String,
+    pub room: String,
+    pub vitals: Vec<VitalJson>,
+}
+
+#[derive(Serialize)]
+pub struct VitalJson {
+    pub quantity: &'static str,
+    /// `null` whenever `status` is not `"ok"`: a special value is never a number.
+    pub value: Option<f64>,
+    pub status: &'static str,
+    pub unit: &'static str,
+    pub taken_at: String,
+    pub age_s: u64,
+    /// `"current"`, `"stale"` or `"future_dated"`.
+    pub freshness: &'static str,
+    pub device: String,
+}
+
+pub fn residents_json(rows: Vec<ResidentOverview>, now: Timestamp, stale_after: std::time::Duration) -> ResidentsResponse {
+    ResidentsResponse {
+        generated_at: now.to_rfc3339(),
+        residents: rows
+            .into_iter()
+            .map(|r| ResidentJson {
+                id: r.id.0,
+                name: r.display_name,
+                room: r.room,
+                vitals: r
+                    .latest
+                    .into_iter()
+                    .map(|v| VitalJson {
+                        quantity: v.quantity.as_str(),
+                        value: v.value.number(),
+                        status: v.value.status(),
+                        unit: v.unit.ucum(),
+                        taken_at: v.taken_at.to_rfc3339(),
+                        age_s: v.taken_at.age_at(now).as_secs(),
+                        freshness: match freshness(v.taken_at, now, stale_after) {
+                            Freshness::Current => "current",
+                            Freshness::Stale => "stale",
+                            Freshness::FutureDated => "future_dated",
+                        },
+                        device: v.device.to_string(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+pub async fn residents(State(state): State<AppState>) -> Result<Json<ResidentsResponse>, WebError> {
+    let rows = read(&state.reader, |r| r.residents_overview()).await?;
+    Ok(Json(residents_json(rows, Timestamp::now(), state.stale_after)))
+}
+
+#[derive(Serialize)]
+struct HealthJson {
+    status: &'static str,
+    version: &'static str,
+    uptime_s: u64,
+    stalled_stages: Vec<&'static str>,
+}
+
+/// 200 when every stage has beaten within 30 s, else 503 naming the stalled ones.
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let now = Timestamp::now();
+    let stalled = state.health.stalled(now, std::time::Duration::from_secs(30));
+    let code = if stalled.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = HealthJson {
+        status: if stalled.is_empty() { "ok" } else { "degraded" },
+        version: state.version,
+        uptime_s: state.started_at.age_at(now).as_secs(),
+        stalled_stages: stalled,
+    };
+    (code, Json(body))
+}

@@ -1,0 +1,86 @@
+//! The staff web page and its JSON API, served by axum.
+//!
+//! Handlers read through the store's [`Reader`] on blocking threads, never on the
+//! async executor. Every value is shown with its unit and its age; a value older
+//! than the clinical window is shown as "last reading N min ago", never as current.
+
+mod api;
+mod pages;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::model::Timestamp;
+use crate::store::{Reader, StoreError};
+use crate::system::health::Health;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub reader: Reader,
+    pub stale_after: Duration,
+    pub health: Arc<Health>,
+    pub started_at: Timestamp,
+    pub version: &'static str,
+}
+
+/// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/healthz", get(api::healthz))
+        .route("/api/v1/residents", get(api::residents))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+/// The one error type of the web layer: a 5xx is logged in full and shown to the
+/// user without internals.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        tracing::error!(error = %self, "request failed");
+        (StatusCode::SERVICE_UNAVAILABLE, "The gateway cannot read its data right now. Try again in a minute.")
+            .into_response()
+    }
+}
+
+/// Runs a blocking store read off the executor.
+async fn read<T: Send + 'static>(
+    reader: &Reader,
+    f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, WebError> {
+    let reader = reader.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&reader)).await??)
+}
+
+/// "just now", "45 s ago", "12 min ago", "3 h ago", "2 days ago".
+pub fn describe_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..=4 => "just now".to_owned(),
+        5..=59 => format!("{s} s ago"),
+        60..=5399 => format!("{} min ago", s / 60),
+        5400..=172_799 => format!("{} h ago", (s + 1800) / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests;

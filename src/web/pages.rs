@@ -1,0 +1,166 @@
+//! Server-rendered HTML. maud escapes every interpolated string, so a resident's
+//! name can never become markup.
+
+use axum::extract::State;
+use axum::response::Html;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::{AppState, WebError, describe_age, read};
+use crate::clinical::{Freshness, freshness};
+use crate::model::{Quantity, Timestamp, Value};
+use crate::store::{LatestValue, ResidentOverview};
+
+const STYLE: &str = r#"
+:root { --ink:#111; --muted:#4a4a4a; --card:#fff; --bg:#eef1f4; --stale:#8a4b00; --stale-bg:#fff4e0; --line:#c9cfd6; }
+* { box-sizing: border-box; }
+body { margin:0; font: 18px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--ink); background:var(--bg); }
+header { background:#0b3d5c; color:#fff; padding:12px 20px; display:flex; justify-content:space-between; align-items:baseline; flex-wrap:wrap; gap:8px; }
+header h1 { margin:0; font-size:1.4rem; }
+header p { margin:0; }
+main { padding:16px; display:grid; grid-template-columns:repeat(auto-fill, minmax(300px, 1fr)); gap:16px; }
+article { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:14px 16px; }
+article h2 { margin:0; font-size:1.25rem; }
+.room { margin:0 0 8px; color:var(--muted); }
+table { width:100%; border-collapse:collapse; }
+th { text-align:left; font-weight:600; padding:6px 4px; width:40%; }
+td { padding:6px 4px; }
+tr + tr { border-top:1px solid #e3e6ea; }
+.v { font-size:1.3rem; font-weight:700; }
+.age { display:block; font-size:.9rem; color:var(--muted); }
+tr.stale td, tr.stale th { background:var(--stale-bg); }
+tr.stale .v { color:var(--stale); font-weight:600; }
+.badge { display:inline-block; font-size:.8rem; font-weight:700; padding:1px 6px; border-radius:4px; background:var(--stale); color:#fff; margin-left:6px; }
+.none { color:var(--muted); font-style:italic; }
+footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
+"#;
+
+fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en-GB" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                // The overview refreshes itself; live updates come with the full staff UI.
+                meta http-equiv="refresh" content="10";
+                title { (title) " — carehub" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    h1 { (title) }
+                    p { "Updated " time datetime=(now.to_rfc3339()) { (clock(now)) " UTC" } }
+                }
+                (body)
+                footer { "carehub " (env!("CARGO_PKG_VERSION")) " · values older than the clinical window are marked STALE" }
+            }
+        }
+    }
+}
+
+fn clock(t: Timestamp) -> String {
+    let iso = t.to_rfc3339();
+    iso.get(11..19).unwrap_or(&iso).to_owned()
+}
+
+pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
+    let rows = read(&state.reader, |r| r.residents_overview()).await?;
+    let now = Timestamp::now();
+    let body = html! {
+        main {
+            @if rows.is_empty() {
+                p.none { "No residents yet." }
+            }
+            @for r in &rows {
+                (tile(r, now, state.stale_after))
+            }
+        }
+    };
+    Ok(Html(page("Residents", now, body).into_string()))
+}
+
+/// The quantities on a resident's tile, in the order staff read them.
+const TILE: &[Quantity] = &[
+    Quantity::Spo2,
+    Quantity::PulseRate,
+    Quantity::HeartRate,
+    Quantity::SystolicPressure,
+    Quantity::BodyTemperature,
+    Quantity::BodyWeight,
+    Quantity::BloodGlucose,
+];
+
+fn tile(r: &ResidentOverview, now: Timestamp, stale_after: std::time::Duration) -> Markup {
+    let find = |q: Quantity| r.latest.iter().find(|v| v.quantity == q);
+    html! {
+        article aria-labelledby=(format!("res-{}", r.id.0)) {
+            h2 id=(format!("res-{}", r.id.0)) { (r.display_name) }
+            p.room { (r.room) }
+            @let shown: Vec<&LatestValue> = TILE.iter().filter_map(|q| find(*q)).collect();
+            @if shown.is_empty() {
+                p.none { "No readings yet" }
+            } @else {
+                table {
+                    @for v in shown {
+                        (vital_row(v, find(Quantity::DiastolicPressure), now, stale_after))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn vital_row(v: &LatestValue, diastolic: Option<&LatestValue>, now: Timestamp, stale_after: std::time::Duration) -> Markup {
+    let fresh = freshness(v.taken_at, now, stale_after);
+    let age = describe_age(v.taken_at.age_at(now));
+    let (label, text) = if v.quantity == Quantity::SystolicPressure {
+        // Blood pressure reads as one value when both halves come from one measurement.
+        match diastolic.filter(|d| d.taken_at == v.taken_at && d.unit == v.unit) {
+            Some(d) => ("Blood pressure", format!("{}/{} {}", number(v.quantity, v.value), number(d.quantity, d.value), v.unit.symbol())),
+            None => (v.quantity.label(), with_unit(v)),
+        }
+    } else {
+        (v.quantity.label(), with_unit(v))
+    };
+    html! {
+        @match fresh {
+            Freshness::Current => tr {
+                th scope="row" { (label) }
+                td { span.v { (text) } span.age { (age) } }
+            },
+            Freshness::Stale => tr.stale {
+                th scope="row" { (label) span.badge { "STALE" } }
+                td { span.v { (text) } span.age { "last reading " (age) } }
+            },
+            Freshness::FutureDated => tr.stale {
+                th scope="row" { (label) span.badge { "CHECK CLOCK" } }
+                td { span.v { (text) } span.age { "device clock ahead; time unknown" } }
+            },
+        }
+    }
+}
+
+fn with_unit(v: &LatestValue) -> String {
+    match v.value {
+        Value::Number(_) => {
+            let sym = v.unit.symbol();
+            let n = number(v.quantity, v.value);
+            if sym.is_empty() { n } else if sym.starts_with('%') || sym.starts_with('°') { format!("{n}{sym}") } else { format!("{n} {sym}") }
+        }
+        Value::Special(s) => format!("no value (sensor reported {}) {}", s.as_str(), v.unit.symbol()),
+    }
+}
+
+/// A number to the precision a clinician reads it at.
+fn number(q: Quantity, v: Value) -> String {
+    match v {
+        Value::Number(n) => {
+            let digits = match q {
+                Quantity::BodyTemperature | Quantity::BodyWeight | Quantity::BodyMassIndex | Quantity::BloodGlucose | Quantity::Temperature => 1,
+                _ => 0,
+            };
+            format!("{n:.digits$}")
+        }
+        Value::Special(s) => format!("({})", s.as_str()),
+    }
+}

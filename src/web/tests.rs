@@ -1,0 +1,114 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::config::Synchronous;
+use crate::model::*;
+use crate::store::{Store, StoreSettings};
+use crate::system::health::Health;
+
+async fn setup(dir: &std::path::Path) -> (Store, AppState) {
+    let mut health = Health::default();
+    let hb = health.register("store");
+    let settings = StoreSettings {
+        path: dir.join("t.db"),
+        commit_max_readings: 100,
+        commit_max_delay: Duration::from_millis(1),
+        synchronous: Synchronous::Normal,
+    };
+    let store = Store::open(settings, tokio::runtime::Handle::current(), hb).unwrap();
+    let resident = Resident { id: ResidentId(1), display_name: "<b>Ada</b> O'Neil".into(), room: "Room 1".into(), reference: "r1".into() };
+    let dev = Device {
+        address: "C0:00:00:00:00:01".parse().unwrap(),
+        kind: DeviceKind::PulseOximeter,
+        model: None,
+        name: None,
+        subject: Subject::Resident(ResidentId(1)),
+    };
+    store.handle.provision(vec![resident], vec![dev]).await.unwrap();
+    let state = AppState {
+        reader: store.reader.clone(),
+        stale_after: Duration::from_secs(3600),
+        health: Arc::new(health),
+        started_at: Timestamp::now(),
+        version: "test",
+    };
+    (store, state)
+}
+
+fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
+    let t = Timestamp::now().saturating_sub(age);
+    Reading {
+        id: ReadingId::new(t),
+        device: "C0:00:00:00:00:01".parse().unwrap(),
+        subject: Subject::Resident(ResidentId(1)),
+        quantity: q,
+        value,
+        unit,
+        measured_at: None,
+        received_at: t,
+        clock_synced: true,
+    }
+}
+
+async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
+    let res = app(state.clone()).oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn overview_shows_value_unit_age_and_marks_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    store
+        .handle
+        .ingest(vec![
+            reading(Quantity::Spo2, Value::Number(96.0), Unit::Percent, Duration::from_secs(20)),
+            reading(Quantity::BodyTemperature, Value::Number(37.84), Unit::Celsius, Duration::from_secs(75 * 60)),
+            reading(Quantity::PulseRate, Value::Special(SpecialValue::NotANumber), Unit::PerMinute, Duration::ZERO),
+        ])
+        .await
+        .unwrap();
+    let (status, html) = get(&state, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil"), "name must be escaped");
+    assert!(html.contains("96%"), "{html}");
+    assert!(html.contains("20 s ago"), "{html}");
+    assert!(html.contains("37.8°C"), "{html}");
+    assert!(html.contains("STALE") && html.contains("last reading 75 min ago"), "{html}");
+    assert!(html.contains("no value (sensor reported nan)"), "{html}");
+
+    let (status, json) = get(&state, "/api/v1/residents").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let vitals = v["residents"][0]["vitals"].as_array().unwrap();
+    let by = |q: &str| vitals.iter().find(|x| x["quantity"] == q).unwrap().clone();
+    assert_eq!(by("spo2")["unit"], "%");
+    assert_eq!(by("spo2")["freshness"], "current");
+    assert_eq!(by("body_temperature")["freshness"], "stale");
+    assert_eq!(by("pulse_rate")["value"], serde_json::Value::Null);
+    assert_eq!(by("pulse_rate")["status"], "nan");
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_health_is_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    assert_eq!(get(&state, "/nope").await.0, StatusCode::NOT_FOUND);
+    let (status, body) = get(&state, "/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[test]
+fn ages_read_naturally() {
+    for (s, text) in [(0, "just now"), (30, "30 s ago"), (60, "1 min ago"), (75 * 60, "75 min ago"), (3 * 3600, "3 h ago"), (3 * 86400, "3 days ago")] {
+        assert_eq!(describe_age(Duration::from_secs(s)), text);
+    }
+}

@@ -1,0 +1,92 @@
+# nooelint: oelint.var.suggestedvar.BUGTRACKER, oelint.var.suggestedvar.CVE_PRODUCT, oelint.var.suggestedvar.SECTION
+# (an image recipe: nothing is packaged, so no bug tracker, CVE product or section applies)
+SUMMARY = "carehub gateway image for Raspberry Pi 4 and 5"
+DESCRIPTION = "Read-only root with systemd, BlueZ and carehub; writable /data \
+               for the reading buffer, certificates and Bluetooth bonds."
+LICENSE = "MIT"
+
+inherit core-image features_check
+
+# carehub's units, the /data binds and timesyncd need systemd as init, and
+# BlueZ needs the bluetooth feature: DISTRO = "carehub" (conf/distro) has both.
+REQUIRED_DISTRO_FEATURES = "systemd bluetooth"
+
+IMAGE_FEATURES += "read-only-rootfs"
+# Never an empty or well-known password, whatever local.conf asks for. Root is
+# locked (no password at all); see docs/imaging.md for how engineers get in.
+IMAGE_FEATURES:remove = "debug-tweaks allow-empty-password empty-root-password allow-root-login"
+
+IMAGE_INSTALL = "packagegroup-core-boot \
+                 carehub \
+                 carehub-persist \
+                 bluez5 \
+                 pi-bluetooth \
+                 tzdata \
+                 tzdata-europe \
+                 ${CORE_IMAGE_EXTRA_INSTALL} \
+"
+
+# The Pi's Bluetooth controller firmware. The machine configs recommend these
+# too, but a gateway without its radio is useless, so they are required here.
+# Pi 4: CYW43455 (BCM4345C0). Pi 5: the same chip, plus the C5 revision found
+# on later boards.
+CAREHUB_BT_FIRMWARE = ""
+# nooelint: oelint.vars.specific - a meta-raspberrypi machine, which oelint's database does not know
+CAREHUB_BT_FIRMWARE:raspberrypi4-64 = "linux-firmware-rpidistro-bcm43455 bluez-firmware-rpidistro-bcm4345c0-hcd"
+# nooelint: oelint.vars.specific - a meta-raspberrypi machine, which oelint's database does not know
+CAREHUB_BT_FIRMWARE:raspberrypi5 = "linux-firmware-rpidistro-bcm43455 bluez-firmware-rpidistro-bcm4345c0-hcd \
+                                    linux-firmware-rpidistro-bcm43456 bluez-firmware-rpidistro-bcm4345c5-hcd"
+IMAGE_INSTALL += "${CAREHUB_BT_FIRMWARE}"
+
+# Time: systemd-timesyncd (part of oe-core's systemd package with its default
+# timesyncd PACKAGECONFIG). The Pi has no RTC; carehub-persist keeps
+# timesyncd's clock file on /data so the clock starts from the last known time
+# rather than the build date.
+
+# SSH is off by default: no SSH server is installed. To allow key-only root
+# login for field engineers, point CAREHUB_SSH_AUTHORIZED_KEYS (local.conf or
+# kas) at a file of public keys; the image then gets OpenSSH with password and
+# keyboard-interactive logins disabled, and its host keys kept in /data/ssh.
+CAREHUB_SSH_AUTHORIZED_KEYS ??= ""
+IMAGE_FEATURES += "${@'ssh-server-openssh' if d.getVar('CAREHUB_SSH_AUTHORIZED_KEYS') else ''}"
+
+carehub_ssh_key_only() {
+    [ -n "${CAREHUB_SSH_AUTHORIZED_KEYS}" ] || return 0
+    [ -f "${CAREHUB_SSH_AUTHORIZED_KEYS}" ] || bbfatal "CAREHUB_SSH_AUTHORIZED_KEYS: no file ${CAREHUB_SSH_AUTHORIZED_KEYS}"
+    install -d -m 0700 ${IMAGE_ROOTFS}${ROOT_HOME}/.ssh
+    install -m 0600 ${CAREHUB_SSH_AUTHORIZED_KEYS} ${IMAGE_ROOTFS}${ROOT_HOME}/.ssh/authorized_keys
+    for conf in sshd_config sshd_config_readonly; do
+        f=${IMAGE_ROOTFS}${sysconfdir}/ssh/$conf
+        [ -f "$f" ] || continue
+        # sshd keeps the first value it reads, so these go first.
+        sed -i -e '/^[#[:space:]]*PasswordAuthentication[[:space:]]/d' \
+               -e '/^[#[:space:]]*KbdInteractiveAuthentication[[:space:]]/d' \
+               -e '/^[#[:space:]]*PermitRootLogin[[:space:]]/d' \
+               -e '/^[#[:space:]]*PermitEmptyPasswords[[:space:]]/d' \
+               -e 's,^HostKey ${localstatedir}/run/ssh/,HostKey /data/ssh/,' "$f"
+        sed -i -e '1i PasswordAuthentication no' \
+               -e '1i KbdInteractiveAuthentication no' \
+               -e '1i PermitEmptyPasswords no' \
+               -e '1i PermitRootLogin prohibit-password' "$f"
+    done
+    # read_only_rootfs_hook (which runs before this) points sshd's key
+    # directory at /var/run/ssh, a tmpfs: the host keys would change on every
+    # boot. Keep them on /data instead (created by carehub-data-dirs.service).
+    if [ -f ${IMAGE_ROOTFS}${sysconfdir}/default/ssh ]; then
+        sed -i -e 's,^SYSCONFDIR=.*,SYSCONFDIR=/data/ssh,' ${IMAGE_ROOTFS}${sysconfdir}/default/ssh
+    fi
+}
+
+# The read-only root cannot be fixed on the box, so refuse to build an image
+# in which any account has an empty password.
+carehub_no_empty_passwords() {
+    empty=$(awk -F: '$2 == "" { print $1 }' ${IMAGE_ROOTFS}${sysconfdir}/shadow)
+    [ -z "$empty" ] || bbfatal "accounts with an empty password: $empty"
+}
+
+carehub_ssh_key_only[doc] = "With CAREHUB_SSH_AUTHORIZED_KEYS set: key-only OpenSSH with host keys on /data"
+carehub_no_empty_passwords[doc] = "Fail the image if any account has an empty password"
+ROOTFS_POSTPROCESS_COMMAND += "carehub_ssh_key_only carehub_no_empty_passwords"
+
+IMAGE_FSTYPES = "wic.bz2 wic.bmap"
+WKS_FILE = "carehub-rpi.wks"
