@@ -86,7 +86,8 @@ carehub_no_empty_passwords() {
 
 carehub_ssh_key_only[doc] = "With CAREHUB_SSH_AUTHORIZED_KEYS set: key-only OpenSSH with host keys on /data"
 carehub_no_empty_passwords[doc] = "Fail the image if any account has an empty password"
-ROOTFS_POSTPROCESS_COMMAND += "carehub_ssh_key_only carehub_no_empty_passwords"
+# :append so these run after oe-core's own hooks (read_only_rootfs_hook among them).
+ROOTFS_POSTPROCESS_COMMAND:append = " carehub_ssh_key_only carehub_no_empty_passwords"
 
 IMAGE_FSTYPES = "wic.bz2 wic.bmap"
 WKS_FILE = "carehub-rpi.wks"
