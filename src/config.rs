@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::sensor::simulator::SimulatorConfig;
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub site: SiteConfig,
@@ -106,34 +106,30 @@ pub struct ClinicalConfig {
     pub stale_after_minutes: u32,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            site: SiteConfig::default(),
-            sensors: SensorsConfig::default(),
-            simulator: SimulatorSection::default(),
-            store: StoreConfig::default(),
-            web: WebConfig::default(),
-            clinical: ClinicalConfig::default(),
-        }
-    }
-}
-
 impl Default for SiteConfig {
     fn default() -> Self {
-        SiteConfig { id: "demo-site".into(), gateway_id: "carehub-gw".into() }
+        SiteConfig {
+            id: "demo-site".into(),
+            gateway_id: "carehub-gw".into(),
+        }
     }
 }
 
 impl Default for SensorsConfig {
     fn default() -> Self {
-        SensorsConfig { source: SourceKind::Simulator, channel_capacity: 1024 }
+        SensorsConfig {
+            source: SourceKind::Simulator,
+            channel_capacity: 1024,
+        }
     }
 }
 
 impl Default for SimulatorSection {
     fn default() -> Self {
-        SimulatorSection { residents: 8, seed: 1 }
+        SimulatorSection {
+            residents: 8,
+            seed: 1,
+        }
     }
 }
 
@@ -150,19 +146,26 @@ impl Default for StoreConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
     }
 }
 
 impl Default for ClinicalConfig {
     fn default() -> Self {
-        ClinicalConfig { stale_after_minutes: 60 }
+        ClinicalConfig {
+            stale_after_minutes: 60,
+        }
     }
 }
 
 impl SimulatorSection {
     pub fn to_simulator_config(&self) -> SimulatorConfig {
-        SimulatorConfig { residents: self.residents, seed: self.seed }
+        SimulatorConfig {
+            residents: self.residents,
+            seed: self.seed,
+        }
     }
 }
 
@@ -262,12 +265,13 @@ impl Config {
                 message: e.message().to_owned(),
             }
         })?;
-        let overlay: toml::Table = toml::from_str(text).map_err(|e: toml::de::Error| ConfigError {
-            file: file.to_owned(),
-            line: e.span().map(|s| line_of(text, s.start)),
-            key: None,
-            message: e.message().to_owned(),
-        })?;
+        let overlay: toml::Table =
+            toml::from_str(text).map_err(|e: toml::de::Error| ConfigError {
+                file: file.to_owned(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                key: None,
+                message: e.message().to_owned(),
+            })?;
         let internal = |e: &dyn fmt::Display| ConfigError {
             file: file.to_owned(),
             line: None,
@@ -276,7 +280,9 @@ impl Config {
         };
         let mut merged = toml::Table::try_from(&base).map_err(|e| internal(&e))?;
         merge(&mut merged, overlay);
-        let config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| internal(&e))?;
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| internal(&e))?;
         config.validate().map_err(|(key, message)| ConfigError {
             file: file.to_owned(),
             line: line_of_key(text, key),
@@ -289,7 +295,10 @@ impl Config {
     /// Checks what types cannot: ranges and relations between keys.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if !(1..=500).contains(&self.simulator.residents) {
-            return Err(("simulator.residents", format!("{} is out of range 1 to 500", self.simulator.residents)));
+            return Err((
+                "simulator.residents",
+                format!("{} is out of range 1 to 500", self.simulator.residents),
+            ));
         }
         if self.sensors.channel_capacity == 0 {
             return Err(("sensors.channel_capacity", "must be at least 1".into()));
@@ -298,7 +307,10 @@ impl Config {
             return Err(("store.commit_max_readings", "must be at least 1".into()));
         }
         if self.store.commit_max_delay_ms > 10_000 {
-            return Err(("store.commit_max_delay_ms", "must be at most 10000 (10 s)".into()));
+            return Err((
+                "store.commit_max_delay_ms",
+                "must be at most 10000 (10 s)".into(),
+            ));
         }
         if self.store.path.as_os_str().is_empty() {
             return Err(("store.path", "must not be empty".into()));
@@ -306,9 +318,21 @@ impl Config {
         if self.clinical.stale_after_minutes == 0 {
             return Err(("clinical.stale_after_minutes", "must be at least 1".into()));
         }
-        for (key, value) in [("site.id", &self.site.id), ("site.gateway_id", &self.site.gateway_id)] {
-            if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err((key, format!("{value:?} must be non-empty letters, digits, '-' or '_' (it is used in MQTT topics)")));
+        for (key, value) in [
+            ("site.id", &self.site.id),
+            ("site.gateway_id", &self.site.gateway_id),
+        ] {
+            if value.is_empty()
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err((
+                    key,
+                    format!(
+                        "{value:?} must be non-empty letters, digits, '-' or '_' (it is used in MQTT topics)"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -346,7 +370,11 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
             if key.is_empty() {
                 return None;
             }
-            return Some(if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") });
+            return Some(if table.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{table}.{key}")
+            });
         }
     }
     None
@@ -365,9 +393,15 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
             }
             continue;
         }
-        let Some(k) = t.split('=').next().map(|k| k.trim().trim_matches('"')) else { continue };
+        let Some(k) = t.split('=').next().map(|k| k.trim().trim_matches('"')) else {
+            continue;
+        };
         if t.contains('=') && !t.starts_with('#') {
-            let full = if table.is_empty() { k.to_owned() } else { format!("{table}.{k}") };
+            let full = if table.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{table}.{k}")
+            };
             if full == key {
                 return Some(i + 1);
             }
@@ -397,26 +431,52 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_with_its_line() {
-        check_err("[store]\npath = \"/tmp/x.db\"\ncommit_max_readigns = 5\n", Some(3), "store.commit_max_readigns", "unknown field");
+        check_err(
+            "[store]\npath = \"/tmp/x.db\"\ncommit_max_readigns = 5\n",
+            Some(3),
+            "store.commit_max_readigns",
+            "unknown field",
+        );
         check_err("[sotre]\npath = \"x\"\n", Some(1), "sotre", "unknown field");
     }
 
     #[test]
     fn wrong_type_is_an_error_with_its_line() {
-        check_err("[simulator]\nseed = 2\nresidents = \"many\"\n", Some(3), "simulator.residents", "invalid type");
-        check_err("[web]\nlisten = \"localhost\"\n", Some(2), "web.listen", "invalid");
-        check_err("[sensors]\nsource = \"bluetooth\"\n", Some(2), "sensors.source", "unknown variant");
+        check_err(
+            "[simulator]\nseed = 2\nresidents = \"many\"\n",
+            Some(3),
+            "simulator.residents",
+            "invalid type",
+        );
+        check_err(
+            "[web]\nlisten = \"localhost\"\n",
+            Some(2),
+            "web.listen",
+            "invalid",
+        );
+        check_err(
+            "[sensors]\nsource = \"bluetooth\"\n",
+            Some(2),
+            "sensors.source",
+            "unknown variant",
+        );
     }
 
     #[test]
     fn syntax_error_names_the_line() {
-        let e = Config::parse(Path::new("c.toml"), "[web]\nlisten = \n", Config::default()).unwrap_err();
+        let e = Config::parse(Path::new("c.toml"), "[web]\nlisten = \n", Config::default())
+            .unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
     }
 
     #[test]
     fn out_of_range_is_an_error_with_its_line() {
-        check_err("[simulator]\n\nresidents = 0\n", Some(3), "simulator.residents", "out of range");
+        check_err(
+            "[simulator]\n\nresidents = 0\n",
+            Some(3),
+            "simulator.residents",
+            "out of range",
+        );
         check_err("[site]\nid = \"care home/1\"\n", Some(2), "site.id", "MQTT");
     }
 

@@ -47,7 +47,11 @@ pub async fn run(
         .await
         .context("store start-up task failed")?
         .with_context(|| format!("cannot open the database {}", config.store.path.display()))?;
-    let Store { handle: store_handle, reader, writer } = store;
+    let Store {
+        handle: store_handle,
+        reader,
+        writer,
+    } = store;
 
     let simulator = match config.sensors.source {
         SourceKind::Simulator => Simulator::new(&config.simulator.to_simulator_config()),
@@ -65,7 +69,12 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(config.sensors.channel_capacity);
-    let sensor = tokio::spawn(run_simulator(simulator, frames_tx, cancel.clone(), sensor_beat));
+    let sensor = tokio::spawn(run_simulator(
+        simulator,
+        frames_tx,
+        cancel.clone(),
+        sensor_beat,
+    ));
     let ingest = tokio::spawn(
         Ingest {
             rx: frames_rx,
@@ -81,7 +90,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.web.listen)
         .await
         .with_context(|| format!("cannot listen on {} (web.listen)", config.web.listen))?;
-    let bound = listener.local_addr().context("listener has no local address")?;
+    let bound = listener
+        .local_addr()
+        .context("listener has no local address")?;
     let state = AppState {
         reader,
         stale_after: Duration::from_secs(u64::from(config.clinical.stale_after_minutes) * 60),
@@ -119,7 +130,12 @@ pub async fn run(
     }
 }
 
-async fn run_simulator(mut sim: Simulator, tx: mpsc::Sender<RawFrame>, cancel: CancellationToken, beat: Heartbeat) {
+async fn run_simulator(
+    mut sim: Simulator,
+    tx: mpsc::Sender<RawFrame>,
+    cancel: CancellationToken,
+    beat: Heartbeat,
+) {
     let mut tick = tokio::time::interval(SIMULATOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

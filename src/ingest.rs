@@ -45,7 +45,10 @@ const MAX_BATCH: usize = 512;
 
 impl Ingest {
     pub fn registry_from(devices: &[Device]) -> HashMap<DeviceAddress, Subject> {
-        devices.iter().map(|d| (d.address, d.subject.clone())).collect()
+        devices
+            .iter()
+            .map(|d| (d.address, d.subject.clone()))
+            .collect()
     }
 
     /// Runs until every source has closed its sender and every frame is handed to
@@ -88,7 +91,13 @@ impl Ingest {
         tracing::debug!("ingest stopped: sources closed and all frames handed to the store");
     }
 
-    fn attribute(&self, decoder: &mut Decoder, raw: RawFrame, clock_synced: bool, out: &mut Vec<Reading>) {
+    fn attribute(
+        &self,
+        decoder: &mut Decoder,
+        raw: RawFrame,
+        clock_synced: bool,
+        out: &mut Vec<Reading>,
+    ) {
         let address = raw.frame.address();
         let Some(subject) = self.registry.get(&address) else {
             self.stats.unregistered.fetch_add(1, Ordering::Relaxed);

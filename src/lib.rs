@@ -6,13 +6,13 @@
 pub mod config;
 pub mod model;
 
-pub mod sensor;
 pub mod decode;
 pub mod ingest;
+pub mod sensor;
 pub mod store;
 
-pub mod web;
 pub mod clinical;
 pub mod system;
+pub mod web;
 
 pub mod daemon;

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use carehub::config::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "carehub", version, about = "Edge hub for care homes: residents' BLE health sensors, buffered and forwarded")]
+#[command(
+    name = "carehub",
+    version,
+    about = "Edge hub for care homes: residents' BLE health sensors, buffered and forwarded"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,11 +71,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Config { command: ConfigCommand::Example } => {
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
             print!("{}", config::EXAMPLE);
             Ok(())
         }
-        Command::Config { command: ConfigCommand::Check { path } } => {
+        Command::Config {
+            command: ConfigCommand::Check { path },
+        } => {
             Config::load(&path)?;
             println!("{}: ok", path.display());
             Ok(())
@@ -80,19 +88,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             serve(config, |_| {})
         }
-        Command::Demo { listen, data_dir, residents, config } => {
+        Command::Demo {
+            listen,
+            data_dir,
+            residents,
+            config,
+        } => {
             let mut base = Config::default();
             base.store.path = data_dir.join("carehub.db");
             base.web.listen = listen;
             let mut config = match config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
                     Config::parse(&path, &text, base)?
                 }
                 None => base,
             };
             if let Some(n) = residents {
-                anyhow::ensure!((1..=500).contains(&n), "--residents must be 1 to 500, not {n}");
+                anyhow::ensure!(
+                    (1..=500).contains(&n),
+                    "--residents must be 1 to 500, not {n}"
+                );
                 config.simulator.residents = n;
             }
             serve(config, |addr| {
@@ -108,7 +125,8 @@ fn serve(config: Config, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let shutdown = carehub::system::shutdown_signal().context("cannot install signal handlers")?;
+        let shutdown =
+            carehub::system::shutdown_signal().context("cannot install signal handlers")?;
         carehub::daemon::run(config, shutdown, on_ready).await
     })
 }
@@ -116,5 +134,8 @@ fn serve(config: Config, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

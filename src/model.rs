@@ -77,7 +77,8 @@ impl ReadingId {
     /// A new id whose time part is `at`; ids made later sort later.
     pub fn new(at: Timestamp) -> Self {
         let ms = u64::try_from(at.unix_ms()).unwrap_or(0);
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+        let ts =
+            uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
         ReadingId(uuid::Uuid::new_v7(ts))
     }
 
@@ -104,7 +105,7 @@ impl FromStr for ReadingId {
 }
 
 /// A Bluetooth device address, in the display order BlueZ uses (`AA:BB:CC:DD:EE:FF`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceAddress(pub [u8; 6]);
 
 impl fmt::Display for DeviceAddress {
@@ -667,7 +668,13 @@ mod tests {
     fn address_round_trips_and_rejects_garbage() {
         let a: DeviceAddress = "a4:c1:38:00:00:01".parse().unwrap();
         assert_eq!(a.to_string(), "A4:C1:38:00:00:01");
-        for bad in ["", "A4:C1:38:00:00", "A4:C1:38:00:00:01:02", "G4:C1:38:00:00:01", "A4C1:38:00:00:01"] {
+        for bad in [
+            "",
+            "A4:C1:38:00:00",
+            "A4:C1:38:00:00:01:02",
+            "G4:C1:38:00:00:01",
+            "A4C1:38:00:00:01",
+        ] {
             assert!(bad.parse::<DeviceAddress>().is_err(), "{bad:?} accepted");
         }
     }
@@ -708,6 +715,9 @@ mod tests {
     fn age_never_negative() {
         let t = Timestamp::from_unix_ms(10_000);
         assert_eq!(t.age_at(Timestamp::from_unix_ms(5_000)), Duration::ZERO);
-        assert_eq!(t.age_at(Timestamp::from_unix_ms(70_000)), Duration::from_secs(60));
+        assert_eq!(
+            t.age_at(Timestamp::from_unix_ms(70_000)),
+            Duration::from_secs(60)
+        );
     }
 }

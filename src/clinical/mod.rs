@@ -42,7 +42,11 @@ mod tests {
         let now = Timestamp::from_unix_ms(10_000_000);
         let hour = Duration::from_secs(3600);
         let check = |age_ms: i64, expected| {
-            assert_eq!(freshness(Timestamp::from_unix_ms(now.unix_ms() - age_ms), now, hour), expected, "age {age_ms} ms");
+            assert_eq!(
+                freshness(Timestamp::from_unix_ms(now.unix_ms() - age_ms), now, hour),
+                expected,
+                "age {age_ms} ms"
+            );
         };
         check(0, Freshness::Current);
         check(3_600_000, Freshness::Current);

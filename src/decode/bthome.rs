@@ -23,7 +23,12 @@ pub struct BthomeFrame {
 #[derive(Clone, Copy)]
 enum Kind {
     /// Unsigned or signed little-endian integer of `size` bytes, times `factor`.
-    Number { size: u8, signed: bool, factor: f64, digits: i32 },
+    Number {
+        size: u8,
+        signed: bool,
+        factor: f64,
+        digits: i32,
+    },
     /// A length byte then that many bytes (text, raw).
     LengthPrefixed,
 }
@@ -34,8 +39,24 @@ struct Object {
     quantity: Option<(Quantity, Unit)>,
 }
 
-const fn num(id: u8, size: u8, signed: bool, factor: f64, digits: i32, quantity: Option<(Quantity, Unit)>) -> Object {
-    Object { id, kind: Kind::Number { size, signed, factor, digits }, quantity }
+const fn num(
+    id: u8,
+    size: u8,
+    signed: bool,
+    factor: f64,
+    digits: i32,
+    quantity: Option<(Quantity, Unit)>,
+) -> Object {
+    Object {
+        id,
+        kind: Kind::Number {
+            size,
+            signed,
+            factor,
+            digits,
+        },
+        quantity,
+    }
 }
 
 const fn binary(id: u8, quantity: Option<(Quantity, Unit)>) -> Object {
@@ -60,13 +81,34 @@ const OBJECTS: &[Object] = &[
     num(0x0A, 3, false, 0.001, 3, None),
     num(0x0B, 3, false, 0.01, 2, None),
     num(0x0C, 2, false, 0.001, 3, Some((Q::BatteryVoltage, U::Volt))),
-    num(0x0D, 2, false, 1.0, 0, Some((Q::Pm2_5, U::MicrogramPerCubicMetre))),
-    num(0x0E, 2, false, 1.0, 0, Some((Q::Pm10, U::MicrogramPerCubicMetre))),
+    num(
+        0x0D,
+        2,
+        false,
+        1.0,
+        0,
+        Some((Q::Pm2_5, U::MicrogramPerCubicMetre)),
+    ),
+    num(
+        0x0E,
+        2,
+        false,
+        1.0,
+        0,
+        Some((Q::Pm10, U::MicrogramPerCubicMetre)),
+    ),
     binary(0x0F, None),
     binary(0x10, None),
     binary(0x11, Some((Q::Opening, U::One))),
     num(0x12, 2, false, 1.0, 0, Some((Q::Co2, U::PartsPerMillion))),
-    num(0x13, 2, false, 1.0, 0, Some((Q::Voc, U::MicrogramPerCubicMetre))),
+    num(
+        0x13,
+        2,
+        false,
+        1.0,
+        0,
+        Some((Q::Voc, U::MicrogramPerCubicMetre)),
+    ),
     num(0x14, 2, false, 0.01, 2, None),
     binary(0x15, Some((Q::BatteryLow, U::One))),
     binary(0x16, None),
@@ -117,10 +159,25 @@ const OBJECTS: &[Object] = &[
     num(0x4E, 4, false, 0.001, 3, None),
     num(0x4F, 4, false, 0.001, 3, None),
     num(0x50, 4, false, 1.0, 0, None), // timestamp
-    num(0x51, 2, false, 0.001, 3, Some((Q::Acceleration, U::MetrePerSecondSquared))),
+    num(
+        0x51,
+        2,
+        false,
+        0.001,
+        3,
+        Some((Q::Acceleration, U::MetrePerSecondSquared)),
+    ),
     num(0x52, 2, false, 0.001, 3, None),
-    Object { id: 0x53, kind: Kind::LengthPrefixed, quantity: None },
-    Object { id: 0x54, kind: Kind::LengthPrefixed, quantity: None },
+    Object {
+        id: 0x53,
+        kind: Kind::LengthPrefixed,
+        quantity: None,
+    },
+    Object {
+        id: 0x54,
+        kind: Kind::LengthPrefixed,
+        quantity: None,
+    },
     num(0x55, 4, false, 0.001, 3, None),
     num(0x56, 2, false, 1.0, 0, None),
     num(0x57, 1, true, 1.0, 0, Some((Q::Temperature, U::Celsius))),
@@ -152,12 +209,18 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
     let info = c.u8()?;
     let version = info >> 5;
     if version != 2 {
-        return Err(DecodeError::UnsupportedVersion { format: FORMAT, version });
+        return Err(DecodeError::UnsupportedVersion {
+            format: FORMAT,
+            version,
+        });
     }
     if info & 0x01 != 0 {
         return Err(DecodeError::Encrypted(FORMAT));
     }
-    let mut out = Decoded { format: FORMAT, ..Decoded::default() };
+    let mut out = Decoded {
+        format: FORMAT,
+        ..Decoded::default()
+    };
     let mut packet_id = None;
     while c.remaining() > 0 {
         let id = c.u8()?;
@@ -167,7 +230,12 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
                 let len = c.u8()?;
                 c.take(usize::from(len))?;
             }
-            Kind::Number { size, signed, factor, digits } => {
+            Kind::Number {
+                size,
+                signed,
+                factor,
+                digits,
+            } => {
                 let bytes = c.take(usize::from(size))?;
                 let raw = le_int(bytes, signed);
                 match id {
@@ -178,12 +246,20 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
                 }
                 if let Some((quantity, unit)) = obj.quantity {
                     let v = round_to(raw as f64 * factor, digits);
-                    out.values.push(DecodedValue { quantity, value: Value::Number(v), unit, device_time: None });
+                    out.values.push(DecodedValue {
+                        quantity,
+                        value: Value::Number(v),
+                        unit,
+                        device_time: None,
+                    });
                 }
             }
         }
     }
-    Ok(BthomeFrame { decoded: out, packet_id })
+    Ok(BthomeFrame {
+        decoded: out,
+        packet_id,
+    })
 }
 
 fn le_int(bytes: &[u8], signed: bool) -> i64 {
@@ -211,7 +287,10 @@ fn button(code: u8) -> Event {
         0x80 => "hold_press",
         _ => "unknown",
     };
-    Event { kind: "button", detail: detail.into() }
+    Event {
+        kind: "button",
+        detail: detail.into(),
+    }
 }
 
 fn dimmer(code: u8, steps: u8) -> Event {
@@ -221,7 +300,10 @@ fn dimmer(code: u8, steps: u8) -> Event {
         0x02 => format!("rotate_right {steps}"),
         _ => "unknown".to_owned(),
     };
-    Event { kind: "dimmer", detail }
+    Event {
+        kind: "dimmer",
+        detail,
+    }
 }
 
 #[cfg(test)]
@@ -230,37 +312,87 @@ mod tests {
 
     fn check(hex: &[u8], expected: &[(Quantity, f64, Unit)]) {
         let f = decode(hex).unwrap_or_else(|e| panic!("{hex:02x?}: {e}"));
-        let got: Vec<_> = f.decoded.values.iter().map(|v| (v.quantity, v.value.number().unwrap(), v.unit)).collect();
+        let got: Vec<_> = f
+            .decoded
+            .values
+            .iter()
+            .map(|v| (v.quantity, v.value.number().unwrap(), v.unit))
+            .collect();
         assert_eq!(got, expected, "{hex:02x?}");
     }
 
     #[test]
     fn examples_from_the_bthome_format_page() {
         // bthome.io/format examples: temperature 0x02 CA09 = 25.06 °C; humidity 0x03 BF13 = 50.55 %.
-        check(&[0x40, 0x02, 0xCA, 0x09], &[(Q::Temperature, 25.06, U::Celsius)]);
-        check(&[0x40, 0x03, 0xBF, 0x13], &[(Q::Humidity, 50.55, U::Percent)]);
+        check(
+            &[0x40, 0x02, 0xCA, 0x09],
+            &[(Q::Temperature, 25.06, U::Celsius)],
+        );
+        check(
+            &[0x40, 0x03, 0xBF, 0x13],
+            &[(Q::Humidity, 50.55, U::Percent)],
+        );
         // Pressure 0x04 138A01 = 1008.83 hPa; battery 0x01 61 = 97 %.
-        check(&[0x40, 0x01, 0x61, 0x04, 0x13, 0x8A, 0x01], &[(Q::BatteryLevel, 97.0, U::Percent), (Q::Pressure, 1008.83, U::Hectopascal)]);
+        check(
+            &[0x40, 0x01, 0x61, 0x04, 0x13, 0x8A, 0x01],
+            &[
+                (Q::BatteryLevel, 97.0, U::Percent),
+                (Q::Pressure, 1008.83, U::Hectopascal),
+            ],
+        );
         // Negative temperature, s16: 0xF830 = -20.00 °C.
-        check(&[0x40, 0x02, 0x30, 0xF8], &[(Q::Temperature, -20.0, U::Celsius)]);
+        check(
+            &[0x40, 0x02, 0x30, 0xF8],
+            &[(Q::Temperature, -20.0, U::Celsius)],
+        );
         // Two objects of the same kind.
-        check(&[0x40, 0x02, 0xC4, 0x09, 0x02, 0x30, 0xF8], &[(Q::Temperature, 25.0, U::Celsius), (Q::Temperature, -20.0, U::Celsius)]);
+        check(
+            &[0x40, 0x02, 0xC4, 0x09, 0x02, 0x30, 0xF8],
+            &[
+                (Q::Temperature, 25.0, U::Celsius),
+                (Q::Temperature, -20.0, U::Celsius),
+            ],
+        );
     }
 
     #[test]
     fn version_encryption_and_unknown_ids_are_errors() {
-        assert_eq!(decode(&[0x20, 0x02, 0, 0]).unwrap_err(), DecodeError::UnsupportedVersion { format: FORMAT, version: 1 });
-        assert_eq!(decode(&[0x41, 0x02, 0, 0]).unwrap_err(), DecodeError::Encrypted(FORMAT));
-        assert_eq!(decode(&[0x40, 0xEE, 0]).unwrap_err(), DecodeError::UnknownObject(0xEE));
-        assert!(matches!(decode(&[0x40, 0x02, 0x01]).unwrap_err(), DecodeError::Truncated { .. }));
-        assert!(matches!(decode(&[]).unwrap_err(), DecodeError::Truncated { .. }));
+        assert_eq!(
+            decode(&[0x20, 0x02, 0, 0]).unwrap_err(),
+            DecodeError::UnsupportedVersion {
+                format: FORMAT,
+                version: 1
+            }
+        );
+        assert_eq!(
+            decode(&[0x41, 0x02, 0, 0]).unwrap_err(),
+            DecodeError::Encrypted(FORMAT)
+        );
+        assert_eq!(
+            decode(&[0x40, 0xEE, 0]).unwrap_err(),
+            DecodeError::UnknownObject(0xEE)
+        );
+        assert!(matches!(
+            decode(&[0x40, 0x02, 0x01]).unwrap_err(),
+            DecodeError::Truncated { .. }
+        ));
+        assert!(matches!(
+            decode(&[]).unwrap_err(),
+            DecodeError::Truncated { .. }
+        ));
     }
 
     #[test]
     fn button_event_and_packet_id() {
         let f = decode(&[0x44, 0x00, 0x07, 0x3A, 0x02]).unwrap();
         assert_eq!(f.packet_id, Some(7));
-        assert_eq!(f.decoded.events, vec![Event { kind: "button", detail: "double_press".into() }]);
+        assert_eq!(
+            f.decoded.events,
+            vec![Event {
+                kind: "button",
+                detail: "double_press".into()
+            }]
+        );
     }
 
     #[test]

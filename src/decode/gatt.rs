@@ -30,37 +30,77 @@ pub fn decode(characteristic: u16, bytes: &[u8]) -> Result<Decoded, DecodeError>
         PLX_CONTINUOUS => plx_continuous(bytes),
         WEIGHT_MEASUREMENT => weight(bytes),
         BATTERY_LEVEL => battery(bytes),
-        other => Err(DecodeError::Unsupported(format!("characteristic {other:04x}"))),
+        other => Err(DecodeError::Unsupported(format!(
+            "characteristic {other:04x}"
+        ))),
     }
 }
 
-fn value(quantity: Quantity, value: Value, unit: Unit, device_time: Option<DeviceDateTime>) -> DecodedValue {
-    DecodedValue { quantity, value, unit, device_time }
+fn value(
+    quantity: Quantity,
+    value: Value,
+    unit: Unit,
+    device_time: Option<DeviceDateTime>,
+) -> DecodedValue {
+    DecodedValue {
+        quantity,
+        value,
+        unit,
+        device_time,
+    }
 }
 
 fn heart_rate(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     const F: &str = "gatt_heart_rate_measurement";
     let mut c = Cursor::new(F, bytes);
     let flags = c.u8()?;
-    let bpm = if flags & 0x01 != 0 { c.u16()? } else { u16::from(c.u8()?) };
-    let mut out = Decoded { format: F, ..Decoded::default() };
-    out.values.push(value(Quantity::HeartRate, Value::Number(f64::from(bpm)), Unit::PerMinute, None));
+    let bpm = if flags & 0x01 != 0 {
+        c.u16()?
+    } else {
+        u16::from(c.u8()?)
+    };
+    let mut out = Decoded {
+        format: F,
+        ..Decoded::default()
+    };
+    out.values.push(value(
+        Quantity::HeartRate,
+        Value::Number(f64::from(bpm)),
+        Unit::PerMinute,
+        None,
+    ));
     if (flags >> 1) & 0x03 == 2 {
-        out.events.push(Event { kind: "sensor_contact", detail: "not detected".into() });
+        out.events.push(Event {
+            kind: "sensor_contact",
+            detail: "not detected".into(),
+        });
     }
     if flags & 0x08 != 0 {
         let kj = c.u16()?;
-        out.values.push(value(Quantity::EnergyExpended, Value::Number(f64::from(kj)), Unit::Kilojoule, None));
+        out.values.push(value(
+            Quantity::EnergyExpended,
+            Value::Number(f64::from(kj)),
+            Unit::Kilojoule,
+            None,
+        ));
     }
     if flags & 0x10 != 0 {
         // RR intervals fill the rest of the frame, each in units of 1/1024 s.
         while c.remaining() >= 2 {
             let rr = c.u16()?;
             let ms = f64::from(rr) * 1000.0 / 1024.0;
-            out.values.push(value(Quantity::RrInterval, Value::Number(ms), Unit::Millisecond, None));
+            out.values.push(value(
+                Quantity::RrInterval,
+                Value::Number(ms),
+                Unit::Millisecond,
+                None,
+            ));
         }
         if c.remaining() != 0 {
-            return Err(DecodeError::Invalid { format: F, field: "rr interval (odd length)" });
+            return Err(DecodeError::Invalid {
+                format: F,
+                field: "rr interval (odd length)",
+            });
         }
     }
     Ok(out)
@@ -70,47 +110,94 @@ fn temperature(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeErro
     let mut c = Cursor::new(format, bytes);
     let flags = c.u8()?;
     let reading = float(c.u32()?);
-    let unit = if flags & 0x01 != 0 { Unit::Fahrenheit } else { Unit::Celsius };
-    let time = if flags & 0x02 != 0 { Some(c.date_time()?) } else { None };
+    let unit = if flags & 0x01 != 0 {
+        Unit::Fahrenheit
+    } else {
+        Unit::Celsius
+    };
+    let time = if flags & 0x02 != 0 {
+        Some(c.date_time()?)
+    } else {
+        None
+    };
     if flags & 0x04 != 0 {
         let site = c.u8()?;
         if !(1..=9).contains(&site) {
-            return Err(DecodeError::Invalid { format, field: "temperature type" });
+            return Err(DecodeError::Invalid {
+                format,
+                field: "temperature type",
+            });
         }
     }
-    Ok(Decoded { format, values: vec![value(Quantity::BodyTemperature, reading, unit, time)], events: vec![] })
+    Ok(Decoded {
+        format,
+        values: vec![value(Quantity::BodyTemperature, reading, unit, time)],
+        events: vec![],
+    })
 }
 
 fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let mut c = Cursor::new(format, bytes);
     let flags = c.u8()?;
-    let unit = if flags & 0x01 != 0 { Unit::Kilopascal } else { Unit::MillimetreOfMercury };
+    let unit = if flags & 0x01 != 0 {
+        Unit::Kilopascal
+    } else {
+        Unit::MillimetreOfMercury
+    };
     let systolic = sfloat(c.u16()?);
     let diastolic = sfloat(c.u16()?);
     let mean = sfloat(c.u16()?);
-    let time = if flags & 0x02 != 0 { Some(c.date_time()?) } else { None };
-    let pulse = if flags & 0x04 != 0 { Some(sfloat(c.u16()?)) } else { None };
+    let time = if flags & 0x02 != 0 {
+        Some(c.date_time()?)
+    } else {
+        None
+    };
+    let pulse = if flags & 0x04 != 0 {
+        Some(sfloat(c.u16()?))
+    } else {
+        None
+    };
     if flags & 0x08 != 0 {
         c.u8()?; // user id
     }
-    let status = if flags & 0x10 != 0 { Some(c.u16()?) } else { None };
+    let status = if flags & 0x10 != 0 {
+        Some(c.u16()?)
+    } else {
+        None
+    };
 
-    let mut out = Decoded { format, ..Decoded::default() };
+    let mut out = Decoded {
+        format,
+        ..Decoded::default()
+    };
     if format == "gatt_intermediate_cuff_pressure" {
         // The first field is the current cuff pressure; the others are NaN.
-        out.values.push(value(Quantity::CuffPressure, systolic, unit, time));
+        out.values
+            .push(value(Quantity::CuffPressure, systolic, unit, time));
     } else {
-        out.values.push(value(Quantity::SystolicPressure, systolic, unit, time));
-        out.values.push(value(Quantity::DiastolicPressure, diastolic, unit, time));
-        out.values.push(value(Quantity::MeanArterialPressure, mean, unit, time));
+        out.values
+            .push(value(Quantity::SystolicPressure, systolic, unit, time));
+        out.values
+            .push(value(Quantity::DiastolicPressure, diastolic, unit, time));
+        out.values
+            .push(value(Quantity::MeanArterialPressure, mean, unit, time));
     }
     if let Some(p) = pulse {
-        out.values.push(value(Quantity::PulseRate, p, Unit::PerMinute, time));
+        out.values
+            .push(value(Quantity::PulseRate, p, Unit::PerMinute, time));
     }
     if let Some(s) = status {
-        for (bit, what) in [(0, "body movement"), (1, "cuff too loose"), (2, "irregular pulse"), (5, "improper position")] {
+        for (bit, what) in [
+            (0, "body movement"),
+            (1, "cuff too loose"),
+            (2, "irregular pulse"),
+            (5, "improper position"),
+        ] {
             if s & (1 << bit) != 0 {
-                out.events.push(Event { kind: "measurement_status", detail: what.into() });
+                out.events.push(Event {
+                    kind: "measurement_status",
+                    detail: what.into(),
+                });
             }
         }
     }
@@ -123,18 +210,32 @@ fn plx_spot_check(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let flags = c.u8()?;
     let spo2 = sfloat(c.u16()?);
     let pr = sfloat(c.u16()?);
-    let time = if flags & 0x01 != 0 { Some(c.date_time()?) } else { None };
+    let time = if flags & 0x01 != 0 {
+        Some(c.date_time()?)
+    } else {
+        None
+    };
     if flags & 0x02 != 0 {
         c.u16()?; // measurement status
     }
     if flags & 0x04 != 0 {
         c.u24()?; // device and sensor status
     }
-    let mut out = Decoded { format: F, ..Decoded::default() };
-    out.values.push(value(Quantity::Spo2, spo2, Unit::Percent, time));
-    out.values.push(value(Quantity::PulseRate, pr, Unit::PerMinute, time));
+    let mut out = Decoded {
+        format: F,
+        ..Decoded::default()
+    };
+    out.values
+        .push(value(Quantity::Spo2, spo2, Unit::Percent, time));
+    out.values
+        .push(value(Quantity::PulseRate, pr, Unit::PerMinute, time));
     if flags & 0x08 != 0 {
-        out.values.push(value(Quantity::PulseAmplitudeIndex, sfloat(c.u16()?), Unit::Percent, time));
+        out.values.push(value(
+            Quantity::PulseAmplitudeIndex,
+            sfloat(c.u16()?),
+            Unit::Percent,
+            time,
+        ));
     }
     Ok(out)
 }
@@ -160,16 +261,29 @@ fn plx_continuous(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if flags & 0x08 != 0 {
         c.u24()?;
     }
-    let mut out = Decoded { format: F, ..Decoded::default() };
+    let mut out = Decoded {
+        format: F,
+        ..Decoded::default()
+    };
     let (spo2, pr) = if invalid {
-        (Value::Special(SpecialValue::Unavailable), Value::Special(SpecialValue::Unavailable))
+        (
+            Value::Special(SpecialValue::Unavailable),
+            Value::Special(SpecialValue::Unavailable),
+        )
     } else {
         (spo2, pr)
     };
-    out.values.push(value(Quantity::Spo2, spo2, Unit::Percent, None));
-    out.values.push(value(Quantity::PulseRate, pr, Unit::PerMinute, None));
+    out.values
+        .push(value(Quantity::Spo2, spo2, Unit::Percent, None));
+    out.values
+        .push(value(Quantity::PulseRate, pr, Unit::PerMinute, None));
     if flags & 0x10 != 0 {
-        out.values.push(value(Quantity::PulseAmplitudeIndex, sfloat(c.u16()?), Unit::Percent, None));
+        out.values.push(value(
+            Quantity::PulseAmplitudeIndex,
+            sfloat(c.u16()?),
+            Unit::Percent,
+            None,
+        ));
     }
     Ok(out)
 }
@@ -180,17 +294,28 @@ fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let flags = c.u8()?;
     let imperial = flags & 0x01 != 0;
     let raw = c.u16()?;
-    let time = if flags & 0x02 != 0 { Some(c.date_time()?) } else { None };
+    let time = if flags & 0x02 != 0 {
+        Some(c.date_time()?)
+    } else {
+        None
+    };
     if flags & 0x04 != 0 {
         c.u8()?; // user id
     }
-    let (unit, resolution) = if imperial { (Unit::Pound, 0.01) } else { (Unit::Kilogram, 0.005) };
+    let (unit, resolution) = if imperial {
+        (Unit::Pound, 0.01)
+    } else {
+        (Unit::Kilogram, 0.005)
+    };
     let w = if raw == 0xFFFF {
         Value::Special(SpecialValue::Unsuccessful)
     } else {
         Value::Number(round_to(f64::from(raw) * resolution, 3))
     };
-    let mut out = Decoded { format: F, ..Decoded::default() };
+    let mut out = Decoded {
+        format: F,
+        ..Decoded::default()
+    };
     out.values.push(value(Quantity::BodyWeight, w, unit, time));
     if flags & 0x08 != 0 {
         let bmi = c.u16()?;
@@ -201,8 +326,17 @@ fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             Unit::KilogramPerSquareMetre,
             time,
         ));
-        let (h_unit, h_res, digits) = if imperial { (Unit::Inch, 0.1, 1) } else { (Unit::Metre, 0.001, 3) };
-        out.values.push(value(Quantity::BodyHeight, Value::Number(round_to(f64::from(height) * h_res, digits)), h_unit, time));
+        let (h_unit, h_res, digits) = if imperial {
+            (Unit::Inch, 0.1, 1)
+        } else {
+            (Unit::Metre, 0.001, 3)
+        };
+        out.values.push(value(
+            Quantity::BodyHeight,
+            Value::Number(round_to(f64::from(height) * h_res, digits)),
+            h_unit,
+            time,
+        ));
     }
     Ok(out)
 }
@@ -212,11 +346,19 @@ fn battery(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let mut c = Cursor::new(F, bytes);
     let pct = c.u8()?;
     if pct > 100 {
-        return Err(DecodeError::Invalid { format: F, field: "battery level over 100 %" });
+        return Err(DecodeError::Invalid {
+            format: F,
+            field: "battery level over 100 %",
+        });
     }
     Ok(Decoded {
         format: F,
-        values: vec![value(Quantity::BatteryLevel, Value::Number(f64::from(pct)), Unit::Percent, None)],
+        values: vec![value(
+            Quantity::BatteryLevel,
+            Value::Number(f64::from(pct)),
+            Unit::Percent,
+            None,
+        )],
         events: vec![],
     })
 }
@@ -232,8 +374,13 @@ mod tests {
     use super::*;
 
     fn check(characteristic: u16, bytes: &[u8], expected: &[(Quantity, Value, Unit)]) {
-        let d = decode(characteristic, bytes).unwrap_or_else(|e| panic!("{characteristic:04x} {bytes:02x?}: {e}"));
-        let got: Vec<_> = d.values.iter().map(|v| (v.quantity, v.value, v.unit)).collect();
+        let d = decode(characteristic, bytes)
+            .unwrap_or_else(|e| panic!("{characteristic:04x} {bytes:02x?}: {e}"));
+        let got: Vec<_> = d
+            .values
+            .iter()
+            .map(|v| (v.quantity, v.value, v.unit))
+            .collect();
         assert_eq!(got, expected, "{characteristic:04x} {bytes:02x?}");
     }
 
@@ -243,8 +390,16 @@ mod tests {
 
     #[test]
     fn heart_rate_variants() {
-        check(0x2A37, &[0x00, 72], &[(Q::HeartRate, N(72.0), U::PerMinute)]);
-        check(0x2A37, &[0x01, 0x2C, 0x01], &[(Q::HeartRate, N(300.0), U::PerMinute)]);
+        check(
+            0x2A37,
+            &[0x00, 72],
+            &[(Q::HeartRate, N(72.0), U::PerMinute)],
+        );
+        check(
+            0x2A37,
+            &[0x01, 0x2C, 0x01],
+            &[(Q::HeartRate, N(300.0), U::PerMinute)],
+        );
         check(
             0x2A37,
             &[0x18, 60, 0x10, 0x00, 0x00, 0x04, 0x00, 0x02],
@@ -260,7 +415,9 @@ mod tests {
     #[test]
     fn blood_pressure_with_time_and_pulse() {
         // 120/80 mmHg, MAP 93, 2026-11-23 08:30:00, pulse 70.
-        let bytes = [0x06, 120, 0, 80, 0, 93, 0, 0xEA, 0x07, 11, 23, 8, 30, 0, 70, 0];
+        let bytes = [
+            0x06, 120, 0, 80, 0, 93, 0, 0xEA, 0x07, 11, 23, 8, 30, 0, 70, 0,
+        ];
         let d = decode(0x2A35, &bytes).unwrap();
         assert_eq!(d.values.len(), 4);
         assert_eq!(d.values[0].value, N(120.0));
@@ -271,18 +428,50 @@ mod tests {
 
     #[test]
     fn weight_unsuccessful_is_not_a_number() {
-        check(0x2A9D, &[0x00, 0xFF, 0xFF], &[(Q::BodyWeight, Value::Special(SpecialValue::Unsuccessful), U::Kilogram)]);
-        check(0x2A9D, &[0x00, 0xB0, 0x36], &[(Q::BodyWeight, N(70.0), U::Kilogram)]);
+        check(
+            0x2A9D,
+            &[0x00, 0xFF, 0xFF],
+            &[(
+                Q::BodyWeight,
+                Value::Special(SpecialValue::Unsuccessful),
+                U::Kilogram,
+            )],
+        );
+        check(
+            0x2A9D,
+            &[0x00, 0xB0, 0x36],
+            &[(Q::BodyWeight, N(70.0), U::Kilogram)],
+        );
     }
 
     #[test]
     fn truncation_at_every_length_is_an_error_not_a_panic() {
         let full: &[(u16, &[u8])] = &[
             (0x2A37, &[0x19, 0x2C, 0x01, 0x10, 0x00, 0x00, 0x04]),
-            (0x2A35, &[0x1E, 120, 0, 80, 0, 93, 0, 0xEA, 0x07, 11, 23, 8, 30, 0, 70, 0, 1, 0, 0]),
-            (0x2A1C, &[0x06, 0x6D, 0x01, 0x00, 0xFF, 0xEA, 0x07, 11, 23, 8, 30, 0, 2]),
-            (0x2A5E, &[0x0F, 97, 0, 70, 0, 0xEA, 0x07, 11, 23, 8, 30, 0, 0, 0, 0, 0, 0, 5, 0]),
-            (0x2A9D, &[0x0E, 0xB0, 0x36, 0xEA, 0x07, 11, 23, 8, 30, 0, 1, 0xF0, 0, 0x8E, 0x06]),
+            (
+                0x2A35,
+                &[
+                    0x1E, 120, 0, 80, 0, 93, 0, 0xEA, 0x07, 11, 23, 8, 30, 0, 70, 0, 1, 0, 0,
+                ],
+            ),
+            (
+                0x2A1C,
+                &[
+                    0x06, 0x6D, 0x01, 0x00, 0xFF, 0xEA, 0x07, 11, 23, 8, 30, 0, 2,
+                ],
+            ),
+            (
+                0x2A5E,
+                &[
+                    0x0F, 97, 0, 70, 0, 0xEA, 0x07, 11, 23, 8, 30, 0, 0, 0, 0, 0, 0, 5, 0,
+                ],
+            ),
+            (
+                0x2A9D,
+                &[
+                    0x0E, 0xB0, 0x36, 0xEA, 0x07, 11, 23, 8, 30, 0, 1, 0xF0, 0, 0x8E, 0x06,
+                ],
+            ),
         ];
         for (c, bytes) in full {
             assert!(decode(*c, bytes).is_ok(), "{c:04x} full frame");
@@ -290,7 +479,10 @@ mod tests {
                 if *c == 0x2A37 && len == 5 {
                     continue; // Zero RR intervals is a valid frame.
                 }
-                assert!(decode(*c, &bytes[..len]).is_err(), "{c:04x} truncated to {len}");
+                assert!(
+                    decode(*c, &bytes[..len]).is_err(),
+                    "{c:04x} truncated to {len}"
+                );
             }
         }
     }

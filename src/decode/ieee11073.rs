@@ -133,7 +133,10 @@ mod tests {
                 let v = f64::from(m) * 10f64.powi(i32::from(e));
                 let raw = encode_sfloat(v, e).unwrap();
                 let back = sfloat(raw).number().unwrap();
-                assert!((back - v).abs() <= v.abs() * 1e-12, "{v} at e{e} came back {back}");
+                assert!(
+                    (back - v).abs() <= v.abs() * 1e-12,
+                    "{v} at e{e} came back {back}"
+                );
             }
         }
         assert_eq!(encode_sfloat(5000.0, 0), None);

@@ -65,7 +65,9 @@ impl DeviceDateTime {
         let month = time::Month::try_from(self.month).ok()?;
         let date = time::Date::from_calendar_date(i32::from(self.year), month, self.day).ok()?;
         let t = time::Time::from_hms(self.hour, self.minute, self.second).ok()?;
-        let secs = time::PrimitiveDateTime::new(date, t).assume_utc().unix_timestamp();
+        let secs = time::PrimitiveDateTime::new(date, t)
+            .assume_utc()
+            .unix_timestamp();
         Some(Timestamp::from_unix_ms(secs.checked_mul(1000)?))
     }
 }
@@ -148,7 +150,10 @@ impl Decoder {
 
 fn decode_notification(n: &Notification) -> Result<Decoded, DecodeError> {
     let Some(short) = short_uuid(&n.characteristic) else {
-        return Err(DecodeError::Unsupported(format!("characteristic {}", n.characteristic)));
+        return Err(DecodeError::Unsupported(format!(
+            "characteristic {}",
+            n.characteristic
+        )));
     };
     gatt::decode(short, &n.value)
 }
@@ -180,7 +185,11 @@ pub(crate) struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(format: &'static str, bytes: &'a [u8]) -> Self {
-        Cursor { format, bytes, pos: 0 }
+        Cursor {
+            format,
+            bytes,
+            pos: 0,
+        }
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -242,12 +251,36 @@ mod tests {
 
     #[test]
     fn device_time_year_zero_is_unknown() {
-        let t = DeviceDateTime { year: 0, month: 1, day: 1, hour: 0, minute: 0, second: 0 };
+        let t = DeviceDateTime {
+            year: 0,
+            month: 1,
+            day: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+        };
         assert_eq!(t.to_timestamp_utc(), None);
-        let t = DeviceDateTime { year: 2026, month: 2, day: 30, hour: 0, minute: 0, second: 0 };
+        let t = DeviceDateTime {
+            year: 2026,
+            month: 2,
+            day: 30,
+            hour: 0,
+            minute: 0,
+            second: 0,
+        };
         assert_eq!(t.to_timestamp_utc(), None);
-        let t = DeviceDateTime { year: 2026, month: 11, day: 23, hour: 20, minute: 41, second: 7 };
-        assert_eq!(t.to_timestamp_utc().unwrap().to_rfc3339(), "2026-11-23T20:41:07.000Z");
+        let t = DeviceDateTime {
+            year: 2026,
+            month: 11,
+            day: 23,
+            hour: 20,
+            minute: 41,
+            second: 7,
+        };
+        assert_eq!(
+            t.to_timestamp_utc().unwrap().to_rfc3339(),
+            "2026-11-23T20:41:07.000Z"
+        );
     }
 
     #[test]
@@ -269,7 +302,10 @@ mod tests {
     #[test]
     fn unknown_advert_says_what_it_carried() {
         let mut d = Decoder::new();
-        let a = Advertisement { manufacturer_data: vec![(0x004C, vec![1, 2])], ..Default::default() };
+        let a = Advertisement {
+            manufacturer_data: vec![(0x004C, vec![1, 2])],
+            ..Default::default()
+        };
         assert_eq!(
             d.decode_advertisement(&a),
             Err(DecodeError::Unsupported("manufacturer 004c".into()))

@@ -35,12 +35,6 @@ pub struct Advertisement {
     pub services: Vec<Uuid>,
 }
 
-impl Default for DeviceAddress {
-    fn default() -> Self {
-        DeviceAddress([0; 6])
-    }
-}
-
 /// A GATT characteristic value, notified, indicated or read from a connected device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
@@ -77,7 +71,10 @@ mod tests {
 
     #[test]
     fn short_uuids_round_trip() {
-        assert_eq!(uuid16(0x2A37).to_string(), "00002a37-0000-1000-8000-00805f9b34fb");
+        assert_eq!(
+            uuid16(0x2A37).to_string(),
+            "00002a37-0000-1000-8000-00805f9b34fb"
+        );
         assert_eq!(short_uuid(&uuid16(0xFCD2)), Some(0xFCD2));
         assert_eq!(short_uuid(&Uuid::from_u128(1)), None);
     }

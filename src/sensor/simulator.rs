@@ -125,7 +125,15 @@ impl Simulator {
                 trend: if i == 2 { 1.0 } else { 0.0 },
                 last_step: None,
             };
-            residents.push((Resident { id, display_name: name, room: room.clone(), reference }, phys));
+            residents.push((
+                Resident {
+                    id,
+                    display_name: name,
+                    room: room.clone(),
+                    reference,
+                },
+                phys,
+            ));
 
             let mut kinds = vec![
                 DeviceKind::PulseOximeter,
@@ -167,7 +175,11 @@ impl Simulator {
                 packet_id: 0,
             });
         }
-        Simulator { rng, residents, devices }
+        Simulator {
+            rng,
+            residents,
+            devices,
+        }
     }
 
     /// The residents and their devices, to be provisioned in the store.
@@ -190,13 +202,19 @@ impl Simulator {
                     d.next_due = Some(now.saturating_add(offset));
                     d.next_battery = Some(now.saturating_add(offset + Duration::from_millis(200)));
                 }
-                (d.next_due.is_some_and(|t| t <= now), d.next_battery.is_some_and(|t| t <= now))
+                (
+                    d.next_due.is_some_and(|t| t <= now),
+                    d.next_battery.is_some_and(|t| t <= now),
+                )
             };
             if due {
                 let frame = self.frame_for(idx, now);
                 let d = &mut self.devices[idx];
                 d.next_due = Some(now.saturating_add(period(d.device.kind)));
-                out.push(RawFrame { frame, received_at: now });
+                out.push(RawFrame {
+                    frame,
+                    received_at: now,
+                });
             }
             let kind = self.devices[idx].device.kind;
             if battery_due && kind != DeviceKind::RoomSensor {
@@ -227,9 +245,15 @@ impl Simulator {
             self.step(r, last.age_at(now));
         }
         let notify = |characteristic: u16, value: Vec<u8>| {
-            Frame::Notification(Notification { address, characteristic: uuid16(characteristic), value })
+            Frame::Notification(Notification {
+                address,
+                characteristic: uuid16(characteristic),
+                value,
+            })
         };
-        let phys = self.devices[idx].resident.map(|r| self.residents[r].1.clone());
+        let phys = self.devices[idx]
+            .resident
+            .map(|r| self.residents[r].1.clone());
         match (kind, phys) {
             (DeviceKind::PulseOximeter, Some(p)) => {
                 // PLX Continuous: flags 0, SpO2 and pulse rate as SFLOAT.
@@ -365,7 +389,15 @@ fn date_time_bytes(at: Timestamp) -> [u8; 7] {
     let t = time::OffsetDateTime::from_unix_timestamp(at.unix_ms().div_euclid(1000))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let [y0, y1] = (t.year() as u16).to_le_bytes();
-    [y0, y1, u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second()]
+    [
+        y0,
+        y1,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+    ]
 }
 
 #[cfg(test)]
@@ -400,7 +432,9 @@ mod tests {
         let mut spo2 = Vec::new();
         for ms in (0..=3000).step_by(250) {
             for f in s.poll(t0.saturating_add(Duration::from_millis(ms))) {
-                let d = decoder.decode(&f.frame).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+                let d = decoder
+                    .decode(&f.frame)
+                    .unwrap_or_else(|e| panic!("{f:?}: {e}"));
                 heard.insert(f.frame.address());
                 for v in d.values {
                     if v.quantity == Quantity::Spo2 {
@@ -420,7 +454,12 @@ mod tests {
             s.step(2, Duration::from_secs(5));
         }
         let p = &s.residents[2].1;
-        assert!(p.spo2 < p.baseline_spo2 - 4.0, "spo2 {} baseline {}", p.spo2, p.baseline_spo2);
+        assert!(
+            p.spo2 < p.baseline_spo2 - 4.0,
+            "spo2 {} baseline {}",
+            p.spo2,
+            p.baseline_spo2
+        );
         assert!(p.hr > p.baseline_hr + 20.0);
     }
 }

@@ -37,7 +37,10 @@ pub enum StoreError {
     Closed,
     /// The directory for the database could not be made.
     #[error("cannot create {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A request to the writer thread.
@@ -85,7 +88,10 @@ impl StoreHandle {
     pub async fn ingest(&self, readings: Vec<Reading>) -> Result<(), Arc<StoreError>> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Command::Ingest { readings, committed: Some(done) })
+            .send(Command::Ingest {
+                readings,
+                committed: Some(done),
+            })
             .await
             .map_err(|_| Arc::new(StoreError::Closed))?;
         wait.await.map_err(|_| Arc::new(StoreError::Closed))?
@@ -94,14 +100,28 @@ impl StoreHandle {
     /// Queues `readings` without waiting for the commit (waits only for room in
     /// the queue). For producers that have nobody to acknowledge to.
     pub async fn ingest_nowait(&self, readings: Vec<Reading>) -> Result<(), StoreError> {
-        self.tx.send(Command::Ingest { readings, committed: None }).await.map_err(|_| StoreError::Closed)
+        self.tx
+            .send(Command::Ingest {
+                readings,
+                committed: None,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Records residents and devices (insert or update), e.g. the simulator's roster.
-    pub async fn provision(&self, residents: Vec<Resident>, devices: Vec<Device>) -> Result<(), Arc<StoreError>> {
+    pub async fn provision(
+        &self,
+        residents: Vec<Resident>,
+        devices: Vec<Device>,
+    ) -> Result<(), Arc<StoreError>> {
         let (committed, wait) = oneshot::channel();
         self.tx
-            .send(Command::Provision { residents, devices, committed })
+            .send(Command::Provision {
+                residents,
+                devices,
+                committed,
+            })
             .await
             .map_err(|_| Arc::new(StoreError::Closed))?;
         wait.await.map_err(|_| Arc::new(StoreError::Closed))?
@@ -148,13 +168,27 @@ impl Store {
         heartbeat: crate::system::health::Heartbeat,
     ) -> Result<Store, StoreError> {
         if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
         let conn = writer::open_write_connection(&settings)?;
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = mpsc::channel(256);
-        let writer = writer::spawn(conn, rx, settings.clone(), stats.clone(), runtime, heartbeat);
-        Ok(Store { handle: StoreHandle { tx, stats }, reader: Reader::new(settings.path), writer })
+        let writer = writer::spawn(
+            conn,
+            rx,
+            settings.clone(),
+            stats.clone(),
+            runtime,
+            heartbeat,
+        );
+        Ok(Store {
+            handle: StoreHandle { tx, stats },
+            reader: Reader::new(settings.path),
+            writer,
+        })
     }
 }
 

@@ -39,10 +39,16 @@ const POOL_SIZE: usize = 4;
 
 impl Reader {
     pub(super) fn new(path: PathBuf) -> Self {
-        Reader { path, pool: Arc::new(Mutex::new(Vec::new())) }
+        Reader {
+            path,
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
-    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let pooled = self.pool.lock().unwrap().pop();
         let conn = match pooled {
             Some(c) => c,
@@ -99,21 +105,34 @@ impl Reader {
 
     /// Readings waiting in the outbox.
     pub fn outbox_depth(&self) -> Result<u64, StoreError> {
-        self.with_conn(|c| Ok(c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))? as u64))
+        self.with_conn(|c| {
+            Ok(c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))? as u64)
+        })
     }
 
     /// `PRAGMA integrity_check`: `Ok(())` when SQLite says "ok".
     pub fn integrity_check(&self) -> Result<Result<(), String>, StoreError> {
         self.with_conn(|c| {
             let verdict: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-            Ok(if verdict == "ok" { Ok(()) } else { Err(verdict) })
+            Ok(if verdict == "ok" {
+                Ok(())
+            } else {
+                Err(verdict)
+            })
         })
     }
 }
 
 /// Rebuilds a value from its row; a row this build cannot read (a quantity or unit
 /// from a newer version) is skipped rather than shown wrongly.
-fn latest_value(q: &str, v: Option<f64>, status: &str, unit: &str, t: i64, device: &str) -> Option<LatestValue> {
+fn latest_value(
+    q: &str,
+    v: Option<f64>,
+    status: &str,
+    unit: &str,
+    t: i64,
+    device: &str,
+) -> Option<LatestValue> {
     let value = match (status, v) {
         ("ok", Some(n)) if n.is_finite() => Value::Number(n),
         (s, _) => Value::Special(SpecialValue::parse(s)?),

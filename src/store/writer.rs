@@ -101,7 +101,9 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>, stats: &StoreStats) 
     let now = Timestamp::now();
     let outcome = match result {
         Ok(n) => {
-            stats.readings_committed.fetch_add(n as u64, Ordering::Relaxed);
+            stats
+                .readings_committed
+                .fetch_add(n as u64, Ordering::Relaxed);
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.last_commit_ms.store(now.unix_ms(), Ordering::Relaxed);
             Ok(())
@@ -145,7 +147,8 @@ fn write_group(conn: &mut Connection, group: &[Command]) -> Result<usize, StoreE
         let mut seen = tx.prepare_cached(
             "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?2) WHERE address = ?1",
         )?;
-        let mut battery = tx.prepare_cached("UPDATE devices SET battery_percent = ?2 WHERE address = ?1")?;
+        let mut battery =
+            tx.prepare_cached("UPDATE devices SET battery_percent = ?2 WHERE address = ?1")?;
         for cmd in group {
             match cmd {
                 Command::Ingest { readings, .. } => {
@@ -153,15 +156,17 @@ fn write_group(conn: &mut Connection, group: &[Command]) -> Result<usize, StoreE
                         write_reading(&mut insert, &mut latest, r)?;
                         let device = r.device.to_string();
                         seen.execute(params![device, r.received_at.unix_ms()])?;
-                        if r.quantity == crate::model::Quantity::BatteryLevel {
-                            if let Some(pct) = r.value.number() {
-                                battery.execute(params![device, pct.round() as i64])?;
-                            }
+                        if r.quantity == crate::model::Quantity::BatteryLevel
+                            && let Some(pct) = r.value.number()
+                        {
+                            battery.execute(params![device, pct.round() as i64])?;
                         }
                         stored += 1;
                     }
                 }
-                Command::Provision { residents, devices, .. } => provision(&tx, residents, devices)?,
+                Command::Provision {
+                    residents, devices, ..
+                } => provision(&tx, residents, devices)?,
             }
         }
     }
@@ -207,7 +212,11 @@ fn write_reading(
     Ok(())
 }
 
-fn provision(tx: &rusqlite::Transaction<'_>, residents: &[Resident], devices: &[Device]) -> Result<(), StoreError> {
+fn provision(
+    tx: &rusqlite::Transaction<'_>,
+    residents: &[Resident],
+    devices: &[Device],
+) -> Result<(), StoreError> {
     for r in residents {
         tx.execute(
             "INSERT INTO residents (id, display_name, room, reference) VALUES (?1, ?2, ?3, ?4)
@@ -223,7 +232,11 @@ fn provision(tx: &rusqlite::Transaction<'_>, residents: &[Resident], devices: &[
             Subject::Unassigned => (None, None),
         };
         let exists: Option<i64> = tx
-            .query_row("SELECT 1 FROM devices WHERE address = ?1", [d.address.to_string()], |r| r.get(0))
+            .query_row(
+                "SELECT 1 FROM devices WHERE address = ?1",
+                [d.address.to_string()],
+                |r| r.get(0),
+            )
             .optional()?;
         if exists.is_some() {
             tx.execute(

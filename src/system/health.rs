@@ -17,7 +17,8 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn beat(&self) {
-        self.last_ms.store(Timestamp::now().unix_ms(), Ordering::Relaxed);
+        self.last_ms
+            .store(Timestamp::now().unix_ms(), Ordering::Relaxed);
     }
 
     pub fn name(&self) -> &'static str {
@@ -38,14 +39,21 @@ pub struct Health {
 impl Health {
     /// Registers a stage; it counts as having beaten now.
     pub fn register(&mut self, name: &'static str) -> Heartbeat {
-        let hb = Heartbeat { name, last_ms: Arc::new(AtomicI64::new(Timestamp::now().unix_ms())) };
+        let hb = Heartbeat {
+            name,
+            last_ms: Arc::new(AtomicI64::new(Timestamp::now().unix_ms())),
+        };
         self.beats.push(hb.clone());
         hb
     }
 
     /// The stages that have not beaten within `within` of `now`.
     pub fn stalled(&self, now: Timestamp, within: Duration) -> Vec<&'static str> {
-        self.beats.iter().filter(|b| b.last().age_at(now) > within).map(|b| b.name).collect()
+        self.beats
+            .iter()
+            .filter(|b| b.last().age_at(now) > within)
+            .map(|b| b.name)
+            .collect()
     }
 
     pub fn stages(&self) -> impl Iterator<Item = &Heartbeat> {

@@ -39,7 +39,11 @@ pub struct VitalJson {
     pub device: String,
 }
 
-pub fn residents_json(rows: Vec<ResidentOverview>, now: Timestamp, stale_after: std::time::Duration) -> ResidentsResponse {
+pub fn residents_json(
+    rows: Vec<ResidentOverview>,
+    now: Timestamp,
+    stale_after: std::time::Duration,
+) -> ResidentsResponse {
     ResidentsResponse {
         generated_at: now.to_rfc3339(),
         residents: rows
@@ -73,7 +77,11 @@ pub fn residents_json(rows: Vec<ResidentOverview>, now: Timestamp, stale_after: 
 
 pub async fn residents(State(state): State<AppState>) -> Result<Json<ResidentsResponse>, WebError> {
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
-    Ok(Json(residents_json(rows, Timestamp::now(), state.stale_after)))
+    Ok(Json(residents_json(
+        rows,
+        Timestamp::now(),
+        state.stale_after,
+    )))
 }
 
 #[derive(Serialize)]
@@ -87,8 +95,14 @@ struct HealthJson {
 /// 200 when every stage has beaten within 30 s, else 503 naming the stalled ones.
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let now = Timestamp::now();
-    let stalled = state.health.stalled(now, std::time::Duration::from_secs(30));
-    let code = if stalled.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let stalled = state
+        .health
+        .stalled(now, std::time::Duration::from_secs(30));
+    let code = if stalled.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = HealthJson {
         status: if stalled.is_empty() { "ok" } else { "degraded" },
         version: state.version,

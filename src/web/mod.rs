@@ -56,7 +56,10 @@ pub enum WebError {
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         tracing::error!(error = %self, "request failed");
-        (StatusCode::SERVICE_UNAVAILABLE, "The gateway cannot read its data right now. Try again in a minute.")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The gateway cannot read its data right now. Try again in a minute.",
+        )
             .into_response()
     }
 }

@@ -110,13 +110,26 @@ fn tile(r: &ResidentOverview, now: Timestamp, stale_after: std::time::Duration) 
     }
 }
 
-fn vital_row(v: &LatestValue, diastolic: Option<&LatestValue>, now: Timestamp, stale_after: std::time::Duration) -> Markup {
+fn vital_row(
+    v: &LatestValue,
+    diastolic: Option<&LatestValue>,
+    now: Timestamp,
+    stale_after: std::time::Duration,
+) -> Markup {
     let fresh = freshness(v.taken_at, now, stale_after);
     let age = describe_age(v.taken_at.age_at(now));
     let (label, text) = if v.quantity == Quantity::SystolicPressure {
         // Blood pressure reads as one value when both halves come from one measurement.
         match diastolic.filter(|d| d.taken_at == v.taken_at && d.unit == v.unit) {
-            Some(d) => ("Blood pressure", format!("{}/{} {}", number(v.quantity, v.value), number(d.quantity, d.value), v.unit.symbol())),
+            Some(d) => (
+                "Blood pressure",
+                format!(
+                    "{}/{} {}",
+                    number(v.quantity, v.value),
+                    number(d.quantity, d.value),
+                    v.unit.symbol()
+                ),
+            ),
             None => (v.quantity.label(), with_unit(v)),
         }
     } else {
@@ -145,9 +158,19 @@ fn with_unit(v: &LatestValue) -> String {
         Value::Number(_) => {
             let sym = v.unit.symbol();
             let n = number(v.quantity, v.value);
-            if sym.is_empty() { n } else if sym.starts_with('%') || sym.starts_with('°') { format!("{n}{sym}") } else { format!("{n} {sym}") }
+            if sym.is_empty() {
+                n
+            } else if sym.starts_with('%') || sym.starts_with('°') {
+                format!("{n}{sym}")
+            } else {
+                format!("{n} {sym}")
+            }
         }
-        Value::Special(s) => format!("no value (sensor reported {}) {}", s.as_str(), v.unit.symbol()),
+        Value::Special(s) => format!(
+            "no value (sensor reported {}) {}",
+            s.as_str(),
+            v.unit.symbol()
+        ),
     }
 }
 
@@ -156,7 +179,11 @@ fn number(q: Quantity, v: Value) -> String {
     match v {
         Value::Number(n) => {
             let digits = match q {
-                Quantity::BodyTemperature | Quantity::BodyWeight | Quantity::BodyMassIndex | Quantity::BloodGlucose | Quantity::Temperature => 1,
+                Quantity::BodyTemperature
+                | Quantity::BodyWeight
+                | Quantity::BodyMassIndex
+                | Quantity::BloodGlucose
+                | Quantity::Temperature => 1,
                 _ => 0,
             };
             format!("{n:.digits$}")

@@ -22,7 +22,12 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         synchronous: Synchronous::Normal,
     };
     let store = Store::open(settings, tokio::runtime::Handle::current(), hb).unwrap();
-    let resident = Resident { id: ResidentId(1), display_name: "<b>Ada</b> O'Neil".into(), room: "Room 1".into(), reference: "r1".into() };
+    let resident = Resident {
+        id: ResidentId(1),
+        display_name: "<b>Ada</b> O'Neil".into(),
+        room: "Room 1".into(),
+        reference: "r1".into(),
+    };
     let dev = Device {
         address: "C0:00:00:00:00:01".parse().unwrap(),
         kind: DeviceKind::PulseOximeter,
@@ -30,7 +35,11 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         name: None,
         subject: Subject::Resident(ResidentId(1)),
     };
-    store.handle.provision(vec![resident], vec![dev]).await.unwrap();
+    store
+        .handle
+        .provision(vec![resident], vec![dev])
+        .await
+        .unwrap();
     let state = AppState {
         reader: store.reader.clone(),
         stale_after: Duration::from_secs(3600),
@@ -57,7 +66,10 @@ fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
 }
 
 async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
-    let res = app(state.clone()).oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let res = app(state.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = res.status();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(body.to_vec()).unwrap())
@@ -70,19 +82,40 @@ async fn overview_shows_value_unit_age_and_marks_stale() {
     store
         .handle
         .ingest(vec![
-            reading(Quantity::Spo2, Value::Number(96.0), Unit::Percent, Duration::from_secs(20)),
-            reading(Quantity::BodyTemperature, Value::Number(37.84), Unit::Celsius, Duration::from_secs(75 * 60)),
-            reading(Quantity::PulseRate, Value::Special(SpecialValue::NotANumber), Unit::PerMinute, Duration::ZERO),
+            reading(
+                Quantity::Spo2,
+                Value::Number(96.0),
+                Unit::Percent,
+                Duration::from_secs(20),
+            ),
+            reading(
+                Quantity::BodyTemperature,
+                Value::Number(37.84),
+                Unit::Celsius,
+                Duration::from_secs(75 * 60),
+            ),
+            reading(
+                Quantity::PulseRate,
+                Value::Special(SpecialValue::NotANumber),
+                Unit::PerMinute,
+                Duration::ZERO,
+            ),
         ])
         .await
         .unwrap();
     let (status, html) = get(&state, "/").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil"), "name must be escaped");
+    assert!(
+        html.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil"),
+        "name must be escaped"
+    );
     assert!(html.contains("96%"), "{html}");
     assert!(html.contains("20 s ago"), "{html}");
     assert!(html.contains("37.8°C"), "{html}");
-    assert!(html.contains("STALE") && html.contains("last reading 75 min ago"), "{html}");
+    assert!(
+        html.contains("STALE") && html.contains("last reading 75 min ago"),
+        "{html}"
+    );
     assert!(html.contains("no value (sensor reported nan)"), "{html}");
 
     let (status, json) = get(&state, "/api/v1/residents").await;
@@ -108,7 +141,14 @@ async fn unknown_route_is_404_and_health_is_ok() {
 
 #[test]
 fn ages_read_naturally() {
-    for (s, text) in [(0, "just now"), (30, "30 s ago"), (60, "1 min ago"), (75 * 60, "75 min ago"), (3 * 3600, "3 h ago"), (3 * 86400, "3 days ago")] {
+    for (s, text) in [
+        (0, "just now"),
+        (30, "30 s ago"),
+        (60, "1 min ago"),
+        (75 * 60, "75 min ago"),
+        (3 * 3600, "3 h ago"),
+        (3 * 86400, "3 days ago"),
+    ] {
         assert_eq!(describe_age(Duration::from_secs(s)), text);
     }
 }
