@@ -1,1 +1,5 @@
+//! Cross-component tests: the real `carehub` binary, real SQLite files, real
+//! sockets. One binary, one module per area.
 
+mod demo;
+mod support;
