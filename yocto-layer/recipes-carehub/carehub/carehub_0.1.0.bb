@@ -88,8 +88,14 @@ do_install:append() {
 
     # `carehub config example` cannot run on the build host when cross
     # compiling, so the project commits its output as docs/carehub.example.toml.
+    # /etc is read-only on the gateway: a site layer's carehub_%.bbappend that
+    # adds file://carehub.toml to SRC_URI replaces the default (see README).
+    config=${S}/docs/carehub.example.toml
+    if [ -f ${UNPACKDIR}/carehub.toml ]; then
+        config=${UNPACKDIR}/carehub.toml
+    fi
     install -d -m 0750 ${D}${sysconfdir}/carehub
-    install -m 0640 ${S}/docs/carehub.example.toml ${D}${sysconfdir}/carehub/carehub.toml
+    install -m 0640 $config ${D}${sysconfdir}/carehub/carehub.toml
     chown -R root:carehub ${D}${sysconfdir}/carehub
 
     # Mount point for the state directory; the image puts /data under it.
