@@ -49,16 +49,13 @@ do_install() {
     install -d ${D}${systemd_system_unitdir}/sshdgenkeys.service.d
     install -m 0644 ${S}/sshdgenkeys-data.conf ${D}${systemd_system_unitdir}/sshdgenkeys.service.d/10-carehub-data.conf
 
-    # Mount points, so the binds work whether or not /var/lib is writable.
+    # Mount point of the data partition. The bind mount points below
+    # /var/lib belong to carehub, bluez5 and systemd; carehub-image makes sure
+    # they exist without taking them over from those packages.
     install -d ${D}/data
-    install -d ${D}${localstatedir}/lib/carehub ${D}${localstatedir}/lib/bluetooth
-    install -d ${D}${localstatedir}/lib/systemd/timesync
 }
 
-FILES:${PN} += "${systemd_system_unitdir} \
-                /data \
-                ${localstatedir}/lib \
-"
+FILES:${PN} += "${systemd_system_unitdir} /data"
 
 # carehub-data-dirs.service chowns /data/carehub to the carehub user.
 RDEPENDS:${PN} = "carehub"

@@ -84,10 +84,19 @@ carehub_no_empty_passwords() {
     [ -z "$empty" ] || bbfatal "accounts with an empty password: $empty"
 }
 
+# The bind mounts of carehub-persist need their mount points in the read-only
+# root. mkdir -p leaves directories that packages ship (with their modes) alone.
+carehub_mount_points() {
+    mkdir -p ${IMAGE_ROOTFS}${localstatedir}/lib/carehub \
+             ${IMAGE_ROOTFS}${localstatedir}/lib/bluetooth \
+             ${IMAGE_ROOTFS}${localstatedir}/lib/systemd/timesync
+}
+
+carehub_mount_points[doc] = "Create the /var/lib mount points for the binds onto /data"
 carehub_ssh_key_only[doc] = "With CAREHUB_SSH_AUTHORIZED_KEYS set: key-only OpenSSH with host keys on /data"
 carehub_no_empty_passwords[doc] = "Fail the image if any account has an empty password"
 # :append so these run after oe-core's own hooks (read_only_rootfs_hook among them).
-ROOTFS_POSTPROCESS_COMMAND:append = " carehub_ssh_key_only carehub_no_empty_passwords"
+ROOTFS_POSTPROCESS_COMMAND:append = " carehub_mount_points carehub_ssh_key_only carehub_no_empty_passwords"
 
 IMAGE_FSTYPES = "wic.bz2 wic.bmap"
 WKS_FILE = "carehub-rpi.wks"
