@@ -81,8 +81,8 @@ do_install:append() {
     install -m 0644 ${S}/systemd/sysusers.d/carehub.conf ${D}${nonarch_libdir}/sysusers.d/carehub.conf
     install -m 0644 ${S}/systemd/tmpfiles.d/carehub.conf ${D}${nonarch_libdir}/tmpfiles.d/carehub.conf
 
-    # The site drop-in is an example to copy into a bbappend or
-    # /etc/systemd/system/carehub.service.d/; systemd ignores *.example.
+    # The site drop-in is an example for a site layer's bbappend to install
+    # (as .../carehub.service.d/10-site.conf); systemd ignores *.example.
     install -d ${D}${datadir}/carehub/examples
     install -m 0644 ${S}/systemd/carehub.service.d/10-site.conf.example ${D}${datadir}/carehub/examples/
 
@@ -98,7 +98,7 @@ do_install:append() {
     install -m 0640 $config ${D}${sysconfdir}/carehub/carehub.toml
     chown -R root:carehub ${D}${sysconfdir}/carehub
 
-    # Mount point for the state directory; the image puts /data under it.
+    # The state directory. carehub-image bind-mounts /data/carehub onto it.
     install -d -m 0750 ${D}${localstatedir}/lib/carehub
     chown carehub:carehub ${D}${localstatedir}/lib/carehub
 }
