@@ -15,4 +15,5 @@ pub mod clinical;
 pub mod system;
 pub mod web;
 
+pub mod commands;
 pub mod daemon;

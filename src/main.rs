@@ -42,6 +42,8 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Score one set of observations with NEWS2 (RCP 2017); prints JSON.
+    News2(carehub::commands::news2::News2Args),
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -71,6 +73,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::News2(args) => {
+            let json = carehub::commands::news2::run(&args).map_err(anyhow::Error::msg)?;
+            println!("{json}");
+            Ok(())
+        }
         Command::Config {
             command: ConfigCommand::Example,
         } => {

@@ -1,8 +1,10 @@
 //! Clinical rules, pure: no IO, no clock (the caller passes `now`).
 //!
-//! For now this holds the freshness rule every screen and message obeys: a value
-//! older than the configured window is stale and is never presented as current.
-//! NEWS2 scoring and alerts arrive with the clinical issue.
+//! - the freshness rule every screen and message obeys: a value older than the
+//!   configured window is stale and is never presented as current;
+//! - `news2`: the National Early Warning Score 2 (RCP 2017).
+
+pub mod news2;
 
 use std::time::Duration;
 

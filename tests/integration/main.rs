@@ -2,4 +2,5 @@
 //! sockets. One binary, one module per area.
 
 mod demo;
+mod news2;
 mod support;

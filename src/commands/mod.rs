@@ -1,0 +1,4 @@
+//! Subcommands that are one-shot tools rather than the daemon: each turns its
+//! arguments into a domain call and the result into its documented output.
+
+pub mod news2;
