@@ -57,3 +57,143 @@ mod tests {
         check(-120_001, Freshness::FutureDated);
     }
 }
+
+/// One sensor value offered to the early-warning score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VitalSample {
+    pub quantity: crate::model::Quantity,
+    pub value: crate::model::Value,
+    pub unit: crate::model::Unit,
+    pub taken_at: Timestamp,
+}
+
+/// A NEWS2 score built from sensor values alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorScore {
+    pub score: news2::Score,
+    /// The newest value used is older than the window: show the score as stale.
+    pub stale: bool,
+    /// The oldest value the score uses.
+    pub oldest: Timestamp,
+}
+
+/// Scores what the sensors measured (SpO₂, pulse, systolic pressure, temperature)
+/// on SpO₂ scale 1. Only values within `window` of the newest one are used; older
+/// ones count as missing. Respiration rate, consciousness and oxygen are never
+/// measured by sensors, so the score is always partial. `None` when no sensor value
+/// can be used at all.
+pub fn news2_from_sensors(
+    samples: &[VitalSample],
+    now: Timestamp,
+    window: Duration,
+) -> Option<SensorScore> {
+    use crate::model::{Quantity as Q, Unit as U};
+    // Converts to the chart's units; anything else is not usable.
+    let usable = |s: &VitalSample| -> Option<(Q, f64)> {
+        let n = s.value.number()?;
+        let v = match (s.quantity, s.unit) {
+            (Q::Spo2, U::Percent) => n,
+            (Q::PulseRate | Q::HeartRate, U::PerMinute) => n,
+            (Q::SystolicPressure, U::MillimetreOfMercury) => n,
+            (Q::SystolicPressure, U::Kilopascal) => n * 7.500_617,
+            (Q::BodyTemperature, U::Celsius) => n,
+            (Q::BodyTemperature, U::Fahrenheit) => (n - 32.0) * 5.0 / 9.0,
+            _ => return None,
+        };
+        let q = if s.quantity == Q::HeartRate {
+            Q::PulseRate
+        } else {
+            s.quantity
+        };
+        Some((q, v))
+    };
+    // The newest usable value of each parameter (pulse from an oximeter or a strap).
+    let mut newest: Vec<(Q, f64, Timestamp)> = Vec::new();
+    for s in samples {
+        let Some((q, v)) = usable(s) else { continue };
+        match newest.iter_mut().find(|(nq, _, _)| *nq == q) {
+            Some(slot) if slot.2 >= s.taken_at => {}
+            Some(slot) => *slot = (q, v, s.taken_at),
+            None => newest.push((q, v, s.taken_at)),
+        }
+    }
+    let latest = newest.iter().map(|(_, _, t)| *t).max()?;
+    let floor = latest.saturating_sub(window);
+    newest.retain(|(_, _, t)| *t >= floor);
+    let get = |q: Q| {
+        newest
+            .iter()
+            .find(|(nq, _, _)| *nq == q)
+            .map(|(_, v, _)| *v)
+    };
+    let obs = news2::Observations {
+        spo2: get(Q::Spo2),
+        pulse: get(Q::PulseRate),
+        systolic: get(Q::SystolicPressure),
+        temperature: get(Q::BodyTemperature),
+        ..Default::default()
+    };
+    let score = news2::score(&obs).ok()?;
+    let oldest = newest.iter().map(|(_, _, t)| *t).min()?;
+    Some(SensorScore {
+        score,
+        stale: freshness(latest, now, window) != Freshness::Current,
+        oldest,
+    })
+}
+
+#[cfg(test)]
+mod sensor_score_tests {
+    use super::*;
+    use crate::model::{Quantity as Q, SpecialValue, Unit as U, Value};
+
+    fn at(min_ago: i64) -> Timestamp {
+        Timestamp::from_unix_ms(100_000_000 - min_ago * 60_000)
+    }
+
+    fn s(quantity: Q, v: f64, unit: U, min_ago: i64) -> VitalSample {
+        VitalSample {
+            quantity,
+            value: Value::Number(v),
+            unit,
+            taken_at: at(min_ago),
+        }
+    }
+
+    #[test]
+    fn uses_only_values_within_the_window_of_the_newest() {
+        let now = at(0);
+        let hour = Duration::from_secs(3600);
+        let samples = [
+            s(Q::Spo2, 91.0, U::Percent, 1),
+            s(Q::PulseRate, 120.0, U::PerMinute, 1),
+            // Fahrenheit converted: 102.2 °F = 39.0 °C scores 1.
+            s(Q::BodyTemperature, 102.2, U::Fahrenheit, 30),
+            // Too old relative to the newest: counted as missing, not scored.
+            s(Q::SystolicPressure, 85.0, U::MillimetreOfMercury, 90),
+        ];
+        let r = news2_from_sensors(&samples, now, hour).unwrap();
+        assert_eq!(r.score.total, 3 + 2 + 1);
+        assert!(!r.stale);
+        assert!(r.score.missing.contains(&news2::Parameter::Systolic));
+        assert_eq!(r.oldest, at(30));
+    }
+
+    #[test]
+    fn a_special_value_is_missing_not_zero_and_old_scores_are_stale() {
+        let hour = Duration::from_secs(3600);
+        let samples = [
+            VitalSample {
+                quantity: Q::Spo2,
+                value: Value::Special(SpecialValue::NotANumber),
+                unit: U::Percent,
+                taken_at: at(70),
+            },
+            s(Q::PulseRate, 72.0, U::PerMinute, 70),
+        ];
+        let r = news2_from_sensors(&samples, at(0), hour).unwrap();
+        assert!(r.score.missing.contains(&news2::Parameter::Spo2));
+        assert!(r.stale, "newest value is 70 min old");
+        assert!(news2_from_sensors(&[], at(0), hour).is_none());
+    }
+}

@@ -110,18 +110,20 @@ impl Simulator {
             let baseline_spo2 = rng.random_range(95.0..98.5);
             let baseline_temp = rng.random_range(36.3..37.0);
             let baseline_sys = rng.random_range(112.0..148.0);
+            // The third resident starts part-way into a deterioration, so a fresh demo
+            // shows what one looks like.
+            let severity = if i == 2 { 0.7 } else { 0.0 };
             let phys = Physiology {
                 baseline_hr,
                 baseline_spo2,
                 baseline_temp,
                 baseline_sys,
                 weight_kg: rng.random_range(48.0..92.0),
-                hr: baseline_hr,
-                spo2: baseline_spo2,
-                temp: baseline_temp,
-                sys: baseline_sys,
-                severity: 0.0,
-                // The third resident starts unwell, so a fresh demo shows a deterioration.
+                hr: baseline_hr + 38.0 * severity,
+                spo2: baseline_spo2 - 9.0 * severity,
+                temp: baseline_temp + 2.2 * severity,
+                sys: baseline_sys - 32.0 * severity,
+                severity,
                 trend: if i == 2 { 1.0 } else { 0.0 },
                 last_step: None,
             };
@@ -450,7 +452,9 @@ mod tests {
     #[test]
     fn the_unwell_resident_deteriorates() {
         let mut s = sim(3);
-        for _ in 0..(40 * 12) {
+        let p = &s.residents[2].1;
+        assert!(p.spo2 < p.baseline_spo2 - 4.0, "starts unwell");
+        for _ in 0..(5 * 12) {
             s.step(2, Duration::from_secs(5));
         }
         let p = &s.residents[2].1;

@@ -23,6 +23,21 @@ pub struct ResidentJson {
     pub name: String,
     pub room: String,
     pub vitals: Vec<VitalJson>,
+    /// NEWS2 from sensor values; absent when no sensor value is usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub news2: Option<News2Json>,
+}
+
+#[derive(Serialize)]
+pub struct News2Json {
+    pub total: u8,
+    pub band: &'static str,
+    /// Always true for a sensor-only score: respiration, consciousness and oxygen are not measured.
+    pub partial: bool,
+    pub missing: Vec<&'static str>,
+    /// The newest value used is older than the clinical window.
+    pub stale: bool,
+    pub oldest_taken_at: String,
 }
 
 #[derive(Serialize)]
@@ -49,6 +64,14 @@ pub fn residents_json(
         residents: rows
             .into_iter()
             .map(|r| ResidentJson {
+                news2: super::pages::sensor_news2(&r, now, stale_after).map(|s| News2Json {
+                    total: s.score.total,
+                    band: s.score.band.as_str(),
+                    partial: s.score.partial(),
+                    missing: s.score.missing.iter().map(|p| p.as_str()).collect(),
+                    stale: s.stale,
+                    oldest_taken_at: s.oldest.to_rfc3339(),
+                }),
                 id: r.id.0,
                 name: r.display_name,
                 room: r.room,

@@ -5,7 +5,7 @@
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
 mod api;
-mod pages;
+pub(crate) mod pages;
 
 use std::sync::Arc;
 use std::time::Duration;

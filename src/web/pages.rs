@@ -6,7 +6,8 @@ use axum::response::Html;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::{AppState, WebError, describe_age, read};
-use crate::clinical::{Freshness, freshness};
+use crate::clinical::news2::{Band, Parameter};
+use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_sensors};
 use crate::model::{Quantity, Timestamp, Value};
 use crate::store::{LatestValue, ResidentOverview};
 
@@ -31,6 +32,14 @@ tr.stale td, tr.stale th { background:var(--stale-bg); }
 tr.stale .v { color:var(--stale); font-weight:600; }
 .badge { display:inline-block; font-size:.8rem; font-weight:700; padding:1px 6px; border-radius:4px; background:var(--stale); color:#fff; margin-left:6px; }
 .none { color:var(--muted); font-style:italic; }
+.news { margin:0 0 10px; padding:8px 10px; border-radius:8px; border:2px solid; }
+.news strong { font-size:1.15rem; }
+.news small { display:block; color:var(--ink); }
+.band-low { border-color:#2e7d32; background:#e8f5e9; }
+.band-low-medium { border-color:#9a6700; background:#fff8c5; }
+.band-medium { border-color:#c2410c; background:#ffedd5; }
+.band-high { border-color:#b91c1c; background:#fee2e2; }
+.news.stale { border-color:var(--stale); background:var(--stale-bg); }
 footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
 "#;
 
@@ -96,6 +105,7 @@ fn tile(r: &ResidentOverview, now: Timestamp, stale_after: std::time::Duration) 
         article aria-labelledby=(format!("res-{}", r.id.0)) {
             h2 id=(format!("res-{}", r.id.0)) { (r.display_name) }
             p.room { (r.room) }
+            (news2_block(r, now, stale_after))
             @let shown: Vec<&LatestValue> = TILE.iter().filter_map(|q| find(*q)).collect();
             @if shown.is_empty() {
                 p.none { "No readings yet" }
@@ -189,5 +199,69 @@ fn number(q: Quantity, v: Value) -> String {
             format!("{n:.digits$}")
         }
         Value::Special(s) => format!("({})", s.as_str()),
+    }
+}
+
+/// The resident's NEWS2 from sensor values, always labelled partial (sensors do not
+/// measure respiration, consciousness or oxygen) and shown as stale when it is.
+pub(super) fn sensor_news2(
+    r: &ResidentOverview,
+    now: Timestamp,
+    window: std::time::Duration,
+) -> Option<SensorScore> {
+    let samples: Vec<VitalSample> = r
+        .latest
+        .iter()
+        .map(|v| VitalSample {
+            quantity: v.quantity,
+            value: v.value,
+            unit: v.unit,
+            taken_at: v.taken_at,
+        })
+        .collect();
+    news2_from_sensors(&samples, now, window)
+}
+
+fn news2_block(r: &ResidentOverview, now: Timestamp, window: std::time::Duration) -> Markup {
+    let Some(s) = sensor_news2(r, now, window) else {
+        return html! {};
+    };
+    let band = s.score.band;
+    let words = match band {
+        Band::Low => "Low",
+        Band::LowMedium => "Low–medium: urgent ward-based response",
+        Band::Medium => "Medium: urgent response",
+        Band::High => "High: emergency response",
+    };
+    let missing: Vec<&str> = s
+        .score
+        .missing
+        .iter()
+        .map(|p| parameter_label(*p))
+        .collect();
+    html! {
+        @if s.stale {
+            div.news.stale role="status" {
+                strong { "NEWS2 " (s.score.total) " (partial)" } span.badge { "STALE" }
+                small { "from readings " (describe_age(s.oldest.age_at(now))) "; not current" }
+            }
+        } @else {
+            div class=(format!("news band-{}", band.as_str())) role="status" {
+                strong { "NEWS2 " (s.score.total) " (partial) — " (words) }
+                small { "From sensors only. Not measured: " (missing.join(", ")) "." }
+            }
+        }
+    }
+}
+
+fn parameter_label(p: Parameter) -> &'static str {
+    match p {
+        Parameter::RespRate => "respiration rate",
+        Parameter::Spo2 => "SpO₂",
+        Parameter::Oxygen => "air or oxygen",
+        Parameter::Systolic => "systolic BP",
+        Parameter::Pulse => "pulse",
+        Parameter::Consciousness => "consciousness",
+        Parameter::Temperature => "temperature",
     }
 }

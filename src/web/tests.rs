@@ -117,6 +117,10 @@ async fn overview_shows_value_unit_age_and_marks_stale() {
         "{html}"
     );
     assert!(html.contains("no value (sensor reported nan)"), "{html}");
+    // SpO2 96 scores 0; the temperature is stale relative to it and the pulse is NaN:
+    // both count as missing, never as zero.
+    assert!(html.contains("NEWS2 0 (partial)"), "{html}");
+    assert!(html.contains("Not measured: respiration rate, air or oxygen, systolic BP, pulse, consciousness, temperature."), "{html}");
 
     let (status, json) = get(&state, "/api/v1/residents").await;
     assert_eq!(status, StatusCode::OK);
@@ -128,6 +132,20 @@ async fn overview_shows_value_unit_age_and_marks_stale() {
     assert_eq!(by("body_temperature")["freshness"], "stale");
     assert_eq!(by("pulse_rate")["value"], serde_json::Value::Null);
     assert_eq!(by("pulse_rate")["status"], "nan");
+    let news2 = &v["residents"][0]["news2"];
+    assert_eq!(news2["partial"], true);
+    assert_eq!(news2["stale"], false);
+    assert_eq!(
+        news2["missing"],
+        serde_json::json!([
+            "resp_rate",
+            "oxygen",
+            "systolic",
+            "pulse",
+            "consciousness",
+            "temperature"
+        ])
+    );
 }
 
 #[tokio::test]
