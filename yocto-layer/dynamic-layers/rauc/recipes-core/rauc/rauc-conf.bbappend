@@ -10,6 +10,10 @@ SRC_URI:append:carehub = " file://system.conf.in file://fw_env.config file://mar
 
 do_install:append:carehub() {
     src=${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}
+    # meta-rauc only warns about its placeholder keyring; a gateway that
+    # trusts no real CA could never install an update, so stop here instead.
+    grep -q -- '-----BEGIN CERTIFICATE-----' ${D}${sysconfdir}/rauc/${RAUC_KEYRING_FILE} \
+        || bbfatal "no RAUC keyring certificate: set CAREHUB_RAUC_KEYRING_DIR (see kas/rauc.yml)"
     sed -e 's,@COMPATIBLE@,carehub-${MACHINE},' -e 's,@KEYRING@,${RAUC_KEYRING_FILE},' \
         $src/system.conf.in > ${D}${sysconfdir}/rauc/system.conf
     install -m 0644 $src/fw_env.config ${D}${sysconfdir}/fw_env.config
