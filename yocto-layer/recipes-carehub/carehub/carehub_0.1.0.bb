@@ -12,10 +12,7 @@ SECTION = "net"
 # carehub-crates.inc statically; their licences (mostly MIT / Apache-2.0) are
 # not listed here, see the layer README.
 LICENSE = "Apache-2.0"
-# The project has no LICENSE file at the pinned revision yet: checksum poky's
-# copy of the licence text. Switch to file://LICENSE once the project has one.
-# nooelint: oelint.var.licenseremotefile - the source tree has no licence file yet (see above)
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
 # Where the project's git repository lives. Set it in local.conf or the kas
 # file; the layer README explains it. The branch only matters for fetching:
