@@ -60,8 +60,7 @@ pub async fn run(
     let Launch { source, notifier } = launch;
     // Created before anything else so that no early SIGHUP is missed (or kills us:
     // SIGHUP's default action is to terminate).
-    let mut hangup =
-        signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     // Before the database exists: its files are created owner/group only.
     privileges::restrict_umask();
     let drop_privileges = privileges::should_drop();
@@ -75,9 +74,19 @@ pub async fn run(
 
     let settings = StoreSettings::from(&config.store);
     let runtime = tokio::runtime::Handle::current();
-    let store = tokio::task::spawn_blocking(move || Store::open(settings, runtime, store_beat))
-        .await
-        .context("store start-up task failed")?
+    let (store, db_dir) = tokio::task::spawn_blocking(move || {
+        // A directory the daemon creates for the database is handed over with it
+        // when privileges are dropped; an existing one (say /tmp) never is.
+        let db_dir = settings
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(std::path::Path::to_path_buf);
+        (Store::open(settings, runtime, store_beat), db_dir)
+    })
+    .await
+    .context("store start-up task failed")?;
+    let store = store
         .with_context(|| format!("cannot open the database {}", config.store.path.display()))?;
     let Store {
         handle: store_handle,
@@ -138,7 +147,8 @@ pub async fn run(
         let user = config.system.user.clone();
         let db = config.store.path.clone();
         tokio::task::spawn_blocking(move || {
-            let files = privileges::database_files(&db);
+            let mut files = privileges::database_files(&db);
+            files.extend(db_dir);
             let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
             privileges::drop_to(&user, &paths)
         })
@@ -193,7 +203,11 @@ pub async fn run(
         }
     };
     if let Some(every) = plan.ping_every {
-        tracing::info!(every_ms = every.as_millis() as u64, stall_after_s = plan.stall_after.as_secs(), "systemd watchdog on");
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            stall_after_s = plan.stall_after.as_secs(),
+            "systemd watchdog on"
+        );
     }
     let supervisor = tokio::spawn(
         Supervisor {
@@ -257,7 +271,11 @@ async fn reload(
             }
             notifier.ready(&format!(
                 "config reloaded; restart needed for: {}; {}",
-                if r.need_restart.is_empty() { "nothing".to_owned() } else { r.need_restart.join(", ") },
+                if r.need_restart.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    r.need_restart.join(", ")
+                },
                 describe()
             ));
         }
@@ -276,7 +294,10 @@ fn status_line(
     last_commit: Option<Timestamp>,
 ) -> String {
     let last = match last_commit {
-        Some(t) => format!("last commit {}", crate::web::describe_age(t.age_at(Timestamp::now()))),
+        Some(t) => format!(
+            "last commit {}",
+            crate::web::describe_age(t.age_at(Timestamp::now()))
+        ),
         None => "nothing committed yet".to_owned(),
     };
     format!(

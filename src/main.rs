@@ -121,7 +121,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.simulator.residents = n;
             }
             // A reload reads the file over the same demo base, not over --residents.
-            let source = ConfigSource { path: config_path, base };
+            let source = ConfigSource {
+                path: config_path,
+                base,
+            };
             serve(config, source, |addr| {
                 println!("carehub demo: open http://{addr}/ in a browser (Ctrl-C to stop)");
             })

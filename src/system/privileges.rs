@@ -98,7 +98,8 @@ pub fn drop_to(user: &str, paths: &[&Path]) -> Result<(), PrivilegeError> {
     if account.uid.is_root() {
         return Ok(());
     }
-    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() || nix::unistd::setgid(Gid::from_raw(0)).is_ok()
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok()
+        || nix::unistd::setgid(Gid::from_raw(0)).is_ok()
     {
         return Err(PrivilegeError::Regained(user.to_owned()));
     }

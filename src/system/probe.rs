@@ -83,8 +83,9 @@ pub fn reachable(listening: SocketAddr) -> SocketAddr {
 /// The status code of `GET path` at `addr`.
 pub async fn status_of(addr: SocketAddr, path: &str) -> Result<u16, ProbeError> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: carehub-probe\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: carehub-probe\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     // The status line fits in the first read; the body is not needed.
     let mut head = [0u8; 64];
@@ -118,8 +119,16 @@ mod tests {
     fn status_lines_parse_and_garbage_does_not() {
         assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n").unwrap(), 200);
         assert_eq!(parse_status(b"HTTP/1.0 503 Service").unwrap(), 503);
-        for bad in [&b""[..], b"SSH-2.0-OpenSSH", b"HTTP/1.1 abc", b"HTTP/1.1 999 x"] {
-            assert!(matches!(parse_status(bad), Err(ProbeError::NotHttp(_))), "{bad:?}");
+        for bad in [
+            &b""[..],
+            b"SSH-2.0-OpenSSH",
+            b"HTTP/1.1 abc",
+            b"HTTP/1.1 999 x",
+        ] {
+            assert!(
+                matches!(parse_status(bad), Err(ProbeError::NotHttp(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -147,7 +156,9 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 512];
             let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
         });
         assert_eq!(status_of(addr, "/healthz").await.unwrap(), 204);
     }

@@ -64,11 +64,7 @@ impl ConfigSource {
     pub async fn reload(&self, current: &watch::Sender<Config>) -> Result<Reloaded, ReloadError> {
         let new = self.read().await?;
         let changed = changed_keys(&current.borrow(), &new);
-        let need_restart = changed
-            .iter()
-            .filter(|k| !is_live(k))
-            .cloned()
-            .collect();
+        let need_restart = changed.iter().filter(|k| !is_live(k)).cloned().collect();
         current.send_replace(new);
         Ok(Reloaded {
             changed,
@@ -105,9 +101,7 @@ fn diff(prefix: &str, old: &toml::Table, new: &toml::Table, out: &mut Vec<String
             format!("{prefix}.{key}")
         };
         match (old.get(key), new.get(key)) {
-            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
-                diff(&dotted, a, b, out)
-            }
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => diff(&dotted, a, b, out),
             (a, b) if a != b => out.push(dotted),
             _ => {}
         }
@@ -152,7 +146,10 @@ mod tests {
         let e = source.reload(&tx).await.unwrap_err();
         let text = e.to_string();
         assert!(text.contains(":3: key `simulator.residnets`"), "{text}");
-        assert!(text.ends_with("keeping the running configuration"), "{text}");
+        assert!(
+            text.ends_with("keeping the running configuration"),
+            "{text}"
+        );
         assert_eq!(rx.borrow().simulator.residents, 3);
 
         let none = ConfigSource {
