@@ -29,6 +29,7 @@ use crate::sensor::simulator::Simulator;
 use crate::store::{Store, StoreSettings};
 use crate::system::health::{Health, Heartbeat};
 use crate::system::notify::Notifier;
+use crate::system::privileges::PrivilegeError;
 use crate::system::reload::ConfigSource;
 use crate::system::watchdog::{Supervisor, WatchdogPlan};
 use crate::system::{fault, privileges, probe};
@@ -46,6 +47,10 @@ pub struct Launch {
     pub source: ConfigSource,
     /// systemd's notification socket, or a no-op outside systemd.
     pub notifier: Notifier,
+    /// Started as root outside systemd: `true` refuses to run when `system.user`
+    /// does not exist (`run`); `false` warns and stays root (`demo` on a developer
+    /// machine, where the simulated data is not clinical).
+    pub require_user: bool,
 }
 
 /// Runs the daemon until `shutdown` resolves. `on_ready` receives the bound web
@@ -57,7 +62,11 @@ pub async fn run(
     shutdown: impl Future<Output = &'static str>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let Launch { source, notifier } = launch;
+    let Launch {
+        source,
+        notifier,
+        require_user,
+    } = launch;
     // Created before anything else so that no early SIGHUP is missed (or kills us:
     // SIGHUP's default action is to terminate).
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
@@ -146,15 +155,23 @@ pub async fn run(
     if drop_privileges {
         let user = config.system.user.clone();
         let db = config.store.path.clone();
-        tokio::task::spawn_blocking(move || {
+        let dropped = tokio::task::spawn_blocking(move || {
             let mut files = privileges::database_files(&db);
             files.extend(db_dir);
             let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
             privileges::drop_to(&user, &paths)
         })
         .await
-        .context("privilege drop task failed")??;
-        tracing::info!(user = %config.system.user, "started as root: now running as the configured user");
+        .context("privilege drop task failed")?;
+        match dropped {
+            Ok(()) => {
+                tracing::info!(user = %config.system.user, "started as root: now running as the configured user")
+            }
+            Err(e @ PrivilegeError::NoSuchUser(_)) if !require_user => {
+                tracing::warn!(error = %e, "started as root: staying root for the demo");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 
     let health = Arc::new(health);

@@ -93,7 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 path: Some(path),
                 base: Config::default(),
             };
-            serve(config, source, |_| {})
+            serve(config, source, true, |_| {})
         }
         Command::Demo {
             listen,
@@ -125,7 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 path: config_path,
                 base,
             };
-            serve(config, source, |addr| {
+            serve(config, source, false, |addr| {
                 println!("carehub demo: open http://{addr}/ in a browser (Ctrl-C to stop)");
             })
         }
@@ -135,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(
     config: Config,
     source: ConfigSource,
+    require_user: bool,
     on_ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -147,6 +148,7 @@ fn serve(
         let launch = Launch {
             source,
             notifier: Notifier::from_env(),
+            require_user,
         };
         carehub::daemon::run(config, launch, shutdown, on_ready).await
     })

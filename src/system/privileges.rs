@@ -45,9 +45,8 @@ pub enum PrivilegeError {
 }
 
 /// Sets the process umask to [`UMASK`]; returns the previous one.
-pub fn restrict_umask() -> u32 {
-    let old = nix::sys::stat::umask(Mode::from_bits_truncate(UMASK as nix::libc::mode_t));
-    u32::from(old.bits())
+pub fn restrict_umask() -> Mode {
+    nix::sys::stat::umask(Mode::from_bits_truncate(UMASK as nix::libc::mode_t))
 }
 
 /// Whether systemd started us (it sets `INVOCATION_ID` for every unit and
