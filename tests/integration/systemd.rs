@@ -412,3 +412,45 @@ fn started_as_root_outside_systemd_it_runs_as_the_configured_user() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn started_as_root_with_a_missing_user_run_refuses_to_go_on() {
+    let cfg = tempfile::tempdir().unwrap();
+    let file = cfg.path().join("carehub.toml");
+    write_config(
+        &file,
+        cfg.path(),
+        "[system]\nuser = \"carehub-no-such-user\"\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_carehub"))
+        .args(["run", "--config", &file.display().to_string()])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("INVOCATION_ID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if unsafe { libc::geteuid() } != 0 {
+        // Not root: there is nothing to drop, so the user is never looked up.
+        let db = cfg.path().join("data/carehub.db");
+        let deadline = Instant::now() + START_WITHIN;
+        while !db.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a non-root run must start"
+        );
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+        return;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("user \"carehub-no-such-user\" (system.user) does not exist"),
+        "{stderr}"
+    );
+}
