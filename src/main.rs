@@ -142,14 +142,20 @@ fn serve(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let notifier = Notifier::from_env();
+    let result = runtime.block_on(async {
         let shutdown =
             carehub::system::shutdown_signal().context("cannot install signal handlers")?;
         let launch = Launch {
             source,
-            notifier: Notifier::from_env(),
+            notifier,
             require_user,
         };
         carehub::daemon::run(config, launch, shutdown, on_ready).await
-    })
+    });
+    if let Err(e) = &result {
+        // `systemctl status` then shows why, beside the journal's error line.
+        notifier.status(&format!("failed: {e:#}"));
+    }
+    result
 }

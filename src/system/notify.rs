@@ -80,9 +80,13 @@ impl Notifier {
     }
 
     /// The configuration is being re-read; [`Notifier::ready`] ends the reload.
+    /// `MONOTONIC_USEC` is what `Type=notify-reload` (systemd 253+) requires; older
+    /// managers ignore it.
     pub fn reloading(&self) {
+        let now = monotonic_usec().to_string();
         self.log_failure(self.send(&[
             (systemd::daemon::STATE_RELOADING, "1"),
+            ("MONOTONIC_USEC", &now),
             (systemd::daemon::STATE_STATUS, "reloading the configuration"),
         ]));
     }
@@ -102,6 +106,21 @@ impl Notifier {
     }
 }
 
+/// CLOCK_MONOTONIC in microseconds, the clock systemd compares reload times on.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC is
+    // always available on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +130,12 @@ mod tests {
         let n = Notifier::disabled();
         assert!(!n.send(&[("READY", "1")]).unwrap());
         assert_eq!(n.watchdog_timeout().unwrap(), None);
+    }
+
+    #[test]
+    fn monotonic_time_moves_forward() {
+        let a = monotonic_usec();
+        let b = monotonic_usec();
+        assert!(a > 0 && b >= a, "{a} {b}");
     }
 }

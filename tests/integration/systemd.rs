@@ -321,8 +321,11 @@ fn sighup_reloads_a_good_file_and_keeps_the_running_config_on_a_bad_one() {
     d.signal(libc::SIGHUP);
     let reload = d.until(Duration::from_secs(10), is_ready);
     assert!(
-        reload.iter().any(|m| m.has("RELOADING=1")),
-        "RELOADING before READY: {reload:#?}"
+        reload
+            .iter()
+            .any(|m| m.has("RELOADING=1")
+                && m.lines.iter().any(|l| l.starts_with("MONOTONIC_USEC="))),
+        "RELOADING with its time before READY: {reload:#?}"
     );
     let status = reload.last().unwrap().status().unwrap();
     assert!(
@@ -453,4 +456,26 @@ fn started_as_root_with_a_missing_user_run_refuses_to_go_on() {
         stderr.contains("user \"carehub-no-such-user\" (system.user) does not exist"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_failed_start_sends_no_ready_and_says_why_in_status() {
+    // The port is taken, so the daemon cannot bind its web listener.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut d = Daemon::start(
+        &["demo", "--listen", &listen, "--data-dir", "{dir}/data"],
+        &[],
+    );
+    let got = d.until(START_WITHIN, |m| {
+        m.status().is_some_and(|s| s.starts_with("failed: "))
+    });
+    assert!(!got.iter().any(is_ready), "{got:#?}");
+    let status = got.last().unwrap().status().unwrap();
+    assert!(
+        status.contains(&format!("cannot listen on {listen} (web.listen)")),
+        "{status}"
+    );
+    assert!(!d.wait_exit(Duration::from_secs(10)).success());
 }
