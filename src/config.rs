@@ -23,6 +23,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub web: WebConfig,
     pub clinical: ClinicalConfig,
+    pub system: SystemConfig,
 }
 
 /// `[site]`: who this gateway is.
@@ -104,6 +105,24 @@ pub struct WebConfig {
 pub struct ClinicalConfig {
     /// A vital sign older than this is shown as stale, never as current. Default 60.
     pub stale_after_minutes: u32,
+}
+
+/// `[system]`: how the daemon sits on its host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    /// The account the daemon drops to when it is started as root outside systemd,
+    /// once the database is open and the web port bound. Under systemd the unit's
+    /// `User=` decides and this is not used. Default `"carehub"`.
+    pub user: String,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            user: "carehub".into(),
+        }
+    }
 }
 
 impl Default for SiteConfig {
@@ -211,6 +230,12 @@ listen = "127.0.0.1:8080"
 [clinical]
 # A vital sign older than this many minutes is shown as stale, never as current.
 stale_after_minutes = 60
+
+[system]
+# The account carehub switches to when started as root outside systemd, after it
+# has opened the database and bound the web port. Under systemd the unit's User=
+# decides and this key is not used.
+user = "carehub"
 "#;
 
 /// A configuration error, located in its file.
@@ -317,6 +342,12 @@ impl Config {
         }
         if self.clinical.stale_after_minutes == 0 {
             return Err(("clinical.stale_after_minutes", "must be at least 1".into()));
+        }
+        if self.system.user.is_empty() || self.system.user.contains(['/', ':', '\0']) {
+            return Err((
+                "system.user",
+                format!("{:?} is not a user name", self.system.user),
+            ));
         }
         for (key, value) in [
             ("site.id", &self.site.id),
@@ -478,6 +509,12 @@ mod tests {
             "out of range",
         );
         check_err("[site]\nid = \"care home/1\"\n", Some(2), "site.id", "MQTT");
+        check_err(
+            "[system]\nuser = \"\"\n",
+            Some(2),
+            "system.user",
+            "not a user name",
+        );
     }
 
     #[test]

@@ -4,14 +4,21 @@
 //! thread → SQLite; the web server reads beside. Shutdown runs in data-flow order:
 //! the source stops, ingest drains what is in flight into the store, the writer
 //! commits it and exits; all within [`SHUTDOWN_DEADLINE`].
+//!
+//! Beside the data path: systemd hears READY once everything is open, STATUS lines,
+//! watchdog pings only while every stage beats (`system::watchdog`), STOPPING on
+//! shutdown; SIGHUP re-reads the configuration (`system::reload`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use anyhow::{Context, bail};
-use tokio::sync::mpsc;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceKind};
@@ -21,6 +28,11 @@ use crate::sensor::RawFrame;
 use crate::sensor::simulator::Simulator;
 use crate::store::{Store, StoreSettings};
 use crate::system::health::{Health, Heartbeat};
+use crate::system::notify::Notifier;
+use crate::system::privileges::PrivilegeError;
+use crate::system::reload::ConfigSource;
+use crate::system::watchdog::{Supervisor, WatchdogPlan};
+use crate::system::{fault, privileges, probe};
 use crate::web::{AppState, app};
 
 /// Every stage must have stopped this long after the shutdown signal.
@@ -29,29 +41,68 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 /// How often the simulator looks for due frames.
 const SIMULATOR_TICK: Duration = Duration::from_millis(250);
 
+/// How the daemon was started, beyond its configuration.
+pub struct Launch {
+    /// Where the configuration came from, for SIGHUP; `None` path: no reload.
+    pub source: ConfigSource,
+    /// systemd's notification socket, or a no-op outside systemd.
+    pub notifier: Notifier,
+    /// Started as root outside systemd: `true` refuses to run when `system.user`
+    /// does not exist (`run`); `false` warns and stays root (`demo` on a developer
+    /// machine, where the simulated data is not clinical).
+    pub require_user: bool,
+}
+
 /// Runs the daemon until `shutdown` resolves. `on_ready` receives the bound web
-/// address once the store is open, the source is running and the listener is bound.
+/// address once the store is open, the source is running and the listener is bound;
+/// systemd hears READY=1 at the same moment.
 pub async fn run(
     config: Config,
+    launch: Launch,
     shutdown: impl Future<Output = &'static str>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    let Launch {
+        source,
+        notifier,
+        require_user,
+    } = launch;
+    // Created before anything else so that no early SIGHUP is missed (or kills us:
+    // SIGHUP's default action is to terminate).
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    // Before the database exists: its files are created owner/group only.
+    privileges::restrict_umask();
+    let drop_privileges = privileges::should_drop();
+
+    // Registering a stage here is all it takes for the watchdog to supervise it.
     let mut health = Health::default();
     let store_beat = health.register("store");
     let sensor_beat = health.register("sensor");
     let ingest_beat = health.register("ingest");
+    let web_beat = health.register("web");
 
     let settings = StoreSettings::from(&config.store);
     let runtime = tokio::runtime::Handle::current();
-    let store = tokio::task::spawn_blocking(move || Store::open(settings, runtime, store_beat))
-        .await
-        .context("store start-up task failed")?
+    let (store, db_dir) = tokio::task::spawn_blocking(move || {
+        // A directory the daemon creates for the database is handed over with it
+        // when privileges are dropped; an existing one (say /tmp) never is.
+        let db_dir = settings
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(std::path::Path::to_path_buf);
+        (Store::open(settings, runtime, store_beat), db_dir)
+    })
+    .await
+    .context("store start-up task failed")?;
+    let store = store
         .with_context(|| format!("cannot open the database {}", config.store.path.display()))?;
     let Store {
         handle: store_handle,
         reader,
         writer,
     } = store;
+    let store_stats = store_handle.stats().clone();
 
     let simulator = match config.sensors.source {
         SourceKind::Simulator => Simulator::new(&config.simulator.to_simulator_config()),
@@ -62,6 +113,7 @@ pub async fn run(
     let (residents, devices) = simulator.roster();
     let registry = Ingest::registry_from(&devices);
     let resident_count = residents.len();
+    let device_count = devices.len();
     store_handle
         .provision(residents, devices)
         .await
@@ -75,17 +127,22 @@ pub async fn run(
         cancel.clone(),
         sensor_beat,
     ));
-    let ingest = tokio::spawn(
-        Ingest {
-            rx: frames_rx,
-            store: store_handle,
-            registry,
-            stats: Arc::new(IngestStats::default()),
-            heartbeat: ingest_beat,
-            clock_synced: crate::system::clock_synchronised,
+    let ingest_stage = Ingest {
+        rx: frames_rx,
+        store: store_handle,
+        registry,
+        stats: Arc::new(IngestStats::default()),
+        heartbeat: ingest_beat,
+        clock_synced: crate::system::clock_synchronised,
+    };
+    let hang_ingest = fault::hang_requested("ingest");
+    let ingest = tokio::spawn(async move {
+        if hang_ingest {
+            // Test fault: the stage never takes a frame, as if stuck.
+            std::future::pending::<()>().await;
         }
-        .run(),
-    );
+        ingest_stage.run().await
+    });
 
     let listener = tokio::net::TcpListener::bind(config.web.listen)
         .await
@@ -93,28 +150,108 @@ pub async fn run(
     let bound = listener
         .local_addr()
         .context("listener has no local address")?;
+
+    // The privileged resources are open: from here on the daemon needs no root.
+    if drop_privileges {
+        let user = config.system.user.clone();
+        let db = config.store.path.clone();
+        let dropped = tokio::task::spawn_blocking(move || {
+            let mut files = privileges::database_files(&db);
+            files.extend(db_dir);
+            let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+            privileges::drop_to(&user, &paths)
+        })
+        .await
+        .context("privilege drop task failed")?;
+        match dropped {
+            Ok(()) => {
+                tracing::info!(user = %config.system.user, "started as root: now running as the configured user")
+            }
+            Err(e @ PrivilegeError::NoSuchUser(_)) if !require_user => {
+                tracing::warn!(error = %e, "started as root: staying root for the demo");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let health = Arc::new(health);
     let state = AppState {
         reader,
         stale_after: Duration::from_secs(u64::from(config.clinical.stale_after_minutes) * 60),
-        health: Arc::new(health),
+        health: health.clone(),
         started_at: Timestamp::now(),
         version: env!("CARGO_PKG_VERSION"),
     };
+    let mut router = app(state);
+    if fault::hang_requested("web") {
+        // Test fault: every request waits forever, as if the server were stuck.
+        router = router.layer(axum::middleware::from_fn(
+            |_req: axum::extract::Request, _next: axum::middleware::Next| async {
+                std::future::pending::<axum::response::Response>().await
+            },
+        ));
+    }
     let web_cancel = cancel.clone();
     let web = tokio::spawn(async move {
-        axum::serve(listener, app(state))
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move { web_cancel.cancelled().await })
             .await
     });
+    let probe = tokio::spawn(probe::run(bound, web_beat, cancel.clone()));
 
+    let describe = move || {
+        status_line(
+            resident_count,
+            device_count,
+            store_stats.readings_committed.load(Ordering::Relaxed),
+            store_stats.last_commit(),
+        )
+    };
+    notifier.ready(&describe());
     tracing::info!(residents = resident_count, web = %format!("http://{bound}/"), db = %config.store.path.display(), "carehub running");
     on_ready(bound);
 
-    let why = shutdown.await;
+    let plan = match notifier.watchdog_timeout() {
+        Ok(timeout) => WatchdogPlan::for_timeout(timeout),
+        Err(e) => {
+            // Run without pings: systemd then restarts us, which is loud and safe.
+            tracing::error!(error = %e, "watchdog settings unreadable; not pinging");
+            WatchdogPlan::for_timeout(None)
+        }
+    };
+    if let Some(every) = plan.ping_every {
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            stall_after_s = plan.stall_after.as_secs(),
+            "systemd watchdog on"
+        );
+    }
+    let supervisor = tokio::spawn(
+        Supervisor {
+            health,
+            notifier,
+            plan,
+            describe: describe.clone(),
+        }
+        .run(cancel.clone()),
+    );
+
+    // The running configuration; stages that apply changes live subscribe to it.
+    let (config_tx, _config_rx) = watch::channel(config);
+    tokio::pin!(shutdown);
+    let why = loop {
+        tokio::select! {
+            why = &mut shutdown => break why,
+            _ = hangup.recv() => reload(&source, &config_tx, notifier, &describe).await,
+        }
+    };
     tracing::info!(signal = why, "shutting down");
+    notifier.stopping(&format!("stopping ({why}): committing what is in flight"));
     cancel.cancel();
 
     let stop = async {
+        let _ = supervisor.await;
+        let _ = probe.await;
         let _ = sensor.await;
         let _ = ingest.await;
         // Every store handle is gone now; the writer commits what is left and exits.
@@ -128,6 +265,61 @@ pub async fn run(
         }
         Err(_) => bail!("shutdown took longer than {SHUTDOWN_DEADLINE:?}; some stage did not stop"),
     }
+}
+
+/// SIGHUP: re-read the file; a bad one is logged with its line and key and the
+/// running configuration stays.
+async fn reload(
+    source: &ConfigSource,
+    current: &watch::Sender<Config>,
+    notifier: Notifier,
+    describe: &impl Fn() -> String,
+) {
+    notifier.reloading();
+    match source.reload(current).await {
+        Ok(r) if r.changed.is_empty() => {
+            tracing::info!("SIGHUP: configuration re-read; nothing changed");
+            notifier.ready(&format!("config re-read, unchanged; {}", describe()));
+        }
+        Ok(r) => {
+            tracing::info!(changed = ?r.changed, "SIGHUP: configuration reloaded");
+            if !r.need_restart.is_empty() {
+                tracing::warn!(keys = ?r.need_restart, "these changed keys take effect only after a restart (systemctl restart carehub)");
+            }
+            notifier.ready(&format!(
+                "config reloaded; restart needed for: {}; {}",
+                if r.need_restart.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    r.need_restart.join(", ")
+                },
+                describe()
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded");
+            notifier.ready(&format!("config reload rejected: {e}"));
+        }
+    }
+}
+
+/// The STATUS line `systemctl status` shows while every stage is moving.
+fn status_line(
+    residents: usize,
+    devices: usize,
+    readings: u64,
+    last_commit: Option<Timestamp>,
+) -> String {
+    let last = match last_commit {
+        Some(t) => format!(
+            "last commit {}",
+            crate::web::describe_age(t.age_at(Timestamp::now()))
+        ),
+        None => "nothing committed yet".to_owned(),
+    };
+    format!(
+        "{devices} devices, {residents} residents, {readings} readings stored, {last}; uplink not configured"
+    )
 }
 
 async fn run_simulator(

@@ -9,6 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use carehub::config::{self, Config};
+use carehub::daemon::Launch;
+use carehub::system::notify::Notifier;
+use carehub::system::reload::ConfigSource;
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +64,7 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    carehub::system::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -91,9 +94,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", path.display());
             Ok(())
         }
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
-            serve(config, |_| {})
+        Command::Run { config: path } => {
+            let config = Config::load(&path)?;
+            let source = ConfigSource {
+                path: Some(path),
+                base: Config::default(),
+            };
+            serve(config, source, true, |_| {})
         }
         Command::Demo {
             listen,
@@ -101,16 +108,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             residents,
             config,
         } => {
+            let config_path = config.clone();
             let mut base = Config::default();
             base.store.path = data_dir.join("carehub.db");
             base.web.listen = listen;
-            let mut config = match config {
+            let mut config = match &config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path)
+                    let text = std::fs::read_to_string(path)
                         .with_context(|| format!("cannot read {}", path.display()))?;
-                    Config::parse(&path, &text, base)?
+                    Config::parse(path, &text, base.clone())?
                 }
-                None => base,
+                None => base.clone(),
             };
             if let Some(n) = residents {
                 anyhow::ensure!(
@@ -119,30 +127,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 config.simulator.residents = n;
             }
-            serve(config, |addr| {
+            // A reload reads the file over the same demo base, not over --residents.
+            let source = ConfigSource {
+                path: config_path,
+                base,
+            };
+            serve(config, source, false, |addr| {
                 println!("carehub demo: open http://{addr}/ in a browser (Ctrl-C to stop)");
             })
         }
     }
 }
 
-fn serve(config: Config, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
+fn serve(
+    config: Config,
+    source: ConfigSource,
+    require_user: bool,
+    on_ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let notifier = Notifier::from_env();
+    let result = runtime.block_on(async {
         let shutdown =
             carehub::system::shutdown_signal().context("cannot install signal handlers")?;
-        carehub::daemon::run(config, shutdown, on_ready).await
-    })
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        let launch = Launch {
+            source,
+            notifier,
+            require_user,
+        };
+        carehub::daemon::run(config, launch, shutdown, on_ready).await
+    });
+    if let Err(e) = &result {
+        // `systemctl status` then shows why, beside the journal's error line.
+        notifier.status(&format!("failed: {e:#}"));
+    }
+    result
 }

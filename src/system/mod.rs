@@ -1,6 +1,14 @@
-//! The daemon's relations with its host: signals, the clock, stage health.
+//! The daemon's relations with its host: signals, the clock, stage health, and
+//! systemd (notifications, the watchdog, the journal, privileges, reload).
 
+pub mod fault;
 pub mod health;
+pub mod logging;
+pub mod notify;
+pub mod privileges;
+pub mod probe;
+pub mod reload;
+pub mod watchdog;
 
 /// Resolves on the first SIGINT or SIGTERM. The signal streams are created when
 /// this is called, before the daemon's loop, so no early signal is missed.
@@ -24,5 +32,25 @@ pub fn clock_synchronised() -> bool {
     // zeroed struct we own.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     let state = unsafe { libc::ntp_adjtime(&mut tx) };
-    state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
+    clock_state_synchronised(state, tx.status)
+}
+
+/// A failed call (-1: e.g. a seccomp filter that denies `adjtimex`) leaves the
+/// zeroed status, whose UNSYNC bit is clear: that must read as "not known to be
+/// synchronised", never as synchronised.
+fn clock_state_synchronised(state: libc::c_int, status: libc::c_int) -> bool {
+    state >= 0 && state != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_adjtimex_is_not_a_synchronised_clock() {
+        assert!(!clock_state_synchronised(-1, 0));
+        assert!(!clock_state_synchronised(libc::TIME_ERROR, 0));
+        assert!(!clock_state_synchronised(libc::TIME_OK, libc::STA_UNSYNC));
+        assert!(clock_state_synchronised(libc::TIME_OK, 0));
+    }
 }

@@ -4,3 +4,4 @@
 mod demo;
 mod news2;
 mod support;
+mod systemd;
