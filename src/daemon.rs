@@ -4,6 +4,10 @@
 //! thread → SQLite; the web server reads beside. Shutdown runs in data-flow order:
 //! the source stops, ingest drains what is in flight into the store, the writer
 //! commits it and exits; all within [`SHUTDOWN_DEADLINE`].
+//!
+//! The source is chosen by `[sensors] source`: the simulator provisions its own
+//! roster; the BLE source reads the registry from the `devices` table, so only
+//! devices someone registered there are connected to and attributed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,20 +18,18 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::ble::{Ble, BleSettings, BleStatus};
 use crate::config::{Config, SourceKind};
 use crate::ingest::{Ingest, IngestStats};
 use crate::model::Timestamp;
-use crate::sensor::RawFrame;
 use crate::sensor::simulator::Simulator;
+use crate::sensor::{RawFrame, Source, SourceContext};
 use crate::store::{Store, StoreSettings};
-use crate::system::health::{Health, Heartbeat};
+use crate::system::health::Health;
 use crate::web::{AppState, app};
 
 /// Every stage must have stopped this long after the shutdown signal.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
-
-/// How often the simulator looks for due frames.
-const SIMULATOR_TICK: Duration = Duration::from_millis(250);
 
 /// Runs the daemon until `shutdown` resolves. `on_ready` receives the bound web
 /// address once the store is open, the source is running and the listener is bound.
@@ -53,28 +55,44 @@ pub async fn run(
         writer,
     } = store;
 
-    let simulator = match config.sensors.source {
-        SourceKind::Simulator => Simulator::new(&config.simulator.to_simulator_config()),
-        SourceKind::Ble => bail!(
-            "sensors.source = \"ble\" is not available in this build yet (the Bluetooth layer is its own piece of work); use \"simulator\""
-        ),
+    let (source, registry, resident_count): (Box<dyn Source>, _, _) = match config.sensors.source {
+        SourceKind::Simulator => {
+            let simulator = Simulator::new(&config.simulator.to_simulator_config());
+            let (residents, devices) = simulator.roster();
+            let registry = Ingest::registry_from(&devices);
+            let resident_count = residents.len();
+            store_handle
+                .provision(residents, devices)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot record the residents and devices: {e}"))?;
+            (Box::new(simulator), registry, resident_count)
+        }
+        SourceKind::Ble => {
+            let devices_reader = reader.clone();
+            let devices = tokio::task::spawn_blocking(move || devices_reader.devices())
+                .await
+                .context("device registry task failed")?
+                .context("cannot read the device registry")?;
+            let registry = Ingest::registry_from(&devices);
+            let settings =
+                BleSettings::new(&config.ble, devices.iter().map(|d| d.address).collect());
+            tracing::info!(devices = devices.len(), "device registry read");
+            let ble = Ble {
+                settings,
+                status: Arc::new(BleStatus::default()),
+            };
+            (Box::new(ble), registry, 0)
+        }
     };
-    let (residents, devices) = simulator.roster();
-    let registry = Ingest::registry_from(&devices);
-    let resident_count = residents.len();
-    store_handle
-        .provision(residents, devices)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot record the residents and devices: {e}"))?;
 
     let cancel = CancellationToken::new();
     let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(config.sensors.channel_capacity);
-    let sensor = tokio::spawn(run_simulator(
-        simulator,
-        frames_tx,
-        cancel.clone(),
-        sensor_beat,
-    ));
+    tracing::info!(source = source.name(), "sensor source starting");
+    let sensor = tokio::spawn(source.start(SourceContext {
+        frames: frames_tx,
+        cancel: cancel.clone(),
+        heartbeat: sensor_beat,
+    }));
     let ingest = tokio::spawn(
         Ingest {
             rx: frames_rx,
@@ -127,28 +145,5 @@ pub async fn run(
             Ok(())
         }
         Err(_) => bail!("shutdown took longer than {SHUTDOWN_DEADLINE:?}; some stage did not stop"),
-    }
-}
-
-async fn run_simulator(
-    mut sim: Simulator,
-    tx: mpsc::Sender<RawFrame>,
-    cancel: CancellationToken,
-    beat: Heartbeat,
-) {
-    let mut tick = tokio::time::interval(SIMULATOR_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        beat.beat();
-        for frame in sim.poll(Timestamp::now()) {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                sent = tx.send(frame) => if sent.is_err() { return },
-            }
-        }
     }
 }

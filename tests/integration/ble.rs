@@ -1,0 +1,298 @@
+//! The BLE source end to end: the real `carehub run` with `source = "ble"`, its
+//! btleplug code path talking D-Bus to a fake BlueZ (see `ble_support`), readings
+//! checked in the real SQLite file.
+
+use std::time::Duration;
+
+use carehub::model::{DeviceKind, ResidentId, Subject};
+
+use crate::ble_support::{FakeBluez, Gateway, device, resident};
+use crate::support::wait_for;
+
+const ROOM_SENSOR: &str = "A4:C1:38:00:00:01";
+const HR_STRAP: &str = "C0:FF:EE:00:00:02";
+const BP_CUFF: &str = "C0:FF:EE:00:00:03";
+const STRANGER: &str = "DE:AD:BE:EF:00:09";
+
+/// How long a step may take on a loaded two-core machine; every wait polls an
+/// observable condition and returns as soon as it holds.
+const STEP: Duration = Duration::from_secs(20);
+
+/// BTHome v2, unencrypted: packet id `id`, temperature 25.00 °C.
+fn bthome_25c(id: u8) -> String {
+    format!("4000{id:02x}02c409")
+}
+
+/// Advertises until the gateway is scanning and one advertisement was heard,
+/// then waits until its reading is stored. `next_id` keeps packet ids fresh so
+/// BTHome's duplicate filter does not drop a retry.
+fn advertise_until_stored(bluez: &FakeBluez, gw: &Gateway, next_id: &mut u8, expected: usize) {
+    let stored = wait_for(STEP, || {
+        *next_id = next_id.wrapping_add(1);
+        if bluez.advertise_bthome(ROOM_SENSOR, -58, &bthome_25c(*next_id))
+            && gw.wait_readings(ROOM_SENSOR, "temperature", expected, Duration::from_secs(2))
+        {
+            return Some(());
+        }
+        None
+    });
+    assert!(
+        stored.is_some(),
+        "no temperature reading #{expected} from the room sensor\n{}",
+        bluez.log()
+    );
+}
+
+fn room_gateway(extra: &str) -> Gateway {
+    Gateway::new(
+        vec![],
+        vec![device(
+            ROOM_SENSOR,
+            DeviceKind::RoomSensor,
+            Subject::Room("Room 4".into()),
+        )],
+        extra,
+    )
+}
+
+fn stop_cleanly(daemon: crate::support::Daemon) -> String {
+    let out = daemon.stop(libc::SIGTERM);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn bthome_room_sensor_advertising_lands_in_sqlite_for_its_room() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
+    let gw = room_gateway("");
+    let daemon = gw.run(&bluez);
+
+    let mut id = 0;
+    advertise_until_stored(&bluez, &gw, &mut id, 1);
+    let readings = gw.readings(ROOM_SENSOR);
+    let (resident, room, quantity, value, unit) = &readings[0];
+    assert_eq!(
+        (
+            resident,
+            room.as_deref(),
+            quantity.as_str(),
+            *value,
+            unit.as_str()
+        ),
+        (&None, Some("Room 4"), "temperature", Some(25.0), "Cel")
+    );
+    stop_cleanly(daemon);
+}
+
+#[test]
+fn heart_rate_strap_is_connected_subscribed_and_its_notifications_stored() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(HR_STRAP, "Polar H10", &[0x180D, 0x180F]);
+    let hr = bluez.add_service(HR_STRAP, 0x180D);
+    let measurement = bluez.add_characteristic(&hr, 0x2A37, "notify", "0000");
+    let battery = bluez.add_service(HR_STRAP, 0x180F);
+    bluez.add_characteristic(&battery, 0x2A19, "read", "5a");
+    let gw = Gateway::new(
+        vec![resident(1, "Margaret Ellis", "Room 4")],
+        vec![device(
+            HR_STRAP,
+            DeviceKind::HeartRateMonitor,
+            Subject::Resident(ResidentId(1)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+
+    assert!(
+        wait_for(STEP, || bluez.notifying(&measurement).then_some(())).is_some(),
+        "carehub never subscribed to the heart rate measurement\n{}",
+        bluez.log()
+    );
+    for bpm in [72u8, 75, 81] {
+        // Flags 0x00: 8-bit heart rate, no contact status, no energy, no RR.
+        assert!(bluez.notify(&measurement, &format!("00{bpm:02x}")));
+    }
+    assert!(gw.wait_readings(HR_STRAP, "heart_rate", 3, STEP));
+    assert!(gw.wait_readings(HR_STRAP, "battery_level", 1, STEP));
+    let readings = gw.readings(HR_STRAP);
+    let hr: Vec<_> = readings
+        .iter()
+        .filter(|r| r.2 == "heart_rate")
+        .map(|r| (r.0, r.3, r.4.as_str()))
+        .collect();
+    assert_eq!(
+        hr,
+        [
+            (Some(1), Some(72.0), "/min"),
+            (Some(1), Some(75.0), "/min"),
+            (Some(1), Some(81.0), "/min")
+        ]
+    );
+    let battery = readings.iter().find(|r| r.2 == "battery_level").unwrap();
+    assert_eq!(
+        (battery.0, battery.3, battery.4.as_str()),
+        (Some(1), Some(90.0), "%")
+    );
+    assert_eq!(bluez.connect_count(HR_STRAP), 1);
+    stop_cleanly(daemon);
+}
+
+#[test]
+fn blood_pressure_cuff_indicates_its_stored_measurement_and_leaves_normally() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(BP_CUFF, "BP cuff", &[0x1810]);
+    let bp = bluez.add_service(BP_CUFF, 0x1810);
+    let measurement = bluez.add_characteristic(&bp, 0x2A35, "indicate", "00");
+    // Flags 0x00 (mmHg, no time stamp, no pulse): 120/80, mean 93, as SFLOAT.
+    bluez.store_then_disconnect(&measurement, &["00780050005d00"]);
+    let gw = Gateway::new(
+        vec![resident(2, "Arthur Price", "Room 7")],
+        vec![device(
+            BP_CUFF,
+            DeviceKind::BloodPressureMonitor,
+            Subject::Resident(ResidentId(2)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+
+    assert!(
+        gw.wait_readings(BP_CUFF, "systolic_pressure", 1, STEP),
+        "no stored measurement\n{}",
+        bluez.log()
+    );
+    let readings = gw.readings(BP_CUFF);
+    let mut got: Vec<_> = readings
+        .iter()
+        .map(|r| (r.0, r.2.as_str(), r.3, r.4.as_str()))
+        .collect();
+    got.sort_by(|a, b| a.1.cmp(b.1));
+    assert_eq!(
+        got,
+        [
+            (Some(2), "diastolic_pressure", Some(80.0), "mm[Hg]"),
+            (Some(2), "mean_arterial_pressure", Some(93.0), "mm[Hg]"),
+            (Some(2), "systolic_pressure", Some(120.0), "mm[Hg]"),
+        ]
+    );
+    assert!(
+        wait_for(STEP, || (!bluez.connected(BP_CUFF)).then_some(())).is_some(),
+        "the cuff should have disconnected itself"
+    );
+    let stderr = stop_cleanly(daemon);
+    assert!(
+        stderr.contains("gatt session ended") && stderr.contains("Disconnected"),
+        "a spot-check disconnect is a normal end:\n{stderr}"
+    );
+    assert!(!stderr.contains("gatt session failed"), "{stderr}");
+}
+
+#[test]
+fn unknown_device_is_observed_never_connected_and_nothing_attributed() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
+    // A heart-rate strap nobody registered, advertising a health service and data.
+    bluez.add_sensor(STRANGER, "Someone's strap", &[0x180D, 0xFCD2]);
+    let hr = bluez.add_service(STRANGER, 0x180D);
+    bluez.add_characteristic(&hr, 0x2A37, "notify", "0048");
+    let gw = room_gateway("");
+    let daemon = gw.run(&bluez);
+
+    let mut id = 0;
+    for _ in 0..3 {
+        wait_for(STEP, || {
+            bluez
+                .advertise_bthome(STRANGER, -70, &bthome_25c(id))
+                .then_some(())
+        })
+        .expect("gateway scanning");
+        id += 1;
+    }
+    // The registered sensor's reading lands after the stranger's adverts were
+    // sent: the gateway heard them and had every chance to act on them.
+    advertise_until_stored(&bluez, &gw, &mut id, 1);
+    let stderr = stop_cleanly(daemon);
+
+    assert_eq!(
+        bluez.connect_count(STRANGER),
+        0,
+        "connected to an unregistered device"
+    );
+    assert!(gw.readings(STRANGER).is_empty());
+    let db = gw.db();
+    let unattributed: i64 = db
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE device = ?1",
+            [STRANGER],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unattributed, 0);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(STRANGER) && l.contains("observed only")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn silent_discovery_is_restarted() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
+    let gw = room_gateway("silence_restart_s = 1");
+    let daemon = gw.run(&bluez);
+
+    let mut id = 0;
+    advertise_until_stored(&bluez, &gw, &mut id, 1);
+    // BlueZ stops scanning without telling anyone that matters.
+    bluez.stop_scanning();
+    advertise_until_stored(&bluez, &gw, &mut id, 2);
+    let stderr = stop_cleanly(daemon);
+    assert!(stderr.contains("restarting discovery"), "{stderr}");
+}
+
+#[test]
+fn adapter_vanishing_and_returning_is_recovered() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
+    let gw = room_gateway("");
+    let daemon = gw.run(&bluez);
+
+    let mut id = 0;
+    advertise_until_stored(&bluez, &gw, &mut id, 1);
+    bluez.remove_adapter();
+    bluez.add_adapter();
+    bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
+    advertise_until_stored(&bluez, &gw, &mut id, 2);
+    let stderr = stop_cleanly(daemon);
+    assert!(stderr.contains("adapter hci0 disappeared"), "{stderr}");
+}
+
+#[test]
+fn bluetoothd_restart_is_recovered() {
+    let mut bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
+    let gw = room_gateway("");
+    let daemon = gw.run(&bluez);
+
+    let mut id = 0;
+    advertise_until_stored(&bluez, &gw, &mut id, 1);
+    bluez.stop_bluez();
+    bluez.start_bluez();
+    bluez.add_adapter();
+    bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
+    advertise_until_stored(&bluez, &gw, &mut id, 2);
+    let stderr = stop_cleanly(daemon);
+    assert!(stderr.contains("bluetoothd restarted"), "{stderr}");
+}
