@@ -211,10 +211,16 @@ impl Backoff {
 /// Runs rounds until cancelled, with a back-off between failed rounds.
 async fn supervise(settings: BleSettings, status: Arc<BleStatus>, ctx: SourceContext) {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    // One btleplug manager (one D-Bus connection) for every round: bluez-async
+    // keeps a task per connection until the connection is lost, so a manager per
+    // round would leak a connection each time BlueZ is away. The connection
+    // survives a bluetoothd restart; only a lost bus (the event stream ending)
+    // calls for a new one.
+    let mut manager: Option<Manager> = None;
     loop {
         status.rounds_started.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = round(&settings, &status, &ctx).await;
+        let outcome = round(&settings, &status, &ctx, &mut manager).await;
         status.scanning.store(false, Ordering::Relaxed);
         let error = match outcome {
             Ok(()) => return,
@@ -227,6 +233,7 @@ async fn supervise(settings: BleSettings, status: Arc<BleStatus>, ctx: SourceCon
             BleError::BluezRestarted => {
                 status.bluez_restarts.fetch_add(1, Ordering::Relaxed);
             }
+            BleError::EventsEnded => manager = None,
             _ => {}
         }
         // A round that ran a good while was healthy: start again promptly.
@@ -274,10 +281,14 @@ async fn round(
     settings: &BleSettings,
     status: &BleStatus,
     ctx: &SourceContext,
+    manager: &mut Option<Manager>,
 ) -> Result<(), BleError> {
     let mut watch = BluezWatch::start(&settings.adapter).await?;
-    let manager = Manager::new().await?;
-    let adapter = find_adapter(&manager, &settings.adapter).await?;
+    let manager = match manager {
+        Some(m) => m,
+        None => manager.insert(Manager::new().await?),
+    };
+    let adapter = find_adapter(manager, &settings.adapter).await?;
     let mut events = adapter.events().await?;
     adapter.start_scan(ScanFilter::default()).await?;
     status.scanning.store(true, Ordering::Relaxed);
@@ -470,7 +481,9 @@ impl Round<'_> {
     }
 
     /// Starts a GATT session for a registered health device that has none and is
-    /// not waiting out a back-off.
+    /// not waiting out a back-off. Called whenever the device is heard: a device
+    /// is reconnected when it is in range again, never dialled blindly, because a
+    /// connect to an absent device would hold a connection slot until it timed out.
     fn maybe_connect(&mut self, id: &PeripheralId) {
         let Some(k) = self.known.get(id) else { return };
         let address = k.address;

@@ -193,6 +193,89 @@ fn blood_pressure_cuff_indicates_its_stored_measurement_and_leaves_normally() {
     assert!(!stderr.contains("gatt session failed"), "{stderr}");
 }
 
+/// A registered heart-rate strap with its measurement characteristic; returns
+/// the characteristic's path.
+fn hr_strap(bluez: &FakeBluez, address: &str) -> String {
+    bluez.add_sensor(address, "HR strap", &[0x180D]);
+    let hr = bluez.add_service(address, 0x180D);
+    bluez.add_characteristic(&hr, 0x2A37, "notify", "0000")
+}
+
+#[test]
+fn connection_cap_queues_devices_and_links_that_drop_are_reconnected() {
+    const OTHER_STRAP: &str = "C0:FF:EE:00:00:04";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    let chars = [hr_strap(&bluez, HR_STRAP), hr_strap(&bluez, OTHER_STRAP)];
+    let addresses = [HR_STRAP, OTHER_STRAP];
+    let gw = Gateway::new(
+        vec![
+            resident(1, "Margaret Ellis", "Room 4"),
+            resident(2, "Arthur Price", "Room 7"),
+        ],
+        vec![
+            device(
+                HR_STRAP,
+                DeviceKind::HeartRateMonitor,
+                Subject::Resident(ResidentId(1)),
+            ),
+            device(
+                OTHER_STRAP,
+                DeviceKind::HeartRateMonitor,
+                Subject::Resident(ResidentId(2)),
+            ),
+        ],
+        "max_connections = 1",
+    );
+    let daemon = gw.run(&bluez);
+
+    // Both straps are in range from the start; one gets the only slot.
+    let first = wait_for(STEP, || (0..2).find(|&i| bluez.notifying(&chars[i])))
+        .expect("neither strap was subscribed");
+    let second = 1 - first;
+    assert!(bluez.notify(&chars[first], "0048"));
+    assert!(gw.wait_readings(addresses[first], "heart_rate", 1, STEP));
+    assert_eq!(
+        bluez.connect_count(addresses[second]),
+        0,
+        "the second strap was connected while the only slot was taken"
+    );
+
+    // The first strap walks away: the waiting one gets the slot.
+    bluez.drop_link(addresses[first]);
+    assert!(
+        wait_for(STEP, || bluez.notifying(&chars[second]).then_some(())).is_some(),
+        "the queued strap never got the free slot\n{}",
+        bluez.log()
+    );
+    assert!(bluez.notify(&chars[second], "0050"));
+    assert!(gw.wait_readings(addresses[second], "heart_rate", 1, STEP));
+    assert_eq!(
+        bluez.connect_count(addresses[first]),
+        1,
+        "the cap of 1 was exceeded"
+    );
+
+    // And back: once the slot is free, the first strap is reconnected when it
+    // is heard again (a device out of range is not dialled blindly).
+    bluez.drop_link(addresses[second]);
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(addresses[first]);
+            bluez.notifying(&chars[first]).then_some(())
+        })
+        .is_some(),
+        "the first strap was not reconnected"
+    );
+    assert_eq!(bluez.connect_count(addresses[first]), 2);
+    let readings = gw.readings(addresses[second]);
+    assert!(
+        readings.iter().all(|r| r.0 == Some(second as i64 + 1)),
+        "{readings:?}"
+    );
+    stop_cleanly(daemon);
+}
+
 #[test]
 fn unknown_device_is_observed_never_connected_and_nothing_attributed() {
     let bluez = FakeBluez::start();

@@ -217,6 +217,22 @@ impl FakeBluez {
         .contains("true")
     }
 
+    /// An advertisement with no data (RSSI only), as a device in range sends
+    /// while it is not connected; false when the adapter is not scanning.
+    pub fn advertise_presence(&self, address: &str) -> bool {
+        self.mock(
+            "Advertise",
+            &[
+                "string:hci0",
+                &format!("string:{address}"),
+                "int16:-61",
+                "string:",
+                "string:",
+            ],
+        )
+        .contains("true")
+    }
+
     pub fn notify(&self, characteristic: &str, value_hex: &str) -> bool {
         self.mock(
             "Notify",
@@ -239,6 +255,11 @@ impl FakeBluez {
                 "boolean:true",
             ],
         );
+    }
+
+    /// The device leaves: its link drops and its subscriptions end.
+    pub fn drop_link(&self, address: &str) {
+        self.mock("DropLink", &["string:hci0", &format!("string:{address}")]);
     }
 
     pub fn stop_scanning(&self) {

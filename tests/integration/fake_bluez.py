@@ -231,6 +231,14 @@ def Notify(self, chrc_path, value):
     return True
 
 
+@dbus.service.method(MOCK_IFACE, in_signature="ss", out_signature="")
+def DropLink(self, adapter, address):
+    """The device walks out of range: the link drops, subscriptions end."""
+    device = mockobject.objects[_device_path(adapter, address)]
+    if device.props[bluez5.DEVICE_IFACE]["Connected"]:
+        _disconnect(device)
+
+
 @dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="u")
 def ConnectCount(self, device_path):
     return dbus.UInt32(getattr(mockobject.objects[device_path], "connect_count", 0))
