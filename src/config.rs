@@ -83,6 +83,10 @@ pub struct BleConfig {
     /// With sensors registered and nothing heard for this long, restart discovery.
     /// Default 60.
     pub silence_restart_s: u32,
+    /// Devices that may pair without a pairing window: `"AA:BB:CC:DD:EE:FF"` or
+    /// `"AA:BB:CC:DD:EE:FF=Model"` (the model must match the advertised name).
+    /// Default empty.
+    pub allow: Vec<String>,
 }
 
 /// How hard SQLite syncs to disk on commit.
@@ -162,6 +166,7 @@ impl Default for BleConfig {
             reconnect_min_ms: 1_000,
             reconnect_max_ms: 60_000,
             silence_restart_s: 60,
+            allow: Vec::new(),
         }
     }
 }
@@ -244,6 +249,11 @@ reconnect_max_ms = 60000
 # With sensors registered and no advertisement heard for this many seconds, restart
 # discovery (BlueZ can stop scanning silently).
 silence_restart_s = 60
+# Devices that may pair (bond) without a staff-opened pairing window, e.g.
+# ["A4:C1:38:0B:00:01", "00:09:1F:80:12:34=UA-651BLE"]: an address, or an address
+# and the model name the device must advertise. Anything else pairs only while a
+# window is open (carehub pair --window 120, or the web API).
+allow = []
 
 [store]
 # The SQLite database that buffers every reading.
@@ -377,6 +387,11 @@ impl Config {
         }
         if self.ble.connect_timeout_ms == 0 {
             return Err(("ble.connect_timeout_ms", "must be at least 1".into()));
+        }
+        for entry in &self.ble.allow {
+            if let Err(e) = entry.parse::<crate::ble::pairing::AllowEntry>() {
+                return Err(("ble.allow", e.to_string()));
+            }
         }
         if self.ble.silence_restart_s == 0 {
             return Err(("ble.silence_restart_s", "must be at least 1".into()));
@@ -556,6 +571,12 @@ mod tests {
             "out of range",
         );
         check_err("[site]\nid = \"care home/1\"\n", Some(2), "site.id", "MQTT");
+        check_err(
+            "[ble]\nallow = [\"AA:BB\"]\n",
+            Some(2),
+            "ble.allow",
+            "invalid Bluetooth address",
+        );
         check_err(
             "[ble]\nmax_connections = 0\n",
             Some(2),

@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::ble::pairing::PairingPolicy;
 use crate::ble::{Ble, BleSettings, BleStatus};
 use crate::config::{Config, SourceKind};
 use crate::ingest::{Ingest, IngestStats};
@@ -55,6 +56,15 @@ pub async fn run(
         writer,
     } = store;
 
+    // The allow-list was validated with the configuration.
+    let allow = config
+        .ble
+        .allow
+        .iter()
+        .filter_map(|e| e.parse().ok())
+        .collect();
+    let pairing = PairingPolicy::new(allow);
+    let ble_status = Arc::new(BleStatus::default());
     let (source, registry, resident_count): (Box<dyn Source>, _, _) = match config.sensors.source {
         SourceKind::Simulator => {
             let simulator = Simulator::new(&config.simulator.to_simulator_config());
@@ -79,7 +89,8 @@ pub async fn run(
             tracing::info!(devices = devices.len(), "device registry read");
             let ble = Ble {
                 settings,
-                status: Arc::new(BleStatus::default()),
+                status: ble_status.clone(),
+                pairing: pairing.clone(),
             };
             (Box::new(ble), registry, 0)
         }
@@ -117,6 +128,8 @@ pub async fn run(
         health: Arc::new(health),
         started_at: Timestamp::now(),
         version: env!("CARGO_PKG_VERSION"),
+        pairing,
+        ble: (config.sensors.source == SourceKind::Ble).then_some(ble_status),
     };
     let web_cancel = cancel.clone();
     let web = tokio::spawn(async move {

@@ -13,8 +13,13 @@
 //!
 //! Safety: only devices in the registry (the `devices` table) get a GATT session.
 //! Everything else is only heard (its sighting is kept in [`BleStatus`]) and its
-//! frames are dropped by ingest as unregistered. Pairing is not done here yet.
+//! frames are dropped by ingest as unregistered. An unregistered health device is
+//! paired (bonded) only while staff hold a pairing window open, or when it is on
+//! the allow-list ([`pairing`]); a paired device is still not attributed to anyone
+//! until it is registered to a resident or room.
 
+pub mod agent;
+pub mod pairing;
 pub mod session;
 mod watch;
 
@@ -36,6 +41,7 @@ use crate::model::{DeviceAddress, Timestamp};
 use crate::sensor::{Advertisement, Frame, RawFrame, Source, SourceContext, SourceTask};
 use crate::system::health::Heartbeat;
 
+use pairing::{Decision, PairingPolicy};
 use session::{SessionContext, SessionEnd};
 use watch::{BluezChange, BluezWatch};
 
@@ -86,6 +92,8 @@ pub struct Sighting {
     /// Whether the device is in the registry. Unregistered devices are only
     /// listed ("nearby, not paired"); nothing they send is attributed.
     pub registered: bool,
+    /// Whether this gateway paired (bonded) with it since start-up.
+    pub paired: bool,
 }
 
 /// The BLE source's state for status pages and logs. Cheap to share.
@@ -111,6 +119,15 @@ impl BleStatus {
         v
     }
 
+    /// The name a device last advertised, if it was heard.
+    pub fn name_of(&self, address: DeviceAddress) -> Option<String> {
+        self.sightings
+            .lock()
+            .unwrap()
+            .get(&address)
+            .and_then(|s| s.name.clone())
+    }
+
     fn sighted(
         &self,
         address: DeviceAddress,
@@ -131,6 +148,7 @@ impl BleStatus {
             services: Vec::new(),
             last_seen: Timestamp::now(),
             registered,
+            paired: false,
         });
         s.last_seen = Timestamp::now();
         update(s);
@@ -168,6 +186,7 @@ impl BleSettings {
 pub struct Ble {
     pub settings: BleSettings,
     pub status: Arc<BleStatus>,
+    pub pairing: PairingPolicy,
 }
 
 impl Source for Ble {
@@ -176,7 +195,7 @@ impl Source for Ble {
     }
 
     fn start(self: Box<Self>, ctx: SourceContext) -> SourceTask {
-        Box::pin(supervise(self.settings, self.status, ctx))
+        Box::pin(supervise(self.settings, self.status, self.pairing, ctx))
     }
 }
 
@@ -209,7 +228,12 @@ impl Backoff {
 }
 
 /// Runs rounds until cancelled, with a back-off between failed rounds.
-async fn supervise(settings: BleSettings, status: Arc<BleStatus>, ctx: SourceContext) {
+async fn supervise(
+    settings: BleSettings,
+    status: Arc<BleStatus>,
+    pairing: PairingPolicy,
+    ctx: SourceContext,
+) {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     // One btleplug manager (one D-Bus connection) for every round: bluez-async
     // keeps a task per connection until the connection is lost, so a manager per
@@ -220,7 +244,7 @@ async fn supervise(settings: BleSettings, status: Arc<BleStatus>, ctx: SourceCon
     loop {
         status.rounds_started.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = round(&settings, &status, &ctx, &mut manager).await;
+        let outcome = round(&settings, &status, &pairing, &ctx, &mut manager).await;
         status.scanning.store(false, Ordering::Relaxed);
         let error = match outcome {
             Ok(()) => return,
@@ -275,20 +299,36 @@ struct Round<'a> {
     retries: HashMap<DeviceAddress, Retry>,
     stop: CancellationToken,
     last_heard: Instant,
+    pairing: &'a PairingPolicy,
+    bluez: Arc<dbus::nonblock::SyncConnection>,
+    pairings: JoinSet<(DeviceAddress, Result<bool, BleError>)>,
+    /// When each unregistered device may next be tried for pairing.
+    pair_not_before: HashMap<DeviceAddress, Instant>,
 }
+
+/// After a pairing attempt (or a device found already paired), the same device is
+/// not tried again for this long.
+const PAIR_RETRY: Duration = Duration::from_secs(30);
 
 async fn round(
     settings: &BleSettings,
-    status: &BleStatus,
+    status: &Arc<BleStatus>,
+    pairing: &PairingPolicy,
     ctx: &SourceContext,
     manager: &mut Option<Manager>,
 ) -> Result<(), BleError> {
     let mut watch = BluezWatch::start(&settings.adapter).await?;
+    let bluez = watch.connection();
     let manager = match manager {
         Some(m) => m,
         None => manager.insert(Manager::new().await?),
     };
     let adapter = find_adapter(manager, &settings.adapter).await?;
+    if let Err(e) = agent::register(&bluez, pairing.clone(), status.clone()).await {
+        // Without the agent, BlueZ asks nobody before a device pairs on its own
+        // initiative; carehub itself still pairs only what the policy allows.
+        tracing::warn!(error = %e, "pairing agent not registered");
+    }
     let mut events = adapter.events().await?;
     adapter.start_scan(ScanFilter::default()).await?;
     status.scanning.store(true, Ordering::Relaxed);
@@ -306,6 +346,10 @@ async fn round(
         retries: HashMap::new(),
         stop: ctx.cancel.child_token(),
         last_heard: Instant::now(),
+        pairing,
+        bluez,
+        pairings: JoinSet::new(),
+        pair_not_before: HashMap::new(),
     };
     let mut check = tokio::time::interval(CHECK_INTERVAL);
     let result = loop {
@@ -324,6 +368,11 @@ async fn round(
                     r.session_ended(address, outcome);
                 }
             }
+            Some(done) = r.pairings.join_next() => {
+                if let Ok((address, outcome)) = done {
+                    r.pairing_ended(address, outcome);
+                }
+            }
             _ = check.tick() => {
                 if let Err(e) = r.check(&ctx.heartbeat).await {
                     break Err(e);
@@ -332,6 +381,7 @@ async fn round(
         }
     };
     r.stop.cancel();
+    r.pairings.abort_all();
     let sessions = async { while r.sessions.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(1), sessions).await;
     if result.is_ok() {
@@ -360,6 +410,7 @@ impl Round<'_> {
                 if let Some(address) = self.resolve(&id).await {
                     self.heard(address, |_| {});
                     self.maybe_connect(&id);
+                    self.maybe_pair(&id);
                 }
             }
             CentralEvent::ServicesAdvertisement { id, services } => {
@@ -369,12 +420,14 @@ impl Round<'_> {
                     }
                     self.heard(address, |s| s.services = services);
                     self.maybe_connect(&id);
+                    self.maybe_pair(&id);
                 }
             }
             CentralEvent::RssiUpdate { id, rssi } => {
                 if let Some(address) = self.resolve(&id).await {
                     self.heard(address, |s| s.rssi = Some(rssi));
                     self.maybe_connect(&id);
+                    self.maybe_pair(&id);
                 }
             }
             CentralEvent::ServiceDataAdvertisement { id, service_data } => {
@@ -510,6 +563,59 @@ impl Round<'_> {
         let peripheral = k.peripheral.clone();
         self.sessions
             .spawn(async move { (address, session::run(peripheral, ctx).await) });
+    }
+
+    /// Pairs an unregistered health device if the policy allows it now.
+    fn maybe_pair(&mut self, id: &PeripheralId) {
+        let Some(k) = self.known.get(id) else { return };
+        let address = k.address;
+        if self.settings.registered.contains(&address)
+            || !session::is_health_device(&k.services)
+            || self
+                .pair_not_before
+                .get(&address)
+                .is_some_and(|t| Instant::now() < *t)
+        {
+            return;
+        }
+        let name = self.status.name_of(address);
+        let reason = match self
+            .pairing
+            .decide(Timestamp::now(), address, name.as_deref())
+        {
+            Decision::Pair(reason) => reason,
+            Decision::Observe => return,
+        };
+        self.pair_not_before
+            .insert(address, Instant::now() + PAIR_RETRY);
+        self.pairing
+            .log
+            .record(Some(address), format!("pairing started ({reason:?})"));
+        let conn = self.bluez.clone();
+        let adapter = self.settings.adapter.clone();
+        self.pairings.spawn(async move {
+            let outcome = async {
+                if agent::is_paired(&conn, &adapter, address).await? {
+                    return Ok(false);
+                }
+                agent::pair(&conn, &adapter, address).await?;
+                Ok(true)
+            }
+            .await;
+            (address, outcome)
+        });
+    }
+
+    fn pairing_ended(&mut self, address: DeviceAddress, outcome: Result<bool, BleError>) {
+        let what = match &outcome {
+            Ok(true) => "paired and trusted; not attributed until assigned".to_owned(),
+            Ok(false) => "already paired".to_owned(),
+            Err(e) => format!("pairing failed: {e}"),
+        };
+        self.pairing.log.record(Some(address), what);
+        if outcome.is_ok() {
+            self.status.sighted(address, false, |s| s.paired = true);
+        }
     }
 
     fn session_ended(&mut self, address: DeviceAddress, outcome: Result<SessionEnd, BleError>) {

@@ -5,9 +5,13 @@
 //! refers to a BlueZ state that no longer exists, and discovery is off in the new
 //! one. The watch uses its own D-Bus connection (the `dbus` crate btleplug already
 //! links) and subscribes before the round looks at BlueZ, so no change is missed.
+//! The same connection carries the pairing agent and the `Pair` calls, so that
+//! they too belong to exactly one round and one BlueZ.
+
+use std::sync::Arc;
 
 use dbus::message::MatchRule;
-use dbus::nonblock::MsgMatch;
+use dbus::nonblock::{MsgMatch, SyncConnection};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
@@ -29,6 +33,7 @@ pub struct BluezWatch {
     owner: BoxStream<'static, (dbus::Message, (String, String, String))>,
     removed: BoxStream<'static, (dbus::Message, (dbus::Path<'static>, Vec<String>))>,
     _matches: [MsgMatch; 2],
+    conn: Arc<SyncConnection>,
     connection_task: tokio::task::JoinHandle<()>,
 }
 
@@ -56,8 +61,14 @@ impl BluezWatch {
             owner: owner.boxed(),
             removed: removed.boxed(),
             _matches: [owner_match, removed_match],
+            conn,
             connection_task,
         })
+    }
+
+    /// The watch's D-Bus connection, for the agent and pairing calls.
+    pub fn connection(&self) -> Arc<SyncConnection> {
+        self.conn.clone()
     }
 
     /// Waits for the next change that ends the round. Pending forever if the

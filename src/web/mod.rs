@@ -6,6 +6,7 @@
 
 mod api;
 pub(crate) mod pages;
+mod pairing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
+use crate::ble::BleStatus;
+use crate::ble::pairing::PairingPolicy;
 use crate::model::Timestamp;
 use crate::store::{Reader, StoreError};
 use crate::system::health::Health;
@@ -27,6 +30,10 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub started_at: Timestamp,
     pub version: &'static str,
+    /// The pairing window and allow-list, shared with the BLE source.
+    pub pairing: PairingPolicy,
+    /// What the BLE source hears; `None` when the source is not BLE.
+    pub ble: Option<Arc<BleStatus>>,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -35,6 +42,11 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(pages::overview))
         .route("/healthz", get(api::healthz))
         .route("/api/v1/residents", get(api::residents))
+        .route("/api/v1/pairing", get(pairing::status))
+        .route(
+            "/api/v1/pairing/window",
+            post(pairing::open_window).delete(pairing::close_window),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -46,6 +46,8 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         health: Arc::new(health),
         started_at: Timestamp::now(),
         version: "test",
+        pairing: Default::default(),
+        ble: None,
     };
     (store, state)
 }

@@ -379,3 +379,139 @@ fn bluetoothd_restart_is_recovered() {
     let stderr = stop_cleanly(daemon);
     assert!(stderr.contains("bluetoothd restarted"), "{stderr}");
 }
+
+#[test]
+fn allow_listed_device_pairs_and_an_unknown_one_is_refused_outside_a_window() {
+    const ALLOWED: &str = "00:09:1F:80:12:34";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(ALLOWED, "UA-651BLE", &[0x1810]);
+    bluez.add_sensor(STRANGER, "Someone's strap", &[0x180D]);
+    let gw = Gateway::new(
+        vec![],
+        vec![],
+        &format!("allow = [\"{ALLOWED}=UA-651BLE\"]"),
+    );
+    let daemon = gw.run(&bluez);
+
+    assert!(
+        wait_for(STEP, || bluez.paired(ALLOWED).then_some(())).is_some(),
+        "the allow-listed cuff was not paired\n{}",
+        bluez.log()
+    );
+    // Both devices were known from the first moment; the stranger was heard too.
+    let stranger_heard = wait_for(STEP, || {
+        bluez.advertise_presence(STRANGER);
+        let (_, body) = crate::support::http_get(
+            format!("127.0.0.1:{}", gw.port).parse().unwrap(),
+            "/api/v1/pairing",
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["nearby"]
+            .as_array()?
+            .iter()
+            .find(|d| d["address"] == STRANGER)
+            .cloned()
+    })
+    .expect("the stranger is listed as nearby");
+    assert_eq!(stranger_heard["registered"], false);
+    assert_eq!(stranger_heard["paired"], false);
+    assert!(!bluez.paired(STRANGER), "bonded with a device nobody chose");
+
+    // BlueZ asking the agent: the allow-listed device yes, the stranger no.
+    assert_eq!(bluez.ask_agent(ALLOWED), Ok(()));
+    let refused = bluez.ask_agent(STRANGER).unwrap_err();
+    assert!(refused.contains("org.bluez.Error.Rejected"), "{refused}");
+
+    // Paired is not assigned: nothing from either device is stored.
+    assert_eq!(bluez.connect_count(ALLOWED), 0);
+    assert!(gw.readings(ALLOWED).is_empty());
+    let stderr = stop_cleanly(daemon);
+    assert!(stderr.contains("pairing agent registered"), "{stderr}");
+}
+
+#[test]
+fn carehub_pair_opens_a_window_in_which_a_new_device_pairs() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(STRANGER, "New strap", &[0x180D]);
+    let gw = Gateway::new(vec![], vec![], "");
+    let daemon = gw.run(&bluez);
+    let web: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+    let pairing = || -> Option<serde_json::Value> {
+        let (status, body) = crate::support::http_get(web, "/api/v1/pairing")?;
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    };
+
+    // Heard, listed, not paired while no window is open.
+    let listed = wait_for(STEP, || {
+        bluez.advertise_presence(STRANGER);
+        let v = pairing()?;
+        v["nearby"]
+            .as_array()?
+            .iter()
+            .any(|d| d["address"] == STRANGER)
+            .then_some(v)
+    })
+    .expect("the new strap is listed as nearby");
+    assert_eq!(listed["window"]["open"], false);
+    assert!(!bluez.paired(STRANGER));
+
+    let out = crate::support::carehub()
+        .args(["pair", "--window", "60", "--web", &web.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["open"], true, "{answer}");
+
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(STRANGER);
+            bluez.paired(STRANGER).then_some(())
+        })
+        .is_some(),
+        "not paired inside the window\n{}",
+        bluez.log()
+    );
+    let v = wait_for(STEP, || {
+        let v = pairing()?;
+        let d = v["nearby"]
+            .as_array()?
+            .iter()
+            .find(|d| d["address"] == STRANGER)?
+            .clone();
+        (d["paired"] == true).then_some(v)
+    })
+    .expect("the API shows the strap paired");
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"window opened for 60 s"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.starts_with("paired and trusted")),
+        "{events:?}"
+    );
+    // Paired, but assigned to nobody: no session, no readings.
+    assert_eq!(bluez.connect_count(STRANGER), 0);
+    assert!(gw.readings(STRANGER).is_empty());
+
+    let refused = crate::support::carehub()
+        .args(["pair", "--window", "0", "--web", &web.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("1 to 600 seconds"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    stop_cleanly(daemon);
+}

@@ -290,6 +290,41 @@ impl FakeBluez {
             .is_some_and(|v| v.contains("true"))
     }
 
+    pub fn paired(&self, address: &str) -> bool {
+        let path = format!("/org/bluez/hci0/dev_{}", address.replace(':', "_"));
+        self.property(&path, "org.bluez.Device1", "Paired")
+            .is_some_and(|v| v.contains("true"))
+    }
+
+    /// Plays BlueZ asking carehub's registered agent whether `address` may pair
+    /// (`RequestAuthorization`): Ok when accepted, Err with the D-Bus error when
+    /// refused. The agent is found by trying every peer on the private bus.
+    pub fn ask_agent(&self, address: &str) -> Result<(), String> {
+        let names = self
+            .dbus_send(
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.ListNames",
+                &[],
+            )
+            .unwrap();
+        let device = format!("objpath:/org/bluez/hci0/dev_{}", address.replace(':', "_"));
+        let mut last = String::from("no agent on the bus");
+        for name in names.split_whitespace().filter(|n| n.starts_with(':')) {
+            match self.dbus_send(
+                name,
+                "/org/carehub/agent",
+                "org.bluez.Agent1.RequestAuthorization",
+                &[&device],
+            ) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.contains("org.bluez.Error") => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     pub fn connected(&self, address: &str) -> bool {
         let path = format!("/org/bluez/hci0/dev_{}", address.replace(':', "_"));
         self.property(&path, "org.bluez.Device1", "Connected")
@@ -312,6 +347,7 @@ pub type StoredReading = (Option<i64>, Option<String>, String, Option<f64>, Stri
 /// selects the BLE source on the fake's bus.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
+    pub port: u16,
 }
 
 impl Gateway {
@@ -327,7 +363,7 @@ impl Gateway {
             ),
         )
         .unwrap();
-        Gateway { dir }
+        Gateway { dir, port }
     }
 
     /// Runs `carehub run --config` against `bluez`'s bus.

@@ -1,0 +1,124 @@
+//! `/api/v1/pairing`: open and close the pairing window, and see what is nearby,
+//! what was paired and why. The staff page and `carehub pair` use it.
+//!
+//! The wire types here are this boundary's own; the domain types in
+//! `crate::ble::pairing` carry no serde.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::model::Timestamp;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenWindowRequest {
+    pub seconds: u64,
+}
+
+#[derive(Serialize)]
+pub struct WindowJson {
+    pub open: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct NearbyJson {
+    pub address: String,
+    pub name: Option<String>,
+    pub rssi: Option<i16>,
+    pub registered: bool,
+    pub paired: bool,
+    pub last_seen: String,
+}
+
+#[derive(Serialize)]
+pub struct EventJson {
+    pub at: String,
+    pub device: Option<String>,
+    pub what: String,
+}
+
+#[derive(Serialize)]
+pub struct PairingResponse {
+    pub window: WindowJson,
+    pub allow_list: Vec<String>,
+    /// Devices heard since start-up, newest first; empty when the source is not BLE.
+    pub nearby: Vec<NearbyJson>,
+    pub events: Vec<EventJson>,
+}
+
+fn window(state: &AppState) -> WindowJson {
+    let closes = state.pairing.window_closes_at(Timestamp::now());
+    WindowJson {
+        open: closes.is_some(),
+        closes_at: closes.map(Timestamp::to_rfc3339),
+    }
+}
+
+/// `GET /api/v1/pairing`.
+pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
+    let nearby = state
+        .ble
+        .as_ref()
+        .map(|b| b.sightings())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| NearbyJson {
+            address: s.address.to_string(),
+            name: s.name,
+            rssi: s.rssi,
+            registered: s.registered,
+            paired: s.paired,
+            last_seen: s.last_seen.to_rfc3339(),
+        })
+        .collect();
+    let events = state
+        .pairing
+        .log
+        .events()
+        .into_iter()
+        .map(|e| EventJson {
+            at: e.at.to_rfc3339(),
+            device: e.address.map(|a| a.to_string()),
+            what: e.what,
+        })
+        .collect();
+    Json(PairingResponse {
+        window: window(&state),
+        allow_list: state
+            .pairing
+            .allow_list()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        nearby,
+        events,
+    })
+}
+
+/// `POST /api/v1/pairing/window` with `{"seconds": 120}`: opens the window.
+pub async fn open_window(
+    State(state): State<AppState>,
+    Json(req): Json<OpenWindowRequest>,
+) -> Response {
+    match state
+        .pairing
+        .open_window(Timestamp::now(), Duration::from_secs(req.seconds))
+    {
+        Ok(_) => (StatusCode::OK, Json(window(&state))).into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+    }
+}
+
+/// `DELETE /api/v1/pairing/window`: closes it now.
+pub async fn close_window(State(state): State<AppState>) -> Json<WindowJson> {
+    state.pairing.close_window();
+    Json(window(&state))
+}
