@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ble::pairing::PairingPolicy;
-use crate::ble::{Ble, BleSettings, BleStatus};
+use crate::ble::{Ble, BleHandle, BleSettings, BleStatus};
 use crate::config::{Config, SourceKind};
 use crate::ingest::{Ingest, IngestStats};
 use crate::model::Timestamp;
@@ -129,7 +129,10 @@ pub async fn run(
         started_at: Timestamp::now(),
         version: env!("CARGO_PKG_VERSION"),
         pairing,
-        ble: (config.sensors.source == SourceKind::Ble).then_some(ble_status),
+        ble: (config.sensors.source == SourceKind::Ble).then(|| BleHandle {
+            status: ble_status,
+            adapter: config.ble.adapter.clone(),
+        }),
     };
     let web_cancel = cancel.clone();
     let web = tokio::spawn(async move {

@@ -170,7 +170,22 @@ pub async fn pair(
     Ok(())
 }
 
-/// Removes the device and its bond from BlueZ (un-pairing).
+/// Un-pairs: removes the device and its bond from BlueZ, on a connection of its
+/// own (the web API calls this, outside any BLE round). `Ok(false)` when BlueZ
+/// does not know the device.
+pub async fn unpair(adapter: &str, address: DeviceAddress) -> Result<bool, BleError> {
+    let (resource, conn) = dbus_tokio::connection::new_system_sync()?;
+    let io = tokio::spawn(resource);
+    let result = remove(&conn, adapter, address).await;
+    io.abort();
+    match result {
+        Ok(()) => Ok(true),
+        Err(BleError::Dbus(e)) if e.name() == Some("org.bluez.Error.DoesNotExist") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the device and its bond from BlueZ.
 pub async fn remove(
     conn: &Arc<SyncConnection>,
     adapter: &str,

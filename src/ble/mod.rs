@@ -92,7 +92,7 @@ pub struct Sighting {
     /// Whether the device is in the registry. Unregistered devices are only
     /// listed ("nearby, not paired"); nothing they send is attributed.
     pub registered: bool,
-    /// Whether this gateway paired (bonded) with it since start-up.
+    /// Whether BlueZ holds a bond with it (as read when first heard, or paired since).
     pub paired: bool,
 }
 
@@ -178,6 +178,23 @@ impl BleSettings {
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             silence_restart: Duration::from_secs(u64::from(config.silence_restart_s)),
             registered,
+        }
+    }
+}
+
+/// What the web API needs of the BLE source: what it hears, and the adapter
+/// for un-pairing.
+#[derive(Debug, Clone)]
+pub struct BleHandle {
+    pub status: Arc<BleStatus>,
+    pub adapter: String,
+}
+
+impl BleStatus {
+    /// Marks a device as no longer bonded (after un-pairing).
+    pub fn unpaired(&self, address: DeviceAddress) {
+        if let Some(s) = self.sightings.lock().unwrap().get_mut(&address) {
+            s.paired = false;
         }
     }
 }
@@ -517,10 +534,15 @@ impl Round<'_> {
         if !registered {
             tracing::debug!(device = %address, name = ?name, "nearby device, not registered: observed only");
         }
+        // Bonds outlive carehub (BlueZ keeps them): ask, rather than remember.
+        let paired = agent::is_paired(&self.bluez, &self.settings.adapter, address)
+            .await
+            .unwrap_or(false);
         self.status.sighted(address, registered, |s| {
             s.name.clone_from(&name);
             s.rssi = rssi.or(s.rssi);
             s.services.clone_from(&services);
+            s.paired = paired;
         });
         self.known.insert(
             id.clone(),

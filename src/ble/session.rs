@@ -107,9 +107,13 @@ async fn step<T>(
 
 async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<SessionEnd, BleError> {
     let limit = ctx.connect_timeout;
-    if step("connect", limit, &ctx.stop, peripheral.connect())
-        .await?
-        .is_none()
+    // A device BlueZ already holds connected (at start-up, or after a round
+    // restart) is used as it is: Connect would fail with AlreadyConnected.
+    let already = peripheral.is_connected().await.unwrap_or(false);
+    if !already
+        && step("connect", limit, &ctx.stop, peripheral.connect())
+            .await?
+            .is_none()
     {
         return Ok(SessionEnd::Stopped);
     }

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::ble::BleStatus;
+use crate::ble::BleHandle;
 use crate::ble::pairing::PairingPolicy;
 use crate::model::Timestamp;
 use crate::store::{Reader, StoreError};
@@ -33,7 +33,7 @@ pub struct AppState {
     /// The pairing window and allow-list, shared with the BLE source.
     pub pairing: PairingPolicy,
     /// What the BLE source hears; `None` when the source is not BLE.
-    pub ble: Option<Arc<BleStatus>>,
+    pub ble: Option<BleHandle>,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -46,6 +46,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/v1/pairing/window",
             post(pairing::open_window).delete(pairing::close_window),
+        )
+        .route(
+            "/api/v1/pairing/devices/{address}",
+            axum::routing::delete(pairing::unpair),
         )
         .fallback(not_found)
         .with_state(state)

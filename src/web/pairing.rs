@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use crate::model::Timestamp;
+use crate::ble::agent;
+use crate::model::{DeviceAddress, Timestamp};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +68,7 @@ pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
     let nearby = state
         .ble
         .as_ref()
-        .map(|b| b.sightings())
+        .map(|b| b.status.sightings())
         .unwrap_or_default()
         .into_iter()
         .map(|s| NearbyJson {
@@ -121,4 +122,47 @@ pub async fn open_window(
 pub async fn close_window(State(state): State<AppState>) -> Json<WindowJson> {
     state.pairing.close_window();
     Json(window(&state))
+}
+
+#[derive(Serialize)]
+pub struct UnpairJson {
+    pub address: String,
+    /// False when BlueZ held no such device (nothing to remove).
+    pub removed: bool,
+}
+
+/// `DELETE /api/v1/pairing/devices/{address}`: removes the bond from BlueZ.
+pub async fn unpair(State(state): State<AppState>, Path(address): Path<String>) -> Response {
+    let address: DeviceAddress = match address.parse() {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
+    };
+    let Some(ble) = &state.ble else {
+        return (
+            StatusCode::CONFLICT,
+            "the sensor source is not Bluetooth: there is nothing to un-pair",
+        )
+            .into_response();
+    };
+    match agent::unpair(&ble.adapter, address).await {
+        Ok(removed) => {
+            if removed {
+                ble.status.unpaired(address);
+                state.pairing.log.record(Some(address), "bond removed");
+            }
+            let body = UnpairJson {
+                address: address.to_string(),
+                removed,
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e) => {
+            tracing::error!(device = %address, error = %e, "un-pairing failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Bluetooth did not answer; try again in a minute.",
+            )
+                .into_response()
+        }
+    }
 }

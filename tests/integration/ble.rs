@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use carehub::model::{DeviceKind, ResidentId, Subject};
 
-use crate::ble_support::{FakeBluez, Gateway, device, resident};
+use crate::ble_support::{FakeBluez, Gateway, device, http, resident};
 use crate::support::wait_for;
 
 const ROOM_SENSOR: &str = "A4:C1:38:00:00:01";
@@ -503,6 +503,23 @@ fn carehub_pair_opens_a_window_in_which_a_new_device_pairs() {
     assert_eq!(bluez.connect_count(STRANGER), 0);
     assert!(gw.readings(STRANGER).is_empty());
 
+    // Un-pairing removes the bond from BlueZ and is recorded.
+    let path = format!("/api/v1/pairing/devices/{STRANGER}");
+    let (status, body) = http(web, "DELETE", &path).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["removed"],
+        true
+    );
+    assert!(!bluez.paired(STRANGER), "the bond is still in BlueZ");
+    let v = pairing().unwrap();
+    assert_eq!(
+        v["events"].as_array().unwrap().last().unwrap()["what"],
+        "bond removed"
+    );
+    let (status, _) = http(web, "DELETE", "/api/v1/pairing/devices/not-an-address").unwrap();
+    assert_eq!(status, 400);
+
     let refused = crate::support::carehub()
         .args(["pair", "--window", "0", "--web", &web.to_string()])
         .output()
@@ -514,4 +531,32 @@ fn carehub_pair_opens_a_window_in_which_a_new_device_pairs() {
         String::from_utf8_lossy(&refused.stderr)
     );
     stop_cleanly(daemon);
+}
+
+#[test]
+fn a_device_already_connected_at_start_is_subscribed_not_reconnected() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    let measurement = hr_strap(&bluez, HR_STRAP);
+    bluez.connect_now(HR_STRAP);
+    let gw = Gateway::new(
+        vec![resident(1, "Margaret Ellis", "Room 4")],
+        vec![device(
+            HR_STRAP,
+            DeviceKind::HeartRateMonitor,
+            Subject::Resident(ResidentId(1)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+    assert!(
+        wait_for(STEP, || bluez.notifying(&measurement).then_some(())).is_some(),
+        "the connected strap was never subscribed\n{}",
+        bluez.log()
+    );
+    assert!(bluez.notify(&measurement, "0042"));
+    assert!(gw.wait_readings(HR_STRAP, "heart_rate", 1, STEP));
+    assert_eq!(bluez.connect_count(HR_STRAP), 1, "connected again");
+    let stderr = stop_cleanly(daemon);
+    assert!(!stderr.contains("gatt session failed"), "{stderr}");
 }

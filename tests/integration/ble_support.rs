@@ -325,6 +325,14 @@ impl FakeBluez {
         Err(last)
     }
 
+    /// Connects the device directly, as if another process had (or as BlueZ
+    /// does for a device that reconnects by itself).
+    pub fn connect_now(&self, address: &str) {
+        let path = format!("/org/bluez/hci0/dev_{}", address.replace(':', "_"));
+        self.dbus_send("org.bluez", &path, "org.bluez.Device1.Connect", &[])
+            .unwrap_or_else(|e| panic!("connect {address}: {e}"));
+    }
+
     pub fn connected(&self, address: &str) -> bool {
         let path = format!("/org/bluez/hci0/dev_{}", address.replace(':', "_"));
         self.property(&path, "org.bluez.Device1", "Connected")
@@ -469,4 +477,24 @@ pub fn device(address: &str, kind: DeviceKind, subject: carehub::model::Subject)
         name: None,
         subject,
     }
+}
+
+/// One HTTP request with an empty body; `None` while nothing listens.
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }
