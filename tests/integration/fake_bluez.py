@@ -239,6 +239,17 @@ def DropLink(self, adapter, address):
         _disconnect(device)
 
 
+@dbus.service.method(MOCK_IFACE, in_signature="ssu", out_signature="b")
+def NotifyBurst(self, chrc_path, value, count):
+    """`count` notifications of the same value at once (for benchmarks)."""
+    chrc = mockobject.objects[chrc_path]
+    if not chrc.props[GATT_CHRC_IFACE]["Notifying"]:
+        return False
+    for _ in range(count):
+        _emit_value(chrc, value)
+    return True
+
+
 @dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="u")
 def ConnectCount(self, device_path):
     return dbus.UInt32(getattr(mockobject.objects[device_path], "connect_count", 0))
