@@ -30,6 +30,9 @@ pub enum BluezChange {
 /// for the adapter's path. The connection task stops when this is dropped.
 pub struct BluezWatch {
     adapter_path: String,
+    /// Who owned `org.bluez` when the watch started: a change *to* this owner
+    /// happened before the round began and is not news.
+    owner_at_start: Option<String>,
     owner: BoxStream<'static, (dbus::Message, (String, String, String))>,
     removed: BoxStream<'static, (dbus::Message, (dbus::Path<'static>, Vec<String>))>,
     _matches: [MsgMatch; 2],
@@ -56,8 +59,24 @@ impl BluezWatch {
             .add_match(removed_rule)
             .await?
             .stream::<(dbus::Path<'static>, Vec<String>)>();
+        let bus = dbus::nonblock::Proxy::new(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            std::time::Duration::from_secs(5),
+            conn.clone(),
+        );
+        let owner_at_start = bus
+            .method_call::<(String,), _, _, _>(
+                "org.freedesktop.DBus",
+                "GetNameOwner",
+                ("org.bluez",),
+            )
+            .await
+            .ok()
+            .map(|(o,)| o);
         Ok(BluezWatch {
             adapter_path: format!("/org/bluez/{adapter}"),
+            owner_at_start,
             owner: owner.boxed(),
             removed: removed.boxed(),
             _matches: [owner_match, removed_match],
@@ -76,8 +95,8 @@ impl BluezWatch {
     pub async fn changed(&mut self) -> BluezChange {
         loop {
             tokio::select! {
-                Some((_, (name, _, _))) = self.owner.next() => {
-                    if name == "org.bluez" {
+                Some((_, (name, _, new_owner))) = self.owner.next() => {
+                    if name == "org.bluez" && self.owner_at_start.as_deref() != Some(new_owner.as_str()) {
                         return BluezChange::OwnerChanged;
                     }
                 }

@@ -43,6 +43,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/api/v1/residents", get(api::residents))
         .route("/api/v1/pairing", get(pairing::status))
+        .route("/api/v1/bluetooth", get(pairing::bluetooth))
         .route(
             "/api/v1/pairing/window",
             post(pairing::open_window).delete(pairing::close_window),

@@ -1,5 +1,7 @@
 //! `/api/v1/pairing`: open and close the pairing window, and see what is nearby,
-//! what was paired and why. The staff page and `carehub pair` use it.
+//! what was paired and why. The staff page and `carehub pair` use it. Also
+//! `/api/v1/bluetooth`: whether the BLE source is scanning and how often it had
+//! to recover.
 //!
 //! The wire types here are this boundary's own; the domain types in
 //! `crate::ble::pairing` carry no serde.
@@ -165,4 +167,53 @@ pub async fn unpair(State(state): State<AppState>, Path(address): Path<String>) 
                 .into_response()
         }
     }
+}
+
+#[derive(Serialize)]
+pub struct BluetoothJson {
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    pub scanning: bool,
+    pub rounds_started: u64,
+    pub discovery_restarts: u64,
+    pub adapter_losses: u64,
+    pub bluez_restarts: u64,
+    pub advertisements: u64,
+    pub sessions_started: u64,
+    pub sessions_failed: u64,
+}
+
+/// `GET /api/v1/bluetooth`: the BLE source's state and recovery counters.
+pub async fn bluetooth(State(state): State<AppState>) -> Json<BluetoothJson> {
+    use std::sync::atomic::Ordering::Relaxed;
+    Json(match &state.ble {
+        Some(b) => {
+            let s = &b.status;
+            BluetoothJson {
+                source: "ble",
+                adapter: Some(b.adapter.clone()),
+                scanning: s.scanning.load(Relaxed),
+                rounds_started: s.rounds_started.load(Relaxed),
+                discovery_restarts: s.discovery_restarts.load(Relaxed),
+                adapter_losses: s.adapter_losses.load(Relaxed),
+                bluez_restarts: s.bluez_restarts.load(Relaxed),
+                advertisements: s.advertisements.load(Relaxed),
+                sessions_started: s.sessions_started.load(Relaxed),
+                sessions_failed: s.sessions_failed.load(Relaxed),
+            }
+        }
+        None => BluetoothJson {
+            source: "simulator",
+            adapter: None,
+            scanning: false,
+            rounds_started: 0,
+            discovery_restarts: 0,
+            adapter_losses: 0,
+            bluez_restarts: 0,
+            advertisements: 0,
+            sessions_started: 0,
+            sessions_failed: 0,
+        },
+    })
 }

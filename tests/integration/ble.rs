@@ -14,6 +14,14 @@ const HR_STRAP: &str = "C0:FF:EE:00:00:02";
 const BP_CUFF: &str = "C0:FF:EE:00:00:03";
 const STRANGER: &str = "DE:AD:BE:EF:00:09";
 
+/// `GET /api/v1/bluetooth` from the gateway.
+fn bluetooth_status(gw: &Gateway) -> serde_json::Value {
+    let addr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+    let (status, body) = crate::support::http_get(addr, "/api/v1/bluetooth").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// How long a step may take on a loaded two-core machine; every wait polls an
 /// observable condition and returns as soon as it holds.
 const STEP: Duration = Duration::from_secs(20);
@@ -339,6 +347,12 @@ fn silent_discovery_is_restarted() {
     // BlueZ stops scanning without telling anyone that matters.
     bluez.stop_scanning();
     advertise_until_stored(&bluez, &gw, &mut id, 2);
+    let status = bluetooth_status(&gw);
+    assert!(
+        status["discovery_restarts"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(status["scanning"], true, "{status}");
     let stderr = stop_cleanly(daemon);
     assert!(stderr.contains("restarting discovery"), "{stderr}");
 }
@@ -357,6 +371,9 @@ fn adapter_vanishing_and_returning_is_recovered() {
     bluez.add_adapter();
     bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
     advertise_until_stored(&bluez, &gw, &mut id, 2);
+    let status = bluetooth_status(&gw);
+    assert!(status["adapter_losses"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["scanning"], true, "{status}");
     let stderr = stop_cleanly(daemon);
     assert!(stderr.contains("adapter hci0 disappeared"), "{stderr}");
 }
@@ -376,6 +393,9 @@ fn bluetoothd_restart_is_recovered() {
     bluez.add_adapter();
     bluez.add_sensor(ROOM_SENSOR, "ATC_room4", &[0xFCD2]);
     advertise_until_stored(&bluez, &gw, &mut id, 2);
+    let status = bluetooth_status(&gw);
+    assert!(status["bluez_restarts"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["scanning"], true, "{status}");
     let stderr = stop_cleanly(daemon);
     assert!(stderr.contains("bluetoothd restarted"), "{stderr}");
 }
