@@ -44,6 +44,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/residents", get(api::residents))
         .route("/api/v1/pairing", get(pairing::status))
         .route("/api/v1/bluetooth", get(pairing::bluetooth))
+        .route("/pairing", get(pairing::page))
+        .route("/pairing/window", post(pairing::page_open))
+        .route("/pairing/close", post(pairing::page_close))
         .route(
             "/api/v1/pairing/window",
             post(pairing::open_window).delete(pairing::close_window),

@@ -8,10 +8,13 @@
 
 use std::time::Duration;
 
+use axum::Form;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{Html, Redirect};
 use axum::response::{IntoResponse, Response};
+use maud::html;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -216,4 +219,84 @@ pub async fn bluetooth(State(state): State<AppState>) -> Json<BluetoothJson> {
             sessions_failed: 0,
         },
     })
+}
+
+/// The staff form: open the window for `seconds`.
+#[derive(Deserialize)]
+pub struct WindowForm {
+    pub seconds: u64,
+}
+
+/// `GET /pairing`: the staff page for pairing new sensors.
+pub async fn page(State(state): State<AppState>) -> Html<String> {
+    let now = Timestamp::now();
+    let closes = state.pairing.window_closes_at(now);
+    let nearby = state
+        .ble
+        .as_ref()
+        .map(|b| b.status.sightings())
+        .unwrap_or_default();
+    let events = state.pairing.log.events();
+    let body = html! {
+        section.pairing {
+            @match closes {
+                Some(c) => {
+                    p { strong { "Pairing is ON" } " until " (c.to_rfc3339()) ". New sensors nearby will be paired; switch them on now." }
+                    form method="post" action="/pairing/close" { button type="submit" { "Stop pairing now" } }
+                }
+                None => {
+                    p { "Pairing is off: sensors nobody chose are listed below but never paired." }
+                    form method="post" action="/pairing/window" {
+                        input type="hidden" name="seconds" value="120";
+                        button type="submit" { "Pair new sensors (2 minutes)" }
+                    }
+                }
+            }
+            h2 { "Nearby" }
+            @if nearby.is_empty() {
+                p.none { "Nothing heard yet." }
+            } @else {
+                table {
+                    tr { th { "Device" } th { "Signal" } th { "State" } }
+                    @for d in &nearby {
+                        tr {
+                            td { (d.name.as_deref().unwrap_or("(no name)")) br; small { (d.address.to_string()) } }
+                            td { @if let Some(r) = d.rssi { (r) " dBm" } }
+                            td {
+                                @if d.registered { "registered" } @else if d.paired { "paired, not assigned" } @else { "nearby, not paired" }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Record" }
+            @if events.is_empty() {
+                p.none { "No pairing events since start-up." }
+            } @else {
+                ul {
+                    @for e in events.iter().rev() {
+                        li { (e.at.to_rfc3339()) " " @if let Some(a) = e.address { (a.to_string()) " " } (e.what) }
+                    }
+                }
+            }
+        }
+    };
+    Html(super::pages::page("Pairing", now, body).into_string())
+}
+
+/// `POST /pairing/window` (form): opens the window, back to the page.
+pub async fn page_open(State(state): State<AppState>, Form(form): Form<WindowForm>) -> Response {
+    match state
+        .pairing
+        .open_window(Timestamp::now(), Duration::from_secs(form.seconds))
+    {
+        Ok(_) => Redirect::to("/pairing").into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+    }
+}
+
+/// `POST /pairing/close` (form): closes the window, back to the page.
+pub async fn page_close(State(state): State<AppState>) -> Redirect {
+    state.pairing.close_window();
+    Redirect::to("/pairing")
 }

@@ -519,6 +519,11 @@ fn carehub_pair_opens_a_window_in_which_a_new_device_pairs() {
         events.iter().any(|e| e.starts_with("paired and trusted")),
         "{events:?}"
     );
+    let (_, page) = crate::support::http_get(web, "/pairing").unwrap();
+    assert!(
+        page.contains(STRANGER) && page.contains("paired, not assigned"),
+        "{page}"
+    );
     // Paired, but assigned to nobody: no session, no readings.
     assert_eq!(bluez.connect_count(STRANGER), 0);
     assert!(gw.readings(STRANGER).is_empty());
