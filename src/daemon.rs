@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::ble::agent::PasskeyRequests;
 use crate::ble::pairing::PairingPolicy;
 use crate::ble::{Ble, BleHandle, BleSettings, BleStatus};
 use crate::config::{Config, SourceKind};
@@ -65,6 +66,7 @@ pub async fn run(
         .collect();
     let pairing = PairingPolicy::new(allow);
     let ble_status = Arc::new(BleStatus::default());
+    let passkeys = PasskeyRequests::default();
     let (source, registry, resident_count): (Box<dyn Source>, _, _) = match config.sensors.source {
         SourceKind::Simulator => {
             let simulator = Simulator::new(&config.simulator.to_simulator_config());
@@ -91,6 +93,7 @@ pub async fn run(
                 settings,
                 status: ble_status.clone(),
                 pairing: pairing.clone(),
+                passkeys: passkeys.clone(),
             };
             (Box::new(ble), registry, 0)
         }
@@ -132,6 +135,7 @@ pub async fn run(
         ble: (config.sensors.source == SourceKind::Ble).then(|| BleHandle {
             status: ble_status,
             adapter: config.ble.adapter.clone(),
+            passkeys,
         }),
     };
     let web_cancel = cancel.clone();

@@ -188,6 +188,7 @@ impl BleSettings {
 pub struct BleHandle {
     pub status: Arc<BleStatus>,
     pub adapter: String,
+    pub passkeys: agent::PasskeyRequests,
 }
 
 impl BleStatus {
@@ -204,6 +205,7 @@ pub struct Ble {
     pub settings: BleSettings,
     pub status: Arc<BleStatus>,
     pub pairing: PairingPolicy,
+    pub passkeys: agent::PasskeyRequests,
 }
 
 impl Source for Ble {
@@ -212,7 +214,13 @@ impl Source for Ble {
     }
 
     fn start(self: Box<Self>, ctx: SourceContext) -> SourceTask {
-        Box::pin(supervise(self.settings, self.status, self.pairing, ctx))
+        Box::pin(supervise(
+            self.settings,
+            self.status,
+            self.pairing,
+            self.passkeys,
+            ctx,
+        ))
     }
 }
 
@@ -249,6 +257,7 @@ async fn supervise(
     settings: BleSettings,
     status: Arc<BleStatus>,
     pairing: PairingPolicy,
+    passkeys: agent::PasskeyRequests,
     ctx: SourceContext,
 ) {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
@@ -261,7 +270,7 @@ async fn supervise(
     loop {
         status.rounds_started.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = round(&settings, &status, &pairing, &ctx, &mut manager).await;
+        let outcome = round(&settings, &status, &pairing, &passkeys, &ctx, &mut manager).await;
         status.scanning.store(false, Ordering::Relaxed);
         let error = match outcome {
             Ok(()) => return,
@@ -331,6 +340,7 @@ async fn round(
     settings: &BleSettings,
     status: &Arc<BleStatus>,
     pairing: &PairingPolicy,
+    passkeys: &agent::PasskeyRequests,
     ctx: &SourceContext,
     manager: &mut Option<Manager>,
 ) -> Result<(), BleError> {
@@ -341,7 +351,8 @@ async fn round(
         None => manager.insert(Manager::new().await?),
     };
     let adapter = find_adapter(manager, &settings.adapter).await?;
-    if let Err(e) = agent::register(&bluez, pairing.clone(), status.clone()).await {
+    if let Err(e) = agent::register(&bluez, pairing.clone(), status.clone(), passkeys.clone()).await
+    {
         // Without the agent, BlueZ asks nobody before a device pairs on its own
         // initiative; carehub itself still pairs only what the policy allows.
         tracing::warn!(error = %e, "pairing agent not registered");

@@ -47,6 +47,8 @@ pub fn app(state: AppState) -> Router {
         .route("/pairing", get(pairing::page))
         .route("/pairing/window", post(pairing::page_open))
         .route("/pairing/close", post(pairing::page_close))
+        .route("/pairing/passkey", post(pairing::page_passkey))
+        .route("/api/v1/pairing/passkey", post(pairing::passkey))
         .route(
             "/api/v1/pairing/window",
             post(pairing::open_window).delete(pairing::close_window),

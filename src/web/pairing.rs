@@ -18,7 +18,7 @@ use maud::html;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use crate::ble::agent;
+use crate::ble::agent::{self, PasskeyError};
 use crate::model::{DeviceAddress, Timestamp};
 
 #[derive(Deserialize)]
@@ -52,8 +52,23 @@ pub struct EventJson {
 }
 
 #[derive(Serialize)]
+pub struct PasskeyRequestJson {
+    pub address: String,
+    pub asked_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyRequest {
+    pub address: String,
+    pub passkey: u32,
+}
+
+#[derive(Serialize)]
 pub struct PairingResponse {
     pub window: WindowJson,
+    /// Devices waiting for staff to type the passkey they display.
+    pub passkey_requests: Vec<PasskeyRequestJson>,
     pub allow_list: Vec<String>,
     /// Devices heard since start-up, newest first; empty when the source is not BLE.
     pub nearby: Vec<NearbyJson>,
@@ -96,8 +111,16 @@ pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
             what: e.what,
         })
         .collect();
+    let passkey_requests = pending_passkeys(&state)
+        .into_iter()
+        .map(|(a, t)| PasskeyRequestJson {
+            address: a.to_string(),
+            asked_at: t.to_rfc3339(),
+        })
+        .collect();
     Json(PairingResponse {
         window: window(&state),
+        passkey_requests,
         allow_list: state
             .pairing
             .allow_list()
@@ -237,6 +260,7 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         .map(|b| b.status.sightings())
         .unwrap_or_default();
     let events = state.pairing.log.events();
+    let passkeys = pending_passkeys(&state);
     let body = html! {
         section.pairing {
             @match closes {
@@ -250,6 +274,16 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
                         input type="hidden" name="seconds" value="120";
                         button type="submit" { "Pair new sensors (2 minutes)" }
                     }
+                }
+            }
+            @for (address, _) in &passkeys {
+                form.passkey method="post" action="/pairing/passkey" {
+                    label {
+                        "Sensor " (address.to_string()) " shows a 6-digit number. Type it here: "
+                        input type="text" name="passkey" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required;
+                    }
+                    input type="hidden" name="address" value=(address.to_string());
+                    button type="submit" { "Pair" }
                 }
             }
             h2 { "Nearby" }
@@ -299,4 +333,73 @@ pub async fn page_open(State(state): State<AppState>, Form(form): Form<WindowFor
 pub async fn page_close(State(state): State<AppState>) -> Redirect {
     state.pairing.close_window();
     Redirect::to("/pairing")
+}
+
+fn pending_passkeys(state: &AppState) -> Vec<(DeviceAddress, Timestamp)> {
+    state
+        .ble
+        .as_ref()
+        .map(|b| b.passkeys.pending())
+        .unwrap_or_default()
+}
+
+/// Hands a passkey to the waiting BlueZ request.
+fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
+    let address: DeviceAddress = match address.parse() {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
+    };
+    let Some(ble) = &state.ble else {
+        return (StatusCode::NOT_FOUND, "the sensor source is not Bluetooth").into_response();
+    };
+    match ble.passkeys.answer(address, passkey) {
+        Ok(()) => {
+            state
+                .pairing
+                .log
+                .record(Some(address), "passkey entered by staff");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e @ PasskeyError::NoRequest(_)) => {
+            (StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Err(e @ PasskeyError::OutOfRange) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response()
+        }
+        Err(e @ PasskeyError::Gone) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+    }
+}
+
+/// `POST /api/v1/pairing/passkey` with `{"address": "...", "passkey": 123456}`.
+pub async fn passkey(State(state): State<AppState>, Json(req): Json<PasskeyRequest>) -> Response {
+    give_passkey(&state, &req.address, req.passkey)
+}
+
+/// The staff form for a passkey.
+#[derive(Deserialize)]
+pub struct PasskeyForm {
+    pub address: String,
+    pub passkey: String,
+}
+
+/// `POST /pairing/passkey` (form): back to the page, or the reason it failed.
+pub async fn page_passkey(
+    State(state): State<AppState>,
+    Form(form): Form<PasskeyForm>,
+) -> Response {
+    let Ok(passkey) = form.passkey.trim().parse::<u32>() else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a passkey is 6 digits, 000000 to 999999",
+        )
+            .into_response();
+    };
+    let res = give_passkey(&state, &form.address, passkey);
+    if res.status().is_success() {
+        Redirect::to("/pairing").into_response()
+    } else {
+        res
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use carehub::model::{DeviceKind, ResidentId, Subject};
 
-use crate::ble_support::{FakeBluez, Gateway, device, http, resident};
+use crate::ble_support::{FakeBluez, Gateway, device, http, http_json, resident};
 use crate::support::wait_for;
 
 const ROOM_SENSOR: &str = "A4:C1:38:00:00:01";
@@ -584,4 +584,72 @@ fn a_device_already_connected_at_start_is_subscribed_not_reconnected() {
     assert_eq!(bluez.connect_count(HR_STRAP), 1, "connected again");
     let stderr = stop_cleanly(daemon);
     assert!(!stderr.contains("gatt session failed"), "{stderr}");
+}
+
+#[test]
+fn passkey_typed_by_staff_reaches_bluez_only_inside_a_window() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(STRANGER, "BP cuff with display", &[0x1810]);
+    let gw = Gateway::new(vec![], vec![], "");
+    let daemon = gw.run(&bluez);
+    let web: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+
+    // Outside a window BlueZ's passkey question is refused at once.
+    let refused = wait_for(STEP, || {
+        bluez
+            .call_agent("RequestPasskey", STRANGER)
+            .err()
+            .filter(|e| e.contains("org.bluez.Error"))
+    })
+    .expect("the agent is registered and answers");
+    assert!(refused.contains("org.bluez.Error.Rejected"), "{refused}");
+
+    let (status, body) =
+        http_json(web, "POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#).unwrap();
+    assert_eq!(status, 200, "{body}");
+    std::thread::scope(|s| {
+        let asked = s.spawn(|| bluez.call_agent("RequestPasskey", STRANGER));
+        // The question waits for staff; the pairing page lists it.
+        wait_for(STEP, || {
+            let (_, body) = crate::support::http_get(web, "/api/v1/pairing")?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["passkey_requests"]
+                .as_array()?
+                .iter()
+                .any(|r| r["address"] == STRANGER)
+                .then_some(())
+        })
+        .expect("the passkey request is listed");
+        let (_, page) = crate::support::http_get(web, "/pairing").unwrap();
+        assert!(page.contains("shows a 6-digit number"), "{page}");
+        let (status, body) = http_json(
+            web,
+            "POST",
+            "/api/v1/pairing/passkey",
+            &format!(r#"{{"address": "{STRANGER}", "passkey": 123456}}"#),
+        )
+        .unwrap();
+        assert_eq!(status, 204, "{body}");
+        let answer = asked.join().unwrap().expect("BlueZ got an answer");
+        assert!(answer.contains("123456"), "{answer}");
+    });
+    // Answered once; a second answer has no question to go to.
+    let (status, _) = http_json(
+        web,
+        "POST",
+        "/api/v1/pairing/passkey",
+        &format!(r#"{{"address": "{STRANGER}", "passkey": 123456}}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = http_json(
+        web,
+        "POST",
+        "/api/v1/pairing/passkey",
+        &format!(r#"{{"address": "{STRANGER}", "passkey": 1234567}}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 422);
+    stop_cleanly(daemon);
 }

@@ -298,8 +298,14 @@ impl FakeBluez {
 
     /// Plays BlueZ asking carehub's registered agent whether `address` may pair
     /// (`RequestAuthorization`): Ok when accepted, Err with the D-Bus error when
-    /// refused. The agent is found by trying every peer on the private bus.
+    /// refused.
     pub fn ask_agent(&self, address: &str) -> Result<(), String> {
+        self.call_agent("RequestAuthorization", address).map(|_| ())
+    }
+
+    /// Plays BlueZ calling `method(device)` on carehub's agent and waits for the
+    /// answer (up to 20 s). The agent is found by trying every peer on the bus.
+    pub fn call_agent(&self, method: &str, address: &str) -> Result<String, String> {
         let names = self
             .dbus_send(
                 "org.freedesktop.DBus",
@@ -311,16 +317,28 @@ impl FakeBluez {
         let device = format!("objpath:/org/bluez/hci0/dev_{}", address.replace(':', "_"));
         let mut last = String::from("no agent on the bus");
         for name in names.split_whitespace().filter(|n| n.starts_with(':')) {
-            match self.dbus_send(
-                name,
-                "/org/carehub/agent",
-                "org.bluez.Agent1.RequestAuthorization",
-                &[&device],
-            ) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.contains("org.bluez.Error") => return Err(e),
-                Err(e) => last = e,
+            let out = Command::new("dbus-send")
+                .args([
+                    "--system",
+                    "--print-reply=literal",
+                    "--reply-timeout=20000",
+                    &format!("--dest={name}"),
+                    "/org/carehub/agent",
+                    &format!("org.bluez.Agent1.{method}"),
+                    &device,
+                ])
+                .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                return Ok(stdout);
             }
+            if stderr.contains("org.bluez.Error") {
+                return Err(stderr);
+            }
+            last = stderr;
         }
         Err(last)
     }
@@ -481,12 +499,23 @@ pub fn device(address: &str, kind: DeviceKind, subject: carehub::model::Subject)
 
 /// One HTTP request with an empty body; `None` while nothing listens.
 pub fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_json(addr, method, path, "")
+}
+
+/// One HTTP request with a JSON body; `None` while nothing listens.
+pub fn http_json(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    json: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
     )
     .ok()?;
     let mut buf = String::new();
