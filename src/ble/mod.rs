@@ -77,6 +77,12 @@ pub enum BleError {
 /// How often a round checks the adapter and the silence timer.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Most devices a round keeps resolved (BlueZ id → address). Phones rotate
+/// their private addresses every few minutes, so a long round would otherwise
+/// remember every address ever heard; past this, unregistered ones are forgotten
+/// and resolved again if heard again.
+const MAX_KNOWN: usize = 1024;
+
 /// Most devices whose sightings are kept; the oldest are forgotten first, so a
 /// busy street cannot grow the table without bound.
 const MAX_SIGHTINGS: usize = 512;
@@ -555,6 +561,11 @@ impl Round<'_> {
             s.services.clone_from(&services);
             s.paired = paired;
         });
+        if self.known.len() >= MAX_KNOWN {
+            let registered = &self.settings.registered;
+            self.known.retain(|_, k| registered.contains(&k.address));
+            self.pair_not_before.clear();
+        }
         self.known.insert(
             id.clone(),
             Known {
