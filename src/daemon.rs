@@ -86,8 +86,7 @@ pub async fn run(
                 .context("device registry task failed")?
                 .context("cannot read the device registry")?;
             let registry = Ingest::registry_from(&devices);
-            let settings =
-                BleSettings::new(&config.ble, devices.iter().map(|d| d.address).collect());
+            let settings = BleSettings::new(&config.ble, registry.clone());
             tracing::info!(devices = devices.len(), "device registry read");
             let ble = Ble {
                 settings,
@@ -110,8 +109,8 @@ pub async fn run(
     let ingest = tokio::spawn(
         Ingest {
             rx: frames_rx,
-            store: store_handle,
-            registry,
+            store: store_handle.clone(),
+            registry: registry.clone(),
             stats: Arc::new(IngestStats::default()),
             heartbeat: ingest_beat,
             clock_synced: crate::system::clock_synchronised,
@@ -132,6 +131,8 @@ pub async fn run(
         started_at: Timestamp::now(),
         version: env!("CARGO_PKG_VERSION"),
         pairing,
+        registry,
+        store: store_handle,
         ble: (config.sensors.source == SourceKind::Ble).then(|| BleHandle {
             status: ble_status,
             adapter: config.ble.adapter.clone(),
@@ -155,9 +156,10 @@ pub async fn run(
     let stop = async {
         let _ = sensor.await;
         let _ = ingest.await;
+        // The web API holds a store handle too (assignments): it stops first.
+        let _ = web.await;
         // Every store handle is gone now; the writer commits what is left and exits.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        let _ = web.await;
     };
     match tokio::time::timeout(SHUTDOWN_DEADLINE, stop).await {
         Ok(()) => {

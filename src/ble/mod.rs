@@ -23,7 +23,7 @@ pub mod pairing;
 pub mod session;
 mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::BleConfig;
+use crate::ingest::Registry;
 use crate::model::{DeviceAddress, Timestamp};
 use crate::sensor::{Advertisement, Frame, RawFrame, Source, SourceContext, SourceTask};
 use crate::system::health::Heartbeat;
@@ -125,6 +126,11 @@ impl BleStatus {
         v
     }
 
+    /// What the gateway last heard from `address`, if anything.
+    pub fn sighting(&self, address: DeviceAddress) -> Option<Sighting> {
+        self.sightings.lock().unwrap().get(&address).cloned()
+    }
+
     /// The name a device last advertised, if it was heard.
     pub fn name_of(&self, address: DeviceAddress) -> Option<String> {
         self.sightings
@@ -157,6 +163,7 @@ impl BleStatus {
             paired: false,
         });
         s.last_seen = Timestamp::now();
+        s.registered = registered;
         update(s);
     }
 }
@@ -170,12 +177,13 @@ pub struct BleSettings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub silence_restart: Duration,
-    /// Devices assigned to a resident or room: the only ones given a GATT session.
-    pub registered: HashSet<DeviceAddress>,
+    /// Registered devices (the `devices` table, and assignments made while
+    /// running): the only ones given a GATT session.
+    pub registered: Registry,
 }
 
 impl BleSettings {
-    pub fn new(config: &BleConfig, registered: HashSet<DeviceAddress>) -> Self {
+    pub fn new(config: &BleConfig, registered: Registry) -> Self {
         BleSettings {
             adapter: config.adapter.clone(),
             max_connections: config.max_connections,
@@ -531,7 +539,7 @@ impl Round<'_> {
 
     fn heard(&mut self, address: DeviceAddress, update: impl FnOnce(&mut Sighting)) {
         self.last_heard = Instant::now();
-        let registered = self.settings.registered.contains(&address);
+        let registered = self.settings.registered.contains(address);
         self.status.sighted(address, registered, update);
     }
 
@@ -547,7 +555,7 @@ impl Round<'_> {
             Some(p) => (p.local_name, p.rssi, p.services),
             None => (None, None, Vec::new()),
         };
-        let registered = self.settings.registered.contains(&address);
+        let registered = self.settings.registered.contains(address);
         if !registered {
             tracing::debug!(device = %address, name = ?name, "nearby device, not registered: observed only");
         }
@@ -563,7 +571,7 @@ impl Round<'_> {
         });
         if self.known.len() >= MAX_KNOWN {
             let registered = &self.settings.registered;
-            self.known.retain(|_, k| registered.contains(&k.address));
+            self.known.retain(|_, k| registered.contains(k.address));
             self.pair_not_before.clear();
         }
         self.known.insert(
@@ -584,7 +592,7 @@ impl Round<'_> {
     fn maybe_connect(&mut self, id: &PeripheralId) {
         let Some(k) = self.known.get(id) else { return };
         let address = k.address;
-        if !self.settings.registered.contains(&address)
+        if !self.settings.registered.contains(address)
             || !session::is_health_device(&k.services)
             || self.active.contains_key(&address)
             || self
@@ -613,7 +621,7 @@ impl Round<'_> {
     fn maybe_pair(&mut self, id: &PeripheralId) {
         let Some(k) = self.known.get(id) else { return };
         let address = k.address;
-        if self.settings.registered.contains(&address)
+        if self.settings.registered.contains(address)
             || !session::is_health_device(&k.services)
             || self
                 .pair_not_before
@@ -658,7 +666,9 @@ impl Round<'_> {
         };
         self.pairing.log.record(Some(address), what);
         if outcome.is_ok() {
-            self.status.sighted(address, false, |s| s.paired = true);
+            let registered = self.settings.registered.contains(address);
+            self.status
+                .sighted(address, registered, |s| s.paired = true);
         }
     }
 

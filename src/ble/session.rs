@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::BleError;
 use crate::decode::gatt;
-use crate::model::{DeviceAddress, Timestamp};
+use crate::model::{DeviceAddress, DeviceKind, Timestamp};
 use crate::sensor::{Frame, Notification, RawFrame, short_uuid, uuid16};
 
 /// GATT services that mark a device as a health device the gateway connects to.
@@ -50,6 +50,24 @@ pub fn is_health_device(services: &[Uuid]) -> bool {
         .iter()
         .filter_map(short_uuid)
         .any(|s| HEALTH_SERVICES.contains(&s))
+}
+
+/// What kind of device its advertised services say it is.
+pub fn kind_from_services(services: &[Uuid]) -> DeviceKind {
+    for short in services.iter().filter_map(short_uuid) {
+        let kind = match short {
+            0x180D => DeviceKind::HeartRateMonitor,
+            0x1822 => DeviceKind::PulseOximeter,
+            0x1810 => DeviceKind::BloodPressureMonitor,
+            0x1809 => DeviceKind::Thermometer,
+            0x181D => DeviceKind::WeightScale,
+            0x1808 => DeviceKind::GlucoseMeter,
+            0xFCD2 => DeviceKind::RoomSensor,
+            _ => continue,
+        };
+        return kind;
+    }
+    DeviceKind::Unknown
 }
 
 /// How a session ended without error.
@@ -217,6 +235,23 @@ async fn send(ctx: &SessionContext, characteristic: Uuid, value: Vec<u8>) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_follow_the_first_known_service() {
+        for (services, expected) in [
+            (
+                vec![uuid16(0x180F), uuid16(0x180D)],
+                DeviceKind::HeartRateMonitor,
+            ),
+            (vec![uuid16(0x1810)], DeviceKind::BloodPressureMonitor),
+            (vec![uuid16(0x1822)], DeviceKind::PulseOximeter),
+            (vec![uuid16(0xFCD2)], DeviceKind::RoomSensor),
+            (vec![uuid16(0x180F)], DeviceKind::Unknown),
+            (vec![], DeviceKind::Unknown),
+        ] {
+            assert_eq!(kind_from_services(&services), expected, "{services:?}");
+        }
+    }
 
     #[test]
     fn health_devices_are_recognised_by_their_services() {

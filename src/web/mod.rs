@@ -5,6 +5,7 @@
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
 mod api;
+mod devices;
 pub(crate) mod pages;
 mod pairing;
 
@@ -18,8 +19,9 @@ use axum::routing::{get, post};
 
 use crate::ble::BleHandle;
 use crate::ble::pairing::PairingPolicy;
+use crate::ingest::Registry;
 use crate::model::Timestamp;
-use crate::store::{Reader, StoreError};
+use crate::store::{Reader, StoreError, StoreHandle};
 use crate::system::health::Health;
 
 /// What every handler can reach. Cheap to clone.
@@ -34,6 +36,10 @@ pub struct AppState {
     pub pairing: PairingPolicy,
     /// What the BLE source hears; `None` when the source is not BLE.
     pub ble: Option<BleHandle>,
+    /// Who each device belongs to, live; assignments change it.
+    pub registry: Registry,
+    /// For the writes the API makes (assignments).
+    pub store: StoreHandle,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -44,6 +50,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/residents", get(api::residents))
         .route("/api/v1/pairing", get(pairing::status))
         .route("/api/v1/bluetooth", get(pairing::bluetooth))
+        .route(
+            "/api/v1/devices/{address}/assignment",
+            axum::routing::put(devices::assign),
+        )
         .route("/pairing", get(pairing::page))
         .route("/pairing/window", post(pairing::page_open))
         .route("/pairing/close", post(pairing::page_close))

@@ -41,6 +41,8 @@ pub struct NearbyJson {
     pub rssi: Option<i16>,
     pub registered: bool,
     pub paired: bool,
+    /// Service UUIDs it advertises.
+    pub services: Vec<String>,
     pub last_seen: String,
 }
 
@@ -97,6 +99,7 @@ pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
             rssi: s.rssi,
             registered: s.registered,
             paired: s.paired,
+            services: s.services.iter().map(ToString::to_string).collect(),
             last_seen: s.last_seen.to_rfc3339(),
         })
         .collect();

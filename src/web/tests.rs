@@ -48,6 +48,8 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         version: "test",
         pairing: Default::default(),
         ble: None,
+        registry: Default::default(),
+        store: store.handle.clone(),
     };
     (store, state)
 }

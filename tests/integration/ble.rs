@@ -17,7 +17,8 @@ const STRANGER: &str = "DE:AD:BE:EF:00:09";
 /// `GET /api/v1/bluetooth` from the gateway.
 fn bluetooth_status(gw: &Gateway) -> serde_json::Value {
     let addr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
-    let (status, body) = crate::support::http_get(addr, "/api/v1/bluetooth").unwrap();
+    let (status, body) = wait_for(STEP, || crate::support::http_get(addr, "/api/v1/bluetooth"))
+        .expect("the daemon serves its API");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -605,8 +606,10 @@ fn passkey_typed_by_staff_reaches_bluez_only_inside_a_window() {
     .expect("the agent is registered and answers");
     assert!(refused.contains("org.bluez.Error.Rejected"), "{refused}");
 
-    let (status, body) =
-        http_json(web, "POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#).unwrap();
+    let (status, body) = wait_for(STEP, || {
+        http_json(web, "POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#)
+    })
+    .expect("the daemon serves its API");
     assert_eq!(status, 200, "{body}");
     std::thread::scope(|s| {
         let asked = s.spawn(|| bluez.call_agent("RequestPasskey", STRANGER));
@@ -652,4 +655,73 @@ fn passkey_typed_by_staff_reaches_bluez_only_inside_a_window() {
     .unwrap();
     assert_eq!(status, 422);
     stop_cleanly(daemon);
+}
+
+#[test]
+fn a_device_paired_in_a_window_delivers_readings_once_assigned_to_a_resident() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    let measurement = hr_strap(&bluez, STRANGER);
+    let gw = Gateway::new(vec![resident(3, "Edith Moore", "Room 9")], vec![], "");
+    let daemon = gw.run(&bluez);
+    let web: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+
+    // The first request also waits for the daemon to listen.
+    let (status, body) = wait_for(STEP, || {
+        http_json(web, "POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#)
+    })
+    .expect("the daemon serves its API");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(STRANGER);
+            bluez.paired(STRANGER).then_some(())
+        })
+        .is_some(),
+        "not paired inside the window"
+    );
+    assert_eq!(
+        bluez.connect_count(STRANGER),
+        0,
+        "connected before assignment"
+    );
+
+    let path = format!("/api/v1/devices/{STRANGER}/assignment");
+    let (status, _) = http_json(web, "PUT", &path, r#"{"resident_id": 99}"#).unwrap();
+    assert_eq!(status, 404, "no such resident");
+    let (status, _) = http_json(web, "PUT", &path, r#"{"resident_id": 3, "room": "x"}"#).unwrap();
+    assert_eq!(status, 422);
+    let (status, body) = http_json(web, "PUT", &path, r#"{"resident_id": 3}"#).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "heart_rate_monitor", "{v}");
+
+    // Assigned: the next time the strap is heard it is connected and its
+    // values are the resident's.
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(STRANGER);
+            bluez.notifying(&measurement).then_some(())
+        })
+        .is_some(),
+        "the assigned strap was not connected\n{}",
+        bluez.log()
+    );
+    assert!(bluez.notify(&measurement, "0046"));
+    assert!(gw.wait_readings(STRANGER, "heart_rate", 1, STEP));
+    let r = &gw.readings(STRANGER)[0];
+    assert_eq!((r.0, r.3), (Some(3), Some(70.0)));
+    let stderr = stop_cleanly(daemon);
+    assert!(stderr.contains("assigned to resident 3"), "{stderr}");
+
+    // The assignment is in the registry table, so it survives a restart.
+    let (kind, resident): (String, i64) = gw
+        .db()
+        .query_row(
+            "SELECT kind, resident_id FROM devices WHERE address = ?1",
+            [STRANGER],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((kind.as_str(), resident), ("heart_rate_monitor", 3));
 }

@@ -51,6 +51,15 @@ def _connect(device):
     _set_device_props(device, {"Connected": dbus.Boolean(True), "ServicesResolved": dbus.Boolean(True)})
 
 
+def _pair(device):
+    # bluez5's Pair replaces the device's UUIDs with a phone's classic profiles;
+    # a sensor keeps advertising its own services.
+    if device.props[bluez5.DEVICE_IFACE]["Paired"]:
+        raise dbus.exceptions.DBusException("Already paired", name="org.bluez.Error.AlreadyExists")
+    device.paired = True
+    _set_device_props(device, {"Paired": dbus.Boolean(True), "Bonded": dbus.Boolean(True)})
+
+
 def _disconnect(device):
     device.connected = False
     for chrc in _characteristics(device.path):
@@ -142,6 +151,7 @@ def AddSensor(self, adapter, address, name, uuids):
     device.AddMethods(bluez5.DEVICE_IFACE, [
         ("Connect", "", "", _connect),
         ("Disconnect", "", "", _disconnect),
+        ("Pair", "", "", _pair),
     ])
     return path
 
