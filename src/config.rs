@@ -20,6 +20,7 @@ pub struct Config {
     pub site: SiteConfig,
     pub sensors: SensorsConfig,
     pub simulator: SimulatorSection,
+    pub ble: BleConfig,
     pub store: StoreConfig,
     pub web: WebConfig,
     pub clinical: ClinicalConfig,
@@ -64,6 +65,29 @@ pub struct SimulatorSection {
     pub residents: u16,
     /// Seed: the same seed gives the same home and the same values. Default 1.
     pub seed: u64,
+}
+
+/// `[ble]`: the Bluetooth source (used when `sensors.source = "ble"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BleConfig {
+    /// The BlueZ adapter to use. Default `"hci0"`.
+    pub adapter: String,
+    /// Most GATT connections held at once; more wait their turn. Default 4.
+    pub max_connections: usize,
+    /// Longest wait for a connect or a service discovery. Default 20000.
+    pub connect_timeout_ms: u64,
+    /// First wait before reconnecting a device or restarting Bluetooth. Default 1000.
+    pub reconnect_min_ms: u64,
+    /// Longest wait, reached by doubling. Default 60000.
+    pub reconnect_max_ms: u64,
+    /// With sensors registered and nothing heard for this long, restart discovery.
+    /// Default 60.
+    pub silence_restart_s: u32,
+    /// Devices that may pair without a pairing window: `"AA:BB:CC:DD:EE:FF"` or
+    /// `"AA:BB:CC:DD:EE:FF=Model"` (the model must match the advertised name).
+    /// Default empty.
+    pub allow: Vec<String>,
 }
 
 /// How hard SQLite syncs to disk on commit.
@@ -152,6 +176,20 @@ impl Default for SimulatorSection {
     }
 }
 
+impl Default for BleConfig {
+    fn default() -> Self {
+        BleConfig {
+            adapter: "hci0".into(),
+            max_connections: 4,
+            connect_timeout_ms: 20_000,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 60_000,
+            silence_restart_s: 60,
+            allow: Vec::new(),
+        }
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
@@ -211,6 +249,30 @@ channel_capacity = 1024
 residents = 8
 # The same seed gives the same residents, devices and values.
 seed = 1
+
+[ble]
+# Used when sensors.source = "ble". Only devices registered in the database (assigned
+# to a resident or a room) are connected to; others are only listed as nearby.
+# The BlueZ adapter.
+adapter = "hci0"
+# Most GATT connections held at once; further health devices queue, first come
+# first served.
+max_connections = 4
+# Longest wait, in milliseconds, for a connect or a service discovery.
+connect_timeout_ms = 20000
+# Reconnecting a device (or restarting Bluetooth) waits this many milliseconds
+# first, doubling on each failure...
+reconnect_min_ms = 1000
+# ...up to this many.
+reconnect_max_ms = 60000
+# With sensors registered and no advertisement heard for this many seconds, restart
+# discovery (BlueZ can stop scanning silently).
+silence_restart_s = 60
+# Devices that may pair (bond) without a staff-opened pairing window, e.g.
+# ["A4:C1:38:0B:00:01", "00:09:1F:80:12:34=UA-651BLE"]: an address, or an address
+# and the model name the device must advertise. Anything else pairs only while a
+# window is open (carehub pair --window 120, or the web API).
+allow = []
 
 [store]
 # The SQLite database that buffers every reading.
@@ -327,6 +389,37 @@ impl Config {
         }
         if self.sensors.channel_capacity == 0 {
             return Err(("sensors.channel_capacity", "must be at least 1".into()));
+        }
+        if !(1..=16).contains(&self.ble.max_connections) {
+            return Err((
+                "ble.max_connections",
+                format!("{} is out of range 1 to 16", self.ble.max_connections),
+            ));
+        }
+        if self.ble.adapter.is_empty()
+            || !self.ble.adapter.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err((
+                "ble.adapter",
+                format!("{:?} must be an adapter name like hci0", self.ble.adapter),
+            ));
+        }
+        if self.ble.reconnect_min_ms == 0 || self.ble.reconnect_min_ms > self.ble.reconnect_max_ms {
+            return Err((
+                "ble.reconnect_min_ms",
+                "must be at least 1 and at most ble.reconnect_max_ms".into(),
+            ));
+        }
+        if self.ble.connect_timeout_ms == 0 {
+            return Err(("ble.connect_timeout_ms", "must be at least 1".into()));
+        }
+        for entry in &self.ble.allow {
+            if let Err(e) = entry.parse::<crate::ble::pairing::AllowEntry>() {
+                return Err(("ble.allow", e.to_string()));
+            }
+        }
+        if self.ble.silence_restart_s == 0 {
+            return Err(("ble.silence_restart_s", "must be at least 1".into()));
         }
         if self.store.commit_max_readings == 0 {
             return Err(("store.commit_max_readings", "must be at least 1".into()));
@@ -514,6 +607,24 @@ mod tests {
             Some(2),
             "system.user",
             "not a user name",
+        );
+        check_err(
+            "[ble]\nallow = [\"AA:BB\"]\n",
+            Some(2),
+            "ble.allow",
+            "invalid Bluetooth address",
+        );
+        check_err(
+            "[ble]\nmax_connections = 0\n",
+            Some(2),
+            "ble.max_connections",
+            "out of range",
+        );
+        check_err(
+            "[ble]\nreconnect_min_ms = 9000\nreconnect_max_ms = 10\n",
+            Some(2),
+            "ble.reconnect_min_ms",
+            "at most",
         );
     }
 

@@ -8,6 +8,10 @@
 //! Beside the data path: systemd hears READY once everything is open, STATUS lines,
 //! watchdog pings only while every stage beats (`system::watchdog`), STOPPING on
 //! shutdown; SIGHUP re-reads the configuration (`system::reload`).
+//!
+//! The source is chosen by `[sensors] source`: the simulator provisions its own
+//! roster; the BLE source reads the registry from the `devices` table, so only
+//! devices someone registered there are connected to and attributed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,13 +25,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::ble::agent::PasskeyRequests;
+use crate::ble::pairing::PairingPolicy;
+use crate::ble::{Ble, BleHandle, BleSettings, BleStatus};
 use crate::config::{Config, SourceKind};
 use crate::ingest::{Ingest, IngestStats};
 use crate::model::Timestamp;
-use crate::sensor::RawFrame;
 use crate::sensor::simulator::Simulator;
+use crate::sensor::{RawFrame, Source, SourceContext};
 use crate::store::{Store, StoreSettings};
-use crate::system::health::{Health, Heartbeat};
+use crate::system::health::Health;
 use crate::system::notify::Notifier;
 use crate::system::privileges::PrivilegeError;
 use crate::system::reload::ConfigSource;
@@ -37,9 +44,6 @@ use crate::web::{AppState, app};
 
 /// Every stage must have stopped this long after the shutdown signal.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
-
-/// How often the simulator looks for due frames.
-const SIMULATOR_TICK: Duration = Duration::from_millis(250);
 
 /// How the daemon was started, beyond its configuration.
 pub struct Launch {
@@ -63,7 +67,7 @@ pub async fn run(
     on_ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let Launch {
-        source,
+        source: config_source,
         notifier,
         require_user,
     } = launch;
@@ -104,33 +108,61 @@ pub async fn run(
     } = store;
     let store_stats = store_handle.stats().clone();
 
-    let simulator = match config.sensors.source {
-        SourceKind::Simulator => Simulator::new(&config.simulator.to_simulator_config()),
-        SourceKind::Ble => bail!(
-            "sensors.source = \"ble\" is not available in this build yet (the Bluetooth layer is its own piece of work); use \"simulator\""
-        ),
-    };
-    let (residents, devices) = simulator.roster();
-    let registry = Ingest::registry_from(&devices);
-    let resident_count = residents.len();
-    let device_count = devices.len();
-    store_handle
-        .provision(residents, devices)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot record the residents and devices: {e}"))?;
+    // The allow-list was validated with the configuration.
+    let allow = config
+        .ble
+        .allow
+        .iter()
+        .filter_map(|e| e.parse().ok())
+        .collect();
+    let pairing = PairingPolicy::new(allow);
+    let ble_status = Arc::new(BleStatus::default());
+    let passkeys = PasskeyRequests::default();
+    let (source, registry, resident_count, device_count): (Box<dyn Source>, _, _, _) =
+        match config.sensors.source {
+            SourceKind::Simulator => {
+                let simulator = Simulator::new(&config.simulator.to_simulator_config());
+                let (residents, devices) = simulator.roster();
+                let registry = Ingest::registry_from(&devices);
+                let (resident_count, device_count) = (residents.len(), devices.len());
+                store_handle
+                    .provision(residents, devices)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot record the residents and devices: {e}"))?;
+                (Box::new(simulator), registry, resident_count, device_count)
+            }
+            SourceKind::Ble => {
+                let devices_reader = reader.clone();
+                let devices = tokio::task::spawn_blocking(move || devices_reader.devices())
+                    .await
+                    .context("device registry task failed")?
+                    .context("cannot read the device registry")?;
+                let registry = Ingest::registry_from(&devices);
+                let settings = BleSettings::new(&config.ble, registry.clone());
+                tracing::info!(devices = devices.len(), "device registry read");
+                let ble = Ble {
+                    settings,
+                    status: ble_status.clone(),
+                    pairing: pairing.clone(),
+                    passkeys: passkeys.clone(),
+                };
+                let device_count = devices.len();
+                (Box::new(ble), registry, 0, device_count)
+            }
+        };
 
     let cancel = CancellationToken::new();
     let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(config.sensors.channel_capacity);
-    let sensor = tokio::spawn(run_simulator(
-        simulator,
-        frames_tx,
-        cancel.clone(),
-        sensor_beat,
-    ));
+    tracing::info!(source = source.name(), "sensor source starting");
+    let sensor = tokio::spawn(source.start(SourceContext {
+        frames: frames_tx,
+        cancel: cancel.clone(),
+        heartbeat: sensor_beat,
+    }));
     let ingest_stage = Ingest {
         rx: frames_rx,
-        store: store_handle,
-        registry,
+        store: store_handle.clone(),
+        registry: registry.clone(),
         stats: Arc::new(IngestStats::default()),
         heartbeat: ingest_beat,
         clock_synced: crate::system::clock_synchronised,
@@ -181,6 +213,14 @@ pub async fn run(
         health: health.clone(),
         started_at: Timestamp::now(),
         version: env!("CARGO_PKG_VERSION"),
+        pairing,
+        registry,
+        store: store_handle,
+        ble: (config.sensors.source == SourceKind::Ble).then(|| BleHandle {
+            status: ble_status,
+            adapter: config.ble.adapter.clone(),
+            passkeys,
+        }),
     };
     let mut router = app(state);
     if fault::hang_requested("web") {
@@ -242,7 +282,7 @@ pub async fn run(
     let why = loop {
         tokio::select! {
             why = &mut shutdown => break why,
-            _ = hangup.recv() => reload(&source, &config_tx, notifier, &describe).await,
+            _ = hangup.recv() => reload(&config_source, &config_tx, notifier, &describe).await,
         }
     };
     tracing::info!(signal = why, "shutting down");
@@ -254,9 +294,10 @@ pub async fn run(
         let _ = probe.await;
         let _ = sensor.await;
         let _ = ingest.await;
+        // The web API holds a store handle too (assignments): it stops first.
+        let _ = web.await;
         // Every store handle is gone now; the writer commits what is left and exits.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        let _ = web.await;
     };
     match tokio::time::timeout(SHUTDOWN_DEADLINE, stop).await {
         Ok(()) => {
@@ -320,27 +361,4 @@ fn status_line(
     format!(
         "{devices} devices, {residents} residents, {readings} readings stored, {last}; uplink not configured"
     )
-}
-
-async fn run_simulator(
-    mut sim: Simulator,
-    tx: mpsc::Sender<RawFrame>,
-    cancel: CancellationToken,
-    beat: Heartbeat,
-) {
-    let mut tick = tokio::time::interval(SIMULATOR_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        beat.beat();
-        for frame in sim.poll(Timestamp::now()) {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                sent = tx.send(frame) => if sent.is_err() { return },
-            }
-        }
-    }
 }

@@ -7,8 +7,8 @@
 //! stops for a bad frame.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
@@ -29,11 +29,50 @@ pub struct IngestStats {
     pub store_errors: AtomicU64,
 }
 
+/// Who each registered device belongs to. Shared between ingest, the BLE source
+/// (which connects only to registered devices) and the web API (which assigns
+/// devices while running). Cheap to clone; clones share the map.
+#[derive(Debug, Clone, Default)]
+pub struct Registry(Arc<RwLock<HashMap<DeviceAddress, Subject>>>);
+
+impl Registry {
+    pub fn from_devices(devices: &[Device]) -> Self {
+        Registry(Arc::new(RwLock::new(
+            devices
+                .iter()
+                .map(|d| (d.address, d.subject.clone()))
+                .collect(),
+        )))
+    }
+
+    pub fn subject(&self, address: DeviceAddress) -> Option<Subject> {
+        self.0.read().unwrap().get(&address).cloned()
+    }
+
+    pub fn contains(&self, address: DeviceAddress) -> bool {
+        self.0.read().unwrap().contains_key(&address)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Registers `address` to `subject` (or moves it); call after the store has
+    /// recorded the assignment, so a restart keeps it.
+    pub fn assign(&self, address: DeviceAddress, subject: Subject) {
+        self.0.write().unwrap().insert(address, subject);
+    }
+}
+
 /// The stage's state: the decoder and who each device belongs to.
 pub struct Ingest {
     pub rx: mpsc::Receiver<RawFrame>,
     pub store: StoreHandle,
-    pub registry: HashMap<DeviceAddress, Subject>,
+    pub registry: Registry,
     pub stats: Arc<IngestStats>,
     pub heartbeat: Heartbeat,
     /// Asked once per batch: is the gateway's clock synchronised?
@@ -44,11 +83,8 @@ pub struct Ingest {
 const MAX_BATCH: usize = 512;
 
 impl Ingest {
-    pub fn registry_from(devices: &[Device]) -> HashMap<DeviceAddress, Subject> {
-        devices
-            .iter()
-            .map(|d| (d.address, d.subject.clone()))
-            .collect()
+    pub fn registry_from(devices: &[Device]) -> Registry {
+        Registry::from_devices(devices)
     }
 
     /// Runs until every source has closed its sender and every frame is handed to
@@ -99,7 +135,7 @@ impl Ingest {
         out: &mut Vec<Reading>,
     ) {
         let address = raw.frame.address();
-        let Some(subject) = self.registry.get(&address) else {
+        let Some(subject) = self.registry.subject(address) else {
             self.stats.unregistered.fetch_add(1, Ordering::Relaxed);
             return;
         };

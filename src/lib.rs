@@ -6,6 +6,7 @@
 pub mod config;
 pub mod model;
 
+pub mod ble;
 pub mod decode;
 pub mod ingest;
 pub mod sensor;

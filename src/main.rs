@@ -45,6 +45,8 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Open the running daemon's pairing window so new sensors can pair.
+    Pair(carehub::commands::pair::PairArgs),
     /// Score one set of observations with NEWS2 (RCP 2017); prints JSON.
     News2(carehub::commands::news2::News2Args),
     /// Work with configuration files.
@@ -76,6 +78,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Pair(args) => {
+            let json = carehub::commands::pair::run(&args)?;
+            println!("{json}");
+            Ok(())
+        }
         Command::News2(args) => {
             let json = carehub::commands::news2::run(&args).map_err(anyhow::Error::msg)?;
             println!("{json}");

@@ -2,3 +2,4 @@
 //! arguments into a domain call and the result into its documented output.
 
 pub mod news2;
+pub mod pair;

@@ -4,12 +4,42 @@
 //! moment they arrived. It knows nothing of formats: `decode` turns bytes into
 //! values. Every source feeds the same bounded channel, so the simulator drives the
 //! same decode → store → web path as real Bluetooth does.
+//!
+//! [`Source`] is the seam: the daemon picks one from `[sensors] source` and hands it
+//! the channel; the simulator, the BlueZ source in `crate::ble` and (later) the
+//! hardware-in-the-loop rigs all implement it and nothing downstream knows which.
 
 pub mod simulator;
 
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::model::{DeviceAddress, Timestamp};
+use crate::system::health::Heartbeat;
+
+/// What every source is given to run: where frames go, when to stop, and the
+/// heartbeat that says it is still making progress.
+pub struct SourceContext {
+    pub frames: mpsc::Sender<RawFrame>,
+    pub cancel: CancellationToken,
+    pub heartbeat: Heartbeat,
+}
+
+/// A running source: it ends when `cancel` fires or the channel closes, and drops
+/// its sender then, which is what lets ingest drain and stop.
+pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A producer of [`RawFrame`]s.
+pub trait Source: Send {
+    /// A short name for logs and status, e.g. `"simulator"`, `"ble"`.
+    fn name(&self) -> &'static str;
+    /// Starts the source; the returned task runs until cancelled.
+    fn start(self: Box<Self>, ctx: SourceContext) -> SourceTask;
+}
 
 /// The Bluetooth base UUID with a 16-bit short UUID in place.
 pub const fn uuid16(short: u16) -> Uuid {

@@ -402,6 +402,42 @@ fn date_time_bytes(at: Timestamp) -> [u8; 7] {
     ]
 }
 
+/// How often the simulator looks for due frames.
+const SIMULATOR_TICK: Duration = Duration::from_millis(250);
+
+impl super::Source for Simulator {
+    fn name(&self) -> &'static str {
+        "simulator"
+    }
+
+    fn start(self: Box<Self>, ctx: super::SourceContext) -> super::SourceTask {
+        Box::pin(run(*self, ctx))
+    }
+}
+
+async fn run(mut sim: Simulator, ctx: super::SourceContext) {
+    let super::SourceContext {
+        frames: tx,
+        cancel,
+        heartbeat,
+    } = ctx;
+    let mut tick = tokio::time::interval(SIMULATOR_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        heartbeat.beat();
+        for frame in sim.poll(Timestamp::now()) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                sent = tx.send(frame) => if sent.is_err() { return },
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 
 use super::StoreError;
-use crate::model::{DeviceAddress, Quantity, ResidentId, SpecialValue, Timestamp, Unit, Value};
+use crate::model::{
+    Device, DeviceAddress, DeviceKind, Quantity, ResidentId, SpecialValue, Subject, Timestamp,
+    Unit, Value,
+};
 
 /// The newest value of one quantity for a subject.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +101,40 @@ impl Reader {
                     .collect();
                 values.sort_by_key(|v| v.quantity);
                 out.push(ResidentOverview { id: ResidentId(id), display_name, room, latest: values });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every registered device and whom it is assigned to. Rows this build cannot
+    /// read (an address or kind from a newer version) are skipped, not guessed at.
+    pub fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT address, kind, model, name, resident_id, room FROM devices ORDER BY address",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (address, kind, model, name, resident, room) = row?;
+                let (Ok(address), Some(kind)) = (address.parse(), DeviceKind::parse(&kind)) else {
+                    continue;
+                };
+                let subject = match (resident, room) {
+                    (Some(id), _) => Subject::Resident(ResidentId(id)),
+                    (None, Some(room)) => Subject::Room(room),
+                    (None, None) => Subject::Unassigned,
+                };
+                out.push(Device { address, kind, model, name, subject });
             }
             Ok(out)
         })

@@ -5,7 +5,9 @@
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
 mod api;
+mod devices;
 pub(crate) mod pages;
+mod pairing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +15,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
+use crate::ble::BleHandle;
+use crate::ble::pairing::PairingPolicy;
+use crate::ingest::Registry;
 use crate::model::Timestamp;
-use crate::store::{Reader, StoreError};
+use crate::store::{Reader, StoreError, StoreHandle};
 use crate::system::health::Health;
 
 /// What every handler can reach. Cheap to clone.
@@ -27,6 +32,14 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub started_at: Timestamp,
     pub version: &'static str,
+    /// The pairing window and allow-list, shared with the BLE source.
+    pub pairing: PairingPolicy,
+    /// What the BLE source hears; `None` when the source is not BLE.
+    pub ble: Option<BleHandle>,
+    /// Who each device belongs to, live; assignments change it.
+    pub registry: Registry,
+    /// For the writes the API makes (assignments).
+    pub store: StoreHandle,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -35,6 +48,25 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(pages::overview))
         .route("/healthz", get(api::healthz))
         .route("/api/v1/residents", get(api::residents))
+        .route("/api/v1/pairing", get(pairing::status))
+        .route("/api/v1/bluetooth", get(pairing::bluetooth))
+        .route(
+            "/api/v1/devices/{address}/assignment",
+            axum::routing::put(devices::assign),
+        )
+        .route("/pairing", get(pairing::page))
+        .route("/pairing/window", post(pairing::page_open))
+        .route("/pairing/close", post(pairing::page_close))
+        .route("/pairing/passkey", post(pairing::page_passkey))
+        .route("/api/v1/pairing/passkey", post(pairing::passkey))
+        .route(
+            "/api/v1/pairing/window",
+            post(pairing::open_window).delete(pairing::close_window),
+        )
+        .route(
+            "/api/v1/pairing/devices/{address}",
+            axum::routing::delete(pairing::unpair),
+        )
         .fallback(not_found)
         .with_state(state)
 }

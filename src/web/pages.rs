@@ -43,7 +43,7 @@ tr.stale .v { color:var(--stale); font-weight:600; }
 footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
 "#;
 
-fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
+pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en-GB" {
@@ -58,6 +58,7 @@ fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
             body {
                 header {
                     h1 { (title) }
+                    nav { a href="/" style="color:#fff" { "Residents" } " · " a href="/pairing" style="color:#fff" { "Pair sensors" } }
                     p { "Updated " time datetime=(now.to_rfc3339()) { (clock(now)) " UTC" } }
                 }
                 (body)

@@ -46,6 +46,10 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         health: Arc::new(health),
         started_at: Timestamp::now(),
         version: "test",
+        pairing: Default::default(),
+        ble: None,
+        registry: Default::default(),
+        store: store.handle.clone(),
     };
     (store, state)
 }
@@ -169,4 +173,46 @@ fn ages_read_naturally() {
     ] {
         assert_eq!(describe_age(Duration::from_secs(s)), text);
     }
+}
+
+#[tokio::test]
+async fn pairing_page_opens_and_closes_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let (status, page) = get(&state, "/pairing").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Pairing is off"), "{page}");
+
+    let post = |uri: &str, body: &str| {
+        Request::post(uri)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let res = app(state.clone())
+        .oneshot(post("/pairing/window", "seconds=120"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, page) = get(&state, "/pairing").await;
+    assert!(page.contains("Pairing is ON"), "{page}");
+    let (_, api) = get(&state, "/api/v1/pairing").await;
+    let v: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(v["window"]["open"], true);
+
+    let res = app(state.clone())
+        .oneshot(post("/pairing/window", "seconds=9999"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let res = app(state.clone())
+        .oneshot(post("/pairing/close", ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, page) = get(&state, "/pairing").await;
+    assert!(page.contains("Pairing is off"), "{page}");
+    let (_, api) = get(&state, "/api/v1/bluetooth").await;
+    assert!(api.contains("\"source\":\"simulator\""), "{api}");
 }

@@ -1,6 +1,8 @@
 //! Cross-component tests: the real `carehub` binary, real SQLite files, real
 //! sockets. One binary, one module per area.
 
+mod ble;
+mod ble_support;
 mod demo;
 mod news2;
 mod support;

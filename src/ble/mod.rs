@@ -1,0 +1,751 @@
+//! The Bluetooth source: residents' sensors through BlueZ over D-Bus, with btleplug.
+//!
+//! It scans continuously and turns every advertisement that carries data into a
+//! [`RawFrame`]; it holds GATT sessions with the registered health devices (see
+//! [`session`]), at most `max_connections` at a time; and it recovers on its own
+//! when discovery falls silent, the adapter vanishes, or bluetoothd restarts.
+//!
+//! The work is done in *rounds*: a round opens BlueZ, finds the adapter, starts
+//! discovery and runs until something ends it (the adapter or `org.bluez` going
+//! away, BlueZ's event stream ending). The supervisor then starts a new round
+//! after a back-off. Starting from scratch, rather than patching the old state,
+//! is what makes a bluetoothd restart safe: nothing from the old BlueZ survives.
+//!
+//! Safety: only devices in the registry (the `devices` table) get a GATT session.
+//! Everything else is only heard (its sighting is kept in [`BleStatus`]) and its
+//! frames are dropped by ingest as unregistered. An unregistered health device is
+//! paired (bonded) only while staff hold a pairing window open, or when it is on
+//! the allow-list ([`pairing`]); a paired device is still not attributed to anyone
+//! until it is registered to a resident or room.
+
+pub mod agent;
+pub mod pairing;
+pub mod session;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use btleplug::api::{Central as _, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::BleConfig;
+use crate::ingest::Registry;
+use crate::model::{DeviceAddress, Timestamp};
+use crate::sensor::{Advertisement, Frame, RawFrame, Source, SourceContext, SourceTask};
+use crate::system::health::Heartbeat;
+
+use pairing::{Decision, PairingPolicy};
+use session::{SessionContext, SessionEnd};
+use watch::{BluezChange, BluezWatch};
+
+/// What can end a BLE round or a GATT session.
+#[derive(Debug, thiserror::Error)]
+pub enum BleError {
+    /// btleplug (BlueZ over D-Bus) refused or failed.
+    #[error("bluetooth: {0}")]
+    Btleplug(#[from] btleplug::Error),
+    /// The D-Bus connection that watches `org.bluez` could not be made.
+    #[error("d-bus: {0}")]
+    Dbus(#[from] dbus::Error),
+    /// The configured adapter is not there (unplugged, blocked, or BlueZ not running).
+    #[error("adapter {0} not found")]
+    NoAdapter(String),
+    /// The adapter was removed while in use.
+    #[error("adapter {0} disappeared")]
+    AdapterGone(String),
+    /// `org.bluez` changed owner: bluetoothd stopped or restarted.
+    #[error("bluetoothd restarted (org.bluez changed owner)")]
+    BluezRestarted,
+    /// BlueZ's event stream ended.
+    #[error("bluez event stream ended")]
+    EventsEnded,
+    /// A BlueZ step took longer than allowed.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// The device offers none of the measurement characteristics carehub reads.
+    #[error("no measurement characteristic to subscribe to")]
+    NothingToSubscribe,
+}
+
+/// How often a round checks the adapter and the silence timer.
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most devices a round keeps resolved (BlueZ id → address). Phones rotate
+/// their private addresses every few minutes, so a long round would otherwise
+/// remember every address ever heard; past this, unregistered ones are forgotten
+/// and resolved again if heard again.
+const MAX_KNOWN: usize = 1024;
+
+/// Most devices whose sightings are kept; the oldest are forgotten first, so a
+/// busy street cannot grow the table without bound.
+const MAX_SIGHTINGS: usize = 512;
+
+/// What the gateway last heard from one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sighting {
+    pub address: DeviceAddress,
+    pub name: Option<String>,
+    pub rssi: Option<i16>,
+    pub services: Vec<Uuid>,
+    pub last_seen: Timestamp,
+    /// Whether the device is in the registry. Unregistered devices are only
+    /// listed ("nearby, not paired"); nothing they send is attributed.
+    pub registered: bool,
+    /// Whether BlueZ holds a bond with it (as read when first heard, or paired since).
+    pub paired: bool,
+}
+
+/// The BLE source's state for status pages and logs. Cheap to share.
+#[derive(Debug, Default)]
+pub struct BleStatus {
+    /// True while a round is scanning on a present adapter.
+    pub scanning: AtomicBool,
+    pub rounds_started: AtomicU64,
+    pub discovery_restarts: AtomicU64,
+    pub adapter_losses: AtomicU64,
+    pub bluez_restarts: AtomicU64,
+    pub advertisements: AtomicU64,
+    pub sessions_started: AtomicU64,
+    pub sessions_failed: AtomicU64,
+    sightings: Mutex<HashMap<DeviceAddress, Sighting>>,
+}
+
+impl BleStatus {
+    /// Every device heard recently, newest first.
+    pub fn sightings(&self) -> Vec<Sighting> {
+        let mut v: Vec<Sighting> = self.sightings.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+        v
+    }
+
+    /// What the gateway last heard from `address`, if anything.
+    pub fn sighting(&self, address: DeviceAddress) -> Option<Sighting> {
+        self.sightings.lock().unwrap().get(&address).cloned()
+    }
+
+    /// The name a device last advertised, if it was heard.
+    pub fn name_of(&self, address: DeviceAddress) -> Option<String> {
+        self.sightings
+            .lock()
+            .unwrap()
+            .get(&address)
+            .and_then(|s| s.name.clone())
+    }
+
+    fn sighted(
+        &self,
+        address: DeviceAddress,
+        registered: bool,
+        update: impl FnOnce(&mut Sighting),
+    ) {
+        let mut map = self.sightings.lock().unwrap();
+        if !map.contains_key(&address)
+            && map.len() >= MAX_SIGHTINGS
+            && let Some(oldest) = map.values().min_by_key(|s| s.last_seen).map(|s| s.address)
+        {
+            map.remove(&oldest);
+        }
+        let s = map.entry(address).or_insert_with(|| Sighting {
+            address,
+            name: None,
+            rssi: None,
+            services: Vec::new(),
+            last_seen: Timestamp::now(),
+            registered,
+            paired: false,
+        });
+        s.last_seen = Timestamp::now();
+        s.registered = registered;
+        update(s);
+    }
+}
+
+/// Settings for the BLE source, from `[ble]`, plus the registry it may connect to.
+#[derive(Debug, Clone)]
+pub struct BleSettings {
+    pub adapter: String,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub silence_restart: Duration,
+    /// Registered devices (the `devices` table, and assignments made while
+    /// running): the only ones given a GATT session.
+    pub registered: Registry,
+}
+
+impl BleSettings {
+    pub fn new(config: &BleConfig, registered: Registry) -> Self {
+        BleSettings {
+            adapter: config.adapter.clone(),
+            max_connections: config.max_connections,
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            reconnect_min: Duration::from_millis(config.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(config.reconnect_max_ms),
+            silence_restart: Duration::from_secs(u64::from(config.silence_restart_s)),
+            registered,
+        }
+    }
+}
+
+/// What the web API needs of the BLE source: what it hears, and the adapter
+/// for un-pairing.
+#[derive(Debug, Clone)]
+pub struct BleHandle {
+    pub status: Arc<BleStatus>,
+    pub adapter: String,
+    pub passkeys: agent::PasskeyRequests,
+}
+
+impl BleStatus {
+    /// Marks a device as no longer bonded (after un-pairing).
+    pub fn unpaired(&self, address: DeviceAddress) {
+        if let Some(s) = self.sightings.lock().unwrap().get_mut(&address) {
+            s.paired = false;
+        }
+    }
+}
+
+/// The BLE [`Source`].
+pub struct Ble {
+    pub settings: BleSettings,
+    pub status: Arc<BleStatus>,
+    pub pairing: PairingPolicy,
+    pub passkeys: agent::PasskeyRequests,
+}
+
+impl Source for Ble {
+    fn name(&self) -> &'static str {
+        "ble"
+    }
+
+    fn start(self: Box<Self>, ctx: SourceContext) -> SourceTask {
+        Box::pin(supervise(
+            self.settings,
+            self.status,
+            self.pairing,
+            self.passkeys,
+            ctx,
+        ))
+    }
+}
+
+/// Doubling delays between `min` and `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max: max.max(min),
+            next: min,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Runs rounds until cancelled, with a back-off between failed rounds.
+async fn supervise(
+    settings: BleSettings,
+    status: Arc<BleStatus>,
+    pairing: PairingPolicy,
+    passkeys: agent::PasskeyRequests,
+    ctx: SourceContext,
+) {
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    // One btleplug manager (one D-Bus connection) for every round: bluez-async
+    // keeps a task per connection until the connection is lost, so a manager per
+    // round would leak a connection each time BlueZ is away. The connection
+    // survives a bluetoothd restart; only a lost bus (the event stream ending)
+    // calls for a new one.
+    let mut manager: Option<Manager> = None;
+    loop {
+        status.rounds_started.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let outcome = round(&settings, &status, &pairing, &passkeys, &ctx, &mut manager).await;
+        status.scanning.store(false, Ordering::Relaxed);
+        let error = match outcome {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        match error {
+            BleError::AdapterGone(_) => {
+                status.adapter_losses.fetch_add(1, Ordering::Relaxed);
+            }
+            BleError::BluezRestarted => {
+                status.bluez_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            BleError::EventsEnded => manager = None,
+            _ => {}
+        }
+        // A round that ran a good while was healthy: start again promptly.
+        if started.elapsed() > settings.reconnect_max {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "bluetooth round ended; starting again");
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One device the round knows by its BlueZ id.
+struct Known {
+    address: DeviceAddress,
+    peripheral: Peripheral,
+    services: Vec<Uuid>,
+}
+
+/// Per-device reconnect state.
+struct Retry {
+    backoff: Backoff,
+    not_before: Instant,
+}
+
+/// The state of one round.
+struct Round<'a> {
+    settings: &'a BleSettings,
+    status: &'a BleStatus,
+    frames: mpsc::Sender<RawFrame>,
+    adapter: Adapter,
+    known: HashMap<PeripheralId, Known>,
+    slots: Arc<Semaphore>,
+    sessions: JoinSet<(DeviceAddress, Result<SessionEnd, BleError>)>,
+    active: HashMap<DeviceAddress, CancellationToken>,
+    retries: HashMap<DeviceAddress, Retry>,
+    stop: CancellationToken,
+    last_heard: Instant,
+    pairing: &'a PairingPolicy,
+    bluez: Arc<dbus::nonblock::SyncConnection>,
+    pairings: JoinSet<(DeviceAddress, Result<bool, BleError>)>,
+    /// When each unregistered device may next be tried for pairing.
+    pair_not_before: HashMap<DeviceAddress, Instant>,
+}
+
+/// After a pairing attempt (or a device found already paired), the same device is
+/// not tried again for this long.
+const PAIR_RETRY: Duration = Duration::from_secs(30);
+
+async fn round(
+    settings: &BleSettings,
+    status: &Arc<BleStatus>,
+    pairing: &PairingPolicy,
+    passkeys: &agent::PasskeyRequests,
+    ctx: &SourceContext,
+    manager: &mut Option<Manager>,
+) -> Result<(), BleError> {
+    let mut watch = BluezWatch::start(&settings.adapter).await?;
+    let bluez = watch.connection();
+    let manager = match manager {
+        Some(m) => m,
+        None => manager.insert(Manager::new().await?),
+    };
+    let adapter = find_adapter(manager, &settings.adapter).await?;
+    if let Err(e) = agent::register(&bluez, pairing.clone(), status.clone(), passkeys.clone()).await
+    {
+        // Without the agent, BlueZ asks nobody before a device pairs on its own
+        // initiative; carehub itself still pairs only what the policy allows.
+        tracing::warn!(error = %e, "pairing agent not registered");
+    }
+    let mut events = adapter.events().await?;
+    adapter.start_scan(ScanFilter::default()).await?;
+    status.scanning.store(true, Ordering::Relaxed);
+    tracing::info!(adapter = %settings.adapter, registered = settings.registered.len(), "bluetooth scanning");
+
+    let mut r = Round {
+        settings,
+        status,
+        frames: ctx.frames.clone(),
+        adapter,
+        known: HashMap::new(),
+        slots: Arc::new(Semaphore::new(settings.max_connections)),
+        sessions: JoinSet::new(),
+        active: HashMap::new(),
+        retries: HashMap::new(),
+        stop: ctx.cancel.child_token(),
+        last_heard: Instant::now(),
+        pairing,
+        bluez,
+        pairings: JoinSet::new(),
+        pair_not_before: HashMap::new(),
+    };
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    let result = loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break Ok(()),
+            change = watch.changed() => break Err(match change {
+                BluezChange::OwnerChanged => BleError::BluezRestarted,
+                BluezChange::AdapterRemoved => BleError::AdapterGone(settings.adapter.clone()),
+            }),
+            event = events.next() => match event {
+                Some(e) => if !r.on_event(e).await { break Ok(()) },
+                None => break Err(BleError::EventsEnded),
+            },
+            Some(done) = r.sessions.join_next() => {
+                if let Ok((address, outcome)) = done {
+                    r.session_ended(address, outcome);
+                }
+            }
+            Some(done) = r.pairings.join_next() => {
+                if let Ok((address, outcome)) = done {
+                    r.pairing_ended(address, outcome);
+                }
+            }
+            _ = check.tick() => {
+                if let Err(e) = r.check(&ctx.heartbeat).await {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    r.stop.cancel();
+    r.pairings.abort_all();
+    let sessions = async { while r.sessions.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sessions).await;
+    if result.is_ok() {
+        // Shutdown: leave the adapter idle. Best effort; BlueZ may be gone.
+        let _ = tokio::time::timeout(Duration::from_millis(300), r.adapter.stop_scan()).await;
+    }
+    result
+}
+
+async fn find_adapter(manager: &Manager, name: &str) -> Result<Adapter, BleError> {
+    for adapter in manager.adapters().await? {
+        // adapter_info is "hci0 (usb:...)": the BlueZ name comes first.
+        let info = adapter.adapter_info().await?;
+        if info.split_whitespace().next() == Some(name) {
+            return Ok(adapter);
+        }
+    }
+    Err(BleError::NoAdapter(name.to_owned()))
+}
+
+impl Round<'_> {
+    /// Handles one BlueZ event; false when the pipeline has closed.
+    async fn on_event(&mut self, event: CentralEvent) -> bool {
+        match event {
+            CentralEvent::DeviceDiscovered(id) | CentralEvent::DeviceUpdated(id) => {
+                if let Some(address) = self.resolve(&id).await {
+                    self.heard(address, |_| {});
+                    self.maybe_connect(&id);
+                    self.maybe_pair(&id);
+                }
+            }
+            CentralEvent::ServicesAdvertisement { id, services } => {
+                if let Some(address) = self.resolve(&id).await {
+                    if let Some(k) = self.known.get_mut(&id) {
+                        k.services.clone_from(&services);
+                    }
+                    self.heard(address, |s| s.services = services);
+                    self.maybe_connect(&id);
+                    self.maybe_pair(&id);
+                }
+            }
+            CentralEvent::RssiUpdate { id, rssi } => {
+                if let Some(address) = self.resolve(&id).await {
+                    self.heard(address, |s| s.rssi = Some(rssi));
+                    self.maybe_connect(&id);
+                    self.maybe_pair(&id);
+                }
+            }
+            CentralEvent::ServiceDataAdvertisement { id, service_data } => {
+                let mut service_data: Vec<_> = service_data.into_iter().collect();
+                service_data.sort();
+                return self
+                    .advertisement(&id, |a| a.service_data = service_data)
+                    .await;
+            }
+            CentralEvent::ManufacturerDataAdvertisement {
+                id,
+                manufacturer_data,
+            } => {
+                let mut manufacturer_data: Vec<_> = manufacturer_data.into_iter().collect();
+                manufacturer_data.sort();
+                return self
+                    .advertisement(&id, |a| a.manufacturer_data = manufacturer_data)
+                    .await;
+            }
+            CentralEvent::DeviceDisconnected(id) => {
+                if let Some(k) = self.known.get(&id)
+                    && let Some(stop) = self.active.get(&k.address)
+                {
+                    stop.cancel();
+                }
+            }
+            CentralEvent::StateUpdate(state) => {
+                tracing::info!(state = ?state, "adapter state changed");
+            }
+            CentralEvent::DeviceConnected(_) | CentralEvent::DeviceServicesModified(_) => {}
+        }
+        true
+    }
+
+    /// Sends an advertisement carrying data down the pipeline. Advertisements
+    /// with no data (RSSI or name only) update the sighting but are not frames:
+    /// there is nothing in them to decode.
+    async fn advertisement(
+        &mut self,
+        id: &PeripheralId,
+        fill: impl FnOnce(&mut Advertisement),
+    ) -> bool {
+        let Some(address) = self.resolve(id).await else {
+            return true;
+        };
+        let mut a = Advertisement {
+            address,
+            ..Advertisement::default()
+        };
+        if let Some(s) = self.status.sightings.lock().unwrap().get(&address) {
+            a.local_name.clone_from(&s.name);
+            a.rssi = s.rssi;
+            a.services.clone_from(&s.services);
+        }
+        fill(&mut a);
+        self.heard(address, |_| {});
+        self.status.advertisements.fetch_add(1, Ordering::Relaxed);
+        let frame = RawFrame {
+            frame: Frame::Advertisement(a),
+            received_at: Timestamp::now(),
+        };
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            sent = self.frames.send(frame) => sent.is_ok(),
+        }
+    }
+
+    fn heard(&mut self, address: DeviceAddress, update: impl FnOnce(&mut Sighting)) {
+        self.last_heard = Instant::now();
+        let registered = self.settings.registered.contains(address);
+        self.status.sighted(address, registered, update);
+    }
+
+    /// The device's address, learning it (and its name) from BlueZ the first time.
+    async fn resolve(&mut self, id: &PeripheralId) -> Option<DeviceAddress> {
+        if let Some(k) = self.known.get(id) {
+            return Some(k.address);
+        }
+        let peripheral = self.adapter.peripheral(id).await.ok()?;
+        let props = peripheral.properties().await.ok().flatten();
+        let address = DeviceAddress(peripheral.address().into_inner());
+        let (name, rssi, services) = match props {
+            Some(p) => (p.local_name, p.rssi, p.services),
+            None => (None, None, Vec::new()),
+        };
+        let registered = self.settings.registered.contains(address);
+        if !registered {
+            tracing::debug!(device = %address, name = ?name, "nearby device, not registered: observed only");
+        }
+        // Bonds outlive carehub (BlueZ keeps them): ask, rather than remember.
+        let paired = agent::is_paired(&self.bluez, &self.settings.adapter, address)
+            .await
+            .unwrap_or(false);
+        self.status.sighted(address, registered, |s| {
+            s.name.clone_from(&name);
+            s.rssi = rssi.or(s.rssi);
+            s.services.clone_from(&services);
+            s.paired = paired;
+        });
+        if self.known.len() >= MAX_KNOWN {
+            let registered = &self.settings.registered;
+            self.known.retain(|_, k| registered.contains(k.address));
+            self.pair_not_before.clear();
+        }
+        self.known.insert(
+            id.clone(),
+            Known {
+                address,
+                peripheral,
+                services,
+            },
+        );
+        Some(address)
+    }
+
+    /// Starts a GATT session for a registered health device that has none and is
+    /// not waiting out a back-off. Called whenever the device is heard: a device
+    /// is reconnected when it is in range again, never dialled blindly, because a
+    /// connect to an absent device would hold a connection slot until it timed out.
+    fn maybe_connect(&mut self, id: &PeripheralId) {
+        let Some(k) = self.known.get(id) else { return };
+        let address = k.address;
+        if !self.settings.registered.contains(address)
+            || !session::is_health_device(&k.services)
+            || self.active.contains_key(&address)
+            || self
+                .retries
+                .get(&address)
+                .is_some_and(|r| Instant::now() < r.not_before)
+        {
+            return;
+        }
+        let stop = self.stop.child_token();
+        self.active.insert(address, stop.clone());
+        self.status.sessions_started.fetch_add(1, Ordering::Relaxed);
+        let ctx = SessionContext {
+            address,
+            frames: self.frames.clone(),
+            slots: self.slots.clone(),
+            stop,
+            connect_timeout: self.settings.connect_timeout,
+        };
+        let peripheral = k.peripheral.clone();
+        self.sessions
+            .spawn(async move { (address, session::run(peripheral, ctx).await) });
+    }
+
+    /// Pairs an unregistered health device if the policy allows it now.
+    fn maybe_pair(&mut self, id: &PeripheralId) {
+        let Some(k) = self.known.get(id) else { return };
+        let address = k.address;
+        if self.settings.registered.contains(address)
+            || !session::is_health_device(&k.services)
+            || self
+                .pair_not_before
+                .get(&address)
+                .is_some_and(|t| Instant::now() < *t)
+        {
+            return;
+        }
+        let name = self.status.name_of(address);
+        let reason = match self
+            .pairing
+            .decide(Timestamp::now(), address, name.as_deref())
+        {
+            Decision::Pair(reason) => reason,
+            Decision::Observe => return,
+        };
+        self.pair_not_before
+            .insert(address, Instant::now() + PAIR_RETRY);
+        self.pairing
+            .log
+            .record(Some(address), format!("pairing started ({reason:?})"));
+        let conn = self.bluez.clone();
+        let adapter = self.settings.adapter.clone();
+        self.pairings.spawn(async move {
+            let outcome = async {
+                if agent::is_paired(&conn, &adapter, address).await? {
+                    return Ok(false);
+                }
+                agent::pair(&conn, &adapter, address).await?;
+                Ok(true)
+            }
+            .await;
+            (address, outcome)
+        });
+    }
+
+    fn pairing_ended(&mut self, address: DeviceAddress, outcome: Result<bool, BleError>) {
+        let what = match &outcome {
+            Ok(true) => "paired and trusted; not attributed until assigned".to_owned(),
+            Ok(false) => "already paired".to_owned(),
+            Err(e) => format!("pairing failed: {e}"),
+        };
+        self.pairing.log.record(Some(address), what);
+        if outcome.is_ok() {
+            let registered = self.settings.registered.contains(address);
+            self.status
+                .sighted(address, registered, |s| s.paired = true);
+        }
+    }
+
+    fn session_ended(&mut self, address: DeviceAddress, outcome: Result<SessionEnd, BleError>) {
+        self.active.remove(&address);
+        let retry = self.retries.entry(address).or_insert_with(|| Retry {
+            backoff: Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max),
+            not_before: Instant::now(),
+        });
+        match outcome {
+            Ok(end) => {
+                tracing::info!(device = %address, end = ?end, "gatt session ended");
+                retry.backoff.reset();
+                // Even after a clean end, wait the shortest back-off: a spot-check
+                // device still advertising as it powers down is not reconnected
+                // in a tight loop.
+                retry.not_before = Instant::now() + retry.backoff.next_delay();
+                retry.backoff.reset();
+            }
+            Err(e) => {
+                self.status.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                let delay = retry.backoff.next_delay();
+                retry.not_before = Instant::now() + delay;
+                tracing::warn!(device = %address, error = %e, retry_in_ms = delay.as_millis() as u64, "gatt session failed");
+            }
+        }
+    }
+
+    /// The periodic check: the adapter is still there, and discovery still hears
+    /// something while sensors are known.
+    async fn check(&mut self, heartbeat: &Heartbeat) -> Result<(), BleError> {
+        if self.adapter.adapter_info().await.is_err() {
+            return Err(BleError::AdapterGone(self.settings.adapter.clone()));
+        }
+        if !self.settings.registered.is_empty()
+            && self.last_heard.elapsed() >= self.settings.silence_restart
+        {
+            self.status
+                .discovery_restarts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                silent_for_s = self.last_heard.elapsed().as_secs(),
+                "no advertisement heard; restarting discovery"
+            );
+            // Stopping may fail if BlueZ already stopped on its own.
+            let _ = self.adapter.stop_scan().await;
+            self.adapter.start_scan(ScanFilter::default()).await?;
+            self.last_heard = Instant::now();
+        }
+        // Healthy means scanning on a present adapter, not merely running.
+        heartbeat.beat();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        let got: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn sightings_are_bounded_and_forget_the_oldest() {
+        let status = BleStatus::default();
+        for i in 0..(MAX_SIGHTINGS + 10) {
+            let a = DeviceAddress([0, 0, 0, 0, (i >> 8) as u8, i as u8]);
+            status.sighted(a, false, |s| s.rssi = Some(-50));
+        }
+        let s = status.sightings();
+        assert_eq!(s.len(), MAX_SIGHTINGS);
+        assert!(s.iter().all(|x| !x.registered && x.rssi == Some(-50)));
+    }
+}

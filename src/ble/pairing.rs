@@ -1,0 +1,273 @@
+//! Who may pair: the pairing window staff open, and the provisioned allow-list.
+//!
+//! Pairing (bonding) with a device is a decision about a resident's data, so it
+//! happens only while a staff member has opened the window (from the web API or
+//! `carehub pair --window 120`), or for a device on the allow-list. Everything
+//! else is observed and never bonded. The decision is pure ([`PairingPolicy::decide`]);
+//! the BlueZ side (the agent and the `Pair` calls) lives in `agent`.
+//!
+//! Every pairing attempt, its outcome and every window opened is recorded in a
+//! bounded in-memory log ([`PairingLog`]). It is not in SQLite yet: that needs a
+//! schema migration (a `pairing_events` table and `paired`/`bonded` columns on
+//! `devices`), which belongs with the store's migrations work.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::model::{AddressError, DeviceAddress, Timestamp};
+
+/// Longest window a staff member can open at once (the error message says 600).
+pub const MAX_WINDOW: Duration = Duration::from_secs(600);
+
+/// Most pairing events kept in memory.
+const LOG_CAPACITY: usize = 256;
+
+/// What can be wrong with a pairing request or an allow-list entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PairingError {
+    /// The window length is zero or longer than [`MAX_WINDOW`].
+    #[error("a pairing window must be 1 to 600 seconds, not {0}")]
+    WindowLength(u64),
+    /// An allow-list entry's address part is not an address.
+    #[error("allow-list entry: {0}")]
+    Address(#[from] AddressError),
+    /// An allow-list entry has an empty model after `=`.
+    #[error("allow-list entry {0:?}: the model after '=' is empty")]
+    EmptyModel(String),
+}
+
+/// One allow-list entry: an address, or an address that must also report `model`
+/// (compared with the name the device advertises, since the model number
+/// characteristic can only be read after connecting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub address: DeviceAddress,
+    pub model: Option<String>,
+}
+
+impl FromStr for AllowEntry {
+    type Err = PairingError;
+    /// `"AA:BB:CC:DD:EE:FF"` or `"AA:BB:CC:DD:EE:FF=Model name"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (address, model) = match s.split_once('=') {
+            Some((_, m)) if m.trim().is_empty() => return Err(PairingError::EmptyModel(s.into())),
+            Some((a, m)) => (a, Some(m.trim().to_owned())),
+            None => (s, None),
+        };
+        Ok(AllowEntry {
+            address: address.trim().parse::<DeviceAddress>()?,
+            model,
+        })
+    }
+}
+
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.model {
+            Some(m) => write!(f, "{}={m}", self.address),
+            None => write!(f, "{}", self.address),
+        }
+    }
+}
+
+/// Why a device may pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairReason {
+    Window,
+    AllowList,
+}
+
+/// The answer for one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Pair(PairReason),
+    /// Observe only: never bond, attribute nothing.
+    Observe,
+}
+
+/// Something that happened about pairing, for the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairingEvent {
+    pub at: Timestamp,
+    pub address: Option<DeviceAddress>,
+    pub what: String,
+}
+
+/// The record of pairing events, newest last, bounded. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PairingLog(Arc<Mutex<VecDeque<PairingEvent>>>);
+
+impl PairingLog {
+    pub fn record(&self, address: Option<DeviceAddress>, what: impl Into<String>) {
+        let event = PairingEvent {
+            at: Timestamp::now(),
+            address,
+            what: what.into(),
+        };
+        tracing::info!(device = ?event.address.map(|a| a.to_string()), event = %event.what, "pairing");
+        let mut log = self.0.lock().unwrap();
+        if log.len() == LOG_CAPACITY {
+            log.pop_front();
+        }
+        log.push_back(event);
+    }
+
+    pub fn events(&self) -> Vec<PairingEvent> {
+        self.0.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+/// The pairing window and the allow-list, shared by the web API (which opens
+/// the window), the agent and the BLE rounds. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PairingPolicy {
+    closes_at: Arc<Mutex<Option<Timestamp>>>,
+    allow: Arc<Vec<AllowEntry>>,
+    pub log: PairingLog,
+}
+
+impl PairingPolicy {
+    pub fn new(allow: Vec<AllowEntry>) -> Self {
+        PairingPolicy {
+            allow: Arc::new(allow),
+            ..PairingPolicy::default()
+        }
+    }
+
+    /// Opens (or extends, or shortens) the window to `length` from `now`.
+    pub fn open_window(&self, now: Timestamp, length: Duration) -> Result<Timestamp, PairingError> {
+        if length.is_zero() || length > MAX_WINDOW {
+            return Err(PairingError::WindowLength(length.as_secs()));
+        }
+        let closes = now.saturating_add(length);
+        *self.closes_at.lock().unwrap() = Some(closes);
+        self.log
+            .record(None, format!("window opened for {} s", length.as_secs()));
+        Ok(closes)
+    }
+
+    pub fn close_window(&self) {
+        if self.closes_at.lock().unwrap().take().is_some() {
+            self.log.record(None, "window closed");
+        }
+    }
+
+    /// When the window closes, if it is open at `now`.
+    pub fn window_closes_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.closes_at.lock().unwrap().filter(|c| *c > now)
+    }
+
+    pub fn allow_list(&self) -> &[AllowEntry] {
+        &self.allow
+    }
+
+    /// May `address`, advertising `name`, pair at `now`?
+    pub fn decide(&self, now: Timestamp, address: DeviceAddress, name: Option<&str>) -> Decision {
+        let allowed = self.allow.iter().any(|e| {
+            e.address == address
+                && e.model
+                    .as_deref()
+                    .is_none_or(|m| name.is_some_and(|n| n.trim() == m))
+        });
+        if allowed {
+            Decision::Pair(PairReason::AllowList)
+        } else if self.window_closes_at(now).is_some() {
+            Decision::Pair(PairReason::Window)
+        } else {
+            Decision::Observe
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Timestamp = Timestamp::from_unix_ms(1_800_000_000_000);
+
+    fn addr(s: &str) -> DeviceAddress {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn decisions() {
+        let policy = PairingPolicy::new(vec![
+            "AA:AA:AA:AA:AA:01".parse().unwrap(),
+            "AA:AA:AA:AA:AA:02=UA-651BLE".parse().unwrap(),
+        ]);
+        let check = |now: Timestamp, a: &str, name: Option<&str>, expected: Decision| {
+            assert_eq!(policy.decide(now, addr(a), name), expected, "{a} {name:?}");
+        };
+        use Decision::*;
+        // Window closed: only the allow-list pairs, and a model must match.
+        check(T0, "AA:AA:AA:AA:AA:01", None, Pair(PairReason::AllowList));
+        check(
+            T0,
+            "AA:AA:AA:AA:AA:02",
+            Some("UA-651BLE"),
+            Pair(PairReason::AllowList),
+        );
+        check(T0, "AA:AA:AA:AA:AA:02", Some("Other"), Observe);
+        check(T0, "AA:AA:AA:AA:AA:02", None, Observe);
+        check(T0, "BB:BB:BB:BB:BB:BB", Some("Strap"), Observe);
+        // Window open: anyone, until it closes.
+        let closes = policy.open_window(T0, Duration::from_secs(120)).unwrap();
+        assert_eq!(closes, T0.saturating_add(Duration::from_secs(120)));
+        check(
+            T0,
+            "BB:BB:BB:BB:BB:BB",
+            Some("Strap"),
+            Pair(PairReason::Window),
+        );
+        check(
+            closes.saturating_sub(Duration::from_millis(1)),
+            "BB:BB:BB:BB:BB:BB",
+            None,
+            Pair(PairReason::Window),
+        );
+        check(closes, "BB:BB:BB:BB:BB:BB", None, Observe);
+        policy.open_window(T0, Duration::from_secs(60)).unwrap();
+        policy.close_window();
+        check(T0, "BB:BB:BB:BB:BB:BB", None, Observe);
+        let log: Vec<String> = policy.log.events().into_iter().map(|e| e.what).collect();
+        assert_eq!(
+            log,
+            [
+                "window opened for 120 s",
+                "window opened for 60 s",
+                "window closed"
+            ]
+        );
+    }
+
+    #[test]
+    fn window_length_is_bounded() {
+        let policy = PairingPolicy::default();
+        for bad in [0, 601, 86_400] {
+            assert_eq!(
+                policy.open_window(T0, Duration::from_secs(bad)),
+                Err(PairingError::WindowLength(bad))
+            );
+        }
+        assert_eq!(policy.window_closes_at(T0), None);
+    }
+
+    #[test]
+    fn allow_entries_parse_and_reject_garbage() {
+        let e: AllowEntry = " AA:BB:CC:DD:EE:FF = UA-651BLE ".parse().unwrap();
+        assert_eq!(e.to_string(), "AA:BB:CC:DD:EE:FF=UA-651BLE");
+        let e: AllowEntry = "aa:bb:cc:dd:ee:ff".parse().unwrap();
+        assert_eq!(e.to_string(), "AA:BB:CC:DD:EE:FF");
+        assert!(matches!(
+            "AA:BB:CC:DD:EE:FF=".parse::<AllowEntry>(),
+            Err(PairingError::EmptyModel(_))
+        ));
+        assert!(matches!(
+            "AA:BB:CC=x".parse::<AllowEntry>(),
+            Err(PairingError::Address(_))
+        ));
+    }
+}

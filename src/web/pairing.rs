@@ -1,0 +1,408 @@
+//! `/api/v1/pairing`: open and close the pairing window, and see what is nearby,
+//! what was paired and why. The staff page and `carehub pair` use it. Also
+//! `/api/v1/bluetooth`: whether the BLE source is scanning and how often it had
+//! to recover.
+//!
+//! The wire types here are this boundary's own; the domain types in
+//! `crate::ble::pairing` carry no serde.
+
+use std::time::Duration;
+
+use axum::Form;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, Redirect};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::ble::agent::{self, PasskeyError};
+use crate::model::{DeviceAddress, Timestamp};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenWindowRequest {
+    pub seconds: u64,
+}
+
+#[derive(Serialize)]
+pub struct WindowJson {
+    pub open: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct NearbyJson {
+    pub address: String,
+    pub name: Option<String>,
+    pub rssi: Option<i16>,
+    pub registered: bool,
+    pub paired: bool,
+    /// Service UUIDs it advertises.
+    pub services: Vec<String>,
+    pub last_seen: String,
+}
+
+#[derive(Serialize)]
+pub struct EventJson {
+    pub at: String,
+    pub device: Option<String>,
+    pub what: String,
+}
+
+#[derive(Serialize)]
+pub struct PasskeyRequestJson {
+    pub address: String,
+    pub asked_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyRequest {
+    pub address: String,
+    pub passkey: u32,
+}
+
+#[derive(Serialize)]
+pub struct PairingResponse {
+    pub window: WindowJson,
+    /// Devices waiting for staff to type the passkey they display.
+    pub passkey_requests: Vec<PasskeyRequestJson>,
+    pub allow_list: Vec<String>,
+    /// Devices heard since start-up, newest first; empty when the source is not BLE.
+    pub nearby: Vec<NearbyJson>,
+    pub events: Vec<EventJson>,
+}
+
+fn window(state: &AppState) -> WindowJson {
+    let closes = state.pairing.window_closes_at(Timestamp::now());
+    WindowJson {
+        open: closes.is_some(),
+        closes_at: closes.map(Timestamp::to_rfc3339),
+    }
+}
+
+/// `GET /api/v1/pairing`.
+pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
+    let nearby = state
+        .ble
+        .as_ref()
+        .map(|b| b.status.sightings())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| NearbyJson {
+            address: s.address.to_string(),
+            name: s.name,
+            rssi: s.rssi,
+            registered: s.registered,
+            paired: s.paired,
+            services: s.services.iter().map(ToString::to_string).collect(),
+            last_seen: s.last_seen.to_rfc3339(),
+        })
+        .collect();
+    let events = state
+        .pairing
+        .log
+        .events()
+        .into_iter()
+        .map(|e| EventJson {
+            at: e.at.to_rfc3339(),
+            device: e.address.map(|a| a.to_string()),
+            what: e.what,
+        })
+        .collect();
+    let passkey_requests = pending_passkeys(&state)
+        .into_iter()
+        .map(|(a, t)| PasskeyRequestJson {
+            address: a.to_string(),
+            asked_at: t.to_rfc3339(),
+        })
+        .collect();
+    Json(PairingResponse {
+        window: window(&state),
+        passkey_requests,
+        allow_list: state
+            .pairing
+            .allow_list()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        nearby,
+        events,
+    })
+}
+
+/// `POST /api/v1/pairing/window` with `{"seconds": 120}`: opens the window.
+pub async fn open_window(
+    State(state): State<AppState>,
+    Json(req): Json<OpenWindowRequest>,
+) -> Response {
+    match state
+        .pairing
+        .open_window(Timestamp::now(), Duration::from_secs(req.seconds))
+    {
+        Ok(_) => (StatusCode::OK, Json(window(&state))).into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+    }
+}
+
+/// `DELETE /api/v1/pairing/window`: closes it now.
+pub async fn close_window(State(state): State<AppState>) -> Json<WindowJson> {
+    state.pairing.close_window();
+    Json(window(&state))
+}
+
+#[derive(Serialize)]
+pub struct UnpairJson {
+    pub address: String,
+    /// False when BlueZ held no such device (nothing to remove).
+    pub removed: bool,
+}
+
+/// `DELETE /api/v1/pairing/devices/{address}`: removes the bond from BlueZ.
+pub async fn unpair(State(state): State<AppState>, Path(address): Path<String>) -> Response {
+    let address: DeviceAddress = match address.parse() {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
+    };
+    let Some(ble) = &state.ble else {
+        return (
+            StatusCode::CONFLICT,
+            "the sensor source is not Bluetooth: there is nothing to un-pair",
+        )
+            .into_response();
+    };
+    match agent::unpair(&ble.adapter, address).await {
+        Ok(removed) => {
+            if removed {
+                ble.status.unpaired(address);
+                state.pairing.log.record(Some(address), "bond removed");
+            }
+            let body = UnpairJson {
+                address: address.to_string(),
+                removed,
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e) => {
+            tracing::error!(device = %address, error = %e, "un-pairing failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Bluetooth did not answer; try again in a minute.",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct BluetoothJson {
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    pub scanning: bool,
+    pub rounds_started: u64,
+    pub discovery_restarts: u64,
+    pub adapter_losses: u64,
+    pub bluez_restarts: u64,
+    pub advertisements: u64,
+    pub sessions_started: u64,
+    pub sessions_failed: u64,
+}
+
+/// `GET /api/v1/bluetooth`: the BLE source's state and recovery counters.
+pub async fn bluetooth(State(state): State<AppState>) -> Json<BluetoothJson> {
+    use std::sync::atomic::Ordering::Relaxed;
+    Json(match &state.ble {
+        Some(b) => {
+            let s = &b.status;
+            BluetoothJson {
+                source: "ble",
+                adapter: Some(b.adapter.clone()),
+                scanning: s.scanning.load(Relaxed),
+                rounds_started: s.rounds_started.load(Relaxed),
+                discovery_restarts: s.discovery_restarts.load(Relaxed),
+                adapter_losses: s.adapter_losses.load(Relaxed),
+                bluez_restarts: s.bluez_restarts.load(Relaxed),
+                advertisements: s.advertisements.load(Relaxed),
+                sessions_started: s.sessions_started.load(Relaxed),
+                sessions_failed: s.sessions_failed.load(Relaxed),
+            }
+        }
+        None => BluetoothJson {
+            source: "simulator",
+            adapter: None,
+            scanning: false,
+            rounds_started: 0,
+            discovery_restarts: 0,
+            adapter_losses: 0,
+            bluez_restarts: 0,
+            advertisements: 0,
+            sessions_started: 0,
+            sessions_failed: 0,
+        },
+    })
+}
+
+/// The staff form: open the window for `seconds`.
+#[derive(Deserialize)]
+pub struct WindowForm {
+    pub seconds: u64,
+}
+
+/// `GET /pairing`: the staff page for pairing new sensors.
+pub async fn page(State(state): State<AppState>) -> Html<String> {
+    let now = Timestamp::now();
+    let closes = state.pairing.window_closes_at(now);
+    let nearby = state
+        .ble
+        .as_ref()
+        .map(|b| b.status.sightings())
+        .unwrap_or_default();
+    let events = state.pairing.log.events();
+    let passkeys = pending_passkeys(&state);
+    let body = html! {
+        section.pairing {
+            @match closes {
+                Some(c) => {
+                    p { strong { "Pairing is ON" } " until " (c.to_rfc3339()) ". New sensors nearby will be paired; switch them on now." }
+                    form method="post" action="/pairing/close" { button type="submit" { "Stop pairing now" } }
+                }
+                None => {
+                    p { "Pairing is off: sensors nobody chose are listed below but never paired." }
+                    form method="post" action="/pairing/window" {
+                        input type="hidden" name="seconds" value="120";
+                        button type="submit" { "Pair new sensors (2 minutes)" }
+                    }
+                }
+            }
+            @for (address, _) in &passkeys {
+                form.passkey method="post" action="/pairing/passkey" {
+                    label {
+                        "Sensor " (address.to_string()) " shows a 6-digit number. Type it here: "
+                        input type="text" name="passkey" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required;
+                    }
+                    input type="hidden" name="address" value=(address.to_string());
+                    button type="submit" { "Pair" }
+                }
+            }
+            h2 { "Nearby" }
+            @if nearby.is_empty() {
+                p.none { "Nothing heard yet." }
+            } @else {
+                table {
+                    tr { th { "Device" } th { "Signal" } th { "State" } }
+                    @for d in &nearby {
+                        tr {
+                            td { (d.name.as_deref().unwrap_or("(no name)")) br; small { (d.address.to_string()) } }
+                            td { @if let Some(r) = d.rssi { (r) " dBm" } }
+                            td {
+                                @if d.registered { "registered" } @else if d.paired { "paired, not assigned" } @else { "nearby, not paired" }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Record" }
+            @if events.is_empty() {
+                p.none { "No pairing events since start-up." }
+            } @else {
+                ul {
+                    @for e in events.iter().rev() {
+                        li { (e.at.to_rfc3339()) " " @if let Some(a) = e.address { (a.to_string()) " " } (e.what) }
+                    }
+                }
+            }
+        }
+    };
+    Html(super::pages::page("Pairing", now, body).into_string())
+}
+
+/// `POST /pairing/window` (form): opens the window, back to the page.
+pub async fn page_open(State(state): State<AppState>, Form(form): Form<WindowForm>) -> Response {
+    match state
+        .pairing
+        .open_window(Timestamp::now(), Duration::from_secs(form.seconds))
+    {
+        Ok(_) => Redirect::to("/pairing").into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+    }
+}
+
+/// `POST /pairing/close` (form): closes the window, back to the page.
+pub async fn page_close(State(state): State<AppState>) -> Redirect {
+    state.pairing.close_window();
+    Redirect::to("/pairing")
+}
+
+fn pending_passkeys(state: &AppState) -> Vec<(DeviceAddress, Timestamp)> {
+    state
+        .ble
+        .as_ref()
+        .map(|b| b.passkeys.pending())
+        .unwrap_or_default()
+}
+
+/// Hands a passkey to the waiting BlueZ request.
+fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
+    let address: DeviceAddress = match address.parse() {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
+    };
+    let Some(ble) = &state.ble else {
+        return (StatusCode::NOT_FOUND, "the sensor source is not Bluetooth").into_response();
+    };
+    match ble.passkeys.answer(address, passkey) {
+        Ok(()) => {
+            state
+                .pairing
+                .log
+                .record(Some(address), "passkey entered by staff");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e @ PasskeyError::NoRequest(_)) => {
+            (StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Err(e @ PasskeyError::OutOfRange) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response()
+        }
+        Err(e @ PasskeyError::Gone) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+    }
+}
+
+/// `POST /api/v1/pairing/passkey` with `{"address": "...", "passkey": 123456}`.
+pub async fn passkey(State(state): State<AppState>, Json(req): Json<PasskeyRequest>) -> Response {
+    give_passkey(&state, &req.address, req.passkey)
+}
+
+/// The staff form for a passkey.
+#[derive(Deserialize)]
+pub struct PasskeyForm {
+    pub address: String,
+    pub passkey: String,
+}
+
+/// `POST /pairing/passkey` (form): back to the page, or the reason it failed.
+pub async fn page_passkey(
+    State(state): State<AppState>,
+    Form(form): Form<PasskeyForm>,
+) -> Response {
+    let Ok(passkey) = form.passkey.trim().parse::<u32>() else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a passkey is 6 digits, 000000 to 999999",
+        )
+            .into_response();
+    };
+    let res = give_passkey(&state, &form.address, passkey);
+    if res.status().is_success() {
+        Redirect::to("/pairing").into_response()
+    } else {
+        res
+    }
+}
