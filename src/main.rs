@@ -47,6 +47,14 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Test support for the store's crash test: ingests and drains until killed.
+    #[command(hide = true)]
+    StoreCrashChild {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        run: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", path.display());
             Ok(())
         }
+        Command::StoreCrashChild { db, run } => carehub::store::crash_child::run(db, run),
         Command::Run { config } => {
             let config = Config::load(&config)?;
             serve(config, |_| {})
