@@ -1,1 +1,2 @@
 mod store_crash;
+mod store_full_disk;
