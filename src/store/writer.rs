@@ -291,7 +291,7 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let mut w = Written::default();
         {
-            let mut batch = Batch::default();
+            let mut batch = Batch::new(&tx)?;
             for cmd in group {
                 match cmd {
                     Command::Ingest { readings, .. } => {
@@ -531,27 +531,42 @@ fn delete_from_outbox(tx: &rusqlite::Transaction<'_>, held: &[Held]) -> Result<(
 
 /// The derived rows of one group (latest value per subject and quantity, device
 /// last-seen and battery), collapsed in memory so that a group of a thousand
-/// readings from a few devices costs a few updates, not a thousand.
-#[derive(Default)]
-struct Batch<'a> {
-    latest: HashMap<(String, Quantity), &'a Reading>,
+/// readings from a few devices costs a few updates, not a thousand. The insert
+/// statements are looked up once per group, not once per reading.
+struct Batch<'a, 't> {
+    insert: rusqlite::CachedStatement<'t>,
+    vital: rusqlite::CachedStatement<'t>,
+    room: rusqlite::CachedStatement<'t>,
+    /// Keyed by subject, device (for unassigned readings only) and quantity,
+    /// borrowed so that the hot path allocates nothing.
+    latest: HashMap<(&'a Subject, Option<DeviceAddress>, Quantity), &'a Reading>,
     seen: HashMap<DeviceAddress, i64>,
     battery: HashMap<DeviceAddress, i64>,
 }
 
-impl<'a> Batch<'a> {
+impl<'a, 't> Batch<'a, 't> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self, StoreError> {
+        Ok(Batch {
+            insert: tx.prepare_cached(
+                "INSERT INTO readings (id, device, resident_id, room, quantity, value, status, unit,
+                                       measured_at_ms, received_at_ms, clock_synced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?,
+            vital: tx.prepare_cached("INSERT INTO outbox_vital (seq) VALUES (?1)")?,
+            room: tx.prepare_cached("INSERT INTO outbox_room (seq) VALUES (?1)")?,
+            latest: HashMap::new(),
+            seen: HashMap::new(),
+            battery: HashMap::new(),
+        })
+    }
+
     fn add(&mut self, tx: &rusqlite::Transaction<'_>, r: &'a Reading) -> Result<(), StoreError> {
         let (resident, room) = match &r.subject {
             Subject::Resident(id) => (Some(id.0), None),
             Subject::Room(room) => (None, Some(room.as_str())),
             Subject::Unassigned => (None, None),
         };
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO readings (id, device, resident_id, room, quantity, value, status, unit,
-                                   measured_at_ms, received_at_ms, clock_synced)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        insert.execute(params![
+        self.insert.execute(params![
             &r.id.as_bytes()[..],
             &r.device.0[..],
             resident,
@@ -565,12 +580,12 @@ impl<'a> Batch<'a> {
             r.clock_synced,
         ])?;
         let seq = tx.last_insert_rowid();
-        let mut outbox = tx.prepare_cached(match Class::of(r.quantity) {
-            Class::Vital => "INSERT INTO outbox_vital (seq) VALUES (?1)",
-            Class::Room => "INSERT INTO outbox_room (seq) VALUES (?1)",
-        })?;
-        outbox.execute([seq])?;
-        let key = (subject_key(&r.subject, &r.device), r.quantity);
+        match Class::of(r.quantity) {
+            Class::Vital => self.vital.execute([seq])?,
+            Class::Room => self.room.execute([seq])?,
+        };
+        let device = matches!(r.subject, Subject::Unassigned).then_some(r.device);
+        let key = (&r.subject, device, r.quantity);
         match self.latest.get(&key) {
             Some(prev) if prev.taken_at() > r.taken_at() => {}
             _ => {
@@ -597,9 +612,9 @@ impl<'a> Batch<'a> {
                 reading_id = excluded.reading_id
              WHERE excluded.taken_at_ms >= latest.taken_at_ms",
         )?;
-        for ((subject, quantity), r) in &self.latest {
+        for ((subject, _, quantity), r) in &self.latest {
             latest.execute(params![
-                subject,
+                subject_key(subject, &r.device),
                 quantity.as_str(),
                 r.value.number(),
                 r.value.status(),
