@@ -24,7 +24,10 @@ fn write_bytes() -> u64 {
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes:").map(|v| v.trim().parse().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("write_bytes:")
+                        .map(|v| v.trim().parse().ok())
+                })
                 .flatten()
         })
         .unwrap_or(0)
@@ -54,9 +57,17 @@ fn reading(i: u64, now: Timestamp) -> Reading {
         } else {
             Subject::Room("Lounge".into())
         },
-        quantity: if vital { Quantity::HeartRate } else { Quantity::Temperature },
+        quantity: if vital {
+            Quantity::HeartRate
+        } else {
+            Quantity::Temperature
+        },
         value: Value::Number(if vital { 60.0 + (i % 40) as f64 } else { 21.5 }),
-        unit: if vital { Unit::PerMinute } else { Unit::Celsius },
+        unit: if vital {
+            Unit::PerMinute
+        } else {
+            Unit::Celsius
+        },
         measured_at: None,
         received_at: received,
         clock_synced: true,
@@ -84,8 +95,12 @@ fn open(path: &Path, batch: usize) -> Store {
         ..StoreSettings::at(path)
     };
     let mut health = Health::default();
-    Store::open(settings, tokio::runtime::Handle::current(), health.register("store"))
-        .expect("open the bench database")
+    Store::open(
+        settings,
+        tokio::runtime::Handle::current(),
+        health.register("store"),
+    )
+    .expect("open the bench database")
 }
 
 async fn close(store: Store) {
@@ -188,7 +203,9 @@ async fn bench_drain(dir: &Path, batch: usize, window: usize, backlog: u64) -> R
     loop {
         let mut acks = Vec::new();
         for _ in 0..window {
-            let Some(l) = h.lease(batch).await.expect("lease") else { break };
+            let Some(l) = h.lease(batch).await.expect("lease") else {
+                break;
+            };
             drained += l.readings.len() as u64;
             let h = h.clone();
             acks.push(tokio::spawn(async move { h.ack(l.id).await.expect("ack") }));
@@ -253,7 +270,11 @@ fn bench_naive(dir: &Path, n: u64) -> Row {
         )
         .expect("insert");
         let seq = c.last_insert_rowid();
-        let table = if r.quantity.is_vital_sign() { "outbox_vital" } else { "outbox_room" };
+        let table = if r.quantity.is_vital_sign() {
+            "outbox_vital"
+        } else {
+            "outbox_room"
+        };
         c.execute(&format!("INSERT INTO {table} (seq) VALUES (?1)"), [seq])
             .expect("insert");
     }
@@ -278,7 +299,10 @@ fn bench_python(dir: &Path, batch: usize, n: u64) -> Option<Row> {
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!("python peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "python peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -305,15 +329,29 @@ fn main() {
     let scale = |n: u64| if quick { (n / 10).max(100) } else { n };
     // Readings per size: enough for a few seconds each; one fsync per commit
     // makes the small batches slow, so they get fewer readings.
-    let ingest_n = |b: usize| scale(match b { 1 => 5_000, 10 => 50_000, 100 => 300_000, _ => 1_000_000 });
-    let drain_n = |b: usize| scale(match b { 1 => 5_000, 10 => 50_000, 100 => 300_000, _ => 1_000_000 });
+    let ingest_n = |b: usize| {
+        scale(match b {
+            1 => 5_000,
+            10 => 50_000,
+            100 => 300_000,
+            _ => 1_000_000,
+        })
+    };
+    let drain_n = |b: usize| {
+        scale(match b {
+            1 => 5_000,
+            10 => 50_000,
+            100 => 300_000,
+            _ => 1_000_000,
+        })
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let mut rows = Vec::new();
     rt.block_on(async {
-        for b in [1usize, 10, 100, 1000] {
+        for b in [1usize, 10, 100, 1000, 10_000] {
             rows.push(bench_ingest(&dir, b, ingest_n(b)).await);
             eprintln!("ingest {b} done");
         }
@@ -340,7 +378,13 @@ fn main() {
         );
     }
     println!("\npeak RSS of the bench process: {} KiB", peak_rss_kib());
-    for name in ["ingest.db", "steady.db", "drain.db", "naive.db", "python.db"] {
+    for name in [
+        "ingest.db",
+        "steady.db",
+        "drain.db",
+        "naive.db",
+        "python.db",
+    ] {
         fresh(&dir, name);
     }
 }

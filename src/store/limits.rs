@@ -141,7 +141,8 @@ pub(super) fn load_counts(conn: &Connection, stats: &StoreStats) -> Result<(), S
             Class::Room
         };
         if let Some(reason) = EvictionReason::parse(&reason) {
-            stats.evicted[reason.index(class)].store(u64::try_from(count).unwrap_or(0), Ordering::Relaxed);
+            stats.evicted[reason.index(class)]
+                .store(u64::try_from(count).unwrap_or(0), Ordering::Relaxed);
         }
     }
     Ok(())
@@ -200,8 +201,14 @@ fn evict_seqs(
     }
     tx.commit()?;
     stats.evicted[reason.index(class)].fetch_add(rows, Ordering::Relaxed);
-    stats.outbox_readings.fetch_sub(rows.min(stats.outbox_readings.load(Ordering::Relaxed)), Ordering::Relaxed);
-    stats.outbox_bytes.fetch_sub(bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+    stats.outbox_readings.fetch_sub(
+        rows.min(stats.outbox_readings.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
+    stats.outbox_bytes.fetch_sub(
+        bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
     if rows > 0 {
         tracing::warn!(
             evicted = rows,
@@ -235,7 +242,10 @@ fn oldest(
         if older_than_ms.is_some_and(|cutoff| received >= cutoff) {
             break;
         }
-        out.push((row.get(0)?, u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0)));
+        out.push((
+            row.get(0)?,
+            u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+        ));
     }
     Ok(out)
 }
@@ -351,7 +361,10 @@ pub(super) fn free_one_batch(
 ) -> Result<u64, StoreError> {
     let purged = purge_history(conn, None, batch, stats)?;
     if purged > 0 {
-        tracing::warn!(purged, "disk space low: purged the oldest delivered history");
+        tracing::warn!(
+            purged,
+            "disk space low: purged the oldest delivered history"
+        );
         return Ok(purged);
     }
     for class in Class::EVICTION_ORDER {

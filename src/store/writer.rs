@@ -136,15 +136,20 @@ fn is_disk_full(e: &StoreError) -> bool {
 impl Writer {
     /// Collects commands into groups and handles each group, until every sender
     /// has gone; then commits what is left and returns.
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, runtime: tokio::runtime::Handle, heartbeat: Heartbeat) {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        runtime: tokio::runtime::Handle,
+        heartbeat: Heartbeat,
+    ) {
         // Timers are made outside `block_on`; they need the runtime's context.
         let _context = runtime.enter();
         loop {
             heartbeat.beat();
-            if self.last_maintenance.elapsed() >= super::MAINTENANCE_EVERY {
-                if let Err(e) = self.maintain(Timestamp::now()) {
-                    tracing::error!(error = %e, "store maintenance failed; will retry");
-                }
+            if self.last_maintenance.elapsed() >= super::MAINTENANCE_EVERY
+                && let Err(e) = self.maintain(Timestamp::now())
+            {
+                tracing::error!(error = %e, "store maintenance failed; will retry");
             }
             // Wake at least once a second while idle, so that the heartbeat says the
             // writer is waiting, not stuck.
@@ -209,14 +214,18 @@ impl Writer {
                 stats
                     .outbox_readings
                     .fetch_add(written.readings, Ordering::Relaxed);
-                stats.outbox_bytes.fetch_add(written.bytes, Ordering::Relaxed);
-                let (rows, bytes) = (written.acked_readings, written.acked_bytes);
-                stats
-                    .outbox_readings
-                    .fetch_sub(rows.min(stats.outbox_readings.load(Ordering::Relaxed)), Ordering::Relaxed);
                 stats
                     .outbox_bytes
-                    .fetch_sub(bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                    .fetch_add(written.bytes, Ordering::Relaxed);
+                let (rows, bytes) = (written.acked_readings, written.acked_bytes);
+                stats.outbox_readings.fetch_sub(
+                    rows.min(stats.outbox_readings.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+                stats.outbox_bytes.fetch_sub(
+                    bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
                 for id in &acks {
                     if let Some(held) = self.leases.remove(id) {
                         for h in held {
@@ -362,7 +371,10 @@ impl Writer {
                     None => {
                         // A row this build cannot read (from a newer version): it stays
                         // in the outbox untouched rather than being sent wrongly.
-                        tracing::warn!(seq, "outbox reading not understood by this build; left in place");
+                        tracing::warn!(
+                            seq,
+                            "outbox reading not understood by this build; left in place"
+                        );
                     }
                 }
             }
@@ -411,7 +423,11 @@ impl Writer {
             let target = max_rows - max_rows / 100;
             limits::evict_until(&mut self.conn, EvictionReason::Readings, &self.stats, |s| {
                 let n = s.outbox_readings.load(Ordering::Relaxed);
-                (n > target).then(|| usize::try_from(n - target).unwrap_or(usize::MAX).min(limits::BATCH))
+                (n > target).then(|| {
+                    usize::try_from(n - target)
+                        .unwrap_or(usize::MAX)
+                        .min(limits::BATCH)
+                })
             })?;
         }
         if self.stats.outbox_bytes.load(Ordering::Relaxed) > max_bytes {
@@ -420,7 +436,11 @@ impl Writer {
                 let b = s.outbox_bytes.load(Ordering::Relaxed);
                 let n = s.outbox_readings.load(Ordering::Relaxed).max(1);
                 let per = (s.outbox_bytes.load(Ordering::Relaxed) / n).max(1);
-                (b > target).then(|| usize::try_from((b - target).div_ceil(per)).unwrap_or(usize::MAX).min(limits::BATCH))
+                (b > target).then(|| {
+                    usize::try_from((b - target).div_ceil(per))
+                        .unwrap_or(usize::MAX)
+                        .min(limits::BATCH)
+                })
             })?;
         }
         self.check_disk()?;
@@ -444,7 +464,11 @@ impl Writer {
         if limits::reusable_bytes(&self.conn)? >= reserve {
             return Ok(0);
         }
-        tracing::warn!(free_bytes = free, floor_bytes = floor, "free disk space below the floor; freeing space inside the database");
+        tracing::warn!(
+            free_bytes = free,
+            floor_bytes = floor,
+            "free disk space below the floor; freeing space inside the database"
+        );
         self.make_room(reserve)
     }
 
@@ -478,7 +502,10 @@ impl Writer {
         self.truncate_wal();
         let reserve = (self.settings.min_free_disk_bytes / 2).max(64 * 1024);
         match self.make_room(reserve) {
-            Ok(n) => tracing::warn!(freed = n, "freed readings inside the database after disk full"),
+            Ok(n) => tracing::warn!(
+                freed = n,
+                "freed readings inside the database after disk full"
+            ),
             Err(e) => tracing::error!(error = %e, "cannot free space inside the database"),
         }
     }
@@ -491,14 +518,22 @@ impl Writer {
         report.evicted_for_age = limits::evict_older_than(&mut self.conn, age_cutoff, &self.stats)?;
         let history_cutoff = now.saturating_sub(self.settings.history).unix_ms();
         loop {
-            let n = limits::purge_history(&mut self.conn, Some(history_cutoff), limits::BATCH, &self.stats)?;
+            let n = limits::purge_history(
+                &mut self.conn,
+                Some(history_cutoff),
+                limits::BATCH,
+                &self.stats,
+            )?;
             report.history_purged += n;
             if n == 0 {
                 break;
             }
         }
         if report.history_purged > 0 {
-            tracing::info!(purged = report.history_purged, "purged delivered readings older than the history window");
+            tracing::info!(
+                purged = report.history_purged,
+                "purged delivered readings older than the history window"
+            );
         }
         report.freed_for_disk = self.check_disk()?;
         Ok(report)
@@ -514,11 +549,15 @@ struct Written {
     acked_bytes: u64,
 }
 
-fn delete_from_outbox(tx: &rusqlite::Transaction<'_>, held: &[Held]) -> Result<(u64, u64), StoreError> {
+fn delete_from_outbox(
+    tx: &rusqlite::Transaction<'_>,
+    held: &[Held],
+) -> Result<(u64, u64), StoreError> {
     let mut rows = 0;
     let mut bytes = 0;
     for class in [Class::Vital, Class::Room] {
-        let mut del = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
+        let mut del =
+            tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
         for h in held.iter().filter(|h| h.class == class) {
             if del.execute([h.seq])? == 1 {
                 rows += 1;
