@@ -1,2 +1,3 @@
+mod store_caps;
 mod store_crash;
 mod store_full_disk;
