@@ -223,7 +223,9 @@ fn evict_seqs(
 
 /// The oldest outbox readings of `class`, up to `n`, with their estimated bytes;
 /// with `older_than_ms`, only those received before it (stopping at the first
-/// newer one, since sequence order is arrival order).
+/// newer one, since sequence order is arrival order) and stamped by a
+/// synchronised clock: a Pi has no battery clock, and a reading stamped before NTP
+/// set the time may look decades old without being so.
 fn oldest(
     conn: &Connection,
     class: Class,
@@ -231,7 +233,7 @@ fn oldest(
     older_than_ms: Option<i64>,
 ) -> Result<Vec<(i64, u64)>, StoreError> {
     let mut q = conn.prepare_cached(&format!(
-        "SELECT o.seq, {ROW_BYTES_SQL}, r.received_at_ms FROM {} o JOIN readings r ON r.seq = o.seq ORDER BY o.seq",
+        "SELECT o.seq, {ROW_BYTES_SQL}, r.received_at_ms, r.clock_synced FROM {} o JOIN readings r ON r.seq = o.seq ORDER BY o.seq",
         class.table()
     ))?;
     let mut rows = q.query([])?;
@@ -239,8 +241,13 @@ fn oldest(
     while out.len() < n {
         let Some(row) = rows.next()? else { break };
         let received: i64 = row.get(2)?;
-        if older_than_ms.is_some_and(|cutoff| received >= cutoff) {
-            break;
+        if let Some(cutoff) = older_than_ms {
+            if received >= cutoff {
+                break;
+            }
+            if !row.get::<_, bool>(3)? {
+                continue;
+            }
         }
         out.push((
             row.get(0)?,
@@ -250,8 +257,8 @@ fn oldest(
     Ok(out)
 }
 
-/// Evicts oldest-first, room before vital, until `over()` says the cap holds.
-/// `per_round` readings are evicted per transaction.
+/// Evicts oldest-first, room before vital, while `still_over` says how many more
+/// must go (one transaction per answer).
 pub(super) fn evict_until(
     conn: &mut Connection,
     reason: EvictionReason,

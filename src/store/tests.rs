@@ -419,6 +419,32 @@ async fn maintenance_evicts_old_undelivered_and_purges_old_history() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn age_cap_spares_readings_stamped_before_the_clock_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    let mut unsynced = reading(1, Quantity::HeartRate);
+    unsynced.received_at = Timestamp::from_unix_ms(86_400_000); // 1970: no RTC, no NTP yet
+    unsynced.clock_synced = false;
+    let mut old = reading(2, Quantity::HeartRate);
+    old.received_at = Timestamp::from_unix_ms(86_400_000 + 2);
+    h.ingest(vec![unsynced.clone(), old, reading(3, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    let report = h
+        .maintain(Timestamp::from_unix_ms(1_800_000_000_100))
+        .await
+        .unwrap();
+    assert_eq!(report.evicted_for_age, 1);
+    let lease = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(
+        ids(&lease).into_iter().map(number).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stats_report_oldest_unsent_and_last_commit() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(settings(dir.path()));
