@@ -54,6 +54,14 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Test support for the store's crash test: ingests and drains until killed.
+    #[command(hide = true)]
+    StoreCrashChild {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        run: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", path.display());
             Ok(())
         }
+        Command::StoreCrashChild { db, run } => carehub::store::crash_child::run(db, run),
         Command::Run { config: path } => {
             let config = Config::load(&path)?;
             let source = ConfigSource {

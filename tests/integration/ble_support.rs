@@ -424,9 +424,9 @@ impl Gateway {
     pub fn readings(&self, device: &str) -> Vec<StoredReading> {
         let db = self.db();
         let mut stmt = db
-            .prepare("SELECT resident_id, room, quantity, value, unit FROM outbox WHERE device = ?1 ORDER BY seq")
+            .prepare("SELECT resident_id, room, quantity, value, unit FROM readings WHERE device = ?1 ORDER BY seq")
             .unwrap();
-        stmt.query_map([device], |r| {
+        stmt.query_map([address_bytes(device)], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .unwrap()
@@ -460,6 +460,7 @@ fn provision(path: &Path, residents: Vec<Resident>, devices: Vec<Device>) {
         commit_max_readings: 100,
         commit_max_delay: Duration::from_millis(5),
         synchronous: carehub::config::Synchronous::Full,
+        ..StoreSettings::at(path)
     };
     rt.block_on(async move {
         let mut health = carehub::system::health::Health::default();
@@ -530,4 +531,10 @@ pub fn http_json(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// The form the store keeps a device address in: its 6 bytes.
+pub fn address_bytes(address: &str) -> Vec<u8> {
+    let a: carehub::model::DeviceAddress = address.parse().expect("a test address");
+    a.0.to_vec()
 }

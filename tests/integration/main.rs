@@ -5,5 +5,8 @@ mod ble;
 mod ble_support;
 mod demo;
 mod news2;
+mod store_caps;
+mod store_crash;
+mod store_full_disk;
 mod support;
 mod systemd;
