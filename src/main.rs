@@ -42,6 +42,26 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Decode one advertisement or characteristic value and print it as JSON
+    /// (see docs/decode.md); `--stdin` decodes one JSON input per line.
+    Decode {
+        #[arg(long, value_name = "AA:BB:CC:DD:EE:FF")]
+        mac: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Bind key (32 hex digits) for BTHome, pvvx or MiBeacon encryption.
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+        #[arg(long = "service-data", value_name = "UUID=HEX")]
+        service_data: Vec<String>,
+        #[arg(long = "manufacturer-data", value_name = "COMPANY=HEX")]
+        manufacturer_data: Vec<String>,
+        #[arg(long, value_name = "UUID=HEX")]
+        characteristic: Option<String>,
+        /// Read one JSON advertisement per line; print one JSON result per line.
+        #[arg(long)]
+        stdin: bool,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -82,6 +102,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             Config::load(&path)?;
             println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::Decode {
+            mac,
+            name,
+            key,
+            service_data,
+            manufacturer_data,
+            characteristic,
+            stdin,
+        } => {
+            use carehub::decode::cli;
+            if stdin {
+                cli::run_stdin(std::io::stdin().lock(), std::io::stdout().lock())?;
+            } else {
+                let input = cli::Input {
+                    mac,
+                    name,
+                    key,
+                    service_data,
+                    manufacturer_data,
+                    characteristic,
+                };
+                println!("{}", cli::run_once(&input)?);
+            }
             Ok(())
         }
         Command::Run { config } => {
