@@ -18,30 +18,43 @@ use crate::model::{Quantity, Unit};
 #[derive(Clone, Copy)]
 enum Layout {
     /// Packed temperature and humidity at this offset, battery after it.
-    Packed { format: &'static str, offset: usize },
+    Packed {
+        format: &'static str,
+        offset: usize,
+        len: usize,
+    },
     /// Little-endian s16 temperature and u16 humidity at this offset, battery after.
-    Split { format: &'static str, offset: usize },
+    Split {
+        format: &'static str,
+        offset: usize,
+        len: usize,
+    },
 }
 
 const H5075: Layout = Layout::Packed {
     format: "govee_h5075",
     offset: 1,
+    len: 6,
 };
 const H5102: Layout = Layout::Packed {
     format: "govee_h5102",
     offset: 2,
+    len: 6,
 };
 const H5074: Layout = Layout::Split {
     format: "govee_h5074",
     offset: 1,
+    len: 7,
 };
 const H5051: Layout = Layout::Split {
     format: "govee_h5051",
     offset: 1,
+    len: 7,
 };
 const H5179: Layout = Layout::Split {
     format: "govee_h5179",
     offset: 4,
+    len: 9,
 };
 
 fn layout(name: &str, company: u16, len: usize) -> Option<Layout> {
@@ -69,9 +82,22 @@ fn layout(name: &str, company: u16, len: usize) -> Option<Layout> {
 /// carehub knows, so that dispatch can try other formats.
 pub fn decode(name: &str, company: u16, data: &[u8]) -> Option<Result<Decoded, DecodeError>> {
     let l = layout(name, company, data.len())?;
+    let (format, len) = match l {
+        Layout::Packed { format, len, .. } | Layout::Split { format, len, .. } => (format, len),
+    };
+    // Every model sends a fixed length (longer when an iBeacon is appended); a
+    // shorter frame is cut, even where the fields read would fit.
+    if data.len() < len {
+        return Some(Err(DecodeError::Truncated {
+            format,
+            offset: data.len(),
+            needed: len - data.len(),
+            len: data.len(),
+        }));
+    }
     Some(match l {
-        Layout::Packed { format, offset } => packed_frame(format, offset, data),
-        Layout::Split { format, offset } => split_frame(format, offset, data),
+        Layout::Packed { format, offset, .. } => packed_frame(format, offset, data),
+        Layout::Split { format, offset, .. } => split_frame(format, offset, data),
     })
 }
 

@@ -11,12 +11,18 @@
 pub mod bthome;
 pub mod cli;
 pub mod crypto;
+pub mod fuzzing;
 pub mod gatt;
 pub mod govee;
 pub mod ieee11073;
 pub mod inkbird;
 pub mod ruuvi;
 pub mod xiaomi;
+
+#[cfg(test)]
+mod advert_tests;
+#[cfg(test)]
+mod gatt_flag_tests;
 
 use std::collections::HashMap;
 

@@ -276,6 +276,14 @@ pub(crate) fn decode_mibeacon(
         return Ok(out);
     }
     let rest = &data[data.len() - c.remaining()..];
+    if rest.is_empty() {
+        return Err(DecodeError::Truncated {
+            format: MIBEACON,
+            offset: data.len(),
+            needed: 3,
+            len: data.len(),
+        });
+    }
     if fc & FC_ENCRYPTED != 0 {
         if version < 4 {
             // v2/v3 use a different, legacy scheme that no supported sensor needs.
@@ -348,7 +356,8 @@ pub fn encrypt_mibeacon(
     counter: u32,
     objects: &[u8],
 ) -> Option<Vec<u8>> {
-    let fc: u16 = (5 << 12) | FC_OBJECT | FC_ENCRYPTED;
+    // Auth mode 2 (bits 10-11) is what LYWSD03MMC sensors send with v5 encryption.
+    let fc: u16 = (5 << 12) | (2 << 10) | FC_OBJECT | FC_ENCRYPTED;
     let c = counter.to_le_bytes();
     let pid = product_id.to_le_bytes();
     let mut buf = objects.to_vec();
