@@ -9,6 +9,9 @@ use super::{AttrValue, BindKey, DecodeError, Decoded, Decoder, bthome, gatt, iee
 use crate::model::{DeviceAddress, SpecialValue, Value};
 use crate::sensor::{Advertisement, uuid16};
 
+/// (quantity, number or status, UCUM unit) as the tests spell an expected value.
+type Row = (&'static str, &'static str, &'static str);
+
 fn addr(s: &str) -> DeviceAddress {
     s.parse().unwrap()
 }
@@ -571,7 +574,7 @@ fn pvvx_encrypted_vector_and_protection() {
 fn mibeacon_plain_vectors_from_theengs() {
     // TheengsDecoder tests/BLE/test_ble.cpp, "Mi jia round sensor" (LYWSDCGQ).
     let a = addr("58:2D:34:33:AA:DF");
-    let cases: &[(&str, &[(&str, &str, &str)])] = &[
+    let cases: &[(&str, &[Row])] = &[
         (
             "5020aa0137dfaa33342d580d100404016602",
             &[("temperature", "26", "Cel"), ("humidity", "61.4", "%")],
@@ -761,7 +764,7 @@ fn govee_vectors() {
 
 #[test]
 fn inkbird_vectors() {
-    let cases: &[(&str, &str, &[(&str, &str, &str)])] = &[
+    let cases: &[(&str, &str, &[Row])] = &[
         (
             "sps",
             "660a03150010805908",

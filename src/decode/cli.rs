@@ -64,7 +64,7 @@ fn arg(what: &'static str, value: &str, why: &'static str) -> CliError {
 /// Hex digits to bytes; an empty string is no bytes.
 pub fn parse_hex(what: &'static str, s: &str) -> Result<Vec<u8>, CliError> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(arg(what, s, "odd number of hex digits"));
     }
     (0..s.len())

@@ -1,1 +1,1 @@
-
+mod decode_cli;
