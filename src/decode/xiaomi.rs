@@ -232,6 +232,8 @@ const FC_ENCRYPTED: u16 = 1 << 3;
 const FC_MAC: u16 = 1 << 4;
 const FC_CAPABILITY: u16 = 1 << 5;
 const FC_OBJECT: u16 = 1 << 6;
+/// Mesh frames carry a different layout that no supported sensor sends.
+const FC_MESH: u16 = 1 << 7;
 
 /// Decodes service data under 0xFE95.
 pub(crate) fn decode_mibeacon(
@@ -248,6 +250,9 @@ pub(crate) fn decode_mibeacon(
             version,
         });
     }
+    if fc & FC_MESH != 0 {
+        return Err(DecodeError::Unsupported("mibeacon mesh frame".to_owned()));
+    }
     let pid_bytes = c.take(2)?;
     let product_id = u16::from_le_bytes([pid_bytes[0], pid_bytes[1]]);
     let counter = c.u8()?;
@@ -261,9 +266,9 @@ pub(crate) fn decode_mibeacon(
     };
     if fc & FC_CAPABILITY != 0 {
         let capability = c.u8()?;
-        // Bit 5 of the capability announces two more bytes of I/O capability.
+        // Bit 5 of the capability announces one more byte, the I/O capability.
         if capability & 0x20 != 0 {
-            c.take(2)?;
+            c.u8()?;
         }
     }
     let mut out = Decoded::new(MIBEACON);
