@@ -600,7 +600,7 @@ fn mibeacon_plain_vectors_from_theengs() {
         .unwrap();
     assert!(
         d.attributes
-            .contains(&("mac", AttrValue::Owned("58:2D:34:33:AA:DF".into())))
+            .contains(&("mac", AttrValue::Address(addr("58:2D:34:33:AA:DF"))))
     );
     let full = hex(cases[0].0);
     for len in 0..full.len() {

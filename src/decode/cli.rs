@@ -214,6 +214,7 @@ pub fn to_json(d: &Decoded) -> Json {
             AttrValue::Int(i) => json!(i),
             AttrValue::Text(t) => json!(t),
             AttrValue::Owned(s) => json!(s),
+            AttrValue::Address(a) => json!(a.to_string()),
         };
         attributes.insert((*k).to_owned(), v);
     }

@@ -57,6 +57,8 @@ pub enum AttrValue {
     Int(i64),
     Text(&'static str),
     Owned(String),
+    /// A Bluetooth address, formatted only when printed (no allocation on decode).
+    Address(DeviceAddress),
 }
 
 /// The result of decoding one frame.

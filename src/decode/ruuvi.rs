@@ -78,7 +78,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
         out.attr("sequence", AttrValue::Int(i64::from(sequence)));
     }
     if mac != [0xFF; 6] {
-        out.attr("mac", AttrValue::Owned(DeviceAddress(mac).to_string()));
+        out.attr("mac", AttrValue::Address(DeviceAddress(mac)));
     }
     Ok(out)
 }

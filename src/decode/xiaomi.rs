@@ -25,7 +25,7 @@ const MIBEACON: &str = "mibeacon";
 const AD_SERVICE_DATA: u8 = 0x16;
 
 fn mac_attr(out: &mut Decoded, mac: [u8; 6]) {
-    out.attr("mac", AttrValue::Owned(DeviceAddress(mac).to_string()));
+    out.attr("mac", AttrValue::Address(DeviceAddress(mac)));
 }
 
 /// Drops the same plain frame seen again (same frame counter).
