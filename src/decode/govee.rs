@@ -7,8 +7,9 @@
 //! - H5072/H5075 (0xEC88, 6 bytes): `00`, a 3-byte big-endian V packing temperature
 //!   and humidity (see [`packed`]), battery %, `00`.
 //! - H5101/H5102/H5104/H5174/H5177 (0x0001, 6 bytes): `01 01`, packed V, battery %.
-//! - H5074 and H5051 (0xEC88, 7 bytes): `00`, temperature s16 LE ×0.01 °C, humidity
-//!   u16 LE ×0.01 %, battery %, a type byte.
+//! - H5074 (0xEC88, 7 bytes): `00`, temperature s16 LE ×0.01 °C, humidity u16 LE
+//!   ×0.01 %, battery %, a type byte. H5051/H5052 are decoded with this layout too,
+//!   as protocols.md describes them; no published vector was found to confirm it.
 //! - H5179 (0x8801, 9 bytes): `EC 00 01 01`, temperature s16 LE ×0.01, humidity
 //!   u16 LE ×0.01, battery %.
 
