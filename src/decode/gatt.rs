@@ -614,8 +614,13 @@ fn battery(bytes: &[u8]) -> Result<Decoded, DecodeError> {
 }
 
 /// Removes the binary noise of a fixed-point scale factor (0.005 × 14000 = 70.0).
+/// Digits 0 to 6 (all the formats use) come from a table: `powi` showed up in profiles.
 pub(crate) fn round_to(v: f64, digits: i32) -> f64 {
-    let p = 10f64.powi(digits);
+    const POW10: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
+    let p = usize::try_from(digits)
+        .ok()
+        .and_then(|d| POW10.get(d).copied())
+        .unwrap_or_else(|| 10f64.powi(digits));
     (v * p).round() / p
 }
 
