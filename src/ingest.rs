@@ -141,7 +141,11 @@ impl Ingest {
         };
         match decoder.decode(&raw.frame) {
             Ok(decoded) => {
-                for v in decoded.values {
+                // Qualified values (an accelerometer axis, a PLX fast or slow average)
+                // are shown by `carehub decode` but not stored: the store has no
+                // column for the qualifier, and a fast SpO2 average stored as plain
+                // SpO2 would pass for the reading staff are meant to see.
+                for v in decoded.values.into_iter().filter(|v| v.qualifier.is_none()) {
                     out.push(Reading {
                         id: ReadingId::new(raw.received_at),
                         device: address,

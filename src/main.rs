@@ -49,6 +49,26 @@ enum Command {
     Pair(carehub::commands::pair::PairArgs),
     /// Score one set of observations with NEWS2 (RCP 2017); prints JSON.
     News2(carehub::commands::news2::News2Args),
+    /// Decode one advertisement or characteristic value and print it as JSON
+    /// (see docs/decode.md); `--stdin` decodes one JSON input per line.
+    Decode {
+        #[arg(long, value_name = "AA:BB:CC:DD:EE:FF")]
+        mac: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Bind key (32 hex digits) for BTHome, pvvx or MiBeacon encryption.
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+        #[arg(long = "service-data", value_name = "UUID=HEX")]
+        service_data: Vec<String>,
+        #[arg(long = "manufacturer-data", value_name = "COMPANY=HEX")]
+        manufacturer_data: Vec<String>,
+        #[arg(long, value_name = "UUID=HEX")]
+        characteristic: Option<String>,
+        /// Read one JSON advertisement per line; print one JSON result per line.
+        #[arg(long)]
+        stdin: bool,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -107,6 +127,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             Config::load(&path)?;
             println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::Decode {
+            mac,
+            name,
+            key,
+            service_data,
+            manufacturer_data,
+            characteristic,
+            stdin,
+        } => {
+            use carehub::decode::cli;
+            if stdin {
+                cli::run_stdin(std::io::stdin().lock(), std::io::stdout().lock())?;
+            } else {
+                let input = cli::Input {
+                    mac,
+                    name,
+                    key,
+                    service_data,
+                    manufacturer_data,
+                    characteristic,
+                };
+                println!("{}", cli::run_once(&input)?);
+            }
             Ok(())
         }
         Command::StoreCrashChild { db, run } => carehub::store::crash_child::run(db, run),

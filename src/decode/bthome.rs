@@ -1,14 +1,20 @@
 //! BTHome v2 (bthome.io): service data under UUID 0xFCD2, a device-information byte
 //! then objects of `id` + fixed-size little-endian value in ascending id order.
 //!
-//! The object table below is the specification's, in full, so that parsing can step
-//! over every object it knows the size of. Objects carehub has no quantity for are
-//! stepped over; an id not in the table stops parsing with an error, as the
-//! specification requires (the size of what follows is unknown).
+//! The object table below is the specification's, in full, every object with its
+//! quantity and UCUM unit, so that nothing a sensor sends is silently dropped. An id
+//! not in the table stops parsing with an error, as the specification requires (the
+//! size of what follows is unknown).
+//!
+//! Encryption (bthome.io/encryption): AES-CCM, 4-byte MIC, no associated data, nonce
+//! = MAC ‖ `D2 FC` ‖ device-info byte ‖ counter. A device with a bind key must send
+//! encrypted data with a counter that only goes up; anything else is rejected
+//! (downgrade and replay protection).
 
+use super::crypto::{self, MAX_PLAIN};
 use super::gatt::round_to;
-use super::{Cursor, DecodeError, Decoded, DecodedValue, Event};
-use crate::model::{Quantity, Unit, Value};
+use super::{AttrValue, BindKey, Cursor, DecodeError, Decoded, DeviceState};
+use crate::model::{DeviceAddress, Quantity, Unit, Value};
 
 pub const SERVICE_UUID: u16 = 0xFCD2;
 const FORMAT: &str = "bthome_v2";
@@ -31,6 +37,8 @@ enum Kind {
     },
     /// A length byte then that many bytes (text, raw).
     LengthPrefixed,
+    /// Handled by id: packet id, events, device information.
+    Special { size: u8 },
 }
 
 struct Object {
@@ -45,7 +53,8 @@ const fn num(
     signed: bool,
     factor: f64,
     digits: i32,
-    quantity: Option<(Quantity, Unit)>,
+    q: Quantity,
+    u: Unit,
 ) -> Object {
     Object {
         id,
@@ -55,158 +64,195 @@ const fn num(
             factor,
             digits,
         },
-        quantity,
+        quantity: Some((q, u)),
     }
 }
 
-const fn binary(id: u8, quantity: Option<(Quantity, Unit)>) -> Object {
-    num(id, 1, false, 1.0, 0, quantity)
+const fn binary(id: u8, q: Quantity) -> Object {
+    num(id, 1, false, 1.0, 0, q, Unit::One)
+}
+
+const fn special(id: u8, size: u8) -> Object {
+    Object {
+        id,
+        kind: Kind::Special { size },
+        quantity: None,
+    }
+}
+
+const fn text(id: u8) -> Object {
+    Object {
+        id,
+        kind: Kind::LengthPrefixed,
+        quantity: None,
+    }
 }
 
 use Quantity as Q;
 use Unit as U;
 
-/// Every object id of BTHome v2, its size and scale; the quantity where carehub has one.
+/// Every object id of BTHome v2 (bthome.io/format), its size, scale, quantity and unit.
 const OBJECTS: &[Object] = &[
-    num(0x00, 1, false, 1.0, 0, None), // packet id, handled separately
-    num(0x01, 1, false, 1.0, 0, Some((Q::BatteryLevel, U::Percent))),
-    num(0x02, 2, true, 0.01, 2, Some((Q::Temperature, U::Celsius))),
-    num(0x03, 2, false, 0.01, 2, Some((Q::Humidity, U::Percent))),
-    num(0x04, 3, false, 0.01, 2, Some((Q::Pressure, U::Hectopascal))),
-    num(0x05, 3, false, 0.01, 2, Some((Q::Illuminance, U::Lux))),
-    num(0x06, 2, false, 0.01, 2, Some((Q::BodyWeight, U::Kilogram))),
-    num(0x07, 2, false, 0.01, 2, Some((Q::BodyWeight, U::Pound))),
-    num(0x08, 2, true, 0.01, 2, Some((Q::DewPoint, U::Celsius))),
-    num(0x09, 1, false, 1.0, 0, Some((Q::Count, U::One))),
-    num(0x0A, 3, false, 0.001, 3, None),
-    num(0x0B, 3, false, 0.01, 2, None),
-    num(0x0C, 2, false, 0.001, 3, Some((Q::BatteryVoltage, U::Volt))),
-    num(
-        0x0D,
-        2,
-        false,
-        1.0,
-        0,
-        Some((Q::Pm2_5, U::MicrogramPerCubicMetre)),
-    ),
-    num(
-        0x0E,
-        2,
-        false,
-        1.0,
-        0,
-        Some((Q::Pm10, U::MicrogramPerCubicMetre)),
-    ),
-    binary(0x0F, None),
-    binary(0x10, None),
-    binary(0x11, Some((Q::Opening, U::One))),
-    num(0x12, 2, false, 1.0, 0, Some((Q::Co2, U::PartsPerMillion))),
-    num(
-        0x13,
-        2,
-        false,
-        1.0,
-        0,
-        Some((Q::Voc, U::MicrogramPerCubicMetre)),
-    ),
-    num(0x14, 2, false, 0.01, 2, None),
-    binary(0x15, Some((Q::BatteryLow, U::One))),
-    binary(0x16, None),
-    binary(0x17, Some((Q::CarbonMonoxide, U::One))),
-    binary(0x18, None),
-    binary(0x19, None),
-    binary(0x1A, Some((Q::Door, U::One))),
-    binary(0x1B, None),
-    binary(0x1C, None),
-    binary(0x1D, None),
-    binary(0x1E, None),
-    binary(0x1F, None),
-    binary(0x20, Some((Q::Moisture, U::One))),
-    binary(0x21, Some((Q::Motion, U::One))),
-    binary(0x22, None),
-    binary(0x23, Some((Q::Occupancy, U::One))),
-    binary(0x24, None),
-    binary(0x25, Some((Q::Presence, U::One))),
-    binary(0x26, None),
-    binary(0x27, None),
-    binary(0x28, None),
-    binary(0x29, Some((Q::Smoke, U::One))),
-    binary(0x2A, None),
-    binary(0x2B, None),
-    binary(0x2C, None),
-    binary(0x2D, Some((Q::Window, U::One))),
-    num(0x2E, 1, false, 1.0, 0, Some((Q::Humidity, U::Percent))),
-    num(0x2F, 1, false, 1.0, 0, None),
-    num(0x3A, 1, false, 1.0, 0, None), // button event
-    num(0x3C, 2, false, 1.0, 0, None), // dimmer event
-    num(0x3D, 2, false, 1.0, 0, Some((Q::Count, U::One))),
-    num(0x3E, 4, false, 1.0, 0, Some((Q::Count, U::One))),
-    num(0x3F, 2, true, 0.1, 1, None),
-    num(0x40, 2, false, 1.0, 0, None),
-    num(0x41, 2, false, 0.1, 1, None),
-    num(0x42, 3, false, 0.001, 3, None),
-    num(0x43, 2, false, 0.001, 3, None),
-    num(0x44, 2, false, 0.01, 2, None),
-    num(0x45, 2, true, 0.1, 1, Some((Q::Temperature, U::Celsius))),
-    num(0x46, 1, false, 0.1, 1, None),
-    num(0x47, 2, false, 0.1, 1, None),
-    num(0x48, 2, false, 1.0, 0, None),
-    num(0x49, 2, false, 0.001, 3, None),
-    num(0x4A, 2, false, 0.1, 1, Some((Q::BatteryVoltage, U::Volt))),
-    num(0x4B, 3, false, 0.001, 3, None),
-    num(0x4C, 4, false, 0.001, 3, None),
-    num(0x4D, 4, false, 0.001, 3, None),
-    num(0x4E, 4, false, 0.001, 3, None),
-    num(0x4F, 4, false, 0.001, 3, None),
-    num(0x50, 4, false, 1.0, 0, None), // timestamp
+    special(0x00, 1), // packet id
+    num(0x01, 1, false, 1.0, 0, Q::BatteryLevel, U::Percent),
+    num(0x02, 2, true, 0.01, 2, Q::Temperature, U::Celsius),
+    num(0x03, 2, false, 0.01, 2, Q::Humidity, U::Percent),
+    num(0x04, 3, false, 0.01, 2, Q::Pressure, U::Hectopascal),
+    num(0x05, 3, false, 0.01, 2, Q::Illuminance, U::Lux),
+    num(0x06, 2, false, 0.01, 2, Q::BodyWeight, U::Kilogram),
+    num(0x07, 2, false, 0.01, 2, Q::BodyWeight, U::Pound),
+    num(0x08, 2, true, 0.01, 2, Q::DewPoint, U::Celsius),
+    num(0x09, 1, false, 1.0, 0, Q::Count, U::One),
+    num(0x0A, 3, false, 0.001, 3, Q::Energy, U::KilowattHour),
+    num(0x0B, 3, false, 0.01, 2, Q::Power, U::Watt),
+    num(0x0C, 2, false, 0.001, 3, Q::BatteryVoltage, U::Volt),
+    num(0x0D, 2, false, 1.0, 0, Q::Pm2_5, U::MicrogramPerCubicMetre),
+    num(0x0E, 2, false, 1.0, 0, Q::Pm10, U::MicrogramPerCubicMetre),
+    binary(0x0F, Q::BinaryGeneric),
+    binary(0x10, Q::PowerState),
+    binary(0x11, Q::Opening),
+    num(0x12, 2, false, 1.0, 0, Q::Co2, U::PartsPerMillion),
+    num(0x13, 2, false, 1.0, 0, Q::Voc, U::MicrogramPerCubicMetre),
+    num(0x14, 2, false, 0.01, 2, Q::MoistureLevel, U::Percent),
+    binary(0x15, Q::BatteryLow),
+    binary(0x16, Q::BatteryCharging),
+    binary(0x17, Q::CarbonMonoxide),
+    binary(0x18, Q::Cold),
+    binary(0x19, Q::Connectivity),
+    binary(0x1A, Q::Door),
+    binary(0x1B, Q::GarageDoor),
+    binary(0x1C, Q::GasDetected),
+    binary(0x1D, Q::Heat),
+    binary(0x1E, Q::LightDetected),
+    binary(0x1F, Q::Lock),
+    binary(0x20, Q::Moisture),
+    binary(0x21, Q::Motion),
+    binary(0x22, Q::Moving),
+    binary(0x23, Q::Occupancy),
+    binary(0x24, Q::Plug),
+    binary(0x25, Q::Presence),
+    binary(0x26, Q::Problem),
+    binary(0x27, Q::Running),
+    binary(0x28, Q::Safety),
+    binary(0x29, Q::Smoke),
+    binary(0x2A, Q::Sound),
+    binary(0x2B, Q::Tamper),
+    binary(0x2C, Q::Vibration),
+    binary(0x2D, Q::Window),
+    num(0x2E, 1, false, 1.0, 0, Q::Humidity, U::Percent),
+    num(0x2F, 1, false, 1.0, 0, Q::MoistureLevel, U::Percent),
+    special(0x3A, 1), // button event
+    special(0x3C, 2), // dimmer event
+    num(0x3D, 2, false, 1.0, 0, Q::Count, U::One),
+    num(0x3E, 4, false, 1.0, 0, Q::Count, U::One),
+    num(0x3F, 2, true, 0.1, 1, Q::Rotation, U::Degree),
+    num(0x40, 2, false, 1.0, 0, Q::Distance, U::Millimetre),
+    num(0x41, 2, false, 0.1, 1, Q::Distance, U::Metre),
+    num(0x42, 3, false, 0.001, 3, Q::Duration, U::Second),
+    num(0x43, 2, false, 0.001, 3, Q::Current, U::Ampere),
+    num(0x44, 2, false, 0.01, 2, Q::Speed, U::MetrePerSecond),
+    num(0x45, 2, true, 0.1, 1, Q::Temperature, U::Celsius),
+    num(0x46, 1, false, 0.1, 1, Q::UvIndex, U::One),
+    num(0x47, 2, false, 0.1, 1, Q::Volume, U::Litre),
+    num(0x48, 2, false, 1.0, 0, Q::Volume, U::Millilitre),
+    num(0x49, 2, false, 0.001, 3, Q::FlowRate, U::CubicMetrePerHour),
+    num(0x4A, 2, false, 0.1, 1, Q::BatteryVoltage, U::Volt),
+    num(0x4B, 3, false, 0.001, 3, Q::GasVolume, U::CubicMetre),
+    num(0x4C, 4, false, 0.001, 3, Q::GasVolume, U::CubicMetre),
+    num(0x4D, 4, false, 0.001, 3, Q::Energy, U::KilowattHour),
+    num(0x4E, 4, false, 0.001, 3, Q::Volume, U::Litre),
+    num(0x4F, 4, false, 0.001, 3, Q::WaterVolume, U::Litre),
+    num(0x50, 4, false, 1.0, 0, Q::DeviceTimestamp, U::Second),
     num(
         0x51,
         2,
         false,
         0.001,
         3,
-        Some((Q::Acceleration, U::MetrePerSecondSquared)),
+        Q::Acceleration,
+        U::MetrePerSecondSquared,
     ),
-    num(0x52, 2, false, 0.001, 3, None),
-    Object {
-        id: 0x53,
-        kind: Kind::LengthPrefixed,
-        quantity: None,
-    },
-    Object {
-        id: 0x54,
-        kind: Kind::LengthPrefixed,
-        quantity: None,
-    },
-    num(0x55, 4, false, 0.001, 3, None),
-    num(0x56, 2, false, 1.0, 0, None),
-    num(0x57, 1, true, 1.0, 0, Some((Q::Temperature, U::Celsius))),
-    num(0x58, 1, true, 0.35, 2, Some((Q::Temperature, U::Celsius))),
-    num(0x59, 1, true, 1.0, 0, Some((Q::Count, U::One))),
-    num(0x5A, 2, true, 1.0, 0, Some((Q::Count, U::One))),
-    num(0x5B, 4, true, 1.0, 0, Some((Q::Count, U::One))),
-    num(0x5C, 4, true, 0.01, 2, None),
-    num(0x5D, 2, true, 0.001, 3, None),
-    num(0x5E, 2, false, 0.01, 2, None),
-    num(0x5F, 2, false, 0.1, 1, None),
-    num(0x60, 1, false, 1.0, 0, None),
-    num(0x61, 2, false, 1.0, 0, None),
-    num(0x62, 4, true, 0.000001, 6, None),
-    num(0x63, 4, true, 0.000001, 6, None),
-    num(0x64, 1, false, 1.0, 0, None),
-    num(0xF0, 2, false, 1.0, 0, None),
-    num(0xF1, 4, false, 1.0, 0, None),
-    num(0xF2, 3, false, 1.0, 0, None),
+    num(
+        0x52,
+        2,
+        false,
+        0.001,
+        3,
+        Q::AngularVelocity,
+        U::DegreePerSecond,
+    ),
+    text(0x53),
+    text(0x54),
+    num(0x55, 4, false, 0.001, 3, Q::VolumeStorage, U::Litre),
+    num(
+        0x56,
+        2,
+        false,
+        1.0,
+        0,
+        Q::Conductivity,
+        U::MicrosiemensPerCentimetre,
+    ),
+    num(0x57, 1, true, 1.0, 0, Q::Temperature, U::Celsius),
+    num(0x58, 1, true, 0.35, 2, Q::Temperature, U::Celsius),
+    num(0x59, 1, true, 1.0, 0, Q::Count, U::One),
+    num(0x5A, 2, true, 1.0, 0, Q::Count, U::One),
+    num(0x5B, 4, true, 1.0, 0, Q::Count, U::One),
+    num(0x5C, 4, true, 0.01, 2, Q::Power, U::Watt),
+    num(0x5D, 2, true, 0.001, 3, Q::Current, U::Ampere),
+    num(0x5E, 2, false, 0.01, 2, Q::Direction, U::Degree),
+    num(0x5F, 2, false, 0.1, 1, Q::Precipitation, U::Millimetre),
+    num(0x60, 1, false, 1.0, 0, Q::Channel, U::One),
+    num(0x61, 2, false, 1.0, 0, Q::RotationalSpeed, U::PerMinute),
+    num(0x62, 4, true, 0.000001, 6, Q::Speed, U::MetrePerSecond),
+    num(
+        0x63,
+        4,
+        true,
+        0.000001,
+        6,
+        Q::Acceleration,
+        U::MetrePerSecondSquared,
+    ),
+    num(0x64, 1, false, 1.0, 0, Q::LightLevel, U::One),
+    special(0xF0, 2), // device type id
+    special(0xF1, 4), // firmware version, 4 parts
+    special(0xF2, 3), // firmware version, 3 parts
 ];
 
-fn object(id: u8) -> Option<&'static Object> {
-    OBJECTS.iter().find(|o| o.id == id)
+/// Every object id the table knows, for tests, fuzz seeds and documentation.
+pub fn object_ids() -> impl Iterator<Item = u8> {
+    OBJECTS.iter().map(|o| o.id)
 }
 
-/// Decodes the service data under 0xFCD2 (the bytes after the UUID).
+/// The value size of a fixed-size object id; `None` for length-prefixed or unknown ids.
+pub fn object_size(id: u8) -> Option<usize> {
+    match object(id)?.kind {
+        Kind::Number { size, .. } | Kind::Special { size } => Some(usize::from(size)),
+        Kind::LengthPrefixed => None,
+    }
+}
+
+fn object(id: u8) -> Option<&'static Object> {
+    // The table is sorted by id (a test checks it), so a binary search is exact.
+    OBJECTS
+        .binary_search_by_key(&id, |o| o.id)
+        .ok()
+        .map(|i| &OBJECTS[i])
+}
+
+/// Decodes unencrypted service data under 0xFCD2 (the bytes after the UUID), with no
+/// per-device state. Encrypted data is an error here; [`super::Decoder`] decrypts.
 pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
-    let mut c = Cursor::new(FORMAT, data);
-    let info = c.u8()?;
+    let info = device_info(data)?;
+    if info & 0x01 != 0 {
+        return Err(DecodeError::Encrypted(FORMAT));
+    }
+    parse_objects(info, &data[1..])
+}
+
+fn device_info(data: &[u8]) -> Result<u8, DecodeError> {
+    let info = Cursor::new(FORMAT, data).u8()?;
     let version = info >> 5;
     if version != 2 {
         return Err(DecodeError::UnsupportedVersion {
@@ -214,13 +260,118 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
             version,
         });
     }
-    if info & 0x01 != 0 {
-        return Err(DecodeError::Encrypted(FORMAT));
-    }
-    let mut out = Decoded {
-        format: FORMAT,
-        ..Decoded::default()
+    Ok(info)
+}
+
+/// Decodes with the device's state: decrypts with its key, rejects replays and
+/// downgrades, drops repeated packet ids.
+pub(crate) fn decode_with_state(
+    address: DeviceAddress,
+    data: &[u8],
+    state: &mut DeviceState,
+) -> Result<Decoded, DecodeError> {
+    let info = device_info(data)?;
+    let frame = if info & 0x01 != 0 {
+        let key = state.key.ok_or(DecodeError::Encrypted(FORMAT))?;
+        let mut plain = [0u8; MAX_PLAIN];
+        let (n, counter) = decrypt(address, &key, data, &mut plain)?;
+        if let Some(last) = state.last_bthome_counter
+            && counter <= last
+        {
+            return Err(DecodeError::Replay {
+                format: FORMAT,
+                counter,
+                last,
+            });
+        }
+        state.last_bthome_counter = Some(counter);
+        let mut frame = parse_objects(info, &plain[..n])?;
+        frame
+            .decoded
+            .attr("encryption_counter", AttrValue::Int(i64::from(counter)));
+        frame
+    } else {
+        if state.key.is_some() {
+            return Err(DecodeError::Downgrade(FORMAT));
+        }
+        parse_objects(info, &data[1..])?
     };
+    if let Some(id) = frame.packet_id {
+        if state.last_packet_id == Some(id) {
+            return Err(DecodeError::Duplicate(id));
+        }
+        state.last_packet_id = Some(id);
+    }
+    Ok(frame.decoded)
+}
+
+/// The nonce of an encrypted frame: MAC (display order) ‖ UUID ‖ device info ‖ counter.
+fn nonce(address: DeviceAddress, info: u8, counter: [u8; 4]) -> [u8; 13] {
+    let mut n = [0u8; 13];
+    n[..6].copy_from_slice(&address.0);
+    n[6..8].copy_from_slice(&SERVICE_UUID.to_le_bytes());
+    n[8] = info;
+    n[9..].copy_from_slice(&counter);
+    n
+}
+
+/// Layout: device info ‖ ciphertext ‖ counter (4, LE) ‖ MIC (4).
+fn decrypt(
+    address: DeviceAddress,
+    key: &BindKey,
+    data: &[u8],
+    out: &mut [u8; MAX_PLAIN],
+) -> Result<(usize, u32), DecodeError> {
+    if data.len() < 1 + 8 {
+        return Err(DecodeError::Truncated {
+            format: FORMAT,
+            offset: data.len(),
+            needed: 9,
+            len: data.len(),
+        });
+    }
+    let end = data.len();
+    let counter = [data[end - 8], data[end - 7], data[end - 6], data[end - 5]];
+    let n = nonce(address, data[0], counter);
+    let len = crypto::decrypt(
+        FORMAT,
+        key,
+        &n,
+        &[],
+        &data[1..end - 8],
+        &data[end - 4..],
+        out,
+    )?;
+    Ok((len, u32::from_le_bytes(counter)))
+}
+
+/// Builds an encrypted frame from a plain one, as a sensor does: for tests, the
+/// benchmark and fuzz seeds.
+pub fn encrypt(
+    address: DeviceAddress,
+    key: &BindKey,
+    plain: &[u8],
+    counter: u32,
+) -> Option<Vec<u8>> {
+    let (&info, objects) = plain.split_first()?;
+    let info = info | 0x01;
+    let c = counter.to_le_bytes();
+    let mut buf = objects.to_vec();
+    let tag = crypto::encrypt(key, &nonce(address, info, c), &[], &mut buf)?;
+    let mut out = Vec::with_capacity(buf.len() + 9);
+    out.push(info);
+    out.extend_from_slice(&buf);
+    out.extend_from_slice(&c);
+    out.extend_from_slice(&tag);
+    Some(out)
+}
+
+fn parse_objects(info: u8, objects: &[u8]) -> Result<BthomeFrame, DecodeError> {
+    let mut c = Cursor::new(FORMAT, objects);
+    let mut out = Decoded::new(FORMAT);
+    if info & 0x04 != 0 {
+        out.attr("trigger_based", AttrValue::Int(1));
+    }
     let mut packet_id = None;
     while c.remaining() > 0 {
         let id = c.u8()?;
@@ -228,7 +379,30 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
         match obj.kind {
             Kind::LengthPrefixed => {
                 let len = c.u8()?;
-                c.take(usize::from(len))?;
+                let bytes = c.take(usize::from(len))?;
+                if id == 0x53 {
+                    let text = String::from_utf8_lossy(bytes).into_owned();
+                    out.attr("text", AttrValue::Owned(text));
+                } else {
+                    out.attr("raw", AttrValue::Owned(hex(bytes)));
+                }
+            }
+            Kind::Special { size } => {
+                let b = c.take(usize::from(size))?;
+                match id {
+                    0x00 => packet_id = Some(b[0]),
+                    0x3A => out.event("button", button(b[0])),
+                    0x3C => dimmer(&mut out, b[0], b[1]),
+                    0xF0 => out.attr(
+                        "device_type_id",
+                        AttrValue::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))),
+                    ),
+                    // Firmware versions are sent least significant part first.
+                    _ => {
+                        let parts: Vec<String> = b.iter().rev().map(u8::to_string).collect();
+                        out.attr("firmware_version", AttrValue::Owned(parts.join(".")));
+                    }
+                }
             }
             Kind::Number {
                 size,
@@ -237,21 +411,10 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
                 digits,
             } => {
                 let bytes = c.take(usize::from(size))?;
-                let raw = le_int(bytes, signed);
-                match id {
-                    0x00 => packet_id = Some(bytes[0]),
-                    0x3A => out.events.push(button(bytes[0])),
-                    0x3C => out.events.push(dimmer(bytes[0], bytes[1])),
-                    _ => {}
-                }
                 if let Some((quantity, unit)) = obj.quantity {
+                    let raw = le_int(bytes, signed);
                     let v = round_to(raw as f64 * factor, digits);
-                    out.values.push(DecodedValue {
-                        quantity,
-                        value: Value::Number(v),
-                        unit,
-                        device_time: None,
-                    });
+                    out.push(quantity, Value::Number(v), unit);
                 }
             }
         }
@@ -262,21 +425,29 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
     })
 }
 
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
 fn le_int(bytes: &[u8], signed: bool) -> i64 {
     let mut v: u64 = 0;
     for (i, b) in bytes.iter().enumerate() {
         v |= u64::from(*b) << (8 * i);
     }
     let bits = 8 * bytes.len() as u32;
-    if signed && bits < 64 && v & (1 << (bits - 1)) != 0 {
+    if signed && (1..64).contains(&bits) && v & (1 << (bits - 1)) != 0 {
         (v as i64) - (1i64 << bits)
     } else {
         v as i64
     }
 }
 
-fn button(code: u8) -> Event {
-    let detail = match code {
+fn button(code: u8) -> &'static str {
+    match code {
         0x00 => "none",
         0x01 => "press",
         0x02 => "double_press",
@@ -286,29 +457,28 @@ fn button(code: u8) -> Event {
         0x06 => "long_triple_press",
         0x80 => "hold_press",
         _ => "unknown",
-    };
-    Event {
-        kind: "button",
-        detail: detail.into(),
     }
 }
 
-fn dimmer(code: u8, steps: u8) -> Event {
-    let detail = match code {
-        0x00 => "none".to_owned(),
-        0x01 => format!("rotate_left {steps}"),
-        0x02 => format!("rotate_right {steps}"),
-        _ => "unknown".to_owned(),
-    };
-    Event {
-        kind: "dimmer",
-        detail,
+fn dimmer(out: &mut Decoded, code: u8, steps: u8) {
+    match code {
+        0x00 => out.event("dimmer", "none"),
+        0x01 => out.events.push(super::Event {
+            kind: "dimmer",
+            detail: format!("rotate_left {steps}"),
+        }),
+        0x02 => out.events.push(super::Event {
+            kind: "dimmer",
+            detail: format!("rotate_right {steps}"),
+        }),
+        _ => out.event("dimmer", "unknown"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::Event;
 
     fn check(hex: &[u8], expected: &[(Quantity, f64, Unit)]) {
         let f = decode(hex).unwrap_or_else(|e| panic!("{hex:02x?}: {e}"));

@@ -1,11 +1,13 @@
 //! Bluetooth SIG health characteristics (GATT Specification Supplement): heart rate,
-//! health thermometer, blood pressure, pulse oximeter, weight scale, battery.
+//! health thermometer, blood pressure, pulse oximeter, weight scale, glucose, battery.
 //!
 //! Each decoder reads the flags, then exactly the fields the flags promise; a frame
-//! that ends early is an error, never a guess.
+//! that ends early is an error, never a guess. Status bits become events so that a
+//! "cuff too loose" travels with the numbers it qualifies; a device's own time
+//! stamp is kept on every value beside the gateway's received-at time.
 
 use super::ieee11073::{float, sfloat};
-use super::{Cursor, DecodeError, Decoded, DecodedValue, DeviceDateTime, Event};
+use super::{AttrValue, Cursor, DecodeError, Decoded, DecodedValue, DeviceDateTime};
 use crate::model::{Quantity, SpecialValue, Unit, Value};
 
 pub const HEART_RATE_MEASUREMENT: u16 = 0x2A37;
@@ -16,7 +18,22 @@ pub const INTERMEDIATE_CUFF_PRESSURE: u16 = 0x2A36;
 pub const PLX_SPOT_CHECK: u16 = 0x2A5E;
 pub const PLX_CONTINUOUS: u16 = 0x2A5F;
 pub const WEIGHT_MEASUREMENT: u16 = 0x2A9D;
+pub const GLUCOSE_MEASUREMENT: u16 = 0x2A18;
 pub const BATTERY_LEVEL: u16 = 0x2A19;
+
+/// Every characteristic this module decodes.
+pub const CHARACTERISTICS: &[u16] = &[
+    HEART_RATE_MEASUREMENT,
+    TEMPERATURE_MEASUREMENT,
+    INTERMEDIATE_TEMPERATURE,
+    BLOOD_PRESSURE_MEASUREMENT,
+    INTERMEDIATE_CUFF_PRESSURE,
+    PLX_SPOT_CHECK,
+    PLX_CONTINUOUS,
+    WEIGHT_MEASUREMENT,
+    GLUCOSE_MEASUREMENT,
+    BATTERY_LEVEL,
+];
 
 /// Decodes the value of the characteristic with the given 16-bit UUID.
 pub fn decode(characteristic: u16, bytes: &[u8]) -> Result<Decoded, DecodeError> {
@@ -29,6 +46,7 @@ pub fn decode(characteristic: u16, bytes: &[u8]) -> Result<Decoded, DecodeError>
         PLX_SPOT_CHECK => plx_spot_check(bytes),
         PLX_CONTINUOUS => plx_continuous(bytes),
         WEIGHT_MEASUREMENT => weight(bytes),
+        GLUCOSE_MEASUREMENT => glucose(bytes),
         BATTERY_LEVEL => battery(bytes),
         other => Err(DecodeError::Unsupported(format!(
             "characteristic {other:04x}"
@@ -47,6 +65,15 @@ fn value(
         value,
         unit,
         device_time,
+        qualifier: None,
+    }
+}
+
+fn flag_events(out: &mut Decoded, kind: &'static str, bits: u32, names: &[(u32, &'static str)]) {
+    for (bit, name) in names {
+        if bits & (1 << bit) != 0 {
+            out.event(kind, name);
+        }
     }
 }
 
@@ -59,42 +86,24 @@ fn heart_rate(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     } else {
         u16::from(c.u8()?)
     };
-    let mut out = Decoded {
-        format: F,
-        ..Decoded::default()
-    };
-    out.values.push(value(
-        Quantity::HeartRate,
-        Value::Number(f64::from(bpm)),
-        Unit::PerMinute,
-        None,
-    ));
-    if (flags >> 1) & 0x03 == 2 {
-        out.events.push(Event {
-            kind: "sensor_contact",
-            detail: "not detected".into(),
-        });
+    let mut out = Decoded::new(F);
+    out.push_number(Quantity::HeartRate, f64::from(bpm), Unit::PerMinute);
+    // Bits 1-2: 0 or 1 contact not supported, 2 supported but not detected, 3 detected.
+    match (flags >> 1) & 0x03 {
+        2 => out.attr("sensor_contact", AttrValue::Text("not_detected")),
+        3 => out.attr("sensor_contact", AttrValue::Text("detected")),
+        _ => {}
     }
     if flags & 0x08 != 0 {
         let kj = c.u16()?;
-        out.values.push(value(
-            Quantity::EnergyExpended,
-            Value::Number(f64::from(kj)),
-            Unit::Kilojoule,
-            None,
-        ));
+        out.push_number(Quantity::EnergyExpended, f64::from(kj), Unit::Kilojoule);
     }
     if flags & 0x10 != 0 {
         // RR intervals fill the rest of the frame, each in units of 1/1024 s.
         while c.remaining() >= 2 {
             let rr = c.u16()?;
-            let ms = f64::from(rr) * 1000.0 / 1024.0;
-            out.values.push(value(
-                Quantity::RrInterval,
-                Value::Number(ms),
-                Unit::Millisecond,
-                None,
-            ));
+            let ms = round_to(f64::from(rr) * 1000.0 / 1024.0, 3);
+            out.push_number(Quantity::RrInterval, ms, Unit::Millisecond);
         }
         if c.remaining() != 0 {
             return Err(DecodeError::Invalid {
@@ -105,6 +114,22 @@ fn heart_rate(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     }
     Ok(out)
 }
+
+// Bytes after the last field the flags announce are ignored, as the GATT
+// specification asks of clients (later versions may append fields): the fields
+// before them sit at the same offsets either way.
+
+const TEMPERATURE_SITES: [&str; 9] = [
+    "armpit",
+    "body",
+    "ear",
+    "finger",
+    "gastro_intestinal_tract",
+    "mouth",
+    "rectum",
+    "toe",
+    "tympanum",
+];
 
 fn temperature(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let mut c = Cursor::new(format, bytes);
@@ -120,20 +145,21 @@ fn temperature(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeErro
     } else {
         None
     };
+    let mut out = Decoded::new(format);
     if flags & 0x04 != 0 {
         let site = c.u8()?;
-        if !(1..=9).contains(&site) {
-            return Err(DecodeError::Invalid {
+        let name = usize::from(site)
+            .checked_sub(1)
+            .and_then(|i| TEMPERATURE_SITES.get(i))
+            .ok_or(DecodeError::Invalid {
                 format,
                 field: "temperature type",
-            });
-        }
+            })?;
+        out.attr("temperature_site", AttrValue::Text(name));
     }
-    Ok(Decoded {
-        format,
-        values: vec![value(Quantity::BodyTemperature, reading, unit, time)],
-        events: vec![],
-    })
+    out.values
+        .push(value(Quantity::BodyTemperature, reading, unit, time));
+    Ok(out)
 }
 
 fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeError> {
@@ -157,19 +183,18 @@ fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeE
     } else {
         None
     };
-    if flags & 0x08 != 0 {
-        c.u8()?; // user id
-    }
+    let user = if flags & 0x08 != 0 {
+        Some(c.u8()?)
+    } else {
+        None
+    };
     let status = if flags & 0x10 != 0 {
         Some(c.u16()?)
     } else {
         None
     };
 
-    let mut out = Decoded {
-        format,
-        ..Decoded::default()
-    };
+    let mut out = Decoded::new(format);
     if format == "gatt_intermediate_cuff_pressure" {
         // The first field is the current cuff pressure; the others are NaN.
         out.values
@@ -186,22 +211,99 @@ fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeE
         out.values
             .push(value(Quantity::PulseRate, p, Unit::PerMinute, time));
     }
+    user_attr(&mut out, user);
     if let Some(s) = status {
-        for (bit, what) in [
-            (0, "body movement"),
-            (1, "cuff too loose"),
-            (2, "irregular pulse"),
-            (5, "improper position"),
-        ] {
-            if s & (1 << bit) != 0 {
-                out.events.push(Event {
-                    kind: "measurement_status",
-                    detail: what.into(),
-                });
-            }
+        let s = u32::from(s);
+        flag_events(
+            &mut out,
+            "measurement_status",
+            s,
+            &[
+                (0, "body_movement"),
+                (1, "cuff_too_loose"),
+                (2, "irregular_pulse"),
+                (5, "improper_position"),
+            ],
+        );
+        match (s >> 3) & 0x03 {
+            1 => out.event("measurement_status", "pulse_rate_above_upper_limit"),
+            2 => out.event("measurement_status", "pulse_rate_below_lower_limit"),
+            _ => {}
         }
     }
     Ok(out)
+}
+
+/// User index: 0xFF means "unknown user" (Bluetooth SIG User Index 0x2A9A).
+fn user_attr(out: &mut Decoded, user: Option<u8>) {
+    if let Some(u) = user
+        && u != 0xFF
+    {
+        out.attr("user_id", AttrValue::Int(i64::from(u)));
+    }
+}
+
+/// PLX Measurement Status bits (PLX service specification, table 3.3).
+const PLX_MEASUREMENT_STATUS: &[(u32, &str)] = &[
+    (5, "measurement_ongoing"),
+    (6, "early_estimated_data"),
+    (7, "validated_data"),
+    (8, "fully_qualified_data"),
+    (9, "data_from_measurement_storage"),
+    (10, "data_for_demonstration"),
+    (11, "data_for_testing"),
+    (12, "calibration_ongoing"),
+    (13, "measurement_unavailable"),
+    (14, "questionable_measurement"),
+    (15, "invalid_measurement"),
+];
+
+/// PLX Device and Sensor Status bits (PLX service specification, table 3.4).
+const PLX_DEVICE_STATUS: &[(u32, &str)] = &[
+    (0, "extended_display_update_ongoing"),
+    (1, "equipment_malfunction"),
+    (2, "signal_processing_irregularity"),
+    (3, "inadequate_signal"),
+    (4, "poor_signal"),
+    (5, "low_perfusion"),
+    (6, "erratic_signal"),
+    (7, "nonpulsatile_signal"),
+    (8, "questionable_pulse"),
+    (9, "signal_analysis_ongoing"),
+    (10, "sensor_interference"),
+    (11, "sensor_unconnected"),
+    (12, "unknown_sensor_connected"),
+    (13, "sensor_displaced"),
+    (14, "sensor_malfunction"),
+    (15, "sensor_disconnected"),
+];
+
+/// Bits 13 (unavailable) and 15 (invalid) say the numbers are not a measurement, so
+/// they are carried as "unavailable", never as numbers.
+fn plx_invalid(status: Option<u16>) -> bool {
+    status.is_some_and(|s| s & ((1 << 13) | (1 << 15)) != 0)
+}
+
+fn plx_status(out: &mut Decoded, measurement: Option<u16>, device: Option<u32>) {
+    if let Some(m) = measurement {
+        flag_events(
+            out,
+            "measurement_status",
+            u32::from(m),
+            PLX_MEASUREMENT_STATUS,
+        );
+    }
+    if let Some(d) = device {
+        flag_events(out, "device_status", d, PLX_DEVICE_STATUS);
+    }
+}
+
+fn unless_invalid(v: Value, invalid: bool) -> Value {
+    if invalid {
+        Value::Special(SpecialValue::Unavailable)
+    } else {
+        v
+    }
 }
 
 fn plx_spot_check(bytes: &[u8]) -> Result<Decoded, DecodeError> {
@@ -215,28 +317,47 @@ fn plx_spot_check(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     } else {
         None
     };
-    if flags & 0x02 != 0 {
-        c.u16()?; // measurement status
-    }
-    if flags & 0x04 != 0 {
-        c.u24()?; // device and sensor status
-    }
-    let mut out = Decoded {
-        format: F,
-        ..Decoded::default()
+    let measurement = if flags & 0x02 != 0 {
+        Some(c.u16()?)
+    } else {
+        None
     };
-    out.values
-        .push(value(Quantity::Spo2, spo2, Unit::Percent, time));
-    out.values
-        .push(value(Quantity::PulseRate, pr, Unit::PerMinute, time));
-    if flags & 0x08 != 0 {
+    let device = if flags & 0x04 != 0 {
+        Some(c.u24()?)
+    } else {
+        None
+    };
+    let pai = if flags & 0x08 != 0 {
+        Some(sfloat(c.u16()?))
+    } else {
+        None
+    };
+    let invalid = plx_invalid(measurement);
+    let mut out = Decoded::new(F);
+    out.values.push(value(
+        Quantity::Spo2,
+        unless_invalid(spo2, invalid),
+        Unit::Percent,
+        time,
+    ));
+    out.values.push(value(
+        Quantity::PulseRate,
+        unless_invalid(pr, invalid),
+        Unit::PerMinute,
+        time,
+    ));
+    if let Some(pai) = pai {
         out.values.push(value(
             Quantity::PulseAmplitudeIndex,
-            sfloat(c.u16()?),
+            unless_invalid(pai, invalid),
             Unit::Percent,
             time,
         ));
     }
+    if flags & 0x10 != 0 {
+        out.attr("device_clock_set", AttrValue::Int(0));
+    }
+    plx_status(&mut out, measurement, device);
     Ok(out)
 }
 
@@ -246,45 +367,58 @@ fn plx_continuous(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let flags = c.u8()?;
     let spo2 = sfloat(c.u16()?);
     let pr = sfloat(c.u16()?);
-    if flags & 0x01 != 0 {
-        c.take(4)?; // SpO2PR-Fast
-    }
-    if flags & 0x02 != 0 {
-        c.take(4)?; // SpO2PR-Slow
-    }
-    let mut invalid = false;
-    if flags & 0x04 != 0 {
-        let status = c.u16()?;
-        // Bits 13 (data unavailable) and 15 (invalid) mean the numbers are not a measurement.
-        invalid = status & ((1 << 13) | (1 << 15)) != 0;
-    }
-    if flags & 0x08 != 0 {
-        c.u24()?;
-    }
-    let mut out = Decoded {
-        format: F,
-        ..Decoded::default()
-    };
-    let (spo2, pr) = if invalid {
-        (
-            Value::Special(SpecialValue::Unavailable),
-            Value::Special(SpecialValue::Unavailable),
-        )
+    let fast = if flags & 0x01 != 0 {
+        Some((sfloat(c.u16()?), sfloat(c.u16()?)))
     } else {
-        (spo2, pr)
+        None
     };
-    out.values
-        .push(value(Quantity::Spo2, spo2, Unit::Percent, None));
-    out.values
-        .push(value(Quantity::PulseRate, pr, Unit::PerMinute, None));
-    if flags & 0x10 != 0 {
+    let slow = if flags & 0x02 != 0 {
+        Some((sfloat(c.u16()?), sfloat(c.u16()?)))
+    } else {
+        None
+    };
+    let measurement = if flags & 0x04 != 0 {
+        Some(c.u16()?)
+    } else {
+        None
+    };
+    let device = if flags & 0x08 != 0 {
+        Some(c.u24()?)
+    } else {
+        None
+    };
+    let pai = if flags & 0x10 != 0 {
+        Some(sfloat(c.u16()?))
+    } else {
+        None
+    };
+    let invalid = plx_invalid(measurement);
+    let mut out = Decoded::new(F);
+    for (qualifier, pair) in [
+        (None, Some((spo2, pr))),
+        (Some("fast"), fast),
+        (Some("slow"), slow),
+    ] {
+        let Some((s, p)) = pair else { continue };
+        for (q, v, u) in [
+            (Quantity::Spo2, s, Unit::Percent),
+            (Quantity::PulseRate, p, Unit::PerMinute),
+        ] {
+            out.values.push(DecodedValue {
+                qualifier,
+                ..value(q, unless_invalid(v, invalid), u, None)
+            });
+        }
+    }
+    if let Some(pai) = pai {
         out.values.push(value(
             Quantity::PulseAmplitudeIndex,
-            sfloat(c.u16()?),
+            unless_invalid(pai, invalid),
             Unit::Percent,
             None,
         ));
     }
+    plx_status(&mut out, measurement, device);
     Ok(out)
 }
 
@@ -299,9 +433,16 @@ fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     } else {
         None
     };
-    if flags & 0x04 != 0 {
-        c.u8()?; // user id
-    }
+    let user = if flags & 0x04 != 0 {
+        Some(c.u8()?)
+    } else {
+        None
+    };
+    let bmi_height = if flags & 0x08 != 0 {
+        Some((c.u16()?, c.u16()?))
+    } else {
+        None
+    };
     let (unit, resolution) = if imperial {
         (Unit::Pound, 0.01)
     } else {
@@ -312,14 +453,9 @@ fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     } else {
         Value::Number(round_to(f64::from(raw) * resolution, 3))
     };
-    let mut out = Decoded {
-        format: F,
-        ..Decoded::default()
-    };
+    let mut out = Decoded::new(F);
     out.values.push(value(Quantity::BodyWeight, w, unit, time));
-    if flags & 0x08 != 0 {
-        let bmi = c.u16()?;
-        let height = c.u16()?;
+    if let Some((bmi, height)) = bmi_height {
         out.values.push(value(
             Quantity::BodyMassIndex,
             Value::Number(round_to(f64::from(bmi) * 0.1, 1)),
@@ -338,7 +474,128 @@ fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             time,
         ));
     }
+    user_attr(&mut out, user);
     Ok(out)
+}
+
+const GLUCOSE_TYPES: [&str; 10] = [
+    "capillary_whole_blood",
+    "capillary_plasma",
+    "venous_whole_blood",
+    "venous_plasma",
+    "arterial_whole_blood",
+    "arterial_plasma",
+    "undetermined_whole_blood",
+    "undetermined_plasma",
+    "interstitial_fluid",
+    "control_solution",
+];
+
+const GLUCOSE_LOCATIONS: [&str; 4] = [
+    "finger",
+    "alternate_site_test",
+    "earlobe",
+    "control_solution",
+];
+
+/// Sensor Status Annunciation bits (Glucose service specification, 3.106).
+const GLUCOSE_STATUS: &[(u32, &str)] = &[
+    (0, "device_battery_low"),
+    (1, "sensor_malfunction"),
+    (2, "sample_size_insufficient"),
+    (3, "strip_insertion_error"),
+    (4, "strip_type_incorrect"),
+    (5, "result_above_device_range"),
+    (6, "result_below_device_range"),
+    (7, "sensor_temperature_too_high"),
+    (8, "sensor_temperature_too_low"),
+    (9, "sensor_read_interrupted"),
+    (10, "general_device_fault"),
+    (11, "time_fault"),
+];
+
+/// Glucose Measurement 0x2A18. The concentration is an SFLOAT in kg/L or mol/L;
+/// carehub reports it in the clinical units mg/dL (×10⁵) and mmol/L (×10³).
+fn glucose(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    const F: &str = "gatt_glucose_measurement";
+    let mut c = Cursor::new(F, bytes);
+    let flags = c.u8()?;
+    let sequence = c.u16()?;
+    let base = c.date_time()?;
+    let offset = if flags & 0x01 != 0 {
+        Some(c.i16()?)
+    } else {
+        None
+    };
+    let concentration = if flags & 0x02 != 0 {
+        let raw = c.u16()?;
+        let type_location = c.u8()?;
+        Some((raw, type_location))
+    } else {
+        None
+    };
+    let status = if flags & 0x08 != 0 {
+        Some(c.u16()?)
+    } else {
+        None
+    };
+    let time = offset_time(base, offset);
+    let mut out = Decoded::new(F);
+    out.attr("sequence", AttrValue::Int(i64::from(sequence)));
+    if let Some(o) = offset {
+        out.attr("time_offset_min", AttrValue::Int(i64::from(o)));
+    }
+    if let Some((raw, tl)) = concentration {
+        let (unit, factor) = if flags & 0x04 != 0 {
+            (Unit::MillimolePerLitre, 1e3)
+        } else {
+            (Unit::MilligramPerDecilitre, 1e5)
+        };
+        let v = match sfloat(raw) {
+            Value::Number(n) => Value::Number(round_to(n * factor, 3)),
+            special => special,
+        };
+        out.values
+            .push(value(Quantity::BloodGlucose, v, unit, time));
+        if let Some(t) = usize::from(tl & 0x0F)
+            .checked_sub(1)
+            .and_then(|i| GLUCOSE_TYPES.get(i))
+        {
+            out.attr("sample_type", AttrValue::Text(t));
+        }
+        if let Some(l) = usize::from(tl >> 4)
+            .checked_sub(1)
+            .and_then(|i| GLUCOSE_LOCATIONS.get(i))
+        {
+            out.attr("sample_location", AttrValue::Text(l));
+        }
+    }
+    if let Some(s) = status {
+        flag_events(&mut out, "sensor_status", u32::from(s), GLUCOSE_STATUS);
+    }
+    if flags & 0x10 != 0 {
+        out.attr("context_follows", AttrValue::Int(1));
+    }
+    Ok(out)
+}
+
+/// Base time plus the signed minute offset; the base unchanged when the base is
+/// unknown (year 0) or the sum is not a valid date.
+fn offset_time(base: DeviceDateTime, offset: Option<i16>) -> Option<DeviceDateTime> {
+    let Some(minutes) = offset.filter(|m| *m != 0) else {
+        return Some(base);
+    };
+    let ts = base.to_timestamp_utc()?;
+    let ms = ts.unix_ms().checked_add(i64::from(minutes) * 60_000)?;
+    let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok()?;
+    Some(DeviceDateTime {
+        year: u16::try_from(t.year()).ok()?,
+        month: u8::from(t.month()),
+        day: t.day(),
+        hour: t.hour(),
+        minute: t.minute(),
+        second: t.second(),
+    })
 }
 
 fn battery(bytes: &[u8]) -> Result<Decoded, DecodeError> {
@@ -351,21 +608,19 @@ fn battery(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             field: "battery level over 100 %",
         });
     }
-    Ok(Decoded {
-        format: F,
-        values: vec![value(
-            Quantity::BatteryLevel,
-            Value::Number(f64::from(pct)),
-            Unit::Percent,
-            None,
-        )],
-        events: vec![],
-    })
+    let mut out = Decoded::new(F);
+    out.push_number(Quantity::BatteryLevel, f64::from(pct), Unit::Percent);
+    Ok(out)
 }
 
 /// Removes the binary noise of a fixed-point scale factor (0.005 × 14000 = 70.0).
+/// Digits 0 to 6 (all the formats use) come from a table: `powi` showed up in profiles.
 pub(crate) fn round_to(v: f64, digits: i32) -> f64 {
-    let p = 10f64.powi(digits);
+    const POW10: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
+    let p = usize::try_from(digits)
+        .ok()
+        .and_then(|d| POW10.get(d).copied())
+        .unwrap_or_else(|| 10f64.powi(digits));
     (v * p).round() / p
 }
 

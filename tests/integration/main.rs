@@ -3,6 +3,7 @@
 
 mod ble;
 mod ble_support;
+mod decode_cli;
 mod demo;
 mod news2;
 mod store_caps;

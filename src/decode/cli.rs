@@ -1,0 +1,295 @@
+//! `carehub decode`: one advertisement or characteristic value from the command line
+//! (or one per line on stdin) through the same [`Decoder`] the daemon uses, printed
+//! as JSON. Other tools rely on this contract exactly; it is documented in
+//! `docs/decode.md`.
+//!
+//! The JSON shape lives here, at the edge, not on the domain types.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+
+use super::{AttrValue, BindKey, Decoded, Decoder};
+use crate::model::{DeviceAddress, Value};
+use crate::sensor::{Advertisement, Frame, Notification, uuid16};
+
+/// What the command line (or one stdin line) says to decode.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub mac: Option<String>,
+    pub name: Option<String>,
+    pub key: Option<String>,
+    /// `UUID=HEX` pairs.
+    pub service_data: Vec<String>,
+    /// `COMPANY=HEX` pairs.
+    pub manufacturer_data: Vec<String>,
+    /// `UUID=HEX`.
+    pub characteristic: Option<String>,
+}
+
+/// Why an input could not be decoded; the message is the one line on stderr.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    /// An argument is not in the documented syntax.
+    #[error("invalid {what} {value:?}: {why}")]
+    Argument {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    /// The input combines things that cannot go together.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// The decoder rejected the data.
+    #[error(transparent)]
+    Decode(#[from] super::DecodeError),
+    /// A line on stdin is not the documented JSON object.
+    #[error("invalid json line: {0}")]
+    Json(String),
+    /// Reading stdin or writing stdout failed.
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+fn arg(what: &'static str, value: &str, why: &'static str) -> CliError {
+    CliError::Argument {
+        what,
+        value: value.to_owned(),
+        why,
+    }
+}
+
+/// Hex digits to bytes; an empty string is no bytes.
+pub fn parse_hex(what: &'static str, s: &str) -> Result<Vec<u8>, CliError> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) {
+        return Err(arg(what, s, "odd number of hex digits"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| arg(what, s, "not hex"))
+        })
+        .collect()
+}
+
+fn strip_0x(s: &str) -> &str {
+    s.strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s)
+}
+
+fn parse_u16(what: &'static str, s: &str) -> Result<u16, CliError> {
+    let h = strip_0x(s.trim());
+    if h.is_empty() || h.len() > 4 {
+        return Err(arg(what, s, "expected 16-bit hex like fcd2 or 0x2A37"));
+    }
+    u16::from_str_radix(h, 16).map_err(|_| arg(what, s, "not hex"))
+}
+
+/// A 16-bit UUID in hex (`fcd2`, `0x2A37`) or a full 128-bit UUID.
+pub fn parse_uuid(s: &str) -> Result<uuid::Uuid, CliError> {
+    let h = strip_0x(s.trim());
+    if h.len() <= 4 {
+        return Ok(uuid16(parse_u16("uuid", s)?));
+    }
+    uuid::Uuid::parse_str(h).map_err(|_| arg("uuid", s, "expected 16-bit hex or a 128-bit uuid"))
+}
+
+fn parse_key(s: &str) -> Result<BindKey, CliError> {
+    let bytes = parse_hex("key", s)?;
+    BindKey::try_from(bytes.as_slice()).map_err(|_| arg("key", s, "expected 32 hex digits"))
+}
+
+fn split_pair<'a>(what: &'static str, s: &'a str) -> Result<(&'a str, &'a str), CliError> {
+    s.split_once('=')
+        .ok_or_else(|| arg(what, s, "expected KEY=HEX"))
+}
+
+/// Turns an input into a frame, registering its key with the decoder.
+fn frame(input: &Input, decoder: &mut Decoder) -> Result<Frame, CliError> {
+    let address = match &input.mac {
+        Some(m) => m
+            .parse::<DeviceAddress>()
+            .map_err(|_| arg("mac", m, "expected six hex pairs like AA:BB:CC:DD:EE:FF"))?,
+        None => DeviceAddress::default(),
+    };
+    if let Some(k) = &input.key {
+        if input.mac.is_none() {
+            return Err(CliError::Usage(
+                "--key needs --mac (the nonce contains the address)",
+            ));
+        }
+        decoder.set_key(address, parse_key(k)?);
+    }
+    if let Some(c) = &input.characteristic {
+        if !input.service_data.is_empty() || !input.manufacturer_data.is_empty() {
+            return Err(CliError::Usage(
+                "a characteristic value cannot be combined with advertisement data",
+            ));
+        }
+        let (uuid, hex) = split_pair("characteristic", c)?;
+        return Ok(Frame::Notification(Notification {
+            address,
+            characteristic: parse_uuid(uuid)?,
+            value: parse_hex("characteristic value", hex)?,
+        }));
+    }
+    let mut adv = Advertisement {
+        address,
+        local_name: input.name.clone(),
+        ..Advertisement::default()
+    };
+    for sd in &input.service_data {
+        let (uuid, hex) = split_pair("service data", sd)?;
+        adv.service_data
+            .push((parse_uuid(uuid)?, parse_hex("service data", hex)?));
+    }
+    for md in &input.manufacturer_data {
+        let (company, hex) = split_pair("manufacturer data", md)?;
+        adv.manufacturer_data.push((
+            parse_u16("company id", company)?,
+            parse_hex("manufacturer data", hex)?,
+        ));
+    }
+    if adv.service_data.is_empty() && adv.manufacturer_data.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to decode: give --service-data, --manufacturer-data or --characteristic",
+        ));
+    }
+    Ok(Frame::Advertisement(adv))
+}
+
+/// Decodes one input to its JSON result.
+pub fn decode_one(input: &Input, decoder: &mut Decoder) -> Result<Json, CliError> {
+    let f = frame(input, decoder)?;
+    let decoded = decoder.decode(&f)?;
+    Ok(to_json(&decoded))
+}
+
+/// The documented JSON shape of a decoded frame.
+pub fn to_json(d: &Decoded) -> Json {
+    let readings: Vec<Json> = d
+        .values
+        .iter()
+        .map(|v| {
+            let mut r = Map::new();
+            r.insert("quantity".into(), json!(v.quantity.as_str()));
+            r.insert(
+                "value".into(),
+                match v.value {
+                    Value::Number(n) => json!(n),
+                    Value::Special(_) => Json::Null,
+                },
+            );
+            r.insert("unit".into(), json!(v.unit.ucum()));
+            r.insert("status".into(), json!(v.value.status()));
+            if let Some(q) = v.qualifier {
+                r.insert("qualifier".into(), json!(q));
+            }
+            if let Some(t) = v.device_time {
+                let s = t.to_timestamp_utc().map(|_| {
+                    format!(
+                        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                        t.year, t.month, t.day, t.hour, t.minute, t.second
+                    )
+                });
+                r.insert("device_time".into(), json!(s));
+            }
+            Json::Object(r)
+        })
+        .collect();
+    let events: Vec<Json> = d
+        .events
+        .iter()
+        .map(|e| json!({"kind": e.kind, "detail": e.detail}))
+        .collect();
+    let mut attributes = Map::new();
+    for (k, v) in &d.attributes {
+        let v = match v {
+            AttrValue::Int(i) => json!(i),
+            AttrValue::Text(t) => json!(t),
+            AttrValue::Owned(s) => json!(s),
+            AttrValue::Address(a) => json!(a.to_string()),
+        };
+        attributes.insert((*k).to_owned(), v);
+    }
+    json!({
+        "format": d.format,
+        "readings": readings,
+        "events": events,
+        "attributes": attributes,
+    })
+}
+
+/// One `--stdin` line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    mac: Option<String>,
+    name: Option<String>,
+    key: Option<String>,
+    #[serde(default)]
+    service_data: BTreeMap<String, String>,
+    #[serde(default)]
+    manufacturer_data: BTreeMap<String, String>,
+    #[serde(default)]
+    characteristic: BTreeMap<String, String>,
+}
+
+fn line_input(text: &str) -> Result<Input, CliError> {
+    let l: Line = serde_json::from_str(text).map_err(|e| CliError::Json(e.to_string()))?;
+    if l.characteristic.len() > 1 {
+        return Err(CliError::Usage("at most one characteristic per line"));
+    }
+    Ok(Input {
+        mac: l.mac,
+        name: l.name,
+        key: l.key,
+        service_data: l
+            .service_data
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        manufacturer_data: l
+            .manufacturer_data
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        characteristic: l
+            .characteristic
+            .into_iter()
+            .next()
+            .map(|(k, v)| format!("{k}={v}")),
+    })
+}
+
+/// `--stdin`: one JSON input per line, one JSON result per line; state (keys,
+/// counters, packet ids) carries from line to line as in the daemon. Blank lines
+/// are skipped.
+pub fn run_stdin(input: impl BufRead, mut out: impl Write) -> Result<(), CliError> {
+    let mut decoder = Decoder::new();
+    for line in input.lines() {
+        let line = line.map_err(|e| CliError::Io(e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = line_input(&line).and_then(|i| decode_one(&i, &mut decoder));
+        let json = match result {
+            Ok(j) => j,
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        writeln!(out, "{json}").map_err(|e| CliError::Io(e.to_string()))?;
+    }
+    out.flush().map_err(|e| CliError::Io(e.to_string()))
+}
+
+/// One input from the command line: the JSON line on success.
+pub fn run_once(input: &Input) -> Result<String, CliError> {
+    let mut decoder = Decoder::new();
+    decode_one(input, &mut decoder).map(|j| j.to_string())
+}

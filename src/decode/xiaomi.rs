@@ -1,0 +1,444 @@
+//! Xiaomi-family room thermometers: the ATC1441 and pvvx custom firmwares (service
+//! data 0x181A) and Xiaomi's own MiBeacon (service data 0xFE95), with the AES-CCM
+//! encryption both can use.
+//!
+//! Formats: github.com/atc1441/ATC_MiThermometer and github.com/pvvx/ATC_MiThermometer
+//! (advertising formats), the MiBeacon object list in `../shared/notes/protocols.md`.
+//! Which 0x181A format a frame is follows from its length, as the firmwares define
+//! no version byte: 13 ATC1441, 15 pvvx custom, 11 pvvx encrypted, 8 ATC1441 encrypted.
+
+use super::crypto::{self, MAX_PLAIN};
+use super::gatt::round_to;
+use super::{AttrValue, BindKey, Cursor, DecodeError, Decoded, DeviceState};
+use crate::model::{DeviceAddress, Quantity, Unit};
+
+pub const ATC_SERVICE_UUID: u16 = 0x181A;
+pub const MIBEACON_SERVICE_UUID: u16 = 0xFE95;
+
+const ATC: &str = "atc1441";
+const PVVX: &str = "pvvx";
+const PVVX_ENC: &str = "pvvx_encrypted";
+const ATC_ENC: &str = "atc1441_encrypted";
+const MIBEACON: &str = "mibeacon";
+
+/// The AD type of service data (16-bit UUID); part of the pvvx nonce.
+const AD_SERVICE_DATA: u8 = 0x16;
+
+fn mac_attr(out: &mut Decoded, mac: [u8; 6]) {
+    out.attr("mac", AttrValue::Address(DeviceAddress(mac)));
+}
+
+/// Drops the same plain frame seen again (same frame counter).
+fn dedup(state: &mut DeviceState, counter: u8) -> Result<(), DecodeError> {
+    if state.last_frame_counter == Some(counter) {
+        return Err(DecodeError::Duplicate(counter));
+    }
+    state.last_frame_counter = Some(counter);
+    Ok(())
+}
+
+/// Decodes service data under 0x181A.
+pub(crate) fn decode_atc(
+    address: DeviceAddress,
+    data: &[u8],
+    state: &mut DeviceState,
+) -> Result<Decoded, DecodeError> {
+    match data.len() {
+        13 | 15 => {
+            let format = if data.len() == 13 { ATC } else { PVVX };
+            if state.key.is_some() {
+                return Err(DecodeError::Downgrade(format));
+            }
+            let (out, counter) = if data.len() == 13 {
+                atc1441(data)?
+            } else {
+                pvvx(data)?
+            };
+            dedup(state, counter)?;
+            Ok(out)
+        }
+        11 | 8 => atc_encrypted(address, data, state),
+        n => Err(DecodeError::Invalid {
+            format: ATC,
+            field: if n < 8 {
+                "length (too short for any 0x181A format)"
+            } else {
+                "length (not an ATC1441 or pvvx frame)"
+            },
+        }),
+    }
+}
+
+/// ATC1441: MAC (big-endian), temperature s16 BE ×0.1 °C, humidity u8 %, battery u8
+/// %, battery u16 BE mV, frame counter.
+fn atc1441(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
+    let mut c = Cursor::new(ATC, data);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(c.take(6)?);
+    let t = c.i16_be()?;
+    let h = c.u8()?;
+    let b = c.u8()?;
+    let mv = c.u16_be()?;
+    let counter = c.u8()?;
+    let mut out = Decoded::new(ATC);
+    out.push_number(
+        Quantity::Temperature,
+        round_to(f64::from(t) * 0.1, 1),
+        Unit::Celsius,
+    );
+    out.push_number(Quantity::Humidity, f64::from(h), Unit::Percent);
+    out.push_number(Quantity::BatteryLevel, f64::from(b), Unit::Percent);
+    out.push_number(Quantity::BatteryVoltage, f64::from(mv) / 1000.0, Unit::Volt);
+    mac_attr(&mut out, mac);
+    out.attr("frame_counter", AttrValue::Int(i64::from(counter)));
+    Ok((out, counter))
+}
+
+/// pvvx custom: MAC (little-endian), temperature s16 ×0.01 °C, humidity u16 ×0.01 %,
+/// battery mV u16, battery %, counter, flags; all little-endian.
+fn pvvx(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
+    let mut c = Cursor::new(PVVX, data);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(c.take(6)?);
+    mac.reverse();
+    let t = c.i16()?;
+    let h = c.u16()?;
+    let mv = c.u16()?;
+    let b = c.u8()?;
+    let counter = c.u8()?;
+    let flags = c.u8()?;
+    let mut out = Decoded::new(PVVX);
+    out.push_number(
+        Quantity::Temperature,
+        round_to(f64::from(t) * 0.01, 2),
+        Unit::Celsius,
+    );
+    out.push_number(
+        Quantity::Humidity,
+        round_to(f64::from(h) * 0.01, 2),
+        Unit::Percent,
+    );
+    out.push_number(Quantity::BatteryVoltage, f64::from(mv) / 1000.0, Unit::Volt);
+    out.push_number(Quantity::BatteryLevel, f64::from(b), Unit::Percent);
+    mac_attr(&mut out, mac);
+    out.attr("frame_counter", AttrValue::Int(i64::from(counter)));
+    out.attr("flags", AttrValue::Int(i64::from(flags)));
+    Ok((out, counter))
+}
+
+/// The pvvx/ATC encrypted nonce: MAC (little-endian) then the AD structure header as
+/// sent on air (length, AD type, UUID) and the counter.
+fn atc_nonce(address: DeviceAddress, len: usize, counter: u8) -> [u8; 11] {
+    let mut n = [0u8; 11];
+    let mut mac = address.0;
+    mac.reverse();
+    n[..6].copy_from_slice(&mac);
+    // AD length counts the type byte, the UUID and the service data.
+    n[6] = (len + 3) as u8;
+    n[7] = AD_SERVICE_DATA;
+    n[8..10].copy_from_slice(&ATC_SERVICE_UUID.to_le_bytes());
+    n[10] = counter;
+    n
+}
+
+/// pvvx encrypted (11 bytes: counter, 6 encrypted, MIC 4) and ATC1441 encrypted (8
+/// bytes: counter, 3 encrypted, MIC 4); associated data 0x11.
+fn atc_encrypted(
+    address: DeviceAddress,
+    data: &[u8],
+    state: &mut DeviceState,
+) -> Result<Decoded, DecodeError> {
+    let format = if data.len() == 11 { PVVX_ENC } else { ATC_ENC };
+    let key = state.key.ok_or(DecodeError::Encrypted(format))?;
+    let counter = data[0];
+    let end = data.len();
+    let mut plain = [0u8; MAX_PLAIN];
+    let n = crypto::decrypt(
+        format,
+        &key,
+        &atc_nonce(address, end, counter),
+        &[0x11],
+        &data[1..end - 4],
+        &data[end - 4..],
+        &mut plain,
+    )?;
+    // The counter is one byte and wraps, so only an exact repeat is a replay.
+    if state.last_pvvx_counter == Some(counter) {
+        return Err(DecodeError::Replay {
+            format,
+            counter: u32::from(counter),
+            last: u32::from(counter),
+        });
+    }
+    state.last_pvvx_counter = Some(counter);
+    let p = &plain[..n];
+    let mut out = Decoded::new(format);
+    if format == PVVX_ENC {
+        let t = i16::from_le_bytes([p[0], p[1]]);
+        let h = u16::from_le_bytes([p[2], p[3]]);
+        out.push_number(
+            Quantity::Temperature,
+            round_to(f64::from(t) * 0.01, 2),
+            Unit::Celsius,
+        );
+        out.push_number(
+            Quantity::Humidity,
+            round_to(f64::from(h) * 0.01, 2),
+            Unit::Percent,
+        );
+        out.push_number(
+            Quantity::BatteryLevel,
+            f64::from(p[4].min(100)),
+            Unit::Percent,
+        );
+        out.attr("flags", AttrValue::Int(i64::from(p[5])));
+    } else {
+        // ATC1441 encrypted packs each value in one byte: (t + 40) × 2, h × 2, battery.
+        out.push_number(
+            Quantity::Temperature,
+            f64::from(p[0]) / 2.0 - 40.0,
+            Unit::Celsius,
+        );
+        out.push_number(Quantity::Humidity, f64::from(p[1]) / 2.0, Unit::Percent);
+        out.push_number(
+            Quantity::BatteryLevel,
+            f64::from((p[2] & 0x7F).min(100)),
+            Unit::Percent,
+        );
+    }
+    out.attr("frame_counter", AttrValue::Int(i64::from(counter)));
+    Ok(out)
+}
+
+/// Builds a pvvx or ATC1441 encrypted frame (11 or 8 bytes) from its plaintext (6 or
+/// 3 bytes), as the firmware does: for tests, benchmarks and fuzz seeds.
+pub fn encrypt_atc(
+    address: DeviceAddress,
+    key: &BindKey,
+    plain: &[u8],
+    counter: u8,
+) -> Option<Vec<u8>> {
+    let len = 1 + plain.len() + 4;
+    let mut buf = plain.to_vec();
+    let tag = crypto::encrypt(key, &atc_nonce(address, len, counter), &[0x11], &mut buf)?;
+    let mut out = vec![counter];
+    out.extend_from_slice(&buf);
+    out.extend_from_slice(&tag);
+    Some(out)
+}
+
+/// MiBeacon frame control bits.
+const FC_ENCRYPTED: u16 = 1 << 3;
+const FC_MAC: u16 = 1 << 4;
+const FC_CAPABILITY: u16 = 1 << 5;
+const FC_OBJECT: u16 = 1 << 6;
+/// Mesh frames carry a different layout that no supported sensor sends.
+const FC_MESH: u16 = 1 << 7;
+
+/// Decodes service data under 0xFE95.
+pub(crate) fn decode_mibeacon(
+    address: DeviceAddress,
+    data: &[u8],
+    state: &mut DeviceState,
+) -> Result<Decoded, DecodeError> {
+    let mut c = Cursor::new(MIBEACON, data);
+    let fc = c.u16()?;
+    let version = (fc >> 12) as u8;
+    if !(2..=5).contains(&version) {
+        return Err(DecodeError::UnsupportedVersion {
+            format: MIBEACON,
+            version,
+        });
+    }
+    if fc & FC_MESH != 0 {
+        return Err(DecodeError::Unsupported("mibeacon mesh frame".to_owned()));
+    }
+    let pid_bytes = c.take(2)?;
+    let product_id = u16::from_le_bytes([pid_bytes[0], pid_bytes[1]]);
+    let counter = c.u8()?;
+    let mac = if fc & FC_MAC != 0 {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(c.take(6)?);
+        m.reverse();
+        DeviceAddress(m)
+    } else {
+        address
+    };
+    if fc & FC_CAPABILITY != 0 {
+        let capability = c.u8()?;
+        // Bit 5 of the capability announces one more byte, the I/O capability.
+        if capability & 0x20 != 0 {
+            c.u8()?;
+        }
+    }
+    let mut out = Decoded::new(MIBEACON);
+    out.attr("product_id", AttrValue::Int(i64::from(product_id)));
+    if fc & FC_MAC != 0 {
+        mac_attr(&mut out, mac.0);
+    }
+    if fc & FC_OBJECT == 0 {
+        // A beacon with no measurement (pairing, presence): nothing to report.
+        return Ok(out);
+    }
+    let rest = &data[data.len() - c.remaining()..];
+    if rest.is_empty() {
+        return Err(DecodeError::Truncated {
+            format: MIBEACON,
+            offset: data.len(),
+            needed: 3,
+            len: data.len(),
+        });
+    }
+    if fc & FC_ENCRYPTED != 0 {
+        if version < 4 {
+            // v2/v3 use a different, legacy scheme that no supported sensor needs.
+            return Err(DecodeError::UnsupportedVersion {
+                format: "mibeacon_encrypted",
+                version,
+            });
+        }
+        let key = state.key.ok_or(DecodeError::Encrypted(MIBEACON))?;
+        if rest.len() < 7 {
+            return Err(DecodeError::Truncated {
+                format: MIBEACON,
+                offset: data.len(),
+                needed: 7,
+                len: data.len(),
+            });
+        }
+        let end = rest.len();
+        let ext = &rest[end - 7..end - 4];
+        let nonce = mibeacon_nonce(mac, pid_bytes, counter, ext);
+        let mut plain = [0u8; MAX_PLAIN];
+        let n = crypto::decrypt(
+            MIBEACON,
+            &key,
+            &nonce,
+            &[0x11],
+            &rest[..end - 7],
+            &rest[end - 4..],
+            &mut plain,
+        )?;
+        let full = u32::from_le_bytes([counter, ext[0], ext[1], ext[2]]);
+        if let Some(last) = state.last_mibeacon_counter
+            && full <= last
+        {
+            return Err(DecodeError::Replay {
+                format: MIBEACON,
+                counter: full,
+                last,
+            });
+        }
+        state.last_mibeacon_counter = Some(full);
+        mibeacon_objects(&plain[..n], &mut out)?;
+    } else {
+        if state.key.is_some() {
+            return Err(DecodeError::Downgrade(MIBEACON));
+        }
+        dedup(state, counter)?;
+        mibeacon_objects(rest, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn mibeacon_nonce(mac: DeviceAddress, pid: &[u8], counter: u8, ext: &[u8]) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    let mut m = mac.0;
+    m.reverse();
+    n[..6].copy_from_slice(&m);
+    n[6..8].copy_from_slice(pid);
+    n[8] = counter;
+    n[9..].copy_from_slice(ext);
+    n
+}
+
+/// Builds an encrypted MiBeacon v5 frame (no MAC field, objects present) from plain
+/// objects, as a LYWSD03MMC does: for tests, benchmarks and fuzz seeds.
+pub fn encrypt_mibeacon(
+    address: DeviceAddress,
+    key: &BindKey,
+    product_id: u16,
+    counter: u32,
+    objects: &[u8],
+) -> Option<Vec<u8>> {
+    // Auth mode 2 (bits 10-11) is what LYWSD03MMC sensors send with v5 encryption.
+    let fc: u16 = (5 << 12) | (2 << 10) | FC_OBJECT | FC_ENCRYPTED;
+    let c = counter.to_le_bytes();
+    let pid = product_id.to_le_bytes();
+    let mut buf = objects.to_vec();
+    let tag = crypto::encrypt(
+        key,
+        &mibeacon_nonce(address, &pid, c[0], &c[1..]),
+        &[0x11],
+        &mut buf,
+    )?;
+    let mut out = Vec::with_capacity(buf.len() + 12);
+    out.extend_from_slice(&fc.to_le_bytes());
+    out.extend_from_slice(&pid);
+    out.push(c[0]);
+    out.extend_from_slice(&buf);
+    out.extend_from_slice(&c[1..]);
+    out.extend_from_slice(&tag);
+    Some(out)
+}
+
+fn mibeacon_objects(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
+    let mut c = Cursor::new(MIBEACON, bytes);
+    while c.remaining() > 0 {
+        let kind = c.u16()?;
+        let len = c.u8()?;
+        let v = c.take(usize::from(len))?;
+        let need = |n: usize| {
+            if v.len() == n {
+                Ok(())
+            } else {
+                Err(DecodeError::Invalid {
+                    format: MIBEACON,
+                    field: "object length",
+                })
+            }
+        };
+        match kind {
+            0x1004 => {
+                need(2)?;
+                let t = i16::from_le_bytes([v[0], v[1]]);
+                out.push_number(
+                    Quantity::Temperature,
+                    round_to(f64::from(t) * 0.1, 1),
+                    Unit::Celsius,
+                );
+            }
+            0x1006 => {
+                need(2)?;
+                let h = u16::from_le_bytes([v[0], v[1]]);
+                out.push_number(
+                    Quantity::Humidity,
+                    round_to(f64::from(h) * 0.1, 1),
+                    Unit::Percent,
+                );
+            }
+            0x100A => {
+                need(1)?;
+                out.push_number(Quantity::BatteryLevel, f64::from(v[0]), Unit::Percent);
+            }
+            0x100D => {
+                need(4)?;
+                let t = i16::from_le_bytes([v[0], v[1]]);
+                let h = u16::from_le_bytes([v[2], v[3]]);
+                out.push_number(
+                    Quantity::Temperature,
+                    round_to(f64::from(t) * 0.1, 1),
+                    Unit::Celsius,
+                );
+                out.push_number(
+                    Quantity::Humidity,
+                    round_to(f64::from(h) * 0.1, 1),
+                    Unit::Percent,
+                );
+            }
+            // Objects carehub has no use for (buttons, plant sensors...) are stepped over.
+            _ => {}
+        }
+    }
+    Ok(())
+}
