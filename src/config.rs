@@ -89,6 +89,17 @@ pub struct StoreConfig {
     pub commit_max_delay_ms: u64,
     /// `"full"` or `"normal"`. Default `"full"`.
     pub synchronous: Synchronous,
+    /// Most readings the outbox holds before it evicts. Default 5000000.
+    pub max_outbox_readings: u64,
+    /// Most bytes of reading data the outbox holds before it evicts. Default 512.
+    pub max_outbox_mb: u64,
+    /// A reading still undelivered after this many days is evicted. Default 30.
+    pub max_outbox_age_days: u32,
+    /// Free space kept on the database's filesystem; below it the store frees
+    /// history, then room data, then vital signs. Default 100.
+    pub min_free_disk_mb: u64,
+    /// Delivered readings are kept this many days for charts. Default 7.
+    pub history_days: u32,
 }
 
 /// `[web]`.
@@ -207,6 +218,11 @@ impl Default for StoreConfig {
             commit_max_readings: 1000,
             commit_max_delay_ms: 20,
             synchronous: Synchronous::Full,
+            max_outbox_readings: 5_000_000,
+            max_outbox_mb: 512,
+            max_outbox_age_days: 30,
+            min_free_disk_mb: 100,
+            history_days: 7,
         }
     }
 }
@@ -270,6 +286,18 @@ commit_max_delay_ms = 20
 # "full": a commit is on disk before it is reported (nothing committed is lost on
 # a power cut). "normal": fewer fsyncs; the last commits may be lost on power cut.
 synchronous = "full"
+# Caps on the outbox (readings not yet acknowledged by the cloud). When one is
+# reached the oldest room/ambient readings are evicted first, then the oldest
+# vital signs; every eviction is counted, logged and shown on the status page.
+max_outbox_readings = 5000000
+max_outbox_mb = 512
+# An undelivered reading older than this many days is evicted.
+max_outbox_age_days = 30
+# Free space kept on the filesystem of the database. Below it the store deletes
+# delivered history first, then room data, then vital signs.
+min_free_disk_mb = 100
+# Delivered readings are kept locally this many days for charts, then purged.
+history_days = 7
 
 [web]
 # Address and port of the staff web page.
@@ -408,6 +436,15 @@ impl Config {
                 "store.commit_max_delay_ms",
                 "must be at most 10000 (10 s)".into(),
             ));
+        }
+        if self.store.max_outbox_readings == 0 {
+            return Err(("store.max_outbox_readings", "must be at least 1".into()));
+        }
+        if self.store.max_outbox_mb == 0 {
+            return Err(("store.max_outbox_mb", "must be at least 1".into()));
+        }
+        if self.store.max_outbox_age_days == 0 {
+            return Err(("store.max_outbox_age_days", "must be at least 1".into()));
         }
         if self.store.path.as_os_str().is_empty() {
             return Err(("store.path", "must not be empty".into()));

@@ -1,27 +1,37 @@
 //! The durable buffer: every reading is committed to SQLite before anything else
-//! happens to it.
+//! happens to it, and leaves the outbox only when the cloud has acknowledged it.
 //!
 //! One writer thread owns the only write connection and commits in groups (up to
 //! `commit_max_readings` or `commit_max_delay_ms`), so that fsyncs per reading stay
 //! low. A producer learns that its readings are stored only once their transaction
-//! has committed. Readers (the web page) use their own read-only connections, off the
-//! async executor.
+//! has committed. The uplink leases batches (vital signs first, oldest first), then
+//! acks or releases them; leases live in the writer's memory only, so a restart
+//! releases every lease by construction (at-least-once delivery; each reading keeps
+//! its stable id so that the receiver drops duplicates). The outbox is bounded by
+//! rows, bytes, age and a floor of free disk space; evictions take room data before
+//! vital signs and are always counted and logged. Readers (the web page) use their
+//! own read-only connections, off the async executor.
 
+mod limits;
 mod reader;
 mod schema;
 mod writer;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{StoreConfig, Synchronous};
 use crate::model::{Device, Reading, Resident, Subject, Timestamp};
 
-pub use reader::{LatestValue, Reader, ResidentOverview};
+pub use limits::{Class, EvictionReason, MaintenanceReport};
+pub use reader::{LatestValue, Reader, ResidentOverview, StatsSnapshot};
 pub use schema::VERSION as SCHEMA_VERSION;
+#[doc(hidden)]
+pub use schema::migrate_to;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -41,20 +51,100 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `PRAGMA integrity_check` did not say "ok".
+    #[error("integrity check failed: {0}")]
+    Corrupt(String),
+    /// A corrupt database could not be moved aside.
+    #[error("cannot move the corrupt database {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An ack or release named a lease the store does not hold (already acked or
+    /// released, or issued before a restart or `release_all`).
+    #[error("no such lease {0}")]
+    UnknownLease(u64),
+    /// The filesystem is full: the group was not stored. The store keeps running
+    /// and frees what it may (history, then room data).
+    #[error("the disk is full; readings not stored: {0}")]
+    DiskFull(rusqlite::Error),
 }
+
+impl StoreError {
+    /// Whether this error says the file is not a sound SQLite database.
+    fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Identifies one lease handed to the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub u64);
+
+/// A batch of readings handed out for delivery; ack or release it by `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub readings: Vec<LeasedReading>,
+}
+
+/// One reading in a lease, with the pseudonymous reference of its resident (the
+/// display name never leaves the gateway).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedReading {
+    pub reading: Reading,
+    pub resident_reference: Option<String>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Arc<StoreError>>>;
 
 /// A request to the writer thread.
 #[derive(Debug)]
 pub(crate) enum Command {
     Ingest {
         readings: Vec<Reading>,
-        committed: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+        committed: Option<Reply<()>>,
     },
     Provision {
         residents: Vec<Resident>,
         devices: Vec<Device>,
-        committed: oneshot::Sender<Result<(), Arc<StoreError>>>,
+        committed: Reply<()>,
     },
+    Lease {
+        max: usize,
+        reply: Reply<Option<Lease>>,
+    },
+    Ack {
+        lease: LeaseId,
+        reply: Reply<()>,
+    },
+    Release {
+        lease: LeaseId,
+        reply: Reply<()>,
+    },
+    ReleaseAll {
+        reply: Reply<()>,
+    },
+    Maintain {
+        now: Timestamp,
+        reply: Reply<MaintenanceReport>,
+    },
+}
+
+/// The alarm raised when the database failed its integrity check at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorruptionAlarm {
+    /// Where the bad file now lies, for a technician to inspect.
+    pub moved_to: PathBuf,
+    pub reason: String,
+    pub at: Timestamp,
 }
 
 /// Counters the writer keeps for status pages and metrics.
@@ -65,6 +155,21 @@ pub struct StoreStats {
     pub commit_errors: AtomicU64,
     /// Unix ms of the last successful commit; 0 before the first.
     pub last_commit_ms: AtomicI64,
+    /// Readings waiting in the outbox (leased or not).
+    pub outbox_readings: AtomicU64,
+    /// Estimated bytes of reading data waiting in the outbox.
+    pub outbox_bytes: AtomicU64,
+    /// The last commit failed because the filesystem was full.
+    pub disk_full: AtomicBool,
+    /// Free bytes on the database's filesystem at the last check.
+    pub free_disk_bytes: AtomicU64,
+    /// Evicted readings since the database was made, by reason and class
+    /// ([`EvictionReason::index`]); persisted in the `evictions` table.
+    pub evicted: [AtomicU64; limits::EVICTION_SLOTS],
+    /// Delivered readings purged from history (retention or disk pressure).
+    pub history_purged: AtomicU64,
+    /// Set when start-up found a corrupt database and moved it aside.
+    pub corruption: Mutex<Option<CorruptionAlarm>>,
 }
 
 impl StoreStats {
@@ -73,6 +178,11 @@ impl StoreStats {
             0 => None,
             ms => Some(Timestamp::from_unix_ms(ms)),
         }
+    }
+
+    /// Evicted readings for one reason and class.
+    pub fn evicted(&self, reason: EvictionReason, class: Class) -> u64 {
+        self.evicted[reason.index(class)].load(Ordering::Relaxed)
     }
 }
 
@@ -84,17 +194,25 @@ pub struct StoreHandle {
 }
 
 impl StoreHandle {
-    /// Stores `readings` and returns once their transaction has committed.
-    pub async fn ingest(&self, readings: Vec<Reading>) -> Result<(), Arc<StoreError>> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, Arc<StoreError>> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Command::Ingest {
-                readings,
-                committed: Some(done),
-            })
+            .send(make(done))
             .await
             .map_err(|_| Arc::new(StoreError::Closed))?;
         wait.await.map_err(|_| Arc::new(StoreError::Closed))?
+    }
+
+    /// Stores `readings` and returns once their transaction has committed.
+    pub async fn ingest(&self, readings: Vec<Reading>) -> Result<(), Arc<StoreError>> {
+        self.call(|done| Command::Ingest {
+            readings,
+            committed: Some(done),
+        })
+        .await
     }
 
     /// Queues `readings` without waiting for the commit (waits only for room in
@@ -115,22 +233,48 @@ impl StoreHandle {
         residents: Vec<Resident>,
         devices: Vec<Device>,
     ) -> Result<(), Arc<StoreError>> {
-        let (committed, wait) = oneshot::channel();
-        self.tx
-            .send(Command::Provision {
-                residents,
-                devices,
-                committed,
-            })
-            .await
-            .map_err(|_| Arc::new(StoreError::Closed))?;
-        wait.await.map_err(|_| Arc::new(StoreError::Closed))?
+        self.call(|committed| Command::Provision {
+            residents,
+            devices,
+            committed,
+        })
+        .await
+    }
+
+    /// Leases up to `max` readings not already leased: vital signs before room data,
+    /// oldest first. `Ok(None)` when nothing is waiting.
+    pub async fn lease(&self, max: usize) -> Result<Option<Lease>, Arc<StoreError>> {
+        self.call(|reply| Command::Lease { max, reply }).await
+    }
+
+    /// The cloud has them: delete from the outbox, keep in local history.
+    pub async fn ack(&self, lease: LeaseId) -> Result<(), Arc<StoreError>> {
+        self.call(|reply| Command::Ack { lease, reply }).await
+    }
+
+    /// Not delivered: make them leasable again.
+    pub async fn release(&self, lease: LeaseId) -> Result<(), Arc<StoreError>> {
+        self.call(|reply| Command::Release { lease, reply }).await
+    }
+
+    /// On reconnect and at start-up: every lease back to waiting.
+    pub async fn release_all(&self) -> Result<(), Arc<StoreError>> {
+        self.call(|reply| Command::ReleaseAll { reply }).await
+    }
+
+    /// Runs retention, the age cap and the disk floor now, as if the time were
+    /// `now` (the writer also runs them every [`MAINTENANCE_EVERY`]).
+    pub async fn maintain(&self, now: Timestamp) -> Result<MaintenanceReport, Arc<StoreError>> {
+        self.call(|reply| Command::Maintain { now, reply }).await
     }
 
     pub fn stats(&self) -> &Arc<StoreStats> {
         &self.stats
     }
 }
+
+/// How often the writer runs retention, the age cap and the disk check on its own.
+pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
 /// An open store: the writer's handle, a reader, and the thread to join on shutdown.
 pub struct Store {
@@ -144,24 +288,48 @@ pub struct Store {
 pub struct StoreSettings {
     pub path: PathBuf,
     pub commit_max_readings: usize,
-    pub commit_max_delay: std::time::Duration,
+    pub commit_max_delay: Duration,
     pub synchronous: Synchronous,
+    pub max_outbox_readings: u64,
+    pub max_outbox_bytes: u64,
+    pub max_outbox_age: Duration,
+    pub min_free_disk_bytes: u64,
+    pub history: Duration,
 }
+
+impl StoreSettings {
+    /// The defaults of `[store]` with the database at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        let mut s = StoreSettings::from(&StoreConfig::default());
+        s.path = path.into();
+        s
+    }
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+const MB: u64 = 1024 * 1024;
 
 impl From<&StoreConfig> for StoreSettings {
     fn from(c: &StoreConfig) -> Self {
         StoreSettings {
             path: c.path.clone(),
             commit_max_readings: c.commit_max_readings,
-            commit_max_delay: std::time::Duration::from_millis(c.commit_max_delay_ms),
+            commit_max_delay: Duration::from_millis(c.commit_max_delay_ms),
             synchronous: c.synchronous,
+            max_outbox_readings: c.max_outbox_readings,
+            max_outbox_bytes: c.max_outbox_mb.saturating_mul(MB),
+            max_outbox_age: DAY * c.max_outbox_age_days,
+            min_free_disk_bytes: c.min_free_disk_mb.saturating_mul(MB),
+            history: DAY * c.history_days,
         }
     }
 }
 
 impl Store {
     /// Opens (creating and migrating if needed) the database and starts the writer
-    /// thread. Blocking: call it from start-up code or `spawn_blocking`.
+    /// thread. A database that fails its integrity check is moved aside and a fresh
+    /// one started, with an alarm in the stats; a database from a newer build is
+    /// refused. Blocking: call it from start-up code or `spawn_blocking`.
     pub fn open(
         settings: StoreSettings,
         runtime: tokio::runtime::Handle,
@@ -173,8 +341,21 @@ impl Store {
                 source,
             })?;
         }
-        let conn = writer::open_write_connection(&settings)?;
         let stats = Arc::new(StoreStats::default());
+        let conn = match writer::open_write_connection(&settings) {
+            Ok(conn) => conn,
+            Err(e) if e.is_corruption() => {
+                let moved_to = move_aside(&settings.path)?;
+                tracing::error!(error = %e, moved_to = %moved_to.display(), "ALARM: the database was corrupt; it was moved aside and a fresh one started");
+                *stats.corruption.lock().unwrap() = Some(CorruptionAlarm {
+                    moved_to,
+                    reason: e.to_string(),
+                    at: Timestamp::now(),
+                });
+                writer::open_write_connection(&settings)?
+            }
+            Err(e) => return Err(e),
+        };
         let (tx, rx) = mpsc::channel(256);
         let writer = writer::spawn(
             conn,
@@ -183,13 +364,42 @@ impl Store {
             stats.clone(),
             runtime,
             heartbeat,
-        );
+        )?;
         Ok(Store {
-            handle: StoreHandle { tx, stats },
-            reader: Reader::new(settings.path),
+            handle: StoreHandle {
+                tx,
+                stats: stats.clone(),
+            },
+            reader: Reader::new(settings.path, stats),
             writer,
         })
     }
+}
+
+/// Renames the database and its WAL and shared-memory files to
+/// `<name>.corrupt-<unix ms>[-wal|-shm]`; returns the new database path.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = Timestamp::now().unix_ms();
+    let mut moved_to = path.as_os_str().to_owned();
+    moved_to.push(format!(".corrupt-{stamp}"));
+    let moved_to = PathBuf::from(moved_to);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = moved_to.as_os_str().to_owned();
+        to.push(suffix);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(source) => {
+                return Err(StoreError::MoveAside {
+                    path: PathBuf::from(from),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(moved_to)
 }
 
 /// The key of a subject in the `latest` table and the wire.
@@ -200,3 +410,6 @@ pub(crate) fn subject_key(subject: &Subject, device: &crate::model::DeviceAddres
         Subject::Unassigned => format!("device:{device}"),
     }
 }
+
+#[cfg(test)]
+mod tests;

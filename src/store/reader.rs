@@ -6,8 +6,50 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::StoreError;
+use std::sync::atomic::Ordering;
+
+use super::limits::{Class, EvictionReason};
+use super::{CorruptionAlarm, StoreError, StoreStats};
 use crate::model::{DeviceAddress, Quantity, ResidentId, SpecialValue, Timestamp, Unit, Value};
+
+/// The store's state for status pages and metrics, at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSnapshot {
+    /// Readings waiting for the cloud's ack (leased or not).
+    pub outbox_depth: u64,
+    /// Estimated bytes of reading data waiting.
+    pub outbox_bytes: u64,
+    /// When the oldest waiting reading was received; `None` when nothing waits.
+    pub oldest_unsent: Option<Timestamp>,
+    /// Evicted readings since the database was made: (reason, class, count) for
+    /// every pair, zeros included, so that a page can show "0 evicted".
+    pub evicted: Vec<(EvictionReason, Class, u64)>,
+    /// Delivered readings purged from history (retention or disk pressure).
+    pub history_purged: u64,
+    /// The database file plus its WAL, in bytes.
+    pub database_bytes: u64,
+    pub last_commit: Option<Timestamp>,
+    pub readings_committed: u64,
+    pub commit_errors: u64,
+    /// The last commit attempt failed for a full disk; cleared by the next success.
+    pub disk_full: bool,
+    /// Free bytes on the database's filesystem at the last check.
+    pub free_disk_bytes: u64,
+    /// Set when start-up found the database corrupt and moved it aside.
+    pub corruption: Option<CorruptionAlarm>,
+}
+
+impl StatsSnapshot {
+    /// How long the oldest waiting reading has waited at `now`.
+    pub fn oldest_unsent_age(&self, now: Timestamp) -> Option<std::time::Duration> {
+        self.oldest_unsent.map(|t| t.age_at(now))
+    }
+
+    /// Evicted readings of every reason and class together.
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted.iter().map(|e| e.2).sum()
+    }
+}
 
 /// The newest value of one quantity for a subject.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,16 +75,56 @@ pub struct ResidentOverview {
 pub struct Reader {
     path: PathBuf,
     pool: Arc<Mutex<Vec<Connection>>>,
+    stats: Arc<StoreStats>,
 }
 
 const POOL_SIZE: usize = 4;
 
 impl Reader {
-    pub(super) fn new(path: PathBuf) -> Self {
+    pub(super) fn new(path: PathBuf, stats: Arc<StoreStats>) -> Self {
         Reader {
             path,
             pool: Arc::new(Mutex::new(Vec::new())),
+            stats,
         }
+    }
+
+    /// Outbox depth, oldest unsent reading, evictions, database size, last commit.
+    pub fn stats(&self) -> Result<StatsSnapshot, StoreError> {
+        let oldest: Option<i64> = self.with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT min(received_at_ms) FROM readings WHERE seq IN
+                    (SELECT min(seq) FROM outbox_vital UNION ALL SELECT min(seq) FROM outbox_room)",
+                [],
+                |r| r.get(0),
+            )?)
+        })?;
+        let s = &self.stats;
+        let mut evicted = Vec::with_capacity(8);
+        for reason in EvictionReason::ALL {
+            for class in [Class::Vital, Class::Room] {
+                evicted.push((reason, class, s.evicted(reason, class)));
+            }
+        }
+        let size = |suffix: &str| {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(PathBuf::from(p)).map(|m| m.len()).unwrap_or(0)
+        };
+        Ok(StatsSnapshot {
+            outbox_depth: s.outbox_readings.load(Ordering::Relaxed),
+            outbox_bytes: s.outbox_bytes.load(Ordering::Relaxed),
+            oldest_unsent: oldest.map(Timestamp::from_unix_ms),
+            evicted,
+            history_purged: s.history_purged.load(Ordering::Relaxed),
+            database_bytes: size("") + size("-wal"),
+            last_commit: s.last_commit(),
+            readings_committed: s.readings_committed.load(Ordering::Relaxed),
+            commit_errors: s.commit_errors.load(Ordering::Relaxed),
+            disk_full: s.disk_full.load(Ordering::Relaxed),
+            free_disk_bytes: s.free_disk_bytes.load(Ordering::Relaxed),
+            corruption: s.corruption.lock().unwrap().clone(),
+        })
     }
 
     fn with_conn<T>(
@@ -103,10 +185,14 @@ impl Reader {
         })
     }
 
-    /// Readings waiting in the outbox.
+    /// Readings waiting in the outbox, counted in the database.
     pub fn outbox_depth(&self) -> Result<u64, StoreError> {
         self.with_conn(|c| {
-            Ok(c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))? as u64)
+            Ok(c.query_row(
+                "SELECT (SELECT count(*) FROM outbox_vital) + (SELECT count(*) FROM outbox_room)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
         })
     }
 

@@ -2,6 +2,11 @@
 //!
 //! Each migration takes the database from version N-1 to N inside one transaction;
 //! a database newer than this build is refused rather than guessed at.
+//!
+//! From version 2 every reading lives once in `readings` (the local history, kept
+//! `history_days`), and the outbox is two rowid-only tables of sequence numbers,
+//! one per priority class. An ack deletes a few bytes from an outbox table instead
+//! of copying the reading, which keeps bytes written per reading low on SD cards.
 
 use rusqlite::Connection;
 
@@ -57,6 +62,42 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (subject, quantity)
     ) WITHOUT ROWID;
     "#,
+    // 2: the outbox/history split. The reading row moves to `readings` with the
+    // device address as 6 bytes; the outbox becomes sequence numbers only, split by
+    // priority so that leasing vital signs first needs no index. Eviction counts
+    // persist in `evictions` so that they survive restarts.
+    r#"
+    CREATE TABLE readings (
+        seq            INTEGER PRIMARY KEY,
+        id             BLOB NOT NULL,
+        device         BLOB NOT NULL,
+        resident_id    INTEGER,
+        room           TEXT,
+        quantity       TEXT NOT NULL,
+        value          REAL,
+        status         TEXT NOT NULL,
+        unit           TEXT NOT NULL,
+        measured_at_ms INTEGER,
+        received_at_ms INTEGER NOT NULL,
+        clock_synced   INTEGER NOT NULL
+    );
+    CREATE TABLE outbox_vital (seq INTEGER PRIMARY KEY);
+    CREATE TABLE outbox_room (seq INTEGER PRIMARY KEY);
+    CREATE TABLE evictions (
+        reason TEXT NOT NULL,
+        class  TEXT NOT NULL,
+        count  INTEGER NOT NULL,
+        PRIMARY KEY (reason, class)
+    ) WITHOUT ROWID;
+    INSERT INTO readings (seq, id, device, resident_id, room, quantity, value, status, unit,
+                          measured_at_ms, received_at_ms, clock_synced)
+        SELECT seq, id, unhex(replace(device, ':', '')), resident_id, room, quantity, value,
+               status, unit, measured_at_ms, received_at_ms, clock_synced
+        FROM outbox ORDER BY seq;
+    INSERT INTO outbox_vital (seq) SELECT seq FROM outbox WHERE vital != 0 ORDER BY seq;
+    INSERT INTO outbox_room (seq) SELECT seq FROM outbox WHERE vital = 0 ORDER BY seq;
+    DROP TABLE outbox;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -64,6 +105,11 @@ pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database up to [`VERSION`].
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, VERSION)
+}
+
+/// Brings the database up to `target` (tests build every earlier version with it).
+pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > VERSION {
         return Err(StoreError::TooNew {
@@ -71,7 +117,14 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported: VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    let target = usize::try_from(target.min(VERSION)).unwrap_or(0);
+    let start = usize::try_from(current).unwrap_or(0);
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target)
+        .skip(start)
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;

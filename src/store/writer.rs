@@ -1,5 +1,13 @@
-//! The writer thread: the only connection that writes, committing in groups.
+//! The writer thread: the only connection that writes, committing in groups, and
+//! the keeper of leases, caps and retention.
+//!
+//! Leases live only in this thread's memory: a lease is a promise to one uplink
+//! connection, so a restart (or `release_all` on reconnect) makes every reading
+//! leasable again without touching the disk. Leasing needs no writes at all; an
+//! ack deletes sequence numbers from the outbox tables, and the reading itself
+//! stays in `readings` as history.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -7,13 +15,21 @@ use std::time::Instant;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
-use super::{Command, StoreError, StoreSettings, StoreStats, schema, subject_key};
+use super::limits::{self, Class, EvictionReason, MaintenanceReport};
+use super::{
+    Command, Lease, LeaseId, LeasedReading, StoreError, StoreSettings, StoreStats, schema,
+    subject_key,
+};
 use crate::config::Synchronous;
-use crate::model::{Device, Reading, Resident, Subject, Timestamp};
+use crate::model::{
+    Device, DeviceAddress, Quantity, Reading, ReadingId, Resident, ResidentId, SpecialValue,
+    Subject, Timestamp, Unit, Value,
+};
 use crate::system::health::Heartbeat;
 
 const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Opens the write connection, checks the file's integrity and migrates it.
 pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(&settings.path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -24,6 +40,10 @@ pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connecti
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let verdict: String = conn.query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))?;
+    if verdict != "ok" {
+        return Err(StoreError::Corrupt(verdict));
+    }
     schema::migrate(&mut conn)?;
     Ok(conn)
 }
@@ -35,106 +55,507 @@ pub(super) fn spawn(
     stats: Arc<StoreStats>,
     runtime: tokio::runtime::Handle,
     heartbeat: Heartbeat,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    limits::load_counts(&conn, &stats)?;
+    let (rows, bytes) = limits::outbox_totals(&conn)?;
+    stats.outbox_readings.store(rows, Ordering::Relaxed);
+    stats.outbox_bytes.store(bytes, Ordering::Relaxed);
+    if let Some(free) = limits::free_disk_bytes(&settings.path) {
+        stats.free_disk_bytes.store(free, Ordering::Relaxed);
+    }
+    let writer = Writer {
+        conn,
+        settings,
+        stats,
+        leases: HashMap::new(),
+        leased: HashSet::new(),
+        cursor: [0, 0],
+        next_lease: 1,
+        last_maintenance: Instant::now(),
+    };
+    Ok(std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(conn, rx, settings, stats, runtime, heartbeat))
-        .expect("spawning a thread at start-up only fails when the process is out of resources")
+        .spawn(move || writer.run(rx, runtime, heartbeat))
+        .expect("spawning a thread at start-up only fails when the process is out of resources"))
 }
 
-/// Collects commands into groups and commits each group in one transaction, until
-/// every sender has gone; then commits what is left and returns.
-fn run(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Command>,
+/// One leased reading: its class, sequence number and estimated bytes.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    class: Class,
+    seq: i64,
+    bytes: u64,
+}
+
+struct Writer {
+    conn: Connection,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
-    runtime: tokio::runtime::Handle,
-    heartbeat: Heartbeat,
-) {
-    // Timers are made outside `block_on`; they need the runtime's context.
-    let _context = runtime.enter();
-    loop {
-        heartbeat.beat();
-        // Wake at least once a second while idle, so that the heartbeat says the
-        // writer is waiting, not stuck.
-        let first = match runtime.block_on(tokio::time::timeout(IDLE_BEAT, rx.recv())) {
-            Ok(Some(cmd)) => cmd,
-            Ok(None) => break,
-            Err(_) => continue,
-        };
-        let mut group = vec![first];
-        let mut count = readings_in(&group[0]);
-        let deadline = tokio::time::Instant::from_std(Instant::now() + settings.commit_max_delay);
-        while count < settings.commit_max_readings {
-            match rx.try_recv() {
-                Ok(cmd) => {
-                    count += readings_in(&cmd);
-                    group.push(cmd);
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            match runtime.block_on(tokio::time::timeout_at(deadline, rx.recv())) {
-                Ok(Some(cmd)) => {
-                    count += readings_in(&cmd);
-                    group.push(cmd);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        commit_group(&mut conn, group, &stats);
+    leases: HashMap<u64, Vec<Held>>,
+    /// Every sequence number in some lease.
+    leased: HashSet<i64>,
+    /// Per class (vital, room): no leasable reading has a smaller sequence number.
+    cursor: [i64; 2],
+    next_lease: u64,
+    last_maintenance: Instant,
+}
+
+fn slot(class: Class) -> usize {
+    match class {
+        Class::Vital => 0,
+        Class::Room => 1,
     }
-    tracing::debug!("store writer stopped: every producer has gone and all is committed");
+}
+
+/// Whether to wait for more commands to share a commit: only ingests gain from
+/// grouping; leases and acks are answered at once.
+fn groupable(cmd: &Command) -> bool {
+    matches!(cmd, Command::Ingest { .. } | Command::Provision { .. })
 }
 
 fn readings_in(cmd: &Command) -> usize {
     match cmd {
         Command::Ingest { readings, .. } => readings.len(),
-        Command::Provision { .. } => 1,
+        _ => 1,
     }
 }
 
-fn commit_group(conn: &mut Connection, group: Vec<Command>, stats: &StoreStats) {
-    let result = write_group(conn, &group);
-    let now = Timestamp::now();
-    let outcome = match result {
-        Ok(n) => {
-            stats
-                .readings_committed
-                .fetch_add(n as u64, Ordering::Relaxed);
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.last_commit_ms.store(now.unix_ms(), Ordering::Relaxed);
-            Ok(())
+fn is_disk_full(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+    )
+}
+
+impl Writer {
+    /// Collects commands into groups and handles each group, until every sender
+    /// has gone; then commits what is left and returns.
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, runtime: tokio::runtime::Handle, heartbeat: Heartbeat) {
+        // Timers are made outside `block_on`; they need the runtime's context.
+        let _context = runtime.enter();
+        loop {
+            heartbeat.beat();
+            if self.last_maintenance.elapsed() >= super::MAINTENANCE_EVERY {
+                if let Err(e) = self.maintain(Timestamp::now()) {
+                    tracing::error!(error = %e, "store maintenance failed; will retry");
+                }
+            }
+            // Wake at least once a second while idle, so that the heartbeat says the
+            // writer is waiting, not stuck.
+            let first = match runtime.block_on(tokio::time::timeout(IDLE_BEAT, rx.recv())) {
+                Ok(Some(cmd)) => cmd,
+                Ok(None) => break,
+                Err(_) => continue,
+            };
+            let mut waiting = groupable(&first);
+            let mut count = readings_in(&first);
+            let mut group = vec![first];
+            let deadline =
+                tokio::time::Instant::from_std(Instant::now() + self.settings.commit_max_delay);
+            while count < self.settings.commit_max_readings {
+                let next = match rx.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) if waiting => {
+                        match runtime.block_on(tokio::time::timeout_at(deadline, rx.recv())) {
+                            Ok(Some(cmd)) => Some(cmd),
+                            Ok(None) | Err(_) => None,
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                };
+                let Some(cmd) = next else { break };
+                waiting &= groupable(&cmd);
+                count += readings_in(&cmd);
+                group.push(cmd);
+            }
+            self.handle_group(group);
         }
-        Err(e) => {
-            stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, commands = group.len(), "store commit failed; the group was not stored");
-            Err(Arc::new(e))
+        tracing::debug!("store writer stopped: every producer has gone and all is committed");
+    }
+
+    fn handle_group(&mut self, group: Vec<Command>) {
+        // Acks naming a lease this writer holds; any other is answered UnknownLease.
+        let acks: HashSet<u64> = group
+            .iter()
+            .filter_map(|c| match c {
+                Command::Ack { lease, .. } => Some(lease.0),
+                _ => None,
+            })
+            .filter(|id| self.leases.contains_key(id))
+            .collect();
+        let mut result = self.write_group(&group);
+        if let Err(e) = &result
+            && is_disk_full(e)
+        {
+            self.on_disk_full(e);
+            result = self.write_group(&group);
         }
-    };
-    for cmd in group {
-        let reply = match cmd {
-            Command::Ingest { committed, .. } => committed,
-            Command::Provision { committed, .. } => Some(committed),
+        let now = Timestamp::now();
+        let outcome: Result<(), Arc<StoreError>> = match result {
+            Ok(written) => {
+                let stats = &self.stats;
+                stats
+                    .readings_committed
+                    .fetch_add(written.readings, Ordering::Relaxed);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.last_commit_ms.store(now.unix_ms(), Ordering::Relaxed);
+                stats
+                    .outbox_readings
+                    .fetch_add(written.readings, Ordering::Relaxed);
+                stats.outbox_bytes.fetch_add(written.bytes, Ordering::Relaxed);
+                let (rows, bytes) = (written.acked_readings, written.acked_bytes);
+                stats
+                    .outbox_readings
+                    .fetch_sub(rows.min(stats.outbox_readings.load(Ordering::Relaxed)), Ordering::Relaxed);
+                stats
+                    .outbox_bytes
+                    .fetch_sub(bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                for id in &acks {
+                    if let Some(held) = self.leases.remove(id) {
+                        for h in held {
+                            self.leased.remove(&h.seq);
+                        }
+                    }
+                }
+                if stats.disk_full.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the disk has room again; readings are being stored");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                let e = if is_disk_full(&e) {
+                    match e {
+                        StoreError::Sqlite(inner) => StoreError::DiskFull(inner),
+                        other => other,
+                    }
+                } else {
+                    e
+                };
+                tracing::error!(error = %e, commands = group.len(), "store commit failed; the group was not stored");
+                Err(Arc::new(e))
+            }
         };
-        if let Some(reply) = reply {
-            // The producer may have stopped waiting; the data is stored either way.
-            let _ = reply.send(outcome.clone());
+        // Caps are enforced before anyone hears back, so that a producer that saw its
+        // commit also sees the outbox within bounds, and no lease hands out a
+        // reading about to be evicted.
+        let wrote = group.iter().any(|c| matches!(c, Command::Ingest { .. }));
+        if wrote && let Err(e) = self.enforce_caps() {
+            tracing::error!(error = %e, "cannot enforce the outbox caps; will retry after the next commit");
         }
+        for cmd in group {
+            match cmd {
+                Command::Ingest { committed, .. } => {
+                    if let Some(reply) = committed {
+                        // The producer may have stopped waiting; the data is stored either way.
+                        let _ = reply.send(outcome.clone());
+                    }
+                }
+                Command::Provision { committed, .. } => {
+                    let _ = committed.send(outcome.clone());
+                }
+                Command::Ack { lease, reply } => {
+                    let r = match &outcome {
+                        Ok(()) if !acks.contains(&lease.0) => {
+                            Err(Arc::new(StoreError::UnknownLease(lease.0)))
+                        }
+                        other => other.clone(),
+                    };
+                    let _ = reply.send(r);
+                }
+                Command::Lease { max, reply } => {
+                    let _ = reply.send(self.lease(max).map_err(Arc::new));
+                }
+                Command::Release { lease, reply } => {
+                    let _ = reply.send(self.release(lease).map_err(Arc::new));
+                }
+                Command::ReleaseAll { reply } => {
+                    self.release_all();
+                    let _ = reply.send(Ok(()));
+                }
+                Command::Maintain { now, reply } => {
+                    let _ = reply.send(self.maintain(now).map_err(Arc::new));
+                }
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: &[Command]) -> Result<Written, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut w = Written::default();
+        {
+            let mut batch = Batch::default();
+            for cmd in group {
+                match cmd {
+                    Command::Ingest { readings, .. } => {
+                        for r in readings {
+                            batch.add(&tx, r)?;
+                            w.readings += 1;
+                            w.bytes += limits::row_bytes(r);
+                        }
+                    }
+                    Command::Provision {
+                        residents, devices, ..
+                    } => provision(&tx, residents, devices)?,
+                    Command::Ack { lease, .. } => {
+                        if let Some(held) = self.leases.get(&lease.0) {
+                            let (rows, bytes) = delete_from_outbox(&tx, held)?;
+                            w.acked_readings += rows;
+                            w.acked_bytes += bytes;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            batch.finish(&tx)?;
+        }
+        tx.commit()?;
+        Ok(w)
+    }
+
+    /// Leases up to `max` readings: vital before room, oldest first, skipping
+    /// readings already leased.
+    fn lease(&mut self, max: usize) -> Result<Option<Lease>, StoreError> {
+        let mut readings = Vec::new();
+        let mut held = Vec::new();
+        for class in [Class::Vital, Class::Room] {
+            if readings.len() >= max {
+                break;
+            }
+            let mut q = self.conn.prepare_cached(&format!(
+                "SELECT o.seq, {}, r.id, r.device, r.resident_id, r.room, r.quantity, r.value,
+                        r.status, r.unit, r.measured_at_ms, r.received_at_ms, r.clock_synced,
+                        res.reference
+                 FROM {} o JOIN readings r ON r.seq = o.seq
+                 LEFT JOIN residents res ON res.id = r.resident_id
+                 WHERE o.seq >= ?1 ORDER BY o.seq",
+                limits::ROW_BYTES_SQL,
+                class.table()
+            ))?;
+            let mut rows = q.query([self.cursor[slot(class)]])?;
+            while readings.len() < max {
+                let Some(row) = rows.next()? else { break };
+                let seq: i64 = row.get(0)?;
+                self.cursor[slot(class)] = seq + 1;
+                if self.leased.contains(&seq) {
+                    continue;
+                }
+                match decode_row(row)? {
+                    Some((reading, reference)) => {
+                        readings.push(LeasedReading {
+                            reading,
+                            resident_reference: reference,
+                        });
+                        held.push(Held {
+                            class,
+                            seq,
+                            bytes: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                        });
+                    }
+                    None => {
+                        // A row this build cannot read (from a newer version): it stays
+                        // in the outbox untouched rather than being sent wrongly.
+                        tracing::warn!(seq, "outbox reading not understood by this build; left in place");
+                    }
+                }
+            }
+        }
+        if readings.is_empty() {
+            return Ok(None);
+        }
+        let id = self.next_lease;
+        self.next_lease += 1;
+        for h in &held {
+            self.leased.insert(h.seq);
+        }
+        self.leases.insert(id, held);
+        Ok(Some(Lease {
+            id: LeaseId(id),
+            readings,
+        }))
+    }
+
+    fn release(&mut self, lease: LeaseId) -> Result<(), StoreError> {
+        let held = self
+            .leases
+            .remove(&lease.0)
+            .ok_or(StoreError::UnknownLease(lease.0))?;
+        for h in held {
+            self.leased.remove(&h.seq);
+            let c = &mut self.cursor[slot(h.class)];
+            *c = (*c).min(h.seq);
+        }
+        Ok(())
+    }
+
+    fn release_all(&mut self) {
+        self.leases.clear();
+        self.leased.clear();
+        self.cursor = [0, 0];
+    }
+
+    /// After a commit that added readings: evict while a cap on readings or bytes is
+    /// exceeded, and make room when free disk space is below the floor. Evicts 1%
+    /// beyond the cap so that a full outbox does not evict on every commit.
+    fn enforce_caps(&mut self) -> Result<(), StoreError> {
+        let max_rows = self.settings.max_outbox_readings;
+        let max_bytes = self.settings.max_outbox_bytes;
+        if self.stats.outbox_readings.load(Ordering::Relaxed) > max_rows {
+            let target = max_rows - max_rows / 100;
+            limits::evict_until(&mut self.conn, EvictionReason::Readings, &self.stats, |s| {
+                let n = s.outbox_readings.load(Ordering::Relaxed);
+                (n > target).then(|| usize::try_from(n - target).unwrap_or(usize::MAX).min(limits::BATCH))
+            })?;
+        }
+        if self.stats.outbox_bytes.load(Ordering::Relaxed) > max_bytes {
+            let target = max_bytes - max_bytes / 100;
+            limits::evict_until(&mut self.conn, EvictionReason::Bytes, &self.stats, |s| {
+                let b = s.outbox_bytes.load(Ordering::Relaxed);
+                let n = s.outbox_readings.load(Ordering::Relaxed).max(1);
+                let per = (s.outbox_bytes.load(Ordering::Relaxed) / n).max(1);
+                (b > target).then(|| usize::try_from((b - target).div_ceil(per)).unwrap_or(usize::MAX).min(limits::BATCH))
+            })?;
+        }
+        self.check_disk()?;
+        Ok(())
+    }
+
+    /// Below the free-space floor the database must not grow: free one batch
+    /// inside the file (history, then room, then vital) unless it already has
+    /// room to reuse. Returns readings freed.
+    fn check_disk(&mut self) -> Result<u64, StoreError> {
+        let Some(free) = limits::free_disk_bytes(&self.settings.path) else {
+            return Ok(0);
+        };
+        self.stats.free_disk_bytes.store(free, Ordering::Relaxed);
+        let floor = self.settings.min_free_disk_bytes;
+        if free >= floor {
+            return Ok(0);
+        }
+        let reserve = (floor / 2).max(64 * 1024);
+        if limits::reusable_bytes(&self.conn)? >= reserve {
+            return Ok(0);
+        }
+        tracing::warn!(free_bytes = free, floor_bytes = floor, "free disk space below the floor; freeing space inside the database");
+        limits::free_one_batch(&mut self.conn, limits::BATCH, &self.stats)
+    }
+
+    fn on_disk_full(&mut self, e: &StoreError) {
+        if !self.stats.disk_full.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "ALARM: the disk is full; freeing history and room data, readings may be refused until space returns");
+        }
+        match limits::free_one_batch(&mut self.conn, limits::BATCH, &self.stats) {
+            Ok(n) => tracing::warn!(freed = n, "freed readings inside the database after disk full"),
+            Err(e) => tracing::error!(error = %e, "cannot free space inside the database"),
+        }
+    }
+
+    /// Retention of history, the age cap of the outbox, and the disk floor.
+    fn maintain(&mut self, now: Timestamp) -> Result<MaintenanceReport, StoreError> {
+        self.last_maintenance = Instant::now();
+        let mut report = MaintenanceReport::default();
+        let age_cutoff = now.saturating_sub(self.settings.max_outbox_age).unix_ms();
+        report.evicted_for_age = limits::evict_older_than(&mut self.conn, age_cutoff, &self.stats)?;
+        let history_cutoff = now.saturating_sub(self.settings.history).unix_ms();
+        loop {
+            let n = limits::purge_history(&mut self.conn, Some(history_cutoff), limits::BATCH, &self.stats)?;
+            report.history_purged += n;
+            if n == 0 {
+                break;
+            }
+        }
+        if report.history_purged > 0 {
+            tracing::info!(purged = report.history_purged, "purged delivered readings older than the history window");
+        }
+        report.freed_for_disk = self.check_disk()?;
+        Ok(report)
     }
 }
 
-fn write_group(conn: &mut Connection, group: &[Command]) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
-    let mut stored = 0;
-    {
+/// What one group wrote.
+#[derive(Debug, Default)]
+struct Written {
+    readings: u64,
+    bytes: u64,
+    acked_readings: u64,
+    acked_bytes: u64,
+}
+
+fn delete_from_outbox(tx: &rusqlite::Transaction<'_>, held: &[Held]) -> Result<(u64, u64), StoreError> {
+    let mut rows = 0;
+    let mut bytes = 0;
+    for class in [Class::Vital, Class::Room] {
+        let mut del = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
+        for h in held.iter().filter(|h| h.class == class) {
+            if del.execute([h.seq])? == 1 {
+                rows += 1;
+                bytes += h.bytes;
+            }
+        }
+    }
+    Ok((rows, bytes))
+}
+
+/// The derived rows of one group (latest value per subject and quantity, device
+/// last-seen and battery), collapsed in memory so that a group of a thousand
+/// readings from a few devices costs a few updates, not a thousand.
+#[derive(Default)]
+struct Batch<'a> {
+    latest: HashMap<(String, Quantity), &'a Reading>,
+    seen: HashMap<DeviceAddress, i64>,
+    battery: HashMap<DeviceAddress, i64>,
+}
+
+impl<'a> Batch<'a> {
+    fn add(&mut self, tx: &rusqlite::Transaction<'_>, r: &'a Reading) -> Result<(), StoreError> {
+        let (resident, room) = match &r.subject {
+            Subject::Resident(id) => (Some(id.0), None),
+            Subject::Room(room) => (None, Some(room.as_str())),
+            Subject::Unassigned => (None, None),
+        };
         let mut insert = tx.prepare_cached(
-            "INSERT INTO outbox (id, device, resident_id, room, quantity, value, status, unit,
-                                 measured_at_ms, received_at_ms, clock_synced, vital)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO readings (id, device, resident_id, room, quantity, value, status, unit,
+                                   measured_at_ms, received_at_ms, clock_synced)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
+        insert.execute(params![
+            &r.id.as_bytes()[..],
+            &r.device.0[..],
+            resident,
+            room,
+            r.quantity.as_str(),
+            r.value.number(),
+            r.value.status(),
+            r.unit.ucum(),
+            r.measured_at.map(Timestamp::unix_ms),
+            r.received_at.unix_ms(),
+            r.clock_synced,
+        ])?;
+        let seq = tx.last_insert_rowid();
+        let mut outbox = tx.prepare_cached(match Class::of(r.quantity) {
+            Class::Vital => "INSERT INTO outbox_vital (seq) VALUES (?1)",
+            Class::Room => "INSERT INTO outbox_room (seq) VALUES (?1)",
+        })?;
+        outbox.execute([seq])?;
+        let key = (subject_key(&r.subject, &r.device), r.quantity);
+        match self.latest.get(&key) {
+            Some(prev) if prev.taken_at() > r.taken_at() => {}
+            _ => {
+                self.latest.insert(key, r);
+            }
+        }
+        let seen = self.seen.entry(r.device).or_insert(i64::MIN);
+        *seen = (*seen).max(r.received_at.unix_ms());
+        if r.quantity == Quantity::BatteryLevel
+            && let Some(pct) = r.value.number()
+        {
+            self.battery.insert(r.device, pct.round() as i64);
+        }
+        Ok(())
+    }
+
+    fn finish(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
         let mut latest = tx.prepare_cached(
             "INSERT INTO latest (subject, quantity, value, status, unit, taken_at_ms, device, reading_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -144,72 +565,80 @@ fn write_group(conn: &mut Connection, group: &[Command]) -> Result<usize, StoreE
                 reading_id = excluded.reading_id
              WHERE excluded.taken_at_ms >= latest.taken_at_ms",
         )?;
+        for ((subject, quantity), r) in &self.latest {
+            latest.execute(params![
+                subject,
+                quantity.as_str(),
+                r.value.number(),
+                r.value.status(),
+                r.unit.ucum(),
+                r.taken_at().unix_ms(),
+                r.device.to_string(),
+                &r.id.as_bytes()[..],
+            ])?;
+        }
         let mut seen = tx.prepare_cached(
             "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?2) WHERE address = ?1",
         )?;
+        for (device, ms) in &self.seen {
+            seen.execute(params![device.to_string(), ms])?;
+        }
         let mut battery =
             tx.prepare_cached("UPDATE devices SET battery_percent = ?2 WHERE address = ?1")?;
-        for cmd in group {
-            match cmd {
-                Command::Ingest { readings, .. } => {
-                    for r in readings {
-                        write_reading(&mut insert, &mut latest, r)?;
-                        let device = r.device.to_string();
-                        seen.execute(params![device, r.received_at.unix_ms()])?;
-                        if r.quantity == crate::model::Quantity::BatteryLevel
-                            && let Some(pct) = r.value.number()
-                        {
-                            battery.execute(params![device, pct.round() as i64])?;
-                        }
-                        stored += 1;
-                    }
-                }
-                Command::Provision {
-                    residents, devices, ..
-                } => provision(&tx, residents, devices)?,
-            }
+        for (device, pct) in &self.battery {
+            battery.execute(params![device.to_string(), pct])?;
         }
+        Ok(())
     }
-    tx.commit()?;
-    Ok(stored)
 }
 
-fn write_reading(
-    insert: &mut rusqlite::CachedStatement<'_>,
-    latest: &mut rusqlite::CachedStatement<'_>,
-    r: &Reading,
-) -> Result<(), StoreError> {
-    let (resident, room) = match &r.subject {
-        Subject::Resident(id) => (Some(id.0), None),
-        Subject::Room(room) => (None, Some(room.as_str())),
-        Subject::Unassigned => (None, None),
+/// Rebuilds a leased reading from its row (columns from index 2 as selected in
+/// [`Writer::lease`]); `None` when a vocabulary word is unknown to this build.
+fn decode_row(row: &rusqlite::Row<'_>) -> Result<Option<(Reading, Option<String>)>, StoreError> {
+    let id: Vec<u8> = row.get(2)?;
+    let device: Vec<u8> = row.get(3)?;
+    let resident: Option<i64> = row.get(4)?;
+    let room: Option<String> = row.get(5)?;
+    let quantity: String = row.get(6)?;
+    let value: Option<f64> = row.get(7)?;
+    let status: String = row.get(8)?;
+    let unit: String = row.get(9)?;
+    let measured: Option<i64> = row.get(10)?;
+    let received: i64 = row.get(11)?;
+    let synced: bool = row.get(12)?;
+    let reference: Option<String> = row.get(13)?;
+    let (Ok(id), Ok(device)) = (<[u8; 16]>::try_from(id), <[u8; 6]>::try_from(device)) else {
+        return Ok(None);
     };
-    let id = &r.id.as_bytes()[..];
-    insert.execute(params![
-        id,
-        r.device.to_string(),
-        resident,
-        room,
-        r.quantity.as_str(),
-        r.value.number(),
-        r.value.status(),
-        r.unit.ucum(),
-        r.measured_at.map(Timestamp::unix_ms),
-        r.received_at.unix_ms(),
-        r.clock_synced,
-        r.quantity.is_vital_sign(),
-    ])?;
-    latest.execute(params![
-        subject_key(&r.subject, &r.device),
-        r.quantity.as_str(),
-        r.value.number(),
-        r.value.status(),
-        r.unit.ucum(),
-        r.taken_at().unix_ms(),
-        r.device.to_string(),
-        id,
-    ])?;
-    Ok(())
+    let (Some(quantity), Some(unit)) = (Quantity::parse(&quantity), Unit::from_ucum(&unit)) else {
+        return Ok(None);
+    };
+    let value = match (status.as_str(), value) {
+        ("ok", Some(n)) if n.is_finite() => Value::Number(n),
+        (s, _) => match SpecialValue::parse(s) {
+            Some(sv) => Value::Special(sv),
+            None => return Ok(None),
+        },
+    };
+    let subject = match (resident, room) {
+        (Some(id), _) => Subject::Resident(ResidentId(id)),
+        (None, Some(room)) => Subject::Room(room),
+        (None, None) => Subject::Unassigned,
+    };
+    Ok(Some((
+        Reading {
+            id: ReadingId::from_bytes(id),
+            device: DeviceAddress(device),
+            subject,
+            quantity,
+            value,
+            unit,
+            measured_at: measured.map(Timestamp::from_unix_ms),
+            received_at: Timestamp::from_unix_ms(received),
+            clock_synced: synced,
+        },
+        reference,
+    )))
 }
 
 fn provision(

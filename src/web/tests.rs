@@ -20,6 +20,7 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         commit_max_readings: 100,
         commit_max_delay: Duration::from_millis(1),
         synchronous: Synchronous::Normal,
+        ..StoreSettings::at(dir.join("t.db"))
     };
     let store = Store::open(settings, tokio::runtime::Handle::current(), hb).unwrap();
     let resident = Resident {

@@ -1,0 +1,364 @@
+//! Bounds on the buffer: caps on outbox readings, bytes and age, a floor of free
+//! disk space, and retention of delivered history.
+//!
+//! Evictions take room/ambient readings before vital signs, oldest first, and are
+//! counted by reason and class in the `evictions` table (so the counts survive
+//! restarts), in [`super::StoreStats`] and in a warning log line; never silent.
+//! Every function here runs on the writer thread, each batch in its own short
+//! transaction so that ingest is never blocked for long.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Connection, params};
+
+use super::{StoreError, StoreStats};
+use crate::model::{Quantity, Reading, Subject};
+
+/// Which outbox a reading waits in: vital signs outrank room data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Vital,
+    Room,
+}
+
+impl Class {
+    /// In eviction order: room data goes first.
+    pub const EVICTION_ORDER: [Class; 2] = [Class::Room, Class::Vital];
+
+    pub fn of(q: Quantity) -> Class {
+        if q.is_vital_sign() {
+            Class::Vital
+        } else {
+            Class::Room
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Vital => "vital",
+            Class::Room => "room",
+        }
+    }
+
+    pub(super) fn table(self) -> &'static str {
+        match self {
+            Class::Vital => "outbox_vital",
+            Class::Room => "outbox_room",
+        }
+    }
+}
+
+/// Why readings were evicted from the outbox before delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvictionReason {
+    /// `max_outbox_readings` reached.
+    Readings,
+    /// `max_outbox_mb` reached.
+    Bytes,
+    /// Older than `max_outbox_age_days`.
+    Age,
+    /// Free disk space below `min_free_disk_mb`, or the disk full.
+    Disk,
+}
+
+pub(super) const EVICTION_SLOTS: usize = 8;
+
+impl EvictionReason {
+    pub const ALL: [EvictionReason; 4] = [
+        EvictionReason::Readings,
+        EvictionReason::Bytes,
+        EvictionReason::Age,
+        EvictionReason::Disk,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionReason::Readings => "readings",
+            EvictionReason::Bytes => "bytes",
+            EvictionReason::Age => "age",
+            EvictionReason::Disk => "disk",
+        }
+    }
+
+    pub(super) fn index(self, class: Class) -> usize {
+        let r = match self {
+            EvictionReason::Readings => 0,
+            EvictionReason::Bytes => 1,
+            EvictionReason::Age => 2,
+            EvictionReason::Disk => 3,
+        };
+        r * 2 + usize::from(class == Class::Room)
+    }
+
+    fn parse(s: &str) -> Option<EvictionReason> {
+        EvictionReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Undelivered readings evicted for age.
+    pub evicted_for_age: u64,
+    /// Readings evicted or history purged because free disk space was low.
+    pub freed_for_disk: u64,
+    /// Delivered readings older than the history window, purged.
+    pub history_purged: u64,
+}
+
+/// The estimated bytes of one reading in the outbox, as SQL over a `readings` row.
+/// [`row_bytes`] computes the same from a [`Reading`]; a test keeps them equal.
+pub(super) const ROW_BYTES_SQL: &str = "(40 + octet_length(r.quantity) + octet_length(r.status) + octet_length(r.unit) + coalesce(octet_length(r.room), 0))";
+
+/// The estimated bytes of one reading in the outbox (see [`ROW_BYTES_SQL`]).
+pub(super) fn row_bytes(r: &Reading) -> u64 {
+    let room = match &r.subject {
+        Subject::Room(room) => room.len(),
+        _ => 0,
+    };
+    (40 + r.quantity.as_str().len() + r.value.status().len() + r.unit.ucum().len() + room) as u64
+}
+
+/// Rows deleted per transaction by retention and the disk floor.
+pub(super) const BATCH: usize = 10_000;
+
+/// Loads the persisted eviction counts into `stats`.
+pub(super) fn load_counts(conn: &Connection, stats: &StoreStats) -> Result<(), StoreError> {
+    let mut q = conn.prepare("SELECT reason, class, count FROM evictions")?;
+    let rows = q.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (reason, class, count) = row?;
+        let class = if class == Class::Vital.as_str() {
+            Class::Vital
+        } else {
+            Class::Room
+        };
+        if let Some(reason) = EvictionReason::parse(&reason) {
+            stats.evicted[reason.index(class)].store(u64::try_from(count).unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// The outbox's depth and estimated bytes, counted from the database.
+pub(super) fn outbox_totals(conn: &Connection) -> Result<(u64, u64), StoreError> {
+    let mut rows = 0u64;
+    let mut bytes = 0u64;
+    for class in Class::EVICTION_ORDER {
+        let (n, b): (i64, i64) = conn.query_row(
+            &format!(
+                "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM {} o JOIN readings r ON r.seq = o.seq",
+                class.table()
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        rows += u64::try_from(n).unwrap_or(0);
+        bytes += u64::try_from(b).unwrap_or(0);
+    }
+    Ok((rows, bytes))
+}
+
+/// Deletes the given outbox readings of `class` (outbox row and reading row) and
+/// records the eviction. Returns (readings, bytes) actually evicted.
+fn evict_seqs(
+    conn: &mut Connection,
+    class: Class,
+    seqs: &[(i64, u64)],
+    reason: EvictionReason,
+    stats: &StoreStats,
+) -> Result<(u64, u64), StoreError> {
+    if seqs.is_empty() {
+        return Ok((0, 0));
+    }
+    let tx = conn.transaction()?;
+    let mut rows = 0u64;
+    let mut bytes = 0u64;
+    {
+        let mut del_outbox =
+            tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
+        let mut del_reading = tx.prepare_cached("DELETE FROM readings WHERE seq = ?1")?;
+        for &(seq, b) in seqs {
+            if del_outbox.execute([seq])? == 1 {
+                rows += 1;
+                bytes += b;
+            }
+            del_reading.execute([seq])?;
+        }
+        tx.execute(
+            "INSERT INTO evictions (reason, class, count) VALUES (?1, ?2, ?3)
+             ON CONFLICT (reason, class) DO UPDATE SET count = count + excluded.count",
+            params![reason.as_str(), class.as_str(), rows as i64],
+        )?;
+    }
+    tx.commit()?;
+    stats.evicted[reason.index(class)].fetch_add(rows, Ordering::Relaxed);
+    stats.outbox_readings.fetch_sub(rows.min(stats.outbox_readings.load(Ordering::Relaxed)), Ordering::Relaxed);
+    stats.outbox_bytes.fetch_sub(bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+    if rows > 0 {
+        tracing::warn!(
+            evicted = rows,
+            class = class.as_str(),
+            reason = reason.as_str(),
+            total_for_reason = stats.evicted[reason.index(class)].load(Ordering::Relaxed),
+            "outbox full: evicted undelivered readings, oldest first"
+        );
+    }
+    Ok((rows, bytes))
+}
+
+/// The oldest outbox readings of `class`, up to `n`, with their estimated bytes;
+/// with `older_than_ms`, only those received before it (stopping at the first
+/// newer one, since sequence order is arrival order).
+fn oldest(
+    conn: &Connection,
+    class: Class,
+    n: usize,
+    older_than_ms: Option<i64>,
+) -> Result<Vec<(i64, u64)>, StoreError> {
+    let mut q = conn.prepare_cached(&format!(
+        "SELECT o.seq, {ROW_BYTES_SQL}, r.received_at_ms FROM {} o JOIN readings r ON r.seq = o.seq ORDER BY o.seq",
+        class.table()
+    ))?;
+    let mut rows = q.query([])?;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let Some(row) = rows.next()? else { break };
+        let received: i64 = row.get(2)?;
+        if older_than_ms.is_some_and(|cutoff| received >= cutoff) {
+            break;
+        }
+        out.push((row.get(0)?, u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+/// Evicts oldest-first, room before vital, until `over()` says the cap holds.
+/// `per_round` readings are evicted per transaction.
+pub(super) fn evict_until(
+    conn: &mut Connection,
+    reason: EvictionReason,
+    stats: &StoreStats,
+    mut still_over: impl FnMut(&StoreStats) -> Option<usize>,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for class in Class::EVICTION_ORDER {
+        while let Some(n) = still_over(stats) {
+            let seqs = oldest(conn, class, n.max(1), None)?;
+            if seqs.is_empty() {
+                break;
+            }
+            total += evict_seqs(conn, class, &seqs, reason, stats)?.0;
+        }
+    }
+    Ok(total)
+}
+
+/// Evicts undelivered readings received before `cutoff_ms`, both classes.
+pub(super) fn evict_older_than(
+    conn: &mut Connection,
+    cutoff_ms: i64,
+    stats: &StoreStats,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for class in Class::EVICTION_ORDER {
+        loop {
+            let seqs = oldest(conn, class, BATCH, Some(cutoff_ms))?;
+            if seqs.is_empty() {
+                break;
+            }
+            total += evict_seqs(conn, class, &seqs, EvictionReason::Age, stats)?.0;
+        }
+    }
+    Ok(total)
+}
+
+/// Deletes up to `max` delivered readings (not in either outbox), oldest first;
+/// with `before_ms`, only those received before it. Returns how many.
+pub(super) fn purge_history(
+    conn: &mut Connection,
+    before_ms: Option<i64>,
+    max: usize,
+    stats: &StoreStats,
+) -> Result<u64, StoreError> {
+    let seqs: Vec<i64> = {
+        let mut q = conn.prepare_cached(
+            "SELECT r.seq, r.received_at_ms,
+                    EXISTS (SELECT 1 FROM outbox_vital v WHERE v.seq = r.seq)
+                    OR EXISTS (SELECT 1 FROM outbox_room m WHERE m.seq = r.seq)
+             FROM readings r ORDER BY r.seq",
+        )?;
+        let mut rows = q.query([])?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(row) = rows.next()? else { break };
+            if before_ms.is_some_and(|cutoff| row.get::<_, i64>(1).is_ok_and(|t| t >= cutoff)) {
+                break;
+            }
+            if !row.get::<_, bool>(2)? {
+                out.push(row.get(0)?);
+            }
+        }
+        out
+    };
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut del = tx.prepare_cached("DELETE FROM readings WHERE seq = ?1")?;
+        for seq in &seqs {
+            del.execute([seq])?;
+        }
+    }
+    tx.commit()?;
+    let n = seqs.len() as u64;
+    stats.history_purged.fetch_add(n, Ordering::Relaxed);
+    Ok(n)
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+pub(super) fn free_disk_bytes(path: &Path) -> Option<u64> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+}
+
+/// Bytes inside the database file that SQLite can reuse without growing it.
+pub(super) fn reusable_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(u64::try_from(free.saturating_mul(page)).unwrap_or(0))
+}
+
+/// Makes room inside the database when the disk is low or full: delivered history
+/// first, then room data, then vital signs, one batch of `batch`. Returns how many
+/// readings went.
+pub(super) fn free_one_batch(
+    conn: &mut Connection,
+    batch: usize,
+    stats: &StoreStats,
+) -> Result<u64, StoreError> {
+    let purged = purge_history(conn, None, batch, stats)?;
+    if purged > 0 {
+        tracing::warn!(purged, "disk space low: purged the oldest delivered history");
+        return Ok(purged);
+    }
+    for class in Class::EVICTION_ORDER {
+        let seqs = oldest(conn, class, batch, None)?;
+        if !seqs.is_empty() {
+            return Ok(evict_seqs(conn, class, &seqs, EvictionReason::Disk, stats)?.0);
+        }
+    }
+    Ok(0)
+}

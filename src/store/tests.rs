@@ -1,0 +1,522 @@
+//! Unit tests of the store on a real SQLite file: every lease state transition,
+//! migrations from every earlier version, caps and eviction order, retention,
+//! corruption at start-up.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::model::{DeviceAddress, Quantity, ReadingId, ResidentId, Unit, Value};
+use crate::system::health::Health;
+
+fn settings(dir: &Path) -> StoreSettings {
+    StoreSettings {
+        commit_max_readings: 100,
+        commit_max_delay: Duration::from_millis(1),
+        synchronous: Synchronous::Normal,
+        ..StoreSettings::at(dir.join("t.db"))
+    }
+}
+
+fn open(s: StoreSettings) -> Store {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let mut health = Health::default();
+    Store::open(s, tokio::runtime::Handle::current(), health.register("store")).unwrap()
+}
+
+/// A reading numbered `n` (its id's last bytes), received `n` ms after a base time.
+fn reading(n: u64, q: Quantity) -> Reading {
+    let received = Timestamp::from_unix_ms(1_800_000_000_000 + n as i64);
+    // A UUIDv7 layout with a fixed "random" part, so that the test knows every id.
+    let mut id = [0u8; 16];
+    id[..6].copy_from_slice(&received.unix_ms().to_be_bytes()[2..]);
+    id[6] = 0x70;
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    let (subject, unit) = if q.is_vital_sign() {
+        (Subject::Resident(ResidentId(1)), Unit::PerMinute)
+    } else {
+        (Subject::Room("Lounge".into()), Unit::Celsius)
+    };
+    Reading {
+        id: ReadingId::from_bytes(id),
+        device: DeviceAddress([0xC0, 0, 0, 0, 0, (n % 7) as u8]),
+        subject,
+        quantity: q,
+        value: Value::Number(60.0 + n as f64),
+        unit,
+        measured_at: None,
+        received_at: received,
+        clock_synced: true,
+    }
+}
+
+fn ids(lease: &Lease) -> Vec<ReadingId> {
+    lease.readings.iter().map(|r| r.reading.id).collect()
+}
+
+fn number(id: ReadingId) -> u64 {
+    u64::from_be_bytes(id.as_bytes()[8..].try_into().unwrap())
+}
+
+async fn close(store: Store) {
+    let Store { handle, writer, .. } = store;
+    drop(handle);
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_gives_vital_signs_first_then_oldest_room_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    h.ingest(vec![
+        reading(1, Quantity::Temperature),
+        reading(2, Quantity::HeartRate),
+        reading(3, Quantity::Humidity),
+        reading(4, Quantity::Spo2),
+    ])
+    .await
+    .unwrap();
+    let lease = h.lease(3).await.unwrap().unwrap();
+    let got: Vec<u64> = ids(&lease).into_iter().map(number).collect();
+    assert_eq!(got, vec![2, 4, 1]);
+    // The reading round-trips whole, with the resident's reference absent (not provisioned).
+    assert_eq!(lease.readings[0].reading, reading(2, Quantity::HeartRate));
+    let rest = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&rest).into_iter().map(number).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(h.lease(10).await.unwrap(), None, "everything is leased");
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ack_moves_to_history_release_makes_leasable_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    h.ingest((1..=6).map(|n| reading(n, Quantity::PulseRate)).collect())
+        .await
+        .unwrap();
+    let a = h.lease(2).await.unwrap().unwrap();
+    let b = h.lease(2).await.unwrap().unwrap();
+    h.ack(a.id).await.unwrap();
+    assert_eq!(store.reader.outbox_depth().unwrap(), 4);
+    assert_eq!(h.stats().outbox_readings.load(Ordering::Relaxed), 4);
+    // Acked readings stay in history.
+    let history: i64 = rusqlite::Connection::open(dir.path().join("t.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(history, 6);
+    // Acking twice, or releasing an acked lease, is refused and changes nothing.
+    assert!(matches!(*h.ack(a.id).await.unwrap_err(), StoreError::UnknownLease(_)));
+    assert!(matches!(*h.release(a.id).await.unwrap_err(), StoreError::UnknownLease(_)));
+    h.release(b.id).await.unwrap();
+    let c = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&c).into_iter().map(number).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+    h.ack(c.id).await.unwrap();
+    assert_eq!(h.lease(10).await.unwrap(), None);
+    assert_eq!(store.reader.outbox_depth().unwrap(), 0);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn release_all_and_restart_release_every_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    h.ingest((1..=4).map(|n| reading(n, Quantity::Co2)).collect())
+        .await
+        .unwrap();
+    let a = h.lease(2).await.unwrap().unwrap();
+    let _b = h.lease(2).await.unwrap().unwrap();
+    h.release_all().await.unwrap();
+    assert!(matches!(*h.ack(a.id).await.unwrap_err(), StoreError::UnknownLease(_)));
+    let all = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(all.readings.len(), 4);
+    close(store).await;
+    // A restart forgets leases: everything not acked is leasable again.
+    let store = open(settings(dir.path()));
+    let again = store.handle.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&again).into_iter().map(number).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(store.reader.stats().unwrap().outbox_depth, 4);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leased_reading_carries_the_resident_reference_never_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    h.provision(
+        vec![Resident {
+            id: ResidentId(1),
+            display_name: "Ada".into(),
+            room: "1".into(),
+            reference: "res-7f3a".into(),
+        }],
+        vec![],
+    )
+    .await
+    .unwrap();
+    h.ingest(vec![reading(1, Quantity::HeartRate), reading(2, Quantity::Humidity)])
+        .await
+        .unwrap();
+    let lease = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(lease.readings[0].resident_reference.as_deref(), Some("res-7f3a"));
+    assert_eq!(lease.readings[1].resident_reference, None);
+    assert_eq!(lease.readings[1].reading.subject, Subject::Room("Lounge".into()));
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn special_values_survive_the_outbox_as_specials() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let mut r = reading(1, Quantity::Spo2);
+    r.value = Value::Special(SpecialValue::NotANumber);
+    r.measured_at = Some(Timestamp::from_unix_ms(1_700_000_000_000));
+    store.handle.ingest(vec![r.clone()]).await.unwrap();
+    let lease = store.handle.lease(1).await.unwrap().unwrap();
+    assert_eq!(lease.readings[0].reading, r);
+    close(store).await;
+}
+
+use crate::model::SpecialValue;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row_cap_evicts_room_data_before_vital_signs_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.max_outbox_readings = 100;
+    let store = open(s);
+    let h = &store.handle;
+    // 60 room readings, then 60 vital: 20 over the cap (plus 1% headroom: 21).
+    h.ingest((1..=60).map(|n| reading(n, Quantity::Temperature)).collect())
+        .await
+        .unwrap();
+    h.ingest((61..=120).map(|n| reading(n, Quantity::HeartRate)).collect())
+        .await
+        .unwrap();
+    let st = store.reader.stats().unwrap();
+    assert_eq!(st.outbox_depth, 99);
+    assert_eq!(store.reader.outbox_depth().unwrap(), 99);
+    assert_eq!(h.stats().evicted(EvictionReason::Readings, Class::Room), 21);
+    assert_eq!(h.stats().evicted(EvictionReason::Readings, Class::Vital), 0);
+    assert_eq!(st.evicted_total(), 21);
+    let lease = h.lease(1000).await.unwrap().unwrap();
+    let got: Vec<u64> = ids(&lease).into_iter().map(number).collect();
+    let want: Vec<u64> = (61..=120).chain(22..=60).collect();
+    assert_eq!(got, want, "vital first, then the newest room data");
+    close(store).await;
+    // Counts survive a restart.
+    let store = open(settings(dir.path()));
+    assert_eq!(store.handle.stats().evicted(EvictionReason::Readings, Class::Room), 21);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row_cap_evicts_vital_signs_when_no_room_data_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.max_outbox_readings = 50;
+    let store = open(s);
+    let h = &store.handle;
+    h.ingest((1..=10).map(|n| reading(n, Quantity::Humidity)).collect())
+        .await
+        .unwrap();
+    h.ingest((11..=60).map(|n| reading(n, Quantity::Spo2)).collect())
+        .await
+        .unwrap();
+    // 60 > 50: target 50 - 0 = 50... headroom is 1% of 50 = 0, so exactly 10 go.
+    assert_eq!(h.stats().evicted(EvictionReason::Readings, Class::Room), 10);
+    h.ingest((61..=65).map(|n| reading(n, Quantity::Spo2)).collect())
+        .await
+        .unwrap();
+    assert_eq!(h.stats().evicted(EvictionReason::Readings, Class::Vital), 5);
+    let lease = h.lease(1000).await.unwrap().unwrap();
+    let got: Vec<u64> = ids(&lease).into_iter().map(number).collect();
+    assert_eq!(got, (16..=65).collect::<Vec<_>>());
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn byte_cap_evicts_until_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    let per = limits::row_bytes(&reading(1, Quantity::Temperature));
+    s.max_outbox_bytes = per * 30;
+    let store = open(s);
+    store
+        .handle
+        .ingest((1..=40).map(|n| reading(n, Quantity::Temperature)).collect())
+        .await
+        .unwrap();
+    let st = store.reader.stats().unwrap();
+    assert!(st.outbox_bytes <= per * 30, "{} > {}", st.outbox_bytes, per * 30);
+    // Eviction goes 1% below the cap, so that a full outbox does not evict on
+    // every commit: 29 rows fit under 99% of 30 rows' bytes.
+    assert_eq!(st.outbox_depth, 29);
+    assert_eq!(store.handle.stats().evicted(EvictionReason::Bytes, Class::Room), 11);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn byte_estimate_in_sql_matches_rust() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let mut rs: Vec<Reading> = (1..=5).map(|n| reading(n, Quantity::Temperature)).collect();
+    rs[1].subject = Subject::Room("Salle à manger".into());
+    rs[2].value = Value::Special(SpecialValue::Unsuccessful);
+    rs.push(reading(9, Quantity::MeanArterialPressure));
+    let want: u64 = rs.iter().map(limits::row_bytes).sum();
+    store.handle.ingest(rs).await.unwrap();
+    assert_eq!(store.handle.stats().outbox_bytes.load(Ordering::Relaxed), want);
+    close(store).await;
+    let store = open(settings(dir.path()));
+    assert_eq!(store.handle.stats().outbox_bytes.load(Ordering::Relaxed), want, "recounted by SQL at start-up");
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_evicts_old_undelivered_and_purges_old_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.max_outbox_age = Duration::from_secs(30 * 86_400);
+    s.history = Duration::from_secs(7 * 86_400);
+    let store = open(s);
+    let h = &store.handle;
+    let day = 86_400_000;
+    let base = 1_800_000_000_000i64;
+    let at = |n: u64, days_ago: i64, q| {
+        let mut r = reading(n, q);
+        r.received_at = Timestamp::from_unix_ms(base - days_ago * day + n as i64);
+        r
+    };
+    // Old: 40 days (undelivered: evicted for age), 10 days (delivered: purged).
+    h.ingest(vec![at(1, 40, Quantity::Temperature), at(2, 40, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    h.ingest(vec![at(3, 10, Quantity::HeartRate), at(4, 10, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    h.ingest(vec![at(5, 1, Quantity::HeartRate), at(6, 1, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    // Deliver 3..6 (vital first: 2 is leased too; release it back).
+    let lease = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&lease).into_iter().map(number).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6, 1]);
+    h.release(lease.id).await.unwrap();
+    h.ingest(vec![]).await.unwrap();
+    let a = h.lease(10).await.unwrap().unwrap();
+    h.release(a.id).await.unwrap();
+    // Ack only 3..6 by leasing them alone: evict-for-age first.
+    let report = h.maintain(Timestamp::from_unix_ms(base)).await.unwrap();
+    assert_eq!(report.evicted_for_age, 2);
+    assert_eq!(report.history_purged, 0, "nothing delivered yet");
+    let b = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&b).into_iter().map(number).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+    h.ack(b.id).await.unwrap();
+    let report = h.maintain(Timestamp::from_unix_ms(base)).await.unwrap();
+    assert_eq!(report.history_purged, 2);
+    assert_eq!(h.stats().evicted(EvictionReason::Age, Class::Room), 1);
+    assert_eq!(h.stats().evicted(EvictionReason::Age, Class::Vital), 1);
+    let left: Vec<i64> = rusqlite::Connection::open(dir.path().join("t.db"))
+        .unwrap()
+        .prepare("SELECT received_at_ms FROM readings ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, vec![base - day + 5, base - day + 6]);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_report_oldest_unsent_and_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let st = store.reader.stats().unwrap();
+    assert_eq!((st.outbox_depth, st.oldest_unsent, st.last_commit), (0, None, None));
+    store
+        .handle
+        .ingest(vec![reading(5, Quantity::Humidity), reading(7, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    let st = store.reader.stats().unwrap();
+    assert_eq!(st.outbox_depth, 2);
+    assert_eq!(st.oldest_unsent, Some(reading(5, Quantity::Humidity).received_at));
+    assert!(st.last_commit.is_some());
+    assert!(st.database_bytes > 0);
+    assert_eq!(st.corruption, None);
+    assert!(!st.disk_full);
+    close(store).await;
+}
+
+/// The v1 schema exactly as the walking skeleton created it, with one row.
+fn make_v1(path: &Path) {
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    migrate_to(&mut c, 1).unwrap();
+    c.execute(
+        "INSERT INTO outbox (id, device, resident_id, room, quantity, value, status, unit,
+                             measured_at_ms, received_at_ms, clock_synced, vital)
+         VALUES (?1, 'C0:00:00:00:00:03', 1, NULL, 'heart_rate', 61, 'ok', '/min', NULL, ?2, 1, 1),
+                (?3, 'C0:00:00:00:00:04', NULL, 'Lounge', 'temperature', NULL, 'nan', 'Cel', 5, ?2, 0, 0)",
+        rusqlite::params![
+            &reading(1, Quantity::HeartRate).id.as_bytes()[..],
+            1_800_000_000_001i64,
+            &reading(2, Quantity::Temperature).id.as_bytes()[..],
+        ],
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrates_from_every_earlier_version() {
+    for from in 0..SCHEMA_VERSION {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        match from {
+            0 => drop(rusqlite::Connection::open(&path).unwrap()),
+            1 => make_v1(&path),
+            _ => unreachable!("add a builder for version {from}"),
+        }
+        let store = open(settings(dir.path()));
+        let v: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION, "from {from}");
+        let lease = store.handle.lease(10).await.unwrap();
+        if from == 1 {
+            let lease = lease.unwrap();
+            let r: Vec<&Reading> = lease.readings.iter().map(|l| &l.reading).collect();
+            assert_eq!(r.len(), 2);
+            assert_eq!(r[0].id, reading(1, Quantity::HeartRate).id);
+            assert_eq!(r[0].device, "C0:00:00:00:00:03".parse().unwrap());
+            assert_eq!(r[0].value, Value::Number(61.0));
+            assert_eq!(r[1].subject, Subject::Room("Lounge".into()));
+            assert_eq!(r[1].value, Value::Special(SpecialValue::NotANumber));
+            assert_eq!(r[1].measured_at, Some(Timestamp::from_unix_ms(5)));
+            assert!(!r[1].clock_synced);
+            assert_eq!(store.reader.stats().unwrap().outbox_depth, 2);
+        } else {
+            assert_eq!(lease, None);
+        }
+        // New readings go in after the migrated ones.
+        store.handle.ingest(vec![reading(3, Quantity::Spo2)]).await.unwrap();
+        close(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_schema_is_refused_not_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    let mut health = Health::default();
+    let err = Store::open(settings(dir.path()), tokio::runtime::Handle::current(), health.register("s"))
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+    assert!(path.exists(), "a newer database is left where it is");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_database_is_moved_aside_with_an_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    store
+        .handle
+        .ingest((1..=2000).map(|n| reading(n, Quantity::HeartRate)).collect())
+        .await
+        .unwrap();
+    close(store).await;
+    // Overwrite a page in the middle of the file with garbage.
+    let path = dir.path().join("t.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 5 * 4096);
+    for b in &mut bytes[3 * 4096..4 * 4096] {
+        *b = 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    let store = open(settings(dir.path()));
+    let alarm = store.reader.stats().unwrap().corruption.expect("an alarm");
+    assert!(alarm.moved_to.exists(), "the bad file is kept for inspection");
+    assert_eq!(std::fs::read(&alarm.moved_to).unwrap(), bytes);
+    // The fresh database works.
+    store.handle.ingest(vec![reading(1, Quantity::Spo2)]).await.unwrap();
+    assert_eq!(store.reader.outbox_depth().unwrap(), 1);
+    close(store).await;
+    // And the next start is clean: no crash loop, no alarm.
+    let store = open(settings(dir.path()));
+    assert_eq!(store.reader.stats().unwrap().corruption, None);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_is_not_a_database_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.db"), vec![0x42u8; 10_000]).unwrap();
+    let store = open(settings(dir.path()));
+    assert!(store.reader.stats().unwrap().corruption.is_some());
+    store.handle.ingest(vec![reading(1, Quantity::Spo2)]).await.unwrap();
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_lease_and_ingest_never_hand_out_a_reading_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = store.handle.clone();
+    let producer = tokio::spawn(async move {
+        for b in 0..50u64 {
+            let q = if b % 2 == 0 { Quantity::HeartRate } else { Quantity::Humidity };
+            h.ingest((0..20).map(|i| reading(b * 20 + i + 1, q)).collect())
+                .await
+                .unwrap();
+        }
+    });
+    let h = store.handle.clone();
+    let mut seen = HashSet::new();
+    let mut released_once = false;
+    loop {
+        match h.lease(37).await.unwrap() {
+            Some(l) => {
+                if !released_once && l.readings.len() > 5 {
+                    released_once = true;
+                    h.release(l.id).await.unwrap();
+                    continue;
+                }
+                for r in &l.readings {
+                    assert!(seen.insert(r.reading.id), "{} handed out twice", r.reading.id);
+                }
+                h.ack(l.id).await.unwrap();
+            }
+            None if producer.is_finished() => break,
+            None => tokio::task::yield_now().await,
+        }
+    }
+    producer.await.unwrap();
+    while let Some(l) = h.lease(100).await.unwrap() {
+        for r in &l.readings {
+            assert!(seen.insert(r.reading.id));
+        }
+        h.ack(l.id).await.unwrap();
+    }
+    assert_eq!(seen.len(), 1000);
+    assert_eq!(store.reader.outbox_depth().unwrap(), 0);
+    drop(h);
+    close(store).await;
+}
