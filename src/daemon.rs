@@ -1,9 +1,11 @@
 //! Wires the stages together and runs them until shutdown.
 //!
 //! sensor source → (bounded channel) → ingest (decode, attribute) → store writer
-//! thread → SQLite; the web server reads beside. Shutdown runs in data-flow order:
-//! the source stops, ingest drains what is in flight into the store, the writer
-//! commits it and exits; all within [`SHUTDOWN_DEADLINE`].
+//! thread → SQLite → (when `[uplink] enabled`) the MQTT uplink; the web server
+//! reads beside. Shutdown runs in data-flow order: the source stops, ingest drains
+//! what is in flight into the store, the uplink says goodbye and releases what the
+//! broker has not acknowledged, the writer commits it and exits; all within
+//! [`SHUTDOWN_DEADLINE`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +42,7 @@ pub async fn run(
     let store_beat = health.register("store");
     let sensor_beat = health.register("sensor");
     let ingest_beat = health.register("ingest");
+    let uplink_beat = config.uplink.enabled.then(|| health.register("uplink"));
 
     let settings = StoreSettings::from(&config.store);
     let runtime = tokio::runtime::Handle::current();
@@ -75,6 +78,27 @@ pub async fn run(
         cancel.clone(),
         sensor_beat,
     ));
+    let uplink_status = Arc::new(crate::uplink::UplinkStatus::new(
+        crate::uplink::ConnectionState::Disabled,
+    ));
+    let uplink = match uplink_beat {
+        Some(heartbeat) => {
+            let reload = Arc::new(tokio::sync::Notify::new());
+            spawn_sighup(reload.clone(), cancel.clone())
+                .context("cannot install the SIGHUP handler")?;
+            let task = crate::uplink::Uplink {
+                settings: crate::uplink::UplinkSettings::from_config(&config),
+                store: store_handle.clone(),
+                status: uplink_status.clone(),
+                heartbeat,
+                cancel: cancel.clone(),
+                reload,
+                version: env!("CARGO_PKG_VERSION"),
+            };
+            Some(tokio::spawn(task.run()))
+        }
+        None => None,
+    };
     let ingest = tokio::spawn(
         Ingest {
             rx: frames_rx,
@@ -99,6 +123,7 @@ pub async fn run(
         health: Arc::new(health),
         started_at: Timestamp::now(),
         version: env!("CARGO_PKG_VERSION"),
+        uplink: uplink_status,
     };
     let web_cancel = cancel.clone();
     let web = tokio::spawn(async move {
@@ -117,6 +142,9 @@ pub async fn run(
     let stop = async {
         let _ = sensor.await;
         let _ = ingest.await;
+        if let Some(uplink) = uplink {
+            let _ = uplink.await;
+        }
         // Every store handle is gone now; the writer commits what is left and exits.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         let _ = web.await;
@@ -128,6 +156,28 @@ pub async fn run(
         }
         Err(_) => bail!("shutdown took longer than {SHUTDOWN_DEADLINE:?}; some stage did not stop"),
     }
+}
+
+/// Notifies `reload` on every SIGHUP until `cancel`: the uplink reloads its
+/// certificate files without a restart (and without touching the backlog).
+fn spawn_sighup(reload: Arc<tokio::sync::Notify>, cancel: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                got = hup.recv() => match got {
+                    Some(()) => {
+                        tracing::info!("SIGHUP: reloading the uplink certificates");
+                        reload.notify_one();
+                    }
+                    None => break,
+                },
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn run_simulator(

@@ -8,10 +8,12 @@
 //! leased again after reconnecting. Delivery is therefore at least once; every
 //! reading carries its stable id so that the cloud drops repeats.
 
+pub mod actor;
 pub mod cert;
 pub mod fhir;
 pub mod payload;
 pub mod status;
 pub mod tls;
 
+pub use actor::{Uplink, UplinkError, UplinkSettings};
 pub use status::{ConnectionState, UplinkStatus};

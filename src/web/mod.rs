@@ -27,6 +27,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub started_at: Timestamp,
     pub version: &'static str,
+    /// The MQTT uplink's connection state, last error and counts.
+    pub uplink: Arc<crate::uplink::UplinkStatus>,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -35,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(pages::overview))
         .route("/healthz", get(api::healthz))
         .route("/api/v1/residents", get(api::residents))
+        .route("/api/v1/uplink", get(api::uplink))
         .fallback(not_found)
         .with_state(state)
 }

@@ -47,6 +47,9 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         health: Arc::new(health),
         started_at: Timestamp::now(),
         version: "test",
+        uplink: Arc::new(crate::uplink::UplinkStatus::new(
+            crate::uplink::ConnectionState::Disabled,
+        )),
     };
     (store, state)
 }
