@@ -3,3 +3,5 @@
 
 mod demo;
 mod support;
+mod mqtt;
+mod mqtt_support;
