@@ -66,6 +66,12 @@ pub fn data_absent_reason(s: SpecialValue) -> &'static str {
     }
 }
 
+/// The IEEE EUI-48 form of a Bluetooth address (`A4-C1-38-12-34-56`), as the PHD IG
+/// writes Device identifiers.
+fn eui48(address: &crate::model::DeviceAddress) -> String {
+    address.to_string().replace(':', "-")
+}
+
 fn device_url(address: &str) -> String {
     format!("Device?identifier={BLUETOOTH}|{address}")
 }
@@ -86,7 +92,7 @@ pub fn bundle(gateway: &str, readings: &[OutgoingReading<'_>]) -> Json {
     })];
     let mut devices: Vec<String> = readings
         .iter()
-        .map(|r| r.reading.device.to_string())
+        .map(|r| eui48(&r.reading.device))
         .collect();
     devices.sort();
     devices.dedup();
@@ -126,7 +132,7 @@ fn observation_entry(gateway: &str, r: OutgoingReading<'_>) -> Json {
         "status": "final",
         "code": { "coding": coding, "text": reading.quantity.label() },
         "effectiveDateTime": reading.taken_at().to_rfc3339(),
-        "device": { "reference": device_url(&reading.device.to_string()) },
+        "device": { "reference": device_url(&eui48(&reading.device)) },
         "extension": [{
             "url": GATEWAY_EXTENSION,
             "valueReference": { "reference": gateway_url(gateway) },

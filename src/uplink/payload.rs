@@ -241,3 +241,105 @@ mod tests {
         assert_eq!((w.resident, w.room.as_deref()), (None, Some("12")));
     }
 }
+
+/// The examples in `docs/mqtt.md` are exactly what this code produces and parses.
+#[cfg(test)]
+mod doc_examples {
+    use super::*;
+    use crate::model::{DeviceAddress, Quantity, ResidentId, SpecialValue, Timestamp, Unit};
+
+    const DOC: &str = include_str!("../../docs/mqtt.md");
+
+    /// The JSON block after `<!-- example: NAME -->`.
+    fn example(name: &str) -> serde_json::Value {
+        let marker = format!("<!-- example: {name} -->");
+        let after = DOC
+            .split_once(&marker)
+            .unwrap_or_else(|| panic!("docs/mqtt.md has no {marker}"))
+            .1;
+        let body = after.split_once("```json\n").unwrap().1;
+        let body = body.split_once("```").unwrap().0;
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("example {name}: {e}"))
+    }
+
+    pub(crate) fn sample_readings() -> Vec<Reading> {
+        let received = Timestamp::from_unix_ms(1_795_467_667_123);
+        vec![
+            Reading {
+                id: "019ab3c2-7a33-7c81-9d2e-0a4f5b6c7d8e".parse().unwrap(),
+                device: DeviceAddress([0xA4, 0xC1, 0x38, 0x12, 0x34, 0x56]),
+                subject: Subject::Resident(ResidentId(7)),
+                quantity: Quantity::Spo2,
+                value: Value::Number(96.0),
+                unit: Unit::Percent,
+                measured_at: Some(Timestamp::from_unix_ms(1_795_467_665_000)),
+                received_at: received,
+                clock_synced: true,
+            },
+            Reading {
+                id: "019ab3c2-7a33-7c82-8a1b-1c2d3e4f5a6b".parse().unwrap(),
+                device: DeviceAddress([0xA4, 0xC1, 0x38, 0x12, 0x34, 0x57]),
+                subject: Subject::Resident(ResidentId(7)),
+                quantity: Quantity::BodyTemperature,
+                value: Value::Special(SpecialValue::NotANumber),
+                unit: Unit::Celsius,
+                measured_at: None,
+                received_at: received,
+                clock_synced: true,
+            },
+            Reading {
+                id: "019ab3c2-7a33-7c83-b9c8-d7e6f5a4b3c2".parse().unwrap(),
+                device: DeviceAddress([0xC0, 0x7A, 0x11, 0x00, 0x00, 0x03]),
+                subject: Subject::Room("12".into()),
+                quantity: Quantity::Humidity,
+                value: Value::Number(48.5),
+                unit: Unit::Percent,
+                measured_at: None,
+                received_at: received,
+                clock_synced: false,
+            },
+        ]
+    }
+
+    fn outgoing(readings: &[Reading]) -> Vec<OutgoingReading<'_>> {
+        readings
+            .iter()
+            .map(|r| OutgoingReading {
+                reading: r,
+                resident_reference: Some("res-7f3a"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readings_example_is_what_the_gateway_sends() {
+        let readings = sample_readings();
+        let made = ReadingsMessage::new("oak-house", "gw-0042", &outgoing(&readings));
+        let doc = example("readings");
+        assert_eq!(serde_json::to_value(&made).unwrap(), doc);
+        let parsed: ReadingsMessage = serde_json::from_value(doc).unwrap();
+        assert_eq!(parsed, made);
+    }
+
+    #[test]
+    fn fhir_example_is_what_the_gateway_sends_and_validates() {
+        let readings = sample_readings();
+        let made = super::super::fhir::bundle("gw-0042", &outgoing(&readings));
+        let doc = example("fhir");
+        assert_eq!(made, doc, "{}", serde_json::to_string_pretty(&made).unwrap());
+        assert_eq!(super::super::fhir::validate(&doc), Ok(3));
+    }
+
+    #[test]
+    fn status_and_alert_examples_parse() {
+        for name in ["status-online", "status-offline"] {
+            let doc = example(name);
+            let s: StatusMessage = serde_json::from_value(doc.clone()).unwrap();
+            assert_eq!(s.schema, STATUS_SCHEMA);
+            assert_eq!(serde_json::to_value(&s).unwrap(), doc);
+        }
+        let doc = example("alert");
+        let a: AlertMessage = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&a).unwrap(), doc);
+    }
+}
