@@ -160,7 +160,10 @@ pub async fn run(
 
 /// Notifies `reload` on every SIGHUP until `cancel`: the uplink reloads its
 /// certificate files without a restart (and without touching the backlog).
-fn spawn_sighup(reload: Arc<tokio::sync::Notify>, cancel: CancellationToken) -> std::io::Result<()> {
+fn spawn_sighup(
+    reload: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {

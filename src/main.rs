@@ -109,7 +109,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = carehub::uplink::cert::request(&gateway_id, &out)?;
             println!("key:     {}", r.key.display());
             println!("request: {}", r.csr.display());
-            println!("send the request to the fleet CA; install the certificate as uplink.cert_file");
+            println!(
+                "send the request to the fleet CA; install the certificate as uplink.cert_file"
+            );
             Ok(())
         }
         Command::Cert {

@@ -97,7 +97,9 @@ pub enum UplinkError {
     #[error("{0}")]
     Handshake(String),
     /// Nothing accepted the TCP connection.
-    #[error("cannot reach the broker at {0}: connection refused (broker down, or wrong uplink.host/uplink.port)")]
+    #[error(
+        "cannot reach the broker at {0}: connection refused (broker down, or wrong uplink.host/uplink.port)"
+    )]
     Unreachable(String),
     /// The broker did not answer in time.
     #[error("the broker at {0} did not answer in time")]
@@ -167,7 +169,9 @@ impl Backoff {
         let factor = 1u32 << self.failures.min(20);
         let ceiling = self.min.saturating_mul(factor).min(self.max);
         self.failures = self.failures.saturating_add(1);
-        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         Duration::from_millis(self.rng.random_range(ms.div_ceil(2)..=ms))
     }
 }
@@ -208,7 +212,8 @@ impl Uplink {
     pub async fn run(self) {
         if let Err(e) = self.store.release_all().await {
             tracing::error!(error = %e, "uplink: cannot release old leases; stopping");
-            self.status.set_error(Timestamp::now(), format!("outbox: {e}"));
+            self.status
+                .set_error(Timestamp::now(), format!("outbox: {e}"));
             self.status.set_state(ConnectionState::Stopped);
             return;
         }
@@ -415,7 +420,13 @@ impl Session<'_> {
         self.queued.len() + self.inflight.len()
     }
 
-    fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, carried: Carried) -> Result<(), UplinkError> {
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        carried: Carried,
+    ) -> Result<(), UplinkError> {
         // The channel holds max_inflight + 8 requests and at most max_inflight
         // batches plus a status are outstanding, so it is never full here.
         self.client
@@ -455,7 +466,11 @@ impl Session<'_> {
             if idle_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
                 idle_until = None;
             }
-            if leasing.is_none() && self.connected && idle_until.is_none() && self.outstanding() < max {
+            if leasing.is_none()
+                && self.connected
+                && idle_until.is_none()
+                && self.outstanding() < max
+            {
                 let store = self.uplink.store.clone();
                 let n = s.batch_max_readings;
                 leasing = Some(Box::pin(async move { store.lease(n).await }));
@@ -548,7 +563,10 @@ impl Session<'_> {
     /// then DISCONNECT, waiting briefly for both to leave.
     async fn say_goodbye(&mut self, events: &mut EventLoop, cert: Option<&CertInfo>) {
         let payload = self.uplink.status_message(Presence::Offline, cert);
-        if self.publish(self.topics.status.clone(), payload, true, Carried::Status).is_err() {
+        if self
+            .publish(self.topics.status.clone(), payload, true, Carried::Status)
+            .is_err()
+        {
             return;
         }
         let _ = self.client.try_disconnect();
@@ -561,10 +579,14 @@ impl Session<'_> {
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Carried::Batch { lease, readings }) = self.inflight.remove(&ack.pkid)
+                        if let Some(Carried::Batch { lease, readings }) =
+                            self.inflight.remove(&ack.pkid)
                             && self.uplink.store.ack(lease).await.is_ok()
                         {
-                            self.uplink.status.readings_delivered.fetch_add(readings, Ordering::Relaxed);
+                            self.uplink
+                                .status
+                                .readings_delivered
+                                .fetch_add(readings, Ordering::Relaxed);
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,

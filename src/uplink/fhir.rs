@@ -90,10 +90,7 @@ pub fn bundle(gateway: &str, readings: &[OutgoingReading<'_>]) -> Json {
         },
         "request": { "method": "PUT", "url": gateway_url(gateway) },
     })];
-    let mut devices: Vec<String> = readings
-        .iter()
-        .map(|r| eui48(&r.reading.device))
-        .collect();
+    let mut devices: Vec<String> = readings.iter().map(|r| eui48(&r.reading.device)).collect();
     devices.sort();
     devices.dedup();
     for address in &devices {

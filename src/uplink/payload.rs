@@ -326,7 +326,12 @@ mod doc_examples {
         let readings = sample_readings();
         let made = super::super::fhir::bundle("gw-0042", &outgoing(&readings));
         let doc = example("fhir");
-        assert_eq!(made, doc, "{}", serde_json::to_string_pretty(&made).unwrap());
+        assert_eq!(
+            made,
+            doc,
+            "{}",
+            serde_json::to_string_pretty(&made).unwrap()
+        );
         assert_eq!(super::super::fhir::validate(&doc), Ok(3));
     }
 

@@ -2,6 +2,6 @@
 //! sockets. One binary, one module per area.
 
 mod demo;
-mod support;
 mod mqtt;
 mod mqtt_support;
+mod support;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use carehub::config::PayloadFormat;
 use carehub::model::{
-    Device, DeviceAddress, DeviceKind, Quantity, Reading, ReadingId, Resident, ResidentId,
-    Subject, Timestamp, Unit, Value,
+    Device, DeviceAddress, DeviceKind, Quantity, Reading, ReadingId, Resident, ResidentId, Subject,
+    Timestamp, Unit, Value,
 };
 use carehub::store::{Store, StoreHandle, StoreSettings};
 use carehub::system::health::Health;
@@ -78,7 +78,13 @@ async fn ingest(store: &StoreHandle, n: usize) -> Vec<String> {
     ids
 }
 
-fn settings(pki: &Pki, port: u16, host: &str, pair: &str, payload: PayloadFormat) -> UplinkSettings {
+fn settings(
+    pki: &Pki,
+    port: u16,
+    host: &str,
+    pair: &str,
+    payload: PayloadFormat,
+) -> UplinkSettings {
     let p = pki.pair(pair);
     UplinkSettings {
         host: host.into(),
@@ -196,9 +202,21 @@ async fn backlog_from_before_the_broker_is_delivered_and_survives_broker_restart
 
     // Stored while no broker exists.
     let mut ids = ingest(&store.handle, 400).await;
-    let up = start_uplink(&store.handle, settings(&pki, broker.port, "localhost", "gateway", PayloadFormat::Json));
+    let up = start_uplink(
+        &store.handle,
+        settings(
+            &pki,
+            broker.port,
+            "localhost",
+            "gateway",
+            PayloadFormat::Json,
+        ),
+    );
     up.wait_error("cannot reach the broker").await;
-    assert_eq!(store.handle.stats().outbox_readings.load(Ordering::Relaxed), 400);
+    assert_eq!(
+        store.handle.stats().outbox_readings.load(Ordering::Relaxed),
+        400
+    );
 
     broker.start();
     wait_all_seen(&sub, &ids, "backlog").await;
@@ -216,26 +234,45 @@ async fn backlog_from_before_the_broker_is_delivered_and_survives_broker_restart
         broker.start();
         ids.extend(ingest(&store.handle, 100).await);
         wait_all_seen(&sub, &ids, &format!("restart round {round}")).await;
-        assert!(up.status.snapshot().connections > before, "reconnected in round {round}");
+        assert!(
+            up.status.snapshot().connections > before,
+            "reconnected in round {round}"
+        );
     }
 
     // Nothing missing; a repeat is the same reading, never a different one.
     let seen = sub.reading_ids();
     for id in &ids {
         let copies = &seen[id];
-        assert!(copies.iter().all(|c| c == &copies[0]), "repeats of {id} differ");
+        assert!(
+            copies.iter().all(|c| c == &copies[0]),
+            "repeats of {id} differ"
+        );
     }
     let expected: HashSet<&String> = ids.iter().collect();
-    assert!(seen.keys().all(|k| expected.contains(k)), "an id nobody stored");
+    assert!(
+        seen.keys().all(|k| expected.contains(k)),
+        "an id nobody stored"
+    );
     let wait_empty = wait_for(Duration::from_secs(10), || {
         (store.handle.stats().outbox_readings.load(Ordering::Relaxed) == 0).then_some(())
     });
-    assert!(wait_empty.is_some(), "outbox empties once everything is acknowledged");
+    assert!(
+        wait_empty.is_some(),
+        "outbox empties once everything is acknowledged"
+    );
     assert_eq!(up.status.snapshot().readings_delivered as usize, ids.len());
     // The resident appears by reference only, never by name.
-    let any = sub.messages().into_iter().find(|m| m.topic.ends_with("/readings")).unwrap();
+    let any = sub
+        .messages()
+        .into_iter()
+        .find(|m| m.topic.ends_with("/readings"))
+        .unwrap();
     let text = String::from_utf8(any.payload).unwrap();
-    assert!(text.contains("res-0001") && !text.contains("Edith"), "{text}");
+    assert!(
+        text.contains("res-0001") && !text.contains("Edith"),
+        "{text}"
+    );
     assert_eq!(any.topic, "carehub/v1/oak-house/gw-test/readings");
     up.stop().await;
 }
@@ -252,22 +289,38 @@ async fn refusals_are_explained_and_leave_the_backlog_untouched() {
     let cases = [
         ("foreign", broker.port, "refused this gateway's certificate"),
         ("expired", broker.port, "expired"),
-        ("gateway", wrong_host.port, "not valid for the configured host name"),
+        (
+            "gateway",
+            wrong_host.port,
+            "not valid for the configured host name",
+        ),
     ];
     for (pair, port, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
         provision(&store.handle).await;
         let ids = ingest(&store.handle, 120).await;
-        let up = start_uplink(&store.handle, settings(&pki, port, "localhost", pair, PayloadFormat::Json));
+        let up = start_uplink(
+            &store.handle,
+            settings(&pki, port, "localhost", pair, PayloadFormat::Json),
+        );
         let e = up.wait_error(expected).await;
         eprintln!("{pair}: {e}");
         // Let it retry a few times: still nothing goes anywhere.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let s = up.status.snapshot();
-        assert_eq!((s.readings_delivered, s.state == ConnectionState::Connected), (0, false), "{pair}: {e}");
+        assert_eq!(
+            (s.readings_delivered, s.state == ConnectionState::Connected),
+            (0, false),
+            "{pair}: {e}"
+        );
         up.stop().await;
-        let lease = store.handle.lease(1000).await.unwrap().expect("backlog still there");
+        let lease = store
+            .handle
+            .lease(1000)
+            .await
+            .unwrap()
+            .expect("backlog still there");
         assert_eq!(lease.readings.len(), ids.len(), "{pair}: backlog untouched");
     }
 
@@ -275,12 +328,28 @@ async fn refusals_are_explained_and_leave_the_backlog_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     ingest(&store.handle, 10).await;
-    let mut s = settings(&pki, broker.port, "localhost", "gateway", PayloadFormat::Json);
+    let mut s = settings(
+        &pki,
+        broker.port,
+        "localhost",
+        "gateway",
+        PayloadFormat::Json,
+    );
     s.tls.cert = pki.path("empty.pem");
     let up = start_uplink(&store.handle, s);
     up.wait_error("no gateway certificate").await;
     up.stop().await;
-    assert_eq!(store.handle.lease(100).await.unwrap().unwrap().readings.len(), 10);
+    assert_eq!(
+        store
+            .handle
+            .lease(100)
+            .await
+            .unwrap()
+            .unwrap()
+            .readings
+            .len(),
+        10
+    );
 
     // ...and a client that offers none is refused by the broker, in words.
     let mut roots = rustls::RootCertStore::empty();
@@ -309,7 +378,10 @@ async fn refusals_are_explained_and_leave_the_backlog_untouched() {
         }
     };
     let text = carehub::uplink::actor::classify(&err, "localhost").to_string();
-    assert!(text.contains("requires a client certificate"), "{text} ({err:?})");
+    assert!(
+        text.contains("requires a client certificate"),
+        "{text} ({err:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,15 +390,31 @@ async fn certificate_close_to_expiry_is_warned_and_published() {
     let (broker, sub) = broker_with_subscriber(&pki);
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
-    let up = start_uplink(&store.handle, settings(&pki, broker.port, "localhost", "gateway-soon", PayloadFormat::Json));
+    let up = start_uplink(
+        &store.handle,
+        settings(
+            &pki,
+            broker.port,
+            "localhost",
+            "gateway-soon",
+            PayloadFormat::Json,
+        ),
+    );
     let status = wait_for(Duration::from_secs(10), || {
-        sub.messages().into_iter().rev().find(|m| m.topic.ends_with("/status"))
+        sub.messages()
+            .into_iter()
+            .rev()
+            .find(|m| m.topic.ends_with("/status"))
     })
     .expect("status published");
-    let msg: carehub::uplink::payload::StatusMessage = serde_json::from_slice(&status.payload).unwrap();
+    let msg: carehub::uplink::payload::StatusMessage =
+        serde_json::from_slice(&status.payload).unwrap();
     assert!(msg.certificate_expiring, "{msg:?}");
     let w = up.status.snapshot().certificate_warning.unwrap();
-    assert!(w.contains("expires in 9 days") || w.contains("expires in 10 days"), "{w}");
+    assert!(
+        w.contains("expires in 9 days") || w.contains("expires in 10 days"),
+        "{w}"
+    );
     up.stop().await;
 }
 
@@ -355,7 +443,8 @@ fn status_states(sub: &Subscriber) -> Vec<String> {
         .into_iter()
         .filter(|m| m.topic == "carehub/v1/oak-house/gw-test/status")
         .map(|m| {
-            let s: carehub::uplink::payload::StatusMessage = serde_json::from_slice(&m.payload).unwrap();
+            let s: carehub::uplink::payload::StatusMessage =
+                serde_json::from_slice(&m.payload).unwrap();
             format!("{:?}", s.state).to_lowercase()
         })
         .collect()
@@ -396,16 +485,26 @@ async fn daemon_sends_valid_fhir_and_its_last_will_says_offline() {
     let out = daemon.stop(libc::SIGKILL);
     let _ = out;
     let last = wait_for(Duration::from_secs(10), || {
-        status_states(&sub).last().filter(|s| *s == "offline").cloned()
+        status_states(&sub)
+            .last()
+            .filter(|s| *s == "offline")
+            .cloned()
     });
-    assert!(last.is_some(), "last will 'offline' published; saw {:?}", status_states(&sub));
+    assert!(
+        last.is_some(),
+        "last will 'offline' published; saw {:?}",
+        status_states(&sub)
+    );
     // Retained: whoever subscribes later learns the gateway is offline.
     let late = Subscriber::start_as(&pki, broker.port, "late-subscriber");
     let retained = wait_for(Duration::from_secs(10), || {
-        late.messages().into_iter().find(|m| m.topic.ends_with("/status"))
+        late.messages()
+            .into_iter()
+            .find(|m| m.topic.ends_with("/status"))
     })
     .expect("retained status");
     assert!(retained.retain);
-    let s: carehub::uplink::payload::StatusMessage = serde_json::from_slice(&retained.payload).unwrap();
+    let s: carehub::uplink::payload::StatusMessage =
+        serde_json::from_slice(&retained.payload).unwrap();
     assert_eq!(s.state, carehub::uplink::payload::Presence::Offline);
 }

@@ -27,7 +27,9 @@ pub fn mosquitto_bin() -> PathBuf {
             return PathBuf::from(p);
         }
     }
-    panic!("mosquitto is not installed: run scripts/test (it installs the Debian package) or apt-get install mosquitto");
+    panic!(
+        "mosquitto is not installed: run scripts/test (it installs the Debian package) or apt-get install mosquitto"
+    );
 }
 
 /// The test PKI, written as PEM files into a temporary directory.
@@ -60,13 +62,69 @@ impl Pki {
         pki.write("other-ca.pem", &other.pem());
         let now = OffsetDateTime::now_utc();
         let year = time::Duration::days(365);
-        pki.leaf(&fleet, "server", "localhost", &["localhost"], true, now - time::Duration::days(1), now + year);
-        pki.leaf(&fleet, "wrong-host", "broker.elsewhere.example", &["broker.elsewhere.example"], true, now - time::Duration::days(1), now + year);
-        pki.leaf(&fleet, "gateway", "gw-test", &[], false, now - time::Duration::days(1), now + year);
-        pki.leaf(&fleet, "gateway-soon", "gw-test", &[], false, now - time::Duration::days(1), now + time::Duration::days(10));
-        pki.leaf(&fleet, "subscriber", "cloud-subscriber", &[], false, now - time::Duration::days(1), now + year);
-        pki.leaf(&other, "foreign", "gw-test", &[], false, now - time::Duration::days(1), now + year);
-        pki.leaf(&fleet, "expired", "gw-test", &[], false, now - time::Duration::days(60), now - time::Duration::days(1));
+        pki.leaf(
+            &fleet,
+            "server",
+            "localhost",
+            &["localhost"],
+            true,
+            now - time::Duration::days(1),
+            now + year,
+        );
+        pki.leaf(
+            &fleet,
+            "wrong-host",
+            "broker.elsewhere.example",
+            &["broker.elsewhere.example"],
+            true,
+            now - time::Duration::days(1),
+            now + year,
+        );
+        pki.leaf(
+            &fleet,
+            "gateway",
+            "gw-test",
+            &[],
+            false,
+            now - time::Duration::days(1),
+            now + year,
+        );
+        pki.leaf(
+            &fleet,
+            "gateway-soon",
+            "gw-test",
+            &[],
+            false,
+            now - time::Duration::days(1),
+            now + time::Duration::days(10),
+        );
+        pki.leaf(
+            &fleet,
+            "subscriber",
+            "cloud-subscriber",
+            &[],
+            false,
+            now - time::Duration::days(1),
+            now + year,
+        );
+        pki.leaf(
+            &other,
+            "foreign",
+            "gw-test",
+            &[],
+            false,
+            now - time::Duration::days(1),
+            now + year,
+        );
+        pki.leaf(
+            &fleet,
+            "expired",
+            "gw-test",
+            &[],
+            false,
+            now - time::Duration::days(60),
+            now - time::Duration::days(1),
+        );
         pki.write("empty.pem", "");
         pki
     }
