@@ -52,6 +52,14 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Test support for the store's crash test: ingests and drains until killed.
+    #[command(hide = true)]
+    StoreCrashChild {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        run: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", path.display());
             Ok(())
         }
+        Command::StoreCrashChild { db, run } => carehub::store::crash_child::run(db, run),
         Command::Cert {
             command: CertCommand::Request { gateway_id, out },
         } => {

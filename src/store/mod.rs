@@ -12,6 +12,8 @@
 //! vital signs and are always counted and logged. Readers (the web page) use their
 //! own read-only connections, off the async executor.
 
+#[doc(hidden)]
+pub mod crash_child;
 mod limits;
 mod reader;
 mod schema;

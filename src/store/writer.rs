@@ -29,6 +29,12 @@ use crate::system::health::Heartbeat;
 
 const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Readings deleted per transaction when the disk is low: small, because each
+/// transaction needs WAL space of its own.
+const DISK_BATCH: usize = 500;
+/// At most this many such transactions per check.
+const MAKE_ROOM_ROUNDS: usize = 50;
+
 /// Opens the write connection, checks the file's integrity and migrates it.
 pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(&settings.path)?;
@@ -421,9 +427,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Below the free-space floor the database must not grow: free one batch
-    /// inside the file (history, then room, then vital) unless it already has
-    /// room to reuse. Returns readings freed.
+    /// Below the free-space floor the database must not grow: free space inside
+    /// the file (history, then room, then vital) until it has a reserve to reuse,
+    /// in small transactions because each one needs WAL space itself, then hand
+    /// the WAL's disk space back. Returns readings freed.
     fn check_disk(&mut self) -> Result<u64, StoreError> {
         let Some(free) = limits::free_disk_bytes(&self.settings.path) else {
             return Ok(0);
@@ -438,14 +445,39 @@ impl Writer {
             return Ok(0);
         }
         tracing::warn!(free_bytes = free, floor_bytes = floor, "free disk space below the floor; freeing space inside the database");
-        limits::free_one_batch(&mut self.conn, limits::BATCH, &self.stats)
+        self.make_room(reserve)
+    }
+
+    fn make_room(&mut self, reserve: u64) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        for _ in 0..MAKE_ROOM_ROUNDS {
+            let n = limits::free_one_batch(&mut self.conn, DISK_BATCH, &self.stats)?;
+            freed += n;
+            if n == 0 || limits::reusable_bytes(&self.conn)? >= reserve {
+                break;
+            }
+        }
+        self.truncate_wal();
+        Ok(freed)
+    }
+
+    /// Checkpoints and truncates the WAL, returning its disk space to the system.
+    fn truncate_wal(&self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "cannot truncate the WAL");
+        }
     }
 
     fn on_disk_full(&mut self, e: &StoreError) {
         if !self.stats.disk_full.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %e, "ALARM: the disk is full; freeing history and room data, readings may be refused until space returns");
         }
-        match limits::free_one_batch(&mut self.conn, limits::BATCH, &self.stats) {
+        self.truncate_wal();
+        let reserve = (self.settings.min_free_disk_bytes / 2).max(64 * 1024);
+        match self.make_room(reserve) {
             Ok(n) => tracing::warn!(freed = n, "freed readings inside the database after disk full"),
             Err(e) => tracing::error!(error = %e, "cannot free space inside the database"),
         }

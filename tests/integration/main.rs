@@ -4,4 +4,6 @@
 mod demo;
 mod mqtt;
 mod mqtt_support;
+mod store_crash;
+mod store_full_disk;
 mod support;
