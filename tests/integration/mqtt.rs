@@ -27,13 +27,12 @@ const DEVICE: DeviceAddress = DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 1]);
 
 fn open_store(dir: &std::path::Path) -> Store {
     let mut health = Health::default();
-    let s = Store::open(
+    Store::open(
         StoreSettings::at(dir.join("carehub.db")),
         tokio::runtime::Handle::current(),
         health.register("store"),
     )
-    .unwrap();
-    s
+    .unwrap()
 }
 
 async fn provision(store: &StoreHandle) {
