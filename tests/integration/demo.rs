@@ -74,7 +74,7 @@ fn demo_serves_readings_and_stops_cleanly_on_sigterm_and_sigint() {
             .unwrap();
         assert_eq!(verdict, "ok");
         let stored: i64 = db
-            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
             .unwrap();
         let shown = api["residents"]
             .as_array()
@@ -84,7 +84,7 @@ fn demo_serves_readings_and_stops_cleanly_on_sigterm_and_sigint() {
             .sum::<i64>();
         assert!(stored >= shown, "{stored} stored < {shown} shown");
         let unitless: i64 = db
-            .query_row("SELECT count(*) FROM outbox WHERE unit = ''", [], |r| {
+            .query_row("SELECT count(*) FROM readings WHERE unit = ''", [], |r| {
                 r.get(0)
             })
             .unwrap();
