@@ -27,6 +27,7 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PayloadFormat};
@@ -382,6 +383,7 @@ impl Uplink {
             topics: Topics::new(&self.settings.site, &self.settings.gateway),
             queued: VecDeque::new(),
             inflight: HashMap::new(),
+            acking: JoinSet::new(),
             connected: false,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
@@ -412,6 +414,9 @@ struct Session<'a> {
     queued: VecDeque<Carried>,
     /// Sent, waiting for the PUBACK with this packet id.
     inflight: HashMap<u16, Carried>,
+    /// Acknowledged by the broker, ack on its way to the outbox. Acks run
+    /// concurrently so that the store writer commits many in one transaction.
+    acking: JoinSet<(Result<(), Arc<StoreError>>, LeaseId, u64)>,
     connected: bool,
 }
 
@@ -523,6 +528,11 @@ impl Session<'_> {
                         Err(e) => return failed(UplinkError::Store(e), self.connected),
                     }
                 }
+                Some(done) = self.acking.join_next(), if !self.acking.is_empty() => {
+                    if let Err(e) = self.acked(done) {
+                        return failed(e, true);
+                    }
+                }
                 event = events.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         self.connected = true;
@@ -542,11 +552,8 @@ impl Session<'_> {
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         match self.inflight.remove(&ack.pkid) {
                             Some(Carried::Batch { lease, readings }) => {
-                                if let Err(e) = self.uplink.store.ack(lease).await {
-                                    return failed(UplinkError::Store(e), true);
-                                }
-                                self.uplink.status.readings_delivered.fetch_add(readings, Ordering::Relaxed);
-                                self.uplink.status.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                                let store = self.uplink.store.clone();
+                                self.acking.spawn(async move { (store.ack(lease).await, lease, readings) });
                             }
                             Some(Carried::Status) => {}
                             None => tracing::warn!(pkid = ack.pkid, "uplink: PUBACK for no message in flight; ignored"),
@@ -597,8 +604,33 @@ impl Session<'_> {
         let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
     }
 
-    /// Gives every unacknowledged batch back to the outbox.
+    /// Counts a finished ack. The broker has these readings; if the outbox cannot
+    /// forget them they are sent again later (a duplicate, never a loss).
+    fn acked(
+        &self,
+        done: Result<(Result<(), Arc<StoreError>>, LeaseId, u64), tokio::task::JoinError>,
+    ) -> Result<(), UplinkError> {
+        match done {
+            Ok((Ok(()), _, readings)) => {
+                let s = &self.uplink.status;
+                s.readings_delivered.fetch_add(readings, Ordering::Relaxed);
+                s.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok((Err(e), lease, _)) => {
+                tracing::error!(lease = lease.0, error = %e, "uplink: cannot ack a delivered batch");
+                Err(UplinkError::Store(e))
+            }
+            Err(e) => Err(UplinkError::Connection(format!("ack task failed: {e}"))),
+        }
+    }
+
+    /// Gives every unacknowledged batch back to the outbox, after letting the acks
+    /// of acknowledged ones finish (an aborted ack would leave its lease held).
     async fn release_outstanding(&mut self) {
+        while let Some(done) = self.acking.join_next().await {
+            let _ = self.acked(done);
+        }
         let leases: Vec<LeaseId> = self
             .queued
             .drain(..)
