@@ -6,7 +6,8 @@
 //! Both drain a backlog that was queued while the cloud broker was down; a
 //! subscriber on the cloud broker counts what arrives. Run:
 //! `cargo bench --bench uplink_drain` (env `CAREHUB_BENCH_READINGS`, default
-//! 1000000, and `CAREHUB_BENCH_BATCHES`, default "1,100,1000").
+//! 1000000; `CAREHUB_BENCH_BATCHES`, default "1,100,1000"; `CAREHUB_BENCH_INFLIGHT`,
+//! default 32; `CAREHUB_BENCH_SYNC=normal` for `store.synchronous = "normal"`).
 
 #[path = "../tests/integration/mqtt_support.rs"]
 #[allow(dead_code)]
@@ -123,8 +124,12 @@ struct Result {
 async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
     let dir = tempfile::tempdir().unwrap();
     let mut health = Health::default();
+    let mut settings = StoreSettings::at(dir.path().join("bench.db"));
+    if std::env::var("CAREHUB_BENCH_SYNC").as_deref() == Ok("normal") {
+        settings.synchronous = carehub::config::Synchronous::Normal;
+    }
     let store = Store::open(
-        StoreSettings::at(dir.path().join("bench.db")),
+        settings,
         tokio::runtime::Handle::current(),
         health.register("store"),
     )
@@ -154,7 +159,10 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
                 gateway: "gw-test".into(),
                 payload: PayloadFormat::Json,
                 batch_max_readings: batch,
-                max_inflight: 64,
+                max_inflight: std::env::var("CAREHUB_BENCH_INFLIGHT")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(32),
                 keep_alive: Duration::from_secs(30),
                 backoff_min: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),

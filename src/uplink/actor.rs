@@ -356,6 +356,15 @@ impl Uplink {
     }
 
     async fn session(&self, addr: &str) -> SessionEnd {
+        // This task is the outbox's only leaser and holds no lease between
+        // connections: whatever a previous connection could not release (a lease
+        // reply lost when it ended mid-request, a failed release) goes back now.
+        if let Err(e) = self.store.release_all().await {
+            return SessionEnd::Failed {
+                error: UplinkError::Store(e),
+                was_connected: false,
+            };
+        }
         let files = self.settings.tls.clone();
         let tls = match tokio::task::spawn_blocking(move || tls::client_config(&files)).await {
             Ok(Ok(tls)) => tls,
@@ -538,6 +547,7 @@ impl Session<'_> {
                         self.connected = true;
                         self.uplink.status.connections.fetch_add(1, Ordering::Relaxed);
                         self.uplink.status.set_state(ConnectionState::Connected);
+                        status_tick.reset();
                         tracing::info!(broker = %addr, backlog = self.uplink.backlog(), "uplink: connected");
                         if let Err(e) = self.publish_status(cert) {
                             return failed(e, true);
