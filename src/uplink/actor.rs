@@ -32,7 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PayloadFormat};
 use crate::model::Timestamp;
-use crate::store::{Lease, LeaseId, StoreError, StoreHandle};
+use crate::store::{Lease, LeaseId, LeasedReading, StoreError, StoreHandle};
+
+/// One lease covers this many messages: fewer round trips to the store writer
+/// (which is busy committing acks) per message. The lease is acked once every one
+/// of its messages has its PUBACK.
+const MESSAGES_PER_LEASE: usize = 8;
 use crate::system::health::Heartbeat;
 
 use super::cert::{CertInfo, read_cert_info};
@@ -180,7 +185,10 @@ impl Backoff {
 /// What a published message carried, so that its PUBACK can be acted on.
 #[derive(Debug)]
 enum Carried {
-    Batch { lease: LeaseId, readings: u64 },
+    /// One message of a lease (a lease may span several messages).
+    Batch {
+        lease: LeaseId,
+    },
     Status,
 }
 
@@ -281,9 +289,8 @@ impl Uplink {
         n
     }
 
-    fn encode(&self, lease: &Lease) -> Result<Vec<u8>, UplinkError> {
-        let out: Vec<OutgoingReading<'_>> = lease
-            .readings
+    fn encode(&self, readings: &[LeasedReading]) -> Result<Vec<u8>, UplinkError> {
+        let out: Vec<OutgoingReading<'_>> = readings
             .iter()
             .map(|r| OutgoingReading {
                 reading: &r.reading,
@@ -384,8 +391,11 @@ impl Uplink {
         let cert = self.check_certificate().await;
         let stamp = files_stamp(&self.settings.tls).await;
         let options = self.options(tls, cert.as_ref());
-        let capacity = usize::from(self.settings.max_inflight) + 8;
+        let capacity = usize::from(self.settings.max_inflight) + MESSAGES_PER_LEASE + 8;
         let (client, mut events) = AsyncClient::new(options, capacity);
+        // Without it, the tail of each large message waits for the delayed ACK
+        // of the one before (Nagle), tens of milliseconds a message.
+        events.network_options.set_tcp_nodelay(true);
         let mut session = Session {
             uplink: self,
             client,
@@ -393,6 +403,7 @@ impl Uplink {
             queued: VecDeque::new(),
             inflight: HashMap::new(),
             acking: JoinSet::new(),
+            parts_left: HashMap::new(),
             connected: false,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
@@ -426,6 +437,8 @@ struct Session<'a> {
     /// Acknowledged by the broker, ack on its way to the outbox. Acks run
     /// concurrently so that the store writer commits many in one transaction.
     acking: JoinSet<(Result<(), Arc<StoreError>>, LeaseId, u64)>,
+    /// Per lease: messages still waiting for their PUBACK, and its readings.
+    parts_left: HashMap<LeaseId, (usize, u64)>,
     connected: bool,
 }
 
@@ -448,6 +461,41 @@ impl Session<'_> {
             .map_err(|e| UplinkError::Connection(format!("mqtt client queue: {e}")))?;
         self.queued.push_back(carried);
         Ok(())
+    }
+
+    /// Publishes a lease as messages of at most `batch_max_readings` readings.
+    fn publish_lease(&mut self, lease: &Lease) -> Result<(), UplinkError> {
+        let parts: Vec<&[LeasedReading]> = lease
+            .readings
+            .chunks(self.uplink.settings.batch_max_readings.max(1))
+            .collect();
+        self.parts_left
+            .insert(lease.id, (parts.len(), lease.readings.len() as u64));
+        for part in parts {
+            let payload = self.uplink.encode(part)?;
+            let carried = Carried::Batch { lease: lease.id };
+            self.publish(self.topics.readings.clone(), payload, false, carried)?;
+        }
+        Ok(())
+    }
+
+    /// One message of `lease` has its PUBACK; once all have, ack the lease.
+    fn part_acked(&mut self, lease: LeaseId) {
+        self.uplink
+            .status
+            .messages_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        let Some((left, readings)) = self.parts_left.get_mut(&lease) else {
+            return;
+        };
+        *left -= 1;
+        if *left == 0 {
+            let readings = *readings;
+            self.parts_left.remove(&lease);
+            let store = self.uplink.store.clone();
+            self.acking
+                .spawn(async move { (store.ack(lease).await, lease, readings) });
+        }
     }
 
     fn publish_status(&mut self, cert: Option<&CertInfo>) -> Result<(), UplinkError> {
@@ -486,7 +534,7 @@ impl Session<'_> {
                 && self.outstanding() < max
             {
                 let store = self.uplink.store.clone();
-                let n = s.batch_max_readings;
+                let n = s.batch_max_readings.saturating_mul(MESSAGES_PER_LEASE);
                 leasing = Some(Box::pin(async move { store.lease(n).await }));
             }
             tokio::select! {
@@ -516,16 +564,9 @@ impl Session<'_> {
                     self.uplink.heartbeat.beat();
                     match leased {
                         Ok(Some(lease)) => {
-                            let payload = match self.uplink.encode(&lease) {
-                                Ok(p) => p,
-                                Err(e) => {
-                                    let _ = self.uplink.store.release(lease.id).await;
-                                    return failed(e, true);
-                                }
-                            };
-                            let carried = Carried::Batch { lease: lease.id, readings: lease.readings.len() as u64 };
-                            if let Err(e) = self.publish(self.topics.readings.clone(), payload, false, carried) {
-                                // Not queued: release it here, the others below.
+                            if let Err(e) = self.publish_lease(&lease) {
+                                // Parts already queued are released with the others
+                                // at the end of the session; this releases the rest.
                                 let _ = self.uplink.store.release(lease.id).await;
                                 return failed(e, true);
                             }
@@ -561,10 +602,7 @@ impl Session<'_> {
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         match self.inflight.remove(&ack.pkid) {
-                            Some(Carried::Batch { lease, readings }) => {
-                                let store = self.uplink.store.clone();
-                                self.acking.spawn(async move { (store.ack(lease).await, lease, readings) });
-                            }
+                            Some(Carried::Batch { lease }) => self.part_acked(lease),
                             Some(Carried::Status) => {}
                             None => tracing::warn!(pkid = ack.pkid, "uplink: PUBACK for no message in flight; ignored"),
                         }
@@ -596,14 +634,8 @@ impl Session<'_> {
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Carried::Batch { lease, readings }) =
-                            self.inflight.remove(&ack.pkid)
-                            && self.uplink.store.ack(lease).await.is_ok()
-                        {
-                            self.uplink
-                                .status
-                                .readings_delivered
-                                .fetch_add(readings, Ordering::Relaxed);
+                        if let Some(Carried::Batch { lease }) = self.inflight.remove(&ack.pkid) {
+                            self.part_acked(lease);
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
@@ -624,7 +656,6 @@ impl Session<'_> {
             Ok((Ok(()), _, readings)) => {
                 let s = &self.uplink.status;
                 s.readings_delivered.fetch_add(readings, Ordering::Relaxed);
-                s.messages_delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Ok((Err(e), lease, _)) => {
@@ -646,10 +677,14 @@ impl Session<'_> {
             .drain(..)
             .chain(self.inflight.drain().map(|(_, c)| c))
             .filter_map(|c| match c {
-                Carried::Batch { lease, .. } => Some(lease),
+                Carried::Batch { lease } => Some(lease.0),
                 Carried::Status => None,
             })
+            .collect::<std::collections::BTreeSet<u64>>()
+            .into_iter()
+            .map(LeaseId)
             .collect();
+        self.parts_left.clear();
         for lease in leases {
             if let Err(e) = self.uplink.store.release(lease).await {
                 // The lease stays in the writer's memory; release_all at the next
