@@ -30,7 +30,9 @@ use carehub::uplink::payload::{OutgoingReading, ReadingsMessage};
 use carehub::uplink::tls::TlsFiles;
 use carehub::uplink::{ConnectionState, Uplink, UplinkSettings, UplinkStatus};
 use mqtt_support::{Broker, Pki, client_tls};
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 
 fn readings(n: usize) -> Vec<Reading> {
     let now = Timestamp::now();
@@ -64,7 +66,10 @@ async fn counter(pki: &Pki, port: u16, id: &str) -> Counter {
     o.set_max_packet_size(64 << 20, 64 << 20);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(o, 100);
-    client.subscribe("carehub/#", QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe("carehub/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let c = Counter {
         messages: Arc::new(AtomicU64::new(0)),
         first: Arc::default(),
@@ -264,7 +269,12 @@ async fn bridge_run(pki: &Pki, n: usize, batch: usize) -> Result {
     });
     for p in payloads {
         client
-            .publish("carehub/v1/bench/gw-test/readings", QoS::AtLeastOnce, false, p)
+            .publish(
+                "carehub/v1/bench/gw-test/readings",
+                QoS::AtLeastOnce,
+                false,
+                p,
+            )
             .await
             .unwrap();
     }
@@ -314,7 +324,13 @@ fn main() {
         let pki = Pki::new();
         for batch in batches {
             // One reading per message would take minutes at 1,000,000: cap it.
-            let count = if smoke { 200 } else if batch == 1 { n.min(20_000) } else { n };
+            let count = if smoke {
+                200
+            } else if batch == 1 {
+                n.min(20_000)
+            } else {
+                n
+            };
             let c = carehub_run(&pki, count, batch).await;
             report("carehub uplink", batch, &c);
             let b = bridge_run(&pki, count, batch).await;
