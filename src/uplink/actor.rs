@@ -253,10 +253,23 @@ impl Uplink {
                     tracing::warn!(broker = %addr, retry_in_ms = delay.as_millis() as u64, "uplink: {error}");
                     self.status.set_error(Timestamp::now(), error.to_string());
                     self.status.set_state(ConnectionState::Backoff);
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => break,
-                        _ = self.reload.notified() => backoff.reset(),
-                        _ = tokio::time::sleep(delay) => {}
+                    // A broker that is away is not a stalled stage: keep beating
+                    // while waiting (health checks allow 30 s, back-off reaches 60).
+                    let until = tokio::time::Instant::now() + delay;
+                    let mut beat = tokio::time::interval(Duration::from_secs(1));
+                    let cancelled = loop {
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => break true,
+                            _ = self.reload.notified() => {
+                                backoff.reset();
+                                break false;
+                            }
+                            _ = tokio::time::sleep_until(until) => break false,
+                            _ = beat.tick() => self.heartbeat.beat(),
+                        }
+                    };
+                    if cancelled {
+                        break;
                     }
                 }
             }
@@ -601,6 +614,7 @@ impl Session<'_> {
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        self.uplink.heartbeat.beat();
                         match self.inflight.remove(&ack.pkid) {
                             Some(Carried::Batch { lease }) => self.part_acked(lease),
                             Some(Carried::Status) => {}

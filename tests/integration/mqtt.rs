@@ -507,3 +507,41 @@ async fn daemon_sends_valid_fhir_and_its_last_will_says_offline() {
         serde_json::from_slice(&retained.payload).unwrap();
     assert_eq!(s.state, carehub::uplink::payload::Presence::Offline);
 }
+
+/// Renewing the certificate files while connected makes the uplink reconnect with
+/// them (no restart), the expiry warning clears, and the backlog keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_certificate_files_are_picked_up_without_losing_the_backlog() {
+    let pki = Pki::new();
+    let (broker, sub) = broker_with_subscriber(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    provision(&store.handle).await;
+    // The uplink's own copies of the files, as an engineer would replace them.
+    let live = dir.path().join("tls");
+    std::fs::create_dir_all(&live).unwrap();
+    let soon = pki.pair("gateway-soon");
+    std::fs::copy(&soon.cert, live.join("gw.pem")).unwrap();
+    std::fs::copy(&soon.key, live.join("gw.key")).unwrap();
+    let mut s = settings(&pki, broker.port, "localhost", "gateway", PayloadFormat::Json);
+    s.tls.cert = live.join("gw.pem");
+    s.tls.key = live.join("gw.key");
+    let up = start_uplink(&store.handle, s);
+    let mut ids = ingest(&store.handle, 100).await;
+    wait_all_seen(&sub, &ids, "before renewal").await;
+    assert!(up.status.snapshot().certificate_warning.is_some());
+    let before = up.status.snapshot().connections;
+
+    let renewed = pki.pair("gateway");
+    std::fs::copy(&renewed.key, live.join("gw.key")).unwrap();
+    std::fs::copy(&renewed.cert, live.join("gw.pem")).unwrap();
+    ids.extend(ingest(&store.handle, 100).await);
+    let reconnected = wait_for(Duration::from_secs(10), || {
+        let s = up.status.snapshot();
+        (s.connections > before && s.certificate_warning.is_none()).then_some(())
+    });
+    assert!(reconnected.is_some(), "{:?}", up.status.snapshot());
+    ids.extend(ingest(&store.handle, 100).await);
+    wait_all_seen(&sub, &ids, "after renewal").await;
+    up.stop().await;
+}
