@@ -37,7 +37,7 @@ pub fn reading_id(run: u32, producer: u8, n: u32) -> ReadingId {
 }
 
 fn reading(run: u32, producer: u8, n: u32) -> Reading {
-    let vital = n % 3 != 0;
+    let vital = !n.is_multiple_of(3);
     Reading {
         id: reading_id(run, producer, n),
         device: DeviceAddress([0xC0, 0, 0, 0, producer, (n % 5) as u8]),
@@ -46,9 +46,17 @@ fn reading(run: u32, producer: u8, n: u32) -> Reading {
         } else {
             Subject::Room(format!("Room {producer}"))
         },
-        quantity: if vital { Quantity::HeartRate } else { Quantity::Humidity },
+        quantity: if vital {
+            Quantity::HeartRate
+        } else {
+            Quantity::Humidity
+        },
         value: Value::Number(f64::from(n % 200)),
-        unit: if vital { Unit::PerMinute } else { Unit::Percent },
+        unit: if vital {
+            Unit::PerMinute
+        } else {
+            Unit::Percent
+        },
         measured_at: None,
         received_at: Timestamp::now(),
         clock_synced: true,
@@ -78,7 +86,10 @@ pub fn run(db: PathBuf, run: u32) -> anyhow::Result<()> {
         })
         .await??;
         let handle = store.handle;
-        handle.release_all().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        handle
+            .release_all()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         say("ready\n")?;
         let mut tasks = Vec::new();
         for p in 0..PRODUCERS {
@@ -102,7 +113,7 @@ pub fn run(db: PathBuf, run: u32) -> anyhow::Result<()> {
                 round += 1;
                 match h.lease(200).await.map_err(|e| anyhow::anyhow!("{e}"))? {
                     // Every seventh lease goes back undelivered, as on a dropped link.
-                    Some(l) if round % 7 == 0 => h.release(l.id).await,
+                    Some(l) if round.is_multiple_of(7) => h.release(l.id).await,
                     Some(l) => h.ack(l.id).await,
                     None => {
                         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -141,7 +141,8 @@ pub(super) fn load_counts(conn: &Connection, stats: &StoreStats) -> Result<(), S
             Class::Room
         };
         if let Some(reason) = EvictionReason::parse(&reason) {
-            stats.evicted[reason.index(class)].store(u64::try_from(count).unwrap_or(0), Ordering::Relaxed);
+            stats.evicted[reason.index(class)]
+                .store(u64::try_from(count).unwrap_or(0), Ordering::Relaxed);
         }
     }
     Ok(())
@@ -200,8 +201,14 @@ fn evict_seqs(
     }
     tx.commit()?;
     stats.evicted[reason.index(class)].fetch_add(rows, Ordering::Relaxed);
-    stats.outbox_readings.fetch_sub(rows.min(stats.outbox_readings.load(Ordering::Relaxed)), Ordering::Relaxed);
-    stats.outbox_bytes.fetch_sub(bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+    stats.outbox_readings.fetch_sub(
+        rows.min(stats.outbox_readings.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
+    stats.outbox_bytes.fetch_sub(
+        bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
     if rows > 0 {
         tracing::warn!(
             evicted = rows,
@@ -216,7 +223,9 @@ fn evict_seqs(
 
 /// The oldest outbox readings of `class`, up to `n`, with their estimated bytes;
 /// with `older_than_ms`, only those received before it (stopping at the first
-/// newer one, since sequence order is arrival order).
+/// newer one, since sequence order is arrival order) and stamped by a
+/// synchronised clock: a Pi has no battery clock, and a reading stamped before NTP
+/// set the time may look decades old without being so.
 fn oldest(
     conn: &Connection,
     class: Class,
@@ -224,7 +233,7 @@ fn oldest(
     older_than_ms: Option<i64>,
 ) -> Result<Vec<(i64, u64)>, StoreError> {
     let mut q = conn.prepare_cached(&format!(
-        "SELECT o.seq, {ROW_BYTES_SQL}, r.received_at_ms FROM {} o JOIN readings r ON r.seq = o.seq ORDER BY o.seq",
+        "SELECT o.seq, {ROW_BYTES_SQL}, r.received_at_ms, r.clock_synced FROM {} o JOIN readings r ON r.seq = o.seq ORDER BY o.seq",
         class.table()
     ))?;
     let mut rows = q.query([])?;
@@ -232,16 +241,24 @@ fn oldest(
     while out.len() < n {
         let Some(row) = rows.next()? else { break };
         let received: i64 = row.get(2)?;
-        if older_than_ms.is_some_and(|cutoff| received >= cutoff) {
-            break;
+        if let Some(cutoff) = older_than_ms {
+            if received >= cutoff {
+                break;
+            }
+            if !row.get::<_, bool>(3)? {
+                continue;
+            }
         }
-        out.push((row.get(0)?, u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0)));
+        out.push((
+            row.get(0)?,
+            u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+        ));
     }
     Ok(out)
 }
 
-/// Evicts oldest-first, room before vital, until `over()` says the cap holds.
-/// `per_round` readings are evicted per transaction.
+/// Evicts oldest-first, room before vital, while `still_over` says how many more
+/// must go (one transaction per answer).
 pub(super) fn evict_until(
     conn: &mut Connection,
     reason: EvictionReason,
@@ -351,7 +368,10 @@ pub(super) fn free_one_batch(
 ) -> Result<u64, StoreError> {
     let purged = purge_history(conn, None, batch, stats)?;
     if purged > 0 {
-        tracing::warn!(purged, "disk space low: purged the oldest delivered history");
+        tracing::warn!(
+            purged,
+            "disk space low: purged the oldest delivered history"
+        );
         return Ok(purged);
     }
     for class in Class::EVICTION_ORDER {

@@ -196,10 +196,7 @@ pub struct StoreHandle {
 }
 
 impl StoreHandle {
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, Arc<StoreError>> {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Arc<StoreError>> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(make(done))

@@ -109,7 +109,9 @@ impl Reader {
         let size = |suffix: &str| {
             let mut p = self.path.as_os_str().to_owned();
             p.push(suffix);
-            std::fs::metadata(PathBuf::from(p)).map(|m| m.len()).unwrap_or(0)
+            std::fs::metadata(PathBuf::from(p))
+                .map(|m| m.len())
+                .unwrap_or(0)
         };
         Ok(StatsSnapshot {
             outbox_depth: s.outbox_readings.load(Ordering::Relaxed),

@@ -119,12 +119,7 @@ pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> 
     }
     let target = usize::try_from(target.min(VERSION)).unwrap_or(0);
     let start = usize::try_from(current).unwrap_or(0);
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .take(target)
-        .skip(start)
-    {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(start) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;

@@ -22,7 +22,12 @@ fn settings(dir: &Path) -> StoreSettings {
 fn open(s: StoreSettings) -> Store {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let mut health = Health::default();
-    Store::open(s, tokio::runtime::Handle::current(), health.register("store")).unwrap()
+    Store::open(
+        s,
+        tokio::runtime::Handle::current(),
+        health.register("store"),
+    )
+    .unwrap()
 }
 
 /// A reading numbered `n` (its id's last bytes), received `n` ms after a base time.
@@ -86,7 +91,10 @@ async fn lease_gives_vital_signs_first_then_oldest_room_data() {
     // The reading round-trips whole, with the resident's reference absent (not provisioned).
     assert_eq!(lease.readings[0].reading, reading(2, Quantity::HeartRate));
     let rest = h.lease(10).await.unwrap().unwrap();
-    assert_eq!(ids(&rest).into_iter().map(number).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(
+        ids(&rest).into_iter().map(number).collect::<Vec<_>>(),
+        vec![3]
+    );
     assert_eq!(h.lease(10).await.unwrap(), None, "everything is leased");
     close(store).await;
 }
@@ -111,11 +119,20 @@ async fn ack_moves_to_history_release_makes_leasable_again() {
         .unwrap();
     assert_eq!(history, 6);
     // Acking twice, or releasing an acked lease, is refused and changes nothing.
-    assert!(matches!(*h.ack(a.id).await.unwrap_err(), StoreError::UnknownLease(_)));
-    assert!(matches!(*h.release(a.id).await.unwrap_err(), StoreError::UnknownLease(_)));
+    assert!(matches!(
+        *h.ack(a.id).await.unwrap_err(),
+        StoreError::UnknownLease(_)
+    ));
+    assert!(matches!(
+        *h.release(a.id).await.unwrap_err(),
+        StoreError::UnknownLease(_)
+    ));
     h.release(b.id).await.unwrap();
     let c = h.lease(10).await.unwrap().unwrap();
-    assert_eq!(ids(&c).into_iter().map(number).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+    assert_eq!(
+        ids(&c).into_iter().map(number).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
     h.ack(c.id).await.unwrap();
     assert_eq!(h.lease(10).await.unwrap(), None);
     assert_eq!(store.reader.outbox_depth().unwrap(), 0);
@@ -133,14 +150,20 @@ async fn release_all_and_restart_release_every_lease() {
     let a = h.lease(2).await.unwrap().unwrap();
     let _b = h.lease(2).await.unwrap().unwrap();
     h.release_all().await.unwrap();
-    assert!(matches!(*h.ack(a.id).await.unwrap_err(), StoreError::UnknownLease(_)));
+    assert!(matches!(
+        *h.ack(a.id).await.unwrap_err(),
+        StoreError::UnknownLease(_)
+    ));
     let all = h.lease(10).await.unwrap().unwrap();
     assert_eq!(all.readings.len(), 4);
     close(store).await;
     // A restart forgets leases: everything not acked is leasable again.
     let store = open(settings(dir.path()));
     let again = store.handle.lease(10).await.unwrap().unwrap();
-    assert_eq!(ids(&again).into_iter().map(number).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        ids(&again).into_iter().map(number).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     assert_eq!(store.reader.stats().unwrap().outbox_depth, 4);
     close(store).await;
 }
@@ -161,13 +184,22 @@ async fn leased_reading_carries_the_resident_reference_never_the_name() {
     )
     .await
     .unwrap();
-    h.ingest(vec![reading(1, Quantity::HeartRate), reading(2, Quantity::Humidity)])
-        .await
-        .unwrap();
+    h.ingest(vec![
+        reading(1, Quantity::HeartRate),
+        reading(2, Quantity::Humidity),
+    ])
+    .await
+    .unwrap();
     let lease = h.lease(10).await.unwrap().unwrap();
-    assert_eq!(lease.readings[0].resident_reference.as_deref(), Some("res-7f3a"));
+    assert_eq!(
+        lease.readings[0].resident_reference.as_deref(),
+        Some("res-7f3a")
+    );
     assert_eq!(lease.readings[1].resident_reference, None);
-    assert_eq!(lease.readings[1].reading.subject, Subject::Room("Lounge".into()));
+    assert_eq!(
+        lease.readings[1].reading.subject,
+        Subject::Room("Lounge".into())
+    );
     close(store).await;
 }
 
@@ -194,12 +226,20 @@ async fn row_cap_evicts_room_data_before_vital_signs_oldest_first() {
     let store = open(s);
     let h = &store.handle;
     // 60 room readings, then 60 vital: 20 over the cap (plus 1% headroom: 21).
-    h.ingest((1..=60).map(|n| reading(n, Quantity::Temperature)).collect())
-        .await
-        .unwrap();
-    h.ingest((61..=120).map(|n| reading(n, Quantity::HeartRate)).collect())
-        .await
-        .unwrap();
+    h.ingest(
+        (1..=60)
+            .map(|n| reading(n, Quantity::Temperature))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    h.ingest(
+        (61..=120)
+            .map(|n| reading(n, Quantity::HeartRate))
+            .collect(),
+    )
+    .await
+    .unwrap();
     let st = store.reader.stats().unwrap();
     assert_eq!(st.outbox_depth, 99);
     assert_eq!(store.reader.outbox_depth().unwrap(), 99);
@@ -213,7 +253,13 @@ async fn row_cap_evicts_room_data_before_vital_signs_oldest_first() {
     close(store).await;
     // Counts survive a restart.
     let store = open(settings(dir.path()));
-    assert_eq!(store.handle.stats().evicted(EvictionReason::Readings, Class::Room), 21);
+    assert_eq!(
+        store
+            .handle
+            .stats()
+            .evicted(EvictionReason::Readings, Class::Room),
+        21
+    );
     close(store).await;
 }
 
@@ -251,15 +297,30 @@ async fn byte_cap_evicts_until_under() {
     let store = open(s);
     store
         .handle
-        .ingest((1..=40).map(|n| reading(n, Quantity::Temperature)).collect())
+        .ingest(
+            (1..=40)
+                .map(|n| reading(n, Quantity::Temperature))
+                .collect(),
+        )
         .await
         .unwrap();
     let st = store.reader.stats().unwrap();
-    assert!(st.outbox_bytes <= per * 30, "{} > {}", st.outbox_bytes, per * 30);
+    assert!(
+        st.outbox_bytes <= per * 30,
+        "{} > {}",
+        st.outbox_bytes,
+        per * 30
+    );
     // Eviction goes 1% below the cap, so that a full outbox does not evict on
     // every commit: 29 rows fit under 99% of 30 rows' bytes.
     assert_eq!(st.outbox_depth, 29);
-    assert_eq!(store.handle.stats().evicted(EvictionReason::Bytes, Class::Room), 11);
+    assert_eq!(
+        store
+            .handle
+            .stats()
+            .evicted(EvictionReason::Bytes, Class::Room),
+        11
+    );
     close(store).await;
 }
 
@@ -273,10 +334,17 @@ async fn byte_estimate_in_sql_matches_rust() {
     rs.push(reading(9, Quantity::MeanArterialPressure));
     let want: u64 = rs.iter().map(limits::row_bytes).sum();
     store.handle.ingest(rs).await.unwrap();
-    assert_eq!(store.handle.stats().outbox_bytes.load(Ordering::Relaxed), want);
+    assert_eq!(
+        store.handle.stats().outbox_bytes.load(Ordering::Relaxed),
+        want
+    );
     close(store).await;
     let store = open(settings(dir.path()));
-    assert_eq!(store.handle.stats().outbox_bytes.load(Ordering::Relaxed), want, "recounted by SQL at start-up");
+    assert_eq!(
+        store.handle.stats().outbox_bytes.load(Ordering::Relaxed),
+        want,
+        "recounted by SQL at start-up"
+    );
     close(store).await;
 }
 
@@ -296,18 +364,30 @@ async fn maintenance_evicts_old_undelivered_and_purges_old_history() {
         r
     };
     // Old: 40 days (undelivered: evicted for age), 10 days (delivered: purged).
-    h.ingest(vec![at(1, 40, Quantity::Temperature), at(2, 40, Quantity::HeartRate)])
-        .await
-        .unwrap();
-    h.ingest(vec![at(3, 10, Quantity::HeartRate), at(4, 10, Quantity::HeartRate)])
-        .await
-        .unwrap();
-    h.ingest(vec![at(5, 1, Quantity::HeartRate), at(6, 1, Quantity::HeartRate)])
-        .await
-        .unwrap();
+    h.ingest(vec![
+        at(1, 40, Quantity::Temperature),
+        at(2, 40, Quantity::HeartRate),
+    ])
+    .await
+    .unwrap();
+    h.ingest(vec![
+        at(3, 10, Quantity::HeartRate),
+        at(4, 10, Quantity::HeartRate),
+    ])
+    .await
+    .unwrap();
+    h.ingest(vec![
+        at(5, 1, Quantity::HeartRate),
+        at(6, 1, Quantity::HeartRate),
+    ])
+    .await
+    .unwrap();
     // Deliver 3..6 (vital first: 2 is leased too; release it back).
     let lease = h.lease(10).await.unwrap().unwrap();
-    assert_eq!(ids(&lease).into_iter().map(number).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6, 1]);
+    assert_eq!(
+        ids(&lease).into_iter().map(number).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6, 1]
+    );
     h.release(lease.id).await.unwrap();
     h.ingest(vec![]).await.unwrap();
     let a = h.lease(10).await.unwrap().unwrap();
@@ -317,7 +397,10 @@ async fn maintenance_evicts_old_undelivered_and_purges_old_history() {
     assert_eq!(report.evicted_for_age, 2);
     assert_eq!(report.history_purged, 0, "nothing delivered yet");
     let b = h.lease(10).await.unwrap().unwrap();
-    assert_eq!(ids(&b).into_iter().map(number).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+    assert_eq!(
+        ids(&b).into_iter().map(number).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
     h.ack(b.id).await.unwrap();
     let report = h.maintain(Timestamp::from_unix_ms(base)).await.unwrap();
     assert_eq!(report.history_purged, 2);
@@ -336,19 +419,54 @@ async fn maintenance_evicts_old_undelivered_and_purges_old_history() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn age_cap_spares_readings_stamped_before_the_clock_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    let mut unsynced = reading(1, Quantity::HeartRate);
+    unsynced.received_at = Timestamp::from_unix_ms(86_400_000); // 1970: no RTC, no NTP yet
+    unsynced.clock_synced = false;
+    let mut old = reading(2, Quantity::HeartRate);
+    old.received_at = Timestamp::from_unix_ms(86_400_000 + 2);
+    h.ingest(vec![unsynced.clone(), old, reading(3, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    let report = h
+        .maintain(Timestamp::from_unix_ms(1_800_000_000_100))
+        .await
+        .unwrap();
+    assert_eq!(report.evicted_for_age, 1);
+    let lease = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(
+        ids(&lease).into_iter().map(number).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stats_report_oldest_unsent_and_last_commit() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(settings(dir.path()));
     let st = store.reader.stats().unwrap();
-    assert_eq!((st.outbox_depth, st.oldest_unsent, st.last_commit), (0, None, None));
+    assert_eq!(
+        (st.outbox_depth, st.oldest_unsent, st.last_commit),
+        (0, None, None)
+    );
     store
         .handle
-        .ingest(vec![reading(5, Quantity::Humidity), reading(7, Quantity::HeartRate)])
+        .ingest(vec![
+            reading(5, Quantity::Humidity),
+            reading(7, Quantity::HeartRate),
+        ])
         .await
         .unwrap();
     let st = store.reader.stats().unwrap();
     assert_eq!(st.outbox_depth, 2);
-    assert_eq!(st.oldest_unsent, Some(reading(5, Quantity::Humidity).received_at));
+    assert_eq!(
+        st.oldest_unsent,
+        Some(reading(5, Quantity::Humidity).received_at)
+    );
     assert!(st.last_commit.is_some());
     assert!(st.database_bytes > 0);
     assert_eq!(st.corruption, None);
@@ -407,7 +525,11 @@ async fn migrates_from_every_earlier_version() {
             assert_eq!(lease, None);
         }
         // New readings go in after the migrated ones.
-        store.handle.ingest(vec![reading(3, Quantity::Spo2)]).await.unwrap();
+        store
+            .handle
+            .ingest(vec![reading(3, Quantity::Spo2)])
+            .await
+            .unwrap();
         close(store).await;
     }
 }
@@ -421,9 +543,13 @@ async fn newer_schema_is_refused_not_guessed() {
         .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .unwrap();
     let mut health = Health::default();
-    let err = Store::open(settings(dir.path()), tokio::runtime::Handle::current(), health.register("s"))
-        .err()
-        .unwrap();
+    let err = Store::open(
+        settings(dir.path()),
+        tokio::runtime::Handle::current(),
+        health.register("s"),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
     assert!(path.exists(), "a newer database is left where it is");
 }
@@ -434,7 +560,11 @@ async fn corrupt_database_is_moved_aside_with_an_alarm() {
     let store = open(settings(dir.path()));
     store
         .handle
-        .ingest((1..=2000).map(|n| reading(n, Quantity::HeartRate)).collect())
+        .ingest(
+            (1..=2000)
+                .map(|n| reading(n, Quantity::HeartRate))
+                .collect(),
+        )
         .await
         .unwrap();
     close(store).await;
@@ -453,10 +583,17 @@ async fn corrupt_database_is_moved_aside_with_an_alarm() {
 
     let store = open(settings(dir.path()));
     let alarm = store.reader.stats().unwrap().corruption.expect("an alarm");
-    assert!(alarm.moved_to.exists(), "the bad file is kept for inspection");
+    assert!(
+        alarm.moved_to.exists(),
+        "the bad file is kept for inspection"
+    );
     assert_eq!(std::fs::read(&alarm.moved_to).unwrap(), bytes);
     // The fresh database works.
-    store.handle.ingest(vec![reading(1, Quantity::Spo2)]).await.unwrap();
+    store
+        .handle
+        .ingest(vec![reading(1, Quantity::Spo2)])
+        .await
+        .unwrap();
     assert_eq!(store.reader.outbox_depth().unwrap(), 1);
     close(store).await;
     // And the next start is clean: no crash loop, no alarm.
@@ -471,7 +608,11 @@ async fn a_file_that_is_not_a_database_is_moved_aside() {
     std::fs::write(dir.path().join("t.db"), vec![0x42u8; 10_000]).unwrap();
     let store = open(settings(dir.path()));
     assert!(store.reader.stats().unwrap().corruption.is_some());
-    store.handle.ingest(vec![reading(1, Quantity::Spo2)]).await.unwrap();
+    store
+        .handle
+        .ingest(vec![reading(1, Quantity::Spo2)])
+        .await
+        .unwrap();
     close(store).await;
 }
 
@@ -482,7 +623,11 @@ async fn concurrent_lease_and_ingest_never_hand_out_a_reading_twice() {
     let h = store.handle.clone();
     let producer = tokio::spawn(async move {
         for b in 0..50u64 {
-            let q = if b % 2 == 0 { Quantity::HeartRate } else { Quantity::Humidity };
+            let q = if b % 2 == 0 {
+                Quantity::HeartRate
+            } else {
+                Quantity::Humidity
+            };
             h.ingest((0..20).map(|i| reading(b * 20 + i + 1, q)).collect())
                 .await
                 .unwrap();
@@ -500,7 +645,11 @@ async fn concurrent_lease_and_ingest_never_hand_out_a_reading_twice() {
                     continue;
                 }
                 for r in &l.readings {
-                    assert!(seen.insert(r.reading.id), "{} handed out twice", r.reading.id);
+                    assert!(
+                        seen.insert(r.reading.id),
+                        "{} handed out twice",
+                        r.reading.id
+                    );
                 }
                 h.ack(l.id).await.unwrap();
             }

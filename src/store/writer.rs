@@ -136,15 +136,20 @@ fn is_disk_full(e: &StoreError) -> bool {
 impl Writer {
     /// Collects commands into groups and handles each group, until every sender
     /// has gone; then commits what is left and returns.
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, runtime: tokio::runtime::Handle, heartbeat: Heartbeat) {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        runtime: tokio::runtime::Handle,
+        heartbeat: Heartbeat,
+    ) {
         // Timers are made outside `block_on`; they need the runtime's context.
         let _context = runtime.enter();
         loop {
             heartbeat.beat();
-            if self.last_maintenance.elapsed() >= super::MAINTENANCE_EVERY {
-                if let Err(e) = self.maintain(Timestamp::now()) {
-                    tracing::error!(error = %e, "store maintenance failed; will retry");
-                }
+            if self.last_maintenance.elapsed() >= super::MAINTENANCE_EVERY
+                && let Err(e) = self.maintain(Timestamp::now())
+            {
+                tracing::error!(error = %e, "store maintenance failed; will retry");
             }
             // Wake at least once a second while idle, so that the heartbeat says the
             // writer is waiting, not stuck.
@@ -209,14 +214,18 @@ impl Writer {
                 stats
                     .outbox_readings
                     .fetch_add(written.readings, Ordering::Relaxed);
-                stats.outbox_bytes.fetch_add(written.bytes, Ordering::Relaxed);
-                let (rows, bytes) = (written.acked_readings, written.acked_bytes);
-                stats
-                    .outbox_readings
-                    .fetch_sub(rows.min(stats.outbox_readings.load(Ordering::Relaxed)), Ordering::Relaxed);
                 stats
                     .outbox_bytes
-                    .fetch_sub(bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                    .fetch_add(written.bytes, Ordering::Relaxed);
+                let (rows, bytes) = (written.acked_readings, written.acked_bytes);
+                stats.outbox_readings.fetch_sub(
+                    rows.min(stats.outbox_readings.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+                stats.outbox_bytes.fetch_sub(
+                    bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
                 for id in &acks {
                     if let Some(held) = self.leases.remove(id) {
                         for h in held {
@@ -291,7 +300,7 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let mut w = Written::default();
         {
-            let mut batch = Batch::default();
+            let mut batch = Batch::new(&tx)?;
             for cmd in group {
                 match cmd {
                     Command::Ingest { readings, .. } => {
@@ -362,7 +371,10 @@ impl Writer {
                     None => {
                         // A row this build cannot read (from a newer version): it stays
                         // in the outbox untouched rather than being sent wrongly.
-                        tracing::warn!(seq, "outbox reading not understood by this build; left in place");
+                        tracing::warn!(
+                            seq,
+                            "outbox reading not understood by this build; left in place"
+                        );
                     }
                 }
             }
@@ -411,7 +423,11 @@ impl Writer {
             let target = max_rows - max_rows / 100;
             limits::evict_until(&mut self.conn, EvictionReason::Readings, &self.stats, |s| {
                 let n = s.outbox_readings.load(Ordering::Relaxed);
-                (n > target).then(|| usize::try_from(n - target).unwrap_or(usize::MAX).min(limits::BATCH))
+                (n > target).then(|| {
+                    usize::try_from(n - target)
+                        .unwrap_or(usize::MAX)
+                        .min(limits::BATCH)
+                })
             })?;
         }
         if self.stats.outbox_bytes.load(Ordering::Relaxed) > max_bytes {
@@ -420,7 +436,11 @@ impl Writer {
                 let b = s.outbox_bytes.load(Ordering::Relaxed);
                 let n = s.outbox_readings.load(Ordering::Relaxed).max(1);
                 let per = (s.outbox_bytes.load(Ordering::Relaxed) / n).max(1);
-                (b > target).then(|| usize::try_from((b - target).div_ceil(per)).unwrap_or(usize::MAX).min(limits::BATCH))
+                (b > target).then(|| {
+                    usize::try_from((b - target).div_ceil(per))
+                        .unwrap_or(usize::MAX)
+                        .min(limits::BATCH)
+                })
             })?;
         }
         self.check_disk()?;
@@ -444,7 +464,11 @@ impl Writer {
         if limits::reusable_bytes(&self.conn)? >= reserve {
             return Ok(0);
         }
-        tracing::warn!(free_bytes = free, floor_bytes = floor, "free disk space below the floor; freeing space inside the database");
+        tracing::warn!(
+            free_bytes = free,
+            floor_bytes = floor,
+            "free disk space below the floor; freeing space inside the database"
+        );
         self.make_room(reserve)
     }
 
@@ -478,7 +502,10 @@ impl Writer {
         self.truncate_wal();
         let reserve = (self.settings.min_free_disk_bytes / 2).max(64 * 1024);
         match self.make_room(reserve) {
-            Ok(n) => tracing::warn!(freed = n, "freed readings inside the database after disk full"),
+            Ok(n) => tracing::warn!(
+                freed = n,
+                "freed readings inside the database after disk full"
+            ),
             Err(e) => tracing::error!(error = %e, "cannot free space inside the database"),
         }
     }
@@ -491,14 +518,22 @@ impl Writer {
         report.evicted_for_age = limits::evict_older_than(&mut self.conn, age_cutoff, &self.stats)?;
         let history_cutoff = now.saturating_sub(self.settings.history).unix_ms();
         loop {
-            let n = limits::purge_history(&mut self.conn, Some(history_cutoff), limits::BATCH, &self.stats)?;
+            let n = limits::purge_history(
+                &mut self.conn,
+                Some(history_cutoff),
+                limits::BATCH,
+                &self.stats,
+            )?;
             report.history_purged += n;
             if n == 0 {
                 break;
             }
         }
         if report.history_purged > 0 {
-            tracing::info!(purged = report.history_purged, "purged delivered readings older than the history window");
+            tracing::info!(
+                purged = report.history_purged,
+                "purged delivered readings older than the history window"
+            );
         }
         report.freed_for_disk = self.check_disk()?;
         Ok(report)
@@ -514,11 +549,15 @@ struct Written {
     acked_bytes: u64,
 }
 
-fn delete_from_outbox(tx: &rusqlite::Transaction<'_>, held: &[Held]) -> Result<(u64, u64), StoreError> {
+fn delete_from_outbox(
+    tx: &rusqlite::Transaction<'_>,
+    held: &[Held],
+) -> Result<(u64, u64), StoreError> {
     let mut rows = 0;
     let mut bytes = 0;
     for class in [Class::Vital, Class::Room] {
-        let mut del = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
+        let mut del =
+            tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
         for h in held.iter().filter(|h| h.class == class) {
             if del.execute([h.seq])? == 1 {
                 rows += 1;
@@ -531,27 +570,42 @@ fn delete_from_outbox(tx: &rusqlite::Transaction<'_>, held: &[Held]) -> Result<(
 
 /// The derived rows of one group (latest value per subject and quantity, device
 /// last-seen and battery), collapsed in memory so that a group of a thousand
-/// readings from a few devices costs a few updates, not a thousand.
-#[derive(Default)]
-struct Batch<'a> {
-    latest: HashMap<(String, Quantity), &'a Reading>,
+/// readings from a few devices costs a few updates, not a thousand. The insert
+/// statements are looked up once per group, not once per reading.
+struct Batch<'a, 't> {
+    insert: rusqlite::CachedStatement<'t>,
+    vital: rusqlite::CachedStatement<'t>,
+    room: rusqlite::CachedStatement<'t>,
+    /// Keyed by subject, device (for unassigned readings only) and quantity,
+    /// borrowed so that the hot path allocates nothing.
+    latest: HashMap<(&'a Subject, Option<DeviceAddress>, Quantity), &'a Reading>,
     seen: HashMap<DeviceAddress, i64>,
     battery: HashMap<DeviceAddress, i64>,
 }
 
-impl<'a> Batch<'a> {
+impl<'a, 't> Batch<'a, 't> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self, StoreError> {
+        Ok(Batch {
+            insert: tx.prepare_cached(
+                "INSERT INTO readings (id, device, resident_id, room, quantity, value, status, unit,
+                                       measured_at_ms, received_at_ms, clock_synced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?,
+            vital: tx.prepare_cached("INSERT INTO outbox_vital (seq) VALUES (?1)")?,
+            room: tx.prepare_cached("INSERT INTO outbox_room (seq) VALUES (?1)")?,
+            latest: HashMap::new(),
+            seen: HashMap::new(),
+            battery: HashMap::new(),
+        })
+    }
+
     fn add(&mut self, tx: &rusqlite::Transaction<'_>, r: &'a Reading) -> Result<(), StoreError> {
         let (resident, room) = match &r.subject {
             Subject::Resident(id) => (Some(id.0), None),
             Subject::Room(room) => (None, Some(room.as_str())),
             Subject::Unassigned => (None, None),
         };
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO readings (id, device, resident_id, room, quantity, value, status, unit,
-                                   measured_at_ms, received_at_ms, clock_synced)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        insert.execute(params![
+        self.insert.execute(params![
             &r.id.as_bytes()[..],
             &r.device.0[..],
             resident,
@@ -565,12 +619,12 @@ impl<'a> Batch<'a> {
             r.clock_synced,
         ])?;
         let seq = tx.last_insert_rowid();
-        let mut outbox = tx.prepare_cached(match Class::of(r.quantity) {
-            Class::Vital => "INSERT INTO outbox_vital (seq) VALUES (?1)",
-            Class::Room => "INSERT INTO outbox_room (seq) VALUES (?1)",
-        })?;
-        outbox.execute([seq])?;
-        let key = (subject_key(&r.subject, &r.device), r.quantity);
+        match Class::of(r.quantity) {
+            Class::Vital => self.vital.execute([seq])?,
+            Class::Room => self.room.execute([seq])?,
+        };
+        let device = matches!(r.subject, Subject::Unassigned).then_some(r.device);
+        let key = (&r.subject, device, r.quantity);
         match self.latest.get(&key) {
             Some(prev) if prev.taken_at() > r.taken_at() => {}
             _ => {
@@ -597,9 +651,9 @@ impl<'a> Batch<'a> {
                 reading_id = excluded.reading_id
              WHERE excluded.taken_at_ms >= latest.taken_at_ms",
         )?;
-        for ((subject, quantity), r) in &self.latest {
+        for ((subject, _, quantity), r) in &self.latest {
             latest.execute(params![
-                subject,
+                subject_key(subject, &r.device),
                 quantity.as_str(),
                 r.value.number(),
                 r.value.status(),

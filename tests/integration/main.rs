@@ -4,6 +4,7 @@
 mod demo;
 mod mqtt;
 mod mqtt_support;
+mod store_caps;
 mod store_crash;
 mod store_full_disk;
 mod support;

@@ -70,7 +70,10 @@ fn store_survives_sigkill_at_random_moments() {
         std::thread::sleep(Duration::from_millis(rng.random_range(5..250)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
-        assert!(!status.success(), "run {run}: the child was meant to die, not exit");
+        assert!(
+            !status.success(),
+            "run {run}: the child was meant to die, not exit"
+        );
         let lines = collector.join().unwrap();
         if !lines.is_empty() {
             total_kills_mid_work += 1;
@@ -78,8 +81,12 @@ fn store_survives_sigkill_at_random_moments() {
         for line in &lines {
             let f: Vec<&str> = line.split(' ').collect();
             assert_eq!(f[0], "c", "run {run}: unexpected line {line:?}");
-            let (r, p, first, n): (u32, u8, u32, u32) =
-                (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap());
+            let (r, p, first, n): (u32, u8, u32, u32) = (
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
+            );
             assert_eq!(r, run);
             committed.extend((first..first + n).map(|i| reading_id(r, p, i)));
         }
@@ -93,7 +100,9 @@ fn store_survives_sigkill_at_random_moments() {
 
 fn check(db: &std::path::Path, committed: &[ReadingId], run: u32) {
     let c = rusqlite::Connection::open(db).unwrap();
-    let verdict: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let verdict: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(verdict, "ok", "run {run}: integrity check");
     let stored: HashSet<Vec<u8>> = c
         .prepare("SELECT id FROM readings")
@@ -108,7 +117,10 @@ fn check(db: &std::path::Path, committed: &[ReadingId], run: u32) {
         .take(5)
         .map(|id| id.to_string())
         .collect();
-    assert!(missing.is_empty(), "run {run}: committed readings lost: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "run {run}: committed readings lost: {missing:?}"
+    );
     let dup_ids: i64 = c
         .query_row(
             "SELECT count(*) - count(DISTINCT r.id) FROM readings r

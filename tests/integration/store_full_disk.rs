@@ -41,7 +41,7 @@ impl Drop for Tmpfs {
 }
 
 fn reading(n: u64) -> Reading {
-    let vital = n % 2 == 0;
+    let vital = n.is_multiple_of(2);
     Reading {
         id: ReadingId::new(Timestamp::now()),
         device: DeviceAddress([0xC0, 0, 0, 0, 0, (n % 9) as u8]),
@@ -50,7 +50,11 @@ fn reading(n: u64) -> Reading {
         } else {
             Subject::Room("Lounge".into())
         },
-        quantity: if vital { Quantity::Spo2 } else { Quantity::Temperature },
+        quantity: if vital {
+            Quantity::Spo2
+        } else {
+            Quantity::Temperature
+        },
         value: Value::Number(90.0 + (n % 10) as f64),
         unit: if vital { Unit::Percent } else { Unit::Celsius },
         measured_at: None,
@@ -70,7 +74,9 @@ fn fill(path: &Path) {
 
 fn ids_in_outbox(db: &Path) -> HashSet<Vec<u8>> {
     let c = rusqlite::Connection::open(db).unwrap();
-    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
     c.prepare(
         "SELECT id FROM readings WHERE seq IN (SELECT seq FROM outbox_vital UNION ALL SELECT seq FROM outbox_room)",
@@ -96,20 +102,35 @@ async fn full_disk_is_reported_survived_and_recovered_from() {
     };
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let mut health = Health::default();
-    let store = Store::open(settings.clone(), tokio::runtime::Handle::current(), health.register("store")).unwrap();
+    let store = Store::open(
+        settings.clone(),
+        tokio::runtime::Handle::current(),
+        health.register("store"),
+    )
+    .unwrap();
     let h = store.handle.clone();
 
     // Some history (delivered) and some undelivered readings.
     let mut n = 0u64;
     let mut undelivered: Vec<ReadingId> = Vec::new();
     for _ in 0..10 {
-        let batch: Vec<Reading> = (0..500).map(|_| { n += 1; reading(n) }).collect();
+        let batch: Vec<Reading> = (0..500)
+            .map(|_| {
+                n += 1;
+                reading(n)
+            })
+            .collect();
         h.ingest(batch).await.unwrap();
     }
     while let Some(l) = h.lease(1000).await.unwrap() {
         h.ack(l.id).await.unwrap();
     }
-    let batch: Vec<Reading> = (0..500).map(|_| { n += 1; reading(n) }).collect();
+    let batch: Vec<Reading> = (0..500)
+        .map(|_| {
+            n += 1;
+            reading(n)
+        })
+        .collect();
     undelivered.extend(batch.iter().map(|r| r.id));
     h.ingest(batch).await.unwrap();
 
@@ -117,17 +138,32 @@ async fn full_disk_is_reported_survived_and_recovered_from() {
     // inside the database by purging delivered history, not by evicting.
     let filler = dir.path().join("filler");
     fill(&filler);
-    let f = std::fs::OpenOptions::new().write(true).open(&filler).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
     let len = f.metadata().unwrap().len();
     f.set_len(len.saturating_sub(256 * 1024)).unwrap();
     drop(f);
-    let batch: Vec<Reading> = (0..100).map(|_| { n += 1; reading(n) }).collect();
+    let batch: Vec<Reading> = (0..100)
+        .map(|_| {
+            n += 1;
+            reading(n)
+        })
+        .collect();
     undelivered.extend(batch.iter().map(|r| r.id));
     h.ingest(batch).await.unwrap();
     let st = store.reader.stats().unwrap();
     assert!(st.free_disk_bytes < settings.min_free_disk_bytes);
-    assert!(st.history_purged > 0, "the store freed no history below the disk floor");
-    assert_eq!(st.evicted_total(), 0, "evicted undelivered readings while history could go");
+    assert!(
+        st.history_purged > 0,
+        "the store freed no history below the disk floor"
+    );
+    assert_eq!(
+        st.evicted_total(),
+        0,
+        "evicted undelivered readings while history could go"
+    );
 
     // Now fill it completely.
     std::fs::remove_file(&filler).unwrap();
@@ -137,12 +173,20 @@ async fn full_disk_is_reported_survived_and_recovered_from() {
     // running, and say so in its stats.
     let mut saw_full = false;
     for _ in 0..400 {
-        let batch: Vec<Reading> = (0..500).map(|_| { n += 1; reading(n) }).collect();
+        let batch: Vec<Reading> = (0..500)
+            .map(|_| {
+                n += 1;
+                reading(n)
+            })
+            .collect();
         let ids: Vec<ReadingId> = batch.iter().map(|r| r.id).collect();
         match h.ingest(batch).await {
             Ok(()) => undelivered.extend(ids),
             Err(e) => {
-                assert!(matches!(*e, StoreError::DiskFull(_)), "unexpected error {e}");
+                assert!(
+                    matches!(*e, StoreError::DiskFull(_)),
+                    "unexpected error {e}"
+                );
                 saw_full = true;
                 break;
             }
@@ -155,13 +199,25 @@ async fn full_disk_is_reported_survived_and_recovered_from() {
 
     // Space returns: the store carries on.
     std::fs::remove_file(&filler).unwrap();
-    let batch: Vec<Reading> = (0..500).map(|_| { n += 1; reading(n) }).collect();
+    let batch: Vec<Reading> = (0..500)
+        .map(|_| {
+            n += 1;
+            reading(n)
+        })
+        .collect();
     undelivered.extend(batch.iter().map(|r| r.id));
     h.ingest(batch).await.unwrap();
     let st = store.reader.stats().unwrap();
-    assert!(!st.disk_full, "still reports a full disk after space returned");
+    assert!(
+        !st.disk_full,
+        "still reports a full disk after space returned"
+    );
     assert_eq!(
-        st.evicted.iter().filter(|e| e.1 == carehub::store::Class::Vital).map(|e| e.2).sum::<u64>(),
+        st.evicted
+            .iter()
+            .filter(|e| e.1 == carehub::store::Class::Vital)
+            .map(|e| e.2)
+            .sum::<u64>(),
         0,
         "vital signs were evicted while history could go"
     );
@@ -169,7 +225,9 @@ async fn full_disk_is_reported_survived_and_recovered_from() {
     drop(h);
     let Store { handle, writer, .. } = store;
     drop(handle);
-    tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
 
     let stored = ids_in_outbox(&db);
     let lost: Vec<String> = undelivered
@@ -178,6 +236,9 @@ async fn full_disk_is_reported_survived_and_recovered_from() {
         .take(5)
         .map(|id| id.to_string())
         .collect();
-    assert!(lost.is_empty(), "committed undelivered readings lost: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "committed undelivered readings lost: {lost:?}"
+    );
     drop(mount);
 }
