@@ -203,6 +203,9 @@ enum SessionEnd {
     },
 }
 
+/// A finished ack: its result, the lease and how many readings it held.
+type AckDone = (Result<(), Arc<StoreError>>, LeaseId, u64);
+
 type LeaseFuture = Pin<Box<dyn Future<Output = Result<Option<Lease>, Arc<StoreError>>> + Send>>;
 
 /// The uplink task. Run it with [`Uplink::run`].
@@ -449,7 +452,7 @@ struct Session<'a> {
     inflight: HashMap<u16, Carried>,
     /// Acknowledged by the broker, ack on its way to the outbox. Acks run
     /// concurrently so that the store writer commits many in one transaction.
-    acking: JoinSet<(Result<(), Arc<StoreError>>, LeaseId, u64)>,
+    acking: JoinSet<AckDone>,
     /// Per lease: messages still waiting for their PUBACK, and its readings.
     parts_left: HashMap<LeaseId, (usize, u64)>,
     connected: bool,
@@ -664,7 +667,7 @@ impl Session<'_> {
     /// forget them they are sent again later (a duplicate, never a loss).
     fn acked(
         &self,
-        done: Result<(Result<(), Arc<StoreError>>, LeaseId, u64), tokio::task::JoinError>,
+        done: Result<AckDone, tokio::task::JoinError>,
     ) -> Result<(), UplinkError> {
         match done {
             Ok((Ok(()), _, readings)) => {
