@@ -665,10 +665,7 @@ impl Session<'_> {
 
     /// Counts a finished ack. The broker has these readings; if the outbox cannot
     /// forget them they are sent again later (a duplicate, never a loss).
-    fn acked(
-        &self,
-        done: Result<AckDone, tokio::task::JoinError>,
-    ) -> Result<(), UplinkError> {
+    fn acked(&self, done: Result<AckDone, tokio::task::JoinError>) -> Result<(), UplinkError> {
         match done {
             Ok((Ok(()), _, readings)) => {
                 let s = &self.uplink.status;

@@ -523,7 +523,13 @@ async fn renewed_certificate_files_are_picked_up_without_losing_the_backlog() {
     let soon = pki.pair("gateway-soon");
     std::fs::copy(&soon.cert, live.join("gw.pem")).unwrap();
     std::fs::copy(&soon.key, live.join("gw.key")).unwrap();
-    let mut s = settings(&pki, broker.port, "localhost", "gateway", PayloadFormat::Json);
+    let mut s = settings(
+        &pki,
+        broker.port,
+        "localhost",
+        "gateway",
+        PayloadFormat::Json,
+    );
     s.tls.cert = live.join("gw.pem");
     s.tls.key = live.join("gw.key");
     let up = start_uplink(&store.handle, s);
