@@ -556,13 +556,21 @@ impl Session<'_> {
             tokio::select! {
                 _ = self.uplink.cancel.cancelled() => {
                     if self.connected {
-                        self.say_goodbye(events, cert).await;
+                        self.say_goodbye(events, Some(cert)).await;
                     }
                     return SessionEnd::Cancelled;
                 }
-                _ = self.uplink.reload.notified() => return SessionEnd::Reload,
+                _ = self.uplink.reload.notified() => {
+                    if self.connected {
+                        self.say_goodbye(events, None).await;
+                    }
+                    return SessionEnd::Reload;
+                }
                 _ = watch.tick() => {
                     if files_stamp(&s.tls).await != stamp {
+                        if self.connected {
+                            self.say_goodbye(events, None).await;
+                        }
                         return SessionEnd::Reload;
                     }
                 }
@@ -633,13 +641,23 @@ impl Session<'_> {
 
     /// A clean stop: publish "offline" (the last will is only for unclean ends),
     /// then DISCONNECT, waiting briefly for both to leave.
-    async fn say_goodbye(&mut self, events: &mut EventLoop, cert: Option<&CertInfo>) {
-        let payload = self.uplink.status_message(Presence::Offline, cert);
-        if self
-            .publish(self.topics.status.clone(), payload, true, Carried::Status)
-            .is_err()
-        {
-            return;
+    ///
+    /// For a reload (`offline_status` is `None`) only the DISCONNECT: the broker
+    /// then discards the last will, so a certificate reload does not show the
+    /// gateway going offline.
+    async fn say_goodbye(
+        &mut self,
+        events: &mut EventLoop,
+        offline_status: Option<Option<&CertInfo>>,
+    ) {
+        if let Some(cert) = offline_status {
+            let payload = self.uplink.status_message(Presence::Offline, cert);
+            if self
+                .publish(self.topics.status.clone(), payload, true, Carried::Status)
+                .is_err()
+            {
+                return;
+            }
         }
         let _ = self.client.try_disconnect();
         let drain = async {

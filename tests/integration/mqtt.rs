@@ -481,6 +481,26 @@ async fn daemon_sends_valid_fhir_and_its_last_will_says_offline() {
         assert!(n > 0);
     }
     assert!(status_states(&sub).contains(&"online".to_string()));
+    // SIGHUP: the uplink reloads its certificates and reconnects, saying
+    // "online" again; the daemon keeps running.
+    let onlines = |sub: &Subscriber| status_states(sub).iter().filter(|s| *s == "online").count();
+    let before = onlines(&sub);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    let again = wait_for(Duration::from_secs(10), || {
+        (onlines(&sub) > before).then_some(())
+    });
+    assert!(
+        again.is_some(),
+        "no reconnect after SIGHUP: {:?}",
+        status_states(&sub)
+    );
+    // A clean DISCONNECT before reconnecting: the broker drops the last will.
+    assert!(
+        !status_states(&sub).contains(&"offline".to_string()),
+        "{:?}",
+        status_states(&sub)
+    );
     let out = daemon.stop(libc::SIGKILL);
     let _ = out;
     let last = wait_for(Duration::from_secs(10), || {
