@@ -335,6 +335,13 @@ impl Uplink {
         match info {
             Ok(info) => {
                 let days = info.days_left(Timestamp::now());
+                let cn = info.common_name.as_deref().unwrap_or("");
+                let mismatch = (cn != self.settings.gateway).then(|| {
+                    format!(
+                        "the gateway certificate's CN {cn:?} is not site.gateway_id {:?} (the MQTT client id); the broker may refuse it",
+                        self.settings.gateway
+                    )
+                });
                 let warning = (days < i64::from(self.settings.cert_warn_days)).then(|| {
                     if days < 0 {
                         format!("the gateway certificate expired on {}", info.not_after.to_rfc3339())
@@ -345,6 +352,10 @@ impl Uplink {
                         )
                     }
                 });
+                let warning = match (warning, mismatch) {
+                    (Some(w), Some(m)) => Some(format!("{w}; {m}")),
+                    (w, m) => w.or(m),
+                };
                 if let Some(w) = &warning {
                     tracing::warn!("uplink: {w}");
                 }

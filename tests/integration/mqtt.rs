@@ -414,6 +414,29 @@ async fn certificate_close_to_expiry_is_warned_and_published() {
         w.contains("expires in 9 days") || w.contains("expires in 10 days"),
         "{w}"
     );
+    assert!(!w.contains("CN"), "{w}");
+    up.stop().await;
+
+    // A fleet certificate for another name: accepted by the broker, but the
+    // gateway says its CN is not its client id.
+    let up = start_uplink(
+        &store.handle,
+        settings(
+            &pki,
+            broker.port,
+            "localhost",
+            "subscriber",
+            PayloadFormat::Json,
+        ),
+    );
+    let w = wait_for(Duration::from_secs(10), || {
+        up.status.snapshot().certificate_warning
+    })
+    .expect("warning");
+    assert!(
+        w.contains("\"cloud-subscriber\" is not site.gateway_id \"gw-test\""),
+        "{w}"
+    );
     up.stop().await;
 }
 
