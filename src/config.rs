@@ -25,6 +25,7 @@ pub struct Config {
     pub web: WebConfig,
     pub clinical: ClinicalConfig,
     pub system: SystemConfig,
+    pub uplink: UplinkConfig,
 }
 
 /// `[site]`: who this gateway is.
@@ -156,6 +157,72 @@ impl Default for SystemConfig {
     fn default() -> Self {
         SystemConfig {
             user: "carehub".into(),
+        }
+    }
+}
+
+/// The shape of the readings message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// carehub's own JSON batch, schema version 1 (`docs/mqtt.md`).
+    Json,
+    /// A FHIR R4 transaction Bundle of Observations (HL7 Personal Health Device IG).
+    Fhir,
+}
+
+/// `[uplink]`: the mutual-TLS MQTT connection to the cloud broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// Whether to forward readings at all. Default `false` (the demo needs no broker).
+    pub enabled: bool,
+    /// The broker's host name; the broker's certificate must be valid for it.
+    /// Default `"localhost"`.
+    pub host: String,
+    /// The broker's MQTT-over-TLS port. Default 8883.
+    pub port: u16,
+    /// PEM file with the CA certificate(s) that sign the broker's certificate.
+    /// Default `"/etc/carehub/tls/ca.pem"`.
+    pub ca_file: PathBuf,
+    /// PEM file with this gateway's certificate (and any intermediates).
+    /// Default `"/etc/carehub/tls/gateway.pem"`.
+    pub cert_file: PathBuf,
+    /// PEM file with this gateway's private key (PKCS#8, SEC1 or RSA).
+    /// Default `"/etc/carehub/tls/gateway.key"`.
+    pub key_file: PathBuf,
+    /// `"json"` or `"fhir"`. Default `"json"`.
+    pub payload: PayloadFormat,
+    /// At most this many readings per message. Default 100.
+    pub batch_max_readings: usize,
+    /// At most this many messages published and not yet acknowledged. Default 32.
+    pub max_inflight: u16,
+    /// MQTT keep-alive in seconds. Default 30.
+    pub keep_alive_s: u64,
+    /// First reconnect delay in milliseconds; doubles up to `backoff_max_ms`. Default 500.
+    pub backoff_min_ms: u64,
+    /// Longest reconnect delay in milliseconds. Default 60000.
+    pub backoff_max_ms: u64,
+    /// Warn this many days before the gateway certificate expires. Default 30.
+    pub cert_warn_days: u32,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            enabled: false,
+            host: "localhost".into(),
+            port: 8883,
+            ca_file: PathBuf::from("/etc/carehub/tls/ca.pem"),
+            cert_file: PathBuf::from("/etc/carehub/tls/gateway.pem"),
+            key_file: PathBuf::from("/etc/carehub/tls/gateway.key"),
+            payload: PayloadFormat::Json,
+            batch_max_readings: 100,
+            max_inflight: 32,
+            keep_alive_s: 30,
+            backoff_min_ms: 500,
+            backoff_max_ms: 60_000,
+            cert_warn_days: 30,
         }
     }
 }
@@ -326,6 +393,36 @@ stale_after_minutes = 60
 # has opened the database and bound the web port. Under systemd the unit's User=
 # decides and this key is not used.
 user = "carehub"
+
+[uplink]
+# Forward readings to the cloud broker over MQTT with mutual TLS. Off by default
+# so that the demo needs no broker. Topics and payloads: docs/mqtt.md.
+enabled = false
+# The broker's host name; its certificate must be valid for this name.
+host = "localhost"
+# The broker's MQTT-over-TLS port.
+port = 8883
+# The CA that signs the broker's certificate (PEM).
+ca_file = "/etc/carehub/tls/ca.pem"
+# This gateway's certificate, CN = site.gateway_id (PEM). Make a key and a
+# certificate request with: carehub cert request --gateway-id ID --out DIR
+cert_file = "/etc/carehub/tls/gateway.pem"
+# This gateway's private key (PEM: PKCS#8, SEC1 or RSA).
+key_file = "/etc/carehub/tls/gateway.key"
+# "json" (carehub's JSON batch, schema 1) or "fhir" (FHIR R4 Observations).
+payload = "json"
+# At most this many readings per message.
+batch_max_readings = 100
+# At most this many messages sent and not yet acknowledged by the broker.
+max_inflight = 32
+# MQTT keep-alive, seconds.
+keep_alive_s = 30
+# Reconnect delay: starts here (milliseconds), doubles with jitter on each
+# failure, up to backoff_max_ms.
+backoff_min_ms = 500
+backoff_max_ms = 60000
+# Warn (log, status topic, web page) this many days before the certificate expires.
+cert_warn_days = 30
 "#;
 
 /// A configuration error, located in its file.
@@ -477,6 +574,33 @@ impl Config {
             return Err((
                 "system.user",
                 format!("{:?} is not a user name", self.system.user),
+            ));
+        }
+        let u = &self.uplink;
+        if !(1..=10_000).contains(&u.batch_max_readings) {
+            return Err(("uplink.batch_max_readings", "must be 1 to 10000".into()));
+        }
+        if u.max_inflight == 0 {
+            return Err(("uplink.max_inflight", "must be at least 1".into()));
+        }
+        if u.keep_alive_s < 5 {
+            return Err(("uplink.keep_alive_s", "must be at least 5".into()));
+        }
+        if u.backoff_min_ms == 0 || u.backoff_min_ms > u.backoff_max_ms {
+            return Err((
+                "uplink.backoff_min_ms",
+                "must be at least 1 and at most uplink.backoff_max_ms".into(),
+            ));
+        }
+        if u.host.is_empty() {
+            return Err(("uplink.host", "must not be empty".into()));
+        }
+        // Cloud brokers (AWS IoT, Azure IoT Hub) limit client ids to 128 bytes and
+        // the client id is the gateway id.
+        if self.site.gateway_id.len() > 128 {
+            return Err((
+                "site.gateway_id",
+                "must be at most 128 characters (it is the MQTT client id)".into(),
             ));
         }
         for (key, value) in [

@@ -1,9 +1,11 @@
 //! Wires the stages together and runs them until shutdown.
 //!
 //! sensor source → (bounded channel) → ingest (decode, attribute) → store writer
-//! thread → SQLite; the web server reads beside. Shutdown runs in data-flow order:
-//! the source stops, ingest drains what is in flight into the store, the writer
-//! commits it and exits; all within [`SHUTDOWN_DEADLINE`].
+//! thread → SQLite → (when `[uplink] enabled`) the MQTT uplink; the web server
+//! reads beside. Shutdown runs in data-flow order: the source stops, ingest drains
+//! what is in flight into the store, the uplink says goodbye and releases what the
+//! broker has not acknowledged, the writer commits it and exits; all within
+//! [`SHUTDOWN_DEADLINE`].
 //!
 //! Beside the data path: systemd hears READY once everything is open, STATUS lines,
 //! watchdog pings only while every stage beats (`system::watchdog`), STOPPING on
@@ -84,6 +86,7 @@ pub async fn run(
     let sensor_beat = health.register("sensor");
     let ingest_beat = health.register("ingest");
     let web_beat = health.register("web");
+    let uplink_beat = config.uplink.enabled.then(|| health.register("uplink"));
 
     let settings = StoreSettings::from(&config.store);
     let runtime = tokio::runtime::Handle::current();
@@ -153,6 +156,27 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(config.sensors.channel_capacity);
+    // SIGHUP also tells the uplink to reload its certificate files (without a
+    // restart and without touching the backlog).
+    let uplink_reload = Arc::new(tokio::sync::Notify::new());
+    let uplink_status = Arc::new(crate::uplink::UplinkStatus::new(
+        crate::uplink::ConnectionState::Disabled,
+    ));
+    let uplink = match uplink_beat {
+        Some(heartbeat) => {
+            let task = crate::uplink::Uplink {
+                settings: crate::uplink::UplinkSettings::from_config(&config),
+                store: store_handle.clone(),
+                status: uplink_status.clone(),
+                heartbeat,
+                cancel: cancel.clone(),
+                reload: uplink_reload.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+            };
+            Some(tokio::spawn(task.run()))
+        }
+        None => None,
+    };
     tracing::info!(source = source.name(), "sensor source starting");
     let sensor = tokio::spawn(source.start(SourceContext {
         frames: frames_tx,
@@ -221,6 +245,7 @@ pub async fn run(
             adapter: config.ble.adapter.clone(),
             passkeys,
         }),
+        uplink: uplink_status.clone(),
     };
     let mut router = app(state);
     if fault::hang_requested("web") {
@@ -239,12 +264,15 @@ pub async fn run(
     });
     let probe = tokio::spawn(probe::run(bound, web_beat, cancel.clone()));
 
+    let uplink_enabled = config.uplink.enabled;
     let describe = move || {
+        let uplink = uplink_enabled.then(|| uplink_status.snapshot());
         status_line(
             resident_count,
             device_count,
             store_stats.readings_committed.load(Ordering::Relaxed),
             store_stats.last_commit(),
+            uplink.as_ref(),
         )
     };
     notifier.ready(&describe());
@@ -282,7 +310,10 @@ pub async fn run(
     let why = loop {
         tokio::select! {
             why = &mut shutdown => break why,
-            _ = hangup.recv() => reload(&config_source, &config_tx, notifier, &describe).await,
+            _ = hangup.recv() => {
+                reload(&config_source, &config_tx, notifier, &describe).await;
+                uplink_reload.notify_one();
+            }
         }
     };
     tracing::info!(signal = why, "shutting down");
@@ -294,6 +325,9 @@ pub async fn run(
         let _ = probe.await;
         let _ = sensor.await;
         let _ = ingest.await;
+        if let Some(uplink) = uplink {
+            let _ = uplink.await;
+        }
         // The web API holds a store handle too (assignments): it stops first.
         let _ = web.await;
         // Every store handle is gone now; the writer commits what is left and exits.
@@ -350,6 +384,7 @@ fn status_line(
     devices: usize,
     readings: u64,
     last_commit: Option<Timestamp>,
+    uplink: Option<&crate::uplink::status::StatusSnapshot>,
 ) -> String {
     let last = match last_commit {
         Some(t) => format!(
@@ -358,7 +393,11 @@ fn status_line(
         ),
         None => "nothing committed yet".to_owned(),
     };
+    let uplink = match uplink {
+        Some(u) => format!("uplink {}, backlog {}", u.state.as_str(), u.backlog),
+        None => "uplink off".to_owned(),
+    };
     format!(
-        "{devices} devices, {residents} residents, {readings} readings stored, {last}; uplink not configured"
+        "{devices} devices, {residents} residents, {readings} readings stored, {last}; {uplink}"
     )
 }

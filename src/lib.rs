@@ -11,6 +11,7 @@ pub mod decode;
 pub mod ingest;
 pub mod sensor;
 pub mod store;
+pub mod uplink;
 
 pub mod clinical;
 pub mod system;

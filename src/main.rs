@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage the gateway's uplink certificate.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Test support for the store's crash test: ingests and drains until killed.
     #[command(hide = true)]
     StoreCrashChild {
@@ -82,6 +87,20 @@ enum Command {
         #[arg(long)]
         run: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Make a new P-256 key and a certificate signing request (CN = gateway id)
+    /// for the fleet CA: writes DIR/ID.key (mode 0600) and DIR/ID.csr.
+    Request {
+        #[arg(long, value_name = "ID")]
+        gateway_id: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print a certificate's subject, issuer, validity and days left.
+    Show { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +174,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::StoreCrashChild { db, run } => carehub::store::crash_child::run(db, run),
+        Command::Cert {
+            command: CertCommand::Request { gateway_id, out },
+        } => {
+            let r = carehub::uplink::cert::request(&gateway_id, &out)?;
+            println!("key:     {}", r.key.display());
+            println!("request: {}", r.csr.display());
+            println!(
+                "send the request to the fleet CA; install the certificate as uplink.cert_file"
+            );
+            Ok(())
+        }
+        Command::Cert {
+            command: CertCommand::Show { path },
+        } => {
+            let info = carehub::uplink::cert::read_cert_info(&path)?;
+            print!("{}", info.render(carehub::model::Timestamp::now()));
+            Ok(())
+        }
         Command::Run { config: path } => {
             let config = Config::load(&path)?;
             let source = ConfigSource {

@@ -134,3 +134,36 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     };
     (code, Json(body))
 }
+
+/// `GET /api/v1/uplink`: the MQTT uplink as the web page shows it.
+#[derive(Serialize)]
+pub struct UplinkJson {
+    /// `"disabled"`, `"connecting"`, `"connected"`, `"waiting to reconnect"`, `"stopped"`.
+    pub state: &'static str,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub readings_delivered: u64,
+    pub messages_delivered: u64,
+    pub connections: u64,
+    pub backlog: u64,
+    pub certificate_expires_at: Option<String>,
+    pub certificate_warning: Option<String>,
+}
+
+pub fn uplink_json(s: &crate::uplink::status::StatusSnapshot) -> UplinkJson {
+    UplinkJson {
+        state: s.state.as_str(),
+        last_error: s.last_error.as_ref().map(|(_, e)| e.clone()),
+        last_error_at: s.last_error.as_ref().map(|(t, _)| t.to_rfc3339()),
+        readings_delivered: s.readings_delivered,
+        messages_delivered: s.messages_delivered,
+        connections: s.connections,
+        backlog: s.backlog,
+        certificate_expires_at: s.certificate_expires_at.map(Timestamp::to_rfc3339),
+        certificate_warning: s.certificate_warning.clone(),
+    }
+}
+
+pub async fn uplink(State(state): State<AppState>) -> Json<UplinkJson> {
+    Json(uplink_json(&state.uplink.snapshot()))
+}

@@ -40,6 +40,8 @@ pub struct AppState {
     pub registry: Registry,
     /// For the writes the API makes (assignments).
     pub store: StoreHandle,
+    /// The MQTT uplink's connection state, last error and counts.
+    pub uplink: Arc<crate::uplink::UplinkStatus>,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -67,6 +69,7 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/pairing/devices/{address}",
             axum::routing::delete(pairing::unpair),
         )
+        .route("/api/v1/uplink", get(api::uplink))
         .fallback(not_found)
         .with_state(state)
 }

@@ -76,7 +76,20 @@ fn clock(t: Timestamp) -> String {
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
     let now = Timestamp::now();
+    let uplink = state.uplink.snapshot();
     let body = html! {
+        @if uplink.state != crate::uplink::ConnectionState::Disabled {
+            p.uplink {
+                "Cloud link: " (uplink.state.as_str())
+                ", " (uplink.backlog) " readings waiting"
+                @if let Some((at, e)) = &uplink.last_error {
+                    " — last problem at " (at.to_rfc3339()) ": " (e)
+                }
+            }
+        }
+        @if let Some(w) = &uplink.certificate_warning {
+            p.warning role="alert" { "Certificate: " (w) }
+        }
         main {
             @if rows.is_empty() {
                 p.none { "No residents yet." }

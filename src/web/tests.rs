@@ -51,6 +51,9 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         ble: None,
         registry: Default::default(),
         store: store.handle.clone(),
+        uplink: Arc::new(crate::uplink::UplinkStatus::new(
+            crate::uplink::ConnectionState::Disabled,
+        )),
     };
     (store, state)
 }
@@ -216,4 +219,39 @@ async fn pairing_page_opens_and_closes_the_window() {
     assert!(page.contains("Pairing is off"), "{page}");
     let (_, api) = get(&state, "/api/v1/bluetooth").await;
     assert!(api.contains("\"source\":\"simulator\""), "{api}");
+}
+
+#[tokio::test]
+async fn uplink_state_error_and_certificate_warning_are_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let (_, html) = get(&state, "/").await;
+    assert!(
+        !html.contains("Cloud link"),
+        "a disabled uplink is not shown"
+    );
+    state
+        .uplink
+        .set_state(crate::uplink::ConnectionState::Backoff);
+    state.uplink.set_error(
+        Timestamp::from_unix_ms(1_795_467_667_123),
+        "the broker refused this gateway's certificate: it has expired".into(),
+    );
+    state.uplink.set_certificate(
+        Some(Timestamp::from_unix_ms(1_795_467_667_123)),
+        Some("the gateway certificate expires in 9 days".into()),
+    );
+    let (_, html) = get(&state, "/").await;
+    assert!(html.contains("Cloud link: waiting to reconnect"), "{html}");
+    assert!(html.contains("it has expired"), "{html}");
+    assert!(html.contains("expires in 9 days"), "{html}");
+    let (status, json) = get(&state, "/api/v1/uplink").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["state"], "waiting to reconnect");
+    assert_eq!(v["last_error_at"], "2026-11-23T21:01:07.123Z");
+    assert_eq!(
+        v["certificate_warning"],
+        "the gateway certificate expires in 9 days"
+    );
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use carehub::model::{Device, DeviceKind, Resident};
 use carehub::store::{Store, StoreSettings};
 
-use crate::support::{Daemon, carehub, free_port, wait_for};
+use crate::support::{Daemon, free_port, wait_for};
 
 /// Where `scripts/test` makes the venv with python-dbusmock.
 fn python() -> PathBuf {
@@ -394,14 +394,10 @@ impl Gateway {
 
     /// Runs `carehub run --config` against `bluez`'s bus.
     pub fn run(&self, bluez: &FakeBluez) -> Daemon {
-        let child = carehub()
+        let child = crate::support::carehub_as_service()
             .args(["run", "--config"])
             .arg(self.dir.path().join("carehub.toml"))
             .env("DBUS_SYSTEM_BUS_ADDRESS", bluez.bus_address())
-            // Tests run as root, and the private bus only admits its own uid: start
-            // the daemon as systemd would (INVOCATION_ID set), where the unit, not
-            // carehub, chooses the account, so no privilege drop is attempted.
-            .env("INVOCATION_ID", "carehub-ble-test")
             .env("RUST_LOG", "info,carehub::ble=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

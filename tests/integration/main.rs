@@ -5,6 +5,8 @@ mod ble;
 mod ble_support;
 mod decode_cli;
 mod demo;
+mod mqtt;
+mod mqtt_support;
 mod news2;
 mod store_caps;
 mod store_crash;

@@ -11,6 +11,16 @@ pub fn carehub() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carehub"))
 }
 
+/// `carehub run` started as systemd starts it. The tests run as root, and `run`
+/// started by hand as root refuses to run without its service account; under
+/// systemd (`INVOCATION_ID` set) the unit, not carehub, chooses the account. The
+/// privilege drop itself is tested in `systemd.rs`.
+pub fn carehub_as_service() -> Command {
+    let mut c = carehub();
+    c.env("INVOCATION_ID", "carehub-integration-test");
+    c
+}
+
 /// A loopback port nobody is listening on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

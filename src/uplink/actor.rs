@@ -1,0 +1,762 @@
+//! The uplink task: lease a batch from the outbox, publish it at QoS 1, ack the
+//! lease when that message's PUBACK arrives; on any disconnect release what is
+//! unacknowledged and reconnect with exponential back-off and jitter.
+//!
+//! How rumqttc behaves, and why nothing here depends on its memory: rumqttc gives
+//! each QoS 1 publish a packet id when it takes the request off its channel and
+//! reports it as `Event::Outgoing(Outgoing::Publish(pkid))`, in request order (a
+//! packet-id collision holds all later requests back, so the order survives); the
+//! broker's acknowledgement comes back as `Event::Incoming(Packet::PubAck(pkid))`.
+//! On a connection error rumqttc moves unacknowledged publishes to its own
+//! `pending` queue and resends them only if the broker resumes the session. This
+//! task instead builds a fresh event loop for every connection with
+//! `clean_session = true`, so rumqttc holds nothing across connections: the
+//! batches it was carrying are released to the outbox and leased again.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use rand::{Rng, SeedableRng};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PayloadFormat};
+use crate::model::Timestamp;
+use crate::store::{Lease, LeaseId, LeasedReading, StoreError, StoreHandle};
+
+/// One lease covers this many messages: fewer round trips to the store writer
+/// (which is busy committing acks) per message. The lease is acked once every one
+/// of its messages has its PUBACK.
+const MESSAGES_PER_LEASE: usize = 8;
+use crate::system::health::Heartbeat;
+
+use super::cert::{CertInfo, read_cert_info};
+use super::payload::{OutgoingReading, Presence, ReadingsMessage, StatusMessage, Topics};
+use super::status::{ConnectionState, UplinkStatus};
+use super::tls::{self, TlsFiles};
+
+/// What the uplink task needs, from `[site]` and `[uplink]`.
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsFiles,
+    pub site: String,
+    /// Also the MQTT client id and the certificate's CN.
+    pub gateway: String,
+    pub payload: PayloadFormat,
+    pub batch_max_readings: usize,
+    pub max_inflight: u16,
+    pub keep_alive: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub cert_warn_days: u32,
+    /// How often the certificate files are checked for changes.
+    pub watch_every: Duration,
+    /// How often the status message is refreshed while connected.
+    pub status_every: Duration,
+}
+
+impl UplinkSettings {
+    pub fn from_config(c: &Config) -> UplinkSettings {
+        let u = &c.uplink;
+        UplinkSettings {
+            host: u.host.clone(),
+            port: u.port,
+            tls: TlsFiles {
+                ca: u.ca_file.clone(),
+                cert: u.cert_file.clone(),
+                key: u.key_file.clone(),
+            },
+            site: c.site.id.clone(),
+            gateway: c.site.gateway_id.clone(),
+            payload: u.payload,
+            batch_max_readings: u.batch_max_readings,
+            max_inflight: u.max_inflight,
+            keep_alive: Duration::from_secs(u.keep_alive_s),
+            backoff_min: Duration::from_millis(u.backoff_min_ms),
+            backoff_max: Duration::from_millis(u.backoff_max_ms),
+            cert_warn_days: u.cert_warn_days,
+            watch_every: Duration::from_secs(10),
+            status_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a connection ended; each says what a field engineer should look at.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The TLS files could not be loaded.
+    #[error("cannot load the certificates: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The TLS handshake failed; the text is the explanation.
+    #[error("{0}")]
+    Handshake(String),
+    /// Nothing accepted the TCP connection.
+    #[error(
+        "cannot reach the broker at {0}: connection refused (broker down, or wrong uplink.host/uplink.port)"
+    )]
+    Unreachable(String),
+    /// The broker did not answer in time.
+    #[error("the broker at {0} did not answer in time")]
+    Timeout(String),
+    /// The broker answered CONNECT with a refusal.
+    #[error("the broker refused the connection ({0}); is the client id / certificate CN allowed?")]
+    Refused(String),
+    /// The connection dropped or the protocol failed.
+    #[error("connection lost: {0}")]
+    Connection(String),
+    /// The outbox failed; the connection is closed so that nothing is lost.
+    #[error("outbox: {0}")]
+    Store(Arc<StoreError>),
+    /// A payload could not be serialised (a bug; the batch is released).
+    #[error("cannot encode a message: {0}")]
+    Encode(String),
+}
+
+/// Explains a rumqttc connection error.
+pub fn classify(e: &ConnectionError, addr: &str) -> UplinkError {
+    if let Some(text) = tls::explain(e) {
+        return UplinkError::Handshake(text);
+    }
+    match e {
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            UplinkError::Unreachable(addr.to_owned())
+        }
+        ConnectionError::Tls(rumqttc::TlsError::Io(io))
+            if io.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            UplinkError::Unreachable(addr.to_owned())
+        }
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+            UplinkError::Timeout(addr.to_owned())
+        }
+        ConnectionError::ConnectionRefused(code) => UplinkError::Refused(format!("{code:?}")),
+        other => UplinkError::Connection(other.to_string()),
+    }
+}
+
+/// Exponential back-off with jitter: each delay is drawn between half and all of
+/// `min × 2^failures`, capped at `max`, so that a fleet of gateways that lost the
+/// broker together do not all return in the same second.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    failures: u32,
+    rng: rand::rngs::SmallRng,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration, seed: u64) -> Backoff {
+        Backoff {
+            min,
+            max,
+            failures: 0,
+            rng: rand::rngs::SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32 << self.failures.min(20);
+        let ceiling = self.min.saturating_mul(factor).min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        let ms = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_millis(self.rng.random_range(ms.div_ceil(2)..=ms))
+    }
+}
+
+/// What a published message carried, so that its PUBACK can be acted on.
+#[derive(Debug)]
+enum Carried {
+    /// One message of a lease (a lease may span several messages).
+    Batch {
+        lease: LeaseId,
+    },
+    Status,
+}
+
+/// How a connection ended.
+enum SessionEnd {
+    Cancelled,
+    /// The certificate files changed or SIGHUP: reconnect now with the new files.
+    Reload,
+    Failed {
+        error: UplinkError,
+        was_connected: bool,
+    },
+}
+
+/// A finished ack: its result, the lease and how many readings it held.
+type AckDone = (Result<(), Arc<StoreError>>, LeaseId, u64);
+
+type LeaseFuture = Pin<Box<dyn Future<Output = Result<Option<Lease>, Arc<StoreError>>> + Send>>;
+
+/// The uplink task. Run it with [`Uplink::run`].
+pub struct Uplink {
+    pub settings: UplinkSettings,
+    pub store: StoreHandle,
+    pub status: Arc<UplinkStatus>,
+    pub heartbeat: Heartbeat,
+    pub cancel: CancellationToken,
+    /// Notified on SIGHUP: reload the certificate files.
+    pub reload: Arc<Notify>,
+    pub version: &'static str,
+}
+
+impl Uplink {
+    pub async fn run(self) {
+        if let Err(e) = self.store.release_all().await {
+            tracing::error!(error = %e, "uplink: cannot release old leases; stopping");
+            self.status
+                .set_error(Timestamp::now(), format!("outbox: {e}"));
+            self.status.set_state(ConnectionState::Stopped);
+            return;
+        }
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max, seed);
+        let addr = format!("{}:{}", self.settings.host, self.settings.port);
+        loop {
+            self.heartbeat.beat();
+            self.status.set_state(ConnectionState::Connecting);
+            match self.session(&addr).await {
+                SessionEnd::Cancelled => break,
+                SessionEnd::Reload => {
+                    tracing::info!("uplink: certificate files changed; reconnecting with them");
+                    backoff.reset();
+                    continue;
+                }
+                SessionEnd::Failed {
+                    error,
+                    was_connected,
+                } => {
+                    if was_connected {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(broker = %addr, retry_in_ms = delay.as_millis() as u64, "uplink: {error}");
+                    self.status.set_error(Timestamp::now(), error.to_string());
+                    self.status.set_state(ConnectionState::Backoff);
+                    // A broker that is away is not a stalled stage: keep beating
+                    // while waiting (health checks allow 30 s, back-off reaches 60).
+                    let until = tokio::time::Instant::now() + delay;
+                    let mut beat = tokio::time::interval(Duration::from_secs(1));
+                    let cancelled = loop {
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => break true,
+                            _ = self.reload.notified() => {
+                                backoff.reset();
+                                break false;
+                            }
+                            _ = tokio::time::sleep_until(until) => break false,
+                            _ = beat.tick() => self.heartbeat.beat(),
+                        }
+                    };
+                    if cancelled {
+                        break;
+                    }
+                }
+            }
+        }
+        self.status.set_state(ConnectionState::Stopped);
+    }
+
+    fn status_message(&self, state: Presence, cert: Option<&CertInfo>) -> Vec<u8> {
+        let expiring = cert.is_some_and(|c| {
+            c.days_left(Timestamp::now()) < i64::from(self.settings.cert_warn_days)
+        });
+        let msg = StatusMessage {
+            schema: super::payload::STATUS_SCHEMA.to_owned(),
+            gateway: self.settings.gateway.clone(),
+            state,
+            version: self.version.to_owned(),
+            backlog: match state {
+                Presence::Online => Some(self.backlog()),
+                Presence::Offline => None,
+            },
+            certificate_expires_at: cert.map(|c| c.not_after.to_rfc3339()),
+            certificate_expiring: expiring,
+        };
+        serde_json::to_vec(&msg).unwrap_or_default()
+    }
+
+    fn backlog(&self) -> u64 {
+        let n = self.store.stats().outbox_readings.load(Ordering::Relaxed);
+        self.status.backlog.store(n, Ordering::Relaxed);
+        n
+    }
+
+    fn encode(&self, readings: &[LeasedReading]) -> Result<Vec<u8>, UplinkError> {
+        let out: Vec<OutgoingReading<'_>> = readings
+            .iter()
+            .map(|r| OutgoingReading {
+                reading: &r.reading,
+                resident_reference: r.resident_reference.as_deref(),
+            })
+            .collect();
+        match self.settings.payload {
+            PayloadFormat::Json => serde_json::to_vec(&ReadingsMessage::new(
+                &self.settings.site,
+                &self.settings.gateway,
+                &out,
+            )),
+            PayloadFormat::Fhir => {
+                serde_json::to_vec(&super::fhir::bundle(&self.settings.gateway, &out))
+            }
+        }
+        .map_err(|e| UplinkError::Encode(e.to_string()))
+    }
+
+    /// Reads the certificate's validity and warns when it is close to expiry.
+    async fn check_certificate(&self) -> Option<CertInfo> {
+        let path = self.settings.tls.cert.clone();
+        let info = tokio::task::spawn_blocking(move || read_cert_info(&path))
+            .await
+            .ok()?;
+        match info {
+            Ok(info) => {
+                let days = info.days_left(Timestamp::now());
+                let cn = info.common_name.as_deref().unwrap_or("");
+                let mismatch = (cn != self.settings.gateway).then(|| {
+                    format!(
+                        "the gateway certificate's CN {cn:?} is not site.gateway_id {:?} (the MQTT client id); the broker may refuse it",
+                        self.settings.gateway
+                    )
+                });
+                let warning = (days < i64::from(self.settings.cert_warn_days)).then(|| {
+                    if days < 0 {
+                        format!("the gateway certificate expired on {}", info.not_after.to_rfc3339())
+                    } else {
+                        format!(
+                            "the gateway certificate expires in {days} days ({}); request a new one with carehub cert request",
+                            info.not_after.to_rfc3339()
+                        )
+                    }
+                });
+                let warning = match (warning, mismatch) {
+                    (Some(w), Some(m)) => Some(format!("{w}; {m}")),
+                    (w, m) => w.or(m),
+                };
+                if let Some(w) = &warning {
+                    tracing::warn!("uplink: {w}");
+                }
+                self.status.set_certificate(Some(info.not_after), warning);
+                Some(info)
+            }
+            Err(e) => {
+                tracing::warn!("uplink: {e}");
+                self.status.set_certificate(None, Some(e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn options(&self, tls: Arc<rustls::ClientConfig>, cert: Option<&CertInfo>) -> MqttOptions {
+        let s = &self.settings;
+        let mut o = MqttOptions::new(s.gateway.clone(), s.host.clone(), s.port);
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        o.set_keep_alive(s.keep_alive);
+        o.set_clean_session(true);
+        o.set_inflight(s.max_inflight.saturating_add(1));
+        // Large enough for the biggest batch (FHIR is about 1.5 kB a reading).
+        let max_packet = s.batch_max_readings.saturating_mul(2048).max(64 * 1024);
+        o.set_max_packet_size(max_packet, max_packet);
+        o.set_last_will(LastWill::new(
+            Topics::new(&s.site, &s.gateway).status,
+            self.status_message(Presence::Offline, cert),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        o
+    }
+
+    async fn session(&self, addr: &str) -> SessionEnd {
+        // This task is the outbox's only leaser and holds no lease between
+        // connections: whatever a previous connection could not release (a lease
+        // reply lost when it ended mid-request, a failed release) goes back now.
+        if let Err(e) = self.store.release_all().await {
+            return SessionEnd::Failed {
+                error: UplinkError::Store(e),
+                was_connected: false,
+            };
+        }
+        let files = self.settings.tls.clone();
+        let tls = match tokio::task::spawn_blocking(move || tls::client_config(&files)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return SessionEnd::Failed {
+                    error: e.into(),
+                    was_connected: false,
+                };
+            }
+            Err(e) => {
+                return SessionEnd::Failed {
+                    error: UplinkError::Connection(format!("certificate loader failed: {e}")),
+                    was_connected: false,
+                };
+            }
+        };
+        let cert = self.check_certificate().await;
+        let stamp = files_stamp(&self.settings.tls).await;
+        let options = self.options(tls, cert.as_ref());
+        let capacity = usize::from(self.settings.max_inflight) + MESSAGES_PER_LEASE + 8;
+        let (client, mut events) = AsyncClient::new(options, capacity);
+        // Without it, the tail of each large message waits for the delayed ACK
+        // of the one before (Nagle), tens of milliseconds a message.
+        events.network_options.set_tcp_nodelay(true);
+        let mut session = Session {
+            uplink: self,
+            client,
+            topics: Topics::new(&self.settings.site, &self.settings.gateway),
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            acking: JoinSet::new(),
+            parts_left: HashMap::new(),
+            connected: false,
+        };
+        let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
+        session.release_outstanding().await;
+        end
+    }
+}
+
+/// The modification times of the three TLS files, to notice a renewal.
+async fn files_stamp(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    let paths: Vec<PathBuf> = vec![files.ca.clone(), files.cert.clone(), files.key.clone()];
+    tokio::task::spawn_blocking(move || {
+        paths
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// One connection's state: what was handed to rumqttc and not yet acknowledged.
+struct Session<'a> {
+    uplink: &'a Uplink,
+    client: AsyncClient,
+    topics: Topics,
+    /// Handed to rumqttc, packet id not yet assigned (in request order).
+    queued: VecDeque<Carried>,
+    /// Sent, waiting for the PUBACK with this packet id.
+    inflight: HashMap<u16, Carried>,
+    /// Acknowledged by the broker, ack on its way to the outbox. Acks run
+    /// concurrently so that the store writer commits many in one transaction.
+    acking: JoinSet<AckDone>,
+    /// Per lease: messages still waiting for their PUBACK, and its readings.
+    parts_left: HashMap<LeaseId, (usize, u64)>,
+    connected: bool,
+}
+
+impl Session<'_> {
+    fn outstanding(&self) -> usize {
+        self.queued.len() + self.inflight.len()
+    }
+
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        carried: Carried,
+    ) -> Result<(), UplinkError> {
+        // The channel holds max_inflight + 8 requests and at most max_inflight
+        // batches plus a status are outstanding, so it is never full here.
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|e| UplinkError::Connection(format!("mqtt client queue: {e}")))?;
+        self.queued.push_back(carried);
+        Ok(())
+    }
+
+    /// Publishes a lease as messages of at most `batch_max_readings` readings.
+    fn publish_lease(&mut self, lease: &Lease) -> Result<(), UplinkError> {
+        let parts: Vec<&[LeasedReading]> = lease
+            .readings
+            .chunks(self.uplink.settings.batch_max_readings.max(1))
+            .collect();
+        self.parts_left
+            .insert(lease.id, (parts.len(), lease.readings.len() as u64));
+        for part in parts {
+            let payload = self.uplink.encode(part)?;
+            let carried = Carried::Batch { lease: lease.id };
+            self.publish(self.topics.readings.clone(), payload, false, carried)?;
+        }
+        Ok(())
+    }
+
+    /// One message of `lease` has its PUBACK; once all have, ack the lease.
+    fn part_acked(&mut self, lease: LeaseId) {
+        self.uplink
+            .status
+            .messages_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        let Some((left, readings)) = self.parts_left.get_mut(&lease) else {
+            return;
+        };
+        *left -= 1;
+        if *left == 0 {
+            let readings = *readings;
+            self.parts_left.remove(&lease);
+            let store = self.uplink.store.clone();
+            self.acking
+                .spawn(async move { (store.ack(lease).await, lease, readings) });
+        }
+    }
+
+    fn publish_status(&mut self, cert: Option<&CertInfo>) -> Result<(), UplinkError> {
+        let payload = self.uplink.status_message(Presence::Online, cert);
+        self.publish(self.topics.status.clone(), payload, true, Carried::Status)
+    }
+
+    async fn drive(
+        &mut self,
+        events: &mut EventLoop,
+        addr: &str,
+        cert: Option<&CertInfo>,
+        stamp: Vec<Option<SystemTime>>,
+    ) -> SessionEnd {
+        let s = &self.uplink.settings;
+        let max = usize::from(s.max_inflight);
+        let mut leasing: Option<LeaseFuture> = None;
+        // When the outbox was found empty, look again after this pause.
+        let mut idle_until: Option<tokio::time::Instant> = None;
+        let mut status_tick = tokio::time::interval(s.status_every);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = tokio::time::interval(s.watch_every);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        watch.reset();
+        let failed = |error, was_connected| SessionEnd::Failed {
+            error,
+            was_connected,
+        };
+        loop {
+            if idle_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                idle_until = None;
+            }
+            if leasing.is_none()
+                && self.connected
+                && idle_until.is_none()
+                && self.outstanding() < max
+            {
+                let store = self.uplink.store.clone();
+                let n = s.batch_max_readings.saturating_mul(MESSAGES_PER_LEASE);
+                leasing = Some(Box::pin(async move { store.lease(n).await }));
+            }
+            tokio::select! {
+                _ = self.uplink.cancel.cancelled() => {
+                    if self.connected {
+                        self.say_goodbye(events, Some(cert)).await;
+                    }
+                    return SessionEnd::Cancelled;
+                }
+                _ = self.uplink.reload.notified() => {
+                    if self.connected {
+                        self.say_goodbye(events, None).await;
+                    }
+                    return SessionEnd::Reload;
+                }
+                _ = watch.tick() => {
+                    if files_stamp(&s.tls).await != stamp {
+                        if self.connected {
+                            self.say_goodbye(events, None).await;
+                        }
+                        return SessionEnd::Reload;
+                    }
+                }
+                _ = status_tick.tick(), if self.connected => {
+                    self.uplink.heartbeat.beat();
+                    if let Err(e) = self.publish_status(cert) {
+                        return failed(e, true);
+                    }
+                }
+                _ = async { if let Some(t) = idle_until { tokio::time::sleep_until(t).await } }, if idle_until.is_some() => {
+                    idle_until = None;
+                }
+                leased = async { match leasing.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if leasing.is_some() => {
+                    leasing = None;
+                    self.uplink.heartbeat.beat();
+                    match leased {
+                        Ok(Some(lease)) => {
+                            if let Err(e) = self.publish_lease(&lease) {
+                                // Parts already queued are released with the others
+                                // at the end of the session; this releases the rest.
+                                let _ = self.uplink.store.release(lease.id).await;
+                                return failed(e, true);
+                            }
+                        }
+                        Ok(None) => {
+                            self.uplink.backlog();
+                            idle_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                        }
+                        Err(e) => return failed(UplinkError::Store(e), self.connected),
+                    }
+                }
+                Some(done) = self.acking.join_next(), if !self.acking.is_empty() => {
+                    if let Err(e) = self.acked(done) {
+                        return failed(e, true);
+                    }
+                }
+                event = events.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        self.connected = true;
+                        self.uplink.status.connections.fetch_add(1, Ordering::Relaxed);
+                        self.uplink.status.set_state(ConnectionState::Connected);
+                        status_tick.reset();
+                        tracing::info!(broker = %addr, backlog = self.uplink.backlog(), "uplink: connected");
+                        if let Err(e) = self.publish_status(cert) {
+                            return failed(e, true);
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        match self.queued.pop_front() {
+                            Some(c) => { self.inflight.insert(pkid, c); }
+                            None => return failed(UplinkError::Connection(format!("packet id {pkid} for a publish this uplink did not make")), self.connected),
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        self.uplink.heartbeat.beat();
+                        match self.inflight.remove(&ack.pkid) {
+                            Some(Carried::Batch { lease }) => self.part_acked(lease),
+                            Some(Carried::Status) => {}
+                            None => tracing::warn!(pkid = ack.pkid, "uplink: PUBACK for no message in flight; ignored"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return failed(classify(&e, addr), self.connected),
+                },
+            }
+        }
+    }
+
+    /// A clean stop: publish "offline" (the last will is only for unclean ends),
+    /// then DISCONNECT, waiting briefly for both to leave.
+    ///
+    /// For a reload (`offline_status` is `None`) only the DISCONNECT: the broker
+    /// then discards the last will, so a certificate reload does not show the
+    /// gateway going offline.
+    async fn say_goodbye(
+        &mut self,
+        events: &mut EventLoop,
+        offline_status: Option<Option<&CertInfo>>,
+    ) {
+        if let Some(cert) = offline_status {
+            let payload = self.uplink.status_message(Presence::Offline, cert);
+            if self
+                .publish(self.topics.status.clone(), payload, true, Carried::Status)
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = self.client.try_disconnect();
+        let drain = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(c) = self.queued.pop_front() {
+                            self.inflight.insert(pkid, c);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(Carried::Batch { lease }) = self.inflight.remove(&ack.pkid) {
+                            self.part_acked(lease);
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    }
+
+    /// Counts a finished ack. The broker has these readings; if the outbox cannot
+    /// forget them they are sent again later (a duplicate, never a loss).
+    fn acked(&self, done: Result<AckDone, tokio::task::JoinError>) -> Result<(), UplinkError> {
+        match done {
+            Ok((Ok(()), _, readings)) => {
+                let s = &self.uplink.status;
+                s.readings_delivered.fetch_add(readings, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok((Err(e), lease, _)) => {
+                tracing::error!(lease = lease.0, error = %e, "uplink: cannot ack a delivered batch");
+                Err(UplinkError::Store(e))
+            }
+            Err(e) => Err(UplinkError::Connection(format!("ack task failed: {e}"))),
+        }
+    }
+
+    /// Gives every unacknowledged batch back to the outbox, after letting the acks
+    /// of acknowledged ones finish (an aborted ack would leave its lease held).
+    async fn release_outstanding(&mut self) {
+        while let Some(done) = self.acking.join_next().await {
+            let _ = self.acked(done);
+        }
+        let leases: Vec<LeaseId> = self
+            .queued
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, c)| c))
+            .filter_map(|c| match c {
+                Carried::Batch { lease } => Some(lease.0),
+                Carried::Status => None,
+            })
+            .collect::<std::collections::BTreeSet<u64>>()
+            .into_iter()
+            .map(LeaseId)
+            .collect();
+        self.parts_left.clear();
+        for lease in leases {
+            if let Err(e) = self.uplink.store.release(lease).await {
+                // The lease stays in the writer's memory; release_all at the next
+                // start makes it leasable again, so nothing is lost.
+                tracing::error!(lease = lease.0, error = %e, "uplink: cannot release a lease");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000), 7);
+        let ceilings = [100, 200, 400, 800, 1000, 1000];
+        for c in ceilings {
+            let d = b.next_delay().as_millis() as u64;
+            assert!((c / 2..=c).contains(&d), "{d} not in {}..={c}", c / 2);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+        // Jitter: two gateways with different seeds do not retry in lockstep.
+        let mut x = Backoff::new(Duration::from_secs(10), Duration::from_secs(60), 1);
+        let mut y = Backoff::new(Duration::from_secs(10), Duration::from_secs(60), 2);
+        let xs: Vec<_> = (0..4).map(|_| x.next_delay()).collect();
+        let ys: Vec<_> = (0..4).map(|_| y.next_delay()).collect();
+        assert_ne!(xs, ys);
+    }
+}

@@ -1,0 +1,19 @@
+//! The uplink: forwards every reading from the SQLite outbox to the cloud broker
+//! over MQTT with mutual TLS, and lets the outbox forget a reading only once the
+//! broker has acknowledged the message that carried it (QoS 1 PUBACK).
+//!
+//! The outbox is the truth, not the MQTT client's memory: each connection gets a
+//! fresh rumqttc event loop with a clean session, and on any disconnect the
+//! batches still waiting for their PUBACK are released back to the outbox and
+//! leased again after reconnecting. Delivery is therefore at least once; every
+//! reading carries its stable id so that the cloud drops repeats.
+
+pub mod actor;
+pub mod cert;
+pub mod fhir;
+pub mod payload;
+pub mod status;
+pub mod tls;
+
+pub use actor::{Uplink, UplinkError, UplinkSettings};
+pub use status::{ConnectionState, UplinkStatus};

@@ -1,0 +1,350 @@
+//! The MQTT wire format: topics and the JSON v1 messages (readings batch, status).
+//!
+//! Only this module and `fhir` know the shape of a message; the domain types in
+//! `model` carry no serde. Every message is versioned and documented in
+//! `docs/mqtt.md`, whose examples a test parses back through these types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Reading, Subject, Timestamp, Value};
+
+/// The version written into every readings batch as `schema`.
+pub const READINGS_SCHEMA: &str = "carehub.readings/1";
+/// The version written into every status message as `schema`.
+pub const STATUS_SCHEMA: &str = "carehub.status/1";
+
+/// One reading as it leaves the gateway: the reading and the pseudonymous reference
+/// of the resident it belongs to (never a name).
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingReading<'a> {
+    pub reading: &'a Reading,
+    /// The configured pseudonymous reference; `None` for room data and for devices
+    /// not assigned to anybody.
+    pub resident_reference: Option<&'a str>,
+}
+
+/// The topics of one gateway: `carehub/v1/{site}/{gateway}/...`.
+///
+/// Site and gateway ids are validated by `config` to letters, digits, `-` and `_`,
+/// so no topic contains a wildcard, a `$` prefix or an empty level, which AWS IoT,
+/// Azure IoT Hub and mosquitto all accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub readings: String,
+    pub status: String,
+    pub alerts: String,
+}
+
+impl Topics {
+    pub fn new(site: &str, gateway: &str) -> Topics {
+        let base = format!("carehub/v1/{site}/{gateway}");
+        Topics {
+            readings: format!("{base}/readings"),
+            status: format!("{base}/status"),
+            alerts: format!("{base}/alerts"),
+        }
+    }
+}
+
+/// `.../readings` in the JSON format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsMessage {
+    /// Always [`READINGS_SCHEMA`].
+    pub schema: String,
+    pub site: String,
+    pub gateway: String,
+    pub readings: Vec<WireReading>,
+}
+
+/// One reading in a [`ReadingsMessage`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireReading {
+    /// UUIDv7; the cloud drops repeats of an id (delivery is at least once).
+    pub id: String,
+    /// The sensor's Bluetooth address.
+    pub device: String,
+    /// The resident's pseudonymous reference, or null.
+    pub resident: Option<String>,
+    /// The room, for room sensors, or null.
+    pub room: Option<String>,
+    pub quantity: String,
+    /// The number, or null when `status` is not `"ok"`.
+    pub value: Option<f64>,
+    /// `"ok"`, or the sensor's special value (`"nan"`, `"nres"`, `"+inf"`, ...).
+    pub status: String,
+    /// UCUM code.
+    pub unit: String,
+    /// RFC 3339 UTC; null when the device gave no time of its own.
+    pub measured_at: Option<String>,
+    /// RFC 3339 UTC, the gateway's clock.
+    pub received_at: String,
+    /// Whether the gateway's clock was NTP-synchronised when it received the reading.
+    pub clock_synchronised: bool,
+}
+
+impl WireReading {
+    pub fn from_reading(r: OutgoingReading<'_>) -> WireReading {
+        let reading = r.reading;
+        let (value, status) = match reading.value {
+            Value::Number(n) => (Some(n), "ok"),
+            Value::Special(s) => (None, s.as_str()),
+        };
+        WireReading {
+            id: reading.id.to_string(),
+            device: reading.device.to_string(),
+            resident: match reading.subject {
+                Subject::Resident(_) => r.resident_reference.map(str::to_owned),
+                _ => None,
+            },
+            room: match &reading.subject {
+                Subject::Room(room) => Some(room.clone()),
+                _ => None,
+            },
+            quantity: reading.quantity.as_str().to_owned(),
+            value,
+            status: status.to_owned(),
+            unit: reading.unit.ucum().to_owned(),
+            measured_at: reading.measured_at.map(Timestamp::to_rfc3339),
+            received_at: reading.received_at.to_rfc3339(),
+            clock_synchronised: reading.clock_synced,
+        }
+    }
+}
+
+impl ReadingsMessage {
+    pub fn new(site: &str, gateway: &str, readings: &[OutgoingReading<'_>]) -> ReadingsMessage {
+        ReadingsMessage {
+            schema: READINGS_SCHEMA.to_owned(),
+            site: site.to_owned(),
+            gateway: gateway.to_owned(),
+            readings: readings
+                .iter()
+                .map(|r| WireReading::from_reading(*r))
+                .collect(),
+        }
+    }
+}
+
+/// Whether the gateway is connected, as the status topic says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Online,
+    /// Published by the broker as the last will when the connection drops
+    /// without a DISCONNECT, and by the gateway when it stops cleanly.
+    Offline,
+}
+
+/// `.../status`, retained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusMessage {
+    /// Always [`STATUS_SCHEMA`].
+    pub schema: String,
+    pub gateway: String,
+    pub state: Presence,
+    /// carehub's version.
+    pub version: String,
+    /// Readings waiting in the outbox when this was sent; null in the last will
+    /// (written at connect time, it would be stale when the broker publishes it).
+    pub backlog: Option<u64>,
+    /// When the gateway certificate expires, RFC 3339 UTC.
+    pub certificate_expires_at: Option<String>,
+    /// True within the configured warning period before expiry (or after it).
+    pub certificate_expiring: bool,
+}
+
+/// `.../alerts`: one clinical alert. The shape is fixed here; the clinical stage
+/// decides when to send one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertMessage {
+    /// Always `"carehub.alert/1"`.
+    pub schema: String,
+    pub gateway: String,
+    /// UUIDv7 of the alert, for de-duplication.
+    pub id: String,
+    /// The resident's pseudonymous reference.
+    pub resident: String,
+    /// E.g. `"news2"`.
+    pub kind: String,
+    /// E.g. `"low"`, `"low-medium"`, `"medium"`, `"high"`.
+    pub level: String,
+    pub score: Option<u32>,
+    /// The readings the alert was computed from.
+    pub reading_ids: Vec<String>,
+    /// RFC 3339 UTC.
+    pub raised_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        DeviceAddress, Quantity, ReadingId, ResidentId, SpecialValue, Timestamp, Unit,
+    };
+
+    fn reading(subject: Subject, value: Value) -> Reading {
+        let at = Timestamp::from_unix_ms(1_763_930_467_123);
+        Reading {
+            id: ReadingId::new(at),
+            device: DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 1]),
+            subject,
+            quantity: Quantity::Spo2,
+            value,
+            unit: Unit::Percent,
+            measured_at: None,
+            received_at: at,
+            clock_synced: true,
+        }
+    }
+
+    #[test]
+    fn topics_follow_the_documented_pattern() {
+        let t = Topics::new("oak-house", "gw-7");
+        assert_eq!(t.readings, "carehub/v1/oak-house/gw-7/readings");
+        assert_eq!(t.status, "carehub/v1/oak-house/gw-7/status");
+        assert_eq!(t.alerts, "carehub/v1/oak-house/gw-7/alerts");
+    }
+
+    #[test]
+    fn a_special_value_is_a_status_never_a_number() {
+        let r = reading(
+            Subject::Resident(ResidentId(3)),
+            Value::Special(SpecialValue::NotANumber),
+        );
+        let w = WireReading::from_reading(OutgoingReading {
+            reading: &r,
+            resident_reference: Some("R-7f3a"),
+        });
+        assert_eq!((w.value, w.status.as_str()), (None, "nan"));
+        assert_eq!(w.unit, "%");
+        let json = serde_json::to_value(&w).unwrap();
+        assert!(json["value"].is_null());
+    }
+
+    #[test]
+    fn residents_appear_only_by_reference_and_rooms_by_room() {
+        let r = reading(Subject::Resident(ResidentId(3)), Value::Number(97.0));
+        let w = WireReading::from_reading(OutgoingReading {
+            reading: &r,
+            resident_reference: Some("R-7f3a"),
+        });
+        assert_eq!((w.resident.as_deref(), w.room), (Some("R-7f3a"), None));
+        let room = reading(Subject::Room("12".into()), Value::Number(21.5));
+        let w = WireReading::from_reading(OutgoingReading {
+            reading: &room,
+            resident_reference: Some("must-not-appear"),
+        });
+        assert_eq!((w.resident, w.room.as_deref()), (None, Some("12")));
+    }
+}
+
+/// The examples in `docs/mqtt.md` are exactly what this code produces and parses.
+#[cfg(test)]
+mod doc_examples {
+    use super::*;
+    use crate::model::{DeviceAddress, Quantity, ResidentId, SpecialValue, Timestamp, Unit};
+
+    const DOC: &str = include_str!("../../docs/mqtt.md");
+
+    /// The JSON block after `<!-- example: NAME -->`.
+    fn example(name: &str) -> serde_json::Value {
+        let marker = format!("<!-- example: {name} -->");
+        let after = DOC
+            .split_once(&marker)
+            .unwrap_or_else(|| panic!("docs/mqtt.md has no {marker}"))
+            .1;
+        let body = after.split_once("```json\n").unwrap().1;
+        let body = body.split_once("```").unwrap().0;
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("example {name}: {e}"))
+    }
+
+    pub(crate) fn sample_readings() -> Vec<Reading> {
+        let received = Timestamp::from_unix_ms(1_795_467_667_123);
+        vec![
+            Reading {
+                id: "019ab3c2-7a33-7c81-9d2e-0a4f5b6c7d8e".parse().unwrap(),
+                device: DeviceAddress([0xA4, 0xC1, 0x38, 0x12, 0x34, 0x56]),
+                subject: Subject::Resident(ResidentId(7)),
+                quantity: Quantity::Spo2,
+                value: Value::Number(96.0),
+                unit: Unit::Percent,
+                measured_at: Some(Timestamp::from_unix_ms(1_795_467_665_000)),
+                received_at: received,
+                clock_synced: true,
+            },
+            Reading {
+                id: "019ab3c2-7a33-7c82-8a1b-1c2d3e4f5a6b".parse().unwrap(),
+                device: DeviceAddress([0xA4, 0xC1, 0x38, 0x12, 0x34, 0x57]),
+                subject: Subject::Resident(ResidentId(7)),
+                quantity: Quantity::BodyTemperature,
+                value: Value::Special(SpecialValue::NotANumber),
+                unit: Unit::Celsius,
+                measured_at: None,
+                received_at: received,
+                clock_synced: true,
+            },
+            Reading {
+                id: "019ab3c2-7a33-7c83-b9c8-d7e6f5a4b3c2".parse().unwrap(),
+                device: DeviceAddress([0xC0, 0x7A, 0x11, 0x00, 0x00, 0x03]),
+                subject: Subject::Room("12".into()),
+                quantity: Quantity::Humidity,
+                value: Value::Number(48.5),
+                unit: Unit::Percent,
+                measured_at: None,
+                received_at: received,
+                clock_synced: false,
+            },
+        ]
+    }
+
+    fn outgoing(readings: &[Reading]) -> Vec<OutgoingReading<'_>> {
+        readings
+            .iter()
+            .map(|r| OutgoingReading {
+                reading: r,
+                resident_reference: Some("res-7f3a"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readings_example_is_what_the_gateway_sends() {
+        let readings = sample_readings();
+        let made = ReadingsMessage::new("oak-house", "gw-0042", &outgoing(&readings));
+        let doc = example("readings");
+        assert_eq!(serde_json::to_value(&made).unwrap(), doc);
+        let parsed: ReadingsMessage = serde_json::from_value(doc).unwrap();
+        assert_eq!(parsed, made);
+    }
+
+    #[test]
+    fn fhir_example_is_what_the_gateway_sends_and_validates() {
+        let readings = sample_readings();
+        let made = super::super::fhir::bundle("gw-0042", &outgoing(&readings));
+        let doc = example("fhir");
+        assert_eq!(
+            made,
+            doc,
+            "{}",
+            serde_json::to_string_pretty(&made).unwrap()
+        );
+        assert_eq!(super::super::fhir::validate(&doc), Ok(3));
+    }
+
+    #[test]
+    fn status_and_alert_examples_parse() {
+        for name in ["status-online", "status-offline"] {
+            let doc = example(name);
+            let s: StatusMessage = serde_json::from_value(doc.clone()).unwrap();
+            assert_eq!(s.schema, STATUS_SCHEMA);
+            assert_eq!(serde_json::to_value(&s).unwrap(), doc);
+        }
+        let doc = example("alert");
+        let a: AlertMessage = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&a).unwrap(), doc);
+    }
+}
