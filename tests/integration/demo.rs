@@ -145,3 +145,22 @@ fn config_example_is_accepted_by_config_check() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// The Yocto recipe installs `docs/carehub.example.toml` as the default
+/// configuration (it cannot run the cross-compiled binary at build time): it must
+/// be exactly what `carehub config example` prints. Regenerate it with
+/// `cargo run -- config example > docs/carehub.example.toml`.
+#[test]
+fn committed_example_config_matches_config_example() {
+    let out = carehub().args(["config", "example"]).output().unwrap();
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/carehub.example.toml"
+    ))
+    .unwrap();
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == committed,
+        "docs/carehub.example.toml is stale: cargo run -- config example > docs/carehub.example.toml"
+    );
+}
