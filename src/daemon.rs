@@ -362,7 +362,7 @@ pub async fn run(
 /// How often the signal strength and last-seen time of registered devices are
 /// written to the registry: often enough for the page after a restart, rarely
 /// enough to spare the SD card.
-const PERSIST_SIGHTINGS_EVERY: Duration = Duration::from_secs(5);
+const PERSIST_SIGHTINGS_EVERY: Duration = Duration::from_secs(30);
 
 /// Writes what the radio heard from registered devices to the `devices` table
 /// until cancelled, then once more.

@@ -429,7 +429,7 @@ async fn round(
             }
             Some(done) = r.pairings.join_next() => {
                 if let Ok((address, outcome)) = done {
-                    r.pairing_ended(address, outcome);
+                    r.pairing_ended(address, outcome).await;
                 }
             }
             _ = check.tick() => {
@@ -675,7 +675,7 @@ impl Round<'_> {
         });
     }
 
-    fn pairing_ended(&mut self, address: DeviceAddress, outcome: Result<bool, BleError>) {
+    async fn pairing_ended(&mut self, address: DeviceAddress, outcome: Result<bool, BleError>) {
         let what = match &outcome {
             Ok(true) => "paired and trusted; not attributed until assigned".to_owned(),
             Ok(false) => "already paired".to_owned(),
@@ -694,9 +694,11 @@ impl Round<'_> {
         } else {
             RegistryChange::Note
         };
+        // The bond is in the registry before anyone is told it exists.
         self.pairing
             .log
-            .record_change(Some(address), what, pairing::GATEWAY, change);
+            .record_committed(Some(address), what, pairing::GATEWAY, change)
+            .await;
         if outcome.is_ok() {
             let registered = self.settings.registered.contains(address);
             self.status

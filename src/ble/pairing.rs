@@ -26,6 +26,9 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(600);
 /// Who the gateway itself is in the record, for what it did without being asked.
 pub const GATEWAY: &str = "gateway";
 
+/// Longest wait for the store to commit an event that must be durable first.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
 /// Most pairing events kept in memory (a cache; SQLite holds the record).
 const LOG_CAPACITY: usize = 256;
 
@@ -135,6 +138,37 @@ impl PairingLog {
             };
             if let Err(e) = sink.record(record) {
                 tracing::error!(error = %e, event = %what, "pairing event not recorded in the database");
+            }
+        }
+        self.remember(address, what, who);
+    }
+
+    /// Records an event and waits (up to a few seconds) until the database has it,
+    /// for changes that must be durable before they take effect.
+    pub async fn record_committed(
+        &self,
+        address: Option<DeviceAddress>,
+        what: impl Into<String>,
+        who: &str,
+        change: RegistryChange,
+    ) {
+        let what = what.into();
+        if let Some(sink) = &self.sink {
+            let record = PairingRecord {
+                at: Timestamp::now(),
+                device: address,
+                what: what.clone(),
+                who: who.to_owned(),
+                change,
+            };
+            match tokio::time::timeout(COMMIT_WAIT, sink.record_committed(record)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, event = %what, "pairing event not recorded in the database")
+                }
+                Err(_) => {
+                    tracing::error!(event = %what, "pairing event not committed in time; it may still be")
+                }
             }
         }
         self.remember(address, what, who);

@@ -340,6 +340,21 @@ impl EventSink {
         })
     }
 
+    /// Records one event and waits until it is committed, for changes that must
+    /// be durable before they take effect (a bond the page will show).
+    pub async fn record_committed(&self, record: PairingRecord) -> Result<(), Arc<StoreError>> {
+        let tx = self.tx.upgrade().ok_or(Arc::new(StoreError::Closed))?;
+        let (done, wait) = oneshot::channel();
+        tx.send(Command::Record {
+            record,
+            committed: Some(done),
+        })
+        .await
+        .map_err(|_| Arc::new(StoreError::Closed))?;
+        drop(tx);
+        wait.await.map_err(|_| Arc::new(StoreError::Closed))?
+    }
+
     /// Queues what the radio heard from registered devices.
     pub fn seen(&self, seen: Vec<Seen>) -> Result<(), StoreError> {
         if seen.is_empty() {

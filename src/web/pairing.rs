@@ -80,7 +80,7 @@ pub struct PairingResponse {
     pub allow_list: Vec<String>,
     /// Devices heard since start-up, newest first; empty when the source is not BLE.
     pub nearby: Vec<NearbyJson>,
-    /// The pairing record from the database, newest first (at most 200).
+    /// The newest 200 events of the pairing record from the database, oldest first.
     pub events: Vec<EventJson>,
 }
 
@@ -111,8 +111,10 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<PairingRespons
             last_seen: s.last_seen.to_rfc3339(),
         })
         .collect();
+    // Oldest first, as version 1 of this API has always listed them.
     let events = events
         .into_iter()
+        .rev()
         .map(|e| EventJson {
             at: e.at.to_rfc3339(),
             device: e.device,
