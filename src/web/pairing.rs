@@ -445,7 +445,7 @@ fn pending_passkeys(state: &AppState) -> Vec<(DeviceAddress, Timestamp)> {
 }
 
 /// Hands a passkey to the waiting BlueZ request.
-fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
+fn give_passkey(state: &AppState, address: &str, passkey: u32, who: &str) -> Response {
     let address: DeviceAddress = match address.parse() {
         Ok(a) => a,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
@@ -455,10 +455,12 @@ fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
     };
     match ble.passkeys.answer(address, passkey) {
         Ok(()) => {
-            state
-                .pairing
-                .log
-                .record(Some(address), "passkey entered by staff");
+            state.pairing.log.record_change(
+                Some(address),
+                "passkey entered by staff",
+                who,
+                RegistryChange::Note,
+            );
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e @ PasskeyError::NoRequest(_)) => {
@@ -474,8 +476,12 @@ fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
 }
 
 /// `POST /api/v1/pairing/passkey` with `{"address": "...", "passkey": 123456}`.
-pub async fn passkey(State(state): State<AppState>, Json(req): Json<PasskeyRequest>) -> Response {
-    give_passkey(&state, &req.address, req.passkey)
+pub async fn passkey(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Json(req): Json<PasskeyRequest>,
+) -> Response {
+    give_passkey(&state, &req.address, req.passkey, &who)
 }
 
 /// The staff form for a passkey.
@@ -488,6 +494,7 @@ pub struct PasskeyForm {
 /// `POST /pairing/passkey` (form): back to the page, or the reason it failed.
 pub async fn page_passkey(
     State(state): State<AppState>,
+    Caller(who): Caller,
     Form(form): Form<PasskeyForm>,
 ) -> Response {
     let Ok(passkey) = form.passkey.trim().parse::<u32>() else {
@@ -497,7 +504,7 @@ pub async fn page_passkey(
         )
             .into_response();
     };
-    let res = give_passkey(&state, &form.address, passkey);
+    let res = give_passkey(&state, &form.address, passkey, &who);
     if res.status().is_success() {
         Redirect::to("/pairing").into_response()
     } else {
