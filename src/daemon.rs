@@ -118,7 +118,7 @@ pub async fn run(
         .iter()
         .filter_map(|e| e.parse().ok())
         .collect();
-    let pairing = PairingPolicy::new(allow);
+    let pairing = PairingPolicy::new(allow).with_sink(store_handle.event_sink());
     let ble_status = Arc::new(BleStatus::default());
     let passkeys = PasskeyRequests::default();
     let (source, registry, resident_count, device_count): (Box<dyn Source>, _, _, _) =
@@ -140,6 +140,13 @@ pub async fn run(
                     .await
                     .context("device registry task failed")?
                     .context("cannot read the device registry")?;
+                // A row with no subject is a device paired but not (or no longer)
+                // assigned: it is listed, never connected, and nothing it sends is
+                // attributed, exactly as before the restart.
+                let devices: Vec<_> = devices
+                    .into_iter()
+                    .filter(|d| d.subject != crate::model::Subject::Unassigned)
+                    .collect();
                 let registry = Ingest::registry_from(&devices);
                 let settings = BleSettings::new(&config.ble, registry.clone());
                 tracing::info!(devices = devices.len(), "device registry read");
@@ -231,6 +238,8 @@ pub async fn run(
     }
 
     let health = Arc::new(health);
+    let is_ble = config.sensors.source == SourceKind::Ble;
+    let ble_seen = is_ble.then(|| (ble_status.clone(), store_handle.event_sink()));
     let state = AppState {
         reader,
         stale_after: Duration::from_secs(u64::from(config.clinical.stale_after_minutes) * 60),
@@ -240,7 +249,7 @@ pub async fn run(
         pairing,
         registry,
         store: store_handle,
-        ble: (config.sensors.source == SourceKind::Ble).then(|| BleHandle {
+        ble: is_ble.then(|| BleHandle {
             status: ble_status,
             adapter: config.ble.adapter.clone(),
             passkeys,
@@ -258,11 +267,16 @@ pub async fn run(
     }
     let web_cancel = cancel.clone();
     let web = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { web_cancel.cancelled().await })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { web_cancel.cancelled().await })
+        .await
     });
     let probe = tokio::spawn(probe::run(bound, web_beat, cancel.clone()));
+    let seen_flush = ble_seen
+        .map(|(status, sink)| tokio::spawn(persist_sightings(status, sink, cancel.clone())));
 
     let uplink_enabled = config.uplink.enabled;
     let describe = move || {
@@ -323,6 +337,9 @@ pub async fn run(
     let stop = async {
         let _ = supervisor.await;
         let _ = probe.await;
+        if let Some(flush) = seen_flush {
+            let _ = flush.await;
+        }
         let _ = sensor.await;
         let _ = ingest.await;
         if let Some(uplink) = uplink {
@@ -339,6 +356,36 @@ pub async fn run(
             Ok(())
         }
         Err(_) => bail!("shutdown took longer than {SHUTDOWN_DEADLINE:?}; some stage did not stop"),
+    }
+}
+
+/// How often the signal strength and last-seen time of registered devices are
+/// written to the registry: often enough for the page after a restart, rarely
+/// enough to spare the SD card.
+const PERSIST_SIGHTINGS_EVERY: Duration = Duration::from_secs(30);
+
+/// Writes what the radio heard from registered devices to the `devices` table
+/// until cancelled, then once more.
+async fn persist_sightings(
+    status: Arc<BleStatus>,
+    sink: crate::store::EventSink,
+    cancel: CancellationToken,
+) {
+    let mut since = Timestamp::from_unix_ms(0);
+    let mut tick = tokio::time::interval(PERSIST_SIGHTINGS_EVERY);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = cancel.cancelled() => true,
+        };
+        let now = Timestamp::now();
+        if let Err(e) = sink.seen(status.seen_since(since)) {
+            tracing::warn!(error = %e, "signal strength and last-seen not persisted");
+        }
+        since = now;
+        if stopping {
+            break;
+        }
     }
 }
 

@@ -66,6 +66,13 @@ impl Registry {
     pub fn assign(&self, address: DeviceAddress, subject: Subject) {
         self.0.write().unwrap().insert(address, subject);
     }
+
+    /// Takes `address` out of the registry: from now on its frames are dropped
+    /// as unregistered and the BLE source starts no session with it. Call after
+    /// the store has recorded the un-assignment.
+    pub fn unassign(&self, address: DeviceAddress) -> bool {
+        self.0.write().unwrap().remove(&address).is_some()
+    }
 }
 
 /// The stage's state: the decoder and who each device belongs to.

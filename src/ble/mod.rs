@@ -40,6 +40,7 @@ use crate::config::BleConfig;
 use crate::ingest::Registry;
 use crate::model::{DeviceAddress, Timestamp};
 use crate::sensor::{Advertisement, Frame, RawFrame, Source, SourceContext, SourceTask};
+use crate::store::RegistryChange;
 use crate::system::health::Heartbeat;
 
 use pairing::{Decision, PairingPolicy};
@@ -206,6 +207,22 @@ pub struct BleHandle {
 }
 
 impl BleStatus {
+    /// What was heard from registered or paired devices since `since`, to
+    /// persist; strangers are left out.
+    pub fn seen_since(&self, since: Timestamp) -> Vec<crate::store::Seen> {
+        self.sightings
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| (s.registered || s.paired) && s.last_seen >= since)
+            .map(|s| crate::store::Seen {
+                device: s.address,
+                rssi: s.rssi,
+                at: s.last_seen,
+            })
+            .collect()
+    }
+
     /// Marks a device as no longer bonded (after un-pairing).
     pub fn unpaired(&self, address: DeviceAddress) {
         if let Some(s) = self.sightings.lock().unwrap().get_mut(&address) {
@@ -412,7 +429,7 @@ async fn round(
             }
             Some(done) = r.pairings.join_next() => {
                 if let Ok((address, outcome)) = done {
-                    r.pairing_ended(address, outcome);
+                    r.pairing_ended(address, outcome).await;
                 }
             }
             _ = check.tick() => {
@@ -658,13 +675,30 @@ impl Round<'_> {
         });
     }
 
-    fn pairing_ended(&mut self, address: DeviceAddress, outcome: Result<bool, BleError>) {
+    async fn pairing_ended(&mut self, address: DeviceAddress, outcome: Result<bool, BleError>) {
         let what = match &outcome {
             Ok(true) => "paired and trusted; not attributed until assigned".to_owned(),
             Ok(false) => "already paired".to_owned(),
             Err(e) => format!("pairing failed: {e}"),
         };
-        self.pairing.log.record(Some(address), what);
+        let change = if outcome.is_ok() {
+            RegistryChange::Bonded {
+                kind: self
+                    .status
+                    .sighting(address)
+                    .map_or(crate::model::DeviceKind::Unknown, |s| {
+                        session::kind_from_services(&s.services)
+                    }),
+                name: self.status.name_of(address),
+            }
+        } else {
+            RegistryChange::Note
+        };
+        // The bond is in the registry before anyone is told it exists.
+        self.pairing
+            .log
+            .record_committed(Some(address), what, pairing::GATEWAY, change)
+            .await;
         if outcome.is_ok() {
             let registered = self.settings.registered.contains(address);
             self.status

@@ -6,10 +6,10 @@
 //! else is observed and never bonded. The decision is pure ([`PairingPolicy::decide`]);
 //! the BlueZ side (the agent and the `Pair` calls) lives in `agent`.
 //!
-//! Every pairing attempt, its outcome and every window opened is recorded in a
-//! bounded in-memory log ([`PairingLog`]). It is not in SQLite yet: that needs a
-//! schema migration (a `pairing_events` table and `paired`/`bonded` columns on
-//! `devices`), which belongs with the store's migrations work.
+//! Every pairing attempt, its outcome and every window opened is recorded through
+//! [`PairingLog`]: into SQLite's `pairing_events` (through the store's
+//! [`EventSink`], so the record survives restarts) and into a small bounded
+//! in-memory cache for tests and logs. Pages read the record from SQLite.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -18,11 +18,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::model::{AddressError, DeviceAddress, Timestamp};
+use crate::store::{EventSink, PairingRecord, RegistryChange};
 
 /// Longest window a staff member can open at once (the error message says 600).
 pub const MAX_WINDOW: Duration = Duration::from_secs(600);
 
-/// Most pairing events kept in memory.
+/// Who the gateway itself is in the record, for what it did without being asked.
+pub const GATEWAY: &str = "gateway";
+
+/// Longest wait for the store to commit an event that must be durable first.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Most pairing events kept in memory (a cache; SQLite holds the record).
 const LOG_CAPACITY: usize = 256;
 
 /// What can be wrong with a pairing request or an allow-list entry.
@@ -96,27 +103,96 @@ pub struct PairingEvent {
     pub what: String,
 }
 
-/// The record of pairing events, newest last, bounded. Cheap to clone.
+/// The record of pairing events: written to the store when one is attached, and
+/// the newest kept in memory, bounded. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct PairingLog(Arc<Mutex<VecDeque<PairingEvent>>>);
+pub struct PairingLog {
+    recent: Arc<Mutex<VecDeque<PairingEvent>>>,
+    sink: Option<EventSink>,
+}
 
 impl PairingLog {
+    /// Records something the gateway did by itself.
     pub fn record(&self, address: Option<DeviceAddress>, what: impl Into<String>) {
+        self.record_change(address, what, GATEWAY, RegistryChange::Note);
+    }
+
+    /// Records an event asked for by `who`, with the registry change it stands
+    /// for, without waiting for the commit. Callers that must not act before the
+    /// record is durable use the store's `record` and then [`PairingLog::remember`].
+    pub fn record_change(
+        &self,
+        address: Option<DeviceAddress>,
+        what: impl Into<String>,
+        who: &str,
+        change: RegistryChange,
+    ) {
+        let what = what.into();
+        if let Some(sink) = &self.sink {
+            let record = PairingRecord {
+                at: Timestamp::now(),
+                device: address,
+                what: what.clone(),
+                who: who.to_owned(),
+                change,
+            };
+            if let Err(e) = sink.record(record) {
+                tracing::error!(error = %e, event = %what, "pairing event not recorded in the database");
+            }
+        }
+        self.remember(address, what, who);
+    }
+
+    /// Records an event and waits (up to a few seconds) until the database has it,
+    /// for changes that must be durable before they take effect.
+    pub async fn record_committed(
+        &self,
+        address: Option<DeviceAddress>,
+        what: impl Into<String>,
+        who: &str,
+        change: RegistryChange,
+    ) {
+        let what = what.into();
+        if let Some(sink) = &self.sink {
+            let record = PairingRecord {
+                at: Timestamp::now(),
+                device: address,
+                what: what.clone(),
+                who: who.to_owned(),
+                change,
+            };
+            match tokio::time::timeout(COMMIT_WAIT, sink.record_committed(record)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, event = %what, "pairing event not recorded in the database")
+                }
+                Err(_) => {
+                    tracing::error!(event = %what, "pairing event not committed in time; it may still be")
+                }
+            }
+        }
+        self.remember(address, what, who);
+    }
+
+    /// Logs an event and keeps it in the in-memory cache only (its database
+    /// record, if any, was written by the caller).
+    pub fn remember(&self, address: Option<DeviceAddress>, what: impl Into<String>, who: &str) {
         let event = PairingEvent {
             at: Timestamp::now(),
             address,
             what: what.into(),
         };
-        tracing::info!(device = ?event.address.map(|a| a.to_string()), event = %event.what, "pairing");
-        let mut log = self.0.lock().unwrap();
+        tracing::info!(device = ?event.address.map(|a| a.to_string()), event = %event.what, who, "pairing");
+        let mut log = self.recent.lock().unwrap();
         if log.len() == LOG_CAPACITY {
             log.pop_front();
         }
         log.push_back(event);
     }
 
+    /// The newest events since start-up, oldest first.
     pub fn events(&self) -> Vec<PairingEvent> {
-        self.0.lock().unwrap().iter().cloned().collect()
+        self.recent.lock().unwrap().iter().cloned().collect()
     }
 }
 
@@ -137,21 +213,38 @@ impl PairingPolicy {
         }
     }
 
-    /// Opens (or extends, or shortens) the window to `length` from `now`.
-    pub fn open_window(&self, now: Timestamp, length: Duration) -> Result<Timestamp, PairingError> {
+    /// Writes every event to the store from now on, as well as the cache.
+    pub fn with_sink(mut self, sink: EventSink) -> Self {
+        self.log.sink = Some(sink);
+        self
+    }
+
+    /// Opens (or extends, or shortens) the window to `length` from `now`, as
+    /// asked by `who`.
+    pub fn open_window(
+        &self,
+        now: Timestamp,
+        length: Duration,
+        who: &str,
+    ) -> Result<Timestamp, PairingError> {
         if length.is_zero() || length > MAX_WINDOW {
             return Err(PairingError::WindowLength(length.as_secs()));
         }
         let closes = now.saturating_add(length);
         *self.closes_at.lock().unwrap() = Some(closes);
-        self.log
-            .record(None, format!("window opened for {} s", length.as_secs()));
+        self.log.record_change(
+            None,
+            format!("window opened for {} s", length.as_secs()),
+            who,
+            RegistryChange::Note,
+        );
         Ok(closes)
     }
 
-    pub fn close_window(&self) {
+    pub fn close_window(&self, who: &str) {
         if self.closes_at.lock().unwrap().take().is_some() {
-            self.log.record(None, "window closed");
+            self.log
+                .record_change(None, "window closed", who, RegistryChange::Note);
         }
     }
 
@@ -214,7 +307,9 @@ mod tests {
         check(T0, "AA:AA:AA:AA:AA:02", None, Observe);
         check(T0, "BB:BB:BB:BB:BB:BB", Some("Strap"), Observe);
         // Window open: anyone, until it closes.
-        let closes = policy.open_window(T0, Duration::from_secs(120)).unwrap();
+        let closes = policy
+            .open_window(T0, Duration::from_secs(120), "cli")
+            .unwrap();
         assert_eq!(closes, T0.saturating_add(Duration::from_secs(120)));
         check(
             T0,
@@ -229,8 +324,10 @@ mod tests {
             Pair(PairReason::Window),
         );
         check(closes, "BB:BB:BB:BB:BB:BB", None, Observe);
-        policy.open_window(T0, Duration::from_secs(60)).unwrap();
-        policy.close_window();
+        policy
+            .open_window(T0, Duration::from_secs(60), "cli")
+            .unwrap();
+        policy.close_window("cli");
         check(T0, "BB:BB:BB:BB:BB:BB", None, Observe);
         let log: Vec<String> = policy.log.events().into_iter().map(|e| e.what).collect();
         assert_eq!(
@@ -248,7 +345,7 @@ mod tests {
         let policy = PairingPolicy::default();
         for bad in [0, 601, 86_400] {
             assert_eq!(
-                policy.open_window(T0, Duration::from_secs(bad)),
+                policy.open_window(T0, Duration::from_secs(bad), "cli"),
                 Err(PairingError::WindowLength(bad))
             );
         }

@@ -44,7 +44,7 @@ pub fn run(args: &PairArgs) -> Result<String, PairError> {
         .map_err(unreachable)?;
     write!(
         s,
-        "POST /api/v1/pairing/window HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /api/v1/pairing/window HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nX-Carehub-Client: cli\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .map_err(unreachable)?;

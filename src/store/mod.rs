@@ -16,6 +16,7 @@
 pub mod crash_child;
 mod limits;
 mod reader;
+mod registry;
 mod schema;
 mod writer;
 
@@ -31,6 +32,7 @@ use crate::model::{Device, Reading, Resident, Subject, Timestamp};
 
 pub use limits::{Class, EvictionReason, MaintenanceReport};
 pub use reader::{LatestValue, Reader, ResidentOverview, StatsSnapshot};
+pub use registry::{DeviceState, PairingRecord, RegistryChange, Seen, StoredPairingEvent};
 pub use schema::VERSION as SCHEMA_VERSION;
 #[doc(hidden)]
 pub use schema::migrate_to;
@@ -138,6 +140,15 @@ pub(crate) enum Command {
         now: Timestamp,
         reply: Reply<MaintenanceReport>,
     },
+    /// One event of the pairing record and its registry change.
+    Record {
+        record: PairingRecord,
+        committed: Option<Reply<()>>,
+    },
+    /// Signal strength and last-seen of registered devices.
+    Seen {
+        seen: Vec<Seen>,
+    },
 }
 
 /// The alarm raised when the database failed its integrity check at start-up.
@@ -240,6 +251,26 @@ impl StoreHandle {
         .await
     }
 
+    /// Records a pairing event and its registry change; returns once committed,
+    /// so the caller can let the change take effect knowing a restart keeps it.
+    pub async fn record(&self, record: PairingRecord) -> Result<(), Arc<StoreError>> {
+        self.call(|committed| Command::Record {
+            record,
+            committed: Some(committed),
+        })
+        .await
+    }
+
+    /// A handle for events recorded from synchronous code (the BlueZ agent, the
+    /// pairing policy). It does not keep the writer alive: shutdown still ends
+    /// when the stages holding real handles have stopped.
+    pub fn event_sink(&self) -> EventSink {
+        EventSink {
+            tx: self.tx.downgrade(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
     /// Leases up to `max` readings not already leased: vital signs before room data,
     /// oldest first. `Ok(None)` when nothing is waiting.
     pub async fn lease(&self, max: usize) -> Result<Option<Lease>, Arc<StoreError>> {
@@ -269,6 +300,67 @@ impl StoreHandle {
 
     pub fn stats(&self) -> &Arc<StoreStats> {
         &self.stats
+    }
+}
+
+/// Queues pairing events and sightings for the writer without waiting.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::WeakSender<Command>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl EventSink {
+    fn send(&self, cmd: Command) -> Result<(), StoreError> {
+        let tx = self.tx.upgrade().ok_or(StoreError::Closed)?;
+        match tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
+            // The queue is full of readings: wait for room off this thread rather
+            // than drop a record of who paired what.
+            Err(mpsc::error::TrySendError::Full(cmd)) => match &self.runtime {
+                Some(rt) => {
+                    rt.spawn(async move {
+                        if tx.send(cmd).await.is_err() {
+                            tracing::error!("store closed: a pairing event was not recorded");
+                        }
+                    });
+                    Ok(())
+                }
+                None => Err(StoreError::Closed),
+            },
+        }
+    }
+
+    /// Queues one event of the pairing record (not waiting for the commit).
+    pub fn record(&self, record: PairingRecord) -> Result<(), StoreError> {
+        self.send(Command::Record {
+            record,
+            committed: None,
+        })
+    }
+
+    /// Records one event and waits until it is committed, for changes that must
+    /// be durable before they take effect (a bond the page will show).
+    pub async fn record_committed(&self, record: PairingRecord) -> Result<(), Arc<StoreError>> {
+        let tx = self.tx.upgrade().ok_or(Arc::new(StoreError::Closed))?;
+        let (done, wait) = oneshot::channel();
+        tx.send(Command::Record {
+            record,
+            committed: Some(done),
+        })
+        .await
+        .map_err(|_| Arc::new(StoreError::Closed))?;
+        drop(tx);
+        wait.await.map_err(|_| Arc::new(StoreError::Closed))?
+    }
+
+    /// Queues what the radio heard from registered devices.
+    pub fn seen(&self, seen: Vec<Seen>) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.send(Command::Seen { seen })
     }
 }
 

@@ -224,6 +224,19 @@ impl Reader {
         })
     }
 
+    /// Every registered device with its pairing state, battery, signal and last-seen.
+    pub fn device_states(&self) -> Result<Vec<super::DeviceState>, StoreError> {
+        self.with_conn(super::registry::device_states)
+    }
+
+    /// The newest `limit` events of the pairing record, newest first.
+    pub fn pairing_events(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<super::StoredPairingEvent>, StoreError> {
+        self.with_conn(|c| super::registry::pairing_events(c, limit))
+    }
+
     /// Readings waiting in the outbox, counted in the database.
     pub fn outbox_depth(&self) -> Result<u64, StoreError> {
         self.with_conn(|c| {

@@ -98,6 +98,26 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO outbox_room (seq) SELECT seq FROM outbox WHERE vital = 0 ORDER BY seq;
     DROP TABLE outbox;
     "#,
+    // 3: the device registry's pairing state and the pairing record. Whether
+    // BlueZ holds a bond, when it was made, when the device was last assigned and
+    // its last signal strength survive restarts; `pairing_events` is the record of
+    // every window opened or closed, pairing, agent refusal, assignment,
+    // un-assignment and removal, with who asked (the API caller's address, "cli",
+    // or "gateway" for what the gateway did by itself).
+    r#"
+    ALTER TABLE devices ADD COLUMN paired INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN bonded_at_ms INTEGER;
+    ALTER TABLE devices ADD COLUMN assigned_at_ms INTEGER;
+    ALTER TABLE devices ADD COLUMN rssi INTEGER;
+    CREATE TABLE pairing_events (
+        seq    INTEGER PRIMARY KEY,
+        at_ms  INTEGER NOT NULL,
+        device TEXT,
+        what   TEXT NOT NULL,
+        who    TEXT,
+        detail TEXT
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

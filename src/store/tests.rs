@@ -494,6 +494,30 @@ fn make_v1(path: &Path) {
     .unwrap();
 }
 
+/// The v2 schema with one assigned device and one reading, as issue-store left it.
+fn make_v2(path: &Path) {
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    migrate_to(&mut c, 2).unwrap();
+    c.execute_batch(
+        "INSERT INTO residents (id, display_name, room, reference) VALUES (1, 'Ada', 'Room 1', 'ref-1');
+         INSERT INTO devices (address, kind, resident_id, battery_percent, last_seen_ms)
+             VALUES ('C0:00:00:00:00:03', 'heart_rate_monitor', 1, 80, 1800000000001);",
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO readings (id, device, resident_id, room, quantity, value, status, unit,
+                               measured_at_ms, received_at_ms, clock_synced)
+         VALUES (?1, ?2, 1, NULL, 'heart_rate', 61, 'ok', '/min', NULL, 1800000000001, 1)",
+        rusqlite::params![
+            &reading(1, Quantity::HeartRate).id.as_bytes()[..],
+            &[0xC0u8, 0, 0, 0, 0, 3][..],
+        ],
+    )
+    .unwrap();
+    c.execute("INSERT INTO outbox_vital (seq) VALUES (1)", [])
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrates_from_every_earlier_version() {
     for from in 0..SCHEMA_VERSION {
@@ -502,6 +526,7 @@ async fn migrates_from_every_earlier_version() {
         match from {
             0 => drop(rusqlite::Connection::open(&path).unwrap()),
             1 => make_v1(&path),
+            2 => make_v2(&path),
             _ => unreachable!("add a builder for version {from}"),
         }
         let store = open(settings(dir.path()));
@@ -523,6 +548,28 @@ async fn migrates_from_every_earlier_version() {
             assert_eq!(r[1].measured_at, Some(Timestamp::from_unix_ms(5)));
             assert!(!r[1].clock_synced);
             assert_eq!(store.reader.stats().unwrap().outbox_depth, 2);
+        } else if from == 2 {
+            let lease = lease.unwrap();
+            assert_eq!(lease.readings.len(), 1);
+            assert_eq!(
+                lease.readings[0].resident_reference.as_deref(),
+                Some("ref-1")
+            );
+            // The device keeps its assignment, battery and last-seen; it is not
+            // claimed to be paired, and nothing is in the record yet.
+            let d = store.reader.device_states().unwrap();
+            assert_eq!(d.len(), 1);
+            assert_eq!(d[0].device.subject, Subject::Resident(ResidentId(1)));
+            assert_eq!(
+                (d[0].paired, d[0].bonded_at, d[0].assigned_at, d[0].rssi),
+                (false, None, None, None)
+            );
+            assert_eq!(d[0].battery_percent, Some(80));
+            assert_eq!(
+                d[0].last_seen,
+                Some(Timestamp::from_unix_ms(1_800_000_000_001))
+            );
+            assert!(store.reader.pairing_events(10).unwrap().is_empty());
         } else {
             assert_eq!(lease, None);
         }
@@ -669,5 +716,147 @@ async fn concurrent_lease_and_ingest_never_hand_out_a_reading_twice() {
     assert_eq!(seen.len(), 1000);
     assert_eq!(store.reader.outbox_depth().unwrap(), 0);
     drop(h);
+    close(store).await;
+}
+
+fn record(at: i64, device: &str, what: &str, change: RegistryChange) -> PairingRecord {
+    PairingRecord {
+        at: Timestamp::from_unix_ms(at),
+        device: Some(device.parse().unwrap()),
+        what: what.into(),
+        who: "127.0.0.1".into(),
+        change,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pairing_state_and_record_survive_a_reopen() {
+    use crate::model::{Device, DeviceKind};
+    let dir = tempfile::tempdir().unwrap();
+    let strap = "C0:FF:EE:00:00:02";
+    let stranger: DeviceAddress = "DE:AD:BE:EF:00:09".parse().unwrap();
+    let store = open(settings(dir.path()));
+    store
+        .handle
+        .provision(
+            vec![Resident {
+                id: ResidentId(3),
+                display_name: "Edith".into(),
+                room: "Room 9".into(),
+                reference: "ref-3".into(),
+            }],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let bonded = RegistryChange::Bonded {
+        kind: DeviceKind::HeartRateMonitor,
+        name: Some("Strap".into()),
+    };
+    store
+        .handle
+        .record(record(10, strap, "paired", bonded))
+        .await
+        .unwrap();
+    let assigned = Device {
+        address: strap.parse().unwrap(),
+        kind: DeviceKind::HeartRateMonitor,
+        model: None,
+        name: Some("Strap".into()),
+        subject: Subject::Resident(ResidentId(3)),
+    };
+    store
+        .handle
+        .record(record(
+            20,
+            strap,
+            "assigned to resident 3",
+            RegistryChange::Assigned(assigned),
+        ))
+        .await
+        .unwrap();
+    // Sightings of a stranger are never persisted; of the strap, they are.
+    let sink = store.handle.event_sink();
+    sink.seen(vec![
+        Seen {
+            device: strap.parse().unwrap(),
+            rssi: Some(-61),
+            at: Timestamp::from_unix_ms(30),
+        },
+        Seen {
+            device: stranger,
+            rssi: Some(-40),
+            at: Timestamp::from_unix_ms(30),
+        },
+    ])
+    .unwrap();
+    sink.record(PairingRecord {
+        at: Timestamp::from_unix_ms(31),
+        device: None,
+        what: "window closed".into(),
+        who: "cli".into(),
+        change: RegistryChange::Note,
+    })
+    .unwrap();
+    close(store).await;
+
+    let store = open(settings(dir.path()));
+    let d = store.reader.device_states().unwrap();
+    assert_eq!(d.len(), 1, "the stranger got no row: {d:?}");
+    let s = &d[0];
+    assert_eq!(s.device.subject, Subject::Resident(ResidentId(3)));
+    assert_eq!(s.device.name.as_deref(), Some("Strap"));
+    assert!(s.paired);
+    assert_eq!(s.bonded_at, Some(Timestamp::from_unix_ms(10)));
+    assert_eq!(s.assigned_at, Some(Timestamp::from_unix_ms(20)));
+    assert_eq!(
+        (s.rssi, s.last_seen),
+        (Some(-61), Some(Timestamp::from_unix_ms(30)))
+    );
+    let events: Vec<(String, Option<String>, Option<String>)> = store
+        .reader
+        .pairing_events(10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.what, e.device, e.who))
+        .collect();
+    let ip = Some("127.0.0.1".to_owned());
+    assert_eq!(
+        events,
+        [
+            ("window closed".to_owned(), None, Some("cli".to_owned())),
+            (
+                "assigned to resident 3".to_owned(),
+                Some(strap.to_owned()),
+                ip.clone()
+            ),
+            ("paired".to_owned(), Some(strap.to_owned()), ip.clone()),
+        ]
+    );
+
+    // Un-assigning keeps the row (and the bond) but nobody owns the device;
+    // removing the bond clears the paired state.
+    store
+        .handle
+        .record(record(40, strap, "unassigned", RegistryChange::Unassigned))
+        .await
+        .unwrap();
+    store
+        .handle
+        .record(record(
+            50,
+            strap,
+            "bond removed",
+            RegistryChange::BondRemoved,
+        ))
+        .await
+        .unwrap();
+    let s = &store.reader.device_states().unwrap()[0];
+    assert_eq!(s.device.subject, Subject::Unassigned);
+    assert_eq!((s.paired, s.bonded_at, s.assigned_at), (false, None, None));
+    assert_eq!(
+        store.reader.pairing_events(1).unwrap()[0].what,
+        "bond removed"
+    );
     close(store).await;
 }

@@ -116,7 +116,16 @@ fn slot(class: Class) -> usize {
 /// Whether to wait for more commands to share a commit: only ingests gain from
 /// grouping; leases and acks are answered at once.
 fn groupable(cmd: &Command) -> bool {
-    matches!(cmd, Command::Ingest { .. } | Command::Provision { .. })
+    matches!(
+        cmd,
+        Command::Ingest { .. }
+            | Command::Provision { .. }
+            | Command::Record {
+                committed: None,
+                ..
+            }
+            | Command::Seen { .. }
+    )
 }
 
 fn readings_in(cmd: &Command) -> usize {
@@ -292,6 +301,17 @@ impl Writer {
                 Command::Maintain { now, reply } => {
                     let _ = reply.send(self.maintain(now).map_err(Arc::new));
                 }
+                Command::Record { committed, record } => match committed {
+                    Some(reply) => {
+                        let _ = reply.send(outcome.clone());
+                    }
+                    None => {
+                        if let Err(e) = &outcome {
+                            tracing::error!(error = %e, event = %record.what, "pairing event not recorded");
+                        }
+                    }
+                },
+                Command::Seen { .. } => {}
             }
         }
     }
@@ -313,6 +333,8 @@ impl Writer {
                     Command::Provision {
                         residents, devices, ..
                     } => provision(&tx, residents, devices)?,
+                    Command::Record { record, .. } => super::registry::write_record(&tx, record)?,
+                    Command::Seen { seen } => super::registry::write_seen(&tx, seen)?,
                     Command::Ack { lease, .. } => {
                         if let Some(held) = self.leases.get(&lease.0) {
                             let (rows, bytes) = delete_from_outbox(&tx, held)?;
@@ -727,7 +749,7 @@ fn decode_row(row: &rusqlite::Row<'_>) -> Result<Option<(Reading, Option<String>
     )))
 }
 
-fn provision(
+pub(super) fn provision(
     tx: &rusqlite::Transaction<'_>,
     residents: &[Resident],
     devices: &[Device],

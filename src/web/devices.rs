@@ -1,17 +1,23 @@
+//! `/api/v1/devices`: the device registry with its pairing state, and
 //! `/api/v1/devices/{address}/assignment`: assigns a device to a resident or a
-//! room while the gateway runs. The assignment is committed to the `devices`
-//! table first, then takes effect at once: ingest attributes the device's
-//! readings to the subject, and the BLE source starts a GATT session with it.
+//! room, or un-assigns it, while the gateway runs. The forms on the /pairing page
+//! do the same.
+//!
+//! An assignment or un-assignment is committed to the `devices` table, with its
+//! line in the pairing record, before it takes effect: only then does ingest
+//! attribute (or stop attributing) the device's readings and the BLE source start
+//! (or stop starting) GATT sessions with it, so a restart never undoes it.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Form, Json};
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, WebError, read};
+use super::{AppState, Caller, WebError, read};
 use crate::ble::session::kind_from_services;
-use crate::model::{Device, DeviceAddress, DeviceKind, ResidentId, Subject};
+use crate::model::{Device, DeviceAddress, DeviceKind, ResidentId, Subject, Timestamp};
+use crate::store::{DeviceState, PairingRecord, RegistryChange};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,36 +36,98 @@ pub struct AssignmentJson {
     pub room: Option<String>,
 }
 
-/// `PUT /api/v1/devices/{address}/assignment` with `{"resident_id": 1}` or
-/// `{"room": "Lounge"}`.
-pub async fn assign(
-    State(state): State<AppState>,
-    Path(address): Path<String>,
-    Json(req): Json<AssignRequest>,
-) -> Result<Response, WebError> {
-    let address: DeviceAddress = match address.parse() {
-        Ok(a) => a,
-        Err(e) => return Ok((StatusCode::BAD_REQUEST, format!("{e}")).into_response()),
-    };
-    let subject = match (req.resident_id, req.room) {
+#[derive(Serialize)]
+pub struct DeviceJson {
+    pub address: String,
+    pub kind: &'static str,
+    pub model: Option<String>,
+    pub name: Option<String>,
+    pub resident_id: Option<i64>,
+    pub room: Option<String>,
+    pub paired: bool,
+    pub bonded_at: Option<String>,
+    pub assigned_at: Option<String>,
+    /// dBm, as last heard.
+    pub rssi_dbm: Option<i16>,
+    pub battery_percent: Option<u8>,
+    pub last_seen: Option<String>,
+}
+
+impl From<DeviceState> for DeviceJson {
+    fn from(d: DeviceState) -> Self {
+        let (resident_id, room) = subject_parts(&d.device.subject);
+        DeviceJson {
+            address: d.device.address.to_string(),
+            kind: d.device.kind.as_str(),
+            model: d.device.model,
+            name: d.device.name,
+            resident_id,
+            room,
+            paired: d.paired,
+            bonded_at: d.bonded_at.map(Timestamp::to_rfc3339),
+            assigned_at: d.assigned_at.map(Timestamp::to_rfc3339),
+            rssi_dbm: d.rssi,
+            battery_percent: d.battery_percent,
+            last_seen: d.last_seen.map(Timestamp::to_rfc3339),
+        }
+    }
+}
+
+fn subject_parts(subject: &Subject) -> (Option<i64>, Option<String>) {
+    match subject {
+        Subject::Resident(id) => (Some(id.0), None),
+        Subject::Room(room) => (None, Some(room.clone())),
+        Subject::Unassigned => (None, None),
+    }
+}
+
+/// A request the user got wrong, or a store that cannot write: the status and
+/// the words to show.
+type Refusal = (StatusCode, String);
+
+fn parse_address(address: &str) -> Result<DeviceAddress, Refusal> {
+    address
+        .trim()
+        .parse()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}")))
+}
+
+fn not_stored(address: DeviceAddress, e: &impl std::fmt::Display) -> Refusal {
+    tracing::error!(device = %address, error = %e, "registry change not stored");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The gateway cannot store the change right now. Try again in a minute.".to_owned(),
+    )
+}
+
+/// Validates, commits and applies one assignment.
+async fn apply_assign(
+    state: &AppState,
+    address: DeviceAddress,
+    resident_id: Option<i64>,
+    room: Option<String>,
+    who: String,
+) -> Result<AssignmentJson, Refusal> {
+    let room = room.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    let subject = match (resident_id, room) {
         (Some(id), None) => Subject::Resident(ResidentId(id)),
-        (None, Some(room)) if !room.trim().is_empty() => Subject::Room(room.trim().to_owned()),
+        (None, Some(room)) => Subject::Room(room),
         _ => {
-            return Ok((
+            return Err((
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "give exactly one of resident_id or a non-empty room",
-            )
-                .into_response());
+                "give exactly one of resident_id or a non-empty room".to_owned(),
+            ));
         }
     };
     let (residents, devices) = read(&state.reader, |r| {
         Ok((r.residents_overview()?, r.devices()?))
     })
-    .await?;
+    .await
+    .map_err(|e| not_stored(address, &e))?;
     if let Subject::Resident(id) = subject
         && !residents.iter().any(|r| r.id == id)
     {
-        return Ok((StatusCode::NOT_FOUND, format!("no resident {}", id.0)).into_response());
+        return Err((StatusCode::NOT_FOUND, format!("no resident {}", id.0)));
     }
     // Keep what the registry already knows; else take what the radio heard.
     let heard = state.ble.as_ref().and_then(|b| b.status.sighting(address));
@@ -79,34 +147,178 @@ pub async fn assign(
         },
     };
     let kind = device.kind.as_str();
-    if let Err(e) = state.store.provision(Vec::new(), vec![device]).await {
-        tracing::error!(device = %address, error = %e, "assignment not stored");
-        return Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The gateway cannot store the assignment right now. Try again in a minute.",
-        )
-            .into_response());
-    }
-    state.registry.assign(address, subject.clone());
-    let (resident_id, room) = match subject {
-        Subject::Resident(id) => (Some(id.0), None),
-        Subject::Room(room) => (None, Some(room)),
-        Subject::Unassigned => (None, None),
-    };
+    let (resident_id, room) = subject_parts(&subject);
     let what = match (&resident_id, &room) {
         (Some(id), _) => format!("assigned to resident {id}"),
         (_, Some(room)) => format!("assigned to room {room}"),
         _ => "unassigned".to_owned(),
     };
-    state.pairing.log.record(Some(address), what);
-    Ok((
-        StatusCode::OK,
-        Json(AssignmentJson {
-            address: address.to_string(),
-            kind,
-            resident_id,
-            room,
-        }),
-    )
-        .into_response())
+    let record = PairingRecord {
+        at: Timestamp::now(),
+        device: Some(address),
+        what: what.clone(),
+        who: who.clone(),
+        change: RegistryChange::Assigned(device),
+    };
+    if let Err(e) = state.store.record(record).await {
+        return Err(not_stored(address, &e));
+    }
+    state.registry.assign(address, subject);
+    state.pairing.log.remember(Some(address), what, &who);
+    Ok(AssignmentJson {
+        address: address.to_string(),
+        kind,
+        resident_id,
+        room,
+    })
+}
+
+/// Validates, commits and applies one un-assignment.
+async fn apply_unassign(
+    state: &AppState,
+    address: DeviceAddress,
+    who: String,
+) -> Result<(), Refusal> {
+    let devices = read(&state.reader, |r| r.devices())
+        .await
+        .map_err(|e| not_stored(address, &e))?;
+    match devices.iter().find(|d| d.address == address) {
+        None => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("{address} is not a registered device"),
+            ));
+        }
+        Some(d) if d.subject == Subject::Unassigned => {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("{address} is not assigned to anyone"),
+            ));
+        }
+        Some(_) => {}
+    }
+    let what = "unassigned: readings no longer attributed";
+    let record = PairingRecord {
+        at: Timestamp::now(),
+        device: Some(address),
+        what: what.to_owned(),
+        who: who.clone(),
+        change: RegistryChange::Unassigned,
+    };
+    if let Err(e) = state.store.record(record).await {
+        return Err(not_stored(address, &e));
+    }
+    state.registry.unassign(address);
+    state.pairing.log.remember(Some(address), what, &who);
+    Ok(())
+}
+
+/// `GET /api/v1/devices`: every registered device with its pairing state.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DeviceJson>>, WebError> {
+    let devices = read(&state.reader, |r| r.device_states()).await?;
+    Ok(Json(devices.into_iter().map(DeviceJson::from).collect()))
+}
+
+/// `PUT /api/v1/devices/{address}/assignment` with `{"resident_id": 1}` or
+/// `{"room": "Lounge"}`.
+pub async fn assign(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(address): Path<String>,
+    Json(req): Json<AssignRequest>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&address)?;
+        apply_assign(&state, address, req.resident_id, req.room, who).await
+    }
+    .await;
+    match result {
+        Ok(body) => (StatusCode::OK, Json(body)).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `DELETE /api/v1/devices/{address}/assignment`: the device belongs to nobody
+/// from now on; its readings are no longer attributed (or stored).
+pub async fn unassign(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(address): Path<String>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&address)?;
+        apply_unassign(&state, address, who).await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The staff form: assign to a resident (chosen from a list) or type a room.
+#[derive(Deserialize)]
+pub struct AssignForm {
+    pub address: String,
+    /// Empty when a room is given.
+    #[serde(default)]
+    pub resident_id: String,
+    #[serde(default)]
+    pub room: String,
+}
+
+/// `POST /pairing/assign` (form): back to the page, or the reason in plain words.
+pub async fn page_assign(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Form(form): Form<AssignForm>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&form.address)?;
+        let resident_id = match form.resident_id.trim() {
+            "" => None,
+            id => Some(id.parse::<i64>().map_err(|_| {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "choose a resident from the list".to_owned(),
+                )
+            })?),
+        };
+        let room = Some(form.room).filter(|r| !r.trim().is_empty());
+        if resident_id.is_some() && room.is_some() {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "choose a resident or type a room, not both".to_owned(),
+            ));
+        }
+        apply_assign(&state, address, resident_id, room, who).await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/pairing").into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The staff form: un-assign one device.
+#[derive(Deserialize)]
+pub struct UnassignForm {
+    pub address: String,
+}
+
+/// `POST /pairing/unassign` (form): back to the page, or the reason.
+pub async fn page_unassign(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Form(form): Form<UnassignForm>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&form.address)?;
+        apply_unassign(&state, address, who).await
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/pairing").into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
 }

@@ -54,8 +54,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/bluetooth", get(pairing::bluetooth))
         .route(
             "/api/v1/devices/{address}/assignment",
-            axum::routing::put(devices::assign),
+            axum::routing::put(devices::assign).delete(devices::unassign),
         )
+        .route("/api/v1/devices", get(devices::list))
+        .route("/pairing/assign", post(devices::page_assign))
+        .route("/pairing/unassign", post(devices::page_unassign))
         .route("/pairing", get(pairing::page))
         .route("/pairing/window", post(pairing::page_open))
         .route("/pairing/close", post(pairing::page_close))
@@ -72,6 +75,37 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/uplink", get(api::uplink))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Who made a request, for the pairing record until staff accounts exist: "cli"
+/// for `carehub pair` (which says so in a header), else the caller's address.
+/// A label, not an authentication.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+/// The header `carehub pair` sends so the record says "cli".
+pub const CLIENT_HEADER: &str = "x-carehub-client";
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        if parts
+            .headers
+            .get(CLIENT_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"cli")
+        {
+            return Ok(Caller("cli".to_owned()));
+        }
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        Ok(Caller(peer.unwrap_or_else(|| "web".to_owned())))
+    }
 }
 
 async fn not_found() -> Response {

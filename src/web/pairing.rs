@@ -17,9 +17,13 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
+use super::{AppState, Caller, WebError, read};
 use crate::ble::agent::{self, PasskeyError};
-use crate::model::{DeviceAddress, Timestamp};
+use crate::model::{DeviceAddress, Subject, Timestamp};
+use crate::store::{PairingRecord, RegistryChange};
+
+/// Most events of the record shown on the page and in the API.
+const EVENTS_SHOWN: usize = 200;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +55,8 @@ pub struct EventJson {
     pub at: String,
     pub device: Option<String>,
     pub what: String,
+    /// Who asked: the caller's address, "cli", or "gateway".
+    pub who: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +80,7 @@ pub struct PairingResponse {
     pub allow_list: Vec<String>,
     /// Devices heard since start-up, newest first; empty when the source is not BLE.
     pub nearby: Vec<NearbyJson>,
+    /// The newest 200 events of the pairing record from the database, oldest first.
     pub events: Vec<EventJson>,
 }
 
@@ -86,7 +93,8 @@ fn window(state: &AppState) -> WindowJson {
 }
 
 /// `GET /api/v1/pairing`.
-pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
+pub async fn status(State(state): State<AppState>) -> Result<Json<PairingResponse>, WebError> {
+    let events = read(&state.reader, |r| r.pairing_events(EVENTS_SHOWN)).await?;
     let nearby = state
         .ble
         .as_ref()
@@ -103,15 +111,15 @@ pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
             last_seen: s.last_seen.to_rfc3339(),
         })
         .collect();
-    let events = state
-        .pairing
-        .log
-        .events()
+    // Oldest first, as version 1 of this API has always listed them.
+    let events = events
         .into_iter()
+        .rev()
         .map(|e| EventJson {
             at: e.at.to_rfc3339(),
-            device: e.address.map(|a| a.to_string()),
+            device: e.device,
             what: e.what,
+            who: e.who,
         })
         .collect();
     let passkey_requests = pending_passkeys(&state)
@@ -121,7 +129,7 @@ pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
             asked_at: t.to_rfc3339(),
         })
         .collect();
-    Json(PairingResponse {
+    Ok(Json(PairingResponse {
         window: window(&state),
         passkey_requests,
         allow_list: state
@@ -132,17 +140,18 @@ pub async fn status(State(state): State<AppState>) -> Json<PairingResponse> {
             .collect(),
         nearby,
         events,
-    })
+    }))
 }
 
 /// `POST /api/v1/pairing/window` with `{"seconds": 120}`: opens the window.
 pub async fn open_window(
     State(state): State<AppState>,
+    Caller(who): Caller,
     Json(req): Json<OpenWindowRequest>,
 ) -> Response {
     match state
         .pairing
-        .open_window(Timestamp::now(), Duration::from_secs(req.seconds))
+        .open_window(Timestamp::now(), Duration::from_secs(req.seconds), &who)
     {
         Ok(_) => (StatusCode::OK, Json(window(&state))).into_response(),
         Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
@@ -150,8 +159,8 @@ pub async fn open_window(
 }
 
 /// `DELETE /api/v1/pairing/window`: closes it now.
-pub async fn close_window(State(state): State<AppState>) -> Json<WindowJson> {
-    state.pairing.close_window();
+pub async fn close_window(State(state): State<AppState>, Caller(who): Caller) -> Json<WindowJson> {
+    state.pairing.close_window(&who);
     Json(window(&state))
 }
 
@@ -163,7 +172,11 @@ pub struct UnpairJson {
 }
 
 /// `DELETE /api/v1/pairing/devices/{address}`: removes the bond from BlueZ.
-pub async fn unpair(State(state): State<AppState>, Path(address): Path<String>) -> Response {
+pub async fn unpair(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(address): Path<String>,
+) -> Response {
     let address: DeviceAddress = match address.parse() {
         Ok(a) => a,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
@@ -178,8 +191,22 @@ pub async fn unpair(State(state): State<AppState>, Path(address): Path<String>) 
     match agent::unpair(&ble.adapter, address).await {
         Ok(removed) => {
             if removed {
+                // BlueZ has dropped the bond already; record it before saying so.
+                let record = PairingRecord {
+                    at: Timestamp::now(),
+                    device: Some(address),
+                    what: "bond removed".to_owned(),
+                    who: who.clone(),
+                    change: RegistryChange::BondRemoved,
+                };
+                if let Err(e) = state.store.record(record).await {
+                    tracing::error!(device = %address, error = %e, "bond removal not recorded");
+                }
                 ble.status.unpaired(address);
-                state.pairing.log.record(Some(address), "bond removed");
+                state
+                    .pairing
+                    .log
+                    .remember(Some(address), "bond removed", &who);
             }
             let body = UnpairJson {
                 address: address.to_string(),
@@ -254,7 +281,15 @@ pub struct WindowForm {
 }
 
 /// `GET /pairing`: the staff page for pairing new sensors.
-pub async fn page(State(state): State<AppState>) -> Html<String> {
+pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebError> {
+    let (events, devices, residents) = read(&state.reader, |r| {
+        Ok((
+            r.pairing_events(EVENTS_SHOWN)?,
+            r.device_states()?,
+            r.residents_overview()?,
+        ))
+    })
+    .await?;
     let now = Timestamp::now();
     let closes = state.pairing.window_closes_at(now);
     let nearby = state
@@ -262,7 +297,6 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         .as_ref()
         .map(|b| b.status.sightings())
         .unwrap_or_default();
-    let events = state.pairing.log.events();
     let passkeys = pending_passkeys(&state);
     let body = html! {
         section.pairing {
@@ -306,26 +340,90 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
                     }
                 }
             }
+            h2 { "Devices" }
+            @if devices.is_empty() {
+                p.none { "No devices registered yet." }
+            } @else {
+                table.devices {
+                    tr { th { "Device" } th { "Belongs to" } th { "Paired" } th { "Battery" } th { "Signal" } th { "Last heard" } th { "Change" } }
+                    @for d in &devices {
+                        @let address = d.device.address.to_string();
+                        tr {
+                            td { (d.device.name.as_deref().unwrap_or("(no name)")) br; small { (address) " " (d.device.kind.as_str()) } }
+                            td {
+                                @match &d.device.subject {
+                                    Subject::Resident(id) => {
+                                        @match residents.iter().find(|r| r.id == *id) {
+                                            Some(r) => { (r.display_name) " (" (r.room) ")" }
+                                            None => { "resident " (id.0) }
+                                        }
+                                    }
+                                    Subject::Room(room) => { "room " (room) }
+                                    Subject::Unassigned => { em { "nobody: readings not attributed" } }
+                                }
+                            }
+                            td { @if d.paired { "yes" } @else { "no" } }
+                            td { @if let Some(b) = d.battery_percent { (b) " %" } @else { "unknown" } }
+                            td { @if let Some(r) = d.rssi { (r) " dBm" } }
+                            td {
+                                @match d.last_seen {
+                                    Some(t) => { (super::describe_age(t.age_at(now))) br; small { (t.to_rfc3339()) } }
+                                    None => { "never" }
+                                }
+                            }
+                            td {
+                                form.assign method="post" action="/pairing/assign" {
+                                    input type="hidden" name="address" value=(address);
+                                    select name="resident_id" {
+                                        option value="" { "(a room instead)" }
+                                        @for r in &residents {
+                                            option value=(r.id.0) { (r.display_name) " (" (r.room) ")" }
+                                        }
+                                    }
+                                    " or room "
+                                    input type="text" name="room" size="8";
+                                    button type="submit" { "Assign" }
+                                }
+                                @if d.device.subject != Subject::Unassigned {
+                                    form.unassign method="post" action="/pairing/unassign" {
+                                        input type="hidden" name="address" value=(address);
+                                        button type="submit" { "Un-assign" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             h2 { "Record" }
             @if events.is_empty() {
-                p.none { "No pairing events since start-up." }
+                p.none { "Nothing recorded yet." }
             } @else {
                 ul {
-                    @for e in events.iter().rev() {
-                        li { (e.at.to_rfc3339()) " " @if let Some(a) = e.address { (a.to_string()) " " } (e.what) }
+                    @for e in &events {
+                        li {
+                            (e.at.to_rfc3339()) " "
+                            @if let Some(a) = &e.device { (a) " " }
+                            (e.what)
+                            @if let Some(who) = &e.who { " (by " (who) ")" }
+                        }
                     }
                 }
             }
         }
     };
-    Html(super::pages::page("Pairing", now, body).into_string())
+    Ok(Html(super::pages::page("Pairing", now, body).into_string()))
 }
 
 /// `POST /pairing/window` (form): opens the window, back to the page.
-pub async fn page_open(State(state): State<AppState>, Form(form): Form<WindowForm>) -> Response {
+pub async fn page_open(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Form(form): Form<WindowForm>,
+) -> Response {
     match state
         .pairing
-        .open_window(Timestamp::now(), Duration::from_secs(form.seconds))
+        .open_window(Timestamp::now(), Duration::from_secs(form.seconds), &who)
     {
         Ok(_) => Redirect::to("/pairing").into_response(),
         Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
@@ -333,8 +431,8 @@ pub async fn page_open(State(state): State<AppState>, Form(form): Form<WindowFor
 }
 
 /// `POST /pairing/close` (form): closes the window, back to the page.
-pub async fn page_close(State(state): State<AppState>) -> Redirect {
-    state.pairing.close_window();
+pub async fn page_close(State(state): State<AppState>, Caller(who): Caller) -> Redirect {
+    state.pairing.close_window(&who);
     Redirect::to("/pairing")
 }
 
@@ -347,7 +445,7 @@ fn pending_passkeys(state: &AppState) -> Vec<(DeviceAddress, Timestamp)> {
 }
 
 /// Hands a passkey to the waiting BlueZ request.
-fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
+fn give_passkey(state: &AppState, address: &str, passkey: u32, who: &str) -> Response {
     let address: DeviceAddress = match address.parse() {
         Ok(a) => a,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
@@ -357,10 +455,12 @@ fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
     };
     match ble.passkeys.answer(address, passkey) {
         Ok(()) => {
-            state
-                .pairing
-                .log
-                .record(Some(address), "passkey entered by staff");
+            state.pairing.log.record_change(
+                Some(address),
+                "passkey entered by staff",
+                who,
+                RegistryChange::Note,
+            );
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e @ PasskeyError::NoRequest(_)) => {
@@ -376,8 +476,12 @@ fn give_passkey(state: &AppState, address: &str, passkey: u32) -> Response {
 }
 
 /// `POST /api/v1/pairing/passkey` with `{"address": "...", "passkey": 123456}`.
-pub async fn passkey(State(state): State<AppState>, Json(req): Json<PasskeyRequest>) -> Response {
-    give_passkey(&state, &req.address, req.passkey)
+pub async fn passkey(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Json(req): Json<PasskeyRequest>,
+) -> Response {
+    give_passkey(&state, &req.address, req.passkey, &who)
 }
 
 /// The staff form for a passkey.
@@ -390,6 +494,7 @@ pub struct PasskeyForm {
 /// `POST /pairing/passkey` (form): back to the page, or the reason it failed.
 pub async fn page_passkey(
     State(state): State<AppState>,
+    Caller(who): Caller,
     Form(form): Form<PasskeyForm>,
 ) -> Response {
     let Ok(passkey) = form.passkey.trim().parse::<u32>() else {
@@ -399,7 +504,7 @@ pub async fn page_passkey(
         )
             .into_response();
     };
-    let res = give_passkey(&state, &form.address, passkey);
+    let res = give_passkey(&state, &form.address, passkey, &who);
     if res.status().is_success() {
         Redirect::to("/pairing").into_response()
     } else {

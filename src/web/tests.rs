@@ -255,3 +255,94 @@ async fn uplink_state_error_and_certificate_warning_are_shown() {
         "the gateway certificate expires in 9 days"
     );
 }
+
+async fn send(state: &AppState, method: &str, uri: &str, json: &str) -> (StatusCode, String) {
+    let res = app(state.clone())
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(Body::from(json.to_owned()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn unassign_is_committed_then_applied_and_refusals_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let ox: DeviceAddress = "C0:00:00:00:00:01".parse().unwrap();
+    state.registry.assign(ox, Subject::Resident(ResidentId(1)));
+    let path = "/api/v1/devices/C0:00:00:00:00:01/assignment";
+    // Each step: (method, uri, body) -> (status, body).
+    let steps: &[(&str, &str, &str, u16, &str)] = &[
+        ("DELETE", "/api/v1/devices/nope/assignment", "", 400, ""),
+        (
+            "DELETE",
+            "/api/v1/devices/C0:00:00:00:00:09/assignment",
+            "",
+            404,
+            "C0:00:00:00:00:09 is not a registered device",
+        ),
+        ("DELETE", path, "", 204, ""),
+        (
+            "DELETE",
+            path,
+            "",
+            409,
+            "C0:00:00:00:00:01 is not assigned to anyone",
+        ),
+        (
+            "PUT",
+            path,
+            r#"{"room": "  "}"#,
+            422,
+            "give exactly one of resident_id or a non-empty room",
+        ),
+        ("PUT", path, r#"{"resident_id": 7}"#, 404, "no resident 7"),
+    ];
+    for (method, uri, body, status, text) in steps {
+        let (s, b) = send(&state, method, uri, body).await;
+        assert_eq!(s.as_u16(), *status, "{method} {uri} {body}: {b}");
+        if !text.is_empty() {
+            assert_eq!(b, *text, "{method} {uri} {body}");
+        }
+        if *uri == path && *method == "DELETE" && *status == 204 {
+            assert!(
+                !state.registry.contains(ox),
+                "still attributed after un-assign"
+            );
+        }
+    }
+    let (_, devices) = get(&state, "/api/v1/devices").await;
+    let v: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    assert_eq!(v[0]["resident_id"], serde_json::Value::Null, "{v}");
+    assert_eq!(v[0]["assigned_at"], serde_json::Value::Null, "{v}");
+
+    let (s, _) = send(&state, "PUT", path, r#"{"resident_id": 1}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        state.registry.subject(ox),
+        Some(Subject::Resident(ResidentId(1)))
+    );
+    let (_, devices) = get(&state, "/api/v1/devices").await;
+    let v: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    assert_eq!(v[0]["resident_id"], 1, "{v}");
+    assert!(v[0]["assigned_at"].is_string(), "{v}");
+    let (_, page) = get(&state, "/pairing").await;
+    assert!(
+        page.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil (Room 1)"),
+        "{page}"
+    );
+    assert!(page.contains("action=\"/pairing/unassign\""), "{page}");
+    assert!(
+        page.contains("unassigned: readings no longer attributed (by web)"),
+        "{page}"
+    );
+}

@@ -2,6 +2,7 @@
 //! sockets. One binary, one module per area.
 
 mod ble;
+mod ble_registry;
 mod ble_support;
 mod decode_cli;
 mod demo;

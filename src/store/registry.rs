@@ -1,0 +1,218 @@
+//! The device registry's pairing state and the pairing record, in SQLite.
+//!
+//! Pairing and assigning decide whose data a device's readings are, so every such
+//! event is written to `pairing_events` in the same transaction as the change it
+//! records (a bond, an assignment, an un-assignment, a removal). Where the change
+//! matters to attribution, the caller waits for that commit before the change
+//! takes effect in memory, so that a restart never forgets what already happened.
+//! Signal strength and last-seen times are written only for devices already in
+//! the registry: strangers walking past are never persisted.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{StoreError, writer};
+use crate::model::{Device, DeviceAddress, DeviceKind, ResidentId, Subject, Timestamp};
+
+/// What a recorded event changes in the `devices` table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryChange {
+    /// Nothing: the record only (a window opened, an agent refusal).
+    Note,
+    /// BlueZ holds a bond with the device now. A device not yet registered gets
+    /// a row with no subject ("paired, not assigned").
+    Bonded {
+        kind: DeviceKind,
+        name: Option<String>,
+    },
+    /// The bond was removed from BlueZ.
+    BondRemoved,
+    /// The device (as given) is assigned to its subject from now on.
+    Assigned(Device),
+    /// The device belongs to nobody from now on; its row stays.
+    Unassigned,
+}
+
+/// One event of the pairing record, and the registry change it stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairingRecord {
+    pub at: Timestamp,
+    pub device: Option<DeviceAddress>,
+    pub what: String,
+    /// Who asked: the API caller's address, "cli", or "gateway".
+    pub who: String,
+    pub change: RegistryChange,
+}
+
+/// What the radio last heard from a device, to persist.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seen {
+    pub device: DeviceAddress,
+    pub rssi: Option<i16>,
+    pub at: Timestamp,
+}
+
+/// One event as read back from `pairing_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPairingEvent {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub device: Option<String>,
+    pub what: String,
+    pub who: Option<String>,
+}
+
+/// One registered device with its pairing state, for the staff page and the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceState {
+    pub device: Device,
+    pub paired: bool,
+    pub bonded_at: Option<Timestamp>,
+    pub assigned_at: Option<Timestamp>,
+    pub rssi: Option<i16>,
+    pub battery_percent: Option<u8>,
+    pub last_seen: Option<Timestamp>,
+}
+
+/// Writes `record` and its change inside the writer's transaction.
+pub(super) fn write_record(
+    tx: &rusqlite::Transaction<'_>,
+    record: &PairingRecord,
+) -> Result<(), StoreError> {
+    let at = record.at.unix_ms();
+    tx.prepare_cached(
+        "INSERT INTO pairing_events (at_ms, device, what, who) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        at,
+        record.device.map(|d| d.to_string()),
+        record.what,
+        record.who
+    ])?;
+    let Some(address) = record.device else {
+        return Ok(());
+    };
+    let key = address.to_string();
+    match &record.change {
+        RegistryChange::Note => {}
+        RegistryChange::Bonded { kind, name } => {
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM devices WHERE address = ?1", [&key], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if exists.is_some() {
+                tx.execute(
+                    "UPDATE devices SET paired = 1, bonded_at_ms = coalesce(bonded_at_ms, ?2),
+                        name = coalesce(name, ?3) WHERE address = ?1",
+                    params![key, at, name],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO devices (address, kind, name, paired, bonded_at_ms)
+                     VALUES (?1, ?2, ?3, 1, ?4)",
+                    params![key, kind.as_str(), name, at],
+                )?;
+            }
+        }
+        RegistryChange::BondRemoved => {
+            tx.execute(
+                "UPDATE devices SET paired = 0, bonded_at_ms = NULL WHERE address = ?1",
+                [&key],
+            )?;
+        }
+        RegistryChange::Assigned(device) => {
+            writer::provision(tx, &[], std::slice::from_ref(device))?;
+            tx.execute(
+                "UPDATE devices SET assigned_at_ms = ?2 WHERE address = ?1",
+                params![key, at],
+            )?;
+        }
+        RegistryChange::Unassigned => {
+            tx.execute(
+                "UPDATE devices SET resident_id = NULL, room = NULL, assigned_at_ms = NULL
+                 WHERE address = ?1",
+                [&key],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Persists signal strength and last-seen for registered devices only.
+pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE devices SET rssi = coalesce(?2, rssi),
+            last_seen_ms = max(coalesce(last_seen_ms, 0), ?3) WHERE address = ?1",
+    )?;
+    for s in seen {
+        stmt.execute(params![s.device.to_string(), s.rssi, s.at.unix_ms()])?;
+    }
+    Ok(())
+}
+
+/// The newest `limit` events of the record, newest first.
+pub(super) fn pairing_events(
+    c: &rusqlite::Connection,
+    limit: usize,
+) -> Result<Vec<StoredPairingEvent>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, at_ms, device, what, who FROM pairing_events ORDER BY seq DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(StoredPairingEvent {
+            seq: r.get(0)?,
+            at: Timestamp::from_unix_ms(r.get(1)?),
+            device: r.get(2)?,
+            what: r.get(3)?,
+            who: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every registered device with its state. Rows this build cannot read are
+/// skipped, as [`super::Reader::devices`] does.
+pub(super) fn device_states(c: &rusqlite::Connection) -> Result<Vec<DeviceState>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT address, kind, model, name, resident_id, room, paired, bonded_at_ms,
+                assigned_at_ms, rssi, battery_percent, last_seen_ms
+         FROM devices ORDER BY address",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let address: String = r.get(0)?;
+        let kind: String = r.get(1)?;
+        let (Ok(address), Some(kind)) = (address.parse(), DeviceKind::parse(&kind)) else {
+            continue;
+        };
+        let subject = match (r.get::<_, Option<i64>>(4)?, r.get::<_, Option<String>>(5)?) {
+            (Some(id), _) => Subject::Resident(ResidentId(id)),
+            (None, Some(room)) => Subject::Room(room),
+            (None, None) => Subject::Unassigned,
+        };
+        let ms = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
+            Ok(r.get::<_, Option<i64>>(i)?.map(Timestamp::from_unix_ms))
+        };
+        out.push(DeviceState {
+            device: Device {
+                address,
+                kind,
+                model: r.get(2)?,
+                name: r.get(3)?,
+                subject,
+            },
+            paired: r.get(6)?,
+            bonded_at: ms(7)?,
+            assigned_at: ms(8)?,
+            rssi: r
+                .get::<_, Option<i64>>(9)?
+                .and_then(|v| i16::try_from(v).ok()),
+            battery_percent: r
+                .get::<_, Option<i64>>(10)?
+                .and_then(|v| u8::try_from(v).ok()),
+            last_seen: ms(11)?,
+        });
+    }
+    Ok(out)
+}
