@@ -29,7 +29,7 @@ const BURST: u32 = 2000;
 
 fn stored(gw: &Gateway) -> i64 {
     gw.db()
-        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
         .unwrap()
 }
 
