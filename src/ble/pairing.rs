@@ -129,13 +129,7 @@ impl PairingLog {
     ) {
         let what = what.into();
         if let Some(sink) = &self.sink {
-            let record = PairingRecord {
-                at: Timestamp::now(),
-                device: address,
-                what: what.clone(),
-                who: who.to_owned(),
-                change,
-            };
+            let record = new_record(address, &what, who, change);
             if let Err(e) = sink.record(record) {
                 tracing::error!(error = %e, event = %what, "pairing event not recorded in the database");
             }
@@ -154,13 +148,7 @@ impl PairingLog {
     ) {
         let what = what.into();
         if let Some(sink) = &self.sink {
-            let record = PairingRecord {
-                at: Timestamp::now(),
-                device: address,
-                what: what.clone(),
-                who: who.to_owned(),
-                change,
-            };
+            let record = new_record(address, &what, who, change);
             match tokio::time::timeout(COMMIT_WAIT, sink.record_committed(record)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -272,6 +260,22 @@ impl PairingPolicy {
         } else {
             Decision::Observe
         }
+    }
+}
+
+/// A pairing record stamped now.
+fn new_record(
+    address: Option<DeviceAddress>,
+    what: &str,
+    who: &str,
+    change: RegistryChange,
+) -> PairingRecord {
+    PairingRecord {
+        at: Timestamp::now(),
+        device: address,
+        what: what.to_owned(),
+        who: who.to_owned(),
+        change,
     }
 }
 

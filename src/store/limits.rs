@@ -201,14 +201,7 @@ fn evict_seqs(
     }
     tx.commit()?;
     stats.evicted[reason.index(class)].fetch_add(rows, Ordering::Relaxed);
-    stats.outbox_readings.fetch_sub(
-        rows.min(stats.outbox_readings.load(Ordering::Relaxed)),
-        Ordering::Relaxed,
-    );
-    stats.outbox_bytes.fetch_sub(
-        bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)),
-        Ordering::Relaxed,
-    );
+    stats.outbox_left(rows, bytes);
     if rows > 0 {
         tracing::warn!(
             evicted = rows,

@@ -186,6 +186,19 @@ pub struct StoreStats {
 }
 
 impl StoreStats {
+    /// Readings and bytes that left the outbox (acked or evicted). Never wraps
+    /// below zero: the counters are estimates kept beside the database.
+    pub(crate) fn outbox_left(&self, rows: u64, bytes: u64) {
+        self.outbox_readings.fetch_sub(
+            rows.min(self.outbox_readings.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        self.outbox_bytes.fetch_sub(
+            bytes.min(self.outbox_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+
     pub fn last_commit(&self) -> Option<Timestamp> {
         match self.last_commit_ms.load(Ordering::Relaxed) {
             0 => None,

@@ -227,14 +227,7 @@ impl Writer {
                     .outbox_bytes
                     .fetch_add(written.bytes, Ordering::Relaxed);
                 let (rows, bytes) = (written.acked_readings, written.acked_bytes);
-                stats.outbox_readings.fetch_sub(
-                    rows.min(stats.outbox_readings.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
-                stats.outbox_bytes.fetch_sub(
-                    bytes.min(stats.outbox_bytes.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
+                stats.outbox_left(rows, bytes);
                 for id in &acks {
                     if let Some(held) = self.leases.remove(id) {
                         for h in held {
