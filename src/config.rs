@@ -36,6 +36,9 @@ pub struct SiteConfig {
     pub id: String,
     /// This gateway's identifier (and its certificate's CN). Default `"carehub-gw"`.
     pub gateway_id: String,
+    /// The care home's time zone (IANA name): device clocks show local time, and
+    /// this turns them into instants. Default `"Europe/London"`.
+    pub timezone: String,
 }
 
 /// Where sensor data comes from.
@@ -232,7 +235,17 @@ impl Default for SiteConfig {
         SiteConfig {
             id: "demo-site".into(),
             gateway_id: "carehub-gw".into(),
+            timezone: "Europe/London".into(),
         }
+    }
+}
+
+impl SiteConfig {
+    /// The site's zone; UTC only if `timezone` is invalid, which `validate`
+    /// refuses before a daemon starts.
+    pub fn zone(&self) -> crate::model::SiteZone {
+        crate::model::SiteZone::named(&self.timezone)
+            .unwrap_or_else(|_| crate::model::SiteZone::utc())
     }
 }
 
@@ -301,10 +314,11 @@ impl Default for ClinicalConfig {
 }
 
 impl SimulatorSection {
-    pub fn to_simulator_config(&self) -> SimulatorConfig {
+    pub fn to_simulator_config(&self, site: &SiteConfig) -> SimulatorConfig {
         SimulatorConfig {
             residents: self.residents,
             seed: self.seed,
+            timezone: site.timezone.clone(),
         }
     }
 }
@@ -318,6 +332,9 @@ pub const EXAMPLE: &str = r#"# carehub configuration. Every key is optional; the
 id = "demo-site"
 # This gateway's identifier; also the CN of its client certificate.
 gateway_id = "carehub-gw"
+# The care home's time zone (an IANA name). Health devices keep local time with
+# no zone; this reads their clocks, daylight saving included.
+timezone = "Europe/London"
 
 [sensors]
 # Where sensor data comes from: "simulator" (seeded, no hardware) or "ble"
@@ -603,6 +620,9 @@ impl Config {
                 "must be at most 128 characters (it is the MQTT client id)".into(),
             ));
         }
+        if let Err(e) = crate::model::SiteZone::named(&self.site.timezone) {
+            return Err(("site.timezone", e));
+        }
         for (key, value) in [
             ("site.id", &self.site.id),
             ("site.gateway_id", &self.site.gateway_id),
@@ -744,6 +764,12 @@ mod tests {
             Some(2),
             "sensors.source",
             "unknown variant",
+        );
+        check_err(
+            "[site]\nid = \"h\"\ntimezone = \"Mars/Olympus\"\n",
+            Some(3),
+            "site.timezone",
+            "not a time zone",
         );
     }
 

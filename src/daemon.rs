@@ -124,7 +124,7 @@ pub async fn run(
     let (source, registry, resident_count, device_count): (Box<dyn Source>, _, _, _) =
         match config.sensors.source {
             SourceKind::Simulator => {
-                let simulator = Simulator::new(&config.simulator.to_simulator_config());
+                let simulator = Simulator::new(&config.simulator.to_simulator_config(&config.site));
                 let (residents, devices) = simulator.roster();
                 let registry = Ingest::registry_from(&devices);
                 let (resident_count, device_count) = (residents.len(), devices.len());
@@ -197,6 +197,7 @@ pub async fn run(
         stats: Arc::new(IngestStats::default()),
         heartbeat: ingest_beat,
         clock_synced: crate::system::clock_synchronised,
+        zone: config.site.zone(),
     };
     let hang_ingest = fault::hang_requested("ingest");
     let ingest = tokio::spawn(async move {

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 
 use crate::decode::{DecodeError, Decoder};
-use crate::model::{Device, DeviceAddress, Reading, ReadingId, Subject};
+use crate::model::{Device, DeviceAddress, Reading, ReadingId, SiteZone, Subject};
 use crate::sensor::RawFrame;
 use crate::store::StoreHandle;
 use crate::system::health::Heartbeat;
@@ -84,6 +84,8 @@ pub struct Ingest {
     pub heartbeat: Heartbeat,
     /// Asked once per batch: is the gateway's clock synchronised?
     pub clock_synced: fn() -> bool,
+    /// The site's civil time zone: device clocks show local time.
+    pub zone: SiteZone,
 }
 
 /// Most frames folded into one store command.
@@ -160,7 +162,9 @@ impl Ingest {
                         quantity: v.quantity,
                         value: v.value,
                         unit: v.unit,
-                        measured_at: v.device_time.and_then(|t| t.to_timestamp_utc()),
+                        measured_at: v
+                            .device_time
+                            .and_then(|t| t.to_timestamp(&self.zone, raw.received_at)),
                         received_at: raw.received_at,
                         clock_synced,
                     });

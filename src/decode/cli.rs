@@ -192,7 +192,7 @@ pub fn to_json(d: &Decoded) -> Json {
                 r.insert("qualifier".into(), json!(q));
             }
             if let Some(t) = v.device_time {
-                let s = t.to_timestamp_utc().map(|_| {
+                let s = t.as_if_utc().map(|_| {
                     format!(
                         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
                         t.year, t.month, t.day, t.hour, t.minute, t.second

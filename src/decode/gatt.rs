@@ -585,7 +585,7 @@ fn offset_time(base: DeviceDateTime, offset: Option<i16>) -> Option<DeviceDateTi
     let Some(minutes) = offset.filter(|m| *m != 0) else {
         return Some(base);
     };
-    let ts = base.to_timestamp_utc()?;
+    let ts = base.as_if_utc()?;
     let ms = ts.unix_ms().checked_add(i64::from(minutes) * 60_000)?;
     let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok()?;
     Some(DeviceDateTime {

@@ -26,7 +26,7 @@ mod gatt_flag_tests;
 
 use std::collections::HashMap;
 
-use crate::model::{DeviceAddress, Quantity, Timestamp, Unit, Value};
+use crate::model::{CivilTime, DeviceAddress, Quantity, SiteZone, Timestamp, Unit, Value};
 use crate::sensor::{Advertisement, Frame, Notification, short_uuid};
 
 /// One decoded value, before the pipeline gives it an id, a device and a subject.
@@ -120,15 +120,38 @@ pub struct DeviceDateTime {
 }
 
 impl DeviceDateTime {
-    /// The time as UTC, or `None` when the device left it unknown or invalid.
-    /// Devices have no time zone; the gateway sets their clocks to UTC when it can.
-    pub fn to_timestamp_utc(self) -> Option<Timestamp> {
+    /// The date and time as the device's clock shows it, or `None` when the device
+    /// left the date unknown (year, month or day 0).
+    pub fn civil(self) -> Option<CivilTime> {
         if self.year == 0 || self.month == 0 || self.day == 0 {
             return None;
         }
-        let month = time::Month::try_from(self.month).ok()?;
-        let date = time::Date::from_calendar_date(i32::from(self.year), month, self.day).ok()?;
-        let t = time::Time::from_hms(self.hour, self.minute, self.second).ok()?;
+        Some(CivilTime {
+            year: self.year,
+            month: self.month,
+            day: self.day,
+            hour: self.hour,
+            minute: self.minute,
+            second: self.second,
+        })
+    }
+
+    /// The instant this device time stands for, read as the site's civil time
+    /// (devices keep local time with no zone), or `None` when it is unknown or not
+    /// a valid date. `received` resolves the hour that repeats or is skipped when
+    /// the clocks change.
+    pub fn to_timestamp(self, zone: &SiteZone, received: Timestamp) -> Option<Timestamp> {
+        zone.civil_to_instant(self.civil()?, received)
+    }
+
+    /// The same wall-clock reading counted as if it were UTC: only for arithmetic on
+    /// civil times (a record's minute offset) and for checking validity, never as
+    /// the instant of a measurement.
+    pub(crate) fn as_if_utc(self) -> Option<Timestamp> {
+        let c = self.civil()?;
+        let month = time::Month::try_from(c.month).ok()?;
+        let date = time::Date::from_calendar_date(i32::from(c.year), month, c.day).ok()?;
+        let t = time::Time::from_hms(c.hour, c.minute, c.second).ok()?;
         let secs = time::PrimitiveDateTime::new(date, t)
             .assume_utc()
             .unix_timestamp();
@@ -410,7 +433,7 @@ mod tests {
             minute: 0,
             second: 0,
         };
-        assert_eq!(t.to_timestamp_utc(), None);
+        assert_eq!(t.as_if_utc(), None);
         let t = DeviceDateTime {
             year: 2026,
             month: 2,
@@ -419,7 +442,7 @@ mod tests {
             minute: 0,
             second: 0,
         };
-        assert_eq!(t.to_timestamp_utc(), None);
+        assert_eq!(t.as_if_utc(), None);
         let t = DeviceDateTime {
             year: 2026,
             month: 11,
@@ -429,9 +452,29 @@ mod tests {
             second: 7,
         };
         assert_eq!(
-            t.to_timestamp_utc().unwrap().to_rfc3339(),
+            t.as_if_utc().unwrap().to_rfc3339(),
             "2026-11-23T20:41:07.000Z"
         );
+    }
+
+    #[test]
+    fn device_time_is_read_in_the_site_zone_not_as_utc() {
+        let t = DeviceDateTime {
+            year: 2026,
+            month: 6,
+            day: 15,
+            hour: 9,
+            minute: 5,
+            second: 0,
+        };
+        let london = SiteZone::named("Europe/London").unwrap();
+        let received = Timestamp::from_unix_ms(1_781_510_730_000); // 2026-06-15T08:05:30Z
+        assert_eq!(
+            t.to_timestamp(&london, received).unwrap().to_rfc3339(),
+            "2026-06-15T08:05:00.000Z"
+        );
+        let unknown = DeviceDateTime { year: 0, ..t };
+        assert_eq!(unknown.to_timestamp(&london, received), None);
     }
 
     #[test]

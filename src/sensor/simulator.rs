@@ -17,13 +17,17 @@ use rand::{Rng, SeedableRng};
 use super::{Advertisement, Frame, Notification, RawFrame, uuid16};
 use crate::decode::ieee11073::{encode_float, encode_sfloat};
 use crate::decode::{bthome, gatt};
-use crate::model::{Device, DeviceAddress, DeviceKind, Resident, ResidentId, Subject, Timestamp};
+use crate::model::{
+    Device, DeviceAddress, DeviceKind, Resident, ResidentId, SiteZone, Subject, Timestamp,
+};
 
 /// The simulator's settings; see `[simulator]` in the configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimulatorConfig {
     pub residents: u16,
     pub seed: u64,
+    /// The site's time zone: simulated devices keep local time, as real ones do.
+    pub timezone: String,
 }
 
 const NAMES: &[&str] = &[
@@ -89,6 +93,7 @@ struct SimDevice {
 #[derive(Debug)]
 pub struct Simulator {
     rng: SmallRng,
+    zone: SiteZone,
     residents: Vec<(Resident, Physiology)>,
     devices: Vec<SimDevice>,
 }
@@ -179,6 +184,7 @@ impl Simulator {
         }
         Simulator {
             rng,
+            zone: SiteZone::named(&config.timezone).unwrap_or_else(|_| SiteZone::utc()),
             residents,
             devices,
         }
@@ -290,7 +296,7 @@ impl Simulator {
                 v.extend(sfloat_bytes(sys, 0));
                 v.extend(sfloat_bytes(dia, 0));
                 v.extend(sfloat_bytes(map, 0));
-                v.extend(date_time_bytes(now));
+                v.extend(date_time_bytes(&self.zone, now));
                 v.extend(sfloat_bytes(p.hr.round(), 0));
                 notify(gatt::BLOOD_PRESSURE_MEASUREMENT, v)
             }
@@ -387,19 +393,14 @@ fn sfloat_bytes(v: f64, exponent: i8) -> [u8; 2] {
     encode_sfloat(v, exponent).unwrap_or(0x07FF).to_le_bytes()
 }
 
-fn date_time_bytes(at: Timestamp) -> [u8; 7] {
-    let t = time::OffsetDateTime::from_unix_timestamp(at.unix_ms().div_euclid(1000))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let [y0, y1] = (t.year() as u16).to_le_bytes();
-    [
-        y0,
-        y1,
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-    ]
+/// A Date Time field as a device shows it: the site's local time, no zone.
+fn date_time_bytes(zone: &SiteZone, at: Timestamp) -> [u8; 7] {
+    let Some(t) = zone.instant_to_civil(at) else {
+        // Year 0: "unknown", which the decoder reads as no device time.
+        return [0; 7];
+    };
+    let [y0, y1] = t.year.to_le_bytes();
+    [y0, y1, t.month, t.day, t.hour, t.minute, t.second]
 }
 
 /// How often the simulator looks for due frames.
@@ -445,7 +446,11 @@ mod tests {
     use crate::model::Quantity;
 
     fn sim(seed: u64) -> Simulator {
-        Simulator::new(&SimulatorConfig { residents: 4, seed })
+        Simulator::new(&SimulatorConfig {
+            residents: 4,
+            seed,
+            timezone: "Europe/London".into(),
+        })
     }
 
     #[test]
