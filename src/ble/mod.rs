@@ -323,9 +323,20 @@ async fn supervise(
         }
         let delay = backoff.next_delay();
         tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "bluetooth round ended; starting again");
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        // Waiting for an adapter or for bluetoothd is this stage doing its job,
+        // not a hang: keep the heartbeat so the watchdog does not restart the
+        // whole gateway (and, after five restarts, leave it stopped) because a
+        // dongle was unplugged. The web UI, the store and the uplink carry on; the
+        // adapter state is reported on /api/v1/bluetooth.
+        let wait = tokio::time::sleep(delay);
+        tokio::pin!(wait);
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                _ = &mut wait => break,
+                _ = beat.tick() => ctx.heartbeat.beat(),
+            }
         }
     }
 }

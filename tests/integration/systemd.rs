@@ -336,6 +336,50 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// A missing Bluetooth adapter is waited for, not a hang: the watchdog keeps being
+/// fed, so systemd does not restart the gateway over and over (and leave it
+/// stopped after five starts) because a dongle was unplugged.
+#[test]
+fn a_missing_bluetooth_adapter_does_not_stop_the_watchdog() {
+    let bluez = crate::ble_support::FakeBluez::start(); // the fake starts with no adapter
+    let cfg = tempfile::tempdir().unwrap();
+    let file = cfg.path().join("carehub.toml");
+    // The first retry waits 5 s, longer than the 3 s a stage may go without a beat.
+    write_config(
+        &file,
+        cfg.path(),
+        "[sensors]\nsource = \"ble\"\n[ble]\nreconnect_min_ms = 5000\nreconnect_max_ms = 20000\n",
+    );
+    let file_arg = file.display().to_string();
+    let mut d = Daemon::start(
+        &["run", "--config", &file_arg],
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bluez.bus_address())],
+    );
+    d.until(START_WITHIN, is_ready);
+    let seen = d.during(Duration::from_secs(9));
+    let pings: Vec<Instant> = seen
+        .iter()
+        .filter(|m| m.has("WATCHDOG=1"))
+        .map(|m| m.at)
+        .collect();
+    assert!(pings.len() >= 9 * 2, "pings kept coming: {seen:#?}");
+    assert!(
+        pings
+            .windows(2)
+            .all(|w| w[1].duration_since(w[0]) < Duration::from_micros(WATCHDOG_USEC)),
+        "no gap a watchdog would bite on: {seen:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|m| m.status().is_some_and(|s| s.starts_with("stalled: "))),
+        "{seen:#?}"
+    );
+    assert!(d.still_running());
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).success());
+}
+
 #[test]
 fn sighup_reloads_a_good_file_and_keeps_the_running_config_on_a_bad_one() {
     let cfg = tempfile::tempdir().unwrap();
