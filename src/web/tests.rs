@@ -12,7 +12,7 @@ use crate::model::*;
 use crate::store::{Store, StoreSettings};
 use crate::system::health::Health;
 
-async fn setup(dir: &std::path::Path) -> (Store, AppState) {
+pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
     let mut health = Health::default();
     let hb = health.register("store");
     let settings = StoreSettings {
@@ -357,7 +357,7 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
     );
     assert!(page.contains("action=\"/pairing/unassign\""), "{page}");
     assert!(
-        page.contains("unassigned: readings no longer attributed (by web)"),
+        page.contains("unassigned: readings no longer attributed (by test-nurse)"),
         "{page}"
     );
 }

@@ -58,7 +58,7 @@ pub async fn page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> 
             }
         }
     };
-    Ok(Html(crate::web::pages::page("Audit log", Timestamp::now(), body).into_string()))
+    Ok(Html(crate::web::pages::form_page("Audit log", Timestamp::now(), body).into_string()))
 }
 
 /// One CSV field: quoted, quotes doubled, and a leading `=`, `+`, `-` or `@`

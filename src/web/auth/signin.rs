@@ -34,7 +34,7 @@ const BAD_CREDENTIALS: &str = "The username or password is not right.";
 const LOCKED: &str = "Too many failed sign-ins. Wait 15 minutes, then try again, or ask an administrator.";
 
 fn form_page(title: &str, body: Markup) -> Html<String> {
-    Html(crate::web::pages::page(title, Timestamp::now(), body).into_string())
+    Html(crate::web::pages::form_page(title, Timestamp::now(), body).into_string())
 }
 
 fn error_box(error: Option<&str>) -> Markup {
@@ -63,6 +63,7 @@ fn login_form(error: Option<&str>, next: &str, username: &str) -> Markup {
         section.form {
             (error_box(error))
             form method="post" action="/login" {
+                (super::csrf_field())
                 input type="hidden" name="next" value=(next);
                 p { label { "Username" br; input type="text" name="username" value=(username) autocomplete="username" required autofocus; } }
                 p { label { "Password" br; input type="password" name="password" autocomplete="current-password" required; } }
@@ -242,6 +243,7 @@ fn setup_form(error: Option<&str>, username: &str) -> Markup {
             p { "No administrator account exists yet. Type the setup code from the gateway's log (" code { "journalctl -u carehub" } ") and choose the first administrator's name and password." }
             (error_box(error))
             form method="post" action="/setup" {
+                (super::csrf_field())
                 p { label { "Setup code" br; input type="text" name="code" autocomplete="off" required autofocus; } }
                 p { label { "Administrator's username" br; input type="text" name="username" value=(username) autocomplete="username" required; } }
                 p { label { "Password (at least 12 characters, not the username)" br; input type="password" name="password" autocomplete="new-password" minlength="12" required; } }

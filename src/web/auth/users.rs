@@ -60,7 +60,7 @@ fn page(users: &[User], error: Option<&str>) -> Html<String> {
             }
         }
     };
-    Html(crate::web::pages::page("Users", Timestamp::now(), body).into_string())
+    Html(crate::web::pages::form_page("Users", Timestamp::now(), body).into_string())
 }
 
 async fn list(state: &AppState) -> Result<Vec<User>, WebError> {
