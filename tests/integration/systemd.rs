@@ -306,7 +306,7 @@ fn write_config_listening(path: &Path, dir: &Path, listen: &str, extra: &str) {
     std::fs::write(
         path,
         format!(
-            "[store]\npath = \"{}/data/carehub.db\"\n[web]\nlisten = \"{listen}\"\n{extra}",
+            "[store]\npath = \"{}/data/carehub.db\"\n[web]\nlisten = \"{listen}\"\nhttps = false\n{extra}",
             dir.display()
         ),
     )
