@@ -604,10 +604,13 @@ impl Config {
         if web.cert_file.as_os_str().is_empty() != web.key_file.as_os_str().is_empty() {
             return Err((
                 "web.cert_file",
-                "set both cert_file and key_file, or neither (a self-signed certificate is made)".into(),
+                "set both cert_file and key_file, or neither (a self-signed certificate is made)"
+                    .into(),
             ));
         }
-        if web.http_redirect_port != 0 && (!web.https || web.http_redirect_port == web.listen.port()) {
+        if web.http_redirect_port != 0
+            && (!web.https || web.http_redirect_port == web.listen.port())
+        {
             return Err((
                 "web.http_redirect_port",
                 "redirects to HTTPS need https = true and a port other than the listen port".into(),

@@ -237,11 +237,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !config.web.listen.ip().is_loopback() {
                 config.web.https = true;
             }
-            serve(config, source, false, true, |ready| match &ready.sign_in_url {
-                Some(link) => println!(
-                    "carehub demo: open {link} in a browser to sign in as the demo admin (the link works once, for 15 minutes; Ctrl-C to stop)"
-                ),
-                None => println!("carehub demo: open {} in a browser (Ctrl-C to stop)", ready.url),
+            serve(config, source, false, true, |ready| {
+                match &ready.sign_in_url {
+                    Some(link) => println!(
+                        "carehub demo: open {link} in a browser to sign in as the demo admin (the link works once, for 15 minutes; Ctrl-C to stop)"
+                    ),
+                    None => println!(
+                        "carehub demo: open {} in a browser (Ctrl-C to stop)",
+                        ready.url
+                    ),
+                }
             })
         }
     }

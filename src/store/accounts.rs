@@ -218,7 +218,13 @@ impl Accounts {
         let inserted = conn.execute(
             "INSERT INTO users (username, password_hash, role, created_at_ms, created_by)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (username) DO NOTHING",
-            params![username, password_hash, role.as_str(), now.unix_ms(), created_by],
+            params![
+                username,
+                password_hash,
+                role.as_str(),
+                now.unix_ms(),
+                created_by
+            ],
         )?;
         if inserted == 0 {
             return Err(AccountError::Taken(username.to_owned()));
@@ -235,7 +241,9 @@ impl Accounts {
     pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
         self.with(|c| {
             c.query_row(
-                &format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.username = ?1"),
+                &format!(
+                    "SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.username = ?1"
+                ),
                 [username],
                 |r| {
                     Ok(Credentials {
@@ -373,7 +381,10 @@ impl Accounts {
                 || created_at.age_at(now) >= limits.absolute
                 || user.disabled;
             if expired {
-                c.execute("DELETE FROM sessions WHERE token_hash = ?1", [&token_hash[..]])?;
+                c.execute(
+                    "DELETE FROM sessions WHERE token_hash = ?1",
+                    [&token_hash[..]],
+                )?;
                 return Ok(None);
             }
             if last_seen.age_at(now) >= TOUCH_EVERY {
@@ -393,13 +404,20 @@ impl Accounts {
     /// Ends a session (sign out, or the old session at a new sign-in).
     pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("DELETE FROM sessions WHERE token_hash = ?1", [&token_hash[..]])
-                .map(drop)
+            c.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [&token_hash[..]],
+            )
+            .map(drop)
         })
     }
 
     /// Deletes sessions past their limits; returns how many.
-    pub fn purge_sessions(&self, limits: SessionLimits, now: Timestamp) -> Result<usize, StoreError> {
+    pub fn purge_sessions(
+        &self,
+        limits: SessionLimits,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
         self.with(|c| {
             c.execute(
                 "DELETE FROM sessions WHERE last_seen_ms <= ?1 OR created_at_ms <= ?2",
@@ -505,7 +523,14 @@ impl Accounts {
             c.execute(
                 "INSERT INTO audit_log (at_ms, who, action, target, client, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![e.at.unix_ms(), e.who, e.action, e.target, e.client, e.status],
+                params![
+                    e.at.unix_ms(),
+                    e.who,
+                    e.action,
+                    e.target,
+                    e.client,
+                    e.status
+                ],
             )
             .map(drop)
         })
@@ -607,8 +632,16 @@ mod tests {
             idle: Duration::from_secs(12 * 3600),
             absolute: Duration::from_secs(3600),
         };
-        assert!(a.session(&h2, limits, t0.saturating_add(Duration::from_secs(3599))).unwrap().is_some());
-        assert_eq!(a.session(&h2, limits, t0.saturating_add(Duration::from_secs(3600))).unwrap(), None);
+        assert!(
+            a.session(&h2, limits, t0.saturating_add(Duration::from_secs(3599)))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            a.session(&h2, limits, t0.saturating_add(Duration::from_secs(3600)))
+                .unwrap(),
+            None
+        );
 
         let h3 = [9u8; 32];
         a.create_session(&h3, u.id, "c", "x", t0).unwrap();
@@ -623,12 +656,17 @@ mod tests {
         let a = open(dir.path());
         let t = Timestamp::from_unix_ms(5_000_000);
         let later = t.saturating_add(Duration::from_secs(3600));
-        a.create_code(&[1; 32], CodeKind::Setup, None, later).unwrap();
+        a.create_code(&[1; 32], CodeKind::Setup, None, later)
+            .unwrap();
         assert_eq!(a.use_code(&[1; 32], CodeKind::SignIn, t).unwrap(), None);
         assert_eq!(a.use_code(&[2; 32], CodeKind::Setup, t).unwrap(), None);
-        assert_eq!(a.use_code(&[1; 32], CodeKind::Setup, t).unwrap(), Some(None));
+        assert_eq!(
+            a.use_code(&[1; 32], CodeKind::Setup, t).unwrap(),
+            Some(None)
+        );
         assert_eq!(a.use_code(&[1; 32], CodeKind::Setup, t).unwrap(), None);
-        a.create_code(&[3; 32], CodeKind::Setup, None, later).unwrap();
+        a.create_code(&[3; 32], CodeKind::Setup, None, later)
+            .unwrap();
         assert_eq!(a.use_code(&[3; 32], CodeKind::Setup, later).unwrap(), None);
     }
 

@@ -80,11 +80,20 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(pairing::unpair),
         )
         .route("/api/v1/uplink", get(api::uplink))
-        .route("/login", get(auth::signin::login_page).post(auth::signin::login))
+        .route(
+            "/login",
+            get(auth::signin::login_page).post(auth::signin::login),
+        )
         .route("/logout", post(auth::signin::logout))
-        .route("/setup", get(auth::signin::setup_page).post(auth::signin::setup))
+        .route(
+            "/setup",
+            get(auth::signin::setup_page).post(auth::signin::setup),
+        )
         .route("/signin/{token}", get(auth::signin::signin_link))
-        .route("/users", get(auth::users::users_page).post(auth::users::add))
+        .route(
+            "/users",
+            get(auth::users::users_page).post(auth::users::add),
+        )
         .route("/users/{id}/disable", post(auth::users::disable))
         .route("/users/{id}/enable", post(auth::users::enable))
         .route("/users/{id}/password", post(auth::users::reset_password))

@@ -35,7 +35,10 @@ pub struct Prepared {
     pub auth: Arc<AuthSettings>,
     /// The rustls configuration and our leaf certificate (for the probe); `None`
     /// for plain HTTP on loopback.
-    pub tls: Option<(Arc<rustls::ServerConfig>, rustls::pki_types::CertificateDer<'static>)>,
+    pub tls: Option<(
+        Arc<rustls::ServerConfig>,
+        rustls::pki_types::CertificateDer<'static>,
+    )>,
     pub first_start: FirstStart,
 }
 

@@ -157,7 +157,9 @@ pub fn generated(dir: &Path, names: &Names, common_name: &str) -> Result<ServerC
         let renew = i64::try_from(RENEW_BEFORE.as_secs()).unwrap_or(i64::MAX);
         match existing.leaf().and_then(not_after) {
             Some(end) if end - now > renew => return Ok(existing),
-            _ => tracing::warn!(path = %cert_path.display(), "the web certificate expires soon or is unreadable: making a new one"),
+            _ => {
+                tracing::warn!(path = %cert_path.display(), "the web certificate expires soon or is unreadable: making a new one")
+            }
         }
     }
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -168,9 +170,10 @@ pub fn generated(dir: &Path, names: &Names, common_name: &str) -> Result<ServerC
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, common_name);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "carehub gateway (self-signed)");
+    params.distinguished_name.push(
+        rcgen::DnType::OrganizationName,
+        "carehub gateway (self-signed)",
+    );
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + GENERATED_VALIDITY;
@@ -249,13 +252,19 @@ impl TlsListener {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "web: TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "web: TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(%peer, "web: TLS handshake timed out"),
                     }
                 });
             }
         });
-        Ok(TlsListener { rx, local, acceptor })
+        Ok(TlsListener {
+            rx,
+            local,
+            acceptor,
+        })
     }
 }
 
@@ -424,7 +433,10 @@ mod tests {
         assert!(text.contains("localhost"), "{text}");
         assert!(text.contains("[192, 168, 1, 20]"), "{text}");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(GENERATED_KEY)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(GENERATED_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "key must be owner-only: {mode:o}");
         let again = generated(dir.path(), &names, "gw-1").unwrap();
         assert_eq!(again.leaf(), Some(&leaf), "kept across restarts");

@@ -153,18 +153,12 @@ fn paired_state_assignment_and_record_survive_a_restart_and_unassign_stops_attri
     };
     assert!(has("window opened for 60 s", "", "cli"), "{events:?}");
     assert!(has("paired and trusted", STRAP, "gateway"), "{events:?}");
-    assert!(
-        has("assigned to resident 3", STRAP, "cli"),
-        "{events:?}"
-    );
+    assert!(has("assigned to resident 3", STRAP, "cli"), "{events:?}");
     let (status, page) = http(web, "GET", "/pairing").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("Edith Moore (Room 9)"), "{page}");
     assert!(page.contains("-61 dBm"), "{page}");
-    assert!(
-        page.contains("assigned to resident 3 (by cli)"),
-        "{page}"
-    );
+    assert!(page.contains("assigned to resident 3 (by cli)"), "{page}");
 
     wait_subscribed(&bluez, &measurement);
     assert!(bluez.notify(&measurement, "0048"));

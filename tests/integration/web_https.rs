@@ -60,30 +60,54 @@ fn https_serves_the_gateway_certificate_redirects_plain_http_and_signs_in_with_t
     // The certificate verifies for its SAN "localhost": curl checks it against
     // the file the gateway wrote, not with -k.
     let (status, _, body) = wait_for(Duration::from_secs(15), || {
-        curl(dir.path(), &["--resolve", &resolve, &format!("{base}/healthz")])
+        curl(
+            dir.path(),
+            &["--resolve", &resolve, &format!("{base}/healthz")],
+        )
     })
     .expect("https /healthz answers with the gateway's certificate");
     assert_eq!(status, 200, "{body}");
     let cert = std::fs::read_to_string(dir.path().join("web-cert.pem")).unwrap();
     assert!(cert.contains("BEGIN CERTIFICATE"));
     let alt = format!("carehub.test:{port}:127.0.0.1");
-    let (status, _, _) = curl(dir.path(), &["--resolve", &alt, &format!("https://carehub.test:{port}/healthz")])
-        .expect("the configured name is in the certificate");
+    let (status, _, _) = curl(
+        dir.path(),
+        &[
+            "--resolve",
+            &alt,
+            &format!("https://carehub.test:{port}/healthz"),
+        ],
+    )
+    .expect("the configured name is in the certificate");
     assert_eq!(status, 200);
 
     // Plain HTTP on the redirect port (on every address) goes to HTTPS.
-    let (status, head, _) = curl(dir.path(), &[&format!("http://127.0.0.1:{redirect}/pairing?x=1")]).unwrap();
+    let (status, head, _) = curl(
+        dir.path(),
+        &[&format!("http://127.0.0.1:{redirect}/pairing?x=1")],
+    )
+    .unwrap();
     assert_eq!(status, 308, "{head}");
     assert!(
-        head.to_lowercase().contains(&format!("location: https://127.0.0.1:{port}/pairing?x=1")),
+        head.to_lowercase()
+            .contains(&format!("location: https://127.0.0.1:{port}/pairing?x=1")),
         "{head}"
     );
     // Plain HTTP to the HTTPS port is not served.
-    assert!(curl(dir.path(), &[&format!("http://127.0.0.1:{port}/healthz")]).map(|r| r.0) != Some(200));
+    assert!(
+        curl(dir.path(), &[&format!("http://127.0.0.1:{port}/healthz")]).map(|r| r.0) != Some(200)
+    );
 
     // Anonymous: no data.
-    let (status, _, body) = curl(dir.path(), &["--resolve", &resolve, &format!("{base}/api/v1/residents")]).unwrap();
-    assert_eq!((status, body.as_str()), (401, r#"{"error":"sign in first"}"#));
+    let (status, _, body) = curl(
+        dir.path(),
+        &["--resolve", &resolve, &format!("{base}/api/v1/residents")],
+    )
+    .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"error":"sign in first"}"#)
+    );
 
     // The setup code is in the log; it creates the first admin, once.
     let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
@@ -94,11 +118,21 @@ fn https_serves_the_gateway_certificate_redirects_plain_http_and_signs_in_with_t
         .unwrap_or_else(|| panic!("no setup code in the log:\n{text}"))
         .to_owned();
     let jar = dir.path().join("cookies");
-    let form = format!("code={code}&username=ann&password=a+long+passphrase&password_again=a+long+passphrase");
+    let form = format!(
+        "code={code}&username=ann&password=a+long+passphrase&password_again=a+long+passphrase"
+    );
     let jar_s = jar.to_str().unwrap();
     let (status, head, body) = curl(
         dir.path(),
-        &["--resolve", &resolve, "-c", jar_s, "--data", &form, &format!("{base}/setup")],
+        &[
+            "--resolve",
+            &resolve,
+            "-c",
+            jar_s,
+            "--data",
+            &form,
+            &format!("{base}/setup"),
+        ],
     )
     .unwrap();
     assert_eq!(status, 303, "{head}{body}");
@@ -106,20 +140,57 @@ fn https_serves_the_gateway_certificate_redirects_plain_http_and_signs_in_with_t
         .lines()
         .find(|l| l.to_lowercase().starts_with("set-cookie:"))
         .unwrap_or_else(|| panic!("no cookie: {head}"));
-    assert!(cookie.contains("__Host-carehub_session=") && cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
-    let (status, _, body) = curl(dir.path(), &["--resolve", &resolve, "-b", jar_s, &format!("{base}/api/v1/residents")]).unwrap();
+    assert!(
+        cookie.contains("__Host-carehub_session=")
+            && cookie.contains("Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let (status, _, body) = curl(
+        dir.path(),
+        &[
+            "--resolve",
+            &resolve,
+            "-b",
+            jar_s,
+            &format!("{base}/api/v1/residents"),
+        ],
+    )
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"residents\""), "{body}");
-    let (status, _, _) = curl(dir.path(), &["--resolve", &resolve, "--data", &form.replace("ann", "eve"), &format!("{base}/setup")]).unwrap();
+    let (status, _, _) = curl(
+        dir.path(),
+        &[
+            "--resolve",
+            &resolve,
+            "--data",
+            &form.replace("ann", "eve"),
+            &format!("{base}/setup"),
+        ],
+    )
+    .unwrap();
     assert_eq!(status, 422, "the setup code works once");
 
     // `carehub pair` over HTTPS, trusting only the gateway's certificate.
     let out = crate::support::carehub()
-        .args(["pair", "--window", "30", "--web", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .args([
+            "pair",
+            "--window",
+            "30",
+            "--web",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"open\":true"));
 
     let out = daemon.stop(libc::SIGTERM);
@@ -138,5 +209,8 @@ fn plain_http_off_loopback_is_refused_by_the_configuration_check() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("web.https") && err.contains("loopback"), "{err}");
+    assert!(
+        err.contains("web.https") && err.contains("loopback"),
+        "{err}"
+    );
 }

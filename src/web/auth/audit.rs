@@ -30,16 +30,26 @@ pub struct ApiQuery {
     pub limit: Option<u64>,
 }
 
-async fn fetch(state: &AppState, offset: u64, limit: u64) -> Result<(Vec<AuditEntry>, u64), WebError> {
+async fn fetch(
+    state: &AppState,
+    offset: u64,
+    limit: u64,
+) -> Result<(Vec<AuditEntry>, u64), WebError> {
     let accounts = state.accounts.clone();
     Ok(tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((accounts.audit_page(offset, limit)?, accounts.audit_count()?))
+        Ok::<_, crate::store::StoreError>((
+            accounts.audit_page(offset, limit)?,
+            accounts.audit_count()?,
+        ))
     })
     .await??)
 }
 
 /// `GET /audit?page=N`.
-pub async fn page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Result<Html<String>, WebError> {
+pub async fn page(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, WebError> {
     let n = q.page.unwrap_or(1).max(1);
     let (entries, total) = fetch(&state, (n - 1).saturating_mul(PAGE), PAGE).await?;
     let pages = total.div_ceil(PAGE).max(1);
@@ -58,7 +68,9 @@ pub async fn page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> 
             }
         }
     };
-    Ok(Html(crate::web::pages::form_page("Audit log", Timestamp::now(), body).into_string()))
+    Ok(Html(
+        crate::web::pages::form_page("Audit log", Timestamp::now(), body).into_string(),
+    ))
 }
 
 /// One CSV field: quoted, quotes doubled, and a leading `=`, `+`, `-` or `@`
@@ -95,7 +107,10 @@ pub async fn export(State(state): State<AppState>) -> Result<Response, WebError>
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"carehub-audit.csv\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"carehub-audit.csv\"",
+            ),
         ],
         csv(&entries),
     )
@@ -120,7 +135,10 @@ pub struct AuditEntryJson {
 }
 
 /// `GET /api/v1/audit?offset=0&limit=100`: newest first.
-pub async fn api(State(state): State<AppState>, Query(q): Query<ApiQuery>) -> Result<Json<AuditJson>, WebError> {
+pub async fn api(
+    State(state): State<AppState>,
+    Query(q): Query<ApiQuery>,
+) -> Result<Json<AuditJson>, WebError> {
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_LIMIT);
     let (entries, total) = fetch(&state, offset, limit).await?;

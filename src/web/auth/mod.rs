@@ -124,7 +124,8 @@ pub fn csrf_field() -> Markup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
     for ClientAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
@@ -132,7 +133,8 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, toki
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, super::tls::TlsListener>>
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, super::tls::TlsListener>>
     for ClientAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, super::tls::TlsListener>) -> Self {
@@ -170,7 +172,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// that every route has a line.
 pub const POLICY_MISSING_HEADER: &str = "x-carehub-policy";
 
-const FORBIDDEN: &str = "You do not have permission to do this. Ask an administrator if you need it.";
+const FORBIDDEN: &str =
+    "You do not have permission to do this. Ask an administrator if you need it.";
 const CSRF_REFUSED: &str = "This request did not come from a carehub page, or the page is too old. Go back, reload the page and try again.";
 
 fn is_safe(method: &Method) -> bool {
@@ -178,7 +181,10 @@ fn is_safe(method: &Method) -> bool {
 }
 
 /// Who is calling: the bearer token of `carehub pair`, or a session cookie.
-async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, super::WebError> {
+async fn resolve(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, super::WebError> {
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -217,10 +223,10 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<Princip
 /// Whether `Origin` and `Sec-Fetch-Site`, where the browser sent them, say the
 /// request comes from our own pages.
 pub fn same_origin(headers: &HeaderMap, https: bool) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return false;
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return false;
     }
     match headers.get(header::ORIGIN) {
         None => true,
@@ -314,7 +320,10 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|r| policy::lookup(method.as_str(), r))
     else {
         // axum runs route layers for a method the route does not have, too.
-        if route.as_deref().is_some_and(|r| policy::POLICY.iter().any(|p| p.route == r)) {
+        if route
+            .as_deref()
+            .is_some_and(|r| policy::POLICY.iter().any(|p| p.route == r))
+        {
             return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response();
         }
         tracing::error!(%method, route = ?route, "route has no line in the web policy: refused (fail closed)");
@@ -332,9 +341,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let loopback = ip.is_some_and(|ip| ip.is_loopback());
     if !policy::allows(rule.who, principal.as_ref().map(|p| p.role), loopback) {
         return match (&principal, rule.who) {
-            (None, Who::AtLeast(_)) | (None, Who::LoopbackOrAdmin) => {
-                sign_in_first(&path, &method)
-            }
+            (None, Who::AtLeast(_)) | (None, Who::LoopbackOrAdmin) => sign_in_first(&path, &method),
             _ => (StatusCode::FORBIDDEN, FORBIDDEN).into_response(),
         };
     }

@@ -32,7 +32,10 @@ pub fn check_username(username: &str) -> Result<(), &'static str> {
     if username.is_empty() || username.len() > 64 || !username.chars().all(ok) {
         return Err("a username is 1 to 64 letters, digits, dots, dashes or underscores");
     }
-    if matches!(username.to_lowercase().as_str(), "cli" | "anonymous" | "gateway") {
+    if matches!(
+        username.to_lowercase().as_str(),
+        "cli" | "anonymous" | "gateway"
+    ) {
         return Err("that name is reserved for the gateway's own records");
     }
     Ok(())
@@ -165,8 +168,16 @@ mod tests {
     #[test]
     fn the_policy_in_plain_words() {
         let check = |u, p, expected: Result<(), &str>| assert_eq!(check_policy(u, p), expected);
-        check("ann", "short", Err("the password must be at least 12 characters long"));
-        check("annabelle.smith", "Annabelle.Smith", Err("the password must not be the same as the username"));
+        check(
+            "ann",
+            "short",
+            Err("the password must be at least 12 characters long"),
+        );
+        check(
+            "annabelle.smith",
+            "Annabelle.Smith",
+            Err("the password must not be the same as the username"),
+        );
         check("ann", "twelve chars", Ok(()));
         assert!(check_username("ann.smith-2").is_ok());
         assert!(check_username("ann smith").is_err());
@@ -181,7 +192,10 @@ mod tests {
         assert_ne!(t, new_token().unwrap());
         let c = new_setup_code().unwrap();
         assert_eq!(c.len(), 19, "{c}");
-        assert_eq!(normalise_code(&c.to_lowercase().replace('-', " ")), c.replace('-', ""));
+        assert_eq!(
+            normalise_code(&c.to_lowercase().replace('-', " ")),
+            c.replace('-', "")
+        );
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd"));
         assert!(!same_secret("abc", "abcd"));

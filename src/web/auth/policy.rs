@@ -54,7 +54,7 @@ const fn rule(method: &'static str, route: &'static str, who: Who, audit: Audit)
 }
 
 use Audit::{Changes, Own, View};
-use Who::{AtLeast, Anyone};
+use Who::{Anyone, AtLeast};
 const CARER: Who = AtLeast(Role::Carer);
 const NURSE: Who = AtLeast(Role::Nurse);
 const ADMIN: Who = AtLeast(Role::Admin);
@@ -71,14 +71,29 @@ pub const POLICY: &[Rule] = &[
     rule("GET", "/signin/{token}", Anyone, Own),
     // Residents (carer and up read).
     rule("GET", "/", CARER, View("residents overview")),
-    rule("GET", "/api/v1/residents", CARER, View("residents overview (api)")),
+    rule(
+        "GET",
+        "/api/v1/residents",
+        CARER,
+        View("residents overview (api)"),
+    ),
     // Devices and pairing: carers see, nurses change.
     rule("GET", "/pairing", CARER, View("pairing page")),
     rule("GET", "/api/v1/pairing", CARER, Changes),
     rule("GET", "/api/v1/bluetooth", CARER, Changes),
     rule("GET", "/api/v1/devices", CARER, Changes),
-    rule("PUT", "/api/v1/devices/{address}/assignment", NURSE, Changes),
-    rule("DELETE", "/api/v1/devices/{address}/assignment", NURSE, Changes),
+    rule(
+        "PUT",
+        "/api/v1/devices/{address}/assignment",
+        NURSE,
+        Changes,
+    ),
+    rule(
+        "DELETE",
+        "/api/v1/devices/{address}/assignment",
+        NURSE,
+        Changes,
+    ),
     rule("POST", "/pairing/assign", NURSE, Changes),
     rule("POST", "/pairing/unassign", NURSE, Changes),
     rule("POST", "/pairing/window", NURSE, Changes),
@@ -87,7 +102,12 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/api/v1/pairing/passkey", NURSE, Changes),
     rule("POST", "/api/v1/pairing/window", NURSE, Changes),
     rule("DELETE", "/api/v1/pairing/window", NURSE, Changes),
-    rule("DELETE", "/api/v1/pairing/devices/{address}", NURSE, Changes),
+    rule(
+        "DELETE",
+        "/api/v1/pairing/devices/{address}",
+        NURSE,
+        Changes,
+    ),
     // Gateway status.
     rule("GET", "/api/v1/uplink", CARER, Changes),
     // Administration.
@@ -145,7 +165,11 @@ mod tests {
     #[test]
     fn roles_include_the_ones_below_and_nobody_passes_an_unknown_route() {
         let check = |who, role, loopback, expected| {
-            assert_eq!(allows(who, role, loopback), expected, "{who:?} {role:?} {loopback}")
+            assert_eq!(
+                allows(who, role, loopback),
+                expected,
+                "{who:?} {role:?} {loopback}"
+            )
         };
         check(NURSE, Some(Role::Admin), false, true);
         check(NURSE, Some(Role::Nurse), false, true);

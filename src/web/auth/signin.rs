@@ -31,7 +31,8 @@ pub const SETUP_CODE_VALID: Duration = Duration::from_secs(24 * 3600);
 pub const SIGNIN_LINK_VALID: Duration = Duration::from_secs(15 * 60);
 
 const BAD_CREDENTIALS: &str = "The username or password is not right.";
-const LOCKED: &str = "Too many failed sign-ins. Wait 15 minutes, then try again, or ask an administrator.";
+const LOCKED: &str =
+    "Too many failed sign-ins. Wait 15 minutes, then try again, or ask an administrator.";
 
 fn form_page(title: &str, body: Markup) -> Html<String> {
     Html(crate::web::pages::form_page(title, Timestamp::now(), body).into_string())
@@ -76,7 +77,10 @@ fn login_form(error: Option<&str>, next: &str, username: &str) -> Markup {
 
 /// `GET /login`.
 pub async fn login_page(Query(q): Query<NextQuery>) -> Html<String> {
-    form_page("Sign in", login_form(None, &safe_next(q.next.as_deref()), ""))
+    form_page(
+        "Sign in",
+        login_form(None, &safe_next(q.next.as_deref()), ""),
+    )
 }
 
 #[derive(Deserialize)]
@@ -139,7 +143,11 @@ pub async fn login(
     let Form(form) = match Form::<LoginForm>::from_request(request, &()).await {
         Ok(f) => f,
         Err(_) => {
-            return Ok((StatusCode::UNPROCESSABLE_ENTITY, "Type a username and a password.").into_response());
+            return Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Type a username and a password.",
+            )
+                .into_response());
         }
     };
     let next = safe_next(form.next.as_deref());
@@ -182,7 +190,8 @@ pub async fn login(
         Outcome::Locked => (429, "sign in refused: locked out", None),
         Outcome::Bad => (401, "sign in failed", None),
         Outcome::Ok(user) => {
-            let cookie = start_session(&state, &user, &client, old_session(&state, &headers)).await?;
+            let cookie =
+                start_session(&state, &user, &client, old_session(&state, &headers)).await?;
             (303, "sign in", Some(with_cookie(cookie, &next)))
         }
     };
@@ -206,7 +215,11 @@ pub async fn login(
             } else {
                 (StatusCode::UNAUTHORIZED, BAD_CREDENTIALS)
             };
-            (code, form_page("Sign in", login_form(Some(words), &next, &username))).into_response()
+            (
+                code,
+                form_page("Sign in", login_form(Some(words), &next, &username)),
+            )
+                .into_response()
         }
     })
 }
@@ -214,7 +227,11 @@ pub async fn login(
 use axum::extract::FromRequest;
 
 /// `POST /logout`: deletes the session and the cookie.
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap, request: axum::extract::Request) -> Result<Response, WebError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Response, WebError> {
     let principal = request.extensions().get::<Principal>().cloned();
     if let Some(hash) = old_session(&state, &headers) {
         let accounts = state.accounts.clone();
@@ -285,12 +302,20 @@ pub async fn setup(
     let Form(form) = match Form::<SetupForm>::from_request(request, &()).await {
         Ok(f) => f,
         Err(_) => {
-            return Ok((StatusCode::UNPROCESSABLE_ENTITY, form_page("First start", setup_form(Some("fill in every field"), ""))).into_response());
+            return Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                form_page("First start", setup_form(Some("fill in every field"), "")),
+            )
+                .into_response());
         }
     };
     let username = form.username.trim().to_owned();
     let refuse = |why: &str| {
-        (StatusCode::UNPROCESSABLE_ENTITY, form_page("First start", setup_form(Some(why), &username))).into_response()
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            form_page("First start", setup_form(Some(why), &username)),
+        )
+            .into_response()
     };
     if let Err(why) = password::check_username(&username) {
         return Ok(refuse(why));
@@ -325,11 +350,33 @@ pub async fn setup(
     let user = match created {
         Ok(u) => u,
         Err(why) => {
-            write_audit(&state, AuditEntry { at: Timestamp::now(), who: "anonymous".into(), action: "setup refused".into(), target: username.clone(), client, status: 422 }).await;
+            write_audit(
+                &state,
+                AuditEntry {
+                    at: Timestamp::now(),
+                    who: "anonymous".into(),
+                    action: "setup refused".into(),
+                    target: username.clone(),
+                    client,
+                    status: 422,
+                },
+            )
+            .await;
             return Ok(refuse(why));
         }
     };
-    write_audit(&state, AuditEntry { at: Timestamp::now(), who: user.username.clone(), action: "first admin created with the setup code".into(), target: user.username.clone(), client: client.clone(), status: 303 }).await;
+    write_audit(
+        &state,
+        AuditEntry {
+            at: Timestamp::now(),
+            who: user.username.clone(),
+            action: "first admin created with the setup code".into(),
+            target: user.username.clone(),
+            client: client.clone(),
+            status: 303,
+        },
+    )
+    .await;
     let cookie = start_session(&state, &user, &client, old_session(&state, &headers)).await?;
     Ok(with_cookie(cookie, "/users"))
 }
@@ -352,14 +399,36 @@ pub async fn signin_link(
     })
     .await??;
     let Some(user) = user else {
-        write_audit(&state, AuditEntry { at: Timestamp::now(), who: "anonymous".into(), action: "sign-in link refused".into(), target: "/signin".into(), client, status: 403 }).await;
+        write_audit(
+            &state,
+            AuditEntry {
+                at: Timestamp::now(),
+                who: "anonymous".into(),
+                action: "sign-in link refused".into(),
+                target: "/signin".into(),
+                client,
+                status: 403,
+            },
+        )
+        .await;
         return Ok((
             StatusCode::FORBIDDEN,
             form_page("Sign in", html! { p.error { "This sign-in link was used already or has expired. Restart " code { "carehub demo" } " for a new one, or " a href="/login" { "sign in" } "." } }),
         )
             .into_response());
     };
-    write_audit(&state, AuditEntry { at: Timestamp::now(), who: user.username.clone(), action: "sign in with a one-time link".into(), target: user.username.clone(), client: client.clone(), status: 303 }).await;
+    write_audit(
+        &state,
+        AuditEntry {
+            at: Timestamp::now(),
+            who: user.username.clone(),
+            action: "sign in with a one-time link".into(),
+            target: user.username.clone(),
+            client: client.clone(),
+            status: 303,
+        },
+    )
+    .await;
     let cookie = start_session(&state, &user, &client, old_session(&state, &headers)).await?;
     Ok(with_cookie(cookie, "/"))
 }
@@ -386,7 +455,9 @@ pub fn first_start(accounts: &Accounts, demo: bool) -> Result<FirstStart, WebErr
     if demo {
         let user = match accounts.credentials(DEMO_USER)? {
             Some(c) => c.user,
-            None => accounts.create_user(DEMO_USER, NO_PASSWORD, Role::Admin, "carehub demo", now)?,
+            None => {
+                accounts.create_user(DEMO_USER, NO_PASSWORD, Role::Admin, "carehub demo", now)?
+            }
         };
         let token = password::new_token()?;
         accounts.create_code(

@@ -46,13 +46,16 @@ fn from(addr: &str, mut req: Request<Body>) -> Request<Body> {
 fn request(method: &str, uri: &str, login: Option<&Login>) -> Request<Body> {
     let mut b = Request::builder().method(method).uri(uri);
     if let Some(l) = login {
-        b = b.header(header::COOKIE, &l.cookie).header(CSRF_HEADER, &l.csrf);
+        b = b
+            .header(header::COOKIE, &l.cookie)
+            .header(CSRF_HEADER, &l.csrf);
     }
     from("192.0.2.10:5000", b.body(Body::empty()).unwrap())
 }
 
 fn form(uri: &str, cookie: Option<&str>, body: &str) -> Request<Body> {
-    let mut b = Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let mut b =
+        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     if let Some(c) = cookie {
         b = b.header(header::COOKIE, c);
     }
@@ -73,14 +76,22 @@ async fn authorization_matrix_every_policy_line_times_every_role() {
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     // Someone to act on, so that /users/{id}/... reaches its handler.
     let target = sign_in(&state, "target-carer", Role::Carer);
-    let roles = [None, Some(Role::Carer), Some(Role::Nurse), Some(Role::Admin)];
+    let roles = [
+        None,
+        Some(Role::Carer),
+        Some(Role::Nurse),
+        Some(Role::Admin),
+    ];
     for rule in POLICY {
         for role in roles {
             // A fresh session each time: /logout ends the one it is given.
             let login = role.map(|r| sign_in(&state, &format!("matrix-{}", r.as_str()), r));
             let path = concrete(rule.route, target.user_id);
             let res = call(&state, request(rule.method, &path, login.as_ref())).await;
-            let what = format!("{} {} as {:?}: {} {}", rule.method, path, role, res.status, res.body);
+            let what = format!(
+                "{} {} as {:?}: {} {}",
+                rule.method, path, role, res.status, res.body
+            );
             assert!(res.headers.get(POLICY_MISSING_HEADER).is_none(), "{what}");
             let allowed = policy::allows(rule.who, role, false);
             let login_redirect = res
@@ -93,7 +104,11 @@ async fn authorization_matrix_every_policy_line_times_every_role() {
                     "allowed but refused: {what}"
                 );
                 if rule.who != Who::Anyone {
-                    assert_ne!(res.status, StatusCode::FORBIDDEN, "allowed but refused: {what}");
+                    assert_ne!(
+                        res.status,
+                        StatusCode::FORBIDDEN,
+                        "allowed but refused: {what}"
+                    );
                 }
             } else if role.is_none() {
                 if rule.route.starts_with("/api/") {
@@ -117,7 +132,13 @@ async fn authorization_matrix_every_policy_line_times_every_role() {
 fn routes_in_source() -> Vec<(String, Vec<&'static str>)> {
     fn methods_in(args: &str) -> Vec<&'static str> {
         let mut found = Vec::new();
-        for (name, method) in [("get", "GET"), ("post", "POST"), ("put", "PUT"), ("delete", "DELETE"), ("patch", "PATCH")] {
+        for (name, method) in [
+            ("get", "GET"),
+            ("post", "POST"),
+            ("put", "PUT"),
+            ("delete", "DELETE"),
+            ("patch", "PATCH"),
+        ] {
             let call = format!("{name}(");
             let named = args.match_indices(&call).any(|(i, _)| {
                 !args[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
@@ -139,7 +160,9 @@ fn routes_in_source() -> Vec<(String, Vec<&'static str>)> {
                 let text = std::fs::read_to_string(&path).unwrap();
                 for (i, _) in text.match_indices(".route(") {
                     let rest = text[i + 7..].trim_start();
-                    let Some(lit) = rest.strip_prefix('"') else { continue };
+                    let Some(lit) = rest.strip_prefix('"') else {
+                        continue;
+                    };
                     let Some(end) = lit.find('"') else { continue };
                     if !lit.starts_with('/') {
                         continue;
@@ -163,7 +186,10 @@ fn routes_in_source() -> Vec<(String, Vec<&'static str>)> {
         }
     }
     let mut out = Vec::new();
-    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web"), &mut out);
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web"),
+        &mut out,
+    );
     out
 }
 
@@ -173,10 +199,16 @@ async fn every_routed_path_and_method_has_a_policy_line_and_every_line_is_routed
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     let target = sign_in(&state, "target-carer", Role::Carer);
     let routes = routes_in_source();
-    assert!(routes.len() >= 20, "the source scan found too few routes: {routes:?}");
+    assert!(
+        routes.len() >= 20,
+        "the source scan found too few routes: {routes:?}"
+    );
     let mut missing = Vec::new();
     for (route, methods) in &routes {
-        assert!(!methods.is_empty(), "no method found for {route}: the scan needs a look");
+        assert!(
+            !methods.is_empty(),
+            "no method found for {route}: the scan needs a look"
+        );
         for method in methods {
             if policy::lookup(method, route).is_none() {
                 missing.push(format!("{method} {route}"));
@@ -186,22 +218,39 @@ async fn every_routed_path_and_method_has_a_policy_line_and_every_line_is_routed
         // meets the fail-closed refusal for a path the policy does not know.
         for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
             let admin = sign_in(&state, "matrix-admin", Role::Admin);
-            let res = call(&state, request(method, &concrete(route, target.user_id), Some(&admin))).await;
+            let res = call(
+                &state,
+                request(method, &concrete(route, target.user_id), Some(&admin)),
+            )
+            .await;
             if res.headers.get(POLICY_MISSING_HEADER).is_some() {
                 missing.push(format!("{method} {route}"));
             }
         }
     }
-    assert!(missing.is_empty(), "routed but not in auth::policy::POLICY (denied to everyone): {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routed but not in auth::policy::POLICY (denied to everyone): {missing:?}"
+    );
     for rule in POLICY {
         assert!(
-            routes.iter().any(|(r, m)| r == rule.route && m.contains(&rule.method)),
+            routes
+                .iter()
+                .any(|(r, m)| r == rule.route && m.contains(&rule.method)),
             "policy line for a route the router does not have: {} {}",
             rule.method,
             rule.route
         );
         let admin = sign_in(&state, "matrix-admin", Role::Admin);
-        let res = call(&state, request(rule.method, &concrete(rule.route, target.user_id), Some(&admin))).await;
+        let res = call(
+            &state,
+            request(
+                rule.method,
+                &concrete(rule.route, target.user_id),
+                Some(&admin),
+            ),
+        )
+        .await;
         assert!(
             res.status != StatusCode::METHOD_NOT_ALLOWED && res.body != "not found",
             "policy line {} {} is not routed: {}",
@@ -219,10 +268,17 @@ async fn a_route_missing_from_the_policy_is_refused_to_everyone() {
     let admin = sign_in(&state, "ann", Role::Admin);
     let router = axum::Router::new()
         .route("/not-in-policy", axum::routing::get(|| async { "secret" }))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state.clone());
     for login in [None, Some(&admin)] {
-        let res = router.clone().oneshot(request("GET", "/not-in-policy", login)).await.unwrap();
+        let res = router
+            .clone()
+            .oneshot(request("GET", "/not-in-policy", login))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
         assert!(res.headers().get(POLICY_MISSING_HEADER).is_some());
         let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -240,23 +296,62 @@ async fn state_changes_need_the_session_csrf_token_and_our_own_origin() {
         let res = call(&state, req).await;
         assert_eq!(res.status, expected, "{why}: {}", res.body);
         if expected == StatusCode::FORBIDDEN {
-            assert!(res.body.contains("did not come from a carehub page"), "{why}: {}", res.body);
+            assert!(
+                res.body.contains("did not come from a carehub page"),
+                "{why}: {}",
+                res.body
+            );
         }
     };
     let c = Some(nurse.cookie.as_str());
-    check(form("/pairing/window", c, "seconds=60"), StatusCode::FORBIDDEN, "no token").await;
-    check(form("/pairing/window", c, &format!("seconds=60&csrf={}", other.csrf)), StatusCode::FORBIDDEN, "another session's token").await;
-    let mut cross = form("/pairing/window", c, &format!("seconds=60&csrf={}", nurse.csrf));
-    cross.headers_mut().insert(header::ORIGIN, "https://evil.example".parse().unwrap());
-    cross.headers_mut().insert(header::HOST, "gw.local".parse().unwrap());
+    check(
+        form("/pairing/window", c, "seconds=60"),
+        StatusCode::FORBIDDEN,
+        "no token",
+    )
+    .await;
+    check(
+        form(
+            "/pairing/window",
+            c,
+            &format!("seconds=60&csrf={}", other.csrf),
+        ),
+        StatusCode::FORBIDDEN,
+        "another session's token",
+    )
+    .await;
+    let mut cross = form(
+        "/pairing/window",
+        c,
+        &format!("seconds=60&csrf={}", nurse.csrf),
+    );
+    cross
+        .headers_mut()
+        .insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+    cross
+        .headers_mut()
+        .insert(header::HOST, "gw.local".parse().unwrap());
     check(cross, StatusCode::FORBIDDEN, "foreign origin").await;
-    let mut cross = form("/pairing/window", c, &format!("seconds=60&csrf={}", nurse.csrf));
-    cross.headers_mut().insert("sec-fetch-site", "cross-site".parse().unwrap());
+    let mut cross = form(
+        "/pairing/window",
+        c,
+        &format!("seconds=60&csrf={}", nurse.csrf),
+    );
+    cross
+        .headers_mut()
+        .insert("sec-fetch-site", "cross-site".parse().unwrap());
     check(cross, StatusCode::FORBIDDEN, "cross-site fetch").await;
-    let mut own = form("/pairing/window", c, &format!("seconds=60&csrf={}", nurse.csrf));
-    own.headers_mut().insert(header::ORIGIN, "https://gw.local".parse().unwrap());
-    own.headers_mut().insert(header::HOST, "gw.local".parse().unwrap());
-    own.headers_mut().insert("sec-fetch-site", "same-origin".parse().unwrap());
+    let mut own = form(
+        "/pairing/window",
+        c,
+        &format!("seconds=60&csrf={}", nurse.csrf),
+    );
+    own.headers_mut()
+        .insert(header::ORIGIN, "https://gw.local".parse().unwrap());
+    own.headers_mut()
+        .insert(header::HOST, "gw.local".parse().unwrap());
+    own.headers_mut()
+        .insert("sec-fetch-site", "same-origin".parse().unwrap());
     check(own, StatusCode::SEE_OTHER, "own page").await;
 
     let json = |csrf: Option<&str>| {
@@ -269,8 +364,18 @@ async fn state_changes_need_the_session_csrf_token_and_our_own_origin() {
         b.body(Body::from(r#"{"seconds": 60}"#)).unwrap()
     };
     check(json(None), StatusCode::FORBIDDEN, "api without header").await;
-    check(json(Some("0000")), StatusCode::FORBIDDEN, "api with a wrong header").await;
-    check(json(Some(&nurse.csrf)), StatusCode::OK, "api with the header").await;
+    check(
+        json(Some("0000")),
+        StatusCode::FORBIDDEN,
+        "api with a wrong header",
+    )
+    .await;
+    check(
+        json(Some(&nurse.csrf)),
+        StatusCode::OK,
+        "api with the header",
+    )
+    .await;
     // The CLI's bearer token is not ambient: no CSRF token needed.
     let cli = Request::post("/api/v1/pairing/window")
         .header(header::CONTENT_TYPE, "application/json")
@@ -302,7 +407,10 @@ fn set_cookie(res: &Res) -> String {
 }
 
 fn login_form(user: &str, pw: &str, cookie: Option<&str>, client: &str) -> Request<Body> {
-    from(client, form("/login", cookie, &format!("username={user}&password={pw}")))
+    from(
+        client,
+        form("/login", cookie, &format!("username={user}&password={pw}")),
+    )
 }
 
 #[tokio::test]
@@ -318,7 +426,14 @@ async fn login_sets_a_fresh_strict_cookie_and_drops_any_planted_session() {
     assert!(page.body.contains(&planted.csrf));
     let req = from(
         "192.0.2.1:1",
-        form("/login", Some(&planted.cookie), &format!("csrf={}&username=ann&password=a+long+passphrase", planted.csrf)),
+        form(
+            "/login",
+            Some(&planted.cookie),
+            &format!(
+                "csrf={}&username=ann&password=a+long+passphrase",
+                planted.csrf
+            ),
+        ),
     );
     let res = call(&state, req).await;
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
@@ -330,27 +445,55 @@ async fn login_sets_a_fresh_strict_cookie_and_drops_any_planted_session() {
     let token = cookie.split(';').next().unwrap();
     assert_ne!(token, planted.cookie, "a new session id at sign-in");
     // The planted session is gone; the new one is ann's.
-    assert_eq!(call(&state, request("GET", "/", Some(&planted))).await.status, StatusCode::SEE_OTHER);
-    let mine = Request::get("/").header(header::COOKIE, token).body(Body::empty()).unwrap();
+    assert_eq!(
+        call(&state, request("GET", "/", Some(&planted)))
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    let mine = Request::get("/")
+        .header(header::COOKIE, token)
+        .body(Body::empty())
+        .unwrap();
     let res = call(&state, mine).await;
     assert_eq!(res.status, StatusCode::OK);
     assert!(res.body.contains("ann (nurse)"), "{}", res.body);
 
     // Over plain HTTP on loopback the cookie cannot be Secure or __Host-.
     let mut plain = state.clone();
-    plain.auth = Arc::new(AuthSettings { https: false, ..(*state.auth).clone() });
-    let res = call(&plain, login_form("ann", "a+long+passphrase", None, "127.0.0.1:1")).await;
+    plain.auth = Arc::new(AuthSettings {
+        https: false,
+        ..(*state.auth).clone()
+    });
+    let res = call(
+        &plain,
+        login_form("ann", "a+long+passphrase", None, "127.0.0.1:1"),
+    )
+    .await;
     let cookie = set_cookie(&res);
     assert!(cookie.starts_with("carehub_session="), "{cookie}");
     assert!(!cookie.contains("Secure"), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
 
     // Sign out ends the session on the server, not only in the browser.
     let l = sign_in(&state, "ann", Role::Nurse);
-    let out = call(&state, from("192.0.2.1:1", form("/logout", Some(&l.cookie), &format!("csrf={}", l.csrf)))).await;
+    let out = call(
+        &state,
+        from(
+            "192.0.2.1:1",
+            form("/logout", Some(&l.cookie), &format!("csrf={}", l.csrf)),
+        ),
+    )
+    .await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert!(set_cookie(&out).contains("Max-Age=0"));
-    assert_eq!(call(&state, request("GET", "/", Some(&l))).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        call(&state, request("GET", "/", Some(&l))).await.status,
+        StatusCode::SEE_OTHER
+    );
 }
 
 #[tokio::test]
@@ -359,29 +502,60 @@ async fn five_failures_lock_the_account_and_the_address_with_the_same_words_for_
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     add_user(&state, "ann", "a long passphrase", Role::Nurse).await;
     add_user(&state, "bob", "another passphrase", Role::Carer).await;
-    let unknown = call(&state, login_form("nobody", "whatever+it+is", None, "198.51.100.1:1")).await;
-    let wrong = call(&state, login_form("ann", "wrong+password+here", None, "198.51.100.2:1")).await;
-    assert_eq!((unknown.status, wrong.status), (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED));
+    let unknown = call(
+        &state,
+        login_form("nobody", "whatever+it+is", None, "198.51.100.1:1"),
+    )
+    .await;
+    let wrong = call(
+        &state,
+        login_form("ann", "wrong+password+here", None, "198.51.100.2:1"),
+    )
+    .await;
+    assert_eq!(
+        (unknown.status, wrong.status),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
     let words = |b: &str| b.contains("The username or password is not right.");
     assert!(words(&unknown.body) && words(&wrong.body));
     // Four more wrong passwords for ann from one address (five in all).
     for _ in 0..4 {
-        let r = call(&state, login_form("ann", "wrong+password+here", None, "198.51.100.3:1")).await;
+        let r = call(
+            &state,
+            login_form("ann", "wrong+password+here", None, "198.51.100.3:1"),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
     // ann is locked, even with the right password from a fresh address.
-    let r = call(&state, login_form("ann", "a+long+passphrase", None, "203.0.113.9:1")).await;
+    let r = call(
+        &state,
+        login_form("ann", "a+long+passphrase", None, "203.0.113.9:1"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
     assert!(r.body.contains("Wait 15 minutes"));
     assert!(set_cookie(&r).is_empty());
     // bob is not, from elsewhere.
-    let r = call(&state, login_form("bob", "another+passphrase", None, "203.0.113.9:1")).await;
+    let r = call(
+        &state,
+        login_form("bob", "another+passphrase", None, "203.0.113.9:1"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     // An address that failed five times (across names) is locked for everyone.
     for name in ["u1", "u2", "u3", "u4", "u5"] {
-        call(&state, login_form(name, "wrong+password+here", None, "198.51.100.50:1")).await;
+        call(
+            &state,
+            login_form(name, "wrong+password+here", None, "198.51.100.50:1"),
+        )
+        .await;
     }
-    let r = call(&state, login_form("bob", "another+passphrase", None, "198.51.100.50:1")).await;
+    let r = call(
+        &state,
+        login_form("bob", "another+passphrase", None, "198.51.100.50:1"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     // The failures are in SQLite: a new connection (a restart) still sees them.
     let reopened = testing::accounts(&dir.path().join("t.db"));
@@ -395,9 +569,16 @@ async fn an_idle_session_is_signed_out() {
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     let u = state
         .accounts
-        .create_user("ann", password::NO_PASSWORD, Role::Nurse, "t", crate::model::Timestamp::now())
+        .create_user(
+            "ann",
+            password::NO_PASSWORD,
+            Role::Nurse,
+            "t",
+            crate::model::Timestamp::now(),
+        )
         .unwrap();
-    let idle_since = crate::model::Timestamp::now().saturating_sub(std::time::Duration::from_secs(31 * 60));
+    let idle_since =
+        crate::model::Timestamp::now().saturating_sub(std::time::Duration::from_secs(31 * 60));
     let token = "f".repeat(64);
     state
         .accounts
@@ -420,14 +601,29 @@ async fn the_setup_code_creates_the_first_admin_once() {
     let page = call(&state, request("GET", "/setup", None)).await;
     assert!(page.body.contains("Setup code"), "{}", page.body);
     let setup = |code: &str, user: &str, pw: &str| {
-        from("192.0.2.7:1", form("/setup", None, &format!("code={code}&username={user}&password={pw}&password_again={pw}")))
+        from(
+            "192.0.2.7:1",
+            form(
+                "/setup",
+                None,
+                &format!("code={code}&username={user}&password={pw}&password_again={pw}"),
+            ),
+        )
     };
-    let r = call(&state, setup("AAAA-BBBB-CCCC-DDDD", "ann", "a+long+passphrase")).await;
+    let r = call(
+        &state,
+        setup("AAAA-BBBB-CCCC-DDDD", "ann", "a+long+passphrase"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.body.contains("setup code is not right"), "{}", r.body);
     let r = call(&state, setup(&code, "ann", "short")).await;
     assert!(r.body.contains("at least 12 characters"), "{}", r.body);
-    let r = call(&state, setup(&code.to_lowercase(), "ann", "a+long+passphrase")).await;
+    let r = call(
+        &state,
+        setup(&code.to_lowercase(), "ann", "a+long+passphrase"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert!(set_cookie(&r).starts_with("__Host-carehub_session="));
     assert!(state.accounts.has_admin().unwrap());
@@ -438,12 +634,25 @@ async fn the_setup_code_creates_the_first_admin_once() {
     let eve_admin = sign_in(&state, "second-admin", Role::Admin);
     let ann = state.accounts.credentials("ann").unwrap().unwrap().user;
     state.accounts.set_disabled(ann.id, true).unwrap();
-    state.accounts.set_disabled(eve_admin.user_id, false).unwrap();
+    state
+        .accounts
+        .set_disabled(eve_admin.user_id, false)
+        .unwrap();
     assert_eq!(
-        state.accounts.use_code(&password::token_hash(&password::normalise_code(&code)), crate::store::accounts::CodeKind::Setup, crate::model::Timestamp::now()).unwrap(),
+        state
+            .accounts
+            .use_code(
+                &password::token_hash(&password::normalise_code(&code)),
+                crate::store::accounts::CodeKind::Setup,
+                crate::model::Timestamp::now()
+            )
+            .unwrap(),
         None
     );
-    assert_eq!(first_start(&state.accounts, false).unwrap(), FirstStart::Ready);
+    assert_eq!(
+        first_start(&state.accounts, false).unwrap(),
+        FirstStart::Ready
+    );
 }
 
 #[tokio::test]
@@ -460,7 +669,11 @@ async fn the_demo_link_signs_in_once() {
         .header(header::COOKIE, cookie.split(';').next().unwrap())
         .body(Body::empty())
         .unwrap();
-    assert_eq!(call(&state, page).await.status, StatusCode::OK, "the demo user is an admin");
+    assert_eq!(
+        call(&state, page).await.status,
+        StatusCode::OK,
+        "the demo user is an admin"
+    );
     let again = call(&state, request("GET", &format!("/signin/{token}"), None)).await;
     assert_eq!(again.status, StatusCode::FORBIDDEN);
     assert!(set_cookie(&again).is_empty());
@@ -474,32 +687,85 @@ async fn admins_manage_users_but_never_remove_the_last_admin() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     let admin = sign_in(&state, "root-admin", Role::Admin);
-    let post = |uri: &str, body: &str| form(uri, Some(&admin.cookie), &format!("csrf={}&{body}", admin.csrf));
-    let r = call(&state, post("/users", "username=carla&role=carer&password=carla")).await;
+    let post = |uri: &str, body: &str| {
+        form(
+            uri,
+            Some(&admin.cookie),
+            &format!("csrf={}&{body}", admin.csrf),
+        )
+    };
+    let r = call(
+        &state,
+        post("/users", "username=carla&role=carer&password=carla"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.body.contains("at least 12 characters"), "{}", r.body);
-    let r = call(&state, post("/users", "username=carla&role=carer&password=carla+is+here+now")).await;
+    let r = call(
+        &state,
+        post(
+            "/users",
+            "username=carla&role=carer&password=carla+is+here+now",
+        ),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let r = call(&state, post("/users", "username=Carla&role=nurse&password=carla+is+here+now")).await;
+    let r = call(
+        &state,
+        post(
+            "/users",
+            "username=Carla&role=nurse&password=carla+is+here+now",
+        ),
+    )
+    .await;
     assert!(r.body.contains("already an account"), "{}", r.body);
-    let ok = call(&state, login_form("carla", "carla+is+here+now", None, "192.0.2.3:1")).await;
+    let ok = call(
+        &state,
+        login_form("carla", "carla+is+here+now", None, "192.0.2.3:1"),
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::SEE_OTHER);
     let carla = Request::get("/")
         .header(header::COOKIE, set_cookie(&ok).split(';').next().unwrap())
         .body(Body::empty())
         .unwrap();
-    let carla_id = state.accounts.credentials("carla").unwrap().unwrap().user.id;
+    let carla_id = state
+        .accounts
+        .credentials("carla")
+        .unwrap()
+        .unwrap()
+        .user
+        .id;
     let r = call(&state, post(&format!("/users/{carla_id}/disable"), "")).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(call(&state, carla).await.status, StatusCode::SEE_OTHER, "disabled: signed out");
-    let r = call(&state, post(&format!("/users/{}/disable", admin.user_id), "")).await;
+    assert_eq!(
+        call(&state, carla).await.status,
+        StatusCode::SEE_OTHER,
+        "disabled: signed out"
+    );
+    let r = call(
+        &state,
+        post(&format!("/users/{}/disable", admin.user_id), ""),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.body.contains("last admin"), "{}", r.body);
-    let r = call(&state, post(&format!("/users/{carla_id}/password"), "password=short")).await;
+    let r = call(
+        &state,
+        post(&format!("/users/{carla_id}/password"), "password=short"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let page = call(&state, request("GET", "/users", Some(&admin))).await;
-    assert!(page.body.contains("carla") && page.body.contains("disabled"), "{}", page.body);
-    assert!(page.body.contains(&format!("value=\"{}\"", admin.csrf)), "forms carry the csrf token");
+    assert!(
+        page.body.contains("carla") && page.body.contains("disabled"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!("value=\"{}\"", admin.csrf)),
+        "forms carry the csrf token"
+    );
 }
 
 #[tokio::test]
@@ -508,23 +774,70 @@ async fn views_and_changes_are_audited_with_who_and_where() {
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     let nurse = sign_in(&state, "nina", Role::Nurse);
     let admin = sign_in(&state, "root-admin", Role::Admin);
-    assert_eq!(call(&state, request("GET", "/", Some(&nurse))).await.status, StatusCode::OK);
-    let r = call(&state, from("192.0.2.44:9", form("/pairing/window", Some(&nurse.cookie), &format!("csrf={}&seconds=60", nurse.csrf)))).await;
+    assert_eq!(
+        call(&state, request("GET", "/", Some(&nurse))).await.status,
+        StatusCode::OK
+    );
+    let r = call(
+        &state,
+        from(
+            "192.0.2.44:9",
+            form(
+                "/pairing/window",
+                Some(&nurse.cookie),
+                &format!("csrf={}&seconds=60", nurse.csrf),
+            ),
+        ),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     // A refused attempt is recorded too.
     let carer = sign_in(&state, "cara", Role::Carer);
-    assert_eq!(call(&state, request("POST", "/pairing/close", Some(&carer))).await.status, StatusCode::FORBIDDEN);
-    let res = call(&state, request("GET", "/api/v1/audit?limit=10", Some(&admin))).await;
+    assert_eq!(
+        call(&state, request("POST", "/pairing/close", Some(&carer)))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let res = call(
+        &state,
+        request("GET", "/api/v1/audit?limit=10", Some(&admin)),
+    )
+    .await;
     let v: serde_json::Value = serde_json::from_str(&res.body).unwrap();
     let entries = v["entries"].as_array().unwrap();
-    let find = |action: &str| entries.iter().find(|e| e["action"] == action).unwrap_or_else(|| panic!("{action} not in {v}"));
+    let find = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("{action} not in {v}"))
+    };
     let view = find("view residents overview");
-    assert_eq!((view["who"].as_str(), view["client"].as_str()), (Some("nina"), Some("192.0.2.10")));
+    assert_eq!(
+        (view["who"].as_str(), view["client"].as_str()),
+        (Some("nina"), Some("192.0.2.10"))
+    );
     let change = find("POST /pairing/window");
-    assert_eq!((change["who"].as_str(), change["client"].as_str(), change["status"].as_u64()), (Some("nina"), Some("192.0.2.44"), Some(303)));
+    assert_eq!(
+        (
+            change["who"].as_str(),
+            change["client"].as_str(),
+            change["status"].as_u64()
+        ),
+        (Some("nina"), Some("192.0.2.44"), Some(303))
+    );
     let csv = call(&state, request("GET", "/audit.csv", Some(&admin))).await;
     assert_eq!(csv.headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
-    assert!(csv.body.contains("\"nina\",\"POST /pairing/window\",\"/pairing/window\",\"192.0.2.44\",303"), "{}", csv.body);
+    assert!(
+        csv.body
+            .contains("\"nina\",\"POST /pairing/window\",\"/pairing/window\",\"192.0.2.44\",303"),
+        "{}",
+        csv.body
+    );
     let page = call(&state, request("GET", "/audit", Some(&admin))).await;
-    assert!(page.body.contains("view residents overview"), "{}", page.body);
+    assert!(
+        page.body.contains("view residents overview"),
+        "{}",
+        page.body
+    );
 }

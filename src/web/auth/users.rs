@@ -102,11 +102,12 @@ pub async fn add(
         return refused(&state, why).await;
     }
     let accounts = state.accounts.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Result<User, AccountError>, WebError> {
-        let hash = password::hash(&form.password)?;
-        Ok(accounts.create_user(&username, &hash, role, &by.username, Timestamp::now()))
-    })
-    .await??;
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<Result<User, AccountError>, WebError> {
+            let hash = password::hash(&form.password)?;
+            Ok(accounts.create_user(&username, &hash, role, &by.username, Timestamp::now()))
+        })
+        .await??;
     match result {
         Ok(_) => Ok(Redirect::to("/users").into_response()),
         Err(e @ AccountError::Taken(_)) => refused(&state, &e.to_string()).await,
@@ -127,12 +128,18 @@ async fn set_disabled(state: AppState, id: i64, disabled: bool) -> Result<Respon
 }
 
 /// `POST /users/{id}/disable`.
-pub async fn disable(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response, WebError> {
+pub async fn disable(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, WebError> {
     set_disabled(state, id, true).await
 }
 
 /// `POST /users/{id}/enable`.
-pub async fn enable(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response, WebError> {
+pub async fn enable(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, WebError> {
     set_disabled(state, id, false).await
 }
 
