@@ -136,6 +136,25 @@ pub struct StoreConfig {
 pub struct WebConfig {
     /// Address and port of the staff web page. Default `"127.0.0.1:8080"`.
     pub listen: SocketAddr,
+    /// Serve HTTPS. `false` (plain HTTP) is allowed only on a loopback `listen`
+    /// address, as `carehub demo` does. Default `true`.
+    pub https: bool,
+    /// The web certificate chain (PEM), e.g. from the care home's CA; with
+    /// `key_file`. Empty: a self-signed certificate is made in the state
+    /// directory on first start. Default `""`.
+    pub cert_file: PathBuf,
+    /// The web certificate's private key (PEM). Default `""`.
+    pub key_file: PathBuf,
+    /// Extra DNS names or IP addresses for the self-signed certificate (the host
+    /// name, `localhost` and the listen address are always in it). Default `[]`.
+    pub names: Vec<String>,
+    /// A plain-HTTP port on the `listen` address that only redirects to HTTPS;
+    /// 0 for none. Default 0.
+    pub http_redirect_port: u16,
+    /// A session unused this many minutes is signed out. Default 30.
+    pub session_idle_minutes: u32,
+    /// A session ends this many hours after sign-in, used or not. Default 12.
+    pub session_max_hours: u32,
 }
 
 /// `[clinical]`.
@@ -301,6 +320,13 @@ impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            https: true,
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            names: Vec::new(),
+            http_redirect_port: 0,
+            session_idle_minutes: 30,
+            session_max_hours: 12,
         }
     }
 }
@@ -400,6 +426,25 @@ history_days = 7
 [web]
 # Address and port of the staff web page.
 listen = "127.0.0.1:8080"
+# Serve HTTPS. Plain HTTP (false) is allowed only on a loopback address, as in
+# carehub demo: the page holds residents' health data and staff passwords.
+https = true
+# The web certificate chain and key (PEM), e.g. from the care home's CA. Leave
+# both empty and the gateway makes a self-signed certificate on first start
+# (web-cert.pem and web-key.pem beside the database).
+cert_file = ""
+key_file = ""
+# Extra DNS names or IP addresses for the self-signed certificate, e.g.
+# ["carehub.local", "192.168.1.20"]. The host name, localhost and the listen
+# address are always included.
+names = []
+# A plain-HTTP port on the listen address that only redirects to HTTPS
+# (e.g. 80); 0 for none.
+http_redirect_port = 0
+# Staff are signed out after this many minutes without using the page...
+session_idle_minutes = 30
+# ...and this many hours after signing in, whatever they do.
+session_max_hours = 12
 
 [clinical]
 # A vital sign older than this many minutes is shown as stale, never as current.
@@ -562,6 +607,45 @@ impl Config {
         }
         if self.ble.silence_restart_s == 0 {
             return Err(("ble.silence_restart_s", "must be at least 1".into()));
+        }
+        let web = &self.web;
+        if !web.https && !web.listen.ip().is_loopback() {
+            return Err((
+                "web.https",
+                format!(
+                    "plain HTTP is allowed only on a loopback address, not {}: set https = true or listen on 127.0.0.1",
+                    web.listen
+                ),
+            ));
+        }
+        if web.cert_file.as_os_str().is_empty() != web.key_file.as_os_str().is_empty() {
+            return Err((
+                "web.cert_file",
+                "set both cert_file and key_file, or neither (a self-signed certificate is made)"
+                    .into(),
+            ));
+        }
+        if web.http_redirect_port != 0
+            && (!web.https || web.http_redirect_port == web.listen.port())
+        {
+            return Err((
+                "web.http_redirect_port",
+                "redirects to HTTPS need https = true and a port other than the listen port".into(),
+            ));
+        }
+        if !(1..=1440).contains(&web.session_idle_minutes) {
+            return Err((
+                "web.session_idle_minutes",
+                format!("{} is out of range 1 to 1440", web.session_idle_minutes),
+            ));
+        }
+        if !(1..=168).contains(&web.session_max_hours)
+            || u64::from(web.session_max_hours) * 60 < u64::from(web.session_idle_minutes)
+        {
+            return Err((
+                "web.session_max_hours",
+                "must be 1 to 168 and not shorter than session_idle_minutes".into(),
+            ));
         }
         if self.store.commit_max_readings == 0 {
             return Err(("store.commit_max_readings", "must be at least 1".into()));
@@ -771,6 +855,40 @@ mod tests {
             "site.timezone",
             "not a time zone",
         );
+    }
+
+    #[test]
+    fn web_security_keys_are_checked() {
+        check_err(
+            "[web]\nlisten = \"0.0.0.0:8080\"\nhttps = false\n",
+            Some(3),
+            "web.https",
+            "only on a loopback address",
+        );
+        check_err(
+            "[web]\ncert_file = \"/etc/carehub/web.pem\"\n",
+            Some(2),
+            "web.cert_file",
+            "set both",
+        );
+        check_err(
+            "[web]\nhttps = false\nhttp_redirect_port = 8081\n",
+            Some(3),
+            "web.http_redirect_port",
+            "need https = true",
+        );
+        check_err(
+            "[web]\nsession_idle_minutes = 0\n",
+            Some(2),
+            "web.session_idle_minutes",
+            "out of range",
+        );
+        let ok = Config::parse(
+            Path::new("c.toml"),
+            "[web]\nlisten = \"127.0.0.1:8080\"\nhttps = false\n",
+            Config::default(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -57,6 +57,20 @@ pub struct Launch {
     /// does not exist (`run`); `false` warns and stays root (`demo` on a developer
     /// machine, where the simulated data is not clinical).
     pub require_user: bool,
+    /// `carehub demo`: a one-time sign-in link for a demo admin instead of the
+    /// first-start setup code.
+    pub demo: bool,
+}
+
+/// What the daemon tells its starter once it is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The bound web address.
+    pub addr: SocketAddr,
+    /// The page's address, `https://` or (loopback demo) `http://`.
+    pub url: String,
+    /// `carehub demo`: open this once to be signed in as the demo admin.
+    pub sign_in_url: Option<String>,
 }
 
 /// Runs the daemon until `shutdown` resolves. `on_ready` receives the bound web
@@ -66,12 +80,13 @@ pub async fn run(
     config: Config,
     launch: Launch,
     shutdown: impl Future<Output = &'static str>,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
     let Launch {
         source: config_source,
         notifier,
         require_user,
+        demo,
     } = launch;
     // Created before anything else so that no early SIGHUP is missed (or kills us:
     // SIGHUP's default action is to terminate).
@@ -110,6 +125,11 @@ pub async fn run(
         writer,
     } = store;
     let store_stats = store_handle.stats().clone();
+    let web_config = config.clone();
+    let web_security =
+        tokio::task::spawn_blocking(move || crate::web::serve::prepare(&web_config, demo))
+            .await
+            .context("web start-up task failed")??;
 
     // The allow-list was validated with the configuration.
     let allow = config
@@ -208,12 +228,8 @@ pub async fn run(
         ingest_stage.run().await
     });
 
-    let listener = tokio::net::TcpListener::bind(config.web.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (web.listen)", config.web.listen))?;
-    let bound = listener
-        .local_addr()
-        .context("listener has no local address")?;
+    let listeners = crate::web::serve::bind(&config).await?;
+    let bound = listeners.bound;
 
     // The privileged resources are open: from here on the daemon needs no root.
     if drop_privileges {
@@ -221,6 +237,19 @@ pub async fn run(
         let db = config.store.path.clone();
         let dropped = tokio::task::spawn_blocking(move || {
             let mut files = privileges::database_files(&db);
+            // The web certificate and the CLI token, made above as root.
+            if let Some(dir) = db.parent() {
+                for name in [
+                    crate::web::serve::CLI_TOKEN_FILE,
+                    crate::web::tls::GENERATED_CERT,
+                    crate::web::tls::GENERATED_KEY,
+                ] {
+                    let path = dir.join(name);
+                    if path.exists() {
+                        files.push(path);
+                    }
+                }
+            }
             files.extend(db_dir);
             let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
             privileges::drop_to(&user, &paths)
@@ -256,6 +285,8 @@ pub async fn run(
             passkeys,
         }),
         uplink: uplink_status.clone(),
+        accounts: web_security.accounts,
+        auth: web_security.auth,
     };
     let mut router = app(state);
     if fault::hang_requested("web") {
@@ -266,16 +297,12 @@ pub async fn run(
             },
         ));
     }
-    let web_cancel = cancel.clone();
-    let web = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { web_cancel.cancelled().await })
-        .await
-    });
-    let probe = tokio::spawn(probe::run(bound, web_beat, cancel.clone()));
+    let (server_tls, probe_tls) = match web_security.tls {
+        Some((server, leaf)) => (Some(server), Some(crate::web::tls::pinned_client(leaf)?)),
+        None => (None, None),
+    };
+    let web = crate::web::serve::serve(listeners, server_tls, router, cancel.clone())?;
+    let probe = tokio::spawn(probe::run(bound, probe_tls, web_beat, cancel.clone()));
     let seen_flush = ble_seen
         .map(|(status, sink)| tokio::spawn(persist_sightings(status, sink, cancel.clone())));
 
@@ -291,8 +318,29 @@ pub async fn run(
         )
     };
     notifier.ready(&describe());
-    tracing::info!(residents = resident_count, web = %format!("http://{bound}/"), db = %config.store.path.display(), "carehub running");
-    on_ready(bound);
+    let scheme = if config.web.https { "https" } else { "http" };
+    let url = format!("{scheme}://{}/", probe::reachable(bound));
+    let mut sign_in_url = None;
+    match &web_security.first_start {
+        crate::web::auth::signin::FirstStart::Ready => {}
+        crate::web::auth::signin::FirstStart::SetupCode(code) => {
+            // To the log (and so to journald): whoever can read the gateway's log
+            // may create the first admin.
+            tracing::warn!(
+                setup_code = %code,
+                "no admin account yet: open {url}setup and type the setup code {code} (valid 24 hours, once; a restart makes a new one)"
+            );
+        }
+        crate::web::auth::signin::FirstStart::SignInLink(token) => {
+            sign_in_url = Some(format!("{url}signin/{token}"));
+        }
+    }
+    tracing::info!(residents = resident_count, web = %url, db = %config.store.path.display(), "carehub running");
+    on_ready(&Ready {
+        addr: bound,
+        url,
+        sign_in_url,
+    });
 
     let plan = match notifier.watchdog_timeout() {
         Ok(timeout) => WatchdogPlan::for_timeout(timeout),

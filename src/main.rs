@@ -198,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 path: Some(path),
                 base: Config::default(),
             };
-            serve(config, source, true, |_| {})
+            serve(config, source, true, false, |_| {})
         }
         Command::Demo {
             listen,
@@ -210,6 +210,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut base = Config::default();
             base.store.path = data_dir.join("carehub.db");
             base.web.listen = listen;
+            // The demo's page is plain HTTP on loopback (see docs/security.md).
+            base.web.https = false;
             let mut config = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -230,8 +232,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 path: config_path,
                 base,
             };
-            serve(config, source, false, |addr| {
-                println!("carehub demo: open http://{addr}/ in a browser (Ctrl-C to stop)");
+            // Plain HTTP is for loopback only: anywhere else the demo serves
+            // HTTPS with the gateway's self-signed certificate.
+            if !config.web.listen.ip().is_loopback() {
+                config.web.https = true;
+            }
+            serve(config, source, false, true, |ready| {
+                match &ready.sign_in_url {
+                    Some(link) => println!(
+                        "carehub demo: open {link} in a browser to sign in as the demo admin (the link works once, for 15 minutes; Ctrl-C to stop)"
+                    ),
+                    None => println!(
+                        "carehub demo: open {} in a browser (Ctrl-C to stop)",
+                        ready.url
+                    ),
+                }
             })
         }
     }
@@ -241,7 +256,8 @@ fn serve(
     config: Config,
     source: ConfigSource,
     require_user: bool,
-    on_ready: impl FnOnce(SocketAddr),
+    demo: bool,
+    on_ready: impl FnOnce(&carehub::daemon::Ready),
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -255,6 +271,7 @@ fn serve(
             source,
             notifier,
             require_user,
+            demo,
         };
         carehub::daemon::run(config, launch, shutdown, on_ready).await
     });

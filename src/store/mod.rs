@@ -12,6 +12,7 @@
 //! vital signs and are always counted and logged. Readers (the web page) use their
 //! own read-only connections, off the async executor.
 
+pub mod accounts;
 #[doc(hidden)]
 pub mod crash_child;
 mod limits;

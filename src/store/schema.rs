@@ -118,6 +118,52 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT
     );
     "#,
+    // 4 (web accounts, issue 7): staff accounts, server-side sessions (only the
+    // SHA-256 of each token is kept), failed sign-ins (so a restart does not reset
+    // a lock-out), one-time codes (the first-start setup code, the demo sign-in
+    // link; hashes only) and the audit log of views and changes.
+    r#"
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,
+        username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('admin', 'nurse', 'carer')),
+        disabled      INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL,
+        created_by    TEXT
+    );
+    CREATE TABLE sessions (
+        token_hash    BLOB PRIMARY KEY,
+        user_id       INTEGER NOT NULL REFERENCES users(id),
+        csrf          TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL,
+        client        TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_user ON sessions (user_id);
+    CREATE TABLE login_failures (
+        seq   INTEGER PRIMARY KEY,
+        key   TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (key, at_ms);
+    CREATE TABLE one_time_codes (
+        code_hash     BLOB PRIMARY KEY,
+        kind          TEXT NOT NULL,
+        user_id       INTEGER REFERENCES users(id),
+        expires_at_ms INTEGER NOT NULL,
+        used_at_ms    INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE audit_log (
+        seq    INTEGER PRIMARY KEY,
+        at_ms  INTEGER NOT NULL,
+        who    TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        client TEXT NOT NULL,
+        status INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

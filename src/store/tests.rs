@@ -527,6 +527,11 @@ async fn migrates_from_every_earlier_version() {
             0 => drop(rusqlite::Connection::open(&path).unwrap()),
             1 => make_v1(&path),
             2 => make_v2(&path),
+            // v3 (the pairing record) with v2's data; v4 adds the accounts tables.
+            3 => {
+                make_v2(&path);
+                migrate_to(&mut rusqlite::Connection::open(&path).unwrap(), 3).unwrap();
+            }
             _ => unreachable!("add a builder for version {from}"),
         }
         let store = open(settings(dir.path()));
@@ -548,7 +553,7 @@ async fn migrates_from_every_earlier_version() {
             assert_eq!(r[1].measured_at, Some(Timestamp::from_unix_ms(5)));
             assert!(!r[1].clock_synced);
             assert_eq!(store.reader.stats().unwrap().outbox_depth, 2);
-        } else if from == 2 {
+        } else if from == 2 || from == 3 {
             let lease = lease.unwrap();
             assert_eq!(lease.readings.len(), 1);
             assert_eq!(
@@ -573,6 +578,12 @@ async fn migrates_from_every_earlier_version() {
         } else {
             assert_eq!(lease, None);
         }
+        // The accounts tables exist, empty: no account and no setup is carried over.
+        let users: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 0, "from {from}");
         // New readings go in after the migrated ones.
         store
             .handle

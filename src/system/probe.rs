@@ -33,8 +33,15 @@ pub enum ProbeError {
     Timeout,
 }
 
-/// Probes `listening` until `cancel`, beating after every answer.
-pub async fn run(listening: SocketAddr, beat: Heartbeat, cancel: CancellationToken) {
+/// Probes `listening` until `cancel`, beating after every answer. With `tls`
+/// (a client pinned to our own certificate) the probe speaks HTTPS, so a stuck
+/// TLS acceptor stops the watchdog too.
+pub async fn run(
+    listening: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    beat: Heartbeat,
+    cancel: CancellationToken,
+) {
     let target = reachable(listening);
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -46,7 +53,7 @@ pub async fn run(listening: SocketAddr, beat: Heartbeat, cancel: CancellationTok
         }
         let answer = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(PROBE_TIMEOUT, status_of(target, "/healthz")) => {
+            r = tokio::time::timeout(PROBE_TIMEOUT, status_of(target, "/healthz", tls.clone())) => {
                 r.unwrap_or(Err(ProbeError::Timeout))
             }
         };
@@ -80,9 +87,30 @@ pub fn reachable(listening: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listening.port())
 }
 
-/// The status code of `GET path` at `addr`.
-pub async fn status_of(addr: SocketAddr, path: &str) -> Result<u16, ProbeError> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+/// The status code of `GET path` at `addr`, over TLS with `tls`.
+pub async fn status_of(
+    addr: SocketAddr,
+    path: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<u16, ProbeError> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    match tls {
+        None => exchange(stream, addr, path).await,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await?;
+            exchange(stream, addr, path).await
+        }
+    }
+}
+
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<u16, ProbeError> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: carehub-probe\r\nConnection: close\r\n\r\n"
     );
@@ -160,6 +188,6 @@ mod tests {
                 .await
                 .unwrap();
         });
-        assert_eq!(status_of(addr, "/healthz").await.unwrap(), 204);
+        assert_eq!(status_of(addr, "/healthz", None).await.unwrap(), 204);
     }
 }

@@ -5,9 +5,12 @@
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
 mod api;
+pub mod auth;
 mod devices;
 pub(crate) mod pages;
 mod pairing;
+pub mod serve;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +45,10 @@ pub struct AppState {
     pub store: StoreHandle,
     /// The MQTT uplink's connection state, last error and counts.
     pub uplink: Arc<crate::uplink::UplinkStatus>,
+    /// Staff accounts, sessions and the audit log.
+    pub accounts: crate::store::accounts::Accounts,
+    /// Cookie flags, session limits, the CLI token.
+    pub auth: Arc<auth::AuthSettings>,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -73,18 +80,41 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(pairing::unpair),
         )
         .route("/api/v1/uplink", get(api::uplink))
+        .route(
+            "/login",
+            get(auth::signin::login_page).post(auth::signin::login),
+        )
+        .route("/logout", post(auth::signin::logout))
+        .route(
+            "/setup",
+            get(auth::signin::setup_page).post(auth::signin::setup),
+        )
+        .route("/signin/{token}", get(auth::signin::signin_link))
+        .route(
+            "/users",
+            get(auth::users::users_page).post(auth::users::add),
+        )
+        .route("/users/{id}/disable", post(auth::users::disable))
+        .route("/users/{id}/enable", post(auth::users::enable))
+        .route("/users/{id}/password", post(auth::users::reset_password))
+        .route("/audit", get(auth::audit::page))
+        .route("/audit.csv", get(auth::audit::export))
+        .route("/api/v1/audit", get(auth::audit::api))
+        // Last, so that it wraps every route above (and only routed requests: an
+        // unknown path is a plain 404). See `auth::policy`.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(not_found)
         .with_state(state)
 }
 
-/// Who made a request, for the pairing record until staff accounts exist: "cli"
-/// for `carehub pair` (which says so in a header), else the caller's address.
-/// A label, not an authentication.
+/// Who made a request, for the pairing record and the audit log: the signed-in
+/// user's name, or "cli" for `carehub pair`. The policy middleware has checked
+/// who it is before any handler that asks runs.
 #[derive(Debug, Clone)]
 pub struct Caller(pub String);
-
-/// The header `carehub pair` sends so the record says "cli".
-pub const CLIENT_HEADER: &str = "x-carehub-client";
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = std::convert::Infallible;
@@ -93,18 +123,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        if parts
-            .headers
-            .get(CLIENT_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"cli")
-        {
-            return Ok(Caller("cli".to_owned()));
-        }
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        Ok(Caller(peer.unwrap_or_else(|| "web".to_owned())))
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<auth::Principal>()
+                .map_or_else(|| "anonymous".to_owned(), |p| p.username.clone()),
+        ))
     }
 }
 
@@ -120,6 +144,12 @@ pub enum WebError {
     Store(#[from] StoreError),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("accounts: {0}")]
+    Accounts(#[from] crate::store::accounts::AccountError),
+    #[error(transparent)]
+    NoRandom(#[from] auth::password::NoRandom),
+    #[error("password hash: {0}")]
+    Hash(#[from] auth::password::HashError),
 }
 
 impl IntoResponse for WebError {

@@ -41,9 +41,21 @@ tr.stale .v { color:var(--stale); font-weight:600; }
 .band-high { border-color:#b91c1c; background:#fee2e2; }
 .news.stale { border-color:var(--stale); background:var(--stale-bg); }
 footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
+.error { color:#8b0000; background:#fde8e8; border:1px solid #b91c1c; border-radius:6px; padding:8px 10px; }
+section.form, section.users, section.audit { padding:16px; max-width:60rem; }
+input, select, button { font-size:1rem; min-height:44px; }
 "#;
 
 pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    layout(title, now, body, true)
+}
+
+/// A page with a form someone types into: it never reloads itself.
+pub(crate) fn form_page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    layout(title, now, body, false)
+}
+
+fn layout(title: &str, now: Timestamp, body: Markup, refresh: bool) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en-GB" {
@@ -51,7 +63,9 @@ pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 // The overview refreshes itself; live updates come with the full staff UI.
-                meta http-equiv="refresh" content="10";
+                @if refresh {
+                    meta http-equiv="refresh" content="10";
+                }
                 title { (title) " — carehub" }
                 style { (PreEscaped(STYLE)) }
             }
@@ -59,6 +73,16 @@ pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
                 header {
                     h1 { (title) }
                     nav { a href="/" style="color:#fff" { "Residents" } " · " a href="/pairing" style="color:#fff" { "Pair sensors" } }
+                    @if let Some(who) = super::auth::current() {
+                        form.signout method="post" action="/logout" {
+                            (super::auth::csrf_field())
+                            (who.username) " (" (who.role.as_str()) ") "
+                            @if who.role == crate::store::accounts::Role::Admin {
+                                a href="/users" style="color:#fff" { "Users" } " · " a href="/audit" style="color:#fff" { "Audit log" } " "
+                            }
+                            button type="submit" { "Sign out" }
+                        }
+                    }
                     p { "Updated " time datetime=(now.to_rfc3339()) { (clock(now)) " UTC" } }
                 }
                 (body)

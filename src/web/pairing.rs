@@ -303,18 +303,18 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
             @match closes {
                 Some(c) => {
                     p { strong { "Pairing is ON" } " until " (c.to_rfc3339()) ". New sensors nearby will be paired; switch them on now." }
-                    form method="post" action="/pairing/close" { button type="submit" { "Stop pairing now" } }
+                    form method="post" action="/pairing/close" { (super::auth::csrf_field()) button type="submit" { "Stop pairing now" } }
                 }
                 None => {
                     p { "Pairing is off: sensors nobody chose are listed below but never paired." }
-                    form method="post" action="/pairing/window" {
+                    form method="post" action="/pairing/window" { (super::auth::csrf_field())
                         input type="hidden" name="seconds" value="120";
                         button type="submit" { "Pair new sensors (2 minutes)" }
                     }
                 }
             }
             @for (address, _) in &passkeys {
-                form.passkey method="post" action="/pairing/passkey" {
+                form.passkey method="post" action="/pairing/passkey" { (super::auth::csrf_field())
                     label {
                         "Sensor " (address.to_string()) " shows a 6-digit number. Type it here: "
                         input type="text" name="passkey" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required;
@@ -372,7 +372,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                                 }
                             }
                             td {
-                                form.assign method="post" action="/pairing/assign" {
+                                form.assign method="post" action="/pairing/assign" { (super::auth::csrf_field())
                                     input type="hidden" name="address" value=(address);
                                     select name="resident_id" {
                                         option value="" { "(a room instead)" }
@@ -385,7 +385,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                                     button type="submit" { "Assign" }
                                 }
                                 @if d.device.subject != Subject::Unassigned {
-                                    form.unassign method="post" action="/pairing/unassign" {
+                                    form.unassign method="post" action="/pairing/unassign" { (super::auth::csrf_field())
                                         input type="hidden" name="address" value=(address);
                                         button type="submit" { "Un-assign" }
                                     }

@@ -12,7 +12,7 @@ use crate::model::*;
 use crate::store::{Store, StoreSettings};
 use crate::system::health::Health;
 
-async fn setup(dir: &std::path::Path) -> (Store, AppState) {
+pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
     let mut health = Health::default();
     let hb = health.register("store");
     let settings = StoreSettings {
@@ -54,6 +54,8 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         uplink: Arc::new(crate::uplink::UplinkStatus::new(
             crate::uplink::ConnectionState::Disabled,
         )),
+        accounts: auth::testing::accounts(&dir.join("t.db")),
+        auth: auth::testing::settings(),
     };
     (store, state)
 }
@@ -73,9 +75,16 @@ fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
     }
 }
 
+/// GET as a signed-in nurse.
 async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
+    let login = auth::testing::sign_in(state, "test-nurse", crate::store::accounts::Role::Nurse);
     let res = app(state.clone())
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get(uri)
+                .header("cookie", &login.cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = res.status();
@@ -187,10 +196,12 @@ async fn pairing_page_opens_and_closes_the_window() {
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Pairing is off"), "{page}");
 
+    let login = auth::testing::sign_in(&state, "test-nurse", crate::store::accounts::Role::Nurse);
     let post = |uri: &str, body: &str| {
         Request::post(uri)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(Body::from(body.to_owned()))
+            .header("cookie", &login.cookie)
+            .body(Body::from(format!("csrf={}&{body}", login.csrf)))
             .unwrap()
     };
     let res = app(state.clone())
@@ -256,13 +267,17 @@ async fn uplink_state_error_and_certificate_warning_are_shown() {
     );
 }
 
+/// A JSON request as a signed-in nurse, with the session's CSRF header.
 async fn send(state: &AppState, method: &str, uri: &str, json: &str) -> (StatusCode, String) {
+    let login = auth::testing::sign_in(state, "test-nurse", crate::store::accounts::Role::Nurse);
     let res = app(state.clone())
         .oneshot(
             Request::builder()
                 .method(method)
                 .uri(uri)
                 .header("content-type", "application/json")
+                .header("cookie", &login.cookie)
+                .header(auth::CSRF_HEADER, &login.csrf)
                 .body(Body::from(json.to_owned()))
                 .unwrap(),
         )
@@ -342,7 +357,7 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
     );
     assert!(page.contains("action=\"/pairing/unassign\""), "{page}");
     assert!(
-        page.contains("unassigned: readings no longer attributed (by web)"),
+        page.contains("unassigned: readings no longer attributed (by test-nurse)"),
         "{page}"
     );
 }

@@ -479,7 +479,16 @@ fn carehub_pair_opens_a_window_in_which_a_new_device_pairs() {
     assert!(!bluez.paired(STRANGER));
 
     let out = crate::support::carehub()
-        .args(["pair", "--window", "60", "--web", &web.to_string()])
+        .args([
+            "pair",
+            "--window",
+            "60",
+            "--web",
+            &web.to_string(),
+            "--plain-http",
+        ])
+        .arg("--state-dir")
+        .arg(gw.dir.path())
         .output()
         .unwrap();
     assert!(
@@ -547,7 +556,16 @@ fn carehub_pair_opens_a_window_in_which_a_new_device_pairs() {
     assert_eq!(status, 400);
 
     let refused = crate::support::carehub()
-        .args(["pair", "--window", "0", "--web", &web.to_string()])
+        .args([
+            "pair",
+            "--window",
+            "0",
+            "--web",
+            &web.to_string(),
+            "--plain-http",
+        ])
+        .arg("--state-dir")
+        .arg(gw.dir.path())
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));

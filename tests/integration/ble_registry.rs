@@ -36,7 +36,8 @@ fn post_form(web: SocketAddr, path: &str, form: &str) -> (u16, String) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {web}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        "POST {path} HTTP/1.1\r\nHost: {web}\r\n{}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        crate::support::auth_header(web),
         form.len()
     )
     .unwrap();
@@ -150,20 +151,14 @@ fn paired_state_assignment_and_record_survive_a_restart_and_unassign_stops_attri
             .iter()
             .any(|(w, d, by)| w.starts_with(what) && d == device && by == who)
     };
-    assert!(has("window opened for 60 s", "", "127.0.0.1"), "{events:?}");
+    assert!(has("window opened for 60 s", "", "cli"), "{events:?}");
     assert!(has("paired and trusted", STRAP, "gateway"), "{events:?}");
-    assert!(
-        has("assigned to resident 3", STRAP, "127.0.0.1"),
-        "{events:?}"
-    );
+    assert!(has("assigned to resident 3", STRAP, "cli"), "{events:?}");
     let (status, page) = http(web, "GET", "/pairing").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("Edith Moore (Room 9)"), "{page}");
     assert!(page.contains("-61 dBm"), "{page}");
-    assert!(
-        page.contains("assigned to resident 3 (by 127.0.0.1)"),
-        "{page}"
-    );
+    assert!(page.contains("assigned to resident 3 (by cli)"), "{page}");
 
     wait_subscribed(&bluez, &measurement);
     assert!(bluez.notify(&measurement, "0048"));

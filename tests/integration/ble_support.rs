@@ -384,11 +384,15 @@ impl Gateway {
         std::fs::write(
             dir.path().join("carehub.toml"),
             format!(
-                "[sensors]\nsource = \"ble\"\n\n[ble]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n{ble_extra}\n\n[store]\npath = \"{}\"\n\n[web]\nlisten = \"127.0.0.1:{port}\"\n",
+                "[sensors]\nsource = \"ble\"\n\n[ble]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n{ble_extra}\n\n[store]\npath = \"{}\"\n\n[web]\nlisten = \"127.0.0.1:{port}\"\nhttps = false\n",
                 dir.path().join("carehub.db").display()
             ),
         )
         .unwrap();
+        crate::support::web_state_dir(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            dir.path(),
+        );
         Gateway { dir, port }
     }
 
@@ -515,7 +519,8 @@ pub fn http_json(
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        crate::support::auth_header(addr),
         json.len()
     )
     .ok()?;

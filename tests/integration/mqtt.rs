@@ -450,7 +450,7 @@ fn write_config(dir: &std::path::Path, pki: &Pki, port: u16, payload: &str) -> s
     let text = format!(
         "[site]\nid = \"oak-house\"\ngateway_id = \"gw-test\"\n\
          [store]\npath = \"{db}\"\n\
-         [web]\nlisten = \"127.0.0.1:{web}\"\n\
+         [web]\nlisten = \"127.0.0.1:{web}\"\nhttps = false\n\
          [uplink]\nenabled = true\nhost = \"localhost\"\nport = {port}\n\
          ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
          payload = \"{payload}\"\nkeep_alive_s = 5\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\n",

@@ -30,13 +30,40 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// GET `path`; `None` while nothing listens yet.
+/// Where the daemon listening on an address keeps its `cli-token`, so that the
+/// helpers below can sign in as "cli" (nurse) the way `carehub pair` does.
+static STATE_DIRS: std::sync::Mutex<Vec<(SocketAddr, std::path::PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Registers the state directory of the daemon at `addr`.
+pub fn web_state_dir(addr: SocketAddr, dir: &Path) {
+    STATE_DIRS.lock().unwrap().push((addr, dir.to_owned()));
+}
+
+/// `Authorization: Bearer ...\r\n` for the daemon at `addr`, once it has
+/// written its token; empty otherwise.
+pub fn auth_header(addr: SocketAddr) -> String {
+    let dir = STATE_DIRS
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, d)| d.clone());
+    dir.and_then(|d| std::fs::read_to_string(d.join("cli-token")).ok())
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default()
+}
+
+/// GET `path` (as "cli" when the daemon's state directory is registered);
+/// `None` while nothing listens yet.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{}Connection: close\r\n\r\n",
+        auth_header(addr)
     )
     .ok()?;
     let mut buf = String::new();
@@ -68,6 +95,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn demo(port: u16, data_dir: &Path, extra: &[&str]) -> Daemon {
+        web_state_dir(SocketAddr::from(([127, 0, 0, 1], port)), data_dir);
         let child = carehub()
             .args([
                 "demo",

@@ -306,7 +306,7 @@ fn write_config_listening(path: &Path, dir: &Path, listen: &str, extra: &str) {
     std::fs::write(
         path,
         format!(
-            "[store]\npath = \"{}/data/carehub.db\"\n[web]\nlisten = \"{listen}\"\n{extra}",
+            "[store]\npath = \"{}/data/carehub.db\"\n[web]\nlisten = \"{listen}\"\nhttps = false\n{extra}",
             dir.display()
         ),
     )
@@ -326,7 +326,8 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n",
+        crate::support::auth_header(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     )
     .ok()?;
     let mut text = String::new();
@@ -414,7 +415,8 @@ fn sighup_reloads_a_good_file_and_keeps_the_running_config_on_a_bad_one() {
     let rejected = d.until(Duration::from_secs(10), is_ready);
     let status = rejected.last().unwrap().status().unwrap();
     assert!(status.starts_with("config reload rejected: "), "{status}");
-    assert!(status.contains(":7: key `simulator.residnets`"), "{status}");
+    // Line 8: the file's [web] section has listen and https before it.
+    assert!(status.contains(":8: key `simulator.residnets`"), "{status}");
     assert!(
         status.contains("keeping the running configuration"),
         "{status}"
@@ -453,6 +455,11 @@ fn started_as_root_outside_systemd_it_runs_as_the_configured_user() {
         cfg.path(),
         &format!("127.0.0.1:{port}"),
         "[system]\nuser = \"nobody\"\n",
+    );
+    // Signs the API request in with the daemon's cli-token, as `carehub pair` does.
+    crate::support::web_state_dir(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        &cfg.path().join("data"),
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_carehub"))
         .args(["run", "--config", &file.display().to_string()])

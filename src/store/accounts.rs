@@ -1,0 +1,692 @@
+//! Staff accounts, sessions, failed sign-ins, one-time codes and the audit log:
+//! the SQL behind the web UI's security (`crate::web::auth`).
+//!
+//! These tables are written by the web layer, not by the reading pipeline, so they
+//! have their own connection (behind a mutex) rather than a place in the writer's
+//! queue: a sign-in never waits behind a group commit of readings, and the writer
+//! never touches these tables. SQLite serialises the two writers (`busy_timeout`).
+//! Every method blocks: call them from `spawn_blocking`, never on the executor.
+//!
+//! Secrets are never stored: sessions and one-time codes are kept as the SHA-256
+//! of their random token, passwords as Argon2id PHC strings.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+use crate::config::Synchronous;
+use crate::model::Timestamp;
+
+/// What a staff member may do; each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Views residents, acknowledges alerts.
+    Carer,
+    /// Also residents, thresholds, pairing and assignment, alerts.
+    Nurse,
+    /// Also users, settings, devices and the audit log.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Carer, Role::Nurse, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Carer => "carer",
+            Role::Nurse => "nurse",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// One staff account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+    pub created_by: Option<String>,
+}
+
+/// An account with its password hash, for sign-in only.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A live session found by its token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub user: User,
+    /// The synchronizer token every state-changing request must carry.
+    pub csrf: String,
+    pub created_at: Timestamp,
+}
+
+/// How long sessions live.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionLimits {
+    /// A session not used for this long is gone.
+    pub idle: Duration,
+    /// A session is gone this long after sign-in, used or not.
+    pub absolute: Duration,
+}
+
+/// Sessions are marked used at most this often, so that every page view does not
+/// write to the SD card; idle time-outs are therefore exact to within this.
+pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// What a one-time code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// Creates the first admin (`/setup`).
+    Setup,
+    /// Signs in as the code's user (`carehub demo`'s link).
+    SignIn,
+}
+
+impl CodeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CodeKind::Setup => "setup",
+            CodeKind::SignIn => "signin",
+        }
+    }
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    /// The username, or "anonymous", "cli".
+    pub who: String,
+    /// E.g. "view residents overview", "POST /pairing/assign", "sign in failed".
+    pub action: String,
+    /// What it was about: the request path, a username, a device address.
+    pub target: String,
+    /// The client's address.
+    pub client: String,
+    /// The HTTP status of the answer.
+    pub status: u16,
+}
+
+/// The accounts tables on their own connection. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// Adding or changing an account was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The username is taken (names compare without case).
+    #[error("there is already an account called {0:?}")]
+    Taken(String),
+    /// The change would leave no enabled admin.
+    #[error("this is the last admin account: add another admin first")]
+    LastAdmin,
+    /// No such account.
+    #[error("no such account")]
+    NoSuchUser,
+}
+
+impl From<rusqlite::Error> for AccountError {
+    fn from(e: rusqlite::Error) -> Self {
+        AccountError::Store(StoreError::Sqlite(e))
+    }
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    let role: String = r.get(2)?;
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        // The CHECK constraint admits only these three.
+        role: Role::parse(&role).unwrap_or(Role::Carer),
+        disabled: r.get::<_, i64>(3)? != 0,
+        created_at: Timestamp::from_unix_ms(r.get(4)?),
+        created_by: r.get(5)?,
+    })
+}
+
+const USER_COLUMNS: &str = "u.id, u.username, u.role, u.disabled, u.created_at_ms, u.created_by";
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Accounts {
+    /// Opens a connection on the store's database, which `Store::open` has
+    /// already migrated.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Accounts, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Accounts {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&mut conn)?)
+    }
+
+    /// Whether an enabled admin exists (if not, the setup code is offered).
+    pub fn has_admin(&self) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin' AND disabled = 0)",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Adds an account.
+    pub fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+        created_by: &str,
+        now: Timestamp,
+    ) -> Result<User, AccountError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let inserted = conn.execute(
+            "INSERT INTO users (username, password_hash, role, created_at_ms, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (username) DO NOTHING",
+            params![
+                username,
+                password_hash,
+                role.as_str(),
+                now.unix_ms(),
+                created_by
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(AccountError::Taken(username.to_owned()));
+        }
+        let id = conn.last_insert_rowid();
+        Ok(conn.query_row(
+            &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"),
+            [id],
+            user_from_row,
+        )?)
+    }
+
+    /// The account and its hash, for sign-in; names compare without case.
+    pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.username = ?1"
+                ),
+                [username],
+                |r| {
+                    Ok(Credentials {
+                        user: user_from_row(r)?,
+                        password_hash: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub fn user(&self, id: i64) -> Result<Option<User>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"),
+                [id],
+                user_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Every account, by name.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM users u ORDER BY u.username"
+            ))?;
+            st.query_map([], user_from_row)?.collect()
+        })
+    }
+
+    /// Disables (and signs out) or re-enables an account. Disabling the last
+    /// enabled admin is refused.
+    pub fn set_disabled(&self, id: i64, disabled: bool) -> Result<User, AccountError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let user = tx
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"),
+                [id],
+                user_from_row,
+            )
+            .optional()?
+            .ok_or(AccountError::NoSuchUser)?;
+        if disabled && user.role == Role::Admin && !user.disabled {
+            let admins: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0",
+                [],
+                |r| r.get(0),
+            )?;
+            if admins <= 1 {
+                return Err(AccountError::LastAdmin);
+            }
+        }
+        tx.execute(
+            "UPDATE users SET disabled = ?2 WHERE id = ?1",
+            params![id, disabled],
+        )?;
+        if disabled {
+            tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(User { disabled, ..user })
+    }
+
+    /// Sets a new password hash and ends every session of the account.
+    pub fn set_password(&self, id: i64, password_hash: &str) -> Result<(), AccountError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+            params![id, password_hash],
+        )?;
+        if n == 0 {
+            return Err(AccountError::NoSuchUser);
+        }
+        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a new session under the hash of its token.
+    pub fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: i64,
+        csrf: &str,
+        client: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO sessions (token_hash, user_id, csrf, created_at_ms, last_seen_ms, client)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                params![&token_hash[..], user_id, csrf, now.unix_ms(), client],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The live session with this token hash, marking it used. A session past
+    /// its idle or absolute limit, or of a disabled account, is deleted and not
+    /// returned.
+    pub fn session(
+        &self,
+        token_hash: &[u8; 32],
+        limits: SessionLimits,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        self.with(|c| {
+            let found = c
+                .query_row(
+                    &format!(
+                        "SELECT {USER_COLUMNS}, s.csrf, s.created_at_ms, s.last_seen_ms
+                         FROM sessions s JOIN users u ON u.id = s.user_id
+                         WHERE s.token_hash = ?1"
+                    ),
+                    [&token_hash[..]],
+                    |r| {
+                        Ok((
+                            user_from_row(r)?,
+                            r.get::<_, String>(6)?,
+                            Timestamp::from_unix_ms(r.get(7)?),
+                            Timestamp::from_unix_ms(r.get(8)?),
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((user, csrf, created_at, last_seen)) = found else {
+                return Ok(None);
+            };
+            let expired = last_seen.age_at(now) >= limits.idle
+                || created_at.age_at(now) >= limits.absolute
+                || user.disabled;
+            if expired {
+                c.execute(
+                    "DELETE FROM sessions WHERE token_hash = ?1",
+                    [&token_hash[..]],
+                )?;
+                return Ok(None);
+            }
+            if last_seen.age_at(now) >= TOUCH_EVERY {
+                c.execute(
+                    "UPDATE sessions SET last_seen_ms = ?2 WHERE token_hash = ?1",
+                    params![&token_hash[..], now.unix_ms()],
+                )?;
+            }
+            Ok(Some(Session {
+                user,
+                csrf,
+                created_at,
+            }))
+        })
+    }
+
+    /// Ends a session (sign out, or the old session at a new sign-in).
+    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [&token_hash[..]],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Deletes sessions past their limits; returns how many.
+    pub fn purge_sessions(
+        &self,
+        limits: SessionLimits,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM sessions WHERE last_seen_ms <= ?1 OR created_at_ms <= ?2",
+                params![
+                    now.unix_ms().saturating_sub(ms(limits.idle)),
+                    now.unix_ms().saturating_sub(ms(limits.absolute))
+                ],
+            )
+        })
+    }
+
+    /// Failed sign-ins under `key` (an account or a client address) since `since`.
+    pub fn failures_since(&self, key: &str, since: Timestamp) -> Result<u32, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM login_failures WHERE key = ?1 AND at_ms > ?2",
+                params![key, since.unix_ms()],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Counts one failed sign-in under each key, and forgets failures older than
+    /// `forget_before` so the table stays small.
+    pub fn record_failure(
+        &self,
+        keys: &[&str],
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        for key in keys {
+            tx.execute(
+                "INSERT INTO login_failures (key, at_ms) VALUES (?1, ?2)",
+                params![key, now.unix_ms()],
+            )?;
+        }
+        tx.execute(
+            "DELETE FROM login_failures WHERE at_ms < ?1",
+            [forget_before.unix_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets the failures under `key` (after a successful sign-in).
+    pub fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM login_failures WHERE key = ?1", [key])
+                .map(drop)
+        })
+    }
+
+    /// Stores a one-time code; any older unused code of the same kind is voided,
+    /// so only the newest printed code works.
+    pub fn create_code(
+        &self,
+        code_hash: &[u8; 32],
+        kind: CodeKind,
+        user_id: Option<i64>,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM one_time_codes WHERE kind = ?1",
+            [kind.as_str()],
+        )?;
+        tx.execute(
+            "INSERT INTO one_time_codes (code_hash, kind, user_id, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![&code_hash[..], kind.as_str(), user_id, expires_at.unix_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Uses a one-time code: `Some(user id of the code)` the first time, before it
+    /// expires; `None` for an unknown, used or expired code.
+    pub fn use_code(
+        &self,
+        code_hash: &[u8; 32],
+        kind: CodeKind,
+        now: Timestamp,
+    ) -> Result<Option<Option<i64>>, StoreError> {
+        self.with(|c| {
+            let user: Option<Option<i64>> = c
+                .query_row(
+                    "UPDATE one_time_codes SET used_at_ms = ?3
+                     WHERE code_hash = ?1 AND kind = ?2 AND used_at_ms IS NULL AND expires_at_ms > ?3
+                     RETURNING user_id",
+                    params![&code_hash[..], kind.as_str(), now.unix_ms()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(user)
+        })
+    }
+
+    /// Appends to the audit log.
+    pub fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit_log (at_ms, who, action, target, client, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    e.at.unix_ms(),
+                    e.who,
+                    e.action,
+                    e.target,
+                    e.client,
+                    e.status
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Audit entries newest first, skipping `offset`.
+    pub fn audit_page(&self, offset: u64, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT at_ms, who, action, target, client, status FROM audit_log
+                 ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+            )?;
+            st.query_map(
+                params![
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    i64::try_from(offset).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok(AuditEntry {
+                        at: Timestamp::from_unix_ms(r.get(0)?),
+                        who: r.get(1)?,
+                        action: r.get(2)?,
+                        target: r.get(3)?,
+                        client: r.get(4)?,
+                        status: r.get(5)?,
+                    })
+                },
+            )?
+            .collect()
+        })
+    }
+
+    pub fn audit_count(&self) -> Result<u64, StoreError> {
+        self.with(|c| c.query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Accounts {
+        let mut conn = Connection::open(dir.join("a.db")).unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        Accounts::open(&dir.join("a.db"), Synchronous::Normal).unwrap()
+    }
+
+    const LIMITS: SessionLimits = SessionLimits {
+        idle: Duration::from_secs(1800),
+        absolute: Duration::from_secs(12 * 3600),
+    };
+
+    #[test]
+    fn the_last_admin_cannot_be_disabled_but_a_second_one_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let t = Timestamp::from_unix_ms(1_000_000);
+        assert!(!a.has_admin().unwrap());
+        let first = a.create_user("Ann", "h", Role::Admin, "setup", t).unwrap();
+        assert!(a.has_admin().unwrap());
+        assert!(matches!(
+            a.set_disabled(first.id, true),
+            Err(AccountError::LastAdmin)
+        ));
+        assert!(matches!(
+            a.create_user("ann", "h", Role::Nurse, "x", t),
+            Err(AccountError::Taken(_))
+        ));
+        let second = a.create_user("bob", "h", Role::Admin, "Ann", t).unwrap();
+        assert!(a.set_disabled(first.id, true).unwrap().disabled);
+        assert!(matches!(
+            a.set_disabled(second.id, true),
+            Err(AccountError::LastAdmin)
+        ));
+    }
+
+    #[test]
+    fn sessions_end_when_idle_at_their_absolute_limit_and_with_their_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let t0 = Timestamp::from_unix_ms(10_000_000);
+        let u = a.create_user("ann", "h", Role::Nurse, "t", t0).unwrap();
+        let h = [7u8; 32];
+        a.create_session(&h, u.id, "c", "127.0.0.1", t0).unwrap();
+        // Used every 20 minutes: stays alive past the idle limit in total.
+        let mut t = t0;
+        for _ in 0..5 {
+            t = t.saturating_add(Duration::from_secs(20 * 60));
+            assert!(a.session(&h, LIMITS, t).unwrap().is_some(), "at {t:?}");
+        }
+        // Idle for 30 minutes: gone, and stays gone.
+        let late = t.saturating_add(Duration::from_secs(30 * 60));
+        assert_eq!(a.session(&h, LIMITS, late).unwrap(), None);
+        assert_eq!(a.session(&h, LIMITS, t).unwrap(), None);
+
+        let h2 = [8u8; 32];
+        a.create_session(&h2, u.id, "c", "x", t0).unwrap();
+        let limits = SessionLimits {
+            idle: Duration::from_secs(12 * 3600),
+            absolute: Duration::from_secs(3600),
+        };
+        assert!(
+            a.session(&h2, limits, t0.saturating_add(Duration::from_secs(3599)))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            a.session(&h2, limits, t0.saturating_add(Duration::from_secs(3600)))
+                .unwrap(),
+            None
+        );
+
+        let h3 = [9u8; 32];
+        a.create_session(&h3, u.id, "c", "x", t0).unwrap();
+        a.create_user("boss", "h", Role::Admin, "t", t0).unwrap();
+        a.set_disabled(u.id, true).unwrap();
+        assert_eq!(a.session(&h3, LIMITS, t0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_one_time_code_works_once_and_not_after_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let t = Timestamp::from_unix_ms(5_000_000);
+        let later = t.saturating_add(Duration::from_secs(3600));
+        a.create_code(&[1; 32], CodeKind::Setup, None, later)
+            .unwrap();
+        assert_eq!(a.use_code(&[1; 32], CodeKind::SignIn, t).unwrap(), None);
+        assert_eq!(a.use_code(&[2; 32], CodeKind::Setup, t).unwrap(), None);
+        assert_eq!(
+            a.use_code(&[1; 32], CodeKind::Setup, t).unwrap(),
+            Some(None)
+        );
+        assert_eq!(a.use_code(&[1; 32], CodeKind::Setup, t).unwrap(), None);
+        a.create_code(&[3; 32], CodeKind::Setup, None, later)
+            .unwrap();
+        assert_eq!(a.use_code(&[3; 32], CodeKind::Setup, later).unwrap(), None);
+    }
+
+    #[test]
+    fn failures_are_counted_per_key_and_survive_a_new_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let t = Timestamp::from_unix_ms(50_000_000);
+        for _ in 0..3 {
+            a.record_failure(&["user:ann", "ip:10.0.0.9"], t, Timestamp::from_unix_ms(0))
+                .unwrap();
+        }
+        drop(a);
+        let a = Accounts::open(&dir.path().join("a.db"), Synchronous::Normal).unwrap();
+        let since = t.saturating_sub(Duration::from_secs(900));
+        assert_eq!(a.failures_since("user:ann", since).unwrap(), 3);
+        assert_eq!(a.failures_since("ip:10.0.0.9", since).unwrap(), 3);
+        assert_eq!(a.failures_since("user:bob", since).unwrap(), 0);
+        assert_eq!(a.failures_since("user:ann", t).unwrap(), 0);
+        a.clear_failures("user:ann").unwrap();
+        assert_eq!(a.failures_since("user:ann", since).unwrap(), 0);
+    }
+}

@@ -1,0 +1,185 @@
+//! Who may make which request: one table, consulted for every request by
+//! [`super::authorize`] through axum's `MatchedPath`.
+//!
+//! A route the router knows but this table does not is refused to everyone,
+//! admins included (fail closed), and the refusal is logged as a bug. Adding a
+//! route therefore means adding one line here; the authorization matrix test in
+//! `web::tests` fails until that line exists.
+
+use crate::store::accounts::Role;
+
+/// Who may make a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// Anyone, signed in or not (health checks, the sign-in pages).
+    Anyone,
+    /// A signed-in user with this role or a higher one.
+    AtLeast(Role),
+    /// Anyone from the gateway itself (the loopback address), else an admin.
+    /// Meant for `/metrics`, which a local Prometheus agent scrapes.
+    LoopbackOrAdmin,
+}
+
+/// What the audit log records about a request, beyond changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audit {
+    /// Nothing for a read; a state-changing request is always recorded as
+    /// "METHOD /route" with its path and status.
+    Changes,
+    /// A read of residents' data: recorded as "view <what>".
+    View(&'static str),
+    /// The handler writes its own entries (sign-in, setup), with details the
+    /// middleware cannot know.
+    Own,
+}
+
+/// One line of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// `GET`, `POST`, `PUT` or `DELETE` (`HEAD` follows `GET`).
+    pub method: &'static str,
+    /// The route exactly as given to `Router::route`, e.g. `/api/v1/devices/{address}/assignment`.
+    pub route: &'static str,
+    pub who: Who,
+    pub audit: Audit,
+}
+
+const fn rule(method: &'static str, route: &'static str, who: Who, audit: Audit) -> Rule {
+    Rule {
+        method,
+        route,
+        who,
+        audit,
+    }
+}
+
+use Audit::{Changes, Own, View};
+use Who::{Anyone, AtLeast};
+const CARER: Who = AtLeast(Role::Carer);
+const NURSE: Who = AtLeast(Role::Nurse);
+const ADMIN: Who = AtLeast(Role::Admin);
+
+/// The policy. One line per method and route.
+pub const POLICY: &[Rule] = &[
+    // Anonymous: health, signing in and out, first-start setup, the demo link.
+    rule("GET", "/healthz", Anyone, Changes),
+    rule("GET", "/login", Anyone, Changes),
+    rule("POST", "/login", Anyone, Own),
+    rule("POST", "/logout", Anyone, Own),
+    rule("GET", "/setup", Anyone, Changes),
+    rule("POST", "/setup", Anyone, Own),
+    rule("GET", "/signin/{token}", Anyone, Own),
+    // Residents (carer and up read).
+    rule("GET", "/", CARER, View("residents overview")),
+    rule(
+        "GET",
+        "/api/v1/residents",
+        CARER,
+        View("residents overview (api)"),
+    ),
+    // Devices and pairing: carers see, nurses change.
+    rule("GET", "/pairing", CARER, View("pairing page")),
+    rule("GET", "/api/v1/pairing", CARER, Changes),
+    rule("GET", "/api/v1/bluetooth", CARER, Changes),
+    rule("GET", "/api/v1/devices", CARER, Changes),
+    rule(
+        "PUT",
+        "/api/v1/devices/{address}/assignment",
+        NURSE,
+        Changes,
+    ),
+    rule(
+        "DELETE",
+        "/api/v1/devices/{address}/assignment",
+        NURSE,
+        Changes,
+    ),
+    rule("POST", "/pairing/assign", NURSE, Changes),
+    rule("POST", "/pairing/unassign", NURSE, Changes),
+    rule("POST", "/pairing/window", NURSE, Changes),
+    rule("POST", "/pairing/close", NURSE, Changes),
+    rule("POST", "/pairing/passkey", NURSE, Changes),
+    rule("POST", "/api/v1/pairing/passkey", NURSE, Changes),
+    rule("POST", "/api/v1/pairing/window", NURSE, Changes),
+    rule("DELETE", "/api/v1/pairing/window", NURSE, Changes),
+    rule(
+        "DELETE",
+        "/api/v1/pairing/devices/{address}",
+        NURSE,
+        Changes,
+    ),
+    // Gateway status.
+    rule("GET", "/api/v1/uplink", CARER, Changes),
+    // Administration.
+    rule("GET", "/users", ADMIN, Changes),
+    rule("POST", "/users", ADMIN, Changes),
+    rule("POST", "/users/{id}/disable", ADMIN, Changes),
+    rule("POST", "/users/{id}/enable", ADMIN, Changes),
+    rule("POST", "/users/{id}/password", ADMIN, Changes),
+    rule("GET", "/audit", ADMIN, Changes),
+    rule("GET", "/audit.csv", ADMIN, Changes),
+    rule("GET", "/api/v1/audit", ADMIN, Changes),
+];
+
+/// The rule for a request, `None` when the table has no line for it.
+pub fn lookup(method: &str, route: &str) -> Option<&'static Rule> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    POLICY
+        .iter()
+        .find(|r| r.method == method && r.route == route)
+}
+
+/// Whether `role` (`None`: anonymous) from a loopback client or not may pass `who`.
+pub fn allows(who: Who, role: Option<Role>, loopback: bool) -> bool {
+    match who {
+        Who::Anyone => true,
+        Who::AtLeast(min) => role.is_some_and(|r| r >= min),
+        Who::LoopbackOrAdmin => loopback || role == Some(Role::Admin),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_method_and_route_has_exactly_one_line() {
+        for (i, a) in POLICY.iter().enumerate() {
+            for b in &POLICY[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.route == b.route),
+                    "{} {} is in the policy twice",
+                    a.method,
+                    a.route
+                );
+            }
+            assert!(
+                ["GET", "POST", "PUT", "DELETE"].contains(&a.method),
+                "{} {}: unknown method",
+                a.method,
+                a.route
+            );
+        }
+    }
+
+    #[test]
+    fn roles_include_the_ones_below_and_nobody_passes_an_unknown_route() {
+        let check = |who, role, loopback, expected| {
+            assert_eq!(
+                allows(who, role, loopback),
+                expected,
+                "{who:?} {role:?} {loopback}"
+            )
+        };
+        check(NURSE, Some(Role::Admin), false, true);
+        check(NURSE, Some(Role::Nurse), false, true);
+        check(NURSE, Some(Role::Carer), false, false);
+        check(NURSE, None, true, false);
+        check(Who::LoopbackOrAdmin, None, true, true);
+        check(Who::LoopbackOrAdmin, Some(Role::Nurse), false, false);
+        check(Who::LoopbackOrAdmin, Some(Role::Admin), false, true);
+        assert_eq!(lookup("PATCH", "/"), None);
+        assert_eq!(lookup("GET", "/nowhere"), None);
+        assert_eq!(lookup("HEAD", "/").map(|r| r.who), Some(CARER));
+    }
+}
