@@ -4,6 +4,7 @@
 //!   configured window is stale and is never presented as current;
 //! - `news2`: the National Early Warning Score 2 (RCP 2017).
 
+pub mod alerts;
 pub mod news2;
 
 use std::time::Duration;

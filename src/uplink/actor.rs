@@ -38,6 +38,10 @@ use crate::store::{Lease, LeaseId, LeasedReading, StoreError, StoreHandle};
 /// (which is busy committing acks) per message. The lease is acked once every one
 /// of its messages has its PUBACK.
 const MESSAGES_PER_LEASE: usize = 8;
+
+/// Alert messages outstanding at once (they are few and small; this bounds the
+/// client channel, which has room for them).
+const ALERTS_IN_FLIGHT: usize = 4;
 use crate::system::health::Heartbeat;
 
 use super::cert::{CertInfo, read_cert_info};
@@ -190,7 +194,23 @@ enum Carried {
         lease: LeaseId,
     },
     Status,
+    /// An alert; its PUBACK marks it published in the alert book.
+    Alert {
+        id: i64,
+    },
 }
+
+/// Where the uplink finds alerts to publish: the alert book's unpublished rows
+/// (stored and forwarded like readings), and a nudge when one is raised.
+#[derive(Clone)]
+pub struct AlertFeed {
+    pub book: crate::alerts::SharedBook,
+    pub changed: Arc<Notify>,
+}
+
+/// A finished read of unpublished alerts.
+type AlertFetch =
+    Pin<Box<dyn Future<Output = Result<Vec<crate::store::AlertRecord>, UplinkError>> + Send>>;
 
 /// How a connection ended.
 enum SessionEnd {
@@ -218,6 +238,8 @@ pub struct Uplink {
     /// Notified on SIGHUP: reload the certificate files.
     pub reload: Arc<Notify>,
     pub version: &'static str,
+    /// `None`: this uplink publishes no alerts.
+    pub alerts: Option<AlertFeed>,
 }
 
 impl Uplink {
@@ -418,7 +440,8 @@ impl Uplink {
         let cert = self.check_certificate().await;
         let stamp = files_stamp(&self.settings.tls).await;
         let options = self.options(tls, cert.as_ref());
-        let capacity = usize::from(self.settings.max_inflight) + MESSAGES_PER_LEASE + 8;
+        let capacity =
+            usize::from(self.settings.max_inflight) + MESSAGES_PER_LEASE + ALERTS_IN_FLIGHT + 8;
         let (client, mut events) = AsyncClient::new(options, capacity);
         // Without it, the tail of each large message waits for the delayed ACK
         // of the one before (Nagle), tens of milliseconds a message.
@@ -431,6 +454,8 @@ impl Uplink {
             inflight: HashMap::new(),
             acking: JoinSet::new(),
             parts_left: HashMap::new(),
+            alerts_out: std::collections::HashSet::new(),
+            marking: JoinSet::new(),
             connected: false,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
@@ -466,6 +491,10 @@ struct Session<'a> {
     acking: JoinSet<AckDone>,
     /// Per lease: messages still waiting for their PUBACK, and its readings.
     parts_left: HashMap<LeaseId, (usize, u64)>,
+    /// Alerts published in this session and not yet marked published.
+    alerts_out: std::collections::HashSet<i64>,
+    /// Marking acknowledged alerts as published in the alert book.
+    marking: JoinSet<Result<i64, String>>,
     connected: bool,
 }
 
@@ -525,6 +554,62 @@ impl Session<'_> {
         }
     }
 
+    /// Publishes the alerts not yet out in this session, up to the in-flight cap.
+    fn publish_alerts(&mut self, rows: Vec<crate::store::AlertRecord>) -> Result<(), UplinkError> {
+        for a in rows {
+            if self.alerts_out.len() >= ALERTS_IN_FLIGHT {
+                break;
+            }
+            if self.alerts_out.contains(&a.id) {
+                continue;
+            }
+            let msg = crate::uplink::payload::AlertMessage {
+                schema: "carehub.alert/1".into(),
+                gateway: self.uplink.settings.gateway.clone(),
+                id: a.uuid.clone(),
+                resident: a.resident_reference.clone().unwrap_or_default(),
+                kind: a.rule.clone(),
+                level: a.level.clone(),
+                score: a.score.map(u32::from),
+                reading_ids: Vec::new(),
+                raised_at: a.raised_at.to_rfc3339(),
+            };
+            let payload = serde_json::to_vec(&msg)
+                .map_err(|e| UplinkError::Connection(format!("cannot encode alert: {e}")))?;
+            self.alerts_out.insert(a.id);
+            self.publish(
+                self.topics.alerts.clone(),
+                payload,
+                false,
+                Carried::Alert { id: a.id },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The broker has alert `id`: record it, off the executor.
+    fn alert_acked(&mut self, id: i64) {
+        self.uplink
+            .status
+            .messages_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(feed) = self.uplink.alerts.clone() else {
+            return;
+        };
+        self.marking.spawn(async move {
+            tokio::task::spawn_blocking(move || {
+                feed.book
+                    .lock()
+                    .unwrap()
+                    .mark_published(id)
+                    .map(|()| id)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        });
+    }
+
     fn publish_status(&mut self, cert: Option<&CertInfo>) -> Result<(), UplinkError> {
         let payload = self.uplink.status_message(Presence::Online, cert);
         self.publish(self.topics.status.clone(), payload, true, Carried::Status)
@@ -540,6 +625,16 @@ impl Session<'_> {
         let s = &self.uplink.settings;
         let max = usize::from(s.max_inflight);
         let mut leasing: Option<LeaseFuture> = None;
+        let mut fetching: Option<AlertFetch> = None;
+        // Set on connect, when an alert is raised and now and then: look for
+        // unpublished alerts (the stored-and-forwarded ones included).
+        let mut alerts_due = true;
+        let no_feed = Arc::new(Notify::new());
+        let alert_nudge = self
+            .uplink
+            .alerts
+            .as_ref()
+            .map_or(no_feed, |f| f.changed.clone());
         // When the outbox was found empty, look again after this pause.
         let mut idle_until: Option<tokio::time::Instant> = None;
         let mut status_tick = tokio::time::interval(s.status_every);
@@ -564,6 +659,24 @@ impl Session<'_> {
                 let n = s.batch_max_readings.saturating_mul(MESSAGES_PER_LEASE);
                 leasing = Some(Box::pin(async move { store.lease(n).await }));
             }
+            if fetching.is_none()
+                && alerts_due
+                && self.connected
+                && self.alerts_out.len() < ALERTS_IN_FLIGHT
+                && let Some(feed) = self.uplink.alerts.clone()
+            {
+                alerts_due = false;
+                fetching = Some(Box::pin(async move {
+                    tokio::task::spawn_blocking(move || {
+                        feed.book.lock().unwrap().unpublished(ALERTS_IN_FLIGHT * 2)
+                    })
+                    .await
+                    .map_err(|e| UplinkError::Connection(format!("alert read task failed: {e}")))?
+                    .map_err(|e| {
+                        UplinkError::Connection(format!("cannot read unpublished alerts: {e}"))
+                    })
+                }));
+            }
             tokio::select! {
                 _ = self.uplink.cancel.cancelled() => {
                     if self.connected {
@@ -585,7 +698,34 @@ impl Session<'_> {
                         return SessionEnd::Reload;
                     }
                 }
+                _ = alert_nudge.notified() => alerts_due = true,
+                fetched = async { match fetching.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if fetching.is_some() => {
+                    fetching = None;
+                    match fetched {
+                        Ok(rows) => {
+                            // A full page may mean more are waiting.
+                            alerts_due = rows.len() >= ALERTS_IN_FLIGHT * 2;
+                            if let Err(e) = self.publish_alerts(rows) {
+                                return failed(e, true);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "uplink: alerts not published now; retrying"),
+                    }
+                }
+                Some(done) = self.marking.join_next(), if !self.marking.is_empty() => {
+                    match done {
+                        Ok(Ok(id)) => {
+                            self.alerts_out.remove(&id);
+                            alerts_due = true;
+                        }
+                        // Left in alerts_out: not sent again in this session; the
+                        // next session sends it again (a duplicate, never a loss).
+                        Ok(Err(e)) => tracing::error!(error = %e, "uplink: cannot record a published alert"),
+                        Err(e) => tracing::error!(error = %e, "uplink: alert marking task failed"),
+                    }
+                }
                 _ = status_tick.tick(), if self.connected => {
+                    alerts_due = true;
                     self.uplink.heartbeat.beat();
                     if let Err(e) = self.publish_status(cert) {
                         return failed(e, true);
@@ -640,6 +780,7 @@ impl Session<'_> {
                         match self.inflight.remove(&ack.pkid) {
                             Some(Carried::Batch { lease }) => self.part_acked(lease),
                             Some(Carried::Status) => {}
+                            Some(Carried::Alert { id }) => self.alert_acked(id),
                             None => tracing::warn!(pkid = ack.pkid, "uplink: PUBACK for no message in flight; ignored"),
                         }
                     }
@@ -651,11 +792,14 @@ impl Session<'_> {
     }
 
     /// A clean stop: publish "offline" (the last will is only for unclean ends),
-    /// then DISCONNECT, waiting briefly for both to leave.
+    /// then DISCONNECT, waiting briefly for both to leave (500 ms: shutdown has a
+    /// 2 s deadline).
     ///
     /// For a reload (`offline_status` is `None`) only the DISCONNECT: the broker
     /// then discards the last will, so a certificate reload does not show the
-    /// gateway going offline.
+    /// gateway going offline. Nothing waits on a reload, so it gives the queued
+    /// messages ahead of the DISCONNECT up to 5 s to leave: a connection dropped
+    /// before the DISCONNECT is written would fire the will.
     async fn say_goodbye(
         &mut self,
         events: &mut EventLoop,
@@ -670,9 +814,19 @@ impl Session<'_> {
                 return;
             }
         }
-        let _ = self.client.try_disconnect();
+        let patience = if offline_status.is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        // The request channel may be full of queued publishes: keep offering the
+        // DISCONNECT while the event loop drains them.
+        let mut disconnect_queued = self.client.try_disconnect().is_ok();
         let drain = async {
             loop {
+                if !disconnect_queued {
+                    disconnect_queued = self.client.try_disconnect().is_ok();
+                }
                 match events.poll().await {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Some(c) = self.queued.pop_front() {
@@ -689,7 +843,7 @@ impl Session<'_> {
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        let _ = tokio::time::timeout(patience, drain).await;
     }
 
     /// Counts a finished ack. The broker has these readings; if the outbox cannot
@@ -721,13 +875,17 @@ impl Session<'_> {
             .chain(self.inflight.drain().map(|(_, c)| c))
             .filter_map(|c| match c {
                 Carried::Batch { lease } => Some(lease.0),
-                Carried::Status => None,
+                Carried::Status | Carried::Alert { .. } => None,
             })
             .collect::<std::collections::BTreeSet<u64>>()
             .into_iter()
             .map(LeaseId)
             .collect();
         self.parts_left.clear();
+        // Alerts whose PUBACK came in are marked before the session ends; the
+        // rest stay unpublished in the book and go out in the next session.
+        while self.marking.join_next().await.is_some() {}
+        self.alerts_out.clear();
         for lease in leases {
             if let Err(e) = self.uplink.store.release(lease).await {
                 // The lease stays in the writer's memory; release_all at the next

@@ -4,6 +4,7 @@
 //! async executor. Every value is shown with its unit and its age; a value older
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
+mod alerts;
 mod api;
 mod devices;
 pub(crate) mod pages;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub store: StoreHandle,
     /// The MQTT uplink's connection state, last error and counts.
     pub uplink: Arc<crate::uplink::UplinkStatus>,
+    /// The alert lifecycle and the nurses' thresholds.
+    pub alerts: crate::alerts::SharedBook,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -73,6 +76,13 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(pairing::unpair),
         )
         .route("/api/v1/uplink", get(api::uplink))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route("/alerts/{id}/ack", post(alerts::page_ack))
+        .route(
+            "/api/v1/residents/{id}/thresholds",
+            axum::routing::put(alerts::set_thresholds),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -32,6 +32,12 @@ tr.stale td, tr.stale th { background:var(--stale-bg); }
 tr.stale .v { color:var(--stale); font-weight:600; }
 .badge { display:inline-block; font-size:.8rem; font-weight:700; padding:1px 6px; border-radius:4px; background:var(--stale); color:#fff; margin-left:6px; }
 .none { color:var(--muted); font-style:italic; }
+section.alerts { margin:16px 16px 0; padding:10px 14px; border:2px solid #b42318; border-radius:10px; background:#fef3f2; }
+section.alerts h2 { margin:0 0 6px; font-size:1.2rem; }
+section.alerts ul { margin:0; padding-left:18px; }
+li.alert { margin:6px 0; }
+li.alert form { display:inline; margin-left:8px; }
+li.emergency strong { color:#b42318; }
 .news { margin:0 0 10px; padding:8px 10px; border-radius:8px; border:2px solid; }
 .news strong { font-size:1.15rem; }
 .news small { display:block; color:var(--ink); }
@@ -77,7 +83,16 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
     let now = Timestamp::now();
     let uplink = state.uplink.snapshot();
+    // The vital signs stay on screen even if the alert book cannot be read.
+    let alerts = match super::alerts::section(&state).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "alerts not shown");
+            html! { p.warning role="alert" { "Alerts cannot be read right now; check the gateway." } }
+        }
+    };
     let body = html! {
+        (alerts)
         @if uplink.state != crate::uplink::ConnectionState::Disabled {
             p.uplink {
                 "Cloud link: " (uplink.state.as_str())

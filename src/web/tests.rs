@@ -54,6 +54,7 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         uplink: Arc::new(crate::uplink::UplinkStatus::new(
             crate::uplink::ConnectionState::Disabled,
         )),
+        alerts: crate::alerts::open_book(&dir.join("t.db")).unwrap(),
     };
     (store, state)
 }
@@ -345,4 +346,165 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
         page.contains("unassigned: readings no longer attributed (by web)"),
         "{page}"
     );
+}
+
+fn stage(state: &AppState, store: &Store, dir: &std::path::Path) -> crate::alerts::AlertStage {
+    let mut health = Health::default();
+    crate::alerts::AlertStage {
+        book: state.alerts.clone(),
+        reader: state.reader.clone(),
+        db_path: dir.join("t.db"),
+        limits: crate::clinical::alerts::Limits {
+            // The test's temporary filesystem may be nearly full: not under test here.
+            disk_low_bytes: 0,
+            ..Default::default()
+        },
+        every: Duration::from_secs(30),
+        store_stats: store.handle.stats().clone(),
+        uplink: None,
+        changed: Default::default(),
+        heartbeat: health.register("alerts"),
+        cancel: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let stage = stage(&state, &store, dir.path());
+    let spo2 = |v: f64| {
+        reading(
+            Quantity::Spo2,
+            Value::Number(v),
+            Unit::Percent,
+            Duration::ZERO,
+        )
+    };
+    store.handle.ingest(vec![spo2(88.0)]).await.unwrap();
+    let now = Timestamp::now();
+    let r = stage.evaluate_once(now).await.unwrap();
+    assert_eq!(r.raised.len(), 1, "{r:?}");
+    // Evaluating again while the cause holds raises nothing more.
+    let again = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert!(
+        again.raised.is_empty() && again.resolved.is_empty(),
+        "{again:?}"
+    );
+
+    let (status, json) = get(&state, "/api/v1/alerts").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(v[0]["cause"], "resident:1/news2-single-3:spo2");
+    assert_eq!(v[0]["severity"], "urgent");
+    assert_eq!(v[0]["published"], false);
+    let id = v[0]["id"].as_i64().unwrap();
+
+    let (_, html) = get(&state, "/").await;
+    assert!(html.contains("Alerts (1)"), "{html}");
+    assert!(html.contains("spo2 scores 3"), "{html}");
+    assert!(html.contains(&format!("/alerts/{id}/ack")), "{html}");
+
+    let (status, _) = send(
+        &state,
+        "POST",
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"by": " "}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = send(&state, "POST", "/api/v1/alerts/999/ack", r#"{"by": "Kay"}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, json) = send(
+        &state,
+        "POST",
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"by": "Nurse Kay"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["acknowledged_by"], "Nurse Kay");
+    let (_, html) = get(&state, "/").await;
+    assert!(html.contains("acknowledged by Nurse Kay"), "{html}");
+    // The example in docs/api.md has exactly the keys of an acknowledged,
+    // unresolved alert.
+    let doc = include_str!("../../docs/api.md");
+    let example = doc
+        .split("### `GET /api/v1/alerts`")
+        .nth(1)
+        .and_then(|s| s.split("```json").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("an example in docs/api.md");
+    let example: serde_json::Value = serde_json::from_str(example).unwrap();
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&example[0]), keys(&v));
+
+    store.handle.ingest(vec![spo2(97.0)]).await.unwrap();
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert_eq!(r.resolved, vec![id]);
+    assert!(r.raised.is_empty());
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert!(r.resolved.is_empty(), "resolved twice: {r:?}");
+    let (_, html) = get(&state, "/").await;
+    assert!(
+        !html.contains("Alerts ("),
+        "a resolved alert is not open: {html}"
+    );
+    let (_, json) = get(&state, "/api/v1/alerts").await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v[0]["resolved_at"].is_string(), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nurse_threshold_raises_where_the_chart_would_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let stage = stage(&state, &store, dir.path());
+    store
+        .handle
+        .ingest(vec![reading(
+            Quantity::Spo2,
+            Value::Number(93.0),
+            Unit::Percent,
+            Duration::ZERO,
+        )])
+        .await
+        .unwrap();
+    assert!(
+        stage
+            .evaluate_once(Timestamp::now())
+            .await
+            .unwrap()
+            .raised
+            .is_empty()
+    );
+    let body = |spo2: &str| {
+        format!(
+            r#"{{"set_by": "Nurse Kay", "spo2_low": {spo2}, "pulse_low": 40, "pulse_high": 131,
+                "systolic_low": 90, "systolic_high": 220, "temperature_low": 35, "temperature_high": 39.1}}"#
+        )
+    };
+    let (status, why) = send(
+        &state,
+        "PUT",
+        "/api/v1/residents/1/thresholds",
+        &body("9.4"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{why}");
+    let (status, _) = send(&state, "PUT", "/api/v1/residents/9/thresholds", &body("94")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(&state, "PUT", "/api/v1/residents/1/thresholds", &body("94")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert_eq!(r.raised.len(), 1);
+    let (_, json) = get(&state, "/api/v1/alerts").await;
+    assert!(json.contains("resident:1/threshold:spo2"), "{json}");
+    assert!(json.contains("93.0 %"), "value with its unit: {json}");
 }

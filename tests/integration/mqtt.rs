@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::mqtt_support::{Broker, Pki, Subscriber};
 use super::support::{Daemon, free_port, wait_for};
 
-const DEVICE: DeviceAddress = DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 1]);
+pub(super) const DEVICE: DeviceAddress = DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 1]);
 
-fn open_store(dir: &std::path::Path) -> Store {
+pub(super) fn open_store(dir: &std::path::Path) -> Store {
     let mut health = Health::default();
     Store::open(
         StoreSettings::at(dir.join("carehub.db")),
@@ -35,7 +35,7 @@ fn open_store(dir: &std::path::Path) -> Store {
     .unwrap()
 }
 
-async fn provision(store: &StoreHandle) {
+pub(super) async fn provision(store: &StoreHandle) {
     store
         .provision(
             vec![Resident {
@@ -77,7 +77,7 @@ async fn ingest(store: &StoreHandle, n: usize) -> Vec<String> {
     ids
 }
 
-fn settings(
+pub(super) fn settings(
     pki: &Pki,
     port: u16,
     host: &str,
@@ -126,6 +126,7 @@ fn start_uplink(store: &StoreHandle, settings: UplinkSettings) -> Running {
             cancel: cancel.clone(),
             reload: Arc::new(tokio::sync::Notify::new()),
             version: "test",
+            alerts: None,
         }
         .run(),
     );
