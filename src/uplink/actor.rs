@@ -12,6 +12,16 @@
 //! task instead builds a fresh event loop for every connection with
 //! `clean_session = true`, so rumqttc holds nothing across connections: the
 //! batches it was carrying are released to the outbox and leased again.
+//!
+//! `EventLoop::poll` is not cancel-safe: while it connects it holds the new
+//! connection inside its future, so dropping that future (another `select!`
+//! branch winning) closes a connection the broker may already have accepted. The
+//! broker then publishes the last will, and the cloud sees a false "offline"
+//! before the first "online" (the flaky FHIR/last-will test: an alert raised
+//! during the handshake woke the session loop). Dropping it while it writes can
+//! also lose a packet. So the event loop runs on its own task, [`EventPump`],
+//! which polls it without ever cancelling and hands each event over a channel;
+//! the session waits on the channel, whose `recv` is cancel-safe.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -223,6 +233,46 @@ enum SessionEnd {
     },
 }
 
+/// The rumqttc event loop on its own task (see the module doc): events arrive
+/// on `rx` in order; the first error is the last event. Dropping the pump stops
+/// the task and closes the connection, so a session drops it only once it has
+/// said goodbye or the connection is gone (or the daemon is stopping).
+struct EventPump {
+    rx: tokio::sync::mpsc::Receiver<Result<Event, ConnectionError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventPump {
+    /// Room for a burst of PUBACKs while the session is busy elsewhere; when it
+    /// is full the pump waits (and rumqttc reads no further).
+    const BACKLOG: usize = 64;
+
+    fn start(mut events: EventLoop) -> EventPump {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::BACKLOG);
+        let task = tokio::spawn(async move {
+            loop {
+                let event = events.poll().await;
+                let last = event.is_err();
+                if tx.send(event).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        EventPump { rx, task }
+    }
+
+    /// The next event; `None` when the pump has stopped (after its error).
+    async fn next(&mut self) -> Option<Result<Event, ConnectionError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for EventPump {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A finished ack: its result, the lease and how many readings it held.
 type AckDone = (Result<(), Arc<StoreError>>, LeaseId, u64);
 
@@ -260,9 +310,14 @@ impl Uplink {
         loop {
             self.heartbeat.beat();
             self.status.set_state(ConnectionState::Connecting);
+            tracing::debug!(broker = %addr, "uplink: session starting");
             match self.session(&addr).await {
-                SessionEnd::Cancelled => break,
+                SessionEnd::Cancelled => {
+                    tracing::debug!("uplink: session ended: cancelled");
+                    break;
+                }
                 SessionEnd::Reload => {
+                    tracing::debug!("uplink: session ended: reload");
                     tracing::info!("uplink: certificate files changed; reconnecting with them");
                     backoff.reset();
                     continue;
@@ -271,6 +326,7 @@ impl Uplink {
                     error,
                     was_connected,
                 } => {
+                    tracing::debug!(error = %error, was_connected, "uplink: session ended: failed");
                     if was_connected {
                         backoff.reset();
                     }
@@ -446,6 +502,7 @@ impl Uplink {
         // Without it, the tail of each large message waits for the delayed ACK
         // of the one before (Nagle), tens of milliseconds a message.
         events.network_options.set_tcp_nodelay(true);
+        let mut events = EventPump::start(events);
         let mut session = Session {
             uplink: self,
             client,
@@ -457,6 +514,7 @@ impl Uplink {
             alerts_out: std::collections::HashSet::new(),
             marking: JoinSet::new(),
             connected: false,
+            link_lost: false,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
         session.release_outstanding().await;
@@ -496,6 +554,8 @@ struct Session<'a> {
     /// Marking acknowledged alerts as published in the alert book.
     marking: JoinSet<Result<i64, String>>,
     connected: bool,
+    /// The event loop reported the connection gone: no goodbye is possible.
+    link_lost: bool,
 }
 
 impl Session<'_> {
@@ -615,9 +675,31 @@ impl Session<'_> {
         self.publish(self.topics.status.clone(), payload, true, Carried::Status)
     }
 
+    /// Runs the session until it ends. A session that fails for a reason of
+    /// its own (the outbox, a payload) while the connection is up still says a
+    /// clean goodbye: the gateway is not gone, so the broker must not publish
+    /// the last will.
     async fn drive(
         &mut self,
-        events: &mut EventLoop,
+        events: &mut EventPump,
+        addr: &str,
+        cert: Option<&CertInfo>,
+        stamp: Vec<Option<SystemTime>>,
+    ) -> SessionEnd {
+        let end = self.run_connection(events, addr, cert, stamp).await;
+        if let SessionEnd::Failed { error, .. } = &end
+            && self.connected
+            && !self.link_lost
+        {
+            tracing::debug!(error = %error, "uplink: ending a live connection cleanly after a failure");
+            self.say_goodbye(events, None).await;
+        }
+        end
+    }
+
+    async fn run_connection(
+        &mut self,
+        events: &mut EventPump,
         addr: &str,
         cert: Option<&CertInfo>,
         stamp: Vec<Option<SystemTime>>,
@@ -646,7 +728,14 @@ impl Session<'_> {
             error,
             was_connected,
         };
+        // A reload asked for while connecting waits for the CONNACK: ending the
+        // session in the middle of the handshake would fire the last will.
+        let mut reload_due = false;
         loop {
+            if reload_due && self.connected {
+                self.say_goodbye(events, None).await;
+                return SessionEnd::Reload;
+            }
             if idle_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
                 idle_until = None;
             }
@@ -685,20 +774,19 @@ impl Session<'_> {
                     return SessionEnd::Cancelled;
                 }
                 _ = self.uplink.reload.notified() => {
-                    if self.connected {
-                        self.say_goodbye(events, None).await;
-                    }
-                    return SessionEnd::Reload;
+                    tracing::debug!(connected = self.connected, "uplink: reload requested");
+                    reload_due = true;
                 }
                 _ = watch.tick() => {
                     if files_stamp(&s.tls).await != stamp {
-                        if self.connected {
-                            self.say_goodbye(events, None).await;
-                        }
-                        return SessionEnd::Reload;
+                        tracing::debug!(connected = self.connected, "uplink: certificate files changed");
+                        reload_due = true;
                     }
                 }
-                _ = alert_nudge.notified() => alerts_due = true,
+                _ = alert_nudge.notified() => {
+                    tracing::debug!(connected = self.connected, "uplink: alert nudge");
+                    alerts_due = true;
+                }
                 fetched = async { match fetching.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if fetching.is_some() => {
                     fetching = None;
                     match fetched {
@@ -758,8 +846,14 @@ impl Session<'_> {
                         return failed(e, true);
                     }
                 }
-                event = events.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                event = events.next() => match event {
+                    None => {
+                        self.link_lost = true;
+                        return failed(UplinkError::Connection("the MQTT event loop stopped".into()), self.connected);
+                    }
+                    Some(event) => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        tracing::debug!(?ack, "uplink: CONNACK");
                         self.connected = true;
                         self.uplink.status.connections.fetch_add(1, Ordering::Relaxed);
                         self.uplink.status.set_state(ConnectionState::Connected);
@@ -785,7 +879,11 @@ impl Session<'_> {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => return failed(classify(&e, addr), self.connected),
+                    Err(e) => {
+                        self.link_lost = true;
+                        return failed(classify(&e, addr), self.connected);
+                    }
+                    },
                 },
             }
         }
@@ -802,7 +900,7 @@ impl Session<'_> {
     /// before the DISCONNECT is written would fire the will.
     async fn say_goodbye(
         &mut self,
-        events: &mut EventLoop,
+        events: &mut EventPump,
         offline_status: Option<Option<&CertInfo>>,
     ) {
         if let Some(cert) = offline_status {
@@ -823,23 +921,38 @@ impl Session<'_> {
         // DISCONNECT while the event loop drains them.
         let mut disconnect_queued = self.client.try_disconnect().is_ok();
         let drain = async {
+            let mut disconnect_sent = false;
             loop {
                 if !disconnect_queued {
                     disconnect_queued = self.client.try_disconnect().is_ok();
                 }
-                match events.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                match events.next().await {
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                         if let Some(c) = self.queued.pop_front() {
                             self.inflight.insert(pkid, c);
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Carried::Batch { lease }) = self.inflight.remove(&ack.pkid) {
-                            self.part_acked(lease);
+                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                        match self.inflight.remove(&ack.pkid) {
+                            Some(Carried::Batch { lease }) => self.part_acked(lease),
+                            Some(Carried::Alert { id }) => self.alert_acked(id),
+                            Some(Carried::Status) | None => {}
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
+                    // Keep reading until the broker closes the connection:
+                    // closing a socket with unread data in it sends a reset,
+                    // which can discard the DISCONNECT before the broker reads
+                    // it (and the broker would then fire the will).
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) => {
+                        tracing::debug!("uplink: DISCONNECT sent");
+                        disconnect_sent = true;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, disconnect_sent, "uplink: connection closed");
+                        break;
+                    }
+                    None => break,
+                    Some(Ok(_)) => {}
                 }
             }
         };
