@@ -43,6 +43,7 @@ fn snapshot() -> Snapshot {
                 v(Quantity::BodyTemperature, 37.1, Unit::Celsius),
             ],
             thresholds: None,
+            spo2_scale: Default::default(),
         })
         .collect();
     let devices = (0..120)

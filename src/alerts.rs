@@ -112,6 +112,7 @@ impl AlertStage {
         let uplink = self.uplink.as_ref().map(|u| u.snapshot());
         tokio::task::spawn_blocking(move || {
             let thresholds = book.lock().unwrap().thresholds()?;
+            let scales = book.lock().unwrap().spo2_scales()?;
             let residents = reader
                 .residents_overview()?
                 .into_iter()
@@ -129,6 +130,7 @@ impl AlertStage {
                         })
                         .collect(),
                     thresholds: thresholds.get(&r.id.0).copied(),
+                    spo2_scale: scales.get(&r.id.0).copied().unwrap_or_default(),
                 })
                 .collect();
             let devices = book

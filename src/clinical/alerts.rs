@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::news2::{Band, Parameter};
-use super::{Freshness, VitalSample, freshness, news2_from_sensors};
+use super::{Freshness, VitalSample, freshness, news2_from_readings};
 use crate::model::{Quantity, Timestamp, Unit};
 
 /// How urgent an alert is, in the order staff should act on them.
@@ -86,6 +86,8 @@ pub struct ResidentState {
     /// A nurse's override; `None` means the chart defaults, which the single-3
     /// rule already covers, so no separate threshold alert is raised.
     pub thresholds: Option<Thresholds>,
+    /// Scale 2 only where a nurse has set it.
+    pub spo2_scale: super::news2::Spo2Scale,
 }
 
 /// What the rules know of one assigned device.
@@ -186,7 +188,7 @@ fn resident_causes(r: &ResidentState, limits: &Limits, now: Timestamp, out: &mut
     let subject = format!("resident:{}", r.id);
     // A stale score says nothing about the resident now: no clinical alert is
     // raised or kept open from it (the silent-sensor rule covers the gap).
-    let Some(s) = news2_from_sensors(&r.vitals, now, limits.freshness_window) else {
+    let Some(s) = news2_from_readings(&r.vitals, r.spo2_scale, now, limits.freshness_window) else {
         return;
     };
     if s.stale {
@@ -418,6 +420,7 @@ mod tests {
                 display_name: "Ada".into(),
                 vitals,
                 thresholds,
+                spo2_scale: Default::default(),
             }],
             ..Default::default()
         }

@@ -1,5 +1,10 @@
 //! The alert book: the lifecycle of each alert in SQLite (raised, acknowledged by
-//! whom, resolved, published) and the thresholds a nurse set per resident.
+//! whom, resolved, published), the thresholds and SpO₂ scale a nurse set per
+//! resident, and the record of who entered each staff observation set.
+//!
+//! Every committed change to an alert is also sent on a broadcast channel
+//! ([`AlertBook::subscribe`]) so that a live page can follow it; nobody has to
+//! listen, and the alerts page works without it (it reads the book).
 //!
 //! Alerts are rare (a few a day), so the book keeps its own write connection
 //! beside the readings writer instead of queueing behind group commits; SQLite's
@@ -17,7 +22,28 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use crate::clinical::alerts::{Cause, Thresholds};
+use crate::clinical::news2::Spo2Scale;
 use crate::model::{ReadingId, Timestamp};
+
+/// What happened to an alert, as sent to live listeners after the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertChangeKind {
+    Raised,
+    Acknowledged,
+    Resolved,
+}
+
+/// One committed change to one alert. Listeners read the alert itself from the
+/// book (`AlertBook::get`); the change only says which and what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertChange {
+    pub id: i64,
+    pub kind: AlertChangeKind,
+}
+
+/// Changes kept for a listener that falls behind; a lagging listener gets
+/// `RecvError::Lagged` and should re-read the whole list.
+const CHANGES_BACKLOG: usize = 64;
 
 /// One alert as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +79,7 @@ pub struct SyncReport {
 /// The alert tables, through one connection.
 pub struct AlertBook {
     conn: Connection,
+    changes: tokio::sync::broadcast::Sender<AlertChange>,
 }
 
 const COLUMNS: &str = "a.id, a.uuid, a.cause_key, a.resident_id, r.reference, a.rule, a.severity,
@@ -94,7 +121,19 @@ impl AlertBook {
                 needed: super::SCHEMA_VERSION,
             });
         }
-        Ok(AlertBook { conn })
+        let (changes, _) = tokio::sync::broadcast::channel(CHANGES_BACKLOG);
+        Ok(AlertBook { conn, changes })
+    }
+
+    /// Follows every alert raised, acknowledged or resolved from now on (after
+    /// its commit). For the live page (SSE); the alerts page does not need it.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<AlertChange> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, id: i64, kind: AlertChangeKind) {
+        // No listener is normal (no page open): nothing to do.
+        let _ = self.changes.send(AlertChange { id, kind });
     }
 
     /// Makes the open alerts match `causes`: raises each cause with no open alert,
@@ -146,6 +185,12 @@ impl AlertBook {
             }
         }
         tx.commit()?;
+        for id in &report.raised {
+            self.announce(*id, AlertChangeKind::Raised);
+        }
+        for id in &report.resolved {
+            self.announce(*id, AlertChangeKind::Resolved);
+        }
         Ok(report)
     }
 
@@ -158,6 +203,9 @@ impl AlertBook {
         )?;
         if n == 0 && self.get(id)?.is_none() {
             return Err(StoreError::UnknownAlert(id));
+        }
+        if n > 0 {
+            self.announce(id, AlertChangeKind::Acknowledged);
         }
         Ok(())
     }
@@ -265,14 +313,7 @@ impl AlertBook {
         Ok(rows)
     }
 
-    /// Stores a nurse's thresholds for a resident, replacing earlier ones.
-    pub fn set_thresholds(
-        &mut self,
-        resident_id: i64,
-        t: &Thresholds,
-        by: &str,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
+    fn require_resident(&self, resident_id: i64) -> Result<(), StoreError> {
         let exists: Option<i64> = self
             .conn
             .query_row(
@@ -281,9 +322,122 @@ impl AlertBook {
                 |r| r.get(0),
             )
             .optional()?;
-        if exists.is_none() {
-            return Err(StoreError::UnknownResident(resident_id));
+        match exists {
+            Some(_) => Ok(()),
+            None => Err(StoreError::UnknownResident(resident_id)),
         }
+    }
+
+    /// The SpO₂ scale of every resident a nurse has set one for; the others are
+    /// on scale 1.
+    pub fn spo2_scales(&self) -> Result<HashMap<i64, Spo2Scale>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT resident_id, spo2_scale FROM resident_clinical")?;
+        let rows = st
+            .query_map([], |r| {
+                let scale = match r.get::<_, i64>(1)? {
+                    2 => Spo2Scale::Two,
+                    _ => Spo2Scale::One,
+                };
+                Ok((r.get(0)?, scale))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Sets a resident's SpO₂ scale and writes who did it into the audit record
+    /// (`pairing_events`, `what = "spo2_scale"`), in one transaction.
+    pub fn set_spo2_scale(
+        &mut self,
+        resident_id: i64,
+        scale: Spo2Scale,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.require_resident(resident_id)?;
+        let n = match scale {
+            Spo2Scale::One => 1,
+            Spo2Scale::Two => 2,
+        };
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO resident_clinical (resident_id, spo2_scale, set_by, set_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![resident_id, n, by, now.unix_ms()],
+        )?;
+        tx.execute(
+            "INSERT INTO pairing_events (at_ms, device, what, who, detail)
+             VALUES (?1, NULL, 'spo2_scale', ?2, ?3)",
+            params![
+                now.unix_ms(),
+                by,
+                format!("resident {resident_id}: SpO2 scale {n}")
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records who entered the staff observation set whose values are the
+    /// readings `reading_ids` (already committed by the store writer).
+    pub fn record_observation_set(
+        &mut self,
+        resident_id: i64,
+        taken_at: Timestamp,
+        entered_by: &str,
+        reading_ids: &[ReadingId],
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let ids: Vec<String> = reading_ids.iter().map(|r| r.to_string()).collect();
+        self.conn.execute(
+            "INSERT INTO observation_sets (resident_id, taken_at_ms, entered_by, entered_at_ms,
+                                           reading_ids)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                resident_id,
+                taken_at.unix_ms(),
+                entered_by,
+                now.unix_ms(),
+                ids.join(" ")
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Who entered the newest observation sets of a resident, newest first:
+    /// (taken at, entered by, reading ids).
+    pub fn observation_sets(
+        &self,
+        resident_id: i64,
+        max: usize,
+    ) -> Result<Vec<(Timestamp, String, Vec<String>)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT taken_at_ms, entered_by, reading_ids FROM observation_sets
+             WHERE resident_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st
+            .query_map(params![resident_id, max as i64], |r| {
+                let ids: String = r.get(2)?;
+                Ok((
+                    Timestamp::from_unix_ms(r.get(0)?),
+                    r.get(1)?,
+                    ids.split(' ').map(str::to_owned).collect(),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Stores a nurse's thresholds for a resident, replacing earlier ones.
+    pub fn set_thresholds(
+        &mut self,
+        resident_id: i64,
+        t: &Thresholds,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.require_resident(resident_id)?;
         self.conn.execute(
             "INSERT OR REPLACE INTO resident_thresholds (resident_id, spo2_low, pulse_low,
                 pulse_high, systolic_low, systolic_high, temperature_low, temperature_high,

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{StoreConfig, Synchronous};
 use crate::model::{Device, Reading, Resident, Subject, Timestamp};
 
-pub use alerts::{AlertBook, AlertRecord, SyncReport};
+pub use alerts::{AlertBook, AlertChange, AlertChangeKind, AlertRecord, SyncReport};
 pub use limits::free_disk_bytes;
 pub use limits::{Class, EvictionReason, MaintenanceReport};
 pub use reader::{LatestValue, Reader, ResidentOverview, StatsSnapshot};

@@ -154,6 +154,27 @@ const MIGRATIONS: &[&str] = &[
         set_at_ms        INTEGER NOT NULL
     );
     "#,
+    // 5: staff observation sets and the SpO2 scale per resident (issue 8,
+    // alerts2). The values of a set are ordinary readings (device 00:..:00, in
+    // `readings` and the outbox); `observation_sets` records who entered them and
+    // which readings they are. `resident_clinical` holds the scale a nurse chose;
+    // each change also goes into the audit record (`pairing_events`).
+    r#"
+    CREATE TABLE observation_sets (
+        id            INTEGER PRIMARY KEY,
+        resident_id   INTEGER NOT NULL REFERENCES residents(id),
+        taken_at_ms   INTEGER NOT NULL,
+        entered_by    TEXT NOT NULL,
+        entered_at_ms INTEGER NOT NULL,
+        reading_ids   TEXT NOT NULL
+    );
+    CREATE TABLE resident_clinical (
+        resident_id INTEGER PRIMARY KEY REFERENCES residents(id),
+        spo2_scale  INTEGER NOT NULL CHECK (spo2_scale IN (1, 2)),
+        set_by      TEXT NOT NULL,
+        set_at_ms   INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -158,6 +158,15 @@ pub async fn set_thresholds(
     Path(resident): Path<i64>,
     Json(req): Json<ThresholdsRequest>,
 ) -> Result<Response, WebError> {
+    apply_thresholds(&state, resident, req).await
+}
+
+/// Checks and stores a nurse's limits: 204, 422 saying what is wrong, or 404.
+pub(super) async fn apply_thresholds(
+    state: &AppState,
+    resident: i64,
+    req: ThresholdsRequest,
+) -> Result<Response, WebError> {
     let t = Thresholds {
         spo2_low: req.spo2_low,
         pulse_low: req.pulse_low,
@@ -174,7 +183,7 @@ pub async fn set_thresholds(
     if by.is_empty() {
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, "give set_by").into_response());
     }
-    let r = with_book(&state, move |b| {
+    let r = with_book(state, move |b| {
         match b.set_thresholds(resident, &t, &by, Timestamp::now()) {
             Ok(()) => Ok(true),
             Err(StoreError::UnknownResident(_)) => Ok(false),
@@ -236,6 +245,7 @@ pub async fn section(state: &AppState) -> Result<Markup, WebError> {
                                 " — acknowledged by " (by)
                             } @else {
                                 form method="post" action=(format!("/alerts/{}/ack", a.id)) {
+                                    (super::csrf_field())
                                     input name="by" placeholder="Your name" required;
                                     button { "Acknowledge" }
                                 }

@@ -6,6 +6,7 @@
 
 mod alerts;
 mod api;
+mod clinical;
 mod devices;
 pub(crate) mod pages;
 mod pairing;
@@ -83,6 +84,28 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/residents/{id}/thresholds",
             axum::routing::put(alerts::set_thresholds),
         )
+        // Staff observation sets, SpO2 scale and limits (web::clinical).
+        .route(
+            "/residents/{id}/observations",
+            get(clinical::observations_page).post(clinical::observations_submit),
+        )
+        .route(
+            "/api/v1/residents/{id}/observations",
+            post(clinical::api_observations),
+        )
+        .route("/residents/{id}/clinical", get(clinical::clinical_page))
+        .route(
+            "/residents/{id}/clinical/scale",
+            post(clinical::scale_submit),
+        )
+        .route(
+            "/residents/{id}/clinical/thresholds",
+            post(clinical::thresholds_submit),
+        )
+        .route(
+            "/api/v1/residents/{id}/spo2-scale",
+            axum::routing::put(clinical::api_scale),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -116,6 +139,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             .map(|c| c.0.ip().to_string());
         Ok(Caller(peer.unwrap_or_else(|| "web".to_owned())))
     }
+}
+
+/// The hidden anti-forgery field of every state-changing form. Empty until
+/// staff accounts and sessions exist (the web accounts work fills it in); every
+/// form goes through here so that one change covers them all.
+pub fn csrf_field() -> maud::Markup {
+    maud::html! {}
 }
 
 async fn not_found() -> Response {

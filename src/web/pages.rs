@@ -6,8 +6,9 @@ use axum::response::Html;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::{AppState, WebError, describe_age, read};
+use crate::clinical::news2::Spo2Scale;
 use crate::clinical::news2::{Band, Parameter};
-use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_sensors};
+use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_readings};
 use crate::model::{Quantity, Timestamp, Value};
 use crate::store::{LatestValue, ResidentOverview};
 
@@ -50,6 +51,15 @@ footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
 "#;
 
 pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    page_with(title, now, body, true)
+}
+
+/// A page with a form: no self-refresh, which would throw away what is typed.
+pub(crate) fn form_page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    page_with(title, now, body, false)
+}
+
+fn page_with(title: &str, now: Timestamp, body: Markup, refresh: bool) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en-GB" {
@@ -57,7 +67,9 @@ pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 // The overview refreshes itself; live updates come with the full staff UI.
-                meta http-equiv="refresh" content="10";
+                @if refresh {
+                    meta http-equiv="refresh" content="10";
+                }
                 title { (title) " — carehub" }
                 style { (PreEscaped(STYLE)) }
             }
@@ -83,6 +95,9 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
     let now = Timestamp::now();
     let uplink = state.uplink.snapshot();
+    // Scale 1 for everyone if the book cannot be read would be wrong for a
+    // scale-2 resident: show the error instead of a score.
+    let scales = super::clinical::Scales::load(&state).await?;
     // The vital signs stay on screen even if the alert book cannot be read.
     let alerts = match super::alerts::section(&state).await {
         Ok(m) => m,
@@ -110,7 +125,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
                 p.none { "No residents yet." }
             }
             @for r in &rows {
-                (tile(r, now, state.stale_after))
+                (tile(r, scales.of(r.id.0), now, state.stale_after))
             }
         }
     };
@@ -126,15 +141,33 @@ const TILE: &[Quantity] = &[
     Quantity::BodyTemperature,
     Quantity::BodyWeight,
     Quantity::BloodGlucose,
+    Quantity::RespirationRate,
+    Quantity::Consciousness,
+    Quantity::SupplementalOxygen,
 ];
 
-fn tile(r: &ResidentOverview, now: Timestamp, stale_after: std::time::Duration) -> Markup {
+fn tile(
+    r: &ResidentOverview,
+    scale: Spo2Scale,
+    now: Timestamp,
+    stale_after: std::time::Duration,
+) -> Markup {
     let find = |q: Quantity| r.latest.iter().find(|v| v.quantity == q);
     html! {
         article aria-labelledby=(format!("res-{}", r.id.0)) {
             h2 id=(format!("res-{}", r.id.0)) { (r.display_name) }
-            p.room { (r.room) }
-            (news2_block(r, now, stale_after))
+            p.room {
+                (r.room)
+                @if scale == Spo2Scale::Two {
+                    " " span.badge.scale2 { "SpO2 scale 2" }
+                }
+            }
+            (news2_block(r, scale, now, stale_after))
+            p.actions {
+                a href=(format!("/residents/{}/observations", r.id.0)) { "Enter observations" }
+                " · "
+                a href=(format!("/residents/{}/clinical", r.id.0)) { "SpO2 scale and alert limits" }
+            }
             @let shown: Vec<&LatestValue> = TILE.iter().filter_map(|q| find(*q)).collect();
             @if shown.is_empty() {
                 p.none { "No readings yet" }
@@ -194,6 +227,12 @@ fn vital_row(
 
 fn with_unit(v: &LatestValue) -> String {
     match v.value {
+        Value::Number(n) if v.quantity == Quantity::Consciousness => {
+            super::clinical::acvpu_words(n).to_owned()
+        }
+        Value::Number(n) if v.quantity == Quantity::SupplementalOxygen => {
+            if n == 1.0 { "yes" } else { "no (air)" }.to_owned()
+        }
         Value::Number(_) => {
             let sym = v.unit.symbol();
             let n = number(v.quantity, v.value);
@@ -231,10 +270,12 @@ fn number(q: Quantity, v: Value) -> String {
     }
 }
 
-/// The resident's NEWS2 from sensor values, always labelled partial (sensors do not
-/// measure respiration, consciousness or oxygen) and shown as stale when it is.
+/// The resident's NEWS2 from the newest sensor values and staff entries on the
+/// resident's SpO₂ scale, labelled partial unless every parameter is there, and
+/// shown as stale when it is.
 pub(super) fn sensor_news2(
     r: &ResidentOverview,
+    scale: Spo2Scale,
     now: Timestamp,
     window: std::time::Duration,
 ) -> Option<SensorScore> {
@@ -248,11 +289,16 @@ pub(super) fn sensor_news2(
             taken_at: v.taken_at,
         })
         .collect();
-    news2_from_sensors(&samples, now, window)
+    news2_from_readings(&samples, scale, now, window)
 }
 
-fn news2_block(r: &ResidentOverview, now: Timestamp, window: std::time::Duration) -> Markup {
-    let Some(s) = sensor_news2(r, now, window) else {
+fn news2_block(
+    r: &ResidentOverview,
+    scale: Spo2Scale,
+    now: Timestamp,
+    window: std::time::Duration,
+) -> Markup {
+    let Some(s) = sensor_news2(r, scale, now, window) else {
         return html! {};
     };
     let band = s.score.band;
@@ -268,16 +314,19 @@ fn news2_block(r: &ResidentOverview, now: Timestamp, window: std::time::Duration
         .iter()
         .map(|p| parameter_label(*p))
         .collect();
+    let partial = if s.score.partial() { " (partial)" } else { "" };
     html! {
         @if s.stale {
             div.news.stale role="status" {
-                strong { "NEWS2 " (s.score.total) " (partial)" } span.badge { "STALE" }
+                strong { "NEWS2 " (s.score.total) (partial) } span.badge { "STALE" }
                 small { "from readings " (describe_age(s.oldest.age_at(now))) "; not current" }
             }
         } @else {
             div class=(format!("news band-{}", band.as_str())) role="status" {
-                strong { "NEWS2 " (s.score.total) " (partial) — " (words) }
-                small { "From sensors only. Not measured: " (missing.join(", ")) "." }
+                strong { "NEWS2 " (s.score.total) (partial) " — " (words) }
+                @if !missing.is_empty() {
+                    small { "Missing: " (missing.join(", ")) ". Enter an observation set to complete it." }
+                }
             }
         }
     }
