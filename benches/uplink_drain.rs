@@ -181,6 +181,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
             cancel: cancel.clone(),
             reload: Arc::new(tokio::sync::Notify::new()),
             version: "bench",
+            alerts: None,
         }
         .run(),
     );

@@ -24,6 +24,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub web: WebConfig,
     pub clinical: ClinicalConfig,
+    pub alerts: AlertsConfig,
     pub system: SystemConfig,
     pub uplink: UplinkConfig,
 }
@@ -163,6 +164,39 @@ pub struct WebConfig {
 pub struct ClinicalConfig {
     /// A vital sign older than this is shown as stale, never as current. Default 60.
     pub stale_after_minutes: u32,
+}
+
+/// `[alerts]`: when the gateway alerts staff about its sensors and itself. The
+/// clinical rules (NEWS2 bands, a single 3, nurse thresholds) need no settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// The rules are evaluated at least this often, even with no new readings.
+    /// Default 30.
+    pub evaluate_every_seconds: u32,
+    /// An assigned sensor not heard for this many minutes is silent. Default 240.
+    pub sensor_silent_minutes: u32,
+    /// A sensor battery at or below this percentage is low. Default 15.
+    pub battery_low_percent: u8,
+    /// Readings waiting for the cloud longer than this many minutes alert. Default 360.
+    pub backlog_max_minutes: u32,
+    /// The uplink certificate alerts this many days before it expires. Default 14.
+    pub certificate_warn_days: u32,
+    /// Free disk at or below this many MB alerts. Default 256.
+    pub disk_low_mb: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            evaluate_every_seconds: 30,
+            sensor_silent_minutes: 240,
+            battery_low_percent: 15,
+            backlog_max_minutes: 360,
+            certificate_warn_days: 14,
+            disk_low_mb: 256,
+        }
+    }
 }
 
 /// `[system]`: how the daemon sits on its host.
@@ -450,6 +484,20 @@ session_max_hours = 12
 # A vital sign older than this many minutes is shown as stale, never as current.
 stale_after_minutes = 60
 
+[alerts]
+# The alert rules run at least this often, even when no reading arrives.
+evaluate_every_seconds = 30
+# An assigned sensor not heard for this many minutes raises "sensor silent".
+sensor_silent_minutes = 240
+# A sensor battery at or below this percentage raises "battery low".
+battery_low_percent = 15
+# Readings waiting for the cloud longer than this many minutes raise an alert.
+backlog_max_minutes = 360
+# The uplink certificate raises an alert this many days before it expires.
+certificate_warn_days = 14
+# Free disk at or below this many MB raises "disk low".
+disk_low_mb = 256
+
 [system]
 # The account carehub switches to when started as root outside systemd, after it
 # has opened the database and bound the web port. Under systemd the unit's User=
@@ -670,6 +718,15 @@ impl Config {
         }
         if self.clinical.stale_after_minutes == 0 {
             return Err(("clinical.stale_after_minutes", "must be at least 1".into()));
+        }
+        if self.alerts.evaluate_every_seconds == 0 {
+            return Err(("alerts.evaluate_every_seconds", "must be at least 1".into()));
+        }
+        if self.alerts.sensor_silent_minutes == 0 {
+            return Err(("alerts.sensor_silent_minutes", "must be at least 1".into()));
+        }
+        if self.alerts.battery_low_percent > 100 {
+            return Err(("alerts.battery_low_percent", "must be 0 to 100".into()));
         }
         if self.system.user.is_empty() || self.system.user.contains(['/', ':', '\0']) {
             return Err((

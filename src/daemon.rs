@@ -102,6 +102,7 @@ pub async fn run(
     let ingest_beat = health.register("ingest");
     let web_beat = health.register("web");
     let uplink_beat = config.uplink.enabled.then(|| health.register("uplink"));
+    let alerts_beat = health.register("alerts");
 
     let settings = StoreSettings::from(&config.store);
     let runtime = tokio::runtime::Handle::current();
@@ -130,6 +131,13 @@ pub async fn run(
         tokio::task::spawn_blocking(move || crate::web::serve::prepare(&web_config, demo))
             .await
             .context("web start-up task failed")??;
+    let db_path = config.store.path.clone();
+    let alert_book = tokio::task::spawn_blocking(move || crate::alerts::open_book(&db_path))
+        .await
+        .context("alert book start-up task failed")?
+        .context("cannot open the alert book")?;
+    // Wakes the uplink when an alert is raised, so it is published at once.
+    let alerts_changed = Arc::new(tokio::sync::Notify::new());
 
     // The allow-list was validated with the configuration.
     let allow = config
@@ -199,11 +207,38 @@ pub async fn run(
                 cancel: cancel.clone(),
                 reload: uplink_reload.clone(),
                 version: env!("CARGO_PKG_VERSION"),
+                alerts: Some(crate::uplink::AlertFeed {
+                    book: alert_book.clone(),
+                    changed: alerts_changed.clone(),
+                }),
             };
             Some(tokio::spawn(task.run()))
         }
         None => None,
     };
+    let a = &config.alerts;
+    let alert_stage = crate::alerts::AlertStage {
+        book: alert_book.clone(),
+        reader: reader.clone(),
+        db_path: config.store.path.clone(),
+        limits: crate::clinical::alerts::Limits {
+            freshness_window: Duration::from_secs(
+                u64::from(config.clinical.stale_after_minutes) * 60,
+            ),
+            sensor_silent_after: Duration::from_secs(u64::from(a.sensor_silent_minutes) * 60),
+            battery_low_percent: a.battery_low_percent,
+            backlog_max_age: Duration::from_secs(u64::from(a.backlog_max_minutes) * 60),
+            cert_warn_days: i64::from(a.certificate_warn_days),
+            disk_low_bytes: a.disk_low_mb.saturating_mul(1024 * 1024),
+        },
+        every: Duration::from_secs(u64::from(a.evaluate_every_seconds)),
+        store_stats: store_stats.clone(),
+        uplink: config.uplink.enabled.then(|| uplink_status.clone()),
+        changed: alerts_changed.clone(),
+        heartbeat: alerts_beat,
+        cancel: cancel.clone(),
+    };
+    let alerts_task = tokio::spawn(alert_stage.run());
     tracing::info!(source = source.name(), "sensor source starting");
     let sensor = tokio::spawn(source.start(SourceContext {
         frames: frames_tx,
@@ -287,6 +322,7 @@ pub async fn run(
         uplink: uplink_status.clone(),
         accounts: web_security.accounts,
         auth: web_security.auth,
+        alerts: alert_book,
     };
     let mut router = app(state);
     if fault::hang_requested("web") {
@@ -391,6 +427,7 @@ pub async fn run(
         }
         let _ = sensor.await;
         let _ = ingest.await;
+        let _ = alerts_task.await;
         if let Some(uplink) = uplink {
             let _ = uplink.await;
         }

@@ -203,6 +203,13 @@ impl FromStr for ReadingId {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceAddress(pub [u8; 6]);
 
+impl DeviceAddress {
+    /// Stands for "entered by staff" on readings from an observation set typed
+    /// into the web UI (no Bluetooth device has the all-zero address); who
+    /// entered them is kept beside them in `observation_sets`.
+    pub const STAFF: DeviceAddress = DeviceAddress([0; 6]);
+}
+
 impl fmt::Display for DeviceAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
@@ -258,6 +265,13 @@ pub enum Quantity {
     RrInterval,
     EnergyExpended,
     PulseAmplitudeIndex,
+    /// Breaths per minute, counted by staff.
+    RespirationRate,
+    /// ACVPU as its position on the scale (unit "1"): 0 alert, 1 new confusion,
+    /// 2 voice, 3 pain, 4 unresponsive. Entered by staff.
+    Consciousness,
+    /// On supplemental oxygen: 1 yes, 0 no (air). Entered by staff.
+    SupplementalOxygen,
     // Device health.
     BatteryLevel,
     BatteryVoltage,
@@ -346,6 +360,9 @@ impl Quantity {
         Quantity::RrInterval,
         Quantity::EnergyExpended,
         Quantity::PulseAmplitudeIndex,
+        Quantity::RespirationRate,
+        Quantity::Consciousness,
+        Quantity::SupplementalOxygen,
         Quantity::BatteryLevel,
         Quantity::BatteryVoltage,
         Quantity::SignalStrength,
@@ -431,6 +448,9 @@ impl Quantity {
             Quantity::RrInterval => "rr_interval",
             Quantity::EnergyExpended => "energy_expended",
             Quantity::PulseAmplitudeIndex => "pulse_amplitude_index",
+            Quantity::RespirationRate => "respiration_rate",
+            Quantity::Consciousness => "consciousness",
+            Quantity::SupplementalOxygen => "supplemental_oxygen",
             Quantity::BatteryLevel => "battery_level",
             Quantity::BatteryVoltage => "battery_voltage",
             Quantity::SignalStrength => "signal_strength",
@@ -522,6 +542,9 @@ impl Quantity {
                 | Quantity::BloodGlucose
                 | Quantity::RrInterval
                 | Quantity::PulseAmplitudeIndex
+                | Quantity::RespirationRate
+                | Quantity::Consciousness
+                | Quantity::SupplementalOxygen
         )
     }
 
@@ -543,6 +566,9 @@ impl Quantity {
             Quantity::RrInterval => "RR interval",
             Quantity::EnergyExpended => "Energy expended",
             Quantity::PulseAmplitudeIndex => "Perfusion index",
+            Quantity::RespirationRate => "Respiration rate",
+            Quantity::Consciousness => "Consciousness (ACVPU)",
+            Quantity::SupplementalOxygen => "On oxygen",
             Quantity::BatteryLevel => "Battery",
             Quantity::BatteryVoltage => "Battery voltage",
             Quantity::SignalStrength => "Signal",

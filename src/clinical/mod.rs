@@ -4,6 +4,7 @@
 //!   configured window is stale and is never presented as current;
 //! - `news2`: the National Early Warning Score 2 (RCP 2017).
 
+pub mod alerts;
 pub mod news2;
 
 use std::time::Duration;
@@ -67,7 +68,7 @@ pub struct VitalSample {
     pub taken_at: Timestamp,
 }
 
-/// A NEWS2 score built from sensor values alone.
+/// A NEWS2 score built from the newest readings (sensors and staff entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SensorScore {
     pub score: news2::Score,
@@ -77,21 +78,30 @@ pub struct SensorScore {
     pub oldest: Timestamp,
 }
 
-/// Scores what the sensors measured (SpO₂, pulse, systolic pressure, temperature)
-/// on SpO₂ scale 1. Only values within `window` of the newest one are used; older
-/// ones count as missing. Respiration rate, consciousness and oxygen are never
-/// measured by sensors, so the score is always partial. `None` when no sensor value
-/// can be used at all.
-pub fn news2_from_sensors(
+/// Scores the newest readings: what the sensors measured (SpO₂, pulse, systolic
+/// pressure, temperature) and what staff entered in an observation set
+/// (respiration rate, consciousness, air or oxygen, or any of the others), on the
+/// resident's SpO₂ `scale`. Only values within `window` of the newest one are
+/// used; older ones count as missing, and so does a value in a unit the chart
+/// cannot use. Without a staff entry respiration rate, consciousness and oxygen
+/// are missing, so the score says it is partial. `None` when no value can be
+/// used at all.
+pub fn news2_from_readings(
     samples: &[VitalSample],
+    scale: news2::Spo2Scale,
     now: Timestamp,
     window: Duration,
 ) -> Option<SensorScore> {
     use crate::model::{Quantity as Q, Unit as U};
+    let whole = |n: f64, max: f64| (n.fract() == 0.0 && (0.0..=max).contains(&n)).then_some(n);
     // Converts to the chart's units; anything else is not usable.
     let usable = |s: &VitalSample| -> Option<(Q, f64)> {
         let n = s.value.number()?;
         let v = match (s.quantity, s.unit) {
+            (Q::RespirationRate, U::PerMinute) => n,
+            // Coded values: only the codes the scale has.
+            (Q::Consciousness, U::One) => whole(n, 4.0)?,
+            (Q::SupplementalOxygen, U::One) => whole(n, 1.0)?,
             (Q::Spo2, U::Percent) => n,
             (Q::PulseRate | Q::HeartRate, U::PerMinute) => n,
             (Q::SystolicPressure, U::MillimetreOfMercury) => n,
@@ -126,12 +136,20 @@ pub fn news2_from_sensors(
             .find(|(nq, _, _)| *nq == q)
             .map(|(_, v, _)| *v)
     };
+    use news2::Consciousness as C;
     let obs = news2::Observations {
+        resp_rate: get(Q::RespirationRate),
         spo2: get(Q::Spo2),
+        spo2_scale: scale,
+        on_oxygen: get(Q::SupplementalOxygen).map(|v| v == 1.0),
         pulse: get(Q::PulseRate),
         systolic: get(Q::SystolicPressure),
+        consciousness: get(Q::Consciousness).and_then(|v| {
+            [C::Alert, C::Confusion, C::Voice, C::Pain, C::Unresponsive]
+                .get(v as usize)
+                .copied()
+        }),
         temperature: get(Q::BodyTemperature),
-        ..Default::default()
     };
     let score = news2::score(&obs).ok()?;
     let oldest = newest.iter().map(|(_, _, t)| *t).min()?;
@@ -172,7 +190,7 @@ mod sensor_score_tests {
             // Too old relative to the newest: counted as missing, not scored.
             s(Q::SystolicPressure, 85.0, U::MillimetreOfMercury, 90),
         ];
-        let r = news2_from_sensors(&samples, now, hour).unwrap();
+        let r = news2_from_readings(&samples, news2::Spo2Scale::One, now, hour).unwrap();
         assert_eq!(r.score.total, 3 + 2 + 1);
         assert!(!r.stale);
         assert!(r.score.missing.contains(&news2::Parameter::Systolic));
@@ -191,9 +209,58 @@ mod sensor_score_tests {
             },
             s(Q::PulseRate, 72.0, U::PerMinute, 70),
         ];
-        let r = news2_from_sensors(&samples, at(0), hour).unwrap();
+        let r = news2_from_readings(&samples, news2::Spo2Scale::One, at(0), hour).unwrap();
         assert!(r.score.missing.contains(&news2::Parameter::Spo2));
         assert!(r.stale, "newest value is 70 min old");
-        assert!(news2_from_sensors(&[], at(0), hour).is_none());
+        assert!(news2_from_readings(&[], news2::Spo2Scale::One, at(0), hour).is_none());
+    }
+
+    fn full_set(spo2: f64, oxygen: f64) -> Vec<VitalSample> {
+        vec![
+            s(Q::RespirationRate, 18.0, U::PerMinute, 5),
+            s(Q::Consciousness, 0.0, U::One, 5),
+            s(Q::SupplementalOxygen, oxygen, U::One, 5),
+            s(Q::Spo2, spo2, U::Percent, 1),
+            s(Q::PulseRate, 72.0, U::PerMinute, 1),
+            s(Q::SystolicPressure, 125.0, U::MillimetreOfMercury, 1),
+            s(Q::BodyTemperature, 37.0, U::Celsius, 1),
+        ]
+    }
+
+    #[test]
+    fn a_staff_set_completes_the_sensor_values_into_a_full_score() {
+        let hour = Duration::from_secs(3600);
+        let r =
+            news2_from_readings(&full_set(97.0, 0.0), news2::Spo2Scale::One, at(0), hour).unwrap();
+        assert!(r.score.missing.is_empty(), "{:?}", r.score.missing);
+        assert_eq!(r.score.total, 0);
+        // Consciousness "V" scores 3 on its own (the single-3 rule).
+        let mut v = full_set(97.0, 0.0);
+        v[1] = s(Q::Consciousness, 2.0, U::One, 5);
+        let r = news2_from_readings(&v, news2::Spo2Scale::One, at(0), hour).unwrap();
+        assert_eq!(r.score.total, 3);
+        assert_eq!(r.score.band, news2::Band::LowMedium);
+        // A code the scale does not have is missing, never scored as alert.
+        v[1] = s(Q::Consciousness, 7.0, U::One, 5);
+        let r = news2_from_readings(&v, news2::Spo2Scale::One, at(0), hour).unwrap();
+        assert!(r.score.missing.contains(&news2::Parameter::Consciousness));
+    }
+
+    #[test]
+    fn scale_two_scores_spo2_on_oxygen_as_the_chart_says() {
+        let hour = Duration::from_secs(3600);
+        let total = |spo2, oxygen, scale| {
+            news2_from_readings(&full_set(spo2, oxygen), scale, at(0), hour)
+                .unwrap()
+                .score
+                .total
+        };
+        // 90 % on air: scale 1 scores 3; scale 2 (target 88–92) scores 0.
+        assert_eq!(total(90.0, 0.0, news2::Spo2Scale::One), 3);
+        assert_eq!(total(90.0, 0.0, news2::Spo2Scale::Two), 0);
+        // 97 % on oxygen: scale 1 scores 2 (oxygen) only; scale 2 scores 3 for
+        // the SpO2 and 2 for the oxygen.
+        assert_eq!(total(97.0, 1.0, news2::Spo2Scale::One), 2);
+        assert_eq!(total(97.0, 1.0, news2::Spo2Scale::Two), 5);
     }
 }

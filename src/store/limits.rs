@@ -335,7 +335,7 @@ pub(super) fn purge_history(
 }
 
 /// Free bytes for unprivileged writers on the filesystem holding `path`.
-pub(super) fn free_disk_bytes(path: &Path) -> Option<u64> {
+pub fn free_disk_bytes(path: &Path) -> Option<u64> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

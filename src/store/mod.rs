@@ -13,6 +13,7 @@
 //! own read-only connections, off the async executor.
 
 pub mod accounts;
+mod alerts;
 #[doc(hidden)]
 pub mod crash_child;
 mod limits;
@@ -31,6 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{StoreConfig, Synchronous};
 use crate::model::{Device, Reading, Resident, Subject, Timestamp};
 
+pub use alerts::{AlertBook, AlertChange, AlertChangeKind, AlertRecord, SyncReport};
+pub use limits::free_disk_bytes;
 pub use limits::{Class, EvictionReason, MaintenanceReport};
 pub use reader::{LatestValue, Reader, ResidentOverview, StatsSnapshot};
 pub use registry::{DeviceState, PairingRecord, RegistryChange, Seen, StoredPairingEvent};
@@ -73,6 +76,15 @@ pub enum StoreError {
     /// and frees what it may (history, then room data).
     #[error("the disk is full; readings not stored: {0}")]
     DiskFull(rusqlite::Error),
+    /// No alert has this id.
+    #[error("no such alert {0}")]
+    UnknownAlert(i64),
+    /// No current resident has this id.
+    #[error("no such resident {0}")]
+    UnknownResident(i64),
+    /// The alert book was opened on a database the store has not migrated yet.
+    #[error("database schema version {found} is older than {needed}; open the store first")]
+    NotMigrated { found: i64, needed: i64 },
 }
 
 impl StoreError {

@@ -164,6 +164,63 @@ const MIGRATIONS: &[&str] = &[
         status INTEGER NOT NULL
     );
     "#,
+    // 5: alerts (issue 8): the
+    // lifecycle of each alert, and the thresholds a nurse set per resident. The
+    // partial unique index is the "one open alert per cause" rule, enforced by
+    // SQLite itself so that no code path can open a duplicate.
+    r#"
+    CREATE TABLE alerts (
+        id                 INTEGER PRIMARY KEY,
+        uuid               TEXT NOT NULL UNIQUE,
+        cause_key          TEXT NOT NULL,
+        resident_id        INTEGER,
+        rule               TEXT NOT NULL,
+        severity           TEXT NOT NULL,
+        level              TEXT NOT NULL,
+        score              INTEGER,
+        message            TEXT NOT NULL,
+        raised_at_ms       INTEGER NOT NULL,
+        acknowledged_by    TEXT,
+        acknowledged_at_ms INTEGER,
+        resolved_at_ms     INTEGER,
+        published          INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX alerts_open_cause ON alerts (cause_key) WHERE resolved_at_ms IS NULL;
+    CREATE INDEX alerts_unpublished ON alerts (id) WHERE published = 0;
+    CREATE TABLE resident_thresholds (
+        resident_id      INTEGER PRIMARY KEY REFERENCES residents(id),
+        spo2_low         REAL NOT NULL,
+        pulse_low        REAL NOT NULL,
+        pulse_high       REAL NOT NULL,
+        systolic_low     REAL NOT NULL,
+        systolic_high    REAL NOT NULL,
+        temperature_low  REAL NOT NULL,
+        temperature_high REAL NOT NULL,
+        set_by           TEXT NOT NULL,
+        set_at_ms        INTEGER NOT NULL
+    );
+    "#,
+    // 6: staff observation sets and the SpO2 scale per resident (issue 8,
+    // alerts2). The values of a set are ordinary readings (device 00:..:00, in
+    // `readings` and the outbox); `observation_sets` records who entered them and
+    // which readings they are. `resident_clinical` holds the scale a nurse chose;
+    // each change also goes into the audit record (`pairing_events`).
+    r#"
+    CREATE TABLE observation_sets (
+        id            INTEGER PRIMARY KEY,
+        resident_id   INTEGER NOT NULL REFERENCES residents(id),
+        taken_at_ms   INTEGER NOT NULL,
+        entered_by    TEXT NOT NULL,
+        entered_at_ms INTEGER NOT NULL,
+        reading_ids   TEXT NOT NULL
+    );
+    CREATE TABLE resident_clinical (
+        resident_id INTEGER PRIMARY KEY REFERENCES residents(id),
+        spo2_scale  INTEGER NOT NULL CHECK (spo2_scale IN (1, 2)),
+        set_by      TEXT NOT NULL,
+        set_at_ms   INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

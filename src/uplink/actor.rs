@@ -12,6 +12,16 @@
 //! task instead builds a fresh event loop for every connection with
 //! `clean_session = true`, so rumqttc holds nothing across connections: the
 //! batches it was carrying are released to the outbox and leased again.
+//!
+//! `EventLoop::poll` is not cancel-safe: while it connects it holds the new
+//! connection inside its future, so dropping that future (another `select!`
+//! branch winning) closes a connection the broker may already have accepted. The
+//! broker then publishes the last will, and the cloud sees a false "offline"
+//! before the first "online" (the flaky FHIR/last-will test: an alert raised
+//! during the handshake woke the session loop). Dropping it while it writes can
+//! also lose a packet. So the event loop runs on its own task, [`EventPump`],
+//! which polls it without ever cancelling and hands each event over a channel;
+//! the session waits on the channel, whose `recv` is cancel-safe.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -38,6 +48,10 @@ use crate::store::{Lease, LeaseId, LeasedReading, StoreError, StoreHandle};
 /// (which is busy committing acks) per message. The lease is acked once every one
 /// of its messages has its PUBACK.
 const MESSAGES_PER_LEASE: usize = 8;
+
+/// Alert messages outstanding at once (they are few and small; this bounds the
+/// client channel, which has room for them).
+const ALERTS_IN_FLIGHT: usize = 4;
 use crate::system::health::Heartbeat;
 
 use super::cert::{CertInfo, read_cert_info};
@@ -190,7 +204,23 @@ enum Carried {
         lease: LeaseId,
     },
     Status,
+    /// An alert; its PUBACK marks it published in the alert book.
+    Alert {
+        id: i64,
+    },
 }
+
+/// Where the uplink finds alerts to publish: the alert book's unpublished rows
+/// (stored and forwarded like readings), and a nudge when one is raised.
+#[derive(Clone)]
+pub struct AlertFeed {
+    pub book: crate::alerts::SharedBook,
+    pub changed: Arc<Notify>,
+}
+
+/// A finished read of unpublished alerts.
+type AlertFetch =
+    Pin<Box<dyn Future<Output = Result<Vec<crate::store::AlertRecord>, UplinkError>> + Send>>;
 
 /// How a connection ended.
 enum SessionEnd {
@@ -201,6 +231,46 @@ enum SessionEnd {
         error: UplinkError,
         was_connected: bool,
     },
+}
+
+/// The rumqttc event loop on its own task (see the module doc): events arrive
+/// on `rx` in order; the first error is the last event. Dropping the pump stops
+/// the task and closes the connection, so a session drops it only once it has
+/// said goodbye or the connection is gone (or the daemon is stopping).
+struct EventPump {
+    rx: tokio::sync::mpsc::Receiver<Result<Event, ConnectionError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventPump {
+    /// Room for a burst of PUBACKs while the session is busy elsewhere; when it
+    /// is full the pump waits (and rumqttc reads no further).
+    const BACKLOG: usize = 64;
+
+    fn start(mut events: EventLoop) -> EventPump {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::BACKLOG);
+        let task = tokio::spawn(async move {
+            loop {
+                let event = events.poll().await;
+                let last = event.is_err();
+                if tx.send(event).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        EventPump { rx, task }
+    }
+
+    /// The next event; `None` when the pump has stopped (after its error).
+    async fn next(&mut self) -> Option<Result<Event, ConnectionError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for EventPump {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A finished ack: its result, the lease and how many readings it held.
@@ -218,6 +288,8 @@ pub struct Uplink {
     /// Notified on SIGHUP: reload the certificate files.
     pub reload: Arc<Notify>,
     pub version: &'static str,
+    /// `None`: this uplink publishes no alerts.
+    pub alerts: Option<AlertFeed>,
 }
 
 impl Uplink {
@@ -238,9 +310,14 @@ impl Uplink {
         loop {
             self.heartbeat.beat();
             self.status.set_state(ConnectionState::Connecting);
+            tracing::debug!(broker = %addr, "uplink: session starting");
             match self.session(&addr).await {
-                SessionEnd::Cancelled => break,
+                SessionEnd::Cancelled => {
+                    tracing::debug!("uplink: session ended: cancelled");
+                    break;
+                }
                 SessionEnd::Reload => {
+                    tracing::debug!("uplink: session ended: reload");
                     tracing::info!("uplink: certificate files changed; reconnecting with them");
                     backoff.reset();
                     continue;
@@ -249,6 +326,7 @@ impl Uplink {
                     error,
                     was_connected,
                 } => {
+                    tracing::debug!(error = %error, was_connected, "uplink: session ended: failed");
                     if was_connected {
                         backoff.reset();
                     }
@@ -418,11 +496,13 @@ impl Uplink {
         let cert = self.check_certificate().await;
         let stamp = files_stamp(&self.settings.tls).await;
         let options = self.options(tls, cert.as_ref());
-        let capacity = usize::from(self.settings.max_inflight) + MESSAGES_PER_LEASE + 8;
+        let capacity =
+            usize::from(self.settings.max_inflight) + MESSAGES_PER_LEASE + ALERTS_IN_FLIGHT + 8;
         let (client, mut events) = AsyncClient::new(options, capacity);
         // Without it, the tail of each large message waits for the delayed ACK
         // of the one before (Nagle), tens of milliseconds a message.
         events.network_options.set_tcp_nodelay(true);
+        let mut events = EventPump::start(events);
         let mut session = Session {
             uplink: self,
             client,
@@ -431,7 +511,10 @@ impl Uplink {
             inflight: HashMap::new(),
             acking: JoinSet::new(),
             parts_left: HashMap::new(),
+            alerts_out: std::collections::HashSet::new(),
+            marking: JoinSet::new(),
             connected: false,
+            link_lost: false,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
         session.release_outstanding().await;
@@ -466,7 +549,13 @@ struct Session<'a> {
     acking: JoinSet<AckDone>,
     /// Per lease: messages still waiting for their PUBACK, and its readings.
     parts_left: HashMap<LeaseId, (usize, u64)>,
+    /// Alerts published in this session and not yet marked published.
+    alerts_out: std::collections::HashSet<i64>,
+    /// Marking acknowledged alerts as published in the alert book.
+    marking: JoinSet<Result<i64, String>>,
     connected: bool,
+    /// The event loop reported the connection gone: no goodbye is possible.
+    link_lost: bool,
 }
 
 impl Session<'_> {
@@ -525,14 +614,92 @@ impl Session<'_> {
         }
     }
 
+    /// Publishes the alerts not yet out in this session, up to the in-flight cap.
+    fn publish_alerts(&mut self, rows: Vec<crate::store::AlertRecord>) -> Result<(), UplinkError> {
+        for a in rows {
+            if self.alerts_out.len() >= ALERTS_IN_FLIGHT {
+                break;
+            }
+            if self.alerts_out.contains(&a.id) {
+                continue;
+            }
+            let msg = crate::uplink::payload::AlertMessage {
+                schema: "carehub.alert/1".into(),
+                gateway: self.uplink.settings.gateway.clone(),
+                id: a.uuid.clone(),
+                resident: a.resident_reference.clone().unwrap_or_default(),
+                kind: a.rule.clone(),
+                level: a.level.clone(),
+                score: a.score.map(u32::from),
+                reading_ids: Vec::new(),
+                raised_at: a.raised_at.to_rfc3339(),
+            };
+            let payload = serde_json::to_vec(&msg)
+                .map_err(|e| UplinkError::Connection(format!("cannot encode alert: {e}")))?;
+            self.alerts_out.insert(a.id);
+            self.publish(
+                self.topics.alerts.clone(),
+                payload,
+                false,
+                Carried::Alert { id: a.id },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The broker has alert `id`: record it, off the executor.
+    fn alert_acked(&mut self, id: i64) {
+        self.uplink
+            .status
+            .messages_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(feed) = self.uplink.alerts.clone() else {
+            return;
+        };
+        self.marking.spawn(async move {
+            tokio::task::spawn_blocking(move || {
+                feed.book
+                    .lock()
+                    .unwrap()
+                    .mark_published(id)
+                    .map(|()| id)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        });
+    }
+
     fn publish_status(&mut self, cert: Option<&CertInfo>) -> Result<(), UplinkError> {
         let payload = self.uplink.status_message(Presence::Online, cert);
         self.publish(self.topics.status.clone(), payload, true, Carried::Status)
     }
 
+    /// Runs the session until it ends. A session that fails for a reason of
+    /// its own (the outbox, a payload) while the connection is up still says a
+    /// clean goodbye: the gateway is not gone, so the broker must not publish
+    /// the last will.
     async fn drive(
         &mut self,
-        events: &mut EventLoop,
+        events: &mut EventPump,
+        addr: &str,
+        cert: Option<&CertInfo>,
+        stamp: Vec<Option<SystemTime>>,
+    ) -> SessionEnd {
+        let end = self.run_connection(events, addr, cert, stamp).await;
+        if let SessionEnd::Failed { error, .. } = &end
+            && self.connected
+            && !self.link_lost
+        {
+            tracing::debug!(error = %error, "uplink: ending a live connection cleanly after a failure");
+            self.say_goodbye(events, None).await;
+        }
+        end
+    }
+
+    async fn run_connection(
+        &mut self,
+        events: &mut EventPump,
         addr: &str,
         cert: Option<&CertInfo>,
         stamp: Vec<Option<SystemTime>>,
@@ -540,6 +707,16 @@ impl Session<'_> {
         let s = &self.uplink.settings;
         let max = usize::from(s.max_inflight);
         let mut leasing: Option<LeaseFuture> = None;
+        let mut fetching: Option<AlertFetch> = None;
+        // Set on connect, when an alert is raised and now and then: look for
+        // unpublished alerts (the stored-and-forwarded ones included).
+        let mut alerts_due = true;
+        let no_feed = Arc::new(Notify::new());
+        let alert_nudge = self
+            .uplink
+            .alerts
+            .as_ref()
+            .map_or(no_feed, |f| f.changed.clone());
         // When the outbox was found empty, look again after this pause.
         let mut idle_until: Option<tokio::time::Instant> = None;
         let mut status_tick = tokio::time::interval(s.status_every);
@@ -551,7 +728,14 @@ impl Session<'_> {
             error,
             was_connected,
         };
+        // A reload asked for while connecting waits for the CONNACK: ending the
+        // session in the middle of the handshake would fire the last will.
+        let mut reload_due = false;
         loop {
+            if reload_due && self.connected {
+                self.say_goodbye(events, None).await;
+                return SessionEnd::Reload;
+            }
             if idle_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
                 idle_until = None;
             }
@@ -564,6 +748,24 @@ impl Session<'_> {
                 let n = s.batch_max_readings.saturating_mul(MESSAGES_PER_LEASE);
                 leasing = Some(Box::pin(async move { store.lease(n).await }));
             }
+            if fetching.is_none()
+                && alerts_due
+                && self.connected
+                && self.alerts_out.len() < ALERTS_IN_FLIGHT
+                && let Some(feed) = self.uplink.alerts.clone()
+            {
+                alerts_due = false;
+                fetching = Some(Box::pin(async move {
+                    tokio::task::spawn_blocking(move || {
+                        feed.book.lock().unwrap().unpublished(ALERTS_IN_FLIGHT * 2)
+                    })
+                    .await
+                    .map_err(|e| UplinkError::Connection(format!("alert read task failed: {e}")))?
+                    .map_err(|e| {
+                        UplinkError::Connection(format!("cannot read unpublished alerts: {e}"))
+                    })
+                }));
+            }
             tokio::select! {
                 _ = self.uplink.cancel.cancelled() => {
                     if self.connected {
@@ -572,20 +774,46 @@ impl Session<'_> {
                     return SessionEnd::Cancelled;
                 }
                 _ = self.uplink.reload.notified() => {
-                    if self.connected {
-                        self.say_goodbye(events, None).await;
-                    }
-                    return SessionEnd::Reload;
+                    tracing::debug!(connected = self.connected, "uplink: reload requested");
+                    reload_due = true;
                 }
                 _ = watch.tick() => {
                     if files_stamp(&s.tls).await != stamp {
-                        if self.connected {
-                            self.say_goodbye(events, None).await;
+                        tracing::debug!(connected = self.connected, "uplink: certificate files changed");
+                        reload_due = true;
+                    }
+                }
+                _ = alert_nudge.notified() => {
+                    tracing::debug!(connected = self.connected, "uplink: alert nudge");
+                    alerts_due = true;
+                }
+                fetched = async { match fetching.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if fetching.is_some() => {
+                    fetching = None;
+                    match fetched {
+                        Ok(rows) => {
+                            // A full page may mean more are waiting.
+                            alerts_due = rows.len() >= ALERTS_IN_FLIGHT * 2;
+                            if let Err(e) = self.publish_alerts(rows) {
+                                return failed(e, true);
+                            }
                         }
-                        return SessionEnd::Reload;
+                        Err(e) => tracing::error!(error = %e, "uplink: alerts not published now; retrying"),
+                    }
+                }
+                Some(done) = self.marking.join_next(), if !self.marking.is_empty() => {
+                    match done {
+                        Ok(Ok(id)) => {
+                            self.alerts_out.remove(&id);
+                            alerts_due = true;
+                        }
+                        // Left in alerts_out: not sent again in this session; the
+                        // next session sends it again (a duplicate, never a loss).
+                        Ok(Err(e)) => tracing::error!(error = %e, "uplink: cannot record a published alert"),
+                        Err(e) => tracing::error!(error = %e, "uplink: alert marking task failed"),
                     }
                 }
                 _ = status_tick.tick(), if self.connected => {
+                    alerts_due = true;
                     self.uplink.heartbeat.beat();
                     if let Err(e) = self.publish_status(cert) {
                         return failed(e, true);
@@ -618,8 +846,14 @@ impl Session<'_> {
                         return failed(e, true);
                     }
                 }
-                event = events.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                event = events.next() => match event {
+                    None => {
+                        self.link_lost = true;
+                        return failed(UplinkError::Connection("the MQTT event loop stopped".into()), self.connected);
+                    }
+                    Some(event) => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        tracing::debug!(?ack, "uplink: CONNACK");
                         self.connected = true;
                         self.uplink.status.connections.fetch_add(1, Ordering::Relaxed);
                         self.uplink.status.set_state(ConnectionState::Connected);
@@ -640,25 +874,33 @@ impl Session<'_> {
                         match self.inflight.remove(&ack.pkid) {
                             Some(Carried::Batch { lease }) => self.part_acked(lease),
                             Some(Carried::Status) => {}
+                            Some(Carried::Alert { id }) => self.alert_acked(id),
                             None => tracing::warn!(pkid = ack.pkid, "uplink: PUBACK for no message in flight; ignored"),
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => return failed(classify(&e, addr), self.connected),
+                    Err(e) => {
+                        self.link_lost = true;
+                        return failed(classify(&e, addr), self.connected);
+                    }
+                    },
                 },
             }
         }
     }
 
     /// A clean stop: publish "offline" (the last will is only for unclean ends),
-    /// then DISCONNECT, waiting briefly for both to leave.
+    /// then DISCONNECT, waiting briefly for both to leave (500 ms: shutdown has a
+    /// 2 s deadline).
     ///
     /// For a reload (`offline_status` is `None`) only the DISCONNECT: the broker
     /// then discards the last will, so a certificate reload does not show the
-    /// gateway going offline.
+    /// gateway going offline. Nothing waits on a reload, so it gives the queued
+    /// messages ahead of the DISCONNECT up to 5 s to leave: a connection dropped
+    /// before the DISCONNECT is written would fire the will.
     async fn say_goodbye(
         &mut self,
-        events: &mut EventLoop,
+        events: &mut EventPump,
         offline_status: Option<Option<&CertInfo>>,
     ) {
         if let Some(cert) = offline_status {
@@ -670,26 +912,51 @@ impl Session<'_> {
                 return;
             }
         }
-        let _ = self.client.try_disconnect();
+        let patience = if offline_status.is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        // The request channel may be full of queued publishes: keep offering the
+        // DISCONNECT while the event loop drains them.
+        let mut disconnect_queued = self.client.try_disconnect().is_ok();
         let drain = async {
+            let mut disconnect_sent = false;
             loop {
-                match events.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                if !disconnect_queued {
+                    disconnect_queued = self.client.try_disconnect().is_ok();
+                }
+                match events.next().await {
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                         if let Some(c) = self.queued.pop_front() {
                             self.inflight.insert(pkid, c);
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Carried::Batch { lease }) = self.inflight.remove(&ack.pkid) {
-                            self.part_acked(lease);
+                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                        match self.inflight.remove(&ack.pkid) {
+                            Some(Carried::Batch { lease }) => self.part_acked(lease),
+                            Some(Carried::Alert { id }) => self.alert_acked(id),
+                            Some(Carried::Status) | None => {}
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
+                    // Keep reading until the broker closes the connection:
+                    // closing a socket with unread data in it sends a reset,
+                    // which can discard the DISCONNECT before the broker reads
+                    // it (and the broker would then fire the will).
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) => {
+                        tracing::debug!("uplink: DISCONNECT sent");
+                        disconnect_sent = true;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, disconnect_sent, "uplink: connection closed");
+                        break;
+                    }
+                    None => break,
+                    Some(Ok(_)) => {}
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        let _ = tokio::time::timeout(patience, drain).await;
     }
 
     /// Counts a finished ack. The broker has these readings; if the outbox cannot
@@ -721,13 +988,17 @@ impl Session<'_> {
             .chain(self.inflight.drain().map(|(_, c)| c))
             .filter_map(|c| match c {
                 Carried::Batch { lease } => Some(lease.0),
-                Carried::Status => None,
+                Carried::Status | Carried::Alert { .. } => None,
             })
             .collect::<std::collections::BTreeSet<u64>>()
             .into_iter()
             .map(LeaseId)
             .collect();
         self.parts_left.clear();
+        // Alerts whose PUBACK came in are marked before the session ends; the
+        // rest stay unpublished in the book and go out in the next session.
+        while self.marking.join_next().await.is_some() {}
+        self.alerts_out.clear();
         for lease in leases {
             if let Err(e) = self.uplink.store.release(lease).await {
                 // The lease stays in the writer's memory; release_all at the next

@@ -49,6 +49,7 @@ pub fn codes(q: Quantity) -> Option<(&'static str, &'static str, Option<&'static
         Quantity::BodyHeight => ("188740", "MDC_LEN_BODY_ACTUAL", Some("8302-2")),
         Quantity::BodyMassIndex => ("188752", "MDC_RATIO_MASS_BODY_LEN_SQ", Some("39156-5")),
         Quantity::BloodGlucose => ("160184", "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD", None),
+        Quantity::RespirationRate => ("151562", "MDC_RESP_RATE", Some("9279-1")),
         _ => return None,
     })
 }

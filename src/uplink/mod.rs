@@ -15,5 +15,5 @@ pub mod payload;
 pub mod status;
 pub mod tls;
 
-pub use actor::{Uplink, UplinkError, UplinkSettings};
+pub use actor::{AlertFeed, Uplink, UplinkError, UplinkSettings};
 pub use status::{ConnectionState, UplinkStatus};

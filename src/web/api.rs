@@ -23,7 +23,10 @@ pub struct ResidentJson {
     pub name: String,
     pub room: String,
     pub vitals: Vec<VitalJson>,
-    /// NEWS2 from sensor values; absent when no sensor value is usable.
+    /// 1, or 2 where a nurse has set SpO₂ scale 2 for this resident.
+    pub spo2_scale: u8,
+    /// NEWS2 from the newest sensor values and staff entries; absent when no
+    /// value is usable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub news2: Option<News2Json>,
 }
@@ -32,7 +35,8 @@ pub struct ResidentJson {
 pub struct News2Json {
     pub total: u8,
     pub band: &'static str,
-    /// Always true for a sensor-only score: respiration, consciousness and oxygen are not measured.
+    /// True unless every parameter is present: sensors do not measure respiration,
+    /// consciousness or oxygen, so without a staff observation set it is partial.
     pub partial: bool,
     pub missing: Vec<&'static str>,
     /// The newest value used is older than the clinical window.
@@ -56,6 +60,7 @@ pub struct VitalJson {
 
 pub fn residents_json(
     rows: Vec<ResidentOverview>,
+    scales: &super::clinical::Scales,
     now: Timestamp,
     stale_after: std::time::Duration,
 ) -> ResidentsResponse {
@@ -64,14 +69,17 @@ pub fn residents_json(
         residents: rows
             .into_iter()
             .map(|r| ResidentJson {
-                news2: super::pages::sensor_news2(&r, now, stale_after).map(|s| News2Json {
-                    total: s.score.total,
-                    band: s.score.band.as_str(),
-                    partial: s.score.partial(),
-                    missing: s.score.missing.iter().map(|p| p.as_str()).collect(),
-                    stale: s.stale,
-                    oldest_taken_at: s.oldest.to_rfc3339(),
-                }),
+                spo2_scale: super::clinical::scale_number(scales.of(r.id.0)),
+                news2: super::pages::sensor_news2(&r, scales.of(r.id.0), now, stale_after).map(
+                    |s| News2Json {
+                        total: s.score.total,
+                        band: s.score.band.as_str(),
+                        partial: s.score.partial(),
+                        missing: s.score.missing.iter().map(|p| p.as_str()).collect(),
+                        stale: s.stale,
+                        oldest_taken_at: s.oldest.to_rfc3339(),
+                    },
+                ),
                 id: r.id.0,
                 name: r.display_name,
                 room: r.room,
@@ -100,8 +108,10 @@ pub fn residents_json(
 
 pub async fn residents(State(state): State<AppState>) -> Result<Json<ResidentsResponse>, WebError> {
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
+    let scales = super::clinical::Scales::load(&state).await?;
     Ok(Json(residents_json(
         rows,
+        &scales,
         Timestamp::now(),
         state.stale_after,
     )))

@@ -4,8 +4,10 @@
 //! async executor. Every value is shown with its unit and its age; a value older
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
+mod alerts;
 mod api;
 pub mod auth;
+mod clinical;
 mod devices;
 pub(crate) mod pages;
 mod pairing;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub accounts: crate::store::accounts::Accounts,
     /// Cookie flags, session limits, the CLI token.
     pub auth: Arc<auth::AuthSettings>,
+    /// The alert lifecycle and the nurses' thresholds.
+    pub alerts: crate::alerts::SharedBook,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
@@ -80,6 +84,35 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(pairing::unpair),
         )
         .route("/api/v1/uplink", get(api::uplink))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route("/alerts/{id}/ack", post(alerts::page_ack))
+        .route(
+            "/api/v1/residents/{id}/thresholds",
+            axum::routing::put(alerts::set_thresholds),
+        )
+        // Staff observation sets, SpO2 scale and limits (web::clinical).
+        .route(
+            "/residents/{id}/observations",
+            get(clinical::observations_page).post(clinical::observations_submit),
+        )
+        .route(
+            "/api/v1/residents/{id}/observations",
+            post(clinical::api_observations),
+        )
+        .route("/residents/{id}/clinical", get(clinical::clinical_page))
+        .route(
+            "/residents/{id}/clinical/scale",
+            post(clinical::scale_submit),
+        )
+        .route(
+            "/residents/{id}/clinical/thresholds",
+            post(clinical::thresholds_submit),
+        )
+        .route(
+            "/api/v1/residents/{id}/spo2-scale",
+            axum::routing::put(clinical::api_scale),
+        )
         .route(
             "/login",
             get(auth::signin::login_page).post(auth::signin::login),
@@ -130,6 +163,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
                 .map_or_else(|| "anonymous".to_owned(), |p| p.username.clone()),
         ))
     }
+}
+
+/// The hidden anti-forgery field of every state-changing form: the signed-in
+/// session's token (see `auth`).
+pub fn csrf_field() -> maud::Markup {
+    auth::csrf_field()
 }
 
 async fn not_found() -> Response {

@@ -6,8 +6,9 @@ use axum::response::Html;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::{AppState, WebError, describe_age, read};
+use crate::clinical::news2::Spo2Scale;
 use crate::clinical::news2::{Band, Parameter};
-use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_sensors};
+use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_readings};
 use crate::model::{Quantity, Timestamp, Value};
 use crate::store::{LatestValue, ResidentOverview};
 
@@ -32,6 +33,12 @@ tr.stale td, tr.stale th { background:var(--stale-bg); }
 tr.stale .v { color:var(--stale); font-weight:600; }
 .badge { display:inline-block; font-size:.8rem; font-weight:700; padding:1px 6px; border-radius:4px; background:var(--stale); color:#fff; margin-left:6px; }
 .none { color:var(--muted); font-style:italic; }
+section.alerts { margin:16px 16px 0; padding:10px 14px; border:2px solid #b42318; border-radius:10px; background:#fef3f2; }
+section.alerts h2 { margin:0 0 6px; font-size:1.2rem; }
+section.alerts ul { margin:0; padding-left:18px; }
+li.alert { margin:6px 0; }
+li.alert form { display:inline; margin-left:8px; }
+li.emergency strong { color:#b42318; }
 .news { margin:0 0 10px; padding:8px 10px; border-radius:8px; border:2px solid; }
 .news strong { font-size:1.15rem; }
 .news small { display:block; color:var(--ink); }
@@ -101,7 +108,19 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
     let now = Timestamp::now();
     let uplink = state.uplink.snapshot();
+    // Scale 1 for everyone if the book cannot be read would be wrong for a
+    // scale-2 resident: show the error instead of a score.
+    let scales = super::clinical::Scales::load(&state).await?;
+    // The vital signs stay on screen even if the alert book cannot be read.
+    let alerts = match super::alerts::section(&state).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "alerts not shown");
+            html! { p.warning role="alert" { "Alerts cannot be read right now; check the gateway." } }
+        }
+    };
     let body = html! {
+        (alerts)
         @if uplink.state != crate::uplink::ConnectionState::Disabled {
             p.uplink {
                 "Cloud link: " (uplink.state.as_str())
@@ -119,7 +138,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
                 p.none { "No residents yet." }
             }
             @for r in &rows {
-                (tile(r, now, state.stale_after))
+                (tile(r, scales.of(r.id.0), now, state.stale_after))
             }
         }
     };
@@ -135,15 +154,33 @@ const TILE: &[Quantity] = &[
     Quantity::BodyTemperature,
     Quantity::BodyWeight,
     Quantity::BloodGlucose,
+    Quantity::RespirationRate,
+    Quantity::Consciousness,
+    Quantity::SupplementalOxygen,
 ];
 
-fn tile(r: &ResidentOverview, now: Timestamp, stale_after: std::time::Duration) -> Markup {
+fn tile(
+    r: &ResidentOverview,
+    scale: Spo2Scale,
+    now: Timestamp,
+    stale_after: std::time::Duration,
+) -> Markup {
     let find = |q: Quantity| r.latest.iter().find(|v| v.quantity == q);
     html! {
         article aria-labelledby=(format!("res-{}", r.id.0)) {
             h2 id=(format!("res-{}", r.id.0)) { (r.display_name) }
-            p.room { (r.room) }
-            (news2_block(r, now, stale_after))
+            p.room {
+                (r.room)
+                @if scale == Spo2Scale::Two {
+                    " " span.badge.scale2 { "SpO2 scale 2" }
+                }
+            }
+            (news2_block(r, scale, now, stale_after))
+            p.actions {
+                a href=(format!("/residents/{}/observations", r.id.0)) { "Enter observations" }
+                " · "
+                a href=(format!("/residents/{}/clinical", r.id.0)) { "SpO2 scale and alert limits" }
+            }
             @let shown: Vec<&LatestValue> = TILE.iter().filter_map(|q| find(*q)).collect();
             @if shown.is_empty() {
                 p.none { "No readings yet" }
@@ -203,6 +240,12 @@ fn vital_row(
 
 fn with_unit(v: &LatestValue) -> String {
     match v.value {
+        Value::Number(n) if v.quantity == Quantity::Consciousness => {
+            super::clinical::acvpu_words(n).to_owned()
+        }
+        Value::Number(n) if v.quantity == Quantity::SupplementalOxygen => {
+            if n == 1.0 { "yes" } else { "no (air)" }.to_owned()
+        }
         Value::Number(_) => {
             let sym = v.unit.symbol();
             let n = number(v.quantity, v.value);
@@ -240,10 +283,12 @@ fn number(q: Quantity, v: Value) -> String {
     }
 }
 
-/// The resident's NEWS2 from sensor values, always labelled partial (sensors do not
-/// measure respiration, consciousness or oxygen) and shown as stale when it is.
+/// The resident's NEWS2 from the newest sensor values and staff entries on the
+/// resident's SpO₂ scale, labelled partial unless every parameter is there, and
+/// shown as stale when it is.
 pub(super) fn sensor_news2(
     r: &ResidentOverview,
+    scale: Spo2Scale,
     now: Timestamp,
     window: std::time::Duration,
 ) -> Option<SensorScore> {
@@ -257,11 +302,16 @@ pub(super) fn sensor_news2(
             taken_at: v.taken_at,
         })
         .collect();
-    news2_from_sensors(&samples, now, window)
+    news2_from_readings(&samples, scale, now, window)
 }
 
-fn news2_block(r: &ResidentOverview, now: Timestamp, window: std::time::Duration) -> Markup {
-    let Some(s) = sensor_news2(r, now, window) else {
+fn news2_block(
+    r: &ResidentOverview,
+    scale: Spo2Scale,
+    now: Timestamp,
+    window: std::time::Duration,
+) -> Markup {
+    let Some(s) = sensor_news2(r, scale, now, window) else {
         return html! {};
     };
     let band = s.score.band;
@@ -277,16 +327,19 @@ fn news2_block(r: &ResidentOverview, now: Timestamp, window: std::time::Duration
         .iter()
         .map(|p| parameter_label(*p))
         .collect();
+    let partial = if s.score.partial() { " (partial)" } else { "" };
     html! {
         @if s.stale {
             div.news.stale role="status" {
-                strong { "NEWS2 " (s.score.total) " (partial)" } span.badge { "STALE" }
+                strong { "NEWS2 " (s.score.total) (partial) } span.badge { "STALE" }
                 small { "from readings " (describe_age(s.oldest.age_at(now))) "; not current" }
             }
         } @else {
             div class=(format!("news band-{}", band.as_str())) role="status" {
-                strong { "NEWS2 " (s.score.total) " (partial) — " (words) }
-                small { "From sensors only. Not measured: " (missing.join(", ")) "." }
+                strong { "NEWS2 " (s.score.total) (partial) " — " (words) }
+                @if !missing.is_empty() {
+                    small { "Missing: " (missing.join(", ")) ". Enter an observation set to complete it." }
+                }
             }
         }
     }

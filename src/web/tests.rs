@@ -56,6 +56,7 @@ pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         )),
         accounts: auth::testing::accounts(&dir.join("t.db")),
         auth: auth::testing::settings(),
+        alerts: crate::alerts::open_book(&dir.join("t.db")).unwrap(),
     };
     (store, state)
 }
@@ -137,7 +138,7 @@ async fn overview_shows_value_unit_age_and_marks_stale() {
     // SpO2 96 scores 0; the temperature is stale relative to it and the pulse is NaN:
     // both count as missing, never as zero.
     assert!(html.contains("NEWS2 0 (partial)"), "{html}");
-    assert!(html.contains("Not measured: respiration rate, air or oxygen, systolic BP, pulse, consciousness, temperature."), "{html}");
+    assert!(html.contains("Missing: respiration rate, air or oxygen, systolic BP, pulse, consciousness, temperature."), "{html}");
 
     let (status, json) = get(&state, "/api/v1/residents").await;
     assert_eq!(status, StatusCode::OK);
@@ -358,6 +359,502 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
     assert!(page.contains("action=\"/pairing/unassign\""), "{page}");
     assert!(
         page.contains("unassigned: readings no longer attributed (by test-nurse)"),
+        "{page}"
+    );
+}
+
+fn stage(state: &AppState, store: &Store, dir: &std::path::Path) -> crate::alerts::AlertStage {
+    let mut health = Health::default();
+    crate::alerts::AlertStage {
+        book: state.alerts.clone(),
+        reader: state.reader.clone(),
+        db_path: dir.join("t.db"),
+        limits: crate::clinical::alerts::Limits {
+            // The test's temporary filesystem may be nearly full: not under test here.
+            disk_low_bytes: 0,
+            ..Default::default()
+        },
+        every: Duration::from_secs(30),
+        store_stats: store.handle.stats().clone(),
+        uplink: None,
+        changed: Default::default(),
+        heartbeat: health.register("alerts"),
+        cancel: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let stage = stage(&state, &store, dir.path());
+    let spo2 = |v: f64| {
+        reading(
+            Quantity::Spo2,
+            Value::Number(v),
+            Unit::Percent,
+            Duration::ZERO,
+        )
+    };
+    store.handle.ingest(vec![spo2(88.0)]).await.unwrap();
+    let now = Timestamp::now();
+    let r = stage.evaluate_once(now).await.unwrap();
+    assert_eq!(r.raised.len(), 1, "{r:?}");
+    // Evaluating again while the cause holds raises nothing more.
+    let again = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert!(
+        again.raised.is_empty() && again.resolved.is_empty(),
+        "{again:?}"
+    );
+
+    let (status, json) = get(&state, "/api/v1/alerts").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(v[0]["cause"], "resident:1/news2-single-3:spo2");
+    assert_eq!(v[0]["severity"], "urgent");
+    assert_eq!(v[0]["published"], false);
+    let id = v[0]["id"].as_i64().unwrap();
+
+    let (_, html) = get(&state, "/").await;
+    assert!(html.contains("Alerts (1)"), "{html}");
+    assert!(html.contains("spo2 scores 3"), "{html}");
+    assert!(html.contains(&format!("/alerts/{id}/ack")), "{html}");
+
+    let (status, _) = send(
+        &state,
+        "POST",
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"by": " "}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = send(&state, "POST", "/api/v1/alerts/999/ack", r#"{"by": "Kay"}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, json) = send(
+        &state,
+        "POST",
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"by": "Nurse Kay"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["acknowledged_by"], "Nurse Kay");
+    let (_, html) = get(&state, "/").await;
+    assert!(html.contains("acknowledged by Nurse Kay"), "{html}");
+    // The example in docs/api.md has exactly the keys of an acknowledged,
+    // unresolved alert.
+    let doc = include_str!("../../docs/api.md");
+    let example = doc
+        .split("### `GET /api/v1/alerts`")
+        .nth(1)
+        .and_then(|s| s.split("```json").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("an example in docs/api.md");
+    let example: serde_json::Value = serde_json::from_str(example).unwrap();
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&example[0]), keys(&v));
+
+    store.handle.ingest(vec![spo2(97.0)]).await.unwrap();
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert_eq!(r.resolved, vec![id]);
+    assert!(r.raised.is_empty());
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert!(r.resolved.is_empty(), "resolved twice: {r:?}");
+    let (_, html) = get(&state, "/").await;
+    assert!(
+        !html.contains("Alerts ("),
+        "a resolved alert is not open: {html}"
+    );
+    let (_, json) = get(&state, "/api/v1/alerts").await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v[0]["resolved_at"].is_string(), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nurse_threshold_raises_where_the_chart_would_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let stage = stage(&state, &store, dir.path());
+    store
+        .handle
+        .ingest(vec![reading(
+            Quantity::Spo2,
+            Value::Number(93.0),
+            Unit::Percent,
+            Duration::ZERO,
+        )])
+        .await
+        .unwrap();
+    assert!(
+        stage
+            .evaluate_once(Timestamp::now())
+            .await
+            .unwrap()
+            .raised
+            .is_empty()
+    );
+    let body = |spo2: &str| {
+        format!(
+            r#"{{"set_by": "Nurse Kay", "spo2_low": {spo2}, "pulse_low": 40, "pulse_high": 131,
+                "systolic_low": 90, "systolic_high": 220, "temperature_low": 35, "temperature_high": 39.1}}"#
+        )
+    };
+    let (status, why) = send(
+        &state,
+        "PUT",
+        "/api/v1/residents/1/thresholds",
+        &body("9.4"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{why}");
+    let (status, _) = send(&state, "PUT", "/api/v1/residents/9/thresholds", &body("94")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(&state, "PUT", "/api/v1/residents/1/thresholds", &body("94")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert_eq!(r.raised.len(), 1);
+    let (_, json) = get(&state, "/api/v1/alerts").await;
+    assert!(json.contains("resident:1/threshold:spo2"), "{json}");
+    assert!(json.contains("93.0 %"), "value with its unit: {json}");
+}
+
+/// A form post as a signed-in nurse, with the session's CSRF field.
+async fn post_form(state: &AppState, uri: &str, form: &str) -> (StatusCode, String) {
+    let login = auth::testing::sign_in(state, "test-nurse", crate::store::accounts::Role::Nurse);
+    let res = app(state.clone())
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &login.cookie)
+                .body(Body::from(format!("{form}&csrf={}", login.csrf)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[test]
+fn observation_sets_are_validated_with_plain_words() {
+    use super::clinical::{ObservationInput, validate};
+    let input = |f: &dyn Fn(&mut ObservationInput)| {
+        let mut i = ObservationInput {
+            entered_by: "Kay".into(),
+            ..Default::default()
+        };
+        f(&mut i);
+        i
+    };
+    let s = |v: &str| Some(v.to_owned());
+    // (input, the error it must give, or None when it is accepted)
+    let cases: Vec<(ObservationInput, Option<&str>)> = vec![
+        (input(&|i| i.resp_rate = s("18")), None),
+        (input(&|i| i.temperature = s("37,2")), None),
+        (input(&|i| i.consciousness = s("v")), None),
+        (input(&|i| i.on_oxygen = s("no")), None),
+        (input(&|_| {}), Some("Enter at least one observation.")),
+        (
+            input(&|i| {
+                i.entered_by = " ".into();
+                i.resp_rate = s("18");
+            }),
+            Some("Give the name of the person who took the observations."),
+        ),
+        (
+            input(&|i| i.resp_rate = s("-3")),
+            Some("Respiration rate must be a number from 0 to 80 /min"),
+        ),
+        (
+            input(&|i| i.resp_rate = s("18.5")),
+            Some("Respiration rate must be a whole number"),
+        ),
+        (
+            input(&|i| i.spo2 = s("140")),
+            Some("SpO2 must be a number from 50 to 100 %"),
+        ),
+        (
+            input(&|i| i.temperature = s("NaN")),
+            Some("Temperature must be a number from 30 to 45 °C"),
+        ),
+        (
+            input(&|i| i.consciousness = s("X")),
+            Some("Consciousness must be one of A (alert)"),
+        ),
+        (
+            input(&|i| i.on_oxygen = s("maybe")),
+            Some("Oxygen must be \"yes\" or \"no\""),
+        ),
+        (
+            input(&|i| {
+                i.resp_rate = s("18");
+                i.minutes_ago = s("90");
+            }),
+            Some("\"Taken\" must be a whole number of minutes ago, 0 to 60"),
+        ),
+    ];
+    for (i, expected) in cases {
+        match (validate(&i), expected) {
+            (Ok(_), None) => {}
+            (Err(errors), Some(e)) => assert!(
+                errors.iter().any(|x| x.starts_with(e)),
+                "{i:?}: {errors:?} lacks {e:?}"
+            ),
+            (got, want) => panic!("{i:?}: got {got:?}, wanted {want:?}"),
+        }
+    }
+    // Several problems are reported together.
+    let both = validate(&input(&|i| {
+        i.spo2 = s("9.6");
+        i.pulse = s("x");
+    }))
+    .unwrap_err();
+    assert_eq!(both.len(), 2, "{both:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staff_observation_set_is_stored_as_readings_and_completes_news2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let now = Duration::ZERO;
+    store
+        .handle
+        .ingest(vec![
+            reading(Quantity::Spo2, Value::Number(96.0), Unit::Percent, now),
+            reading(
+                Quantity::PulseRate,
+                Value::Number(72.0),
+                Unit::PerMinute,
+                now,
+            ),
+            reading(
+                Quantity::SystolicPressure,
+                Value::Number(125.0),
+                Unit::MillimetreOfMercury,
+                now,
+            ),
+            reading(
+                Quantity::BodyTemperature,
+                Value::Number(37.0),
+                Unit::Celsius,
+                now,
+            ),
+        ])
+        .await
+        .unwrap();
+    let queued = store
+        .handle
+        .stats()
+        .outbox_readings
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Refused in words; nothing stored.
+    let (status, body) = send(
+        &state,
+        "POST",
+        "/api/v1/residents/1/observations",
+        r#"{"entered_by": "Kay", "resp_rate": 140}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body.contains("Respiration rate must be a number from 0 to 80"),
+        "{body}"
+    );
+    let (status, _) = send(
+        &state,
+        "POST",
+        "/api/v1/residents/9/observations",
+        r#"{"entered_by": "Kay", "resp_rate": 18}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Consciousness "V" scores 3 on its own.
+    let (status, body) = send(
+        &state,
+        "POST",
+        "/api/v1/residents/1/observations",
+        r#"{"entered_by": "Kay", "resp_rate": 18, "consciousness": "V", "on_oxygen": false}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["entered_by"], "staff:Kay");
+    assert_eq!(v["reading_ids"].as_array().unwrap().len(), 3);
+    // Readings in the outbox, to be forwarded like sensor readings.
+    assert_eq!(
+        store
+            .handle
+            .stats()
+            .outbox_readings
+            .load(std::sync::atomic::Ordering::Relaxed),
+        queued + 3
+    );
+    let (_, json) = get(&state, "/api/v1/residents").await;
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let news2 = &r["residents"][0]["news2"];
+    assert_eq!(news2["partial"], false, "{json}");
+    assert_eq!(news2["total"], 3, "{json}");
+    assert_eq!(news2["band"], "low-medium", "{json}");
+    let vitals = r["residents"][0]["vitals"].as_array().unwrap();
+    let rr = vitals
+        .iter()
+        .find(|x| x["quantity"] == "respiration_rate")
+        .unwrap();
+    assert_eq!(rr["unit"], "/min");
+    assert_eq!(rr["device"], "00:00:00:00:00:00");
+    let (_, html) = get(&state, "/").await;
+    assert!(html.contains("NEWS2 3 — Low–medium"), "{html}");
+    assert!(html.contains("V (responds to voice)"), "{html}");
+    assert!(html.contains("no (air)"), "{html}");
+    // Who entered it is on the resident's clinical page.
+    let (_, page) = get(&state, "/residents/1/clinical").await;
+    assert!(page.contains("staff:Kay"), "{page}");
+
+    // The form: a bad value comes back with the typed values and the reason.
+    let (status, page) = post_form(
+        &state,
+        "/residents/1/observations",
+        "entered_by=Kay&resp_rate=abc&pulse=80",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("were not saved"), "{page}");
+    assert!(page.contains("value=\"80\""), "typed values kept: {page}");
+    let (status, _) = post_form(
+        &state,
+        "/residents/1/observations",
+        "entered_by=Kay&resp_rate=22&consciousness=A&on_oxygen=no",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let mut changes = state.alerts.lock().unwrap().subscribe();
+    let stage = stage(&state, &store, dir.path());
+    // 89 % on air: scale 1 scores 3 (a single-3 alert); scale 2 scores 0.
+    store
+        .handle
+        .ingest(vec![reading(
+            Quantity::Spo2,
+            Value::Number(89.0),
+            Unit::Percent,
+            Duration::ZERO,
+        )])
+        .await
+        .unwrap();
+    let raised = stage.evaluate_once(Timestamp::now()).await.unwrap().raised;
+    assert_eq!(raised.len(), 1);
+    let c = changes.try_recv().unwrap();
+    assert_eq!(
+        c,
+        crate::store::AlertChange {
+            id: raised[0],
+            kind: crate::store::AlertChangeKind::Raised
+        }
+    );
+    let (_, html) = get(&state, "/").await;
+    assert!(!html.contains("SpO2 scale 2"));
+
+    let (status, why) = send(
+        &state,
+        "PUT",
+        "/api/v1/residents/1/spo2-scale",
+        r#"{"scale": 3, "set_by": "Nurse Kay"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(why.contains("1 or 2"), "{why}");
+    let (status, _) = send(
+        &state,
+        "PUT",
+        "/api/v1/residents/9/spo2-scale",
+        r#"{"scale": 2, "set_by": "Nurse Kay"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(
+        &state,
+        "PUT",
+        "/api/v1/residents/1/spo2-scale",
+        r#"{"scale": 2, "set_by": "Nurse Kay"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (_, html) = get(&state, "/").await;
+    assert!(html.contains("SpO2 scale 2"), "{html}");
+    let (_, json) = get(&state, "/api/v1/residents").await;
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(r["residents"][0]["spo2_scale"], 2);
+    assert_eq!(r["residents"][0]["news2"]["total"], 0, "{json}");
+    // The single-3 alert resolves once, and says so live.
+    let resolved = stage
+        .evaluate_once(Timestamp::now())
+        .await
+        .unwrap()
+        .resolved;
+    assert_eq!(resolved, raised);
+    assert_eq!(
+        changes.try_recv().unwrap().kind,
+        crate::store::AlertChangeKind::Resolved
+    );
+    assert!(
+        stage
+            .evaluate_once(Timestamp::now())
+            .await
+            .unwrap()
+            .resolved
+            .is_empty()
+    );
+    // In the audit record, with who set it.
+    let reader = state.reader.clone();
+    let events = tokio::task::spawn_blocking(move || reader.pairing_events(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.what == "spo2_scale" && e.who.as_deref() == Some("Nurse Kay")),
+        "{events:?}"
+    );
+    // The settings page and its forms.
+    let (_, page) = get(&state, "/residents/1/clinical").await;
+    assert!(page.contains("Now: scale 2"), "{page}");
+    assert!(page.contains("value=\"91\""), "chart default shown: {page}");
+    let (status, _) = post_form(&state, "/residents/1/clinical/scale", "scale=1&set_by=Kay").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, why) = post_form(
+        &state,
+        "/residents/1/clinical/thresholds",
+        "set_by=Kay&spo2_low=9.4&pulse_low=40&pulse_high=131&systolic_low=90&systolic_high=220&temperature_low=35&temperature_high=39.1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(why.contains("spo2_low must be 70 to 100"), "{why}");
+    let (status, _) = post_form(
+        &state,
+        "/residents/1/clinical/thresholds",
+        "set_by=Kay&spo2_low=94&pulse_low=40&pulse_high=131&systolic_low=90&systolic_high=220&temperature_low=35&temperature_high=39.1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page) = get(&state, "/residents/1/clinical").await;
+    assert!(
+        page.contains("Now: scale 1") && page.contains("Set by a nurse"),
         "{page}"
     );
 }

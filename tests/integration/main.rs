@@ -1,6 +1,7 @@
 //! Cross-component tests: the real `carehub` binary, real SQLite files, real
 //! sockets. One binary, one module per area.
 
+mod alerts;
 mod ble;
 mod ble_registry;
 mod ble_support;

@@ -15,7 +15,7 @@ use carehub::model::{
 use carehub::store::{Store, StoreHandle, StoreSettings};
 use carehub::system::health::Health;
 use carehub::uplink::tls::TlsFiles;
-use carehub::uplink::{ConnectionState, Uplink, UplinkSettings, UplinkStatus};
+use carehub::uplink::{AlertFeed, ConnectionState, Uplink, UplinkSettings, UplinkStatus};
 use rustls::pki_types::pem::PemObject;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::mqtt_support::{Broker, Pki, Subscriber};
 use super::support::{Daemon, free_port, wait_for};
 
-const DEVICE: DeviceAddress = DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 1]);
+pub(super) const DEVICE: DeviceAddress = DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 1]);
 
-fn open_store(dir: &std::path::Path) -> Store {
+pub(super) fn open_store(dir: &std::path::Path) -> Store {
     let mut health = Health::default();
     Store::open(
         StoreSettings::at(dir.join("carehub.db")),
@@ -35,7 +35,7 @@ fn open_store(dir: &std::path::Path) -> Store {
     .unwrap()
 }
 
-async fn provision(store: &StoreHandle) {
+pub(super) async fn provision(store: &StoreHandle) {
     store
         .provision(
             vec![Resident {
@@ -77,7 +77,7 @@ async fn ingest(store: &StoreHandle, n: usize) -> Vec<String> {
     ids
 }
 
-fn settings(
+pub(super) fn settings(
     pki: &Pki,
     port: u16,
     host: &str,
@@ -114,6 +114,14 @@ struct Running {
 }
 
 fn start_uplink(store: &StoreHandle, settings: UplinkSettings) -> Running {
+    start_uplink_with(store, settings, None)
+}
+
+fn start_uplink_with(
+    store: &StoreHandle,
+    settings: UplinkSettings,
+    alerts: Option<AlertFeed>,
+) -> Running {
     let mut health = Health::default();
     let status = Arc::new(UplinkStatus::new(ConnectionState::Connecting));
     let cancel = CancellationToken::new();
@@ -126,6 +134,7 @@ fn start_uplink(store: &StoreHandle, settings: UplinkSettings) -> Running {
             cancel: cancel.clone(),
             reload: Arc::new(tokio::sync::Notify::new()),
             version: "test",
+            alerts,
         }
         .run(),
     );
@@ -488,7 +497,7 @@ async fn daemon_sends_valid_fhir_and_its_last_will_says_offline() {
     let child = crate::support::carehub_as_service()
         .args(["run", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,carehub::uplink=debug")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -524,11 +533,17 @@ async fn daemon_sends_valid_fhir_and_its_last_will_says_offline() {
         status_states(&sub)
     );
     // A clean DISCONNECT before reconnecting: the broker drops the last will.
-    assert!(
-        !status_states(&sub).contains(&"offline".to_string()),
-        "{:?}",
-        status_states(&sub)
-    );
+    // On failure the daemon's uplink log and the broker's log say which
+    // connection ended uncleanly.
+    if status_states(&sub).contains(&"offline".to_string()) {
+        let out = daemon.stop(libc::SIGKILL);
+        panic!(
+            "{:?}\n--- daemon ---\n{}\n--- broker ---\n{}",
+            status_states(&sub),
+            String::from_utf8_lossy(&out.stderr),
+            broker.log_text()
+        );
+    }
     let out = daemon.stop(libc::SIGKILL);
     let _ = out;
     let last = wait_for(Duration::from_secs(10), || {
@@ -597,5 +612,65 @@ async fn renewed_certificate_files_are_picked_up_without_losing_the_backlog() {
     assert!(reconnected.is_some(), "{:?}", up.status.snapshot());
     ids.extend(ingest(&store.handle, 100).await);
     wait_all_seen(&sub, &ids, "after renewal").await;
+    up.stop().await;
+}
+
+/// Regression: rumqttc's `EventLoop::poll` is not cancel-safe while it connects.
+/// The session loop used to wait on it in a `select!` beside the alert nudge,
+/// so an alert raised during the TLS/CONNECT handshake dropped a connection the
+/// broker had accepted; the broker published the last will and the cloud saw a
+/// false "offline" before the first "online". Here alerts are "raised" every
+/// millisecond while the uplink connects: the cloud must see only "online".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_raised_while_the_uplink_connects_does_not_fire_its_last_will() {
+    let pki = Pki::new();
+    let (broker, sub) = broker_with_subscriber(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    provision(&store.handle).await;
+    let db = dir.path().join("carehub.db");
+    let book = tokio::task::spawn_blocking(move || carehub::alerts::open_book(&db))
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let nudging = CancellationToken::new();
+    let nudger = tokio::spawn({
+        let (changed, nudging) = (changed.clone(), nudging.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            while !nudging.is_cancelled() {
+                tick.tick().await;
+                changed.notify_one();
+            }
+        }
+    });
+    let up = start_uplink_with(
+        &store.handle,
+        settings(
+            &pki,
+            broker.port,
+            "localhost",
+            "gateway",
+            PayloadFormat::Json,
+        ),
+        Some(AlertFeed { book, changed }),
+    );
+    let online = wait_for(Duration::from_secs(10), || {
+        status_states(&sub)
+            .contains(&"online".to_string())
+            .then_some(())
+    });
+    nudging.cancel();
+    nudger.await.unwrap();
+    // The will of a dropped first connection would arrive before the "online"
+    // of the next one, so by now it would be here.
+    assert!(
+        online.is_some() && status_states(&sub) == ["online"],
+        "{:?}\n--- broker ---\n{}",
+        status_states(&sub),
+        broker.log_text()
+    );
+    assert_eq!(up.status.snapshot().connections, 1);
     up.stop().await;
 }

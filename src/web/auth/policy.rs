@@ -119,6 +119,39 @@ pub const POLICY: &[Rule] = &[
     rule("GET", "/audit", ADMIN, Changes),
     rule("GET", "/audit.csv", ADMIN, Changes),
     rule("GET", "/api/v1/audit", ADMIN, Changes),
+    // Alerts (issue 8): carers see and acknowledge them; nurses set limits.
+    rule("GET", "/api/v1/alerts", CARER, View("alerts (api)")),
+    rule("POST", "/api/v1/alerts/{id}/ack", CARER, Changes),
+    rule("POST", "/alerts/{id}/ack", CARER, Changes),
+    rule("PUT", "/api/v1/residents/{id}/thresholds", NURSE, Changes),
+    // Staff observation sets, SpO2 scale and thresholds (web::clinical).
+    rule(
+        "GET",
+        "/residents/{id}/observations",
+        NURSE,
+        View("observation form"),
+    ),
+    rule("POST", "/residents/{id}/observations", NURSE, Changes),
+    rule(
+        "POST",
+        "/api/v1/residents/{id}/observations",
+        NURSE,
+        Changes,
+    ),
+    rule(
+        "GET",
+        "/residents/{id}/clinical",
+        NURSE,
+        View("resident clinical settings"),
+    ),
+    rule("POST", "/residents/{id}/clinical/scale", NURSE, Changes),
+    rule(
+        "POST",
+        "/residents/{id}/clinical/thresholds",
+        NURSE,
+        Changes,
+    ),
+    rule("PUT", "/api/v1/residents/{id}/spo2-scale", NURSE, Changes),
 ];
 
 /// The rule for a request, `None` when the table has no line for it.

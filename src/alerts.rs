@@ -1,0 +1,170 @@
+//! The alert stage: a task that gathers what the gateway knows (latest vitals,
+//! devices, backlog, certificate, disk), asks the pure rules in
+//! `clinical::alerts` which causes hold, and drives the alert lifecycle in the
+//! alert book (raise once, resolve when the cause clears).
+//!
+//! It evaluates soon after new readings are committed (at most once per
+//! `POLL`) and every `every` regardless, so that silence, a growing backlog or an
+//! expiring certificate are noticed when nothing arrives at all. It wakes the
+//! uplink through `changed` whenever an alert is raised, so that it is published
+//! at once when the broker is reachable; unpublished alerts stay in SQLite until
+//! the broker acknowledges them.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clinical::VitalSample;
+use crate::clinical::alerts::{
+    DeviceState, GatewayState, Limits, ResidentState, Snapshot, evaluate,
+};
+use crate::model::Timestamp;
+use crate::store::{AlertBook, Reader, StoreError, StoreStats};
+use crate::system::health::Heartbeat;
+use crate::uplink::UplinkStatus;
+
+/// What can go wrong in the alert stage.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    /// Reading the state or writing the alert book failed.
+    #[error("alert store: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking task that talks to SQLite died.
+    #[error("alert task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How often the stage looks for newly committed readings.
+const POLL: Duration = Duration::from_secs(1);
+
+/// The alert book shared by the stage, the web API and the uplink; every use is
+/// short and blocking, so a plain mutex inside `spawn_blocking` is enough.
+pub type SharedBook = Arc<Mutex<AlertBook>>;
+
+/// Opens the shared book (blocking).
+pub fn open_book(path: &std::path::Path) -> Result<SharedBook, StoreError> {
+    Ok(Arc::new(Mutex::new(AlertBook::open(path)?)))
+}
+
+/// The alert stage's state and wiring.
+pub struct AlertStage {
+    pub book: SharedBook,
+    pub reader: Reader,
+    /// The database path, for the free-disk check.
+    pub db_path: PathBuf,
+    pub limits: Limits,
+    pub every: Duration,
+    pub store_stats: Arc<StoreStats>,
+    /// `None` when the uplink is disabled: no backlog or certificate alerts then.
+    pub uplink: Option<Arc<UplinkStatus>>,
+    /// Notified when alerts are raised, for the publisher.
+    pub changed: Arc<Notify>,
+    pub heartbeat: Heartbeat,
+    pub cancel: CancellationToken,
+}
+
+impl AlertStage {
+    pub async fn run(self) {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = u64::MAX;
+        let mut last_eval: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                _ = poll.tick() => {}
+            }
+            self.heartbeat.beat();
+            let committed = self.store_stats.readings_committed.load(Ordering::Relaxed);
+            let due = last_eval.is_none_or(|t| t.elapsed() >= self.every);
+            if committed == seen && !due {
+                continue;
+            }
+            seen = committed;
+            last_eval = Some(tokio::time::Instant::now());
+            match self.evaluate_once(Timestamp::now()).await {
+                Ok(r) => {
+                    if !r.raised.is_empty() || !r.resolved.is_empty() {
+                        tracing::info!(raised = ?r.raised, resolved = ?r.resolved, "alerts changed");
+                    }
+                    if !r.raised.is_empty() {
+                        self.changed.notify_one();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "alert evaluation failed; retrying"),
+            }
+        }
+    }
+
+    /// Gathers the snapshot, evaluates the rules and syncs the book once.
+    pub async fn evaluate_once(
+        &self,
+        now: Timestamp,
+    ) -> Result<crate::store::SyncReport, AlertError> {
+        let reader = self.reader.clone();
+        let book = self.book.clone();
+        let limits = self.limits;
+        let db_path = self.db_path.clone();
+        let uplink = self.uplink.as_ref().map(|u| u.snapshot());
+        tokio::task::spawn_blocking(move || {
+            let thresholds = book.lock().unwrap().thresholds()?;
+            let scales = book.lock().unwrap().spo2_scales()?;
+            let residents = reader
+                .residents_overview()?
+                .into_iter()
+                .map(|r| ResidentState {
+                    id: r.id.0,
+                    display_name: r.display_name,
+                    vitals: r
+                        .latest
+                        .iter()
+                        .map(|l| VitalSample {
+                            quantity: l.quantity,
+                            value: l.value,
+                            unit: l.unit,
+                            taken_at: l.taken_at,
+                        })
+                        .collect(),
+                    thresholds: thresholds.get(&r.id.0).copied(),
+                    spo2_scale: scales.get(&r.id.0).copied().unwrap_or_default(),
+                })
+                .collect();
+            let devices = book
+                .lock()
+                .unwrap()
+                .device_states()?
+                .into_iter()
+                .map(|(address, resident_id, last_seen, battery)| DeviceState {
+                    address,
+                    resident_id,
+                    last_seen,
+                    battery_percent: battery,
+                })
+                .collect();
+            let stats = reader.stats()?;
+            let gateway = GatewayState {
+                backlog_age: uplink.as_ref().and(stats.oldest_unsent_age(now)),
+                cert_days_left: uplink
+                    .as_ref()
+                    .and_then(|u| u.certificate_expires_at)
+                    .map(|t| (t.unix_ms() - now.unix_ms()).div_euclid(86_400_000)),
+                disk_free_bytes: crate::store::free_disk_bytes(&db_path),
+            };
+            let causes = evaluate(
+                &Snapshot {
+                    residents,
+                    devices,
+                    gateway,
+                },
+                &limits,
+                now,
+            );
+            Ok(book.lock().unwrap().sync(&causes, now)?)
+        })
+        .await?
+    }
+}

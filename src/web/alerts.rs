@@ -1,0 +1,259 @@
+//! Alerts on the web: `GET /api/v1/alerts`, `POST /api/v1/alerts/{id}/ack`,
+//! `PUT /api/v1/residents/{id}/thresholds`, and the alerts section at the top of
+//! the overview page (which refreshes itself every 10 s).
+//!
+//! Until staff accounts exist, an acknowledgement carries the name typed by the
+//! person acknowledging; it is recorded as given.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, WebError};
+use crate::clinical::alerts::Thresholds;
+use crate::model::Timestamp;
+use crate::store::{AlertRecord, StoreError};
+
+/// Resolved alerts listed after the open ones.
+const RECENT_RESOLVED: usize = 20;
+
+/// Runs a blocking call on the alert book off the executor.
+async fn with_book<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&mut crate::store::AlertBook) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, WebError> {
+    let book = state.alerts.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&mut book.lock().unwrap())).await??)
+}
+
+/// One alert in `/api/v1/alerts`.
+#[derive(Serialize)]
+pub struct AlertJson {
+    pub id: i64,
+    pub uuid: String,
+    pub cause: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resident_id: Option<i64>,
+    pub rule: String,
+    pub severity: String,
+    pub level: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+    pub message: String,
+    pub raised_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    /// The broker has acknowledged the alert message.
+    pub published: bool,
+}
+
+impl From<AlertRecord> for AlertJson {
+    fn from(a: AlertRecord) -> Self {
+        AlertJson {
+            id: a.id,
+            uuid: a.uuid,
+            cause: a.cause_key,
+            resident_id: a.resident_id,
+            rule: a.rule,
+            severity: a.severity,
+            level: a.level,
+            score: a.score,
+            message: a.message,
+            raised_at: a.raised_at.to_rfc3339(),
+            acknowledged_by: a.acknowledged_by,
+            acknowledged_at: a.acknowledged_at.map(Timestamp::to_rfc3339),
+            resolved_at: a.resolved_at.map(Timestamp::to_rfc3339),
+            published: a.published,
+        }
+    }
+}
+
+/// `GET /api/v1/alerts`: open alerts (most severe first), then recent resolved.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<AlertJson>>, WebError> {
+    let rows = with_book(&state, |b| b.list(RECENT_RESOLVED)).await?;
+    Ok(Json(rows.into_iter().map(AlertJson::from).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Who saw the alert.
+    pub by: String,
+}
+
+/// `POST /api/v1/alerts/{id}/ack` with `{"by": "Nurse Kay"}`.
+pub async fn ack(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(req): Json<AckRequest>,
+) -> Result<Response, WebError> {
+    acknowledge(&state, id, req.by).await
+}
+
+#[derive(Deserialize)]
+pub struct AckForm {
+    pub by: String,
+}
+
+/// `POST /alerts/{id}/ack` from the page's form: acknowledges, then back to `/`.
+pub async fn page_ack(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    axum::Form(form): axum::Form<AckForm>,
+) -> Result<Response, WebError> {
+    let r = acknowledge(&state, id, form.by).await?;
+    if r.status().is_success() {
+        Ok(Redirect::to("/").into_response())
+    } else {
+        Ok(r)
+    }
+}
+
+async fn acknowledge(state: &AppState, id: i64, by: String) -> Result<Response, WebError> {
+    let by = by.trim().to_owned();
+    if by.is_empty() || by.chars().count() > 100 {
+        return Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give the name of the person acknowledging (1 to 100 characters)",
+        )
+            .into_response());
+    }
+    let done = with_book(state, move |b| {
+        match b.acknowledge(id, &by, Timestamp::now()) {
+            Ok(()) => b.get(id),
+            Err(StoreError::UnknownAlert(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    Ok(match done {
+        Some(a) => Json(AlertJson::from(a)).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no such alert {id}")).into_response(),
+    })
+}
+
+/// `PUT /api/v1/residents/{id}/thresholds`: a nurse's limits for one resident.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsRequest {
+    pub set_by: String,
+    pub spo2_low: f64,
+    pub pulse_low: f64,
+    pub pulse_high: f64,
+    pub systolic_low: f64,
+    pub systolic_high: f64,
+    pub temperature_low: f64,
+    pub temperature_high: f64,
+}
+
+pub async fn set_thresholds(
+    State(state): State<AppState>,
+    Path(resident): Path<i64>,
+    Json(req): Json<ThresholdsRequest>,
+) -> Result<Response, WebError> {
+    apply_thresholds(&state, resident, req).await
+}
+
+/// Checks and stores a nurse's limits: 204, 422 saying what is wrong, or 404.
+pub(super) async fn apply_thresholds(
+    state: &AppState,
+    resident: i64,
+    req: ThresholdsRequest,
+) -> Result<Response, WebError> {
+    let t = Thresholds {
+        spo2_low: req.spo2_low,
+        pulse_low: req.pulse_low,
+        pulse_high: req.pulse_high,
+        systolic_low: req.systolic_low,
+        systolic_high: req.systolic_high,
+        temperature_low: req.temperature_low,
+        temperature_high: req.temperature_high,
+    };
+    if let Err(why) = plausible(&t) {
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, why).into_response());
+    }
+    let by = req.set_by.trim().to_owned();
+    if by.is_empty() {
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, "give set_by").into_response());
+    }
+    let r = with_book(state, move |b| {
+        match b.set_thresholds(resident, &t, &by, Timestamp::now()) {
+            Ok(()) => Ok(true),
+            Err(StoreError::UnknownResident(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    Ok(if r {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no such resident {resident}"),
+        )
+            .into_response()
+    })
+}
+
+/// Rejects limits that no nurse means (a typo such as 9.1 for 91).
+fn plausible(t: &Thresholds) -> Result<(), &'static str> {
+    let within = |v: f64, lo: f64, hi: f64| v.is_finite() && (lo..=hi).contains(&v);
+    if !within(t.spo2_low, 70.0, 100.0) {
+        return Err("spo2_low must be 70 to 100 %");
+    }
+    if !within(t.pulse_low, 20.0, 100.0)
+        || !within(t.pulse_high, 60.0, 250.0)
+        || t.pulse_low >= t.pulse_high
+    {
+        return Err("pulse limits must be 20 to 100 and 60 to 250 per minute, low below high");
+    }
+    if !within(t.systolic_low, 50.0, 150.0)
+        || !within(t.systolic_high, 100.0, 300.0)
+        || t.systolic_low >= t.systolic_high
+    {
+        return Err("systolic limits must be 50 to 150 and 100 to 300 mmHg, low below high");
+    }
+    if !within(t.temperature_low, 30.0, 37.0)
+        || !within(t.temperature_high, 37.0, 43.0)
+        || t.temperature_low >= t.temperature_high
+    {
+        return Err("temperature limits must be 30 to 37 and 37 to 43 °C, low below high");
+    }
+    Ok(())
+}
+
+/// The open alerts for the top of the overview; empty when none.
+pub async fn section(state: &AppState) -> Result<Markup, WebError> {
+    let rows = with_book(state, |b| b.list(0)).await?;
+    Ok(html! {
+        @if !rows.is_empty() {
+            section.alerts role="alert" {
+                h2 { "Alerts (" (rows.len()) ")" }
+                ul {
+                    @for a in &rows {
+                        li class=(format!("alert {}", a.severity)) {
+                            strong { (a.severity) } ": " (a.message)
+                            " — raised " (a.raised_at.to_rfc3339())
+                            @if let Some(by) = &a.acknowledged_by {
+                                " — acknowledged by " (by)
+                            } @else {
+                                form method="post" action=(format!("/alerts/{}/ack", a.id)) {
+                                    (super::csrf_field())
+                                    input name="by" placeholder="Your name" required;
+                                    button { "Acknowledge" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
