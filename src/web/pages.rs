@@ -43,15 +43,27 @@ tr.stale .v { color:var(--stale); font-weight:600; }
 footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
 "#;
 
+/// A page that refreshes itself every 10 s (live updates come with the full staff UI).
 pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    layout(title, now, true, body)
+}
+
+/// A page with forms: it never reloads itself, since a reload would throw away
+/// what staff are typing (a passkey, a room).
+pub(crate) fn form_page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    layout(title, now, false, body)
+}
+
+fn layout(title: &str, now: Timestamp, refresh: bool, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en-GB" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                // The overview refreshes itself; live updates come with the full staff UI.
-                meta http-equiv="refresh" content="10";
+                @if refresh {
+                    meta http-equiv="refresh" content="10";
+                }
                 title { (title) " — carehub" }
                 style { (PreEscaped(STYLE)) }
             }

@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, Redirect};
 use axum::response::{IntoResponse, Response};
-use maud::html;
+use maud::{PreEscaped, html};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, Caller, WebError, read};
@@ -302,8 +302,14 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
         section.pairing {
             @match closes {
                 Some(c) => {
-                    p { strong { "Pairing is ON" } " until " (c.to_rfc3339()) ". New sensors nearby will be paired; switch them on now." }
+                    @let left_s = u64::try_from(c.unix_ms().saturating_sub(now.unix_ms())).unwrap_or(0).div_ceil(1000);
+                    p {
+                        strong { "Pairing is ON" } " for "
+                        span #pairing-countdown role="timer" data-seconds-left=(left_s) { (countdown(left_s)) }
+                        " more (until " time datetime=(c.to_rfc3339()) { (c.to_rfc3339()) } "). New sensors nearby will be paired; switch them on now."
+                    }
                     form method="post" action="/pairing/close" { button type="submit" { "Stop pairing now" } }
+                    script { (PreEscaped(COUNTDOWN_JS)) }
                 }
                 None => {
                     p { "Pairing is off: sensors nobody chose are listed below but never paired." }
@@ -412,8 +418,32 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
             }
         }
     };
-    Ok(Html(super::pages::page("Pairing", now, body).into_string()))
+    Ok(Html(super::pages::form_page("Pairing", now, body).into_string()))
 }
+
+/// "1 min 59 s", "45 s": the time left in the pairing window.
+pub(super) fn countdown(seconds: u64) -> String {
+    match seconds {
+        0..=59 => format!("{seconds} s"),
+        _ => format!("{} min {} s", seconds / 60, seconds % 60),
+    }
+}
+
+/// Counts the window down each second from what the server said was left (the
+/// tablet's clock may differ from the gateway's), and reloads the page when it
+/// closes. The page does not refresh itself otherwise, so that typing survives.
+const COUNTDOWN_JS: &str = r#"
+(function () {
+  var el = document.getElementById("pairing-countdown");
+  var left = Number(el.dataset.secondsLeft), start = performance.now();
+  function tick() {
+    var s = Math.max(0, Math.ceil(left - (performance.now() - start) / 1000));
+    el.textContent = (s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) : s) + " s";
+    if (s === 0) { location.reload(); } else { setTimeout(tick, 1000); }
+  }
+  setTimeout(tick, 1000);
+})();
+"#;
 
 /// `POST /pairing/window` (form): opens the window, back to the page.
 pub async fn page_open(
