@@ -23,6 +23,7 @@ article { background:var(--card); border:1px solid var(--line); border-radius:10
 article h2 { margin:0; font-size:1.25rem; }
 .room { margin:0 0 8px; color:var(--muted); }
 table { width:100%; border-collapse:collapse; }
+.scroll { overflow-x:auto; }
 th { text-align:left; font-weight:600; padding:6px 4px; width:40%; }
 td { padding:6px 4px; }
 tr + tr { border-top:1px solid #e3e6ea; }

@@ -4,6 +4,8 @@
 mod ble;
 mod ble_registry;
 mod ble_support;
+mod browser;
+mod browser_support;
 mod decode_cli;
 mod demo;
 mod mqtt;
