@@ -385,10 +385,10 @@ fn horizontal_overflow(b: &Browser) -> (i64, Vec<String>) {
     (v[0].as_i64().unwrap(), out)
 }
 
-/// Takes a screenshot of the whole page; keeps it as `DIR/name.png` when
-/// `CAREHUB_SCREENSHOTS=DIR`.
-fn screenshot(b: &Browser, name: &str) {
-    let png = b.full_page_screenshot().unwrap();
+/// Takes a screenshot of the viewport or the whole page; keeps it as
+/// `DIR/name.png` when `CAREHUB_SCREENSHOTS=DIR`.
+fn screenshot(b: &Browser, name: &str, whole_page: bool) {
+    let png = b.screenshot(whole_page).unwrap();
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
         "{name}: not a PNG of a rendered page ({} bytes)",
@@ -445,7 +445,7 @@ fn overview_shows_every_vital_with_unit_and_age_and_marks_old_values_stale() {
             && labels.iter().any(|l| l.starts_with("Pulse")),
         "{labels:?}"
     );
-    screenshot(&b, "overview");
+    screenshot(&b, "overview", true);
 }
 
 #[test]
@@ -465,7 +465,7 @@ fn pairing_window_counts_down_and_a_device_is_assigned_through_the_form() {
         countdown_seconds(&shown).filter(|s| *s < first)
     });
     assert!(later.is_some(), "the countdown did not move from {first} s");
-    screenshot(&b, "pairing");
+    screenshot(&b, "pairing", false);
     close_pairing_window(&b);
     let off = b.text(&b.find("section.pairing p").unwrap()).unwrap();
     assert!(off.starts_with("Pairing is off"), "{off}");

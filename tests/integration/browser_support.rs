@@ -247,11 +247,12 @@ impl Browser {
         )
     }
 
-    /// The whole page, however tall, as a PNG (through the DevTools protocol).
-    pub fn full_page_screenshot(&self) -> Result<Vec<u8>> {
+    /// The viewport, or the whole page however tall, as a PNG (through the
+    /// DevTools protocol).
+    pub fn screenshot(&self, whole_page: bool) -> Result<Vec<u8>> {
         let params = json!({
             "cmd": "Page.captureScreenshot",
-            "params": { "format": "png", "captureBeyondViewport": true },
+            "params": { "format": "png", "captureBeyondViewport": whole_page },
         });
         let v = self.call("POST", "/goog/cdp/execute", Some(&params))?;
         base64_decode(v["data"].as_str().unwrap_or(""))
