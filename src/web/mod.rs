@@ -202,12 +202,22 @@ impl IntoResponse for WebError {
     }
 }
 
+/// Store reads running at once, at most: the reader keeps 4 connections open
+/// (`store::reader`), and one more read beyond them opens a connection of its own
+/// (file, schema, statements) and closes it again, which under 50 clients cost
+/// more than the read itself (`benches/web_load.rs`). On 2 cores more reads in
+/// parallel would not finish sooner anyway; the others wait their turn here.
+const READS_AT_ONCE: usize = 4;
+static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READS_AT_ONCE);
+
 /// Runs a blocking store read off the executor.
 async fn read<T: Send + 'static>(
     reader: &Reader,
     f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WebError> {
     let reader = reader.clone();
+    // The semaphore is never closed, so acquiring cannot fail.
+    let _permit = READS.acquire().await;
     Ok(tokio::task::spawn_blocking(move || f(&reader)).await??)
 }
 

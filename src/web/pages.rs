@@ -24,6 +24,10 @@ article { background:var(--card); border:1px solid var(--line); border-radius:10
 article h2 { margin:0; font-size:1.25rem; }
 .room { margin:0 0 8px; color:var(--muted); }
 table { width:100%; border-collapse:collapse; }
+.scroll { overflow-x:auto; }
+section { padding:8px 20px 16px; }
+button, select, input { font:inherit; min-height:44px; padding:4px 10px; margin:2px 0; }
+button { cursor:pointer; border:1px solid #0b3d5c; border-radius:6px; background:#fff; color:#0b3d5c; font-weight:600; }
 th { text-align:left; font-weight:600; padding:6px 4px; width:40%; }
 td { padding:6px 4px; }
 tr + tr { border-top:1px solid #e3e6ea; }
@@ -53,6 +57,7 @@ section.form, section.users, section.audit { padding:16px; max-width:60rem; }
 input, select, button { font-size:1rem; min-height:44px; }
 "#;
 
+/// A page that refreshes itself every 10 s (live updates come with the full staff UI).
 pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
     layout(title, now, body, true)
 }

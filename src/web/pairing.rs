@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, Redirect};
 use axum::response::{IntoResponse, Response};
-use maud::html;
+use maud::{PreEscaped, html};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, Caller, WebError, read};
@@ -302,8 +302,14 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
         section.pairing {
             @match closes {
                 Some(c) => {
-                    p { strong { "Pairing is ON" } " until " (c.to_rfc3339()) ". New sensors nearby will be paired; switch them on now." }
+                    @let left_s = u64::try_from(c.unix_ms().saturating_sub(now.unix_ms())).unwrap_or(0).div_ceil(1000);
+                    p {
+                        strong { "Pairing is ON" } " for "
+                        span #pairing-countdown role="timer" data-seconds-left=(left_s) { (countdown(left_s)) }
+                        " more (until " time datetime=(c.to_rfc3339()) { (c.to_rfc3339()) } "). New sensors nearby will be paired; switch them on now."
+                    }
                     form method="post" action="/pairing/close" { (super::auth::csrf_field()) button type="submit" { "Stop pairing now" } }
+                    script { (PreEscaped(COUNTDOWN_JS)) }
                 }
                 None => {
                     p { "Pairing is off: sensors nobody chose are listed below but never paired." }
@@ -327,14 +333,18 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
             @if nearby.is_empty() {
                 p.none { "Nothing heard yet." }
             } @else {
-                table {
-                    tr { th { "Device" } th { "Signal" } th { "State" } }
-                    @for d in &nearby {
-                        tr {
-                            td { (d.name.as_deref().unwrap_or("(no name)")) br; small { (d.address.to_string()) } }
-                            td { @if let Some(r) = d.rssi { (r) " dBm" } }
-                            td {
-                                @if d.registered { "registered" } @else if d.paired { "paired, not assigned" } @else { "nearby, not paired" }
+                // On a phone the table scrolls inside its box, not the whole page;
+                // the box takes focus so a keyboard can scroll it too.
+                div.scroll role="region" aria-label="Nearby devices" tabindex="0" {
+                    table {
+                        tr { th { "Device" } th { "Signal" } th { "State" } }
+                        @for d in &nearby {
+                            tr {
+                                td { (d.name.as_deref().unwrap_or("(no name)")) br; small { (d.address.to_string()) } }
+                                td { @if let Some(r) = d.rssi { (r) " dBm" } }
+                                td {
+                                    @if d.registered { "registered" } @else if d.paired { "paired, not assigned" } @else { "nearby, not paired" }
+                                }
                             }
                         }
                     }
@@ -344,50 +354,54 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
             @if devices.is_empty() {
                 p.none { "No devices registered yet." }
             } @else {
-                table.devices {
-                    tr { th { "Device" } th { "Belongs to" } th { "Paired" } th { "Battery" } th { "Signal" } th { "Last heard" } th { "Change" } }
-                    @for d in &devices {
-                        @let address = d.device.address.to_string();
-                        tr {
-                            td { (d.device.name.as_deref().unwrap_or("(no name)")) br; small { (address) " " (d.device.kind.as_str()) } }
-                            td {
-                                @match &d.device.subject {
-                                    Subject::Resident(id) => {
-                                        @match residents.iter().find(|r| r.id == *id) {
-                                            Some(r) => { (r.display_name) " (" (r.room) ")" }
-                                            None => { "resident " (id.0) }
+                // Scrolls inside its box on a phone; its forms make it reachable by keyboard.
+                div.scroll {
+                    table.devices {
+                        tr { th { "Device" } th { "Belongs to" } th { "Paired" } th { "Battery" } th { "Signal" } th { "Last heard" } th { "Change" } }
+                        @for d in &devices {
+                            @let address = d.device.address.to_string();
+                            tr {
+                                td { (d.device.name.as_deref().unwrap_or("(no name)")) br; small { (address) " " (d.device.kind.as_str()) } }
+                                td {
+                                    @match &d.device.subject {
+                                        Subject::Resident(id) => {
+                                            @match residents.iter().find(|r| r.id == *id) {
+                                                Some(r) => { (r.display_name) " (" (r.room) ")" }
+                                                None => { "resident " (id.0) }
+                                            }
                                         }
+                                        Subject::Room(room) => { "room " (room) }
+                                        Subject::Unassigned => { em { "nobody: readings not attributed" } }
                                     }
-                                    Subject::Room(room) => { "room " (room) }
-                                    Subject::Unassigned => { em { "nobody: readings not attributed" } }
                                 }
-                            }
-                            td { @if d.paired { "yes" } @else { "no" } }
-                            td { @if let Some(b) = d.battery_percent { (b) " %" } @else { "unknown" } }
-                            td { @if let Some(r) = d.rssi { (r) " dBm" } }
-                            td {
-                                @match d.last_seen {
-                                    Some(t) => { (super::describe_age(t.age_at(now))) br; small { (t.to_rfc3339()) } }
-                                    None => { "never" }
-                                }
-                            }
-                            td {
-                                form.assign method="post" action="/pairing/assign" { (super::auth::csrf_field())
-                                    input type="hidden" name="address" value=(address);
-                                    select name="resident_id" {
-                                        option value="" { "(a room instead)" }
-                                        @for r in &residents {
-                                            option value=(r.id.0) { (r.display_name) " (" (r.room) ")" }
-                                        }
+                                td { @if d.paired { "yes" } @else { "no" } }
+                                td { @if let Some(b) = d.battery_percent { (b) " %" } @else { "unknown" } }
+                                td { @if let Some(r) = d.rssi { (r) " dBm" } }
+                                td {
+                                    @match d.last_seen {
+                                        Some(t) => { (super::describe_age(t.age_at(now))) br; small { (t.to_rfc3339()) } }
+                                        None => { "never" }
                                     }
-                                    " or room "
-                                    input type="text" name="room" size="8";
-                                    button type="submit" { "Assign" }
                                 }
-                                @if d.device.subject != Subject::Unassigned {
-                                    form.unassign method="post" action="/pairing/unassign" { (super::auth::csrf_field())
+                                td {
+                                    form.assign method="post" action="/pairing/assign" { (super::auth::csrf_field())
                                         input type="hidden" name="address" value=(address);
-                                        button type="submit" { "Un-assign" }
+                                        @let what = d.device.name.as_deref().unwrap_or(address.as_str());
+                                        select name="resident_id" aria-label=(format!("Resident for {what}")) {
+                                            option value="" { "(a room instead)" }
+                                            @for r in &residents {
+                                                option value=(r.id.0) { (r.display_name) " (" (r.room) ")" }
+                                            }
+                                        }
+                                        " or room "
+                                        input type="text" name="room" size="8" aria-label=(format!("Room for {what}"));
+                                        button type="submit" { "Assign" }
+                                    }
+                                    @if d.device.subject != Subject::Unassigned {
+                                        form.unassign method="post" action="/pairing/unassign" { (super::auth::csrf_field())
+                                            input type="hidden" name="address" value=(address);
+                                            button type="submit" { "Un-assign" }
+                                        }
                                     }
                                 }
                             }
@@ -412,8 +426,34 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
             }
         }
     };
-    Ok(Html(super::pages::page("Pairing", now, body).into_string()))
+    Ok(Html(
+        super::pages::form_page("Pairing", now, body).into_string(),
+    ))
 }
+
+/// "1 min 59 s", "45 s": the time left in the pairing window.
+pub(super) fn countdown(seconds: u64) -> String {
+    match seconds {
+        0..=59 => format!("{seconds} s"),
+        _ => format!("{} min {} s", seconds / 60, seconds % 60),
+    }
+}
+
+/// Counts the window down each second from what the server said was left (the
+/// tablet's clock may differ from the gateway's), and reloads the page when it
+/// closes. The page does not refresh itself otherwise, so that typing survives.
+const COUNTDOWN_JS: &str = r#"
+(function () {
+  var el = document.getElementById("pairing-countdown");
+  var left = Number(el.dataset.secondsLeft), start = performance.now();
+  function tick() {
+    var s = Math.max(0, Math.ceil(left - (performance.now() - start) / 1000));
+    el.textContent = (s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) : s) + " s";
+    if (s === 0) { location.reload(); } else { setTimeout(tick, 1000); }
+  }
+  setTimeout(tick, 1000);
+})();
+"#;
 
 /// `POST /pairing/window` (form): opens the window, back to the page.
 pub async fn page_open(

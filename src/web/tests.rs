@@ -189,6 +189,20 @@ fn ages_read_naturally() {
     }
 }
 
+#[test]
+fn pairing_countdown_reads_in_minutes_and_seconds() {
+    for (s, text) in [
+        (0, "0 s"),
+        (45, "45 s"),
+        (59, "59 s"),
+        (60, "1 min 0 s"),
+        (119, "1 min 59 s"),
+        (600, "10 min 0 s"),
+    ] {
+        assert_eq!(super::pairing::countdown(s), text);
+    }
+}
+
 #[tokio::test]
 async fn pairing_page_opens_and_closes_the_window() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,6 +226,12 @@ async fn pairing_page_opens_and_closes_the_window() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let (_, page) = get(&state, "/pairing").await;
     assert!(page.contains("Pairing is ON"), "{page}");
+    assert!(
+        page.contains("data-seconds-left=\"120\"") || page.contains("data-seconds-left=\"119\""),
+        "{page}"
+    );
+    // A page with forms never reloads itself: it would wipe a half-typed passkey.
+    assert!(!page.contains("http-equiv=\"refresh\""), "{page}");
     let (_, api) = get(&state, "/api/v1/pairing").await;
     let v: serde_json::Value = serde_json::from_str(&api).unwrap();
     assert_eq!(v["window"]["open"], true);

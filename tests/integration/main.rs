@@ -5,6 +5,8 @@ mod alerts;
 mod ble;
 mod ble_registry;
 mod ble_support;
+mod browser;
+mod browser_support;
 mod decode_cli;
 mod demo;
 mod mqtt;
