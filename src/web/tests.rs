@@ -467,13 +467,7 @@ async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
     let (status, body) = post_form_as(&state, CARER, &format!("/alerts/{id}/ack"), "").await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
     // A second acknowledgement (by API, body `{}`) keeps the first.
-    let (status, json) = send(
-        &state,
-        "POST",
-        &format!("/api/v1/alerts/{id}/ack"),
-        "{}",
-    )
-    .await;
+    let (status, json) = send(&state, "POST", &format!("/api/v1/alerts/{id}/ack"), "{}").await;
     assert_eq!(status, StatusCode::OK, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["acknowledged_by"], "test-carer");

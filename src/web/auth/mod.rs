@@ -283,7 +283,9 @@ async fn check_csrf(req: Request, expected: &str) -> Result<Request, Response> {
             // and forms that refuse unknown fields need not list it.
             let rest = without_field(&bytes, "csrf");
             let mut parts = parts;
-            parts.headers.insert(header::CONTENT_LENGTH, rest.len().into());
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, rest.len().into());
             Ok(Request::from_parts(parts, Body::from(rest)))
         }
         _ => Err(refused()),
