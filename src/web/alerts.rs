@@ -2,8 +2,11 @@
 //! `PUT /api/v1/residents/{id}/thresholds`, and the alerts section at the top of
 //! the overview page (which refreshes itself every 10 s).
 //!
-//! Until staff accounts exist, an acknowledgement carries the name typed by the
-//! person acknowledging; it is recorded as given.
+//! Who acknowledged an alert or set a resident's limits is the signed-in caller
+//! ([`Caller`]: the account's username, "cli" for the bearer token), never a
+//! name typed into the request. The JSON API refuses the fields that once
+//! carried such a name (`by`, `set_by`) with a 422 that says why, so that an old
+//! client learns instead of having its name silently replaced.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -12,7 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, WebError};
+use super::{AppState, Caller, WebError};
 use crate::clinical::alerts::Thresholds;
 use crate::model::Timestamp;
 use crate::store::{AlertRecord, StoreError};
@@ -81,34 +84,60 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<AlertJson>>,
     Ok(Json(rows.into_iter().map(AlertJson::from).collect()))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckRequest {
-    /// Who saw the alert.
-    pub by: String,
+/// A field the JSON API once took to say who did something and now refuses:
+/// present (with any value, `null` included) or not.
+#[derive(Debug, Default)]
+pub struct Retired(pub bool);
+
+impl<'de> Deserialize<'de> for Retired {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Retired(true))
+    }
 }
 
-/// `POST /api/v1/alerts/{id}/ack` with `{"by": "Nurse Kay"}`.
+/// The 422 for a retired field: what to do instead.
+pub(super) fn retired(field: &str) -> String {
+    format!(
+        "\"{field}\" is no longer accepted: the signed-in user is recorded as who did this; leave the field out"
+    )
+}
+
+/// The optional body of `POST /api/v1/alerts/{id}/ack`: nothing, or `{}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    #[serde(default)]
+    by: Retired,
+}
+
+/// `POST /api/v1/alerts/{id}/ack`, with no body (or `{}`): acknowledged by the
+/// caller.
 pub async fn ack(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    Json(req): Json<AckRequest>,
+    Caller(who): Caller,
+    body: axum::body::Bytes,
 ) -> Result<Response, WebError> {
-    acknowledge(&state, id, req.by).await
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let refused = |why: String| Ok((StatusCode::UNPROCESSABLE_ENTITY, why).into_response());
+        match serde_json::from_slice::<AckRequest>(&body) {
+            Ok(AckRequest { by: Retired(true) }) => return refused(retired("by")),
+            Ok(_) => {}
+            Err(e) => return refused(format!("the body must be empty or {{}}: {e}")),
+        }
+    }
+    acknowledge(&state, id, who).await
 }
 
-#[derive(Deserialize)]
-pub struct AckForm {
-    pub by: String,
-}
-
-/// `POST /alerts/{id}/ack` from the page's form: acknowledges, then back to `/`.
+/// `POST /alerts/{id}/ack` from the page's form: acknowledged by the signed-in
+/// user, then back to `/`.
 pub async fn page_ack(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    axum::Form(form): axum::Form<AckForm>,
+    Caller(who): Caller,
 ) -> Result<Response, WebError> {
-    let r = acknowledge(&state, id, form.by).await?;
+    let r = acknowledge(&state, id, who).await?;
     if r.status().is_success() {
         Ok(Redirect::to("/").into_response())
     } else {
@@ -117,14 +146,6 @@ pub async fn page_ack(
 }
 
 async fn acknowledge(state: &AppState, id: i64, by: String) -> Result<Response, WebError> {
-    let by = by.trim().to_owned();
-    if by.is_empty() || by.chars().count() > 100 {
-        return Ok((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "give the name of the person acknowledging (1 to 100 characters)",
-        )
-            .into_response());
-    }
     let done = with_book(state, move |b| {
         match b.acknowledge(id, &by, Timestamp::now()) {
             Ok(()) => b.get(id),
@@ -143,7 +164,8 @@ async fn acknowledge(state: &AppState, id: i64, by: String) -> Result<Response, 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdsRequest {
-    pub set_by: String,
+    #[serde(default)]
+    set_by: Retired,
     pub spo2_low: f64,
     pub pulse_low: f64,
     pub pulse_high: f64,
@@ -156,17 +178,12 @@ pub struct ThresholdsRequest {
 pub async fn set_thresholds(
     State(state): State<AppState>,
     Path(resident): Path<i64>,
+    Caller(who): Caller,
     Json(req): Json<ThresholdsRequest>,
 ) -> Result<Response, WebError> {
-    apply_thresholds(&state, resident, req).await
-}
-
-/// Checks and stores a nurse's limits: 204, 422 saying what is wrong, or 404.
-pub(super) async fn apply_thresholds(
-    state: &AppState,
-    resident: i64,
-    req: ThresholdsRequest,
-) -> Result<Response, WebError> {
+    if req.set_by.0 {
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, retired("set_by")).into_response());
+    }
     let t = Thresholds {
         spo2_low: req.spo2_low,
         pulse_low: req.pulse_low,
@@ -176,12 +193,19 @@ pub(super) async fn apply_thresholds(
         temperature_low: req.temperature_low,
         temperature_high: req.temperature_high,
     };
+    apply_thresholds(&state, resident, t, who).await
+}
+
+/// Checks and stores a nurse's limits as set by `by`: 204, 422 saying what is
+/// wrong, or 404.
+pub(super) async fn apply_thresholds(
+    state: &AppState,
+    resident: i64,
+    t: Thresholds,
+    by: String,
+) -> Result<Response, WebError> {
     if let Err(why) = plausible(&t) {
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, why).into_response());
-    }
-    let by = req.set_by.trim().to_owned();
-    if by.is_empty() {
-        return Ok((StatusCode::UNPROCESSABLE_ENTITY, "give set_by").into_response());
     }
     let r = with_book(state, move |b| {
         match b.set_thresholds(resident, &t, &by, Timestamp::now()) {
@@ -246,7 +270,6 @@ pub async fn section(state: &AppState) -> Result<Markup, WebError> {
                             } @else {
                                 form method="post" action=(format!("/alerts/{}/ack", a.id)) {
                                     (super::csrf_field())
-                                    input name="by" placeholder="Your name" required;
                                     button { "Acknowledge" }
                                 }
                             }

@@ -10,8 +10,11 @@
 //! with units and the time it was taken), committed by the store writer, shown
 //! on the tile, scored by NEWS2 with the sensor values and forwarded by the
 //! uplink like every reading; `observation_sets` records who entered it
-//! (`staff:<name>`). Until staff accounts exist the name is typed with the set and
-//! recorded as given.
+//! (`staff:<username>`).
+//!
+//! Who entered a set or changed a setting is always the signed-in caller
+//! ([`Caller`]), never a typed name; the JSON API refuses the fields that once
+//! carried one (`entered_by`, `set_by`) and says why.
 
 use std::collections::HashMap;
 
@@ -22,7 +25,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, WebError, csrf_field};
+use super::alerts::{Retired, retired};
+use super::{AppState, Caller, WebError, csrf_field};
 use crate::clinical::news2::{Consciousness, Spo2Scale};
 use crate::model::{
     DeviceAddress, Quantity, Reading, ReadingId, ResidentId, Subject, Timestamp, Unit, Value,
@@ -99,18 +103,14 @@ fn no_resident(id: i64) -> Response {
 // Observation sets
 
 /// An observation set as typed: every field optional text, as a form sends it.
-/// The API takes the same names in JSON.
+/// The API takes the same names in JSON. (The form's `csrf` field never reaches
+/// here: the auth middleware takes it out once checked.)
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObservationInput {
-    /// The form's anti-forgery field; checked by the auth middleware before the
-    /// handler runs, listed here so that unknown fields can still be refused.
+    /// Refused: the set is recorded as entered by the signed-in user.
     #[serde(default)]
-    #[allow(dead_code)]
-    pub csrf: Option<String>,
-    /// Who took the observations (until staff accounts exist).
-    #[serde(default)]
-    pub entered_by: String,
+    pub entered_by: Retired,
     /// How long ago they were taken, in whole minutes; empty or absent: now.
     #[serde(default, deserialize_with = "text_or_number")]
     pub minutes_ago: Option<String>,
@@ -162,7 +162,6 @@ fn text_or_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
 /// A validated observation set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservationSet {
-    pub entered_by: String,
     pub minutes_ago: u32,
     pub values: Vec<(Quantity, f64, Unit)>,
 }
@@ -182,9 +181,8 @@ fn given(v: &Option<String>) -> Option<&str> {
 pub fn validate(input: &ObservationInput) -> Result<ObservationSet, Vec<String>> {
     let mut errors = Vec::new();
     let mut values = Vec::new();
-    let entered_by = input.entered_by.trim().to_owned();
-    if entered_by.is_empty() || entered_by.chars().count() > 100 {
-        errors.push("Give the name of the person who took the observations.".to_owned());
+    if input.entered_by.0 {
+        errors.push(format!("{}.", retired("entered_by")));
     }
     let mut minutes_ago = 0;
     if let Some(m) = given(&input.minutes_ago) {
@@ -287,7 +285,6 @@ pub fn validate(input: &ObservationInput) -> Result<ObservationSet, Vec<String>>
     }
     if errors.is_empty() {
         Ok(ObservationSet {
-            entered_by,
             minutes_ago,
             values,
         })
@@ -310,13 +307,14 @@ struct ErrorsJson {
     errors: Vec<String>,
 }
 
-/// Commits the set's readings through the store writer, then records who
-/// entered them. `Err` is the response to give instead (no such resident, or
-/// the set could not be stored, said so that nobody believes it was).
+/// Commits the set's readings through the store writer, then records that
+/// `username` entered them. `Err` is the response to give instead (no such
+/// resident, or the set could not be stored, said so that nobody believes it was).
 async fn store_set(
     state: &AppState,
     resident: i64,
     set: ObservationSet,
+    username: &str,
 ) -> Result<Result<StoredSetJson, Response>, WebError> {
     if resident_name(state, resident).await?.is_none() {
         return Ok(Err(no_resident(resident)));
@@ -350,7 +348,7 @@ async fn store_set(
         )
             .into_response()));
     }
-    let by = format!("staff:{}", set.entered_by);
+    let by = format!("staff:{username}");
     let ids2 = ids.clone();
     let by2 = by.clone();
     with_book(state, move |b| {
@@ -370,6 +368,7 @@ async fn store_set(
 pub async fn api_observations(
     State(state): State<AppState>,
     Path(resident): Path<i64>,
+    Caller(who): Caller,
     Json(input): Json<ObservationInput>,
 ) -> Result<Response, WebError> {
     let set = match validate(&input) {
@@ -382,7 +381,7 @@ pub async fn api_observations(
                 .into_response());
         }
     };
-    Ok(match store_set(&state, resident, set).await? {
+    Ok(match store_set(&state, resident, set, &who).await? {
         Ok(stored) => (StatusCode::CREATED, Json(stored)).into_response(),
         Err(r) => r,
     })
@@ -407,13 +406,14 @@ pub async fn observations_page(
 pub async fn observations_submit(
     State(state): State<AppState>,
     Path(resident): Path<i64>,
+    Caller(who): Caller,
     axum::Form(input): axum::Form<ObservationInput>,
 ) -> Result<Response, WebError> {
     let Some(name) = resident_name(&state, resident).await? else {
         return Ok(no_resident(resident));
     };
     match validate(&input) {
-        Ok(set) => Ok(match store_set(&state, resident, set).await? {
+        Ok(set) => Ok(match store_set(&state, resident, set, &who).await? {
             Ok(_) => Redirect::to("/").into_response(),
             Err(r) => r,
         }),
@@ -443,7 +443,6 @@ fn observation_form(
             form.obs method="post" action=(format!("/residents/{resident}/observations")) {
                 (csrf_field())
                 p { "Leave a box empty if you did not measure it. Values from sensors in the last hour are scored with these." }
-                label { "Your name " input name="entered_by" required value=(input.entered_by); }
                 label { "Taken (minutes ago, 0 = now) " input name="minutes_ago" inputmode="numeric" value=(v(&input.minutes_ago)); }
                 label { "Respiration rate (breaths/min) " input name="resp_rate" inputmode="numeric" value=(v(&input.resp_rate)); }
                 fieldset {
@@ -480,7 +479,9 @@ fn observation_form(
 pub struct ScaleRequest {
     /// 1 or 2.
     pub scale: u8,
-    pub set_by: String,
+    /// Refused: the scale is recorded as set by the signed-in user.
+    #[serde(default)]
+    set_by: Retired,
 }
 
 fn parse_scale(n: u8) -> Option<Spo2Scale> {
@@ -491,12 +492,13 @@ fn parse_scale(n: u8) -> Option<Spo2Scale> {
     }
 }
 
-/// Sets the scale; the response for API and form alike, `None` when it worked.
+/// Sets the scale as set by `by`; the response for API and form alike, `None`
+/// when it worked.
 async fn set_scale(
     state: &AppState,
     resident: i64,
     scale: u8,
-    by: &str,
+    by: String,
 ) -> Result<Option<Response>, WebError> {
     let Some(scale) = parse_scale(scale) else {
         return Ok(Some(
@@ -507,16 +509,6 @@ async fn set_scale(
                 .into_response(),
         ));
     };
-    let by = by.trim().to_owned();
-    if by.is_empty() || by.chars().count() > 100 {
-        return Ok(Some(
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "give the name of the nurse setting the scale",
-            )
-                .into_response(),
-        ));
-    }
     let done = with_book(state, move |b| {
         match b.set_spo2_scale(resident, scale, &by, Timestamp::now()) {
             Ok(()) => Ok(true),
@@ -528,13 +520,17 @@ async fn set_scale(
     Ok((!done).then(|| no_resident(resident)))
 }
 
-/// `PUT /api/v1/residents/{id}/spo2-scale` with `{"scale": 2, "set_by": "Nurse Kay"}`.
+/// `PUT /api/v1/residents/{id}/spo2-scale` with `{"scale": 2}`.
 pub async fn api_scale(
     State(state): State<AppState>,
     Path(resident): Path<i64>,
+    Caller(who): Caller,
     Json(req): Json<ScaleRequest>,
 ) -> Result<Response, WebError> {
-    Ok(set_scale(&state, resident, req.scale, &req.set_by)
+    if req.set_by.0 {
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, retired("set_by")).into_response());
+    }
+    Ok(set_scale(&state, resident, req.scale, who)
         .await?
         .unwrap_or_else(|| StatusCode::NO_CONTENT.into_response()))
 }
@@ -542,16 +538,16 @@ pub async fn api_scale(
 #[derive(Deserialize)]
 pub struct ScaleForm {
     pub scale: u8,
-    pub set_by: String,
 }
 
 /// `POST /residents/{id}/clinical/scale` from the settings page.
 pub async fn scale_submit(
     State(state): State<AppState>,
     Path(resident): Path<i64>,
+    Caller(who): Caller,
     axum::Form(f): axum::Form<ScaleForm>,
 ) -> Result<Response, WebError> {
-    Ok(set_scale(&state, resident, f.scale, &f.set_by)
+    Ok(set_scale(&state, resident, f.scale, who)
         .await?
         .unwrap_or_else(|| {
             Redirect::to(&format!("/residents/{resident}/clinical")).into_response()
@@ -561,7 +557,6 @@ pub async fn scale_submit(
 /// The thresholds form: every limit as text, as the form sends it.
 #[derive(Deserialize)]
 pub struct ThresholdsForm {
-    pub set_by: String,
     pub spo2_low: String,
     pub pulse_low: String,
     pub pulse_high: String,
@@ -576,6 +571,7 @@ pub struct ThresholdsForm {
 pub async fn thresholds_submit(
     State(state): State<AppState>,
     Path(resident): Path<i64>,
+    Caller(who): Caller,
     axum::Form(f): axum::Form<ThresholdsForm>,
 ) -> Result<Response, WebError> {
     let num = |s: &str| {
@@ -584,8 +580,7 @@ pub async fn thresholds_submit(
             .parse::<f64>()
             .unwrap_or(f64::NAN)
     };
-    let req = super::alerts::ThresholdsRequest {
-        set_by: f.set_by,
+    let t = crate::clinical::alerts::Thresholds {
         spo2_low: num(&f.spo2_low),
         pulse_low: num(&f.pulse_low),
         pulse_high: num(&f.pulse_high),
@@ -594,7 +589,7 @@ pub async fn thresholds_submit(
         temperature_low: num(&f.temperature_low),
         temperature_high: num(&f.temperature_high),
     };
-    let r = super::alerts::apply_thresholds(&state, resident, req).await?;
+    let r = super::alerts::apply_thresholds(&state, resident, t, who).await?;
     Ok(if r.status() == StatusCode::NO_CONTENT {
         Redirect::to(&format!("/residents/{resident}/clinical")).into_response()
     } else {
@@ -634,7 +629,6 @@ pub async fn clinical_page(
                     (csrf_field())
                     label { input type="radio" name="scale" value="1" checked[scale == Spo2Scale::One]; " Scale 1" }
                     label { input type="radio" name="scale" value="2" checked[scale == Spo2Scale::Two]; " Scale 2" }
-                    label { "Your name " input name="set_by" required; }
                     button { "Set scale" }
                 }
             }
@@ -653,7 +647,6 @@ pub async fn clinical_page(
                     (field("systolic_high", "Systolic BP at or above (mmHg)", t.systolic_high))
                     (field("temperature_low", "Temperature at or below (°C)", t.temperature_low))
                     (field("temperature_high", "Temperature at or above (°C)", t.temperature_high))
-                    label { "Your name " input name="set_by" required; }
                     button { "Save limits" }
                 }
             }

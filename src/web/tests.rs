@@ -290,7 +290,25 @@ async fn uplink_state_error_and_certificate_warning_are_shown() {
 
 /// A JSON request as a signed-in nurse, with the session's CSRF header.
 async fn send(state: &AppState, method: &str, uri: &str, json: &str) -> (StatusCode, String) {
-    let login = auth::testing::sign_in(state, "test-nurse", crate::store::accounts::Role::Nurse);
+    send_as(state, NURSE, method, uri, json).await
+}
+
+/// The user `send` and `post_form` sign in as.
+const NURSE: (&str, crate::store::accounts::Role) =
+    ("test-nurse", crate::store::accounts::Role::Nurse);
+/// A carer, for what only nurses may do.
+const CARER: (&str, crate::store::accounts::Role) =
+    ("test-carer", crate::store::accounts::Role::Carer);
+
+/// A JSON request as `who` (username, role), with the session's CSRF header.
+async fn send_as(
+    state: &AppState,
+    who: (&str, crate::store::accounts::Role),
+    method: &str,
+    uri: &str,
+    json: &str,
+) -> (StatusCode, String) {
+    let login = auth::testing::sign_in(state, who.0, who.1);
     let res = app(state.clone())
         .oneshot(
             Request::builder()
@@ -441,28 +459,40 @@ async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
     assert!(html.contains("spo2 scores 3"), "{html}");
     assert!(html.contains(&format!("/alerts/{id}/ack")), "{html}");
 
-    let (status, _) = send(
-        &state,
-        "POST",
-        &format!("/api/v1/alerts/{id}/ack"),
-        r#"{"by": " "}"#,
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let (status, _) = send(&state, "POST", "/api/v1/alerts/999/ack", r#"{"by": "Kay"}"#).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, json) = send(
+    assert!(!html.contains("name=\"by\""), "no name to type: {html}");
+
+    // A typed name is refused, saying why, and acknowledges nothing.
+    let (status, why) = send(
         &state,
         "POST",
         &format!("/api/v1/alerts/{id}/ack"),
         r#"{"by": "Nurse Kay"}"#,
     )
     .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(why.contains("\"by\" is no longer accepted"), "{why}");
+    let (status, why) = send(
+        &state,
+        "POST",
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"note": 1}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{why}");
+    let (status, _) = send(&state, "POST", "/api/v1/alerts/999/ack", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, json) = get(&state, "/api/v1/alerts").await;
+    assert!(!json.contains("acknowledged_by"), "{json}");
+    // A carer acknowledges from the page; the signed-in username is recorded.
+    let (status, body) = post_form_as(&state, CARER, &format!("/alerts/{id}/ack"), "").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    // A second acknowledgement (by API, body `{}`) keeps the first.
+    let (status, json) = send(&state, "POST", &format!("/api/v1/alerts/{id}/ack"), "{}").await;
     assert_eq!(status, StatusCode::OK, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["acknowledged_by"], "Nurse Kay");
+    assert_eq!(v["acknowledged_by"], "test-carer");
     let (_, html) = get(&state, "/").await;
-    assert!(html.contains("acknowledged by Nurse Kay"), "{html}");
+    assert!(html.contains("acknowledged by test-carer"), "{html}");
     // The example in docs/api.md has exactly the keys of an acknowledged,
     // unresolved alert.
     let doc = include_str!("../../docs/api.md");
@@ -521,7 +551,7 @@ async fn a_nurse_threshold_raises_where_the_chart_would_not() {
     );
     let body = |spo2: &str| {
         format!(
-            r#"{{"set_by": "Nurse Kay", "spo2_low": {spo2}, "pulse_low": 40, "pulse_high": 131,
+            r#"{{"spo2_low": {spo2}, "pulse_low": 40, "pulse_high": 131,
                 "systolic_low": 90, "systolic_high": 220, "temperature_low": 35, "temperature_high": 39.1}}"#
         )
     };
@@ -535,8 +565,29 @@ async fn a_nurse_threshold_raises_where_the_chart_would_not() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{why}");
     let (status, _) = send(&state, "PUT", "/api/v1/residents/9/thresholds", &body("94")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, why) = send(
+        &state,
+        "PUT",
+        "/api/v1/residents/1/thresholds",
+        &body(r#"94, "set_by": "Nurse Kay""#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(why.contains("\"set_by\" is no longer accepted"), "{why}");
+    // Carers acknowledge alerts but do not set limits.
+    let (status, _) = send_as(
+        &state,
+        CARER,
+        "PUT",
+        "/api/v1/residents/1/thresholds",
+        &body("94"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(threshold_set_by(dir.path()), None);
     let (status, _) = send(&state, "PUT", "/api/v1/residents/1/thresholds", &body("94")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(threshold_set_by(dir.path()).as_deref(), Some("test-nurse"));
     let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
     assert_eq!(r.raised.len(), 1);
     let (_, json) = get(&state, "/api/v1/alerts").await;
@@ -544,9 +595,30 @@ async fn a_nurse_threshold_raises_where_the_chart_would_not() {
     assert!(json.contains("93.0 %"), "value with its unit: {json}");
 }
 
+/// Who set resident 1's limits, read from the database itself.
+fn threshold_set_by(dir: &std::path::Path) -> Option<String> {
+    let db = rusqlite::Connection::open(dir.join("t.db")).unwrap();
+    rusqlite::OptionalExtension::optional(db.query_row(
+        "SELECT set_by FROM resident_thresholds WHERE resident_id = 1",
+        [],
+        |r| r.get(0),
+    ))
+    .unwrap()
+}
+
 /// A form post as a signed-in nurse, with the session's CSRF field.
 async fn post_form(state: &AppState, uri: &str, form: &str) -> (StatusCode, String) {
-    let login = auth::testing::sign_in(state, "test-nurse", crate::store::accounts::Role::Nurse);
+    post_form_as(state, NURSE, uri, form).await
+}
+
+/// A form post as `who` (username, role), with the session's CSRF field.
+async fn post_form_as(
+    state: &AppState,
+    who: (&str, crate::store::accounts::Role),
+    uri: &str,
+    form: &str,
+) -> (StatusCode, String) {
+    let login = auth::testing::sign_in(state, who.0, who.1);
     let res = app(state.clone())
         .oneshot(
             Request::builder()
@@ -568,10 +640,7 @@ async fn post_form(state: &AppState, uri: &str, form: &str) -> (StatusCode, Stri
 fn observation_sets_are_validated_with_plain_words() {
     use super::clinical::{ObservationInput, validate};
     let input = |f: &dyn Fn(&mut ObservationInput)| {
-        let mut i = ObservationInput {
-            entered_by: "Kay".into(),
-            ..Default::default()
-        };
+        let mut i = ObservationInput::default();
         f(&mut i);
         i
     };
@@ -585,10 +654,10 @@ fn observation_sets_are_validated_with_plain_words() {
         (input(&|_| {}), Some("Enter at least one observation.")),
         (
             input(&|i| {
-                i.entered_by = " ".into();
+                i.entered_by = super::alerts::Retired(true);
                 i.resp_rate = s("18");
             }),
-            Some("Give the name of the person who took the observations."),
+            Some("\"entered_by\" is no longer accepted"),
         ),
         (
             input(&|i| i.resp_rate = s("-3")),
@@ -681,7 +750,7 @@ async fn a_staff_observation_set_is_stored_as_readings_and_completes_news2() {
         &state,
         "POST",
         "/api/v1/residents/1/observations",
-        r#"{"entered_by": "Kay", "resp_rate": 140}"#,
+        r#"{"resp_rate": 140}"#,
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -693,21 +762,34 @@ async fn a_staff_observation_set_is_stored_as_readings_and_completes_news2() {
         &state,
         "POST",
         "/api/v1/residents/9/observations",
-        r#"{"entered_by": "Kay", "resp_rate": 18}"#,
+        r#"{"resp_rate": 18}"#,
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A typed name is refused, saying why.
+    let (status, body) = send(
+        &state,
+        "POST",
+        "/api/v1/residents/1/observations",
+        r#"{"entered_by": "Kay", "resp_rate": 18}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body.contains(r#"\"entered_by\" is no longer accepted"#),
+        "{body}"
+    );
     // Consciousness "V" scores 3 on its own.
     let (status, body) = send(
         &state,
         "POST",
         "/api/v1/residents/1/observations",
-        r#"{"entered_by": "Kay", "resp_rate": 18, "consciousness": "V", "on_oxygen": false}"#,
+        r#"{"resp_rate": 18, "consciousness": "V", "on_oxygen": false}"#,
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["entered_by"], "staff:Kay");
+    assert_eq!(v["entered_by"], "staff:test-nurse");
     assert_eq!(v["reading_ids"].as_array().unwrap().len(), 3);
     // Readings in the outbox, to be forwarded like sensor readings.
     assert_eq!(
@@ -737,25 +819,28 @@ async fn a_staff_observation_set_is_stored_as_readings_and_completes_news2() {
     assert!(html.contains("no (air)"), "{html}");
     // Who entered it is on the resident's clinical page.
     let (_, page) = get(&state, "/residents/1/clinical").await;
-    assert!(page.contains("staff:Kay"), "{page}");
+    assert!(page.contains("staff:test-nurse"), "{page}");
 
     // The form: a bad value comes back with the typed values and the reason.
     let (status, page) = post_form(
         &state,
         "/residents/1/observations",
-        "entered_by=Kay&resp_rate=abc&pulse=80",
+        "resp_rate=abc&pulse=80",
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("were not saved"), "{page}");
     assert!(page.contains("value=\"80\""), "typed values kept: {page}");
+    assert!(!page.contains("entered_by"), "no name to type: {page}");
     let (status, _) = post_form(
         &state,
         "/residents/1/observations",
-        "entered_by=Kay&resp_rate=22&consciousness=A&on_oxygen=no",
+        "resp_rate=22&consciousness=A&on_oxygen=no",
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page) = get(&state, "/residents/1/clinical").await;
+    assert_eq!(page.matches("staff:test-nurse").count(), 2, "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -792,7 +877,7 @@ async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
         &state,
         "PUT",
         "/api/v1/residents/1/spo2-scale",
-        r#"{"scale": 3, "set_by": "Nurse Kay"}"#,
+        r#"{"scale": 3}"#,
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -801,15 +886,33 @@ async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
         &state,
         "PUT",
         "/api/v1/residents/9/spo2-scale",
-        r#"{"scale": 2, "set_by": "Nurse Kay"}"#,
+        r#"{"scale": 2}"#,
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = send(
+    let (status, why) = send(
         &state,
         "PUT",
         "/api/v1/residents/1/spo2-scale",
         r#"{"scale": 2, "set_by": "Nurse Kay"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(why.contains("\"set_by\" is no longer accepted"), "{why}");
+    let (status, _) = send_as(
+        &state,
+        CARER,
+        "PUT",
+        "/api/v1/residents/1/spo2-scale",
+        r#"{"scale": 2}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = send(
+        &state,
+        "PUT",
+        "/api/v1/residents/1/spo2-scale",
+        r#"{"scale": 2}"#,
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -848,19 +951,20 @@ async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
     assert!(
         events
             .iter()
-            .any(|e| e.what == "spo2_scale" && e.who.as_deref() == Some("Nurse Kay")),
+            .any(|e| e.what == "spo2_scale" && e.who.as_deref() == Some("test-nurse")),
         "{events:?}"
     );
     // The settings page and its forms.
     let (_, page) = get(&state, "/residents/1/clinical").await;
     assert!(page.contains("Now: scale 2"), "{page}");
     assert!(page.contains("value=\"91\""), "chart default shown: {page}");
-    let (status, _) = post_form(&state, "/residents/1/clinical/scale", "scale=1&set_by=Kay").await;
+    assert!(!page.contains("set_by"), "no name to type: {page}");
+    let (status, _) = post_form(&state, "/residents/1/clinical/scale", "scale=1").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let (status, why) = post_form(
         &state,
         "/residents/1/clinical/thresholds",
-        "set_by=Kay&spo2_low=9.4&pulse_low=40&pulse_high=131&systolic_low=90&systolic_high=220&temperature_low=35&temperature_high=39.1",
+        "spo2_low=9.4&pulse_low=40&pulse_high=131&systolic_low=90&systolic_high=220&temperature_low=35&temperature_high=39.1",
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -868,7 +972,7 @@ async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
     let (status, _) = post_form(
         &state,
         "/residents/1/clinical/thresholds",
-        "set_by=Kay&spo2_low=94&pulse_low=40&pulse_high=131&systolic_low=90&systolic_high=220&temperature_low=35&temperature_high=39.1",
+        "spo2_low=94&pulse_low=40&pulse_high=131&systolic_low=90&systolic_high=220&temperature_low=35&temperature_high=39.1",
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);

@@ -17,7 +17,8 @@
 //!   own pages: `Sec-Fetch-Site`, when sent, must be `same-origin` or `none`;
 //!   `Origin`, when sent, must be this server; and a session's request must carry
 //!   the session's synchronizer token, in the form field `csrf` or the header
-//!   `X-CSRF-Token`. Otherwise: 403 with a plain message.
+//!   `X-CSRF-Token`. Otherwise: 403 with a plain message. A form's `csrf` field
+//!   is taken out of the body once checked, so handlers never see it.
 //! - The route's line in [`policy::POLICY`] says who may pass; a route with no
 //!   line is refused to everyone. Anonymous callers get 401 (JSON for `/api`) or
 //!   a redirect to `/login` for pages; signed-in callers without the role get 403
@@ -278,10 +279,33 @@ async fn check_csrf(req: Request, expected: &str) -> Result<Request, Response> {
         .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "the form is too large").into_response())?;
     match form_field(&bytes, "csrf") {
         Some(g) if password::same_secret(g, expected) => {
-            Ok(Request::from_parts(parts, Body::from(bytes)))
+            // The handler gets the form without the token: it has been checked,
+            // and forms that refuse unknown fields need not list it.
+            let rest = without_field(&bytes, "csrf");
+            let mut parts = parts;
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, rest.len().into());
+            Ok(Request::from_parts(parts, Body::from(rest)))
         }
         _ => Err(refused()),
     }
+}
+
+/// A URL-encoded form body without every `name=...` pair.
+fn without_field(body: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    for pair in body.split(|b| *b == b'&') {
+        let key = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        if pair.is_empty() || key == name.as_bytes() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b'&');
+        }
+        out.extend_from_slice(pair);
+    }
+    out
 }
 
 fn sign_in_first(path: &str, method: &Method) -> Response {

@@ -841,3 +841,24 @@ async fn views_and_changes_are_audited_with_who_and_where() {
         page.body
     );
 }
+
+#[test]
+fn the_checked_csrf_field_is_taken_out_of_the_form_and_nothing_else() {
+    // (body, what the handler gets)
+    let cases = [
+        ("csrf=ab12&scale=2", "scale=2"),
+        ("scale=2&csrf=ab12", "scale=2"),
+        ("a=1&csrf=ab12&b=2", "a=1&b=2"),
+        ("csrf=ab12", ""),
+        ("&csrf=ab12", ""),
+        ("csrfx=1&xcsrf=2&csrf=ab12", "csrfx=1&xcsrf=2"),
+        ("note=csrf%3D1&csrf=ab12", "note=csrf%3D1"),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(
+            String::from_utf8(without_field(body.as_bytes(), "csrf")).unwrap(),
+            expected,
+            "{body}"
+        );
+    }
+}
