@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::StoreError;
 use crate::config::Synchronous;
@@ -281,7 +281,7 @@ impl Accounts {
     /// enabled admin is refused.
     pub fn set_disabled(&self, id: i64, disabled: bool) -> Result<User, AccountError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let user = tx
             .query_row(
                 &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"),
@@ -314,7 +314,7 @@ impl Accounts {
     /// Sets a new password hash and ends every session of the account.
     pub fn set_password(&self, id: i64, password_hash: &str) -> Result<(), AccountError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE users SET password_hash = ?2 WHERE id = ?1",
             params![id, password_hash],
@@ -449,7 +449,7 @@ impl Accounts {
         forget_before: Timestamp,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for key in keys {
             tx.execute(
                 "INSERT INTO login_failures (key, at_ms) VALUES (?1, ?2)",
@@ -482,7 +482,7 @@ impl Accounts {
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "DELETE FROM one_time_codes WHERE kind = ?1",
             [kind.as_str()],

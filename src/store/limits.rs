@@ -179,7 +179,7 @@ fn evict_seqs(
     if seqs.is_empty() {
         return Ok((0, 0));
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut rows = 0u64;
     let mut bytes = 0u64;
     {
@@ -321,7 +321,7 @@ pub(super) fn purge_history(
     if seqs.is_empty() {
         return Ok(0);
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut del = tx.prepare_cached("DELETE FROM readings WHERE seq = ?1")?;
         for seq in &seqs {

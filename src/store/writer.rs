@@ -310,7 +310,9 @@ impl Writer {
     }
 
     fn write_group(&mut self, group: &[Command]) -> Result<Written, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut w = Written::default();
         {
             let mut batch = Batch::new(&tx)?;
