@@ -4,15 +4,15 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use std::sync::atomic::Ordering;
 
 use super::limits::{Class, EvictionReason};
 use super::{CorruptionAlarm, StoreError, StoreStats};
 use crate::model::{
-    Device, DeviceAddress, DeviceKind, Quantity, ResidentId, SpecialValue, Subject, Timestamp,
-    Unit, Value,
+    Device, DeviceAddress, DeviceKind, Quantity, Resident, ResidentId, SpecialValue, Subject,
+    Timestamp, Unit, Value,
 };
 
 /// The store's state for status pages and metrics, at one moment.
@@ -71,6 +71,23 @@ pub struct ResidentOverview {
     pub display_name: String,
     pub room: String,
     pub latest: Vec<LatestValue>,
+}
+
+/// A resident as staff manage them, archived or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidentRecord {
+    pub resident: Resident,
+    pub archived: bool,
+}
+
+/// One stored reading of a resident, for the detail page's charts and table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryValue {
+    pub quantity: Quantity,
+    pub value: Value,
+    pub unit: Unit,
+    pub taken_at: Timestamp,
+    pub device: DeviceAddress,
 }
 
 /// Opens read-only connections on demand and keeps a few for reuse. Cheap to clone.
@@ -190,6 +207,101 @@ impl Reader {
         })
     }
 
+    /// One resident, archived or not; `None` when there is no such id.
+    pub fn resident(&self, id: ResidentId) -> Result<Option<ResidentRecord>, StoreError> {
+        self.with_conn(|c| {
+            Ok(c.prepare_cached(
+                "SELECT id, display_name, room, reference, archived FROM residents WHERE id = ?1",
+            )?
+            .query_row([id.0], resident_record)
+            .optional()?)
+        })
+    }
+
+    /// Every resident, archived ones last, then by room and name.
+    pub fn residents_all(&self) -> Result<Vec<ResidentRecord>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, display_name, room, reference, archived FROM residents
+                 ORDER BY archived, room, display_name, id",
+            )?;
+            let rows = stmt.query_map([], resident_record)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// A resident's readings of `quantities` taken at or after `since`, oldest
+    /// first (the charts). Uses the `readings_resident_taken` index.
+    pub fn resident_history(
+        &self,
+        id: ResidentId,
+        since: Timestamp,
+        quantities: &[Quantity],
+    ) -> Result<Vec<HistoryValue>, StoreError> {
+        if quantities.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The words are this build's own vocabulary, never user input.
+        let list: Vec<String> = quantities.iter().map(|q| format!("'{}'", q.as_str())).collect();
+        let sql = format!(
+            "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
+             FROM readings
+             WHERE resident_id = ?1 AND coalesce(measured_at_ms, received_at_ms) >= ?2
+               AND quantity IN ({})
+             ORDER BY coalesce(measured_at_ms, received_at_ms)",
+            list.join(", ")
+        );
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            history_rows(&mut stmt, rusqlite::params![id.0, since.unix_ms()])
+        })
+    }
+
+    /// The newest value of each quantity measured for one resident.
+    pub fn resident_latest(&self, id: ResidentId) -> Result<Vec<LatestValue>, StoreError> {
+        self.with_conn(|conn| {
+            let mut latest = conn.prepare_cached(
+                "SELECT quantity, value, status, unit, taken_at_ms, device FROM latest WHERE subject = ?1",
+            )?;
+            let mut values: Vec<LatestValue> = latest
+                .query_map([format!("resident:{}", id.0)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<f64>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                })?
+                .filter_map(|row| {
+                    row.ok()
+                        .and_then(|(q, v, s, u, t, d)| latest_value(&q, v, &s, &u, t, &d))
+                })
+                .collect();
+            values.sort_by_key(|v| v.quantity);
+            Ok(values)
+        })
+    }
+
+    /// A resident's newest `limit` readings, newest first (the readings table).
+    pub fn resident_recent(
+        &self,
+        id: ResidentId,
+        limit: usize,
+    ) -> Result<Vec<HistoryValue>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
+                 FROM readings
+                 WHERE resident_id = ?1
+                 ORDER BY coalesce(measured_at_ms, received_at_ms) DESC LIMIT ?2",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            history_rows(&mut stmt, rusqlite::params![id.0, limit])
+        })
+    }
+
     /// Every registered device and whom it is assigned to. Rows this build cannot
     /// read (an address or kind from a newer version) are skipped, not guessed at.
     pub fn devices(&self) -> Result<Vec<Device>, StoreError> {
@@ -282,4 +394,56 @@ fn latest_value(
         taken_at: Timestamp::from_unix_ms(t),
         device: device.parse().ok()?,
     })
+}
+
+fn resident_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResidentRecord> {
+    Ok(ResidentRecord {
+        resident: Resident {
+            id: ResidentId(r.get(0)?),
+            display_name: r.get(1)?,
+            room: r.get(2)?,
+            reference: r.get(3)?,
+        },
+        archived: r.get(4)?,
+    })
+}
+
+/// Rows of (quantity, value, status, unit, taken ms, device as 6 bytes); rows this
+/// build cannot read are skipped, as in [`latest_value`].
+fn history_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<HistoryValue>, StoreError> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let q: String = r.get(0)?;
+        let v: Option<f64> = r.get(1)?;
+        let status: String = r.get(2)?;
+        let unit: String = r.get(3)?;
+        let t: i64 = r.get(4)?;
+        let device: Vec<u8> = r.get(5)?;
+        let value = match (status.as_str(), v) {
+            ("ok", Some(n)) if n.is_finite() => Value::Number(n),
+            (s, _) => match SpecialValue::parse(s) {
+                Some(sv) => Value::Special(sv),
+                None => continue,
+            },
+        };
+        let (Some(quantity), Some(unit), Ok(device)) = (
+            Quantity::parse(&q),
+            Unit::from_ucum(&unit),
+            <[u8; 6]>::try_from(device),
+        ) else {
+            continue;
+        };
+        out.push(HistoryValue {
+            quantity,
+            value,
+            unit,
+            taken_at: Timestamp::from_unix_ms(t),
+            device: DeviceAddress(device),
+        });
+    }
+    Ok(out)
 }

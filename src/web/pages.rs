@@ -3,83 +3,83 @@
 
 use axum::extract::State;
 use axum::response::Html;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{Markup, html};
 
+use super::layout::{self, Frame, Section};
 use super::{AppState, WebError, describe_age, read};
 use crate::clinical::news2::{Band, Parameter};
 use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_sensors};
 use crate::model::{Quantity, Timestamp, Value};
 use crate::store::{LatestValue, ResidentOverview};
 
-const STYLE: &str = r#"
-:root { --ink:#111; --muted:#4a4a4a; --card:#fff; --bg:#eef1f4; --stale:#8a4b00; --stale-bg:#fff4e0; --line:#c9cfd6; }
-* { box-sizing: border-box; }
-body { margin:0; font: 18px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--ink); background:var(--bg); }
-header { background:#0b3d5c; color:#fff; padding:12px 20px; display:flex; justify-content:space-between; align-items:baseline; flex-wrap:wrap; gap:8px; }
-header h1 { margin:0; font-size:1.4rem; }
-header p { margin:0; }
-main { padding:16px; display:grid; grid-template-columns:repeat(auto-fill, minmax(300px, 1fr)); gap:16px; }
-article { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:14px 16px; }
-article h2 { margin:0; font-size:1.25rem; }
-.room { margin:0 0 8px; color:var(--muted); }
-table { width:100%; border-collapse:collapse; }
-th { text-align:left; font-weight:600; padding:6px 4px; width:40%; }
-td { padding:6px 4px; }
-tr + tr { border-top:1px solid #e3e6ea; }
-.v { font-size:1.3rem; font-weight:700; }
-.age { display:block; font-size:.9rem; color:var(--muted); }
-tr.stale td, tr.stale th { background:var(--stale-bg); }
-tr.stale .v { color:var(--stale); font-weight:600; }
-.badge { display:inline-block; font-size:.8rem; font-weight:700; padding:1px 6px; border-radius:4px; background:var(--stale); color:#fff; margin-left:6px; }
-.none { color:var(--muted); font-style:italic; }
-.news { margin:0 0 10px; padding:8px 10px; border-radius:8px; border:2px solid; }
-.news strong { font-size:1.15rem; }
-.news small { display:block; color:var(--ink); }
-.band-low { border-color:#2e7d32; background:#e8f5e9; }
-.band-low-medium { border-color:#9a6700; background:#fff8c5; }
-.band-medium { border-color:#c2410c; background:#ffedd5; }
-.band-high { border-color:#b91c1c; background:#fee2e2; }
-.news.stale { border-color:var(--stale); background:var(--stale-bg); }
-footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
-"#;
+/// The CSRF token a form must carry. Empty until staff accounts exist: the
+/// accounts work fills it from the session, and every form already includes it
+/// through [`csrf_field`].
+#[derive(Debug, Clone, Default)]
+pub struct CsrfToken(pub String);
 
-pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CsrfToken {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        _parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(CsrfToken::default())
+    }
+}
+
+/// The hidden `csrf` field every state-changing form carries; nothing while the
+/// token is empty.
+pub fn csrf_field(token: &CsrfToken) -> Markup {
     html! {
-        (DOCTYPE)
-        html lang="en-GB" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                // The overview refreshes itself; live updates come with the full staff UI.
-                meta http-equiv="refresh" content="10";
-                title { (title) " — carehub" }
-                style { (PreEscaped(STYLE)) }
-            }
-            body {
-                header {
-                    h1 { (title) }
-                    nav { a href="/" style="color:#fff" { "Residents" } " · " a href="/pairing" style="color:#fff" { "Pair sensors" } }
-                    p { "Updated " time datetime=(now.to_rfc3339()) { (clock(now)) " UTC" } }
-                }
-                (body)
-                footer { "carehub " (env!("CARGO_PKG_VERSION")) " · values older than the clinical window are marked STALE" }
-            }
+        @if !token.0.is_empty() {
+            input type="hidden" name="csrf" value=(token.0);
         }
     }
 }
 
-fn clock(t: Timestamp) -> String {
-    let iso = t.to_rfc3339();
-    iso.get(11..19).unwrap_or(&iso).to_owned()
+/// A page in the shared frame (used by the pairing page).
+pub(crate) fn page(state: &AppState, section: Section, title: &str, now: Timestamp, body: Markup) -> Markup {
+    let frame = Frame {
+        gateway: &state.gateway_name,
+        section,
+        now,
+        live: None,
+    };
+    layout::page(frame, title, body)
 }
 
+/// How urgently a resident needs looking at, most urgent first: a current NEWS2
+/// by band and total, then everyone else (a stale or no score) by room.
+fn urgency(score: Option<&SensorScore>) -> (u8, std::cmp::Reverse<Band>, std::cmp::Reverse<u8>) {
+    match score {
+        Some(s) if !s.stale => (0, std::cmp::Reverse(s.score.band), std::cmp::Reverse(s.score.total)),
+        _ => (1, std::cmp::Reverse(Band::Low), std::cmp::Reverse(0)),
+    }
+}
+
+/// `GET /`: a tile per resident, the sickest first.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
     let now = Timestamp::now();
+    let mut scored: Vec<(ResidentOverview, Option<SensorScore>)> = rows
+        .into_iter()
+        .map(|r| {
+            let s = sensor_news2(&r, now, state.stale_after);
+            (r, s)
+        })
+        .collect();
+    scored.sort_by(|(a, sa), (b, sb)| {
+        urgency(sa.as_ref())
+            .cmp(&urgency(sb.as_ref()))
+            .then_with(|| a.room.cmp(&b.room))
+            .then_with(|| a.display_name.cmp(&b.display_name))
+    });
     let uplink = state.uplink.snapshot();
     let body = html! {
         @if uplink.state != crate::uplink::ConnectionState::Disabled {
-            p.uplink {
+            p.notice {
                 "Cloud link: " (uplink.state.as_str())
                 ", " (uplink.backlog) " readings waiting"
                 @if let Some((at, e)) = &uplink.last_error {
@@ -88,18 +88,24 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             }
         }
         @if let Some(w) = &uplink.certificate_warning {
-            p.warning role="alert" { "Certificate: " (w) }
+            p.notice.warn role="alert" { "Certificate: " (w) }
         }
-        main {
-            @if rows.is_empty() {
-                p.none { "No residents yet." }
-            }
-            @for r in &rows {
-                (tile(r, now, state.stale_after))
+        @if scored.is_empty() {
+            p.none { "No residents yet." }
+        }
+        div.tiles {
+            @for (r, s) in &scored {
+                (tile(r, s.as_ref(), now, state.stale_after))
             }
         }
     };
-    Ok(Html(page("Residents", now, body).into_string()))
+    let frame = Frame {
+        gateway: &state.gateway_name,
+        section: Section::Residents,
+        now,
+        live: Some("readings devices uplink"),
+    };
+    Ok(Html(layout::page(frame, "Residents", body).into_string()))
 }
 
 /// The quantities on a resident's tile, in the order staff read them.
@@ -113,18 +119,23 @@ const TILE: &[Quantity] = &[
     Quantity::BloodGlucose,
 ];
 
-fn tile(r: &ResidentOverview, now: Timestamp, stale_after: std::time::Duration) -> Markup {
+fn tile(
+    r: &ResidentOverview,
+    score: Option<&SensorScore>,
+    now: Timestamp,
+    stale_after: std::time::Duration,
+) -> Markup {
     let find = |q: Quantity| r.latest.iter().find(|v| v.quantity == q);
     html! {
-        article aria-labelledby=(format!("res-{}", r.id.0)) {
-            h2 id=(format!("res-{}", r.id.0)) { (r.display_name) }
+        article.tile aria-labelledby=(format!("res-{}", r.id.0)) {
+            h2 id=(format!("res-{}", r.id.0)) { a href=(format!("/residents/{}", r.id.0)) { (r.display_name) } }
             p.room { (r.room) }
-            (news2_block(r, now, stale_after))
+            (news2_block(score, now))
             @let shown: Vec<&LatestValue> = TILE.iter().filter_map(|q| find(*q)).collect();
             @if shown.is_empty() {
                 p.none { "No readings yet" }
             } @else {
-                table {
+                table.vitals {
                     @for v in shown {
                         (vital_row(v, find(Quantity::DiastolicPressure), now, stale_after))
                     }
@@ -134,7 +145,7 @@ fn tile(r: &ResidentOverview, now: Timestamp, stale_after: std::time::Duration) 
     }
 }
 
-fn vital_row(
+pub(super) fn vital_row(
     v: &LatestValue,
     diastolic: Option<&LatestValue>,
     now: Timestamp,
@@ -177,7 +188,7 @@ fn vital_row(
     }
 }
 
-fn with_unit(v: &LatestValue) -> String {
+pub(super) fn with_unit(v: &LatestValue) -> String {
     match v.value {
         Value::Number(_) => {
             let sym = v.unit.symbol();
@@ -199,7 +210,7 @@ fn with_unit(v: &LatestValue) -> String {
 }
 
 /// A number to the precision a clinician reads it at.
-fn number(q: Quantity, v: Value) -> String {
+pub(super) fn number(q: Quantity, v: Value) -> String {
     match v {
         Value::Number(n) => {
             let digits = match q {
@@ -236,16 +247,16 @@ pub(super) fn sensor_news2(
     news2_from_sensors(&samples, now, window)
 }
 
-fn news2_block(r: &ResidentOverview, now: Timestamp, window: std::time::Duration) -> Markup {
-    let Some(s) = sensor_news2(r, now, window) else {
+pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
+    let Some(s) = s else {
         return html! {};
     };
     let band = s.score.band;
     let words = match band {
-        Band::Low => "Low",
-        Band::LowMedium => "Low–medium: urgent ward-based response",
-        Band::Medium => "Medium: urgent response",
-        Band::High => "High: emergency response",
+        Band::Low => "LOW",
+        Band::LowMedium => "LOW–MEDIUM: urgent ward-based response",
+        Band::Medium => "MEDIUM: urgent response",
+        Band::High => "HIGH: emergency response",
     };
     let missing: Vec<&str> = s
         .score
