@@ -31,7 +31,9 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::model::{Device, Reading, Resident, ResidentId, Subject, Timestamp};
 
 pub use limits::{Class, EvictionReason, MaintenanceReport};
-pub use reader::{HistoryValue, LatestValue, Reader, ResidentOverview, ResidentRecord, StatsSnapshot};
+pub use reader::{
+    HistoryValue, LatestValue, Reader, ResidentOverview, ResidentRecord, StatsSnapshot,
+};
 pub use registry::{DeviceState, PairingRecord, RegistryChange, Seen, StoredPairingEvent};
 pub use schema::VERSION as SCHEMA_VERSION;
 #[doc(hidden)]

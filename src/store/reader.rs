@@ -242,7 +242,10 @@ impl Reader {
             return Ok(Vec::new());
         }
         // The words are this build's own vocabulary, never user input.
-        let list: Vec<String> = quantities.iter().map(|q| format!("'{}'", q.as_str())).collect();
+        let list: Vec<String> = quantities
+            .iter()
+            .map(|q| format!("'{}'", q.as_str()))
+            .collect();
         let sql = format!(
             "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
              FROM readings

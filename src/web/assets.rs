@@ -43,7 +43,12 @@ pub struct Version {
 
 /// A year and immutable when the URL names this build's file; otherwise (an old
 /// page asking with an old hash, or none) the browser must ask again next time.
-fn serve(body: &'static str, content_type: &'static str, hash: u64, asked: Option<String>) -> Response {
+fn serve(
+    body: &'static str,
+    content_type: &'static str,
+    hash: u64,
+    asked: Option<String>,
+) -> Response {
     let cache = if asked.as_deref() == Some(format!("{hash:016x}").as_str()) {
         "public, max-age=31536000, immutable"
     } else {

@@ -40,7 +40,13 @@ pub fn csrf_field(token: &CsrfToken) -> Markup {
 }
 
 /// A page in the shared frame (used by the pairing page).
-pub(crate) fn page(state: &AppState, section: Section, title: &str, now: Timestamp, body: Markup) -> Markup {
+pub(crate) fn page(
+    state: &AppState,
+    section: Section,
+    title: &str,
+    now: Timestamp,
+    body: Markup,
+) -> Markup {
     let frame = Frame {
         gateway: &state.gateway_name,
         section,
@@ -54,7 +60,11 @@ pub(crate) fn page(state: &AppState, section: Section, title: &str, now: Timesta
 /// by band and total, then everyone else (a stale or no score) by room.
 fn urgency(score: Option<&SensorScore>) -> (u8, std::cmp::Reverse<Band>, std::cmp::Reverse<u8>) {
     match score {
-        Some(s) if !s.stale => (0, std::cmp::Reverse(s.score.band), std::cmp::Reverse(s.score.total)),
+        Some(s) if !s.stale => (
+            0,
+            std::cmp::Reverse(s.score.band),
+            std::cmp::Reverse(s.score.total),
+        ),
         _ => (1, std::cmp::Reverse(Band::Low), std::cmp::Reverse(0)),
     }
 }

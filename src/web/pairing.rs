@@ -412,7 +412,16 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
             }
         }
     };
-    Ok(Html(super::pages::page("Pairing", now, body).into_string()))
+    Ok(Html(
+        super::pages::page(
+            &state,
+            super::layout::Section::Devices,
+            "Devices and pairing",
+            now,
+            body,
+        )
+        .into_string(),
+    ))
 }
 
 /// `POST /pairing/window` (form): opens the window, back to the page.

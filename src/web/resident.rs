@@ -97,7 +97,10 @@ fn score(latest: &[LatestValue], now: Timestamp, window: Duration) -> Option<Sen
 }
 
 /// `GET /residents/{id}`
-pub async fn page(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, WebError> {
+pub async fn page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, WebError> {
     let Ok(id) = id.parse::<i64>() else {
         return Ok(no_such_resident(&state));
     };
@@ -198,7 +201,10 @@ pub async fn page(State(state): State<AppState>, Path(id): Path<String>) -> Resu
         now,
         live: Some("readings devices"),
     };
-    Ok(Html(layout::page(frame, &d.resident.resident.display_name, body).into_string()).into_response())
+    Ok(
+        Html(layout::page(frame, &d.resident.resident.display_name, body).into_string())
+            .into_response(),
+    )
 }
 
 fn age_words(t: Timestamp, now: Timestamp) -> String {
@@ -215,9 +221,17 @@ fn value_words(h: &HistoryValue) -> String {
         Value::Number(_) => {
             let sym = h.unit.symbol();
             let n = number(h.quantity, h.value);
-            if sym.is_empty() { n } else { format!("{n} {sym}") }
+            if sym.is_empty() {
+                n
+            } else {
+                format!("{n} {sym}")
+            }
         }
-        Value::Special(s) => format!("no value (sensor reported {}) {}", s.as_str(), h.unit.symbol()),
+        Value::Special(s) => format!(
+            "no value (sensor reported {}) {}",
+            s.as_str(),
+            h.unit.symbol()
+        ),
     }
 }
 
@@ -251,7 +265,9 @@ fn nice_step(span: f64, n: f64) -> f64 {
 fn y_axis(values: &[f64]) -> (f64, f64, Vec<f64>) {
     let (mut lo, mut hi) = values
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        });
     if !lo.is_finite() || !hi.is_finite() {
         return (0.0, 1.0, vec![0.0, 1.0]);
     }
@@ -298,7 +314,10 @@ fn chart(q: Quantity, points: &[&HistoryValue], now: Timestamp, gap: Duration) -
         .iter()
         .filter_map(|p| p.value.number().map(|n| (p.taken_at.unix_ms(), n)))
         .collect();
-    let specials: Vec<&&&HistoryValue> = same_unit.iter().filter(|p| p.value.number().is_none()).collect();
+    let specials: Vec<&&&HistoryValue> = same_unit
+        .iter()
+        .filter(|p| p.value.number().is_none())
+        .collect();
     let future = points.iter().filter(|p| p.taken_at.unix_ms() > end).count();
     let values: Vec<f64> = numbers.iter().map(|p| p.1).collect();
     let (lo, hi, ticks) = y_axis(&values);
@@ -361,7 +380,12 @@ fn chart(q: Quantity, points: &[&HistoryValue], now: Timestamp, gap: Duration) -
     for run in runs(&numbers, gap) {
         if run.len() == 1 {
             let (t, v) = run[0];
-            let _ = write!(svg, r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="3.5"/>"#, x(t), y(v));
+            let _ = write!(
+                svg,
+                r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="3.5"/>"#,
+                x(t),
+                y(v)
+            );
         } else {
             svg.push_str(r#"<polyline class="line" points=""#);
             for (t, v) in &run {
@@ -409,7 +433,10 @@ fn chart(q: Quantity, points: &[&HistoryValue], now: Timestamp, gap: Duration) -
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn tick_label(v: f64) -> String {
@@ -421,10 +448,20 @@ fn tick_label(v: f64) -> String {
 }
 
 /// The chart in words, for screen readers and for anyone who cannot read a chart.
-fn summary(q: Quantity, unit: &str, numbers: &[(i64, f64)], specials: usize, future: usize) -> String {
+fn summary(
+    q: Quantity,
+    unit: &str,
+    numbers: &[(i64, f64)],
+    specials: usize,
+    future: usize,
+) -> String {
     let with = |v: f64| {
         let n = number(q, Value::Number(v));
-        if unit.is_empty() { n } else { format!("{n} {unit}") }
+        if unit.is_empty() {
+            n
+        } else {
+            format!("{n} {unit}")
+        }
     };
     let mut parts = Vec::new();
     match (
@@ -438,15 +475,21 @@ fn summary(q: Quantity, unit: &str, numbers: &[(i64, f64)], specials: usize, fut
             with(lo),
             with(hi),
             with(last.1),
-            layout::clock(Timestamp::from_unix_ms(last.0)).get(0..5).unwrap_or("")
+            layout::clock(Timestamp::from_unix_ms(last.0))
+                .get(0..5)
+                .unwrap_or("")
         )),
         _ => parts.push("no numeric readings".to_owned()),
     }
     if specials > 0 {
-        parts.push(format!("{specials} with no value (marked ▼ above the chart)"));
+        parts.push(format!(
+            "{specials} with no value (marked ▼ above the chart)"
+        ));
     }
     if future > 0 {
-        parts.push(format!("{future} dated in the future, not drawn (check the device clock)"));
+        parts.push(format!(
+            "{future} dated in the future, not drawn (check the device clock)"
+        ));
     }
     parts.join("; ") + "."
 }
@@ -474,7 +517,10 @@ pub struct ReadingJson {
     pub device: String,
 }
 
-pub async fn json(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, WebError> {
+pub async fn json(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, WebError> {
     let not_found = || (StatusCode::NOT_FOUND, format!("no resident {id}")).into_response();
     let Ok(n) = id.parse::<i64>() else {
         return Ok(not_found());
@@ -515,14 +561,20 @@ mod tests {
     fn a_gap_longer_than_the_window_splits_the_line() {
         let min = 60_000;
         let check = |points: &[(i64, f64)], expected: &[usize]| {
-            let lens: Vec<usize> = runs(points, Duration::from_secs(600)).iter().map(Vec::len).collect();
+            let lens: Vec<usize> = runs(points, Duration::from_secs(600))
+                .iter()
+                .map(Vec::len)
+                .collect();
             assert_eq!(lens, expected, "{points:?}");
         };
         check(&[], &[]);
         check(&[(0, 1.0)], &[1]);
         check(&[(0, 1.0), (10 * min, 2.0)], &[2]);
         check(&[(0, 1.0), (10 * min + 1, 2.0)], &[1, 1]);
-        check(&[(0, 1.0), (min, 2.0), (30 * min, 3.0), (31 * min, 3.0)], &[2, 2]);
+        check(
+            &[(0, 1.0), (min, 2.0), (30 * min, 3.0), (31 * min, 3.0)],
+            &[2, 2],
+        );
     }
 
     #[test]
@@ -535,7 +587,10 @@ mod tests {
             let (l, h, ticks) = y_axis(&values);
             assert_eq!((l, h), (lo, hi), "{values:?}");
             assert_eq!(ticks.first(), Some(&lo));
-            assert!((ticks.last().copied().unwrap_or(0.0) - hi).abs() < 1e-9, "{ticks:?}");
+            assert!(
+                (ticks.last().copied().unwrap_or(0.0) - hi).abs() < 1e-9,
+                "{ticks:?}"
+            );
         }
     }
 }

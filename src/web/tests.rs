@@ -54,6 +54,10 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         uplink: Arc::new(crate::uplink::UplinkStatus::new(
             crate::uplink::ConnectionState::Disabled,
         )),
+        gateway_name: "test-gw".into(),
+        ingest: Default::default(),
+        events: events::Events::new(tokio_util::sync::CancellationToken::new()),
+        web_metrics: Default::default(),
     };
     (store, state)
 }
