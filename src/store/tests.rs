@@ -518,6 +518,13 @@ fn make_v2(path: &Path) {
         .unwrap();
 }
 
+/// The v3 schema (pairing state) with v2's rows, as issue-pairing left it.
+fn make_v3(path: &Path) {
+    make_v2(path);
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    migrate_to(&mut c, 3).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrates_from_every_earlier_version() {
     for from in 0..SCHEMA_VERSION {
@@ -527,6 +534,7 @@ async fn migrates_from_every_earlier_version() {
             0 => drop(rusqlite::Connection::open(&path).unwrap()),
             1 => make_v1(&path),
             2 => make_v2(&path),
+            3 => make_v3(&path),
             _ => unreachable!("add a builder for version {from}"),
         }
         let store = open(settings(dir.path()));
@@ -548,6 +556,16 @@ async fn migrates_from_every_earlier_version() {
             assert_eq!(r[1].measured_at, Some(Timestamp::from_unix_ms(5)));
             assert!(!r[1].clock_synced);
             assert_eq!(store.reader.stats().unwrap().outbox_depth, 2);
+        } else if from == 3 {
+            // A reading stored before the resident-history index is found through it.
+            assert_eq!(lease.map(|l| l.readings.len()), Some(1));
+            let since = Timestamp::from_unix_ms(1_800_000_000_000);
+            let h = store
+                .reader
+                .resident_history(ResidentId(1), since, &[Quantity::HeartRate])
+                .unwrap();
+            assert_eq!(h.len(), 1);
+            assert_eq!(h[0].value, Value::Number(61.0));
         } else if from == 2 {
             let lease = lease.unwrap();
             assert_eq!(lease.readings.len(), 1);
@@ -858,5 +876,184 @@ async fn pairing_state_and_record_survive_a_reopen() {
         store.reader.pairing_events(1).unwrap()[0].what,
         "bond removed"
     );
+    close(store).await;
+}
+
+/// A reading of resident `id` taken `ms` after the base time, by device time
+/// when `device_time`, else by received time.
+fn resident_reading(n: u64, id: i64, q: Quantity, ms: i64, device_time: bool) -> Reading {
+    let t = Timestamp::from_unix_ms(1_800_000_000_000 + ms);
+    Reading {
+        subject: Subject::Resident(ResidentId(id)),
+        measured_at: device_time.then_some(t),
+        received_at: if device_time {
+            Timestamp::from_unix_ms(1_800_000_000_000 + 10_000_000)
+        } else {
+            t
+        },
+        ..reading(n, q)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resident_history_is_by_time_taken_and_uses_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    store
+        .handle
+        .ingest(vec![
+            resident_reading(1, 1, Quantity::PulseRate, 3_000, false),
+            // Measured earlier by the device's clock, received later: ordered by when taken.
+            resident_reading(2, 1, Quantity::PulseRate, 1_000, true),
+            resident_reading(3, 1, Quantity::Spo2, 2_000, false),
+            resident_reading(4, 2, Quantity::PulseRate, 2_500, false),
+            resident_reading(5, 1, Quantity::PulseRate, -5_000, false),
+        ])
+        .await
+        .unwrap();
+    let since = Timestamp::from_unix_ms(1_800_000_000_000);
+    let h = store
+        .reader
+        .resident_history(ResidentId(1), since, &[Quantity::PulseRate])
+        .unwrap();
+    let times: Vec<i64> = h
+        .iter()
+        .map(|v| v.taken_at.unix_ms() - since.unix_ms())
+        .collect();
+    assert_eq!(times, vec![1_000, 3_000]);
+    let recent = store.reader.resident_recent(ResidentId(1), 3).unwrap();
+    let times: Vec<i64> = recent
+        .iter()
+        .map(|v| v.taken_at.unix_ms() - since.unix_ms())
+        .collect();
+    assert_eq!(times, vec![3_000, 2_000, 1_000]);
+    assert!(
+        store
+            .reader
+            .resident_history(ResidentId(1), since, &[])
+            .unwrap()
+            .is_empty()
+    );
+    let plan: String = rusqlite::Connection::open(dir.path().join("t.db"))
+        .unwrap()
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT quantity FROM readings
+             WHERE resident_id = 1 AND coalesce(measured_at_ms, received_at_ms) >= 0
+             ORDER BY coalesce(measured_at_ms, received_at_ms)",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("readings_resident_taken"), "{plan}");
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resident_changes_are_refused_in_words_and_never_fail_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let add = |name: &str, reference: &str| ResidentChange::Add {
+        display_name: name.into(),
+        room: "Room 1".into(),
+        reference: reference.into(),
+    };
+    let ada = store
+        .handle
+        .change_resident(add("Ada", "R-0001"))
+        .await
+        .unwrap();
+    let err = store
+        .handle
+        .change_resident(add("Bea", "R-0001"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&*err, StoreError::ReferenceTaken(r) if r == "R-0001"),
+        "{err}"
+    );
+    let bea = store
+        .handle
+        .change_resident(add("Bea", "R-0002"))
+        .await
+        .unwrap();
+    let edit = |id: ResidentId, reference: &str| {
+        ResidentChange::Edit(Resident {
+            id,
+            display_name: "Bea B".into(),
+            room: "Room 2".into(),
+            reference: reference.into(),
+        })
+    };
+    let err = store
+        .handle
+        .change_resident(edit(bea, "R-0001"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&*err, StoreError::ReferenceTaken(_)), "{err}");
+    // Keeping one's own reference is not a clash.
+    store
+        .handle
+        .change_resident(edit(bea, "R-0002"))
+        .await
+        .unwrap();
+    store
+        .handle
+        .provision(
+            Vec::new(),
+            vec![Device {
+                address: DeviceAddress([0xC0, 0, 0, 0, 0, 9]),
+                kind: crate::model::DeviceKind::PulseOximeter,
+                model: None,
+                name: None,
+                subject: Subject::Resident(ada),
+            }],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .handle
+        .change_resident(ResidentChange::Archive(ada))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&*err, StoreError::DevicesAssigned { devices: 1, .. }),
+        "{err}"
+    );
+    // A refused change in the same breath as readings leaves the readings stored.
+    let (refused, stored) = tokio::join!(
+        store.handle.change_resident(add("Cy", "R-0002")),
+        store.handle.ingest(vec![reading(1, Quantity::HeartRate)]),
+    );
+    assert!(refused.is_err());
+    stored.unwrap();
+    store
+        .handle
+        .change_resident(ResidentChange::Archive(bea))
+        .await
+        .unwrap();
+    let err = store
+        .handle
+        .change_resident(ResidentChange::Archive(bea))
+        .await
+        .unwrap_err();
+    assert!(matches!(&*err, StoreError::NoSuchResident(_)), "{err}");
+    let err = store
+        .handle
+        .change_resident(edit(bea, "R-0002"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&*err, StoreError::NoSuchResident(_)), "{err}");
+    let all = store.reader.residents_all().unwrap();
+    let names: Vec<(&str, bool)> = all
+        .iter()
+        .map(|r| (r.resident.display_name.as_str(), r.archived))
+        .collect();
+    assert_eq!(names, vec![("Ada", false), ("Bea B", true)]);
+    assert_eq!(
+        store.reader.resident(bea).unwrap().map(|r| r.archived),
+        Some(true)
+    );
+    assert_eq!(store.reader.resident(ResidentId(99)).unwrap(), None);
+    assert_eq!(store.reader.residents_overview().unwrap().len(), 1);
     close(store).await;
 }

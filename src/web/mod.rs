@@ -215,3 +215,6 @@ pub fn describe_age(age: Duration) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pages_tests;

@@ -324,7 +324,12 @@ pub async fn create(
                 Err(e) => match refusal(&e) {
                     (_, Some(fe), _) => vec![fe],
                     (status, None, words) => {
-                        return layout::error_page(&state.gateway_name, status, "Not saved", &words);
+                        return layout::error_page(
+                            &state.gateway_name,
+                            status,
+                            "Not saved",
+                            &words,
+                        );
                     }
                 },
             }

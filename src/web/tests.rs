@@ -12,7 +12,7 @@ use crate::model::*;
 use crate::store::{Store, StoreSettings};
 use crate::system::health::Health;
 
-async fn setup(dir: &std::path::Path) -> (Store, AppState) {
+pub(super) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
     let mut health = Health::default();
     let hb = health.register("store");
     let settings = StoreSettings {
@@ -62,7 +62,7 @@ async fn setup(dir: &std::path::Path) -> (Store, AppState) {
     (store, state)
 }
 
-fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
+pub(super) fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
     let t = Timestamp::now().saturating_sub(age);
     Reading {
         id: ReadingId::new(t),
@@ -77,7 +77,7 @@ fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
     }
 }
 
-async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
+pub(super) async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
     let res = app(state.clone())
         .oneshot(Request::get(uri).body(Body::empty()).unwrap())
         .await
@@ -260,7 +260,12 @@ async fn uplink_state_error_and_certificate_warning_are_shown() {
     );
 }
 
-async fn send(state: &AppState, method: &str, uri: &str, json: &str) -> (StatusCode, String) {
+pub(super) async fn send(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    json: &str,
+) -> (StatusCode, String) {
     let res = app(state.clone())
         .oneshot(
             Request::builder()
