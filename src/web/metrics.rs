@@ -373,10 +373,8 @@ pub(crate) mod parse {
                     return Err(format!("bad name in {line:?}"));
                 }
                 match kw {
-                    Some("HELP") => {
-                        if !helped.insert(name.to_owned()) {
-                            return Err(format!("second HELP for {name}"));
-                        }
+                    Some("HELP") if !helped.insert(name.to_owned()) => {
+                        return Err(format!("second HELP for {name}"));
                     }
                     Some("TYPE") => {
                         if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&tail)

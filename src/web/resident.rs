@@ -138,7 +138,7 @@ pub async fn page(
             @if charts.is_empty() {
                 p.none { "No readings in the last 24 hours." }
             }
-            @for c in charts { (c) }
+            div.charts { @for c in charts { (c) } }
         }
         section aria-labelledby="table-h" {
             h2 id="table-h" { "Newest " (TABLE_ROWS) " readings" }
@@ -236,9 +236,9 @@ fn value_words(h: &HistoryValue) -> String {
 }
 
 // The chart's drawing box, in SVG user units.
-const W: f64 = 720.0;
-const H: f64 = 220.0;
-const LEFT: f64 = 64.0;
+const W: f64 = 600.0;
+const H: f64 = 230.0;
+const LEFT: f64 = 60.0;
 const RIGHT: f64 = 12.0;
 /// Room above the plot for the marks of special values.
 const TOP: f64 = 30.0;
@@ -378,15 +378,18 @@ fn chart(q: Quantity, points: &[&HistoryValue], now: Timestamp, gap: Duration) -
     // The values: a line per run without a gap longer than the window; a lone
     // value is a dot.
     for run in runs(&numbers, gap) {
-        if run.len() == 1 {
-            let (t, v) = run[0];
-            let _ = write!(
-                svg,
-                r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="3.5"/>"#,
-                x(t),
-                y(v)
-            );
-        } else {
+        // A short run is drawn as dots as well, so that it does not vanish.
+        if run.len() <= 3 {
+            for (t, v) in &run {
+                let _ = write!(
+                    svg,
+                    r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="4"/>"#,
+                    x(*t),
+                    y(*v)
+                );
+            }
+        }
+        if run.len() > 1 {
             svg.push_str(r#"<polyline class="line" points=""#);
             for (t, v) in &run {
                 let _ = write!(svg, "{:.1},{:.1} ", x(*t), y(*v));
