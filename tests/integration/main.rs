@@ -14,3 +14,4 @@ mod store_crash;
 mod store_full_disk;
 mod support;
 mod systemd;
+mod web;
