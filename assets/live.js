@@ -8,7 +8,7 @@
   if (!region || !window.EventSource || !window.fetch || !window.DOMParser) return;
   var wanted = (region.getAttribute("data-live") || "").split(" ");
   var status = document.getElementById("live-status");
-  var MIN_GAP_MS = 2000;
+  var MIN_GAP_MS = 5000;
   var pending = false;
   var last = 0;
 
