@@ -90,6 +90,19 @@ fn history(now: Timestamp) -> Vec<Vec<Reading>> {
     all.chunks(1000).map(<[Reading]>::to_vec).collect()
 }
 
+/// Bytes this process has caused to be written to storage (`/proc/self/io`).
+fn write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("write_bytes:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
 fn percentile(times: &mut [Duration], p: usize) -> f64 {
     times.sort();
     times[(times.len() * p / 100).min(times.len() - 1)].as_secs_f64() * 1e3
@@ -251,6 +264,7 @@ fn main() {
             let store = &store;
             async move {
                 let start = Timestamp::now();
+                let before = write_bytes();
                 let t = Instant::now();
                 for g in 0..20i64 {
                     let batch: Vec<Reading> = (0..1000)
@@ -267,14 +281,20 @@ fn main() {
                     store.handle.ingest(batch).await.expect("ingest");
                 }
                 let per = t.elapsed().as_secs_f64() * 1e6 / 20_000.0;
+                let bytes = (write_bytes() - before) / 20_000;
                 println!(
-                    "| 20 × 1000 readings, {} the index | {per:.1} µs per reading |",
+                    "| 20 × 1000 readings, {} the index | {per:.1} µs | {bytes} |",
                     if with_index { "with" } else { "without" }
                 );
             }
         };
-        println!("\n| writer: group commits | cost |");
-        println!("|---|---:|");
+        println!("\n| writer: group commits | time per reading | bytes written per reading |");
+        println!("|---|---:|---:|");
+        write(false).await;
+        conn.execute_batch(&index_sql).expect("recreate");
+        write(true).await;
+        conn.execute_batch("DROP INDEX readings_resident_taken")
+            .expect("drop");
         write(false).await;
         conn.execute_batch(&index_sql).expect("recreate");
         write(true).await;

@@ -51,10 +51,17 @@ struct Detail {
     devices: Vec<DeviceState>,
 }
 
-/// Reads one resident's data; `None` for an unknown or archived id.
-async fn load(state: &AppState, id: i64, now: Timestamp) -> Result<Option<Detail>, WebError> {
+/// Reads one resident's data; `None` for an unknown or archived id. The 24 h
+/// for the charts only `with_history` (the JSON has no charts).
+async fn load(
+    state: &AppState,
+    id: i64,
+    now: Timestamp,
+    with_history: bool,
+) -> Result<Option<Detail>, WebError> {
     let id = ResidentId(id);
     let since = now.saturating_sub(CHART_SPAN);
+    let charted: &'static [Quantity] = if with_history { CHARTED } else { &[] };
     read(&state.reader, move |r| {
         let Some(resident) = r.resident(id)?.filter(|r| !r.archived) else {
             return Ok(None);
@@ -62,7 +69,7 @@ async fn load(state: &AppState, id: i64, now: Timestamp) -> Result<Option<Detail
         Ok(Some(Detail {
             resident,
             latest: r.resident_latest(id)?,
-            history: r.resident_history(id, since, CHARTED)?,
+            history: r.resident_history(id, since, charted)?,
             recent: r.resident_recent(id, TABLE_ROWS)?,
             devices: r
                 .device_states()?
@@ -105,7 +112,7 @@ pub async fn page(
         return Ok(no_such_resident(&state));
     };
     let now = Timestamp::now();
-    let Some(d) = load(&state, id, now).await? else {
+    let Some(d) = load(&state, id, now, true).await? else {
         return Ok(no_such_resident(&state));
     };
     let window = state.stale_after;
@@ -529,7 +536,7 @@ pub async fn json(
         return Ok(not_found());
     };
     let now = Timestamp::now();
-    let Some(d) = load(&state, n, now).await? else {
+    let Some(d) = load(&state, n, now, false).await? else {
         return Ok(not_found());
     };
     let r = d.resident.resident;
