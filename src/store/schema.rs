@@ -118,14 +118,6 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT
     );
     "#,
-    // 4 (web pages, issue 7): the resident detail page reads a resident's last
-    // 24 h and newest 100 readings by the time the value was taken. Partial, so
-    // that room and unassigned readings (most of the rows) add no index entries.
-    r#"
-    CREATE INDEX readings_resident_taken
-        ON readings (resident_id, coalesce(measured_at_ms, received_at_ms))
-        WHERE resident_id IS NOT NULL;
-    "#,
 ];
 
 /// The schema version this build writes.

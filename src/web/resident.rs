@@ -70,7 +70,7 @@ async fn load(
             resident,
             latest: r.resident_latest(id)?,
             history: r.resident_history(id, since, charted)?,
-            recent: r.resident_recent(id, TABLE_ROWS)?,
+            recent: r.resident_recent(id, since, TABLE_ROWS)?,
             devices: r
                 .device_states()?
                 .into_iter()
@@ -148,7 +148,7 @@ pub async fn page(
             div.charts { @for c in charts { (c) } }
         }
         section aria-labelledby="table-h" {
-            h2 id="table-h" { "Newest " (TABLE_ROWS) " readings" }
+            h2 id="table-h" { "Newest " (TABLE_ROWS) " readings of the last 24 hours" }
             @if d.recent.is_empty() {
                 p.none { "No readings yet." }
             } @else {
@@ -504,7 +504,8 @@ fn summary(
     parts.join("; ") + "."
 }
 
-/// `GET /api/v1/residents/{id}`: one resident with their devices and newest readings.
+/// `GET /api/v1/residents/{id}`: one resident with their devices and newest
+/// readings of the last 24 h.
 #[derive(Serialize)]
 pub struct ResidentDetailJson {
     pub id: i64,
