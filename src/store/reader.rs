@@ -230,52 +230,21 @@ impl Reader {
         })
     }
 
-    /// A resident's readings of `quantities` taken at or after `since`, oldest
-    /// first (the charts).
+    /// A resident's readings taken at or after `since`, oldest first: the
+    /// detail page's charts and its table of the newest readings, from one scan.
     ///
     /// There is no per-resident index on `readings`: one would cost the writer
     /// an index page per resident in every commit (measured in
-    /// `benches/web_pages.rs`: 2–3× the time and 4–8× the bytes written per
-    /// reading). Instead the scan starts at the first row received at or after
-    /// `since - RECEIVED_SLACK`, found by bisection on the rowid (rows are
+    /// `benches/web_pages.rs`: about 2× the time and up to 6× the bytes written
+    /// per reading). Instead the scan starts at the first row received at or
+    /// after `since - RECEIVED_SLACK`, found by bisection on the rowid (rows are
     /// appended in the order they are received), and reads only that tail.
+    /// Beat-to-beat (RR) intervals are left out: a heart-rate strap sends about
+    /// one a second, for analysis in the cloud, not for a page.
     pub fn resident_history(
         &self,
         id: ResidentId,
         since: Timestamp,
-        quantities: &[Quantity],
-    ) -> Result<Vec<HistoryValue>, StoreError> {
-        if quantities.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The words are this build's own vocabulary, never user input.
-        let list: Vec<String> = quantities
-            .iter()
-            .map(|q| format!("'{}'", q.as_str()))
-            .collect();
-        let sql = format!(
-            "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
-             FROM readings
-             WHERE seq >= ?3 AND resident_id = ?1
-               AND coalesce(measured_at_ms, received_at_ms) >= ?2
-               AND quantity IN ({})
-             ORDER BY coalesce(measured_at_ms, received_at_ms)",
-            list.join(", ")
-        );
-        self.with_conn(|c| {
-            let first = first_seq_received_since(c, since.saturating_sub(RECEIVED_SLACK))?;
-            let mut stmt = c.prepare_cached(&sql)?;
-            history_rows(&mut stmt, rusqlite::params![id.0, since.unix_ms(), first])
-        })
-    }
-
-    /// A resident's newest `limit` readings taken at or after `since`, newest
-    /// first (the readings table); bounded like [`Reader::resident_history`].
-    pub fn resident_recent(
-        &self,
-        id: ResidentId,
-        since: Timestamp,
-        limit: usize,
     ) -> Result<Vec<HistoryValue>, StoreError> {
         self.with_conn(|c| {
             let first = first_seq_received_since(c, since.saturating_sub(RECEIVED_SLACK))?;
@@ -284,12 +253,12 @@ impl Reader {
                  FROM readings
                  WHERE seq >= ?3 AND resident_id = ?1
                    AND coalesce(measured_at_ms, received_at_ms) >= ?2
-                 ORDER BY coalesce(measured_at_ms, received_at_ms) DESC LIMIT ?4",
+                   AND quantity != 'rr_interval'
+                 ORDER BY coalesce(measured_at_ms, received_at_ms), seq",
             )?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             history_rows(
                 &mut stmt,
-                rusqlite::params![id.0, since.unix_ms(), first, limit],
+                rusqlite::params![id.0, since.unix_ms(), first],
             )
         })
     }

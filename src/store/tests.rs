@@ -894,31 +894,23 @@ async fn resident_history_is_by_time_taken() {
         .await
         .unwrap();
     let since = Timestamp::from_unix_ms(1_800_000_000_000);
-    let h = store
-        .reader
-        .resident_history(ResidentId(1), since, &[Quantity::PulseRate])
-        .unwrap();
-    let times: Vec<i64> = h
+    let h = store.reader.resident_history(ResidentId(1), since).unwrap();
+    // Resident 1 only, taken at or after `since`, in the order taken.
+    let got: Vec<(Quantity, i64)> = h
         .iter()
-        .map(|v| v.taken_at.unix_ms() - since.unix_ms())
+        .map(|v| (v.quantity, v.taken_at.unix_ms() - since.unix_ms()))
         .collect();
-    assert_eq!(times, vec![1_000, 3_000]);
-    let recent = store
-        .reader
-        .resident_recent(ResidentId(1), since, 3)
-        .unwrap();
-    let times: Vec<i64> = recent
-        .iter()
-        .map(|v| v.taken_at.unix_ms() - since.unix_ms())
-        .collect();
-    assert_eq!(times, vec![3_000, 2_000, 1_000]);
-    assert!(
-        store
-            .reader
-            .resident_history(ResidentId(1), since, &[])
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        got,
+        vec![
+            (Quantity::PulseRate, 1_000),
+            (Quantity::Spo2, 2_000),
+            (Quantity::PulseRate, 3_000)
+        ]
     );
+    let later = Timestamp::from_unix_ms(since.unix_ms() + 2_500);
+    let h = store.reader.resident_history(ResidentId(1), later).unwrap();
+    assert_eq!(h.len(), 1);
     close(store).await;
 }
 

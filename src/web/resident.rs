@@ -51,26 +51,23 @@ struct Detail {
     devices: Vec<DeviceState>,
 }
 
-/// Reads one resident's data; `None` for an unknown or archived id. The 24 h
-/// for the charts only `with_history` (the JSON has no charts).
-async fn load(
-    state: &AppState,
-    id: i64,
-    now: Timestamp,
-    with_history: bool,
-) -> Result<Option<Detail>, WebError> {
+/// Reads one resident's data; `None` for an unknown or archived id. The last
+/// 24 h come from one scan: the charts use all of it, the table its newest
+/// [`TABLE_ROWS`].
+async fn load(state: &AppState, id: i64, now: Timestamp) -> Result<Option<Detail>, WebError> {
     let id = ResidentId(id);
     let since = now.saturating_sub(CHART_SPAN);
-    let charted: &'static [Quantity] = if with_history { CHARTED } else { &[] };
     read(&state.reader, move |r| {
         let Some(resident) = r.resident(id)?.filter(|r| !r.archived) else {
             return Ok(None);
         };
+        let history = r.resident_history(id, since)?;
+        let recent = history.iter().rev().take(TABLE_ROWS).cloned().collect();
         Ok(Some(Detail {
             resident,
             latest: r.resident_latest(id)?,
-            history: r.resident_history(id, since, charted)?,
-            recent: r.resident_recent(id, since, TABLE_ROWS)?,
+            history,
+            recent,
             devices: r
                 .device_states()?
                 .into_iter()
@@ -112,7 +109,7 @@ pub async fn page(
         return Ok(no_such_resident(&state));
     };
     let now = Timestamp::now();
-    let Some(d) = load(&state, id, now, true).await? else {
+    let Some(d) = load(&state, id, now).await? else {
         return Ok(no_such_resident(&state));
     };
     let window = state.stale_after;
@@ -537,7 +534,7 @@ pub async fn json(
         return Ok(not_found());
     };
     let now = Timestamp::now();
-    let Some(d) = load(&state, n, now, false).await? else {
+    let Some(d) = load(&state, n, now).await? else {
         return Ok(not_found());
     };
     let r = d.resident.resident;
