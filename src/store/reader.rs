@@ -235,8 +235,8 @@ impl Reader {
     ///
     /// There is no per-resident index on `readings`: one would cost the writer
     /// an index page per resident in every commit (measured in
-    /// `benches/web_pages.rs`: about 2× the time and up to 6× the bytes written
-    /// per reading). Instead the scan starts at the first row received at or
+    /// `benches/web_pages.rs`: 2–3× the time and 4–8× the bytes written per
+    /// reading). Instead the scan starts at the first row received at or
     /// after `since - RECEIVED_SLACK`, found by bisection on the rowid (rows are
     /// appended in the order they are received), and reads only that tail.
     /// Beat-to-beat (RR) intervals are left out: a heart-rate strap sends about
