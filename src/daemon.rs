@@ -190,6 +190,8 @@ pub async fn run(
         };
 
     let cancel = CancellationToken::new();
+    let ingest_stats = Arc::new(IngestStats::default());
+    let events = crate::web::events::Events::new(cancel.clone());
     let (frames_tx, frames_rx) = mpsc::channel::<RawFrame>(config.sensors.channel_capacity);
     // SIGHUP also tells the uplink to reload its certificate files (without a
     // restart and without touching the backlog).
@@ -249,7 +251,7 @@ pub async fn run(
         rx: frames_rx,
         store: store_handle.clone(),
         registry: registry.clone(),
-        stats: Arc::new(IngestStats::default()),
+        stats: ingest_stats.clone(),
         heartbeat: ingest_beat,
         clock_synced: crate::system::clock_synchronised,
         zone: config.site.zone(),
@@ -323,7 +325,12 @@ pub async fn run(
         accounts: web_security.accounts,
         auth: web_security.auth,
         alerts: alert_book,
+        gateway_name: config.site.gateway_id.as_str().into(),
+        ingest: ingest_stats,
+        events: events.clone(),
+        web_metrics: Default::default(),
     };
+    let live = tokio::spawn(events.watch(store_stats.clone(), uplink_status.clone()));
     let mut router = app(state);
     if fault::hang_requested("web") {
         // Test fault: every request waits forever, as if the server were stuck.
@@ -422,6 +429,7 @@ pub async fn run(
     let stop = async {
         let _ = supervisor.await;
         let _ = probe.await;
+        let _ = live.await;
         if let Some(flush) = seen_flush {
             let _ = flush.await;
         }

@@ -30,12 +30,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{StoreConfig, Synchronous};
-use crate::model::{Device, Reading, Resident, Subject, Timestamp};
+use crate::model::{Device, Reading, Resident, ResidentId, Subject, Timestamp};
 
 pub use alerts::{AlertBook, AlertChange, AlertChangeKind, AlertRecord, SyncReport};
 pub use limits::free_disk_bytes;
 pub use limits::{Class, EvictionReason, MaintenanceReport};
-pub use reader::{LatestValue, Reader, ResidentOverview, StatsSnapshot};
+pub use reader::{
+    HistoryValue, LatestValue, Reader, ResidentOverview, ResidentRecord, StatsSnapshot,
+};
 pub use registry::{DeviceState, PairingRecord, RegistryChange, Seen, StoredPairingEvent};
 pub use schema::VERSION as SCHEMA_VERSION;
 #[doc(hidden)]
@@ -85,6 +87,16 @@ pub enum StoreError {
     /// The alert book was opened on a database the store has not migrated yet.
     #[error("database schema version {found} is older than {needed}; open the store first")]
     NotMigrated { found: i64, needed: i64 },
+    /// Another resident already has this pseudonymous reference.
+    #[error("the reference {0} is already used by another resident")]
+    ReferenceTaken(String),
+    /// No resident has this id (or it is archived, for a change that needs it not to be).
+    #[error("no resident {0}")]
+    NoSuchResident(i64),
+    /// The resident still has devices assigned; archiving would leave their
+    /// readings attributed to someone who has left.
+    #[error("resident {id} still has {devices} device(s) assigned")]
+    DevicesAssigned { id: i64, devices: u64 },
 }
 
 impl StoreError {
@@ -162,6 +174,27 @@ pub(crate) enum Command {
     Seen {
         seen: Vec<Seen>,
     },
+    /// Adds, edits or archives a resident, in a transaction of its own so that a
+    /// refused change (a reference already taken) never fails a group of readings.
+    Resident {
+        change: ResidentChange,
+        reply: Reply<ResidentId>,
+    },
+}
+
+/// A change staff make to the residents list (the web page and API).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResidentChange {
+    /// A new resident; the store picks the id.
+    Add {
+        display_name: String,
+        room: String,
+        reference: String,
+    },
+    /// New name, room and reference for a resident who is not archived.
+    Edit(Resident),
+    /// Hides the resident from every page; the readings stay as history.
+    Archive(ResidentId),
 }
 
 /// The alarm raised when the database failed its integrity check at start-up.
@@ -196,6 +229,9 @@ pub struct StoreStats {
     pub history_purged: AtomicU64,
     /// Set when start-up found a corrupt database and moved it aside.
     pub corruption: Mutex<Option<CorruptionAlarm>>,
+    /// Commits that changed residents or devices (provisioning, pairing record,
+    /// sightings, resident changes): the web pages' live updates watch it.
+    pub registry_changes: AtomicU64,
 }
 
 impl StoreStats {
@@ -249,6 +285,14 @@ impl StoreHandle {
             committed: Some(done),
         })
         .await
+    }
+
+    /// Adds, edits or archives a resident; returns the resident's id once committed.
+    pub async fn change_resident(
+        &self,
+        change: ResidentChange,
+    ) -> Result<ResidentId, Arc<StoreError>> {
+        self.call(|reply| Command::Resident { change, reply }).await
     }
 
     /// Queues `readings` without waiting for the commit (waits only for room in

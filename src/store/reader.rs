@@ -4,15 +4,15 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use std::sync::atomic::Ordering;
 
 use super::limits::{Class, EvictionReason};
 use super::{CorruptionAlarm, StoreError, StoreStats};
 use crate::model::{
-    Device, DeviceAddress, DeviceKind, Quantity, ResidentId, SpecialValue, Subject, Timestamp,
-    Unit, Value,
+    Device, DeviceAddress, DeviceKind, Quantity, Resident, ResidentId, SpecialValue, Subject,
+    Timestamp, Unit, Value,
 };
 
 /// The store's state for status pages and metrics, at one moment.
@@ -71,6 +71,23 @@ pub struct ResidentOverview {
     pub display_name: String,
     pub room: String,
     pub latest: Vec<LatestValue>,
+}
+
+/// A resident as staff manage them, archived or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidentRecord {
+    pub resident: Resident,
+    pub archived: bool,
+}
+
+/// One stored reading of a resident, for the detail page's charts and table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryValue {
+    pub quantity: Quantity,
+    pub value: Value,
+    pub unit: Unit,
+    pub taken_at: Timestamp,
+    pub device: DeviceAddress,
 }
 
 /// Opens read-only connections on demand and keeps a few for reuse. Cheap to clone.
@@ -190,6 +207,89 @@ impl Reader {
         })
     }
 
+    /// One resident, archived or not; `None` when there is no such id.
+    pub fn resident(&self, id: ResidentId) -> Result<Option<ResidentRecord>, StoreError> {
+        self.with_conn(|c| {
+            Ok(c.prepare_cached(
+                "SELECT id, display_name, room, reference, archived FROM residents WHERE id = ?1",
+            )?
+            .query_row([id.0], resident_record)
+            .optional()?)
+        })
+    }
+
+    /// Every resident, archived ones last, then by room and name.
+    pub fn residents_all(&self) -> Result<Vec<ResidentRecord>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, display_name, room, reference, archived FROM residents
+                 ORDER BY archived, room, display_name, id",
+            )?;
+            let rows = stmt.query_map([], resident_record)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// A resident's readings taken at or after `since`, oldest first: the
+    /// detail page's charts and its table of the newest readings, from one scan.
+    ///
+    /// There is no per-resident index on `readings`: one would cost the writer
+    /// an index page per resident in every commit (measured in
+    /// `benches/web_pages.rs`: 2–3× the time and 4–8× the bytes written per
+    /// reading). Instead the scan starts at the first row received at or
+    /// after `since - RECEIVED_SLACK`, found by bisection on the rowid (rows are
+    /// appended in the order they are received), and reads only that tail.
+    /// Beat-to-beat (RR) intervals are left out: a heart-rate strap sends about
+    /// one a second, for analysis in the cloud, not for a page.
+    pub fn resident_history(
+        &self,
+        id: ResidentId,
+        since: Timestamp,
+    ) -> Result<Vec<HistoryValue>, StoreError> {
+        self.with_conn(|c| {
+            let first = first_seq_received_since(c, since.saturating_sub(RECEIVED_SLACK))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
+                 FROM readings
+                 WHERE seq >= ?3 AND resident_id = ?1
+                   AND coalesce(measured_at_ms, received_at_ms) >= ?2
+                   AND quantity != 'rr_interval'
+                 ORDER BY coalesce(measured_at_ms, received_at_ms), seq",
+            )?;
+            history_rows(
+                &mut stmt,
+                rusqlite::params![id.0, since.unix_ms(), first],
+            )
+        })
+    }
+
+    /// The newest value of each quantity measured for one resident.
+    pub fn resident_latest(&self, id: ResidentId) -> Result<Vec<LatestValue>, StoreError> {
+        self.with_conn(|conn| {
+            let mut latest = conn.prepare_cached(
+                "SELECT quantity, value, status, unit, taken_at_ms, device FROM latest WHERE subject = ?1",
+            )?;
+            let mut values: Vec<LatestValue> = latest
+                .query_map([format!("resident:{}", id.0)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<f64>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                })?
+                .filter_map(|row| {
+                    row.ok()
+                        .and_then(|(q, v, s, u, t, d)| latest_value(&q, v, &s, &u, t, &d))
+                })
+                .collect();
+            values.sort_by_key(|v| v.quantity);
+            Ok(values)
+        })
+    }
+
     /// Every registered device and whom it is assigned to. Rows this build cannot
     /// read (an address or kind from a newer version) are skipped, not guessed at.
     pub fn devices(&self) -> Result<Vec<Device>, StoreError> {
@@ -282,4 +382,151 @@ fn latest_value(
         taken_at: Timestamp::from_unix_ms(t),
         device: device.parse().ok()?,
     })
+}
+
+/// How far before `since` the history scan starts, by received time: a value
+/// measured by the device before it was received (a blood pressure cuff that
+/// uploads its memory) is found when it was received up to this much later.
+pub const RECEIVED_SLACK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The first `seq` whose row was received at or after `t`, by bisection on the
+/// rowid: about 20 point lookups for a million rows. Rows are appended in the
+/// order they are received; where the gateway clock stepped back, the answer
+/// may be off by the size of the step. One past the last row when none is.
+fn first_seq_received_since(c: &Connection, t: Timestamp) -> Result<i64, StoreError> {
+    let mut at = c.prepare_cached(
+        "SELECT seq, received_at_ms FROM readings WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+    )?;
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        c.query_row("SELECT min(seq), max(seq) FROM readings", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(hi)) = (lo, hi) else {
+        return Ok(0);
+    };
+    // Invariant: every row before `lo` was received before `t`; `hi + 1` is
+    // the answer when no row at or after `lo` qualifies.
+    let mut hi = hi + 1;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, i64)> = at
+            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            Some((seq, received)) if received < t.unix_ms() => lo = seq + 1,
+            Some(_) | None => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+fn resident_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResidentRecord> {
+    Ok(ResidentRecord {
+        resident: Resident {
+            id: ResidentId(r.get(0)?),
+            display_name: r.get(1)?,
+            room: r.get(2)?,
+            reference: r.get(3)?,
+        },
+        archived: r.get(4)?,
+    })
+}
+
+/// Rows of (quantity, value, status, unit, taken ms, device as 6 bytes); rows this
+/// build cannot read are skipped, as in [`latest_value`].
+fn history_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<HistoryValue>, StoreError> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let q: String = r.get(0)?;
+        let v: Option<f64> = r.get(1)?;
+        let status: String = r.get(2)?;
+        let unit: String = r.get(3)?;
+        let t: i64 = r.get(4)?;
+        let device: Vec<u8> = r.get(5)?;
+        let value = match (status.as_str(), v) {
+            ("ok", Some(n)) if n.is_finite() => Value::Number(n),
+            (s, _) => match SpecialValue::parse(s) {
+                Some(sv) => Value::Special(sv),
+                None => continue,
+            },
+        };
+        let (Some(quantity), Some(unit), Ok(device)) = (
+            Quantity::parse(&q),
+            Unit::from_ucum(&unit),
+            <[u8; 6]>::try_from(device),
+        ) else {
+            continue;
+        };
+        out.push(HistoryValue {
+            quantity,
+            value,
+            unit,
+            taken_at: Timestamp::from_unix_ms(t),
+            device: DeviceAddress(device),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(received ms of rows at seq 1, 2, ..., `None` for a deleted row; t; the
+    /// first row received at or after t)`. The answer may name a deleted seq
+    /// before that row: what counts is that `seq >= answer` selects exactly the
+    /// rows received since t.
+    #[test]
+    fn bisection_finds_the_first_row_received_since() {
+        let check = |rows: &[Option<i64>], t: i64, first: i64| {
+            let c = Connection::open_in_memory().unwrap();
+            c.execute_batch(
+                "CREATE TABLE readings (seq INTEGER PRIMARY KEY, received_at_ms INTEGER)",
+            )
+            .unwrap();
+            for (i, r) in rows.iter().enumerate() {
+                if let Some(ms) = r {
+                    c.execute("INSERT INTO readings VALUES (?1, ?2)", [i as i64 + 1, *ms])
+                        .unwrap();
+                }
+            }
+            let got = first_seq_received_since(&c, Timestamp::from_unix_ms(t)).unwrap();
+            let selected: Vec<i64> = (1..=rows.len() as i64)
+                .filter(|s| *s >= got && rows[*s as usize - 1].is_some())
+                .collect();
+            let expected: Vec<i64> = (1..=rows.len() as i64)
+                .filter(|s| *s >= first && rows[*s as usize - 1].is_some())
+                .collect();
+            assert_eq!(selected, expected, "{rows:?} since {t}: answer {got}");
+        };
+        check(&[], 5, 0);
+        check(&[Some(10)], 5, 1);
+        check(&[Some(10)], 10, 1);
+        check(&[Some(10)], 11, 2);
+        check(&[Some(1), Some(2), Some(3), Some(4), Some(5)], 3, 3);
+        check(&[Some(1), Some(2), Some(3), Some(4), Some(5)], 0, 1);
+        check(&[Some(1), Some(2), Some(3), Some(4), Some(5)], 6, 6);
+        // Rows purged by retention leave gaps in the rowids.
+        check(
+            &[None, None, Some(3), None, Some(5), Some(6), None, Some(8)],
+            4,
+            5,
+        );
+        check(
+            &[None, None, Some(3), None, Some(5), Some(6), None, Some(8)],
+            7,
+            8,
+        );
+        check(
+            &[None, None, Some(3), None, Some(5), Some(6), None, Some(8)],
+            2,
+            3,
+        );
+        // Equal times (one group commit) all count.
+        check(&[Some(1), Some(4), Some(4), Some(4), Some(9)], 4, 2);
+    }
 }

@@ -873,3 +873,166 @@ async fn pairing_state_and_record_survive_a_reopen() {
     );
     close(store).await;
 }
+
+/// A reading of resident `id` taken `ms` after the base time, by device time
+/// when `device_time`, else by received time.
+fn resident_reading(n: u64, id: i64, q: Quantity, ms: i64, device_time: bool) -> Reading {
+    let t = Timestamp::from_unix_ms(1_800_000_000_000 + ms);
+    Reading {
+        subject: Subject::Resident(ResidentId(id)),
+        measured_at: device_time.then_some(t),
+        received_at: if device_time {
+            Timestamp::from_unix_ms(1_800_000_000_000 + 10_000_000)
+        } else {
+            t
+        },
+        ..reading(n, q)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resident_history_is_by_time_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    store
+        .handle
+        .ingest(vec![
+            resident_reading(1, 1, Quantity::PulseRate, 3_000, false),
+            // Measured earlier by the device's clock, received later: ordered by when taken.
+            resident_reading(2, 1, Quantity::PulseRate, 1_000, true),
+            resident_reading(3, 1, Quantity::Spo2, 2_000, false),
+            resident_reading(4, 2, Quantity::PulseRate, 2_500, false),
+            resident_reading(5, 1, Quantity::PulseRate, -5_000, false),
+        ])
+        .await
+        .unwrap();
+    let since = Timestamp::from_unix_ms(1_800_000_000_000);
+    let h = store.reader.resident_history(ResidentId(1), since).unwrap();
+    // Resident 1 only, taken at or after `since`, in the order taken.
+    let got: Vec<(Quantity, i64)> = h
+        .iter()
+        .map(|v| (v.quantity, v.taken_at.unix_ms() - since.unix_ms()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Quantity::PulseRate, 1_000),
+            (Quantity::Spo2, 2_000),
+            (Quantity::PulseRate, 3_000)
+        ]
+    );
+    let later = Timestamp::from_unix_ms(since.unix_ms() + 2_500);
+    let h = store.reader.resident_history(ResidentId(1), later).unwrap();
+    assert_eq!(h.len(), 1);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resident_changes_are_refused_in_words_and_never_fail_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let add = |name: &str, reference: &str| ResidentChange::Add {
+        display_name: name.into(),
+        room: "Room 1".into(),
+        reference: reference.into(),
+    };
+    let ada = store
+        .handle
+        .change_resident(add("Ada", "R-0001"))
+        .await
+        .unwrap();
+    let err = store
+        .handle
+        .change_resident(add("Bea", "R-0001"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&*err, StoreError::ReferenceTaken(r) if r == "R-0001"),
+        "{err}"
+    );
+    let bea = store
+        .handle
+        .change_resident(add("Bea", "R-0002"))
+        .await
+        .unwrap();
+    let edit = |id: ResidentId, reference: &str| {
+        ResidentChange::Edit(Resident {
+            id,
+            display_name: "Bea B".into(),
+            room: "Room 2".into(),
+            reference: reference.into(),
+        })
+    };
+    let err = store
+        .handle
+        .change_resident(edit(bea, "R-0001"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&*err, StoreError::ReferenceTaken(_)), "{err}");
+    // Keeping one's own reference is not a clash.
+    store
+        .handle
+        .change_resident(edit(bea, "R-0002"))
+        .await
+        .unwrap();
+    store
+        .handle
+        .provision(
+            Vec::new(),
+            vec![Device {
+                address: DeviceAddress([0xC0, 0, 0, 0, 0, 9]),
+                kind: crate::model::DeviceKind::PulseOximeter,
+                model: None,
+                name: None,
+                subject: Subject::Resident(ada),
+            }],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .handle
+        .change_resident(ResidentChange::Archive(ada))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&*err, StoreError::DevicesAssigned { devices: 1, .. }),
+        "{err}"
+    );
+    // A refused change in the same breath as readings leaves the readings stored.
+    let (refused, stored) = tokio::join!(
+        store.handle.change_resident(add("Cy", "R-0002")),
+        store.handle.ingest(vec![reading(1, Quantity::HeartRate)]),
+    );
+    assert!(refused.is_err());
+    stored.unwrap();
+    store
+        .handle
+        .change_resident(ResidentChange::Archive(bea))
+        .await
+        .unwrap();
+    let err = store
+        .handle
+        .change_resident(ResidentChange::Archive(bea))
+        .await
+        .unwrap_err();
+    assert!(matches!(&*err, StoreError::NoSuchResident(_)), "{err}");
+    let err = store
+        .handle
+        .change_resident(edit(bea, "R-0002"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&*err, StoreError::NoSuchResident(_)), "{err}");
+    let all = store.reader.residents_all().unwrap();
+    let names: Vec<(&str, bool)> = all
+        .iter()
+        .map(|r| (r.resident.display_name.as_str(), r.archived))
+        .collect();
+    assert_eq!(names, vec![("Ada", false), ("Bea B", true)]);
+    assert_eq!(
+        store.reader.resident(bea).unwrap().map(|r| r.archived),
+        Some(true)
+    );
+    assert_eq!(store.reader.resident(ResidentId(99)).unwrap(), None);
+    assert_eq!(store.reader.residents_overview().unwrap().len(), 1);
+    close(store).await;
+}

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::limits::{self, Class, EvictionReason, MaintenanceReport};
 use super::{
-    Command, Lease, LeaseId, LeasedReading, StoreError, StoreSettings, StoreStats, schema,
-    subject_key,
+    Command, Lease, LeaseId, LeasedReading, ResidentChange, StoreError, StoreSettings, StoreStats,
+    schema, subject_key,
 };
 use crate::config::Synchronous;
 use crate::model::{
@@ -235,6 +235,14 @@ impl Writer {
                         }
                     }
                 }
+                if group.iter().any(|c| {
+                    matches!(
+                        c,
+                        Command::Provision { .. } | Command::Record { .. } | Command::Seen { .. }
+                    )
+                }) {
+                    stats.registry_changes.fetch_add(1, Ordering::Relaxed);
+                }
                 if stats.disk_full.swap(false, Ordering::Relaxed) {
                     tracing::info!("the disk has room again; readings are being stored");
                 }
@@ -305,8 +313,82 @@ impl Writer {
                     }
                 },
                 Command::Seen { .. } => {}
+                Command::Resident { change, reply } => {
+                    let r = self.change_resident(&change);
+                    if r.is_ok() {
+                        self.stats.registry_changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(r.map_err(Arc::new));
+                }
             }
         }
+    }
+
+    /// Applies one resident change in its own transaction.
+    fn change_resident(&mut self, change: &ResidentChange) -> Result<ResidentId, StoreError> {
+        let tx = self.conn.transaction()?;
+        let taken = |reference: &str, id: Option<i64>| -> Result<(), StoreError> {
+            let other: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM residents WHERE reference = ?1 AND id IS NOT ?2",
+                    params![reference, id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match other {
+                Some(_) => Err(StoreError::ReferenceTaken(reference.to_owned())),
+                None => Ok(()),
+            }
+        };
+        let id = match change {
+            ResidentChange::Add {
+                display_name,
+                room,
+                reference,
+            } => {
+                taken(reference, None)?;
+                tx.execute(
+                    "INSERT INTO residents (display_name, room, reference) VALUES (?1, ?2, ?3)",
+                    params![display_name, room, reference],
+                )?;
+                ResidentId(tx.last_insert_rowid())
+            }
+            ResidentChange::Edit(r) => {
+                taken(&r.reference, Some(r.id.0))?;
+                let n = tx.execute(
+                    "UPDATE residents SET display_name = ?2, room = ?3, reference = ?4
+                     WHERE id = ?1 AND archived = 0",
+                    params![r.id.0, r.display_name, r.room, r.reference],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NoSuchResident(r.id.0));
+                }
+                r.id
+            }
+            ResidentChange::Archive(id) => {
+                let devices: i64 = tx.query_row(
+                    "SELECT count(*) FROM devices WHERE resident_id = ?1",
+                    [id.0],
+                    |r| r.get(0),
+                )?;
+                if devices > 0 {
+                    return Err(StoreError::DevicesAssigned {
+                        id: id.0,
+                        devices: devices.unsigned_abs(),
+                    });
+                }
+                let n = tx.execute(
+                    "UPDATE residents SET archived = 1 WHERE id = ?1 AND archived = 0",
+                    [id.0],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NoSuchResident(id.0));
+                }
+                *id
+            }
+        };
+        tx.commit()?;
+        Ok(id)
     }
 
     fn write_group(&mut self, group: &[Command]) -> Result<Written, StoreError> {

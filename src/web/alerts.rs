@@ -280,3 +280,52 @@ pub async fn section(state: &AppState) -> Result<Markup, WebError> {
         }
     })
 }
+
+/// `GET /alerts`: the open alerts (acknowledge buttons), then the most recently
+/// resolved, each with who acknowledged it and when.
+pub async fn page(State(state): State<AppState>) -> Result<axum::response::Html<String>, WebError> {
+    let rows = with_book(&state, |b| b.list(RECENT_RESOLVED)).await?;
+    let now = Timestamp::now();
+    let (open, resolved): (Vec<_>, Vec<_>) = rows.iter().partition(|a| a.resolved_at.is_none());
+    let body = html! {
+        @if open.is_empty() {
+            p.none { "No open alerts." }
+        } @else {
+            (section(&state).await?)
+        }
+        section aria-labelledby="resolved-h" {
+            h2 id="resolved-h" { "Recently resolved" }
+            @if resolved.is_empty() {
+                p.none { "None yet." }
+            } @else {
+                div.scroll {
+                    table.alerts {
+                        tr { th scope="col" { "Alert" } th scope="col" { "Raised" } th scope="col" { "Acknowledged" } th scope="col" { "Resolved" } }
+                        @for a in &resolved {
+                            tr {
+                                td { strong { (a.severity) } ": " (a.message) }
+                                td { (super::layout::date_time(a.raised_at)) }
+                                td {
+                                    @match (&a.acknowledged_by, a.acknowledged_at) {
+                                        (Some(by), Some(at)) => { (by) ", " (super::layout::date_time(at)) }
+                                        _ => { "not acknowledged" }
+                                    }
+                                }
+                                td { @if let Some(t) = a.resolved_at { (super::layout::date_time(t)) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let frame = super::layout::Frame {
+        gateway: &state.gateway_name,
+        section: super::layout::Section::Alerts,
+        now,
+        live: Some("readings"),
+    };
+    Ok(axum::response::Html(
+        super::layout::page(frame, "Alerts", body).into_string(),
+    ))
+}

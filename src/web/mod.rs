@@ -6,11 +6,19 @@
 
 mod alerts;
 mod api;
+pub mod assets;
 pub mod auth;
 mod clinical;
 mod devices;
+pub mod events;
+mod gateway;
+pub mod layout;
+pub mod metrics;
+mod openapi;
 pub(crate) mod pages;
 mod pairing;
+mod resident;
+mod residents_admin;
 pub mod serve;
 pub mod tls;
 
@@ -53,14 +61,54 @@ pub struct AppState {
     pub auth: Arc<auth::AuthSettings>,
     /// The alert lifecycle and the nurses' thresholds.
     pub alerts: crate::alerts::SharedBook,
+    /// `site.gateway_id`, shown in every page's header.
+    pub gateway_name: Arc<str>,
+    /// The decode stage's counters, for `/metrics`.
+    pub ingest: Arc<crate::ingest::IngestStats>,
+    /// Live-update notifications for `/events`.
+    pub events: events::Events,
+    /// Requests answered, for `/metrics`.
+    pub web_metrics: Arc<metrics::WebMetrics>,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
 pub fn app(state: AppState) -> Router {
+    let web_metrics = state.web_metrics.clone();
+    pages::remember_gateway_name(&state.gateway_name);
     Router::new()
         .route("/", get(pages::overview))
         .route("/healthz", get(api::healthz))
-        .route("/api/v1/residents", get(api::residents))
+        .route("/metrics", get(metrics::metrics))
+        .route("/events", get(events::stream))
+        .route("/assets/carehub.css", get(assets::css))
+        .route("/assets/live.js", get(assets::js))
+        .route("/gateway", get(gateway::page))
+        .route(
+            "/residents",
+            get(residents_admin::list).post(residents_admin::create),
+        )
+        .route("/residents/new", get(residents_admin::new_form))
+        .route("/residents/{id}", get(resident::page))
+        .route(
+            "/residents/{id}/edit",
+            get(residents_admin::edit_form).post(residents_admin::update),
+        )
+        .route(
+            "/residents/{id}/archive",
+            get(residents_admin::archive_form).post(residents_admin::archive),
+        )
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/gateway", get(gateway::json))
+        .route(
+            "/api/v1/residents",
+            get(api::residents).post(residents_admin::api_create),
+        )
+        .route(
+            "/api/v1/residents/{id}",
+            get(resident::json)
+                .put(residents_admin::api_update)
+                .delete(residents_admin::api_archive),
+        )
         .route("/api/v1/pairing", get(pairing::status))
         .route("/api/v1/bluetooth", get(pairing::bluetooth))
         .route(
@@ -84,6 +132,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(pairing::unpair),
         )
         .route("/api/v1/uplink", get(api::uplink))
+        .route("/alerts", get(alerts::page))
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
         .route("/alerts/{id}/ack", post(alerts::page_ack))
@@ -141,6 +190,10 @@ pub fn app(state: AppState) -> Router {
         ))
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            web_metrics,
+            metrics::count,
+        ))
 }
 
 /// Who made a request, for the pairing record and the audit log: the signed-in
@@ -171,8 +224,16 @@ pub fn csrf_field() -> maud::Markup {
     auth::csrf_field()
 }
 
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found").into_response()
+/// Unknown addresses: a page in plain words for people, plain text for the API.
+async fn not_found(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    uri: axum::http::Uri,
+) -> Response {
+    if uri.path().starts_with("/api/") {
+        (StatusCode::NOT_FOUND, "not found").into_response()
+    } else {
+        layout::not_found(&state.gateway_name)
+    }
 }
 
 /// The one error type of the web layer: a 5xx is logged in full and shown to the
@@ -235,3 +296,6 @@ pub fn describe_age(age: Duration) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pages_tests;

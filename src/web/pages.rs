@@ -3,116 +3,100 @@
 
 use axum::extract::State;
 use axum::response::Html;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{Markup, html};
 
+use super::layout::{self, Frame, Section};
 use super::{AppState, WebError, describe_age, read};
-use crate::clinical::news2::Spo2Scale;
-use crate::clinical::news2::{Band, Parameter};
+use crate::clinical::news2::{Band, Parameter, Spo2Scale};
 use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_readings};
 use crate::model::{Quantity, Timestamp, Value};
 use crate::store::{LatestValue, ResidentOverview};
 
-const STYLE: &str = r#"
-:root { --ink:#111; --muted:#4a4a4a; --card:#fff; --bg:#eef1f4; --stale:#8a4b00; --stale-bg:#fff4e0; --line:#c9cfd6; }
-* { box-sizing: border-box; }
-body { margin:0; font: 18px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--ink); background:var(--bg); }
-header { background:#0b3d5c; color:#fff; padding:12px 20px; display:flex; justify-content:space-between; align-items:baseline; flex-wrap:wrap; gap:8px; }
-header h1 { margin:0; font-size:1.4rem; }
-header p { margin:0; }
-main { padding:16px; display:grid; grid-template-columns:repeat(auto-fill, minmax(300px, 1fr)); gap:16px; }
-article { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:14px 16px; }
-article h2 { margin:0; font-size:1.25rem; }
-.room { margin:0 0 8px; color:var(--muted); }
-table { width:100%; border-collapse:collapse; }
-.scroll { overflow-x:auto; }
-section { padding:8px 20px 16px; }
-button, select, input { font:inherit; min-height:44px; padding:4px 10px; margin:2px 0; }
-button { cursor:pointer; border:1px solid #0b3d5c; border-radius:6px; background:#fff; color:#0b3d5c; font-weight:600; }
-th { text-align:left; font-weight:600; padding:6px 4px; width:40%; }
-td { padding:6px 4px; }
-tr + tr { border-top:1px solid #e3e6ea; }
-.v { font-size:1.3rem; font-weight:700; }
-.age { display:block; font-size:.9rem; color:var(--muted); }
-tr.stale td, tr.stale th { background:var(--stale-bg); }
-tr.stale .v { color:var(--stale); font-weight:600; }
-.badge { display:inline-block; font-size:.8rem; font-weight:700; padding:1px 6px; border-radius:4px; background:var(--stale); color:#fff; margin-left:6px; }
-.none { color:var(--muted); font-style:italic; }
-section.alerts { margin:16px 16px 0; padding:10px 14px; border:2px solid #b42318; border-radius:10px; background:#fef3f2; }
-section.alerts h2 { margin:0 0 6px; font-size:1.2rem; }
-section.alerts ul { margin:0; padding-left:18px; }
-li.alert { margin:6px 0; }
-li.alert form { display:inline; margin-left:8px; }
-li.emergency strong { color:#b42318; }
-.news { margin:0 0 10px; padding:8px 10px; border-radius:8px; border:2px solid; }
-.news strong { font-size:1.15rem; }
-.news small { display:block; color:var(--ink); }
-.band-low { border-color:#2e7d32; background:#e8f5e9; }
-.band-low-medium { border-color:#9a6700; background:#fff8c5; }
-.band-medium { border-color:#c2410c; background:#ffedd5; }
-.band-high { border-color:#b91c1c; background:#fee2e2; }
-.news.stale { border-color:var(--stale); background:var(--stale-bg); }
-footer { padding:8px 20px 24px; color:var(--muted); font-size:.9rem; }
-.error { color:#8b0000; background:#fde8e8; border:1px solid #b91c1c; border-radius:6px; padding:8px 10px; }
-section.form, section.users, section.audit { padding:16px; max-width:60rem; }
-input, select, button { font-size:1rem; min-height:44px; }
-"#;
+/// The CSRF token a form must carry: the signed-in session's (see `auth`).
+#[derive(Debug, Clone, Default)]
+pub struct CsrfToken(pub String);
 
-/// A page that refreshes itself every 10 s (live updates come with the full staff UI).
-pub(crate) fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
-    layout(title, now, body, true)
-}
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CsrfToken {
+    type Rejection = std::convert::Infallible;
 
-/// A page with a form someone types into: it never reloads itself.
-pub(crate) fn form_page(title: &str, now: Timestamp, body: Markup) -> Markup {
-    layout(title, now, body, false)
-}
-
-fn layout(title: &str, now: Timestamp, body: Markup, refresh: bool) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en-GB" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                // The overview refreshes itself; live updates come with the full staff UI.
-                @if refresh {
-                    meta http-equiv="refresh" content="10";
-                }
-                title { (title) " — carehub" }
-                style { (PreEscaped(STYLE)) }
-            }
-            body {
-                header {
-                    h1 { (title) }
-                    nav { a href="/" style="color:#fff" { "Residents" } " · " a href="/pairing" style="color:#fff" { "Pair sensors" } }
-                    @if let Some(who) = super::auth::current() {
-                        form.signout method="post" action="/logout" {
-                            (super::auth::csrf_field())
-                            (who.username) " (" (who.role.as_str()) ") "
-                            @if who.role == crate::store::accounts::Role::Admin {
-                                a href="/users" style="color:#fff" { "Users" } " · " a href="/audit" style="color:#fff" { "Audit log" } " "
-                            }
-                            button type="submit" { "Sign out" }
-                        }
-                    }
-                    p { "Updated " time datetime=(now.to_rfc3339()) { (clock(now)) " UTC" } }
-                }
-                (body)
-                footer { "carehub " (env!("CARGO_PKG_VERSION")) " · values older than the clinical window are marked STALE" }
-            }
-        }
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(CsrfToken(
+            parts
+                .extensions
+                .get::<super::auth::Principal>()
+                .and_then(|p| p.csrf.clone())
+                .unwrap_or_default(),
+        ))
     }
 }
 
-fn clock(t: Timestamp) -> String {
-    let iso = t.to_rfc3339();
-    iso.get(11..19).unwrap_or(&iso).to_owned()
+/// The hidden `csrf` field every state-changing form carries.
+pub fn csrf_field(token: &CsrfToken) -> Markup {
+    if token.0.is_empty() {
+        // Rendered inside the request's task: the middleware's principal.
+        return super::auth::csrf_field();
+    }
+    html! { input type="hidden" name="csrf" value=(token.0); }
 }
 
+/// The gateway's name for pages built without the state (sign-in, users, audit,
+/// clinical forms); set once when the router is built.
+static GATEWAY_NAME: std::sync::OnceLock<std::sync::Arc<str>> = std::sync::OnceLock::new();
+
+pub(crate) fn remember_gateway_name(name: &std::sync::Arc<str>) {
+    let _ = GATEWAY_NAME.set(name.clone());
+}
+
+/// A page with a form someone types into, in the shared frame: it never
+/// reloads itself.
+pub(crate) fn form_page(title: &str, now: Timestamp, body: Markup) -> Markup {
+    let gateway = GATEWAY_NAME.get().map_or("carehub", |g| g);
+    let frame = Frame {
+        gateway,
+        section: Section::None,
+        now,
+        live: None,
+    };
+    layout::page(frame, title, body)
+}
+
+/// A page in the shared frame (used by the pairing page).
+pub(crate) fn page(
+    state: &AppState,
+    section: Section,
+    title: &str,
+    now: Timestamp,
+    body: Markup,
+) -> Markup {
+    let frame = Frame {
+        gateway: &state.gateway_name,
+        section,
+        now,
+        live: None,
+    };
+    layout::page(frame, title, body)
+}
+
+/// How urgently a resident needs looking at, most urgent first: a current NEWS2
+/// by band and total, then everyone else (a stale or no score) by room.
+fn urgency(score: Option<&SensorScore>) -> (u8, std::cmp::Reverse<Band>, std::cmp::Reverse<u8>) {
+    match score {
+        Some(s) if !s.stale => (
+            0,
+            std::cmp::Reverse(s.score.band),
+            std::cmp::Reverse(s.score.total),
+        ),
+        _ => (1, std::cmp::Reverse(Band::Low), std::cmp::Reverse(0)),
+    }
+}
+
+/// `GET /`: a tile per resident, the sickest first.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
     let rows = read(&state.reader, |r| r.residents_overview()).await?;
     let now = Timestamp::now();
-    let uplink = state.uplink.snapshot();
     // Scale 1 for everyone if the book cannot be read would be wrong for a
     // scale-2 resident: show the error instead of a score.
     let scales = super::clinical::Scales::load(&state).await?;
@@ -121,13 +105,28 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "alerts not shown");
-            html! { p.warning role="alert" { "Alerts cannot be read right now; check the gateway." } }
+            html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }
         }
     };
+    let mut scored: Vec<(ResidentOverview, Spo2Scale, Option<SensorScore>)> = rows
+        .into_iter()
+        .map(|r| {
+            let scale = scales.of(r.id.0);
+            let s = sensor_news2(&r, scale, now, state.stale_after);
+            (r, scale, s)
+        })
+        .collect();
+    scored.sort_by(|(a, _, sa), (b, _, sb)| {
+        urgency(sa.as_ref())
+            .cmp(&urgency(sb.as_ref()))
+            .then_with(|| a.room.cmp(&b.room))
+            .then_with(|| a.display_name.cmp(&b.display_name))
+    });
+    let uplink = state.uplink.snapshot();
     let body = html! {
         (alerts)
         @if uplink.state != crate::uplink::ConnectionState::Disabled {
-            p.uplink {
+            p.notice {
                 "Cloud link: " (uplink.state.as_str())
                 ", " (uplink.backlog) " readings waiting"
                 @if let Some((at, e)) = &uplink.last_error {
@@ -136,18 +135,24 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             }
         }
         @if let Some(w) = &uplink.certificate_warning {
-            p.warning role="alert" { "Certificate: " (w) }
+            p.notice.warn role="alert" { "Certificate: " (w) }
         }
-        main {
-            @if rows.is_empty() {
-                p.none { "No residents yet." }
-            }
-            @for r in &rows {
-                (tile(r, scales.of(r.id.0), now, state.stale_after))
+        @if scored.is_empty() {
+            p.none { "No residents yet." }
+        }
+        div.tiles {
+            @for (r, scale, s) in &scored {
+                (tile(r, *scale, s.as_ref(), now, state.stale_after))
             }
         }
     };
-    Ok(Html(page("Residents", now, body).into_string()))
+    let frame = Frame {
+        gateway: &state.gateway_name,
+        section: Section::Residents,
+        now,
+        live: Some("readings devices uplink"),
+    };
+    Ok(Html(layout::page(frame, "Residents", body).into_string()))
 }
 
 /// The quantities on a resident's tile, in the order staff read them.
@@ -167,20 +172,21 @@ const TILE: &[Quantity] = &[
 fn tile(
     r: &ResidentOverview,
     scale: Spo2Scale,
+    score: Option<&SensorScore>,
     now: Timestamp,
     stale_after: std::time::Duration,
 ) -> Markup {
     let find = |q: Quantity| r.latest.iter().find(|v| v.quantity == q);
     html! {
-        article aria-labelledby=(format!("res-{}", r.id.0)) {
-            h2 id=(format!("res-{}", r.id.0)) { (r.display_name) }
+        article.tile aria-labelledby=(format!("res-{}", r.id.0)) {
+            h2 id=(format!("res-{}", r.id.0)) { a href=(format!("/residents/{}", r.id.0)) { (r.display_name) } }
             p.room {
                 (r.room)
                 @if scale == Spo2Scale::Two {
                     " " span.badge.scale2 { "SpO2 scale 2" }
                 }
             }
-            (news2_block(r, scale, now, stale_after))
+            (news2_block(score, now))
             p.actions {
                 a href=(format!("/residents/{}/observations", r.id.0)) { "Enter observations" }
                 " · "
@@ -190,7 +196,7 @@ fn tile(
             @if shown.is_empty() {
                 p.none { "No readings yet" }
             } @else {
-                table {
+                table.vitals {
                     @for v in shown {
                         (vital_row(v, find(Quantity::DiastolicPressure), now, stale_after))
                     }
@@ -200,7 +206,7 @@ fn tile(
     }
 }
 
-fn vital_row(
+pub(super) fn vital_row(
     v: &LatestValue,
     diastolic: Option<&LatestValue>,
     now: Timestamp,
@@ -243,7 +249,7 @@ fn vital_row(
     }
 }
 
-fn with_unit(v: &LatestValue) -> String {
+pub(super) fn with_unit(v: &LatestValue) -> String {
     match v.value {
         Value::Number(n) if v.quantity == Quantity::Consciousness => {
             super::clinical::acvpu_words(n).to_owned()
@@ -271,7 +277,7 @@ fn with_unit(v: &LatestValue) -> String {
 }
 
 /// A number to the precision a clinician reads it at.
-fn number(q: Quantity, v: Value) -> String {
+pub(super) fn number(q: Quantity, v: Value) -> String {
     match v {
         Value::Number(n) => {
             let digits = match q {
@@ -310,21 +316,16 @@ pub(super) fn sensor_news2(
     news2_from_readings(&samples, scale, now, window)
 }
 
-fn news2_block(
-    r: &ResidentOverview,
-    scale: Spo2Scale,
-    now: Timestamp,
-    window: std::time::Duration,
-) -> Markup {
-    let Some(s) = sensor_news2(r, scale, now, window) else {
+pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
+    let Some(s) = s else {
         return html! {};
     };
     let band = s.score.band;
     let words = match band {
-        Band::Low => "Low",
-        Band::LowMedium => "Low–medium: urgent ward-based response",
-        Band::Medium => "Medium: urgent response",
-        Band::High => "High: emergency response",
+        Band::Low => "LOW",
+        Band::LowMedium => "LOW–MEDIUM: urgent ward-based response",
+        Band::Medium => "MEDIUM: urgent response",
+        Band::High => "HIGH: emergency response",
     };
     let missing: Vec<&str> = s
         .score

@@ -427,7 +427,14 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
         }
     };
     Ok(Html(
-        super::pages::form_page("Pairing", now, body).into_string(),
+        super::pages::page(
+            &state,
+            super::layout::Section::Devices,
+            "Devices and pairing",
+            now,
+            body,
+        )
+        .into_string(),
     ))
 }
 

@@ -57,11 +57,15 @@ pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         accounts: auth::testing::accounts(&dir.join("t.db")),
         auth: auth::testing::settings(),
         alerts: crate::alerts::open_book(&dir.join("t.db")).unwrap(),
+        gateway_name: "test-gw".into(),
+        ingest: Default::default(),
+        events: events::Events::new(tokio_util::sync::CancellationToken::new()),
+        web_metrics: Default::default(),
     };
     (store, state)
 }
 
-fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
+pub(super) fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
     let t = Timestamp::now().saturating_sub(age);
     Reading {
         id: ReadingId::new(t),
@@ -77,7 +81,7 @@ fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
 }
 
 /// GET as a signed-in nurse.
-async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
+pub(super) async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
     let login = auth::testing::sign_in(state, "test-nurse", crate::store::accounts::Role::Nurse);
     let res = app(state.clone())
         .oneshot(
@@ -289,7 +293,12 @@ async fn uplink_state_error_and_certificate_warning_are_shown() {
 }
 
 /// A JSON request as a signed-in nurse, with the session's CSRF header.
-async fn send(state: &AppState, method: &str, uri: &str, json: &str) -> (StatusCode, String) {
+pub(super) async fn send(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    json: &str,
+) -> (StatusCode, String) {
     send_as(state, NURSE, method, uri, json).await
 }
 
@@ -814,7 +823,7 @@ async fn a_staff_observation_set_is_stored_as_readings_and_completes_news2() {
     assert_eq!(rr["unit"], "/min");
     assert_eq!(rr["device"], "00:00:00:00:00:00");
     let (_, html) = get(&state, "/").await;
-    assert!(html.contains("NEWS2 3 — Low–medium"), "{html}");
+    assert!(html.contains("NEWS2 3 — LOW–MEDIUM"), "{html}");
     assert!(html.contains("V (responds to voice)"), "{html}");
     assert!(html.contains("no (air)"), "{html}");
     // Who entered it is on the resident's clinical page.

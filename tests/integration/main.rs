@@ -17,4 +17,5 @@ mod store_crash;
 mod store_full_disk;
 mod support;
 mod systemd;
+mod web;
 mod web_https;

@@ -426,8 +426,9 @@ pub fn limits(idle_minutes: u32, max_hours: u32) -> SessionLimits {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// Sign-in helpers for tests and benches (never called by the daemon).
+#[doc(hidden)]
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

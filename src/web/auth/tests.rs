@@ -29,7 +29,15 @@ async fn call(state: &AppState, req: Request<Body>) -> Res {
     let res = app(state.clone()).oneshot(req).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+    // A live stream (`/events`) never ends: its status and headers are the answer.
+    let streaming = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    let body = if streaming {
+        Default::default()
+    } else {
+        res.into_body().collect().await.unwrap().to_bytes()
+    };
     Res {
         status,
         headers,

@@ -1,0 +1,53 @@
+// carehub live updates. The pages work without this file (they reload themselves
+// every 30 s through a <noscript> refresh). With it, the element marked data-live
+// is re-fetched when the server's event stream (/events) says something it shows
+// has changed, and every 30 s so that ages and STALE marks move on with the clock.
+(function () {
+  "use strict";
+  var region = document.querySelector("[data-live]");
+  if (!region || !window.EventSource || !window.fetch || !window.DOMParser) return;
+  var wanted = (region.getAttribute("data-live") || "").split(" ");
+  var status = document.getElementById("live-status");
+  var MIN_GAP_MS = 5000;
+  var pending = false;
+  var last = 0;
+
+  function say(text) { if (status) status.textContent = text; }
+
+  function refresh() {
+    pending = false;
+    // Never replace what the keyboard is on: try again shortly.
+    if (region.contains(document.activeElement) && document.activeElement !== region) {
+      schedule(5000);
+      return;
+    }
+    last = Date.now();
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.text(); })
+      .then(function (text) {
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        var fresh = doc.querySelector("[data-live]");
+        if (fresh) { region.innerHTML = fresh.innerHTML; }
+        var stamp = doc.getElementById("updated");
+        var mine = document.getElementById("updated");
+        if (stamp && mine) { mine.innerHTML = stamp.innerHTML; }
+        say("Live");
+      })
+      .catch(function () { say("Live updates paused: reload the page"); });
+  }
+
+  function schedule(delay) {
+    if (pending) return;
+    pending = true;
+    var wait = Math.max(delay || 0, MIN_GAP_MS - (Date.now() - last));
+    window.setTimeout(refresh, wait);
+  }
+
+  var source = new EventSource("/events");
+  wanted.concat(["resync"]).forEach(function (name) {
+    if (name) { source.addEventListener(name, function () { schedule(0); }); }
+  });
+  source.onopen = function () { say("Live"); };
+  source.onerror = function () { say("Reconnecting..."); };
+  window.setInterval(function () { schedule(0); }, 30000);
+})();

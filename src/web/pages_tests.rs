@@ -1,0 +1,871 @@
+//! Router tests of the staff pages, residents management, gateway status,
+//! events, metrics and the OpenAPI document, on a real SQLite file.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::tests::{get, reading, send, setup};
+use super::*;
+use crate::model::*;
+use crate::store::ResidentChange;
+
+/// The session cookie of a signed-in admin (who may do what nurses and carers do).
+fn admin_cookie(state: &AppState) -> String {
+    super::auth::testing::sign_in(state, "pages-admin", crate::store::accounts::Role::Admin).cookie
+}
+
+/// `req` as a signed-in admin: the session cookie, and for a form its CSRF field.
+async fn signed_in(state: &AppState, req: Request<Body>) -> Request<Body> {
+    let login =
+        super::auth::testing::sign_in(state, "pages-admin", crate::store::accounts::Role::Admin);
+    let (mut parts, body) = req.into_parts();
+    parts
+        .headers
+        .insert("cookie", login.cookie.parse().unwrap());
+    let is_form = parts
+        .headers
+        .get("content-type")
+        .is_some_and(|t| t == "application/x-www-form-urlencoded");
+    let body = if is_form {
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        Body::from(format!("{text}&csrf={}", login.csrf))
+    } else {
+        if parts.method != axum::http::Method::GET {
+            parts
+                .headers
+                .insert(super::auth::CSRF_HEADER, login.csrf.parse().unwrap());
+        }
+        body
+    };
+    Request::from_parts(parts, body)
+}
+
+/// A response's status, headers and body text, as a signed-in admin.
+async fn call(state: &AppState, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let req = signed_in(state, req).await;
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn form(uri: &str, body: &str) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_page_answers_in_the_shared_frame_and_unknown_ones_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    for uri in [
+        "/",
+        "/gateway",
+        "/residents",
+        "/residents/new",
+        "/residents/1",
+        "/residents/1/edit",
+        "/residents/1/archive",
+        "/pairing",
+    ] {
+        let (status, html) = get(&state, uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {html}");
+        assert!(
+            html.contains("<p class=\"gw\">test-gw</p>"),
+            "{uri}: gateway name"
+        );
+        assert!(html.contains(&assets::css_url()), "{uri}: stylesheet");
+        assert!(
+            html.contains("aria-current=\"page\""),
+            "{uri}: current section"
+        );
+        assert!(html.contains("href=\"/gateway\""), "{uri}: navigation");
+        // Everything is served by the gateway itself: no CDN, no other host.
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "{uri}: an outside URL"
+        );
+        // Every text input has a label naming it.
+        for id in html
+            .split("<input type=\"text\" id=\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+        {
+            assert!(
+                html.contains(&format!("<label for=\"{id}\"")),
+                "{uri}: input {id} has no label"
+            );
+        }
+    }
+    for (uri, words) in [
+        ("/nope", "There is no page at this address"),
+        ("/residents/999", "There is no resident with this number"),
+        ("/residents/abc", "There is no resident with this number"),
+        (
+            "/residents/999/edit",
+            "There is no resident with this number",
+        ),
+    ] {
+        let (status, html) = get(&state, uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        assert!(
+            html.contains(words) && html.contains("<!DOCTYPE html>"),
+            "{uri}: {html}"
+        );
+    }
+    let (status, text) = get(&state, "/api/v1/nope").await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::NOT_FOUND, "not found")
+    );
+}
+
+#[tokio::test]
+async fn assets_are_embedded_and_cached_for_a_year_only_under_their_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    for (url, plain, body, ctype) in [
+        (
+            assets::css_url(),
+            "/assets/carehub.css",
+            assets::CSS,
+            "text/css; charset=utf-8",
+        ),
+        (
+            assets::js_url(),
+            "/assets/live.js",
+            assets::JS,
+            "text/javascript; charset=utf-8",
+        ),
+    ] {
+        let (status, headers, text) =
+            call(&state, Request::get(&url).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text, body);
+        assert_eq!(headers["content-type"], ctype);
+        assert_eq!(
+            headers["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        for stale in [plain.to_owned(), format!("{plain}?v=0000000000000000")] {
+            let (status, headers, _) =
+                call(&state, Request::get(&stale).body(Body::empty()).unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(headers["cache-control"], "no-cache", "{stale}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn resident_detail_draws_gaps_as_gaps_and_specials_as_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let min = |m: u64| Duration::from_secs(m * 60);
+    let pulse = |n: f64, age| reading(Quantity::PulseRate, Value::Number(n), Unit::PerMinute, age);
+    store
+        .handle
+        .ingest(vec![
+            // Two runs, three hours apart (the window is an hour): two lines, no bridge.
+            pulse(70.0, min(180)),
+            pulse(72.0, min(170)),
+            pulse(75.0, min(160)),
+            pulse(80.0, min(10)),
+            pulse(82.0, min(5)),
+            reading(
+                Quantity::PulseRate,
+                Value::Special(SpecialValue::NotANumber),
+                Unit::PerMinute,
+                min(60),
+            ),
+            // Outside the 24 h: not in the chart (the summary counts 5 readings, highest 82).
+            pulse(200.0, min(25 * 60)),
+        ])
+        .await
+        .unwrap();
+    let (status, html) = get(&state, "/residents/1").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let chart = html
+        .split("<figure class=\"chart\">")
+        .find(|c| c.contains("Pulse (/min)"))
+        .unwrap_or_else(|| panic!("no pulse chart: {html}"));
+    assert_eq!(chart.matches("<polyline").count(), 2, "{chart}");
+    assert!(chart.contains("sensor reported nan</title>"), "{chart}");
+    assert!(chart.contains("▼ no value (1)"), "{chart}");
+    assert!(
+        chart.contains("5 readings; lowest 70 /min, highest 82 /min; newest 82 /min"),
+        "{chart}"
+    );
+    assert!(
+        html.contains("no value (sensor reported nan) /min"),
+        "{html}"
+    );
+    assert!(html.contains("Newest 100 readings"), "{html}");
+    assert!(
+        html.contains("C0:00:00:00:00:01"),
+        "the resident's device: {html}"
+    );
+    assert!(
+        html.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil"),
+        "the name is escaped"
+    );
+
+    let (status, json) = get(&state, "/api/v1/residents/1").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let readings = v["readings"].as_array().unwrap();
+    // Six: the reading older than 24 h is not in the table either.
+    assert_eq!(readings.len(), 6);
+    assert_eq!(readings[0]["value"], 82.0, "newest first");
+    let nan = readings.iter().find(|r| r["status"] == "nan").unwrap();
+    assert_eq!(nan["value"], serde_json::Value::Null);
+    assert_eq!(v["devices"][0]["address"], "C0:00:00:00:00:01");
+}
+
+#[tokio::test]
+async fn the_sickest_resident_comes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let zed = store
+        .handle
+        .change_resident(ResidentChange::Add {
+            display_name: "Zed".into(),
+            room: "Room 9".into(),
+            reference: "R-0009".into(),
+        })
+        .await
+        .unwrap();
+    let of = |id: ResidentId, q, n, unit| Reading {
+        subject: Subject::Resident(id),
+        ..reading(q, Value::Number(n), unit, Duration::from_secs(30))
+    };
+    store
+        .handle
+        .ingest(vec![
+            of(ResidentId(1), Quantity::Spo2, 97.0, Unit::Percent),
+            of(zed, Quantity::Spo2, 85.0, Unit::Percent),
+            of(zed, Quantity::PulseRate, 135.0, Unit::PerMinute),
+            of(
+                zed,
+                Quantity::SystolicPressure,
+                85.0,
+                Unit::MillimetreOfMercury,
+            ),
+        ])
+        .await
+        .unwrap();
+    let (_, html) = get(&state, "/").await;
+    let zed_at = html.find(">Zed<").unwrap();
+    let ada_at = html.find("O'Neil<").unwrap();
+    assert!(zed_at < ada_at, "the high score must come first");
+    assert!(
+        html.contains("HIGH: emergency response"),
+        "band in words: {html}"
+    );
+    assert!(
+        html.contains("data-live=\"readings devices uplink\""),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn residents_are_added_edited_and_archived_by_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    // (body, status, words on the page)
+    let steps: &[(&str, &str, u16, &str)] = &[
+        (
+            "/residents",
+            "display_name=Bea&room=Room+2&reference=R-0002",
+            303,
+            "",
+        ),
+        (
+            "/residents",
+            "display_name=Bea+Two&room=Room+3&reference=Bea+Smith",
+            422,
+            "must never contain a name",
+        ),
+        (
+            "/residents",
+            "display_name=&room=Room+3&reference=R-0003",
+            422,
+            "Enter the name.",
+        ),
+        (
+            "/residents",
+            "display_name=Cy&room=Room+3&reference=R-0002",
+            422,
+            "Another resident already has the reference R-0002",
+        ),
+        (
+            "/residents/2/edit",
+            "display_name=Bea+B&room=Room+4&reference=R-0002",
+            303,
+            "",
+        ),
+        (
+            "/residents/1/archive",
+            "",
+            409,
+            "still has 1 device(s) assigned",
+        ),
+        ("/residents/2/archive", "", 303, ""),
+        (
+            "/residents/2/edit",
+            "display_name=X&room=Y&reference=R-0004",
+            404,
+            "There is no resident",
+        ),
+    ];
+    for (uri, body, status, words) in steps {
+        let (s, headers, html) = call(&state, form(uri, body)).await;
+        assert_eq!(s.as_u16(), *status, "{uri} {body}: {html}");
+        assert!(html.contains(words), "{uri} {body}: {html}");
+        if *status == 422 {
+            assert!(html.contains("aria-invalid=\"true\""), "{html}");
+            assert!(html.contains("role=\"alert\""), "{html}");
+        }
+        if *status == 303 {
+            assert!(
+                headers["location"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("/residents?"),
+                "{headers:?}"
+            );
+        }
+    }
+    let (_, list) = get(&state, "/residents").await;
+    assert!(
+        list.contains("Bea B") && list.contains("archived"),
+        "{list}"
+    );
+    let (_, saved) = get(&state, "/residents?saved=1").await;
+    assert!(saved.contains("Saved &lt;b&gt;Ada"), "{saved}");
+    assert_eq!(get(&state, "/residents/2").await.0, StatusCode::NOT_FOUND);
+    let (_, overview) = get(&state, "/").await;
+    assert!(
+        !overview.contains("Bea"),
+        "an archived resident is not shown"
+    );
+}
+
+#[tokio::test]
+async fn residents_api_checks_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let bea = r#"{"display_name":"Bea","room":"Room 2","reference":"R-0002"}"#;
+    // (method, uri, body, status, text in the body)
+    let steps: &[(&str, &str, &str, u16, &str)] = &[
+        ("POST", "/api/v1/residents", bea, 201, r#""id":2"#),
+        ("POST", "/api/v1/residents", bea, 409, "already used"),
+        (
+            "POST",
+            "/api/v1/residents",
+            r#"{"display_name":"","room":"R","reference":"x"}"#,
+            422,
+            r#""field":"reference""#,
+        ),
+        (
+            "POST",
+            "/api/v1/residents",
+            r#"{"display_name":"A"}"#,
+            422,
+            "missing field",
+        ),
+        (
+            "POST",
+            "/api/v1/residents",
+            "not json",
+            400,
+            "the body is not a resident",
+        ),
+        (
+            "PUT",
+            "/api/v1/residents/2",
+            r#"{"display_name":"Bea B","room":"Room 4","reference":"R-0002"}"#,
+            200,
+            r#""room":"Room 4""#,
+        ),
+        (
+            "PUT",
+            "/api/v1/residents/1",
+            r#"{"display_name":"Ada","room":"Room 1","reference":"R-0002"}"#,
+            409,
+            "already used",
+        ),
+        // Ada's reference from before the rule may be kept.
+        (
+            "PUT",
+            "/api/v1/residents/1",
+            r#"{"display_name":"Ada","room":"Room 1","reference":"r1"}"#,
+            200,
+            r#""reference":"r1""#,
+        ),
+        (
+            "PUT",
+            "/api/v1/residents/7",
+            r#"{"display_name":"A","room":"B","reference":"R-0007"}"#,
+            404,
+            "no resident 7",
+        ),
+        (
+            "DELETE",
+            "/api/v1/residents/1",
+            "",
+            409,
+            "device(s) assigned",
+        ),
+        ("DELETE", "/api/v1/residents/2", "", 204, ""),
+        ("DELETE", "/api/v1/residents/2", "", 404, "no resident 2"),
+        ("GET", "/api/v1/residents/2", "", 404, "no resident 2"),
+    ];
+    for (method, uri, body, status, text) in steps {
+        let (s, b) = send(&state, method, uri, body).await;
+        assert_eq!(s.as_u16(), *status, "{method} {uri} {body}: {b}");
+        assert!(b.contains(text), "{method} {uri} {body}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn gateway_page_and_api_show_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    store
+        .handle
+        .ingest(vec![reading(
+            Quantity::Spo2,
+            Value::Number(95.0),
+            Unit::Percent,
+            Duration::ZERO,
+        )])
+        .await
+        .unwrap();
+    state
+        .uplink
+        .set_state(crate::uplink::ConnectionState::Backoff);
+    state.uplink.set_error(
+        Timestamp::now(),
+        "the broker refused the certificate".into(),
+    );
+    let expires = Timestamp::now().saturating_add(Duration::from_secs(10 * 86_400 + 3600));
+    state.uplink.set_certificate(Some(expires), None);
+    let (status, json) = get(&state, "/api/v1/gateway").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["uplink"]["state"], "waiting to reconnect");
+    assert_eq!(v["outbox"]["readings"], 1);
+    assert!(v["outbox"]["oldest_unsent_age_s"].is_u64(), "{v}");
+    assert_eq!(v["evictions"].as_array().unwrap().len(), 8);
+    assert_eq!(v["certificate"]["days_left"], 10);
+    assert_eq!(v["certificate"]["warning"], true);
+    assert_eq!(v["bluetooth"]["source"], "simulator");
+    assert!(v["storage"]["database_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["storage"]["last_commit_at"].is_string(), "{v}");
+    let (_, html) = get(&state, "/gateway").await;
+    for words in [
+        "NOT CONNECTED",
+        "the broker refused the certificate",
+        "10 days left",
+        "RENEW SOON",
+        "expires in 10 days",
+        "simulated sensors",
+        "Database size",
+    ] {
+        assert!(html.contains(words), "{words}: {html}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_follow_the_text_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    store
+        .handle
+        .ingest(vec![reading(
+            Quantity::Spo2,
+            Value::Number(95.0),
+            Unit::Percent,
+            Duration::ZERO,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(get(&state, "/").await.0, StatusCode::OK);
+    assert_eq!(get(&state, "/nope").await.0, StatusCode::NOT_FOUND);
+    let (status, headers, text) = call(
+        &state,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], metrics::CONTENT_TYPE);
+    let samples = metrics::parse::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("no {name} {labels:?}\n{text}"))
+    };
+    assert_eq!(value("carehub_readings_committed_total", &[]), 1.0);
+    assert_eq!(value("carehub_outbox_readings", &[]), 1.0);
+    assert_eq!(
+        value(
+            "carehub_evicted_readings_total",
+            &[("reason", "disk"), ("class", "vital")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        samples
+            .iter()
+            .filter(|s| s.0 == "carehub_evicted_readings_total")
+            .count(),
+        8
+    );
+    assert_eq!(value("carehub_uplink_state", &[("state", "disabled")]), 1.0);
+    let states: f64 = samples
+        .iter()
+        .filter(|s| s.0 == "carehub_uplink_state")
+        .map(|s| s.2)
+        .sum();
+    assert_eq!(states, 1.0, "one state at a time");
+    assert_eq!(value("carehub_web_requests_total", &[("code", "2xx")]), 1.0);
+    assert_eq!(value("carehub_web_requests_total", &[("code", "4xx")]), 1.0);
+    assert_eq!(value("carehub_decode_errors_total", &[]), 0.0);
+    assert_eq!(value("carehub_build_info", &[("gateway", "test-gw")]), 1.0);
+}
+
+/// The next SSE frame's text, or `None` when the stream has ended.
+async fn next_event(body: &mut Body) -> Option<String> {
+    let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("an event within 10 s")?;
+    let data = frame.unwrap().into_data().unwrap();
+    Some(String::from_utf8(data.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn events_tell_pages_what_changed_and_end_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut state) = setup(dir.path()).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    state.events = events::Events::new(cancel.clone());
+    let watcher = tokio::spawn(
+        state
+            .events
+            .clone()
+            .watch(store.handle.stats().clone(), state.uplink.clone()),
+    );
+    let res = app(state.clone())
+        .oneshot(
+            Request::get("/events")
+                .header("cookie", admin_cookie(&state))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    store
+        .handle
+        .ingest(vec![reading(
+            Quantity::Spo2,
+            Value::Number(95.0),
+            Unit::Percent,
+            Duration::ZERO,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut body).await.as_deref(),
+        Some("event: readings\ndata: readings\n\n")
+    );
+    state
+        .uplink
+        .set_state(crate::uplink::ConnectionState::Connected);
+    assert_eq!(
+        next_event(&mut body).await.as_deref(),
+        Some("event: uplink\ndata: uplink\n\n")
+    );
+    assert_eq!(state.events.clients(), 1);
+    cancel.cancel();
+    assert_eq!(
+        next_event(&mut body).await,
+        None,
+        "the stream ends at shutdown"
+    );
+    watcher.await.unwrap();
+    drop(body);
+    assert_eq!(state.events.clients(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_event_client_is_told_to_resync_and_the_count_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let cookie = admin_cookie(&state);
+    let open = || {
+        app(state.clone()).oneshot(
+            Request::get("/events")
+                .header("cookie", &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let mut slow = open().await.unwrap().into_body();
+    // More changes than the channel holds, none read: the client has lagged.
+    for _ in 0..100 {
+        state.events.publish(events::Change::Readings);
+    }
+    assert_eq!(
+        next_event(&mut slow).await.as_deref(),
+        Some("event: resync\ndata: resync\n\n")
+    );
+    let mut held = Vec::new();
+    for _ in 1..events::MAX_CLIENTS {
+        let res = open().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        held.push(res);
+    }
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(held);
+    assert_eq!(open().await.unwrap().status(), StatusCode::OK);
+}
+
+/// Every `.route("/api/v1...")` path in `mod.rs`, read from the source so that a
+/// route added without documentation fails the test.
+fn routed_api_paths() -> std::collections::BTreeSet<String> {
+    let source = include_str!("mod.rs");
+    source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+        .filter(|p| p.starts_with("/api/v1"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn document() -> serde_json::Value {
+    serde_json::from_str(openapi::DOCUMENT).expect("openapi.json is JSON")
+}
+
+const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+#[tokio::test]
+async fn every_api_route_is_documented_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let doc = document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: std::collections::BTreeSet<String> = paths.keys().cloned().collect();
+    assert_eq!(
+        routed_api_paths(),
+        documented,
+        "routes (left) and the document (right) differ"
+    );
+    for (path, item) in paths {
+        let uri = path
+            .replace("{id}", "1")
+            .replace("{address}", "C0:00:00:00:00:01");
+        for method in METHODS {
+            let (status, _) = send(&state, &method.to_uppercase(), &uri, "").await;
+            let is_documented = item.get(method).is_some();
+            assert_eq!(
+                status == StatusCode::METHOD_NOT_ALLOWED,
+                !is_documented,
+                "{method} {path}: {status}, documented: {is_documented}"
+            );
+        }
+    }
+    let (status, served) = get(&state, "/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served, openapi::DOCUMENT);
+}
+
+/// Validates `body` against the schema the document gives for this response.
+fn check_response(
+    doc: &serde_json::Value,
+    path: &str,
+    method: &str,
+    status: StatusCode,
+    body: &str,
+) {
+    let response = &doc["paths"][path][method]["responses"][status.as_str()];
+    assert!(
+        response.is_object(),
+        "{method} {path} {status} is not documented"
+    );
+    let Some(content) = response.get("content").and_then(|c| c.as_object()) else {
+        assert!(
+            body.is_empty(),
+            "{method} {path} {status}: a body where none is documented: {body}"
+        );
+        return;
+    };
+    let Some(json) = content.get("application/json") else {
+        assert!(
+            content.keys().any(|k| k.starts_with("text/plain")),
+            "{method} {path} {status}"
+        );
+        return;
+    };
+    let mut schema = json["schema"].clone();
+    let obj = schema.as_object_mut().unwrap();
+    obj.insert("components".into(), doc["components"].clone());
+    obj.insert(
+        "$schema".into(),
+        "https://json-schema.org/draft/2020-12/schema".into(),
+    );
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{method} {path}: bad schema: {e}"));
+    let instance: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {body}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status}: {errors:#?}\n{body}"
+    );
+}
+
+#[tokio::test]
+async fn real_api_responses_validate_against_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    store
+        .handle
+        .ingest(vec![
+            reading(
+                Quantity::Spo2,
+                Value::Number(95.0),
+                Unit::Percent,
+                Duration::from_secs(10),
+            ),
+            reading(
+                Quantity::PulseRate,
+                Value::Special(SpecialValue::NotANumber),
+                Unit::PerMinute,
+                Duration::ZERO,
+            ),
+            reading(
+                Quantity::BodyTemperature,
+                Value::Number(37.2),
+                Unit::Celsius,
+                Duration::from_secs(7200),
+            ),
+        ])
+        .await
+        .unwrap();
+    state
+        .uplink
+        .set_state(crate::uplink::ConnectionState::Backoff);
+    state.uplink.set_error(Timestamp::now(), "refused".into());
+    state.uplink.set_certificate(
+        Some(Timestamp::now().saturating_add(Duration::from_secs(86_400))),
+        Some("soon".into()),
+    );
+    let doc = document();
+    let bea = r#"{"display_name":"Bea","room":"Room 2","reference":"R-0002"}"#;
+    // (method, documented path, uri, body)
+    let calls: &[(&str, &str, &str, &str)] = &[
+        ("get", "/api/v1/residents", "/api/v1/residents", ""),
+        ("post", "/api/v1/residents", "/api/v1/residents", bea),
+        ("post", "/api/v1/residents", "/api/v1/residents", bea),
+        (
+            "post",
+            "/api/v1/residents",
+            "/api/v1/residents",
+            r#"{"display_name":"","room":"","reference":""}"#,
+        ),
+        ("post", "/api/v1/residents", "/api/v1/residents", "{"),
+        ("get", "/api/v1/residents/{id}", "/api/v1/residents/1", ""),
+        ("get", "/api/v1/residents/{id}", "/api/v1/residents/9", ""),
+        (
+            "put",
+            "/api/v1/residents/{id}",
+            "/api/v1/residents/2",
+            r#"{"display_name":"B","room":"R","reference":"R-0003"}"#,
+        ),
+        ("put", "/api/v1/residents/{id}", "/api/v1/residents/9", bea),
+        (
+            "delete",
+            "/api/v1/residents/{id}",
+            "/api/v1/residents/1",
+            "",
+        ),
+        (
+            "delete",
+            "/api/v1/residents/{id}",
+            "/api/v1/residents/2",
+            "",
+        ),
+        ("get", "/api/v1/gateway", "/api/v1/gateway", ""),
+        ("get", "/api/v1/uplink", "/api/v1/uplink", ""),
+        ("get", "/api/v1/devices", "/api/v1/devices", ""),
+        (
+            "put",
+            "/api/v1/devices/{address}/assignment",
+            "/api/v1/devices/C0:00:00:00:00:01/assignment",
+            r#"{"resident_id":1}"#,
+        ),
+        (
+            "put",
+            "/api/v1/devices/{address}/assignment",
+            "/api/v1/devices/C0:00:00:00:00:01/assignment",
+            r#"{"room":"Lounge"}"#,
+        ),
+        (
+            "delete",
+            "/api/v1/devices/{address}/assignment",
+            "/api/v1/devices/C0:00:00:00:00:01/assignment",
+            "",
+        ),
+        ("get", "/api/v1/pairing", "/api/v1/pairing", ""),
+        (
+            "post",
+            "/api/v1/pairing/window",
+            "/api/v1/pairing/window",
+            r#"{"seconds":60}"#,
+        ),
+        (
+            "delete",
+            "/api/v1/pairing/window",
+            "/api/v1/pairing/window",
+            "",
+        ),
+        ("get", "/api/v1/bluetooth", "/api/v1/bluetooth", ""),
+        (
+            "delete",
+            "/api/v1/pairing/devices/{address}",
+            "/api/v1/pairing/devices/C0:00:00:00:00:01",
+            "",
+        ),
+        ("get", "/api/v1/openapi.json", "/api/v1/openapi.json", ""),
+    ];
+    for (method, path, uri, body) in calls {
+        let (status, text) = send(&state, &method.to_uppercase(), uri, body).await;
+        check_response(&doc, path, method, status, &text);
+    }
+}
