@@ -78,6 +78,7 @@ pub(super) fn spawn(
     }
     let writer = Writer {
         conn,
+        sync_lowered: false,
         vocab,
         settings,
         stats,
@@ -103,6 +104,8 @@ struct Held {
 
 struct Writer {
     conn: Connection,
+    /// The connection is at `synchronous=NORMAL` for a commit of acks only.
+    sync_lowered: bool,
     vocab: Vocab,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
@@ -328,14 +331,17 @@ impl Writer {
                     | Command::Seen { .. }
             )
         });
-        let lighter = acks_only && self.settings.synchronous == Synchronous::Full;
-        if lighter {
+        if acks_only && self.settings.synchronous == Synchronous::Full {
             self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            self.sync_lowered = true;
+        } else if self.sync_lowered {
+            // The last restore failed: nothing else commits until FULL is back.
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+            self.sync_lowered = false;
         }
         let result = self.write_group_tx(group);
-        if lighter {
-            // Back to FULL before anything else commits, whatever happened above.
-            self.conn.pragma_update(None, "synchronous", "FULL")?;
+        if self.sync_lowered && self.conn.pragma_update(None, "synchronous", "FULL").is_ok() {
+            self.sync_lowered = false;
         }
         result
     }
