@@ -17,12 +17,12 @@ use rusqlite::Connection;
 use super::StoreError;
 use crate::model::{Quantity, Reading, SpecialValue, Unit, Value};
 
-/// Hashes the discriminant of a small enum with one multiply; the keys are
-/// this build's own words, never outside input.
+/// Hashes a small key (an enum's discriminant, a sequence number) with one
+/// multiply per word; the keys are the store's own, never outside input.
 #[derive(Default)]
-struct WordHasher(u64);
+pub(super) struct SmallKeyHasher(u64);
 
-impl Hasher for WordHasher {
+impl Hasher for SmallKeyHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -46,7 +46,10 @@ impl Hasher for WordHasher {
     }
 }
 
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<SmallKeyHasher>>;
+
+/// A set of sequence numbers (the leased ones), hashed with [`SmallKeyHasher`].
+pub(super) type SeqSet = std::collections::HashSet<i64, BuildHasherDefault<SmallKeyHasher>>;
 
 /// Status code of a number (`"ok"`); fixed by the migration that made the table.
 pub(super) const OK: i64 = 0;

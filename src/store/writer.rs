@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::limits::{self, Class, EvictionReason, MaintenanceReport};
-use super::vocab::{Codes, Vocab};
+use super::vocab::{Codes, SeqSet, Vocab};
 use super::{
     Command, Lease, LeaseId, LeasedReading, StoreError, StoreSettings, StoreStats, outbox, schema,
     subject_key,
@@ -83,7 +83,7 @@ pub(super) fn spawn(
         settings,
         stats,
         leases: HashMap::new(),
-        leased: HashSet::new(),
+        leased: SeqSet::default(),
         cursor: [0, 0],
         next_lease: 1,
         last_maintenance: Instant::now(),
@@ -111,7 +111,7 @@ struct Writer {
     stats: Arc<StoreStats>,
     leases: HashMap<u64, Vec<Held>>,
     /// Every sequence number in some lease.
-    leased: HashSet<i64>,
+    leased: SeqSet,
     /// Per class (vital, room): no leasable reading has a smaller sequence number.
     cursor: [i64; 2],
     next_lease: u64,
@@ -411,6 +411,12 @@ impl Writer {
     fn lease(&mut self, max: usize) -> Result<Option<Lease>, StoreError> {
         let mut readings = Vec::new();
         let mut held = Vec::new();
+        // Each resident's reference, looked up once per lease rather than joined
+        // to every row: a lease holds a few residents' readings many times over.
+        let mut references: HashMap<i64, Option<String>> = HashMap::new();
+        let mut reference_of = self
+            .conn
+            .prepare_cached("SELECT reference FROM residents WHERE id = ?1")?;
         for class in [Class::Vital, Class::Room] {
             if readings.len() >= max {
                 break;
@@ -418,9 +424,8 @@ impl Writer {
             let mut q = self.conn.prepare_cached(&format!(
                 "SELECT r.seq, {}, r.id, r.device, r.resident_id, r.room, r.quantity_code, r.value,
                         r.status_code, r.unit_code, r.measured_at_ms, r.received_at_ms,
-                        r.clock_synced, res.reference
+                        r.clock_synced
                  FROM {}
-                 LEFT JOIN residents res ON res.id = r.resident_id
                  WHERE {}
                  ORDER BY o.first_seq, r.seq",
                 limits::ROW_BYTES_SQL,
@@ -436,7 +441,19 @@ impl Writer {
                     continue;
                 }
                 match decode_row(&self.vocab, row)? {
-                    Some((reading, reference)) => {
+                    Some(reading) => {
+                        let reference = match reading.subject {
+                            Subject::Resident(id) => match references.get(&id.0) {
+                                Some(known) => known.clone(),
+                                None => {
+                                    let found: Option<String> =
+                                        reference_of.query_row([id.0], |r| r.get(0)).optional()?;
+                                    references.insert(id.0, found.clone());
+                                    found
+                                }
+                            },
+                            _ => None,
+                        };
                         readings.push(LeasedReading {
                             reading,
                             resident_reference: reference,
@@ -768,10 +785,7 @@ impl<'a, 't> Batch<'a, 't> {
 
 /// Rebuilds a leased reading from its row (columns from index 2 as selected in
 /// [`Writer::lease`]); `None` when a code or value is unknown to this build.
-fn decode_row(
-    vocab: &Vocab,
-    row: &rusqlite::Row<'_>,
-) -> Result<Option<(Reading, Option<String>)>, StoreError> {
+fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
     let blob = |i| -> Result<Option<&[u8]>, StoreError> { Ok(row.get_ref(i)?.as_blob().ok()) };
     let id = blob(2)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
     let device = blob(3)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
@@ -783,7 +797,6 @@ fn decode_row(
     let measured: Option<i64> = row.get(10)?;
     let received: i64 = row.get(11)?;
     let synced: bool = row.get(12)?;
-    let reference: Option<String> = row.get(13)?;
     let (Some(id), Some(device), Some(quantity), Some(value), Some(unit)) =
         (id, device, quantity, value, unit)
     else {
@@ -794,20 +807,17 @@ fn decode_row(
         (None, Some(room)) => Subject::Room(room),
         (None, None) => Subject::Unassigned,
     };
-    Ok(Some((
-        Reading {
-            id: ReadingId::from_bytes(id),
-            device: DeviceAddress(device),
-            subject,
-            quantity,
-            value,
-            unit,
-            measured_at: measured.map(Timestamp::from_unix_ms),
-            received_at: Timestamp::from_unix_ms(received),
-            clock_synced: synced,
-        },
-        reference,
-    )))
+    Ok(Some(Reading {
+        id: ReadingId::from_bytes(id),
+        device: DeviceAddress(device),
+        subject,
+        quantity,
+        value,
+        unit,
+        measured_at: measured.map(Timestamp::from_unix_ms),
+        received_at: Timestamp::from_unix_ms(received),
+        clock_synced: synced,
+    }))
 }
 
 pub(super) fn provision(
