@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Peer reference for benches/store.rs: Python's sqlite3 `executemany` into the
 same schema (carehub v4: `readings` with integer codes, the per-priority outbox
-range tables) at the same
-settings (WAL, synchronous=FULL), `batch` readings per transaction.
+range tables) at the same settings (WAL, synchronous=FULL), `batch` readings per
+transaction.
 
 Prints one JSON object: readings, seconds, readings_per_s, write_bytes_per_reading.
 Usage: sqlite_executemany.py DB READINGS BATCH
