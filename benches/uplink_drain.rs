@@ -66,6 +66,10 @@ async fn counter(pki: &Pki, port: u16, id: &str) -> Counter {
     o.set_max_packet_size(64 << 20, 64 << 20);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(o, 100);
+    // Without it the subscriber's PUBACKs can wait for the broker's delayed ACK
+    // (Nagle), about 40 ms each once the broker's in-flight window to it is full:
+    // the count would measure the subscriber, not the contender.
+    events.network_options.set_tcp_nodelay(true);
     client
         .subscribe("carehub/#", QoS::AtLeastOnce)
         .await

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Peer reference for benches/store.rs: Python's sqlite3 `executemany` into the
-same schema (carehub v2 `readings` plus the per-priority outbox tables) at the same
-settings (WAL, synchronous=FULL), `batch` readings per transaction.
+same schema (carehub v4: `readings` with integer codes, the per-priority outbox
+range tables) at the same settings (WAL, synchronous=FULL), `batch` readings per
+transaction.
 
 Prints one JSON object: readings, seconds, readings_per_s, write_bytes_per_reading.
 Usage: sqlite_executemany.py DB READINGS BATCH
@@ -14,22 +15,28 @@ import time
 import uuid
 
 SCHEMA = """
+CREATE TABLE quantity_codes (code INTEGER PRIMARY KEY, quantity TEXT NOT NULL UNIQUE);
+CREATE TABLE unit_codes (code INTEGER PRIMARY KEY, unit TEXT NOT NULL UNIQUE);
+CREATE TABLE status_codes (code INTEGER PRIMARY KEY, status TEXT NOT NULL UNIQUE);
+INSERT INTO status_codes VALUES (0, 'ok');
+INSERT INTO quantity_codes VALUES (1, 'heart_rate'), (2, 'temperature');
+INSERT INTO unit_codes VALUES (1, '/min'), (2, 'Cel');
 CREATE TABLE readings (
     seq            INTEGER PRIMARY KEY,
     id             BLOB NOT NULL,
     device         BLOB NOT NULL,
     resident_id    INTEGER,
     room           TEXT,
-    quantity       TEXT NOT NULL,
+    quantity_code  INTEGER NOT NULL,
     value          REAL,
-    status         TEXT NOT NULL,
-    unit           TEXT NOT NULL,
+    status_code    INTEGER NOT NULL,
+    unit_code      INTEGER NOT NULL,
     measured_at_ms INTEGER,
     received_at_ms INTEGER NOT NULL,
     clock_synced   INTEGER NOT NULL
 );
-CREATE TABLE outbox_vital (seq INTEGER PRIMARY KEY);
-CREATE TABLE outbox_room (seq INTEGER PRIMARY KEY);
+CREATE TABLE outbox_vital (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE outbox_room (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
 """
 
 
@@ -42,20 +49,26 @@ def write_bytes():
 
 
 def rows(start, n, now_ms):
-    """The same mix as the Rust bench: two vital signs for every room reading."""
-    out_r, out_v, out_m = [], [], []
+    """The same mix as the Rust bench: two vital signs for every room reading.
+    Like carehub, a batch's vital signs go first and its room data after them, so
+    each class of a batch is one range of sequence numbers."""
+    vital_rows, room_rows = [], []
     for i in range(start, start + n):
-        seq = i + 1
-        vital = i % 3 != 2
         device = bytes([0xC0, 0, 0, 0, 0, i % 40])
         rid = uuid.uuid4().bytes  # same size as the UUIDv7 carehub stores
-        if vital:
-            out_r.append((seq, rid, device, 1 + i % 40, None, "heart_rate", 60.0 + i % 40, "ok", "/min", None, now_ms + i, 1))
-            out_v.append((seq,))
+        if i % 3 != 2:
+            vital_rows.append([rid, device, 1 + i % 40, None, 1, 60.0 + i % 40, 0, 1, None, now_ms + i, 1])
         else:
-            out_r.append((seq, rid, device, None, "Lounge", "temperature", 21.5, "ok", "Cel", None, now_ms + i, 1))
-            out_m.append((seq,))
-    return out_r, out_v, out_m
+            room_rows.append([rid, device, None, "Lounge", 2, 21.5, 0, 2, None, now_ms + i, 1])
+    out_r, ranges = [], []
+    seq = start + 1
+    for table, group in (("outbox_vital", vital_rows), ("outbox_room", room_rows)):
+        if group:
+            ranges.append((table, seq, seq + len(group) - 1))
+        for row in group:
+            out_r.append(tuple([seq] + row))
+            seq += 1
+    return out_r, ranges
 
 
 def main():
@@ -75,11 +88,11 @@ def main():
     done = 0
     while done < total:
         n = min(batch, total - done)
-        r, v, m = rows(done, n, now_ms)
+        r, ranges = rows(done, n, now_ms)
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", r)
-        conn.executemany("INSERT INTO outbox_vital VALUES (?)", v)
-        conn.executemany("INSERT INTO outbox_room VALUES (?)", m)
+        for table, first, last in ranges:
+            conn.execute(f"INSERT INTO {table} VALUES (?, ?)", (first, last))
         conn.execute("COMMIT")
         done += n
     secs = time.perf_counter() - t0

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, params};
 
-use super::{StoreError, StoreStats};
+use super::{StoreError, StoreStats, outbox};
 use crate::model::{Quantity, Reading, Subject};
 
 /// Which outbox a reading waits in: vital signs outrank room data.
@@ -107,9 +107,10 @@ pub struct MaintenanceReport {
     pub history_purged: u64,
 }
 
-/// The estimated bytes of one reading in the outbox, as SQL over a `readings` row.
+/// The estimated bytes of one reading in the outbox, as SQL over a `readings` row:
+/// about what a row with its codes takes in the file, plus its room's name.
 /// [`row_bytes`] computes the same from a [`Reading`]; a test keeps them equal.
-pub(super) const ROW_BYTES_SQL: &str = "(40 + octet_length(r.quantity) + octet_length(r.status) + octet_length(r.unit) + coalesce(octet_length(r.room), 0))";
+pub(super) const ROW_BYTES_SQL: &str = "(44 + coalesce(octet_length(r.room), 0))";
 
 /// The estimated bytes of one reading in the outbox (see [`ROW_BYTES_SQL`]).
 pub(super) fn row_bytes(r: &Reading) -> u64 {
@@ -117,7 +118,7 @@ pub(super) fn row_bytes(r: &Reading) -> u64 {
         Subject::Room(room) => room.len(),
         _ => 0,
     };
-    (40 + r.quantity.as_str().len() + r.value.status().len() + r.unit.ucum().len() + room) as u64
+    (44 + room) as u64
 }
 
 /// Rows deleted per transaction by retention and the disk floor.
@@ -155,8 +156,8 @@ pub(super) fn outbox_totals(conn: &Connection) -> Result<(u64, u64), StoreError>
     for class in Class::EVICTION_ORDER {
         let (n, b): (i64, i64) = conn.query_row(
             &format!(
-                "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM {} o JOIN readings r ON r.seq = o.seq",
-                class.table()
+                "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM {}",
+                outbox::joined_sql(class)
             ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -183,15 +184,14 @@ fn evict_seqs(
     let mut rows = 0u64;
     let mut bytes = 0u64;
     {
-        let mut del_outbox =
-            tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
+        let removed = outbox::remove(&tx, class, &outbox::runs(seqs.iter().map(|s| s.0)))?;
         let mut del_reading = tx.prepare_cached("DELETE FROM readings WHERE seq = ?1")?;
         for &(seq, b) in seqs {
-            if del_outbox.execute([seq])? == 1 {
+            if outbox::contains(&removed, seq) {
                 rows += 1;
                 bytes += b;
+                del_reading.execute([seq])?;
             }
-            del_reading.execute([seq])?;
         }
         tx.execute(
             "INSERT INTO evictions (reason, class, count) VALUES (?1, ?2, ?3)
@@ -226,8 +226,9 @@ fn oldest(
     older_than_ms: Option<i64>,
 ) -> Result<Vec<(i64, u64)>, StoreError> {
     let mut q = conn.prepare_cached(&format!(
-        "SELECT o.seq, {ROW_BYTES_SQL}, r.received_at_ms, r.clock_synced FROM {} o JOIN readings r ON r.seq = o.seq ORDER BY o.seq",
-        class.table()
+        "SELECT r.seq, {ROW_BYTES_SQL}, r.received_at_ms, r.clock_synced FROM {}
+         ORDER BY o.first_seq, r.seq",
+        outbox::joined_sql(class)
     ))?;
     let mut rows = q.query([])?;
     let mut out = Vec::new();
@@ -301,8 +302,10 @@ pub(super) fn purge_history(
     let seqs: Vec<i64> = {
         let mut q = conn.prepare_cached(
             "SELECT r.seq, r.received_at_ms,
-                    EXISTS (SELECT 1 FROM outbox_vital v WHERE v.seq = r.seq)
-                    OR EXISTS (SELECT 1 FROM outbox_room m WHERE m.seq = r.seq)
+                    coalesce((SELECT v.last_seq FROM outbox_vital v WHERE v.first_seq <= r.seq
+                              ORDER BY v.first_seq DESC LIMIT 1), -1) >= r.seq
+                    OR coalesce((SELECT m.last_seq FROM outbox_room m WHERE m.first_seq <= r.seq
+                                 ORDER BY m.first_seq DESC LIMIT 1), -1) >= r.seq
              FROM readings r ORDER BY r.seq",
         )?;
         let mut rows = q.query([])?;

@@ -114,7 +114,8 @@ impl Reader {
         let oldest: Option<i64> = self.with_conn(|c| {
             Ok(c.query_row(
                 "SELECT min(received_at_ms) FROM readings WHERE seq IN
-                    (SELECT min(seq) FROM outbox_vital UNION ALL SELECT min(seq) FROM outbox_room)",
+                    (SELECT min(first_seq) FROM outbox_vital
+                     UNION ALL SELECT min(first_seq) FROM outbox_room)",
                 [],
                 |r| r.get(0),
             )?)
@@ -250,7 +251,7 @@ impl Reader {
             let first = first_seq_received_since(c, since.saturating_sub(RECEIVED_SLACK))?;
             let mut stmt = c.prepare_cached(
                 "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
-                 FROM readings
+                 FROM readings_text
                  WHERE seq >= ?3 AND resident_id = ?1
                    AND coalesce(measured_at_ms, received_at_ms) >= ?2
                    AND quantity != 'rr_interval'
@@ -340,11 +341,7 @@ impl Reader {
     /// Readings waiting in the outbox, counted in the database.
     pub fn outbox_depth(&self) -> Result<u64, StoreError> {
         self.with_conn(|c| {
-            Ok(c.query_row(
-                "SELECT (SELECT count(*) FROM outbox_vital) + (SELECT count(*) FROM outbox_room)",
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64)
+            Ok(super::outbox::depth(c, Class::Vital)? + super::outbox::depth(c, Class::Room)?)
         })
     }
 

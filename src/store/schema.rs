@@ -7,6 +7,11 @@
 //! `history_days`), and the outbox is two rowid-only tables of sequence numbers,
 //! one per priority class. An ack deletes a few bytes from an outbox table instead
 //! of copying the reading, which keeps bytes written per reading low on SD cards.
+//!
+//! From version 4 the outbox tables hold ranges `(first_seq, last_seq)` of
+//! consecutive sequence numbers, and quantity, unit and status are integer codes
+//! (`quantity_codes`, `unit_codes`, `status_codes`; the view `readings_text`
+//! joins them back into words).
 
 use rusqlite::Connection;
 
@@ -220,6 +225,70 @@ const MIGRATIONS: &[&str] = &[
         set_by      TEXT NOT NULL,
         set_at_ms   INTEGER NOT NULL
     );
+    "#,
+    // 7 (store and uplink performance, issues 4 and 5): fewer bytes and fewer
+    // statements per reading. Quantity, unit and status become small integer codes
+    // kept in three lookup tables (status "ok" is 0, which SQLite stores in no
+    // bytes at all); the columns are renamed so that SQL written for the text
+    // columns fails loudly instead of matching nothing, and `readings_text` shows
+    // the words. The outbox tables hold ranges of consecutive sequence numbers
+    // instead of one row per reading: the writer inserts each commit's vital signs
+    // and its room data as two consecutive runs, so a commit adds one range row per
+    // class and an ack of a lease deletes or trims a few ranges.
+    r#"
+    CREATE TABLE quantity_codes (code INTEGER PRIMARY KEY, quantity TEXT NOT NULL UNIQUE);
+    CREATE TABLE unit_codes (code INTEGER PRIMARY KEY, unit TEXT NOT NULL UNIQUE);
+    CREATE TABLE status_codes (code INTEGER PRIMARY KEY, status TEXT NOT NULL UNIQUE);
+    INSERT INTO status_codes (code, status) VALUES (0, 'ok');
+    INSERT INTO quantity_codes (quantity) SELECT DISTINCT quantity FROM readings ORDER BY 1;
+    INSERT INTO unit_codes (unit) SELECT DISTINCT unit FROM readings ORDER BY 1;
+    INSERT OR IGNORE INTO status_codes (status) SELECT DISTINCT status FROM readings ORDER BY 1;
+    CREATE TABLE readings_v4 (
+        seq            INTEGER PRIMARY KEY,
+        id             BLOB NOT NULL,
+        device         BLOB NOT NULL,
+        resident_id    INTEGER,
+        room           TEXT,
+        quantity_code  INTEGER NOT NULL,
+        value          REAL,
+        status_code    INTEGER NOT NULL,
+        unit_code      INTEGER NOT NULL,
+        measured_at_ms INTEGER,
+        received_at_ms INTEGER NOT NULL,
+        clock_synced   INTEGER NOT NULL
+    );
+    INSERT INTO readings_v4 (seq, id, device, resident_id, room, quantity_code, value,
+                             status_code, unit_code, measured_at_ms, received_at_ms, clock_synced)
+        SELECT r.seq, r.id, r.device, r.resident_id, r.room, q.code, r.value, s.code, u.code,
+               r.measured_at_ms, r.received_at_ms, r.clock_synced
+        FROM readings r
+        JOIN quantity_codes q ON q.quantity = r.quantity
+        JOIN status_codes s ON s.status = r.status
+        JOIN unit_codes u ON u.unit = r.unit
+        ORDER BY r.seq;
+    DROP TABLE readings;
+    ALTER TABLE readings_v4 RENAME TO readings;
+    CREATE VIEW readings_text AS
+        SELECT r.seq, r.id, r.device, r.resident_id, r.room, q.quantity, r.value, s.status,
+               u.unit, r.measured_at_ms, r.received_at_ms, r.clock_synced
+        FROM readings r
+        JOIN quantity_codes q ON q.code = r.quantity_code
+        JOIN status_codes s ON s.code = r.status_code
+        JOIN unit_codes u ON u.code = r.unit_code;
+    CREATE TABLE outbox_vital_v4 (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+    CREATE TABLE outbox_room_v4 (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+    INSERT INTO outbox_vital_v4 (first_seq, last_seq)
+        SELECT min(seq), max(seq)
+        FROM (SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run FROM outbox_vital)
+        GROUP BY run ORDER BY 1;
+    INSERT INTO outbox_room_v4 (first_seq, last_seq)
+        SELECT min(seq), max(seq)
+        FROM (SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run FROM outbox_room)
+        GROUP BY run ORDER BY 1;
+    DROP TABLE outbox_vital;
+    DROP TABLE outbox_room;
+    ALTER TABLE outbox_vital_v4 RENAME TO outbox_vital;
+    ALTER TABLE outbox_room_v4 RENAME TO outbox_room;
     "#,
 ];
 

@@ -518,6 +518,55 @@ fn make_v2(path: &Path) {
         .unwrap();
 }
 
+/// The v3 schema (text words, one outbox row per reading) with interleaved vital
+/// and room readings, one of them already acked, one a special value.
+fn make_v3(path: &Path) {
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    migrate_to(&mut c, 3).unwrap();
+    c.execute_batch(
+        "INSERT INTO residents (id, display_name, room, reference) VALUES (1, 'Ada', 'Room 1', 'ref-1');",
+    )
+    .unwrap();
+    let rows = [
+        (1, Quantity::HeartRate, Some(61.0), "ok", "/min"),
+        (2, Quantity::Temperature, None, "nan", "Cel"),
+        (3, Quantity::HeartRate, Some(62.0), "ok", "/min"),
+        (4, Quantity::HeartRate, Some(63.0), "ok", "/min"),
+        (5, Quantity::Temperature, Some(21.5), "ok", "Cel"),
+    ];
+    for (n, q, value, status, unit) in rows {
+        let r = reading(n, q);
+        let (resident, room) = match &r.subject {
+            Subject::Resident(id) => (Some(id.0), None),
+            _ => (None, Some("Lounge")),
+        };
+        c.execute(
+            "INSERT INTO readings (seq, id, device, resident_id, room, quantity, value, status, unit,
+                                   measured_at_ms, received_at_ms, clock_synced)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, 1)",
+            rusqlite::params![
+                n as i64,
+                &r.id.as_bytes()[..],
+                &r.device.0[..],
+                resident,
+                room,
+                q.as_str(),
+                value,
+                status,
+                unit,
+                r.received_at.unix_ms(),
+            ],
+        )
+        .unwrap();
+    }
+    // Reading 3 was acked before the upgrade: it is history, not in the outbox.
+    c.execute_batch(
+        "INSERT INTO outbox_vital (seq) VALUES (1), (4);
+         INSERT INTO outbox_room (seq) VALUES (2), (5);",
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrates_from_every_earlier_version() {
     for from in 0..SCHEMA_VERSION {
@@ -527,10 +576,11 @@ async fn migrates_from_every_earlier_version() {
             0 => drop(rusqlite::Connection::open(&path).unwrap()),
             1 => make_v1(&path),
             2 => make_v2(&path),
-            // Later versions add tables beside the v2 data set: build it, then
+            3 => make_v3(&path),
+            // Later versions add tables beside the v3 data set: build it, then
             // migrate to the version under test.
             n => {
-                make_v2(&path);
+                make_v3(&path);
                 let mut c = rusqlite::Connection::open(&path).unwrap();
                 migrate_to(&mut c, n).unwrap();
             }
@@ -554,8 +604,7 @@ async fn migrates_from_every_earlier_version() {
             assert_eq!(r[1].measured_at, Some(Timestamp::from_unix_ms(5)));
             assert!(!r[1].clock_synced);
             assert_eq!(store.reader.stats().unwrap().outbox_depth, 2);
-        } else if from >= 2 {
-            // Versions 2 and later are built from the same v2 data set.
+        } else if from == 2 {
             let lease = lease.unwrap();
             assert_eq!(lease.readings.len(), 1);
             assert_eq!(
@@ -577,6 +626,53 @@ async fn migrates_from_every_earlier_version() {
                 Some(Timestamp::from_unix_ms(1_800_000_000_001))
             );
             assert!(store.reader.pairing_events(10).unwrap().is_empty());
+        } else if from >= 3 {
+            // Versions 3 and later are built from the same v3 data set.
+            // Words became codes and back, specials stay specials, the acked reading
+            // stays history, and the outbox order (vital first, oldest first) holds.
+            let lease = lease.unwrap();
+            let got: Vec<(u64, Quantity, Value, Unit)> = lease
+                .readings
+                .iter()
+                .map(|l| {
+                    let r = &l.reading;
+                    (number(r.id), r.quantity, r.value, r.unit)
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (1, Quantity::HeartRate, Value::Number(61.0), Unit::PerMinute),
+                    (4, Quantity::HeartRate, Value::Number(63.0), Unit::PerMinute),
+                    (
+                        2,
+                        Quantity::Temperature,
+                        Value::Special(SpecialValue::NotANumber),
+                        Unit::Celsius
+                    ),
+                    (5, Quantity::Temperature, Value::Number(21.5), Unit::Celsius),
+                ]
+            );
+            assert_eq!(
+                lease.readings[0].resident_reference.as_deref(),
+                Some("ref-1")
+            );
+            assert_eq!(store.reader.stats().unwrap().outbox_depth, 4);
+            let c = rusqlite::Connection::open(&path).unwrap();
+            let words: Vec<(i64, String, String, String)> = c
+                .prepare("SELECT seq, quantity, status, unit FROM readings_text ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(words.len(), 5, "every row converted, the acked one too");
+            assert_eq!(
+                words[1],
+                (2, "temperature".into(), "nan".into(), "Cel".into())
+            );
+            store.handle.ack(lease.id).await.unwrap();
+            assert_eq!(store.reader.outbox_depth().unwrap(), 0);
         } else {
             assert_eq!(lease, None);
         }
@@ -1035,4 +1131,108 @@ async fn resident_changes_are_refused_in_words_and_never_fail_readings() {
     assert_eq!(store.reader.resident(ResidentId(99)).unwrap(), None);
     assert_eq!(store.reader.residents_overview().unwrap().len(), 1);
     close(store).await;
+}
+/// The outbox ranges of `class`, from the file.
+fn ranges(path: &Path, class: Class) -> Vec<(i64, i64)> {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .prepare(&format!(
+            "SELECT first_seq, last_seq FROM {} ORDER BY first_seq",
+            class.table()
+        ))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_puts_each_class_in_one_range_and_acks_take_ranges_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    // Interleaved classes in one commit: vital signs are stored first.
+    let mixed: Vec<Reading> = (1..=9)
+        .map(|n| {
+            let q = if n % 3 == 0 {
+                Quantity::Temperature
+            } else {
+                Quantity::HeartRate
+            };
+            reading(n, q)
+        })
+        .collect();
+    h.ingest(mixed).await.unwrap();
+    assert_eq!(ranges(&path, Class::Vital), vec![(1, 6)]);
+    assert_eq!(ranges(&path, Class::Room), vec![(7, 9)]);
+    // A commit of vital signs only extends the vital range it follows.
+    h.ingest((10..=12).map(|n| reading(n, Quantity::Spo2)).collect())
+        .await
+        .unwrap();
+    assert_eq!(ranges(&path, Class::Vital), vec![(1, 6), (10, 12)]);
+    h.ingest((13..=14).map(|n| reading(n, Quantity::Spo2)).collect())
+        .await
+        .unwrap();
+    assert_eq!(ranges(&path, Class::Vital), vec![(1, 6), (10, 14)]);
+    // Leases out of order, acked out of order: ranges trimmed and split.
+    let a = h.lease(4).await.unwrap().unwrap();
+    let b = h.lease(4).await.unwrap().unwrap();
+    // b holds 5, 6 (the end of the first range) and 10, 11 (the head of the second).
+    h.ack(b.id).await.unwrap();
+    assert_eq!(ranges(&path, Class::Vital), vec![(1, 4), (12, 14)]);
+    h.ack(a.id).await.unwrap();
+    assert_eq!(ranges(&path, Class::Vital), vec![(12, 14)]);
+    assert_eq!(store.reader.outbox_depth().unwrap(), 6);
+    assert_eq!(h.stats().outbox_readings.load(Ordering::Relaxed), 6);
+    let rest = h.lease(100).await.unwrap().unwrap();
+    assert_eq!(
+        ids(&rest).into_iter().map(number).collect::<Vec<_>>(),
+        vec![12, 13, 14, 3, 6, 9]
+    );
+    h.ack(rest.id).await.unwrap();
+    assert!(ranges(&path, Class::Vital).is_empty());
+    assert!(ranges(&path, Class::Room).is_empty());
+    close(store).await;
+}
+
+/// The outbox is walked in sequence order by its ranges: a lease, an eviction and
+/// the start-up count never sort the backlog (a million rows sorted for a lease of
+/// a thousand would be the slowest thing the gateway does).
+#[test]
+fn outbox_queries_never_sort_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    migrate_to(&mut c, SCHEMA_VERSION).unwrap();
+    for class in [Class::Vital, Class::Room] {
+        for sql in [
+            format!(
+                "SELECT r.seq, res.reference FROM {} LEFT JOIN residents res ON res.id = r.resident_id
+                 WHERE {} ORDER BY o.first_seq, r.seq",
+                outbox::joined_sql(class),
+                outbox::from_seq_sql(class)
+            ),
+            format!(
+                "SELECT r.seq FROM {} ORDER BY o.first_seq, r.seq",
+                outbox::joined_sql(class)
+            ),
+        ] {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params: Vec<i64> = vec![0; stmt.parameter_count()];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+                "{sql}\n{plan:#?}"
+            );
+            assert!(
+                plan.iter().any(|step| step.contains("INTEGER PRIMARY KEY")),
+                "readings found by seq: {sql}\n{plan:#?}"
+            );
+        }
+    }
 }

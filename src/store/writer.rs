@@ -4,8 +4,14 @@
 //! Leases live only in this thread's memory: a lease is a promise to one uplink
 //! connection, so a restart (or `release_all` on reconnect) makes every reading
 //! leasable again without touching the disk. Leasing needs no writes at all; an
-//! ack deletes sequence numbers from the outbox tables, and the reading itself
-//! stays in `readings` as history.
+//! ack takes the lease's runs of sequence numbers out of the outbox ranges, and the
+//! reading itself stays in `readings` as history.
+//!
+//! Only readings need `synchronous = FULL`: a commit that holds nothing but acks
+//! is made with `NORMAL` (no fsync of its own; the next full commit or checkpoint
+//! syncs it). An ack lost in a power cut only means those readings are sent again,
+//! which at-least-once delivery allows; WAL mode keeps the file consistent either
+//! way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,14 +22,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::limits::{self, Class, EvictionReason, MaintenanceReport};
+use super::vocab::{Codes, SeqSet, Vocab};
 use super::{
     Command, Lease, LeaseId, LeasedReading, ResidentChange, StoreError, StoreSettings, StoreStats,
-    schema, subject_key,
+    outbox, schema, subject_key,
 };
 use crate::config::Synchronous;
 use crate::model::{
-    Device, DeviceAddress, Quantity, Reading, ReadingId, Resident, ResidentId, SpecialValue,
-    Subject, Timestamp, Unit, Value,
+    Device, DeviceAddress, Quantity, Reading, ReadingId, Resident, ResidentId, Subject, Timestamp,
 };
 use crate::system::health::Heartbeat;
 
@@ -55,7 +61,7 @@ pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connecti
 }
 
 pub(super) fn spawn(
-    conn: Connection,
+    mut conn: Connection,
     rx: mpsc::Receiver<Command>,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
@@ -63,6 +69,7 @@ pub(super) fn spawn(
     heartbeat: Heartbeat,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     limits::load_counts(&conn, &stats)?;
+    let vocab = Vocab::load(&mut conn)?;
     let (rows, bytes) = limits::outbox_totals(&conn)?;
     stats.outbox_readings.store(rows, Ordering::Relaxed);
     stats.outbox_bytes.store(bytes, Ordering::Relaxed);
@@ -71,10 +78,12 @@ pub(super) fn spawn(
     }
     let writer = Writer {
         conn,
+        sync_lowered: false,
+        vocab,
         settings,
         stats,
         leases: HashMap::new(),
-        leased: HashSet::new(),
+        leased: SeqSet::default(),
         cursor: [0, 0],
         next_lease: 1,
         last_maintenance: Instant::now(),
@@ -95,11 +104,14 @@ struct Held {
 
 struct Writer {
     conn: Connection,
+    /// The connection is at `synchronous=NORMAL` for a commit of acks only.
+    sync_lowered: bool,
+    vocab: Vocab,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
     leases: HashMap<u64, Vec<Held>>,
     /// Every sequence number in some lease.
-    leased: HashSet<i64>,
+    leased: SeqSet,
     /// Per class (vital, room): no leasable reading has a smaller sequence number.
     cursor: [i64; 2],
     next_lease: u64,
@@ -326,7 +338,9 @@ impl Writer {
 
     /// Applies one resident change in its own transaction.
     fn change_resident(&mut self, change: &ResidentChange) -> Result<ResidentId, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let taken = |reference: &str, id: Option<i64>| -> Result<(), StoreError> {
             let other: Option<i64> = tx
                 .query_row(
@@ -392,21 +406,72 @@ impl Writer {
     }
 
     fn write_group(&mut self, group: &[Command]) -> Result<Written, StoreError> {
+        let acks_only = group.iter().all(|c| {
+            !matches!(
+                c,
+                Command::Ingest { .. }
+                    | Command::Provision { .. }
+                    | Command::Record { .. }
+                    | Command::Seen { .. }
+                    | Command::Resident { .. }
+            )
+        });
+        if acks_only && self.settings.synchronous == Synchronous::Full {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            self.sync_lowered = true;
+        } else if self.sync_lowered {
+            // The last restore failed: nothing else commits until FULL is back.
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+            self.sync_lowered = false;
+        }
+        let result = self.write_group_tx(group);
+        if self.sync_lowered && self.conn.pragma_update(None, "synchronous", "FULL").is_ok() {
+            self.sync_lowered = false;
+        }
+        result
+    }
+
+    fn write_group_tx(&mut self, group: &[Command]) -> Result<Written, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut w = Written::default();
         {
             let mut batch = Batch::new(&tx)?;
+            // Vital signs first, then room data, so that each class's readings of
+            // this commit have consecutive sequence numbers: one outbox range each.
+            for class in [Class::Vital, Class::Room] {
+                let mut run: Option<(i64, i64)> = None;
+                let readings = group
+                    .iter()
+                    .filter_map(|c| match c {
+                        Command::Ingest { readings, .. } => Some(readings),
+                        _ => None,
+                    })
+                    .flatten()
+                    .filter(|r| Class::of(r.quantity) == class);
+                for r in readings {
+                    let codes = self.vocab.codes(r).ok_or_else(|| {
+                        StoreError::UnknownWord(format!("{:?}", (r.quantity, r.unit, r.value)))
+                    })?;
+                    let seq = batch.add(&tx, r, codes)?;
+                    run = match run {
+                        Some((first, last)) if last + 1 == seq => Some((first, seq)),
+                        Some((first, last)) => {
+                            outbox::add(&tx, class, first, last)?;
+                            Some((seq, seq))
+                        }
+                        None => Some((seq, seq)),
+                    };
+                    w.readings += 1;
+                    w.bytes += limits::row_bytes(r);
+                }
+                if let Some((first, last)) = run {
+                    outbox::add(&tx, class, first, last)?;
+                }
+            }
             for cmd in group {
                 match cmd {
-                    Command::Ingest { readings, .. } => {
-                        for r in readings {
-                            batch.add(&tx, r)?;
-                            w.readings += 1;
-                            w.bytes += limits::row_bytes(r);
-                        }
-                    }
                     Command::Provision {
                         residents, devices, ..
                     } => provision(&tx, residents, devices)?,
@@ -433,19 +498,26 @@ impl Writer {
     fn lease(&mut self, max: usize) -> Result<Option<Lease>, StoreError> {
         let mut readings = Vec::new();
         let mut held = Vec::new();
+        // Each resident's reference, looked up once per lease rather than joined
+        // to every row: a lease holds a few residents' readings many times over.
+        let mut references: HashMap<i64, Option<String>> = HashMap::new();
+        let mut reference_of = self
+            .conn
+            .prepare_cached("SELECT reference FROM residents WHERE id = ?1")?;
         for class in [Class::Vital, Class::Room] {
             if readings.len() >= max {
                 break;
             }
             let mut q = self.conn.prepare_cached(&format!(
-                "SELECT o.seq, {}, r.id, r.device, r.resident_id, r.room, r.quantity, r.value,
-                        r.status, r.unit, r.measured_at_ms, r.received_at_ms, r.clock_synced,
-                        res.reference
-                 FROM {} o JOIN readings r ON r.seq = o.seq
-                 LEFT JOIN residents res ON res.id = r.resident_id
-                 WHERE o.seq >= ?1 ORDER BY o.seq",
+                "SELECT r.seq, {}, r.id, r.device, r.resident_id, r.room, r.quantity_code, r.value,
+                        r.status_code, r.unit_code, r.measured_at_ms, r.received_at_ms,
+                        r.clock_synced
+                 FROM {}
+                 WHERE {}
+                 ORDER BY o.first_seq, r.seq",
                 limits::ROW_BYTES_SQL,
-                class.table()
+                outbox::joined_sql(class),
+                outbox::from_seq_sql(class),
             ))?;
             let mut rows = q.query([self.cursor[slot(class)]])?;
             while readings.len() < max {
@@ -455,8 +527,20 @@ impl Writer {
                 if self.leased.contains(&seq) {
                     continue;
                 }
-                match decode_row(row)? {
-                    Some((reading, reference)) => {
+                match decode_row(&self.vocab, row)? {
+                    Some(reading) => {
+                        let reference = match reading.subject {
+                            Subject::Resident(id) => match references.get(&id.0) {
+                                Some(known) => known.clone(),
+                                None => {
+                                    let found: Option<String> =
+                                        reference_of.query_row([id.0], |r| r.get(0)).optional()?;
+                                    references.insert(id.0, found.clone());
+                                    found
+                                }
+                            },
+                            _ => None,
+                        };
                         readings.push(LeasedReading {
                             reading,
                             resident_reference: reference,
@@ -648,6 +732,8 @@ struct Written {
     acked_bytes: u64,
 }
 
+/// Takes a lease's readings out of the outbox; returns the readings and bytes that
+/// were still there (an eviction may have taken some first).
 fn delete_from_outbox(
     tx: &rusqlite::Transaction<'_>,
     held: &[Held],
@@ -655,12 +741,20 @@ fn delete_from_outbox(
     let mut rows = 0;
     let mut bytes = 0;
     for class in [Class::Vital, Class::Room] {
-        let mut del =
-            tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", class.table()))?;
-        for h in held.iter().filter(|h| h.class == class) {
-            if del.execute([h.seq])? == 1 {
+        let mut seqs: Vec<(i64, u64)> = held
+            .iter()
+            .filter(|h| h.class == class)
+            .map(|h| (h.seq, h.bytes))
+            .collect();
+        if seqs.is_empty() {
+            continue;
+        }
+        seqs.sort_unstable();
+        let removed = outbox::remove(tx, class, &outbox::runs(seqs.iter().map(|s| s.0)))?;
+        for (seq, b) in seqs {
+            if outbox::contains(&removed, seq) {
                 rows += 1;
-                bytes += h.bytes;
+                bytes += b;
             }
         }
     }
@@ -670,11 +764,9 @@ fn delete_from_outbox(
 /// The derived rows of one group (latest value per subject and quantity, device
 /// last-seen and battery), collapsed in memory so that a group of a thousand
 /// readings from a few devices costs a few updates, not a thousand. The insert
-/// statements are looked up once per group, not once per reading.
+/// statement is looked up once per group, not once per reading.
 struct Batch<'a, 't> {
     insert: rusqlite::CachedStatement<'t>,
-    vital: rusqlite::CachedStatement<'t>,
-    room: rusqlite::CachedStatement<'t>,
     /// Keyed by subject, device (for unassigned readings only) and quantity,
     /// borrowed so that the hot path allocates nothing.
     latest: HashMap<(&'a Subject, Option<DeviceAddress>, Quantity), &'a Reading>,
@@ -686,19 +778,24 @@ impl<'a, 't> Batch<'a, 't> {
     fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self, StoreError> {
         Ok(Batch {
             insert: tx.prepare_cached(
-                "INSERT INTO readings (id, device, resident_id, room, quantity, value, status, unit,
-                                       measured_at_ms, received_at_ms, clock_synced)
+                "INSERT INTO readings (id, device, resident_id, room, quantity_code, value,
+                                       status_code, unit_code, measured_at_ms, received_at_ms,
+                                       clock_synced)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?,
-            vital: tx.prepare_cached("INSERT INTO outbox_vital (seq) VALUES (?1)")?,
-            room: tx.prepare_cached("INSERT INTO outbox_room (seq) VALUES (?1)")?,
             latest: HashMap::new(),
             seen: HashMap::new(),
             battery: HashMap::new(),
         })
     }
 
-    fn add(&mut self, tx: &rusqlite::Transaction<'_>, r: &'a Reading) -> Result<(), StoreError> {
+    /// Inserts `r`; returns its sequence number.
+    fn add(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        r: &'a Reading,
+        codes: Codes,
+    ) -> Result<i64, StoreError> {
         let (resident, room) = match &r.subject {
             Subject::Resident(id) => (Some(id.0), None),
             Subject::Room(room) => (None, Some(room.as_str())),
@@ -709,19 +806,15 @@ impl<'a, 't> Batch<'a, 't> {
             &r.device.0[..],
             resident,
             room,
-            r.quantity.as_str(),
+            codes.quantity,
             r.value.number(),
-            r.value.status(),
-            r.unit.ucum(),
+            codes.status,
+            codes.unit,
             r.measured_at.map(Timestamp::unix_ms),
             r.received_at.unix_ms(),
             r.clock_synced,
         ])?;
         let seq = tx.last_insert_rowid();
-        match Class::of(r.quantity) {
-            Class::Vital => self.vital.execute([seq])?,
-            Class::Room => self.room.execute([seq])?,
-        };
         let device = matches!(r.subject, Subject::Unassigned).then_some(r.device);
         let key = (&r.subject, device, r.quantity);
         match self.latest.get(&key) {
@@ -737,7 +830,7 @@ impl<'a, 't> Batch<'a, 't> {
         {
             self.battery.insert(r.device, pct.round() as i64);
         }
-        Ok(())
+        Ok(seq)
     }
 
     fn finish(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -778,52 +871,40 @@ impl<'a, 't> Batch<'a, 't> {
 }
 
 /// Rebuilds a leased reading from its row (columns from index 2 as selected in
-/// [`Writer::lease`]); `None` when a vocabulary word is unknown to this build.
-fn decode_row(row: &rusqlite::Row<'_>) -> Result<Option<(Reading, Option<String>)>, StoreError> {
-    let id: Vec<u8> = row.get(2)?;
-    let device: Vec<u8> = row.get(3)?;
+/// [`Writer::lease`]); `None` when a code or value is unknown to this build.
+fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
+    let blob = |i| -> Result<Option<&[u8]>, StoreError> { Ok(row.get_ref(i)?.as_blob().ok()) };
+    let id = blob(2)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
+    let device = blob(3)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
     let resident: Option<i64> = row.get(4)?;
     let room: Option<String> = row.get(5)?;
-    let quantity: String = row.get(6)?;
-    let value: Option<f64> = row.get(7)?;
-    let status: String = row.get(8)?;
-    let unit: String = row.get(9)?;
+    let quantity = vocab.quantity(row.get(6)?);
+    let value = vocab.value(row.get(8)?, row.get(7)?);
+    let unit = vocab.unit(row.get(9)?);
     let measured: Option<i64> = row.get(10)?;
     let received: i64 = row.get(11)?;
     let synced: bool = row.get(12)?;
-    let reference: Option<String> = row.get(13)?;
-    let (Ok(id), Ok(device)) = (<[u8; 16]>::try_from(id), <[u8; 6]>::try_from(device)) else {
+    let (Some(id), Some(device), Some(quantity), Some(value), Some(unit)) =
+        (id, device, quantity, value, unit)
+    else {
         return Ok(None);
-    };
-    let (Some(quantity), Some(unit)) = (Quantity::parse(&quantity), Unit::from_ucum(&unit)) else {
-        return Ok(None);
-    };
-    let value = match (status.as_str(), value) {
-        ("ok", Some(n)) if n.is_finite() => Value::Number(n),
-        (s, _) => match SpecialValue::parse(s) {
-            Some(sv) => Value::Special(sv),
-            None => return Ok(None),
-        },
     };
     let subject = match (resident, room) {
         (Some(id), _) => Subject::Resident(ResidentId(id)),
         (None, Some(room)) => Subject::Room(room),
         (None, None) => Subject::Unassigned,
     };
-    Ok(Some((
-        Reading {
-            id: ReadingId::from_bytes(id),
-            device: DeviceAddress(device),
-            subject,
-            quantity,
-            value,
-            unit,
-            measured_at: measured.map(Timestamp::from_unix_ms),
-            received_at: Timestamp::from_unix_ms(received),
-            clock_synced: synced,
-        },
-        reference,
-    )))
+    Ok(Some(Reading {
+        id: ReadingId::from_bytes(id),
+        device: DeviceAddress(device),
+        subject,
+        quantity,
+        value,
+        unit,
+        measured_at: measured.map(Timestamp::from_unix_ms),
+        received_at: Timestamp::from_unix_ms(received),
+        clock_synced: synced,
+    }))
 }
 
 pub(super) fn provision(

@@ -55,7 +55,7 @@ const ALERTS_IN_FLIGHT: usize = 4;
 use crate::system::health::Heartbeat;
 
 use super::cert::{CertInfo, read_cert_info};
-use super::payload::{OutgoingReading, Presence, ReadingsMessage, StatusMessage, Topics};
+use super::payload::{OutgoingReading, Presence, StatusMessage, Topics, write_readings_json};
 use super::status::{ConnectionState, UplinkStatus};
 use super::tls::{self, TlsFiles};
 
@@ -392,11 +392,11 @@ impl Uplink {
             })
             .collect();
         match self.settings.payload {
-            PayloadFormat::Json => serde_json::to_vec(&ReadingsMessage::new(
-                &self.settings.site,
-                &self.settings.gateway,
-                &out,
-            )),
+            PayloadFormat::Json => {
+                let mut json = Vec::new();
+                write_readings_json(&mut json, &self.settings.site, &self.settings.gateway, &out);
+                Ok(json)
+            }
             PayloadFormat::Fhir => {
                 serde_json::to_vec(&super::fhir::bundle(&self.settings.gateway, &out))
             }

@@ -424,7 +424,7 @@ impl Gateway {
     pub fn readings(&self, device: &str) -> Vec<StoredReading> {
         let db = self.db();
         let mut stmt = db
-            .prepare("SELECT resident_id, room, quantity, value, unit FROM readings WHERE device = ?1 ORDER BY seq")
+            .prepare("SELECT resident_id, room, quantity, value, unit FROM readings_text WHERE device = ?1 ORDER BY seq")
             .unwrap();
         stmt.query_map([address_bytes(device)], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))

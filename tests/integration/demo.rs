@@ -84,9 +84,11 @@ fn demo_serves_readings_and_stops_cleanly_on_sigterm_and_sigint() {
             .sum::<i64>();
         assert!(stored >= shown, "{stored} stored < {shown} shown");
         let unitless: i64 = db
-            .query_row("SELECT count(*) FROM readings WHERE unit = ''", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM readings_text WHERE unit = ''",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(unitless, 0);
     }

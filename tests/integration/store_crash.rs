@@ -124,7 +124,9 @@ fn check(db: &std::path::Path, committed: &[ReadingId], run: u32) {
     let dup_ids: i64 = c
         .query_row(
             "SELECT count(*) - count(DISTINCT r.id) FROM readings r
-             WHERE r.seq IN (SELECT seq FROM outbox_vital UNION ALL SELECT seq FROM outbox_room)",
+             JOIN (SELECT first_seq, last_seq FROM outbox_vital
+                   UNION ALL SELECT first_seq, last_seq FROM outbox_room) o
+               ON r.seq BETWEEN o.first_seq AND o.last_seq",
             [],
             |r| r.get(0),
         )
@@ -132,16 +134,28 @@ fn check(db: &std::path::Path, committed: &[ReadingId], run: u32) {
     assert_eq!(dup_ids, 0, "run {run}: an id twice in the outbox");
     let in_both: i64 = c
         .query_row(
-            "SELECT count(*) FROM outbox_vital v JOIN outbox_room m ON m.seq = v.seq",
+            "WITH o AS (SELECT 'vital' AS class, first_seq, last_seq FROM outbox_vital
+                       UNION ALL SELECT 'room', first_seq, last_seq FROM outbox_room)
+             SELECT count(*) FROM o a JOIN o b
+               ON (a.first_seq < b.first_seq OR (a.first_seq = b.first_seq AND a.class < b.class))
+              AND b.first_seq <= a.last_seq",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(in_both, 0, "run {run}: a reading in both outboxes");
+    assert_eq!(
+        in_both, 0,
+        "run {run}: outbox ranges overlap (a reading twice, or in both classes)"
+    );
     let orphans: i64 = c
         .query_row(
-            "SELECT count(*) FROM (SELECT seq FROM outbox_vital UNION ALL SELECT seq FROM outbox_room) o
-             WHERE o.seq NOT IN (SELECT seq FROM readings)",
+            "SELECT (SELECT coalesce(sum(last_seq - first_seq + 1), 0)
+                     FROM (SELECT first_seq, last_seq FROM outbox_vital
+                           UNION ALL SELECT first_seq, last_seq FROM outbox_room))
+                  - (SELECT count(*) FROM readings r
+                     JOIN (SELECT first_seq, last_seq FROM outbox_vital
+                           UNION ALL SELECT first_seq, last_seq FROM outbox_room) o
+                       ON r.seq BETWEEN o.first_seq AND o.last_seq)",
             [],
             |r| r.get(0),
         )

@@ -79,7 +79,10 @@ fn ids_in_outbox(db: &Path) -> HashSet<Vec<u8>> {
         .unwrap();
     assert_eq!(ok, "ok");
     c.prepare(
-        "SELECT id FROM readings WHERE seq IN (SELECT seq FROM outbox_vital UNION ALL SELECT seq FROM outbox_room)",
+        "SELECT r.id FROM readings r
+         JOIN (SELECT first_seq, last_seq FROM outbox_vital
+               UNION ALL SELECT first_seq, last_seq FROM outbox_room) o
+           ON r.seq BETWEEN o.first_seq AND o.last_seq",
     )
     .unwrap()
     .query_map([], |r| r.get(0))
