@@ -25,7 +25,7 @@ use crate::support::{Daemon, free_port, http_get, wait_for};
 
 /// Every staff page, each checked for accessibility, keyboard use and layout.
 /// A new page gets a line here.
-const PAGES: &[&str] = &["/", "/pairing"];
+const PAGES: &[&str] = &["/", "/pairing", "/residents/1", "/alerts", "/gateway"];
 
 /// WCAG violations known and left to the full staff UI, as (page, axe rule). The
 /// test fails when one of them is gone, so that its line goes too.
@@ -607,6 +607,56 @@ fn every_page_passes_wcag_21_aa_works_by_keyboard_and_fits_tablet_and_phone() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A nurse opens a resident from the overview (charts and readings), then
+/// acknowledges an open alert, and the page says who acknowledged it.
+#[test]
+fn a_resident_is_opened_and_an_alert_is_acknowledged() {
+    let g = Gateway::start();
+    let b = staff_browser(&g, TABLET);
+    b.goto(&g.url("/")).unwrap();
+    let link = b.find("article.tile h2 a").unwrap();
+    let name = b.text(&link).unwrap();
+    b.click_to_page(&link).unwrap();
+    assert!(
+        b.url().unwrap().contains("/residents/"),
+        "{}",
+        b.url().unwrap()
+    );
+    let h1 = b.text(&b.find("main h1").unwrap()).unwrap();
+    assert!(h1.contains(&name), "detail page of {name}: {h1}");
+    let charts = b.find_all("main svg").unwrap();
+    assert!(!charts.is_empty(), "the 24 h charts are drawn");
+    let page = b.text(&b.find("main").unwrap()).unwrap();
+    assert!(page.contains("Last 24 hours"), "{page}");
+
+    // The simulator's third resident deteriorates from the start: an alert opens.
+    let alert_open = wait_for(Duration::from_secs(30), || {
+        b.goto(&g.url("/alerts")).ok()?;
+        b.find("section.alerts form button").ok()
+    });
+    let button = alert_open.expect("an open alert with an Acknowledge button within 30 s");
+    b.click_to_page(&button).unwrap();
+    let acknowledged = wait_for(Duration::from_secs(10), || {
+        b.goto(&g.url("/alerts")).ok()?;
+        let text = b.text(&b.find("section.alerts").ok()?).ok()?;
+        text.contains(&format!("acknowledged by {}", NURSE.0))
+            .then_some(text)
+    });
+    assert!(
+        acknowledged.is_some(),
+        "the alert shows who acknowledged it"
+    );
+    let api = g.api("/api/v1/alerts");
+    assert!(
+        api.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["acknowledged_by"] == NURSE.0),
+        "{api}"
+    );
+    screenshot(&b, "alerts", false);
 }
 
 #[test]
