@@ -256,12 +256,17 @@ fn plausible(t: &Thresholds) -> Result<(), &'static str> {
 /// The open alerts for the top of the overview; empty when none.
 pub async fn section(state: &AppState) -> Result<Markup, WebError> {
     let rows = with_book(state, |b| b.list(0)).await?;
-    Ok(html! {
+    Ok(open_alerts(&rows.iter().collect::<Vec<_>>()))
+}
+
+/// The open alerts, each with its acknowledgement or an Acknowledge button.
+fn open_alerts(rows: &[&crate::store::AlertRecord]) -> Markup {
+    html! {
         @if !rows.is_empty() {
             section.alerts role="alert" {
                 h2 { "Alerts (" (rows.len()) ")" }
                 ul {
-                    @for a in &rows {
+                    @for a in rows {
                         li class=(format!("alert {}", a.severity)) {
                             strong { (a.severity) } ": " (a.message)
                             " — raised " (a.raised_at.to_rfc3339())
@@ -278,7 +283,7 @@ pub async fn section(state: &AppState) -> Result<Markup, WebError> {
                 }
             }
         }
-    })
+    }
 }
 
 /// `GET /alerts`: the open alerts (acknowledge buttons), then the most recently
@@ -291,7 +296,7 @@ pub async fn page(State(state): State<AppState>) -> Result<axum::response::Html<
         @if open.is_empty() {
             p.none { "No open alerts." }
         } @else {
-            (section(&state).await?)
+            (open_alerts(&open))
         }
         section aria-labelledby="resolved-h" {
             h2 id="resolved-h" { "Recently resolved" }

@@ -303,8 +303,17 @@ pub(super) fn sensor_news2(
     now: Timestamp,
     window: std::time::Duration,
 ) -> Option<SensorScore> {
-    let samples: Vec<VitalSample> = r
-        .latest
+    news2_of(&r.latest, scale, now, window)
+}
+
+/// NEWS2 from a resident's newest values (sensors and staff entries).
+pub(super) fn news2_of(
+    latest: &[LatestValue],
+    scale: Spo2Scale,
+    now: Timestamp,
+    window: std::time::Duration,
+) -> Option<SensorScore> {
+    let samples: Vec<VitalSample> = latest
         .iter()
         .map(|v| VitalSample {
             quantity: v.quantity,

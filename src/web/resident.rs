@@ -17,10 +17,9 @@ use maud::{Markup, PreEscaped, html};
 use serde::Serialize;
 
 use super::layout::{self, Frame, Section, date_time};
-use super::pages::{news2_block, number, vital_row};
+use super::pages::{news2_block, news2_of, number, vital_row};
 use super::{AppState, WebError, describe_age, read};
-use crate::clinical::news2::Spo2Scale;
-use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_readings};
+use crate::clinical::{Freshness, freshness};
 use crate::model::{Quantity, ResidentId, Subject, Timestamp, Value};
 use crate::store::{DeviceState, HistoryValue, LatestValue, ResidentRecord};
 
@@ -88,24 +87,6 @@ fn no_such_resident(state: &AppState) -> Response {
     )
 }
 
-fn score(
-    latest: &[LatestValue],
-    scale: Spo2Scale,
-    now: Timestamp,
-    window: Duration,
-) -> Option<SensorScore> {
-    let samples: Vec<VitalSample> = latest
-        .iter()
-        .map(|v| VitalSample {
-            quantity: v.quantity,
-            value: v.value,
-            unit: v.unit,
-            taken_at: v.taken_at,
-        })
-        .collect();
-    news2_from_readings(&samples, scale, now, window)
-}
-
 /// `GET /residents/{id}`
 pub async fn page(
     State(state): State<AppState>,
@@ -120,7 +101,7 @@ pub async fn page(
     };
     let window = state.stale_after;
     let scale = super::clinical::Scales::load(&state).await?.of(id);
-    let s = score(&d.latest, scale, now, window);
+    let s = news2_of(&d.latest, scale, now, window);
     let find = |q: Quantity| d.latest.iter().find(|v| v.quantity == q);
     let body = html! {
         p.room { (d.resident.resident.room) }
