@@ -14,10 +14,14 @@
 
   function say(text) { if (status) status.textContent = text; }
 
+  function keyboardInRegion() {
+    return region.contains(document.activeElement) && document.activeElement !== region;
+  }
+
   function refresh() {
     pending = false;
     // Never replace what the keyboard is on: try again shortly.
-    if (region.contains(document.activeElement) && document.activeElement !== region) {
+    if (keyboardInRegion()) {
       schedule(5000);
       return;
     }
@@ -25,6 +29,9 @@
     fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.text(); })
       .then(function (text) {
+        // The keyboard may have moved into the region while the page was
+        // fetched: replacing it now would throw the focus back to the top.
+        if (keyboardInRegion()) { schedule(5000); return; }
         var doc = new DOMParser().parseFromString(text, "text/html");
         var fresh = doc.querySelector("[data-live]");
         if (fresh) { region.innerHTML = fresh.innerHTML; }
