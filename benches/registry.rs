@@ -130,6 +130,7 @@ fn main() {
                         device: address(i),
                         rssi: Some(-60 - (f % 20) as i16),
                         at: Timestamp::now(),
+                        replay: None,
                     })
                     .collect();
                 let t = Instant::now();

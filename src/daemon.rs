@@ -189,6 +189,18 @@ pub async fn run(
             }
         };
 
+    // Bind keys of encrypting sensors, with the counters saved before the last
+    // stop, so that a frame captured earlier is not accepted as new.
+    let keys_reader = reader.clone();
+    let keys = tokio::task::spawn_blocking(move || keys_reader.keys())
+        .await
+        .context("device key task failed")?
+        .context("cannot read the devices' encryption keys")?;
+    if !keys.is_empty() {
+        tracing::info!(devices = keys.len(), "encryption keys loaded");
+    }
+    registry.load_keys(&keys);
+
     let cancel = CancellationToken::new();
     let ingest_stats = Arc::new(IngestStats::default());
     let events = crate::web::events::Events::new(cancel.clone());

@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::decode::{DecodeError, Decoder};
-use crate::model::{Device, DeviceAddress, Reading, ReadingId, SiteZone, Subject};
+use crate::decode::{BindKey, DecodeError, Decoder, ReplayCounters};
+use crate::model::{Device, DeviceAddress, Reading, ReadingId, SiteZone, Subject, Timestamp};
 use crate::sensor::RawFrame;
-use crate::store::StoreHandle;
+use crate::store::{Seen, StoreHandle, StoredKey};
 use crate::system::health::Heartbeat;
 
 /// Counters for status pages and metrics.
@@ -29,32 +30,45 @@ pub struct IngestStats {
     pub store_errors: AtomicU64,
 }
 
-/// Who each registered device belongs to. Shared between ingest, the BLE source
-/// (which connects only to registered devices) and the web API (which assigns
-/// devices while running). Cheap to clone; clones share the map.
+/// Who each registered device belongs to, and the encryption keys of those
+/// that encrypt. Shared between ingest, the BLE source (which connects only to
+/// registered devices) and the web API (which assigns devices and sets keys
+/// while running). Cheap to clone; clones share the maps.
 #[derive(Debug, Clone, Default)]
-pub struct Registry(Arc<RwLock<HashMap<DeviceAddress, Subject>>>);
+pub struct Registry {
+    subjects: Arc<RwLock<HashMap<DeviceAddress, Subject>>>,
+    keys: Arc<RwLock<KeyBook>>,
+}
+
+/// Bind keys with the replay counters to start them with; `generation` moves on
+/// every change so that ingest re-reads the book only when it changed.
+#[derive(Debug, Default)]
+struct KeyBook {
+    generation: u64,
+    keys: HashMap<DeviceAddress, (BindKey, ReplayCounters)>,
+}
 
 impl Registry {
     pub fn from_devices(devices: &[Device]) -> Self {
-        Registry(Arc::new(RwLock::new(
-            devices
-                .iter()
-                .map(|d| (d.address, d.subject.clone()))
-                .collect(),
-        )))
+        let registry = Registry::default();
+        registry
+            .subjects
+            .write()
+            .unwrap()
+            .extend(devices.iter().map(|d| (d.address, d.subject.clone())));
+        registry
     }
 
     pub fn subject(&self, address: DeviceAddress) -> Option<Subject> {
-        self.0.read().unwrap().get(&address).cloned()
+        self.subjects.read().unwrap().get(&address).cloned()
     }
 
     pub fn contains(&self, address: DeviceAddress) -> bool {
-        self.0.read().unwrap().contains_key(&address)
+        self.subjects.read().unwrap().contains_key(&address)
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().unwrap().len()
+        self.subjects.read().unwrap().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -64,16 +78,68 @@ impl Registry {
     /// Registers `address` to `subject` (or moves it); call after the store has
     /// recorded the assignment, so a restart keeps it.
     pub fn assign(&self, address: DeviceAddress, subject: Subject) {
-        self.0.write().unwrap().insert(address, subject);
+        self.subjects.write().unwrap().insert(address, subject);
     }
 
     /// Takes `address` out of the registry: from now on its frames are dropped
     /// as unregistered and the BLE source starts no session with it. Call after
     /// the store has recorded the un-assignment.
     pub fn unassign(&self, address: DeviceAddress) -> bool {
-        self.0.write().unwrap().remove(&address).is_some()
+        self.subjects.write().unwrap().remove(&address).is_some()
+    }
+
+    /// Loads the keys and saved counters read from the store at start.
+    pub fn load_keys(&self, stored: &[StoredKey]) {
+        let mut book = self.keys.write().unwrap();
+        for k in stored {
+            book.keys.insert(k.device, (k.key, k.replay));
+        }
+        book.generation += 1;
+    }
+
+    /// The device encrypts with `key` from now on, its count starting again.
+    /// Call after the store has recorded it.
+    pub fn set_key(&self, address: DeviceAddress, key: BindKey) {
+        let mut book = self.keys.write().unwrap();
+        book.keys.insert(address, (key, ReplayCounters::default()));
+        book.generation += 1;
+    }
+
+    /// Forgets the device's key. Call after the store has recorded it.
+    pub fn clear_key(&self, address: DeviceAddress) -> bool {
+        let mut book = self.keys.write().unwrap();
+        book.generation += 1;
+        book.keys.remove(&address).is_some()
+    }
+
+    /// Whether the device has a key.
+    pub fn has_key(&self, address: DeviceAddress) -> bool {
+        self.keys.read().unwrap().keys.contains_key(&address)
+    }
+
+    fn keys_generation(&self) -> u64 {
+        self.keys.read().unwrap().generation
+    }
+
+    fn keys(&self) -> HashMap<DeviceAddress, (BindKey, ReplayCounters)> {
+        self.keys.read().unwrap().keys.clone()
     }
 }
+
+/// The keys the decoder holds, kept in step with the registry's book.
+#[derive(Default)]
+struct KeysApplied {
+    generation: Option<u64>,
+    keys: HashMap<DeviceAddress, BindKey>,
+    /// Keyed devices whose frames were accepted since the counters were last
+    /// saved, with when they were last heard.
+    heard: HashMap<DeviceAddress, Timestamp>,
+}
+
+/// How often the replay counters of encrypting devices are saved. A frame
+/// captured within this long before a crash could be accepted once after it;
+/// saving on every frame would cost an SD-card write per advertisement.
+pub const SAVE_COUNTERS_EVERY: Duration = Duration::from_secs(60);
 
 /// The stage's state: the decoder and who each device belongs to.
 pub struct Ingest {
@@ -100,11 +166,18 @@ impl Ingest {
     /// the store. Shutdown is driven by the sources: they stop, then this drains.
     pub async fn run(mut self) {
         let mut decoder = Decoder::new();
+        let mut keys = KeysApplied::default();
+        let mut saved_at = Instant::now();
         let mut frames = Vec::with_capacity(MAX_BATCH);
         loop {
+            self.apply_keys(&mut decoder, &mut keys);
+            if saved_at.elapsed() >= SAVE_COUNTERS_EVERY {
+                self.save_counters(&decoder, &mut keys);
+                saved_at = Instant::now();
+            }
             let got = tokio::select! {
                 n = self.rx.recv_many(&mut frames, MAX_BATCH) => n,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     self.heartbeat.beat();
                     continue;
                 }
@@ -117,7 +190,7 @@ impl Ingest {
             let mut readings = Vec::with_capacity(frames.len() * 2);
             for raw in frames.drain(..) {
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                self.attribute(&mut decoder, raw, synced, &mut readings);
+                self.attribute(&mut decoder, &mut keys, raw, synced, &mut readings);
             }
             if readings.is_empty() {
                 continue;
@@ -133,12 +206,59 @@ impl Ingest {
                 }
             }
         }
+        self.save_counters(&decoder, &mut keys);
         tracing::debug!("ingest stopped: sources closed and all frames handed to the store");
+    }
+
+    /// Brings the decoder's keys in step with the registry when they changed: a
+    /// key set by staff takes effect from the next batch.
+    fn apply_keys(&self, decoder: &mut Decoder, applied: &mut KeysApplied) {
+        let generation = self.registry.keys_generation();
+        if applied.generation == Some(generation) {
+            return;
+        }
+        let book = self.registry.keys();
+        for (address, old) in &applied.keys {
+            if book.get(address).is_none_or(|(key, _)| key != old) {
+                decoder.clear_key(*address);
+                applied.heard.remove(address);
+            }
+        }
+        for (address, (key, counters)) in &book {
+            if applied.keys.get(address) != Some(key) {
+                decoder.set_key(*address, *key);
+                decoder.restore_replay_counters(*address, *counters);
+            }
+        }
+        applied.keys = book.into_iter().map(|(a, (k, _))| (a, k)).collect();
+        applied.generation = Some(generation);
+    }
+
+    /// Hands the replay counters of the keyed devices heard since the last save
+    /// to the store (it saves them only while the device still has that key).
+    fn save_counters(&self, decoder: &Decoder, applied: &mut KeysApplied) {
+        let seen: Vec<Seen> = applied
+            .heard
+            .drain()
+            .filter_map(|(device, at)| {
+                let key = *applied.keys.get(&device)?;
+                Some(Seen {
+                    device,
+                    rssi: None,
+                    at,
+                    replay: Some((key, decoder.replay_counters(device))),
+                })
+            })
+            .collect();
+        if let Err(e) = self.store.event_sink().seen(seen) {
+            tracing::warn!(error = %e, "cannot save the encryption counters of the sensors");
+        }
     }
 
     fn attribute(
         &self,
         decoder: &mut Decoder,
+        keys: &mut KeysApplied,
         raw: RawFrame,
         clock_synced: bool,
         out: &mut Vec<Reading>,
@@ -150,6 +270,9 @@ impl Ingest {
         };
         match decoder.decode(&raw.frame) {
             Ok(decoded) => {
+                if keys.keys.contains_key(&address) {
+                    keys.heard.insert(address, raw.received_at);
+                }
                 // Qualified values (an accelerometer axis, a PLX fast or slow average)
                 // are shown by `carehub decode` but not stored: the store has no
                 // column for the qualifier, and a fast SpO2 average stored as plain
@@ -178,5 +301,166 @@ impl Ingest {
                 tracing::warn!(device = %address, error = %e, "frame not decoded");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::bthome;
+    use crate::model::DeviceKind;
+    use crate::sensor::{Advertisement, Frame};
+    use crate::store::{PairingRecord, Reader, RegistryChange, Store, StoreSettings};
+    use crate::system::health::Health;
+
+    const ROOM_SENSOR: &str = "A4:C1:38:AA:BB:CC";
+    const KEY: BindKey = *b"0123456789abcdef";
+
+    fn advert(counter: u32, packet_id: u8) -> RawFrame {
+        let address: DeviceAddress = ROOM_SENSOR.parse().unwrap();
+        // Packet id, temperature 21.50 °C.
+        let plain = [0x40, 0x00, packet_id, 0x02, 0x66, 0x08];
+        let data = bthome::encrypt(address, &KEY, &plain, counter).unwrap();
+        RawFrame {
+            frame: Frame::Advertisement(Advertisement {
+                address,
+                service_data: vec![(crate::sensor::uuid16(bthome::SERVICE_UUID), data)],
+                ..Advertisement::default()
+            }),
+            received_at: Timestamp::now(),
+        }
+    }
+
+    /// Runs the stage over `frames` until they are all handed to the store and
+    /// the stage has stopped, as at a gateway's shutdown. Returns its counters.
+    async fn run_over(store: &Store, registry: &Registry, frames: Vec<RawFrame>) -> IngestStats {
+        let (tx, rx) = mpsc::channel(16);
+        let stats = Arc::new(IngestStats::default());
+        let stage = Ingest {
+            rx,
+            store: store.handle.clone(),
+            registry: registry.clone(),
+            stats: stats.clone(),
+            heartbeat: Health::default().register("ingest"),
+            clock_synced: || true,
+            zone: SiteZone::utc(),
+        };
+        let task = tokio::spawn(stage.run());
+        for f in frames {
+            tx.send(f).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        // What the stage queued (readings, counters) is committed before the
+        // next command is answered.
+        store.handle.maintain(Timestamp::now()).await.unwrap();
+        Arc::try_unwrap(stats).unwrap()
+    }
+
+    fn stored(reader: &Reader) -> u64 {
+        reader.outbox_depth().unwrap()
+    }
+
+    #[tokio::test]
+    async fn keys_take_effect_while_running_and_replay_counters_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings::at(dir.path().join("t.db"));
+        let store = Store::open(
+            settings,
+            tokio::runtime::Handle::current(),
+            Health::default().register("store"),
+        )
+        .unwrap();
+        let address: DeviceAddress = ROOM_SENSOR.parse().unwrap();
+        let device = Device {
+            address,
+            kind: DeviceKind::Unknown,
+            model: None,
+            name: None,
+            subject: Subject::Room("Lounge".into()),
+        };
+        store
+            .handle
+            .provision(vec![], vec![device.clone()])
+            .await
+            .unwrap();
+        let registry = Registry::from_devices(&[device]);
+
+        // No key yet: its encrypted data cannot be read, and nothing is stored.
+        let s = run_over(&store, &registry, vec![advert(10, 1)]).await;
+        assert_eq!(s.decode_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(stored(&store.reader), 0);
+
+        // Staff set the key: committed, then given to the running stage.
+        store
+            .handle
+            .event_sink()
+            .record_committed(PairingRecord {
+                at: Timestamp::now(),
+                device: Some(address),
+                what: "encryption key set".into(),
+                who: "test".into(),
+                change: RegistryChange::KeySet(KEY),
+            })
+            .await
+            .unwrap();
+        registry.set_key(address, KEY);
+        let s = run_over(&store, &registry, vec![advert(10, 1), advert(11, 2)]).await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 2);
+        assert_eq!(stored(&store.reader), 2);
+        // The stage saved the last counter it accepted when it stopped.
+        let keys = store.reader.keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].key, KEY);
+        assert_eq!(keys[0].replay.bthome, Some(11));
+
+        // A restart: a new registry and stage from what the store kept. A frame
+        // captured before the restart is a replay; a newer one is a reading.
+        let after = Registry::from_devices(&store.reader.devices().unwrap());
+        after.load_keys(&store.reader.keys().unwrap());
+        let s = run_over(&store, &after, vec![advert(11, 2), advert(12, 3)]).await;
+        assert_eq!(s.decode_errors.load(Ordering::Relaxed), 1, "the replay");
+        assert_eq!(s.readings.load(Ordering::Relaxed), 1);
+        assert_eq!(stored(&store.reader), 3);
+        assert_eq!(store.reader.keys().unwrap()[0].replay.bthome, Some(12));
+
+        // Removing the key forgets the counters with it; an old save arriving
+        // after a key change is not carried over to the new key.
+        after.clear_key(address);
+        let s = run_over(&store, &after, vec![advert(13, 4)]).await;
+        assert_eq!(s.decode_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(stored(&store.reader), 3);
+        store
+            .handle
+            .event_sink()
+            .record_committed(PairingRecord {
+                at: Timestamp::now(),
+                device: Some(address),
+                what: "encryption key set".into(),
+                who: "test".into(),
+                change: RegistryChange::KeySet(*b"fedcba9876543210"),
+            })
+            .await
+            .unwrap();
+        store
+            .handle
+            .event_sink()
+            .seen(vec![Seen {
+                device: address,
+                rssi: None,
+                at: Timestamp::now(),
+                replay: Some((
+                    KEY,
+                    ReplayCounters {
+                        bthome: Some(99),
+                        mibeacon: None,
+                    },
+                )),
+            }])
+            .unwrap();
+        store.handle.maintain(Timestamp::now()).await.unwrap();
+        let keys = store.reader.keys().unwrap();
+        assert_eq!(keys[0].key, *b"fedcba9876543210");
+        assert_eq!(keys[0].replay, ReplayCounters::default());
     }
 }

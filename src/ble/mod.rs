@@ -219,6 +219,7 @@ impl BleStatus {
                 device: s.address,
                 rssi: s.rssi,
                 at: s.last_seen,
+                replay: None,
             })
             .collect()
     }

@@ -5,7 +5,10 @@
 
 use proptest::prelude::*;
 
-use super::{AttrValue, BindKey, DecodeError, Decoded, Decoder, bthome, gatt, ieee11073, xiaomi};
+use super::{
+    AttrValue, BindKey, DecodeError, Decoded, Decoder, ReplayCounters, bthome, gatt, ieee11073,
+    xiaomi,
+};
 use crate::model::{DeviceAddress, SpecialValue, Value};
 use crate::sensor::{Advertisement, uuid16};
 
@@ -965,4 +968,73 @@ fn fuzz_corpus_replays_without_panics() {
         "only {files} corpus files under {}",
         root.display()
     );
+}
+
+#[test]
+fn replay_counters_survive_a_new_decoder_and_a_cleared_key_forgets_them() {
+    let a = addr("A4:C1:38:AA:BB:CC");
+    let k = key("00112233445566778899aabbccddeeff");
+    let enc = |counter: u32, pid: u8| {
+        let p = [0x40, 0x00, pid, 0x02, 0x66, 0x08];
+        service(a, 0xFCD2, bthome::encrypt(a, &k, &p, counter).unwrap())
+    };
+    let mut before = Decoder::new();
+    before.set_key(a, k);
+    assert!(before.decode_advertisement(&enc(41, 1)).is_ok());
+    let saved = before.replay_counters(a);
+    assert_eq!(
+        saved,
+        ReplayCounters {
+            bthome: Some(41),
+            mibeacon: None
+        }
+    );
+
+    // A gateway restart: a fresh decoder given the key and the saved counters
+    // rejects the captured frame instead of storing it as a new reading.
+    let mut after = Decoder::new();
+    after.set_key(a, k);
+    after.restore_replay_counters(a, saved);
+    assert!(matches!(
+        after.decode_advertisement(&enc(41, 1)),
+        Err(DecodeError::Replay { counter: 41, .. })
+    ));
+    assert!(after.decode_advertisement(&enc(42, 2)).is_ok());
+    // Restoring an older count never lowers the newer one.
+    after.restore_replay_counters(a, saved);
+    assert_eq!(after.replay_counters(a).bthome, Some(42));
+
+    // Without a key its encrypted data cannot be read, and a new key starts a
+    // new count.
+    after.clear_key(a);
+    assert_eq!(after.key(a), None);
+    assert_eq!(
+        after.decode_advertisement(&enc(43, 3)),
+        Err(DecodeError::Encrypted("bthome_v2"))
+    );
+    after.set_key(a, k);
+    assert!(after.decode_advertisement(&enc(5, 4)).is_ok());
+}
+
+#[test]
+fn bind_keys_are_parsed_as_people_type_them() {
+    let want = key("00112233445566778899aabbccddeeff");
+    for text in [
+        "00112233445566778899aabbccddeeff",
+        "00112233445566778899AABBCCDDEEFF",
+        " 00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff ",
+        "0011-2233-4455-6677-8899-aabb-ccdd-eeff",
+    ] {
+        assert_eq!(super::parse_bind_key(text), Ok(want), "{text:?}");
+    }
+    for bad in [
+        "",
+        "00112233445566778899aabbccddee",
+        "00112233445566778899aabbccddeeff00",
+        "00112233445566778899aabbccddeefg",
+        "+0112233445566778899aabbccddeeff",
+        "00112233445566778899aabbccddeeé",
+    ] {
+        assert!(super::parse_bind_key(bad).is_err(), "{bad:?}");
+    }
 }

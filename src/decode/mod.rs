@@ -209,6 +209,34 @@ pub enum DecodeError {
 /// A 128-bit AES key (BTHome, pvvx and MiBeacon v4/v5 bind keys are all this size).
 pub type BindKey = [u8; 16];
 
+/// Parses a bind key as staff or engineers type it: 32 hex digits, spaces,
+/// colons and dashes between them allowed.
+pub fn parse_bind_key(text: &str) -> Result<BindKey, &'static str> {
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|b| !matches!(b, b' ' | b':' | b'-'))
+        .collect();
+    const WRONG: &str = "an encryption key is 32 hexadecimal digits (0-9, a-f)";
+    if digits.len() != 32 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(WRONG);
+    }
+    let nibble = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+    let mut key = [0u8; 16];
+    for (k, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+        *k = nibble(pair[0]) << 4 | nibble(pair[1]);
+    }
+    Ok(key)
+}
+
+/// The last encryption counters accepted from one device, per format family:
+/// what replay protection must remember across a restart of the gateway.
+/// (pvvx's one-byte counter wraps every 256 frames and is not kept.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayCounters {
+    pub bthome: Option<u32>,
+    pub mibeacon: Option<u32>,
+}
+
 /// Per-device state some formats need between frames. The caller owns it (inside
 /// [`Decoder`]); nothing here reads a clock.
 #[derive(Debug, Default, Clone)]
@@ -260,6 +288,41 @@ impl Decoder {
     /// v4/v5). From then on its plain data is rejected as a downgrade.
     pub fn set_key(&mut self, address: DeviceAddress, key: BindKey) {
         self.devices.entry(address).or_default().key = Some(key);
+    }
+
+    /// Forgets the device's key and its encryption counters (a new key starts a
+    /// new count): from then on its encrypted data cannot be read and its plain
+    /// data is accepted.
+    pub fn clear_key(&mut self, address: DeviceAddress) {
+        if let Some(state) = self.devices.get_mut(&address) {
+            state.key = None;
+            state.last_bthome_counter = None;
+            state.last_mibeacon_counter = None;
+        }
+    }
+
+    /// The key registered for the device, if any.
+    pub fn key(&self, address: DeviceAddress) -> Option<BindKey> {
+        self.devices.get(&address).and_then(|s| s.key)
+    }
+
+    /// The last encryption counters accepted from the device.
+    pub fn replay_counters(&self, address: DeviceAddress) -> ReplayCounters {
+        self.devices
+            .get(&address)
+            .map(|s| ReplayCounters {
+                bthome: s.last_bthome_counter,
+                mibeacon: s.last_mibeacon_counter,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Restores counters saved before a restart: frames with a counter not above
+    /// them are rejected as replays. Never lowers a counter already newer.
+    pub fn restore_replay_counters(&mut self, address: DeviceAddress, saved: ReplayCounters) {
+        let state = self.devices.entry(address).or_default();
+        state.last_bthome_counter = state.last_bthome_counter.max(saved.bthome);
+        state.last_mibeacon_counter = state.last_mibeacon_counter.max(saved.mibeacon);
     }
 
     pub fn decode(&mut self, frame: &Frame) -> Result<Decoded, DecodeError> {

@@ -40,7 +40,9 @@ pub use limits::{Class, EvictionReason, MaintenanceReport};
 pub use reader::{
     HistoryValue, LatestValue, Reader, ResidentOverview, ResidentRecord, StatsSnapshot,
 };
-pub use registry::{DeviceState, PairingRecord, RegistryChange, Seen, StoredPairingEvent};
+pub use registry::{
+    DeviceState, PairingRecord, RegistryChange, Seen, StoredKey, StoredPairingEvent,
+};
 pub use schema::VERSION as SCHEMA_VERSION;
 #[doc(hidden)]
 pub use schema::migrate_to;

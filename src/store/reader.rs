@@ -330,6 +330,12 @@ impl Reader {
         self.with_conn(super::registry::device_states)
     }
 
+    /// Every registered device's bind key with the counters saved for it, for
+    /// the decoder at start.
+    pub fn keys(&self) -> Result<Vec<super::StoredKey>, StoreError> {
+        self.with_conn(super::registry::keys)
+    }
+
     /// The newest `limit` events of the pairing record, newest first.
     pub fn pairing_events(
         &self,

@@ -11,6 +11,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{StoreError, writer};
+use crate::decode::{BindKey, ReplayCounters};
 use crate::model::{Device, DeviceAddress, DeviceKind, ResidentId, Subject, Timestamp};
 
 /// What a recorded event changes in the `devices` table.
@@ -30,6 +31,10 @@ pub enum RegistryChange {
     Assigned(Device),
     /// The device belongs to nobody from now on; its row stays.
     Unassigned,
+    /// The device encrypts with this key from now on (its counters start again).
+    KeySet(BindKey),
+    /// The device's key is forgotten (with its counters).
+    KeyCleared,
 }
 
 /// One event of the pairing record, and the registry change it stands for.
@@ -49,6 +54,18 @@ pub struct Seen {
     pub device: DeviceAddress,
     pub rssi: Option<i16>,
     pub at: Timestamp,
+    /// The last encryption counters the decoder accepted from it under this key
+    /// (from ingest), saved only while the device still has that key.
+    pub replay: Option<(BindKey, ReplayCounters)>,
+}
+
+/// A registered device's bind key and the counters saved for it, to load into
+/// the decoder at start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredKey {
+    pub device: DeviceAddress,
+    pub key: BindKey,
+    pub replay: ReplayCounters,
 }
 
 /// One event as read back from `pairing_events`.
@@ -71,6 +88,9 @@ pub struct DeviceState {
     pub rssi: Option<i16>,
     pub battery_percent: Option<u8>,
     pub last_seen: Option<Timestamp>,
+    /// Whether staff gave it an encryption (bind) key. The key itself is never
+    /// read back out of the store except into the decoder.
+    pub has_key: bool,
 }
 
 /// Writes `record` and its change inside the writer's transaction.
@@ -134,6 +154,23 @@ pub(super) fn write_record(
                 [&key],
             )?;
         }
+        // Only for a registered device (callers check first: an error here would
+        // fail the whole group commit, readings included). Device rows are never
+        // deleted, so the check cannot go stale.
+        RegistryChange::KeySet(bind_key) => {
+            tx.execute(
+                "UPDATE devices SET bind_key = ?2, bthome_counter = NULL, mibeacon_counter = NULL
+                 WHERE address = ?1",
+                params![key, &bind_key[..]],
+            )?;
+        }
+        RegistryChange::KeyCleared => {
+            tx.execute(
+                "UPDATE devices SET bind_key = NULL, bthome_counter = NULL, mibeacon_counter = NULL
+                 WHERE address = ?1",
+                [&key],
+            )?;
+        }
     }
     Ok(())
 }
@@ -144,10 +181,55 @@ pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Resul
         "UPDATE devices SET rssi = coalesce(?2, rssi),
             last_seen_ms = max(coalesce(last_seen_ms, 0), ?3) WHERE address = ?1",
     )?;
+    // Counters only ever go up, and only for a device that still has its key:
+    // a save racing a key change must not carry the old key's count over.
+    let mut counters = tx.prepare_cached(
+        "UPDATE devices SET bthome_counter = max(coalesce(bthome_counter, ?2), ?2),
+            mibeacon_counter = max(coalesce(mibeacon_counter, ?3), ?3)
+         WHERE address = ?1 AND bind_key = ?4",
+    )?;
     for s in seen {
         stmt.execute(params![s.device.to_string(), s.rssi, s.at.unix_ms()])?;
+        if let Some((key, replay)) = &s.replay {
+            counters.execute(params![
+                s.device.to_string(),
+                replay.bthome,
+                replay.mibeacon,
+                &key[..]
+            ])?;
+        }
     }
     Ok(())
+}
+
+/// Every registered device's bind key with its saved counters.
+pub(super) fn keys(c: &rusqlite::Connection) -> Result<Vec<StoredKey>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT address, bind_key, bthome_counter, mibeacon_counter
+         FROM devices WHERE bind_key IS NOT NULL ORDER BY address",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let address: String = r.get(0)?;
+        let key: Vec<u8> = r.get(1)?;
+        let (Ok(device), Ok(key)) = (address.parse(), BindKey::try_from(key.as_slice())) else {
+            continue;
+        };
+        let counter = |i: usize| -> rusqlite::Result<Option<u32>> {
+            Ok(r.get::<_, Option<i64>>(i)?
+                .and_then(|v| u32::try_from(v).ok()))
+        };
+        out.push(StoredKey {
+            device,
+            key,
+            replay: ReplayCounters {
+                bthome: counter(2)?,
+                mibeacon: counter(3)?,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// The newest `limit` events of the record, newest first.
@@ -175,7 +257,7 @@ pub(super) fn pairing_events(
 pub(super) fn device_states(c: &rusqlite::Connection) -> Result<Vec<DeviceState>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT address, kind, model, name, resident_id, room, paired, bonded_at_ms,
-                assigned_at_ms, rssi, battery_percent, last_seen_ms
+                assigned_at_ms, rssi, battery_percent, last_seen_ms, bind_key IS NOT NULL
          FROM devices ORDER BY address",
     )?;
     let mut rows = stmt.query([])?;
@@ -212,6 +294,7 @@ pub(super) fn device_states(c: &rusqlite::Connection) -> Result<Vec<DeviceState>
                 .get::<_, Option<i64>>(10)?
                 .and_then(|v| u8::try_from(v).ok()),
             last_seen: ms(11)?,
+            has_key: r.get(12)?,
         });
     }
     Ok(out)

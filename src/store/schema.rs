@@ -290,6 +290,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox_vital_v4 RENAME TO outbox_vital;
     ALTER TABLE outbox_room_v4 RENAME TO outbox_room;
     "#,
+    // 8 (encrypted sensors): a device's bind key, set by staff when it is
+    // registered, and the last encryption counters accepted from it, so that a
+    // frame captured before a restart of the gateway is not accepted after it.
+    r#"
+    ALTER TABLE devices ADD COLUMN bind_key BLOB CHECK (bind_key IS NULL OR length(bind_key) = 16);
+    ALTER TABLE devices ADD COLUMN bthome_counter INTEGER;
+    ALTER TABLE devices ADD COLUMN mibeacon_counter INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -891,11 +891,13 @@ async fn pairing_state_and_record_survive_a_reopen() {
             device: strap.parse().unwrap(),
             rssi: Some(-61),
             at: Timestamp::from_unix_ms(30),
+            replay: None,
         },
         Seen {
             device: stranger,
             rssi: Some(-40),
             at: Timestamp::from_unix_ms(30),
+            replay: None,
         },
     ])
     .unwrap();

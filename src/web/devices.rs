@@ -3,6 +3,10 @@
 //! room, or un-assigns it, while the gateway runs. The forms on the /pairing page
 //! do the same.
 //!
+//! `/api/v1/devices/{address}/key` sets or removes the encryption (bind) key of
+//! a sensor that encrypts its advertisements (BTHome, pvvx, MiBeacon); the key
+//! is written, never read back out.
+//!
 //! An assignment or un-assignment is committed to the `devices` table, with its
 //! line in the pairing record, before it takes effect: only then does ingest
 //! attribute (or stop attributing) the device's readings and the BLE source start
@@ -16,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppState, Caller, WebError, read};
 use crate::ble::session::kind_from_services;
+use crate::decode::{BindKey, parse_bind_key};
 use crate::model::{Device, DeviceAddress, DeviceKind, ResidentId, Subject, Timestamp};
 use crate::store::{DeviceState, PairingRecord, RegistryChange};
 
@@ -51,6 +56,8 @@ pub struct DeviceJson {
     pub rssi_dbm: Option<i16>,
     pub battery_percent: Option<u8>,
     pub last_seen: Option<String>,
+    /// Whether staff gave it an encryption key (the key is never shown).
+    pub encrypted: bool,
 }
 
 impl From<DeviceState> for DeviceJson {
@@ -69,6 +76,7 @@ impl From<DeviceState> for DeviceJson {
             rssi_dbm: d.rssi,
             battery_percent: d.battery_percent,
             last_seen: d.last_seen.map(Timestamp::to_rfc3339),
+            encrypted: d.has_key,
         }
     }
 }
@@ -315,6 +323,144 @@ pub async fn page_unassign(
     let result = async {
         let address = parse_address(&form.address)?;
         apply_unassign(&state, address, who).await
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/pairing").into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Validates, commits and applies a new key (`Some`) or the removal of the key
+/// (`None`). The change is committed, with its line in the pairing record (which
+/// never holds the key), before the decoder uses it.
+async fn apply_key(
+    state: &AppState,
+    address: DeviceAddress,
+    key: Option<BindKey>,
+    who: String,
+) -> Result<(), Refusal> {
+    let devices = read(&state.reader, |r| r.devices())
+        .await
+        .map_err(|e| not_stored(address, &e))?;
+    if !devices.iter().any(|d| d.address == address) {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("{address} is not a registered device: assign it first"),
+        ));
+    }
+    if key.is_none() && !state.registry.has_key(address) {
+        return Err((
+            StatusCode::CONFLICT,
+            format!("{address} has no encryption key"),
+        ));
+    }
+    let (what, change) = match key {
+        Some(key) => ("encryption key set", RegistryChange::KeySet(key)),
+        None => ("encryption key removed", RegistryChange::KeyCleared),
+    };
+    let record = PairingRecord {
+        at: Timestamp::now(),
+        device: Some(address),
+        what: what.to_owned(),
+        who: who.clone(),
+        change,
+    };
+    if let Err(e) = state.store.record(record).await {
+        return Err(not_stored(address, &e));
+    }
+    match key {
+        Some(key) => state.registry.set_key(address, key),
+        None => {
+            state.registry.clear_key(address);
+        }
+    }
+    state.pairing.log.remember(Some(address), what, &who);
+    Ok(())
+}
+
+fn parse_key(text: &str) -> Result<BindKey, Refusal> {
+    parse_bind_key(text).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_owned()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// 32 hex digits.
+    pub key: String,
+}
+
+/// `PUT /api/v1/devices/{address}/key` with `{"key": "<32 hex digits>"}`.
+pub async fn set_key(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(address): Path<String>,
+    Json(req): Json<KeyRequest>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&address)?;
+        let key = parse_key(&req.key)?;
+        apply_key(&state, address, Some(key), who).await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `DELETE /api/v1/devices/{address}/key`: its encrypted data can no longer be read.
+pub async fn clear_key(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(address): Path<String>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&address)?;
+        apply_key(&state, address, None, who).await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The staff form: a device's encryption key.
+#[derive(Deserialize)]
+pub struct KeyForm {
+    pub address: String,
+    #[serde(default)]
+    pub key: String,
+}
+
+/// `POST /pairing/key` (form): back to the page, or the reason.
+pub async fn page_set_key(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Form(form): Form<KeyForm>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&form.address)?;
+        let key = parse_key(&form.key)?;
+        apply_key(&state, address, Some(key), who).await
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/pairing").into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `POST /pairing/key/remove` (form): back to the page, or the reason.
+pub async fn page_clear_key(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Form(form): Form<UnassignForm>,
+) -> Response {
+    let result = async {
+        let address = parse_address(&form.address)?;
+        apply_key(&state, address, None, who).await
     }
     .await;
     match result {

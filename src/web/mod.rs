@@ -115,9 +115,15 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/devices/{address}/assignment",
             axum::routing::put(devices::assign).delete(devices::unassign),
         )
+        .route(
+            "/api/v1/devices/{address}/key",
+            axum::routing::put(devices::set_key).delete(devices::clear_key),
+        )
         .route("/api/v1/devices", get(devices::list))
         .route("/pairing/assign", post(devices::page_assign))
         .route("/pairing/unassign", post(devices::page_unassign))
+        .route("/pairing/key", post(devices::page_set_key))
+        .route("/pairing/key/remove", post(devices::page_clear_key))
         .route("/pairing", get(pairing::page))
         .route("/pairing/window", post(pairing::page_open))
         .route("/pairing/close", post(pairing::page_close))

@@ -403,6 +403,23 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                                             button type="submit" { "Un-assign" }
                                         }
                                     }
+                                    // Sensors that encrypt their broadcasts (BTHome, pvvx,
+                                    // Xiaomi) need the key printed with them or shown by
+                                    // their app; without it their readings cannot be read.
+                                    @if d.has_key {
+                                        form.key method="post" action="/pairing/key/remove" { (super::auth::csrf_field())
+                                            input type="hidden" name="address" value=(address);
+                                            "Encrypted: key set "
+                                            button type="submit" { "Remove key" }
+                                        }
+                                    } @else {
+                                        form.key method="post" action="/pairing/key" { (super::auth::csrf_field())
+                                            input type="hidden" name="address" value=(address);
+                                            input type="text" name="key" size="16" autocomplete="off" spellcheck="false"
+                                                placeholder="32 hex digits" aria-label=(format!("Encryption key for {what}"));
+                                            button type="submit" { "Set key" }
+                                        }
+                                    }
                                 }
                             }
                         }

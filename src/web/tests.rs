@@ -991,3 +991,89 @@ async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn an_encryption_key_is_set_by_a_nurse_never_shown_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let ox: DeviceAddress = "C0:00:00:00:00:01".parse().unwrap();
+    let path = "/api/v1/devices/C0:00:00:00:00:01/key";
+    let hex = "00112233445566778899aabbccddeeff";
+    let body = format!(r#"{{"key": "{hex}"}}"#);
+
+    // Refusals say why, and change nothing.
+    let (s, b) = send(&state, "PUT", path, r#"{"key": "0011"}"#).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b, "an encryption key is 32 hexadecimal digits (0-9, a-f)");
+    let (s, b) = send(
+        &state,
+        "PUT",
+        "/api/v1/devices/C0:00:00:00:00:09/key",
+        &body,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert_eq!(
+        b,
+        "C0:00:00:00:00:09 is not a registered device: assign it first"
+    );
+    let (s, _) = send(&state, "DELETE", path, "").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = send_as(&state, CARER, "PUT", path, &body).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "carers do not set keys");
+    assert!(!state.registry.has_key(ox));
+    assert!(state.reader.keys().unwrap().is_empty());
+
+    // A nurse sets it: stored, given to ingest, and never shown back.
+    let (s, b) = send(&state, "PUT", path, &body).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    assert!(state.registry.has_key(ox));
+    let stored = state.reader.keys().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].key, crate::decode::parse_bind_key(hex).unwrap());
+    let (_, devices) = get(&state, "/api/v1/devices").await;
+    let v: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    assert_eq!(v[0]["encrypted"], true, "{v}");
+    let (_, page) = get(&state, "/pairing").await;
+    assert!(page.contains("Encrypted: key set"), "{page}");
+    assert!(
+        page.contains("encryption key set (by test-nurse)"),
+        "{page}"
+    );
+    for shown in [&devices, &page] {
+        assert!(
+            !shown.to_lowercase().contains(hex),
+            "the key is never shown"
+        );
+    }
+
+    // Removed through the form: forgotten by the store and by ingest.
+    let (s, _) = post_form(
+        &state,
+        "/pairing/key/remove",
+        "address=C0%3A00%3A00%3A00%3A00%3A01",
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(!state.registry.has_key(ox));
+    assert!(state.reader.keys().unwrap().is_empty());
+    let (_, page) = get(&state, "/pairing").await;
+    assert!(page.contains("action=\"/pairing/key\""), "{page}");
+    assert!(
+        page.contains("encryption key removed (by test-nurse)"),
+        "{page}"
+    );
+
+    // Typed on the page the way it is printed on a sensor's box.
+    let (s, b) = post_form(
+        &state,
+        "/pairing/key",
+        "address=C0%3A00%3A00%3A00%3A00%3A01&key=00%3A11%3A22%3A33%3A44%3A55%3A66%3A77%3A88%3A99%3AAA%3ABB%3ACC%3ADD%3AEE%3AFF",
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{b}");
+    assert_eq!(
+        state.reader.keys().unwrap()[0].key,
+        crate::decode::parse_bind_key(hex).unwrap()
+    );
+}
