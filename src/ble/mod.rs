@@ -764,6 +764,15 @@ impl Round<'_> {
             self.adapter.start_scan(ScanFilter::default()).await?;
             self.last_heard = Instant::now();
         }
+        // A device un-assigned (or un-paired) while connected: close its session,
+        // so the link and its connection slot are not held for data nobody may
+        // keep. It is not dialled again unless it is registered again.
+        for (address, stop) in &self.active {
+            if !stop.is_cancelled() && !self.settings.registered.contains(*address) {
+                tracing::info!(device = %address, "no longer registered: closing its gatt session");
+                stop.cancel();
+            }
+        }
         // Healthy means scanning on a present adapter, not merely running.
         heartbeat.beat();
         Ok(())

@@ -166,16 +166,31 @@ fn paired_state_assignment_and_record_survive_a_restart_and_unassign_stops_attri
     let r = gw.readings(STRAP);
     assert_eq!((r[1].0, r[1].3), (Some(3), Some(72.0)), "{r:?}");
 
-    // Un-assign: nobody owns the strap from now on. A value sent now is not
-    // Edith's; the next one, after assigning it to a room, is the room's. The
-    // session delivers both in order, so once the room's is stored the first
-    // one has been dealt with too.
+    // Un-assign: nobody owns the strap from now on, so its link is closed (it
+    // would hold a connection slot for data nobody may keep) and not dialled
+    // again while it advertises. A value sent meanwhile is not Edith's; the next
+    // one, after assigning it to a room, is the room's.
+    let connects = bluez.connect_count(STRAP);
     assert_eq!(http(web, "DELETE", &path).unwrap().0, 204);
     assert_eq!(
         http(web, "DELETE", &path).unwrap(),
         (409, format!("{STRAP} is not assigned to anyone"))
     );
     assert!(bluez.notify(&measurement, "0050"));
+    assert!(
+        wait_for(STEP, || (!bluez.connected(STRAP)).then_some(())).is_some(),
+        "the un-assigned strap is still connected\n{}",
+        bluez.log()
+    );
+    for _ in 0..5 {
+        bluez.advertise_presence(STRAP);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        bluez.connect_count(STRAP),
+        connects,
+        "an un-assigned device was dialled again"
+    );
     let (status, body) = post_form(
         web,
         "/pairing/assign",
@@ -191,6 +206,7 @@ fn paired_state_assignment_and_record_survive_a_restart_and_unassign_stops_attri
         &format!("address={STRAP}&resident_id=&room=Lounge"),
     );
     assert_eq!(status, 303);
+    wait_subscribed(&bluez, &measurement);
     assert!(bluez.notify(&measurement, "005a"));
     assert!(gw.wait_readings(STRAP, "heart_rate", 3, STEP));
     let r = gw.readings(STRAP);
