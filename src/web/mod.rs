@@ -20,6 +20,7 @@ mod pairing;
 mod resident;
 mod residents_admin;
 pub mod serve;
+mod tile_cache;
 pub mod tls;
 
 use std::sync::Arc;

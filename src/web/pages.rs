@@ -93,16 +93,29 @@ fn urgency(score: Option<&SensorScore>) -> (u8, std::cmp::Reverse<Band>, std::cm
     }
 }
 
+/// The overview's rendered tiles, shared by every request (see `tile_cache`).
+static TILES: std::sync::LazyLock<super::tile_cache::TileCache> =
+    std::sync::LazyLock::new(Default::default);
+
 /// `GET /`: a tile per resident, the sickest first.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
-    let rows = read(&state.reader, |r| r.residents_overview()).await?;
+    // The residents, their SpO₂ scales and the open alerts in one trip to a
+    // blocking thread: each trip is a hand-over between threads, and under 50
+    // clients those cost more than the reads.
+    let book = state.alerts.clone();
+    let (rows, scales, alert_rows) = read(&state.reader, move |r| {
+        let rows = r.residents_overview()?;
+        let book = book.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((rows, book.spo2_scales(), book.list(0)))
+    })
+    .await?;
     let now = Timestamp::now();
     // Scale 1 for everyone if the book cannot be read would be wrong for a
     // scale-2 resident: show the error instead of a score.
-    let scales = super::clinical::Scales::load(&state).await?;
+    let scales = super::clinical::Scales::new(scales?);
     // The vital signs stay on screen even if the alert book cannot be read.
-    let alerts = match super::alerts::section(&state).await {
-        Ok(m) => m,
+    let alerts = match alert_rows {
+        Ok(rows) => super::alerts::open_alerts(&rows.iter().collect::<Vec<_>>()),
         Err(e) => {
             tracing::error!(error = %e, "alerts not shown");
             html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }
@@ -121,6 +134,10 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             .cmp(&urgency(sb.as_ref()))
             .then_with(|| a.room.cmp(&b.room))
             .then_with(|| a.display_name.cmp(&b.display_name))
+    });
+    let stale_after = state.stale_after;
+    let tiles = TILES.tiles(&scored, now, stale_after, |(r, scale, s)| {
+        tile(r, *scale, s.as_ref(), now, stale_after).into_string()
     });
     let uplink = state.uplink.snapshot();
     let body = html! {
@@ -141,9 +158,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             p.none { "No residents yet." }
         }
         div.tiles {
-            @for (r, scale, s) in &scored {
-                (tile(r, *scale, s.as_ref(), now, state.stale_after))
-            }
+            (maud::PreEscaped(tiles))
         }
     };
     let frame = Frame {
@@ -169,7 +184,7 @@ const TILE: &[Quantity] = &[
     Quantity::SupplementalOxygen,
 ];
 
-fn tile(
+pub(super) fn tile(
     r: &ResidentOverview,
     scale: Spo2Scale,
     score: Option<&SensorScore>,
