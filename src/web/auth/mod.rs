@@ -408,13 +408,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     res
 }
 
-/// Writes one audit entry; a failure is logged loudly (the request has happened).
+/// Writes one audit entry and waits for its commit; a failure is logged loudly
+/// (the request has happened).
 pub async fn write_audit(state: &AppState, entry: AuditEntry) {
-    let accounts = state.accounts.clone();
-    match tokio::task::spawn_blocking(move || accounts.audit(&entry)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "audit entry not written"),
-        Err(e) => tracing::error!(error = %e, "audit task failed"),
+    if let Err(e) = state.accounts.audit(entry).await {
+        tracing::error!(error = %e, "audit entry not written");
     }
 }
 
