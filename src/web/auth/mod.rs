@@ -207,11 +207,17 @@ async fn resolve(
         return Ok(None);
     };
     let hash = password::token_hash(token);
-    let accounts = state.accounts.clone();
     let limits = state.auth.limits;
-    let session =
-        tokio::task::spawn_blocking(move || accounts.session(&hash, limits, Timestamp::now()))
-            .await??;
+    // A session checked in the table less than a minute ago (by its mark) needs
+    // no trip to a blocking thread; any other goes to the table.
+    let session = match state.accounts.live_session(&hash, limits, Timestamp::now()) {
+        Some(s) => Some(s),
+        None => {
+            let accounts = state.accounts.clone();
+            tokio::task::spawn_blocking(move || accounts.session(&hash, limits, Timestamp::now()))
+                .await??
+        }
+    };
     Ok(session.map(|s| Principal {
         username: s.user.username,
         role: s.user.role,
