@@ -43,10 +43,6 @@ impl Scales {
         Ok(Scales(map))
     }
 
-    pub fn new(scales: HashMap<i64, Spo2Scale>) -> Scales {
-        Scales(scales)
-    }
-
     pub fn of(&self, resident: i64) -> Spo2Scale {
         self.0.get(&resident).copied().unwrap_or_default()
     }

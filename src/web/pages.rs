@@ -6,7 +6,11 @@ use axum::response::Html;
 use maud::{Markup, html};
 
 use super::layout::{self, Frame, Section};
-use super::{AppState, WebError, describe_age, read};
+use std::sync::Arc;
+
+use super::overview_data::Overview;
+use super::tile_cache::Scored;
+use super::{AppState, WebError, describe_age};
 use crate::clinical::news2::{Band, Parameter, Spo2Scale};
 use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_readings};
 use crate::model::{Quantity, Timestamp, Value};
@@ -99,20 +103,20 @@ static TILES: std::sync::LazyLock<super::tile_cache::TileCache> =
 
 /// `GET /`: a tile per resident, the sickest first.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
-    // The residents, their SpO₂ scales and the open alerts in one trip to a
-    // blocking thread: each trip is a hand-over between threads, and under 50
-    // clients those cost more than the reads.
-    let book = state.alerts.clone();
-    let (rows, scales, alert_rows) = read(&state.reader, move |r| {
-        let rows = r.residents_overview()?;
-        let book = book.lock().unwrap_or_else(|p| p.into_inner());
-        Ok((rows, book.spo2_scales(), book.list(0)))
-    })
-    .await?;
+    // The residents, their SpO₂ scales and the open alerts: as last read unless
+    // the store or the alert book has changed since (`overview_data`).
+    let data = state.overview.get(&state).await?;
     let now = Timestamp::now();
-    // Scale 1 for everyone if the book cannot be read would be wrong for a
-    // scale-2 resident: show the error instead of a score.
-    let scales = super::clinical::Scales::new(scales?);
+    let (rows, scales, alert_rows) = match data {
+        Overview::Snapshot(s) => (s.residents, s.scales, Ok(s.alerts)),
+        // Scale 1 for everyone if the book cannot be read would be wrong for a
+        // scale-2 resident: show the error instead of a score.
+        Overview::Partial {
+            residents,
+            scales,
+            alerts,
+        } => (Arc::new(residents), Arc::new(scales?), alerts.map(Arc::new)),
+    };
     // The vital signs stay on screen even if the alert book cannot be read.
     let alerts = match alert_rows {
         Ok(rows) => super::alerts::open_alerts(&rows.iter().collect::<Vec<_>>()),
@@ -121,11 +125,11 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }
         }
     };
-    let mut scored: Vec<(ResidentOverview, Spo2Scale, Option<SensorScore>)> = rows
-        .into_iter()
+    let mut scored: Vec<Scored<'_>> = rows
+        .iter()
         .map(|r| {
-            let scale = scales.of(r.id.0);
-            let s = sensor_news2(&r, scale, now, state.stale_after);
+            let scale = scales.get(&r.id.0).copied().unwrap_or_default();
+            let s = sensor_news2(r, scale, now, state.stale_after);
             (r, scale, s)
         })
         .collect();

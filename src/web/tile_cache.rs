@@ -61,7 +61,7 @@ impl Cached {
 
 /// One resident as the overview shows it: the row, the SpO₂ scale, the NEWS2
 /// from the row at `now`.
-pub type Scored = (ResidentOverview, Spo2Scale, Option<SensorScore>);
+pub type Scored<'a> = (&'a ResidentOverview, Spo2Scale, Option<SensorScore>);
 
 impl TileCache {
     /// The tiles of `scored`, in its order, as one HTML string: each from the
@@ -69,10 +69,10 @@ impl TileCache {
     /// rendered by `render` and kept.
     pub fn tiles(
         &self,
-        scored: &[Scored],
+        scored: &[Scored<'_>],
         now: Timestamp,
         stale_after: Duration,
-        render: impl Fn(&Scored) -> String,
+        render: impl Fn(&Scored<'_>) -> String,
     ) -> String {
         let hits: Vec<Option<Arc<str>>> = {
             let tiles = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
@@ -102,7 +102,7 @@ impl TileCache {
                         .min()
                         .unwrap_or(Duration::MAX);
                     fresh.push(Cached {
-                        resident: r.clone(),
+                        resident: (*r).clone(),
                         scale: *scale,
                         stale_after,
                         rendered_at: now,
@@ -236,17 +236,17 @@ mod tests {
     }
 
     /// The overview's own rendering of a tile.
-    fn render(window: Duration, now: Timestamp) -> impl Fn(&Scored) -> String {
+    fn render(window: Duration, now: Timestamp) -> impl Fn(&Scored<'_>) -> String {
         move |(r, scale, score)| {
             super::super::pages::tile(r, *scale, score.as_ref(), now, window).into_string()
         }
     }
 
-    fn scored(rows: &[ResidentOverview], now: Timestamp, window: Duration) -> Vec<Scored> {
+    fn scored(rows: &[ResidentOverview], now: Timestamp, window: Duration) -> Vec<Scored<'_>> {
         rows.iter()
             .map(|r| {
                 let s = super::super::pages::sensor_news2(r, Spo2Scale::One, now, window);
-                (r.clone(), Spo2Scale::One, s)
+                (r, Spo2Scale::One, s)
             })
             .collect()
     }
@@ -334,7 +334,7 @@ mod tests {
         let page = check(&cache, &after, now, window);
         assert!(page.contains("89%") && !page.contains("96%"), "{page}");
         // A scale-2 resident, and another window, are other inputs too.
-        let two: Vec<Scored> = scored(&after, now, window)
+        let two: Vec<Scored<'_>> = scored(&after, now, window)
             .into_iter()
             .map(|(r, _, s)| (r, Spo2Scale::Two, s))
             .collect();
