@@ -969,7 +969,8 @@ mod tests {
         assert_eq!(a.live_session(&h, short, at(touch + 10_000)), None);
 
         // Every change to accounts or sessions forgets what was remembered.
-        let changes: [(&str, Box<dyn Fn()>); 4] = [
+        type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let changes: [Change<'_>; 4] = [
             ("password", Box::new(|| a.set_password(u.id, "h2").unwrap())),
             (
                 "disabled",
