@@ -38,9 +38,12 @@ pub struct Snapshot {
     pub alerts: Arc<Vec<AlertRecord>>,
 }
 
-/// The last snapshot, per application (`AppState::overview`).
+/// The last snapshot and the rendered tiles, per application
+/// (`AppState::overview`).
 #[derive(Default)]
 pub struct OverviewData {
+    /// The tiles as last rendered (see `tile_cache`).
+    pub tiles: super::tile_cache::TileCache,
     last: Mutex<Option<Snapshot>>,
     /// One reader at a time: the others wait for its snapshot instead of all
     /// reading the same rows after each commit.

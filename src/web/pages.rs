@@ -97,10 +97,6 @@ fn urgency(score: Option<&SensorScore>) -> (u8, std::cmp::Reverse<Band>, std::cm
     }
 }
 
-/// The overview's rendered tiles, shared by every request (see `tile_cache`).
-static TILES: std::sync::LazyLock<super::tile_cache::TileCache> =
-    std::sync::LazyLock::new(Default::default);
-
 /// `GET /`: a tile per resident, the sickest first.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
     // The residents, their SpO₂ scales and the open alerts: as last read unless
@@ -140,9 +136,12 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             .then_with(|| a.display_name.cmp(&b.display_name))
     });
     let stale_after = state.stale_after;
-    let tiles = TILES.tiles(&scored, now, stale_after, |(r, scale, s)| {
-        tile(r, *scale, s.as_ref(), now, stale_after).into_string()
-    });
+    let tiles = state
+        .overview
+        .tiles
+        .tiles(&scored, now, stale_after, |(r, scale, s)| {
+            tile(r, *scale, s.as_ref(), now, stale_after).into_string()
+        });
     let uplink = state.uplink.snapshot();
     let body = html! {
         (alerts)

@@ -8,9 +8,9 @@
 //! word. So a rendered tile is kept with everything it was rendered from — the
 //! resident's row with its newest values, the SpO₂ scale, the clinical window —
 //! and with the instant until which time cannot change a word of it
-//! ([`unchanged_for`]). A request reads the store as before (the data is never
-//! cached, so no store change can be missed) and reuses a tile only if its
-//! inputs are equal to the fresh ones and that instant has not come. A cached
+//! ([`unchanged_for`]). A request reuses a tile only if its inputs are equal
+//! to the request's rows (from `overview_data`, which reads again after every
+//! change of the store or the alert book) and that instant has not come. A cached
 //! tile is therefore always byte for byte what rendering it now would give
 //! (`tests::the_cached_tiles_are_always_what_rendering_now_gives`).
 
