@@ -200,6 +200,7 @@ fn main() {
             ingest: Default::default(),
             events: carehub::web::events::Events::new(Default::default()),
             web_metrics: Default::default(),
+            overview: Default::default(),
             accounts: carehub::web::auth::testing::accounts(&path),
             auth: carehub::web::auth::testing::settings(),
             alerts: carehub::alerts::open_book(&path).expect("alert book"),

@@ -341,6 +341,7 @@ pub async fn run(
         ingest: ingest_stats,
         events: events.clone(),
         web_metrics: Default::default(),
+        overview: Default::default(),
     };
     let live = tokio::spawn(events.watch(store_stats.clone(), uplink_status.clone()));
     let mut router = app(state);

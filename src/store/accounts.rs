@@ -10,6 +10,7 @@
 //! Secrets are never stored: sessions and one-time codes are kept as the SHA-256
 //! of their random token, passwords as Argon2id PHC strings.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,6 +126,107 @@ pub struct AuditEntry {
 #[derive(Debug, Clone)]
 pub struct Accounts {
     conn: Arc<Mutex<Connection>>,
+    audit: AuditWriter,
+    /// Sessions as `session` last found them in the table, so that a page view
+    /// within [`TOUCH_EVERY`] of the last mark needs no trip to SQLite (see
+    /// `live_session`). Every method that changes sessions or accounts forgets
+    /// them all.
+    live: Arc<Mutex<HashMap<[u8; 32], LiveSession>>>,
+}
+
+/// A session and its `last_seen_ms` as stored.
+#[derive(Debug, Clone)]
+struct LiveSession {
+    session: Session,
+    last_seen: Timestamp,
+}
+
+/// Sessions remembered at most; past it they are all forgotten (and found in
+/// the table again).
+const LIVE_SESSIONS: usize = 4096;
+
+/// An audit entry waiting for its commit, and who waits for it.
+type PendingAudit = (
+    AuditEntry,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
+/// Audit entries at most in one transaction.
+const AUDIT_BATCH: usize = 256;
+
+/// The audit log's writer: a thread with its own connection that commits every
+/// entry queued while the previous commit ran in one transaction (group commit).
+/// Each caller still waits for the commit of its own entry, so a view is never
+/// answered unaudited, but 50 staff screens share one fsync instead of queueing
+/// for one each (behind which sign-ins and session checks waited, on the same
+/// connection). The thread ends when the last `Accounts` clone is dropped, after
+/// committing what was queued.
+#[derive(Debug, Clone)]
+struct AuditWriter {
+    tx: tokio::sync::mpsc::Sender<PendingAudit>,
+}
+
+impl AuditWriter {
+    fn start(conn: Connection) -> AuditWriter {
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * AUDIT_BATCH);
+        std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || audit_writer(conn, rx))
+            .expect(
+                "spawning a thread at start-up only fails when the process is out of resources",
+            );
+        AuditWriter { tx }
+    }
+}
+
+fn audit_writer(mut conn: Connection, mut rx: tokio::sync::mpsc::Receiver<PendingAudit>) {
+    let mut batch: Vec<PendingAudit> = Vec::with_capacity(AUDIT_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < AUDIT_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let together = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (e, _) in &batch {
+                insert_audit(&tx, e)?;
+            }
+            tx.commit()
+        })();
+        match together {
+            Ok(()) => {
+                for (_, done) in batch.drain(..) {
+                    // The caller may have gone (its request was dropped): fine.
+                    let _ = done.send(Ok(()));
+                }
+            }
+            // The transaction rolled back: each entry alone, with its own answer.
+            Err(_) => {
+                for (e, done) in batch.drain(..) {
+                    let _ = done.send(insert_audit(&conn, &e).map_err(StoreError::from));
+                }
+            }
+        }
+    }
+}
+
+fn insert_audit(c: &Connection, e: &AuditEntry) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO audit_log (at_ms, who, action, target, client, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        e.at.unix_ms(),
+        e.who,
+        e.action,
+        e.target,
+        e.client,
+        e.status
+    ])
+    .map(drop)
 }
 
 /// Adding or changing an account was refused.
@@ -172,18 +274,31 @@ impl Accounts {
     /// Opens a connection on the store's database, which `Store::open` has
     /// already migrated.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Accounts, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        let sync = match synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
+        let open = || -> Result<Connection, StoreError> {
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            let sync = match synchronous {
+                Synchronous::Full => "FULL",
+                Synchronous::Normal => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", sync)?;
+            conn.pragma_update(None, "foreign_keys", true)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            Ok(conn)
         };
-        conn.pragma_update(None, "synchronous", sync)?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
         Ok(Accounts {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(open()?)),
+            audit: AuditWriter::start(open()?),
+            live: Arc::default(),
         })
+    }
+
+    /// Forgets every remembered session: called after every committed change to
+    /// sessions or accounts. A session remembered before the change is forgotten
+    /// here; one remembered after it was read after the commit (`session` reads
+    /// and remembers under the connection's lock).
+    fn forget_live(&self) {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn with<T>(
@@ -308,6 +423,7 @@ impl Accounts {
             tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
         }
         tx.commit()?;
+        self.forget_live();
         Ok(User { disabled, ..user })
     }
 
@@ -324,6 +440,7 @@ impl Accounts {
         }
         tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
         tx.commit()?;
+        self.forget_live();
         Ok(())
     }
 
@@ -355,61 +472,103 @@ impl Accounts {
         limits: SessionLimits,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError> {
-        self.with(|c| {
-            let found = c
-                .query_row(
-                    &format!(
-                        "SELECT {USER_COLUMNS}, s.csrf, s.created_at_ms, s.last_seen_ms
-                         FROM sessions s JOIN users u ON u.id = s.user_id
-                         WHERE s.token_hash = ?1"
-                    ),
-                    [&token_hash[..]],
-                    |r| {
-                        Ok((
-                            user_from_row(r)?,
-                            r.get::<_, String>(6)?,
-                            Timestamp::from_unix_ms(r.get(7)?),
-                            Timestamp::from_unix_ms(r.get(8)?),
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((user, csrf, created_at, last_seen)) = found else {
-                return Ok(None);
-            };
-            let expired = last_seen.age_at(now) >= limits.idle
-                || created_at.age_at(now) >= limits.absolute
-                || user.disabled;
-            if expired {
-                c.execute(
-                    "DELETE FROM sessions WHERE token_hash = ?1",
-                    [&token_hash[..]],
-                )?;
-                return Ok(None);
-            }
-            if last_seen.age_at(now) >= TOUCH_EVERY {
-                c.execute(
-                    "UPDATE sessions SET last_seen_ms = ?2 WHERE token_hash = ?1",
-                    params![&token_hash[..], now.unix_ms()],
-                )?;
-            }
-            Ok(Some(Session {
-                user,
-                csrf,
-                created_at,
-            }))
-        })
+        // The row is read and remembered under the connection's lock, so a change
+        // to sessions or accounts commits either before the read or after the
+        // remembering, and then forgets it (`forget_live`).
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let c: &mut Connection = &mut conn;
+        let found = c
+            .query_row(
+                &format!(
+                    "SELECT {USER_COLUMNS}, s.csrf, s.created_at_ms, s.last_seen_ms
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.token_hash = ?1"
+                ),
+                [&token_hash[..]],
+                |r| {
+                    Ok((
+                        user_from_row(r)?,
+                        r.get::<_, String>(6)?,
+                        Timestamp::from_unix_ms(r.get(7)?),
+                        Timestamp::from_unix_ms(r.get(8)?),
+                    ))
+                },
+            )
+            .optional()?;
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(token_hash);
+        let Some((user, csrf, created_at, last_seen)) = found else {
+            return Ok(None);
+        };
+        let expired = last_seen.age_at(now) >= limits.idle
+            || created_at.age_at(now) >= limits.absolute
+            || user.disabled;
+        if expired {
+            c.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [&token_hash[..]],
+            )?;
+            return Ok(None);
+        }
+        let mut last_seen = last_seen;
+        if last_seen.age_at(now) >= TOUCH_EVERY {
+            c.execute(
+                "UPDATE sessions SET last_seen_ms = ?2 WHERE token_hash = ?1",
+                params![&token_hash[..], now.unix_ms()],
+            )?;
+            last_seen = now;
+        }
+        let session = Session {
+            user,
+            csrf,
+            created_at,
+        };
+        if live.len() >= LIVE_SESSIONS {
+            live.clear();
+        }
+        live.insert(
+            *token_hash,
+            LiveSession {
+                session: session.clone(),
+                last_seen,
+            },
+        );
+        Ok(Some(session))
+    }
+
+    /// The session with this token hash as [`session`](Self::session) would
+    /// answer, without blocking: `Some` only when it was found in the table
+    /// less than [`TOUCH_EVERY`] ago (by its mark), nothing about it or its
+    /// account has changed since, and it is within its limits at `now`;
+    /// otherwise `None`, and the caller asks `session`.
+    pub fn live_session(
+        &self,
+        token_hash: &[u8; 32],
+        limits: SessionLimits,
+        now: Timestamp,
+    ) -> Option<Session> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let l = live.get(token_hash)?;
+        let seen = l.last_seen.age_at(now);
+        let usable = l.last_seen <= now
+            && seen < TOUCH_EVERY
+            && seen < limits.idle
+            && l.session.created_at.age_at(now) < limits.absolute
+            && !l.session.user.disabled;
+        usable.then(|| l.session.clone())
     }
 
     /// Ends a session (sign out, or the old session at a new sign-in).
     pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
-        self.with(|c| {
+        let deleted = self.with(|c| {
             c.execute(
                 "DELETE FROM sessions WHERE token_hash = ?1",
                 [&token_hash[..]],
             )
             .map(drop)
-        })
+        });
+        self.forget_live();
+        deleted
     }
 
     /// Deletes sessions past their limits; returns how many.
@@ -418,7 +577,7 @@ impl Accounts {
         limits: SessionLimits,
         now: Timestamp,
     ) -> Result<usize, StoreError> {
-        self.with(|c| {
+        let purged = self.with(|c| {
             c.execute(
                 "DELETE FROM sessions WHERE last_seen_ms <= ?1 OR created_at_ms <= ?2",
                 params![
@@ -426,7 +585,9 @@ impl Accounts {
                     now.unix_ms().saturating_sub(ms(limits.absolute))
                 ],
             )
-        })
+        });
+        self.forget_live();
+        purged
     }
 
     /// Failed sign-ins under `key` (an account or a client address) since `since`.
@@ -517,23 +678,17 @@ impl Accounts {
         })
     }
 
-    /// Appends to the audit log.
-    pub fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO audit_log (at_ms, who, action, target, client, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    e.at.unix_ms(),
-                    e.who,
-                    e.action,
-                    e.target,
-                    e.client,
-                    e.status
-                ],
-            )
-            .map(drop)
-        })
+    /// Appends to the audit log; returns once the entry is committed. Entries
+    /// queued together share one transaction (see `AuditWriter`). Async: this
+    /// never blocks the executor.
+    pub async fn audit(&self, e: AuditEntry) -> Result<(), StoreError> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.audit
+            .tx
+            .send((e, done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        committed.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Audit entries newest first, skipping `offset`.
@@ -688,5 +843,170 @@ mod tests {
         assert_eq!(a.failures_since("user:ann", t).unwrap(), 0);
         a.clear_failures("user:ann").unwrap();
         assert_eq!(a.failures_since("user:ann", since).unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_audit_entry_is_committed_when_audit_returns_though_entries_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let db = dir.path().join("a.db");
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let (a, db) = (a.clone(), db.clone());
+                tokio::spawn(async move {
+                    let target = format!("/residents/{i}");
+                    a.audit(AuditEntry {
+                        at: Timestamp::from_unix_ms(1_000 + i),
+                        who: "ann".into(),
+                        action: "view resident".into(),
+                        target: target.clone(),
+                        client: "127.0.0.1".into(),
+                        status: 200,
+                    })
+                    .await
+                    .unwrap();
+                    // Committed: another connection sees it at once.
+                    let other = Connection::open(&db).unwrap();
+                    let n: i64 = other
+                        .query_row(
+                            "SELECT COUNT(*) FROM audit_log WHERE target = ?1",
+                            [&target],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    assert_eq!(n, 1, "{target}");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(a.audit_count().unwrap(), 200);
+        // The newest first, as the audit page reads them.
+        assert_eq!(a.audit_page(0, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_session_is_marked_used_at_most_every_touch_interval_and_its_idle_limit_holds_to_within_it()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let db = Connection::open(dir.path().join("a.db")).unwrap();
+        let last_seen = || -> i64 {
+            db.query_row("SELECT last_seen_ms FROM sessions", [], |r| r.get(0))
+                .unwrap()
+        };
+        let t0 = Timestamp::from_unix_ms(10_000_000);
+        let after = |s: u64| t0.saturating_add(Duration::from_secs(s));
+        let u = a.create_user("ann", "h", Role::Carer, "t", t0).unwrap();
+        let h = [5u8; 32];
+        a.create_session(&h, u.id, "c", "127.0.0.1", t0).unwrap();
+        // Used within TOUCH_EVERY of the last mark: not written.
+        let just_under = TOUCH_EVERY.as_secs() - 1;
+        assert!(a.session(&h, LIMITS, after(just_under)).unwrap().is_some());
+        assert_eq!(last_seen(), t0.unix_ms());
+        // Used TOUCH_EVERY after it: marked.
+        let touch = TOUCH_EVERY.as_secs();
+        assert!(a.session(&h, LIMITS, after(touch)).unwrap().is_some());
+        assert_eq!(last_seen(), after(touch).unix_ms());
+        // Last used just under TOUCH_EVERY after that mark: the idle limit counts
+        // from the mark, so it ends at most TOUCH_EVERY early, never late.
+        assert!(
+            a.session(&h, LIMITS, after(touch + just_under))
+                .unwrap()
+                .is_some()
+        );
+        let idle = LIMITS.idle.as_secs();
+        let end = after(touch + idle);
+        assert!(
+            a.session(&h, LIMITS, end.saturating_sub(Duration::from_millis(1)))
+                .unwrap()
+                .is_some()
+        );
+        // (That use was TOUCH_EVERY past the mark, so it marked again.)
+        assert_eq!(last_seen(), end.unix_ms() - 1);
+        let h2 = [6u8; 32];
+        a.create_session(&h2, u.id, "c", "127.0.0.1", t0).unwrap();
+        assert!(a.session(&h2, LIMITS, after(just_under)).unwrap().is_some());
+        assert_eq!(
+            a.session(&h2, LIMITS, after(idle)).unwrap(),
+            None,
+            "idle from the last mark (t0), though used {just_under} s later"
+        );
+    }
+
+    #[test]
+    fn a_remembered_session_answers_as_the_table_would_and_is_forgotten_by_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let t0 = Timestamp::from_unix_ms(20_000_000);
+        let at = |ms: u64| t0.saturating_add(Duration::from_millis(ms));
+        let u = a.create_user("ann", "h", Role::Nurse, "t", t0).unwrap();
+        let h = [1u8; 32];
+        a.create_session(&h, u.id, "c", "x", t0).unwrap();
+        // Not remembered before the table has been asked.
+        assert_eq!(a.live_session(&h, LIMITS, t0), None);
+        let s = a.session(&h, LIMITS, t0).unwrap().unwrap();
+        assert_eq!(a.live_session(&[2u8; 32], LIMITS, t0), None);
+        // Within TOUCH_EVERY of the mark: the same answer as the table.
+        let touch = u64::try_from(TOUCH_EVERY.as_millis()).unwrap();
+        for ms in [0, 1, 30_000, touch - 1] {
+            assert_eq!(a.live_session(&h, LIMITS, at(ms)), Some(s.clone()), "{ms}");
+            assert_eq!(a.session(&h, LIMITS, at(ms)).unwrap(), Some(s.clone()));
+        }
+        // From TOUCH_EVERY on, the table is asked (and marks the session used).
+        assert_eq!(a.live_session(&h, LIMITS, at(touch)), None);
+        assert!(a.session(&h, LIMITS, at(touch)).unwrap().is_some());
+        assert!(a.live_session(&h, LIMITS, at(touch + 1)).is_some());
+        // A clock set back is not trusted.
+        assert_eq!(a.live_session(&h, LIMITS, at(touch - 1)), None);
+        // An idle limit shorter than TOUCH_EVERY holds without the table.
+        let short = SessionLimits {
+            idle: Duration::from_secs(10),
+            ..LIMITS
+        };
+        assert!(a.live_session(&h, short, at(touch + 9_999)).is_some());
+        assert_eq!(a.live_session(&h, short, at(touch + 10_000)), None);
+
+        // Every change to accounts or sessions forgets what was remembered.
+        type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let changes: [Change<'_>; 4] = [
+            ("password", Box::new(|| a.set_password(u.id, "h2").unwrap())),
+            (
+                "disabled",
+                Box::new(|| drop(a.set_disabled(u.id, true).unwrap())),
+            ),
+            ("signed out", Box::new(|| a.delete_session(&h).unwrap())),
+            (
+                "purged",
+                Box::new(|| {
+                    let none = SessionLimits {
+                        idle: Duration::ZERO,
+                        absolute: Duration::ZERO,
+                    };
+                    a.purge_sessions(none, at(touch + 2)).unwrap();
+                }),
+            ),
+        ];
+        for (what, change) in changes {
+            a.set_disabled(u.id, false).unwrap();
+            a.delete_session(&h).unwrap();
+            a.create_session(&h, u.id, "c", "x", at(touch + 1)).unwrap();
+            assert!(
+                a.session(&h, LIMITS, at(touch + 1)).unwrap().is_some(),
+                "{what}"
+            );
+            assert!(
+                a.live_session(&h, LIMITS, at(touch + 2)).is_some(),
+                "{what}"
+            );
+            change();
+            assert_eq!(a.live_session(&h, LIMITS, at(touch + 2)), None, "{what}");
+            assert_eq!(
+                a.session(&h, LIMITS, at(touch + 2)).unwrap(),
+                None,
+                "{what}"
+            );
+        }
     }
 }

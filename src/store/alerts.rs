@@ -17,6 +17,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -80,6 +82,10 @@ pub struct SyncReport {
 pub struct AlertBook {
     conn: Connection,
     changes: tokio::sync::broadcast::Sender<AlertChange>,
+    /// Bumped as every method that writes starts (they all take `&mut self`),
+    /// so that a reader who read under the book's lock can later tell, without
+    /// the lock, whether what it read may have changed (the overview's cache).
+    generation: Arc<AtomicU64>,
 }
 
 const COLUMNS: &str = "a.id, a.uuid, a.cause_key, a.resident_id, r.reference, a.rule, a.severity,
@@ -122,7 +128,21 @@ impl AlertBook {
             });
         }
         let (changes, _) = tokio::sync::broadcast::channel(CHANGES_BACKLOG);
-        Ok(AlertBook { conn, changes })
+        Ok(AlertBook {
+            conn,
+            changes,
+            generation: Arc::default(),
+        })
+    }
+
+    /// The book's change counter (see the field); read it under the book's
+    /// lock together with what it counts.
+    pub fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
+    fn changing(&mut self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Follows every alert raised, acknowledged or resolved from now on (after
@@ -139,6 +159,7 @@ impl AlertBook {
     /// Makes the open alerts match `causes`: raises each cause with no open alert,
     /// resolves each open alert whose cause no longer holds, leaves the rest.
     pub fn sync(&mut self, causes: &[Cause], now: Timestamp) -> Result<SyncReport, StoreError> {
+        self.changing();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -198,6 +219,7 @@ impl AlertBook {
 
     /// Records that `by` has seen alert `id`. Acknowledging twice keeps the first.
     pub fn acknowledge(&mut self, id: i64, by: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.changing();
         let n = self.conn.execute(
             "UPDATE alerts SET acknowledged_by = ?2, acknowledged_at_ms = ?3
              WHERE id = ?1 AND acknowledged_at_ms IS NULL",
@@ -232,13 +254,13 @@ impl AlertBook {
     pub fn list(&self, resolved: usize) -> Result<Vec<AlertRecord>, StoreError> {
         let rank = "CASE a.severity WHEN 'emergency' THEN 0 WHEN 'urgent' THEN 1 ELSE 2 END";
         let mut out: Vec<AlertRecord> = {
-            let mut st = self.conn.prepare(&format!(
+            let mut st = self.conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM alerts a LEFT JOIN residents r ON r.id = a.resident_id
                  WHERE a.resolved_at_ms IS NULL ORDER BY {rank}, a.id DESC"
             ))?;
             st.query_map([], record)?.collect::<Result<_, _>>()?
         };
-        let mut st = self.conn.prepare(&format!(
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM alerts a LEFT JOIN residents r ON r.id = a.resident_id
              WHERE a.resolved_at_ms IS NOT NULL ORDER BY a.resolved_at_ms DESC LIMIT ?1"
         ))?;
@@ -262,6 +284,7 @@ impl AlertBook {
 
     /// The broker has acknowledged alert `id`.
     pub fn mark_published(&mut self, id: i64) -> Result<(), StoreError> {
+        self.changing();
         self.conn
             .execute("UPDATE alerts SET published = 1 WHERE id = ?1", [id])?;
         Ok(())
@@ -335,7 +358,7 @@ impl AlertBook {
     pub fn spo2_scales(&self) -> Result<HashMap<i64, Spo2Scale>, StoreError> {
         let mut st = self
             .conn
-            .prepare("SELECT resident_id, spo2_scale FROM resident_clinical")?;
+            .prepare_cached("SELECT resident_id, spo2_scale FROM resident_clinical")?;
         let rows = st
             .query_map([], |r| {
                 let scale = match r.get::<_, i64>(1)? {
@@ -357,6 +380,7 @@ impl AlertBook {
         by: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.changing();
         self.require_resident(resident_id)?;
         let n = match scale {
             Spo2Scale::One => 1,
@@ -393,6 +417,7 @@ impl AlertBook {
         reading_ids: &[ReadingId],
         now: Timestamp,
     ) -> Result<i64, StoreError> {
+        self.changing();
         let ids: Vec<String> = reading_ids.iter().map(|r| r.to_string()).collect();
         self.conn.execute(
             "INSERT INTO observation_sets (resident_id, taken_at_ms, entered_by, entered_at_ms,
@@ -441,6 +466,7 @@ impl AlertBook {
         by: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.changing();
         self.require_resident(resident_id)?;
         self.conn.execute(
             "INSERT OR REPLACE INTO resident_thresholds (resident_id, spo2_low, pulse_low,

@@ -230,7 +230,9 @@ impl Writer {
                 stats
                     .readings_committed
                     .fetch_add(written.readings, Ordering::Relaxed);
-                stats.commits.fetch_add(1, Ordering::Relaxed);
+                // Release: whoever sees the new count sees the commit (the
+                // overview's cache in `web` keys on it).
+                stats.commits.fetch_add(1, Ordering::Release);
                 stats.last_commit_ms.store(now.unix_ms(), Ordering::Relaxed);
                 stats
                     .outbox_readings
@@ -253,7 +255,7 @@ impl Writer {
                         Command::Provision { .. } | Command::Record { .. } | Command::Seen { .. }
                     )
                 }) {
-                    stats.registry_changes.fetch_add(1, Ordering::Relaxed);
+                    stats.registry_changes.fetch_add(1, Ordering::Release);
                 }
                 if stats.disk_full.swap(false, Ordering::Relaxed) {
                     tracing::info!("the disk has room again; readings are being stored");
@@ -328,7 +330,7 @@ impl Writer {
                 Command::Resident { change, reply } => {
                     let r = self.change_resident(&change);
                     if r.is_ok() {
-                        self.stats.registry_changes.fetch_add(1, Ordering::Relaxed);
+                        self.stats.registry_changes.fetch_add(1, Ordering::Release);
                     }
                     let _ = reply.send(r.map_err(Arc::new));
                 }

@@ -253,14 +253,8 @@ fn plausible(t: &Thresholds) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The open alerts for the top of the overview; empty when none.
-pub async fn section(state: &AppState) -> Result<Markup, WebError> {
-    let rows = with_book(state, |b| b.list(0)).await?;
-    Ok(open_alerts(&rows.iter().collect::<Vec<_>>()))
-}
-
 /// The open alerts, each with its acknowledgement or an Acknowledge button.
-fn open_alerts(rows: &[&crate::store::AlertRecord]) -> Markup {
+pub(super) fn open_alerts(rows: &[&crate::store::AlertRecord]) -> Markup {
     html! {
         @if !rows.is_empty() {
             section.alerts role="alert" {

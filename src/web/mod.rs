@@ -15,11 +15,13 @@ mod gateway;
 pub mod layout;
 pub mod metrics;
 mod openapi;
+mod overview_data;
 pub(crate) mod pages;
 mod pairing;
 mod resident;
 mod residents_admin;
 pub mod serve;
+mod tile_cache;
 pub mod tls;
 
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub struct AppState {
     pub events: events::Events,
     /// Requests answered, for `/metrics`.
     pub web_metrics: Arc<metrics::WebMetrics>,
+    /// The residents overview's rows between two changes (`overview_data`).
+    pub overview: Arc<overview_data::OverviewData>,
 }
 
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).

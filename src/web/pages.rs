@@ -6,7 +6,11 @@ use axum::response::Html;
 use maud::{Markup, html};
 
 use super::layout::{self, Frame, Section};
-use super::{AppState, WebError, describe_age, read};
+use std::sync::Arc;
+
+use super::overview_data::Overview;
+use super::tile_cache::Scored;
+use super::{AppState, WebError, describe_age};
 use crate::clinical::news2::{Band, Parameter, Spo2Scale};
 use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from_readings};
 use crate::model::{Quantity, Timestamp, Value};
@@ -95,24 +99,33 @@ fn urgency(score: Option<&SensorScore>) -> (u8, std::cmp::Reverse<Band>, std::cm
 
 /// `GET /`: a tile per resident, the sickest first.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
-    let rows = read(&state.reader, |r| r.residents_overview()).await?;
+    // The residents, their SpO₂ scales and the open alerts: as last read unless
+    // the store or the alert book has changed since (`overview_data`).
+    let data = state.overview.get(&state).await?;
     let now = Timestamp::now();
-    // Scale 1 for everyone if the book cannot be read would be wrong for a
-    // scale-2 resident: show the error instead of a score.
-    let scales = super::clinical::Scales::load(&state).await?;
+    let (rows, scales, alert_rows) = match data {
+        Overview::Snapshot(s) => (s.residents, s.scales, Ok(s.alerts)),
+        // Scale 1 for everyone if the book cannot be read would be wrong for a
+        // scale-2 resident: show the error instead of a score.
+        Overview::Partial {
+            residents,
+            scales,
+            alerts,
+        } => (Arc::new(residents), Arc::new(scales?), alerts.map(Arc::new)),
+    };
     // The vital signs stay on screen even if the alert book cannot be read.
-    let alerts = match super::alerts::section(&state).await {
-        Ok(m) => m,
+    let alerts = match alert_rows {
+        Ok(rows) => super::alerts::open_alerts(&rows.iter().collect::<Vec<_>>()),
         Err(e) => {
             tracing::error!(error = %e, "alerts not shown");
             html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }
         }
     };
-    let mut scored: Vec<(ResidentOverview, Spo2Scale, Option<SensorScore>)> = rows
-        .into_iter()
+    let mut scored: Vec<Scored<'_>> = rows
+        .iter()
         .map(|r| {
-            let scale = scales.of(r.id.0);
-            let s = sensor_news2(&r, scale, now, state.stale_after);
+            let scale = scales.get(&r.id.0).copied().unwrap_or_default();
+            let s = sensor_news2(r, scale, now, state.stale_after);
             (r, scale, s)
         })
         .collect();
@@ -122,6 +135,13 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             .then_with(|| a.room.cmp(&b.room))
             .then_with(|| a.display_name.cmp(&b.display_name))
     });
+    let stale_after = state.stale_after;
+    let tiles = state
+        .overview
+        .tiles
+        .tiles(&scored, now, stale_after, |(r, scale, s)| {
+            tile(r, *scale, s.as_ref(), now, stale_after).into_string()
+        });
     let uplink = state.uplink.snapshot();
     let body = html! {
         (alerts)
@@ -141,9 +161,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
             p.none { "No residents yet." }
         }
         div.tiles {
-            @for (r, scale, s) in &scored {
-                (tile(r, *scale, s.as_ref(), now, state.stale_after))
-            }
+            (maud::PreEscaped(tiles))
         }
     };
     let frame = Frame {
@@ -169,7 +187,7 @@ const TILE: &[Quantity] = &[
     Quantity::SupplementalOxygen,
 ];
 
-fn tile(
+pub(super) fn tile(
     r: &ResidentOverview,
     scale: Spo2Scale,
     score: Option<&SensorScore>,

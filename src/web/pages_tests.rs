@@ -869,3 +869,100 @@ async fn real_api_responses_validate_against_the_document() {
         check_response(&doc, path, method, status, &text);
     }
 }
+
+/// The overview's rows are kept between changes (`overview_data`): every kind of
+/// change the page shows — a reading, a resident's details, an SpO₂ scale, an
+/// alert raised and acknowledged — must show on the next request.
+#[tokio::test]
+async fn the_overview_cache_never_outlives_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let spo2 = |v: f64, age_s: u64| {
+        reading(
+            Quantity::Spo2,
+            Value::Number(v),
+            Unit::Percent,
+            Duration::from_secs(age_s),
+        )
+    };
+    store.handle.ingest(vec![spo2(96.0, 30)]).await.unwrap();
+    let (_, page) = get(&state, "/").await;
+    assert!(page.contains("96%"), "{page}");
+    let reads = state.overview.reads();
+    // Nothing changed: no read.
+    let (_, again) = get(&state, "/").await;
+    assert!(again.contains("96%"));
+    assert_eq!(
+        state.overview.reads(),
+        reads,
+        "read again with nothing changed"
+    );
+
+    // A new reading.
+    store.handle.ingest(vec![spo2(89.0, 5)]).await.unwrap();
+    let (_, page) = get(&state, "/").await;
+    assert!(page.contains("89%") && !page.contains("96%"), "{page}");
+
+    // The resident's details.
+    store
+        .handle
+        .change_resident(ResidentChange::Edit(Resident {
+            id: ResidentId(1),
+            display_name: "Ada Byron".into(),
+            room: "Room 9".into(),
+            reference: "r1".into(),
+        }))
+        .await
+        .unwrap();
+    let (_, page) = get(&state, "/").await;
+    assert!(
+        page.contains("Ada Byron") && page.contains("Room 9"),
+        "{page}"
+    );
+
+    // The SpO₂ scale (the alert book).
+    state
+        .alerts
+        .lock()
+        .unwrap()
+        .set_spo2_scale(
+            1,
+            crate::clinical::news2::Spo2Scale::Two,
+            "nurse",
+            Timestamp::now(),
+        )
+        .unwrap();
+    let (_, page) = get(&state, "/").await;
+    assert!(page.contains("SpO2 scale 2"), "{page}");
+
+    // An alert raised, then acknowledged.
+    let cause = crate::clinical::alerts::Cause {
+        key: "gateway/disk".into(),
+        resident_id: None,
+        rule: "disk-low",
+        severity: crate::clinical::alerts::Severity::Warning,
+        message: "only 10 MB of disk free".into(),
+        score: None,
+        level: "warning",
+    };
+    let id = {
+        let mut book = state.alerts.lock().unwrap();
+        book.sync(std::slice::from_ref(&cause), Timestamp::now())
+            .unwrap();
+        book.list(0).unwrap()[0].id
+    };
+    let (_, page) = get(&state, "/").await;
+    assert!(
+        page.contains("only 10 MB of disk free") && page.contains("Acknowledge"),
+        "{page}"
+    );
+    state
+        .alerts
+        .lock()
+        .unwrap()
+        .acknowledge(id, "test-nurse", Timestamp::now())
+        .unwrap();
+    let (_, page) = get(&state, "/").await;
+    assert!(page.contains("acknowledged by test-nurse"), "{page}");
+    assert!(state.overview.reads() > reads);
+}

@@ -61,6 +61,7 @@ pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         ingest: Default::default(),
         events: events::Events::new(tokio_util::sync::CancellationToken::new()),
         web_metrics: Default::default(),
+        overview: Default::default(),
     };
     (store, state)
 }

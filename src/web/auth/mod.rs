@@ -207,11 +207,17 @@ async fn resolve(
         return Ok(None);
     };
     let hash = password::token_hash(token);
-    let accounts = state.accounts.clone();
     let limits = state.auth.limits;
-    let session =
-        tokio::task::spawn_blocking(move || accounts.session(&hash, limits, Timestamp::now()))
-            .await??;
+    // A session checked in the table less than a minute ago (by its mark) needs
+    // no trip to a blocking thread; any other goes to the table.
+    let session = match state.accounts.live_session(&hash, limits, Timestamp::now()) {
+        Some(s) => Some(s),
+        None => {
+            let accounts = state.accounts.clone();
+            tokio::task::spawn_blocking(move || accounts.session(&hash, limits, Timestamp::now()))
+                .await??
+        }
+    };
     Ok(session.map(|s| Principal {
         username: s.user.username,
         role: s.user.role,
@@ -408,13 +414,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     res
 }
 
-/// Writes one audit entry; a failure is logged loudly (the request has happened).
+/// Writes one audit entry and waits for its commit; a failure is logged loudly
+/// (the request has happened).
 pub async fn write_audit(state: &AppState, entry: AuditEntry) {
-    let accounts = state.accounts.clone();
-    match tokio::task::spawn_blocking(move || accounts.audit(&entry)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "audit entry not written"),
-        Err(e) => tracing::error!(error = %e, "audit task failed"),
+    if let Err(e) = state.accounts.audit(entry).await {
+        tracing::error!(error = %e, "audit entry not written");
     }
 }
 
