@@ -26,8 +26,16 @@
       return;
     }
     last = Date.now();
-    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.text(); })
+    // X-Carehub-Live: this request is the page's, not a person's, so it does not
+    // keep the session alive. When the session has ended the answer is the
+    // sign-in page: reload, so that the residents' values leave the screen
+    // instead of staying there, no longer updated, looking current.
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Carehub-Live": "1" } })
+      .then(function (r) {
+        if (r.redirected && new URL(r.url).pathname === "/login") { window.location.reload(); throw new Error("signed out"); }
+        if (!r.ok) { throw new Error("HTTP " + r.status); }
+        return r.text();
+      })
       .then(function (text) {
         // The keyboard may have moved into the region while the page was
         // fetched: replacing it now would throw the focus back to the top.

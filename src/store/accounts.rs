@@ -472,6 +472,28 @@ impl Accounts {
         limits: SessionLimits,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError> {
+        self.check_session(token_hash, limits, now, true)
+    }
+
+    /// As [`session`](Self::session), but for a request the page made on its
+    /// own (a live refresh, the event stream): the session is not marked used,
+    /// so a tablet left on a live page still signs out when its idle time is up.
+    pub fn session_unused(
+        &self,
+        token_hash: &[u8; 32],
+        limits: SessionLimits,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        self.check_session(token_hash, limits, now, false)
+    }
+
+    fn check_session(
+        &self,
+        token_hash: &[u8; 32],
+        limits: SessionLimits,
+        now: Timestamp,
+        touch: bool,
+    ) -> Result<Option<Session>, StoreError> {
         // The row is read and remembered under the connection's lock, so a change
         // to sessions or accounts commits either before the read or after the
         // remembering, and then forgets it (`forget_live`).
@@ -511,7 +533,7 @@ impl Accounts {
             return Ok(None);
         }
         let mut last_seen = last_seen;
-        if last_seen.age_at(now) >= TOUCH_EVERY {
+        if touch && last_seen.age_at(now) >= TOUCH_EVERY {
             c.execute(
                 "UPDATE sessions SET last_seen_ms = ?2 WHERE token_hash = ?1",
                 params![&token_hash[..], now.unix_ms()],
@@ -884,6 +906,44 @@ mod tests {
         assert_eq!(a.audit_count().unwrap(), 200);
         // The newest first, as the audit page reads them.
         assert_eq!(a.audit_page(0, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_page_refreshing_itself_does_not_keep_its_session_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let t0 = Timestamp::from_unix_ms(10_000_000);
+        let after = |s: u64| t0.saturating_add(Duration::from_secs(s));
+        let u = a.create_user("ann", "h", Role::Carer, "t", t0).unwrap();
+        let h = [7u8; 32];
+        a.create_session(&h, u.id, "c", "127.0.0.1", t0).unwrap();
+        let idle = LIMITS.idle.as_secs();
+        // A tablet left on a live page: it refreshes every 30 s until the idle
+        // limit, each refresh answered, none counted as use.
+        let mut t = 30;
+        while t < idle {
+            assert!(
+                a.session_unused(&h, LIMITS, after(t)).unwrap().is_some(),
+                "at {t} s"
+            );
+            t += 30;
+        }
+        assert_eq!(a.session_unused(&h, LIMITS, after(idle)).unwrap(), None);
+        assert_eq!(a.live_session(&h, LIMITS, after(idle)), None);
+        assert_eq!(
+            a.session(&h, LIMITS, after(idle)).unwrap(),
+            None,
+            "signed out after the idle limit"
+        );
+        // Staff using the page do keep it alive.
+        let h2 = [8u8; 32];
+        a.create_session(&h2, u.id, "c", "127.0.0.1", t0).unwrap();
+        assert!(a.session(&h2, LIMITS, after(idle - 10)).unwrap().is_some());
+        assert!(
+            a.session_unused(&h2, LIMITS, after(idle + 10))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -1078,3 +1078,44 @@ async fn an_encryption_key_is_set_by_a_nurse_never_shown_and_removed() {
         crate::decode::parse_bind_key(hex).unwrap()
     );
 }
+
+#[tokio::test]
+async fn the_pages_own_refreshes_do_not_keep_a_session_alive_but_staff_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let login = auth::testing::sign_in(&state, "test-carer", crate::store::accounts::Role::Carer);
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    // The session was last marked used two minutes ago.
+    let two_minutes_ago = Timestamp::now().unix_ms() - 120_000;
+    let set_mark = || {
+        db.execute("UPDATE sessions SET last_seen_ms = ?1", [two_minutes_ago])
+            .unwrap()
+    };
+    let mark = || -> i64 {
+        db.query_row("SELECT last_seen_ms FROM sessions", [], |r| r.get(0))
+            .unwrap()
+    };
+    let get_with = |uri: &'static str, live: bool| {
+        let mut req = Request::builder().uri(uri).header("cookie", &login.cookie);
+        if live {
+            req = req.header(auth::LIVE_HEADER, "1");
+        }
+        app(state.clone()).oneshot(req.body(Body::empty()).unwrap())
+    };
+    set_mark();
+    // live.js refreshing the overview: answered, not counted as use.
+    let res = get_with("/", true).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        mark(),
+        two_minutes_ago,
+        "a live refresh marked the session used"
+    );
+    // A member of staff opening the page: counted.
+    let res = get_with("/alerts", false).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        mark() > two_minutes_ago,
+        "a page opened by staff was not counted"
+    );
+}

@@ -181,10 +181,22 @@ fn is_safe(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// Who is calling: the bearer token of `carehub pair`, or a session cookie.
+/// Sent by `live.js` on the requests it makes on its own: they show the page is
+/// open, not that anybody is using it, so they do not keep a session alive.
+pub const LIVE_HEADER: &str = "x-carehub-live";
+
+/// Whether the page made this request on its own (the event stream, a live
+/// refresh) rather than a member of staff.
+fn automatic(route: Option<&str>, headers: &HeaderMap) -> bool {
+    route == Some("/events") || headers.contains_key(LIVE_HEADER)
+}
+
+/// Who is calling: the bearer token of `carehub pair`, or a session cookie. An
+/// `automatic` request does not count as use of the session.
 async fn resolve(
     state: &AppState,
     headers: &HeaderMap,
+    automatic: bool,
 ) -> Result<Option<Principal>, super::WebError> {
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
@@ -214,8 +226,14 @@ async fn resolve(
         Some(s) => Some(s),
         None => {
             let accounts = state.accounts.clone();
-            tokio::task::spawn_blocking(move || accounts.session(&hash, limits, Timestamp::now()))
-                .await??
+            tokio::task::spawn_blocking(move || {
+                if automatic {
+                    accounts.session_unused(&hash, limits, Timestamp::now())
+                } else {
+                    accounts.session(&hash, limits, Timestamp::now())
+                }
+            })
+            .await??
         }
     };
     Ok(session.map(|s| Principal {
@@ -364,7 +382,8 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     };
     let ip = client_ip(req.extensions());
     let client = client_label(ip);
-    let principal = match resolve(&state, req.headers()).await {
+    let automatic = automatic(route.as_deref(), req.headers());
+    let principal = match resolve(&state, req.headers(), automatic).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
