@@ -14,13 +14,12 @@
 //! for the outbox's byte count, and the rows this build cannot read, which must
 //! stay in the outbox untouched rather than be acked unsent.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::limits::{self, Class};
-use super::vocab::Vocab;
+use super::vocab::{Map, Vocab};
 use super::{LeaseId, LeasedReading, StoreError};
 use crate::model::{DeviceAddress, Reading, ReadingId, ResidentId, Subject, Timestamp};
 
@@ -53,7 +52,7 @@ pub(crate) struct ReadReport {
     pub lease: LeaseId,
     /// Readings handed to the sink.
     pub readings: u64,
-    /// Their estimated bytes ([`limits::ROW_BYTES_SQL`]).
+    /// Their estimated bytes ([`limits::row_bytes`]).
     pub bytes: u64,
     /// Rows this build cannot read (a code from a newer build): left in the
     /// outbox, out of the lease.
@@ -88,18 +87,16 @@ impl std::fmt::Debug for LeaseReader {
     }
 }
 
-/// The columns [`decode_row`] reads, from index 2 (0 is `seq`, 1 the bytes).
+/// The columns [`decode_row`] reads, from index 1 (0 is `seq`).
 const COLUMNS: &str = "r.id, r.device, r.resident_id, r.room, r.quantity_code, r.value,
                        r.status_code, r.unit_code, r.measured_at_ms, r.received_at_ms,
                        r.clock_synced";
 
-/// The rows of one run `?1..=?2`, in sequence order: `seq`, the estimated
-/// bytes, then [`COLUMNS`].
+/// The rows of one run `?1..=?2`, in sequence order: `seq`, then [`COLUMNS`].
 pub(super) fn rows_sql() -> String {
     format!(
-        "SELECT r.seq, {}, {COLUMNS} FROM readings r
-         WHERE r.seq BETWEEN ?1 AND ?2 ORDER BY r.seq",
-        limits::ROW_BYTES_SQL
+        "SELECT r.seq, {COLUMNS} FROM readings r
+         WHERE r.seq BETWEEN ?1 AND ?2 ORDER BY r.seq"
     )
 }
 
@@ -135,7 +132,7 @@ impl LeaseReader {
             tx.prepare_cached("SELECT reference FROM residents WHERE id = ?1")?;
         // Each resident's reference, looked up once per lease rather than joined
         // to every row: a lease holds a few residents' readings many times over.
-        let mut references: HashMap<i64, Option<String>> = HashMap::new();
+        let mut references: Map<i64, Option<String>> = Map::default();
         for &(class, first, last) in &lease.runs {
             let mut rows = rows_of.query([first, last])?;
             while let Some(row) = rows.next()? {
@@ -162,7 +159,7 @@ impl LeaseReader {
                     _ => None,
                 };
                 report.readings += 1;
-                report.bytes += u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+                report.bytes += limits::row_bytes(&reading);
                 sink.reading(reading, reference);
             }
         }
@@ -173,20 +170,20 @@ impl LeaseReader {
     }
 }
 
-/// Rebuilds a reading from its row (columns from index 2, as [`COLUMNS`]);
+/// Rebuilds a reading from its row (columns from index 1, as [`COLUMNS`]);
 /// `None` when a code or value is unknown to this build.
 fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
     let blob = |i| -> Result<Option<&[u8]>, StoreError> { Ok(row.get_ref(i)?.as_blob().ok()) };
-    let id = blob(2)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
-    let device = blob(3)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
-    let resident: Option<i64> = row.get(4)?;
-    let room: Option<String> = row.get(5)?;
-    let quantity = vocab.quantity(row.get(6)?);
-    let value = vocab.value(row.get(8)?, row.get(7)?);
-    let unit = vocab.unit(row.get(9)?);
-    let measured: Option<i64> = row.get(10)?;
-    let received: i64 = row.get(11)?;
-    let synced: bool = row.get(12)?;
+    let id = blob(1)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
+    let device = blob(2)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
+    let resident: Option<i64> = row.get(3)?;
+    let room: Option<String> = row.get(4)?;
+    let quantity = vocab.quantity(row.get(5)?);
+    let value = vocab.value(row.get(7)?, row.get(6)?);
+    let unit = vocab.unit(row.get(8)?);
+    let measured: Option<i64> = row.get(9)?;
+    let received: i64 = row.get(10)?;
+    let synced: bool = row.get(11)?;
     let (Some(id), Some(device), Some(quantity), Some(value), Some(unit)) =
         (id, device, quantity, value, unit)
     else {

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use super::StoreError;
 use crate::model::{Quantity, Reading, SpecialValue, Unit, Value};
 
-/// Hashes a small key (an enum's discriminant, a code) with one
+/// Hashes a small key (an enum's discriminant, a code, a row id) with one
 /// multiply per word; the keys are the store's own, never outside input.
 #[derive(Default)]
 pub(super) struct SmallKeyHasher(u64);
@@ -46,7 +46,8 @@ impl Hasher for SmallKeyHasher {
     }
 }
 
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<SmallKeyHasher>>;
+/// A map keyed by small integers or enums of the store's own.
+pub(super) type Map<K, V> = HashMap<K, V, BuildHasherDefault<SmallKeyHasher>>;
 
 /// Status code of a number (`"ok"`); fixed by the migration that made the table.
 pub(super) const OK: i64 = 0;

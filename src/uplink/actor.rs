@@ -68,8 +68,8 @@ fn messages_per_lease(batch: usize, max_inflight: u16) -> usize {
 const ALERTS_IN_FLIGHT: usize = 4;
 use crate::system::health::Heartbeat;
 
-use super::cert::{CertInfo, read_cert_info};
 use super::batch::Encoder;
+use super::cert::{CertInfo, read_cert_info};
 use super::payload::{Presence, StatusMessage, Topics};
 use super::status::{ConnectionState, UplinkStatus};
 use super::tls::{self, TlsFiles};

@@ -200,7 +200,7 @@ pub fn write_reading_json(out: &mut Vec<u8>, first: bool, r: OutgoingReading<'_>
     json_str(out, reading.quantity.as_str());
     out.extend_from_slice(b",\"value\":");
     match reading.value {
-        Value::Number(n) => json_value(out, &n),
+        Value::Number(n) => json_number(out, n),
         Value::Special(_) => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"status\":");
@@ -226,6 +226,34 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 /// A JSON string, escaped as serde_json escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     json_value(out, s);
+}
+
+/// A number as serde_json writes it. Whole numbers (a pulse rate, an SpO2) are
+/// the common case and are written by hand, `95.0`; the rest by serde_json.
+fn json_number(out: &mut Vec<u8>, n: f64) {
+    // Below 1e9 serde_json writes a whole number as its digits and ".0"; -0.0
+    // keeps its sign there, so it goes the slow way.
+    if n.fract() == 0.0 && n.abs() < 1e9 && !(n == 0.0 && n.is_sign_negative()) {
+        let whole = n as i64;
+        if whole < 0 {
+            out.push(b'-');
+        }
+        let mut digits = [0u8; 10];
+        let mut rest = whole.unsigned_abs();
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+        out.extend_from_slice(b".0");
+        return;
+    }
+    json_value(out, &n);
 }
 
 fn json_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
@@ -410,6 +438,38 @@ mod tests {
             assert_eq!(
                 String::from_utf8(got).unwrap(),
                 String::from_utf8(want).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_them() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            95.0,
+            36.6,
+            -40.5,
+            999_999_999.0,
+            -999_999_999.0,
+            1e9,
+            1e15,
+            1e16,
+            1e300,
+            f64::MIN_POSITIVE,
+            0.1 + 0.2,
+        ];
+        values.extend((-300..300).map(f64::from));
+        values.extend((0..200).map(|i| f64::from(i) * 0.25));
+        for n in values {
+            let mut got = Vec::new();
+            json_number(&mut got, n);
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                serde_json::to_string(&n).unwrap(),
+                "{n:?}"
             );
         }
     }
