@@ -14,6 +14,7 @@
 //! for the outbox's byte count, and the rows this build cannot read, which must
 //! stay in the outbox untouched rather than be acked unsent.
 
+use std::collections::hash_map::Entry;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -148,14 +149,12 @@ impl LeaseReader {
                     continue;
                 };
                 let reference = match reading.subject {
-                    Subject::Resident(id) => {
-                        if !references.contains_key(&id.0) {
-                            let found: Option<String> =
-                                reference_of.query_row([id.0], |r| r.get(0)).optional()?;
-                            references.insert(id.0, found);
-                        }
-                        references.get(&id.0).and_then(Option::as_deref)
-                    }
+                    Subject::Resident(id) => match references.entry(id.0) {
+                        Entry::Occupied(known) => known.into_mut().as_deref(),
+                        Entry::Vacant(new) => new
+                            .insert(reference_of.query_row([id.0], |r| r.get(0)).optional()?)
+                            .as_deref(),
+                    },
                     _ => None,
                 };
                 report.readings += 1;
