@@ -573,8 +573,9 @@ impl Session<'_> {
         retain: bool,
         carried: Carried,
     ) -> Result<(), UplinkError> {
-        // The channel holds max_inflight + 8 requests and at most max_inflight
-        // batches plus a status are outstanding, so it is never full here.
+        // The channel has room for max_inflight + one lease's messages + alerts
+        // + 8, and a lease starts only while fewer than max_inflight messages
+        // are outstanding, so it is never full here.
         self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .map_err(|e| UplinkError::Connection(format!("mqtt client queue: {e}")))?;
@@ -1035,6 +1036,26 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_batches_share_a_lease_among_more_messages() {
+        let check = |batch: usize, inflight: u16, want: usize| {
+            assert_eq!(
+                messages_per_lease(batch, inflight),
+                want,
+                "{batch} a message, {inflight} in flight"
+            );
+        };
+        // 256 readings a lease, at most half the window...
+        check(1, 32, 16);
+        check(1, 1000, 256);
+        check(16, 64, 16);
+        // ...never fewer than 8 messages.
+        check(100, 32, 8);
+        check(1000, 32, 8);
+        check(1, 4, 8);
+        check(0, 32, 16);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
