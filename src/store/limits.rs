@@ -112,13 +112,16 @@ pub struct MaintenanceReport {
 /// [`row_bytes`] computes the same from a [`Reading`]; a test keeps them equal.
 pub(super) const ROW_BYTES_SQL: &str = "(44 + coalesce(octet_length(r.room), 0))";
 
+/// [`ROW_BYTES_SQL`] of a reading without a room.
+pub(super) const MIN_ROW_BYTES: u64 = 44;
+
 /// The estimated bytes of one reading in the outbox (see [`ROW_BYTES_SQL`]).
 pub(super) fn row_bytes(r: &Reading) -> u64 {
     let room = match &r.subject {
         Subject::Room(room) => room.len(),
         _ => 0,
     };
-    (44 + room) as u64
+    MIN_ROW_BYTES + room as u64
 }
 
 /// Rows deleted per transaction by retention and the disk floor.

@@ -16,6 +16,7 @@ pub mod accounts;
 mod alerts;
 #[doc(hidden)]
 pub mod crash_child;
+mod lease_read;
 mod limits;
 mod outbox;
 mod reader;
@@ -35,6 +36,7 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::model::{Device, Reading, Resident, ResidentId, Subject, Timestamp};
 
 pub use alerts::{AlertBook, AlertChange, AlertChangeKind, AlertRecord, SyncReport};
+pub use lease_read::{LeaseReader, LeaseRuns, LeaseSink};
 pub use limits::free_disk_bytes;
 pub use limits::{Class, EvictionReason, MaintenanceReport};
 pub use reader::{
@@ -86,6 +88,9 @@ pub enum StoreError {
     /// and frees what it may (history, then room data).
     #[error("the disk is full; readings not stored: {0}")]
     DiskFull(rusqlite::Error),
+    /// The blocking task reading a lease failed (a bug; the lease is released).
+    #[error("the lease reading task failed: {0}")]
+    ReadTask(String),
     /// No alert has this id.
     #[error("no such alert {0}")]
     UnknownAlert(i64),
@@ -154,9 +159,14 @@ pub(crate) enum Command {
         devices: Vec<Device>,
         committed: Reply<()>,
     },
+    /// A lease as runs of sequence numbers; the leaser reads the rows itself.
     Lease {
         max: usize,
-        reply: Reply<Option<Lease>>,
+        reply: Reply<Option<LeaseRuns>>,
+    },
+    /// What reading a lease found; sent before its ack, on the same channel.
+    LeaseRead {
+        report: lease_read::ReadReport,
     },
     Ack {
         lease: LeaseId,
@@ -274,6 +284,10 @@ impl StoreStats {
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
     stats: Arc<StoreStats>,
+    path: Arc<PathBuf>,
+    /// The leaser's read-only connection, opened at the first lease. There is
+    /// one leaser (the uplink), so nobody waits for it.
+    lease_reader: Arc<Mutex<Option<LeaseReader>>>,
 }
 
 impl StoreHandle {
@@ -352,7 +366,62 @@ impl StoreHandle {
     /// Leases up to `max` readings not already leased: vital signs before room data,
     /// oldest first. `Ok(None)` when nothing is waiting.
     pub async fn lease(&self, max: usize) -> Result<Option<Lease>, Arc<StoreError>> {
-        self.call(|reply| Command::Lease { max, reply }).await
+        Ok(self
+            .lease_into(max, Vec::new())
+            .await?
+            .map(|(id, readings, _)| Lease { id, readings }))
+    }
+
+    /// Leases up to `max` readings like [`StoreHandle::lease`] and reads them
+    /// into `sink` on the leaser's own read-only connection, in a blocking
+    /// thread: the writer thread only picks the sequence numbers. Returns the
+    /// lease, the sink and how many readings went into it (at least one);
+    /// `Ok(None)` when nothing readable is waiting.
+    pub async fn lease_into<S: LeaseSink>(
+        &self,
+        max: usize,
+        mut sink: S,
+    ) -> Result<Option<(LeaseId, S, u64)>, Arc<StoreError>> {
+        loop {
+            let Some(runs) = self.call(|reply| Command::Lease { max, reply }).await? else {
+                return Ok(None);
+            };
+            let id = runs.id;
+            let reader = self.lease_reader.clone();
+            let path = self.path.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut reader = reader.lock().unwrap();
+                let reader = match &mut *reader {
+                    Some(r) => r,
+                    None => reader.insert(LeaseReader::open(&path)?),
+                };
+                let report = reader.read(&runs, &mut sink)?;
+                Ok::<_, StoreError>((report, sink))
+            })
+            .await
+            .map_err(|e| StoreError::ReadTask(e.to_string()));
+            let (report, back) = match read.and_then(|r| r) {
+                Ok(done) => done,
+                Err(e) => {
+                    // Make the lease leasable again; if that fails too, the
+                    // uplink's release_all at its next connection does it.
+                    let _ = self.release(id).await;
+                    return Err(Arc::new(e));
+                }
+            };
+            sink = back;
+            let readings = report.readings;
+            self.tx
+                .send(Command::LeaseRead { report })
+                .await
+                .map_err(|_| Arc::new(StoreError::Closed))?;
+            if readings > 0 {
+                return Ok(Some((id, sink, readings)));
+            }
+            // Nothing readable in it (rows of a newer build, left in place, or
+            // evicted meanwhile): the writer has dropped that lease and leases
+            // past it.
+        }
     }
 
     /// The cloud has them: delete from the outbox, keep in local history.
@@ -538,6 +607,8 @@ impl Store {
             handle: StoreHandle {
                 tx,
                 stats: stats.clone(),
+                path: Arc::new(settings.path.clone()),
+                lease_reader: Arc::default(),
             },
             reader: Reader::new(settings.path, stats),
             writer,

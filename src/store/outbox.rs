@@ -133,13 +133,15 @@ pub(super) fn joined_sql(class: Class) -> String {
     )
 }
 
-/// The `WHERE` clause over [`joined_sql`] for readings from sequence number `?1`
-/// on: ranges from the one that may hold `?1`.
-pub(super) fn from_seq_sql(class: Class) -> String {
+/// The ranges of `class` that may hold sequence numbers from `?1` on (the one
+/// that may hold `?1`, and every later one), `(first_seq, last_seq)` in order:
+/// what a lease walks, without reading a reading.
+pub(super) fn ranges_from_sql(class: Class) -> String {
+    let table = class.table();
     format!(
-        "o.first_seq >= coalesce((SELECT max(first_seq) FROM {} WHERE first_seq <= ?1), 0)
-         AND r.seq >= ?1",
-        class.table()
+        "SELECT first_seq, last_seq FROM {table}
+         WHERE first_seq >= coalesce((SELECT max(first_seq) FROM {table} WHERE first_seq <= ?1), 0)
+         ORDER BY first_seq"
     )
 }
 

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use super::StoreError;
 use crate::model::{Quantity, Reading, SpecialValue, Unit, Value};
 
-/// Hashes a small key (an enum's discriminant, a sequence number) with one
+/// Hashes a small key (an enum's discriminant, a code, a row id) with one
 /// multiply per word; the keys are the store's own, never outside input.
 #[derive(Default)]
 pub(super) struct SmallKeyHasher(u64);
@@ -46,10 +46,8 @@ impl Hasher for SmallKeyHasher {
     }
 }
 
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<SmallKeyHasher>>;
-
-/// A set of sequence numbers (the leased ones), hashed with [`SmallKeyHasher`].
-pub(super) type SeqSet = std::collections::HashSet<i64, BuildHasherDefault<SmallKeyHasher>>;
+/// A map keyed by small integers or enums of the store's own.
+pub(super) type Map<K, V> = HashMap<K, V, BuildHasherDefault<SmallKeyHasher>>;
 
 /// Status code of a number (`"ok"`); fixed by the migration that made the table.
 pub(super) const OK: i64 = 0;
@@ -94,6 +92,12 @@ impl Vocab {
             }
         }
         tx.commit()?;
+        Vocab::read(conn)
+    }
+
+    /// Loads the codes without adding any (for a read-only connection, opened
+    /// after the writer has added this build's words).
+    pub(super) fn read(conn: &Connection) -> Result<Vocab, StoreError> {
         let mut v = Vocab::default();
         let words = |sql: &str| -> Result<Vec<(i64, String)>, StoreError> {
             let mut q = conn.prepare(sql)?;

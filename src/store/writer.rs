@@ -13,7 +13,7 @@
 //! which at-least-once delivery allows; WAL mode keeps the file consistent either
 //! way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -21,15 +21,16 @@ use std::time::Instant;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
+use super::lease_read::{LeaseRuns, ReadReport};
 use super::limits::{self, Class, EvictionReason, MaintenanceReport};
-use super::vocab::{Codes, SeqSet, Vocab};
+use super::vocab::{Codes, Vocab};
 use super::{
-    Command, Lease, LeaseId, LeasedReading, ResidentChange, StoreError, StoreSettings, StoreStats,
-    outbox, schema, subject_key,
+    Command, LeaseId, ResidentChange, StoreError, StoreSettings, StoreStats, outbox, schema,
+    subject_key,
 };
 use crate::config::Synchronous;
 use crate::model::{
-    Device, DeviceAddress, Quantity, Reading, ReadingId, Resident, ResidentId, Subject, Timestamp,
+    Device, DeviceAddress, Quantity, Reading, Resident, ResidentId, Subject, Timestamp,
 };
 use crate::system::health::Heartbeat;
 
@@ -83,7 +84,7 @@ pub(super) fn spawn(
         settings,
         stats,
         leases: HashMap::new(),
-        leased: SeqSet::default(),
+        leased: [BTreeMap::new(), BTreeMap::new()],
         cursor: [0, 0],
         next_lease: 1,
         last_maintenance: Instant::now(),
@@ -94,12 +95,13 @@ pub(super) fn spawn(
         .expect("spawning a thread at start-up only fails when the process is out of resources"))
 }
 
-/// One leased reading: its class, sequence number and estimated bytes.
-#[derive(Debug, Clone, Copy)]
+/// One lease: its runs of sequence numbers, and what reading it found.
+#[derive(Debug)]
 struct Held {
-    class: Class,
-    seq: i64,
-    bytes: u64,
+    /// `(class, first, last)`, as handed out less the unreadable rows.
+    runs: Vec<(Class, i64, i64)>,
+    /// Readings read and their estimated bytes, once the leaser has said.
+    read: Option<(u64, u64)>,
 }
 
 struct Writer {
@@ -109,9 +111,10 @@ struct Writer {
     vocab: Vocab,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
-    leases: HashMap<u64, Vec<Held>>,
-    /// Every sequence number in some lease.
-    leased: SeqSet,
+    leases: HashMap<u64, Held>,
+    /// Per class (vital, room): every leased run, `first → last`. Leases never
+    /// overlap, so neither do these.
+    leased: [BTreeMap<i64, i64>; 2],
     /// Per class (vital, room): no leasable reading has a smaller sequence number.
     cursor: [i64; 2],
     next_lease: u64,
@@ -230,10 +233,12 @@ impl Writer {
                 stats
                     .readings_committed
                     .fetch_add(written.readings, Ordering::Relaxed);
-                // Release: whoever sees the new count sees the commit (the
-                // overview's cache in `web` keys on it).
-                stats.commits.fetch_add(1, Ordering::Release);
-                stats.last_commit_ms.store(now.unix_ms(), Ordering::Relaxed);
+                if written.committed {
+                    // Release: whoever sees the new count sees the commit (the
+                    // overview's cache in `web` keys on it).
+                    stats.commits.fetch_add(1, Ordering::Release);
+                    stats.last_commit_ms.store(now.unix_ms(), Ordering::Relaxed);
+                }
                 stats
                     .outbox_readings
                     .fetch_add(written.readings, Ordering::Relaxed);
@@ -244,8 +249,8 @@ impl Writer {
                 stats.outbox_left(rows, bytes);
                 for id in &acks {
                     if let Some(held) = self.leases.remove(id) {
-                        for h in held {
-                            self.leased.remove(&h.seq);
+                        for (class, first, _) in held.runs {
+                            self.leased[slot(class)].remove(&first);
                         }
                     }
                 }
@@ -306,6 +311,7 @@ impl Writer {
                 Command::Lease { max, reply } => {
                     let _ = reply.send(self.lease(max).map_err(Arc::new));
                 }
+                Command::LeaseRead { report } => self.lease_read(report),
                 Command::Release { lease, reply } => {
                     let _ = reply.send(self.release(lease).map_err(Arc::new));
                 }
@@ -408,6 +414,20 @@ impl Writer {
     }
 
     fn write_group(&mut self, group: &[Command]) -> Result<Written, StoreError> {
+        // Leases, releases and the like write nothing: no transaction for them.
+        let writes = group.iter().any(|c| {
+            matches!(
+                c,
+                Command::Ingest { .. }
+                    | Command::Provision { .. }
+                    | Command::Record { .. }
+                    | Command::Seen { .. }
+                    | Command::Ack { .. }
+            )
+        });
+        if !writes {
+            return Ok(Written::default());
+        }
         let acks_only = group.iter().all(|c| {
             !matches!(
                 c,
@@ -492,91 +512,101 @@ impl Writer {
             batch.finish(&tx)?;
         }
         tx.commit()?;
+        w.committed = true;
         Ok(w)
     }
 
     /// Leases up to `max` readings: vital before room, oldest first, skipping
-    /// readings already leased.
-    fn lease(&mut self, max: usize) -> Result<Option<Lease>, StoreError> {
-        let mut readings = Vec::new();
-        let mut held = Vec::new();
-        // Each resident's reference, looked up once per lease rather than joined
-        // to every row: a lease holds a few residents' readings many times over.
-        let mut references: HashMap<i64, Option<String>> = HashMap::new();
-        let mut reference_of = self
-            .conn
-            .prepare_cached("SELECT reference FROM residents WHERE id = ?1")?;
+    /// readings already leased. Reads only the outbox's ranges, never a reading:
+    /// the leaser reads the rows itself ([`super::lease_read`]).
+    fn lease(&mut self, max: usize) -> Result<Option<LeaseRuns>, StoreError> {
+        let mut runs = Vec::new();
+        let mut count = 0usize;
         for class in [Class::Vital, Class::Room] {
-            if readings.len() >= max {
+            if count >= max {
                 break;
             }
-            let mut q = self.conn.prepare_cached(&format!(
-                "SELECT r.seq, {}, r.id, r.device, r.resident_id, r.room, r.quantity_code, r.value,
-                        r.status_code, r.unit_code, r.measured_at_ms, r.received_at_ms,
-                        r.clock_synced
-                 FROM {}
-                 WHERE {}
-                 ORDER BY o.first_seq, r.seq",
-                limits::ROW_BYTES_SQL,
-                outbox::joined_sql(class),
-                outbox::from_seq_sql(class),
-            ))?;
-            let mut rows = q.query([self.cursor[slot(class)]])?;
-            while readings.len() < max {
+            let s = slot(class);
+            let mut q = self.conn.prepare_cached(&outbox::ranges_from_sql(class))?;
+            let mut rows = q.query([self.cursor[s]])?;
+            'ranges: while count < max {
                 let Some(row) = rows.next()? else { break };
-                let seq: i64 = row.get(0)?;
-                self.cursor[slot(class)] = seq + 1;
-                if self.leased.contains(&seq) {
+                let (first, last): (i64, i64) = (row.get(0)?, row.get(1)?);
+                let from = first.max(self.cursor[s]);
+                if from > last {
                     continue;
                 }
-                match decode_row(&self.vocab, row)? {
-                    Some(reading) => {
-                        let reference = match reading.subject {
-                            Subject::Resident(id) => match references.get(&id.0) {
-                                Some(known) => known.clone(),
-                                None => {
-                                    let found: Option<String> =
-                                        reference_of.query_row([id.0], |r| r.get(0)).optional()?;
-                                    references.insert(id.0, found.clone());
-                                    found
-                                }
-                            },
-                            _ => None,
-                        };
-                        readings.push(LeasedReading {
-                            reading,
-                            resident_reference: reference,
-                        });
-                        held.push(Held {
-                            class,
-                            seq,
-                            bytes: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-                        });
-                    }
-                    None => {
-                        // A row this build cannot read (from a newer version): it stays
-                        // in the outbox untouched rather than being sent wrongly.
-                        tracing::warn!(
-                            seq,
-                            "outbox reading not understood by this build; left in place"
-                        );
+                for (a, b) in unleased(&self.leased[s], from, last) {
+                    let room = u64::try_from(max - count).unwrap_or(u64::MAX);
+                    let take = u64::try_from(b - a + 1).unwrap_or(0).min(room);
+                    let end = a + i64::try_from(take).unwrap_or(0) - 1;
+                    runs.push((class, a, end));
+                    count += usize::try_from(take).unwrap_or(0);
+                    self.cursor[s] = end + 1;
+                    if count >= max {
+                        break 'ranges;
                     }
                 }
+                self.cursor[s] = last + 1;
             }
         }
-        if readings.is_empty() {
+        if runs.is_empty() {
             return Ok(None);
         }
         let id = self.next_lease;
         self.next_lease += 1;
-        for h in &held {
-            self.leased.insert(h.seq);
+        for &(class, a, b) in &runs {
+            self.leased[slot(class)].insert(a, b);
         }
-        self.leases.insert(id, held);
-        Ok(Some(Lease {
+        self.leases.insert(
+            id,
+            Held {
+                runs: runs.clone(),
+                read: None,
+            },
+        );
+        Ok(Some(LeaseRuns {
             id: LeaseId(id),
-            readings,
+            runs,
         }))
+    }
+
+    /// The leaser has read a lease: keep its count and bytes for the ack, and
+    /// take the rows it could not read out of it (they stay in the outbox, past
+    /// the cursor, as if never leased). A lease with nothing readable is dropped.
+    fn lease_read(&mut self, report: ReadReport) {
+        let Some(held) = self.leases.get_mut(&report.lease.0) else {
+            return;
+        };
+        for (class, seq) in report.unreadable {
+            let leased = &mut self.leased[slot(class)];
+            let Some(i) = held
+                .runs
+                .iter()
+                .position(|&(c, a, b)| c == class && a <= seq && seq <= b)
+            else {
+                continue;
+            };
+            let (_, a, b) = held.runs.remove(i);
+            leased.remove(&a);
+            let mut at = i;
+            for (x, y) in [(a, seq - 1), (seq + 1, b)] {
+                if x <= y {
+                    held.runs.insert(at, (class, x, y));
+                    leased.insert(x, y);
+                    at += 1;
+                }
+            }
+        }
+        if report.readings == 0 {
+            if let Some(held) = self.leases.remove(&report.lease.0) {
+                for (class, first, _) in held.runs {
+                    self.leased[slot(class)].remove(&first);
+                }
+            }
+            return;
+        }
+        held.read = Some((report.readings, report.bytes));
     }
 
     fn release(&mut self, lease: LeaseId) -> Result<(), StoreError> {
@@ -584,17 +614,17 @@ impl Writer {
             .leases
             .remove(&lease.0)
             .ok_or(StoreError::UnknownLease(lease.0))?;
-        for h in held {
-            self.leased.remove(&h.seq);
-            let c = &mut self.cursor[slot(h.class)];
-            *c = (*c).min(h.seq);
+        for (class, first, _) in held.runs {
+            self.leased[slot(class)].remove(&first);
+            let c = &mut self.cursor[slot(class)];
+            *c = (*c).min(first);
         }
         Ok(())
     }
 
     fn release_all(&mut self) {
         self.leases.clear();
-        self.leased.clear();
+        self.leased = [BTreeMap::new(), BTreeMap::new()];
         self.cursor = [0, 0];
     }
 
@@ -728,38 +758,65 @@ impl Writer {
 /// What one group wrote.
 #[derive(Debug, Default)]
 struct Written {
+    /// A transaction was committed (a group of leases alone makes none).
+    committed: bool,
     readings: u64,
     bytes: u64,
     acked_readings: u64,
     acked_bytes: u64,
 }
 
+/// The parts of `[from, to]` not in `leased` (disjoint runs `first → last`), in
+/// order.
+fn unleased(leased: &BTreeMap<i64, i64>, from: i64, to: i64) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    if let Some((_, &last)) = leased.range(..from).next_back() {
+        pos = pos.max(last + 1);
+    }
+    for (&first, &last) in leased.range(from..=to) {
+        if first > pos {
+            out.push((pos, first - 1));
+        }
+        pos = pos.max(last + 1);
+    }
+    if pos <= to {
+        out.push((pos, to));
+    }
+    out
+}
+
 /// Takes a lease's readings out of the outbox; returns the readings and bytes that
-/// were still there (an eviction may have taken some first).
+/// were still there (an eviction may have taken some first). The bytes are the
+/// leaser's count, in proportion when some were gone.
 fn delete_from_outbox(
     tx: &rusqlite::Transaction<'_>,
-    held: &[Held],
+    held: &Held,
 ) -> Result<(u64, u64), StoreError> {
-    let mut rows = 0;
-    let mut bytes = 0;
+    let mut rows = 0u64;
     for class in [Class::Vital, Class::Room] {
-        let mut seqs: Vec<(i64, u64)> = held
+        let runs: Vec<(i64, i64)> = held
+            .runs
             .iter()
-            .filter(|h| h.class == class)
-            .map(|h| (h.seq, h.bytes))
+            .filter(|r| r.0 == class)
+            .map(|&(_, a, b)| (a, b))
             .collect();
-        if seqs.is_empty() {
+        if runs.is_empty() {
             continue;
         }
-        seqs.sort_unstable();
-        let removed = outbox::remove(tx, class, &outbox::runs(seqs.iter().map(|s| s.0)))?;
-        for (seq, b) in seqs {
-            if outbox::contains(&removed, seq) {
-                rows += 1;
-                bytes += b;
-            }
-        }
+        let removed = outbox::remove(tx, class, &runs)?;
+        rows += removed
+            .iter()
+            .map(|&(a, b)| u64::try_from(b - a + 1).unwrap_or(0))
+            .sum::<u64>();
     }
+    let bytes = match held.read {
+        Some((read, bytes)) if read > 0 => {
+            u64::try_from(u128::from(bytes) * u128::from(rows.min(read)) / u128::from(read))
+                .unwrap_or(bytes)
+        }
+        _ => rows * limits::MIN_ROW_BYTES,
+    };
     Ok((rows, bytes))
 }
 
@@ -872,43 +929,6 @@ impl<'a, 't> Batch<'a, 't> {
     }
 }
 
-/// Rebuilds a leased reading from its row (columns from index 2 as selected in
-/// [`Writer::lease`]); `None` when a code or value is unknown to this build.
-fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
-    let blob = |i| -> Result<Option<&[u8]>, StoreError> { Ok(row.get_ref(i)?.as_blob().ok()) };
-    let id = blob(2)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
-    let device = blob(3)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
-    let resident: Option<i64> = row.get(4)?;
-    let room: Option<String> = row.get(5)?;
-    let quantity = vocab.quantity(row.get(6)?);
-    let value = vocab.value(row.get(8)?, row.get(7)?);
-    let unit = vocab.unit(row.get(9)?);
-    let measured: Option<i64> = row.get(10)?;
-    let received: i64 = row.get(11)?;
-    let synced: bool = row.get(12)?;
-    let (Some(id), Some(device), Some(quantity), Some(value), Some(unit)) =
-        (id, device, quantity, value, unit)
-    else {
-        return Ok(None);
-    };
-    let subject = match (resident, room) {
-        (Some(id), _) => Subject::Resident(ResidentId(id)),
-        (None, Some(room)) => Subject::Room(room),
-        (None, None) => Subject::Unassigned,
-    };
-    Ok(Some(Reading {
-        id: ReadingId::from_bytes(id),
-        device: DeviceAddress(device),
-        subject,
-        quantity,
-        value,
-        unit,
-        measured_at: measured.map(Timestamp::from_unix_ms),
-        received_at: Timestamp::from_unix_ms(received),
-        clock_synced: synced,
-    }))
-}
-
 pub(super) fn provision(
     tx: &rusqlite::Transaction<'_>,
     residents: &[Resident],
@@ -948,4 +968,32 @@ pub(super) fn provision(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_unleased(leased: &[(i64, i64)], from: i64, to: i64, want: &[(i64, i64)]) {
+        let map: BTreeMap<i64, i64> = leased.iter().copied().collect();
+        assert_eq!(
+            unleased(&map, from, to),
+            want,
+            "{from}..={to} less {leased:?}"
+        );
+    }
+
+    #[test]
+    fn unleased_leaves_out_every_leased_run() {
+        check_unleased(&[], 1, 10, &[(1, 10)]);
+        check_unleased(&[(1, 10)], 1, 10, &[]);
+        // A run that starts before the range and reaches into it.
+        check_unleased(&[(1, 4)], 3, 10, &[(5, 10)]);
+        // One that ends before it.
+        check_unleased(&[(1, 2)], 3, 10, &[(3, 10)]);
+        // Runs inside it, one reaching beyond.
+        check_unleased(&[(4, 5), (7, 7), (9, 12)], 1, 10, &[(1, 3), (6, 6), (8, 8)]);
+        // Adjacent runs of two leases.
+        check_unleased(&[(1, 3), (4, 6)], 1, 8, &[(7, 8)]);
+    }
 }

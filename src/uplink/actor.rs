@@ -42,20 +42,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PayloadFormat};
 use crate::model::Timestamp;
-use crate::store::{Lease, LeaseId, LeasedReading, StoreError, StoreHandle};
+use crate::store::{LeaseId, StoreError, StoreHandle};
 
-/// One lease covers this many messages: fewer round trips to the store writer
-/// (which is busy committing acks) per message. The lease is acked once every one
-/// of its messages has its PUBACK.
+/// One lease covers at least this many messages: fewer round trips to the store
+/// writer (which is busy committing acks) per message. The lease is acked once
+/// every one of its messages has its PUBACK.
 const MESSAGES_PER_LEASE: usize = 8;
+
+/// At small batches a lease covers more messages, up to this many readings (and
+/// half the messages in flight), so that a lease's fixed cost (the writer's round
+/// trip, the read, the ack's commit) is shared by more readings.
+const LEASE_READINGS_SMALL: usize = 256;
+
+/// Messages per lease for `batch` readings a message and `max_inflight` messages
+/// in flight.
+fn messages_per_lease(batch: usize, max_inflight: u16) -> usize {
+    let small = LEASE_READINGS_SMALL.div_ceil(batch.max(1));
+    small
+        .min(usize::from(max_inflight) / 2)
+        .max(MESSAGES_PER_LEASE)
+}
 
 /// Alert messages outstanding at once (they are few and small; this bounds the
 /// client channel, which has room for them).
 const ALERTS_IN_FLIGHT: usize = 4;
 use crate::system::health::Heartbeat;
 
+use super::batch::Encoder;
 use super::cert::{CertInfo, read_cert_info};
-use super::payload::{OutgoingReading, Presence, StatusMessage, Topics, write_readings_json};
+use super::payload::{Presence, StatusMessage, Topics};
 use super::status::{ConnectionState, UplinkStatus};
 use super::tls::{self, TlsFiles};
 
@@ -276,7 +291,14 @@ impl Drop for EventPump {
 /// A finished ack: its result, the lease and how many readings it held.
 type AckDone = (Result<(), Arc<StoreError>>, LeaseId, u64);
 
-type LeaseFuture = Pin<Box<dyn Future<Output = Result<Option<Lease>, Arc<StoreError>>> + Send>>;
+/// A lease read and encoded, ready to publish.
+struct Prepared {
+    id: LeaseId,
+    messages: Vec<Vec<u8>>,
+    readings: u64,
+}
+
+type LeaseFuture = Pin<Box<dyn Future<Output = Result<Option<Prepared>, UplinkError>> + Send>>;
 
 /// The uplink task. Run it with [`Uplink::run`].
 pub struct Uplink {
@@ -383,27 +405,6 @@ impl Uplink {
         n
     }
 
-    fn encode(&self, readings: &[LeasedReading]) -> Result<Vec<u8>, UplinkError> {
-        let out: Vec<OutgoingReading<'_>> = readings
-            .iter()
-            .map(|r| OutgoingReading {
-                reading: &r.reading,
-                resident_reference: r.resident_reference.as_deref(),
-            })
-            .collect();
-        match self.settings.payload {
-            PayloadFormat::Json => {
-                let mut json = Vec::new();
-                write_readings_json(&mut json, &self.settings.site, &self.settings.gateway, &out);
-                Ok(json)
-            }
-            PayloadFormat::Fhir => {
-                serde_json::to_vec(&super::fhir::bundle(&self.settings.gateway, &out))
-            }
-        }
-        .map_err(|e| UplinkError::Encode(e.to_string()))
-    }
-
     /// Reads the certificate's validity and warns when it is close to expiry.
     async fn check_certificate(&self) -> Option<CertInfo> {
         let path = self.settings.tls.cert.clone();
@@ -496,8 +497,10 @@ impl Uplink {
         let cert = self.check_certificate().await;
         let stamp = files_stamp(&self.settings.tls).await;
         let options = self.options(tls, cert.as_ref());
-        let capacity =
-            usize::from(self.settings.max_inflight) + MESSAGES_PER_LEASE + ALERTS_IN_FLIGHT + 8;
+        let capacity = usize::from(self.settings.max_inflight)
+            + messages_per_lease(self.settings.batch_max_readings, self.settings.max_inflight)
+            + ALERTS_IN_FLIGHT
+            + 8;
         let (client, mut events) = AsyncClient::new(options, capacity);
         // Without it, the tail of each large message waits for the delayed ACK
         // of the one before (Nagle), tens of milliseconds a message.
@@ -570,8 +573,9 @@ impl Session<'_> {
         retain: bool,
         carried: Carried,
     ) -> Result<(), UplinkError> {
-        // The channel holds max_inflight + 8 requests and at most max_inflight
-        // batches plus a status are outstanding, so it is never full here.
+        // The channel has room for max_inflight + one lease's messages + alerts
+        // + 8, and a lease starts only while fewer than max_inflight messages
+        // are outstanding, so it is never full here.
         self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .map_err(|e| UplinkError::Connection(format!("mqtt client queue: {e}")))?;
@@ -579,16 +583,11 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Publishes a lease as messages of at most `batch_max_readings` readings.
-    fn publish_lease(&mut self, lease: &Lease) -> Result<(), UplinkError> {
-        let parts: Vec<&[LeasedReading]> = lease
-            .readings
-            .chunks(self.uplink.settings.batch_max_readings.max(1))
-            .collect();
+    /// Publishes a lease's messages (of at most `batch_max_readings` readings).
+    fn publish_lease(&mut self, lease: Prepared) -> Result<(), UplinkError> {
         self.parts_left
-            .insert(lease.id, (parts.len(), lease.readings.len() as u64));
-        for part in parts {
-            let payload = self.uplink.encode(part)?;
+            .insert(lease.id, (lease.messages.len(), lease.readings));
+        for payload in lease.messages {
             let carried = Carried::Batch { lease: lease.id };
             self.publish(self.topics.readings.clone(), payload, false, carried)?;
         }
@@ -745,8 +744,31 @@ impl Session<'_> {
                 && self.outstanding() < max
             {
                 let store = self.uplink.store.clone();
-                let n = s.batch_max_readings.saturating_mul(MESSAGES_PER_LEASE);
-                leasing = Some(Box::pin(async move { store.lease(n).await }));
+                let batch = s.batch_max_readings.max(1);
+                let n = batch.saturating_mul(messages_per_lease(batch, s.max_inflight));
+                let encoder = Encoder::new(s.payload, &s.site, &s.gateway, batch);
+                // Read and encoded in a blocking thread while this task goes on
+                // serving the event loop and the acks.
+                leasing = Some(Box::pin(async move {
+                    let Some((id, encoder, readings)) = store
+                        .lease_into(n, encoder)
+                        .await
+                        .map_err(UplinkError::Store)?
+                    else {
+                        return Ok(None);
+                    };
+                    match encoder.finish() {
+                        Ok(messages) => Ok(Some(Prepared {
+                            id,
+                            messages,
+                            readings,
+                        })),
+                        Err(e) => {
+                            let _ = store.release(id).await;
+                            Err(UplinkError::Encode(e))
+                        }
+                    }
+                }));
             }
             if fetching.is_none()
                 && alerts_due
@@ -827,10 +849,11 @@ impl Session<'_> {
                     self.uplink.heartbeat.beat();
                     match leased {
                         Ok(Some(lease)) => {
-                            if let Err(e) = self.publish_lease(&lease) {
+                            let id = lease.id;
+                            if let Err(e) = self.publish_lease(lease) {
                                 // Parts already queued are released with the others
                                 // at the end of the session; this releases the rest.
-                                let _ = self.uplink.store.release(lease.id).await;
+                                let _ = self.uplink.store.release(id).await;
                                 return failed(e, true);
                             }
                         }
@@ -838,7 +861,8 @@ impl Session<'_> {
                             self.uplink.backlog();
                             idle_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
                         }
-                        Err(e) => return failed(UplinkError::Store(e), self.connected),
+                        Err(e @ UplinkError::Store(_)) => return failed(e, self.connected),
+                        Err(e) => return failed(e, true),
                     }
                 }
                 Some(done) = self.acking.join_next(), if !self.acking.is_empty() => {
@@ -1012,6 +1036,26 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_batches_share_a_lease_among_more_messages() {
+        let check = |batch: usize, inflight: u16, want: usize| {
+            assert_eq!(
+                messages_per_lease(batch, inflight),
+                want,
+                "{batch} a message, {inflight} in flight"
+            );
+        };
+        // 256 readings a lease, at most half the window...
+        check(1, 32, 16);
+        check(1, 1000, 256);
+        check(16, 64, 16);
+        // ...never fewer than 8 messages.
+        check(100, 32, 8);
+        check(1000, 32, 8);
+        check(1, 4, 8);
+        check(0, 32, 16);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {

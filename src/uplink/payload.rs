@@ -130,7 +130,10 @@ impl ReadingsMessage {
 /// Writes `.../readings` in the JSON format into `out`: byte for byte what
 /// `serde_json::to_vec(&ReadingsMessage::new(..))` writes (a test keeps them
 /// equal), without building a `WireReading` of owned strings for every reading.
-/// The uplink encodes every reading it sends, so this is on its hot path.
+/// The uplink encodes every reading it sends, so this is on its hot path; it
+/// writes a message piece by piece ([`write_readings_head`], then
+/// [`write_reading_json`] for each reading, then [`write_readings_tail`]) as the
+/// rows are read.
 pub fn write_readings_json(
     out: &mut Vec<u8>,
     site: &str,
@@ -138,6 +141,15 @@ pub fn write_readings_json(
     readings: &[OutgoingReading<'_>],
 ) {
     out.reserve(96 + readings.len() * 300);
+    write_readings_head(out, site, gateway);
+    for (i, r) in readings.iter().enumerate() {
+        write_reading_json(out, i == 0, *r);
+    }
+    write_readings_tail(out);
+}
+
+/// The start of a readings message, up to its first reading.
+pub fn write_readings_head(out: &mut Vec<u8>, site: &str, gateway: &str) {
     out.extend_from_slice(b"{\"schema\":");
     json_str(out, READINGS_SCHEMA);
     out.extend_from_slice(b",\"site\":");
@@ -145,62 +157,68 @@ pub fn write_readings_json(
     out.extend_from_slice(b",\"gateway\":");
     json_str(out, gateway);
     out.extend_from_slice(b",\"readings\":[");
-    for (i, r) in readings.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let reading = r.reading;
-        out.extend_from_slice(b"{\"id\":\"");
-        let mut id = uuid::Uuid::encode_buffer();
-        out.extend_from_slice(
-            uuid::Uuid::from_bytes(*reading.id.as_bytes())
-                .hyphenated()
-                .encode_lower(&mut id)
-                .as_bytes(),
-        );
-        out.extend_from_slice(b"\",\"device\":\"");
-        for (j, b) in reading.device.0.iter().enumerate() {
-            if j > 0 {
-                out.push(b':');
-            }
-            out.push(HEX_UPPER[usize::from(b >> 4)]);
-            out.push(HEX_UPPER[usize::from(b & 0xF)]);
-        }
-        out.extend_from_slice(b"\",\"resident\":");
-        match (&reading.subject, r.resident_reference) {
-            (Subject::Resident(_), Some(reference)) => json_str(out, reference),
-            _ => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"room\":");
-        match &reading.subject {
-            Subject::Room(room) => json_str(out, room),
-            _ => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"quantity\":");
-        json_str(out, reading.quantity.as_str());
-        out.extend_from_slice(b",\"value\":");
-        match reading.value {
-            Value::Number(n) => json_value(out, &n),
-            Value::Special(_) => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"status\":");
-        json_str(out, reading.value.status());
-        out.extend_from_slice(b",\"unit\":");
-        json_str(out, reading.unit.ucum());
-        out.extend_from_slice(b",\"measured_at\":");
-        match reading.measured_at {
-            Some(t) => json_time(out, t),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"received_at\":");
-        json_time(out, reading.received_at);
-        out.extend_from_slice(if reading.clock_synced {
-            b",\"clock_synchronised\":true}"
-        } else {
-            b",\"clock_synchronised\":false}"
-        });
-    }
+}
+
+/// The end of a readings message, after its last reading.
+pub fn write_readings_tail(out: &mut Vec<u8>) {
     out.extend_from_slice(b"]}");
+}
+
+/// One reading of a readings message; `first` for the first of the message.
+pub fn write_reading_json(out: &mut Vec<u8>, first: bool, r: OutgoingReading<'_>) {
+    if !first {
+        out.push(b',');
+    }
+    let reading = r.reading;
+    out.extend_from_slice(b"{\"id\":\"");
+    let mut id = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(
+        uuid::Uuid::from_bytes(*reading.id.as_bytes())
+            .hyphenated()
+            .encode_lower(&mut id)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"device\":\"");
+    for (j, b) in reading.device.0.iter().enumerate() {
+        if j > 0 {
+            out.push(b':');
+        }
+        out.push(HEX_UPPER[usize::from(b >> 4)]);
+        out.push(HEX_UPPER[usize::from(b & 0xF)]);
+    }
+    out.extend_from_slice(b"\",\"resident\":");
+    match (&reading.subject, r.resident_reference) {
+        (Subject::Resident(_), Some(reference)) => json_str(out, reference),
+        _ => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"room\":");
+    match &reading.subject {
+        Subject::Room(room) => json_str(out, room),
+        _ => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"quantity\":");
+    json_str(out, reading.quantity.as_str());
+    out.extend_from_slice(b",\"value\":");
+    match reading.value {
+        Value::Number(n) => json_number(out, n),
+        Value::Special(_) => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"status\":");
+    json_str(out, reading.value.status());
+    out.extend_from_slice(b",\"unit\":");
+    json_str(out, reading.unit.ucum());
+    out.extend_from_slice(b",\"measured_at\":");
+    match reading.measured_at {
+        Some(t) => json_time(out, t),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"received_at\":");
+    json_time(out, reading.received_at);
+    out.extend_from_slice(if reading.clock_synced {
+        b",\"clock_synchronised\":true}"
+    } else {
+        b",\"clock_synchronised\":false}"
+    });
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -208,6 +226,34 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 /// A JSON string, escaped as serde_json escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     json_value(out, s);
+}
+
+/// A number as serde_json writes it. Whole numbers (a pulse rate, an SpO2) are
+/// the common case and are written by hand, `95.0`; the rest by serde_json.
+fn json_number(out: &mut Vec<u8>, n: f64) {
+    // Below 1e9 serde_json writes a whole number as its digits and ".0"; -0.0
+    // keeps its sign there, so it goes the slow way.
+    if n.fract() == 0.0 && n.abs() < 1e9 && !(n == 0.0 && n.is_sign_negative()) {
+        let whole = n as i64;
+        if whole < 0 {
+            out.push(b'-');
+        }
+        let mut digits = [0u8; 10];
+        let mut rest = whole.unsigned_abs();
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+        out.extend_from_slice(b".0");
+        return;
+    }
+    json_value(out, &n);
 }
 
 fn json_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
@@ -392,6 +438,38 @@ mod tests {
             assert_eq!(
                 String::from_utf8(got).unwrap(),
                 String::from_utf8(want).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_them() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            95.0,
+            36.6,
+            -40.5,
+            999_999_999.0,
+            -999_999_999.0,
+            1e9,
+            1e15,
+            1e16,
+            1e300,
+            f64::MIN_POSITIVE,
+            0.1 + 0.2,
+        ];
+        values.extend((-300..300).map(f64::from));
+        values.extend((0..200).map(|i| f64::from(i) * 0.25));
+        for n in values {
+            let mut got = Vec::new();
+            json_number(&mut got, n);
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                serde_json::to_string(&n).unwrap(),
+                "{n:?}"
             );
         }
     }

@@ -1,0 +1,207 @@
+//! Reading a lease's rows outside the writer thread.
+//!
+//! The writer hands a lease out as runs of sequence numbers and never reads its
+//! rows: decoding them there (about a microsecond a reading) made the writer, which
+//! also commits every ack, the ceiling of the uplink's drain. The leaser reads and
+//! decodes the rows on its own read-only connection in a blocking thread instead.
+//! That is safe because the row of a committed reading never changes: it can only
+//! disappear (evicted while leased), and a row that is gone is simply not sent.
+//! WAL lets this reader run beside the writer, and a read that starts after the
+//! lease was handed out sees every row in it.
+//!
+//! What the read found goes back to the writer before the lease can be acked (a
+//! [`ReadReport`] on the same channel, so it arrives first): the estimated bytes,
+//! for the outbox's byte count, and the rows this build cannot read, which must
+//! stay in the outbox untouched rather than be acked unsent.
+
+use std::collections::hash_map::Entry;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::limits::{self, Class};
+use super::vocab::{Map, Vocab};
+use super::{LeaseId, LeasedReading, StoreError};
+use crate::model::{DeviceAddress, Reading, ReadingId, ResidentId, Subject, Timestamp};
+
+/// A lease as the writer hands it out: runs of consecutive sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRuns {
+    pub id: LeaseId,
+    /// `(class, first, last)`, vital signs first, each class's runs in sequence
+    /// order and disjoint.
+    pub(super) runs: Vec<(Class, i64, i64)>,
+}
+
+impl LeaseRuns {
+    /// Sequence numbers in the lease (an upper bound on its readings).
+    pub fn len(&self) -> u64 {
+        self.runs
+            .iter()
+            .map(|&(_, a, b)| u64::try_from(b - a + 1).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+/// What reading a lease found, for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReadReport {
+    pub lease: LeaseId,
+    /// Readings handed to the sink.
+    pub readings: u64,
+    /// Their estimated bytes ([`limits::row_bytes`]).
+    pub bytes: u64,
+    /// Rows this build cannot read (a code from a newer build): left in the
+    /// outbox, out of the lease.
+    pub unreadable: Vec<(Class, i64)>,
+}
+
+/// Where a lease's readings go as they are read (a message encoder, a list).
+pub trait LeaseSink: Send + 'static {
+    /// One reading, in lease order, with its resident's pseudonymous reference
+    /// (never the name); `None` for room data and unassigned devices.
+    fn reading(&mut self, reading: Reading, reference: Option<&str>);
+}
+
+impl LeaseSink for Vec<LeasedReading> {
+    fn reading(&mut self, reading: Reading, reference: Option<&str>) {
+        self.push(LeasedReading {
+            reading,
+            resident_reference: reference.map(str::to_owned),
+        });
+    }
+}
+
+/// A read-only connection for reading leases, with the codes of the database.
+pub struct LeaseReader {
+    conn: Connection,
+    vocab: Vocab,
+}
+
+impl std::fmt::Debug for LeaseReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseReader").finish_non_exhaustive()
+    }
+}
+
+/// The columns [`decode_row`] reads, from index 1 (0 is `seq`).
+const COLUMNS: &str = "r.id, r.device, r.resident_id, r.room, r.quantity_code, r.value,
+                       r.status_code, r.unit_code, r.measured_at_ms, r.received_at_ms,
+                       r.clock_synced";
+
+/// The rows of one run `?1..=?2`, in sequence order: `seq`, then [`COLUMNS`].
+pub(super) fn rows_sql() -> String {
+    format!(
+        "SELECT r.seq, {COLUMNS} FROM readings r
+         WHERE r.seq BETWEEN ?1 AND ?2 ORDER BY r.seq"
+    )
+}
+
+impl LeaseReader {
+    /// Opens `path` read-only. Blocking; open it after the store (whose writer
+    /// adds this build's words to the code tables first).
+    pub fn open(path: &Path) -> Result<LeaseReader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let vocab = Vocab::read(&conn)?;
+        Ok(LeaseReader { conn, vocab })
+    }
+
+    /// Reads the rows of `lease` in its order into `sink`, in one read
+    /// transaction. Blocking.
+    pub(crate) fn read(
+        &mut self,
+        lease: &LeaseRuns,
+        sink: &mut impl LeaseSink,
+    ) -> Result<ReadReport, StoreError> {
+        let mut report = ReadReport {
+            lease: lease.id,
+            readings: 0,
+            bytes: 0,
+            unreadable: Vec::new(),
+        };
+        let tx = self.conn.transaction()?;
+        let mut rows_of = tx.prepare_cached(&rows_sql())?;
+        let mut reference_of =
+            tx.prepare_cached("SELECT reference FROM residents WHERE id = ?1")?;
+        // Each resident's reference, looked up once per lease rather than joined
+        // to every row: a lease holds a few residents' readings many times over.
+        let mut references: Map<i64, Option<String>> = Map::default();
+        for &(class, first, last) in &lease.runs {
+            let mut rows = rows_of.query([first, last])?;
+            while let Some(row) = rows.next()? {
+                let Some(reading) = decode_row(&self.vocab, row)? else {
+                    let seq: i64 = row.get(0)?;
+                    // A row this build cannot read (from a newer version): it stays
+                    // in the outbox untouched rather than being sent wrongly.
+                    tracing::warn!(
+                        seq,
+                        "outbox reading not understood by this build; left in place"
+                    );
+                    report.unreadable.push((class, seq));
+                    continue;
+                };
+                let reference = match reading.subject {
+                    Subject::Resident(id) => match references.entry(id.0) {
+                        Entry::Occupied(known) => known.into_mut().as_deref(),
+                        Entry::Vacant(new) => new
+                            .insert(reference_of.query_row([id.0], |r| r.get(0)).optional()?)
+                            .as_deref(),
+                    },
+                    _ => None,
+                };
+                report.readings += 1;
+                report.bytes += limits::row_bytes(&reading);
+                sink.reading(reading, reference);
+            }
+        }
+        drop(rows_of);
+        drop(reference_of);
+        tx.commit()?;
+        Ok(report)
+    }
+}
+
+/// Rebuilds a reading from its row (columns from index 1, as [`COLUMNS`]);
+/// `None` when a code or value is unknown to this build.
+fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
+    let blob = |i| -> Result<Option<&[u8]>, StoreError> { Ok(row.get_ref(i)?.as_blob().ok()) };
+    let id = blob(1)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
+    let device = blob(2)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
+    let resident: Option<i64> = row.get(3)?;
+    let room: Option<String> = row.get(4)?;
+    let quantity = vocab.quantity(row.get(5)?);
+    let value = vocab.value(row.get(7)?, row.get(6)?);
+    let unit = vocab.unit(row.get(8)?);
+    let measured: Option<i64> = row.get(9)?;
+    let received: i64 = row.get(10)?;
+    let synced: bool = row.get(11)?;
+    let (Some(id), Some(device), Some(quantity), Some(value), Some(unit)) =
+        (id, device, quantity, value, unit)
+    else {
+        return Ok(None);
+    };
+    let subject = match (resident, room) {
+        (Some(id), _) => Subject::Resident(ResidentId(id)),
+        (None, Some(room)) => Subject::Room(room),
+        (None, None) => Subject::Unassigned,
+    };
+    Ok(Some(Reading {
+        id: ReadingId::from_bytes(id),
+        device: DeviceAddress(device),
+        subject,
+        quantity,
+        value,
+        unit,
+        measured_at: measured.map(Timestamp::from_unix_ms),
+        received_at: Timestamp::from_unix_ms(received),
+        clock_synced: synced,
+    }))
+}

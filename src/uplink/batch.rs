@@ -1,0 +1,206 @@
+//! Encoding a lease into readings messages as its rows are read.
+//!
+//! The store reads a lease's rows in a blocking thread ([`StoreHandle::lease_into`])
+//! and hands each reading to this encoder there, so that reading and encoding
+//! the next lease run beside the MQTT event loop and the acks, off the async
+//! executor, and no reading is copied into a list first.
+//!
+//! [`StoreHandle::lease_into`]: crate::store::StoreHandle::lease_into
+
+use crate::config::PayloadFormat;
+use crate::model::Reading;
+use crate::store::LeaseSink;
+
+use super::payload::{
+    OutgoingReading, write_reading_json, write_readings_head, write_readings_tail,
+};
+
+/// Bytes reserved per reading of a JSON message (a reading is about 250).
+const JSON_BYTES_PER_READING: usize = 280;
+
+/// Builds the messages of one lease, at most `per_message` readings each.
+#[derive(Debug)]
+pub struct Encoder {
+    format: PayloadFormat,
+    site: String,
+    gateway: String,
+    per_message: usize,
+    /// Finished messages.
+    messages: Vec<Vec<u8>>,
+    /// JSON: the message being written.
+    current: Vec<u8>,
+    /// Readings in the message being written.
+    in_current: usize,
+    /// FHIR: the readings of the message being built (a bundle is built whole).
+    pending: Vec<(Reading, Option<String>)>,
+    /// The first encoding failure; the lease is then not sent.
+    error: Option<String>,
+}
+
+impl Encoder {
+    pub fn new(format: PayloadFormat, site: &str, gateway: &str, per_message: usize) -> Encoder {
+        Encoder {
+            format,
+            site: site.to_owned(),
+            gateway: gateway.to_owned(),
+            per_message: per_message.max(1),
+            messages: Vec::new(),
+            current: Vec::new(),
+            in_current: 0,
+            pending: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The messages, in lease order; an error if one could not be encoded.
+    pub fn finish(mut self) -> Result<Vec<Vec<u8>>, String> {
+        self.close_message();
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.messages),
+        }
+    }
+
+    fn close_message(&mut self) {
+        if self.in_current == 0 {
+            return;
+        }
+        self.in_current = 0;
+        match self.format {
+            PayloadFormat::Json => {
+                write_readings_tail(&mut self.current);
+                self.messages.push(std::mem::take(&mut self.current));
+            }
+            PayloadFormat::Fhir => {
+                let out: Vec<OutgoingReading<'_>> = self
+                    .pending
+                    .iter()
+                    .map(|(reading, reference)| OutgoingReading {
+                        reading,
+                        resident_reference: reference.as_deref(),
+                    })
+                    .collect();
+                match serde_json::to_vec(&super::fhir::bundle(&self.gateway, &out)) {
+                    Ok(m) => self.messages.push(m),
+                    Err(e) => {
+                        self.error.get_or_insert(e.to_string());
+                    }
+                }
+                self.pending.clear();
+            }
+        }
+    }
+}
+
+impl LeaseSink for Encoder {
+    fn reading(&mut self, reading: Reading, reference: Option<&str>) {
+        match self.format {
+            PayloadFormat::Json => {
+                if self.in_current == 0 {
+                    self.current
+                        .reserve(96 + self.per_message.min(1000) * JSON_BYTES_PER_READING);
+                    write_readings_head(&mut self.current, &self.site, &self.gateway);
+                }
+                let r = OutgoingReading {
+                    reading: &reading,
+                    resident_reference: reference,
+                };
+                write_reading_json(&mut self.current, self.in_current == 0, r);
+            }
+            PayloadFormat::Fhir => self.pending.push((reading, reference.map(str::to_owned))),
+        }
+        self.in_current += 1;
+        if self.in_current == self.per_message {
+            self.close_message();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceAddress, Quantity, ReadingId, ResidentId, Subject, Timestamp};
+    use crate::model::{Unit, Value};
+    use crate::uplink::payload::{ReadingsMessage, write_readings_json};
+
+    fn reading(n: i64) -> Reading {
+        let at = Timestamp::from_unix_ms(1_763_930_467_000 + n);
+        Reading {
+            id: ReadingId::new(at),
+            device: DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, n as u8]),
+            subject: if n % 2 == 0 {
+                Subject::Resident(ResidentId(n))
+            } else {
+                Subject::Room(format!("Room \"{n}\""))
+            },
+            quantity: Quantity::Spo2,
+            value: Value::Number(90.0 + n as f64),
+            unit: Unit::Percent,
+            measured_at: None,
+            received_at: at,
+            clock_synced: true,
+        }
+    }
+
+    /// Encodes `n` readings `per_message` at a time; checks the messages are
+    /// those of the whole-message writer for the same chunks, and parse back.
+    fn check(n: i64, per_message: usize, messages: usize) {
+        let readings: Vec<Reading> = (0..n).map(reading).collect();
+        let mut e = Encoder::new(PayloadFormat::Json, "site-1", "gw-1", per_message);
+        for r in &readings {
+            e.reading(r.clone(), Some("res-0001"));
+        }
+        let got = e.finish().unwrap();
+        assert_eq!(got.len(), messages, "{n} readings, {per_message} a message");
+        for (chunk, message) in readings.chunks(per_message).zip(&got) {
+            let out: Vec<OutgoingReading<'_>> = chunk
+                .iter()
+                .map(|reading| OutgoingReading {
+                    reading,
+                    resident_reference: Some("res-0001"),
+                })
+                .collect();
+            let mut whole = Vec::new();
+            write_readings_json(&mut whole, "site-1", "gw-1", &out);
+            assert_eq!(
+                String::from_utf8_lossy(message),
+                String::from_utf8_lossy(&whole)
+            );
+            let parsed: ReadingsMessage = serde_json::from_slice(message).unwrap();
+            assert_eq!(parsed, ReadingsMessage::new("site-1", "gw-1", &out));
+        }
+    }
+
+    #[test]
+    fn a_lease_is_split_into_messages_of_at_most_the_batch_size() {
+        check(0, 10, 0);
+        check(1, 10, 1);
+        check(10, 10, 1);
+        check(11, 10, 2);
+        check(25, 1, 25);
+        check(7, 3, 3);
+    }
+
+    #[test]
+    fn fhir_messages_are_bundles_of_the_batch() {
+        let mut e = Encoder::new(PayloadFormat::Fhir, "site-1", "gw-1", 2);
+        for n in 0..3 {
+            e.reading(reading(n), Some("res-0001"));
+        }
+        let got = e.finish().unwrap();
+        assert_eq!(got.len(), 2);
+        let first: serde_json::Value = serde_json::from_slice(&got[0]).unwrap();
+        assert_eq!(first["resourceType"], "Bundle");
+        let observations = |m: &serde_json::Value| {
+            m["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["resource"]["resourceType"] == "Observation")
+                .count()
+        };
+        assert_eq!(observations(&first), 2);
+        let second: serde_json::Value = serde_json::from_slice(&got[1]).unwrap();
+        assert_eq!(observations(&second), 1);
+    }
+}
