@@ -16,6 +16,7 @@ pub mod accounts;
 mod alerts;
 #[doc(hidden)]
 pub mod crash_child;
+mod ids;
 mod limits;
 mod outbox;
 mod reader;
@@ -84,6 +85,11 @@ pub enum StoreError {
     /// and frees what it may (history, then room data).
     #[error("the disk is full; readings not stored: {0}")]
     DiskFull(rusqlite::Error),
+    /// Reading ids hold 48 bits of sequence number and this database has used
+    /// them all (at a million readings a second, after nine years): start a new
+    /// database.
+    #[error("the database has used every sequence number a reading id can hold")]
+    SequenceExhausted,
     /// No alert has this id.
     #[error("no such alert {0}")]
     UnknownAlert(i64),

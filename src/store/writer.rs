@@ -21,6 +21,7 @@ use std::time::Instant;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
+use super::ids::{self, Epochs};
 use super::limits::{self, Class, EvictionReason, MaintenanceReport};
 use super::vocab::{Codes, SeqSet, Vocab};
 use super::{
@@ -69,7 +70,9 @@ pub(super) fn spawn(
     heartbeat: Heartbeat,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     limits::load_counts(&conn, &stats)?;
-    let vocab = Vocab::load(&mut conn)?;
+    let mut vocab = Vocab::load(&mut conn)?;
+    let (epochs, next_seq) = Epochs::begin(&mut conn)?;
+    vocab.epochs = epochs;
     let (rows, bytes) = limits::outbox_totals(&conn)?;
     stats.outbox_readings.store(rows, Ordering::Relaxed);
     stats.outbox_bytes.store(bytes, Ordering::Relaxed);
@@ -80,6 +83,7 @@ pub(super) fn spawn(
         conn,
         sync_lowered: false,
         vocab,
+        next_seq,
         settings,
         stats,
         leases: HashMap::new(),
@@ -107,6 +111,11 @@ struct Writer {
     /// The connection is at `synchronous=NORMAL` for a commit of acks only.
     sync_lowered: bool,
     vocab: Vocab,
+    /// The sequence number of the next reading stored: above every one stored or
+    /// covered by an epoch before this run, so that no id is made twice
+    /// (`ids.rs`). Given explicitly, never left to SQLite, which would reuse the
+    /// numbers of deleted rows at the end of the table.
+    next_seq: i64,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
     leases: HashMap<u64, Vec<Held>>,
@@ -432,12 +441,36 @@ impl Writer {
     }
 
     fn write_group_tx(&mut self, group: &[Command]) -> Result<Written, StoreError> {
+        let ingested = || {
+            group
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Ingest { readings, .. } => Some(readings),
+                    _ => None,
+                })
+                .flatten()
+        };
+        let mut new_devices: Vec<DeviceAddress> = ingested()
+            .map(|r| r.device)
+            .filter(|d| !self.vocab.knows_device(d))
+            .collect();
+        if !new_devices.is_empty() {
+            new_devices.sort_unstable();
+            new_devices.dedup();
+            self.vocab.add_devices(&mut self.conn, &new_devices)?;
+        }
+        let prefix = *self.vocab.epochs.current().ok_or_else(|| {
+            StoreError::Corrupt("no reading-id epoch: the writer did not begin one".into())
+        })?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut w = Written::default();
+        // Sequence numbers are taken for good only when the commit succeeds; a
+        // rolled-back group leaves nothing that used them.
+        let mut next_seq = self.next_seq;
         {
-            let mut batch = Batch::new(&tx)?;
+            let mut batch = Batch::new(&tx, prefix)?;
             // Vital signs first, then room data, so that each class's readings of
             // this commit have consecutive sequence numbers: one outbox range each.
             for class in [Class::Vital, Class::Room] {
@@ -452,9 +485,17 @@ impl Writer {
                     .filter(|r| Class::of(r.quantity) == class);
                 for r in readings {
                     let codes = self.vocab.codes(r).ok_or_else(|| {
-                        StoreError::UnknownWord(format!("{:?}", (r.quantity, r.unit, r.value)))
+                        StoreError::UnknownWord(format!(
+                            "{:?}",
+                            (r.device, r.quantity, r.unit, r.value)
+                        ))
                     })?;
-                    let seq = batch.add(&tx, r, codes)?;
+                    if next_seq > ids::MAX_SEQ {
+                        return Err(StoreError::SequenceExhausted);
+                    }
+                    let seq = next_seq;
+                    next_seq += 1;
+                    batch.add(r, seq, codes)?;
                     run = match run {
                         Some((first, last)) if last + 1 == seq => Some((first, seq)),
                         Some((first, last)) => {
@@ -490,6 +531,7 @@ impl Writer {
             batch.finish(&tx)?;
         }
         tx.commit()?;
+        self.next_seq = next_seq;
         Ok(w)
     }
 
@@ -509,9 +551,9 @@ impl Writer {
                 break;
             }
             let mut q = self.conn.prepare_cached(&format!(
-                "SELECT r.seq, {}, r.id, r.device, r.resident_id, r.room, r.quantity_code, r.value,
-                        r.status_code, r.unit_code, r.measured_at_ms, r.received_at_ms,
-                        r.clock_synced
+                "SELECT r.seq, {}, r.id, r.device_code, r.resident_id, r.room, r.quantity_code,
+                        r.value, r.status_code, r.unit_code, r.measured_offset_ms,
+                        r.received_at_ms, r.clock_synced
                  FROM {}
                  WHERE {}
                  ORDER BY o.first_seq, r.seq",
@@ -767,60 +809,66 @@ fn delete_from_outbox(
 /// statement is looked up once per group, not once per reading.
 struct Batch<'a, 't> {
     insert: rusqlite::CachedStatement<'t>,
+    /// The prefix of this run's reading ids (`ids.rs`).
+    prefix: ids::Prefix,
     /// Keyed by subject, device (for unassigned readings only) and quantity,
-    /// borrowed so that the hot path allocates nothing.
-    latest: HashMap<(&'a Subject, Option<DeviceAddress>, Quantity), &'a Reading>,
+    /// borrowed so that the hot path allocates nothing; with the reading's id.
+    latest: HashMap<(&'a Subject, Option<DeviceAddress>, Quantity), (&'a Reading, ReadingId)>,
     seen: HashMap<DeviceAddress, i64>,
     battery: HashMap<DeviceAddress, i64>,
 }
 
 impl<'a, 't> Batch<'a, 't> {
-    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self, StoreError> {
+    fn new(tx: &'t rusqlite::Transaction<'_>, prefix: ids::Prefix) -> Result<Self, StoreError> {
         Ok(Batch {
             insert: tx.prepare_cached(
-                "INSERT INTO readings (id, device, resident_id, room, quantity_code, value,
-                                       status_code, unit_code, measured_at_ms, received_at_ms,
-                                       clock_synced)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO readings (seq, id, device_code, resident_id, room, quantity_code,
+                                       value, status_code, unit_code, measured_offset_ms,
+                                       received_at_ms, clock_synced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?,
+            prefix,
             latest: HashMap::new(),
             seen: HashMap::new(),
             battery: HashMap::new(),
         })
     }
 
-    /// Inserts `r`; returns its sequence number.
-    fn add(
-        &mut self,
-        tx: &rusqlite::Transaction<'_>,
-        r: &'a Reading,
-        codes: Codes,
-    ) -> Result<i64, StoreError> {
+    /// Inserts `r` as reading number `seq`. Its id is stored only when it came
+    /// with one; otherwise it is derived from `seq` when read (`ids.rs`).
+    fn add(&mut self, r: &'a Reading, seq: i64, codes: Codes) -> Result<(), StoreError> {
         let (resident, room) = match &r.subject {
             Subject::Resident(id) => (Some(id.0), None),
             Subject::Room(room) => (None, Some(room.as_str())),
             Subject::Unassigned => (None, None),
         };
+        let (stored_id, id) = if r.id.is_unassigned() {
+            (None, ids::derive(&self.prefix, seq))
+        } else {
+            (Some(&r.id.as_bytes()[..]), r.id)
+        };
+        let received = r.received_at.unix_ms();
         self.insert.execute(params![
-            &r.id.as_bytes()[..],
-            &r.device.0[..],
+            seq,
+            stored_id,
+            codes.device,
             resident,
             room,
             codes.quantity,
             r.value.number(),
             codes.status,
             codes.unit,
-            r.measured_at.map(Timestamp::unix_ms),
-            r.received_at.unix_ms(),
+            // Wrapping both ways, so that any pair of times comes back exactly.
+            r.measured_at.map(|m| m.unix_ms().wrapping_sub(received)),
+            received,
             r.clock_synced,
         ])?;
-        let seq = tx.last_insert_rowid();
         let device = matches!(r.subject, Subject::Unassigned).then_some(r.device);
         let key = (&r.subject, device, r.quantity);
         match self.latest.get(&key) {
-            Some(prev) if prev.taken_at() > r.taken_at() => {}
+            Some((prev, _)) if prev.taken_at() > r.taken_at() => {}
             _ => {
-                self.latest.insert(key, r);
+                self.latest.insert(key, (r, id));
             }
         }
         let seen = self.seen.entry(r.device).or_insert(i64::MIN);
@@ -830,7 +878,7 @@ impl<'a, 't> Batch<'a, 't> {
         {
             self.battery.insert(r.device, pct.round() as i64);
         }
-        Ok(seq)
+        Ok(())
     }
 
     fn finish(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -843,7 +891,7 @@ impl<'a, 't> Batch<'a, 't> {
                 reading_id = excluded.reading_id
              WHERE excluded.taken_at_ms >= latest.taken_at_ms",
         )?;
-        for ((subject, _, quantity), r) in &self.latest {
+        for ((subject, _, quantity), (r, id)) in &self.latest {
             latest.execute(params![
                 subject_key(subject, &r.device),
                 quantity.as_str(),
@@ -852,7 +900,7 @@ impl<'a, 't> Batch<'a, 't> {
                 r.unit.ucum(),
                 r.taken_at().unix_ms(),
                 r.device.to_string(),
-                &r.id.as_bytes()[..],
+                &id.as_bytes()[..],
             ])?;
         }
         let mut seen = tx.prepare_cached(
@@ -873,15 +921,22 @@ impl<'a, 't> Batch<'a, 't> {
 /// Rebuilds a leased reading from its row (columns from index 2 as selected in
 /// [`Writer::lease`]); `None` when a code or value is unknown to this build.
 fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
-    let blob = |i| -> Result<Option<&[u8]>, StoreError> { Ok(row.get_ref(i)?.as_blob().ok()) };
-    let id = blob(2)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
-    let device = blob(3)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
+    // Schema v8: an id stored with the reading, else the one derived from its seq.
+    let id = match row.get_ref(2)? {
+        rusqlite::types::ValueRef::Null => vocab.reading_id(row.get(0)?),
+        v => v
+            .as_blob()
+            .ok()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(ReadingId::from_bytes),
+    };
+    let device = vocab.device(row.get(3)?);
     let resident: Option<i64> = row.get(4)?;
     let room: Option<String> = row.get(5)?;
     let quantity = vocab.quantity(row.get(6)?);
     let value = vocab.value(row.get(8)?, row.get(7)?);
     let unit = vocab.unit(row.get(9)?);
-    let measured: Option<i64> = row.get(10)?;
+    let measured_offset: Option<i64> = row.get(10)?;
     let received: i64 = row.get(11)?;
     let synced: bool = row.get(12)?;
     let (Some(id), Some(device), Some(quantity), Some(value), Some(unit)) =
@@ -895,13 +950,13 @@ fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>,
         (None, None) => Subject::Unassigned,
     };
     Ok(Some(Reading {
-        id: ReadingId::from_bytes(id),
-        device: DeviceAddress(device),
+        id,
+        device,
         subject,
         quantity,
         value,
         unit,
-        measured_at: measured.map(Timestamp::from_unix_ms),
+        measured_at: measured_offset.map(|d| Timestamp::from_unix_ms(received.wrapping_add(d))),
         received_at: Timestamp::from_unix_ms(received),
         clock_synced: synced,
     }))
