@@ -45,7 +45,9 @@ const MAKE_ROOM_ROUNDS: usize = 50;
 /// Opens the write connection, checks the file's integrity and migrates it.
 pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(&settings.path)?;
+    conn.pragma_update(None, "page_size", 1024)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
     let sync = match settings.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
