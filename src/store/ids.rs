@@ -55,16 +55,13 @@ impl Epochs {
     /// the first sequence number of the new epoch.
     pub(super) fn begin(conn: &mut Connection) -> Result<(Epochs, i64), StoreError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let max_seq: i64 =
-            tx.query_row("SELECT coalesce(max(seq), 0) FROM readings", [], |r| {
-                r.get(0)
-            })?;
+        let max_seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM readings", [], |r| {
+            r.get(0)
+        })?;
         let last: Option<i64> = tx
-            .query_row(
-                "SELECT max(first_seq) FROM reading_id_epochs",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT max(first_seq) FROM reading_id_epochs", [], |r| {
+                r.get(0)
+            })
             .optional()?
             .flatten();
         let first = max_seq.max(last.unwrap_or(0)) + 1;
@@ -89,7 +86,8 @@ impl Epochs {
 
     /// Every epoch of the database.
     pub(super) fn load(conn: &Connection) -> Result<Epochs, StoreError> {
-        let mut q = conn.prepare("SELECT first_seq, prefix FROM reading_id_epochs ORDER BY first_seq")?;
+        let mut q =
+            conn.prepare("SELECT first_seq, prefix FROM reading_id_epochs ORDER BY first_seq")?;
         let rows = q.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {

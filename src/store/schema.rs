@@ -338,9 +338,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE VIEW readings_text AS
         SELECT r.seq,
                coalesce(r.id,
-                        (SELECT e.prefix FROM reading_id_epochs e WHERE e.first_seq <= r.seq
-                         ORDER BY e.first_seq DESC LIMIT 1)
-                        || unhex(printf('%012X', r.seq))) AS id,
+                        unhex((SELECT hex(e.prefix) FROM reading_id_epochs e
+                               WHERE e.first_seq <= r.seq ORDER BY e.first_seq DESC LIMIT 1)
+                              || printf('%012X', r.seq))) AS id,
                d.address AS device, r.resident_id, r.room, q.quantity, r.value, s.status,
                u.unit, r.received_at_ms + r.measured_offset_ms AS measured_at_ms,
                r.received_at_ms, r.clock_synced
