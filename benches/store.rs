@@ -324,8 +324,7 @@ fn bench_naive(dir: &Path, n: u64) -> Row {
                 q,
                 r.value.number(),
                 u,
-                r.measured_at
-                    .map(|m| m.unix_ms() - r.received_at.unix_ms()),
+                r.measured_at.map(|m| m.unix_ms() - r.received_at.unix_ms()),
                 r.received_at.unix_ms(),
                 r.clock_synced,
             ],
