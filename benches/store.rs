@@ -261,10 +261,14 @@ fn bench_naive(dir: &Path, n: u64) -> Row {
     let path = fresh(dir, "naive.db");
     {
         let mut c = rusqlite::Connection::open(&path).expect("open");
+        // The page size carehub gives a new database (src/store/writer.rs).
+        c.pragma_update(None, "page_size", 1024).expect("page size");
         carehub::store::migrate_to(&mut c, carehub::store::SCHEMA_VERSION).expect("schema");
     }
     let c = rusqlite::Connection::open(&path).expect("open");
     c.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    c.pragma_update(None, "wal_autocheckpoint", 4000)
+        .expect("checkpoint");
     c.pragma_update(None, "synchronous", "FULL").expect("sync");
     c.execute_batch(
         "INSERT OR IGNORE INTO quantity_codes (quantity) VALUES ('heart_rate'), ('temperature');
