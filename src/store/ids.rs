@@ -51,9 +51,9 @@ pub(super) struct Epochs(Vec<(i64, Prefix)>);
 
 impl Epochs {
     /// Begins a new epoch (replacing the newest one if it holds no reading, so that
-    /// a crash loop does not grow the table) and loads them all. Returns them and
-    /// the first sequence number of the new epoch.
-    pub(super) fn begin(conn: &mut Connection) -> Result<(Epochs, i64), StoreError> {
+    /// a crash loop does not grow the table) and loads them all. Returns them, the
+    /// first sequence number of the new epoch and its prefix.
+    pub(super) fn begin(conn: &mut Connection) -> Result<(Epochs, i64, Prefix), StoreError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let max_seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM readings", [], |r| {
             r.get(0)
@@ -72,16 +72,13 @@ impl Epochs {
             // it that the table must keep explaining.
             tx.execute("DELETE FROM reading_id_epochs WHERE first_seq = ?1", [last])?;
         }
-        let random: Vec<u8> = tx.query_row("SELECT randomblob(10)", [], |r| r.get(0))?;
-        let random: [u8; 10] = random
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("randomblob(10) did not give 10 bytes".into()))?;
+        let prefix = prefix_from(tx.query_row("SELECT randomblob(10)", [], |r| r.get(0))?);
         tx.execute(
             "INSERT INTO reading_id_epochs (first_seq, prefix) VALUES (?1, ?2)",
-            rusqlite::params![first, &prefix_from(random)[..]],
+            rusqlite::params![first, &prefix[..]],
         )?;
         tx.commit()?;
-        Ok((Epochs::load(conn)?, first))
+        Ok((Epochs::load(conn)?, first, prefix))
     }
 
     /// Every epoch of the database.
@@ -106,11 +103,6 @@ impl Epochs {
         let i = self.0.partition_point(|&(first, _)| first <= seq);
         let (_, prefix) = self.0.get(i.checked_sub(1)?)?;
         (0..=MAX_SEQ).contains(&seq).then(|| derive(prefix, seq))
-    }
-
-    /// The newest epoch's prefix: the one this run's readings get.
-    pub(super) fn current(&self) -> Option<&Prefix> {
-        self.0.last().map(|(_, p)| p)
     }
 }
 

@@ -84,7 +84,7 @@ pub(super) fn spawn(
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     limits::load_counts(&conn, &stats)?;
     let mut vocab = Vocab::load(&mut conn)?;
-    let (epochs, next_seq) = Epochs::begin(&mut conn)?;
+    let (epochs, next_seq, prefix) = Epochs::begin(&mut conn)?;
     vocab.epochs = epochs;
     let (rows, bytes) = limits::outbox_totals(&conn)?;
     stats.outbox_readings.store(rows, Ordering::Relaxed);
@@ -97,6 +97,7 @@ pub(super) fn spawn(
         sync_lowered: false,
         vocab,
         next_seq,
+        prefix,
         settings,
         stats,
         leases: HashMap::new(),
@@ -129,6 +130,9 @@ struct Writer {
     /// (`ids.rs`). Given explicitly, never left to SQLite, which would reuse the
     /// numbers of deleted rows at the end of the table.
     next_seq: i64,
+    /// The random prefix of this run's epoch: every reading this run stores
+    /// without an id gets its id from it (`ids.rs`).
+    prefix: ids::Prefix,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
     leases: HashMap<u64, Vec<Held>>,
@@ -472,9 +476,6 @@ impl Writer {
             new_devices.dedup();
             self.vocab.add_devices(&mut self.conn, &new_devices)?;
         }
-        let prefix = *self.vocab.epochs.current().ok_or_else(|| {
-            StoreError::Corrupt("no reading-id epoch: the writer did not begin one".into())
-        })?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -483,7 +484,7 @@ impl Writer {
         // rolled-back group leaves nothing that used them.
         let mut next_seq = self.next_seq;
         {
-            let mut batch = Batch::new(&tx, prefix)?;
+            let mut batch = Batch::new(&tx, self.prefix)?;
             // Vital signs first, then room data, so that each class's readings of
             // this commit have consecutive sequence numbers: one outbox range each.
             for class in [Class::Vital, Class::Room] {
