@@ -279,7 +279,9 @@ impl Ingest {
                 // SpO2 would pass for the reading staff are meant to see.
                 for v in decoded.values.into_iter().filter(|v| v.qualifier.is_none()) {
                     out.push(Reading {
-                        id: ReadingId::new(raw.received_at),
+                        // Given by the store at commit, from the sequence number:
+                        // no bytes on disk (docs/decisions/0011).
+                        id: ReadingId::UNASSIGNED,
                         device: address,
                         subject: subject.clone(),
                         quantity: v.quantity,

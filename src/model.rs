@@ -162,13 +162,27 @@ pub struct CivilTime {
     pub second: u8,
 }
 
-/// A reading's unique, time-ordered identity (UUIDv7). It is stable from the moment
-/// the reading is made, so the cloud can drop the duplicates that at-least-once
-/// delivery produces.
+/// A reading's unique identity, a UUID, so the cloud can drop the duplicates that
+/// at-least-once delivery produces. A reading from a sensor gets it from the store
+/// when it is committed (a UUIDv8 of the store's random prefix and the reading's
+/// sequence number; `docs/decisions/0011-reading-ids-from-seq.md`), so that it costs
+/// no bytes on disk; until then it is [`ReadingId::UNASSIGNED`]. A producer that must
+/// know the id before the commit (a staff observation set) makes one with
+/// [`ReadingId::new`] (UUIDv7) and the store keeps it. Either way it never changes
+/// once stored: every resend carries the same id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReadingId(uuid::Uuid);
 
 impl ReadingId {
+    /// "The store gives this reading its id when it commits it" (the nil UUID,
+    /// which no stored reading has).
+    pub const UNASSIGNED: ReadingId = ReadingId(uuid::Uuid::nil());
+
+    /// Whether this is [`ReadingId::UNASSIGNED`].
+    pub fn is_unassigned(&self) -> bool {
+        self.0.is_nil()
+    }
+
     /// A new id whose time part is `at`; ids made later sort later.
     pub fn new(at: Timestamp) -> Self {
         let ms = u64::try_from(at.unix_ms()).unwrap_or(0);

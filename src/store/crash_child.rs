@@ -4,7 +4,10 @@
 //!
 //! After each commit it prints `c RUN PRODUCER FIRST COUNT` on stdout, in one
 //! write, so that the test knows which readings were reported committed before the
-//! kill. Reading ids are made by [`reading_id`] so that the test can rebuild them.
+//! kill. Even producers bring their own ids, made by [`reading_id`] so that the
+//! test can rebuild them; odd producers leave the id to the store, as the ingest
+//! stage does (schema v8). Every reading's device time is [`measured_ms`], unique,
+//! so that the test finds each one either way.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,10 +39,28 @@ pub fn reading_id(run: u32, producer: u8, n: u32) -> ReadingId {
     ReadingId::from_bytes(b)
 }
 
+/// Whether `producer` brings its own ids (even) or leaves them to the store (odd).
+pub fn brings_ids(producer: u8) -> bool {
+    producer.is_multiple_of(2)
+}
+
+/// The device time of reading `n` of `producer` in crash run `run`, in Unix ms:
+/// unique per (run, producer, n).
+pub fn measured_ms(run: u32, producer: u8, n: u32) -> i64 {
+    1_700_000_000_000
+        + i64::from(run) * 1_000_000_000
+        + i64::from(producer) * 100_000_000
+        + i64::from(n)
+}
+
 fn reading(run: u32, producer: u8, n: u32) -> Reading {
     let vital = !n.is_multiple_of(3);
     Reading {
-        id: reading_id(run, producer, n),
+        id: if brings_ids(producer) {
+            reading_id(run, producer, n)
+        } else {
+            ReadingId::UNASSIGNED
+        },
         device: DeviceAddress([0xC0, 0, 0, 0, producer, (n % 5) as u8]),
         subject: if vital {
             Subject::Resident(ResidentId(i64::from(producer)))
@@ -57,7 +78,7 @@ fn reading(run: u32, producer: u8, n: u32) -> Reading {
         } else {
             Unit::Percent
         },
-        measured_at: None,
+        measured_at: Some(Timestamp::from_unix_ms(measured_ms(run, producer, n))),
         received_at: Timestamp::now(),
         clock_synced: true,
     }

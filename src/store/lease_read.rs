@@ -19,10 +19,11 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::ids::Epochs;
 use super::limits::{self, Class};
 use super::vocab::{Map, Vocab};
 use super::{LeaseId, LeasedReading, StoreError};
-use crate::model::{DeviceAddress, Reading, ReadingId, ResidentId, Subject, Timestamp};
+use crate::model::{Reading, ReadingId, ResidentId, Subject, Timestamp};
 
 /// A lease as the writer hands it out: runs of consecutive sequence numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +89,9 @@ impl std::fmt::Debug for LeaseReader {
     }
 }
 
-/// The columns [`decode_row`] reads, from index 1 (0 is `seq`).
-const COLUMNS: &str = "r.id, r.device, r.resident_id, r.room, r.quantity_code, r.value,
-                       r.status_code, r.unit_code, r.measured_at_ms, r.received_at_ms,
+/// The columns [`decode_row`] reads, from index 1 (0 is `seq`; schema v8).
+const COLUMNS: &str = "r.id, r.device_code, r.resident_id, r.room, r.quantity_code, r.value,
+                       r.status_code, r.unit_code, r.measured_offset_ms, r.received_at_ms,
                        r.clock_synced";
 
 /// The rows of one run `?1..=?2`, in sequence order: `seq`, then [`COLUMNS`].
@@ -110,7 +111,7 @@ impl LeaseReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let vocab = Vocab::read(&conn)?;
+        let vocab = read_vocab(&conn)?;
         Ok(LeaseReader { conn, vocab })
     }
 
@@ -134,10 +135,20 @@ impl LeaseReader {
         // Each resident's reference, looked up once per lease rather than joined
         // to every row: a lease holds a few residents' readings many times over.
         let mut references: Map<i64, Option<String>> = Map::default();
+        // The codes were read when this reader opened; a device first heard
+        // since has a code it does not know yet. Read them again (once a lease)
+        // before calling a row unreadable.
+        let mut reloaded = false;
         for &(class, first, last) in &lease.runs {
             let mut rows = rows_of.query([first, last])?;
             while let Some(row) = rows.next()? {
-                let Some(reading) = decode_row(&self.vocab, row)? else {
+                let mut decoded = decode_row(&self.vocab, row)?;
+                if decoded.is_none() && !reloaded {
+                    self.vocab = read_vocab(&tx)?;
+                    reloaded = true;
+                    decoded = decode_row(&self.vocab, row)?;
+                }
+                let Some(reading) = decoded else {
                     let seq: i64 = row.get(0)?;
                     // A row this build cannot read (from a newer version): it stays
                     // in the outbox untouched rather than being sent wrongly.
@@ -169,18 +180,32 @@ impl LeaseReader {
     }
 }
 
-/// Rebuilds a reading from its row (columns from index 1, as [`COLUMNS`]);
-/// `None` when a code or value is unknown to this build.
+/// The codes and the reading-id epochs of the database, without adding any.
+fn read_vocab(conn: &Connection) -> Result<Vocab, StoreError> {
+    let mut vocab = Vocab::read(conn)?;
+    vocab.epochs = Epochs::load(conn)?;
+    Ok(vocab)
+}
+
+/// Rebuilds a reading from its row (`seq` at index 0, then [`COLUMNS`]);
+/// `None` when a code, value or epoch is unknown to this build.
 fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
-    let blob = |i| -> Result<Option<&[u8]>, StoreError> { Ok(row.get_ref(i)?.as_blob().ok()) };
-    let id = blob(1)?.and_then(|b| <[u8; 16]>::try_from(b).ok());
-    let device = blob(2)?.and_then(|b| <[u8; 6]>::try_from(b).ok());
+    // Schema v8: an id stored with the reading, else the one derived from its seq.
+    let id = match row.get_ref(1)? {
+        rusqlite::types::ValueRef::Null => vocab.reading_id(row.get(0)?),
+        v => v
+            .as_blob()
+            .ok()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(ReadingId::from_bytes),
+    };
+    let device = vocab.device(row.get(2)?);
     let resident: Option<i64> = row.get(3)?;
     let room: Option<String> = row.get(4)?;
     let quantity = vocab.quantity(row.get(5)?);
     let value = vocab.value(row.get(7)?, row.get(6)?);
     let unit = vocab.unit(row.get(8)?);
-    let measured: Option<i64> = row.get(9)?;
+    let measured_offset: Option<i64> = row.get(9)?;
     let received: i64 = row.get(10)?;
     let synced: bool = row.get(11)?;
     let (Some(id), Some(device), Some(quantity), Some(value), Some(unit)) =
@@ -194,13 +219,13 @@ fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>,
         (None, None) => Subject::Unassigned,
     };
     Ok(Some(Reading {
-        id: ReadingId::from_bytes(id),
-        device: DeviceAddress(device),
+        id,
+        device,
         subject,
         quantity,
         value,
         unit,
-        measured_at: measured.map(Timestamp::from_unix_ms),
+        measured_at: measured_offset.map(|d| Timestamp::from_unix_ms(received.wrapping_add(d))),
         received_at: Timestamp::from_unix_ms(received),
         clock_synced: synced,
     }))

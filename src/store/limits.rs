@@ -108,12 +108,14 @@ pub struct MaintenanceReport {
 }
 
 /// The estimated bytes of one reading in the outbox, as SQL over a `readings` row:
-/// about what a row with its codes takes in the file, plus its room's name.
-/// [`row_bytes`] computes the same from a [`Reading`]; a test keeps them equal.
-pub(super) const ROW_BYTES_SQL: &str = "(44 + coalesce(octet_length(r.room), 0))";
+/// about what a row with its codes takes in the file (schema v8), plus its room's
+/// name and its id when one is stored. [`row_bytes`] computes the same from a
+/// [`Reading`]; a test keeps them equal.
+pub(super) const ROW_BYTES_SQL: &str =
+    "(32 + coalesce(octet_length(r.room), 0) + coalesce(length(r.id), 0))";
 
-/// [`ROW_BYTES_SQL`] of a reading without a room.
-pub(super) const MIN_ROW_BYTES: u64 = 44;
+/// [`ROW_BYTES_SQL`] of a reading without a room and without a stored id.
+pub(super) const MIN_ROW_BYTES: u64 = 32;
 
 /// The estimated bytes of one reading in the outbox (see [`ROW_BYTES_SQL`]).
 pub(super) fn row_bytes(r: &Reading) -> u64 {
@@ -121,7 +123,8 @@ pub(super) fn row_bytes(r: &Reading) -> u64 {
         Subject::Room(room) => room.len(),
         _ => 0,
     };
-    MIN_ROW_BYTES + room as u64
+    let id = if r.id.is_unassigned() { 0 } else { 16 };
+    MIN_ROW_BYTES + (room + id) as u64
 }
 
 /// Rows deleted per transaction by retention and the disk floor.

@@ -16,6 +16,7 @@ pub mod accounts;
 mod alerts;
 #[doc(hidden)]
 pub mod crash_child;
+mod ids;
 mod lease_read;
 mod limits;
 mod outbox;
@@ -91,6 +92,11 @@ pub enum StoreError {
     /// The blocking task reading a lease failed (a bug; the lease is released).
     #[error("the lease reading task failed: {0}")]
     ReadTask(String),
+    /// Reading ids hold 48 bits of sequence number and this database has used
+    /// them all (at a million readings a second, after nine years): start a new
+    /// database.
+    #[error("the database has used every sequence number a reading id can hold")]
+    SequenceExhausted,
     /// No alert has this id.
     #[error("no such alert {0}")]
     UnknownAlert(i64),

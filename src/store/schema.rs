@@ -12,6 +12,12 @@
 //! consecutive sequence numbers, and quantity, unit and status are integer codes
 //! (`quantity_codes`, `unit_codes`, `status_codes`; the view `readings_text`
 //! joins them back into words).
+//!
+//! From version 8 a reading's id is stored only when it came with one (migrated
+//! rows, staff observation sets); otherwise it is derived from `seq` and the
+//! epoch's prefix (`ids.rs`). The device is a code (`device_codes`) and the
+//! device's time an offset from the received time; `readings_text` shows all three
+//! as before.
 
 use rusqlite::Connection;
 
@@ -290,7 +296,61 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox_vital_v4 RENAME TO outbox_vital;
     ALTER TABLE outbox_room_v4 RENAME TO outbox_room;
     "#,
-    // 8 (encrypted sensors): a device's bind key, set by staff when it is
+    // 8 (bytes per reading, issue 4): a smaller row. A reading's id is no longer
+    // stored when the store made it: it is derived from the sequence number and the
+    // random prefix of the writer's epoch (`reading_id_epochs`, see `ids.rs`), so
+    // `id` is NULL for new rows and kept for migrated ones. The device becomes a
+    // code (`device_codes`), and the device's time is stored as its offset from the
+    // received time (a few bytes instead of six). The view `readings_text` shows
+    // the id, the address and the device's time as before.
+    r#"
+    CREATE TABLE device_codes (code INTEGER PRIMARY KEY, address BLOB NOT NULL UNIQUE);
+    INSERT INTO device_codes (address) SELECT DISTINCT device FROM readings ORDER BY 1;
+    CREATE TABLE reading_id_epochs (
+        first_seq INTEGER PRIMARY KEY,
+        prefix    BLOB NOT NULL CHECK (length(prefix) = 10)
+    );
+    CREATE TABLE readings_v8 (
+        seq                INTEGER PRIMARY KEY,
+        id                 BLOB,
+        device_code        INTEGER NOT NULL,
+        resident_id        INTEGER,
+        room               TEXT,
+        quantity_code      INTEGER NOT NULL,
+        value              REAL,
+        status_code        INTEGER NOT NULL,
+        unit_code          INTEGER NOT NULL,
+        measured_offset_ms INTEGER,
+        received_at_ms     INTEGER NOT NULL,
+        clock_synced       INTEGER NOT NULL
+    );
+    INSERT INTO readings_v8 (seq, id, device_code, resident_id, room, quantity_code, value,
+                             status_code, unit_code, measured_offset_ms, received_at_ms,
+                             clock_synced)
+        SELECT r.seq, r.id, d.code, r.resident_id, r.room, r.quantity_code, r.value,
+               r.status_code, r.unit_code, r.measured_at_ms - r.received_at_ms,
+               r.received_at_ms, r.clock_synced
+        FROM readings r JOIN device_codes d ON d.address = r.device
+        ORDER BY r.seq;
+    DROP VIEW readings_text;
+    DROP TABLE readings;
+    ALTER TABLE readings_v8 RENAME TO readings;
+    CREATE VIEW readings_text AS
+        SELECT r.seq,
+               coalesce(r.id,
+                        unhex((SELECT hex(e.prefix) FROM reading_id_epochs e
+                               WHERE e.first_seq <= r.seq ORDER BY e.first_seq DESC LIMIT 1)
+                              || printf('%012X', r.seq))) AS id,
+               d.address AS device, r.resident_id, r.room, q.quantity, r.value, s.status,
+               u.unit, r.received_at_ms + r.measured_offset_ms AS measured_at_ms,
+               r.received_at_ms, r.clock_synced
+        FROM readings r
+        JOIN device_codes d ON d.code = r.device_code
+        JOIN quantity_codes q ON q.code = r.quantity_code
+        JOIN status_codes s ON s.code = r.status_code
+        JOIN unit_codes u ON u.code = r.unit_code;
+    "#,
+    // 9 (encrypted sensors): a device's bind key, set by staff when it is
     // registered, and the last encryption counters accepted from it, so that a
     // frame captured before a restart of the gateway is not accepted after it.
     r#"

@@ -540,10 +540,12 @@ fn make_v3(path: &Path) {
             Subject::Resident(id) => (Some(id.0), None),
             _ => (None, Some("Lounge")),
         };
+        // Reading 4 carries the device's own time, 90 s before it was received.
+        let measured = (n == 4).then(|| r.received_at.unix_ms() - 90_000);
         c.execute(
             "INSERT INTO readings (seq, id, device, resident_id, room, quantity, value, status, unit,
                                    measured_at_ms, received_at_ms, clock_synced)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, 1)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1)",
             rusqlite::params![
                 n as i64,
                 &r.id.as_bytes()[..],
@@ -554,6 +556,7 @@ fn make_v3(path: &Path) {
                 value,
                 status,
                 unit,
+                measured,
                 r.received_at.unix_ms(),
             ],
         )
@@ -585,7 +588,40 @@ async fn migrates_from_every_earlier_version() {
                 migrate_to(&mut c, n).unwrap();
             }
         }
+        // Every reading before the upgrade: its id, device, times, as stored then.
+        type Row = (i64, Vec<u8>, Vec<u8>, i64, Option<i64>);
+        let rows = |sql: &str| -> Vec<Row> {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .prepare(sql)
+                .unwrap()
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let before = match from {
+            0 | 1 => Vec::new(),
+            // From v8 the row holds codes; the view shows what it stands for.
+            8.. => rows(
+                "SELECT seq, id, device, received_at_ms, measured_at_ms FROM readings_text ORDER BY seq",
+            ),
+            _ => rows(
+                "SELECT seq, id, device, received_at_ms, measured_at_ms FROM readings ORDER BY seq",
+            ),
+        };
         let store = open(settings(dir.path()));
+        if from >= 2 {
+            let after = rows(
+                "SELECT seq, id, device, received_at_ms, measured_at_ms FROM readings_text ORDER BY seq",
+            );
+            assert_eq!(
+                after, before,
+                "from {from}: every reading the same after the upgrade"
+            );
+        }
         let v: i64 = rusqlite::Connection::open(&path)
             .unwrap()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -1235,7 +1271,11 @@ async fn a_row_the_leaser_cannot_read_stays_in_the_outbox_after_the_ack() {
     h.ack(lease.id).await.unwrap();
     assert_eq!(ranges(&path, Class::Vital), vec![(3, 3)]);
     assert_eq!(h.stats().outbox_readings.load(Ordering::Relaxed), 1);
-    assert_eq!(h.stats().outbox_bytes.load(Ordering::Relaxed), 44);
+    // These readings brought their own ids, so the row keeps one.
+    assert_eq!(
+        h.stats().outbox_bytes.load(Ordering::Relaxed),
+        super::limits::MIN_ROW_BYTES + 16
+    );
     // Leasing again finds nothing readable, however often it is released.
     h.release_all().await.unwrap();
     assert_eq!(h.lease(10).await.unwrap(), None);
@@ -1308,4 +1348,221 @@ fn outbox_queries_never_sort_the_backlog() {
             );
         }
     }
+}
+
+/// A reading as the ingest stage makes it: the store gives it its id.
+fn sensor_reading(n: u64, q: Quantity) -> Reading {
+    Reading {
+        id: ReadingId::UNASSIGNED,
+        ..reading(n, q)
+    }
+}
+
+/// `(seq, id)` of every stored reading, as the view `readings_text` shows them.
+fn view_ids(path: &Path) -> Vec<(i64, Option<Vec<u8>>)> {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .prepare("SELECT seq, id FROM readings_text ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sensor_reading_gets_its_id_from_the_store_and_keeps_it_through_resends_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(settings(dir.path()));
+    let mut far_back = sensor_reading(3, Quantity::HeartRate);
+    // A device clock years behind the gateway: the offset is large, and exact.
+    far_back.measured_at = Some(Timestamp::from_unix_ms(86_400_000));
+    let mut ahead = sensor_reading(4, Quantity::Temperature);
+    ahead.measured_at = Some(Timestamp::from_unix_ms(1_800_000_000_004 + 1_500));
+    let sent = vec![
+        sensor_reading(1, Quantity::HeartRate),
+        sensor_reading(2, Quantity::HeartRate),
+        far_back,
+        ahead,
+    ];
+    store.handle.ingest(sent.clone()).await.unwrap();
+    let first = store.handle.lease(10).await.unwrap().unwrap();
+    let got = ids(&first);
+    assert_eq!(got.len(), 4);
+    assert!(
+        got.iter()
+            .all(|id| !id.is_unassigned() && id.to_string().as_bytes()[14] == b'8'),
+        "UUIDv8 ids: {got:?}"
+    );
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), 4, "distinct");
+    // Everything but the id comes back as it was sent.
+    for (l, s) in first.readings.iter().zip(&sent) {
+        assert_eq!(
+            Reading {
+                id: s.id,
+                ..l.reading.clone()
+            },
+            *s
+        );
+    }
+    // The view shows the same ids; the `latest` row names the newest reading's id.
+    let view: Vec<Vec<u8>> = view_ids(&path)
+        .into_iter()
+        .map(|(_, id)| id.unwrap())
+        .collect();
+    let leased: Vec<Vec<u8>> = got.iter().map(|id| id.as_bytes().to_vec()).collect();
+    assert_eq!(view, leased);
+    let latest: Vec<u8> = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT reading_id FROM latest WHERE subject = 'resident:1' AND quantity = 'heart_rate'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        latest, leased[1],
+        "reading 2 is the newest heart rate taken"
+    );
+    // Released and leased again: the same ids (a resend is recognised).
+    store.handle.release(first.id).await.unwrap();
+    let again = store.handle.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&again), got);
+    close(store).await;
+    // After a restart (a new epoch begins): still the same ids.
+    let store = open(settings(dir.path()));
+    let after = store.handle.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&after), got);
+    // A reading brought with its own id (a staff observation set) keeps it.
+    let own = reading(5, Quantity::Spo2);
+    store.handle.ingest(vec![own.clone()]).await.unwrap();
+    let next = store.handle.lease(10).await.unwrap().unwrap();
+    assert_eq!(ids(&next), vec![own.id]);
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_never_repeat_across_restarts_fresh_databases_or_a_purged_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let mut seen: HashSet<ReadingId> = HashSet::new();
+    let mut check_new = |lease: &Lease, what: &str| {
+        for id in ids(lease) {
+            assert!(seen.insert(id), "{what}: id {id} made twice");
+        }
+    };
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    h.ingest(
+        (1..=3)
+            .map(|n| sensor_reading(n, Quantity::HeartRate))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let a = h.lease(10).await.unwrap().unwrap();
+    check_new(&a, "first run");
+    h.ack(a.id).await.unwrap();
+    // Every reading delivered and purged: the table is empty, and SQLite alone
+    // would number the next reading 1 again.
+    let report = h
+        .maintain(Timestamp::from_unix_ms(1_900_000_000_000))
+        .await
+        .unwrap();
+    assert_eq!(report.history_purged, 3);
+    h.ingest(vec![sensor_reading(4, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    let b = h.lease(10).await.unwrap().unwrap();
+    check_new(&b, "after the purge, same run");
+    h.ack(b.id).await.unwrap();
+    h.maintain(Timestamp::from_unix_ms(1_900_000_000_000))
+        .await
+        .unwrap();
+    close(store).await;
+    // Restarted on the emptied table.
+    let store = open(settings(dir.path()));
+    store
+        .handle
+        .ingest(vec![sensor_reading(5, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    let c = store.handle.lease(10).await.unwrap().unwrap();
+    check_new(&c, "after a restart on an empty table");
+    let stored = view_ids(&path);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].1.as_deref(),
+        Some(&ids(&c)[0].as_bytes()[..]),
+        "the view derives the same id"
+    );
+    close(store).await;
+    // A fresh database (the old one moved aside, a new card): the same sequence
+    // numbers, other ids.
+    let other = tempfile::tempdir().unwrap();
+    let store = open(settings(other.path()));
+    store
+        .handle
+        .ingest(
+            (1..=5)
+                .map(|n| sensor_reading(n, Quantity::HeartRate))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let d = store.handle.lease(10).await.unwrap().unwrap();
+    check_new(&d, "a fresh database");
+    close(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copied_database_started_twice_makes_different_ids() {
+    // A card image copied to a second gateway, or a backup restored: both copies
+    // start from the same sequence numbers, and each start draws a new prefix.
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let store = open(settings(a.path()));
+    store
+        .handle
+        .ingest(vec![sensor_reading(1, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    close(store).await;
+    std::fs::copy(a.path().join("t.db"), b.path().join("t.db")).unwrap();
+    let mut made = Vec::new();
+    for dir in [a.path(), b.path()] {
+        let store = open(settings(dir));
+        store
+            .handle
+            .ingest(vec![sensor_reading(2, Quantity::HeartRate)])
+            .await
+            .unwrap();
+        let l = store.handle.lease(10).await.unwrap().unwrap();
+        made.push(ids(&l));
+        close(store).await;
+    }
+    assert_eq!(made[0][0], made[1][0], "the copied reading keeps its id");
+    assert_ne!(
+        made[0][1], made[1][1],
+        "new readings differ between the copies"
+    );
+}
+
+#[test]
+fn a_new_database_has_small_pages_and_an_old_one_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let page_size = |path: &Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    let fresh = dir.path().join("new.db");
+    drop(writer::open_write_connection(&StoreSettings::at(&fresh)).unwrap());
+    assert_eq!(page_size(&fresh), 1024);
+    let old = dir.path().join("old.db");
+    make_v3(&old);
+    drop(writer::open_write_connection(&StoreSettings::at(&old)).unwrap());
+    assert_eq!(page_size(&old), 4096);
 }

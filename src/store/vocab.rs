@@ -8,6 +8,10 @@
 //! are given by the database, not by this build: a newer build adds its words with
 //! new codes, and an older build that meets a code it has no word for leaves that
 //! row untouched rather than guess.
+//!
+//! From schema v8 the device address is a code too (`device_codes`, given when a
+//! device's first reading is stored), and the vocabulary carries the epochs that
+//! reading ids are derived from (`ids.rs`), so that one value explains a row.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -15,7 +19,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use rusqlite::Connection;
 
 use super::StoreError;
-use crate::model::{Quantity, Reading, SpecialValue, Unit, Value};
+use super::ids::Epochs;
+use crate::model::{DeviceAddress, Quantity, Reading, ReadingId, SpecialValue, Unit, Value};
 
 /// Hashes a small key (an enum's discriminant, a code, a row id) with one
 /// multiply per word; the keys are the store's own, never outside input.
@@ -52,20 +57,25 @@ pub(super) type Map<K, V> = HashMap<K, V, BuildHasherDefault<SmallKeyHasher>>;
 /// Status code of a number (`"ok"`); fixed by the migration that made the table.
 pub(super) const OK: i64 = 0;
 
-/// The codes of one database, both ways.
+/// The codes of one database, both ways, and its reading-id epochs (schema v8).
 #[derive(Debug, Default)]
 pub(super) struct Vocab {
     quantity: Map<Quantity, i64>,
     unit: Map<Unit, i64>,
     special: Map<SpecialValue, i64>,
+    device: Map<DeviceAddress, i64>,
     quantity_of: Map<i64, Quantity>,
     unit_of: Map<i64, Unit>,
     special_of: Map<i64, SpecialValue>,
+    device_of: Map<i64, DeviceAddress>,
+    /// What the ids of readings stored without one are made from.
+    pub(super) epochs: Epochs,
 }
 
-/// The codes of one reading: quantity, status, unit.
+/// The codes of one reading: device, quantity, status, unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Codes {
+    pub device: i64,
     pub quantity: i64,
     pub status: i64,
     pub unit: i64,
@@ -122,13 +132,66 @@ impl Vocab {
                 v.special_of.insert(code, s);
             }
         }
+        let mut q = conn.prepare("SELECT code, address FROM device_codes")?;
+        let rows = q.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        for row in rows {
+            let (code, address) = row?;
+            if let Ok(a) = <[u8; 6]>::try_from(address.as_slice()) {
+                v.device.insert(DeviceAddress(a), code);
+                v.device_of.insert(code, DeviceAddress(a));
+            }
+        }
         Ok(v)
     }
 
+    /// Gives a code to each of `addresses` that has none yet, in a transaction of
+    /// its own (once in a device's life, so its fsync does not matter), and learns
+    /// them only once committed.
+    pub(super) fn add_devices(
+        &mut self,
+        conn: &mut Connection,
+        addresses: &[DeviceAddress],
+    ) -> Result<(), StoreError> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut added = Vec::with_capacity(addresses.len());
+        {
+            let mut insert =
+                tx.prepare("INSERT OR IGNORE INTO device_codes (address) VALUES (?1)")?;
+            let mut code = tx.prepare("SELECT code FROM device_codes WHERE address = ?1")?;
+            for a in addresses {
+                insert.execute([&a.0[..]])?;
+                let c: i64 = code.query_row([&a.0[..]], |r| r.get(0))?;
+                added.push((*a, c));
+            }
+        }
+        tx.commit()?;
+        for (a, c) in added {
+            self.device.insert(a, c);
+            self.device_of.insert(c, a);
+        }
+        Ok(())
+    }
+
+    /// Whether `address` has a code.
+    pub(super) fn knows_device(&self, address: &DeviceAddress) -> bool {
+        self.device.contains_key(address)
+    }
+
+    pub(super) fn device(&self, code: i64) -> Option<DeviceAddress> {
+        self.device_of.get(&code).copied()
+    }
+
+    /// The id of the reading numbered `seq` that was stored without one.
+    pub(super) fn reading_id(&self, seq: i64) -> Option<ReadingId> {
+        self.epochs.id_of(seq)
+    }
+
     /// The codes of `r`; `None` only if this build has a word missing from its own
-    /// `ALL` lists (a bug that a test in `model` guards against).
+    /// `ALL` lists (a bug that a test in `model` guards against), or its device was
+    /// not given a code first ([`Vocab::add_devices`]).
     pub(super) fn codes(&self, r: &Reading) -> Option<Codes> {
         Some(Codes {
+            device: *self.device.get(&r.device)?,
             quantity: *self.quantity.get(&r.quantity)?,
             status: match r.value {
                 Value::Number(_) => OK,

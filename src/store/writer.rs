@@ -21,6 +21,7 @@ use std::time::Instant;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
+use super::ids::{self, Epochs};
 use super::lease_read::{LeaseRuns, ReadReport};
 use super::limits::{self, Class, EvictionReason, MaintenanceReport};
 use super::vocab::{Codes, Vocab};
@@ -30,7 +31,7 @@ use super::{
 };
 use crate::config::Synchronous;
 use crate::model::{
-    Device, DeviceAddress, Quantity, Reading, Resident, ResidentId, Subject, Timestamp,
+    Device, DeviceAddress, Quantity, Reading, ReadingId, Resident, ResidentId, Subject, Timestamp,
 };
 use crate::system::health::Heartbeat;
 
@@ -42,10 +43,23 @@ const DISK_BATCH: usize = 500;
 /// At most this many such transactions per check.
 const MAKE_ROOM_ROUNDS: usize = 50;
 
+/// The WAL's size before a checkpoint, about (see [`open_write_connection`]).
+const WAL_BYTES: i64 = 4096 * 1000;
+
 /// Opens the write connection, checks the file's integrity and migrates it.
 pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(&settings.path)?;
+    // 1 KiB pages: every commit rewrites a few pages that it barely changes (the
+    // tail of `readings`, its parent, the outbox ranges, `latest`, page 1), and
+    // smaller pages make those cost less in the WAL: 88 instead of 101 bytes
+    // written per reading at steady state (docs/performance.md). Only a new file
+    // takes it; an existing database keeps its page size.
+    conn.pragma_update(None, "page_size", 1024)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Counted in pages: about 4 MiB of WAL whatever the page size (the default
+    // 1000 pages of 4 KiB), so that 1 KiB pages do not checkpoint four times as often.
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_BYTES / page_size.max(512))?;
     let sync = match settings.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -70,7 +84,9 @@ pub(super) fn spawn(
     heartbeat: Heartbeat,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     limits::load_counts(&conn, &stats)?;
-    let vocab = Vocab::load(&mut conn)?;
+    let mut vocab = Vocab::load(&mut conn)?;
+    let (epochs, next_seq, prefix) = Epochs::begin(&mut conn)?;
+    vocab.epochs = epochs;
     let (rows, bytes) = limits::outbox_totals(&conn)?;
     stats.outbox_readings.store(rows, Ordering::Relaxed);
     stats.outbox_bytes.store(bytes, Ordering::Relaxed);
@@ -81,6 +97,8 @@ pub(super) fn spawn(
         conn,
         sync_lowered: false,
         vocab,
+        next_seq,
+        prefix,
         settings,
         stats,
         leases: HashMap::new(),
@@ -109,6 +127,14 @@ struct Writer {
     /// The connection is at `synchronous=NORMAL` for a commit of acks only.
     sync_lowered: bool,
     vocab: Vocab,
+    /// The sequence number of the next reading stored: above every one stored or
+    /// covered by an epoch before this run, so that no id is made twice
+    /// (`ids.rs`). Given explicitly, never left to SQLite, which would reuse the
+    /// numbers of deleted rows at the end of the table.
+    next_seq: i64,
+    /// The random prefix of this run's epoch: every reading this run stores
+    /// without an id gets its id from it (`ids.rs`).
+    prefix: ids::Prefix,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
     leases: HashMap<u64, Held>,
@@ -454,12 +480,33 @@ impl Writer {
     }
 
     fn write_group_tx(&mut self, group: &[Command]) -> Result<Written, StoreError> {
+        let ingested = || {
+            group
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Ingest { readings, .. } => Some(readings),
+                    _ => None,
+                })
+                .flatten()
+        };
+        let mut new_devices: Vec<DeviceAddress> = ingested()
+            .map(|r| r.device)
+            .filter(|d| !self.vocab.knows_device(d))
+            .collect();
+        if !new_devices.is_empty() {
+            new_devices.sort_unstable();
+            new_devices.dedup();
+            self.vocab.add_devices(&mut self.conn, &new_devices)?;
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut w = Written::default();
+        // Sequence numbers are taken for good only when the commit succeeds; a
+        // rolled-back group leaves nothing that used them.
+        let mut next_seq = self.next_seq;
         {
-            let mut batch = Batch::new(&tx)?;
+            let mut batch = Batch::new(&tx, self.prefix)?;
             // Vital signs first, then room data, so that each class's readings of
             // this commit have consecutive sequence numbers: one outbox range each.
             for class in [Class::Vital, Class::Room] {
@@ -474,9 +521,17 @@ impl Writer {
                     .filter(|r| Class::of(r.quantity) == class);
                 for r in readings {
                     let codes = self.vocab.codes(r).ok_or_else(|| {
-                        StoreError::UnknownWord(format!("{:?}", (r.quantity, r.unit, r.value)))
+                        StoreError::UnknownWord(format!(
+                            "{:?}",
+                            (r.device, r.quantity, r.unit, r.value)
+                        ))
                     })?;
-                    let seq = batch.add(&tx, r, codes)?;
+                    if next_seq > ids::MAX_SEQ {
+                        return Err(StoreError::SequenceExhausted);
+                    }
+                    let seq = next_seq;
+                    next_seq += 1;
+                    batch.add(r, seq, codes)?;
                     run = match run {
                         Some((first, last)) if last + 1 == seq => Some((first, seq)),
                         Some((first, last)) => {
@@ -513,6 +568,7 @@ impl Writer {
         }
         tx.commit()?;
         w.committed = true;
+        self.next_seq = next_seq;
         Ok(w)
     }
 
@@ -826,60 +882,66 @@ fn delete_from_outbox(
 /// statement is looked up once per group, not once per reading.
 struct Batch<'a, 't> {
     insert: rusqlite::CachedStatement<'t>,
+    /// The prefix of this run's reading ids (`ids.rs`).
+    prefix: ids::Prefix,
     /// Keyed by subject, device (for unassigned readings only) and quantity,
-    /// borrowed so that the hot path allocates nothing.
-    latest: HashMap<(&'a Subject, Option<DeviceAddress>, Quantity), &'a Reading>,
+    /// borrowed so that the hot path allocates nothing; with the reading's id.
+    latest: HashMap<(&'a Subject, Option<DeviceAddress>, Quantity), (&'a Reading, ReadingId)>,
     seen: HashMap<DeviceAddress, i64>,
     battery: HashMap<DeviceAddress, i64>,
 }
 
 impl<'a, 't> Batch<'a, 't> {
-    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self, StoreError> {
+    fn new(tx: &'t rusqlite::Transaction<'_>, prefix: ids::Prefix) -> Result<Self, StoreError> {
         Ok(Batch {
             insert: tx.prepare_cached(
-                "INSERT INTO readings (id, device, resident_id, room, quantity_code, value,
-                                       status_code, unit_code, measured_at_ms, received_at_ms,
-                                       clock_synced)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO readings (seq, id, device_code, resident_id, room, quantity_code,
+                                       value, status_code, unit_code, measured_offset_ms,
+                                       received_at_ms, clock_synced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?,
+            prefix,
             latest: HashMap::new(),
             seen: HashMap::new(),
             battery: HashMap::new(),
         })
     }
 
-    /// Inserts `r`; returns its sequence number.
-    fn add(
-        &mut self,
-        tx: &rusqlite::Transaction<'_>,
-        r: &'a Reading,
-        codes: Codes,
-    ) -> Result<i64, StoreError> {
+    /// Inserts `r` as reading number `seq`. Its id is stored only when it came
+    /// with one; otherwise it is derived from `seq` when read (`ids.rs`).
+    fn add(&mut self, r: &'a Reading, seq: i64, codes: Codes) -> Result<(), StoreError> {
         let (resident, room) = match &r.subject {
             Subject::Resident(id) => (Some(id.0), None),
             Subject::Room(room) => (None, Some(room.as_str())),
             Subject::Unassigned => (None, None),
         };
+        let (stored_id, id) = if r.id.is_unassigned() {
+            (None, ids::derive(&self.prefix, seq))
+        } else {
+            (Some(&r.id.as_bytes()[..]), r.id)
+        };
+        let received = r.received_at.unix_ms();
         self.insert.execute(params![
-            &r.id.as_bytes()[..],
-            &r.device.0[..],
+            seq,
+            stored_id,
+            codes.device,
             resident,
             room,
             codes.quantity,
             r.value.number(),
             codes.status,
             codes.unit,
-            r.measured_at.map(Timestamp::unix_ms),
-            r.received_at.unix_ms(),
+            // Wrapping both ways, so that any pair of times comes back exactly.
+            r.measured_at.map(|m| m.unix_ms().wrapping_sub(received)),
+            received,
             r.clock_synced,
         ])?;
-        let seq = tx.last_insert_rowid();
         let device = matches!(r.subject, Subject::Unassigned).then_some(r.device);
         let key = (&r.subject, device, r.quantity);
         match self.latest.get(&key) {
-            Some(prev) if prev.taken_at() > r.taken_at() => {}
+            Some((prev, _)) if prev.taken_at() > r.taken_at() => {}
             _ => {
-                self.latest.insert(key, r);
+                self.latest.insert(key, (r, id));
             }
         }
         let seen = self.seen.entry(r.device).or_insert(i64::MIN);
@@ -889,7 +951,7 @@ impl<'a, 't> Batch<'a, 't> {
         {
             self.battery.insert(r.device, pct.round() as i64);
         }
-        Ok(seq)
+        Ok(())
     }
 
     fn finish(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -902,7 +964,7 @@ impl<'a, 't> Batch<'a, 't> {
                 reading_id = excluded.reading_id
              WHERE excluded.taken_at_ms >= latest.taken_at_ms",
         )?;
-        for ((subject, _, quantity), r) in &self.latest {
+        for ((subject, _, quantity), (r, id)) in &self.latest {
             latest.execute(params![
                 subject_key(subject, &r.device),
                 quantity.as_str(),
@@ -911,7 +973,7 @@ impl<'a, 't> Batch<'a, 't> {
                 r.unit.ucum(),
                 r.taken_at().unix_ms(),
                 r.device.to_string(),
-                &r.id.as_bytes()[..],
+                &id.as_bytes()[..],
             ])?;
         }
         let mut seen = tx.prepare_cached(

@@ -61,7 +61,8 @@ pub struct ReadingsMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireReading {
-    /// UUIDv7; the cloud drops repeats of an id (delivery is at least once).
+    /// A UUID (v8 from the store, v7 for staff entries and older readings); the
+    /// cloud drops repeats of an id (delivery is at least once).
     pub id: String,
     /// The sensor's Bluetooth address.
     pub device: String,

@@ -321,7 +321,7 @@ fn unknown_device_is_observed_never_connected_and_nothing_attributed() {
     let db = gw.db();
     let unattributed: i64 = db
         .query_row(
-            "SELECT count(*) FROM readings WHERE device = ?1",
+            "SELECT count(*) FROM readings_text WHERE device = ?1",
             [crate::ble_support::address_bytes(STRANGER)],
             |r| r.get(0),
         )

@@ -79,7 +79,7 @@ fn ids_in_outbox(db: &Path) -> HashSet<Vec<u8>> {
         .unwrap();
     assert_eq!(ok, "ok");
     c.prepare(
-        "SELECT r.id FROM readings r
+        "SELECT r.id FROM readings_text r
          JOIN (SELECT first_seq, last_seq FROM outbox_vital
                UNION ALL SELECT first_seq, last_seq FROM outbox_room) o
            ON r.seq BETWEEN o.first_seq AND o.last_seq",
