@@ -407,33 +407,6 @@ impl AlertBook {
         Ok(())
     }
 
-    /// Records who entered the staff observation set whose values are the
-    /// readings `reading_ids` (already committed by the store writer).
-    pub fn record_observation_set(
-        &mut self,
-        resident_id: i64,
-        taken_at: Timestamp,
-        entered_by: &str,
-        reading_ids: &[ReadingId],
-        now: Timestamp,
-    ) -> Result<i64, StoreError> {
-        self.changing();
-        let ids: Vec<String> = reading_ids.iter().map(|r| r.to_string()).collect();
-        self.conn.execute(
-            "INSERT INTO observation_sets (resident_id, taken_at_ms, entered_by, entered_at_ms,
-                                           reading_ids)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                resident_id,
-                taken_at.unix_ms(),
-                entered_by,
-                now.unix_ms(),
-                ids.join(" ")
-            ],
-        )?;
-        Ok(self.conn.last_insert_rowid())
-    }
-
     /// Who entered the newest observation sets of a resident, newest first:
     /// (taken at, entered by, reading ids).
     pub fn observation_sets(

@@ -153,11 +153,23 @@ pub struct LeasedReading {
 
 type Reply<T> = oneshot::Sender<Result<T, Arc<StoreError>>>;
 
+/// Who entered a set of observations by hand, and for whom (`observation_sets`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnteredBy {
+    pub resident_id: i64,
+    pub taken_at: Timestamp,
+    /// `staff:<username>` of the signed-in account.
+    pub entered_by: String,
+    pub entered_at: Timestamp,
+}
+
 /// A request to the writer thread.
 #[derive(Debug)]
 pub(crate) enum Command {
     Ingest {
         readings: Vec<Reading>,
+        /// Who entered these readings by hand, recorded in the same transaction.
+        entered: Option<EnteredBy>,
         committed: Option<Reply<()>>,
     },
     Provision {
@@ -310,6 +322,23 @@ impl StoreHandle {
     pub async fn ingest(&self, readings: Vec<Reading>) -> Result<(), Arc<StoreError>> {
         self.call(|done| Command::Ingest {
             readings,
+            entered: None,
+            committed: Some(done),
+        })
+        .await
+    }
+
+    /// Stores a set of observations staff entered, with the record of who
+    /// entered it, in one transaction: never the readings without who entered
+    /// them. Returns once committed.
+    pub async fn ingest_entered(
+        &self,
+        readings: Vec<Reading>,
+        entered: EnteredBy,
+    ) -> Result<(), Arc<StoreError>> {
+        self.call(|done| Command::Ingest {
+            readings,
+            entered: Some(entered),
             committed: Some(done),
         })
         .await
@@ -329,6 +358,7 @@ impl StoreHandle {
         self.tx
             .send(Command::Ingest {
                 readings,
+                entered: None,
                 committed: None,
             })
             .await

@@ -1566,3 +1566,75 @@ fn a_new_database_has_small_pages_and_an_old_one_keeps_its_own() {
     drop(writer::open_write_connection(&StoreSettings::at(&old)).unwrap());
     assert_eq!(page_size(&old), 4096);
 }
+
+/// A set of observations staff entered and the record of who entered it commit
+/// together: when the record cannot be written, the readings are not stored
+/// either (and the caller is told), so no hand-entered value is ever stored
+/// without who entered it.
+#[tokio::test(flavor = "multi_thread")]
+async fn entered_readings_and_who_entered_them_commit_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    let set = |n: u64| {
+        vec![
+            reading(n, Quantity::RespirationRate),
+            reading(n + 1, Quantity::Temperature),
+        ]
+    };
+    let entered = |who: &str| EnteredBy {
+        resident_id: 1,
+        taken_at: Timestamp::from_unix_ms(1_800_000_000_000),
+        entered_by: who.into(),
+        entered_at: Timestamp::from_unix_ms(1_800_000_000_500),
+    };
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    h.provision(
+        vec![crate::model::Resident {
+            id: ResidentId(1),
+            display_name: "Ann".into(),
+            room: "Room 1".into(),
+            reference: "r1".into(),
+        }],
+        vec![],
+    )
+    .await
+    .unwrap();
+
+    h.ingest_entered(set(1), entered("staff:ann"))
+        .await
+        .unwrap();
+    assert_eq!(count("SELECT count(*) FROM readings"), 2);
+    let (who, ids): (String, String) = db
+        .query_row(
+            "SELECT entered_by, reading_ids FROM observation_sets",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(who, "staff:ann");
+    let want: Vec<String> = set(1).iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids, want.join(" "));
+
+    // The record cannot be written: nothing of the set is stored.
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON observation_sets
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    assert!(
+        h.ingest_entered(set(10), entered("staff:bob"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM readings"),
+        2,
+        "readings stored without who entered them"
+    );
+    assert_eq!(count("SELECT count(*) FROM observation_sets"), 1);
+    db.execute_batch("DROP TRIGGER refuse;").unwrap();
+    close(store).await;
+}

@@ -554,6 +554,11 @@ impl Writer {
                     } => provision(&tx, residents, devices)?,
                     Command::Record { record, .. } => super::registry::write_record(&tx, record)?,
                     Command::Seen { seen } => super::registry::write_seen(&tx, seen)?,
+                    Command::Ingest {
+                        readings,
+                        entered: Some(e),
+                        ..
+                    } => write_entered(&tx, readings, e)?,
                     Command::Ack { lease, .. } => {
                         if let Some(held) = self.leases.get(&lease.0) {
                             let (rows, bytes) = delete_from_outbox(&tx, held)?;
@@ -989,6 +994,28 @@ impl<'a, 't> Batch<'a, 't> {
         }
         Ok(())
     }
+}
+
+/// Records who entered `readings` (their own ids, given by the producer).
+fn write_entered(
+    tx: &rusqlite::Transaction<'_>,
+    readings: &[Reading],
+    e: &super::EnteredBy,
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = readings.iter().map(|r| r.id.to_string()).collect();
+    tx.prepare_cached(
+        "INSERT INTO observation_sets (resident_id, taken_at_ms, entered_by, entered_at_ms,
+                                       reading_ids)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        e.resident_id,
+        e.taken_at.unix_ms(),
+        e.entered_by,
+        e.entered_at.unix_ms(),
+        ids.join(" ")
+    ])?;
+    Ok(())
 }
 
 pub(super) fn provision(

@@ -307,8 +307,8 @@ struct ErrorsJson {
     errors: Vec<String>,
 }
 
-/// Commits the set's readings through the store writer, then records that
-/// `username` entered them. `Err` is the response to give instead (no such
+/// Commits the set's readings through the store writer together with the
+/// record that `username` entered them. `Err` is the response to give instead (no such
 /// resident, or the set could not be stored, said so that nobody believes it was).
 async fn store_set(
     state: &AppState,
@@ -340,7 +340,15 @@ async fn store_set(
         })
         .collect();
     let ids: Vec<ReadingId> = readings.iter().map(|r| r.id).collect();
-    if let Err(e) = state.store.ingest(readings).await {
+    let by = format!("staff:{username}");
+    let entered = crate::store::EnteredBy {
+        resident_id: resident,
+        taken_at,
+        entered_by: by.clone(),
+        entered_at: now,
+    };
+    // The readings and who entered them commit together, or not at all.
+    if let Err(e) = state.store.ingest_entered(readings, entered).await {
         tracing::error!(resident, error = %e, "observation set not stored");
         return Ok(Err((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -348,13 +356,6 @@ async fn store_set(
         )
             .into_response()));
     }
-    let by = format!("staff:{username}");
-    let ids2 = ids.clone();
-    let by2 = by.clone();
-    with_book(state, move |b| {
-        b.record_observation_set(resident, taken_at, &by2, &ids2, now)
-    })
-    .await?;
     Ok(Ok(StoredSetJson {
         resident_id: resident,
         taken_at: taken_at.to_rfc3339(),
