@@ -359,6 +359,22 @@ mod tests {
         Arc::try_unwrap(stats).unwrap()
     }
 
+    /// Staff set a key: committed with its pairing-record line.
+    async fn set_key_in(store: &Store, address: DeviceAddress, key: BindKey) {
+        store
+            .handle
+            .event_sink()
+            .record_committed(PairingRecord {
+                at: Timestamp::now(),
+                device: Some(address),
+                what: "encryption key set".into(),
+                who: "test".into(),
+                change: RegistryChange::KeySet(key),
+            })
+            .await
+            .unwrap();
+    }
+
     fn stored(reader: &Reader) -> u64 {
         reader.outbox_depth().unwrap()
     }
@@ -394,18 +410,7 @@ mod tests {
         assert_eq!(stored(&store.reader), 0);
 
         // Staff set the key: committed, then given to the running stage.
-        store
-            .handle
-            .event_sink()
-            .record_committed(PairingRecord {
-                at: Timestamp::now(),
-                device: Some(address),
-                what: "encryption key set".into(),
-                who: "test".into(),
-                change: RegistryChange::KeySet(KEY),
-            })
-            .await
-            .unwrap();
+        set_key_in(&store, address, KEY).await;
         registry.set_key(address, KEY);
         let s = run_over(&store, &registry, vec![advert(10, 1), advert(11, 2)]).await;
         assert_eq!(s.readings.load(Ordering::Relaxed), 2);
@@ -432,18 +437,7 @@ mod tests {
         let s = run_over(&store, &after, vec![advert(13, 4)]).await;
         assert_eq!(s.decode_errors.load(Ordering::Relaxed), 1);
         assert_eq!(stored(&store.reader), 3);
-        store
-            .handle
-            .event_sink()
-            .record_committed(PairingRecord {
-                at: Timestamp::now(),
-                device: Some(address),
-                what: "encryption key set".into(),
-                who: "test".into(),
-                change: RegistryChange::KeySet(*b"fedcba9876543210"),
-            })
-            .await
-            .unwrap();
+        set_key_in(&store, address, *b"fedcba9876543210").await;
         store
             .handle
             .event_sink()

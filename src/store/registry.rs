@@ -157,18 +157,16 @@ pub(super) fn write_record(
         // Only for a registered device (callers check first: an error here would
         // fail the whole group commit, readings included). Device rows are never
         // deleted, so the check cannot go stale.
-        RegistryChange::KeySet(bind_key) => {
+        // A new key, or none, starts the counters again.
+        RegistryChange::KeySet(_) | RegistryChange::KeyCleared => {
+            let bind_key = match &record.change {
+                RegistryChange::KeySet(k) => Some(&k[..]),
+                _ => None,
+            };
             tx.execute(
                 "UPDATE devices SET bind_key = ?2, bthome_counter = NULL, mibeacon_counter = NULL
                  WHERE address = ?1",
-                params![key, &bind_key[..]],
-            )?;
-        }
-        RegistryChange::KeyCleared => {
-            tx.execute(
-                "UPDATE devices SET bind_key = NULL, bthome_counter = NULL, mibeacon_counter = NULL
-                 WHERE address = ?1",
-                [&key],
+                params![key, bind_key],
             )?;
         }
     }

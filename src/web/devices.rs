@@ -100,6 +100,12 @@ fn parse_address(address: &str) -> Result<DeviceAddress, Refusal> {
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}")))
 }
 
+/// The response to a request: made from its result by `ok`, or the refusal's
+/// status and words.
+fn answer<T>(result: Result<T, Refusal>, ok: impl FnOnce(T) -> Response) -> Response {
+    result.map_or_else(IntoResponse::into_response, ok)
+}
+
 fn not_stored(address: DeviceAddress, e: &impl std::fmt::Display) -> Refusal {
     tracing::error!(device = %address, error = %e, "registry change not stored");
     (
@@ -240,10 +246,7 @@ pub async fn assign(
         apply_assign(&state, address, req.resident_id, req.room, who).await
     }
     .await;
-    match result {
-        Ok(body) => (StatusCode::OK, Json(body)).into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |body| (StatusCode::OK, Json(body)).into_response())
 }
 
 /// `DELETE /api/v1/devices/{address}/assignment`: the device belongs to nobody
@@ -258,10 +261,7 @@ pub async fn unassign(
         apply_unassign(&state, address, who).await
     }
     .await;
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |()| StatusCode::NO_CONTENT.into_response())
 }
 
 /// The staff form: assign to a resident (chosen from a list) or type a room.
@@ -302,10 +302,7 @@ pub async fn page_assign(
         apply_assign(&state, address, resident_id, room, who).await
     }
     .await;
-    match result {
-        Ok(_) => Redirect::to("/pairing").into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |_| Redirect::to("/pairing").into_response())
 }
 
 /// The staff form: un-assign one device.
@@ -325,10 +322,7 @@ pub async fn page_unassign(
         apply_unassign(&state, address, who).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/pairing").into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |()| Redirect::to("/pairing").into_response())
 }
 
 /// Validates, commits and applies a new key (`Some`) or the removal of the key
@@ -403,10 +397,7 @@ pub async fn set_key(
         apply_key(&state, address, Some(key), who).await
     }
     .await;
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |()| StatusCode::NO_CONTENT.into_response())
 }
 
 /// `DELETE /api/v1/devices/{address}/key`: its encrypted data can no longer be read.
@@ -420,10 +411,7 @@ pub async fn clear_key(
         apply_key(&state, address, None, who).await
     }
     .await;
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |()| StatusCode::NO_CONTENT.into_response())
 }
 
 /// The staff form: a device's encryption key.
@@ -446,10 +434,7 @@ pub async fn page_set_key(
         apply_key(&state, address, Some(key), who).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/pairing").into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |()| Redirect::to("/pairing").into_response())
 }
 
 /// `POST /pairing/key/remove` (form): back to the page, or the reason.
@@ -463,8 +448,5 @@ pub async fn page_clear_key(
         apply_key(&state, address, None, who).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/pairing").into_response(),
-        Err(refusal) => refusal.into_response(),
-    }
+    answer(result, |()| Redirect::to("/pairing").into_response())
 }
