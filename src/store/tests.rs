@@ -1638,3 +1638,59 @@ async fn entered_readings_and_who_entered_them_commit_together_or_not_at_all() {
     db.execute_batch("DROP TRIGGER refuse;").unwrap();
     close(store).await;
 }
+
+/// A command its group cannot commit (here an entered set the database refuses)
+/// costs the other commands of the group nothing: sensor readings handed over
+/// without waiting, which nobody would send again, are stored all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_command_does_not_fail_the_readings_grouped_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    // The writer waits this long for more after a first ingest: the two
+    // commands below always share one group.
+    let store = open(StoreSettings {
+        commit_max_delay: Duration::from_millis(500),
+        ..settings(dir.path())
+    });
+    let h = &store.handle;
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON observation_sets
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    h.ingest_nowait(vec![
+        reading(1, Quantity::HeartRate),
+        reading(2, Quantity::Temperature),
+    ])
+    .await
+    .unwrap();
+    let refused = h
+        .ingest_entered(
+            vec![reading(3, Quantity::RespirationRate)],
+            EnteredBy {
+                resident_id: 1,
+                taken_at: Timestamp::from_unix_ms(1_800_000_000_000),
+                entered_by: "staff:ann".into(),
+                entered_at: Timestamp::from_unix_ms(1_800_000_000_500),
+            },
+        )
+        .await;
+    assert!(refused.is_err(), "the refused set was stored");
+    // Anything after the group is committed after it.
+    h.ingest(vec![reading(4, Quantity::HeartRate)])
+        .await
+        .unwrap();
+    let stored: Vec<i64> = db
+        .prepare("SELECT CAST(value AS INTEGER) - 60 FROM readings ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stored, [1, 2, 4], "readings lost with the refused set");
+    assert_eq!(count("SELECT count(*) FROM observation_sets"), 0);
+    assert_eq!(h.stats().outbox_readings.load(Ordering::Relaxed), 3);
+    close(store).await;
+}

@@ -252,6 +252,22 @@ impl Writer {
             self.on_disk_full(e);
             result = self.write_group(&group);
         }
+        // One command refused (a constraint, a trigger, a word this build cannot
+        // code) must not cost the others of its group their commit: sensor
+        // readings handed over with `ingest_nowait` have nobody to try again. The
+        // group was rolled back whole; each command is written again alone, and
+        // only the refused one is answered with its error. A full disk refuses
+        // them all alike, so that is not split.
+        if let Err(e) = &result
+            && group.len() > 1
+            && !is_disk_full(e)
+        {
+            tracing::warn!(error = %e, commands = group.len(), "a commit was refused; writing its commands one by one");
+            for cmd in group {
+                self.handle_group(vec![cmd]);
+            }
+            return;
+        }
         let now = Timestamp::now();
         let outcome: Result<(), Arc<StoreError>> = match result {
             Ok(written) => {
