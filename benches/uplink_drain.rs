@@ -7,7 +7,9 @@
 //! subscriber on the cloud broker counts what arrives. Run:
 //! `cargo bench --bench uplink_drain` (env `CAREHUB_BENCH_READINGS`, default
 //! 1000000; `CAREHUB_BENCH_BATCHES`, default "1,100,1000"; `CAREHUB_BENCH_INFLIGHT`,
-//! default 32; `CAREHUB_BENCH_SYNC=normal` for `store.synchronous = "normal"`).
+//! default 64, as the bridge's `max_inflight_messages`; `CAREHUB_BENCH_SYNC=normal`
+//! for `store.synchronous = "normal"`; `CAREHUB_BENCH_ENCODE_ONLY=1` for the
+//! uplink's own ceiling without the network: lease, read, encode, ack).
 
 #[path = "../tests/integration/mqtt_support.rs"]
 #[allow(dead_code)]
@@ -26,6 +28,7 @@ use carehub::model::{
 };
 use carehub::store::{Store, StoreSettings};
 use carehub::system::health::Health;
+use carehub::uplink::batch::Encoder;
 use carehub::uplink::payload::{OutgoingReading, ReadingsMessage};
 use carehub::uplink::tls::TlsFiles;
 use carehub::uplink::{ConnectionState, Uplink, UplinkSettings, UplinkStatus};
@@ -92,6 +95,9 @@ async fn counter(pki: &Pki, port: u16, id: &str) -> Counter {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/readings") => {
                     let now = Instant::now();
+                    if m.load(Ordering::Relaxed) == 0 {
+                        eprintln!("MARK first {}", mono());
+                    }
                     f.lock().unwrap().get_or_insert(now);
                     *l.lock().unwrap() = Some(now);
                     m.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +160,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
     let status = Arc::new(UplinkStatus::new(ConnectionState::Connecting));
     let cancel = tokio_util::sync::CancellationToken::new();
     let start = Instant::now();
+    eprintln!("MARK start {}", mono());
     let task = tokio::spawn(
         Uplink {
             settings: UplinkSettings {
@@ -171,7 +178,8 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
                 max_inflight: std::env::var("CAREHUB_BENCH_INFLIGHT")
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(32),
+                    // The daemon's default, and the bridge's window below.
+                    .unwrap_or(64),
                 keep_alive: Duration::from_secs(30),
                 backoff_min: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),
@@ -197,6 +205,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let total = start.elapsed();
+    eprintln!("MARK end {}", mono());
     cancel.cancel();
     let _ = task.await;
     assert_eq!(status.snapshot().readings_delivered, n as u64);
@@ -289,6 +298,7 @@ async fn bridge_run(pki: &Pki, n: usize, batch: usize) -> Result {
     let start = Instant::now();
     let drained = count.wait(messages, Duration::from_secs(600)).await;
     let total = start.elapsed();
+    eprintln!("MARK bridge-end {}", mono());
     let _ = edge.kill();
     let _ = edge.wait();
     let span = drained.expect("bridge drained within 600 s");
@@ -297,6 +307,56 @@ async fn bridge_run(pki: &Pki, n: usize, batch: usize) -> Result {
         messages,
         span,
         total,
+    }
+}
+
+/// The uplink's own ceiling, without the network: lease → read → encode the
+/// messages → ack, one lease at a time as the uplink does, from the same outbox.
+async fn encode_only_run(n: usize, batch: usize) -> Result {
+    let dir = tempfile::tempdir().unwrap();
+    let mut health = Health::default();
+    let store = Store::open(
+        StoreSettings::at(dir.path().join("bench.db")),
+        tokio::runtime::Handle::current(),
+        health.register("store"),
+    )
+    .unwrap();
+    for chunk in readings(n).chunks(10_000) {
+        store.handle.ingest(chunk.to_vec()).await.unwrap();
+    }
+    let per_lease = batch
+        * if batch >= 32 {
+            8
+        } else {
+            256usize.div_ceil(batch).max(8)
+        };
+    eprintln!("MARK enc-start {}", mono());
+    let start = Instant::now();
+    let (mut readings, mut messages, mut bytes) = (0u64, 0u64, 0usize);
+    while let Some((id, encoder, got)) = store
+        .handle
+        .lease_into(
+            per_lease,
+            Encoder::new(PayloadFormat::Json, "bench", "gw-test", batch),
+        )
+        .await
+        .unwrap()
+    {
+        let m = encoder.finish().unwrap();
+        messages += m.len() as u64;
+        bytes += m.iter().map(Vec::len).sum::<usize>();
+        readings += got;
+        store.handle.ack(id).await.unwrap();
+    }
+    let span = start.elapsed();
+    eprintln!("MARK enc-end {}", mono());
+    assert_eq!(readings, n as u64);
+    eprintln!("encode only: {} bytes a reading", bytes / n.max(1));
+    Result {
+        readings,
+        messages,
+        span,
+        total: span,
     }
 }
 
@@ -336,10 +396,27 @@ fn main() {
             } else {
                 n
             };
+            if std::env::var_os("CAREHUB_BENCH_ENCODE_ONLY").is_some() {
+                let e = encode_only_run(count, batch).await;
+                report("carehub lease+encode only", batch, &e);
+                continue;
+            }
             let c = carehub_run(&pki, count, batch).await;
             report("carehub uplink", batch, &c);
             let b = bridge_run(&pki, count, batch).await;
             report("mosquitto bridge (peer)", batch, &b);
         }
     });
+}
+
+/// CLOCK_MONOTONIC in seconds, as `perf record -k CLOCK_MONOTONIC` stamps its
+/// samples: the `MARK` lines on stderr bound each drain for `perf report --time`.
+fn mono() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }

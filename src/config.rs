@@ -251,7 +251,8 @@ pub struct UplinkConfig {
     pub payload: PayloadFormat,
     /// At most this many readings per message. Default 100.
     pub batch_max_readings: usize,
-    /// At most this many messages published and not yet acknowledged. Default 32.
+    /// At most this many messages published and not yet acknowledged. Default 64
+    /// (cloud brokers cap it: AWS IoT Core at 100 a client).
     pub max_inflight: u16,
     /// MQTT keep-alive in seconds. Default 30.
     pub keep_alive_s: u64,
@@ -274,7 +275,7 @@ impl Default for UplinkConfig {
             key_file: PathBuf::from("/etc/carehub/tls/gateway.key"),
             payload: PayloadFormat::Json,
             batch_max_readings: 100,
-            max_inflight: 32,
+            max_inflight: 64,
             keep_alive_s: 30,
             backoff_min_ms: 500,
             backoff_max_ms: 60_000,
@@ -523,8 +524,10 @@ key_file = "/etc/carehub/tls/gateway.key"
 payload = "json"
 # At most this many readings per message.
 batch_max_readings = 100
-# At most this many messages sent and not yet acknowledged by the broker.
-max_inflight = 32
+# At most this many messages sent and not yet acknowledged by the broker
+# (AWS IoT Core allows 100 a client). Each holds its message in memory until
+# acknowledged: about 25 kB per message at 100 readings.
+max_inflight = 64
 # MQTT keep-alive, seconds.
 keep_alive_s = 30
 # Reconnect delay: starts here (milliseconds), doubles with jitter on each

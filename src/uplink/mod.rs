@@ -9,7 +9,7 @@
 //! reading carries its stable id so that the cloud drops repeats.
 
 pub mod actor;
-mod batch;
+pub mod batch;
 pub mod cert;
 pub mod fhir;
 pub mod payload;

@@ -226,6 +226,15 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// A JSON string, escaped as serde_json escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes only control characters, `"` and `\\`; the words of a
+    // reading and most references have none, and are copied as they are.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     json_value(out, s);
 }
 
@@ -281,26 +290,22 @@ fn json_time(out: &mut Vec<u8>, t: Timestamp) {
         json_str(out, &t.to_rfc3339());
         return;
     }
-    let digits = |out: &mut Vec<u8>, n: i64, width: u32| {
-        for k in (0..width).rev() {
-            out.push(b'0' + (n / 10i64.pow(k) % 10) as u8);
+    // Written into a fixed buffer, then copied once.
+    let mut text = *b"\"0000-00-00T00:00:00.000Z\"";
+    let mut digits = |at: usize, width: usize, mut n: i64| {
+        for k in (at..at + width).rev() {
+            text[k] = b'0' + (n % 10) as u8;
+            n /= 10;
         }
     };
-    out.push(b'"');
-    digits(out, year, 4);
-    out.push(b'-');
-    digits(out, month, 2);
-    out.push(b'-');
-    digits(out, day, 2);
-    out.push(b'T');
-    digits(out, in_day / 3_600_000, 2);
-    out.push(b':');
-    digits(out, in_day / 60_000 % 60, 2);
-    out.push(b':');
-    digits(out, in_day / 1000 % 60, 2);
-    out.push(b'.');
-    digits(out, in_day % 1000, 3);
-    out.extend_from_slice(b"Z\"");
+    digits(1, 4, year);
+    digits(6, 2, month);
+    digits(9, 2, day);
+    digits(12, 2, in_day / 3_600_000);
+    digits(15, 2, in_day / 60_000 % 60);
+    digits(18, 2, in_day / 1000 % 60);
+    digits(21, 3, in_day % 1000);
+    out.extend_from_slice(&text);
 }
 
 /// Whether the gateway is connected, as the status topic says it.
@@ -440,6 +445,20 @@ mod tests {
                 String::from_utf8(got).unwrap(),
                 String::from_utf8(want).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = (0u32..=0x80)
+            .filter_map(char::from_u32)
+            .map(|c| format!("a{c}b"))
+            .collect();
+        cases.extend(["", "é", "\u{7f}", "\u{2028}", "😀\"", "res-7f3a"].map(String::from));
+        for s in cases {
+            let mut got = Vec::new();
+            json_str(&mut got, &s);
+            assert_eq!(got, serde_json::to_vec(&s).unwrap(), "{s:?}");
         }
     }
 
