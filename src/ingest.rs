@@ -25,6 +25,10 @@ pub struct IngestStats {
     pub frames: AtomicU64,
     pub readings: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Of the decode errors, frames refused as replayed, forged (integrity
+    /// check failed) or downgraded to plain text: someone may be imitating a
+    /// sensor whose key carehub holds.
+    pub refused: AtomicU64,
     pub duplicates: AtomicU64,
     pub unregistered: AtomicU64,
     pub store_errors: AtomicU64,
@@ -154,6 +158,41 @@ pub struct Ingest {
     pub zone: SiteZone,
 }
 
+/// A device's undecodable frames are logged at most once in this long, with how
+/// many were not logged since: a sensor that also sends a frame carehub cannot
+/// read, every few seconds, or someone replaying frames under its address, must
+/// not fill the journal on the SD card. Every one is still counted.
+pub const LOG_DECODE_ERRORS_EVERY: Duration = Duration::from_secs(60);
+
+/// Which devices' decode errors were logged when (registered devices only, so
+/// bounded by the registry).
+#[derive(Debug, Default)]
+struct ErrorLog {
+    /// Per device: when one was last logged, and how many since were not.
+    last: HashMap<DeviceAddress, (Instant, u64)>,
+}
+
+impl ErrorLog {
+    /// Whether to log a failure of `device` at `now`; if so, how many failures
+    /// of it were held back since the last one logged.
+    fn admit(&mut self, device: DeviceAddress, now: Instant) -> Option<u64> {
+        match self.last.get_mut(&device) {
+            Some((at, held)) if now.saturating_duration_since(*at) < LOG_DECODE_ERRORS_EVERY => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                *at = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                self.last.insert(device, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 /// Most frames folded into one store command.
 const MAX_BATCH: usize = 512;
 
@@ -167,6 +206,7 @@ impl Ingest {
     pub async fn run(mut self) {
         let mut decoder = Decoder::new();
         let mut keys = KeysApplied::default();
+        let mut errors = ErrorLog::default();
         let mut saved_at = Instant::now();
         let mut frames = Vec::with_capacity(MAX_BATCH);
         loop {
@@ -190,7 +230,14 @@ impl Ingest {
             let mut readings = Vec::with_capacity(frames.len() * 2);
             for raw in frames.drain(..) {
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                self.attribute(&mut decoder, &mut keys, raw, synced, &mut readings);
+                self.attribute(
+                    &mut decoder,
+                    &mut keys,
+                    &mut errors,
+                    raw,
+                    synced,
+                    &mut readings,
+                );
             }
             if readings.is_empty() {
                 continue;
@@ -259,6 +306,7 @@ impl Ingest {
         &self,
         decoder: &mut Decoder,
         keys: &mut KeysApplied,
+        errors: &mut ErrorLog,
         raw: RawFrame,
         clock_synced: bool,
         out: &mut Vec<Reading>,
@@ -300,7 +348,23 @@ impl Ingest {
             }
             Err(e) => {
                 self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(device = %address, error = %e, "frame not decoded");
+                let refused = matches!(
+                    e,
+                    DecodeError::Authentication(_)
+                        | DecodeError::Downgrade(_)
+                        | DecodeError::Replay { .. }
+                );
+                if refused {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                let Some(not_logged) = errors.admit(address, Instant::now()) else {
+                    return;
+                };
+                if refused {
+                    tracing::warn!(device = %address, error = %e, not_logged, "frame refused: replayed, forged or unencrypted from a sensor with a key; someone may be imitating it");
+                } else {
+                    tracing::warn!(device = %address, error = %e, not_logged, "frame not decoded");
+                }
             }
         }
     }
@@ -309,6 +373,26 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_errors_are_logged_once_a_minute_per_device_with_what_was_held_back() {
+        let mut log = ErrorLog::default();
+        let (a, b) = (DeviceAddress([1; 6]), DeviceAddress([2; 6]));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(log.admit(a, at(0)), Some(0), "the first is logged");
+        assert_eq!(log.admit(a, at(1)), None);
+        assert_eq!(
+            log.admit(b, at(1)),
+            Some(0),
+            "each device has its own minute"
+        );
+        assert_eq!(log.admit(a, at(59)), None);
+        assert_eq!(log.admit(a, at(60)), Some(2), "two held back");
+        assert_eq!(log.admit(a, at(61)), None);
+        assert_eq!(log.admit(a, at(200)), Some(1));
+        assert_eq!(log.admit(b, at(200)), Some(0));
+    }
     use crate::decode::bthome;
     use crate::model::DeviceKind;
     use crate::sensor::{Advertisement, Frame};
@@ -407,6 +491,11 @@ mod tests {
         // No key yet: its encrypted data cannot be read, and nothing is stored.
         let s = run_over(&store, &registry, vec![advert(10, 1)]).await;
         assert_eq!(s.decode_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            s.refused.load(Ordering::Relaxed),
+            0,
+            "no key is not an attack"
+        );
         assert_eq!(stored(&store.reader), 0);
 
         // Staff set the key: committed, then given to the running stage.
@@ -427,6 +516,7 @@ mod tests {
         after.load_keys(&store.reader.keys().unwrap());
         let s = run_over(&store, &after, vec![advert(11, 2), advert(12, 3)]).await;
         assert_eq!(s.decode_errors.load(Ordering::Relaxed), 1, "the replay");
+        assert_eq!(s.refused.load(Ordering::Relaxed), 1, "counted as refused");
         assert_eq!(s.readings.load(Ordering::Relaxed), 1);
         assert_eq!(stored(&store.reader), 3);
         assert_eq!(store.reader.keys().unwrap()[0].replay.bthome, Some(12));

@@ -164,6 +164,12 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         load(&ingest.decode_errors),
     );
     e.single(
+        "carehub_frames_refused_total",
+        "counter",
+        "Of the frames not decoded, those refused as replayed, forged or downgraded: someone may be imitating a sensor.",
+        load(&ingest.refused),
+    );
+    e.single(
         "carehub_frames_unregistered_total",
         "counter",
         "Frames from devices nobody registered, dropped.",

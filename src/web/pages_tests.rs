@@ -549,6 +549,7 @@ async fn metrics_follow_the_text_format() {
     assert_eq!(value("carehub_web_requests_total", &[("code", "2xx")]), 1.0);
     assert_eq!(value("carehub_web_requests_total", &[("code", "4xx")]), 1.0);
     assert_eq!(value("carehub_decode_errors_total", &[]), 0.0);
+    assert_eq!(value("carehub_frames_refused_total", &[]), 0.0);
     assert_eq!(value("carehub_build_info", &[("gateway", "test-gw")]), 1.0);
 }
 
