@@ -126,9 +126,38 @@ impl Counter {
     }
 }
 
+/// CPU time (user + system) a process has used: `/proc/{pid}/stat` fields 14
+/// and 15, in clock ticks of 10 ms.
+fn cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds each process spent while one contender drained.
+#[derive(Default)]
+struct Cpu {
+    /// This process: the contender's uplink (carehub) and the counting subscriber.
+    bench: f64,
+    cloud: f64,
+    /// The bridge's edge broker (zero for carehub).
+    edge: f64,
+}
+
 struct Result {
     readings: u64,
     messages: u64,
+    cpu: Cpu,
     /// From the first to the last message arriving at the cloud subscriber.
     span: Duration,
     /// From start (uplink started / cloud broker up) to all delivered (and, for
@@ -159,6 +188,8 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
     let p = pki.pair("gateway");
     let status = Arc::new(UplinkStatus::new(ConnectionState::Connecting));
     let cancel = tokio_util::sync::CancellationToken::new();
+    let cloud_pid = cloud.pid().unwrap().to_string();
+    let (bench0, cloud0) = (cpu_s("self"), cpu_s(&cloud_pid));
     let start = Instant::now();
     eprintln!("MARK start {}", mono());
     let task = tokio::spawn(
@@ -206,12 +237,18 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
     }
     let total = start.elapsed();
     eprintln!("MARK end {}", mono());
+    let cpu = Cpu {
+        bench: cpu_s("self") - bench0,
+        cloud: cpu_s(&cloud_pid) - cloud0,
+        edge: 0.0,
+    };
     cancel.cancel();
     let _ = task.await;
     assert_eq!(status.snapshot().readings_delivered, n as u64);
     Result {
         readings: n as u64,
         messages,
+        cpu,
         span,
         total,
     }
@@ -295,16 +332,25 @@ async fn bridge_run(pki: &Pki, n: usize, batch: usize) -> Result {
     publisher.await.unwrap();
     cloud.start();
     let count = counter(pki, cloud.port, "bench-sub-bridge").await;
+    let (cloud_pid, edge_pid) = (cloud.pid().unwrap().to_string(), edge.id().to_string());
+    let (bench0, cloud0, edge0) = (cpu_s("self"), cpu_s(&cloud_pid), cpu_s(&edge_pid));
     let start = Instant::now();
     let drained = count.wait(messages, Duration::from_secs(600)).await;
     let total = start.elapsed();
     eprintln!("MARK bridge-end {}", mono());
+    // From the cloud broker's start: the bridge's reconnect wait costs little CPU.
+    let cpu = Cpu {
+        bench: cpu_s("self") - bench0,
+        cloud: cpu_s(&cloud_pid) - cloud0,
+        edge: cpu_s(&edge_pid) - edge0,
+    };
     let _ = edge.kill();
     let _ = edge.wait();
     let span = drained.expect("bridge drained within 600 s");
     Result {
         readings: n as u64,
         messages,
+        cpu,
         span,
         total,
     }
@@ -355,6 +401,7 @@ async fn encode_only_run(n: usize, batch: usize) -> Result {
     Result {
         readings,
         messages,
+        cpu: Cpu::default(),
         span,
         total: span,
     }
@@ -363,11 +410,15 @@ async fn encode_only_run(n: usize, batch: usize) -> Result {
 fn report(name: &str, batch: usize, r: &Result) {
     let s = r.span.as_secs_f64().max(1e-6);
     println!(
-        "{name:<24} batch {batch:>5}: {:>8} readings, first→last {s:>7.2} s = {:>8.0} readings/s {:>6.0} messages/s; start→done {:>7.2} s",
+        "{name:<24} batch {batch:>5}: {:>8} readings, first→last {s:>7.2} s = {:>8.0} readings/s {:>6.0} messages/s; start→done {:>7.2} s; CPU s: bench process {:.2}, cloud broker {:.2} ({:.0} % of first→last), edge broker {:.2}",
         r.readings,
         r.readings as f64 / s,
         r.messages as f64 / s,
-        r.total.as_secs_f64()
+        r.total.as_secs_f64(),
+        r.cpu.bench,
+        r.cpu.cloud,
+        100.0 * r.cpu.cloud / s,
+        r.cpu.edge,
     );
 }
 

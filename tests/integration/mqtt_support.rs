@@ -212,6 +212,12 @@ impl Broker {
         }
     }
 
+    /// The running broker's process id (benches read its CPU time).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         let log = std::fs::OpenOptions::new()
