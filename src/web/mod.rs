@@ -9,6 +9,7 @@ mod api;
 pub mod assets;
 pub mod auth;
 mod clinical;
+pub mod conn;
 mod devices;
 pub mod events;
 mod gateway;

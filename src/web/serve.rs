@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::signin::FirstStart;
 use super::auth::{AuthSettings, ClientAddr, password};
+use super::conn::Guarded;
 use super::tls;
 use crate::config::Config;
 use crate::store::accounts::Accounts;
@@ -150,7 +151,7 @@ pub fn serve(
     let c = cancel.clone();
     let main_task = match tls {
         Some(config) => {
-            let listener = tls::TlsListener::new(main, config)?;
+            let listener = Guarded::daemon(tls::TlsListener::new(main, config)?);
             tokio::spawn(async move {
                 axum::serve(listener, service)
                     .with_graceful_shutdown(async move { c.cancelled().await })
@@ -158,7 +159,7 @@ pub fn serve(
             })
         }
         None => tokio::spawn(async move {
-            axum::serve(main, service)
+            axum::serve(Guarded::daemon(main), service)
                 .with_graceful_shutdown(async move { c.cancelled().await })
                 .await
         }),
@@ -166,7 +167,7 @@ pub fn serve(
     let redirect_task = redirect.map(|listener| {
         let c = cancel.clone();
         tokio::spawn(async move {
-            axum::serve(listener, tls::redirect_app(bound.port()))
+            axum::serve(Guarded::daemon(listener), tls::redirect_app(bound.port()))
                 .with_graceful_shutdown(async move { c.cancelled().await })
                 .await
         })

@@ -44,6 +44,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::AppState;
+use super::conn::Guarded;
 use crate::model::Timestamp;
 use crate::store::accounts::{AuditEntry, Role, SessionLimits};
 use policy::{Audit, Who};
@@ -125,20 +126,12 @@ pub fn csrf_field() -> Markup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guarded<L>>>
     for ClientAddr
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, super::tls::TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, super::tls::TlsListener>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Guarded<L>>) -> Self {
         ClientAddr(*stream.remote_addr())
     }
 }

@@ -1,0 +1,319 @@
+//! Limits on the web server's connections, whoever opens them: at most
+//! [`MAX_CONNECTIONS`] at once, and each closed once nothing has been read from
+//! or written to it for [`IDLE`].
+//!
+//! axum's server keeps a connection for as long as the client keeps it open, and
+//! takes every connection offered. A device on the care home's network that opens
+//! thousands of connections and sends nothing (or reads nothing) would otherwise
+//! use up the process's file descriptors, and with them the database, the broker
+//! connection and Bluetooth, not only the staff pages. A connection past the limit
+//! is closed as soon as it is accepted; an idle one (a browser's spare keep-alive
+//! connection, a client that stopped reading a page) is closed after [`IDLE`]. A
+//! live page's event stream is not idle: it writes a keep-alive every
+//! [`KEEP_ALIVE`](super::events::KEEP_ALIVE).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// Connections open at once: a home's tablets and desks open a few each (a
+/// browser keeps up to six to one server, one of them a live page's events).
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// A connection with no bytes read or written for this long is closed. Longer
+/// than the events stream's keep-alive (15 s), and than a browser needs between
+/// a page and its assets.
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// A listener whose connections count against a limit and close when idle.
+pub struct Guarded<L> {
+    inner: L,
+    permits: Arc<Semaphore>,
+    idle: Duration,
+    /// When a refusal was last logged (at most one line a minute).
+    refused_logged: Option<Instant>,
+    refused: u64,
+}
+
+impl<L> Guarded<L> {
+    /// `inner`'s connections, at most `max` at once, each closed after `idle`
+    /// without a byte read or written.
+    pub fn new(inner: L, max: usize, idle: Duration) -> Guarded<L> {
+        Guarded {
+            inner,
+            permits: Arc::new(Semaphore::new(max)),
+            idle,
+            refused_logged: None,
+            refused: 0,
+        }
+    }
+
+    /// With the daemon's limits.
+    pub fn daemon(inner: L) -> Guarded<L> {
+        Guarded::new(inner, MAX_CONNECTIONS, IDLE)
+    }
+}
+
+impl<L> axum::serve::Listener for Guarded<L>
+where
+    L: axum::serve::Listener,
+{
+    type Io = GuardedIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, addr) = self.inner.accept().await;
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => return (GuardedIo::new(io, permit, self.idle), addr),
+                Err(_) => {
+                    // Closed at once: waiting would let the kernel's queue grow.
+                    drop(io);
+                    self.refused += 1;
+                    let now = Instant::now();
+                    if self
+                        .refused_logged
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+                    {
+                        tracing::warn!(
+                            open = self.permits.available_permits(),
+                            refused = self.refused,
+                            "web: too many connections open; new ones are closed until some end"
+                        );
+                        self.refused_logged = Some(now);
+                        self.refused = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// One connection: its place under the limit, and its idle timer.
+pub struct GuardedIo<T> {
+    io: T,
+    _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    last_active: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> GuardedIo<T> {
+    fn new(io: T, permit: OwnedSemaphorePermit, idle: Duration) -> GuardedIo<T> {
+        let now = Instant::now();
+        GuardedIo {
+            io,
+            _permit: permit,
+            idle,
+            last_active: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+        }
+    }
+
+    fn active(&mut self) {
+        // The timer is moved on lazily, when it fires (see `expired`): resetting
+        // it on every read and write would cost a timer-wheel update each.
+        self.last_active = Instant::now();
+    }
+
+    /// Called when the connection would wait: whether it has been idle too long.
+    /// Otherwise the timer is armed to wake this task when it will have been.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last_active + self.idle;
+            if due <= Instant::now() {
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+
+    fn timed_out() -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, "web connection idle too long")
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.active();
+                }
+                Poll::Ready(r)
+            }
+            // A client that stops reading holds the response: idle all the same.
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.active();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(Self::timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        Poll::Ready(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A server with `max` connections and `idle`: `/` answers "ok", `/slow`
+    /// streams ten chunks 100 ms apart.
+    async fn server(max: usize, idle: Duration) -> std::net::SocketAddr {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        // One fallback handler (not `route`s: the policy test reads every route
+        // in src/web).
+        let app = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
+            if uri.path() != "/slow" {
+                return axum::body::Body::from("ok");
+            }
+            let chunks = futures_util::stream::unfold(0u8, |n| async move {
+                if n == 10 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok::<_, std::convert::Infallible>(format!("{n};")), n + 1))
+            });
+            axum::body::Body::from_stream(chunks)
+        });
+        tokio::spawn(async move { axum::serve(Guarded::new(tcp, max, idle), app).await });
+        addr
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// Whether the server closed `s` within `within` (EOF or reset).
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+        let mut b = [0u8; 64];
+        match tokio::time::timeout(within, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => panic!("unexpected bytes"),
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_idle_ones_end() {
+        let idle = Duration::from_millis(600);
+        let addr = server(2, idle).await;
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        // Both accepted (the server has them) before the third arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut c, Duration::from_millis(300)).await,
+            "a third connection was kept past a limit of two"
+        );
+        assert!(
+            !closed_within(&mut a, Duration::from_millis(200)).await,
+            "closed before it was idle for long"
+        );
+        // Idle: both are closed, and the server takes new connections again.
+        assert!(
+            closed_within(&mut a, idle * 2).await,
+            "idle connection kept"
+        );
+        assert!(closed_within(&mut b, idle).await, "idle connection kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(get(addr, "/").await.ends_with("ok"));
+    }
+
+    #[tokio::test]
+    async fn a_response_that_keeps_writing_is_not_idle() {
+        // The stream takes a second; no gap in it is as long as `idle`.
+        let addr = server(4, Duration::from_millis(400)).await;
+        let body = get(addr, "/slow").await;
+        // Chunked: each chunk "n;" behind its size, then the empty last chunk.
+        let chunks: String = (0..10).map(|n| format!("2\r\n{n};\r\n")).collect();
+        assert!(body.ends_with(&format!("{chunks}0\r\n\r\n")), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_half_a_request_is_closed() {
+        let addr = server(4, Duration::from_millis(400)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        assert!(closed_within(&mut s, Duration::from_secs(2)).await);
+    }
+}
