@@ -144,6 +144,42 @@ fn cpu_s(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A `/proc/{pid}/status` field in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples this process's resident memory every 10 ms until dropped; `peak`
+/// is the most seen.
+struct RssPeak {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssPeak {
+    fn start() -> RssPeak {
+        let peak = Arc::new(AtomicU64::new(status_kib("self", "VmRSS")));
+        let p = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                p.fetch_max(status_kib("self", "VmRSS"), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        RssPeak { peak, task }
+    }
+
+    fn stop(self) -> u64 {
+        self.task.abort();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// CPU seconds each process spent while one contender drained.
 #[derive(Default)]
 struct Cpu {
@@ -158,6 +194,12 @@ struct Result {
     readings: u64,
     messages: u64,
     cpu: Cpu,
+    /// How much this process's resident memory grew during the drain, KiB: the
+    /// uplink's buffers and the subscriber's (the bridge run has only the
+    /// latter).
+    rss_growth_kib: u64,
+    /// The bridge's edge broker at its peak (it holds the backlog), KiB.
+    edge_peak_kib: u64,
     /// From the first to the last message arriving at the cloud subscriber.
     span: Duration,
     /// From start (uplink started / cloud broker up) to all delivered (and, for
@@ -190,6 +232,8 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
     let cancel = tokio_util::sync::CancellationToken::new();
     let cloud_pid = cloud.pid().unwrap().to_string();
     let (bench0, cloud0) = (cpu_s("self"), cpu_s(&cloud_pid));
+    let rss0 = status_kib("self", "VmRSS");
+    let rss = RssPeak::start();
     let start = Instant::now();
     eprintln!("MARK start {}", mono());
     let task = tokio::spawn(
@@ -242,6 +286,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
         cloud: cpu_s(&cloud_pid) - cloud0,
         edge: 0.0,
     };
+    let rss_growth_kib = rss.stop().saturating_sub(rss0);
     cancel.cancel();
     let _ = task.await;
     assert_eq!(status.snapshot().readings_delivered, n as u64);
@@ -249,6 +294,8 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
         readings: n as u64,
         messages,
         cpu,
+        rss_growth_kib,
+        edge_peak_kib: 0,
         span,
         total,
     }
@@ -334,6 +381,8 @@ async fn bridge_run(pki: &Pki, n: usize, batch: usize) -> Result {
     let count = counter(pki, cloud.port, "bench-sub-bridge").await;
     let (cloud_pid, edge_pid) = (cloud.pid().unwrap().to_string(), edge.id().to_string());
     let (bench0, cloud0, edge0) = (cpu_s("self"), cpu_s(&cloud_pid), cpu_s(&edge_pid));
+    let rss0 = status_kib("self", "VmRSS");
+    let rss = RssPeak::start();
     let start = Instant::now();
     let drained = count.wait(messages, Duration::from_secs(600)).await;
     let total = start.elapsed();
@@ -344,6 +393,8 @@ async fn bridge_run(pki: &Pki, n: usize, batch: usize) -> Result {
         cloud: cpu_s(&cloud_pid) - cloud0,
         edge: cpu_s(&edge_pid) - edge0,
     };
+    let rss_growth_kib = rss.stop().saturating_sub(rss0);
+    let edge_peak_kib = status_kib(&edge_pid, "VmHWM");
     let _ = edge.kill();
     let _ = edge.wait();
     let span = drained.expect("bridge drained within 600 s");
@@ -351,6 +402,8 @@ async fn bridge_run(pki: &Pki, n: usize, batch: usize) -> Result {
         readings: n as u64,
         messages,
         cpu,
+        rss_growth_kib,
+        edge_peak_kib,
         span,
         total,
     }
@@ -402,6 +455,8 @@ async fn encode_only_run(n: usize, batch: usize) -> Result {
         readings,
         messages,
         cpu: Cpu::default(),
+        rss_growth_kib: 0,
+        edge_peak_kib: 0,
         span,
         total: span,
     }
@@ -410,7 +465,7 @@ async fn encode_only_run(n: usize, batch: usize) -> Result {
 fn report(name: &str, batch: usize, r: &Result) {
     let s = r.span.as_secs_f64().max(1e-6);
     println!(
-        "{name:<24} batch {batch:>5}: {:>8} readings, first→last {s:>7.2} s = {:>8.0} readings/s {:>6.0} messages/s; start→done {:>7.2} s; CPU s: bench process {:.2}, cloud broker {:.2} ({:.0} % of first→last), edge broker {:.2}",
+        "{name:<24} batch {batch:>5}: {:>8} readings, first→last {s:>7.2} s = {:>8.0} readings/s {:>6.0} messages/s; start→done {:>7.2} s; CPU s: bench process {:.2}, cloud broker {:.2} ({:.0} % of first→last), edge broker {:.2}; memory: bench process grew {} KiB, edge broker peak {} KiB",
         r.readings,
         r.readings as f64 / s,
         r.messages as f64 / s,
@@ -419,6 +474,8 @@ fn report(name: &str, batch: usize, r: &Result) {
         r.cpu.cloud,
         100.0 * r.cpu.cloud / s,
         r.cpu.edge,
+        r.rss_growth_kib,
+        r.edge_peak_kib,
     );
 }
 
