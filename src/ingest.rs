@@ -165,17 +165,19 @@ pub struct Ingest {
 pub const LOG_DECODE_ERRORS_EVERY: Duration = Duration::from_secs(60);
 
 /// Which devices' decode errors were logged when (registered devices only, so
-/// bounded by the registry).
+/// bounded by the registry). Refused frames are counted apart from other
+/// errors, so that a sensor's routine undecodable frames never hide an attack.
 #[derive(Debug, Default)]
 struct ErrorLog {
-    /// Per device: when one was last logged, and how many since were not.
-    last: HashMap<DeviceAddress, (Instant, u64)>,
+    /// Per device and kind (refused or not): when one was last logged, and how
+    /// many since were not.
+    last: HashMap<(DeviceAddress, bool), (Instant, u64)>,
 }
 
 impl ErrorLog {
     /// Whether to log a failure of `device` at `now`; if so, how many failures
     /// of it were held back since the last one logged.
-    fn admit(&mut self, device: DeviceAddress, now: Instant) -> Option<u64> {
+    fn admit(&mut self, device: (DeviceAddress, bool), now: Instant) -> Option<u64> {
         match self.last.get_mut(&device) {
             Some((at, held)) if now.saturating_duration_since(*at) < LOG_DECODE_ERRORS_EVERY => {
                 *held += 1;
@@ -357,7 +359,7 @@ impl Ingest {
                 if refused {
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 }
-                let Some(not_logged) = errors.admit(address, Instant::now()) else {
+                let Some(not_logged) = errors.admit((address, refused), Instant::now()) else {
                     return;
                 };
                 if refused {
@@ -377,7 +379,10 @@ mod tests {
     #[test]
     fn decode_errors_are_logged_once_a_minute_per_device_with_what_was_held_back() {
         let mut log = ErrorLog::default();
-        let (a, b) = (DeviceAddress([1; 6]), DeviceAddress([2; 6]));
+        let (a, b) = (
+            (DeviceAddress([1; 6]), false),
+            (DeviceAddress([2; 6]), false),
+        );
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(log.admit(a, at(0)), Some(0), "the first is logged");
@@ -392,6 +397,10 @@ mod tests {
         assert_eq!(log.admit(a, at(61)), None);
         assert_eq!(log.admit(a, at(200)), Some(1));
         assert_eq!(log.admit(b, at(200)), Some(0));
+        // A refused frame of a device whose other errors were just logged is
+        // logged all the same.
+        assert_eq!(log.admit((a.0, true), at(201)), Some(0));
+        assert_eq!(log.admit((a.0, true), at(202)), None);
     }
     use crate::decode::bthome;
     use crate::model::DeviceKind;

@@ -226,7 +226,7 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// A JSON string, escaped as serde_json escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json escapes only control characters, `"` and `\\`; the words of a
+    // serde_json escapes only control characters, `"` and `\`; the words of a
     // reading and most references have none, and are copied as they are.
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.reserve(s.len() + 2);
