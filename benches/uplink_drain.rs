@@ -28,6 +28,7 @@ use carehub::model::{
 };
 use carehub::store::{Store, StoreSettings};
 use carehub::system::health::Health;
+use carehub::uplink::actor::messages_per_lease;
 use carehub::uplink::batch::Encoder;
 use carehub::uplink::payload::{OutgoingReading, ReadingsMessage};
 use carehub::uplink::tls::TlsFiles;
@@ -144,6 +145,15 @@ fn cpu_s(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Messages in flight: `CAREHUB_BENCH_INFLIGHT`, else 64, the daemon's default
+/// and the bridge's window (`max_inflight_messages`).
+fn inflight() -> u16 {
+    std::env::var("CAREHUB_BENCH_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
 /// A `/proc/{pid}/status` field in KiB (`VmRSS`, `VmHWM`).
 fn status_kib(pid: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -154,29 +164,32 @@ fn status_kib(pid: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Samples this process's resident memory every 10 ms until dropped; `peak`
-/// is the most seen.
+/// Samples this process's resident memory every 10 ms on a thread of its own
+/// (the reads of /proc block; the runtime's workers carry the contenders) until
+/// stopped; returns the most seen.
 struct RssPeak {
-    peak: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
 }
 
 impl RssPeak {
     fn start() -> RssPeak {
-        let peak = Arc::new(AtomicU64::new(status_kib("self", "VmRSS")));
-        let p = peak.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                p.fetch_max(status_kib("self", "VmRSS"), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s.load(Ordering::Relaxed) {
+                peak = peak.max(status_kib("self", "VmRSS"));
+                std::thread::sleep(Duration::from_millis(10));
             }
+            peak.max(status_kib("self", "VmRSS"))
         });
-        RssPeak { peak, task }
+        RssPeak { stop, thread }
     }
 
     fn stop(self) -> u64 {
-        self.task.abort();
-        self.peak.load(Ordering::Relaxed)
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
     }
 }
 
@@ -250,11 +263,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
                 gateway: "gw-test".into(),
                 payload: PayloadFormat::Json,
                 batch_max_readings: batch,
-                max_inflight: std::env::var("CAREHUB_BENCH_INFLIGHT")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    // The daemon's default, and the bridge's window below.
-                    .unwrap_or(64),
+                max_inflight: inflight(),
                 keep_alive: Duration::from_secs(30),
                 backoff_min: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),
@@ -423,12 +432,7 @@ async fn encode_only_run(n: usize, batch: usize) -> Result {
     for chunk in readings(n).chunks(10_000) {
         store.handle.ingest(chunk.to_vec()).await.unwrap();
     }
-    let per_lease = batch
-        * if batch >= 32 {
-            8
-        } else {
-            256usize.div_ceil(batch).max(8)
-        };
+    let per_lease = batch * messages_per_lease(batch, inflight());
     eprintln!("MARK enc-start {}", mono());
     let start = Instant::now();
     let (mut readings, mut messages, mut bytes) = (0u64, 0u64, 0usize);

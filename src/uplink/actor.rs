@@ -55,8 +55,8 @@ const MESSAGES_PER_LEASE: usize = 8;
 const LEASE_READINGS_SMALL: usize = 256;
 
 /// Messages per lease for `batch` readings a message and `max_inflight` messages
-/// in flight.
-fn messages_per_lease(batch: usize, max_inflight: u16) -> usize {
+/// in flight (public for the drain bench, which leases as the uplink does).
+pub fn messages_per_lease(batch: usize, max_inflight: u16) -> usize {
     let small = LEASE_READINGS_SMALL.div_ceil(batch.max(1));
     small
         .min(usize::from(max_inflight) / 2)

@@ -36,6 +36,7 @@ pub const IDLE: Duration = Duration::from_secs(60);
 pub struct Guarded<L> {
     inner: L,
     permits: Arc<Semaphore>,
+    max: usize,
     idle: Duration,
     /// When a refusal was last logged (at most one line a minute).
     refused_logged: Option<Instant>,
@@ -49,6 +50,7 @@ impl<L> Guarded<L> {
         Guarded {
             inner,
             permits: Arc::new(Semaphore::new(max)),
+            max,
             idle,
             refused_logged: None,
             refused: 0,
@@ -83,7 +85,7 @@ where
                         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
                     {
                         tracing::warn!(
-                            open = self.permits.available_permits(),
+                            limit = self.max,
                             refused = self.refused,
                             "web: too many connections open; new ones are closed until some end"
                         );
