@@ -70,6 +70,9 @@ pub struct SimulatorSection {
     pub residents: u16,
     /// Seed: the same seed gives the same home and the same values. Default 1.
     pub seed: u64,
+    /// Every device speaks every this many milliseconds (load tests and the
+    /// soak); 0 keeps each kind's own pace. Default 0.
+    pub every_ms: u64,
 }
 
 /// `[ble]`: the Bluetooth source (used when `sensors.source = "ble"`).
@@ -317,6 +320,7 @@ impl Default for SimulatorSection {
         SimulatorSection {
             residents: 8,
             seed: 1,
+            every_ms: 0,
         }
     }
 }
@@ -380,6 +384,7 @@ impl SimulatorSection {
             residents: self.residents,
             seed: self.seed,
             timezone: site.timezone.clone(),
+            every: (self.every_ms > 0).then(|| std::time::Duration::from_millis(self.every_ms)),
         }
     }
 }
@@ -410,6 +415,10 @@ channel_capacity = 1024
 residents = 8
 # The same seed gives the same residents, devices and values.
 seed = 1
+# Every device speaks every this many milliseconds, 100 to 3600000 (load tests,
+# the soak); 0 keeps each kind's own pace (oximeters and straps every 5 s, room
+# sensors every 30 s, cuffs and thermometers every 15 min, scales every 6 h).
+every_ms = 0
 
 [ble]
 # Used when sensors.source = "ble". Only devices registered in the database (assigned
@@ -619,6 +628,13 @@ impl Config {
 
     /// Checks what types cannot: ranges and relations between keys.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        let every = self.simulator.every_ms;
+        if every != 0 && !(100..=3_600_000).contains(&every) {
+            return Err((
+                "simulator.every_ms",
+                format!("{every} is out of range: 0, or 100 to 3600000"),
+            ));
+        }
         if !(1..=500).contains(&self.simulator.residents) {
             return Err((
                 "simulator.residents",
@@ -964,6 +980,12 @@ mod tests {
             "[simulator]\n\nresidents = 0\n",
             Some(3),
             "simulator.residents",
+            "out of range",
+        );
+        check_err(
+            "[simulator]\nevery_ms = 5\n",
+            Some(2),
+            "simulator.every_ms",
             "out of range",
         );
         check_err("[site]\nid = \"care home/1\"\n", Some(2), "site.id", "MQTT");

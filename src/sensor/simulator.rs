@@ -28,6 +28,9 @@ pub struct SimulatorConfig {
     pub seed: u64,
     /// The site's time zone: simulated devices keep local time, as real ones do.
     pub timezone: String,
+    /// Every device speaks this often instead of at its kind's own pace (load
+    /// tests, the soak).
+    pub every: Option<Duration>,
 }
 
 const NAMES: &[&str] = &[
@@ -96,6 +99,7 @@ pub struct Simulator {
     zone: SiteZone,
     residents: Vec<(Resident, Physiology)>,
     devices: Vec<SimDevice>,
+    every: Option<Duration>,
 }
 
 impl Simulator {
@@ -187,6 +191,7 @@ impl Simulator {
             zone: SiteZone::named(&config.timezone).unwrap_or_else(|_| SiteZone::utc()),
             residents,
             devices,
+            every: config.every,
         }
     }
 
@@ -202,6 +207,7 @@ impl Simulator {
     /// within three seconds, so a fresh demo fills its page at once.
     pub fn poll(&mut self, now: Timestamp) -> Vec<RawFrame> {
         let mut out = Vec::new();
+        let every = self.every;
         for idx in 0..self.devices.len() {
             let (due, battery_due) = {
                 let d = &mut self.devices[idx];
@@ -218,7 +224,7 @@ impl Simulator {
             if due {
                 let frame = self.frame_for(idx, now);
                 let d = &mut self.devices[idx];
-                d.next_due = Some(now.saturating_add(period(d.device.kind)));
+                d.next_due = Some(now.saturating_add(every.unwrap_or(period(d.device.kind))));
                 out.push(RawFrame {
                     frame,
                     received_at: now,
@@ -450,6 +456,7 @@ mod tests {
             residents: 4,
             seed,
             timezone: "Europe/London".into(),
+            every: None,
         })
     }
 
@@ -488,6 +495,32 @@ mod tests {
         }
         assert_eq!(heard.len(), devices.len());
         assert!(spo2.iter().all(|v| (70.0..=100.0).contains(v)), "{spo2:?}");
+    }
+
+    #[test]
+    fn a_set_pace_makes_every_device_speak_that_often() {
+        let mut s = Simulator::new(&SimulatorConfig {
+            residents: 4,
+            seed: 1,
+            timezone: "Europe/London".into(),
+            every: Some(Duration::from_secs(1)),
+        });
+        let devices = s.roster().1.len();
+        let t0 = Timestamp::from_unix_ms(1_800_000_000_000);
+        // After the first three seconds (the staggered start, which also brings
+        // the first battery levels), each second brings one frame from every
+        // device: ten seconds, ten frames each (nine or eleven at the edges).
+        for ms in (0..=3000).step_by(250) {
+            s.poll(t0.saturating_add(Duration::from_millis(ms)));
+        }
+        let mut measurements = 0;
+        for ms in (3250..=13000).step_by(250) {
+            measurements += s.poll(t0.saturating_add(Duration::from_millis(ms))).len();
+        }
+        assert!(
+            (devices * 9..=devices * 11).contains(&measurements),
+            "{measurements} measurements from {devices} devices in 10 s"
+        );
     }
 
     #[test]
