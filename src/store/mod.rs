@@ -256,6 +256,9 @@ pub struct StoreStats {
     pub outbox_bytes: AtomicU64,
     /// The last commit failed because the filesystem was full.
     pub disk_full: AtomicBool,
+    /// The writer is trying a commit again after I/O errors from the storage
+    /// (a failed write or sync); cleared when a commit succeeds.
+    pub storage_failing: AtomicBool,
     /// Free bytes on the database's filesystem at the last check.
     pub free_disk_bytes: AtomicU64,
     /// Evicted readings since the database was made, by reason and class

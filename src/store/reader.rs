@@ -36,6 +36,8 @@ pub struct StatsSnapshot {
     pub commit_errors: u64,
     /// The last commit attempt failed for a full disk; cleared by the next success.
     pub disk_full: bool,
+    /// The writer is trying a commit again after I/O errors from the storage.
+    pub storage_failing: bool,
     /// Free bytes on the database's filesystem at the last check.
     pub free_disk_bytes: u64,
     /// Set when start-up found the database corrupt and moved it aside.
@@ -145,6 +147,7 @@ impl Reader {
             readings_committed: s.readings_committed.load(Ordering::Relaxed),
             commit_errors: s.commit_errors.load(Ordering::Relaxed),
             disk_full: s.disk_full.load(Ordering::Relaxed),
+            storage_failing: s.storage_failing.load(Ordering::Relaxed),
             free_disk_bytes: s.free_disk_bytes.load(Ordering::Relaxed),
             corruption: s.corruption.lock().unwrap().clone(),
         })

@@ -106,10 +106,11 @@ pub(super) fn spawn(
         cursor: [0, 0],
         next_lease: 1,
         last_maintenance: Instant::now(),
+        heartbeat,
     };
     Ok(std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer.run(rx, runtime, heartbeat))
+        .spawn(move || writer.run(rx, runtime))
         .expect("spawning a thread at start-up only fails when the process is out of resources"))
 }
 
@@ -145,6 +146,9 @@ struct Writer {
     cursor: [i64; 2],
     next_lease: u64,
     last_maintenance: Instant,
+    /// The writer's heartbeat, also beaten between the tries of a commit that
+    /// failed for an I/O error: the writer is working, the storage is failing.
+    heartbeat: Heartbeat,
 }
 
 fn slot(class: Class) -> usize {
@@ -176,6 +180,23 @@ fn readings_in(cmd: &Command) -> usize {
     }
 }
 
+/// A failed read, write or sync of the file (`SQLITE_IOERR`: a failing SD card,
+/// a USB disk pulled and put back, an `fsync` refused). SQLite has rolled the
+/// transaction back; the same commit may succeed a moment later.
+fn is_io_error(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::SystemIoFailure
+    )
+}
+
+/// How long one commit is tried again while the storage fails with I/O errors,
+/// before its commands are answered with the error (and sensor readings in it
+/// are lost, counted in `commit_errors`). Meanwhile producers wait or, for
+/// sensor frames, the bounded channels fill and frames are counted as dropped.
+const IO_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn is_disk_full(e: &StoreError) -> bool {
     matches!(
         e,
@@ -186,16 +207,11 @@ fn is_disk_full(e: &StoreError) -> bool {
 impl Writer {
     /// Collects commands into groups and handles each group, until every sender
     /// has gone; then commits what is left and returns.
-    fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        runtime: tokio::runtime::Handle,
-        heartbeat: Heartbeat,
-    ) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, runtime: tokio::runtime::Handle) {
         // Timers are made outside `block_on`; they need the runtime's context.
         let _context = runtime.enter();
         loop {
-            heartbeat.beat();
+            self.heartbeat.beat();
             if self.last_maintenance.elapsed() >= super::MAINTENANCE_EVERY
                 && let Err(e) = self.maintain(Timestamp::now())
             {
@@ -251,6 +267,11 @@ impl Writer {
         {
             self.on_disk_full(e);
             result = self.write_group(&group);
+        }
+        if let Err(e) = &result
+            && is_io_error(e)
+        {
+            result = self.retry_after_io_error(&group, e);
         }
         // One command refused (a constraint, a trigger, a word this build cannot
         // code) must not cost the others of its group their commit: sensor
@@ -453,6 +474,43 @@ impl Writer {
         };
         tx.commit()?;
         Ok(id)
+    }
+
+    /// Tries a group again while its commit fails with I/O errors, for up to
+    /// [`IO_RETRY_FOR`], waiting longer each time and beating the heartbeat (the
+    /// web stage and alerts stay up; restarting the daemon would not mend the
+    /// storage). Nothing is counted as committed until a commit succeeds: SQLite
+    /// rolled each failed one back, and each try writes the group again from
+    /// memory, never trusting what a refused sync may have left on the disk.
+    fn retry_after_io_error(
+        &mut self,
+        group: &[Command],
+        first: &StoreError,
+    ) -> Result<Written, StoreError> {
+        self.stats.storage_failing.store(true, Ordering::Relaxed);
+        tracing::error!(error = %first, commands = group.len(), "the storage failed a commit; trying again");
+        let started = Instant::now();
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+            self.heartbeat.beat();
+            std::thread::sleep(wait);
+            self.heartbeat.beat();
+            wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            let result = self.write_group(group);
+            match &result {
+                Err(e) if is_io_error(e) && started.elapsed() < IO_RETRY_FOR => continue,
+                Ok(_) => {
+                    self.stats.storage_failing.store(false, Ordering::Relaxed);
+                    tracing::warn!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "the storage commits again; the commit that failed is stored"
+                    );
+                }
+                Err(_) => {}
+            }
+            return result;
+        }
     }
 
     fn write_group(&mut self, group: &[Command]) -> Result<Written, StoreError> {

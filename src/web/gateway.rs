@@ -70,6 +70,8 @@ pub struct StoragePart {
     pub disk_free_bytes: u64,
     pub database_bytes: u64,
     pub disk_full: bool,
+    /// The storage is failing writes or syncs; the writer is trying again.
+    pub storage_failing: bool,
     pub readings_committed: u64,
     pub commit_errors: u64,
     pub last_commit_at: Option<String>,
@@ -159,6 +161,7 @@ pub async fn gather(state: &AppState) -> Result<(GatewayJson, Times), WebError> 
             disk_free_bytes: stats.free_disk_bytes,
             database_bytes: stats.database_bytes,
             disk_full: stats.disk_full,
+            storage_failing: stats.storage_failing,
             readings_committed: stats.readings_committed,
             commit_errors: stats.commit_errors,
             last_commit_at: stats.last_commit.map(Timestamp::to_rfc3339),
@@ -213,6 +216,9 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
     let body = html! {
         @if let Some(c) = &g.storage.corruption {
             p.notice.bad role="alert" { strong { "DATABASE REPLACED: " } (c) }
+        }
+        @if g.storage.storage_failing {
+            p.notice.bad role="alert" { strong { "STORAGE FAILING: " } "the gateway cannot write to its storage card and is trying again; new readings are held in memory for a short time only. Call support to replace the card." }
         }
         @if g.storage.disk_full {
             p.notice.bad role="alert" { strong { "DISK FULL: " } "new readings may not be stored. Free space on the gateway." }

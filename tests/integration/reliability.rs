@@ -258,3 +258,147 @@ fn daemon_killed_in_a_loop_loses_nothing_and_sends_only_what_it_stored() {
         before.len()
     );
 }
+
+/// Builds the `LD_PRELOAD` shim that makes `fsync` and `fdatasync` fail with EIO
+/// while a flag file exists (`fault/failing_fsync.c`), with the machine's C
+/// compiler; a missing compiler fails the test.
+fn failing_fsync_shim(dir: &Path) -> std::path::PathBuf {
+    let so = dir.join("failing_fsync.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fault/failing_fsync.c");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("a C compiler (cc) builds the fault shim: apt-get install gcc");
+    assert!(
+        out.status.success(),
+        "the shim does not build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    so
+}
+
+/// The longest silence, in ms, of any sensor quantity that speaks every second,
+/// from the readings stored between `from_ms` and `to_ms` (received times).
+fn longest_gap_ms(db: &Path, from_ms: i64, to_ms: i64) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT r.device_code, r.quantity_code, r.received_at_ms FROM readings r
+             JOIN quantity_codes q ON q.code = r.quantity_code
+             WHERE q.quantity IN ('spo2', 'heart_rate', 'pulse_rate', 'temperature', 'body_temperature')
+               AND r.received_at_ms BETWEEN ?1 AND ?2
+             ORDER BY 1, 2, 3",
+        )
+        .unwrap();
+    let rows: Vec<(i64, i64, i64)> = stmt
+        .query_map([from_ms, to_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        rows.len() > 100,
+        "too few readings to judge: {}",
+        rows.len()
+    );
+    rows.windows(2)
+        .filter(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
+        .map(|w| w[1].2 - w[0].2)
+        .max()
+        .unwrap_or(0)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A storage that refuses `fsync` for a few seconds (a failing SD card): no
+/// commit whose sync failed counts as stored, the commit is tried again from
+/// memory until the storage takes it, so every sensor keeps its once-a-second
+/// record across the fault, and everything the cloud received is in the file.
+#[test]
+fn a_failing_fsync_is_never_a_commit_and_the_readings_wait_for_the_storage() {
+    let pki = Pki::new();
+    let mut broker = Broker::new(&pki, "server");
+    broker.start();
+    let sub = Subscriber::start(&pki, broker.port);
+    sub.wait_subscribed();
+    let dir = tempfile::tempdir().unwrap();
+    let shim = failing_fsync_shim(dir.path());
+    let config = write_config(dir.path(), &pki, broker.port);
+    // 10 residents, every sensor once a second: ~55 frames a second, so the
+    // frames of a 5 s fault fit the source's channel (1,024).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("residents = 40", "residents = 10\nevery_ms = 1000");
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("carehub.db");
+    let flag = dir.path().join("fail-fsync");
+    let count = dir.path().join("fsync-refusals");
+    let log = dir.path().join("carehub.log");
+    let child = super::support::carehub_as_service()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("LD_PRELOAD", &shim)
+        .env("CAREHUB_FAIL_FSYNC_FLAG", &flag)
+        .env("CAREHUB_FAIL_FSYNC_COUNT", &count)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child: Some(child) };
+    wait_for(Duration::from_secs(30), || {
+        (received(&sub).len() >= 200).then_some(())
+    })
+    .expect("readings flow before the fault");
+    let fault_from = unix_ms();
+    std::fs::write(&flag, b"").unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    std::fs::remove_file(&flag).unwrap();
+    let fault_to = unix_ms();
+    let refusals = std::fs::metadata(&count).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        refusals > 0,
+        "the fault was never met: no fsync was refused"
+    );
+    // Let the held commit land and a few more seconds follow.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = daemon.stop(libc::SIGTERM);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(out.status.success(), "clean stop after the fault\n{log}");
+    // Readings received by the gateway during the fault are stored, not lost:
+    // no sensor's once-a-second record has a hole the length of the fault.
+    let gap = longest_gap_ms(&db, fault_from - 5_000, fault_to + 3_000);
+    assert!(
+        gap < 3_000,
+        "a sensor's readings have a {gap} ms hole around a {} ms fault ({refusals} syncs refused)",
+        fault_to - fault_from
+    );
+    assert!(
+        log.contains("the storage failed a commit") && log.contains("the storage commits again"),
+        "the fault and the recovery are logged\n{log}"
+    );
+    // Nothing reached the cloud that the file does not hold.
+    let (stored, _) = read_db(&db);
+    let got = received(&sub);
+    let unknown: Vec<&String> = got.keys().filter(|id| !stored.contains_key(*id)).collect();
+    assert!(
+        unknown.is_empty(),
+        "{} readings at the subscriber are not in the database, e.g. {:?}",
+        unknown.len(),
+        unknown.first()
+    );
+    for (id, copies) in &got {
+        for c in copies {
+            assert_eq!(c, &stored[id], "reading {id}");
+        }
+    }
+}

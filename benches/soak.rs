@@ -1,0 +1,317 @@
+//! The soak: the whole daemon (`carehub run`, built with the bench profile) with
+//! ~200 simulated sensors each speaking once a second, the uplink on to a real
+//! mutual-TLS mosquitto, and a cloud subscriber, for `SOAK_SECS` seconds (1,800
+//! by default; 86,400 for the day-long run in `docs/reliability.md`).
+//!
+//! Every `SOAK_SAMPLE_SECS` (10) it samples the daemon from outside: resident
+//! memory, open files, CPU time, bytes written to storage (`/proc/PID/io`
+//! `write_bytes`), and the sizes of the database and its WAL; the samples go to
+//! `SOAK_CSV` (default `target/soak.csv`) for the plots. The subscriber measures
+//! each reading's delay from the gateway receiving the sensor's frame
+//! (`received_at`) to the reading arriving at the cloud subscriber.
+//!
+//! At the end it prints the figures `docs/reliability.md` quotes: memory, files,
+//! CPU, database and WAL first/last/peak, bytes written a day and what that means
+//! for an SD card, and the delay's p50/p99. It asserts nothing about time.
+//!
+//! `cargo bench --bench soak`; `SOAK_SECS=120 cargo bench --bench soak` for a
+//! quick look.
+
+#[path = "../tests/integration/mqtt_support.rs"]
+#[allow(dead_code)]
+mod mqtt_support;
+#[path = "../tests/integration/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqtt_support::{Broker, Pki, client_tls};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `/proc/{pid}/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system): `/proc/{pid}/stat` fields 14 and 15.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Bytes the process caused to be written to storage (`write_bytes`).
+fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_files(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    t_s: f64,
+    rss_kib: u64,
+    fds: u64,
+    cpu_s: f64,
+    written: u64,
+    db: u64,
+    wal: u64,
+    received: u64,
+}
+
+/// The cloud side: counts readings and records each one's delay in ms.
+struct Cloud {
+    delays_ms: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Cloud {
+    fn start(pki: &Pki, port: u16) -> Cloud {
+        let delays_ms = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let tls = client_tls(pki, "subscriber");
+        let (d, st) = (delays_ms.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut o = MqttOptions::new("soak-cloud", "localhost", port);
+                o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+                o.set_keep_alive(Duration::from_secs(10));
+                o.set_max_packet_size(16 << 20, 16 << 20);
+                let (client, mut events) = AsyncClient::new(o, 100);
+                loop {
+                    tokio::select! {
+                        _ = st.notified() => break,
+                        ev = events.poll() => match ev {
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                let _ = client.subscribe("carehub/v1/+/+/readings", QoS::AtLeastOnce).await;
+                            }
+                            Ok(Event::Incoming(Packet::Publish(p))) => {
+                                let now = time::OffsetDateTime::now_utc();
+                                let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&p.payload) else { continue };
+                                let mut d = d.lock().expect("delays");
+                                for r in msg["readings"].as_array().into_iter().flatten() {
+                                    let Some(at) = r["received_at"].as_str() else { continue };
+                                    if let Ok(at) = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
+                                        d.push((now - at).as_seconds_f64() * 1000.0);
+                                    }
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        },
+                    }
+                }
+            });
+        });
+        Cloud {
+            delays_ms,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.delays_ms.lock().expect("delays").len() as u64
+    }
+
+    fn stop(mut self) -> Vec<f64> {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.delays_ms.lock().expect("delays"))
+    }
+}
+
+fn write_config(dir: &Path, pki: &Pki, port: u16, residents: u64) -> PathBuf {
+    let p = pki.pair("gateway");
+    let text = format!(
+        "[site]\nid = \"oak-house\"\ngateway_id = \"gw-soak\"\n\
+         [sensors]\nsource = \"simulator\"\n\
+         [simulator]\nresidents = {residents}\nevery_ms = 1000\n\
+         [store]\npath = \"{db}\"\n\
+         [web]\nlisten = \"127.0.0.1:{web}\"\nhttps = false\n\
+         [uplink]\nenabled = true\nhost = \"localhost\"\nport = {port}\n\
+         ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+        db = dir.join("carehub.db").display(),
+        web = support::free_port(),
+        ca = pki.path("ca.pem").display(),
+        cert = p.cert.display(),
+        key = p.key.display(),
+    );
+    let path = dir.join("carehub.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let secs = env_u64("SOAK_SECS", 1800);
+    let every = env_u64("SOAK_SAMPLE_SECS", 10);
+    // 36 residents: 36 × 5 devices + 18 heart-rate straps = 198 sensors.
+    let residents = env_u64("SOAK_RESIDENTS", 36);
+    let csv_path = std::env::var("SOAK_CSV").unwrap_or_else(|_| "target/soak.csv".into());
+
+    let pki = Pki::new();
+    let mut broker = Broker::new(&pki, "server");
+    broker.start();
+    let cloud = Cloud::start(&pki, broker.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &pki, broker.port, residents);
+    let db = dir.path().join("carehub.db");
+    let wal = dir.path().join("carehub.db-wal");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_carehub"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("INVOCATION_ID", "carehub-soak")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start carehub");
+    let pid = child.id();
+    eprintln!(
+        "soak: {residents} residents' sensors at 1 Hz for {secs} s, sampling every {every} s into {csv_path}"
+    );
+    let started = Instant::now();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut csv = std::fs::File::create(&csv_path).expect("csv");
+    writeln!(
+        csv,
+        "t_s,rss_kib,open_files,cpu_s,written_bytes,db_bytes,wal_bytes,received_readings"
+    )
+    .expect("csv");
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(every));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("carehub exited during the soak: {status}");
+        }
+        let s = Sample {
+            t_s: started.elapsed().as_secs_f64(),
+            rss_kib: status_kib(pid, "VmRSS"),
+            fds: open_files(pid),
+            cpu_s: cpu_s(pid),
+            written: write_bytes(pid),
+            db: file_size(&db),
+            wal: file_size(&wal),
+            received: cloud.count(),
+        };
+        writeln!(
+            csv,
+            "{:.0},{},{},{:.2},{},{},{},{}",
+            s.t_s, s.rss_kib, s.fds, s.cpu_s, s.written, s.db, s.wal, s.received
+        )
+        .expect("csv");
+        samples.push(s);
+    }
+    let peak_kib = status_kib(pid, "VmHWM");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let mut delays = cloud.stop();
+    drop(broker);
+    delays.sort_by(|a, b| a.total_cmp(b));
+
+    let (Some(first), Some(last)) = (samples.first().copied(), samples.last().copied()) else {
+        eprintln!("soak: too short to sample");
+        return;
+    };
+    // Steady state: from the second minute (start-up fills caches and the WAL).
+    let steady: Vec<&Sample> = samples.iter().filter(|s| s.t_s >= 60.0).collect();
+    let max = |f: fn(&Sample) -> u64| samples.iter().map(f).max().unwrap_or(0);
+    let span = last.t_s - first.t_s;
+    let per_day = (last.written - first.written) as f64 / span.max(1.0) * 86_400.0;
+    println!("soak: {:.0} s, {} samples", last.t_s, samples.len());
+    println!(
+        "  RSS: first {} KiB, last {} KiB, max {} KiB (VmHWM {} KiB); steady-state min..max {}..{} KiB",
+        first.rss_kib,
+        last.rss_kib,
+        max(|s| s.rss_kib),
+        peak_kib,
+        steady.iter().map(|s| s.rss_kib).min().unwrap_or(0),
+        steady.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+    );
+    println!(
+        "  open files: first {}, last {}, max {}",
+        first.fds,
+        last.fds,
+        max(|s| s.fds)
+    );
+    println!(
+        "  CPU: {:.1} % of one core on average",
+        (last.cpu_s - first.cpu_s) / span.max(1.0) * 100.0
+    );
+    println!(
+        "  database: first {} B, last {} B; WAL: first {} B, last {} B, max {} B",
+        first.db,
+        last.db,
+        first.wal,
+        last.wal,
+        max(|s| s.wal)
+    );
+    println!(
+        "  written to storage: {:.1} MB a day ({:.0} B/s)",
+        per_day / 1e6,
+        per_day / 86_400.0
+    );
+    println!(
+        "  readings at the subscriber: {} ({:.0}/s); delay from frame received to subscriber: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        delays.len(),
+        delays.len() as f64 / last.t_s.max(1.0),
+        percentile(&delays, 0.50),
+        percentile(&delays, 0.99),
+        delays.last().copied().unwrap_or(f64::NAN)
+    );
+}
