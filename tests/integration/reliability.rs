@@ -402,3 +402,86 @@ fn a_failing_fsync_is_never_a_commit_and_the_readings_wait_for_the_storage() {
         }
     }
 }
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The short form of the soak (`benches/soak.rs` is the long one): ~200 sensors
+/// once a second with the uplink on, for a minute. Open files and the WAL stay
+/// bounded, and every reading committed reaches the subscriber. Memory is
+/// printed, not asserted (a debug build; the bench measures the release one).
+#[test]
+fn a_minute_at_200_sensors_keeps_files_and_wal_bounded_and_delivers_everything() {
+    let pki = Pki::new();
+    let mut broker = Broker::new(&pki, "server");
+    broker.start();
+    let sub = Subscriber::start(&pki, broker.port);
+    sub.wait_subscribed();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pki, broker.port);
+    // 36 residents: 36 × 5 devices + 18 straps = 198 sensors, each once a second.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("residents = 40", "residents = 36\nevery_ms = 1000");
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("carehub.db");
+    let wal = dir.path().join("carehub.db-wal");
+    let daemon = start(&config);
+    let pid = daemon.child.as_ref().unwrap().id();
+    let mut samples = Vec::new();
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_secs(5));
+        let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        samples.push((open_files(pid), rss_kib(pid), wal_bytes));
+    }
+    eprintln!("(open files, RSS KiB, WAL bytes) every 5 s: {samples:?}");
+    // After the first 10 s (connections, pools, the first checkpoint) nothing
+    // that holds files grows.
+    let settled = samples[2].0;
+    let most = samples.iter().map(|s| s.0).max().unwrap();
+    assert!(
+        most <= settled + 4,
+        "open files grew from {settled} to {most}: {samples:?}"
+    );
+    let wal_max = samples.iter().map(|s| s.2).max().unwrap();
+    assert!(
+        wal_max <= 16 << 20,
+        "the WAL reached {wal_max} bytes: {samples:?}"
+    );
+    let out = daemon.stop(libc::SIGTERM);
+    assert!(out.status.success());
+    let (stored, outbox) = read_db(&db);
+    assert!(
+        stored.len() > 198 * 40,
+        "{} readings in a minute from 198 sensors",
+        stored.len()
+    );
+    let got = received(&sub);
+    let lost: Vec<&String> = stored
+        .keys()
+        .filter(|id| !outbox.contains(*id) && !got.contains_key(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} delivered readings not received",
+        lost.len()
+    );
+    assert!(
+        outbox.len() < stored.len() / 20,
+        "the uplink kept up: {} of {} still waiting at the stop",
+        outbox.len(),
+        stored.len()
+    );
+}
