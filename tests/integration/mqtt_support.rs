@@ -125,6 +125,17 @@ impl Pki {
             now - time::Duration::days(60),
             now - time::Duration::days(1),
         );
+        // A broker certificate for the right host from another CA: an
+        // impostor, or a broker whose certificate was replaced by mistake.
+        pki.leaf(
+            &other,
+            "impostor",
+            "localhost",
+            &["localhost"],
+            true,
+            now - time::Duration::days(1),
+            now + year,
+        );
         pki.write("empty.pem", "");
         pki
     }
@@ -185,8 +196,13 @@ impl Broker {
     /// Writes the configuration; call [`Broker::start`] to run it. `server` names
     /// the broker's certificate pair in `pki`.
     pub fn new(pki: &Pki, server: &str) -> Broker {
-        let port = free_port();
-        let dir = pki.dir.path().join(format!("broker-{port}"));
+        Broker::on_port(pki, server, free_port())
+    }
+
+    /// As [`Broker::new`], on a given port: another broker where the gateway
+    /// expects its own.
+    pub fn on_port(pki: &Pki, server: &str, port: u16) -> Broker {
+        let dir = pki.dir.path().join(format!("broker-{port}-{server}"));
         std::fs::create_dir_all(&dir).unwrap();
         let s = pki.pair(server);
         let conf = dir.join("mosquitto.conf");

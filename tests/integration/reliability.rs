@@ -485,3 +485,74 @@ fn a_minute_at_200_sensors_keeps_files_and_wal_bounded_and_delivers_everything()
         stored.len()
     );
 }
+
+/// Mid-stream, the broker's place is taken by one whose certificate comes from
+/// another CA (an impostor, or a certificate replaced by mistake): the daemon
+/// refuses it with words that say so, sends it nothing, keeps its backlog, and
+/// delivers all of it once the real broker is back.
+#[test]
+fn a_broker_from_another_ca_is_refused_in_words_and_the_backlog_waits() {
+    let pki = Pki::new();
+    let mut broker = Broker::new(&pki, "server");
+    broker.start();
+    let sub = Subscriber::start(&pki, broker.port);
+    sub.wait_subscribed();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pki, broker.port);
+    let db = dir.path().join("carehub.db");
+    let log = dir.path().join("carehub.log");
+    let child = super::support::carehub_as_service()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child: Some(child) };
+    wait_for(Duration::from_secs(30), || {
+        (received(&sub).len() >= 100).then_some(())
+    })
+    .expect("readings flow to the real broker");
+
+    broker.stop(libc::SIGTERM);
+    let mut impostor = Broker::on_port(&pki, "impostor", broker.port);
+    impostor.start();
+    let words = "not signed by the configured CA";
+    wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains(words)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no refusal in words\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
+    // A few more seconds of readings pile up behind the refusal.
+    std::thread::sleep(Duration::from_secs(3));
+    let impostor_log = impostor.log_text();
+    impostor.stop(libc::SIGTERM);
+    assert!(
+        !impostor_log.contains("New client connected"),
+        "the gateway completed a connection to the impostor:\n{impostor_log}"
+    );
+
+    broker.start();
+    let out = {
+        let (stored, _) = read_db(&db);
+        let drained = wait_for(Duration::from_secs(60), || {
+            let got = received(&sub);
+            stored.keys().all(|id| got.contains_key(id)).then_some(())
+        });
+        let out = daemon.stop(libc::SIGTERM);
+        assert!(
+            drained.is_some(),
+            "the backlog stored before and during the impostor was not all delivered"
+        );
+        out
+    };
+    assert!(out.status.success());
+}
