@@ -245,6 +245,9 @@ pub struct CorruptionAlarm {
 /// Counters the writer keeps for status pages and metrics.
 #[derive(Debug, Default)]
 pub struct StoreStats {
+    /// Woken after every commit that stored readings or changed the registry,
+    /// so that whoever shows them (the pages' event watcher) need not poll.
+    pub changed: tokio::sync::Notify,
     pub readings_committed: AtomicU64,
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,

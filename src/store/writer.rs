@@ -317,13 +317,17 @@ impl Writer {
                         }
                     }
                 }
-                if group.iter().any(|c| {
+                let registry = group.iter().any(|c| {
                     matches!(
                         c,
                         Command::Provision { .. } | Command::Record { .. } | Command::Seen { .. }
                     )
-                }) {
+                });
+                if registry {
                     stats.registry_changes.fetch_add(1, Ordering::Release);
+                }
+                if written.readings > 0 || registry {
+                    stats.changed.notify_waiters();
                 }
                 if stats.disk_full.swap(false, Ordering::Relaxed) {
                     tracing::info!("the disk has room again; readings are being stored");

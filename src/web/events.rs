@@ -1,9 +1,10 @@
 //! `GET /events`: server-sent events telling open pages that what they show has
 //! changed, so that `live.js` re-fetches them.
 //!
-//! One watcher task per process compares counters once a second (readings
-//! committed, registry changes, the uplink's state and last error) and
-//! publishes on a small broadcast channel; clients never touch SQLite. A slow
+//! One watcher task per process compares counters (readings committed,
+//! registry changes, the uplink's state and last error) when the store says it
+//! committed, at most every [`MIN_GAP`], and once a second, and publishes on a
+//! small broadcast channel; clients never touch SQLite. A slow
 //! client that falls behind the channel's few slots is told `resync` (refresh
 //! everything) instead of being buffered for, so memory does not grow with
 //! slow clients. Streams carry a keep-alive comment every 15 s, end when the
@@ -27,8 +28,11 @@ use crate::uplink::UplinkStatus;
 /// Open event streams at most; each holds a connection (and, over HTTP/1.1, one
 /// of a browser's six per host), so a page beyond the cap refreshes by itself.
 pub const MAX_CLIENTS: usize = 64;
-/// How often the watcher compares counters.
+/// How often the watcher compares counters without being woken by a commit.
 pub const TICK: Duration = Duration::from_secs(1);
+/// The shortest time between two publications of changes: the delay a page can
+/// add to a reading is this plus its fetch (the goal is 250 ms to the page).
+pub const MIN_GAP: Duration = Duration::from_millis(150);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Slots of the broadcast channel; a client further behind gets `resync`.
 const SLOTS: usize = 16;
@@ -82,22 +86,39 @@ impl Events {
         self.clients.load(Ordering::Relaxed)
     }
 
-    /// Compares the counters every [`TICK`] and publishes what changed, until
-    /// cancelled.
+    /// Compares the counters when the store says it committed (at most once
+    /// every [`MIN_GAP`]) and every [`TICK`] (the uplink's state has no
+    /// signal), and publishes what changed, until cancelled.
     pub async fn watch(self, stats: Arc<StoreStats>, uplink: Arc<UplinkStatus>) {
         let mut last = Seen::now(&stats, &uplink);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Registered before the counters are read, so that a commit made
+            // between the reading and the waiting still wakes us.
+            let committed = stats.changed.notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
+            let now = Seen::now(&stats, &uplink);
+            let changes = last.changes(&now);
+            last = now;
+            if !changes.is_empty() {
+                for change in changes {
+                    self.publish(change);
+                }
+                // Commits come every few tens of ms under load: pages hear of
+                // them in groups, so that they fetch a few times a second, not
+                // once per commit. Then look again at once.
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    () = tokio::time::sleep(MIN_GAP) => continue,
+                }
+            }
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 _ = tick.tick() => {}
+                () = committed => {}
             }
-            let now = Seen::now(&stats, &uplink);
-            for change in last.changes(&now) {
-                self.publish(change);
-            }
-            last = now;
         }
     }
 }
@@ -227,5 +248,39 @@ mod tests {
             },
             &[Change::Readings, Change::Uplink],
         );
+    }
+
+    /// A commit reaches open pages when the store says so, not at the next
+    /// once-a-second look: with tokio's clock paused, the event arrives before
+    /// any virtual time passes (the 1 s tick would need a whole second), and a
+    /// commit made during the pause between two publications is published
+    /// right after that pause, not a second later.
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_is_published_without_waiting_for_the_tick() {
+        let stats = Arc::new(StoreStats::default());
+        let uplink = Arc::new(UplinkStatus::new(crate::uplink::ConnectionState::Disabled));
+        let cancel = CancellationToken::new();
+        let events = Events::new(cancel.clone());
+        let mut rx = events.tx.subscribe();
+        let watcher = tokio::spawn(events.clone().watch(stats.clone(), uplink));
+        // Let the watcher take its first look and wait.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let commit = |stats: &StoreStats| {
+            stats.readings_committed.fetch_add(1, Ordering::Relaxed);
+            stats.changed.notify_waiters();
+        };
+        let t0 = tokio::time::Instant::now();
+        commit(&stats);
+        let first = tokio::time::timeout(Duration::from_millis(10), rx.recv()).await;
+        assert_eq!(first.ok().and_then(Result::ok), Some(Change::Readings));
+        assert!(t0.elapsed() < Duration::from_millis(10));
+        // During the pause that follows a publication.
+        commit(&stats);
+        let second = tokio::time::timeout(MIN_GAP + Duration::from_millis(10), rx.recv()).await;
+        assert_eq!(second.ok().and_then(Result::ok), Some(Change::Readings));
+        assert!(t0.elapsed() <= MIN_GAP + Duration::from_millis(10));
+        cancel.cancel();
+        watcher.await.unwrap();
     }
 }
