@@ -228,8 +228,11 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What is wrong, how to spoil a good bundle that way, what the refusal says.
+type Fault = (&'static str, Box<dyn Fn(&Card)>, &'static str);
+
 /// One fault each; every one must leave the box untouched.
-fn faulty_bundles(pki: &Pki) -> Vec<(&'static str, Box<dyn Fn(&Card)>, &'static str)> {
+fn faulty_bundles(pki: &Pki) -> Vec<Fault> {
     let foreign_key = pki.pair("foreign").key;
     let expired = pki.pair("expired");
     let server = pki.pair("server");
