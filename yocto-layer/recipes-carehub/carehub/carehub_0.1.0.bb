@@ -9,10 +9,10 @@ BUGTRACKER = "https://git.example.invalid/carehub/issues"
 SECTION = "net"
 
 # The project is Apache-2.0 (Cargo.toml). The binary also links crates
-# statically: carehub-licenses.inc (written by scripts/yocto-crates from the
-# crates the aarch64 binary links) adds their licences, so the image's licence
-# manifest names everything that is in it.
-LICENSE = "Apache-2.0"
+# statically: CAREHUB_CRATE_LICENSES (carehub-licenses.inc, written by
+# scripts/yocto-crates from the crates the aarch64 binary links) adds their
+# licences, so the image's licence manifest names everything that is in it.
+LICENSE = "Apache-2.0 & ${CAREHUB_CRATE_LICENSES}"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
 # Where the project's git repository lives. Set it in local.conf or the kas
@@ -27,6 +27,15 @@ DEPENDS += "dbus systemd"
 PV .= "+git"
 
 SRC_URI = "${CAREHUB_GIT_URI};destsuffix=git"
+
+# Every crate of Cargo.lock with its checksum, so do_compile needs no network.
+require ${BPN}-crates.inc
+require ${BPN}-licenses.inc
+
+# files/carehub.toml: the image's production configuration (BLE source,
+# HTTPS on every interface), not the demo example.
+SRC_URI += "file://carehub.toml"
+
 # Pin to a released commit (or override in local.conf) and regenerate
 # carehub-crates.inc from that commit's Cargo.lock: scripts/yocto-crates.
 SRCREV ?= "0000000000000000000000000000000000000000"
@@ -34,14 +43,6 @@ SRCREV ?= "0000000000000000000000000000000000000000"
 # Releases before styhead unpack into WORKDIR and have no UNPACKDIR.
 UNPACKDIR ??= "${WORKDIR}"
 S = "${UNPACKDIR}/git"
-
-# Every crate of Cargo.lock with its checksum, so do_compile needs no network.
-require ${BPN}-crates.inc
-require ${BPN}-licenses.inc
-
-# The image's production configuration (BLE source, HTTPS on every
-# interface), not the demo example: see files/carehub.toml.
-SRC_URI += "file://carehub.toml"
 
 inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
 
@@ -119,4 +120,4 @@ CONFFILES:${PN} = "${sysconfdir}/carehub/carehub.toml"
 # BlueZ's daemon provides the D-Bus API btleplug talks to; dbus is the bus.
 # avahi-daemon announces the host name provisioning sets
 # (carehub-<id>.local) so staff can type it.
-RDEPENDS:${PN} = "bluez5 dbus avahi-daemon"
+RDEPENDS:${PN} = "avahi-daemon bluez5 dbus"
