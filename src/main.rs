@@ -54,6 +54,12 @@ enum Command {
     /// Wait until carehub is healthy (stages beating, adapter present, store
     /// writable, uplink connected or not configured); exit 1 naming what is not.
     HealthCheck(carehub::commands::health_check::HealthCheckArgs),
+    /// Forget everything the box learnt (provisioning, certificates, database,
+    /// Bluetooth bonds, Wi-Fi) so it boots as flashed. Stop carehub first.
+    FactoryReset(carehub::commands::support::FactoryResetArgs),
+    /// Pack the journal, configuration, health and versions into one file for
+    /// support (no keys, tokens or passphrases).
+    ExportLogs(carehub::commands::support::ExportLogsArgs),
     /// Score one set of observations with NEWS2 (RCP 2017); prints JSON.
     News2(carehub::commands::news2::News2Args),
     /// Decode one advertisement or characteristic value and print it as JSON
@@ -148,6 +154,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::HealthCheck(args) => {
             println!("{}", carehub::commands::health_check::run(&args)?);
+            Ok(())
+        }
+        Command::FactoryReset(args) => {
+            let removed = carehub::commands::support::factory_reset(&args)?;
+            for p in &removed {
+                println!("removed {}", p.display());
+            }
+            println!("factory reset done: reboot to start as flashed (then provision again)");
+            Ok(())
+        }
+        Command::ExportLogs(args) => {
+            let names = carehub::commands::support::export_logs(&args)?;
+            println!("wrote {} ({})", args.out.display(), names.join(", "));
             Ok(())
         }
         Command::News2(args) => {

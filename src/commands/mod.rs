@@ -5,3 +5,4 @@ pub mod health_check;
 pub mod news2;
 pub mod pair;
 pub mod provision;
+pub mod support;

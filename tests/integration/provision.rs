@@ -489,3 +489,115 @@ fn health_check_passes_for_a_healthy_daemon_and_names_a_dead_uplink() {
     assert!(!out.status.success());
     assert!(text(&out).contains("has not written"), "{}", text(&out));
 }
+
+#[test]
+fn factory_reset_keeps_unsent_readings_unless_told_and_then_forgets_everything() {
+    let pki = Pki::new();
+    let card = Card::new();
+    card.good_bundle(&pki);
+    assert!(card.provision(&[]).status.success());
+    let bonds = card.state.parent().unwrap().join("bluetooth");
+    std::fs::create_dir_all(bonds.join("AA:BB:CC:DD:EE:FF")).unwrap();
+    std::fs::write(bonds.join("AA:BB:CC:DD:EE:FF/info"), "[LinkKey]\n").unwrap();
+
+    // Readings in the outbox: the demo's simulated sensors, no uplink.
+    let port = free_port();
+    let daemon = Daemon::demo(port, &card.state, &["--residents", "1"]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    crate::support::wait_for(std::time::Duration::from_secs(30), || {
+        let (status, body) = crate::support::http_get(addr, "/api/v1/gateway")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200 && v["outbox"]["readings"].as_u64()? > 0).then_some(())
+    })
+    .expect("the demo stores readings");
+    daemon.stop(libc::SIGTERM);
+
+    let reset = |extra: &[&str]| {
+        carehub()
+            .arg("factory-reset")
+            .arg("--state-dir")
+            .arg(&card.state)
+            .arg("--also")
+            .arg(&card.system)
+            .arg("--also")
+            .arg(&bonds)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Paths only, without SQLite's -shm and -wal, which reading it makes.
+    let paths = |c: &Card| {
+        c.applied()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                !p.to_string_lossy().ends_with("-shm") && !p.to_string_lossy().ends_with("-wal")
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = paths(&card);
+    let out = reset(&[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--yes"), "{}", text(&out));
+    let out = reset(&["--yes"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("have not reached the cloud"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(paths(&card), before, "a refused reset removed something");
+
+    let out = reset(&["--yes", "--discard-unsent"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for dir in [&card.state, &card.system, &bonds] {
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "{}",
+            dir.display()
+        );
+    }
+    // The next boot is an unprovisioned box again.
+    let out = card.provision(&["--boot"]);
+    assert!(text(&out).contains("not provisioned yet"), "{}", text(&out));
+}
+
+#[test]
+fn export_logs_packs_config_health_and_versions_without_secrets() {
+    let pki = Pki::new();
+    let card = Card::new();
+    card.good_bundle(&pki);
+    assert!(card.provision(&[]).status.success());
+    let out_file = card.state.parent().unwrap().join("logs.tar.gz");
+    let out = carehub()
+        .arg("export-logs")
+        .arg("--out")
+        .arg(&out_file)
+        .arg("--config")
+        .arg(card.state.join("carehub.toml"))
+        .args(["--lines", "50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let list = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for name in ["carehub.toml", "health.txt", "versions.txt", "journal.txt"] {
+        assert!(list.contains(&format!("carehub-logs/{name}")), "{list}");
+    }
+    let all = std::process::Command::new("tar")
+        .arg("-xzOf")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&all.stdout);
+    let key = std::fs::read_to_string(pki.pair("gateway").key).unwrap();
+    let key_body = key.lines().nth(1).unwrap();
+    assert!(!all.contains(key_body), "the key is in the export");
+    assert!(!all.contains("PRIVATE KEY"), "a key is in the export");
+    assert!(all.contains("gw-test"), "the configuration is missing");
+}
