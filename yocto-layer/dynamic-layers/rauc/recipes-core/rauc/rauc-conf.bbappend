@@ -7,6 +7,8 @@
 FILESEXTRAPATHS:prepend:carehub := "${THISDIR}/files:"
 
 SRC_URI:append:carehub = " file://system.conf.in file://fw_env.config"
+SRC_URI:append:carehub = " file://carehub-post-install file://carehub-rollback"
+SRC_URI:append:carehub = " file://carehub-rollback.service file://carehub-healthy-rauc.conf"
 
 do_install:append:carehub() {
     src=${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}
@@ -20,12 +22,23 @@ do_install:append:carehub() {
     # meta-rauc's rauc-mark-good.service runs after boot-complete.target,
     # which carehub-healthy.service (the carehub recipe) is ordered before
     # and required by: a slot is marked good only once carehub is healthy.
+    # A slot on trial (the post-install handler names it) that fails the
+    # check is marked bad and the box reboots into the previous slot.
+    install -d ${D}${libexecdir}
+    install -m 0755 $src/carehub-post-install $src/carehub-rollback ${D}${libexecdir}/
+    install -d ${D}${systemd_system_unitdir}/carehub-healthy.service.d
+    install -m 0644 $src/carehub-rollback.service ${D}${systemd_system_unitdir}/
+    install -m 0644 $src/carehub-healthy-rauc.conf \
+        ${D}${systemd_system_unitdir}/carehub-healthy.service.d/10-rauc.conf
     # Mount point of the boot partition (wic/carehub-rpi-ab.wks), where
     # U-Boot's environment lives; the root filesystem is read-only.
     install -d ${D}/boot/firmware
 }
 
 FILES:${PN}:append:carehub = " ${sysconfdir}/fw_env.config /boot/firmware"
+FILES:${PN}:append:carehub = " ${libexecdir}/carehub-post-install ${libexecdir}/carehub-rollback"
+FILES:${PN}:append:carehub = " ${systemd_system_unitdir}/carehub-rollback.service"
+FILES:${PN}:append:carehub = " ${systemd_system_unitdir}/carehub-healthy.service.d"
 # fw_printenv/fw_setenv for RAUC's U-Boot backend. meta-rauc adds them only
 # when PREFERRED_PROVIDER_virtual/bootloader names u-boot, which
 # meta-raspberrypi does not set; libubootenv-bin is the tool package alone,
