@@ -601,3 +601,45 @@ fn export_logs_packs_config_health_and_versions_without_secrets() {
     assert!(!all.contains("PRIVATE KEY"), "a key is in the export");
     assert!(all.contains("gw-test"), "the configuration is missing");
 }
+
+#[test]
+fn an_update_with_new_defaults_reaches_a_provisioned_box_and_keeps_its_settings() {
+    let pki = Pki::new();
+    let card = Card::new();
+    card.good_bundle(&pki);
+    assert!(card.provision(&[]).status.success());
+
+    // The next image changes a default; the box's own settings stay.
+    let new_image = card.state.parent().unwrap().join("new-image.toml");
+    let image = std::fs::read_to_string(IMAGE_CONFIG).unwrap();
+    std::fs::write(
+        &new_image,
+        format!("{image}\n[clinical]\nstale_after_minutes = 45\n"),
+    )
+    .unwrap();
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let out = carehub()
+        .args(["provision", "--boot", "--from"])
+        .arg(&card.boot)
+        .arg("--state-dir")
+        .arg(&card.state)
+        .arg("--system-dir")
+        .arg(&card.system)
+        .arg("--image-config")
+        .arg(&new_image)
+        .args(["--user", &me])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(card.state.join("carehub.toml")).unwrap()).unwrap();
+    assert_eq!(
+        config["clinical"]["stale_after_minutes"].as_integer(),
+        Some(45)
+    );
+    assert_eq!(config["site"]["gateway_id"].as_str(), Some("gw-test"));
+    assert_eq!(config["uplink"]["enabled"].as_bool(), Some(true));
+}
