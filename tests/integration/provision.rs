@@ -643,3 +643,60 @@ fn an_update_with_new_defaults_reaches_a_provisioned_box_and_keeps_its_settings(
     assert_eq!(config["site"]["gateway_id"].as_str(), Some("gw-test"));
     assert_eq!(config["uplink"]["enabled"].as_bool(), Some(true));
 }
+
+/// Regression (issue 19, finding 8): carehub.service's `ProcSubset=pid` hides
+/// `/proc/sys`, and the self-signed web certificate silently lacked the host
+/// name that provisioning sets. Here carehub runs with `/proc/sys` hidden (a
+/// tmpfs over it in a private mount namespace) and its certificate must still
+/// name the host and HOST.local, which avahi announces.
+#[test]
+fn the_web_certificate_names_the_host_when_proc_sys_is_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("carehub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[web]\nlisten = \"127.0.0.1:{}\"\n",
+            dir.path().join("carehub.db").display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg("mount -t tmpfs none /proc/sys && test ! -e /proc/sys/kernel/hostname && exec \"$0\" run --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_carehub"))
+        .arg(&config)
+        .env("INVOCATION_ID", "carehub-integration-test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare (util-linux) runs");
+    let _daemon = Daemon { child: Some(child) };
+    let cert = dir.path().join("web-cert.pem");
+    let pem = crate::support::wait_for(std::time::Duration::from_secs(30), || {
+        let pem = std::fs::read(&cert).ok()?;
+        pem.ends_with(b"-----END CERTIFICATE-----\n").then_some(pem)
+    })
+    .expect("carehub writes its web certificate");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    let host = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(names.contains(&host), "{host} not in {names:?}");
+    assert!(names.contains(&format!("{host}.local")), "{names:?}");
+}
