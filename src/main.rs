@@ -47,6 +47,19 @@ enum Command {
     },
     /// Open the running daemon's pairing window so new sensors can pair.
     Pair(carehub::commands::pair::PairArgs),
+    /// Import a provisioning bundle (gateway id, certificates, broker, Wi-Fi)
+    /// from the boot partition or a USB stick and write the configuration the
+    /// gateway runs with; `--example DIR` writes a bundle to fill in.
+    Provision(carehub::commands::provision::ProvisionArgs),
+    /// Wait until carehub is healthy (stages beating, adapter present, store
+    /// writable, uplink connected or not configured); exit 1 naming what is not.
+    HealthCheck(carehub::commands::health_check::HealthCheckArgs),
+    /// Forget everything the box learnt (provisioning, certificates, database,
+    /// Bluetooth bonds, Wi-Fi) so it boots as flashed. Stop carehub first.
+    FactoryReset(carehub::commands::support::FactoryResetArgs),
+    /// Pack the journal, configuration, health and versions into one file for
+    /// support (no keys, tokens or passphrases).
+    ExportLogs(carehub::commands::support::ExportLogsArgs),
     /// Score one set of observations with NEWS2 (RCP 2017); prints JSON.
     News2(carehub::commands::news2::News2Args),
     /// Decode one advertisement or characteristic value and print it as JSON
@@ -128,6 +141,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pair(args) => {
             let json = carehub::commands::pair::run(&args)?;
             println!("{json}");
+            Ok(())
+        }
+        Command::Provision(args) => {
+            if let Some(dir) = &args.example {
+                let out = carehub::commands::provision::write_example(dir)?;
+                println!("wrote an example bundle to fill in: {}", out.display());
+            } else {
+                print!("{}", carehub::commands::provision::run(&args)?.render());
+            }
+            Ok(())
+        }
+        Command::HealthCheck(args) => {
+            println!("{}", carehub::commands::health_check::run(&args)?);
+            Ok(())
+        }
+        Command::FactoryReset(args) => {
+            let removed = carehub::commands::support::factory_reset(&args)?;
+            for p in &removed {
+                println!("removed {}", p.display());
+            }
+            println!("factory reset done: reboot to start as flashed (then provision again)");
+            Ok(())
+        }
+        Command::ExportLogs(args) => {
+            let names = carehub::commands::support::export_logs(&args)?;
+            println!("wrote {} ({})", args.out.display(), names.join(", "));
             Ok(())
         }
         Command::News2(args) => {

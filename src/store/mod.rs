@@ -42,6 +42,7 @@ pub use limits::free_disk_bytes;
 pub use limits::{Class, EvictionReason, MaintenanceReport};
 pub use reader::{
     HistoryValue, LatestValue, Reader, ResidentOverview, ResidentRecord, StatsSnapshot,
+    unsent_readings,
 };
 pub use registry::{
     DeviceState, PairingRecord, RegistryChange, Seen, StoredKey, StoredPairingEvent,

@@ -478,6 +478,23 @@ fn history_rows(
     Ok(out)
 }
 
+/// Readings in a database's outbox (not yet acknowledged by the cloud), read
+/// from the file with the daemon stopped (`carehub factory-reset`). A file that
+/// is not there holds none.
+pub fn unsent_readings(path: &std::path::Path) -> Result<u64, StoreError> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let n: i64 = c.query_row(
+        "SELECT (SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM outbox_vital)
+              + (SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM outbox_room)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,10 +122,17 @@ impl Names {
     /// parses as an IP address is an IP SAN) and the listen address.
     pub fn for_gateway(extra: &[String], listen: SocketAddr) -> Names {
         let mut dns = vec!["localhost".to_owned()];
-        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        // gethostname(2), not /proc/sys/kernel/hostname: carehub.service's
+        // ProcSubset=pid hides /proc/sys. A host name is also announced over
+        // mDNS (avahi on the gateway image) as NAME.local.
+        if let Ok(h) = nix::unistd::gethostname() {
+            let h = h.to_string_lossy();
             let h = h.trim();
             if !h.is_empty() {
                 dns.push(h.to_owned());
+                if !h.contains('.') {
+                    dns.push(format!("{h}.local"));
+                }
             }
         }
         let mut ips = vec![IpAddr::from([127, 0, 0, 1])];

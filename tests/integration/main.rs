@@ -12,6 +12,7 @@ mod demo;
 mod mqtt;
 mod mqtt_support;
 mod news2;
+mod provision;
 mod reliability;
 mod store_caps;
 mod store_crash;

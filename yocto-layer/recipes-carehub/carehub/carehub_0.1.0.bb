@@ -8,10 +8,11 @@ HOMEPAGE = "https://git.example.invalid/carehub"
 BUGTRACKER = "https://git.example.invalid/carehub/issues"
 SECTION = "net"
 
-# The project is Apache-2.0 (Cargo.toml). The binary also links the crates in
-# carehub-crates.inc statically; their licences (mostly MIT / Apache-2.0) are
-# not listed here, see the layer README.
-LICENSE = "Apache-2.0"
+# The project is Apache-2.0 (Cargo.toml). The binary also links crates
+# statically: CAREHUB_CRATE_LICENSES (carehub-licenses.inc, written by
+# scripts/yocto-crates from the crates the aarch64 binary links) adds their
+# licences, so the image's licence manifest names everything that is in it.
+LICENSE = "Apache-2.0 & ${CAREHUB_CRATE_LICENSES}"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
 # Where the project's git repository lives. Set it in local.conf or the kas
@@ -26,6 +27,15 @@ DEPENDS += "dbus systemd"
 PV .= "+git"
 
 SRC_URI = "${CAREHUB_GIT_URI};destsuffix=git"
+
+# Every crate of Cargo.lock with its checksum, so do_compile needs no network.
+require ${BPN}-crates.inc
+require ${BPN}-licenses.inc
+
+# files/carehub.toml: the image's production configuration (BLE source,
+# HTTPS on every interface), not the demo example.
+SRC_URI += "file://carehub.toml"
+
 # Pin to a released commit (or override in local.conf) and regenerate
 # carehub-crates.inc from that commit's Cargo.lock: scripts/yocto-crates.
 SRCREV ?= "0000000000000000000000000000000000000000"
@@ -33,9 +43,6 @@ SRCREV ?= "0000000000000000000000000000000000000000"
 # Releases before styhead unpack into WORKDIR and have no UNPACKDIR.
 UNPACKDIR ??= "${WORKDIR}"
 S = "${UNPACKDIR}/git"
-
-# Every crate of Cargo.lock with its checksum, so do_compile needs no network.
-require ${BPN}-crates.inc
 
 inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
 
@@ -67,7 +74,7 @@ USERADD_PARAM:${PN} = "--system --gid carehub --groups bluetooth \
                        --home-dir ${localstatedir}/lib/carehub --no-create-home \
                        --shell ${base_sbindir}/nologin carehub"
 
-SYSTEMD_SERVICE:${PN} = "carehub.service"
+SYSTEMD_SERVICE:${PN} = "carehub.service carehub-provision.service carehub-healthy.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
@@ -83,16 +90,19 @@ do_install:append() {
     install -d ${D}${datadir}/carehub/examples
     install -m 0644 ${S}/systemd/carehub.service.d/10-site.conf.example ${D}${datadir}/carehub/examples/
 
-    # `carehub config example` cannot run on the build host when cross
-    # compiling, so the project commits its output as docs/carehub.example.toml.
-    # /etc is read-only on the gateway: a site layer's carehub_%.bbappend that
-    # adds file://carehub.toml to SRC_URI replaces the default (see README).
-    config=${S}/docs/carehub.example.toml
-    if [ -f ${UNPACKDIR}/carehub.toml ]; then
-        config=${UNPACKDIR}/carehub.toml
-    fi
+    # The gateway image's units: provisioning at boot, the health check that
+    # marks a boot good, and carehub.service running the provisioned file.
+    install -m 0644 ${S}/systemd/appliance/carehub-provision.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${S}/systemd/appliance/carehub-healthy.service ${D}${systemd_system_unitdir}/
+    install -d ${D}${systemd_system_unitdir}/carehub.service.d
+    install -m 0644 ${S}/systemd/appliance/carehub.service.d/20-appliance.conf ${D}${systemd_system_unitdir}/carehub.service.d/
+
+    # The production defaults (files/carehub.toml; a site layer's
+    # carehub_%.bbappend may put its own file://carehub.toml first in
+    # FILESEXTRAPATHS). /etc is read-only on the gateway; `carehub provision`
+    # lays each box's settings over this file into /var/lib/carehub.
     install -d -m 0750 ${D}${sysconfdir}/carehub
-    install -m 0640 $config ${D}${sysconfdir}/carehub/carehub.toml
+    install -m 0640 ${UNPACKDIR}/carehub.toml ${D}${sysconfdir}/carehub/carehub.toml
     chown -R root:carehub ${D}${sysconfdir}/carehub
 
     # The state directory. carehub-image bind-mounts /data/carehub onto it.
@@ -100,11 +110,14 @@ do_install:append() {
     chown carehub:carehub ${D}${localstatedir}/lib/carehub
 }
 
-FILES:${PN} += "${nonarch_libdir}/sysusers.d/carehub.conf \
+FILES:${PN} += "${systemd_system_unitdir}/carehub.service.d \
+                ${nonarch_libdir}/sysusers.d/carehub.conf \
                 ${nonarch_libdir}/tmpfiles.d/carehub.conf \
                 ${localstatedir}/lib/carehub \
 "
 CONFFILES:${PN} = "${sysconfdir}/carehub/carehub.toml"
 
 # BlueZ's daemon provides the D-Bus API btleplug talks to; dbus is the bus.
-RDEPENDS:${PN} = "bluez5 dbus"
+# avahi-daemon announces the host name provisioning sets
+# (carehub-<id>.local) so staff can type it.
+RDEPENDS:${PN} = "avahi-daemon bluez5 dbus"

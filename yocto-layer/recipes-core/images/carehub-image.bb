@@ -16,18 +16,27 @@ IMAGE_FEATURES += "read-only-rootfs"
 # locked (no password at all); see docs/imaging.md for how engineers get in.
 IMAGE_FEATURES:remove = "debug-tweaks allow-empty-password empty-root-password allow-root-login"
 
+# IMAGE_INSTALL is set whole, so nothing arrives through
+# packagegroup-machine-base: the kernel modules (the Pi kernel builds
+# Bluetooth, hci_uart, btbcm and brcmfmac as modules) are named here, and
+# carehub-persist loads them at boot (modules-load.d).
 IMAGE_INSTALL = "packagegroup-core-boot \
+                 kernel-modules \
                  carehub \
                  carehub-persist \
                  bluez5 \
                  pi-bluetooth \
+                 wpa-supplicant \
+                 avahi-daemon \
                  tzdata \
                  tzdata-europe \
                  ${CORE_IMAGE_EXTRA_INSTALL} \
 "
 
-# The Pi's Bluetooth controller firmware. The machine configs recommend these
-# too, but a gateway without its radio is useless, so they are required here.
+# The Pi's Bluetooth and Wi-Fi firmware (linux-firmware-rpidistro-bcm4345x is
+# the Wi-Fi half, for brcmfmac). The machine configs recommend these too, but
+# a gateway without its radio is useless, so they are required here. btbcm
+# loads the .hcd file when hci_uart probes the controller.
 # Pi 4: CYW43455 (BCM4345C0). Pi 5: the same chip, plus the C5 revision found
 # on later boards.
 CAREHUB_BT_FIRMWARE = ""
