@@ -100,7 +100,9 @@ pub async fn run(
     let store_beat = health.register("store");
     let sensor_beat = health.register("sensor");
     let ingest_beat = health.register("ingest");
-    let web_beat = health.register("web");
+    // Reported, never a reason for systemd to restart everything (see
+    // `system::watchdog`).
+    let web_beat = health.register_self_healing("web");
     let uplink_beat = config.uplink.enabled.then(|| health.register("uplink"));
     let alerts_beat = health.register("alerts");
 
@@ -357,8 +359,20 @@ pub async fn run(
         Some((server, leaf)) => (Some(server), Some(crate::web::tls::pinned_client(leaf)?)),
         None => (None, None),
     };
-    let web = crate::web::serve::serve(listeners, server_tls, router, cancel.clone())?;
-    let probe = tokio::spawn(probe::run(bound, probe_tls, web_beat, cancel.clone()));
+    let web = crate::web::serve::serve(
+        listeners,
+        server_tls,
+        router,
+        cancel.clone(),
+        web_security.redirect.clone(),
+    )?;
+    let probe = tokio::spawn(probe::run(
+        bound,
+        probe_tls,
+        web_beat,
+        web.table.clone(),
+        cancel.clone(),
+    ));
     let seen_flush = ble_seen
         .map(|(status, sink)| tokio::spawn(persist_sightings(status, sink, cancel.clone())));
 
@@ -453,7 +467,7 @@ pub async fn run(
             let _ = uplink.await;
         }
         // The web API holds a store handle too (assignments): it stops first.
-        let _ = web.await;
+        let _ = web.task.await;
         // Every store handle is gone now; the writer commits what is left and exits.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     };

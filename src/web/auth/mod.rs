@@ -58,6 +58,8 @@ pub struct AuthSettings {
     pub https: bool,
     /// SHA-256 of the token `carehub pair` reads from the state directory.
     pub cli_token_hash: Option<[u8; 32]>,
+    /// The host names the server answers to (`web::headers`).
+    pub hosts: std::sync::Arc<super::headers::AllowedHosts>,
 }
 
 impl AuthSettings {
