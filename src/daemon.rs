@@ -96,6 +96,8 @@ pub async fn run(
     let drop_privileges = privileges::should_drop();
 
     // Registering a stage here is all it takes for the watchdog to supervise it.
+    // Argon2's 19 MiB blocks go back to the system once freed (issue 17).
+    crate::web::auth::password::return_freed_memory();
     let mut health = Health::default();
     let store_beat = health.register("store");
     let sensor_beat = health.register("sensor");

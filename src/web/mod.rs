@@ -195,6 +195,7 @@ pub fn app(state: AppState) -> Router {
         .route("/users/{id}/disable", post(auth::users::disable))
         .route("/users/{id}/enable", post(auth::users::enable))
         .route("/users/{id}/password", post(auth::users::reset_password))
+        .route("/users/{id}/unlock", post(auth::users::unlock))
         .route("/audit", get(auth::audit::page))
         .route("/audit.csv", get(auth::audit::export))
         .route("/api/v1/audit", get(auth::audit::api))

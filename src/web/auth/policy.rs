@@ -120,6 +120,7 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/users/{id}/disable", ADMIN, Changes),
     rule("POST", "/users/{id}/enable", ADMIN, Changes),
     rule("POST", "/users/{id}/password", ADMIN, Changes),
+    rule("POST", "/users/{id}/unlock", ADMIN, Changes),
     rule("GET", "/audit", ADMIN, Changes),
     rule("GET", "/audit.csv", ADMIN, Changes),
     rule("GET", "/api/v1/audit", ADMIN, Changes),
