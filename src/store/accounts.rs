@@ -159,6 +159,8 @@ enum AuditMsg {
     Anonymous(AuditEntry),
     /// Time passed: write the tallies of past windows, keep the log in budget.
     Tick,
+    /// Write every tally now (all windows), then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Audit entries at most in one transaction.
@@ -328,10 +330,12 @@ fn audit_writer(
     let mut first = rx.blocking_recv();
     while let Some(msg) = first {
         let mut tick = false;
+        let mut flushed = Vec::new();
         let mut take = |msg: AuditMsg, batch: &mut Vec<PendingAudit>| match msg {
             AuditMsg::Entry(p) => batch.push(p),
             AuditMsg::Anonymous(e) => st.tallies.add(e),
             AuditMsg::Tick => tick = true,
+            AuditMsg::Flush(done) => flushed.push(done),
         };
         take(msg, &mut batch);
         while batch.len() < AUDIT_BATCH {
@@ -340,9 +344,12 @@ fn audit_writer(
                 Err(_) => break,
             }
         }
-        let mut rows = st.tallies.due(Timestamp::now(), false);
+        let mut rows = st.tallies.due(Timestamp::now(), !flushed.is_empty());
         rows.extend(dropped_row(&st.dropped));
         commit_batch(&mut conn, &mut batch, &rows);
+        for done in flushed {
+            let _ = done.send(());
+        }
         if tick
             && st
                 .last_maintained
@@ -550,6 +557,7 @@ fn export_then_delete(conn: &mut Connection, dir: &Path, upto: i64) -> Result<u6
                 r.get::<_, i64>(6)?.to_string(),
             ];
             let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+            // (Every cell is quoted and defused: see `csv_cell`.)
             writeln!(f, "{}", line.join(",")).map_err(io)?;
         }
         let f = f.into_inner().map_err(|e| io(e.into_error()))?;
@@ -565,7 +573,8 @@ fn export_then_delete(conn: &mut Connection, dir: &Path, upto: i64) -> Result<u6
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Deletes the oldest export files while they add up to more than `max` bytes.
+/// Deletes the oldest export files while they add up to more than `max` bytes,
+/// never the newest.
 fn trim_exports(dir: &Path, max: u64) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -580,6 +589,8 @@ fn trim_exports(dir: &Path, max: u64) -> u64 {
         .collect();
     files.sort();
     let mut total: u64 = files.iter().map(|f| f.1).sum();
+    // The newest export is never deleted: it was written to be collected.
+    files.pop();
     let mut removed = 0;
     for (name, len) in files {
         if total <= max {
@@ -594,20 +605,30 @@ fn trim_exports(dir: &Path, max: u64) -> u64 {
     removed
 }
 
-/// A CSV cell: quoted when it holds a separator, quote or line break, and a
-/// cell a spreadsheet would read as a formula starts with `'`.
+/// A CSV cell, always quoted, that no spreadsheet reads as a formula whatever
+/// separator it splits on: a `'` goes before a leading `=`, `+`, `-`, `@`, tab
+/// or carriage return, and before any of those that follows a `,`, `;`, `|`,
+/// tab or line break inside the text (a program importing with `;` as its
+/// separator splits `a;=HYPERLINK(…)` into a second cell that begins with `=`).
 pub fn csv_cell(s: &str) -> String {
-    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let s = if formula {
-        format!("'{s}")
-    } else {
-        s.to_owned()
-    };
-    if s.contains([',', ';', '"', '\n', '\r', '\t']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
+    let trigger = |c: char| matches!(c, '=' | '+' | '-' | '@' | '\t' | '\r');
+    let separator = |c: char| matches!(c, ',' | ';' | '|' | '\t' | '\n' | '\r');
+    let mut out = String::with_capacity(s.len() + 4);
+    out.push('"');
+    let mut at_cell_start = true;
+    for c in s.chars() {
+        if at_cell_start && trigger(c) {
+            out.push('\'');
+        }
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+        // Spaces and quotes after a separator still leave the next cell's start.
+        at_cell_start = separator(c) || (at_cell_start && matches!(c, ' ' | '"'));
     }
+    out.push('"');
+    out
 }
 
 /// Adding or changing an account was refused.
@@ -1159,6 +1180,18 @@ impl Accounts {
         }
     }
 
+    /// Writes every anonymous tally now instead of at the end of its window
+    /// (at shutdown, and for tests); returns once they are committed.
+    pub async fn flush_audit_tallies(&self) -> Result<(), StoreError> {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.audit
+            .tx
+            .send(AuditMsg::Flush(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        flushed.await.map_err(|_| StoreError::Closed)
+    }
+
     /// Audit entries newest first, skipping `offset`.
     pub fn audit_page(&self, offset: u64, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
         self.with(|c| {
@@ -1514,5 +1547,122 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    fn entry(target: &str) -> AuditEntry {
+        AuditEntry {
+            at: Timestamp::now(),
+            who: "anonymous".into(),
+            action: "sign in failed".into(),
+            target: target.into(),
+            client: "192.0.2.7".into(),
+            status: 401,
+        }
+    }
+
+    /// Regression (issue 17, finding 2): a 2,000,000-character name was logged
+    /// whole, and every failed sign-in or refused link was a row of its own.
+    #[tokio::test]
+    async fn anonymous_events_are_tallied_and_fields_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let huge = "x".repeat(2_000_000);
+        for _ in 0..1000 {
+            a.audit_anonymous(entry(&huge));
+        }
+        a.audit(AuditEntry {
+            who: "ann".into(),
+            action: "view residents overview".into(),
+            ..entry(&huge)
+        })
+        .await
+        .unwrap();
+        a.flush_audit_tallies().await.unwrap();
+        let rows = a.audit_page(0, 100).unwrap();
+        // One tally (plus, if the queue was ever full, one "not itemised" row)
+        // and the signed-in view.
+        assert!(rows.len() <= 3, "{}", rows.len());
+        let tally = rows
+            .iter()
+            .find(|r| r.action.starts_with("sign in failed"))
+            .unwrap();
+        assert!(
+            tally.action.contains("times within 60 s"),
+            "{}",
+            tally.action
+        );
+        for r in &rows {
+            assert!(
+                r.target.chars().count() <= AUDIT_FIELD_CHARS[2],
+                "{}",
+                r.target.len()
+            );
+        }
+        let size = std::fs::metadata(dir.path().join("a.db")).unwrap().len();
+        assert!(size < 1024 * 1024, "database grew to {size} bytes");
+    }
+
+    #[test]
+    fn old_rows_and_rows_over_budget_are_exported_then_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let exports = dir.path().join(AUDIT_EXPORT_DIR);
+        let now = Timestamp::now();
+        let old = now.saturating_sub(AUDIT_RETENTION + Duration::from_secs(86_400));
+        {
+            let c = a.conn.lock().unwrap();
+            for i in 0..10 {
+                insert_audit(
+                    &c,
+                    &AuditEntry {
+                        at: old,
+                        ..entry(&format!("old{i}"))
+                    },
+                )
+                .unwrap();
+            }
+            for i in 0..1000 {
+                insert_audit(
+                    &c,
+                    &AuditEntry {
+                        at: now,
+                        ..entry(&format!("new{i:04};=1"))
+                    },
+                )
+                .unwrap();
+            }
+        }
+        let mut c = a.conn.lock().unwrap();
+        // A large budget: only the expired rows go.
+        let done = maintain(&mut c, &exports, now, AUDIT_BUDGET_BYTES).unwrap();
+        assert_eq!(done.purged, 10);
+        let files: Vec<_> = std::fs::read_dir(&exports).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(text.contains("\"old9\""), "{text}");
+        // A budget of 40 KB (20 KB for rows, about 100 bytes each): the oldest
+        // go, exported first, and what is left fits.
+        let done = maintain(&mut c, &exports, now, 40_000).unwrap();
+        assert!(done.purged > 700, "{done:?}");
+        let left: i64 = c
+            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left as u64 + done.purged, 1000);
+        let newest_kept: String = c
+            .query_row(
+                "SELECT target FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(newest_kept, "new0999;=1");
+        // The exports are over their 20 KB half by now: the oldest file goes,
+        // never the newest.
+        assert_eq!(done.exports_removed, 1);
+        let files: Vec<_> = std::fs::read_dir(&exports).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+        assert!(text.contains("new0000;'=1"), "{}", &text[..200]);
     }
 }
