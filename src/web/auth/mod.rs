@@ -10,8 +10,8 @@
 //!   would not send it back over HTTP) and so cannot carry the `__Host-` prefix:
 //!   it is `carehub_session`, `HttpOnly; SameSite=Strict; Path=/`.
 //! - `carehub pair` sends `Authorization: Bearer <token>` with the token the
-//!   daemon writes to `cli-token` in its state directory (owner-only); it acts as
-//!   "cli" with the nurse role. A bearer token is not sent by browsers on their
+//!   daemon writes to `cli-token` in its state directory (owner-only), accepted
+//!   only from a loopback address; it acts as "cli" with the nurse role. A bearer token is not sent by browsers on their
 //!   own, so these requests need no CSRF token.
 //! - Every state-changing request (anything but GET and HEAD) must come from our
 //!   own pages: `Sec-Fetch-Site`, when sent, must be `same-origin` or `none`;
@@ -192,16 +192,21 @@ async fn resolve(
     state: &AppState,
     headers: &HeaderMap,
     automatic: bool,
+    loopback: bool,
 ) -> Result<Option<Principal>, super::WebError> {
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
-        let ok = state
-            .auth
-            .cli_token_hash
-            .is_some_and(|h| h == password::token_hash(token.trim()));
+        // The token is for `carehub pair` on the gateway itself: from any other
+        // address it is refused even when right (a copied token is useless on
+        // the network).
+        let ok = loopback
+            && state
+                .auth
+                .cli_token_hash
+                .is_some_and(|h| h == password::token_hash(token.trim()));
         return Ok(ok.then(|| Principal {
             username: "cli".to_owned(),
             role: Role::Nurse,
@@ -378,11 +383,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let ip = client_ip(req.extensions());
     let client = client_label(ip);
     let automatic = automatic(route.as_deref(), req.headers());
-    let principal = match resolve(&state, req.headers(), automatic).await {
+    let loopback = ip.is_some_and(|ip| ip.is_loopback());
+    let principal = match resolve(&state, req.headers(), automatic, loopback).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let loopback = ip.is_some_and(|ip| ip.is_loopback());
     if !policy::allows(rule.who, principal.as_ref().map(|p| p.role), loopback) {
         return match (&principal, rule.who) {
             (None, Who::AtLeast(_)) | (None, Who::LoopbackOrAdmin) => sign_in_first(&path, &method),

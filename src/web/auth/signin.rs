@@ -349,6 +349,8 @@ pub async fn logout(
 ) -> Result<Response, WebError> {
     let principal = request.extensions().get::<Principal>().cloned();
     if let Some(hash) = old_session(&state, &headers) {
+        // Its live pages' event streams end now, not at their next check.
+        state.events.end_session(&hash);
         let accounts = state.accounts.clone();
         tokio::task::spawn_blocking(move || accounts.delete_session(&hash)).await??;
     }

@@ -385,12 +385,21 @@ async fn state_changes_need_the_session_csrf_token_and_our_own_origin() {
     )
     .await;
     // The CLI's bearer token is not ambient: no CSRF token needed.
-    let cli = Request::post("/api/v1/pairing/window")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, "Bearer cli-secret")
-        .body(Body::from(r#"{"seconds": 60}"#))
-        .unwrap();
-    check(cli, StatusCode::OK, "cli bearer").await;
+    let cli = || {
+        Request::post("/api/v1/pairing/window")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, "Bearer cli-secret")
+            .body(Body::from(r#"{"seconds": 60}"#))
+            .unwrap()
+    };
+    check(from("127.0.0.1:5", cli()), StatusCode::OK, "cli bearer").await;
+    // Regression (issue 17, finding 9): the token worked from any address.
+    check(
+        from("192.0.2.10:5", cli()),
+        StatusCode::UNAUTHORIZED,
+        "cli bearer from the network",
+    )
+    .await;
     let bad = Request::post("/api/v1/pairing/window")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, "Bearer guessed")
