@@ -15,10 +15,11 @@
 //! live page's event stream is not idle: it writes a keep-alive every
 //! [`KEEP_ALIVE`](super::events::KEEP_ALIVE).
 //!
-//! The per-address limit means one client cannot hold every place; loopback
-//! (the gateway's own health probe, `carehub pair`, the demo's browser) has
-//! places of its own that the network's connections never count against, so
-//! the probe measures the server, not how full it is. When the probe still
+//! The per-address limit means one client cannot hold every place; the gateway
+//! itself (127.0.0.1, ::1 and the listen address: its own health probe,
+//! `carehub pair`, the demo's browser) has places of its own that the
+//! network's connections never count against, so the probe measures the
+//! server, not how full it is. When the probe still
 //! gets no answer, the web stage sheds the connections of the address holding
 //! most ([`ConnTable::shed_busiest`]): it recovers by itself, and never needs
 //! the whole daemon restarted.
@@ -46,8 +47,22 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// one client never holds every place.
 pub const MAX_PER_CLIENT: usize = 32;
 
-/// Connections open at once from loopback, apart from [`MAX_CONNECTIONS`].
+/// Connections open at once from the gateway itself ([`is_own`]), apart from
+/// [`MAX_CONNECTIONS`].
 pub const MAX_LOOPBACK: usize = MAX_PER_CLIENT;
+
+/// Whether `ip` is the gateway itself for a listener on `local`: 127.0.0.1,
+/// ::1, or the listen address (from which the probe connects to it). Other
+/// 127.x addresses count as other hosts.
+pub fn is_own(ip: IpAddr, local: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    ip == IpAddr::from([127, 0, 0, 1])
+        || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        || (!local.is_unspecified() && ip == local)
+}
 
 /// A connection with no bytes read or written for this long is closed. Longer
 /// than the events stream's keep-alive (15 s), and than a browser needs between
@@ -61,7 +76,7 @@ pub struct Limits {
     pub max: usize,
     /// Open at once from any one address.
     pub per_client: usize,
-    /// Open at once from loopback.
+    /// Open at once from the gateway itself ([`is_own`]).
     pub loopback: usize,
     /// Closed after this long without a byte read or written.
     pub idle: Duration,
@@ -95,6 +110,8 @@ struct TableInner {
 #[derive(Debug)]
 struct Client {
     open: usize,
+    /// The gateway itself.
+    own: bool,
     /// Cancelled to close every connection of this client at once.
     shed: CancellationToken,
 }
@@ -109,10 +126,11 @@ pub enum Refused {
 }
 
 impl ConnTable {
-    /// Takes a place for a connection from `ip`, or says why not.
-    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Slot, Refused> {
+    /// Takes a place for a connection from `ip` (`own`: the gateway itself),
+    /// or says why not.
+    fn admit(self: &Arc<Self>, ip: IpAddr, own: bool, limits: &Limits) -> Result<Slot, Refused> {
         let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let loopback = ip.is_loopback();
+        let loopback = own;
         let (used, cap) = if loopback {
             (t.loopback, limits.loopback)
         } else {
@@ -123,6 +141,7 @@ impl ConnTable {
         }
         let client = t.by_client.entry(ip).or_insert_with(|| Client {
             open: 0,
+            own,
             shed: CancellationToken::new(),
         });
         if client.open >= limits.per_client {
@@ -138,6 +157,7 @@ impl ConnTable {
         Ok(Slot {
             table: self.clone(),
             ip,
+            own,
             shed,
         })
     }
@@ -148,15 +168,15 @@ impl ConnTable {
         t.by_client.get(&ip).map_or(0, |c| c.open)
     }
 
-    /// Closes every connection of the address (other than loopback) that holds
-    /// most, and says which and how many; `None` when no other host has one.
-    /// The web stage's recovery when its probe gets no answer.
+    /// Closes every connection of the address (other than the gateway's own)
+    /// that holds most, and says which and how many; `None` when no other host
+    /// has one. The web stage's recovery when its probe gets no answer.
     pub fn shed_busiest(&self) -> Option<(IpAddr, usize)> {
         let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (ip, client) = t
             .by_client
             .iter_mut()
-            .filter(|(ip, _)| !ip.is_loopback())
+            .filter(|(_, c)| !c.own)
             .max_by_key(|(_, c)| c.open)?;
         let open = client.open;
         client.shed.cancel();
@@ -171,13 +191,14 @@ impl ConnTable {
 struct Slot {
     table: Arc<ConnTable>,
     ip: IpAddr,
+    own: bool,
     shed: CancellationToken,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut t = self.table.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if self.ip.is_loopback() {
+        if self.own {
             t.loopback = t.loopback.saturating_sub(1);
         } else {
             t.remote = t.remote.saturating_sub(1);
@@ -257,7 +278,12 @@ where
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             let (io, addr) = self.inner.accept().await;
-            match self.table.admit(addr.ip(), &self.limits) {
+            let local = self
+                .inner
+                .local_addr()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+            let own = is_own(addr.ip(), local);
+            match self.table.admit(addr.ip(), own, &self.limits) {
                 Ok(slot) => return (GuardedIo::new(io, slot, self.limits.idle), addr),
                 Err(why) => {
                     // Closed at once: waiting would let the kernel's queue grow.

@@ -245,15 +245,21 @@ struct Handshakes {
 struct HandshakeSlot {
     table: Arc<std::sync::Mutex<Handshakes>>,
     ip: IpAddr,
+    own: bool,
 }
 
 impl HandshakeSlot {
     /// A place for a handshake from `ip`: at most [`MAX_HANDSHAKES_PER_CLIENT`]
-    /// per address and [`MAX_HANDSHAKES`] from other hosts in all; loopback (the
-    /// probe, `carehub pair`) is not counted against the network's total.
-    fn take(table: &Arc<std::sync::Mutex<Handshakes>>, ip: IpAddr) -> Option<HandshakeSlot> {
+    /// per address and [`MAX_HANDSHAKES`] from other hosts in all; the gateway
+    /// itself (`conn::is_own`: the probe, `carehub pair`) is not counted against
+    /// the network's total.
+    fn take(
+        table: &Arc<std::sync::Mutex<Handshakes>>,
+        ip: IpAddr,
+        own: bool,
+    ) -> Option<HandshakeSlot> {
         let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-        let loopback = ip.is_loopback();
+        let loopback = own;
         if !loopback && t.remote >= MAX_HANDSHAKES {
             return None;
         }
@@ -268,6 +274,7 @@ impl HandshakeSlot {
         Some(HandshakeSlot {
             table: table.clone(),
             ip,
+            own,
         })
     }
 }
@@ -275,7 +282,7 @@ impl HandshakeSlot {
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.ip.is_loopback() {
+        if !self.own {
             t.remote = t.remote.saturating_sub(1);
         }
         if let Some(n) = t.by_client.get_mut(&self.ip) {
@@ -311,7 +318,8 @@ impl TlsListener {
                         }
                     },
                 };
-                let Some(slot) = HandshakeSlot::take(&table, peer.ip()) else {
+                let own = super::conn::is_own(peer.ip(), local.ip());
+                let Some(slot) = HandshakeSlot::take(&table, peer.ip(), own) else {
                     drop(stream);
                     let now = tokio::time::Instant::now();
                     if refused_logged
