@@ -248,13 +248,16 @@ async fn resolve(
 /// Whether `Origin` and `Sec-Fetch-Site`, where the browser sent them, say the
 /// request comes from our own pages.
 pub fn same_origin(headers: &HeaderMap, https: bool) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
+    let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if site.is_some_and(|s| !matches!(s, b"same-origin" | b"none")) {
         return false;
     }
     match headers.get(header::ORIGIN) {
         None => true,
+        // Under `Referrer-Policy: no-referrer` (`web::headers`) browsers send
+        // `Origin: null` with a form's POST; `Sec-Fetch-Site`, which no page
+        // can set, then says where it came from.
+        Some(o) if o.as_bytes() == b"null" => site == Some(b"same-origin".as_slice()),
         Some(origin) => {
             let scheme = if https { "https" } else { "http" };
             let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());

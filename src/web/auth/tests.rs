@@ -944,3 +944,24 @@ fn the_checked_csrf_field_is_taken_out_of_the_form_and_nothing_else() {
         );
     }
 }
+
+/// Under `Referrer-Policy: no-referrer` Chromium posts forms with `Origin:
+/// null`: accepted only when `Sec-Fetch-Site` says same-origin.
+#[test]
+fn origin_null_passes_only_with_sec_fetch_site_same_origin() {
+    let check = |origin: &str, site: Option<&str>, want: bool| {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(header::ORIGIN, origin.parse().unwrap());
+        h.insert(header::HOST, "gw.local".parse().unwrap());
+        if let Some(s) = site {
+            h.insert("sec-fetch-site", s.parse().unwrap());
+        }
+        assert_eq!(super::same_origin(&h, true), want, "{origin} {site:?}");
+    };
+    check("null", Some("same-origin"), true);
+    check("null", None, false);
+    check("null", Some("cross-site"), false);
+    check("null", Some("none"), false);
+    check("https://gw.local", None, true);
+    check("https://evil.example", Some("same-origin"), false);
+}
