@@ -543,4 +543,54 @@ mod tests {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
         assert!(closed_within(&mut s, Duration::from_secs(2)).await);
     }
+
+    /// One address holds at most its share; the busiest one is shed when the
+    /// probe gets no answer, and the gateway's own addresses are never shed.
+    #[tokio::test]
+    async fn one_address_holds_its_share_and_the_busiest_is_shed() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let limits = Limits {
+            max: 10,
+            per_client: 3,
+            loopback: 3,
+            idle: Duration::from_secs(60),
+        };
+        let guarded = Guarded::new(tcp, limits);
+        let table = guarded.table();
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        tokio::spawn(async move { axum::serve(guarded, app).await });
+        let from = |last: u8| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, last], 0)))
+                .unwrap();
+            socket.connect(addr)
+        };
+        let mut mine = Vec::new();
+        for _ in 0..3 {
+            mine.push(from(2).await.unwrap());
+        }
+        let mut other = from(3).await.unwrap();
+        // Once 127.0.0.3's place is taken, 127.0.0.2's three are too.
+        while table.open_from(IpAddr::from([127, 0, 0, 3])) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(table.open_from(IpAddr::from([127, 0, 0, 2])), 3);
+        let mut fourth = from(2).await.unwrap();
+        assert!(closed_within(&mut fourth, Duration::from_secs(2)).await);
+        let own = TcpStream::connect(addr).await.unwrap();
+        while table.open_from(IpAddr::from([127, 0, 0, 1])) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            table.shed_busiest(),
+            Some((IpAddr::from([127, 0, 0, 2]), 3))
+        );
+        for s in &mut mine {
+            assert!(closed_within(s, Duration::from_secs(2)).await, "not shed");
+        }
+        assert!(!closed_within(&mut other, Duration::from_millis(200)).await);
+        drop(own);
+    }
 }

@@ -578,4 +578,65 @@ mod tests {
         }
         check(None, "https://gw.local:8443/x?y=1");
     }
+
+    /// Regression (issue 17, finding 1): 64 silent TCP connections took every
+    /// handshake place and new clients waited about 10 s. Now one address gets
+    /// 8 places, the 9th is closed at once, and the gateway's own client (the
+    /// probe) completes its handshake meanwhile.
+    #[tokio::test]
+    async fn silent_connections_from_one_address_cannot_take_every_handshake_place() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::for_gateway(&[], "127.0.0.1:0".parse().unwrap());
+        let cert = generated(dir.path(), &names, "gw-1").unwrap();
+        let leaf = cert.leaf().unwrap().clone();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::new(tcp, server_config(cert).unwrap()).unwrap();
+        tokio::spawn(async move {
+            use axum::serve::Listener;
+            loop {
+                let (mut tls, _) = listener.accept().await;
+                tokio::spawn(async move {
+                    let _ = tls.write_all(b"hello").await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        let from = |last: u8| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, last], 0)))
+                .unwrap();
+            socket.connect(addr)
+        };
+        let mut silent = Vec::new();
+        for _ in 0..MAX_HANDSHAKES_PER_CLIENT {
+            silent.push(from(2).await.unwrap());
+        }
+        // The gateway's own client completes a handshake while they wait.
+        let started = tokio::time::Instant::now();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(pinned_client(leaf).unwrap())
+            .connect(name, stream)
+            .await
+            .unwrap();
+        let mut hello = String::new();
+        tls.read_to_string(&mut hello).await.unwrap();
+        assert_eq!(hello, "hello");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The next silent connection from the same address is closed at once.
+        let mut extra = from(2).await.unwrap();
+        let mut b = [0u8; 8];
+        let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut b)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "a 9th silent connection from one address was kept: {closed:?}"
+        );
+        // Another address still gets a place.
+        let mut other = from(3).await.unwrap();
+        let kept = tokio::time::timeout(Duration::from_millis(500), other.read(&mut b)).await;
+        assert!(kept.is_err(), "another address was refused: {kept:?}");
+    }
 }
