@@ -254,6 +254,7 @@ pub async fn run(
         uplink: config.uplink.enabled.then(|| uplink_status.clone()),
         changed: alerts_changed.clone(),
         heartbeat: alerts_beat,
+        web: Some(web_beat.clone()),
         cancel: cancel.clone(),
     };
     let alerts_task = tokio::spawn(alert_stage.run());

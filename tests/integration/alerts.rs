@@ -53,6 +53,7 @@ fn stage(store: &Store, book: &SharedBook, dir: &std::path::Path) -> AlertStage 
         uplink: None,
         changed: Default::default(),
         heartbeat: health.register("alerts"),
+        web: None,
         cancel: CancellationToken::new(),
     }
 }
