@@ -615,7 +615,7 @@ mod tests {
                 backlog_age: Some(Duration::from_secs(backlog_min * 60)),
                 cert_days_left: Some(cert),
                 disk_free_bytes: Some(disk_mb * 1024 * 1024),
-                web_unanswered_for: Some(Duration::from_secs(backlog_min / 6)),
+                web_unanswered_for: Some(Duration::from_secs(backlog_min - 300)),
             },
             ..Default::default()
         };
