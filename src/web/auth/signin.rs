@@ -225,7 +225,13 @@ pub async fn login(
     let username: String = form.username.trim().to_owned();
     if username.chars().count() > MAX_USERNAME_CHARS {
         // No account has such a name: no hash, no failure row, one audit count.
-        write_audit_anonymous(&state, "sign in failed: name too long", &username, &client);
+        write_audit_anonymous(
+            &state,
+            "sign in failed: name too long",
+            &username,
+            &client,
+            401,
+        );
         return Ok((
             StatusCode::UNAUTHORIZED,
             form_page("Sign in", login_form(Some(BAD_CREDENTIALS), &next, "")),
@@ -250,7 +256,13 @@ pub async fn login(
     })
     .await??;
     if let Some(wait) = wait {
-        write_audit_anonymous(&state, "sign in refused: locked out", &username, &client);
+        write_audit_anonymous(
+            &state,
+            "sign in refused: locked out",
+            &username,
+            &client,
+            429,
+        );
         return Ok((
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
@@ -295,7 +307,7 @@ pub async fn login(
     .await??;
     match outcome {
         Outcome::Bad => {
-            write_audit_anonymous(&state, "sign in failed", &username, &client);
+            write_audit_anonymous(&state, "sign in failed", &username, &client, 401);
             Ok((
                 StatusCode::UNAUTHORIZED,
                 form_page(
@@ -328,14 +340,14 @@ pub async fn login(
 /// Counts an event of someone not signed in (a failed sign-in, a refused link
 /// or setup code) in the audit log's tallies: one row per kind, client and
 /// name a minute, however many arrive (`store::accounts`), never one row each.
-fn write_audit_anonymous(state: &AppState, action: &str, target: &str, client: &str) {
+fn write_audit_anonymous(state: &AppState, action: &str, target: &str, client: &str, status: u16) {
     state.accounts.audit_anonymous(AuditEntry {
         at: Timestamp::now(),
         who: "anonymous".to_owned(),
         action: action.to_owned(),
         target: target.to_owned(),
         client: client.to_owned(),
-        status: 0,
+        status,
     });
 }
 
@@ -468,7 +480,7 @@ pub async fn setup(
         })
         .await??;
     if let Err(why) = code_ok {
-        write_audit_anonymous(&state, "setup refused", &username, &client);
+        write_audit_anonymous(&state, "setup refused", &username, &client, 422);
         return Ok(refuse(why));
     }
     let Ok(permit) = password::gate().await else {
@@ -497,7 +509,7 @@ pub async fn setup(
     let user = match created {
         Ok(u) => u,
         Err(why) => {
-            write_audit_anonymous(&state, "setup refused", &username, &client);
+            write_audit_anonymous(&state, "setup refused", &username, &client, 422);
             return Ok(refuse(why));
         }
     };
@@ -535,7 +547,7 @@ pub async fn signin_link(
     })
     .await??;
     let Some(user) = user else {
-        write_audit_anonymous(&state, "sign-in link refused", "/signin", &client);
+        write_audit_anonymous(&state, "sign-in link refused", "/signin", &client, 403);
         return Ok((
             StatusCode::FORBIDDEN,
             form_page("Sign in", html! { p.error { "This sign-in link was used already or has expired. Restart " code { "carehub demo" } " for a new one, or " a href="/login" { "sign in" } "." } }),
