@@ -11,8 +11,11 @@
 //!   it is `carehub_session`, `HttpOnly; SameSite=Strict; Path=/`.
 //! - `carehub pair` sends `Authorization: Bearer <token>` with the token the
 //!   daemon writes to `cli-token` in its state directory (owner-only), accepted
-//!   only from a loopback address; it acts as "cli" with the nurse role. A bearer token is not sent by browsers on their
-//!   own, so these requests need no CSRF token.
+//!   only from a loopback address. It has no staff role: it passes only the
+//!   policy lines marked [`policy::Who::AtLeastOrPairCli`] (opening and closing
+//!   the pairing window), and the audit log and the pairing record name it
+//!   [`PAIR_CLI`]. A bearer token is not sent by browsers on their own, so these
+//!   requests need no CSRF token.
 //! - Every state-changing request (anything but GET and HEAD) must come from our
 //!   own pages: `Sec-Fetch-Site`, when sent, must be `same-origin` or `none`;
 //!   `Origin`, when sent, must be this server; and a session's request must carry
@@ -91,17 +94,33 @@ impl AuthSettings {
     }
 }
 
+/// Who the audit log and the pairing record name for `carehub pair` (its
+/// bearer token). No username can look like it: usernames have no spaces.
+pub const PAIR_CLI: &str = "cli (carehub pair)";
+
 /// A signed-in caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
+    /// The username, or [`PAIR_CLI`].
     pub username: String,
-    pub role: Role,
-    /// `None` for "cli" (the bearer token of `carehub pair`).
+    /// A member of staff and their role, or `carehub pair`'s token.
+    pub caller: policy::Caller,
+    /// `None` for `carehub pair`.
     pub user_id: Option<i64>,
     /// The session's synchronizer token; `None` for bearer callers.
     pub csrf: Option<String>,
     /// The stored hash of the session token; `None` for bearer callers.
     pub session: Option<[u8; 32]>,
+}
+
+impl Principal {
+    /// The staff role; `None` for `carehub pair`, which has none.
+    pub fn role(&self) -> Option<Role> {
+        match self.caller {
+            policy::Caller::Staff(r) => Some(r),
+            policy::Caller::Anonymous | policy::Caller::PairCli => None,
+        }
+    }
 }
 
 tokio::task_local! {
@@ -208,8 +227,8 @@ async fn resolve(
                 .cli_token_hash
                 .is_some_and(|h| h == password::token_hash(token.trim()));
         return Ok(ok.then(|| Principal {
-            username: "cli".to_owned(),
-            role: Role::Nurse,
+            username: PAIR_CLI.to_owned(),
+            caller: policy::Caller::PairCli,
             user_id: None,
             csrf: None,
             session: None,
@@ -238,7 +257,7 @@ async fn resolve(
     };
     Ok(session.map(|s| Principal {
         username: s.user.username,
-        role: s.user.role,
+        caller: policy::Caller::Staff(s.user.role),
         user_id: Some(s.user.id),
         csrf: Some(s.csrf),
         session: Some(hash),
@@ -391,9 +410,14 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if !policy::allows(rule.who, principal.as_ref().map(|p| p.role), loopback) {
+    let caller = principal
+        .as_ref()
+        .map_or(policy::Caller::Anonymous, |p| p.caller);
+    if !policy::allows(rule.who, caller, loopback) {
         return match (&principal, rule.who) {
-            (None, Who::AtLeast(_)) | (None, Who::LoopbackOrAdmin) => sign_in_first(&path, &method),
+            (None, Who::AtLeast(_) | Who::LoopbackOrAdmin | Who::AtLeastOrPairCli(_)) => {
+                sign_in_first(&path, &method)
+            }
             _ => (StatusCode::FORBIDDEN, FORBIDDEN).into_response(),
         };
     }

@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use super::policy::{POLICY, Who};
+use super::policy::{Caller, POLICY, Who};
 use super::signin::{FirstStart, first_start};
 use super::testing::{Login, sign_in};
 use super::*;
@@ -84,24 +84,40 @@ async fn authorization_matrix_every_policy_line_times_every_role() {
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     // Someone to act on, so that /users/{id}/... reaches its handler.
     let target = sign_in(&state, "target-carer", Role::Carer);
-    let roles = [
-        None,
-        Some(Role::Carer),
-        Some(Role::Nurse),
-        Some(Role::Admin),
+    // Every role, nobody, and `carehub pair`'s token (from loopback, the only
+    // place it is accepted).
+    let callers = [
+        Caller::Anonymous,
+        Caller::Staff(Role::Carer),
+        Caller::Staff(Role::Nurse),
+        Caller::Staff(Role::Admin),
+        Caller::PairCli,
     ];
     for rule in POLICY {
-        for role in roles {
-            // A fresh session each time: /logout ends the one it is given.
-            let login = role.map(|r| sign_in(&state, &format!("matrix-{}", r.as_str()), r));
+        for caller in callers {
             let path = concrete(rule.route, target.user_id);
-            let res = call(&state, request(rule.method, &path, login.as_ref())).await;
+            let req = match caller {
+                Caller::Anonymous => request(rule.method, &path, None),
+                // A fresh session each time: /logout ends the one it is given.
+                Caller::Staff(r) => {
+                    let login = sign_in(&state, &format!("matrix-{}", r.as_str()), r);
+                    request(rule.method, &path, Some(&login))
+                }
+                Caller::PairCli => {
+                    let mut req = request(rule.method, &path, None);
+                    req.headers_mut()
+                        .insert(header::AUTHORIZATION, "Bearer cli-secret".parse().unwrap());
+                    from("127.0.0.1:5000", req)
+                }
+            };
+            let res = call(&state, req).await;
             let what = format!(
                 "{} {} as {:?}: {} {}",
-                rule.method, path, role, res.status, res.body
+                rule.method, path, caller, res.status, res.body
             );
             assert!(res.headers.get(POLICY_MISSING_HEADER).is_none(), "{what}");
-            let allowed = policy::allows(rule.who, role, false);
+            let loopback = caller == Caller::PairCli;
+            let allowed = policy::allows(rule.who, caller, loopback);
             let login_redirect = res
                 .headers
                 .get(header::LOCATION)
@@ -118,7 +134,7 @@ async fn authorization_matrix_every_policy_line_times_every_role() {
                         "allowed but refused: {what}"
                     );
                 }
-            } else if role.is_none() {
+            } else if caller == Caller::Anonymous {
                 if rule.route.starts_with("/api/") {
                     assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{what}");
                     assert_eq!(res.body, r#"{"error":"sign in first"}"#, "{what}");
@@ -406,6 +422,72 @@ async fn state_changes_need_the_session_csrf_token_and_our_own_origin() {
         .body(Body::from(r#"{"seconds": 60}"#))
         .unwrap();
     check(bad, StatusCode::UNAUTHORIZED, "wrong bearer").await;
+}
+
+/// Regression (issue 17, finding 9): the `cli-token` acted as a nurse and was
+/// logged only as "cli". Now it opens and closes the pairing window, is refused
+/// everywhere else (reading a resident, acknowledging an alert, changing a
+/// device), and the audit log names `carehub pair`.
+#[tokio::test]
+async fn the_cli_token_only_opens_and_closes_the_pairing_window_and_is_named_in_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let cli = |method: &str, uri: &str, body: &'static str| {
+        from(
+            "127.0.0.1:5",
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::AUTHORIZATION, "Bearer cli-secret")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+    };
+    for (method, uri, body) in [
+        ("GET", "/api/v1/residents/1", ""),
+        ("GET", "/residents/1", ""),
+        ("GET", "/api/v1/residents", ""),
+        ("POST", "/api/v1/alerts/1/ack", ""),
+        ("POST", "/alerts/1/ack", ""),
+        (
+            "PUT",
+            "/api/v1/devices/C0:00:00:00:00:01/key",
+            r#"{"key":"00"}"#,
+        ),
+        ("POST", "/api/v1/pairing/passkey", r#"{"passkey":"123456"}"#),
+        ("GET", "/api/v1/audit", ""),
+    ] {
+        let res = call(&state, cli(method, uri, body)).await;
+        assert_eq!(
+            res.status,
+            StatusCode::FORBIDDEN,
+            "{method} {uri}: {}",
+            res.body
+        );
+        assert_eq!(res.body, FORBIDDEN, "403 carries no data: {method} {uri}");
+    }
+    let open = call(
+        &state,
+        cli("POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#),
+    )
+    .await;
+    assert_eq!(open.status, StatusCode::OK, "{}", open.body);
+    let close = call(&state, cli("DELETE", "/api/v1/pairing/window", "")).await;
+    assert!(close.status.is_success(), "{} {}", close.status, close.body);
+    let entries = state.accounts.audit_page(0, 100).unwrap();
+    for action in [
+        "POST /api/v1/pairing/window",
+        "DELETE /api/v1/pairing/window",
+    ] {
+        let e = entries
+            .iter()
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("{action} not audited: {entries:?}"));
+        assert_eq!(e.who, PAIR_CLI, "{e:?}");
+        assert_eq!(e.who, "cli (carehub pair)");
+        assert_eq!(e.client, "127.0.0.1");
+    }
 }
 
 async fn add_user(state: &AppState, name: &str, pw: &str, role: Role) {
