@@ -481,7 +481,8 @@ fn started_as_root_outside_systemd_it_runs_as_the_configured_user() {
         &format!("127.0.0.1:{port}"),
         "[system]\nuser = \"nobody\"\n",
     );
-    // Signs the API request in with the daemon's cli-token, as `carehub pair` does.
+    // Signs the API request in as a nurse (a session made in the daemon's
+    // database once it answers).
     crate::support::web_state_dir(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         &cfg.path().join("data"),

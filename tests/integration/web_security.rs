@@ -259,12 +259,12 @@ fn one_client_cannot_hold_every_connection_and_a_trickled_head_is_dropped() {
 fn every_answer_carries_the_security_headers_and_a_foreign_host_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_daemon, addr) = demo(dir.path());
-    let bearer = crate::support::auth_header(addr);
+    let nurse = crate::support::auth_header(addr);
     for (path, extra) in [
         ("/login", ""),
         ("/healthz", ""),
-        ("/api/v1/residents", bearer.as_str()),
-        ("/residents/1", bearer.as_str()),
+        ("/api/v1/residents", nurse.as_str()),
+        ("/residents/1", nurse.as_str()),
         ("/no-such-page", ""),
     ] {
         let a = get(addr, path, &addr.to_string(), extra);
@@ -488,4 +488,100 @@ fn concurrent_sign_ins_and_huge_names_stay_within_memory_and_disk_budgets() {
         grown < 2 * 1024 * 1024,
         "the database grew by {grown} bytes from anonymous requests"
     );
+}
+
+/// One request with a JSON body and extra header lines.
+fn send_json(addr: SocketAddr, method: &str, path: &str, extra: &str, json: &str) -> Answer {
+    exchange(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        ),
+    )
+}
+
+/// Regression (issue 17, finding 9): the `cli-token` gave nurse rights (it
+/// read residents and acknowledged alerts) and was logged as "cli". Now, on the
+/// real daemon, it is refused everywhere but the pairing window, `carehub pair`
+/// still opens the window with it, and the audit log names `carehub pair`.
+#[test]
+fn the_cli_token_opens_the_pairing_window_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, addr) = demo(dir.path());
+    let cli = crate::support::cli_token_header(addr);
+    assert!(cli.starts_with("Authorization: Bearer "), "no cli-token");
+    let nurse = crate::support::auth_header(addr);
+    assert!(nurse.contains("X-CSRF-Token"), "no nurse session");
+
+    // A nurse reads the resident; the token cannot.
+    let host = addr.to_string();
+    assert_eq!(get(addr, "/api/v1/residents/1", &host, &nurse).status, 200);
+    for path in ["/api/v1/residents/1", "/residents/1", "/api/v1/alerts"] {
+        let a = get(addr, path, &host, &cli);
+        assert_eq!(a.status, 403, "{path}: {}", a.head);
+        assert!(!a.body.contains("Margaret Ellis"), "{path}: {}", a.body);
+    }
+    for (method, path, json) in [
+        ("POST", "/api/v1/alerts/1/ack", ""),
+        (
+            "POST",
+            "/api/v1/residents",
+            r#"{"display_name":"X","room":"1"}"#,
+        ),
+        ("POST", "/api/v1/pairing/passkey", r#"{"passkey":"123456"}"#),
+    ] {
+        let a = send_json(addr, method, path, &cli, json);
+        assert_eq!(a.status, 403, "{method} {path}: {}", a.head);
+    }
+
+    // The window: opened and closed with the token, and by `carehub pair`.
+    let a = send_json(
+        addr,
+        "POST",
+        "/api/v1/pairing/window",
+        &cli,
+        r#"{"seconds": 30}"#,
+    );
+    assert_eq!(a.status, 200, "{}{}", a.head, a.body);
+    let a = send_json(addr, "DELETE", "/api/v1/pairing/window", &cli, "");
+    assert!((200..300).contains(&a.status), "{}{}", a.head, a.body);
+    let out = crate::support::carehub()
+        .args(["pair", "--window", "30", "--plain-http", "--web", &host])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"open\":true"));
+
+    // Every use is in the audit log under the name of `carehub pair`; the
+    // refusals are not the nurse's.
+    let accounts = carehub::store::accounts::Accounts::open(
+        &dir.path().join("carehub.db"),
+        carehub::config::Synchronous::Full,
+    )
+    .unwrap();
+    let log = accounts.audit_page(0, 200).unwrap();
+    let by = |action: &str| -> Vec<String> {
+        log.iter()
+            .filter(|e| e.action == action)
+            .map(|e| e.who.clone())
+            .collect()
+    };
+    assert_eq!(
+        by("POST /api/v1/pairing/window"),
+        ["cli (carehub pair)", "cli (carehub pair)"],
+        "{log:?}"
+    );
+    assert_eq!(
+        by("DELETE /api/v1/pairing/window"),
+        ["cli (carehub pair)"],
+        "{log:?}"
+    );
+    assert!(log.iter().all(|e| e.who != "cli"), "{log:?}");
 }
