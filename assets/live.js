@@ -2,6 +2,26 @@
 // every 30 s through a <noscript> refresh). With it, the element marked data-live
 // is re-fetched when the server's event stream (/events) says something it shows
 // has changed, and every 30 s so that ages and STALE marks move on with the clock.
+//
+// The pairing page's countdown lives here too: the Content-Security-Policy
+// (default-src 'self') allows no inline script on any page.
+
+// Counts the pairing window down each second from what the server said was left
+// (the tablet's clock may differ from the gateway's), and reloads the page when
+// it closes. The page does not refresh itself otherwise, so that typing survives.
+(function () {
+  "use strict";
+  var el = document.getElementById("pairing-countdown");
+  if (!el) return;
+  var left = Number(el.dataset.secondsLeft), start = performance.now();
+  function tick() {
+    var s = Math.max(0, Math.ceil(left - (performance.now() - start) / 1000));
+    el.textContent = (s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) : s) + " s";
+    if (s === 0) { location.reload(); } else { setTimeout(tick, 1000); }
+  }
+  setTimeout(tick, 1000);
+})();
+
 (function () {
   "use strict";
   var region = document.querySelector("[data-live]");

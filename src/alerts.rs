@@ -64,6 +64,9 @@ pub struct AlertStage {
     /// Notified when alerts are raised, for the publisher.
     pub changed: Arc<Notify>,
     pub heartbeat: Heartbeat,
+    /// The web stage's heartbeat (its probe's answers): `gateway/web` is
+    /// raised when it stops. `None` in tests without a web server.
+    pub web: Option<Heartbeat>,
     pub cancel: CancellationToken,
 }
 
@@ -110,6 +113,7 @@ impl AlertStage {
         let limits = self.limits;
         let db_path = self.db_path.clone();
         let uplink = self.uplink.as_ref().map(|u| u.snapshot());
+        let web_unanswered_for = self.web.as_ref().map(|b| b.last().age_at(now));
         tokio::task::spawn_blocking(move || {
             let thresholds = book.lock().unwrap().thresholds()?;
             let scales = book.lock().unwrap().spo2_scales()?;
@@ -153,6 +157,7 @@ impl AlertStage {
                     .and_then(|u| u.certificate_expires_at)
                     .map(|t| (t.unix_ms() - now.unix_ms()).div_euclid(86_400_000)),
                 disk_free_bytes: crate::store::free_disk_bytes(&db_path),
+                web_unanswered_for,
             };
             let causes = evaluate(
                 &Snapshot {

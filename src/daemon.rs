@@ -96,11 +96,15 @@ pub async fn run(
     let drop_privileges = privileges::should_drop();
 
     // Registering a stage here is all it takes for the watchdog to supervise it.
+    // Argon2's 19 MiB blocks go back to the system once freed (issue 17).
+    crate::web::auth::password::return_freed_memory();
     let mut health = Health::default();
     let store_beat = health.register("store");
     let sensor_beat = health.register("sensor");
     let ingest_beat = health.register("ingest");
-    let web_beat = health.register("web");
+    // Reported, never a reason for systemd to restart everything (see
+    // `system::watchdog`).
+    let web_beat = health.register_self_healing("web");
     let uplink_beat = config.uplink.enabled.then(|| health.register("uplink"));
     let alerts_beat = health.register("alerts");
 
@@ -250,6 +254,7 @@ pub async fn run(
         uplink: config.uplink.enabled.then(|| uplink_status.clone()),
         changed: alerts_changed.clone(),
         heartbeat: alerts_beat,
+        web: Some(web_beat.clone()),
         cancel: cancel.clone(),
     };
     let alerts_task = tokio::spawn(alert_stage.run());
@@ -357,8 +362,20 @@ pub async fn run(
         Some((server, leaf)) => (Some(server), Some(crate::web::tls::pinned_client(leaf)?)),
         None => (None, None),
     };
-    let web = crate::web::serve::serve(listeners, server_tls, router, cancel.clone())?;
-    let probe = tokio::spawn(probe::run(bound, probe_tls, web_beat, cancel.clone()));
+    let web = crate::web::serve::serve(
+        listeners,
+        server_tls,
+        router,
+        cancel.clone(),
+        web_security.redirect.clone(),
+    )?;
+    let probe = tokio::spawn(probe::run(
+        bound,
+        probe_tls,
+        web_beat,
+        web.table.clone(),
+        cancel.clone(),
+    ));
     let seen_flush = ble_seen
         .map(|(status, sink)| tokio::spawn(persist_sightings(status, sink, cancel.clone())));
 
@@ -453,7 +470,7 @@ pub async fn run(
             let _ = uplink.await;
         }
         // The web API holds a store handle too (assignments): it stops first.
-        let _ = web.await;
+        let _ = web.task.await;
         // Every store handle is gone now; the writer commits what is left and exits.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     };

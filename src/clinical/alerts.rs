@@ -109,7 +109,14 @@ pub struct GatewayState {
     pub cert_days_left: Option<i64>,
     /// Free bytes on the data partition.
     pub disk_free_bytes: Option<u64>,
+    /// How long the staff pages have not answered the gateway's own probe.
+    pub web_unanswered_for: Option<Duration>,
 }
+
+/// The staff pages not answering for longer than this raise `gateway/web`: the
+/// web stage mends itself and never restarts the daemon, so someone must know
+/// (the alert goes to the cloud with the others).
+pub const WEB_UNANSWERED_AFTER: Duration = Duration::from_secs(60);
 
 /// Everything the rules look at.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -371,6 +378,17 @@ fn gateway_causes(g: &GatewayState, limits: &Limits, out: &mut Vec<Cause>) {
             format!("the uplink certificate {what}"),
         ));
     }
+    if let Some(for_) = g.web_unanswered_for.filter(|d| *d > WEB_UNANSWERED_AFTER) {
+        out.push(warning(
+            "gateway/web".into(),
+            None,
+            "web-unanswered",
+            format!(
+                "the staff pages have not answered for {} s; readings are still collected and sent",
+                for_.as_secs()
+            ),
+        ));
+    }
     if let Some(free) = g.disk_free_bytes.filter(|f| *f <= limits.disk_low_bytes) {
         out.push(warning(
             "gateway/disk".into(),
@@ -597,6 +615,7 @@ mod tests {
                 backlog_age: Some(Duration::from_secs(backlog_min * 60)),
                 cert_days_left: Some(cert),
                 disk_free_bytes: Some(disk_mb * 1024 * 1024),
+                web_unanswered_for: Some(Duration::from_secs(backlog_min - 300)),
             },
             ..Default::default()
         };
@@ -607,6 +626,7 @@ mod tests {
                 ("gateway/certificate", Warning),
                 ("gateway/disk", Warning),
                 ("gateway/uplink-backlog", Warning),
+                ("gateway/web", Warning),
             ],
         );
         check(&Snapshot::default(), &[]);

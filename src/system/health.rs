@@ -13,6 +13,9 @@ use crate::model::Timestamp;
 pub struct Heartbeat {
     name: &'static str,
     last_ms: Arc<AtomicI64>,
+    /// Whether this stage stalling stops the systemd watchdog (see
+    /// [`Health::register_self_healing`]).
+    gates_watchdog: bool,
 }
 
 impl Heartbeat {
@@ -28,6 +31,11 @@ impl Heartbeat {
     pub fn last(&self) -> Timestamp {
         Timestamp::from_unix_ms(self.last_ms.load(Ordering::Relaxed))
     }
+
+    /// Whether a stall of this stage withholds the watchdog.
+    pub fn gates_watchdog(&self) -> bool {
+        self.gates_watchdog
+    }
 }
 
 /// Every stage's heartbeat.
@@ -39,12 +47,36 @@ pub struct Health {
 impl Health {
     /// Registers a stage; it counts as having beaten now.
     pub fn register(&mut self, name: &'static str) -> Heartbeat {
+        self.add(name, true)
+    }
+
+    /// Registers a stage whose stall is reported (STATUS, log, `/healthz`) but
+    /// does not stop the systemd watchdog: the stage recovers by itself, and a
+    /// restart of the whole daemon would cost more than it mends. The web
+    /// stage is one: anyone on the network can make it slow, and a restart
+    /// would stop the sensors, the alerts and the uplink with it.
+    pub fn register_self_healing(&mut self, name: &'static str) -> Heartbeat {
+        self.add(name, false)
+    }
+
+    fn add(&mut self, name: &'static str, gates_watchdog: bool) -> Heartbeat {
         let hb = Heartbeat {
             name,
             last_ms: Arc::new(AtomicI64::new(Timestamp::now().unix_ms())),
+            gates_watchdog,
         };
         self.beats.push(hb.clone());
         hb
+    }
+
+    /// The stalled stages (as [`Health::stalled`]) whose stall withholds the
+    /// watchdog.
+    pub fn stalled_gating(&self, now: Timestamp, within: Duration) -> Vec<&'static str> {
+        self.beats
+            .iter()
+            .filter(|b| b.gates_watchdog && b.last().age_at(now) > within)
+            .map(|b| b.name)
+            .collect()
     }
 
     /// The stages that have not beaten within `within` of `now`.

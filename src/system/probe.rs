@@ -2,6 +2,12 @@
 //! second. The web stage counts as making progress only while it answers, so a
 //! server that accepts connections but never responds stops the watchdog.
 //!
+//! When the probe gets no answer, the web stage mends itself: it closes every
+//! connection of the network address that holds most
+//! ([`ConnTable::shed_busiest`]), once per failed probe, and says so in the log.
+//! The web stage's stall is reported, never a reason to restart the daemon
+//! (`system::watchdog`).
+//!
 //! A hand-written HTTP/1.1 GET keeps an HTTP client library out of the build; the
 //! probe only needs the status line of our own server.
 
@@ -12,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::health::Heartbeat;
+use crate::web::conn::ConnTable;
 
 /// How often the listener is probed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -40,6 +47,7 @@ pub async fn run(
     listening: SocketAddr,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     beat: Heartbeat,
+    connections: std::sync::Arc<ConnTable>,
     cancel: CancellationToken,
 ) {
     let target = reachable(listening);
@@ -72,6 +80,9 @@ pub async fn run(
                     tracing::warn!(stage = "web", error = %e, "web server did not answer its health probe");
                 }
                 failing = true;
+                if let Some((client, open)) = connections.shed_busiest() {
+                    tracing::warn!(stage = "web", %client, open, "web: closed every connection of the busiest client to recover");
+                }
             }
         }
     }

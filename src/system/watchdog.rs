@@ -2,11 +2,20 @@
 //! watchdog, and keeps the STATUS line current.
 //!
 //! A watchdog ping here means "healthy", not "alive": when any registered stage
-//! (sensor source, ingest, store writer, web server, and later the uplink) has made
-//! no progress for [`WatchdogPlan::stall_after`], pings stop, the STATUS line names
-//! the stalled stages, and systemd restarts the service once `WatchdogSec` passes
-//! without a ping. A new stage is supervised by one line: `health.register("name")`
-//! before the daemon freezes `Health` into an `Arc`.
+//! (sensor source, ingest, store writer, alerts, uplink) has made no progress for
+//! [`WatchdogPlan::stall_after`], pings stop, the STATUS line names the stalled
+//! stages, and systemd restarts the service once `WatchdogSec` passes without a
+//! ping. A new stage is supervised by one line: `health.register("name")` before
+//! the daemon freezes `Health` into an `Arc`.
+//!
+//! The web stage is registered with `register_self_healing`: its stall is
+//! reported (STATUS `degraded: web …`, an error in the log, `/healthz` 503) but
+//! the pings go on. Anyone on the care home's network can slow the staff pages
+//! down; if that stopped the watchdog, systemd would kill the sensors, the
+//! alerts and the uplink every `WatchdogSec` for as long as the attack lasted
+//! and, after `StartLimitBurst`, leave the gateway failed. The web stage mends
+//! itself instead (per-address connection limits, head and handshake time-outs,
+//! and the probe shedding the busiest client: `web::conn`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,8 +89,22 @@ impl<F: Fn() -> String + Send + 'static> Supervisor<F> {
                 _ = check.tick() => false,
                 _ = status.tick() => true,
             };
-            let stalled = self.health.stalled(Timestamp::now(), self.plan.stall_after);
-            if stalled.is_empty() {
+            let now = Timestamp::now();
+            let stalled = self.health.stalled(now, self.plan.stall_after);
+            let gating = self.health.stalled_gating(now, self.plan.stall_after);
+            if !stalled.is_empty() && gating.is_empty() {
+                // Only self-healing stages: reported, and the watchdog kept.
+                if self.plan.ping_every.is_some() && !refresh_status {
+                    self.notifier.watchdog();
+                }
+                if stalled != stalled_before || refresh_status {
+                    let line = degraded_line(&stalled, self.plan);
+                    if stalled != stalled_before {
+                        tracing::error!(stages = ?stalled, "{line}");
+                    }
+                    self.notifier.status(&line);
+                }
+            } else if stalled.is_empty() {
                 if !stalled_before.is_empty() {
                     tracing::info!(stages = ?stalled_before, "stalled stages are moving again");
                 }
@@ -101,6 +124,15 @@ impl<F: Fn() -> String + Send + 'static> Supervisor<F> {
             stalled_before = stalled;
         }
     }
+}
+
+/// The STATUS line while only self-healing stages are stalled.
+pub fn degraded_line(stalled: &[&str], plan: WatchdogPlan) -> String {
+    format!(
+        "degraded: {} (no progress for over {} s); recovering itself, watchdog kept",
+        stalled.join(", "),
+        plan.stall_after.as_secs()
+    )
 }
 
 /// The STATUS line while stages are stalled.
@@ -148,6 +180,10 @@ mod tests {
         assert_eq!(
             stalled_line(&["ingest", "web"], plan),
             "stalled: ingest, web (no progress for over 15 s); watchdog withheld"
+        );
+        assert_eq!(
+            degraded_line(&["web"], plan),
+            "degraded: web (no progress for over 15 s); recovering itself, watchdog kept"
         );
     }
 }

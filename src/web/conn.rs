@@ -1,57 +1,234 @@
 //! Limits on the web server's connections, whoever opens them: at most
-//! [`MAX_CONNECTIONS`] at once, and each closed once nothing has been read from
-//! or written to it for [`IDLE`].
+//! [`MAX_CONNECTIONS`] at once from other hosts and [`MAX_PER_CLIENT`] from any
+//! one address, and each closed once nothing has been read from or written to
+//! it for [`IDLE`]. (A request head must also arrive within
+//! [`HEAD_TIMEOUT`](super::serve::HEAD_TIMEOUT): the HTTP server's own timer,
+//! see `serve`.)
 //!
 //! axum's server keeps a connection for as long as the client keeps it open, and
 //! takes every connection offered. A device on the care home's network that opens
 //! thousands of connections and sends nothing (or reads nothing) would otherwise
 //! use up the process's file descriptors, and with them the database, the broker
-//! connection and Bluetooth, not only the staff pages. A connection past the limit
+//! connection and Bluetooth, not only the staff pages. A connection past a limit
 //! is closed as soon as it is accepted; an idle one (a browser's spare keep-alive
 //! connection, a client that stopped reading a page) is closed after [`IDLE`]. A
 //! live page's event stream is not idle: it writes a keep-alive every
 //! [`KEEP_ALIVE`](super::events::KEEP_ALIVE).
+//!
+//! The per-address limit means one client cannot hold every place; the gateway
+//! itself (127.0.0.1, ::1 and the listen address: its own health probe,
+//! `carehub pair`, the demo's browser) has places of its own that the
+//! network's connections never count against, so the probe measures the
+//! server, not how full it is. When the probe still
+//! gets no answer, the web stage sheds the connections of the address holding
+//! most ([`ConnTable::shed_busiest`]): it recovers by itself, and never needs
+//! the whole daemon restarted.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// Connections open at once: a home's tablets and desks open a few each (a
-/// browser keeps up to six to one server, one of them a live page's events).
+/// Connections open at once from other hosts: a home's tablets and desks open a
+/// few each (a browser keeps up to six to one server, one of them a live page's
+/// events).
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// Connections open at once from one address (loopback included): a browser's
+/// six and a few tabs' event streams, well under [`MAX_CONNECTIONS`], so that
+/// one client never holds every place.
+pub const MAX_PER_CLIENT: usize = 32;
+
+/// Connections open at once from the gateway itself ([`is_own`]), apart from
+/// [`MAX_CONNECTIONS`].
+pub const MAX_LOOPBACK: usize = MAX_PER_CLIENT;
+
+/// Whether `ip` is the gateway itself for a listener on `local`: 127.0.0.1,
+/// ::1, or the listen address (from which the probe connects to it). Other
+/// 127.x addresses count as other hosts.
+pub fn is_own(ip: IpAddr, local: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    ip == IpAddr::from([127, 0, 0, 1])
+        || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        || (!local.is_unspecified() && ip == local)
+}
 
 /// A connection with no bytes read or written for this long is closed. Longer
 /// than the events stream's keep-alive (15 s), and than a browser needs between
 /// a page and its assets.
 pub const IDLE: Duration = Duration::from_secs(60);
 
-/// A listener whose connections count against a limit and close when idle.
+/// The limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open at once from addresses other than loopback.
+    pub max: usize,
+    /// Open at once from any one address.
+    pub per_client: usize,
+    /// Open at once from the gateway itself ([`is_own`]).
+    pub loopback: usize,
+    /// Closed after this long without a byte read or written.
+    pub idle: Duration,
+}
+
+impl Limits {
+    /// The daemon's limits.
+    pub const DAEMON: Limits = Limits {
+        max: MAX_CONNECTIONS,
+        per_client: MAX_PER_CLIENT,
+        loopback: MAX_LOOPBACK,
+        idle: IDLE,
+    };
+}
+
+/// Who holds the connections open now, shared by a listener and its
+/// connections (and the probe, which sheds through it).
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    inner: Mutex<TableInner>,
+}
+
+#[derive(Debug, Default)]
+struct TableInner {
+    /// Open connections from addresses other than loopback.
+    remote: usize,
+    loopback: usize,
+    by_client: HashMap<IpAddr, Client>,
+}
+
+#[derive(Debug)]
+struct Client {
+    open: usize,
+    /// The gateway itself.
+    own: bool,
+    /// Cancelled to close every connection of this client at once.
+    shed: CancellationToken,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every place for other hosts (or for loopback) is taken.
+    Full,
+    /// This address holds its share already.
+    PerClient,
+}
+
+impl ConnTable {
+    /// Takes a place for a connection from `ip` (`own`: the gateway itself),
+    /// or says why not.
+    fn admit(self: &Arc<Self>, ip: IpAddr, own: bool, limits: &Limits) -> Result<Slot, Refused> {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let loopback = own;
+        let (used, cap) = if loopback {
+            (t.loopback, limits.loopback)
+        } else {
+            (t.remote, limits.max)
+        };
+        if used >= cap {
+            return Err(Refused::Full);
+        }
+        let client = t.by_client.entry(ip).or_insert_with(|| Client {
+            open: 0,
+            own,
+            shed: CancellationToken::new(),
+        });
+        if client.open >= limits.per_client {
+            return Err(Refused::PerClient);
+        }
+        client.open += 1;
+        let shed = client.shed.clone();
+        if loopback {
+            t.loopback += 1;
+        } else {
+            t.remote += 1;
+        }
+        Ok(Slot {
+            table: self.clone(),
+            ip,
+            own,
+            shed,
+        })
+    }
+
+    /// Connections open now from `ip`.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        t.by_client.get(&ip).map_or(0, |c| c.open)
+    }
+
+    /// Closes every connection of the address (other than the gateway's own)
+    /// that holds most, and says which and how many; `None` when no other host
+    /// has one. The web stage's recovery when its probe gets no answer.
+    pub fn shed_busiest(&self) -> Option<(IpAddr, usize)> {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (ip, client) = t
+            .by_client
+            .iter_mut()
+            .filter(|(_, c)| !c.own)
+            .max_by_key(|(_, c)| c.open)?;
+        let open = client.open;
+        client.shed.cancel();
+        // Connections opened from now on get a fresh token; the shed ones still
+        // give their places back as they drop.
+        client.shed = CancellationToken::new();
+        Some((*ip, open))
+    }
+}
+
+/// One connection's place in the table, given back when dropped.
+struct Slot {
+    table: Arc<ConnTable>,
+    ip: IpAddr,
+    own: bool,
+    shed: CancellationToken,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if self.own {
+            t.loopback = t.loopback.saturating_sub(1);
+        } else {
+            t.remote = t.remote.saturating_sub(1);
+        }
+        if let Some(c) = t.by_client.get_mut(&self.ip) {
+            c.open = c.open.saturating_sub(1);
+            if c.open == 0 {
+                t.by_client.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A listener whose connections count against the limits and close when idle.
 pub struct Guarded<L> {
     inner: L,
-    permits: Arc<Semaphore>,
-    max: usize,
-    idle: Duration,
+    table: Arc<ConnTable>,
+    limits: Limits,
     /// When a refusal was last logged (at most one line a minute).
     refused_logged: Option<Instant>,
     refused: u64,
 }
 
 impl<L> Guarded<L> {
-    /// `inner`'s connections, at most `max` at once, each closed after `idle`
-    /// without a byte read or written.
-    pub fn new(inner: L, max: usize, idle: Duration) -> Guarded<L> {
+    /// `inner`'s connections under `limits`.
+    pub fn new(inner: L, limits: Limits) -> Guarded<L> {
         Guarded {
             inner,
-            permits: Arc::new(Semaphore::new(max)),
-            max,
-            idle,
+            table: Arc::default(),
+            limits,
             refused_logged: None,
             refused: 0,
         }
@@ -59,39 +236,59 @@ impl<L> Guarded<L> {
 
     /// With the daemon's limits.
     pub fn daemon(inner: L) -> Guarded<L> {
-        Guarded::new(inner, MAX_CONNECTIONS, IDLE)
+        Guarded::new(inner, Limits::DAEMON)
+    }
+
+    /// The table of open connections, for the probe's recovery.
+    pub fn table(&self) -> Arc<ConnTable> {
+        self.table.clone()
+    }
+
+    fn log_refusal(&mut self, ip: IpAddr, why: Refused) {
+        self.refused += 1;
+        let now = Instant::now();
+        if self
+            .refused_logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            let why = match why {
+                Refused::Full => "too many connections open",
+                Refused::PerClient => "too many connections open from one address",
+            };
+            tracing::warn!(
+                limit = self.limits.max,
+                per_client = self.limits.per_client,
+                refused = self.refused,
+                client = %ip,
+                "web: {why}; new ones are closed until some end"
+            );
+            self.refused_logged = Some(now);
+            self.refused = 0;
+        }
     }
 }
 
 impl<L> axum::serve::Listener for Guarded<L>
 where
-    L: axum::serve::Listener,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
     type Io = GuardedIo<L::Io>;
-    type Addr = L::Addr;
+    type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             let (io, addr) = self.inner.accept().await;
-            match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => return (GuardedIo::new(io, permit, self.idle), addr),
-                Err(_) => {
+            let local = self
+                .inner
+                .local_addr()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+            let own = is_own(addr.ip(), local);
+            match self.table.admit(addr.ip(), own, &self.limits) {
+                Ok(slot) => return (GuardedIo::new(io, slot, self.limits.idle), addr),
+                Err(why) => {
                     // Closed at once: waiting would let the kernel's queue grow.
                     drop(io);
-                    self.refused += 1;
-                    let now = Instant::now();
-                    if self
-                        .refused_logged
-                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
-                    {
-                        tracing::warn!(
-                            limit = self.max,
-                            refused = self.refused,
-                            "web: too many connections open; new ones are closed until some end"
-                        );
-                        self.refused_logged = Some(now);
-                        self.refused = 0;
-                    }
+                    self.log_refusal(addr.ip(), why);
                 }
             }
         }
@@ -102,21 +299,24 @@ where
     }
 }
 
-/// One connection: its place under the limit, and its idle timer.
+/// One connection: its place under the limits, its idle timer, and the signal
+/// that sheds it.
 pub struct GuardedIo<T> {
     io: T,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
+    shed: Pin<Box<WaitForCancellationFutureOwned>>,
     idle: Duration,
     last_active: Instant,
     timer: Pin<Box<Sleep>>,
 }
 
 impl<T> GuardedIo<T> {
-    fn new(io: T, permit: OwnedSemaphorePermit, idle: Duration) -> GuardedIo<T> {
+    fn new(io: T, slot: Slot, idle: Duration) -> GuardedIo<T> {
         let now = Instant::now();
         GuardedIo {
             io,
-            _permit: permit,
+            shed: Box::pin(slot.shed.clone().cancelled_owned()),
+            _slot: slot,
             idle,
             last_active: now,
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
@@ -129,9 +329,13 @@ impl<T> GuardedIo<T> {
         self.last_active = Instant::now();
     }
 
-    /// Called when the connection would wait: whether it has been idle too long.
-    /// Otherwise the timer is armed to wake this task when it will have been.
+    /// Called when the connection would wait: whether it has been idle too long
+    /// or was shed. Otherwise the timer is armed to wake this task when it will
+    /// have been idle too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.shed.as_mut().poll(cx).is_ready() {
+            return true;
+        }
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return false;
@@ -145,7 +349,10 @@ impl<T> GuardedIo<T> {
     }
 
     fn timed_out() -> io::Error {
-        io::Error::new(io::ErrorKind::TimedOut, "web connection idle too long")
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "web connection idle too long or shed",
+        )
     }
 }
 
@@ -252,7 +459,21 @@ mod tests {
             });
             axum::body::Body::from_stream(chunks)
         });
-        tokio::spawn(async move { axum::serve(Guarded::new(tcp, max, idle), app).await });
+        tokio::spawn(async move {
+            axum::serve(
+                Guarded::new(
+                    tcp,
+                    Limits {
+                        max,
+                        per_client: max,
+                        loopback: max,
+                        idle,
+                    },
+                ),
+                app,
+            )
+            .await
+        });
         addr
     }
 
@@ -321,5 +542,55 @@ mod tests {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
         assert!(closed_within(&mut s, Duration::from_secs(2)).await);
+    }
+
+    /// One address holds at most its share; the busiest one is shed when the
+    /// probe gets no answer, and the gateway's own addresses are never shed.
+    #[tokio::test]
+    async fn one_address_holds_its_share_and_the_busiest_is_shed() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let limits = Limits {
+            max: 10,
+            per_client: 3,
+            loopback: 3,
+            idle: Duration::from_secs(60),
+        };
+        let guarded = Guarded::new(tcp, limits);
+        let table = guarded.table();
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        tokio::spawn(async move { axum::serve(guarded, app).await });
+        let from = |last: u8| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, last], 0)))
+                .unwrap();
+            socket.connect(addr)
+        };
+        let mut mine = Vec::new();
+        for _ in 0..3 {
+            mine.push(from(2).await.unwrap());
+        }
+        let mut other = from(3).await.unwrap();
+        // Once 127.0.0.3's place is taken, 127.0.0.2's three are too.
+        while table.open_from(IpAddr::from([127, 0, 0, 3])) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(table.open_from(IpAddr::from([127, 0, 0, 2])), 3);
+        let mut fourth = from(2).await.unwrap();
+        assert!(closed_within(&mut fourth, Duration::from_secs(2)).await);
+        let own = TcpStream::connect(addr).await.unwrap();
+        while table.open_from(IpAddr::from([127, 0, 0, 1])) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            table.shed_busiest(),
+            Some((IpAddr::from([127, 0, 0, 2]), 3))
+        );
+        for s in &mut mine {
+            assert!(closed_within(s, Duration::from_secs(2)).await, "not shed");
+        }
+        assert!(!closed_within(&mut other, Duration::from_millis(200)).await);
+        drop(own);
     }
 }

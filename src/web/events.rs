@@ -8,10 +8,18 @@
 //! client that falls behind the channel's few slots is told `resync` (refresh
 //! everything) instead of being buffered for, so memory does not grow with
 //! slow clients. Streams carry a keep-alive comment every 15 s, end when the
-//! daemon shuts down, and are capped at [`MAX_CLIENTS`] at once.
+//! daemon shuts down, and are capped at [`MAX_CLIENTS`] at once and
+//! [`MAX_PER_USER`] per account, so one user (or one stolen session) cannot
+//! take every place.
+//!
+//! A stream belongs to the session that opened it: sign-out ends it at once
+//! ([`Events::end_session`]), and every [`KEEP_ALIVE`] it checks that its
+//! session still holds (idle or absolute time-out, account disabled, password
+//! reset) and ends when it does not. A tablet signed out never keeps receiving.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -28,6 +36,8 @@ use crate::uplink::UplinkStatus;
 /// Open event streams at most; each holds a connection (and, over HTTP/1.1, one
 /// of a browser's six per host), so a page beyond the cap refreshes by itself.
 pub const MAX_CLIENTS: usize = 64;
+/// Open event streams per account at most: a few tabs on a few devices.
+pub const MAX_PER_USER: usize = 8;
 /// How often the watcher compares counters without being woken by a commit.
 pub const TICK: Duration = Duration::from_secs(1);
 /// The shortest time between two publications of changes: the delay a page can
@@ -63,6 +73,8 @@ impl Change {
 pub struct Events {
     tx: broadcast::Sender<Change>,
     clients: Arc<AtomicUsize>,
+    /// Streams per account and per session.
+    owners: Arc<Mutex<Owners>>,
     /// Ends every stream at shutdown, so that graceful shutdown is not held up.
     cancel: CancellationToken,
 }
@@ -72,7 +84,16 @@ impl Events {
         Events {
             tx: broadcast::channel(SLOTS).0,
             clients: Arc::new(AtomicUsize::new(0)),
+            owners: Arc::default(),
             cancel,
+        }
+    }
+
+    /// Ends every stream of the session with this token hash (sign-out).
+    pub fn end_session(&self, session: &[u8; 32]) {
+        let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, _)) = owners.sessions.get(session) {
+            token.cancel();
         }
     }
 
@@ -156,47 +177,147 @@ impl Seen {
     }
 }
 
-/// Decrements the count of open streams when a stream ends.
-struct Slot(Arc<AtomicUsize>);
+/// Who holds the open streams.
+#[derive(Debug, Default)]
+struct Owners {
+    per_user: HashMap<String, usize>,
+    /// A token that ends the session's streams, and how many it has.
+    sessions: HashMap<[u8; 32], (CancellationToken, usize)>,
+}
+
+/// One stream's place: given back (in all, per user, per session) when it ends.
+struct Slot {
+    clients: Arc<AtomicUsize>,
+    owners: Arc<Mutex<Owners>>,
+    user: String,
+    session: Option<[u8; 32]>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+        let mut o = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = o.per_user.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.per_user.remove(&self.user);
+            }
+        }
+        if let Some(s) = self.session
+            && let Some((_, n)) = o.sessions.get_mut(&s)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.sessions.remove(&s);
+            }
+        }
     }
 }
 
+fn too_many(words: &'static str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("retry-after", "60")],
+        words,
+    )
+        .into_response()
+}
+
+/// What ends a stream besides shutdown.
+enum End {
+    /// The session was signed out or no longer holds.
+    Session,
+}
+
 /// `GET /events`
-pub async fn stream(State(state): State<AppState>) -> Response {
-    let events = state.events;
+pub async fn stream(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<super::auth::Principal>>,
+) -> Response {
+    let events = state.events.clone();
+    let Some(axum::Extension(who)) = principal else {
+        // The policy lets only signed-in callers here.
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
     let taken = events
         .clients
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             (n < MAX_CLIENTS).then_some(n + 1)
         });
     if taken.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [("retry-after", "60")],
+        return too_many(
             "Too many pages are open with live updates; this one will refresh by itself.",
-        )
-            .into_response();
+        );
     }
-    let slot = Slot(events.clients.clone());
+    let (session_token, slot) = {
+        let mut o = events.owners.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = o.per_user.get(&who.username).copied().unwrap_or(0);
+        if mine >= MAX_PER_USER {
+            drop(o);
+            events.clients.fetch_sub(1, Ordering::Relaxed);
+            return too_many(
+                "You have too many pages open with live updates; this one will refresh by itself.",
+            );
+        }
+        *o.per_user.entry(who.username.clone()).or_insert(0) += 1;
+        let token = who.session.map(|s| {
+            let e = o
+                .sessions
+                .entry(s)
+                .or_insert_with(|| (events.cancel.child_token(), 0));
+            e.1 += 1;
+            e.0.clone()
+        });
+        let slot = Slot {
+            clients: events.clients.clone(),
+            owners: events.owners.clone(),
+            user: who.username.clone(),
+            session: who.session,
+        };
+        (token.unwrap_or_else(|| events.cancel.child_token()), slot)
+    };
     let rx = events.tx.subscribe();
-    let cancel = events.cancel.clone();
+    let mut check = tokio::time::interval(KEEP_ALIVE);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (accounts, limits, session) = (state.accounts.clone(), state.auth.limits, who.session);
     let stream = futures_util::stream::unfold(
-        (rx, slot, cancel),
-        |(mut rx, slot, cancel)| async move {
-            let event = tokio::select! {
-                () = cancel.cancelled() => return None,
-                r = rx.recv() => match r {
-                    Ok(change) => Event::default().event(change.as_str()).data(change.as_str()),
-                    // Behind by more than the channel holds: skip to now, refresh all.
-                    Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("resync"),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-            };
-            Some((Ok::<_, std::convert::Infallible>(event), (rx, slot, cancel)))
+        (rx, slot, session_token, check),
+        move |(mut rx, slot, ended, mut check)| {
+            let accounts = accounts.clone();
+            async move {
+                let event = loop {
+                    let why = tokio::select! {
+                        () = ended.cancelled() => Some(End::Session),
+                        _ = check.tick() => {
+                            // Still signed in? (Not counted as use of the session.)
+                            let Some(hash) = session else { continue };
+                            let accounts = accounts.clone();
+                            let holds = tokio::task::spawn_blocking(move || {
+                                accounts.session_unused(&hash, limits, crate::model::Timestamp::now())
+                            })
+                            .await;
+                            match holds {
+                                Ok(Ok(Some(_))) => None,
+                                // Signed out, expired, disabled, or unreadable: end.
+                                _ => Some(End::Session),
+                            }
+                        }
+                        r = rx.recv() => match r {
+                            Ok(change) => break Event::default().event(change.as_str()).data(change.as_str()),
+                            // Behind by more than the channel holds: skip to now, refresh all.
+                            Err(broadcast::error::RecvError::Lagged(_)) => break Event::default().event("resync").data("resync"),
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                    };
+                    if let Some(End::Session) = why {
+                        return None;
+                    }
+                };
+                Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (rx, slot, ended, check),
+                ))
+            }
         },
     );
     (

@@ -42,7 +42,7 @@ const NAV: &[(Section, &str, &str)] = &[
 /// only what works (the server refuses the rest anyway).
 fn shown(section: Section) -> bool {
     use crate::store::accounts::Role;
-    let role = super::auth::current().map(|p| p.role);
+    let role = super::auth::current().and_then(|p| p.role());
     match section {
         Section::Users | Section::Audit => role == Some(Role::Admin),
         Section::ManageResidents => role.is_some_and(|r| r >= Role::Nurse),
@@ -114,7 +114,10 @@ pub fn page(frame: Frame<'_>, title: &str, body: Markup) -> Markup {
                     @if let Some(who) = super::auth::current() {
                         form.signout method="post" action="/logout" {
                             (super::auth::csrf_field())
-                            span.who { (who.username) " (" (who.role.as_str()) ")" } " "
+                            span.who {
+                                (who.username)
+                                @if let Some(role) = who.role() { " (" (role.as_str()) ")" }
+                            } " "
                             button type="submit" { "Sign out" }
                         }
                     }

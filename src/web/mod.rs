@@ -13,6 +13,7 @@ pub mod conn;
 mod devices;
 pub mod events;
 mod gateway;
+pub mod headers;
 pub mod layout;
 pub mod metrics;
 mod openapi;
@@ -79,6 +80,10 @@ pub struct AppState {
 /// The whole application, for `serve` and for tests (`tower::ServiceExt::oneshot`).
 pub fn app(state: AppState) -> Router {
     let web_metrics = state.web_metrics.clone();
+    let headers = Arc::new(headers::Settings {
+        hosts: state.auth.hosts.clone(),
+        https: state.auth.https,
+    });
     pages::remember_gateway_name(&state.gateway_name);
     Router::new()
         .route("/", get(pages::overview))
@@ -190,6 +195,7 @@ pub fn app(state: AppState) -> Router {
         .route("/users/{id}/disable", post(auth::users::disable))
         .route("/users/{id}/enable", post(auth::users::enable))
         .route("/users/{id}/password", post(auth::users::reset_password))
+        .route("/users/{id}/unlock", post(auth::users::unlock))
         .route("/audit", get(auth::audit::page))
         .route("/audit.csv", get(auth::audit::export))
         .route("/api/v1/audit", get(auth::audit::api))
@@ -204,6 +210,12 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             web_metrics,
             metrics::count,
+        ))
+        // Outermost: unknown hosts are refused before anything else, and every
+        // answer (404s and refusals included) gets the security headers.
+        .layer(axum::middleware::from_fn_with_state(
+            headers,
+            headers::layer,
         ))
 }
 

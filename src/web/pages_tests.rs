@@ -623,14 +623,15 @@ async fn a_slow_event_client_is_told_to_resync_and_the_count_is_capped() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, state) = setup(dir.path()).await;
     let cookie = admin_cookie(&state);
-    let open = || {
+    let open_as = |cookie: String| {
         app(state.clone()).oneshot(
             Request::get("/events")
-                .header("cookie", &cookie)
+                .header("cookie", cookie)
                 .body(Body::empty())
                 .unwrap(),
         )
     };
+    let open = || open_as(cookie.clone());
     let mut slow = open().await.unwrap().into_body();
     // More changes than the channel holds, none read: the client has lagged.
     for _ in 0..100 {
@@ -640,16 +641,75 @@ async fn a_slow_event_client_is_told_to_resync_and_the_count_is_capped() {
         next_event(&mut slow).await.as_deref(),
         Some("event: resync\ndata: resync\n\n")
     );
+    // One account holds at most MAX_PER_USER streams (issue 17, finding 11).
     let mut held = Vec::new();
-    for _ in 1..events::MAX_CLIENTS {
+    for _ in 1..events::MAX_PER_USER {
         let res = open().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         held.push(res);
     }
-    let refused = open().await.unwrap();
+    assert_eq!(
+        open().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a ninth stream for one account"
+    );
+    // Other accounts fill the rest, up to the cap in all.
+    let mut user = 0;
+    while held.len() + 1 < events::MAX_CLIENTS {
+        let login = super::auth::testing::sign_in(
+            &state,
+            &format!("carer{}", user / events::MAX_PER_USER),
+            crate::store::accounts::Role::Carer,
+        );
+        let res = open_as(login.cookie).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        held.push(res);
+        user += 1;
+    }
+    let other = super::auth::testing::sign_in(&state, "late", crate::store::accounts::Role::Carer);
+    let refused = open_as(other.cookie.clone()).await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     drop(held);
-    assert_eq!(open().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        open_as(other.cookie).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+/// Regression (issue 17, finding 11): a stream kept running after sign-out.
+#[tokio::test]
+async fn signing_out_ends_the_sessions_event_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let login = super::auth::testing::sign_in(&state, "kay", crate::store::accounts::Role::Nurse);
+    let mut stream = app(state.clone())
+        .oneshot(
+            Request::get("/events")
+                .header("cookie", &login.cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_body();
+    state.events.publish(events::Change::Readings);
+    assert!(next_event(&mut stream).await.is_some());
+    let out = app(state.clone())
+        .oneshot(
+            Request::post("/logout")
+                .header("cookie", &login.cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(format!("csrf={}", login.csrf)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        next_event(&mut stream).await,
+        None,
+        "the stream outlived its session"
+    );
 }
 
 /// Every `.route("/api/v1...")` path in `mod.rs`, read from the source so that a

@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, Redirect};
 use axum::response::{IntoResponse, Response};
-use maud::{PreEscaped, html};
+use maud::html;
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, Caller, WebError, read};
@@ -309,7 +309,8 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                         " more (until " time datetime=(c.to_rfc3339()) { (c.to_rfc3339()) } "). New sensors nearby will be paired; switch them on now."
                     }
                     form method="post" action="/pairing/close" { (super::auth::csrf_field()) button type="submit" { "Stop pairing now" } }
-                    script { (PreEscaped(COUNTDOWN_JS)) }
+                    // The countdown is in live.js: the CSP allows no inline script.
+                    script src=(crate::web::assets::js_url()) defer {}
                 }
                 None => {
                     p { "Pairing is off: sensors nobody chose are listed below but never paired." }
@@ -462,22 +463,6 @@ pub(super) fn countdown(seconds: u64) -> String {
         _ => format!("{} min {} s", seconds / 60, seconds % 60),
     }
 }
-
-/// Counts the window down each second from what the server said was left (the
-/// tablet's clock may differ from the gateway's), and reloads the page when it
-/// closes. The page does not refresh itself otherwise, so that typing survives.
-const COUNTDOWN_JS: &str = r#"
-(function () {
-  var el = document.getElementById("pairing-countdown");
-  var left = Number(el.dataset.secondsLeft), start = performance.now();
-  function tick() {
-    var s = Math.max(0, Math.ceil(left - (performance.now() - start) / 1000));
-    el.textContent = (s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) : s) + " s";
-    if (s === 0) { location.reload(); } else { setTimeout(tick, 1000); }
-  }
-  setTimeout(tick, 1000);
-})();
-"#;
 
 /// `POST /pairing/window` (form): opens the window, back to the page.
 pub async fn page_open(

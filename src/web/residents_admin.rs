@@ -87,8 +87,47 @@ fn text_field(
                 "The {what} contains a character that cannot be shown (a tab or line break)."
             ),
         });
+    } else if v.chars().any(is_format_char) {
+        // Bidirectional controls (U+202E), zero-width and invisible characters
+        // make two residents' names look alike, or one look like another: a
+        // wrong-patient risk (issue 17, finding 12).
+        errors.push(FieldError {
+            field,
+            message: format!(
+                "The {what} contains an invisible or text-direction character. Type it again without copying and pasting."
+            ),
+        });
     }
     v.to_owned()
+}
+
+/// Whether `c` is in Unicode's general category Cf (format: invisible, or
+/// changes how the text around it is shown), Unicode 15.1.
+pub fn is_format_char(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 /// Checks a form. `current_reference` is the resident's reference before an
@@ -692,6 +731,25 @@ mod tests {
             (form("Ada", "   ", "R-0001"), None, &["room"]),
             (form(&long, "Room 1", "R-0001"), None, &["display_name"]),
             (form("Ada\tX", "Room 1", "R-0001"), None, &["display_name"]),
+            // Regression (issue 17, finding 12): bidirectional and invisible
+            // characters made two residents' names look alike.
+            (
+                form("Ada\u{202E}ecalevoL", "Room 1", "R-0001"),
+                None,
+                &["display_name"],
+            ),
+            (
+                form("Ad\u{200B}a", "Room 1", "R-0001"),
+                None,
+                &["display_name"],
+            ),
+            (
+                form("\u{2066}Ada\u{2069}", "Room 1", "R-0001"),
+                None,
+                &["display_name"],
+            ),
+            (form("Ada", "Room\u{FEFF} 1", "R-0001"), None, &["room"]),
+            (form("Zoë Ó Dálaigh-Nguyễn", "Room 1", "R-0001"), None, &[]),
             (form("Ada", "Room 1", ""), None, &["reference"]),
             (form("Ada", "Room 1", "Ada Lovelace"), None, &["reference"]),
             (form("Ada", "Room 1", "R-Ada"), None, &["reference"]),

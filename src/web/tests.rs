@@ -427,6 +427,7 @@ fn stage(state: &AppState, store: &Store, dir: &std::path::Path) -> crate::alert
         uplink: None,
         changed: Default::default(),
         heartbeat: health.register("alerts"),
+        web: None,
         cancel: Default::default(),
     }
 }

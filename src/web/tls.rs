@@ -10,9 +10,10 @@
 //! certificate until it is installed on the tablets or replaced by one from the
 //! care home's CA.
 //!
-//! TLS handshakes run in their own tasks, at most [`MAX_HANDSHAKES`] at once and
-//! each within [`HANDSHAKE_TIMEOUT`], so a slow or silent client never holds up
-//! the others.
+//! TLS handshakes run in their own tasks, at most [`MAX_HANDSHAKES`] at once
+//! ([`MAX_HANDSHAKES_PER_CLIENT`] from one address; loopback apart) and each
+//! within [`HANDSHAKE_TIMEOUT`], so a slow or silent client never holds up the
+//! others: a connection beyond the limits is closed at once, not queued.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -25,9 +26,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use super::headers::AllowedHosts;
 
 /// The generated certificate's file in the state directory.
 pub const GENERATED_CERT: &str = "web-cert.pem";
@@ -38,10 +41,15 @@ const GENERATED_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86_400);
 /// ...and made again when less than this is left.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
-/// TLS handshakes in progress at once; more wait in the kernel's backlog.
+/// TLS handshakes in progress at once from other hosts; a connection beyond
+/// that is closed as soon as it is accepted.
 pub const MAX_HANDSHAKES: usize = 64;
-/// A client that has not finished its handshake by then is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once from one address: a browser opens a few
+/// connections at a time, so one client never holds every place.
+pub const MAX_HANDSHAKES_PER_CLIENT: usize = 8;
+/// A client that has not finished its handshake by then is dropped (a real
+/// handshake on the care home's network takes milliseconds).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What can go wrong with the web certificate.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +159,11 @@ impl Names {
         ips.dedup();
         Names { dns, ips }
     }
+
+    /// The `Host` allow-list: these DNS names (IP addresses are always let in).
+    pub fn allowed_hosts(&self) -> AllowedHosts {
+        AllowedHosts::new(&self.dns)
+    }
 }
 
 /// The generated certificate in `dir`, made (or made again, when it expires
@@ -228,18 +241,78 @@ pub struct TlsListener {
     acceptor: tokio::task::JoinHandle<()>,
 }
 
+/// Handshakes in progress, in all and per client address.
+#[derive(Debug, Default)]
+struct Handshakes {
+    remote: usize,
+    by_client: std::collections::HashMap<IpAddr, usize>,
+}
+
+/// One handshake's place, given back when dropped.
+struct HandshakeSlot {
+    table: Arc<std::sync::Mutex<Handshakes>>,
+    ip: IpAddr,
+    own: bool,
+}
+
+impl HandshakeSlot {
+    /// A place for a handshake from `ip`: at most [`MAX_HANDSHAKES_PER_CLIENT`]
+    /// per address and [`MAX_HANDSHAKES`] from other hosts in all; the gateway
+    /// itself (`conn::is_own`: the probe, `carehub pair`) is not counted against
+    /// the network's total.
+    fn take(
+        table: &Arc<std::sync::Mutex<Handshakes>>,
+        ip: IpAddr,
+        own: bool,
+    ) -> Option<HandshakeSlot> {
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let loopback = own;
+        if !loopback && t.remote >= MAX_HANDSHAKES {
+            return None;
+        }
+        let mine = t.by_client.entry(ip).or_insert(0);
+        if *mine >= MAX_HANDSHAKES_PER_CLIENT {
+            return None;
+        }
+        *mine += 1;
+        if !loopback {
+            t.remote += 1;
+        }
+        Some(HandshakeSlot {
+            table: table.clone(),
+            ip,
+            own,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.own {
+            t.remote = t.remote.saturating_sub(1);
+        }
+        if let Some(n) = t.by_client.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.by_client.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl TlsListener {
-    /// Starts accepting on `tcp`; handshakes run in their own tasks.
+    /// Starts accepting on `tcp`; handshakes run in their own tasks. A
+    /// connection beyond the handshake limits is closed at once, so silent
+    /// clients never make the next one wait.
     pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
         let acceptor = TlsAcceptor::from(config);
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let table = Arc::new(std::sync::Mutex::new(Handshakes::default()));
         let acceptor = tokio::spawn(async move {
+            let mut refused_logged: Option<tokio::time::Instant> = None;
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
                 let (stream, peer) = tokio::select! {
                     _ = tx.closed() => return,
                     r = tcp.accept() => match r {
@@ -252,10 +325,26 @@ impl TlsListener {
                         }
                     },
                 };
+                let own = super::conn::is_own(peer.ip(), local.ip());
+                let Some(slot) = HandshakeSlot::take(&table, peer.ip(), own) else {
+                    drop(stream);
+                    let now = tokio::time::Instant::now();
+                    if refused_logged
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+                    {
+                        tracing::warn!(%peer, limit = MAX_HANDSHAKES, per_client = MAX_HANDSHAKES_PER_CLIENT, "web: too many TLS handshakes in progress; new connections are closed");
+                        refused_logged = Some(now);
+                    }
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    // The place is given back once the handshake is over, before
+                    // the connection waits for the server to take it.
+                    drop(slot);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
@@ -298,45 +387,72 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// Where the redirect port sends browsers: built from the configuration, never
+/// from whatever `Host` a request names.
+#[derive(Debug, Clone)]
+pub struct RedirectTarget {
+    /// The names the HTTPS server answers to: a request's `Host` is kept only
+    /// when it is one of them (or an IP address).
+    pub hosts: Arc<AllowedHosts>,
+    /// Otherwise this host: the first of `web.names`, else the listen address,
+    /// else the host name.
+    pub fallback: String,
+    pub https_port: u16,
+}
+
+impl RedirectTarget {
+    /// From the configured names and listen address.
+    pub fn for_gateway(names: &Names, configured: &[String], listen: SocketAddr) -> RedirectTarget {
+        let fallback = configured
+            .first()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+                _ => n.clone(),
+            })
+            .or_else(|| {
+                (!listen.ip().is_unspecified()).then(|| match listen.ip() {
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                    ip => ip.to_string(),
+                })
+            })
+            .or_else(|| names.dns.iter().find(|n| *n != "localhost").cloned())
+            .unwrap_or_else(|| "localhost".to_owned());
+        RedirectTarget {
+            hosts: Arc::new(names.allowed_hosts()),
+            fallback,
+            https_port: listen.port(),
+        }
+    }
+
+    /// The `Location` for a request with `host` (its `Host` header) and `path`.
+    pub fn location(&self, host: Option<&str>, path: &str) -> String {
+        let host = host
+            .and_then(|h| self.hosts.check(h))
+            .unwrap_or(&self.fallback);
+        let port = if self.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.https_port)
+        };
+        format!("https://{host}{port}{path}")
+    }
+}
+
 /// The plain-HTTP listener's whole application: every request is sent to the
 /// same path on HTTPS (308, so a form POST stays a POST).
-pub fn redirect_app(https_port: u16) -> axum::Router {
+pub fn redirect_app(target: RedirectTarget) -> axum::Router {
+    let target = Arc::new(target);
     axum::Router::new().fallback(move |req: axum::extract::Request| async move {
         let host = req
             .headers()
             .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(host_without_port)
-            .unwrap_or("localhost")
-            .to_owned();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let port = if https_port == 443 {
-            String::new()
-        } else {
-            format!(":{https_port}")
-        };
-        axum::response::Redirect::permanent(&format!("https://{host}{port}{path}"))
+            .and_then(|h| h.to_str().ok());
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        // Only an origin-form path: an absolute-form request target must not
+        // name the host.
+        let path = if path.starts_with('/') { path } else { "/" };
+        axum::response::Redirect::permanent(&target.location(host, path))
     })
-}
-
-/// `host` of `host:port`, `[v6]` of `[v6]:port`; anything odd becomes "localhost"
-/// so that a forged Host header cannot redirect elsewhere with odd characters.
-fn host_without_port(h: &str) -> &str {
-    let host = if h.starts_with('[') {
-        h.split_inclusive(']').next().unwrap_or(h)
-    } else {
-        h.split(':').next().unwrap_or(h)
-    };
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':');
-    if host.is_empty() || !host.chars().all(ok) {
-        "localhost"
-    } else {
-        host
-    }
 }
 
 /// Accepts exactly one certificate (ours), checking the handshake signatures
@@ -451,10 +567,83 @@ mod tests {
     }
 
     #[test]
-    fn redirects_keep_the_path_and_drop_odd_hosts() {
-        assert_eq!(host_without_port("gw.local:8080"), "gw.local");
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
-        assert_eq!(host_without_port("evil/x"), "localhost");
-        assert_eq!(host_without_port("a@b"), "localhost");
+    fn redirects_keep_the_path_and_name_only_configured_hosts() {
+        let names = Names::for_gateway(&["gw.local".into()], "0.0.0.0:8443".parse().unwrap());
+        let t = RedirectTarget::for_gateway(
+            &names,
+            &["gw.local".into()],
+            "0.0.0.0:8443".parse().unwrap(),
+        );
+        let check = |host: Option<&str>, want: &str| {
+            assert_eq!(t.location(host, "/x?y=1"), want, "{host:?}");
+        };
+        check(Some("gw.local:8080"), "https://gw.local:8443/x?y=1");
+        check(Some("192.168.1.20"), "https://192.168.1.20:8443/x?y=1");
+        check(Some("[::1]:80"), "https://[::1]:8443/x?y=1");
+        for forged in ["evil.example", "evil/x", "a@b", "gw.local.evil.example:80"] {
+            check(Some(forged), "https://gw.local:8443/x?y=1");
+        }
+        check(None, "https://gw.local:8443/x?y=1");
+    }
+
+    /// Regression (issue 17, finding 1): 64 silent TCP connections took every
+    /// handshake place and new clients waited about 10 s. Now one address gets
+    /// 8 places, the 9th is closed at once, and the gateway's own client (the
+    /// probe) completes its handshake meanwhile.
+    #[tokio::test]
+    async fn silent_connections_from_one_address_cannot_take_every_handshake_place() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::for_gateway(&[], "127.0.0.1:0".parse().unwrap());
+        let cert = generated(dir.path(), &names, "gw-1").unwrap();
+        let leaf = cert.leaf().unwrap().clone();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::new(tcp, server_config(cert).unwrap()).unwrap();
+        tokio::spawn(async move {
+            use axum::serve::Listener;
+            loop {
+                let (mut tls, _) = listener.accept().await;
+                tokio::spawn(async move {
+                    let _ = tls.write_all(b"hello").await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        let from = |last: u8| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, last], 0)))
+                .unwrap();
+            socket.connect(addr)
+        };
+        let mut silent = Vec::new();
+        for _ in 0..MAX_HANDSHAKES_PER_CLIENT {
+            silent.push(from(2).await.unwrap());
+        }
+        // The gateway's own client completes a handshake while they wait.
+        let started = tokio::time::Instant::now();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(pinned_client(leaf).unwrap())
+            .connect(name, stream)
+            .await
+            .unwrap();
+        let mut hello = String::new();
+        tls.read_to_string(&mut hello).await.unwrap();
+        assert_eq!(hello, "hello");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The next silent connection from the same address is closed at once.
+        let mut extra = from(2).await.unwrap();
+        let mut b = [0u8; 8];
+        let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut b)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "a 9th silent connection from one address was kept: {closed:?}"
+        );
+        // Another address still gets a place.
+        let mut other = from(3).await.unwrap();
+        let kept = tokio::time::timeout(Duration::from_millis(500), other.read(&mut b)).await;
+        assert!(kept.is_err(), "another address was refused: {kept:?}");
     }
 }

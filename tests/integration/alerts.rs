@@ -53,6 +53,7 @@ fn stage(store: &Store, book: &SharedBook, dir: &std::path::Path) -> AlertStage 
         uplink: None,
         changed: Default::default(),
         heartbeat: health.register("alerts"),
+        web: None,
         cancel: CancellationToken::new(),
     }
 }
@@ -242,8 +243,8 @@ fn the_daemon_raises_an_alert_from_live_readings_and_keeps_it_across_a_restart()
     let (status, page) = http_get(addr, "/").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("Alerts ("), "{page}");
-    // A typed name is refused; the acknowledgement is the caller's (the CLI
-    // bearer token acts as "cli").
+    // A typed name is refused; the acknowledgement is the signed-in caller's
+    // (the helpers act as the nurse `support::TEST_NURSE`).
     let (status, body) = http_post(
         addr,
         &format!("/api/v1/alerts/{id}/ack"),
@@ -273,7 +274,7 @@ fn the_daemon_raises_an_alert_from_live_readings_and_keeps_it_across_a_restart()
         .iter()
         .find(|a| a["id"] == id)
         .expect("the alert survived");
-    assert_eq!(acked["acknowledged_by"], "cli");
+    assert_eq!(acked["acknowledged_by"], super::support::TEST_NURSE);
     assert_eq!(acked["cause"], cause.as_str());
     let mut open: Vec<&str> = all
         .iter()

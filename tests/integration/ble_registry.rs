@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::ble_support::{FakeBluez, Gateway, http, http_json, resident};
-use crate::support::wait_for;
+use crate::support::{TEST_NURSE, wait_for};
 
 const STRAP: &str = "C0:FF:EE:00:00:21";
 
@@ -151,14 +151,20 @@ fn paired_state_assignment_and_record_survive_a_restart_and_unassign_stops_attri
             .iter()
             .any(|(w, d, by)| w.starts_with(what) && d == device && by == who)
     };
-    assert!(has("window opened for 60 s", "", "cli"), "{events:?}");
+    assert!(has("window opened for 60 s", "", TEST_NURSE), "{events:?}");
     assert!(has("paired and trusted", STRAP, "gateway"), "{events:?}");
-    assert!(has("assigned to resident 3", STRAP, "cli"), "{events:?}");
+    assert!(
+        has("assigned to resident 3", STRAP, TEST_NURSE),
+        "{events:?}"
+    );
     let (status, page) = http(web, "GET", "/pairing").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("Edith Moore (Room 9)"), "{page}");
     assert!(page.contains("-61 dBm"), "{page}");
-    assert!(page.contains("assigned to resident 3 (by cli)"), "{page}");
+    assert!(
+        page.contains(&format!("assigned to resident 3 (by {TEST_NURSE})")),
+        "{page}"
+    );
 
     wait_subscribed(&bluez, &measurement);
     assert!(bluez.notify(&measurement, "0048"));

@@ -21,3 +21,4 @@ mod support;
 mod systemd;
 mod web;
 mod web_https;
+mod web_security;

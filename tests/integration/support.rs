@@ -30,32 +30,89 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Where the daemon listening on an address keeps its `cli-token`, so that the
-/// helpers below can sign in as "cli" (nurse) the way `carehub pair` does.
-static STATE_DIRS: std::sync::Mutex<Vec<(SocketAddr, std::path::PathBuf)>> =
-    std::sync::Mutex::new(Vec::new());
+/// The member of staff the helpers below act as: a nurse account made through
+/// carehub's own accounts store, with a session of its own (the `cli-token` of
+/// `carehub pair` only opens the pairing window).
+pub const TEST_NURSE: &str = "nurse.test";
 
-/// Registers the state directory of the daemon at `addr`.
-pub fn web_state_dir(addr: SocketAddr, dir: &Path) {
-    STATE_DIRS.lock().unwrap().push((addr, dir.to_owned()));
+/// A daemon the helpers sign in to: its address, its data directory (holding
+/// `carehub.db` and `cli-token`) and, once made, the headers of its session.
+struct Signed {
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+    headers: Option<String>,
 }
 
-/// `Authorization: Bearer ...\r\n` for the daemon at `addr`, once it has
-/// written its token; empty otherwise.
+static STATE_DIRS: std::sync::Mutex<Vec<Signed>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers the data directory (where `carehub.db` is) of the daemon at `addr`.
+pub fn web_state_dir(addr: SocketAddr, dir: &Path) {
+    STATE_DIRS.lock().unwrap().push(Signed {
+        addr,
+        dir: dir.to_owned(),
+        headers: None,
+    });
+}
+
+/// The session cookie and `X-CSRF-Token` header lines of [`TEST_NURSE`] on the
+/// (plain-HTTP) daemon at `addr`; empty when no data directory is registered
+/// for it or its database is not ready yet. The account and the session are
+/// made once per registration through carehub's accounts store (the same rows
+/// `/login` writes), so the daemon sees an ordinary signed-in nurse: the audit
+/// log, acknowledgements and pairing records name `nurse.test`. Call it once
+/// the daemon answers (its accounts tables exist by then).
 pub fn auth_header(addr: SocketAddr) -> String {
-    let dir = STATE_DIRS
-        .lock()
-        .unwrap()
-        .iter()
+    let mut dirs = STATE_DIRS.lock().unwrap();
+    let Some(signed) = dirs.iter_mut().rev().find(|s| s.addr == addr) else {
+        return String::new();
+    };
+    if signed.headers.is_none() {
+        signed.headers = nurse_session(&signed.dir);
+    }
+    signed.headers.clone().unwrap_or_default()
+}
+
+/// Makes [`TEST_NURSE`] (if the database has no such account yet) and a new
+/// session for it; `None` while the daemon has not made its database.
+fn nurse_session(dir: &Path) -> Option<String> {
+    use carehub::store::accounts::{Accounts, Role};
+    use carehub::web::auth::password;
+    let db = dir.join("carehub.db");
+    if !db.exists() {
+        return None;
+    }
+    let accounts = Accounts::open(&db, carehub::config::Synchronous::Full).ok()?;
+    let now = carehub::model::Timestamp::now();
+    let user = match accounts.credentials(TEST_NURSE).ok()? {
+        Some(c) => c.user,
+        None => accounts
+            .create_user(TEST_NURSE, password::NO_PASSWORD, Role::Nurse, "test", now)
+            .ok()?,
+    };
+    let token = password::new_token().ok()?;
+    let csrf = password::new_token().ok()?;
+    accounts
+        .create_session(&password::token_hash(&token), user.id, &csrf, "test", now)
+        .ok()?;
+    // Plain HTTP: the cookie without the `__Host-` prefix.
+    Some(format!(
+        "Cookie: carehub_session={token}\r\nX-CSRF-Token: {csrf}\r\n"
+    ))
+}
+
+/// `Authorization: Bearer ...\r\n` with the `cli-token` of the daemon at
+/// `addr`, as `carehub pair` sends it; empty before the daemon wrote it.
+pub fn cli_token_header(addr: SocketAddr) -> String {
+    let dirs = STATE_DIRS.lock().unwrap();
+    dirs.iter()
         .rev()
-        .find(|(a, _)| *a == addr)
-        .map(|(_, d)| d.clone());
-    dir.and_then(|d| std::fs::read_to_string(d.join("cli-token")).ok())
+        .find(|s| s.addr == addr)
+        .and_then(|s| std::fs::read_to_string(s.dir.join("cli-token")).ok())
         .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
         .unwrap_or_default()
 }
 
-/// GET `path` (as "cli" when the daemon's state directory is registered);
+/// GET `path` (as [`TEST_NURSE`] when the daemon's data directory is registered);
 /// `None` while nothing listens yet.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;

@@ -293,9 +293,34 @@ fn watchdog_stops_when_the_ingest_stage_hangs() {
     check_hung_stage_stops_the_watchdog("ingest");
 }
 
+/// A web server that answers nothing (the fault hook hangs every request) is
+/// reported, but the watchdog pings go on: anyone on the network can slow the
+/// staff pages, and a restart would stop the sensors, alerts and uplink too
+/// (issue 17). Before, this withheld the watchdog.
 #[test]
-fn watchdog_stops_when_the_web_server_hangs() {
-    check_hung_stage_stops_the_watchdog("web");
+fn a_hung_web_server_is_reported_and_the_watchdog_kept() {
+    let mut d = Daemon::demo(&[("CAREHUB_TEST_HANG_STAGE", "web".to_owned())]);
+    d.until(START_WITHIN, is_ready);
+    let degraded = d.until(Duration::from_secs(15), |m| {
+        m.status()
+            .is_some_and(|s| s.starts_with("degraded: ") && s.contains("web"))
+    });
+    let line = degraded.last().unwrap().status().unwrap().to_owned();
+    assert!(line.contains("watchdog kept"), "{line}");
+    assert!(
+        !degraded
+            .iter()
+            .any(|m| m.status().is_some_and(|s| s.starts_with("stalled: "))),
+        "{degraded:#?}"
+    );
+    let after = d.during(Duration::from_micros(3 * WATCHDOG_USEC));
+    assert!(
+        after.iter().filter(|m| m.has("WATCHDOG=1")).count() >= 2,
+        "pings go on while only the web stage is stalled: {after:#?}"
+    );
+    d.signal(libc::SIGTERM);
+    d.until(Duration::from_secs(10), |m| m.has("STOPPING=1"));
+    d.wait_exit(Duration::from_secs(10));
 }
 
 fn write_config(path: &Path, dir: &Path, extra: &str) {
@@ -326,7 +351,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{}Connection: close\r\n\r\n",
         crate::support::auth_header(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     )
     .ok()?;
@@ -456,7 +481,8 @@ fn started_as_root_outside_systemd_it_runs_as_the_configured_user() {
         &format!("127.0.0.1:{port}"),
         "[system]\nuser = \"nobody\"\n",
     );
-    // Signs the API request in with the daemon's cli-token, as `carehub pair` does.
+    // Signs the API request in as a nurse (a session made in the daemon's
+    // database once it answers).
     crate::support::web_state_dir(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         &cfg.path().join("data"),

@@ -59,7 +59,7 @@ fn https_serves_the_gateway_certificate_redirects_plain_http_and_signs_in_with_t
 
     // The certificate verifies for its SAN "localhost": curl checks it against
     // the file the gateway wrote, not with -k.
-    let (status, _, body) = wait_for(Duration::from_secs(15), || {
+    let (status, head, body) = wait_for(Duration::from_secs(15), || {
         curl(
             dir.path(),
             &["--resolve", &resolve, &format!("{base}/healthz")],
@@ -67,6 +67,12 @@ fn https_serves_the_gateway_certificate_redirects_plain_http_and_signs_in_with_t
     })
     .expect("https /healthz answers with the gateway's certificate");
     assert_eq!(status, 200, "{body}");
+    // Over HTTPS the browser is told to stay on HTTPS (issue 17).
+    assert!(
+        head.to_lowercase()
+            .contains("strict-transport-security: max-age=31536000"),
+        "{head}"
+    );
     let cert = std::fs::read_to_string(dir.path().join("web-cert.pem")).unwrap();
     assert!(cert.contains("BEGIN CERTIFICATE"));
     let alt = format!("carehub.test:{port}:127.0.0.1");

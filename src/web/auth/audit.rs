@@ -73,15 +73,10 @@ pub async fn page(
     ))
 }
 
-/// One CSV field: quoted, quotes doubled, and a leading `=`, `+`, `-` or `@`
-/// defused so that a spreadsheet does not run it as a formula.
+/// One CSV field: quoted, quotes doubled, and defused after any separator so
+/// that a spreadsheet does not run it as a formula (`store::accounts::csv_cell`).
 fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_owned()
-    };
-    format!("\"{}\"", s.replace('"', "\"\""))
+    crate::store::accounts::csv_cell(s)
 }
 
 /// The CSV export of the given entries.
@@ -162,6 +157,23 @@ pub async fn api(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_defuses_formulas_after_any_separator() {
+        // Regression (issue 17, finding 8): a cell after `;` was not defused.
+        for (given, want) in [
+            ("a;=HYPERLINK(\"x\")", "\"a;'=HYPERLINK(\"\"x\"\")\""),
+            ("a,+1", "\"a,'+1\""),
+            ("a\t@SUM(A1)", "\"a\t'@SUM(A1)\""),
+            ("a| -2", "\"a| '-2\""),
+            ("x\n=1", "\"x\n'=1\""),
+            ("=1", "\"'=1\""),
+            ("10.0.0.2", "\"10.0.0.2\""),
+            ("a-b;c", "\"a-b;c\""),
+        ] {
+            assert_eq!(csv_field(given), want, "{given:?}");
+        }
+    }
 
     #[test]
     fn csv_quotes_fields_and_defuses_formulas() {

@@ -10,9 +10,12 @@
 //!   would not send it back over HTTP) and so cannot carry the `__Host-` prefix:
 //!   it is `carehub_session`, `HttpOnly; SameSite=Strict; Path=/`.
 //! - `carehub pair` sends `Authorization: Bearer <token>` with the token the
-//!   daemon writes to `cli-token` in its state directory (owner-only); it acts as
-//!   "cli" with the nurse role. A bearer token is not sent by browsers on their
-//!   own, so these requests need no CSRF token.
+//!   daemon writes to `cli-token` in its state directory (owner-only), accepted
+//!   only from a loopback address. It has no staff role: it passes only the
+//!   policy lines marked [`policy::Who::AtLeastOrPairCli`] (opening and closing
+//!   the pairing window), and the audit log and the pairing record name it
+//!   [`PAIR_CLI`]. A bearer token is not sent by browsers on their own, so these
+//!   requests need no CSRF token.
 //! - Every state-changing request (anything but GET and HEAD) must come from our
 //!   own pages: `Sec-Fetch-Site`, when sent, must be `same-origin` or `none`;
 //!   `Origin`, when sent, must be this server; and a session's request must carry
@@ -58,6 +61,8 @@ pub struct AuthSettings {
     pub https: bool,
     /// SHA-256 of the token `carehub pair` reads from the state directory.
     pub cli_token_hash: Option<[u8; 32]>,
+    /// The host names the server answers to (`web::headers`).
+    pub hosts: std::sync::Arc<super::headers::AllowedHosts>,
 }
 
 impl AuthSettings {
@@ -89,17 +94,33 @@ impl AuthSettings {
     }
 }
 
+/// Who the audit log and the pairing record name for `carehub pair` (its
+/// bearer token). No username can look like it: usernames have no spaces.
+pub const PAIR_CLI: &str = "cli (carehub pair)";
+
 /// A signed-in caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
+    /// The username, or [`PAIR_CLI`].
     pub username: String,
-    pub role: Role,
-    /// `None` for "cli" (the bearer token of `carehub pair`).
+    /// A member of staff and their role, or `carehub pair`'s token.
+    pub caller: policy::Caller,
+    /// `None` for `carehub pair`.
     pub user_id: Option<i64>,
     /// The session's synchronizer token; `None` for bearer callers.
     pub csrf: Option<String>,
     /// The stored hash of the session token; `None` for bearer callers.
     pub session: Option<[u8; 32]>,
+}
+
+impl Principal {
+    /// The staff role; `None` for `carehub pair`, which has none.
+    pub fn role(&self) -> Option<Role> {
+        match self.caller {
+            policy::Caller::Staff(r) => Some(r),
+            policy::Caller::Anonymous | policy::Caller::PairCli => None,
+        }
+    }
 }
 
 tokio::task_local! {
@@ -190,19 +211,24 @@ async fn resolve(
     state: &AppState,
     headers: &HeaderMap,
     automatic: bool,
+    loopback: bool,
 ) -> Result<Option<Principal>, super::WebError> {
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
-        let ok = state
-            .auth
-            .cli_token_hash
-            .is_some_and(|h| h == password::token_hash(token.trim()));
+        // The token is for `carehub pair` on the gateway itself: from any other
+        // address it is refused even when right (a copied token is useless on
+        // the network).
+        let ok = loopback
+            && state
+                .auth
+                .cli_token_hash
+                .is_some_and(|h| h == password::token_hash(token.trim()));
         return Ok(ok.then(|| Principal {
-            username: "cli".to_owned(),
-            role: Role::Nurse,
+            username: PAIR_CLI.to_owned(),
+            caller: policy::Caller::PairCli,
             user_id: None,
             csrf: None,
             session: None,
@@ -231,7 +257,7 @@ async fn resolve(
     };
     Ok(session.map(|s| Principal {
         username: s.user.username,
-        role: s.user.role,
+        caller: policy::Caller::Staff(s.user.role),
         user_id: Some(s.user.id),
         csrf: Some(s.csrf),
         session: Some(hash),
@@ -241,13 +267,16 @@ async fn resolve(
 /// Whether `Origin` and `Sec-Fetch-Site`, where the browser sent them, say the
 /// request comes from our own pages.
 pub fn same_origin(headers: &HeaderMap, https: bool) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
+    let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if site.is_some_and(|s| !matches!(s, b"same-origin" | b"none")) {
         return false;
     }
     match headers.get(header::ORIGIN) {
         None => true,
+        // Under `Referrer-Policy: no-referrer` (`web::headers`) browsers send
+        // `Origin: null` with a form's POST; `Sec-Fetch-Site`, which no page
+        // can set, then says where it came from.
+        Some(o) if o.as_bytes() == b"null" => site == Some(b"same-origin".as_slice()),
         Some(origin) => {
             let scheme = if https { "https" } else { "http" };
             let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
@@ -376,14 +405,19 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let ip = client_ip(req.extensions());
     let client = client_label(ip);
     let automatic = automatic(route.as_deref(), req.headers());
-    let principal = match resolve(&state, req.headers(), automatic).await {
+    let loopback = ip.is_some_and(|ip| ip.is_loopback());
+    let principal = match resolve(&state, req.headers(), automatic, loopback).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let loopback = ip.is_some_and(|ip| ip.is_loopback());
-    if !policy::allows(rule.who, principal.as_ref().map(|p| p.role), loopback) {
+    let caller = principal
+        .as_ref()
+        .map_or(policy::Caller::Anonymous, |p| p.caller);
+    if !policy::allows(rule.who, caller, loopback) {
         return match (&principal, rule.who) {
-            (None, Who::AtLeast(_)) | (None, Who::LoopbackOrAdmin) => sign_in_first(&path, &method),
+            (None, Who::AtLeast(_) | Who::LoopbackOrAdmin | Who::AtLeastOrPairCli(_)) => {
+                sign_in_first(&path, &method)
+            }
             _ => (StatusCode::FORBIDDEN, FORBIDDEN).into_response(),
         };
     }
@@ -402,6 +436,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     if let Some(p) = &principal {
         req.extensions_mut().insert(p.clone());
     }
+    let anonymous = principal.is_none();
     let who = principal
         .as_ref()
         .map_or_else(|| "anonymous".to_owned(), |p| p.username.clone());
@@ -421,7 +456,12 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             client,
             status: res.status().as_u16(),
         };
-        write_audit(&state, entry).await;
+        if anonymous {
+            // Counted, not a row each: nobody signed in can grow the log.
+            state.accounts.audit_anonymous(entry);
+        } else {
+            write_audit(&state, entry).await;
+        }
     }
     res
 }

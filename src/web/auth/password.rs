@@ -5,8 +5,17 @@
 //! 16-byte salt; hashing runs on a blocking thread. Tokens (sessions, CSRF,
 //! one-time codes) are 256 bits from the operating system's generator, and only
 //! their SHA-256 is stored.
+//!
+//! Each Argon2 call holds 19 MiB while it runs. Nothing about a sign-in form
+//! bounds how many arrive at once, so every call first takes a place at the
+//! [`gate`]: [`HASHES_AT_ONCE`] run, [`HASH_QUEUE`] more wait, and any beyond
+//! are answered 503 with `Retry-After` without hashing (64 concurrent sign-ins
+//! once took the process from 17 MiB to 1.2 GiB, and it kept it). The daemon
+//! also makes glibc give such blocks back to the system when they are freed
+//! ([`return_freed_memory`]).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -145,6 +154,93 @@ pub fn verify_dummy(password: &str) {
         && let Ok(h) = PasswordHash::new(phc)
     {
         let _ = Argon2::default().verify_password(password.as_bytes(), &h);
+    }
+}
+
+/// Argon2 memory, per call, in KiB (the `argon2` crate's default).
+pub const HASH_MEMORY_KIB: usize = argon2::Params::DEFAULT_M_COST as usize;
+
+/// The memory the web stage may spend on password hashing at once.
+pub const HASH_MEMORY_BUDGET_KIB: usize = 40 * 1024;
+
+/// Argon2 calls running at once: as many as fit the budget (two).
+pub const HASHES_AT_ONCE: usize = {
+    let n = HASH_MEMORY_BUDGET_KIB / HASH_MEMORY_KIB;
+    if n == 0 { 1 } else { n }
+};
+
+/// Argon2 calls waiting for a place, at most; more are refused (503).
+pub const HASH_QUEUE: usize = 8;
+
+/// What a refused caller is told to wait, in seconds (`Retry-After`).
+pub const RETRY_AFTER_S: u64 = 5;
+
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHES_AT_ONCE);
+/// Running and waiting calls.
+static HASH_CALLERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Too many password checks at once: try again in [`RETRY_AFTER_S`].
+#[derive(Debug, thiserror::Error)]
+#[error("too many password checks at once")]
+pub struct Busy;
+
+/// A place to run one Argon2 call; given back when dropped.
+pub struct HashPermit {
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Drop for HashPermit {
+    fn drop(&mut self) {
+        HASH_CALLERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a caller out when its wait is abandoned (the request was dropped).
+struct Waiting;
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        HASH_CALLERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits for a place to hash, or says at once that too many wait already.
+/// Hold the permit for the whole blocking call.
+pub async fn gate() -> Result<HashPermit, Busy> {
+    if HASH_CALLERS.fetch_add(1, Ordering::AcqRel) >= HASHES_AT_ONCE + HASH_QUEUE {
+        HASH_CALLERS.fetch_sub(1, Ordering::AcqRel);
+        return Err(Busy);
+    }
+    let waiting = Waiting;
+    // The semaphore is static and never closed.
+    let Ok(permit) = HASHING.acquire().await else {
+        return Err(Busy);
+    };
+    std::mem::forget(waiting);
+    Ok(HashPermit { _permit: permit })
+}
+
+/// The answer to a caller refused by the [`gate`].
+pub fn busy_response() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, RETRY_AFTER_S.to_string())],
+        "Many sign-ins are being checked right now. Try again in a few seconds.",
+    )
+        .into_response()
+}
+
+/// Makes glibc hand blocks of 1 MiB and more straight back to the system when
+/// they are freed (its default raises that threshold after each such free, so
+/// Argon2's 19 MiB blocks ended up kept in the heap of every thread that ran
+/// one). Called once at start-up; other C libraries already behave so.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; a fixed threshold also
+    // turns glibc's dynamic adjustment off.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
 }
 

@@ -18,6 +18,22 @@ pub enum Who {
     /// Anyone from the gateway itself (the loopback address), else an admin.
     /// Meant for `/metrics`, which a local Prometheus agent scrapes.
     LoopbackOrAdmin,
+    /// A signed-in user with this role or a higher one, or `carehub pair` (the
+    /// daemon's `cli-token`, accepted from loopback only). The only lines the
+    /// token passes: it opens and closes the pairing window and nothing else.
+    AtLeastOrPairCli(Role),
+}
+
+/// Who is calling, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Nobody signed in.
+    Anonymous,
+    /// A signed-in member of staff with this role.
+    Staff(Role),
+    /// `carehub pair` with the daemon's `cli-token`: no staff role at all, only
+    /// the lines marked [`Who::AtLeastOrPairCli`].
+    PairCli,
 }
 
 /// What the audit log records about a request, beyond changes.
@@ -58,6 +74,8 @@ use Who::{Anyone, AtLeast};
 const CARER: Who = AtLeast(Role::Carer);
 const NURSE: Who = AtLeast(Role::Nurse);
 const ADMIN: Who = AtLeast(Role::Admin);
+/// Nurses and up, and `carehub pair`: the pairing window.
+const NURSE_OR_PAIR_CLI: Who = Who::AtLeastOrPairCli(Role::Nurse);
 
 /// The policy. One line per method and route.
 pub const POLICY: &[Rule] = &[
@@ -104,8 +122,15 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/pairing/close", NURSE, Changes),
     rule("POST", "/pairing/passkey", NURSE, Changes),
     rule("POST", "/api/v1/pairing/passkey", NURSE, Changes),
-    rule("POST", "/api/v1/pairing/window", NURSE, Changes),
-    rule("DELETE", "/api/v1/pairing/window", NURSE, Changes),
+    // `carehub pair` opens the window (POST); closing it early is the other
+    // half of the same job.
+    rule("POST", "/api/v1/pairing/window", NURSE_OR_PAIR_CLI, Changes),
+    rule(
+        "DELETE",
+        "/api/v1/pairing/window",
+        NURSE_OR_PAIR_CLI,
+        Changes,
+    ),
     rule(
         "DELETE",
         "/api/v1/pairing/devices/{address}",
@@ -120,6 +145,7 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/users/{id}/disable", ADMIN, Changes),
     rule("POST", "/users/{id}/enable", ADMIN, Changes),
     rule("POST", "/users/{id}/password", ADMIN, Changes),
+    rule("POST", "/users/{id}/unlock", ADMIN, Changes),
     rule("GET", "/audit", ADMIN, Changes),
     rule("GET", "/audit.csv", ADMIN, Changes),
     rule("GET", "/api/v1/audit", ADMIN, Changes),
@@ -202,12 +228,14 @@ pub fn lookup(method: &str, route: &str) -> Option<&'static Rule> {
         .find(|r| r.method == method && r.route == route)
 }
 
-/// Whether `role` (`None`: anonymous) from a loopback client or not may pass `who`.
-pub fn allows(who: Who, role: Option<Role>, loopback: bool) -> bool {
+/// Whether `caller` from a loopback client or not may pass `who`.
+pub fn allows(who: Who, caller: Caller, loopback: bool) -> bool {
+    let at_least = |min: Role| matches!(caller, Caller::Staff(r) if r >= min);
     match who {
         Who::Anyone => true,
-        Who::AtLeast(min) => role.is_some_and(|r| r >= min),
-        Who::LoopbackOrAdmin => loopback || role == Some(Role::Admin),
+        Who::AtLeast(min) => at_least(min),
+        Who::LoopbackOrAdmin => loopback || caller == Caller::Staff(Role::Admin),
+        Who::AtLeastOrPairCli(min) => at_least(min) || caller == Caller::PairCli,
     }
 }
 
@@ -244,13 +272,21 @@ mod tests {
                 "{who:?} {role:?} {loopback}"
             )
         };
-        check(NURSE, Some(Role::Admin), false, true);
-        check(NURSE, Some(Role::Nurse), false, true);
-        check(NURSE, Some(Role::Carer), false, false);
-        check(NURSE, None, true, false);
-        check(Who::LoopbackOrAdmin, None, true, true);
-        check(Who::LoopbackOrAdmin, Some(Role::Nurse), false, false);
-        check(Who::LoopbackOrAdmin, Some(Role::Admin), false, true);
+        use Caller::{Anonymous, PairCli, Staff};
+        check(NURSE, Staff(Role::Admin), false, true);
+        check(NURSE, Staff(Role::Nurse), false, true);
+        check(NURSE, Staff(Role::Carer), false, false);
+        check(NURSE, Anonymous, true, false);
+        check(Who::LoopbackOrAdmin, Anonymous, true, true);
+        check(Who::LoopbackOrAdmin, Staff(Role::Nurse), false, false);
+        check(Who::LoopbackOrAdmin, Staff(Role::Admin), false, true);
+        // Regression (issue 17, finding 9): the pairing token was a nurse.
+        check(NURSE, PairCli, true, false);
+        check(CARER, PairCli, true, false);
+        check(NURSE_OR_PAIR_CLI, PairCli, true, true);
+        check(NURSE_OR_PAIR_CLI, Staff(Role::Nurse), false, true);
+        check(NURSE_OR_PAIR_CLI, Staff(Role::Carer), false, false);
+        check(NURSE_OR_PAIR_CLI, Anonymous, true, false);
         assert_eq!(lookup("PATCH", "/"), None);
         assert_eq!(lookup("GET", "/nowhere"), None);
         assert_eq!(lookup("HEAD", "/").map(|r| r.who), Some(CARER));

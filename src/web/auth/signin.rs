@@ -1,10 +1,19 @@
 //! Signing in and out, the first admin (`/setup` with the one-time setup code)
 //! and the demo's one-time sign-in link.
 //!
-//! Sign-in failures are counted in SQLite per account name and per client
-//! address: [`MAX_FAILURES`] within [`LOCKOUT`] lock both out for the rest of
-//! that time, across restarts. An unknown name and a wrong password get the same
-//! words and take the same time (a dummy hash is checked).
+//! Sign-in failures are counted in SQLite (a restart does not reset them) per
+//! account name *from* one client address, and per client address: after
+//! [`MAX_FAILURES`] failures of one account from one address, that address must
+//! wait before it may try that account again, and after
+//! [`MAX_FAILURES_PER_ADDRESS`] failures from one address (any names) the
+//! address waits for every account. The wait starts at [`FIRST_DELAY`] and
+//! doubles with each further failure, up to [`MAX_DELAY`]. Nothing locks an
+//! account for everyone: a client guessing at the nurse's account from the
+//! visitors' Wi-Fi never stops her signing in at the nurses' station. Admins
+//! can clear an account's failures on the users page. An attempt while waiting
+//! is answered without checking the password (no Argon2 spent on it); an
+//! unknown name and a wrong password get the same words and take the same time
+//! (a dummy hash is checked).
 
 use std::time::Duration;
 
@@ -21,18 +30,68 @@ use crate::model::Timestamp;
 use crate::store::accounts::{AccountError, Accounts, AuditEntry, CodeKind, Role, User};
 use crate::web::{AppState, WebError};
 
-/// Failed sign-ins allowed per account name and per client address...
+/// Failed sign-ins of one account from one address before that address waits.
 pub const MAX_FAILURES: u32 = 5;
-/// ...within this long, which is also how long the lock-out lasts.
-pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Failed sign-ins from one address, of any names, before it waits for all.
+pub const MAX_FAILURES_PER_ADDRESS: u32 = 20;
+/// The first wait; each further failure doubles it...
+pub const FIRST_DELAY: Duration = Duration::from_secs(60);
+/// ...up to this.
+pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// Failures older than this are forgotten.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The longest name a sign-in form is checked for (no account has a longer
+/// one: `password::check_username`); a longer one fails without hashing.
+pub const MAX_USERNAME_CHARS: usize = 64;
 /// How long the first-start setup code works.
 pub const SETUP_CODE_VALID: Duration = Duration::from_secs(24 * 3600);
 /// How long the demo's sign-in link works.
 pub const SIGNIN_LINK_VALID: Duration = Duration::from_secs(15 * 60);
 
 const BAD_CREDENTIALS: &str = "The username or password is not right.";
-const LOCKED: &str =
-    "Too many failed sign-ins. Wait 15 minutes, then try again, or ask an administrator.";
+const BAD_SETUP_CODE: &str =
+    "the setup code is not right, was used already, or has expired (restart carehub for a new one)";
+fn locked_words(wait: Duration) -> String {
+    let minutes = wait.as_secs().div_ceil(60).max(1);
+    format!(
+        "Too many failed sign-ins from this device. Wait {minutes} minute{}, then try again, or ask an administrator to unlock the account.",
+        if minutes == 1 { "" } else { "s" }
+    )
+}
+
+/// How long a key with `failures` (the last at `last`) must still wait at
+/// `now`, when it has reached `limit`.
+pub fn wait_left(
+    failures: u32,
+    last: Option<Timestamp>,
+    limit: u32,
+    now: Timestamp,
+) -> Option<Duration> {
+    let last = last?;
+    if failures < limit {
+        return None;
+    }
+    let doublings = (failures - limit).min(16);
+    let delay = FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY);
+    let left_ms = last
+        .saturating_add(delay)
+        .unix_ms()
+        .saturating_sub(now.unix_ms());
+    u64::try_from(left_ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// The failure key of `username` tried from `client`.
+pub fn account_key(username: &str, client: &str) -> String {
+    format!("acct:{}@{client}", username.to_lowercase())
+}
+
+/// The prefix of every failure key of `username` (for an admin's unlock).
+pub fn account_prefix(username: &str) -> String {
+    format!("acct:{}@", username.to_lowercase())
+}
 
 fn form_page(title: &str, body: Markup) -> Html<String> {
     Html(crate::web::pages::form_page(title, Timestamp::now(), body).into_string())
@@ -46,12 +105,25 @@ fn error_box(error: Option<&str>) -> Markup {
     }
 }
 
-/// Where to go after signing in: only a path on this site.
-fn safe_next(next: Option<&str>) -> String {
+/// Where to go after signing in: a path on this site, or `/`. A path starts
+/// with one `/` (not `//` or `/\\`, which browsers read as another host), and
+/// holds only printable ASCII: a tab or line feed (`%09`, `%0a` once decoded)
+/// is dropped by browsers, which then read `/\t/host` as `//host`, and cannot
+/// be put in a `Location` header at all.
+pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if is_local_path(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
+}
+
+fn is_local_path(n: &str) -> bool {
+    let b = n.as_bytes();
+    b.first() == Some(&b'/')
+        && !matches!(b.get(1), Some(b'/' | b'\\'))
+        && n.len() <= 2048
+        && b.iter().all(|c| c.is_ascii_graphic() && *c != b'\\')
+        && n.parse::<axum::http::uri::PathAndQuery>().is_ok()
 }
 
 #[derive(Deserialize)]
@@ -128,7 +200,6 @@ fn with_cookie(cookie: String, to: &str) -> Response {
 }
 
 enum Outcome {
-    Locked,
     Bad,
     Ok(User),
 }
@@ -151,21 +222,65 @@ pub async fn login(
         }
     };
     let next = safe_next(form.next.as_deref());
-    let username = form.username.trim().to_owned();
+    let username: String = form.username.trim().to_owned();
+    if username.chars().count() > MAX_USERNAME_CHARS {
+        // No account has such a name: no hash, no failure row, one audit count.
+        write_audit_anonymous(
+            &state,
+            "sign in failed: name too long",
+            &username,
+            &client,
+            401,
+        );
+        return Ok((
+            StatusCode::UNAUTHORIZED,
+            form_page("Sign in", login_form(Some(BAD_CREDENTIALS), &next, "")),
+        )
+            .into_response());
+    }
+    // Cheap checks first: an address that must wait is answered at once.
     let accounts = state.accounts.clone();
-    let (name, pw, ip) = (username.clone(), form.password, client.clone());
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Outcome, WebError> {
+    let (pair_key, ip_key) = (account_key(&username, &client), format!("ip:{client}"));
+    let keys = (pair_key.clone(), ip_key.clone());
+    let wait = tokio::task::spawn_blocking(move || -> Result<Option<Duration>, WebError> {
         let now = Timestamp::now();
-        let since = now.saturating_sub(LOCKOUT);
-        let user_key = format!("user:{}", name.to_lowercase());
-        let ip_key = format!("ip:{ip}");
-        if accounts.failures_since(&user_key, since)? >= MAX_FAILURES
-            || accounts.failures_since(&ip_key, since)? >= MAX_FAILURES
-        {
-            // Same time as a real check, so a locked account is not told apart by timing.
-            password::verify_dummy(&pw);
-            return Ok(Outcome::Locked);
-        }
+        let since = now.saturating_sub(FAILURE_WINDOW);
+        let (pair, pair_last) = accounts.failures(&keys.0, since)?;
+        let (ip, ip_last) = accounts.failures(&keys.1, since)?;
+        Ok(wait_left(pair, pair_last, MAX_FAILURES, now).max(wait_left(
+            ip,
+            ip_last,
+            MAX_FAILURES_PER_ADDRESS,
+            now,
+        )))
+    })
+    .await??;
+    if let Some(wait) = wait {
+        write_audit_anonymous(
+            &state,
+            "sign in refused: locked out",
+            &username,
+            &client,
+            429,
+        );
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+            form_page(
+                "Sign in",
+                login_form(Some(&locked_words(wait)), &next, &username),
+            ),
+        )
+            .into_response());
+    }
+    let Ok(permit) = password::gate().await else {
+        return Ok(password::busy_response());
+    };
+    let accounts = state.accounts.clone();
+    let (name, pw) = (username.clone(), form.password);
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Outcome, WebError> {
+        let _permit = permit;
+        let now = Timestamp::now();
         let creds = accounts.credentials(&name)?;
         let good = match &creds {
             Some(c) if !c.user.disabled => password::verify(&pw, &c.password_hash),
@@ -176,52 +291,64 @@ pub async fn login(
         };
         match creds {
             Some(c) if good => {
-                accounts.clear_failures(&user_key)?;
+                accounts.clear_failures(&pair_key)?;
                 Ok(Outcome::Ok(c.user))
             }
             _ => {
-                accounts.record_failure(&[&user_key, &ip_key], now, since)?;
+                accounts.record_failure(
+                    &[&pair_key, &ip_key],
+                    now,
+                    now.saturating_sub(FAILURE_WINDOW),
+                )?;
                 Ok(Outcome::Bad)
             }
         }
     })
     .await??;
-    let (status, action, response) = match outcome {
-        Outcome::Locked => (429, "sign in refused: locked out", None),
-        Outcome::Bad => (401, "sign in failed", None),
+    match outcome {
+        Outcome::Bad => {
+            write_audit_anonymous(&state, "sign in failed", &username, &client, 401);
+            Ok((
+                StatusCode::UNAUTHORIZED,
+                form_page(
+                    "Sign in",
+                    login_form(Some(BAD_CREDENTIALS), &next, &username),
+                ),
+            )
+                .into_response())
+        }
         Outcome::Ok(user) => {
             let cookie =
                 start_session(&state, &user, &client, old_session(&state, &headers)).await?;
-            (303, "sign in", Some(with_cookie(cookie, &next)))
-        }
-    };
-    write_audit(
-        &state,
-        AuditEntry {
-            at: Timestamp::now(),
-            who: username.clone(),
-            action: action.to_owned(),
-            target: username.clone(),
-            client,
-            status,
-        },
-    )
-    .await;
-    Ok(match response {
-        Some(r) => r,
-        None => {
-            let (code, words) = if status == 429 {
-                (StatusCode::TOO_MANY_REQUESTS, LOCKED)
-            } else {
-                (StatusCode::UNAUTHORIZED, BAD_CREDENTIALS)
-            };
-            (
-                code,
-                form_page("Sign in", login_form(Some(words), &next, &username)),
+            write_audit(
+                &state,
+                AuditEntry {
+                    at: Timestamp::now(),
+                    who: user.username.clone(),
+                    action: "sign in".to_owned(),
+                    target: user.username.clone(),
+                    client,
+                    status: 303,
+                },
             )
-                .into_response()
+            .await;
+            Ok(with_cookie(cookie, &next))
         }
-    })
+    }
+}
+
+/// Counts an event of someone not signed in (a failed sign-in, a refused link
+/// or setup code) in the audit log's tallies: one row per kind, client and
+/// name a minute, however many arrive (`store::accounts`), never one row each.
+fn write_audit_anonymous(state: &AppState, action: &str, target: &str, client: &str, status: u16) {
+    state.accounts.audit_anonymous(AuditEntry {
+        at: Timestamp::now(),
+        who: "anonymous".to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        client: client.to_owned(),
+        status,
+    });
 }
 
 use axum::extract::FromRequest;
@@ -234,6 +361,8 @@ pub async fn logout(
 ) -> Result<Response, WebError> {
     let principal = request.extensions().get::<Principal>().cloned();
     if let Some(hash) = old_session(&state, &headers) {
+        // Its live pages' event streams end now, not at their next check.
+        state.events.end_session(&hash);
         let accounts = state.accounts.clone();
         tokio::task::spawn_blocking(move || accounts.delete_session(&hash)).await??;
     }
@@ -251,7 +380,14 @@ pub async fn logout(
         )
         .await;
     }
-    Ok(with_cookie(state.auth.clear_cookie(), "/login"))
+    let mut res = with_cookie(state.auth.clear_cookie(), "/login");
+    // The browser forgets its copies of our pages too: Back after sign-out
+    // must not show a resident's page from the cache.
+    res.headers_mut().insert(
+        header::HeaderName::from_static("clear-site-data"),
+        header::HeaderValue::from_static(crate::web::headers::CLEAR_SITE_DATA),
+    );
+    Ok(res)
 }
 
 fn setup_form(error: Option<&str>, username: &str) -> Markup {
@@ -329,39 +465,51 @@ pub async fn setup(
     let accounts = state.accounts.clone();
     let code_hash = password::token_hash(&password::normalise_code(&form.code));
     let (name, pw) = (username.clone(), form.password);
-    let created = tokio::task::spawn_blocking(move || -> Result<Result<User, &'static str>, WebError> {
-        if accounts.has_admin()? {
-            return Ok(Err("an administrator exists already: sign in instead"));
-        }
-        // Hash before using the code, so that a slow hash cannot leave the code
-        // used and no account made.
-        let hash = password::hash(&pw)?;
-        let now = Timestamp::now();
-        if accounts.use_code(&code_hash, CodeKind::Setup, now)?.is_none() {
-            return Ok(Err("the setup code is not right, was used already, or has expired (restart carehub for a new one)"));
-        }
-        match accounts.create_user(&name, &hash, Role::Admin, "setup code", now) {
-            Ok(u) => Ok(Ok(u)),
-            Err(AccountError::Taken(_)) => Ok(Err("that username is taken")),
-            Err(e) => Err(e.into()),
-        }
-    })
-    .await??;
+    // The code is checked before hashing (a wrong code costs no Argon2), and
+    // used only after: a slow hash never leaves the code used and no account.
+    let check = state.accounts.clone();
+    let code_ok =
+        tokio::task::spawn_blocking(move || -> Result<Result<(), &'static str>, WebError> {
+            if check.has_admin()? {
+                return Ok(Err("an administrator exists already: sign in instead"));
+            }
+            if !check.code_valid(&code_hash, CodeKind::Setup, Timestamp::now())? {
+                return Ok(Err(BAD_SETUP_CODE));
+            }
+            Ok(Ok(()))
+        })
+        .await??;
+    if let Err(why) = code_ok {
+        write_audit_anonymous(&state, "setup refused", &username, &client, 422);
+        return Ok(refuse(why));
+    }
+    let Ok(permit) = password::gate().await else {
+        return Ok(password::busy_response());
+    };
+    let created =
+        tokio::task::spawn_blocking(move || -> Result<Result<User, &'static str>, WebError> {
+            let hash = {
+                let _permit = permit;
+                password::hash(&pw)?
+            };
+            let now = Timestamp::now();
+            if accounts
+                .use_code(&code_hash, CodeKind::Setup, now)?
+                .is_none()
+            {
+                return Ok(Err(BAD_SETUP_CODE));
+            }
+            match accounts.create_user(&name, &hash, Role::Admin, "setup code", now) {
+                Ok(u) => Ok(Ok(u)),
+                Err(AccountError::Taken(_)) => Ok(Err("that username is taken")),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await??;
     let user = match created {
         Ok(u) => u,
         Err(why) => {
-            write_audit(
-                &state,
-                AuditEntry {
-                    at: Timestamp::now(),
-                    who: "anonymous".into(),
-                    action: "setup refused".into(),
-                    target: username.clone(),
-                    client,
-                    status: 422,
-                },
-            )
-            .await;
+            write_audit_anonymous(&state, "setup refused", &username, &client, 422);
             return Ok(refuse(why));
         }
     };
@@ -399,18 +547,7 @@ pub async fn signin_link(
     })
     .await??;
     let Some(user) = user else {
-        write_audit(
-            &state,
-            AuditEntry {
-                at: Timestamp::now(),
-                who: "anonymous".into(),
-                action: "sign-in link refused".into(),
-                target: "/signin".into(),
-                client,
-                status: 403,
-            },
-        )
-        .await;
+        write_audit_anonymous(&state, "sign-in link refused", "/signin", &client, 403);
         return Ok((
             StatusCode::FORBIDDEN,
             form_page("Sign in", html! { p.error { "This sign-in link was used already or has expired. Restart " code { "carehub demo" } " for a new one, or " a href="/login" { "sign in" } "." } }),

@@ -23,6 +23,7 @@ pub fn settings() -> Arc<AuthSettings> {
         limits: super::limits(30, 12),
         https: true,
         cli_token_hash: Some(password::token_hash("cli-secret")),
+        hosts: Arc::new(crate::web::headers::AllowedHosts::any()),
     })
 }
 

@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use super::policy::{POLICY, Who};
+use super::policy::{Caller, POLICY, Who};
 use super::signin::{FirstStart, first_start};
 use super::testing::{Login, sign_in};
 use super::*;
@@ -84,24 +84,40 @@ async fn authorization_matrix_every_policy_line_times_every_role() {
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     // Someone to act on, so that /users/{id}/... reaches its handler.
     let target = sign_in(&state, "target-carer", Role::Carer);
-    let roles = [
-        None,
-        Some(Role::Carer),
-        Some(Role::Nurse),
-        Some(Role::Admin),
+    // Every role, nobody, and `carehub pair`'s token (from loopback, the only
+    // place it is accepted).
+    let callers = [
+        Caller::Anonymous,
+        Caller::Staff(Role::Carer),
+        Caller::Staff(Role::Nurse),
+        Caller::Staff(Role::Admin),
+        Caller::PairCli,
     ];
     for rule in POLICY {
-        for role in roles {
-            // A fresh session each time: /logout ends the one it is given.
-            let login = role.map(|r| sign_in(&state, &format!("matrix-{}", r.as_str()), r));
+        for caller in callers {
             let path = concrete(rule.route, target.user_id);
-            let res = call(&state, request(rule.method, &path, login.as_ref())).await;
+            let req = match caller {
+                Caller::Anonymous => request(rule.method, &path, None),
+                // A fresh session each time: /logout ends the one it is given.
+                Caller::Staff(r) => {
+                    let login = sign_in(&state, &format!("matrix-{}", r.as_str()), r);
+                    request(rule.method, &path, Some(&login))
+                }
+                Caller::PairCli => {
+                    let mut req = request(rule.method, &path, None);
+                    req.headers_mut()
+                        .insert(header::AUTHORIZATION, "Bearer cli-secret".parse().unwrap());
+                    from("127.0.0.1:5000", req)
+                }
+            };
+            let res = call(&state, req).await;
             let what = format!(
                 "{} {} as {:?}: {} {}",
-                rule.method, path, role, res.status, res.body
+                rule.method, path, caller, res.status, res.body
             );
             assert!(res.headers.get(POLICY_MISSING_HEADER).is_none(), "{what}");
-            let allowed = policy::allows(rule.who, role, false);
+            let loopback = caller == Caller::PairCli;
+            let allowed = policy::allows(rule.who, caller, loopback);
             let login_redirect = res
                 .headers
                 .get(header::LOCATION)
@@ -118,7 +134,7 @@ async fn authorization_matrix_every_policy_line_times_every_role() {
                         "allowed but refused: {what}"
                     );
                 }
-            } else if role.is_none() {
+            } else if caller == Caller::Anonymous {
                 if rule.route.starts_with("/api/") {
                     assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{what}");
                     assert_eq!(res.body, r#"{"error":"sign in first"}"#, "{what}");
@@ -385,18 +401,93 @@ async fn state_changes_need_the_session_csrf_token_and_our_own_origin() {
     )
     .await;
     // The CLI's bearer token is not ambient: no CSRF token needed.
-    let cli = Request::post("/api/v1/pairing/window")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, "Bearer cli-secret")
-        .body(Body::from(r#"{"seconds": 60}"#))
-        .unwrap();
-    check(cli, StatusCode::OK, "cli bearer").await;
+    let cli = || {
+        Request::post("/api/v1/pairing/window")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, "Bearer cli-secret")
+            .body(Body::from(r#"{"seconds": 60}"#))
+            .unwrap()
+    };
+    check(from("127.0.0.1:5", cli()), StatusCode::OK, "cli bearer").await;
+    // Regression (issue 17, finding 9): the token worked from any address.
+    check(
+        from("192.0.2.10:5", cli()),
+        StatusCode::UNAUTHORIZED,
+        "cli bearer from the network",
+    )
+    .await;
     let bad = Request::post("/api/v1/pairing/window")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, "Bearer guessed")
         .body(Body::from(r#"{"seconds": 60}"#))
         .unwrap();
     check(bad, StatusCode::UNAUTHORIZED, "wrong bearer").await;
+}
+
+/// Regression (issue 17, finding 9): the `cli-token` acted as a nurse and was
+/// logged only as "cli". Now it opens and closes the pairing window, is refused
+/// everywhere else (reading a resident, acknowledging an alert, changing a
+/// device), and the audit log names `carehub pair`.
+#[tokio::test]
+async fn the_cli_token_only_opens_and_closes_the_pairing_window_and_is_named_in_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let cli = |method: &str, uri: &str, body: &'static str| {
+        from(
+            "127.0.0.1:5",
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::AUTHORIZATION, "Bearer cli-secret")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+    };
+    for (method, uri, body) in [
+        ("GET", "/api/v1/residents/1", ""),
+        ("GET", "/residents/1", ""),
+        ("GET", "/api/v1/residents", ""),
+        ("POST", "/api/v1/alerts/1/ack", ""),
+        ("POST", "/alerts/1/ack", ""),
+        (
+            "PUT",
+            "/api/v1/devices/C0:00:00:00:00:01/key",
+            r#"{"key":"00"}"#,
+        ),
+        ("POST", "/api/v1/pairing/passkey", r#"{"passkey":"123456"}"#),
+        ("GET", "/api/v1/audit", ""),
+    ] {
+        let res = call(&state, cli(method, uri, body)).await;
+        assert_eq!(
+            res.status,
+            StatusCode::FORBIDDEN,
+            "{method} {uri}: {}",
+            res.body
+        );
+        assert_eq!(res.body, FORBIDDEN, "403 carries no data: {method} {uri}");
+    }
+    let open = call(
+        &state,
+        cli("POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#),
+    )
+    .await;
+    assert_eq!(open.status, StatusCode::OK, "{}", open.body);
+    let close = call(&state, cli("DELETE", "/api/v1/pairing/window", "")).await;
+    assert!(close.status.is_success(), "{} {}", close.status, close.body);
+    let entries = state.accounts.audit_page(0, 100).unwrap();
+    for action in [
+        "POST /api/v1/pairing/window",
+        "DELETE /api/v1/pairing/window",
+    ] {
+        let e = entries
+            .iter()
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("{action} not audited: {entries:?}"));
+        assert_eq!(e.who, PAIR_CLI, "{e:?}");
+        assert_eq!(e.who, "cli (carehub pair)");
+        assert_eq!(e.client, "127.0.0.1");
+    }
 }
 
 async fn add_user(state: &AppState, name: &str, pw: &str, role: Role) {
@@ -504,8 +595,11 @@ async fn login_sets_a_fresh_strict_cookie_and_drops_any_planted_session() {
     );
 }
 
+/// Regression (issue 17, finding 6): five wrong passwords from one address
+/// locked the account for everyone, admins included. Now the wait is per
+/// account *and* address, grows, and an admin can clear it.
 #[tokio::test]
-async fn five_failures_lock_the_account_and_the_address_with_the_same_words_for_unknown_names() {
+async fn failures_make_that_address_wait_for_that_account_only_and_an_admin_can_clear_them() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, state) = crate::web::tests::setup(dir.path()).await;
     add_user(&state, "ann", "a long passphrase", Role::Nurse).await;
@@ -526,8 +620,8 @@ async fn five_failures_lock_the_account_and_the_address_with_the_same_words_for_
     );
     let words = |b: &str| b.contains("The username or password is not right.");
     assert!(words(&unknown.body) && words(&wrong.body));
-    // Four more wrong passwords for ann from one address (five in all).
-    for _ in 0..4 {
+    // Five wrong passwords for ann from one address.
+    for _ in 0..5 {
         let r = call(
             &state,
             login_form("ann", "wrong+password+here", None, "198.51.100.3:1"),
@@ -535,27 +629,33 @@ async fn five_failures_lock_the_account_and_the_address_with_the_same_words_for_
         .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    // ann is locked, even with the right password from a fresh address.
+    // That address now waits for ann, even with the right password...
+    let r = call(
+        &state,
+        login_form("ann", "a+long+passphrase", None, "198.51.100.3:1"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.body.contains("Wait 1 minute,"), "{}", r.body);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert!(set_cookie(&r).is_empty());
+    // ...but ann at her own desk is not locked out by it.
     let r = call(
         &state,
         login_form("ann", "a+long+passphrase", None, "203.0.113.9:1"),
     )
     .await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
-    assert!(r.body.contains("Wait 15 minutes"));
-    assert!(set_cookie(&r).is_empty());
-    // bob is not, from elsewhere.
-    let r = call(
-        &state,
-        login_form("bob", "another+passphrase", None, "203.0.113.9:1"),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER);
-    // An address that failed five times (across names) is locked for everyone.
-    for name in ["u1", "u2", "u3", "u4", "u5"] {
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    // An address failing across many names waits for every account.
+    for i in 0..signin::MAX_FAILURES_PER_ADDRESS {
         call(
             &state,
-            login_form(name, "wrong+password+here", None, "198.51.100.50:1"),
+            login_form(
+                &format!("u{i}"),
+                "wrong+password+here",
+                None,
+                "198.51.100.50:1",
+            ),
         )
         .await;
     }
@@ -567,8 +667,64 @@ async fn five_failures_lock_the_account_and_the_address_with_the_same_words_for_
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     // The failures are in SQLite: a new connection (a restart) still sees them.
     let reopened = testing::accounts(&dir.path().join("t.db"));
-    let since = crate::model::Timestamp::now().saturating_sub(signin::LOCKOUT);
-    assert!(reopened.failures_since("user:ann", since).unwrap() >= 5);
+    let since = crate::model::Timestamp::now().saturating_sub(signin::FAILURE_WINDOW);
+    let key = signin::account_key("ann", "198.51.100.3");
+    assert_eq!(reopened.failures(&key, since).unwrap().0, 5);
+    // An admin clears ann's failures: the address may try her account again.
+    let admin = sign_in(&state, "root", Role::Admin);
+    let ann = state.accounts.credentials("ann").unwrap().unwrap().user.id;
+    let r = call(
+        &state,
+        form(
+            &format!("/users/{ann}/unlock"),
+            Some(&admin.cookie),
+            &format!("csrf={}", admin.csrf),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = call(
+        &state,
+        login_form("ann", "a+long+passphrase", None, "198.51.100.3:1"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+}
+
+#[test]
+fn the_wait_doubles_with_each_failure_up_to_an_hour() {
+    let last = crate::model::Timestamp::from_unix_ms(1_000_000_000);
+    let at = |s: u64| last.saturating_add(std::time::Duration::from_secs(s));
+    let wait = |n: u32, s: u64| signin::wait_left(n, Some(last), signin::MAX_FAILURES, at(s));
+    assert_eq!(wait(4, 0), None);
+    assert_eq!(wait(5, 0), Some(std::time::Duration::from_secs(60)));
+    assert_eq!(wait(5, 60), None);
+    assert_eq!(wait(6, 30), Some(std::time::Duration::from_secs(90)));
+    assert_eq!(wait(8, 0), Some(std::time::Duration::from_secs(480)));
+    assert_eq!(wait(40, 0), Some(std::time::Duration::from_secs(3600)));
+}
+
+/// Regression (issue 17, finding 3): `next` with a tab or line feed once
+/// decoded (`/%09/host`, `/%0a…`) left the site or gave a 500 after the session
+/// was made.
+#[test]
+fn next_is_a_path_on_this_site_or_the_overview() {
+    for (given, want) in [
+        ("/residents/3", "/residents/3"),
+        ("/alerts?x=1", "/alerts?x=1"),
+        ("/\t/example.invalid/phish", "/"),
+        ("/\n/example.invalid", "/"),
+        ("/\r\nSet-Cookie:x", "/"),
+        ("//example.invalid", "/"),
+        ("/\\example.invalid", "/"),
+        ("https://example.invalid/", "/"),
+        ("javascript:alert(1)", "/"),
+        ("/ /x", "/"),
+        ("/résumé", "/"),
+        ("", "/"),
+    ] {
+        assert_eq!(signin::safe_next(Some(given)), want, "{given:?}");
+    }
 }
 
 #[tokio::test]
@@ -869,4 +1025,25 @@ fn the_checked_csrf_field_is_taken_out_of_the_form_and_nothing_else() {
             "{body}"
         );
     }
+}
+
+/// Under `Referrer-Policy: no-referrer` Chromium posts forms with `Origin:
+/// null`: accepted only when `Sec-Fetch-Site` says same-origin.
+#[test]
+fn origin_null_passes_only_with_sec_fetch_site_same_origin() {
+    let check = |origin: &str, site: Option<&str>, want: bool| {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(header::ORIGIN, origin.parse().unwrap());
+        h.insert(header::HOST, "gw.local".parse().unwrap());
+        if let Some(s) = site {
+            h.insert("sec-fetch-site", s.parse().unwrap());
+        }
+        assert_eq!(super::same_origin(&h, true), want, "{origin} {site:?}");
+    };
+    check("null", Some("same-origin"), true);
+    check("null", None, false);
+    check("null", Some("cross-site"), false);
+    check("null", Some("none"), false);
+    check("https://gw.local", None, true);
+    check("https://evil.example", Some("same-origin"), false);
 }

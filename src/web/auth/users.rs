@@ -1,5 +1,6 @@
 //! The users page (admins): list, add with a role, disable or enable, reset a
-//! password. The last enabled admin cannot be disabled. A disabled account or a
+//! password, clear an account's failed sign-ins (so a member of staff made to
+//! wait by someone guessing her password from her own desk can sign in now). The last enabled admin cannot be disabled. A disabled account or a
 //! reset password ends that account's sessions at once.
 
 use axum::Form;
@@ -35,6 +36,7 @@ fn page(users: &[User], error: Option<&str>) -> Html<String> {
                             } @else {
                                 form method="post" action=(format!("/users/{}/disable", u.id)) { (csrf_field()) button type="submit" { "Disable" } }
                             }
+                            form method="post" action=(format!("/users/{}/unlock", u.id)) { (csrf_field()) button type="submit" { "Clear failed sign-ins" } }
                             form method="post" action=(format!("/users/{}/password", u.id)) {
                                 (csrf_field())
                                 label { "New password " input type="password" name="password" autocomplete="new-password" minlength="12" required; }
@@ -101,10 +103,16 @@ pub async fn add(
     if let Err(why) = password::check_policy(&username, &form.password) {
         return refused(&state, why).await;
     }
+    let Ok(permit) = password::gate().await else {
+        return Ok(password::busy_response());
+    };
     let accounts = state.accounts.clone();
     let result =
         tokio::task::spawn_blocking(move || -> Result<Result<User, AccountError>, WebError> {
-            let hash = password::hash(&form.password)?;
+            let hash = {
+                let _permit = permit;
+                password::hash(&form.password)?
+            };
             Ok(accounts.create_user(&username, &hash, role, &by.username, Timestamp::now()))
         })
         .await??;
@@ -161,11 +169,38 @@ pub async fn reset_password(
     if let Err(why) = password::check_policy(&user.username, &form.password) {
         return refused(&state, why).await;
     }
+    let Ok(permit) = password::gate().await else {
+        return Ok(password::busy_response());
+    };
     let accounts = state.accounts.clone();
     tokio::task::spawn_blocking(move || -> Result<(), WebError> {
-        let hash = password::hash(&form.password)?;
+        let hash = {
+            let _permit = permit;
+            password::hash(&form.password)?
+        };
         Ok(accounts.set_password(id, &hash)?)
     })
     .await??;
+    Ok(Redirect::to("/users").into_response())
+}
+
+/// `POST /users/{id}/unlock`: forgets the account's failed sign-ins from every
+/// address, so no wait applies to it any more.
+pub async fn unlock(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, WebError> {
+    let accounts = state.accounts.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<bool, WebError> {
+        let Some(user) = accounts.user(id)? else {
+            return Ok(false);
+        };
+        accounts.clear_failures_with_prefix(&super::signin::account_prefix(&user.username))?;
+        Ok(true)
+    })
+    .await??;
+    if !found {
+        return refused(&state, "no such account").await;
+    }
     Ok(Redirect::to("/users").into_response())
 }
