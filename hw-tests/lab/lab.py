@@ -273,7 +273,7 @@ class Lab:
             status, body = self.carehub.api(
                 "POST",
                 "/api/v1/residents",
-                {"display_name": name, "room": room, "reference": f"lab-{len(self.residents) + 1}"},
+                {"display_name": name, "room": room, "reference": f"R-{len(self.residents) + 1:04}"},
             )
             assert status in (200, 201), f"resident not created: {status} {body}"
             self.residents[name] = body["id"]

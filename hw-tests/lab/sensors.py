@@ -47,6 +47,27 @@ log = logging.getLogger("sensors")
 GATEWAY_ADDRESS = "F0:CA:FE:00:00:01"
 
 
+class Link(LocalLink):
+    """Bumble's LocalLink, sending LE data from the address the connection
+    was made with. Bumble 0.0.236 sends it from the controller's current random
+    address, but the kernel connects from the gateway's public address and then
+    sets a fresh random address for scanning, so the sensor would drop every
+    ATT and SMP packet from the gateway as coming from nobody it knows."""
+
+    def send_acl_data(self, sender_controller, destination_address, transport, data):
+        from bumble.core import PhysicalTransport
+
+        connection = sender_controller.le_connections.get(destination_address)
+        if transport != PhysicalTransport.LE or connection is None:
+            return super().send_acl_data(sender_controller, destination_address, transport, data)
+        destination = self.find_le_controller(destination_address)
+        if destination is not None:
+            source = connection.self_address
+            asyncio.get_running_loop().call_soon(
+                lambda: destination.on_link_acl_data(source, transport, data)
+            )
+
+
 def uuid16(short):
     from bumble.core import UUID
 
@@ -310,7 +331,7 @@ async def main(control, logfile):
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    link = LocalLink()
+    link = Link()
     sensors = {}
     for key, (cls, name, address) in SENSORS.items():
         sensors[key] = cls(link, key, name, address)

@@ -373,7 +373,25 @@ struct Round<'a> {
     pairings: JoinSet<(DeviceAddress, Result<bool, BleError>)>,
     /// When each unregistered device may next be tried for pairing.
     pair_not_before: HashMap<DeviceAddress, Instant>,
+    /// What the adapter's `Pairable` was last set to this round (`None`: not
+    /// yet, or the last attempt failed): on, and until when.
+    pairable: Option<Pairable>,
 }
+
+/// The adapter's pairable state as carehub last set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pairable {
+    Off,
+    /// Pairable until the window closes.
+    Window(Timestamp),
+    /// Pairable while carehub pairs an allow-listed device.
+    Pairing,
+}
+
+/// How long the adapter stays pairable for carehub's own pairing of an
+/// allow-listed device (BlueZ turns it off by itself after this, should the
+/// round not do so first).
+const PAIRING_PAIRABLE: Duration = Duration::from_secs(40);
 
 /// After a pairing attempt (or a device found already paired), the same device is
 /// not tried again for this long.
@@ -400,11 +418,6 @@ async fn round(
         // initiative; carehub itself still pairs only what the policy allows.
         tracing::warn!(error = %e, "pairing agent not registered");
     }
-    let mut events = adapter.events().await?;
-    adapter.start_scan(ScanFilter::default()).await?;
-    status.scanning.store(true, Ordering::Relaxed);
-    tracing::info!(adapter = %settings.adapter, registered = settings.registered.len(), "bluetooth scanning");
-
     let mut r = Round {
         settings,
         status,
@@ -421,7 +434,16 @@ async fn round(
         bluez,
         pairings: JoinSet::new(),
         pair_not_before: HashMap::new(),
+        pairable: None,
     };
+    // Registering the agent made BlueZ bondable: close that door again at once,
+    // before anything is heard, unless a window is open.
+    r.sync_pairable().await?;
+    let mut events = r.adapter.events().await?;
+    r.adapter.start_scan(ScanFilter::default()).await?;
+    status.scanning.store(true, Ordering::Relaxed);
+    tracing::info!(adapter = %settings.adapter, registered = settings.registered.len(), "bluetooth scanning");
+
     let mut check = tokio::time::interval(CHECK_INTERVAL);
     let result = loop {
         tokio::select! {
@@ -456,8 +478,11 @@ async fn round(
     let sessions = async { while r.sessions.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(1), sessions).await;
     if result.is_ok() {
-        // Shutdown: leave the adapter idle. Best effort; BlueZ may be gone.
+        // Shutdown: leave the adapter idle and not pairable (BlueZ would keep
+        // it bondable with no agent to ask). Best effort; BlueZ may be gone.
         let _ = tokio::time::timeout(Duration::from_millis(300), r.adapter.stop_scan()).await;
+        let off = agent::set_pairable(&r.bluez, &settings.adapter, None);
+        let _ = tokio::time::timeout(Duration::from_millis(300), off).await;
     }
     result
 }
@@ -674,10 +699,21 @@ impl Round<'_> {
             .record(Some(address), format!("pairing started ({reason:?})"));
         let conn = self.bluez.clone();
         let adapter = self.settings.adapter.clone();
+        // Outside a window (an allow-listed device) the adapter is not pairable:
+        // BlueZ would pair without bonding. Make it pairable for this pairing
+        // only; the round's check turns it off again once no pairing runs.
+        let open_for_pairing = self.pairing.window_closes_at(Timestamp::now()).is_none();
+        if open_for_pairing {
+            // The task changes the adapter behind the round's back: check again.
+            self.pairable = None;
+        }
         self.pairings.spawn(async move {
             let outcome = async {
                 if agent::is_paired(&conn, &adapter, address).await? {
                     return Ok(false);
+                }
+                if open_for_pairing {
+                    agent::set_pairable(&conn, &adapter, Some(PAIRING_PAIRABLE)).await?;
                 }
                 agent::pair(&conn, &adapter, address).await?;
                 Ok(true)
@@ -743,12 +779,45 @@ impl Round<'_> {
         }
     }
 
+    /// What the adapter's pairable state should be now: on while the window
+    /// is open or carehub is pairing, off otherwise.
+    fn pairable_wanted(&self) -> Pairable {
+        if let Some(closes) = self.pairing.window_closes_at(Timestamp::now()) {
+            Pairable::Window(closes)
+        } else if !self.pairings.is_empty() {
+            Pairable::Pairing
+        } else {
+            Pairable::Off
+        }
+    }
+
+    /// Sets the adapter's `Pairable` (and `PairableTimeout`) when it should
+    /// change. Turning it off must work: a failure is this round's end, so the
+    /// next round tries again from scratch.
+    async fn sync_pairable(&mut self) -> Result<(), BleError> {
+        let wanted = self.pairable_wanted();
+        if self.pairable == Some(wanted) {
+            return Ok(());
+        }
+        let timeout = match wanted {
+            Pairable::Off => None,
+            Pairable::Window(closes) => Some(Timestamp::now().age_at(closes)),
+            Pairable::Pairing => Some(PAIRING_PAIRABLE),
+        };
+        self.pairable = None;
+        agent::set_pairable(&self.bluez, &self.settings.adapter, timeout).await?;
+        tracing::info!(pairable = ?wanted, "adapter pairable state set");
+        self.pairable = Some(wanted);
+        Ok(())
+    }
+
     /// The periodic check: the adapter is still there, and discovery still hears
     /// something while sensors are known.
     async fn check(&mut self, heartbeat: &Heartbeat) -> Result<(), BleError> {
         if self.adapter.adapter_info().await.is_err() {
             return Err(BleError::AdapterGone(self.settings.adapter.clone()));
         }
+        self.sync_pairable().await?;
         if !self.settings.registered.is_empty()
             && self.last_heard.elapsed() >= self.settings.silence_restart
         {
