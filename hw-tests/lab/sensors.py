@@ -107,6 +107,7 @@ class Sensor:
         )
         self.powered = False
         self.subscribed = False
+        self.subscriptions = 0
         self.device.on("connection", self.on_connection)
 
     def pairing(self, sc=True, mitm=False, bonding=True, io=None):
@@ -119,10 +120,7 @@ class Sensor:
 
     def on_connection(self, connection):
         log.info("%s: connected by %s", self.key, connection.peer_address)
-        connection.on(
-            "disconnection",
-            lambda reason: log.info("%s: disconnected (%s)", self.key, reason),
-        )
+        connection.on("disconnection", self.on_disconnection)
         connection.on(
             "connection_encryption_change",
             lambda *a: log.info(
@@ -141,18 +139,40 @@ class Sensor:
     def connected(self, connection):
         pass
 
+    def on_disconnection(self, reason):
+        log.info("%s: disconnected (%s)", self.key, reason)
+        # A subscription lives as long as its link (no bond keeps it here).
+        self.subscribed = False
+        asyncio.get_running_loop().create_task(self.advertise())
+
+    def advertising(self):
+        """Whether the sensor advertises whenever it is free (on and not
+        connected). Spot-check devices override it."""
+        return True
+
     async def power_on(self):
         if not self.device.powered_on:
             await self.device.power_on()
-        await self.device.start_advertising(
-            advertising_data=adv_data(self.name, self.services), auto_restart=True
-        )
         self.powered = True
-        log.info("%s: on, advertising as %s", self.key, self.address)
+        await self.advertise()
+        log.info("%s: on (%s)", self.key, self.address)
+
+    async def advertise(self):
+        """Advertises when on, free, and it has something to say; again after
+        every disconnection for as long as that holds."""
+        if not (self.powered and self.advertising()) or self.device.connections:
+            return
+        if self.device.is_advertising:
+            return
+        await self.device.start_advertising(
+            advertising_data=adv_data(self.name, self.services), auto_restart=False
+        )
+        log.info("%s: advertising", self.key)
 
     async def power_off(self):
         self.powered = False
-        await self.device.stop_advertising()
+        if self.device.is_advertising:
+            await self.device.stop_advertising()
         for c in list(self.device.connections.values()):
             try:
                 await c.disconnect()
@@ -168,7 +188,8 @@ class Sensor:
         return (
             f"connected={int(bool(conns))} "
             f"encrypted={int(any(c.is_encrypted for c in conns))} "
-            f"bonded={int(bonded)} subscribed={int(self.subscribed)}"
+            f"bonded={int(bonded)} subscribed={int(self.subscribed)} "
+            f"subscriptions={self.subscriptions}"
         )
 
 
@@ -200,6 +221,7 @@ class HeartRateStrap(Sensor):
 
     def on_subscription(self, _conn, notify, _indicate):
         self.subscribed = notify
+        self.subscriptions += int(notify)
         log.info("%s: notifications %s", self.key, "on" if notify else "off")
 
     async def notify(self, bpm):
@@ -240,6 +262,7 @@ class BloodPressureCuff(Sensor):
 
     def on_subscription(self, conn, _notify, indicate):
         self.subscribed = indicate
+        self.subscriptions += int(indicate)
         log.info("%s: indications %s", self.key, "on" if indicate else "off")
         if indicate:
             asyncio.get_running_loop().create_task(self.upload(conn))
@@ -257,11 +280,17 @@ class BloodPressureCuff(Sensor):
         except Exception as e:
             log.info("%s: disconnect: %s", self.key, e)
 
-    def store(self, systolic, diastolic, mean):
+    def advertising(self):
+        # A spot-check cuff advertises after a measurement, until it has
+        # handed over what it stored.
+        return bool(self.stored)
+
+    async def store(self, systolic, diastolic, mean):
         # Flags 0x00: mmHg, no time stamp, no pulse.
         value = bytes([0]) + sfloat(systolic) + sfloat(diastolic) + sfloat(mean)
         self.stored.append(value)
         log.info("%s: stored %s", self.key, value.hex())
+        await self.advertise()
 
 
 class Stranger(Sensor):
@@ -311,7 +340,7 @@ async def command(sensors, words):
         case ["notify", "hr", bpm]:
             await sensors["hr"].notify(int(bpm))
         case ["store", "cuff", s, d, m]:
-            sensors["cuff"].store(int(s), int(d), int(m))
+            await sensors["cuff"].store(int(s), int(d), int(m))
         case ["off", key]:
             await sensors[key].power_off()
         case ["on", key]:

@@ -349,6 +349,20 @@ pub async fn pair(
     Ok(())
 }
 
+/// Drops the link to the device, if there is one.
+pub async fn disconnect(
+    conn: &Arc<SyncConnection>,
+    adapter: &str,
+    address: DeviceAddress,
+) -> Result<(), BleError> {
+    let path = device_path(adapter, address);
+    let device = Proxy::new("org.bluez", path, CALL_TIMEOUT, conn.clone());
+    device
+        .method_call::<(), _, _, _>("org.bluez.Device1", "Disconnect", ())
+        .await?;
+    Ok(())
+}
+
 /// Un-pairs: removes the device and its bond from BlueZ, on a connection of its
 /// own (the web API calls this, outside any BLE round). `Ok(false)` when BlueZ
 /// does not know the device.

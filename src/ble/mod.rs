@@ -440,6 +440,14 @@ async fn round(
     // before anything is heard, unless a window is open.
     r.sync_pairable().await?;
     let mut events = r.adapter.events().await?;
+    // BlueZ keeps one discovery session per D-Bus client, and this process
+    // keeps one connection for every round: a round that ended after starting
+    // discovery (say, on a late signal that bluetoothd restarted) leaves it
+    // running, and every later StartDiscovery is refused with "Operation
+    // already in progress" (seen in the virtual lab's bluetoothd_restart).
+    // Stop whatever this client left running first; BlueZ refuses when there
+    // is nothing to stop, which is fine.
+    let _ = r.adapter.stop_scan().await;
     r.adapter.start_scan(ScanFilter::default()).await?;
     status.scanning.store(true, Ordering::Relaxed);
     tracing::info!(adapter = %settings.adapter, registered = settings.registered.len(), "bluetooth scanning");
@@ -716,6 +724,14 @@ impl Round<'_> {
                     agent::set_pairable(&conn, &adapter, Some(PAIRING_PAIRABLE)).await?;
                 }
                 agent::pair(&conn, &adapter, address).await?;
+                // Pairing left a link up that nobody uses: the device is not
+                // assigned yet, and while connected it does not advertise, so
+                // it would never be heard (and given a session) once it is.
+                // Dropping the link lets it advertise again (the virtual lab's
+                // cuff_pairs_in_window waited for nothing without this).
+                if let Err(e) = agent::disconnect(&conn, &adapter, address).await {
+                    tracing::debug!(device = %address, error = %e, "link after pairing not dropped");
+                }
                 Ok(true)
             }
             .await;
