@@ -260,6 +260,23 @@ class BloodPressureCuff(Sensor):
                 a.permissions |= Attribute.WRITE_REQUIRES_ENCRYPTION
         self.pairing(sc=True, mitm=False, bonding=True)
 
+    def connected(self, connection):
+        # Like a real spot-check cuff in pairing mode: once bonded it hangs up,
+        # and comes back (advertising) with what it has stored.
+        connection.on(
+            "pairing",
+            lambda _keys: asyncio.get_running_loop().create_task(self.hang_up(connection)),
+        )
+
+    async def hang_up(self, connection):
+        await asyncio.sleep(1.0)
+        if connection.handle in self.device.connections:
+            log.info("%s: bonded, hanging up", self.key)
+            try:
+                await connection.disconnect()
+            except Exception as e:
+                log.info("%s: disconnect: %s", self.key, e)
+
     def on_subscription(self, conn, _notify, indicate):
         self.subscribed = indicate
         self.subscriptions += int(indicate)

@@ -79,6 +79,10 @@ pub enum BleError {
 /// How often a round checks the adapter and the silence timer.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Every how many checks (5 s) registered devices that BlueZ holds connected
+/// without a session are looked for.
+const CONNECTED_CHECK_EVERY: u64 = 10;
+
 /// Most devices a round keeps resolved (BlueZ id → address). Phones rotate
 /// their private addresses every few minutes, so a long round would otherwise
 /// remember every address ever heard; past this, unregistered ones are forgotten
@@ -376,6 +380,10 @@ struct Round<'a> {
     /// What the adapter's `Pairable` was last set to this round (`None`: not
     /// yet, or the last attempt failed): on, and until when.
     pairable: Option<Pairable>,
+    /// Checks done this round, to do the slower ones every so often.
+    checks: u64,
+    /// The adapter's power state as last reported this round.
+    adapter_state: Option<btleplug::api::CentralState>,
 }
 
 /// The adapter's pairable state as carehub last set it.
@@ -435,6 +443,8 @@ async fn round(
         pairings: JoinSet::new(),
         pair_not_before: HashMap::new(),
         pairable: None,
+        checks: 0,
+        adapter_state: None,
     };
     // Registering the agent made BlueZ bondable: close that door again at once,
     // before anything is heard, unless a window is open.
@@ -559,7 +569,34 @@ impl Round<'_> {
                 }
             }
             CentralEvent::StateUpdate(state) => {
+                use btleplug::api::CentralState::PoweredOn;
+                // btleplug reports the state on every change of the adapter's
+                // properties (Discovering, Pairable, ...): act on a change of
+                // power only.
+                let was = self.adapter_state.replace(state.clone());
+                if was.as_ref() == Some(&state) {
+                    return true;
+                }
                 tracing::info!(state = ?state, "adapter state changed");
+                if state == PoweredOn && was.is_some() {
+                    self.status
+                        .discovery_restarts
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Powering off ends the kernel's discovery, and BlueZ does
+                    // not start it again on power on (seen in the virtual lab's
+                    // controller_power_cycle): the round would hear nothing
+                    // until the silence timer. Start it again now.
+                    let _ = self.adapter.stop_scan().await;
+                    match self.adapter.start_scan(ScanFilter::default()).await {
+                        Ok(()) => self.last_heard = Instant::now(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "discovery not restarted after power on")
+                        }
+                    }
+                    // Whatever was connected before is gone; the check below
+                    // and the next advertisements bring the sessions back.
+                    self.pairable = None;
+                }
             }
             CentralEvent::DeviceConnected(_) | CentralEvent::DeviceServicesModified(_) => {}
         }
@@ -707,22 +744,23 @@ impl Round<'_> {
             .record(Some(address), format!("pairing started ({reason:?})"));
         let conn = self.bluez.clone();
         let adapter = self.settings.adapter.clone();
-        // Outside a window (an allow-listed device) the adapter is not pairable:
-        // BlueZ would pair without bonding. Make it pairable for this pairing
-        // only; the round's check turns it off again once no pairing runs.
-        let open_for_pairing = self.pairing.window_closes_at(Timestamp::now()).is_none();
-        if open_for_pairing {
-            // The task changes the adapter behind the round's back: check again.
-            self.pairable = None;
-        }
+        // Without Pairable BlueZ would pair without bonding, so the pairing
+        // makes the adapter pairable itself rather than wait for the round's
+        // next check: for the rest of the window, or (an allow-listed device
+        // outside a window) for this pairing only. The round's check turns it
+        // off again once the window is closed and no pairing runs.
+        let pairable_for = self
+            .pairing
+            .window_closes_at(Timestamp::now())
+            .map_or(PAIRING_PAIRABLE, |closes| Timestamp::now().age_at(closes));
+        // The task changes the adapter behind the round's back: check again.
+        self.pairable = None;
         self.pairings.spawn(async move {
             let outcome = async {
                 if agent::is_paired(&conn, &adapter, address).await? {
                     return Ok(false);
                 }
-                if open_for_pairing {
-                    agent::set_pairable(&conn, &adapter, Some(PAIRING_PAIRABLE)).await?;
-                }
+                agent::set_pairable(&conn, &adapter, Some(pairable_for)).await?;
                 agent::pair(&conn, &adapter, address).await?;
                 // Pairing left a link up that nobody uses: the device is not
                 // assigned yet, and while connected it does not advertise, so
@@ -848,6 +886,29 @@ impl Round<'_> {
             let _ = self.adapter.stop_scan().await;
             self.adapter.start_scan(ScanFilter::default()).await?;
             self.last_heard = Instant::now();
+        }
+        // A registered device that BlueZ holds connected does not advertise, so
+        // it is never heard: one left connected by a pairing, by another
+        // client, or by carehub before a restart. Give it its session now
+        // (the virtual lab's bond_survives_carehub_restart waited two minutes
+        // for a strap held this way).
+        self.checks = self.checks.wrapping_add(1);
+        if self.checks.is_multiple_of(CONNECTED_CHECK_EVERY) {
+            let idle: Vec<(PeripheralId, Peripheral)> = self
+                .known
+                .iter()
+                .filter(|(_, k)| {
+                    self.settings.registered.contains(k.address)
+                        && !self.active.contains_key(&k.address)
+                        && session::is_health_device(&k.services)
+                })
+                .map(|(id, k)| (id.clone(), k.peripheral.clone()))
+                .collect();
+            for (id, peripheral) in idle {
+                if peripheral.is_connected().await.unwrap_or(false) {
+                    self.maybe_connect(&id);
+                }
+            }
         }
         // A device un-assigned (or un-paired) while connected: close its session,
         // so the link and its connection slot are not held for data nobody may
