@@ -266,6 +266,15 @@ def scenario(f):
     return f
 
 
+OPT_IN = set()
+
+
+def opt_in(f):
+    """A scenario that runs only when named on the command line."""
+    OPT_IN.add(f.__name__)
+    return scenario(f)
+
+
 class Lab:
     def __init__(self):
         self.carehub = Carehub()
@@ -473,9 +482,15 @@ def bluetoothd_restart(lab):
     hr_reading_arrives(lab, 68, subs)
 
 
-@scenario
+@opt_in
 def controller_power_cycle(lab):
-    """The controller powered off and on (btmgmt): carehub recovers."""
+    """The controller powered off and on (btmgmt): carehub recovers.
+
+    Run only when named: powering off with links up sometimes hits a kernel
+    BUG in Debian's 6.1.192 Bluetooth stack (list_del corruption in
+    hci_chan_del as bluetoothd closes an L2CAP socket), which kills
+    bluetoothd and, in the guest, leaves it dead (seen in the lab; the
+    console log has the trace)."""
     rounds = (lab.carehub.api_ok("/api/v1/bluetooth") or {}).get("rounds_started", 0)
     subs = int(sensor_state("hr")["subscriptions"])
     run("btmgmt", "--index", "0", "power", "off")
@@ -576,6 +591,8 @@ def main():
         for f in SCENARIOS:
             name = f.__name__
             if ONLY and name not in ONLY and name != "carehub_starts_and_scans":
+                continue
+            if not ONLY and name in OPT_IN:
                 continue
             note(f"== {name}")
             start = time.monotonic()
