@@ -297,6 +297,43 @@ pub async fn is_paired(
     Ok(device.get::<bool>("org.bluez.Device1", "Paired").await?)
 }
 
+/// Makes the adapter pairable (bondable) for `timeout`, or not pairable.
+///
+/// What the virtual BLE lab showed (hw-tests/README.md): with no agent
+/// registered BlueZ keeps the adapter not bondable, and the kernel answers a
+/// device's SMP Security Request with "pairing not supported"; as soon as an
+/// agent registers, BlueZ makes the adapter bondable for good, and the kernel
+/// starts pairing with any connected device that asks, leaving only the
+/// agent's answer (`RequestAuthorization`) between a stranger and a bond. So
+/// the adapter is kept not pairable except while carehub itself may bond:
+/// inside a staff-opened window or while it pairs an allow-listed device. A
+/// stranger is then refused by the kernel before any agent is asked, also
+/// while the agent is being registered again. `PairableTimeout` is set with
+/// it, so that BlueZ closes the door by itself when the window ends even if
+/// carehub was killed first.
+pub async fn set_pairable(
+    conn: &Arc<SyncConnection>,
+    adapter: &str,
+    timeout: Option<Duration>,
+) -> Result<(), BleError> {
+    let path = format!("/org/bluez/{adapter}");
+    let proxy = Proxy::new("org.bluez", path, CALL_TIMEOUT, conn.clone());
+    match timeout {
+        Some(t) => {
+            // Whole seconds, rounded up, at least one: 0 would mean "forever".
+            let secs = u32::try_from(t.as_millis().div_ceil(1000))
+                .unwrap_or(u32::MAX)
+                .max(1);
+            proxy
+                .set("org.bluez.Adapter1", "PairableTimeout", secs)
+                .await?;
+            proxy.set("org.bluez.Adapter1", "Pairable", true).await?;
+        }
+        None => proxy.set("org.bluez.Adapter1", "Pairable", false).await?,
+    }
+    Ok(())
+}
+
 /// Pairs (bonds) with the device and marks it trusted so it may reconnect.
 pub async fn pair(
     conn: &Arc<SyncConnection>,
@@ -309,6 +346,20 @@ pub async fn pair(
         .method_call::<(), _, _, _>("org.bluez.Device1", "Pair", ())
         .await?;
     device.set("org.bluez.Device1", "Trusted", true).await?;
+    Ok(())
+}
+
+/// Drops the link to the device, if there is one.
+pub async fn disconnect(
+    conn: &Arc<SyncConnection>,
+    adapter: &str,
+    address: DeviceAddress,
+) -> Result<(), BleError> {
+    let path = device_path(adapter, address);
+    let device = Proxy::new("org.bluez", path, CALL_TIMEOUT, conn.clone());
+    device
+        .method_call::<(), _, _, _>("org.bluez.Device1", "Disconnect", ())
+        .await?;
     Ok(())
 }
 

@@ -79,6 +79,10 @@ pub enum BleError {
 /// How often a round checks the adapter and the silence timer.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Every how many checks (5 s) registered devices that BlueZ holds connected
+/// without a session are looked for.
+const CONNECTED_CHECK_EVERY: u64 = 10;
+
 /// Most devices a round keeps resolved (BlueZ id → address). Phones rotate
 /// their private addresses every few minutes, so a long round would otherwise
 /// remember every address ever heard; past this, unregistered ones are forgotten
@@ -373,7 +377,29 @@ struct Round<'a> {
     pairings: JoinSet<(DeviceAddress, Result<bool, BleError>)>,
     /// When each unregistered device may next be tried for pairing.
     pair_not_before: HashMap<DeviceAddress, Instant>,
+    /// What the adapter's `Pairable` was last set to this round (`None`: not
+    /// yet, or the last attempt failed): on, and until when.
+    pairable: Option<Pairable>,
+    /// Checks done this round, to do the slower ones every so often.
+    checks: u64,
+    /// The adapter's power state as last reported this round.
+    adapter_state: Option<btleplug::api::CentralState>,
 }
+
+/// The adapter's pairable state as carehub last set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pairable {
+    Off,
+    /// Pairable until the window closes.
+    Window(Timestamp),
+    /// Pairable while carehub pairs an allow-listed device.
+    Pairing,
+}
+
+/// How long the adapter stays pairable for carehub's own pairing of an
+/// allow-listed device (BlueZ turns it off by itself after this, should the
+/// round not do so first).
+const PAIRING_PAIRABLE: Duration = Duration::from_secs(40);
 
 /// After a pairing attempt (or a device found already paired), the same device is
 /// not tried again for this long.
@@ -400,11 +426,6 @@ async fn round(
         // initiative; carehub itself still pairs only what the policy allows.
         tracing::warn!(error = %e, "pairing agent not registered");
     }
-    let mut events = adapter.events().await?;
-    adapter.start_scan(ScanFilter::default()).await?;
-    status.scanning.store(true, Ordering::Relaxed);
-    tracing::info!(adapter = %settings.adapter, registered = settings.registered.len(), "bluetooth scanning");
-
     let mut r = Round {
         settings,
         status,
@@ -421,7 +442,26 @@ async fn round(
         bluez,
         pairings: JoinSet::new(),
         pair_not_before: HashMap::new(),
+        pairable: None,
+        checks: 0,
+        adapter_state: None,
     };
+    // Registering the agent made BlueZ bondable: close that door again at once,
+    // before anything is heard, unless a window is open.
+    r.sync_pairable().await?;
+    let mut events = r.adapter.events().await?;
+    // BlueZ keeps one discovery session per D-Bus client, and this process
+    // keeps one connection for every round: a round that ended after starting
+    // discovery (say, on a late signal that bluetoothd restarted) leaves it
+    // running, and every later StartDiscovery is refused with "Operation
+    // already in progress" (seen in the virtual lab's bluetoothd_restart).
+    // Stop whatever this client left running first; BlueZ refuses when there
+    // is nothing to stop, which is fine.
+    let _ = r.adapter.stop_scan().await;
+    r.adapter.start_scan(ScanFilter::default()).await?;
+    status.scanning.store(true, Ordering::Relaxed);
+    tracing::info!(adapter = %settings.adapter, registered = settings.registered.len(), "bluetooth scanning");
+
     let mut check = tokio::time::interval(CHECK_INTERVAL);
     let result = loop {
         tokio::select! {
@@ -456,8 +496,11 @@ async fn round(
     let sessions = async { while r.sessions.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(1), sessions).await;
     if result.is_ok() {
-        // Shutdown: leave the adapter idle. Best effort; BlueZ may be gone.
+        // Shutdown: leave the adapter idle and not pairable (BlueZ would keep
+        // it bondable with no agent to ask). Best effort; BlueZ may be gone.
         let _ = tokio::time::timeout(Duration::from_millis(300), r.adapter.stop_scan()).await;
+        let off = agent::set_pairable(&r.bluez, &settings.adapter, None);
+        let _ = tokio::time::timeout(Duration::from_millis(300), off).await;
     }
     result
 }
@@ -526,7 +569,34 @@ impl Round<'_> {
                 }
             }
             CentralEvent::StateUpdate(state) => {
+                use btleplug::api::CentralState::PoweredOn;
+                // btleplug reports the state on every change of the adapter's
+                // properties (Discovering, Pairable, ...): act on a change of
+                // power only.
+                let was = self.adapter_state.replace(state.clone());
+                if was.as_ref() == Some(&state) {
+                    return true;
+                }
                 tracing::info!(state = ?state, "adapter state changed");
+                if state == PoweredOn && was.is_some() {
+                    self.status
+                        .discovery_restarts
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Powering off ends the kernel's discovery, and BlueZ does
+                    // not start it again on power on (seen in the virtual lab's
+                    // controller_power_cycle): the round would hear nothing
+                    // until the silence timer. Start it again now.
+                    let _ = self.adapter.stop_scan().await;
+                    match self.adapter.start_scan(ScanFilter::default()).await {
+                        Ok(()) => self.last_heard = Instant::now(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "discovery not restarted after power on")
+                        }
+                    }
+                    // Whatever was connected before is gone; the check below
+                    // and the next advertisements bring the sessions back.
+                    self.pairable = None;
+                }
             }
             CentralEvent::DeviceConnected(_) | CentralEvent::DeviceServicesModified(_) => {}
         }
@@ -674,12 +744,32 @@ impl Round<'_> {
             .record(Some(address), format!("pairing started ({reason:?})"));
         let conn = self.bluez.clone();
         let adapter = self.settings.adapter.clone();
+        // Without Pairable BlueZ would pair without bonding, so the pairing
+        // makes the adapter pairable itself rather than wait for the round's
+        // next check: for the rest of the window, or (an allow-listed device
+        // outside a window) for this pairing only. The round's check turns it
+        // off again once the window is closed and no pairing runs.
+        let pairable_for = self
+            .pairing
+            .window_closes_at(Timestamp::now())
+            .map_or(PAIRING_PAIRABLE, |closes| Timestamp::now().age_at(closes));
+        // The task changes the adapter behind the round's back: check again.
+        self.pairable = None;
         self.pairings.spawn(async move {
             let outcome = async {
                 if agent::is_paired(&conn, &adapter, address).await? {
                     return Ok(false);
                 }
+                agent::set_pairable(&conn, &adapter, Some(pairable_for)).await?;
                 agent::pair(&conn, &adapter, address).await?;
+                // Pairing left a link up that nobody uses: the device is not
+                // assigned yet, and while connected it does not advertise, so
+                // it would never be heard (and given a session) once it is.
+                // Dropping the link lets it advertise again (the virtual lab's
+                // cuff_pairs_in_window waited for nothing without this).
+                if let Err(e) = agent::disconnect(&conn, &adapter, address).await {
+                    tracing::debug!(device = %address, error = %e, "link after pairing not dropped");
+                }
                 Ok(true)
             }
             .await;
@@ -743,12 +833,45 @@ impl Round<'_> {
         }
     }
 
+    /// What the adapter's pairable state should be now: on while the window
+    /// is open or carehub is pairing, off otherwise.
+    fn pairable_wanted(&self) -> Pairable {
+        if let Some(closes) = self.pairing.window_closes_at(Timestamp::now()) {
+            Pairable::Window(closes)
+        } else if !self.pairings.is_empty() {
+            Pairable::Pairing
+        } else {
+            Pairable::Off
+        }
+    }
+
+    /// Sets the adapter's `Pairable` (and `PairableTimeout`) when it should
+    /// change. Turning it off must work: a failure is this round's end, so the
+    /// next round tries again from scratch.
+    async fn sync_pairable(&mut self) -> Result<(), BleError> {
+        let wanted = self.pairable_wanted();
+        if self.pairable == Some(wanted) {
+            return Ok(());
+        }
+        let timeout = match wanted {
+            Pairable::Off => None,
+            Pairable::Window(closes) => Some(Timestamp::now().age_at(closes)),
+            Pairable::Pairing => Some(PAIRING_PAIRABLE),
+        };
+        self.pairable = None;
+        agent::set_pairable(&self.bluez, &self.settings.adapter, timeout).await?;
+        tracing::info!(pairable = ?wanted, "adapter pairable state set");
+        self.pairable = Some(wanted);
+        Ok(())
+    }
+
     /// The periodic check: the adapter is still there, and discovery still hears
     /// something while sensors are known.
     async fn check(&mut self, heartbeat: &Heartbeat) -> Result<(), BleError> {
         if self.adapter.adapter_info().await.is_err() {
             return Err(BleError::AdapterGone(self.settings.adapter.clone()));
         }
+        self.sync_pairable().await?;
         if !self.settings.registered.is_empty()
             && self.last_heard.elapsed() >= self.settings.silence_restart
         {
@@ -763,6 +886,29 @@ impl Round<'_> {
             let _ = self.adapter.stop_scan().await;
             self.adapter.start_scan(ScanFilter::default()).await?;
             self.last_heard = Instant::now();
+        }
+        // A registered device that BlueZ holds connected does not advertise, so
+        // it is never heard: one left connected by a pairing, by another
+        // client, or by carehub before a restart. Give it its session now
+        // (the virtual lab's bond_survives_carehub_restart waited two minutes
+        // for a strap held this way).
+        self.checks = self.checks.wrapping_add(1);
+        if self.checks.is_multiple_of(CONNECTED_CHECK_EVERY) {
+            let idle: Vec<(PeripheralId, Peripheral)> = self
+                .known
+                .iter()
+                .filter(|(_, k)| {
+                    self.settings.registered.contains(k.address)
+                        && !self.active.contains_key(&k.address)
+                        && session::is_health_device(&k.services)
+                })
+                .map(|(id, k)| (id.clone(), k.peripheral.clone()))
+                .collect();
+            for (id, peripheral) in idle {
+                if peripheral.is_connected().await.unwrap_or(false) {
+                    self.maybe_connect(&id);
+                }
+            }
         }
         // A device un-assigned (or un-paired) while connected: close its session,
         // so the link and its connection slot are not held for data nobody may

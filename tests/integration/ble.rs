@@ -451,6 +451,49 @@ fn allow_listed_device_pairs_and_an_unknown_one_is_refused_outside_a_window() {
     assert!(stderr.contains("pairing agent registered"), "{stderr}");
 }
 
+/// Real BlueZ makes the adapter bondable when an agent registers, and the
+/// kernel then starts pairing with any connected device that asks (SMP
+/// Security Request), leaving only the agent's answer between a stranger and
+/// a bond (the virtual lab's `stranger_refused_with_carehub` shows it). So
+/// carehub keeps the adapter not pairable except inside a window, and lets
+/// BlueZ end it by itself (`PairableTimeout`) should carehub be killed first.
+/// The fake's adapter starts pairable, as BlueZ's is once the agent is
+/// registered.
+#[test]
+fn adapter_is_pairable_only_while_a_window_is_open() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    assert_eq!(bluez.pairable(), (true, 0), "the fake starts as BlueZ does");
+    let gw = Gateway::new(vec![], vec![], "");
+    let daemon = gw.run(&bluez);
+    let web: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+
+    assert!(
+        wait_for(STEP, || (!bluez.pairable().0).then_some(())).is_some(),
+        "carehub left the adapter pairable with no window open\n{}",
+        bluez.log()
+    );
+    let (status, body) = wait_for(STEP, || {
+        http_json(web, "POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#)
+    })
+    .expect("the daemon serves its API");
+    assert_eq!(status, 200, "{body}");
+    let (on, timeout) = wait_for(STEP, || Some(bluez.pairable()).filter(|p| p.0))
+        .expect("the window did not make the adapter pairable");
+    assert!(
+        on && (1..=60).contains(&timeout),
+        "PairableTimeout {timeout}"
+    );
+
+    let (status, body) = http(web, "DELETE", "/api/v1/pairing/window").unwrap();
+    assert!(status == 200 || status == 204, "{status} {body}");
+    assert!(
+        wait_for(STEP, || (!bluez.pairable().0).then_some(())).is_some(),
+        "closing the window left the adapter pairable"
+    );
+    stop_cleanly(daemon);
+}
+
 #[test]
 fn carehub_pair_opens_a_window_in_which_a_new_device_pairs() {
     let bluez = FakeBluez::start();

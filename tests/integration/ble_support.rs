@@ -285,6 +285,18 @@ impl FakeBluez {
         .ok()
     }
 
+    /// The adapter's `Pairable` and `PairableTimeout`, as BlueZ's D-Bus shows them.
+    pub fn pairable(&self) -> (bool, u32) {
+        let on = self
+            .property("/org/bluez/hci0", "org.bluez.Adapter1", "Pairable")
+            .is_some_and(|v| v.contains("true"));
+        let timeout = self
+            .property("/org/bluez/hci0", "org.bluez.Adapter1", "PairableTimeout")
+            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0);
+        (on, timeout)
+    }
+
     pub fn notifying(&self, characteristic: &str) -> bool {
         self.property(characteristic, "org.bluez.GattCharacteristic1", "Notifying")
             .is_some_and(|v| v.contains("true"))

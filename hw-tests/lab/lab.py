@@ -1,0 +1,624 @@
+"""The virtual BLE lab's driver, run inside the VM (see hw-tests/README.md).
+
+Starts the real pieces (dbus-daemon, btmon, the Bumble sensors on a vhci
+controller, bluetoothd, the host-built carehub as in production) and runs the
+scenarios in order. Every scenario is asserted from outside carehub: the SQLite
+file, the JSON API, and BlueZ's own state (bluetoothctl, btmgmt, and
+/var/lib/bluetooth). One line per scenario goes to /lab-out/results; the counts
+go to /lab-out/summary; every part's log goes under /lab-out/logs.
+
+Waits poll an observable condition and return as soon as it holds; their
+limits are generous because the guest runs under software emulation.
+"""
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+OUT = Path("/lab-out")
+LOGS = OUT / "logs"
+ROOT = Path(os.environ["LAB_ROOT"])
+CAREHUB = os.environ["LAB_CAREHUB"]
+PYTHON = os.environ["LAB_PYTHON"]
+ONLY = os.environ.get("LAB_SCENARIOS", "").split()
+STATE = Path("/var/lib/carehub")
+DB = STATE / "carehub.db"
+CONFIG = STATE / "carehub.toml"
+WEB = "http://127.0.0.1:8080"
+CONTROL = "/run/sensors.sock"
+
+HR = "C0:FF:EE:00:00:02"
+CUFF = "C0:FF:EE:00:00:03"
+STRANGER = "DE:AD:BE:EF:00:09"
+GATEWAY = "F0:CA:FE:00:00:01"
+
+# One step (a connect, a pairing, a reading arriving) under TCG on a loaded
+# two-core machine. Polls return as soon as the condition holds.
+STEP = 90.0
+
+T0 = time.monotonic()
+
+
+def note(msg):
+    print(f"[{time.monotonic() - T0:7.1f}] {msg}", flush=True)
+
+
+def wait(what, f, limit=STEP, every=0.5):
+    """Polls f until it returns something truthy; fails the scenario after limit."""
+    deadline = time.monotonic() + limit
+    while True:
+        v = f()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out ({limit:.0f} s) waiting for {what}")
+        time.sleep(every)
+
+
+def run(*cmd, timeout=60, check=True):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def spawn(name, cmd, **kw):
+    log = open(LOGS / f"{name}.log", "ab")
+    note(f"start {name}: {' '.join(cmd)}")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **kw)
+
+
+# ---- the sensors (Bumble) --------------------------------------------------
+
+
+def sensors(line):
+    """Sends one command to the Bumble process and returns its answer."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(STEP)
+        s.connect(CONTROL)
+        s.sendall((line + "\n").encode())
+        answer = s.makefile().readline().strip()
+    if not answer.startswith("ok"):
+        raise AssertionError(f"sensors: {line}: {answer}")
+    return answer
+
+
+def sensor_state(key):
+    words = sensors(f"state {key}").split()[1:]
+    return dict(w.split("=") for w in words)
+
+
+# ---- BlueZ's own view ------------------------------------------------------
+
+
+def bt_info(address):
+    """`bluetoothctl info` as a dict ({} when BlueZ does not know the device)."""
+    out = run("bluetoothctl", "info", address, check=False)
+    info = {}
+    for line in out.splitlines():
+        k, sep, v = line.strip().partition(": ")
+        if sep:
+            info[k] = v
+    return info
+
+
+def bonded_on_disk(address):
+    """Whether bluetoothd stored keys for the device under /var/lib/bluetooth."""
+    for info in Path("/var/lib/bluetooth").glob(f"*/{address}/info"):
+        text = info.read_text()
+        if "[LongTermKey]" in text or "[PeripheralLongTermKey]" in text or "[SlaveLongTermKey]" in text:
+            return text
+    return None
+
+
+def adapter_settings():
+    """The kernel's current settings for hci0 (btmgmt info), as a set of words."""
+    out = run("btmgmt", "--index", "0", "info", check=False)
+    for line in out.splitlines():
+        if "current settings:" in line:
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def bluez_pairable():
+    return bt_adapter().get("Pairable") == "yes"
+
+
+def bt_adapter():
+    out = run("bluetoothctl", "show", check=False)
+    info = {}
+    for line in out.splitlines():
+        k, sep, v = line.strip().partition(": ")
+        if sep:
+            info[k] = v
+    return info
+
+
+class Dbus:
+    """A few BlueZ calls as another process on the gateway would make them."""
+
+    def __init__(self):
+        import dbus
+
+        self.dbus = dbus
+        self.bus = dbus.SystemBus()
+
+    def obj(self, path, iface):
+        return self.dbus.Interface(self.bus.get_object("org.bluez", path), iface)
+
+    def device_path(self, address):
+        return "/org/bluez/hci0/dev_" + address.replace(":", "_")
+
+    def known(self, address):
+        objects = self.obj("/", "org.freedesktop.DBus.ObjectManager").GetManagedObjects()
+        return self.device_path(address) in objects
+
+    def start_discovery(self):
+        self.obj("/org/bluez/hci0", "org.bluez.Adapter1").StartDiscovery()
+
+    def stop_discovery(self):
+        try:
+            self.obj("/org/bluez/hci0", "org.bluez.Adapter1").StopDiscovery()
+        except self.dbus.DBusException:
+            pass
+
+    def connect(self, address):
+        self.obj(self.device_path(address), "org.bluez.Device1").Connect(timeout=STEP)
+
+    def disconnect(self, address):
+        try:
+            self.obj(self.device_path(address), "org.bluez.Device1").Disconnect(timeout=STEP)
+        except self.dbus.DBusException:
+            pass
+
+
+# ---- carehub ---------------------------------------------------------------
+
+
+class Carehub:
+    def __init__(self):
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ, RUST_LOG="info,carehub::ble=debug", INVOCATION_ID="carehub-lab")
+        self.proc = spawn("carehub", [CAREHUB, "run", "--config", str(CONFIG)], env=env)
+        wait("carehub's web API", lambda: self.api_ok("/api/v1/bluetooth"))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode if self.proc else None
+        self.proc = None
+        return code
+
+    def token(self):
+        return (STATE / "cli-token").read_text().strip()
+
+    def api(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(WEB + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token()}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                text = r.read().decode()
+                return r.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def api_ok(self, path):
+        try:
+            status, body = self.api("GET", path)
+        except (OSError, urllib.error.URLError):
+            return None
+        return body if status == 200 else None
+
+
+def db():
+    c = sqlite3.connect(f"file:{DB}?mode=ro", uri=True, timeout=10)
+    # The view readings_text uses unhex() (SQLite 3.41); Debian 12's Python
+    # links SQLite 3.40, so give it one.
+    c.create_function("unhex", 1, lambda h: bytes.fromhex(h) if h is not None else None)
+    return c
+
+
+def readings(address, quantity=None):
+    """(resident_id, room, quantity, value, unit, received_at_ms) of a device, oldest first."""
+    q = (
+        "SELECT resident_id, room, quantity, value, unit, received_at_ms FROM readings_text "
+        "WHERE device = ? ORDER BY seq"
+    )
+    with db() as c:
+        rows = c.execute(q, (bytes.fromhex(address.replace(":", "")),)).fetchall()
+    return [r for r in rows if quantity is None or r[2] == quantity]
+
+
+def pairing_events(address):
+    with db() as c:
+        rows = c.execute(
+            "SELECT what, who FROM pairing_events WHERE device = ? ORDER BY seq",
+            (address,),
+        ).fetchall()
+    return rows
+
+
+# ---- the scenarios ---------------------------------------------------------
+
+SCENARIOS = []
+
+
+def scenario(f):
+    SCENARIOS.append(f)
+    return f
+
+
+OPT_IN = set()
+
+
+def opt_in(f):
+    """A scenario that runs only when named on the command line."""
+    OPT_IN.add(f.__name__)
+    return scenario(f)
+
+
+class Lab:
+    def __init__(self):
+        self.carehub = Carehub()
+        self.residents = {}
+
+    def resident(self, name, room):
+        if name not in self.residents:
+            status, body = self.carehub.api(
+                "POST",
+                "/api/v1/residents",
+                {"display_name": name, "room": room, "reference": f"R-{len(self.residents) + 1:04}"},
+            )
+            assert status in (200, 201), f"resident not created: {status} {body}"
+            self.residents[name] = body["id"]
+        return self.residents[name]
+
+    def assign(self, address, resident_id):
+        status, body = self.carehub.api(
+            "PUT", f"/api/v1/devices/{address}/assignment", {"resident_id": resident_id}
+        )
+        assert status == 200, f"assignment refused: {status} {body}"
+        return body
+
+    def heard(self, address):
+        """Whether carehub lists the device as heard (GET /api/v1/pairing)."""
+        body = self.carehub.api_ok("/api/v1/pairing") or {}
+        return any(d.get("address") == address for d in body.get("nearby", []))
+
+
+@scenario
+def no_bond_without_agent(lab):
+    """Before carehub runs (no agent registered): a stranger that is connected
+    and asks to bond (SMP Security Request) gets no bond from BlueZ."""
+    settings = adapter_settings()
+    note(f"adapter before carehub: {sorted(settings)}; Pairable={bt_adapter().get('Pairable')}")
+    stranger_asks_to_bond(lab)
+
+
+def stranger_asks_to_bond(lab):
+    sensors("on stranger")
+    bus = Dbus()
+    bus.start_discovery()
+    try:
+        wait("BlueZ to discover the stranger", lambda: bus.known(STRANGER))
+    finally:
+        bus.stop_discovery()
+    try:
+        bus.connect(STRANGER)
+    except Exception as e:  # refused pairing may end the link: that is fine
+        note(f"connect stranger: {e}")
+    # The stranger asks to bond as soon as it is connected: wait until SMP has
+    # finished one way or the other (or BlueZ never answered at all).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log_text("sensors")
+        if "stranger: paired" in text or "stranger: pairing failed" in text:
+            break
+        time.sleep(0.5)
+    bus.disconnect(STRANGER)
+    sensors("off stranger")
+    info = bt_info(STRANGER)
+    disk = bonded_on_disk(STRANGER)
+    assert info.get("Paired") != "yes" and info.get("Bonded") != "yes" and disk is None, (
+        f"BlueZ bonded with a stranger: Paired={info.get('Paired')} Bonded={info.get('Bonded')} "
+        f"keys on disk: {disk is not None}"
+    )
+
+
+def log_text(name):
+    try:
+        return (LOGS / f"{name}.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+@scenario
+def carehub_starts_and_scans(lab):
+    """carehub run --config starts as in production and scans on hci0."""
+    lab.carehub.start()
+    wait("carehub scanning", lambda: (lab.carehub.api_ok("/api/v1/bluetooth") or {}).get("scanning"))
+    note(f"adapter with carehub: {sorted(adapter_settings())}; Pairable={bt_adapter().get('Pairable')}")
+
+
+@scenario
+def heart_rate_strap(lab):
+    """0x180D notifications, no security: values, units and subject in SQLite."""
+    rid = lab.resident("Margaret Ellis", "Room 4")
+    sensors("on hr")
+    lab.assign(HR, rid)
+    wait("carehub to subscribe to the strap", lambda: sensor_state("hr")["subscribed"] == "1")
+    for bpm in (72, 75, 81):
+        sensors(f"notify hr {bpm}")
+    wait("3 heart-rate readings in SQLite", lambda: len(readings(HR, "heart_rate")) >= 3)
+    got = [(r[0], r[3], r[4]) for r in readings(HR, "heart_rate")]
+    assert got == [(rid, 72.0, "/min"), (rid, 75.0, "/min"), (rid, 81.0, "/min")], got
+    wait("the battery level in SQLite", lambda: readings(HR, "battery_level"))
+    b = readings(HR, "battery_level")[0]
+    assert (b[0], b[3], b[4]) == (rid, 90.0, "%"), b
+    assert all(r[5] for r in readings(HR)), "a reading without its received time"
+    info = bt_info(HR)
+    assert info.get("Paired") != "yes", "the strap needs no pairing and must not be bonded"
+
+
+@scenario
+def stranger_refused_with_carehub(lab):
+    """carehub running, its agent registered, no window: a stranger that is
+    connected and asks to bond gets no bond, and the adapter is not even
+    pairable (the kernel refuses before any agent is asked)."""
+    assert not bluez_pairable(), "adapter pairable with no window open"
+    stranger_asks_to_bond(lab)
+    assert "stranger: pairing failed" in log_text("sensors"), "the stranger's request was never answered"
+
+
+@scenario
+def cuff_pairs_in_window(lab):
+    """0x1810 needs an encrypted link: inside a staff-opened window BlueZ pairs
+    (LE Secure Connections, Just Works) and bonds; once assigned, the
+    measurement the cuff stored is indicated on connect and arrives."""
+    rid = lab.resident("Arthur Price", "Room 7")
+    sensors("store cuff 120 80 93")
+    sensors("on cuff")
+    wait("carehub to hear the cuff", lambda: lab.heard(CUFF))
+    assert bt_info(CUFF).get("Paired") != "yes", "paired before any window"
+    status, body = lab.carehub.api("POST", "/api/v1/pairing/window", {"seconds": 120})
+    assert status == 200, f"window not opened: {status} {body}"
+    wait("BlueZ to bond with the cuff", lambda: bonded_on_disk(CUFF))
+    info = bt_info(CUFF)
+    assert info.get("Paired") == "yes", info
+    status, body = lab.carehub.api("DELETE", "/api/v1/pairing/window")
+    assert status in (200, 204), f"window not closed: {status} {body}"
+    wait(
+        "the bond in carehub's pairing record",
+        lambda: any(w.startswith("paired") for w, _ in pairing_events(CUFF)),
+    )
+    lab.assign(CUFF, rid)
+    wait("the cuff's stored measurement in SQLite", lambda: readings(CUFF, "systolic_pressure"))
+    got = sorted((r[2], r[0], r[3], r[4]) for r in readings(CUFF))
+    assert got == [
+        ("diastolic_pressure", rid, 80.0, "mm[Hg]"),
+        ("mean_arterial_pressure", rid, 93.0, "mm[Hg]"),
+        ("systolic_pressure", rid, 120.0, "mm[Hg]"),
+    ], got
+    pairings = log_text("sensors").count("cuff: paired")
+    assert pairings == 1, f"the cuff paired {pairings} times; the bond should have been reused"
+
+
+def hr_reading_arrives(lab, bpm, subscriptions):
+    """carehub subscribes to the strap again (more than `subscriptions` times
+    in all) and a fresh value arrives."""
+    before = len(readings(HR, "heart_rate"))
+    wait(
+        "carehub to subscribe to the strap again",
+        lambda: int(sensor_state("hr")["subscriptions"]) > subscriptions
+        and sensor_state("hr")["subscribed"] == "1",
+    )
+    sensors(f"notify hr {bpm}")
+    wait(f"heart rate {bpm} in SQLite", lambda: len(readings(HR, "heart_rate")) > before)
+    last = readings(HR, "heart_rate")[-1]
+    assert (last[0], last[3], last[4]) == (lab.residents["Margaret Ellis"], float(bpm), "/min"), last
+
+
+@scenario
+def bond_survives_carehub_restart(lab):
+    """carehub restarted: the bonded cuff comes back with a new stored
+    measurement, the link is encrypted with the stored keys (no new
+    pairing), and the reading is filed under the same resident."""
+    rid = lab.residents["Arthur Price"]
+    code = lab.carehub.stop()
+    assert code == 0, f"carehub exit {code}"
+    sensors("off cuff")
+    lab.carehub.start()
+    sensors("store cuff 132 85 101")
+    sensors("on cuff")
+    wait("the cuff's new measurement", lambda: any(r[3] == 132.0 for r in readings(CUFF, "systolic_pressure")))
+    r = [r for r in readings(CUFF, "systolic_pressure") if r[3] == 132.0][0]
+    assert (r[0], r[4]) == (rid, "mm[Hg]"), r
+    pairings = log_text("sensors").count("cuff: paired")
+    assert pairings == 1, f"the cuff paired {pairings} times; the bond should have been reused"
+    assert bonded_on_disk(CUFF), "the bond is gone from BlueZ"
+
+
+@scenario
+def sensor_off_and_on(lab):
+    """The strap switched off and on is reconnected and its values arrive."""
+    subs = int(sensor_state("hr")["subscriptions"])
+    sensors("off hr")
+    wait("carehub to see the strap gone", lambda: sensor_state("hr")["connected"] == "0")
+    sensors("on hr")
+    hr_reading_arrives(lab, 66, subs)
+
+
+@scenario
+def bluetoothd_restart(lab):
+    """bluetoothd killed and started again: carehub registers its agent
+    again, scans again, makes the adapter not pairable again, and the strap's
+    values arrive again."""
+    agents = log_text("carehub").count("pairing agent registered")
+    subs = int(sensor_state("hr")["subscriptions"])
+    lab.bluetoothd.terminate()
+    lab.bluetoothd.wait(timeout=30)
+    lab.bluetoothd = start_bluetoothd()
+    wait("carehub to register its agent again", lambda: log_text("carehub").count("pairing agent registered") > agents)
+    wait("carehub scanning again", lambda: (lab.carehub.api_ok("/api/v1/bluetooth") or {}).get("scanning"))
+    wait("the adapter not pairable", lambda: bt_adapter().get("Pairable") == "no")
+    hr_reading_arrives(lab, 68, subs)
+
+
+@opt_in
+def controller_power_cycle(lab):
+    """The controller powered off and on (btmgmt): carehub recovers.
+
+    Run only when named: powering off with links up sometimes hits a kernel
+    BUG in Debian's 6.1.192 Bluetooth stack (list_del corruption in
+    hci_chan_del as bluetoothd closes an L2CAP socket), which kills
+    bluetoothd and, in the guest, leaves it dead (seen in the lab; the
+    console log has the trace)."""
+    rounds = (lab.carehub.api_ok("/api/v1/bluetooth") or {}).get("rounds_started", 0)
+    subs = int(sensor_state("hr")["subscriptions"])
+    run("btmgmt", "--index", "0", "power", "off")
+    wait("the strap's link to drop", lambda: sensor_state("hr")["connected"] == "0")
+    run("btmgmt", "--index", "0", "power", "on")
+    hr_reading_arrives(lab, 70, subs)
+    status = lab.carehub.api_ok("/api/v1/bluetooth") or {}
+    note(f"rounds started: {rounds} -> {status.get('rounds_started')}")
+    assert not bluez_pairable(), "adapter pairable after power cycle"
+
+
+@scenario
+def killed_carehub_leaves_no_open_door(lab):
+    """carehub killed (SIGKILL) with a window open: BlueZ closes pairing by
+    itself when the window's time is up (PairableTimeout), with nobody left
+    to ask."""
+    status, body = lab.carehub.api("POST", "/api/v1/pairing/window", {"seconds": 15})
+    assert status == 200, f"window not opened: {status} {body}"
+    wait("the adapter pairable inside the window", bluez_pairable)
+    lab.carehub.proc.kill()
+    lab.carehub.proc.wait()
+    lab.carehub.proc = None
+    wait("BlueZ to end pairable by itself", lambda: not bluez_pairable(), limit=60)
+    lab.carehub.start()
+
+
+# ---- setup and main --------------------------------------------------------
+
+
+def write_config():
+    STATE.mkdir(parents=True, exist_ok=True)
+    CONFIG.write_text(
+        f"""[site]
+id = "lab"
+gateway_id = "lab-gw"
+timezone = "Europe/London"
+
+[sensors]
+source = "ble"
+
+[ble]
+adapter = "hci0"
+max_connections = 4
+connect_timeout_ms = 60000
+reconnect_min_ms = 1000
+reconnect_max_ms = 10000
+silence_restart_s = 120
+
+[store]
+path = "{DB}"
+
+[web]
+listen = "127.0.0.1:8080"
+https = false
+
+[system]
+user = "carehub"
+"""
+    )
+
+
+def setup():
+    run("modprobe", "-a", "hci_vhci", "af_alg", "algif_hash", "algif_skcipher", "ecb", "cmac")
+    if subprocess.run(["id", "carehub"], capture_output=True).returncode != 0:
+        run("useradd", "--system", "--no-create-home", "--groups", "bluetooth", "carehub")
+    Path("/run/dbus").mkdir(parents=True, exist_ok=True)
+    run("dbus-daemon", "--system", "--fork")
+    spawn("btmon", ["btmon", "-w", str(LOGS / "btmon.snoop")])
+    # The sensors and the gateway's controller; hci0 appears when vhci opens.
+    spawn("bumble", [PYTHON, str(ROOT / "hw-tests/lab/sensors.py"), CONTROL, str(LOGS / "sensors.log")])
+    wait("the Bumble sensors", lambda: os.path.exists(CONTROL), limit=180)
+    wait("hci0", lambda: Path("/sys/class/bluetooth/hci0").exists())
+    bluetoothd = start_bluetoothd()
+    write_config()
+    return bluetoothd
+
+
+def start_bluetoothd():
+    p = spawn("bluetoothd", ["/usr/libexec/bluetooth/bluetoothd", "-n", "-d"])
+    wait("bluetoothd with hci0 powered", lambda: bt_adapter().get("Powered") == "yes")
+    return p
+
+
+def main():
+    LOGS.mkdir(parents=True, exist_ok=True)
+    results = open(OUT / "results", "a")
+    passed = failed = 0
+    lab = None
+    try:
+        bluetoothd = setup()
+        lab = Lab()
+        lab.bluetoothd = bluetoothd
+    except Exception:
+        note("setup failed:\n" + traceback.format_exc())
+        results.write("FAIL setup\n")
+        failed += 1
+    if lab is not None:
+        for f in SCENARIOS:
+            name = f.__name__
+            if ONLY and name not in ONLY and name != "carehub_starts_and_scans":
+                continue
+            if not ONLY and name in OPT_IN:
+                continue
+            note(f"== {name}")
+            start = time.monotonic()
+            try:
+                f(lab)
+                line = f"ok   {name} ({time.monotonic() - start:.0f} s)"
+                passed += 1
+            except Exception as e:
+                note(traceback.format_exc())
+                line = f"FAIL {name} ({time.monotonic() - start:.0f} s): {e}"
+                failed += 1
+            note(line)
+            results.write(line + "\n")
+            results.flush()
+        code = lab.carehub.stop()
+        note(f"carehub stopped: exit {code}")
+        for d in Path("/var/lib/bluetooth").rglob("*"):
+            note(f"bluetooth state: {d}")
+    try:
+        sensors("quit")
+    except Exception:
+        pass
+    (OUT / "summary").write_text(f"{passed} {failed}\n")
+    results.close()
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
