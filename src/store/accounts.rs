@@ -110,7 +110,7 @@ impl CodeKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEntry {
     pub at: Timestamp,
-    /// The username, or "anonymous", "cli".
+    /// The username, or "anonymous", "cli (carehub pair)".
     pub who: String,
     /// E.g. "view residents overview", "POST /pairing/assign", "sign in failed".
     pub action: String,

@@ -43,7 +43,7 @@ pub struct PairingRecord {
     pub at: Timestamp,
     pub device: Option<DeviceAddress>,
     pub what: String,
-    /// Who asked: the API caller's address, "cli", or "gateway".
+    /// Who asked: the API caller's address, "cli (carehub pair)", or "gateway".
     pub who: String,
     pub change: RegistryChange,
 }

@@ -3,7 +3,7 @@
 //! the overview page (which refreshes itself every 10 s).
 //!
 //! Who acknowledged an alert or set a resident's limits is the signed-in caller
-//! ([`Caller`]: the account's username, "cli" for the bearer token), never a
+//! ([`Caller`]: the account's username), never a
 //! name typed into the request. The JSON API refuses the fields that once
 //! carried such a name (`by`, `set_by`) with a 422 that says why, so that an old
 //! client learns instead of having its name silently replaced.

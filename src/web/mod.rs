@@ -220,7 +220,7 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Who made a request, for the pairing record and the audit log: the signed-in
-/// user's name, or "cli" for `carehub pair`. The policy middleware has checked
+/// user's name, or "cli (carehub pair)" for its bearer token. The policy middleware has checked
 /// who it is before any handler that asks runs.
 #[derive(Debug, Clone)]
 pub struct Caller(pub String);

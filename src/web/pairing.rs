@@ -55,7 +55,7 @@ pub struct EventJson {
     pub at: String,
     pub device: Option<String>,
     pub what: String,
-    /// Who asked: the caller's address, "cli", or "gateway".
+    /// Who asked: the caller's address, "cli (carehub pair)", or "gateway".
     pub who: Option<String>,
 }
 
