@@ -153,6 +153,7 @@ impl AlertStage {
                     .and_then(|u| u.certificate_expires_at)
                     .map(|t| (t.unix_ms() - now.unix_ms()).div_euclid(86_400_000)),
                 disk_free_bytes: crate::store::free_disk_bytes(&db_path),
+                uplink_held_readings: uplink.as_ref().map_or(0, |u| u.held_readings),
             };
             let causes = evaluate(
                 &Snapshot {

@@ -227,6 +227,28 @@ pub enum PayloadFormat {
     Fhir,
 }
 
+/// The MQTT protocol version of the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// MQTT 5: a refused publish is seen (PUBACK reason code 0x80 or more) and
+    /// the broker's maximum packet size is honoured.
+    #[serde(rename = "5")]
+    V5,
+    /// MQTT 3.1.1: a broker that refuses a publish still answers with an
+    /// ordinary PUBACK, so refusals cannot be seen.
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V5 => "5",
+            Protocol::V311 => "3.1.1",
+        }
+    }
+}
+
 /// `[uplink]`: the mutual-TLS MQTT connection to the cloud broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -247,6 +269,8 @@ pub struct UplinkConfig {
     /// PEM file with this gateway's private key (PKCS#8, SEC1 or RSA).
     /// Default `"/etc/carehub/tls/gateway.key"`.
     pub key_file: PathBuf,
+    /// `"5"` or `"3.1.1"`. Default `"5"`.
+    pub protocol: Protocol,
     /// `"json"` or `"fhir"`. Default `"json"`.
     pub payload: PayloadFormat,
     /// At most this many readings per message. Default 100.
@@ -262,6 +286,10 @@ pub struct UplinkConfig {
     pub backoff_max_ms: u64,
     /// Warn this many days before the gateway certificate expires. Default 30.
     pub cert_warn_days: u32,
+    /// MQTT 5: a batch the broker refused this many times in a row is held
+    /// (kept, not sent again until a reconnect, a reload or a staff action).
+    /// Default 3.
+    pub hold_after_refusals: u32,
 }
 
 impl Default for UplinkConfig {
@@ -273,6 +301,7 @@ impl Default for UplinkConfig {
             ca_file: PathBuf::from("/etc/carehub/tls/ca.pem"),
             cert_file: PathBuf::from("/etc/carehub/tls/gateway.pem"),
             key_file: PathBuf::from("/etc/carehub/tls/gateway.key"),
+            protocol: Protocol::V5,
             payload: PayloadFormat::Json,
             batch_max_readings: 100,
             max_inflight: 64,
@@ -280,6 +309,7 @@ impl Default for UplinkConfig {
             backoff_min_ms: 500,
             backoff_max_ms: 60_000,
             cert_warn_days: 30,
+            hold_after_refusals: 3,
         }
     }
 }
@@ -520,6 +550,10 @@ ca_file = "/etc/carehub/tls/ca.pem"
 cert_file = "/etc/carehub/tls/gateway.pem"
 # This gateway's private key (PEM: PKCS#8, SEC1 or RSA).
 key_file = "/etc/carehub/tls/gateway.key"
+# MQTT version: "5" (default) or "3.1.1". Only MQTT 5 lets the broker say that
+# it refused a message (PUBACK reason code); under 3.1.1 a refused message is
+# acknowledged like a delivered one and lost without trace (docs/mqtt.md).
+protocol = "5"
 # "json" (carehub's JSON batch, schema 1) or "fhir" (FHIR R4 Observations).
 payload = "json"
 # At most this many readings per message.
@@ -536,6 +570,11 @@ backoff_min_ms = 500
 backoff_max_ms = 60000
 # Warn (log, status topic, web page) this many days before the certificate expires.
 cert_warn_days = 30
+# MQTT 5: a batch the broker refuses this many times in a row is held: kept in
+# the outbox but set aside, so that the readings behind it still go; shown on
+# the gateway page and /metrics and raised as an alert; tried again after a
+# reconnect, a reload (SIGHUP) or a staff action on the gateway page.
+hold_after_refusals = 3
 "#;
 
 /// A configuration error, located in its file.
@@ -755,6 +794,9 @@ impl Config {
         }
         if u.host.is_empty() {
             return Err(("uplink.host", "must not be empty".into()));
+        }
+        if u.hold_after_refusals == 0 {
+            return Err(("uplink.hold_after_refusals", "must be at least 1".into()));
         }
         // Cloud brokers (AWS IoT, Azure IoT Hub) limit client ids to 128 bytes and
         // the client id is the gateway id.

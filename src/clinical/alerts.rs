@@ -109,6 +109,9 @@ pub struct GatewayState {
     pub cert_days_left: Option<i64>,
     /// Free bytes on the data partition.
     pub disk_free_bytes: Option<u64>,
+    /// Readings the uplink holds because the broker refused them again and
+    /// again (MQTT 5 reason codes).
+    pub uplink_held_readings: u64,
 }
 
 /// Everything the rules look at.
@@ -371,6 +374,17 @@ fn gateway_causes(g: &GatewayState, limits: &Limits, out: &mut Vec<Cause>) {
             format!("the uplink certificate {what}"),
         ));
     }
+    if g.uplink_held_readings > 0 {
+        out.push(warning(
+            "gateway/uplink-held".into(),
+            None,
+            "uplink-refused",
+            format!(
+                "the cloud broker refuses {} readings again and again; they are kept on the gateway and not sent: check the broker's ACL for this gateway, then retry on the gateway page",
+                g.uplink_held_readings
+            ),
+        ));
+    }
     if let Some(free) = g.disk_free_bytes.filter(|f| *f <= limits.disk_low_bytes) {
         out.push(warning(
             "gateway/disk".into(),
@@ -597,6 +611,7 @@ mod tests {
                 backlog_age: Some(Duration::from_secs(backlog_min * 60)),
                 cert_days_left: Some(cert),
                 disk_free_bytes: Some(disk_mb * 1024 * 1024),
+                uplink_held_readings: 0,
             },
             ..Default::default()
         };
@@ -610,5 +625,14 @@ mod tests {
             ],
         );
         check(&Snapshot::default(), &[]);
+        // Readings held after repeated refusals by the broker.
+        let held = Snapshot {
+            gateway: GatewayState {
+                uplink_held_readings: 700,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        check(&held, &[("gateway/uplink-held", Warning)]);
     }
 }

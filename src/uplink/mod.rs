@@ -12,6 +12,7 @@ pub mod actor;
 pub mod batch;
 pub mod cert;
 pub mod fhir;
+pub mod link;
 pub mod payload;
 pub mod status;
 pub mod tls;
