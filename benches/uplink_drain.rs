@@ -270,6 +270,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
                 backoff_max: Duration::from_millis(500),
                 cert_warn_days: 30,
                 hold_after_refusals: 3,
+                stable_after: std::time::Duration::from_secs(30),
                 watch_every: Duration::from_secs(60),
                 status_every: Duration::from_secs(60),
             },

@@ -92,8 +92,12 @@ pub struct UplinkSettings {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub cert_warn_days: u32,
-    /// MQTT 5: hold a batch refused this many times in a row.
+    /// Hold a batch refused (MQTT 5) or in flight when a young connection
+    /// died this many times in a row.
     pub hold_after_refusals: u32,
+    /// A connection that lasted this long resets the back-off when it ends,
+    /// and the next connection retries held readings ([`STABLE_CONNECTION`]).
+    pub stable_after: Duration,
     /// How often the certificate files are checked for changes.
     pub watch_every: Duration,
     /// How often the status message is refreshed while connected.
@@ -122,6 +126,7 @@ impl UplinkSettings {
             backoff_max: Duration::from_millis(u.backoff_max_ms),
             cert_warn_days: u.cert_warn_days,
             hold_after_refusals: u.hold_after_refusals,
+            stable_after: STABLE_CONNECTION,
             watch_every: Duration::from_secs(10),
             status_every: Duration::from_secs(60),
         }
@@ -361,11 +366,25 @@ impl Uplink {
             .unwrap_or(1);
         let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max, seed);
         let addr = format!("{}:{}", self.settings.host, self.settings.port);
+        // Whether the next connection tries held readings again: after a
+        // reload, or after a connection that lasted (a link cut, a broker
+        // restart), but not after one that held readings ended soon after its
+        // CONNACK, which they may have caused themselves.
+        let mut retry_held = false;
         loop {
             self.heartbeat.beat();
             self.status.set_state(ConnectionState::Connecting);
             tracing::debug!(broker = %addr, "uplink: session starting");
-            match self.session(&addr).await {
+            let end = self.session(&addr, retry_held).await;
+            retry_held = matches!(
+                end,
+                SessionEnd::Reload
+                    | SessionEnd::Failed {
+                        was_connected: true,
+                        ..
+                    }
+            );
+            match end {
                 SessionEnd::Cancelled => {
                     tracing::debug!("uplink: session ended: cancelled");
                     break;
@@ -397,6 +416,7 @@ impl Uplink {
                             _ = self.cancel.cancelled() => break true,
                             _ = self.reload.notified() => {
                                 backoff.reset();
+                                retry_held = true;
                                 break false;
                             }
                             _ = tokio::time::sleep_until(until) => break false,
@@ -507,7 +527,7 @@ impl Uplink {
         }
     }
 
-    async fn session(&self, addr: &str) -> SessionEnd {
+    async fn session(&self, addr: &str, retry_held: bool) -> SessionEnd {
         // This task is the outbox's only leaser and holds no lease between
         // connections: whatever a previous connection could not release (a lease
         // reply lost when it ended mid-request, a failed release) goes back now.
@@ -556,10 +576,23 @@ impl Uplink {
             max_payload: None,
             connected: false,
             connected_at: None,
+            retry_on_connect: retry_held,
             link_lost: false,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
-        session.release_outstanding().await;
+        // A connection that died soon after its CONNACK with batches in flight:
+        // the oldest of them may be what kills it (a broker that disconnects
+        // on a publish its ACL or size limit refuses). Count it like a refusal,
+        // so that it is held after `hold_after_refusals` such deaths and the
+        // readings behind it still go.
+        let killer = match &end {
+            SessionEnd::Failed {
+                was_connected: false,
+                ..
+            } if session.connected && session.link_lost => session.oldest_batch_in_flight(),
+            _ => None,
+        };
+        session.release_outstanding(killer).await;
         end
     }
 }
@@ -614,6 +647,8 @@ struct Session<'a> {
     /// When the CONNACK came: a connection that dies soon after does not reset
     /// the back-off.
     connected_at: Option<tokio::time::Instant>,
+    /// Try held readings again at the CONNACK.
+    retry_on_connect: bool,
     /// The event loop reported the connection gone: no goodbye is possible.
     link_lost: bool,
 }
@@ -838,7 +873,7 @@ impl Session<'_> {
             && *was_connected
             && self
                 .connected_at
-                .is_none_or(|t| t.elapsed() < STABLE_CONNECTION)
+                .is_none_or(|t| t.elapsed() < self.uplink.settings.stable_after)
         {
             *was_connected = false;
         }
@@ -1043,7 +1078,9 @@ impl Session<'_> {
                         self.uplink.status.set_max_packet_size(max_packet_size);
                         // A reconnect is one of the times held readings are
                         // tried again (the broker or its ACL may have changed).
-                        if let Err(e) = self.retry_held().await {
+                        if self.retry_on_connect
+                            && let Err(e) = self.retry_held().await
+                        {
                             return failed(e, true);
                         }
                         self.uplink.status.connections.fetch_add(1, Ordering::Relaxed);
@@ -1179,9 +1216,53 @@ impl Session<'_> {
 
     /// Gives every unacknowledged batch back to the outbox, after letting the acks
     /// of acknowledged ones finish (an aborted ack would leave its lease held).
-    async fn release_outstanding(&mut self) {
+    /// The lease of the oldest batch message still waiting for its PUBACK
+    /// (leases are numbered in order), unless a refusal already counted it.
+    fn oldest_batch_in_flight(&self) -> Option<LeaseId> {
+        self.inflight
+            .values()
+            .filter_map(|c| match c {
+                Carried::Batch { lease } if !self.refused.contains(lease) => Some(*lease),
+                _ => None,
+            })
+            .min_by_key(|l| l.0)
+    }
+
+    /// Counts `killer` as refused once (see [`Uplink::session`]).
+    async fn charge_killer(&mut self, lease: LeaseId) {
+        let hold_after = self.uplink.settings.hold_after_refusals;
+        match self.uplink.store.refuse(lease, hold_after).await {
+            Ok(outcome) => {
+                self.uplink
+                    .status
+                    .held_readings
+                    .store(outcome.held_readings, Ordering::Relaxed);
+                if outcome.held {
+                    tracing::error!(
+                        deaths = outcome.refusals,
+                        held_readings = outcome.held_readings,
+                        "uplink: connections keep dying soon after they start while the same batch is in flight; its readings are held (kept, not sent) until a reconnect, a reload or a retry from the gateway page"
+                    );
+                } else {
+                    tracing::debug!(
+                        deaths = outcome.refusals,
+                        "uplink: a young connection died with a batch in flight"
+                    );
+                }
+                self.refused.insert(lease);
+            }
+            Err(e) => {
+                tracing::error!(lease = lease.0, error = %e, "uplink: cannot count a batch in flight when the connection died")
+            }
+        }
+    }
+
+    async fn release_outstanding(&mut self, killer: Option<LeaseId>) {
         while let Some(done) = self.acking.join_next().await {
             let _ = self.acked(done);
+        }
+        if let Some(lease) = killer {
+            self.charge_killer(lease).await;
         }
         let leases: Vec<LeaseId> = self
             .queued

@@ -11,6 +11,7 @@ mod decode_cli;
 mod demo;
 mod mqtt;
 mod mqtt_support;
+mod mqtt_v5;
 mod news2;
 mod store_caps;
 mod store_crash;

@@ -104,6 +104,7 @@ pub(super) fn settings(
         backoff_max: Duration::from_millis(400),
         cert_warn_days: 30,
         hold_after_refusals: 3,
+        stable_after: std::time::Duration::from_secs(30),
         watch_every: Duration::from_millis(300),
         status_every: Duration::from_secs(60),
     }
