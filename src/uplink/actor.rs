@@ -404,6 +404,10 @@ impl Uplink {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
+                    self.status.retry_delay_ms.store(
+                        u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
                     tracing::warn!(broker = %addr, retry_in_ms = delay.as_millis() as u64, "uplink: {error}");
                     self.status.set_error(Timestamp::now(), error.to_string());
                     self.status.set_state(ConnectionState::Backoff);

@@ -68,6 +68,8 @@ pub struct UplinkStatus {
     pub messages_refused: AtomicU64,
     /// Readings held after repeated refusals: kept, not sent until a retry.
     pub held_readings: AtomicU64,
+    /// The last reconnect delay drawn by the back-off, in milliseconds.
+    pub retry_delay_ms: AtomicU64,
     /// Staff asked to try held readings again (the gateway page).
     pub retry: Notify,
 }
@@ -111,6 +113,7 @@ impl UplinkStatus {
             backlog: AtomicU64::new(0),
             messages_refused: AtomicU64::new(0),
             held_readings: AtomicU64::new(0),
+            retry_delay_ms: AtomicU64::new(0),
             retry: Notify::new(),
         }
     }

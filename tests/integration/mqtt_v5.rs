@@ -283,3 +283,114 @@ async fn held_readings_are_tried_again_after_a_reconnect() {
     .await;
     up.stop().await;
 }
+
+/// A broker with a packet-size limit smaller than a batch of 50 readings.
+fn broker_with_packet_limit(pki: &Pki, bytes: usize) -> Broker {
+    Broker::with_config(pki, "server", &format!("max_packet_size {bytes}\n"))
+}
+
+/// MQTT 5: mosquitto states its Maximum Packet Size in the CONNACK; the uplink
+/// splits its batches to fit, and everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_split_to_the_brokers_maximum_packet_size() {
+    let pki = Pki::new();
+    let mut broker = broker_with_packet_limit(&pki, 4096);
+    broker.start();
+    let sub = Subscriber::start(&pki, broker.port);
+    sub.wait_subscribed();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    provision(&store.handle).await;
+    let ids = ingest(&store.handle, 400).await;
+    let s = settings(
+        &pki,
+        broker.port,
+        "localhost",
+        "gateway",
+        PayloadFormat::Json,
+    );
+    assert_eq!(s.batch_max_readings, 50, "a batch is about 12 kB");
+    let up = start(&store.handle, s);
+    until(
+        "everything delivered in small messages",
+        || {
+            let seen = sub.reading_ids();
+            ids.iter().all(|id| seen.contains_key(id))
+        },
+        || format!("{:?} {}", up.status.snapshot(), broker.log_text()),
+    )
+    .await;
+    until(
+        "outbox empty",
+        || store.handle.stats().outbox_readings.load(Ordering::Relaxed) == 0,
+        || format!("{:?}", up.status.snapshot()),
+    )
+    .await;
+    let snap = up.status.snapshot();
+    assert_eq!(snap.max_packet_size, Some(4096));
+    assert_eq!(snap.connections, 1, "no connection was lost to the limit");
+    let readings_messages: Vec<_> = sub
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/readings"))
+        .collect();
+    assert!(
+        readings_messages.len() >= 400 / 15,
+        "{}",
+        readings_messages.len()
+    );
+    assert!(readings_messages.iter().all(|m| m.payload.len() < 4096));
+    up.stop().await;
+}
+
+/// MQTT 3.1.1 has no way to learn the limit: mosquitto drops the connection
+/// after the CONNACK at the first large publish. The back-off keeps growing
+/// (a CONNACK does not reset it), and the batch that keeps killing the
+/// connection is held after `hold_after_refusals` deaths, so the link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_drops_after_connack_gets_a_growing_back_off() {
+    let pki = Pki::new();
+    let mut broker = broker_with_packet_limit(&pki, 4096);
+    broker.start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    provision(&store.handle).await;
+    ingest(&store.handle, 200).await;
+    let mut s = settings(
+        &pki,
+        broker.port,
+        "localhost",
+        "gateway",
+        PayloadFormat::Json,
+    );
+    s.protocol = Protocol::V311;
+    s.backoff_min = Duration::from_millis(50);
+    s.backoff_max = Duration::from_secs(5);
+    s.hold_after_refusals = 5;
+    let up = start(&store.handle, s);
+    until(
+        "the killing batch held",
+        || {
+            let s = up.status.snapshot();
+            s.held_readings == 200 && s.state == ConnectionState::Connected
+        },
+        || format!("{:?}", up.status.snapshot()),
+    )
+    .await;
+    let snap = up.status.snapshot();
+    // Five deaths: delays drawn under ceilings of 50, 100, 200, 400 and 800 ms,
+    // the last at least half its ceiling. A back-off reset by each CONNACK
+    // would stay at or under 50 ms.
+    assert!(snap.connections >= 6, "{snap:?}");
+    let last = up.status.retry_delay_ms.load(Ordering::Relaxed);
+    assert!(
+        last >= 400,
+        "the back-off did not grow: last delay {last} ms"
+    );
+    assert_eq!(
+        store.handle.stats().outbox_readings.load(Ordering::Relaxed),
+        200,
+        "nothing deleted"
+    );
+    up.stop().await;
+}
