@@ -603,7 +603,67 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Bytes a reading takes in a message, about, by payload (docs/performance.md),
+/// for the message-size warnings of `config check`.
+fn bytes_per_reading(payload: PayloadFormat) -> usize {
+    match payload {
+        PayloadFormat::Json => 330,
+        PayloadFormat::Fhir => 1600,
+    }
+}
+
+/// Known limits of cloud brokers, by host name suffix: (suffix, broker, largest
+/// message in bytes, most QoS 1 messages in flight a client).
+const KNOWN_BROKERS: &[(&str, &str, usize, u16)] = &[
+    // AWS IoT Core: 128 KB a message, 100 in-flight unacknowledged a client.
+    (".amazonaws.com", "AWS IoT Core", 128 * 1024, 100),
+    // Azure Event Grid MQTT broker: 512 KB a message, 100 in flight.
+    (".eventgrid.azure.net", "Azure Event Grid", 512 * 1024, 100),
+];
+
 impl Config {
+    /// What `config check` warns about: valid settings that a known broker
+    /// will refuse or that lose information.
+    pub fn warnings(&self) -> Vec<String> {
+        let u = &self.uplink;
+        let mut out = Vec::new();
+        if u.protocol == Protocol::V311 {
+            out.push(
+                "uplink.protocol = \"3.1.1\": a broker that refuses a message still acknowledges it under MQTT 3.1.1, so refused readings are deleted as delivered; use \"5\" if the broker supports it".into(),
+            );
+        }
+        let host = u.host.to_ascii_lowercase();
+        let message = u
+            .batch_max_readings
+            .saturating_mul(bytes_per_reading(u.payload))
+            + 128;
+        for &(suffix, broker, max_message, max_inflight) in KNOWN_BROKERS {
+            if !host.ends_with(suffix) {
+                continue;
+            }
+            if message > max_message {
+                let fits = (max_message - 128) / bytes_per_reading(u.payload);
+                out.push(format!(
+                    "uplink.batch_max_readings = {}: a {payload} message of that many readings is about {} kB, over {broker}'s limit of {} kB a message; the broker would refuse it (at most about {fits} readings fit)",
+                    u.batch_max_readings,
+                    message / 1024,
+                    max_message / 1024,
+                    payload = match u.payload {
+                        PayloadFormat::Json => "JSON",
+                        PayloadFormat::Fhir => "FHIR",
+                    },
+                ));
+            }
+            if u.max_inflight > max_inflight {
+                out.push(format!(
+                    "uplink.max_inflight = {}: {broker} allows at most {max_inflight} unacknowledged QoS 1 messages a client",
+                    u.max_inflight
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -899,6 +959,36 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         }
     }
     table_line
+}
+
+#[cfg(test)]
+mod broker_limit_tests {
+    use super::*;
+
+    #[test]
+    fn config_check_warns_about_known_broker_limits() {
+        let mut c = Config::default();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        c.uplink.host = "a1b2c3-ats.iot.eu-west-2.amazonaws.com".into();
+        // 100 JSON readings (about 33 kB) fit AWS IoT Core's 128 kB.
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // 100 FHIR readings (about 160 kB) do not; nor 500 JSON readings.
+        c.uplink.payload = PayloadFormat::Fhir;
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("AWS IoT Core's limit of 128 kB"), "{w:?}");
+        c.uplink.payload = PayloadFormat::Json;
+        c.uplink.batch_max_readings = 500;
+        c.uplink.max_inflight = 200;
+        let w = c.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[1].contains("at most 100 unacknowledged"), "{w:?}");
+        // Another broker: no known limit.
+        c.uplink.host = "mqtt.example.org".into();
+        assert!(c.warnings().is_empty());
+        c.uplink.protocol = Protocol::V311;
+        assert!(c.warnings()[0].contains("refused readings are deleted as delivered"));
+    }
 }
 
 #[cfg(test)]
