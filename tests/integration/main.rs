@@ -9,6 +9,7 @@ mod browser;
 mod browser_support;
 mod decode_cli;
 mod demo;
+mod fhir_models;
 mod mqtt;
 mod mqtt_support;
 mod mqtt_v5;
