@@ -49,9 +49,9 @@ fn reading(n: usize, quantity: Quantity, value: Value, unit: Unit, subject: Subj
         quantity,
         value,
         unit,
-        measured_at: (n % 2 == 0).then_some(at),
+        measured_at: n.is_multiple_of(2).then_some(at),
         received_at: at,
-        clock_synced: n % 3 != 0,
+        clock_synced: !n.is_multiple_of(3),
     }
 }
 
