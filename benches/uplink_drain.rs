@@ -261,6 +261,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
                 },
                 site: "bench".into(),
                 protocol: carehub::config::Protocol::V5,
+                compact: false,
                 gateway: "gw-test".into(),
                 payload: PayloadFormat::Json,
                 batch_max_readings: batch,

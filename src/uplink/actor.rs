@@ -86,6 +86,8 @@ pub struct UplinkSettings {
     pub gateway: String,
     pub protocol: Protocol,
     pub payload: PayloadFormat,
+    /// DEFLATE readings messages (MQTT 5 content type announces it).
+    pub compact: bool,
     pub batch_max_readings: usize,
     pub max_inflight: u16,
     pub keep_alive: Duration,
@@ -119,6 +121,8 @@ impl UplinkSettings {
             gateway: c.site.gateway_id.clone(),
             protocol: u.protocol,
             payload: u.payload,
+            compact: u.compression == crate::config::Compression::Deflate
+                && u.protocol == Protocol::V5,
             batch_max_readings: u.batch_max_readings,
             max_inflight: u.max_inflight,
             keep_alive: Duration::from_secs(u.keep_alive_s),
@@ -669,11 +673,22 @@ impl Session<'_> {
         retain: bool,
         carried: Carried,
     ) -> Result<(), UplinkError> {
+        self.publish_typed(topic, payload, retain, None, carried)
+    }
+
+    fn publish_typed(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        content_type: Option<&str>,
+        carried: Carried,
+    ) -> Result<(), UplinkError> {
         // The channel has room for max_inflight + one lease's messages + alerts
         // + 8, and a lease starts only while fewer than max_inflight messages
         // are outstanding, so it is never full here.
         self.client
-            .try_publish(topic, payload, retain, None)
+            .try_publish(topic, payload, retain, content_type)
             .map_err(|e| UplinkError::Connection(format!("mqtt client queue: {e}")))?;
         self.queued.push_back(carried);
         Ok(())
@@ -683,9 +698,17 @@ impl Session<'_> {
     fn publish_lease(&mut self, lease: Prepared) -> Result<(), UplinkError> {
         self.parts_left
             .insert(lease.id, (lease.messages.len(), lease.readings));
+        let s = &self.uplink.settings;
+        let content_type = super::batch::content_type(s.payload, s.compact);
         for payload in lease.messages {
             let carried = Carried::Batch { lease: lease.id };
-            self.publish(self.topics.readings.clone(), payload, false, carried)?;
+            self.publish_typed(
+                self.topics.readings.clone(),
+                payload,
+                false,
+                content_type,
+                carried,
+            )?;
         }
         Ok(())
     }
@@ -935,7 +958,8 @@ impl Session<'_> {
                 let batch = s.batch_max_readings.max(1);
                 let n = batch.saturating_mul(messages_per_lease(batch, s.max_inflight));
                 let encoder = Encoder::new(s.payload, &s.site, &s.gateway, batch)
-                    .with_max_bytes(self.max_payload);
+                    .with_max_bytes(self.max_payload)
+                    .with_compact(s.compact);
                 // Read and encoded in a blocking thread while this task goes on
                 // serving the event loop and the acks.
                 leasing = Some(Box::pin(async move {

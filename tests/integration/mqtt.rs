@@ -96,6 +96,7 @@ pub(super) fn settings(
         site: "oak-house".into(),
         gateway: "gw-test".into(),
         protocol: carehub::config::Protocol::V5,
+        compact: false,
         payload,
         batch_max_readings: 50,
         max_inflight: 8,

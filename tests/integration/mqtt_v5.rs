@@ -394,3 +394,52 @@ async fn a_broker_that_drops_after_connack_gets_a_growing_back_off() {
     );
     up.stop().await;
 }
+
+/// `uplink.compression = "deflate"`: each readings message is the raw DEFLATE
+/// of the JSON batch; inflated, it is the schema-1 message, every reading there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deflated_batches_arrive_and_inflate_to_the_json_batches() {
+    let pki = Pki::new();
+    let mut broker = Broker::new(&pki, "server");
+    broker.start();
+    let sub = Subscriber::start(&pki, broker.port);
+    sub.wait_subscribed();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    provision(&store.handle).await;
+    let ids = ingest(&store.handle, 300).await;
+    let mut s = settings(
+        &pki,
+        broker.port,
+        "localhost",
+        "gateway",
+        PayloadFormat::Json,
+    );
+    s.compact = true;
+    let up = start(&store.handle, s);
+    let inflated = || -> Vec<carehub::uplink::payload::ReadingsMessage> {
+        sub.messages()
+            .into_iter()
+            .filter(|m| m.topic.ends_with("/readings"))
+            .map(|m| {
+                assert_ne!(m.payload.first(), Some(&b'{'), "sent uncompressed");
+                let text =
+                    miniz_oxide::inflate::decompress_to_vec(&m.payload).expect("raw DEFLATE");
+                serde_json::from_slice(&text).expect("schema 1 once inflated")
+            })
+            .collect()
+    };
+    until(
+        "every reading arrives compressed",
+        || {
+            let seen: std::collections::HashSet<String> = inflated()
+                .into_iter()
+                .flat_map(|m| m.readings.into_iter().map(|r| r.id))
+                .collect();
+            ids.iter().all(|id| seen.contains(id))
+        },
+        || format!("{:?}", up.status.snapshot()),
+    )
+    .await;
+    up.stop().await;
+}
