@@ -16,12 +16,11 @@ use super::payload::{
 };
 
 /// MQTT 5 content type of a compressed readings message: raw DEFLATE (RFC 1951)
-/// of the payload named (`docs/mqtt.md`, `docs/decisions/0014-deflate-on-the-wire.md`).
+/// of the payload named (`docs/mqtt.md`, `docs/decisions/0013-deflate-on-the-wire.md`).
 pub const CONTENT_TYPE_JSON_DEFLATE: &str = "application/vnd.carehub.readings+json;deflate";
 pub const CONTENT_TYPE_FHIR_DEFLATE: &str = "application/fhir+json;deflate";
 
-/// The DEFLATE level: 9 is the smallest output; a 33 kB batch takes about a
-/// millisecond on a gateway-class core.
+/// The DEFLATE level: 9, the smallest output (the link is paid by the byte).
 const DEFLATE_LEVEL: u8 = 9;
 
 /// One way a batch can go on the wire, for the wire-bytes bench.
