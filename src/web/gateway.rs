@@ -290,10 +290,12 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                                 br; "last: " (r) span.age { (date_time(t)) ", " (describe_age(t.age_at(now))) }
                             }
                         }
+                    }
+                    @if g.uplink.refusals_visible || g.uplink.held_readings > 0 {
                         dt { "Held" }
                         dd {
                             @if g.uplink.held_readings == 0 { "none" } @else {
-                                span.badge.bad { "HELD" } " " (g.uplink.held_readings) " readings refused again and again: kept, not sent"
+                                span.badge.bad { "HELD" } " " (g.uplink.held_readings) " readings refused again and again (or in flight each time the connection died): kept, not sent"
                                 form method="post" action="/gateway/uplink/retry" {
                                     (crate::web::csrf_field())
                                     button type="submit" { "Try held readings again" }

@@ -547,6 +547,8 @@ async fn held_readings_and_refusals_are_shown_counted_and_can_be_retried() {
     assert!(html.contains("REFUSALS NOT VISIBLE"), "{html}");
     assert!(html.contains("lost without trace"), "{html}");
     assert!(!html.contains("Refused by the broker"), "{html}");
+    // Readings held after connections died with them are shown all the same.
+    assert!(html.contains("HELD"), "{html}");
 }
 
 #[tokio::test]
