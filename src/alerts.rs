@@ -158,6 +158,7 @@ impl AlertStage {
                     .map(|t| (t.unix_ms() - now.unix_ms()).div_euclid(86_400_000)),
                 disk_free_bytes: crate::store::free_disk_bytes(&db_path),
                 web_unanswered_for,
+                uplink_held_readings: uplink.as_ref().map_or(0, |u| u.held_readings),
             };
             let causes = evaluate(
                 &Snapshot {

@@ -230,6 +230,40 @@ pub enum PayloadFormat {
     Fhir,
 }
 
+/// The MQTT protocol version of the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// MQTT 5: a refused publish is seen (PUBACK reason code 0x80 or more) and
+    /// the broker's maximum packet size is honoured.
+    #[serde(rename = "5")]
+    V5,
+    /// MQTT 3.1.1: a broker that refuses a publish still answers with an
+    /// ordinary PUBACK, so refusals cannot be seen.
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V5 => "5",
+            Protocol::V311 => "3.1.1",
+        }
+    }
+}
+
+/// Compression of readings messages on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// The payload as it is (JSON or FHIR text).
+    None,
+    /// Raw DEFLATE (RFC 1951) of the payload, announced by the MQTT 5 content
+    /// type (`docs/mqtt.md`): about 20 bytes a JSON reading on the wire at 100
+    /// readings a message instead of about 290.
+    Deflate,
+}
+
 /// `[uplink]`: the mutual-TLS MQTT connection to the cloud broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -250,8 +284,13 @@ pub struct UplinkConfig {
     /// PEM file with this gateway's private key (PKCS#8, SEC1 or RSA).
     /// Default `"/etc/carehub/tls/gateway.key"`.
     pub key_file: PathBuf,
+    /// `"5"` or `"3.1.1"`. Default `"5"`.
+    pub protocol: Protocol,
     /// `"json"` or `"fhir"`. Default `"json"`.
     pub payload: PayloadFormat,
+    /// `"none"` or `"deflate"` (MQTT 5 only: announced by the message's
+    /// content type). Default `"none"`.
+    pub compression: Compression,
     /// At most this many readings per message. Default 100.
     pub batch_max_readings: usize,
     /// At most this many messages published and not yet acknowledged. Default 64
@@ -265,6 +304,10 @@ pub struct UplinkConfig {
     pub backoff_max_ms: u64,
     /// Warn this many days before the gateway certificate expires. Default 30.
     pub cert_warn_days: u32,
+    /// MQTT 5: a batch the broker refused this many times in a row is held
+    /// (kept, not sent again until a reconnect, a reload or a staff action).
+    /// Default 3.
+    pub hold_after_refusals: u32,
 }
 
 impl Default for UplinkConfig {
@@ -276,13 +319,16 @@ impl Default for UplinkConfig {
             ca_file: PathBuf::from("/etc/carehub/tls/ca.pem"),
             cert_file: PathBuf::from("/etc/carehub/tls/gateway.pem"),
             key_file: PathBuf::from("/etc/carehub/tls/gateway.key"),
+            protocol: Protocol::V5,
             payload: PayloadFormat::Json,
+            compression: Compression::None,
             batch_max_readings: 100,
             max_inflight: 64,
             keep_alive_s: 30,
             backoff_min_ms: 500,
             backoff_max_ms: 60_000,
             cert_warn_days: 30,
+            hold_after_refusals: 3,
         }
     }
 }
@@ -529,8 +575,17 @@ ca_file = "/etc/carehub/tls/ca.pem"
 cert_file = "/etc/carehub/tls/gateway.pem"
 # This gateway's private key (PEM: PKCS#8, SEC1 or RSA).
 key_file = "/etc/carehub/tls/gateway.key"
+# MQTT version: "5" (default) or "3.1.1". Only MQTT 5 lets the broker say that
+# it refused a message (PUBACK reason code); under 3.1.1 a refused message is
+# acknowledged like a delivered one and lost without trace (docs/mqtt.md).
+protocol = "5"
 # "json" (carehub's JSON batch, schema 1) or "fhir" (FHIR R4 Observations).
 payload = "json"
+# "none" or "deflate": raw DEFLATE of each readings message, announced by its
+# MQTT 5 content type; about 20 instead of 290 bytes a JSON reading on the wire
+# at 100 readings a message (for a metered 4G link). MQTT 5 only; the cloud
+# consumer must inflate it (docs/mqtt.md).
+compression = "none"
 # At most this many readings per message.
 batch_max_readings = 100
 # At most this many messages sent and not yet acknowledged by the broker
@@ -545,6 +600,11 @@ backoff_min_ms = 500
 backoff_max_ms = 60000
 # Warn (log, status topic, web page) this many days before the certificate expires.
 cert_warn_days = 30
+# MQTT 5: a batch the broker refuses this many times in a row is held: kept in
+# the outbox but set aside, so that the readings behind it still go; shown on
+# the gateway page and /metrics and raised as an alert; tried again after a
+# reconnect, a reload (SIGHUP) or a staff action on the gateway page.
+hold_after_refusals = 3
 "#;
 
 /// A configuration error, located in its file.
@@ -573,7 +633,67 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Bytes a reading takes in a message, about, by payload (docs/performance.md),
+/// for the message-size warnings of `config check`.
+fn bytes_per_reading(payload: PayloadFormat) -> usize {
+    match payload {
+        PayloadFormat::Json => 330,
+        PayloadFormat::Fhir => 1600,
+    }
+}
+
+/// Known limits of cloud brokers, by host name suffix: (suffix, broker, largest
+/// message in bytes, most QoS 1 messages in flight a client).
+const KNOWN_BROKERS: &[(&str, &str, usize, u16)] = &[
+    // AWS IoT Core: 128 KB a message, 100 in-flight unacknowledged a client.
+    (".amazonaws.com", "AWS IoT Core", 128 * 1024, 100),
+    // Azure Event Grid MQTT broker: 512 KB a message, 100 in flight.
+    (".eventgrid.azure.net", "Azure Event Grid", 512 * 1024, 100),
+];
+
 impl Config {
+    /// What `config check` warns about: valid settings that a known broker
+    /// will refuse or that lose information.
+    pub fn warnings(&self) -> Vec<String> {
+        let u = &self.uplink;
+        let mut out = Vec::new();
+        if u.protocol == Protocol::V311 {
+            out.push(
+                "uplink.protocol = \"3.1.1\": a broker that refuses a message still acknowledges it under MQTT 3.1.1, so refused readings are deleted as delivered; use \"5\" if the broker supports it".into(),
+            );
+        }
+        let host = u.host.to_ascii_lowercase();
+        let message = u
+            .batch_max_readings
+            .saturating_mul(bytes_per_reading(u.payload))
+            + 128;
+        for &(suffix, broker, max_message, max_inflight) in KNOWN_BROKERS {
+            if !host.ends_with(suffix) {
+                continue;
+            }
+            if message > max_message {
+                let fits = (max_message - 128) / bytes_per_reading(u.payload);
+                out.push(format!(
+                    "uplink.batch_max_readings = {}: a {payload} message of that many readings is about {} kB, over {broker}'s limit of {} kB a message; the broker would refuse it (at most about {fits} readings fit)",
+                    u.batch_max_readings,
+                    message / 1024,
+                    max_message / 1024,
+                    payload = match u.payload {
+                        PayloadFormat::Json => "JSON",
+                        PayloadFormat::Fhir => "FHIR",
+                    },
+                ));
+            }
+            if u.max_inflight > max_inflight {
+                out.push(format!(
+                    "uplink.max_inflight = {}: {broker} allows at most {max_inflight} unacknowledged QoS 1 messages a client",
+                    u.max_inflight
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -772,6 +892,15 @@ impl Config {
         if u.host.is_empty() {
             return Err(("uplink.host", "must not be empty".into()));
         }
+        if u.compression == Compression::Deflate && u.protocol != Protocol::V5 {
+            return Err((
+                "uplink.compression",
+                "\"deflate\" needs uplink.protocol = \"5\" (the content type announces it)".into(),
+            ));
+        }
+        if u.hold_after_refusals == 0 {
+            return Err(("uplink.hold_after_refusals", "must be at least 1".into()));
+        }
         // Cloud brokers (AWS IoT, Azure IoT Hub) limit client ids to 128 bytes and
         // the client id is the gateway id.
         if self.site.gateway_id.len() > 128 {
@@ -873,6 +1002,36 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         }
     }
     table_line
+}
+
+#[cfg(test)]
+mod broker_limit_tests {
+    use super::*;
+
+    #[test]
+    fn config_check_warns_about_known_broker_limits() {
+        let mut c = Config::default();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        c.uplink.host = "a1b2c3-ats.iot.eu-west-2.amazonaws.com".into();
+        // 100 JSON readings (about 33 kB) fit AWS IoT Core's 128 kB.
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // 100 FHIR readings (about 160 kB) do not; nor 500 JSON readings.
+        c.uplink.payload = PayloadFormat::Fhir;
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("AWS IoT Core's limit of 128 kB"), "{w:?}");
+        c.uplink.payload = PayloadFormat::Json;
+        c.uplink.batch_max_readings = 500;
+        c.uplink.max_inflight = 200;
+        let w = c.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[1].contains("at most 100 unacknowledged"), "{w:?}");
+        // Another broker: no known limit.
+        c.uplink.host = "mqtt.example.org".into();
+        assert!(c.warnings().is_empty());
+        c.uplink.protocol = Protocol::V311;
+        assert!(c.warnings()[0].contains("refused readings are deleted as delivered"));
+    }
 }
 
 #[cfg(test)]

@@ -183,7 +183,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check { path },
         } => {
-            Config::load(&path)?;
+            let config = Config::load(&path)?;
+            for w in config.warnings() {
+                println!("{}: warning: {w}", path.display());
+            }
             println!("{}: ok", path.display());
             Ok(())
         }

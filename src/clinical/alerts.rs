@@ -111,6 +111,9 @@ pub struct GatewayState {
     pub disk_free_bytes: Option<u64>,
     /// How long the staff pages have not answered the gateway's own probe.
     pub web_unanswered_for: Option<Duration>,
+    /// Readings the uplink holds because the broker refused them again and
+    /// again (MQTT 5 reason codes).
+    pub uplink_held_readings: u64,
 }
 
 /// The staff pages not answering for longer than this raise `gateway/web`: the
@@ -389,6 +392,17 @@ fn gateway_causes(g: &GatewayState, limits: &Limits, out: &mut Vec<Cause>) {
             ),
         ));
     }
+    if g.uplink_held_readings > 0 {
+        out.push(warning(
+            "gateway/uplink-held".into(),
+            None,
+            "uplink-refused",
+            format!(
+                "the cloud broker refuses {} readings again and again; they are kept on the gateway and not sent: check the broker's ACL for this gateway, then retry on the gateway page",
+                g.uplink_held_readings
+            ),
+        ));
+    }
     if let Some(free) = g.disk_free_bytes.filter(|f| *f <= limits.disk_low_bytes) {
         out.push(warning(
             "gateway/disk".into(),
@@ -616,6 +630,7 @@ mod tests {
                 cert_days_left: Some(cert),
                 disk_free_bytes: Some(disk_mb * 1024 * 1024),
                 web_unanswered_for: Some(Duration::from_secs(backlog_min - 300)),
+                uplink_held_readings: 0,
             },
             ..Default::default()
         };
@@ -630,5 +645,14 @@ mod tests {
             ],
         );
         check(&Snapshot::default(), &[]);
+        // Readings held after repeated refusals by the broker.
+        let held = Snapshot {
+            gateway: GatewayState {
+                uplink_held_readings: 700,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        check(&held, &[("gateway/uplink-held", Warning)]);
     }
 }

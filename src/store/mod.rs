@@ -164,6 +164,17 @@ pub struct EnteredBy {
     pub entered_at: Timestamp,
 }
 
+/// What became of a refused lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The lease's readings are now held (else released, to be tried again).
+    pub held: bool,
+    /// Refusals in a row of the readings at the lease's head, this one included.
+    pub refusals: u32,
+    /// Readings held in all, after this.
+    pub held_readings: u64,
+}
+
 /// A request to the writer thread.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -197,6 +208,17 @@ pub(crate) enum Command {
     },
     ReleaseAll {
         reply: Reply<()>,
+    },
+    /// The broker refused a message of this lease (MQTT 5 reason code): release
+    /// it, or hold its readings once refused `hold_after` times in a row.
+    Refuse {
+        lease: LeaseId,
+        hold_after: u32,
+        reply: Reply<Refused>,
+    },
+    /// Every held reading back to waiting.
+    RetryHeld {
+        reply: Reply<u64>,
     },
     Maintain {
         now: Timestamp,
@@ -477,7 +499,30 @@ impl StoreHandle {
         self.call(|reply| Command::Release { lease, reply }).await
     }
 
-    /// On reconnect and at start-up: every lease back to waiting.
+    /// The broker refused a message of `lease`: the lease is released, or, once
+    /// the same readings were refused `hold_after` times in a row, held: kept in
+    /// the outbox but not leased again until [`StoreHandle::retry_held`], so
+    /// that the readings behind them still go.
+    pub async fn refuse(
+        &self,
+        lease: LeaseId,
+        hold_after: u32,
+    ) -> Result<Refused, Arc<StoreError>> {
+        self.call(|reply| Command::Refuse {
+            lease,
+            hold_after,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes every held reading leasable again; returns how many were held.
+    pub async fn retry_held(&self) -> Result<u64, Arc<StoreError>> {
+        self.call(|reply| Command::RetryHeld { reply }).await
+    }
+
+    /// On reconnect and at start-up: every lease back to waiting (held readings
+    /// stay held).
     pub async fn release_all(&self) -> Result<(), Arc<StoreError>> {
         self.call(|reply| Command::ReleaseAll { reply }).await
     }

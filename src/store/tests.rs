@@ -170,6 +170,46 @@ async fn release_all_and_restart_release_every_lease() {
     close(store).await;
 }
 
+/// A lease refused again and again is held: kept in the outbox, skipped by
+/// later leases (the readings behind it still go), kept held across
+/// `release_all`, and leasable again after `retry_held`.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_leases_are_released_then_held_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    h.ingest((1..=6).map(|n| reading(n, Quantity::Spo2)).collect())
+        .await
+        .unwrap();
+    let nums = |l: &crate::store::Lease| ids(l).into_iter().map(number).collect::<Vec<_>>();
+    // First refusal: released, the same readings come back.
+    let a = h.lease(3).await.unwrap().unwrap();
+    let r = h.refuse(a.id, 2).await.unwrap();
+    assert_eq!((r.held, r.refusals, r.held_readings), (false, 1, 0));
+    let a = h.lease(3).await.unwrap().unwrap();
+    assert_eq!(nums(&a), vec![1, 2, 3]);
+    // Second: held; the next lease skips them.
+    let r = h.refuse(a.id, 2).await.unwrap();
+    assert_eq!((r.held, r.refusals, r.held_readings), (true, 2, 3));
+    let b = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(nums(&b), vec![4, 5, 6]);
+    h.ack(b.id).await.unwrap();
+    // A reconnect (release_all) does not undo the hold; nothing was deleted.
+    h.release_all().await.unwrap();
+    assert_eq!(h.lease(10).await.unwrap(), None);
+    assert_eq!(store.reader.stats().unwrap().outbox_depth, 3);
+    // A retry makes them leasable again, counting afresh.
+    assert_eq!(h.retry_held().await.unwrap(), 3);
+    let a = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(nums(&a), vec![1, 2, 3]);
+    let r = h.refuse(a.id, 2).await.unwrap();
+    assert_eq!((r.held, r.refusals), (false, 1));
+    let a = h.lease(10).await.unwrap().unwrap();
+    h.ack(a.id).await.unwrap();
+    assert_eq!(store.reader.stats().unwrap().outbox_depth, 0);
+    close(store).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leased_reading_carries_the_resident_reference_never_the_name() {
     let dir = tempfile::tempdir().unwrap();

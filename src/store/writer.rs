@@ -105,6 +105,8 @@ pub(super) fn spawn(
         leased: [BTreeMap::new(), BTreeMap::new()],
         cursor: [0, 0],
         next_lease: 1,
+        refusals: HashMap::new(),
+        held: Vec::new(),
         last_maintenance: Instant::now(),
         heartbeat,
     };
@@ -122,6 +124,9 @@ struct Held {
     /// Readings read and their estimated bytes, once the leaser has said.
     read: Option<(u64, u64)>,
 }
+
+/// The runs of a lease held after repeated refusals, and its readings.
+type HeldAside = (Vec<(Class, i64, i64)>, u64);
 
 struct Writer {
     conn: Connection,
@@ -145,6 +150,12 @@ struct Writer {
     /// Per class (vital, room): no leasable reading has a smaller sequence number.
     cursor: [i64; 2],
     next_lease: u64,
+    /// Refusals in a row, by the `(class, first)` of the refused lease's first
+    /// run: a lease released after a refusal is leased again from the same head.
+    refusals: HashMap<(Class, i64), u32>,
+    /// Runs set aside after repeated refusals, with their readings: kept in
+    /// `leased` too, so that no lease takes them until `retry_held`.
+    held: Vec<HeldAside>,
     last_maintenance: Instant,
     /// The writer's heartbeat, also beaten between the tries of a commit that
     /// failed for an I/O error: the writer is working, the storage is failing.
@@ -312,6 +323,10 @@ impl Writer {
                 stats.outbox_left(rows, bytes);
                 for id in &acks {
                     if let Some(held) = self.leases.remove(id) {
+                        if let Some(&(class, first, _)) = held.runs.first() {
+                            // Delivered: no longer refused in a row.
+                            self.refusals.remove(&(class, first));
+                        }
                         for (class, first, _) in held.runs {
                             self.leased[slot(class)].remove(&first);
                         }
@@ -385,6 +400,16 @@ impl Writer {
                 Command::ReleaseAll { reply } => {
                     self.release_all();
                     let _ = reply.send(Ok(()));
+                }
+                Command::Refuse {
+                    lease,
+                    hold_after,
+                    reply,
+                } => {
+                    let _ = reply.send(self.refuse(lease, hold_after).map_err(Arc::new));
+                }
+                Command::RetryHeld { reply } => {
+                    let _ = reply.send(Ok(self.retry_held()));
                 }
                 Command::Maintain { now, reply } => {
                     let _ = reply.send(self.maintain(now).map_err(Arc::new));
@@ -765,6 +790,77 @@ impl Writer {
         self.leases.clear();
         self.leased = [BTreeMap::new(), BTreeMap::new()];
         self.cursor = [0, 0];
+        // Held readings stay set aside (they are not leases).
+        for (runs, _) in &self.held {
+            for &(class, a, b) in runs {
+                self.leased[slot(class)].insert(a, b);
+            }
+        }
+    }
+
+    /// A message of `lease` was refused by the broker: release the lease, or
+    /// hold its runs once the readings at its head were refused `hold_after`
+    /// times in a row.
+    fn refuse(&mut self, lease: LeaseId, hold_after: u32) -> Result<super::Refused, StoreError> {
+        let head = {
+            let held = self
+                .leases
+                .get(&lease.0)
+                .ok_or(StoreError::UnknownLease(lease.0))?;
+            held.runs.first().map(|&(class, a, _)| (class, a))
+        };
+        let refusals = match head {
+            Some(h) => {
+                let n = self.refusals.entry(h).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            None => 1,
+        };
+        let hold = refusals >= hold_after.max(1);
+        if hold {
+            if let Some(h) = head {
+                self.refusals.remove(&h);
+            }
+            // The runs stay in `leased`: no lease takes them until retry_held.
+            if let Some(held) = self.leases.remove(&lease.0) {
+                let readings = held.read.map_or_else(
+                    || {
+                        held.runs
+                            .iter()
+                            .map(|&(_, a, b)| u64::try_from(b - a + 1).unwrap_or(0))
+                            .sum()
+                    },
+                    |(n, _)| n,
+                );
+                self.held.push((held.runs, readings));
+            }
+        } else {
+            self.release(lease)?;
+        }
+        Ok(super::Refused {
+            held: hold,
+            refusals,
+            held_readings: self.held_readings(),
+        })
+    }
+
+    fn held_readings(&self) -> u64 {
+        self.held.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Every held run back to waiting; returns the readings that were held.
+    fn retry_held(&mut self) -> u64 {
+        let n = self.held_readings();
+        for (runs, _) in std::mem::take(&mut self.held) {
+            for (class, first, _) in runs {
+                self.leased[slot(class)].remove(&first);
+                let c = &mut self.cursor[slot(class)];
+                *c = (*c).min(first);
+            }
+        }
+        self.refusals.clear();
+        n
     }
 
     /// After a commit that added readings: evict while a cap on readings or bytes is

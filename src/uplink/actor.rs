@@ -32,15 +32,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use rand::{Rng, SeedableRng};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
-};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PayloadFormat};
+use crate::config::{Config, PayloadFormat, Protocol};
 use crate::model::Timestamp;
 use crate::store::{LeaseId, StoreError, StoreHandle};
 
@@ -63,6 +59,10 @@ pub fn messages_per_lease(batch: usize, max_inflight: u16) -> usize {
         .max(MESSAGES_PER_LEASE)
 }
 
+/// A connection that lasted this long resets the back-off when it ends; one
+/// that ends sooner counts as a failed attempt.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
 /// Alert messages outstanding at once (they are few and small; this bounds the
 /// client channel, which has room for them).
 const ALERTS_IN_FLIGHT: usize = 4;
@@ -70,6 +70,7 @@ use crate::system::health::Heartbeat;
 
 use super::batch::Encoder;
 use super::cert::{CertInfo, read_cert_info};
+use super::link::{self, LinkClient, LinkError, LinkEvent, LinkLoop, LinkOptions, Refusal};
 use super::payload::{Presence, StatusMessage, Topics};
 use super::status::{ConnectionState, UplinkStatus};
 use super::tls::{self, TlsFiles};
@@ -83,13 +84,22 @@ pub struct UplinkSettings {
     pub site: String,
     /// Also the MQTT client id and the certificate's CN.
     pub gateway: String,
+    pub protocol: Protocol,
     pub payload: PayloadFormat,
+    /// DEFLATE readings messages (MQTT 5 content type announces it).
+    pub compact: bool,
     pub batch_max_readings: usize,
     pub max_inflight: u16,
     pub keep_alive: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub cert_warn_days: u32,
+    /// Hold a batch refused (MQTT 5) or in flight when a young connection
+    /// died this many times in a row.
+    pub hold_after_refusals: u32,
+    /// A connection that lasted this long resets the back-off when it ends,
+    /// and the next connection retries held readings ([`STABLE_CONNECTION`]).
+    pub stable_after: Duration,
     /// How often the certificate files are checked for changes.
     pub watch_every: Duration,
     /// How often the status message is refreshed while connected.
@@ -109,13 +119,18 @@ impl UplinkSettings {
             },
             site: c.site.id.clone(),
             gateway: c.site.gateway_id.clone(),
+            protocol: u.protocol,
             payload: u.payload,
+            compact: u.compression == crate::config::Compression::Deflate
+                && u.protocol == Protocol::V5,
             batch_max_readings: u.batch_max_readings,
             max_inflight: u.max_inflight,
             keep_alive: Duration::from_secs(u.keep_alive_s),
             backoff_min: Duration::from_millis(u.backoff_min_ms),
             backoff_max: Duration::from_millis(u.backoff_max_ms),
             cert_warn_days: u.cert_warn_days,
+            hold_after_refusals: u.hold_after_refusals,
+            stable_after: STABLE_CONNECTION,
             watch_every: Duration::from_secs(10),
             status_every: Duration::from_secs(60),
         }
@@ -153,24 +168,47 @@ pub enum UplinkError {
     Encode(String),
 }
 
-/// Explains a rumqttc connection error.
-pub fn classify(e: &ConnectionError, addr: &str) -> UplinkError {
-    if let Some(text) = tls::explain(e) {
+/// Explains a connection error of either MQTT client.
+pub fn classify(e: &LinkError, addr: &str) -> UplinkError {
+    use rumqttc::ConnectionError as E4;
+    use rumqttc::v5::ConnectionError as E5;
+    let explained = match e {
+        LinkError::V311(e) => tls::explain(e),
+        // The v5 client wraps a read error in a variant that hides its source.
+        LinkError::V5(E5::MqttState(rumqttc::v5::StateError::Deserialization(
+            rumqttc::v5::mqttbytes::Error::Io(io),
+        ))) => tls::explain(io),
+        LinkError::V5(e) => tls::explain(e),
+    };
+    if let Some(text) = explained {
         return UplinkError::Handshake(text);
     }
+    let refused_tcp = |io: &std::io::Error| io.kind() == std::io::ErrorKind::ConnectionRefused;
     match e {
-        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+        LinkError::V311(E4::Io(io)) | LinkError::V5(E5::Io(io)) if refused_tcp(io) => {
             UplinkError::Unreachable(addr.to_owned())
         }
-        ConnectionError::Tls(rumqttc::TlsError::Io(io))
-            if io.kind() == std::io::ErrorKind::ConnectionRefused =>
+        LinkError::V311(E4::Tls(rumqttc::TlsError::Io(io)))
+        | LinkError::V5(E5::Tls(rumqttc::TlsError::Io(io)))
+            if refused_tcp(io) =>
         {
             UplinkError::Unreachable(addr.to_owned())
         }
-        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+        LinkError::V311(E4::NetworkTimeout | E4::FlushTimeout) | LinkError::V5(E5::Timeout(_)) => {
             UplinkError::Timeout(addr.to_owned())
         }
-        ConnectionError::ConnectionRefused(code) => UplinkError::Refused(format!("{code:?}")),
+        LinkError::V311(E4::ConnectionRefused(code)) => UplinkError::Refused(format!("{code:?}")),
+        LinkError::V5(E5::ConnectionRefused(code)) => UplinkError::Refused(format!("{code:?}")),
+        LinkError::V5(E5::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+            reason_code,
+            reason_string,
+        })) => UplinkError::Connection(format!(
+            "the broker closed the connection: {reason_code:?}{}",
+            reason_string
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )),
         other => UplinkError::Connection(other.to_string()),
     }
 }
@@ -244,6 +282,8 @@ enum SessionEnd {
     Reload,
     Failed {
         error: UplinkError,
+        /// The connection was up for at least [`STABLE_CONNECTION`]: the
+        /// back-off starts again from its minimum.
         was_connected: bool,
     },
 }
@@ -253,7 +293,7 @@ enum SessionEnd {
 /// the task and closes the connection, so a session drops it only once it has
 /// said goodbye or the connection is gone (or the daemon is stopping).
 struct EventPump {
-    rx: tokio::sync::mpsc::Receiver<Result<Event, ConnectionError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<LinkEvent, LinkError>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -262,7 +302,7 @@ impl EventPump {
     /// is full the pump waits (and rumqttc reads no further).
     const BACKLOG: usize = 64;
 
-    fn start(mut events: EventLoop) -> EventPump {
+    fn start(mut events: LinkLoop) -> EventPump {
         let (tx, rx) = tokio::sync::mpsc::channel(Self::BACKLOG);
         let task = tokio::spawn(async move {
             loop {
@@ -277,7 +317,7 @@ impl EventPump {
     }
 
     /// The next event; `None` when the pump has stopped (after its error).
-    async fn next(&mut self) -> Option<Result<Event, ConnectionError>> {
+    async fn next(&mut self) -> Option<Result<LinkEvent, LinkError>> {
         self.rx.recv().await
     }
 }
@@ -316,6 +356,7 @@ pub struct Uplink {
 
 impl Uplink {
     pub async fn run(self) {
+        self.status.set_protocol(self.settings.protocol.as_str());
         if let Err(e) = self.store.release_all().await {
             tracing::error!(error = %e, "uplink: cannot release old leases; stopping");
             self.status
@@ -329,11 +370,25 @@ impl Uplink {
             .unwrap_or(1);
         let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max, seed);
         let addr = format!("{}:{}", self.settings.host, self.settings.port);
+        // Whether the next connection tries held readings again: after a
+        // reload, or after a connection that lasted (a link cut, a broker
+        // restart), but not after one that held readings ended soon after its
+        // CONNACK, which they may have caused themselves.
+        let mut retry_held = false;
         loop {
             self.heartbeat.beat();
             self.status.set_state(ConnectionState::Connecting);
             tracing::debug!(broker = %addr, "uplink: session starting");
-            match self.session(&addr).await {
+            let end = self.session(&addr, retry_held).await;
+            retry_held = matches!(
+                end,
+                SessionEnd::Reload
+                    | SessionEnd::Failed {
+                        was_connected: true,
+                        ..
+                    }
+            );
+            match end {
                 SessionEnd::Cancelled => {
                     tracing::debug!("uplink: session ended: cancelled");
                     break;
@@ -353,6 +408,10 @@ impl Uplink {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
+                    self.status.retry_delay_ms.store(
+                        u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
                     tracing::warn!(broker = %addr, retry_in_ms = delay.as_millis() as u64, "uplink: {error}");
                     self.status.set_error(Timestamp::now(), error.to_string());
                     self.status.set_state(ConnectionState::Backoff);
@@ -365,6 +424,7 @@ impl Uplink {
                             _ = self.cancel.cancelled() => break true,
                             _ = self.reload.notified() => {
                                 backoff.reset();
+                                retry_held = true;
                                 break false;
                             }
                             _ = tokio::time::sleep_until(until) => break false,
@@ -435,40 +495,47 @@ impl Uplink {
                     (Some(w), Some(m)) => Some(format!("{w}; {m}")),
                     (w, m) => w.or(m),
                 };
-                if let Some(w) = &warning {
+                if let Some(w) = &warning
+                    && self.status.warn_due(w, std::time::Instant::now())
+                {
+                    // At most once a day for the same words, not at every
+                    // reconnect attempt (the page and the alert show it meanwhile).
                     tracing::warn!("uplink: {w}");
                 }
                 self.status.set_certificate(Some(info.not_after), warning);
                 Some(info)
             }
             Err(e) => {
-                tracing::warn!("uplink: {e}");
-                self.status.set_certificate(None, Some(e.to_string()));
+                let text = e.to_string();
+                if self.status.warn_due(&text, std::time::Instant::now()) {
+                    tracing::warn!("uplink: {text}");
+                }
+                self.status.set_certificate(None, Some(text));
                 None
             }
         }
     }
 
-    fn options(&self, tls: Arc<rustls::ClientConfig>, cert: Option<&CertInfo>) -> MqttOptions {
+    fn options(&self, tls: Arc<rustls::ClientConfig>, cert: Option<&CertInfo>) -> LinkOptions {
         let s = &self.settings;
-        let mut o = MqttOptions::new(s.gateway.clone(), s.host.clone(), s.port);
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-        o.set_keep_alive(s.keep_alive);
-        o.set_clean_session(true);
-        o.set_inflight(s.max_inflight.saturating_add(1));
         // Large enough for the biggest batch (FHIR is about 1.5 kB a reading).
         let max_packet = s.batch_max_readings.saturating_mul(2048).max(64 * 1024);
-        o.set_max_packet_size(max_packet, max_packet);
-        o.set_last_will(LastWill::new(
-            Topics::new(&s.site, &s.gateway).status,
-            self.status_message(Presence::Offline, cert),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        o
+        let max_packet = u32::try_from(max_packet).unwrap_or(u32::MAX);
+        LinkOptions {
+            client_id: s.gateway.clone(),
+            host: s.host.clone(),
+            port: s.port,
+            tls,
+            keep_alive: s.keep_alive,
+            inflight: s.max_inflight.saturating_add(1),
+            max_incoming: max_packet,
+            max_outgoing: max_packet,
+            will_topic: Topics::new(&s.site, &s.gateway).status,
+            will_payload: self.status_message(Presence::Offline, cert),
+        }
     }
 
-    async fn session(&self, addr: &str) -> SessionEnd {
+    async fn session(&self, addr: &str, retry_held: bool) -> SessionEnd {
         // This task is the outbox's only leaser and holds no lease between
         // connections: whatever a previous connection could not release (a lease
         // reply lost when it ended mid-request, a failed release) goes back now.
@@ -501,10 +568,7 @@ impl Uplink {
             + messages_per_lease(self.settings.batch_max_readings, self.settings.max_inflight)
             + ALERTS_IN_FLIGHT
             + 8;
-        let (client, mut events) = AsyncClient::new(options, capacity);
-        // Without it, the tail of each large message waits for the delayed ACK
-        // of the one before (Nagle), tens of milliseconds a message.
-        events.network_options.set_tcp_nodelay(true);
+        let (client, events) = link::client(self.settings.protocol, options, capacity);
         let mut events = EventPump::start(events);
         let mut session = Session {
             uplink: self,
@@ -516,13 +580,38 @@ impl Uplink {
             parts_left: HashMap::new(),
             alerts_out: std::collections::HashSet::new(),
             marking: JoinSet::new(),
+            refused: std::collections::HashSet::new(),
+            max_payload: None,
             connected: false,
+            connected_at: None,
+            retry_on_connect: retry_held,
             link_lost: false,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
-        session.release_outstanding().await;
+        // A connection that died soon after its CONNACK with batches in flight:
+        // the oldest of them may be what kills it (a broker that disconnects
+        // on a publish its ACL or size limit refuses). Count it like a refusal,
+        // so that it is held after `hold_after_refusals` such deaths and the
+        // readings behind it still go.
+        let killer = match &end {
+            SessionEnd::Failed {
+                was_connected: false,
+                ..
+            } if session.connected && session.link_lost => session.oldest_batch_in_flight(),
+            _ => None,
+        };
+        session.release_outstanding(killer).await;
         end
     }
+}
+
+/// Bytes left for a payload in a packet of `max_packet` bytes on `topic`: the
+/// fixed header (at most 5 bytes), the topic (2 + its length), the packet id
+/// (2) and room for the properties (content type and the like).
+pub fn payload_room(max_packet: usize, topic: &str) -> usize {
+    max_packet
+        .saturating_sub(5 + 2 + topic.len() + 2 + 64)
+        .max(1)
 }
 
 /// The modification times of the three TLS files, to notice a renewal.
@@ -541,7 +630,7 @@ async fn files_stamp(files: &TlsFiles) -> Vec<Option<SystemTime>> {
 /// One connection's state: what was handed to rumqttc and not yet acknowledged.
 struct Session<'a> {
     uplink: &'a Uplink,
-    client: AsyncClient,
+    client: LinkClient,
     topics: Topics,
     /// Handed to rumqttc, packet id not yet assigned (in request order).
     queued: VecDeque<Carried>,
@@ -556,7 +645,18 @@ struct Session<'a> {
     alerts_out: std::collections::HashSet<i64>,
     /// Marking acknowledged alerts as published in the alert book.
     marking: JoinSet<Result<i64, String>>,
+    /// Leases a message of which the broker refused: already released or held,
+    /// so the end of the session does not release them again.
+    refused: std::collections::HashSet<LeaseId>,
+    /// The largest readings payload the broker takes (from its Maximum Packet
+    /// Size, MQTT 5), less room for the topic and the header.
+    max_payload: Option<usize>,
     connected: bool,
+    /// When the CONNACK came: a connection that dies soon after does not reset
+    /// the back-off.
+    connected_at: Option<tokio::time::Instant>,
+    /// Try held readings again at the CONNACK.
+    retry_on_connect: bool,
     /// The event loop reported the connection gone: no goodbye is possible.
     link_lost: bool,
 }
@@ -573,11 +673,22 @@ impl Session<'_> {
         retain: bool,
         carried: Carried,
     ) -> Result<(), UplinkError> {
+        self.publish_typed(topic, payload, retain, None, carried)
+    }
+
+    fn publish_typed(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        content_type: Option<&str>,
+        carried: Carried,
+    ) -> Result<(), UplinkError> {
         // The channel has room for max_inflight + one lease's messages + alerts
         // + 8, and a lease starts only while fewer than max_inflight messages
         // are outstanding, so it is never full here.
         self.client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .try_publish(topic, payload, retain, content_type)
             .map_err(|e| UplinkError::Connection(format!("mqtt client queue: {e}")))?;
         self.queued.push_back(carried);
         Ok(())
@@ -587,9 +698,17 @@ impl Session<'_> {
     fn publish_lease(&mut self, lease: Prepared) -> Result<(), UplinkError> {
         self.parts_left
             .insert(lease.id, (lease.messages.len(), lease.readings));
+        let s = &self.uplink.settings;
+        let content_type = super::batch::content_type(s.payload, s.compact);
         for payload in lease.messages {
             let carried = Carried::Batch { lease: lease.id };
-            self.publish(self.topics.readings.clone(), payload, false, carried)?;
+            self.publish_typed(
+                self.topics.readings.clone(),
+                payload,
+                false,
+                content_type,
+                carried,
+            )?;
         }
         Ok(())
     }
@@ -611,6 +730,87 @@ impl Session<'_> {
             self.acking
                 .spawn(async move { (store.ack(lease).await, lease, readings) });
         }
+    }
+
+    /// The broker refused a message (MQTT 5 reason code 0x80 or more): it was
+    /// not delivered. A batch's lease is released, never acked, and held once
+    /// its readings were refused `hold_after_refusals` times in a row; an alert
+    /// stays unpublished and goes again in the next session; a status message
+    /// is only logged.
+    async fn refused(
+        &mut self,
+        carried: Option<Carried>,
+        refusal: Refusal,
+    ) -> Result<(), UplinkError> {
+        let status = &self.uplink.status;
+        status.messages_refused.fetch_add(1, Ordering::Relaxed);
+        let topic = match &carried {
+            Some(Carried::Batch { .. }) => &self.topics.readings,
+            Some(Carried::Alert { .. }) => &self.topics.alerts,
+            Some(Carried::Status) | None => &self.topics.status,
+        };
+        status.set_refusal(Timestamp::now(), format!("{topic}: {refusal}"));
+        match carried {
+            Some(Carried::Batch { lease }) => {
+                if !self.refused.insert(lease) {
+                    // Another message of this lease was refused before: the
+                    // lease is already released or held.
+                    return Ok(());
+                }
+                self.parts_left.remove(&lease);
+                let hold_after = self.uplink.settings.hold_after_refusals;
+                let outcome = self
+                    .uplink
+                    .store
+                    .refuse(lease, hold_after)
+                    .await
+                    .map_err(UplinkError::Store)?;
+                status
+                    .held_readings
+                    .store(outcome.held_readings, Ordering::Relaxed);
+                if outcome.held {
+                    tracing::error!(
+                        topic = %topic, reason = %refusal, refusals = outcome.refusals,
+                        held_readings = outcome.held_readings,
+                        "uplink: the broker refused a batch again and again; its readings are held (kept, not sent) until a reconnect, a reload or a retry from the gateway page"
+                    );
+                } else {
+                    tracing::warn!(
+                        topic = %topic, reason = %refusal, refusals = outcome.refusals,
+                        "uplink: the broker refused a batch; it stays in the outbox and is sent again"
+                    );
+                }
+            }
+            Some(Carried::Alert { id }) => {
+                tracing::warn!(topic = %topic, reason = %refusal, "uplink: the broker refused an alert; it stays unpublished");
+                // Not sent again in this session (it would be refused again):
+                // left in alerts_out, so the next session sends it.
+                let _ = id;
+            }
+            Some(Carried::Status) | None => {
+                tracing::warn!(topic = %topic, reason = %refusal, "uplink: the broker refused a status message");
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes held readings leasable again (on a reconnect or a staff action).
+    async fn retry_held(&mut self) -> Result<(), UplinkError> {
+        let status = &self.uplink.status;
+        if status.held_readings.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let n = self
+            .uplink
+            .store
+            .retry_held()
+            .await
+            .map_err(UplinkError::Store)?;
+        status.held_readings.store(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(readings = n, "uplink: held readings are tried again");
+        }
+        Ok(())
     }
 
     /// Publishes the alerts not yet out in this session, up to the in-flight cap.
@@ -685,13 +885,24 @@ impl Session<'_> {
         cert: Option<&CertInfo>,
         stamp: Vec<Option<SystemTime>>,
     ) -> SessionEnd {
-        let end = self.run_connection(events, addr, cert, stamp).await;
+        let mut end = self.run_connection(events, addr, cert, stamp).await;
         if let SessionEnd::Failed { error, .. } = &end
             && self.connected
             && !self.link_lost
         {
             tracing::debug!(error = %error, "uplink: ending a live connection cleanly after a failure");
             self.say_goodbye(events, None).await;
+        }
+        // A connection that dies soon after its CONNACK (a size limit, an ACL
+        // that disconnects) is a failure like a refused one: the back-off keeps
+        // growing, so such a broker is not hit twice a second forever.
+        if let SessionEnd::Failed { was_connected, .. } = &mut end
+            && *was_connected
+            && self
+                .connected_at
+                .is_none_or(|t| t.elapsed() < self.uplink.settings.stable_after)
+        {
+            *was_connected = false;
         }
         end
     }
@@ -746,7 +957,9 @@ impl Session<'_> {
                 let store = self.uplink.store.clone();
                 let batch = s.batch_max_readings.max(1);
                 let n = batch.saturating_mul(messages_per_lease(batch, s.max_inflight));
-                let encoder = Encoder::new(s.payload, &s.site, &s.gateway, batch);
+                let encoder = Encoder::new(s.payload, &s.site, &s.gateway, batch)
+                    .with_max_bytes(self.max_payload)
+                    .with_compact(s.compact);
                 // Read and encoded in a blocking thread while this task goes on
                 // serving the event loop and the acks.
                 leasing = Some(Box::pin(async move {
@@ -804,6 +1017,13 @@ impl Session<'_> {
                         tracing::debug!(connected = self.connected, "uplink: certificate files changed");
                         reload_due = true;
                     }
+                }
+                _ = self.uplink.status.retry.notified() => {
+                    tracing::info!("uplink: retry of held readings asked for");
+                    if let Err(e) = self.retry_held().await {
+                        return failed(e, self.connected);
+                    }
+                    idle_until = None;
                 }
                 _ = alert_nudge.notified() => {
                     tracing::debug!(connected = self.connected, "uplink: alert nudge");
@@ -876,9 +1096,21 @@ impl Session<'_> {
                         return failed(UplinkError::Connection("the MQTT event loop stopped".into()), self.connected);
                     }
                     Some(event) => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        tracing::debug!(?ack, "uplink: CONNACK");
+                    Ok(LinkEvent::ConnAck { max_packet_size }) => {
+                        tracing::debug!(?max_packet_size, "uplink: CONNACK");
                         self.connected = true;
+                        self.connected_at = Some(tokio::time::Instant::now());
+                        self.max_payload = max_packet_size.map(|m| {
+                            payload_room(usize::try_from(m).unwrap_or(usize::MAX), &self.topics.readings)
+                        });
+                        self.uplink.status.set_max_packet_size(max_packet_size);
+                        // A reconnect is one of the times held readings are
+                        // tried again (the broker or its ACL may have changed).
+                        if self.retry_on_connect
+                            && let Err(e) = self.retry_held().await
+                        {
+                            return failed(e, true);
+                        }
                         self.uplink.status.connections.fetch_add(1, Ordering::Relaxed);
                         self.uplink.status.set_state(ConnectionState::Connected);
                         status_tick.reset();
@@ -887,19 +1119,26 @@ impl Session<'_> {
                             return failed(e, true);
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    Ok(LinkEvent::Published(pkid)) => {
                         match self.queued.pop_front() {
                             Some(c) => { self.inflight.insert(pkid, c); }
                             None => return failed(UplinkError::Connection(format!("packet id {pkid} for a publish this uplink did not make")), self.connected),
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    Ok(LinkEvent::PubAck { pkid, refused: None }) => {
                         self.uplink.heartbeat.beat();
-                        match self.inflight.remove(&ack.pkid) {
+                        match self.inflight.remove(&pkid) {
                             Some(Carried::Batch { lease }) => self.part_acked(lease),
                             Some(Carried::Status) => {}
                             Some(Carried::Alert { id }) => self.alert_acked(id),
-                            None => tracing::warn!(pkid = ack.pkid, "uplink: PUBACK for no message in flight; ignored"),
+                            None => tracing::warn!(pkid, "uplink: PUBACK for no message in flight; ignored"),
+                        }
+                    }
+                    Ok(LinkEvent::PubAck { pkid, refused: Some(refusal) }) => {
+                        self.uplink.heartbeat.beat();
+                        let carried = self.inflight.remove(&pkid);
+                        if let Err(e) = self.refused(carried, refusal).await {
+                            return failed(e, true);
                         }
                     }
                     Ok(_) => {}
@@ -951,23 +1190,26 @@ impl Session<'_> {
                     disconnect_queued = self.client.try_disconnect().is_ok();
                 }
                 match events.next().await {
-                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                    Some(Ok(LinkEvent::Published(pkid))) => {
                         if let Some(c) = self.queued.pop_front() {
                             self.inflight.insert(pkid, c);
                         }
                     }
-                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                        match self.inflight.remove(&ack.pkid) {
-                            Some(Carried::Batch { lease }) => self.part_acked(lease),
-                            Some(Carried::Alert { id }) => self.alert_acked(id),
-                            Some(Carried::Status) | None => {}
-                        }
-                    }
+                    // A refused message stays in `inflight`: its lease is
+                    // released with the others at the end of the session.
+                    Some(Ok(LinkEvent::PubAck {
+                        pkid,
+                        refused: None,
+                    })) => match self.inflight.remove(&pkid) {
+                        Some(Carried::Batch { lease }) => self.part_acked(lease),
+                        Some(Carried::Alert { id }) => self.alert_acked(id),
+                        Some(Carried::Status) | None => {}
+                    },
                     // Keep reading until the broker closes the connection:
                     // closing a socket with unread data in it sends a reset,
                     // which can discard the DISCONNECT before the broker reads
                     // it (and the broker would then fire the will).
-                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) => {
+                    Some(Ok(LinkEvent::DisconnectSent)) => {
                         tracing::debug!("uplink: DISCONNECT sent");
                         disconnect_sent = true;
                     }
@@ -1002,23 +1244,68 @@ impl Session<'_> {
 
     /// Gives every unacknowledged batch back to the outbox, after letting the acks
     /// of acknowledged ones finish (an aborted ack would leave its lease held).
-    async fn release_outstanding(&mut self) {
+    /// The lease of the oldest batch message still waiting for its PUBACK
+    /// (leases are numbered in order), unless a refusal already counted it.
+    fn oldest_batch_in_flight(&self) -> Option<LeaseId> {
+        self.inflight
+            .values()
+            .filter_map(|c| match c {
+                Carried::Batch { lease } if !self.refused.contains(lease) => Some(*lease),
+                _ => None,
+            })
+            .min_by_key(|l| l.0)
+    }
+
+    /// Counts `killer` as refused once (see [`Uplink::session`]).
+    async fn charge_killer(&mut self, lease: LeaseId) {
+        let hold_after = self.uplink.settings.hold_after_refusals;
+        match self.uplink.store.refuse(lease, hold_after).await {
+            Ok(outcome) => {
+                self.uplink
+                    .status
+                    .held_readings
+                    .store(outcome.held_readings, Ordering::Relaxed);
+                if outcome.held {
+                    tracing::error!(
+                        deaths = outcome.refusals,
+                        held_readings = outcome.held_readings,
+                        "uplink: connections keep dying soon after they start while the same batch is in flight; its readings are held (kept, not sent) until a reconnect, a reload or a retry from the gateway page"
+                    );
+                } else {
+                    tracing::debug!(
+                        deaths = outcome.refusals,
+                        "uplink: a young connection died with a batch in flight"
+                    );
+                }
+                self.refused.insert(lease);
+            }
+            Err(e) => {
+                tracing::error!(lease = lease.0, error = %e, "uplink: cannot count a batch in flight when the connection died")
+            }
+        }
+    }
+
+    async fn release_outstanding(&mut self, killer: Option<LeaseId>) {
         while let Some(done) = self.acking.join_next().await {
             let _ = self.acked(done);
+        }
+        if let Some(lease) = killer {
+            self.charge_killer(lease).await;
         }
         let leases: Vec<LeaseId> = self
             .queued
             .drain(..)
             .chain(self.inflight.drain().map(|(_, c)| c))
             .filter_map(|c| match c {
-                Carried::Batch { lease } => Some(lease.0),
-                Carried::Status | Carried::Alert { .. } => None,
+                Carried::Batch { lease } if !self.refused.contains(&lease) => Some(lease.0),
+                Carried::Batch { .. } | Carried::Status | Carried::Alert { .. } => None,
             })
             .collect::<std::collections::BTreeSet<u64>>()
             .into_iter()
             .map(LeaseId)
             .collect();
         self.parts_left.clear();
+        self.refused.clear();
         // Alerts whose PUBACK came in are marked before the session ends; the
         // rest stay unpublished in the book and go out in the next session.
         while self.marking.join_next().await.is_some() {}

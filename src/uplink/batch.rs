@@ -15,6 +15,67 @@ use super::payload::{
     OutgoingReading, write_reading_json, write_readings_head, write_readings_tail,
 };
 
+/// MQTT 5 content type of a compressed readings message: raw DEFLATE (RFC 1951)
+/// of the payload named (`docs/mqtt.md`, `docs/decisions/0013-deflate-on-the-wire.md`).
+pub const CONTENT_TYPE_JSON_DEFLATE: &str = "application/vnd.carehub.readings+json;deflate";
+pub const CONTENT_TYPE_FHIR_DEFLATE: &str = "application/fhir+json;deflate";
+
+/// The DEFLATE level: 9, the smallest output (the link is paid by the byte).
+const DEFLATE_LEVEL: u8 = 9;
+
+/// One way a batch can go on the wire, for the wire-bytes bench.
+#[derive(Debug, Clone, Copy)]
+pub struct WireFormat {
+    pub name: &'static str,
+    pub payload: PayloadFormat,
+    pub compact: bool,
+}
+
+impl WireFormat {
+    /// The MQTT 5 content type announced with it (`None`: plain JSON as ever).
+    pub fn content_type(&self) -> Option<&'static str> {
+        content_type(self.payload, self.compact)
+    }
+}
+
+/// Every payload and compression the uplink can send.
+pub const WIRE_FORMATS: [WireFormat; 4] = [
+    WireFormat {
+        name: "json",
+        payload: PayloadFormat::Json,
+        compact: false,
+    },
+    WireFormat {
+        name: "json+z",
+        payload: PayloadFormat::Json,
+        compact: true,
+    },
+    WireFormat {
+        name: "fhir",
+        payload: PayloadFormat::Fhir,
+        compact: false,
+    },
+    WireFormat {
+        name: "fhir+z",
+        payload: PayloadFormat::Fhir,
+        compact: true,
+    },
+];
+
+/// The content type of a readings message: only compressed messages carry one.
+pub fn content_type(payload: PayloadFormat, compact: bool) -> Option<&'static str> {
+    match (payload, compact) {
+        (_, false) => None,
+        (PayloadFormat::Json, true) => Some(CONTENT_TYPE_JSON_DEFLATE),
+        (PayloadFormat::Fhir, true) => Some(CONTENT_TYPE_FHIR_DEFLATE),
+    }
+}
+
+/// Raw DEFLATE of `payload`.
+pub fn deflate(payload: &[u8]) -> Vec<u8> {
+    miniz_oxide::deflate::compress_to_vec(payload, DEFLATE_LEVEL)
+}
+
 /// Bytes reserved per reading of a JSON message (a reading is about 250).
 const JSON_BYTES_PER_READING: usize = 280;
 
@@ -25,6 +86,12 @@ pub struct Encoder {
     site: String,
     gateway: String,
     per_message: usize,
+    /// Compress each message with DEFLATE (announced by its MQTT 5 content type).
+    compact: bool,
+    /// At most this many bytes a message (the broker's maximum packet size
+    /// less the header), when the broker set one: a message is closed early
+    /// rather than grow past it. A single reading is never split.
+    max_bytes: Option<usize>,
     /// Finished messages.
     messages: Vec<Vec<u8>>,
     /// JSON: the message being written.
@@ -44,6 +111,8 @@ impl Encoder {
             site: site.to_owned(),
             gateway: gateway.to_owned(),
             per_message: per_message.max(1),
+            compact: false,
+            max_bytes: None,
             messages: Vec::new(),
             current: Vec::new(),
             in_current: 0,
@@ -52,11 +121,25 @@ impl Encoder {
         }
     }
 
+    /// Compresses every message (DEFLATE). The packet-size limit is then
+    /// applied to the uncompressed text, which is never smaller.
+    pub fn with_compact(mut self, compact: bool) -> Encoder {
+        self.compact = compact;
+        self
+    }
+
+    /// Keeps every message within `max_bytes` (when `Some`).
+    pub fn with_max_bytes(mut self, max_bytes: Option<usize>) -> Encoder {
+        self.max_bytes = max_bytes;
+        self
+    }
+
     /// The messages, in lease order; an error if one could not be encoded.
     pub fn finish(mut self) -> Result<Vec<Vec<u8>>, String> {
         self.close_message();
         match self.error {
             Some(e) => Err(e),
+            None if self.compact => Ok(self.messages.iter().map(|m| deflate(m)).collect()),
             None => Ok(self.messages),
         }
     }
@@ -72,22 +155,55 @@ impl Encoder {
                 self.messages.push(std::mem::take(&mut self.current));
             }
             PayloadFormat::Fhir => {
-                let out: Vec<OutgoingReading<'_>> = self
-                    .pending
-                    .iter()
-                    .map(|(reading, reference)| OutgoingReading {
-                        reading,
-                        resident_reference: reference.as_deref(),
-                    })
-                    .collect();
-                match serde_json::to_vec(&super::fhir::bundle(&self.gateway, &out)) {
-                    Ok(m) => self.messages.push(m),
-                    Err(e) => {
-                        self.error.get_or_insert(e.to_string());
-                    }
-                }
-                self.pending.clear();
+                let pending = std::mem::take(&mut self.pending);
+                self.close_bundle(&pending);
             }
+        }
+    }
+}
+
+impl Encoder {
+    /// Writes `pending` as one bundle, or as two halves (each split again as
+    /// needed) when the whole is larger than `max_bytes`.
+    fn close_bundle(&mut self, pending: &[(Reading, Option<String>)]) {
+        let out: Vec<OutgoingReading<'_>> = pending
+            .iter()
+            .map(|(reading, reference)| OutgoingReading {
+                reading,
+                resident_reference: reference.as_deref(),
+            })
+            .collect();
+        match serde_json::to_vec(&super::fhir::bundle(&self.gateway, &out)) {
+            Ok(m) if pending.len() > 1 && self.max_bytes.is_some_and(|max| m.len() > max) => {
+                let (a, b) = pending.split_at(pending.len() / 2);
+                self.close_bundle(a);
+                self.close_bundle(b);
+            }
+            Ok(m) => self.messages.push(m),
+            Err(e) => {
+                self.error.get_or_insert(e.to_string());
+            }
+        }
+    }
+
+    /// JSON: writes `r` into the message being written, closing it first when
+    /// `r` would take it past `max_bytes`.
+    fn write_json(&mut self, r: OutgoingReading<'_>) {
+        if self.in_current == 0 {
+            self.current
+                .reserve(96 + self.per_message.min(1000) * JSON_BYTES_PER_READING);
+            write_readings_head(&mut self.current, &self.site, &self.gateway);
+        }
+        let before = self.current.len();
+        write_reading_json(&mut self.current, self.in_current == 0, r);
+        // The tail `]}` is two bytes.
+        if let Some(max) = self.max_bytes
+            && self.in_current > 0
+            && self.current.len() + 2 > max
+        {
+            self.current.truncate(before);
+            self.close_message();
+            self.write_json(r);
         }
     }
 }
@@ -95,18 +211,10 @@ impl Encoder {
 impl LeaseSink for Encoder {
     fn reading(&mut self, reading: Reading, reference: Option<&str>) {
         match self.format {
-            PayloadFormat::Json => {
-                if self.in_current == 0 {
-                    self.current
-                        .reserve(96 + self.per_message.min(1000) * JSON_BYTES_PER_READING);
-                    write_readings_head(&mut self.current, &self.site, &self.gateway);
-                }
-                let r = OutgoingReading {
-                    reading: &reading,
-                    resident_reference: reference,
-                };
-                write_reading_json(&mut self.current, self.in_current == 0, r);
-            }
+            PayloadFormat::Json => self.write_json(OutgoingReading {
+                reading: &reading,
+                resident_reference: reference,
+            }),
             PayloadFormat::Fhir => self.pending.push((reading, reference.map(str::to_owned))),
         }
         self.in_current += 1;
@@ -179,6 +287,78 @@ mod tests {
         check(11, 10, 2);
         check(25, 1, 25);
         check(7, 3, 3);
+    }
+
+    #[test]
+    fn messages_stay_within_the_brokers_packet_size() {
+        let readings: Vec<Reading> = (0..100).map(reading).collect();
+        for format in [PayloadFormat::Json, PayloadFormat::Fhir] {
+            let whole = {
+                let mut e = Encoder::new(format, "site-1", "gw-1", 100);
+                for r in &readings {
+                    e.reading(r.clone(), Some("res-0001"));
+                }
+                e.finish().unwrap()
+            };
+            assert_eq!(whole.len(), 1);
+            let max = whole[0].len() / 7;
+            let mut e = Encoder::new(format, "site-1", "gw-1", 100).with_max_bytes(Some(max));
+            for r in &readings {
+                e.reading(r.clone(), Some("res-0001"));
+            }
+            let parts = e.finish().unwrap();
+            assert!(parts.len() >= 7, "{format:?}: {} parts", parts.len());
+            assert!(
+                parts.iter().all(|p| p.len() <= max),
+                "{format:?}: a part over {max} bytes"
+            );
+            // Every reading once, in order.
+            let ids = |m: &Vec<u8>| -> Vec<String> {
+                let v: serde_json::Value = serde_json::from_slice(m).unwrap();
+                match format {
+                    PayloadFormat::Json => v["readings"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["id"].as_str().unwrap().to_owned())
+                        .collect(),
+                    _ => v["entry"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|e| e["resource"]["resourceType"] == "Observation")
+                        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
+                        .collect(),
+                }
+            };
+            let split: Vec<String> = parts.iter().flat_map(ids).collect();
+            assert_eq!(split, ids(&whole[0]), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn compact_messages_inflate_to_the_plain_ones() {
+        let readings: Vec<Reading> = (0..100).map(reading).collect();
+        for format in [PayloadFormat::Json, PayloadFormat::Fhir] {
+            let encode = |compact| {
+                let mut e = Encoder::new(format, "site-1", "gw-1", 40).with_compact(compact);
+                for r in &readings {
+                    e.reading(r.clone(), Some("res-0001"));
+                }
+                e.finish().unwrap()
+            };
+            let (plain, compact) = (encode(false), encode(true));
+            assert_eq!(plain.len(), compact.len());
+            for (p, c) in plain.iter().zip(&compact) {
+                assert!(
+                    c.len() * 4 < p.len(),
+                    "{format:?}: {} of {}",
+                    c.len(),
+                    p.len()
+                );
+                assert_eq!(&miniz_oxide::inflate::decompress_to_vec(c).unwrap(), p);
+            }
+        }
     }
 
     #[test]

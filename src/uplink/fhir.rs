@@ -153,8 +153,14 @@ fn observation_entry(gateway: &str, r: OutgoingReading<'_>) -> Json {
     }
     match reading.value {
         Value::Number(n) => {
-            obs["valueQuantity"] =
-                json!({ "value": n, "unit": reading.unit.symbol(), "system": UCUM, "code": unit });
+            // FHIR strings may not be empty: a unit-less quantity (UCUM "1")
+            // has no readable unit, so none is sent.
+            let mut q = json!({ "value": n, "system": UCUM, "code": unit });
+            let symbol = reading.unit.symbol();
+            if !symbol.is_empty() {
+                q["unit"] = json!(symbol);
+            }
+            obs["valueQuantity"] = q;
         }
         Value::Special(s) => {
             obs["dataAbsentReason"] =
@@ -180,7 +186,22 @@ pub enum FhirError {
     Structure { entry: usize, what: String },
 }
 
-/// Checks a Bundle against the PHD IG's structure: every Observation has a
+/// The path of the first empty string in `v`, if any.
+fn empty_string(v: &Json, at: &str) -> Option<String> {
+    match v {
+        Json::String(s) if s.is_empty() => Some(at.to_owned()),
+        Json::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| empty_string(x, &format!("{at}[{i}]"))),
+        Json::Object(fields) => fields
+            .iter()
+            .find_map(|(k, x)| empty_string(x, &format!("{at}.{k}"))),
+        _ => None,
+    }
+}
+
+/// Checks a Bundle against the PHD IG's structure: no empty strings; every Observation has a
 /// reading-id identifier, an MDC (or carehub) code, exactly one of a UCUM
 /// `valueQuantity` or a `dataAbsentReason`, a time, a device and a gateway that
 /// resolve to Devices in the same Bundle; LOINC-coded ones carry `vital-signs`.
@@ -192,6 +213,10 @@ pub fn validate(bundle: &Json) -> Result<usize, FhirError> {
     };
     if bundle["resourceType"] != "Bundle" || bundle["type"] != "transaction" {
         return Err(err(0, "not a transaction Bundle"));
+    }
+    // FHIR: a string has at least one character (a server refuses `""`).
+    if let Some(path) = empty_string(bundle, "") {
+        return Err(err(0, &format!("empty string at {path}")));
     }
     let entries = bundle["entry"]
         .as_array()
@@ -333,6 +358,14 @@ mod tests {
                 Subject::Room("4".into()),
             ));
         }
+        for u in Unit::ALL {
+            readings.push(reading(
+                Quantity::Spo2,
+                Value::Number(2.0),
+                *u,
+                Subject::Unassigned,
+            ));
+        }
         let out: Vec<_> = readings
             .iter()
             .map(|r| OutgoingReading {
@@ -342,6 +375,32 @@ mod tests {
             .collect();
         let b = bundle("gw-1", &out);
         assert_eq!(validate(&b), Ok(readings.len()));
+    }
+
+    /// A unit-less quantity (motion, counts) is UCUM `1` with no readable unit,
+    /// never `"unit": ""`, which a FHIR server refuses (and a transaction with it).
+    #[test]
+    fn a_unitless_quantity_has_ucum_1_and_no_empty_unit() {
+        let r = reading(
+            Quantity::ALL[0],
+            Value::Number(1.0),
+            Unit::One,
+            Subject::Resident(ResidentId(1)),
+        );
+        let out = [OutgoingReading {
+            reading: &r,
+            resident_reference: Some("R-1"),
+        }];
+        let mut b = bundle("gw-1", &out);
+        let q = &b["entry"][2]["resource"]["valueQuantity"];
+        assert_eq!(q["code"], "1");
+        assert_eq!(q["system"], UCUM);
+        assert!(q.get("unit").is_none(), "{q}");
+        // The validator refuses the empty string the old bundles carried.
+        b["entry"][2]["resource"]["valueQuantity"]["unit"] = json!("");
+        assert!(
+            matches!(validate(&b), Err(FhirError::Structure { what, .. }) if what.contains("empty string")),
+        );
     }
 
     #[test]

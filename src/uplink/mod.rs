@@ -1,6 +1,8 @@
 //! The uplink: forwards every reading from the SQLite outbox to the cloud broker
 //! over MQTT with mutual TLS, and lets the outbox forget a reading only once the
-//! broker has acknowledged the message that carried it (QoS 1 PUBACK).
+//! broker has acknowledged the message that carried it (QoS 1 PUBACK; under
+//! MQTT 5, the default, only a PUBACK whose reason code is below 0x80: a refusal
+//! releases the batch, and one refused again and again is held, `actor`).
 //!
 //! The outbox is the truth, not the MQTT client's memory: each connection gets a
 //! fresh rumqttc event loop with a clean session, and on any disconnect the
@@ -12,6 +14,7 @@ pub mod actor;
 pub mod batch;
 pub mod cert;
 pub mod fhir;
+pub mod link;
 pub mod payload;
 pub mod status;
 pub mod tls;

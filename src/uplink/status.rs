@@ -4,6 +4,9 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::model::Timestamp;
 
@@ -37,7 +40,16 @@ struct Inner {
     last_error: Option<(Timestamp, String)>,
     certificate_expires_at: Option<Timestamp>,
     certificate_warning: Option<String>,
+    /// `None` until the uplink starts (then `"5"` or `"3.1.1"`).
+    protocol: Option<&'static str>,
+    last_refusal: Option<(Timestamp, String)>,
+    max_packet_size: Option<u32>,
+    /// The last warning logged and when, for [`UplinkStatus::warn_due`].
+    warned: Option<(Instant, String)>,
 }
+
+/// The same warning is logged at most this often.
+pub const WARN_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The uplink's visible state.
 #[derive(Debug)]
@@ -51,6 +63,15 @@ pub struct UplinkStatus {
     pub connections: AtomicU64,
     /// Readings waiting in the outbox, as last counted.
     pub backlog: AtomicU64,
+    /// Messages the broker refused since start (MQTT 5 PUBACK reason code
+    /// 0x80 or more; always 0 under 3.1.1, which cannot say).
+    pub messages_refused: AtomicU64,
+    /// Readings held after repeated refusals: kept, not sent until a retry.
+    pub held_readings: AtomicU64,
+    /// The last reconnect delay drawn by the back-off, in milliseconds.
+    pub retry_delay_ms: AtomicU64,
+    /// Staff asked to try held readings again (the gateway page).
+    pub retry: Notify,
 }
 
 /// A copy of the status at one moment, for pages and tests.
@@ -64,6 +85,13 @@ pub struct StatusSnapshot {
     pub backlog: u64,
     pub certificate_expires_at: Option<Timestamp>,
     pub certificate_warning: Option<String>,
+    pub protocol: Option<&'static str>,
+    pub messages_refused: u64,
+    pub held_readings: u64,
+    /// The last refusal: topic, reason and code.
+    pub last_refusal: Option<(Timestamp, String)>,
+    /// The broker's Maximum Packet Size (MQTT 5 CONNACK), if it gave one.
+    pub max_packet_size: Option<u32>,
 }
 
 impl UplinkStatus {
@@ -74,12 +102,52 @@ impl UplinkStatus {
                 last_error: None,
                 certificate_expires_at: None,
                 certificate_warning: None,
+                protocol: None,
+                last_refusal: None,
+                max_packet_size: None,
+                warned: None,
             }),
             readings_delivered: AtomicU64::new(0),
             messages_delivered: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
+            messages_refused: AtomicU64::new(0),
+            held_readings: AtomicU64::new(0),
+            retry_delay_ms: AtomicU64::new(0),
+            retry: Notify::new(),
         }
+    }
+
+    pub fn set_protocol(&self, protocol: &'static str) {
+        self.inner.lock().unwrap().protocol = Some(protocol);
+    }
+
+    pub fn set_refusal(&self, at: Timestamp, what: String) {
+        self.inner.lock().unwrap().last_refusal = Some((at, what));
+    }
+
+    pub fn set_max_packet_size(&self, size: Option<u32>) {
+        self.inner.lock().unwrap().max_packet_size = size;
+    }
+
+    /// Staff ask for held readings to be tried again.
+    pub fn request_retry(&self) {
+        self.retry.notify_one();
+    }
+
+    /// Whether `warning` should be logged now: a warning is logged again only
+    /// once [`WARN_EVERY`] has passed, or when its words changed, so that a
+    /// reconnecting uplink does not repeat it at every attempt.
+    pub fn warn_due(&self, warning: &str, now: Instant) -> bool {
+        let mut i = self.inner.lock().unwrap();
+        let due = match &i.warned {
+            Some((at, text)) => text != warning || now.duration_since(*at) >= WARN_EVERY,
+            None => true,
+        };
+        if due {
+            i.warned = Some((now, warning.to_owned()));
+        }
+        due
     }
 
     pub fn set_state(&self, state: ConnectionState) {
@@ -107,6 +175,30 @@ impl UplinkStatus {
             backlog: self.backlog.load(Ordering::Relaxed),
             certificate_expires_at: i.certificate_expires_at,
             certificate_warning: i.certificate_warning,
+            protocol: i.protocol,
+            messages_refused: self.messages_refused.load(Ordering::Relaxed),
+            held_readings: self.held_readings.load(Ordering::Relaxed),
+            last_refusal: i.last_refusal,
+            max_packet_size: i.max_packet_size,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_warning_is_logged_at_most_once_a_day() {
+        let s = UplinkStatus::new(ConnectionState::Connecting);
+        let t0 = Instant::now();
+        assert!(s.warn_due("expires in 9 days", t0));
+        // Every reconnect attempt of the day after: not again.
+        for minutes in [0, 1, 60, 23 * 60] {
+            assert!(!s.warn_due("expires in 9 days", t0 + Duration::from_secs(minutes * 60)));
+        }
+        assert!(s.warn_due("expires in 9 days", t0 + WARN_EVERY));
+        // Different words (a day less, or another problem) are logged at once.
+        assert!(s.warn_due("expires in 8 days", t0 + WARN_EVERY));
     }
 }

@@ -45,6 +45,19 @@ pub struct UplinkPart {
     pub last_error_at: Option<String>,
     pub connections: u64,
     pub readings_delivered: u64,
+    /// `"5"` or `"3.1.1"`; `null` while the uplink is disabled.
+    pub protocol: Option<&'static str>,
+    /// Whether the broker can tell this gateway that it refused a message:
+    /// only under MQTT 5. Under 3.1.1 a refused message looks delivered.
+    pub refusals_visible: bool,
+    /// Messages the broker refused since start (MQTT 5 reason code >= 0x80).
+    pub messages_refused: u64,
+    pub last_refusal: Option<String>,
+    pub last_refusal_at: Option<String>,
+    /// Readings held after repeated refusals: kept, not sent until a retry.
+    pub held_readings: u64,
+    /// The broker's Maximum Packet Size (MQTT 5), if it stated one.
+    pub max_packet_size: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +154,13 @@ pub async fn gather(state: &AppState) -> Result<(GatewayJson, Times), WebError> 
             last_error_at: up.last_error.as_ref().map(|(t, _)| t.to_rfc3339()),
             connections: up.connections,
             readings_delivered: up.readings_delivered,
+            protocol: up.protocol,
+            refusals_visible: up.protocol == Some(crate::config::Protocol::V5.as_str()),
+            messages_refused: up.messages_refused,
+            last_refusal: up.last_refusal.as_ref().map(|(_, e)| e.clone()),
+            last_refusal_at: up.last_refusal.as_ref().map(|(t, _)| t.to_rfc3339()),
+            held_readings: up.held_readings,
+            max_packet_size: up.max_packet_size,
         },
         outbox: OutboxPart {
             readings: stats.outbox_depth,
@@ -207,11 +227,21 @@ pub fn bytes(n: u64) -> String {
     format!("{n} bytes")
 }
 
+/// `POST /gateway/uplink/retry`: staff ask the uplink to send the readings it
+/// holds after repeated refusals again (say, once the broker's ACL is fixed).
+/// The audit log records who asked.
+pub async fn retry_held(State(state): State<AppState>) -> axum::response::Redirect {
+    state.uplink.request_retry();
+    axum::response::Redirect::to("/gateway")
+}
+
 /// `GET /gateway`
 pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebError> {
     let (g, times) = gather(&state).await?;
     let now = Timestamp::now();
-    let up_state = state.uplink.snapshot().state;
+    let up_snapshot = state.uplink.snapshot();
+    let up_state = up_snapshot.state;
+    let up_refusal_at = up_snapshot.last_refusal.as_ref().map(|(t, _)| *t);
     let evicted_total: u64 = g.evictions.iter().map(|e| e.count).sum();
     let body = html! {
         @if let Some(c) = &g.storage.corruption {
@@ -248,6 +278,37 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                     }
                     dt { "Connections since start" } dd { (g.uplink.connections) }
                     dt { "Readings delivered since start" } dd { (g.uplink.readings_delivered) }
+                    @if let Some(p) = g.uplink.protocol {
+                        dt { "Protocol" }
+                        dd {
+                            "MQTT " (p)
+                            @if !g.uplink.refusals_visible {
+                                " " span.badge.warn { "REFUSALS NOT VISIBLE" }
+                                p.hint { "Under MQTT 3.1.1 a broker that refuses a message still acknowledges it: such readings are lost without trace. Set uplink.protocol = \"5\" if the broker supports MQTT 5." }
+                            }
+                        }
+                    }
+                    @if g.uplink.refusals_visible {
+                        dt { "Refused by the broker" }
+                        dd {
+                            (g.uplink.messages_refused) " messages since start"
+                            @if let (Some(r), Some(t)) = (&g.uplink.last_refusal, up_refusal_at) {
+                                br; "last: " (r) span.age { (date_time(t)) ", " (describe_age(t.age_at(now))) }
+                            }
+                        }
+                    }
+                    @if g.uplink.refusals_visible || g.uplink.held_readings > 0 {
+                        dt { "Held" }
+                        dd {
+                            @if g.uplink.held_readings == 0 { "none" } @else {
+                                span.badge.bad { "HELD" } " " (g.uplink.held_readings) " readings refused again and again (or in flight each time the connection died): kept, not sent"
+                                form method="post" action="/gateway/uplink/retry" {
+                                    (crate::web::csrf_field())
+                                    button type="submit" { "Try held readings again" }
+                                }
+                            }
+                        }
+                    }
                 }
             }
             section.card aria-labelledby="gw-outbox" {

@@ -200,6 +200,18 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         up.messages_delivered as f64,
     );
     e.single(
+        "carehub_uplink_messages_refused_total",
+        "counter",
+        "MQTT messages the broker refused since start (MQTT 5 PUBACK reason code 0x80 or more; always 0 under MQTT 3.1.1, which cannot say).",
+        up.messages_refused as f64,
+    );
+    e.single(
+        "carehub_uplink_held_readings",
+        "gauge",
+        "Readings held after the broker refused them again and again: kept in the outbox, not sent until a reconnect, a reload or a retry.",
+        up.held_readings as f64,
+    );
+    e.single(
         "carehub_uplink_connections_total",
         "counter",
         "Connections made to the broker since start.",

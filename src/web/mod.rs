@@ -93,6 +93,7 @@ pub fn app(state: AppState) -> Router {
         .route("/assets/carehub.css", get(assets::css))
         .route("/assets/live.js", get(assets::js))
         .route("/gateway", get(gateway::page))
+        .route("/gateway/uplink/retry", post(gateway::retry_held))
         .route(
             "/residents",
             get(residents_admin::list).post(residents_admin::create),

@@ -488,6 +488,70 @@ async fn gateway_page_and_api_show_the_state() {
 }
 
 #[tokio::test]
+async fn held_readings_and_refusals_are_shown_counted_and_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let up = &state.uplink;
+    up.set_state(crate::uplink::ConnectionState::Connected);
+    up.set_protocol("5");
+    up.messages_refused
+        .store(7, std::sync::atomic::Ordering::Relaxed);
+    up.held_readings
+        .store(700, std::sync::atomic::Ordering::Relaxed);
+    up.set_refusal(
+        Timestamp::now(),
+        "carehub/v1/s/g/readings: not authorized (0x87)".into(),
+    );
+    let (_, json) = get(&state, "/api/v1/gateway").await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["uplink"]["protocol"], "5");
+    assert_eq!(v["uplink"]["refusals_visible"], true);
+    assert_eq!(v["uplink"]["held_readings"], 700);
+    assert_eq!(v["uplink"]["messages_refused"], 7);
+    let (_, html) = get(&state, "/gateway").await;
+    for words in [
+        "MQTT 5",
+        "7 messages since start",
+        "not authorized (0x87)",
+        "HELD",
+        "700 readings refused again and again",
+        "action=\"/gateway/uplink/retry\"",
+    ] {
+        assert!(html.contains(words), "{words}: {html}");
+    }
+    let (_, _, metrics) = call(
+        &state,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(
+        metrics.contains("carehub_uplink_messages_refused_total 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("carehub_uplink_held_readings 700"),
+        "{metrics}"
+    );
+
+    // A nurse asks for a retry: the uplink is told.
+    let told = up.retry.notified();
+    let (status, _) = send(&state, "POST", "/gateway/uplink/retry", "").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    tokio::time::timeout(Duration::from_secs(5), told)
+        .await
+        .expect("the uplink is asked to retry");
+
+    // Under MQTT 3.1.1 the page says plainly that refusals cannot be seen.
+    up.set_protocol("3.1.1");
+    let (_, html) = get(&state, "/gateway").await;
+    assert!(html.contains("REFUSALS NOT VISIBLE"), "{html}");
+    assert!(html.contains("lost without trace"), "{html}");
+    assert!(!html.contains("Refused by the broker"), "{html}");
+    // Readings held after connections died with them are shown all the same.
+    assert!(html.contains("HELD"), "{html}");
+}
+
+#[tokio::test]
 async fn metrics_follow_the_text_format() {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = setup(dir.path()).await;

@@ -95,6 +95,8 @@ pub(super) fn settings(
         },
         site: "oak-house".into(),
         gateway: "gw-test".into(),
+        protocol: carehub::config::Protocol::V5,
+        compact: false,
         payload,
         batch_max_readings: 50,
         max_inflight: 8,
@@ -102,6 +104,8 @@ pub(super) fn settings(
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
         cert_warn_days: 30,
+        hold_after_refusals: 3,
+        stable_after: std::time::Duration::from_secs(30),
         watch_every: Duration::from_millis(300),
         status_every: Duration::from_secs(60),
     }
@@ -390,6 +394,7 @@ async fn refusals_are_explained_and_leave_the_backlog_untouched() {
             Err(e) => break e,
         }
     };
+    let err = carehub::uplink::link::LinkError::V311(err);
     let text = carehub::uplink::actor::classify(&err, "localhost").to_string();
     assert!(
         text.contains("requires a client certificate"),

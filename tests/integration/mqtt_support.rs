@@ -196,12 +196,22 @@ impl Broker {
     /// Writes the configuration; call [`Broker::start`] to run it. `server` names
     /// the broker's certificate pair in `pki`.
     pub fn new(pki: &Pki, server: &str) -> Broker {
-        Broker::on_port(pki, server, free_port())
+        Broker::with_config(pki, server, "")
+    }
+
+    /// Like [`Broker::new`], with `extra` lines appended to the configuration
+    /// (an ACL file, a packet-size limit).
+    pub fn with_config(pki: &Pki, server: &str, extra: &str) -> Broker {
+        Broker::on_port_with_config(pki, server, free_port(), extra)
     }
 
     /// As [`Broker::new`], on a given port: another broker where the gateway
     /// expects its own.
     pub fn on_port(pki: &Pki, server: &str, port: u16) -> Broker {
+        Broker::on_port_with_config(pki, server, port, "")
+    }
+
+    fn on_port_with_config(pki: &Pki, server: &str, port: u16, extra: &str) -> Broker {
         let dir = pki.dir.path().join(format!("broker-{port}-{server}"));
         std::fs::create_dir_all(&dir).unwrap();
         let s = pki.pair(server);
@@ -213,7 +223,7 @@ impl Broker {
              allow_anonymous false\n\
              persistence true\npersistence_location {dir}/\nautosave_interval 1\n\
              max_queued_messages 0\n\
-             user root\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+             user root\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}",
             ca = pki.path("ca.pem").display(),
             cert = s.cert.display(),
             key = s.key.display(),
@@ -262,6 +272,15 @@ impl Broker {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(c.id() as i32, signal) };
             let _ = c.wait();
+        }
+    }
+
+    /// SIGHUP: mosquitto reads its configuration and ACL file again.
+    #[allow(dead_code)]
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
         }
     }
 

@@ -155,6 +155,7 @@ pub const POLICY: &[Rule] = &[
     rule("GET", "/assets/carehub.css", Anyone, Changes),
     rule("GET", "/assets/live.js", Anyone, Changes),
     rule("GET", "/gateway", CARER, Changes),
+    rule("POST", "/gateway/uplink/retry", NURSE, Changes),
     rule("GET", "/api/v1/gateway", CARER, Changes),
     rule("GET", "/api/v1/openapi.json", CARER, Changes),
     rule("GET", "/residents/{id}", CARER, View("resident detail")),
