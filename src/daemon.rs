@@ -236,6 +236,7 @@ pub async fn run(
         reader: reader.clone(),
         db_path: config.store.path.clone(),
         limits: crate::clinical::alerts::Limits {
+            zone: config.site.zone(),
             freshness_window: Duration::from_secs(
                 u64::from(config.clinical.stale_after_minutes) * 60,
             ),
@@ -245,6 +246,11 @@ pub async fn run(
             cert_warn_days: i64::from(a.certificate_warn_days),
             disk_low_bytes: a.disk_low_mb.saturating_mul(1024 * 1024),
         },
+        lifecycle: crate::clinical::alerts::Lifecycle {
+            clear_hold: Duration::from_secs(u64::from(a.clear_after_minutes) * 60),
+            reannounce_after: Duration::from_secs(u64::from(a.reannounce_minutes) * 60),
+        },
+        started_at: Timestamp::now(),
         every: Duration::from_secs(u64::from(a.evaluate_every_seconds)),
         store_stats: store_stats.clone(),
         uplink: config.uplink.enabled.then(|| uplink_status.clone()),

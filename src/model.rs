@@ -135,6 +135,41 @@ impl SiteZone {
         Some(Timestamp::from_unix_ms(pick))
     }
 
+    /// The site's wall-clock time of `at`, as staff read it: `14:32`.
+    pub fn clock(&self, at: Timestamp) -> String {
+        match self.instant_to_civil(at) {
+            Some(c) => format!("{:02}:{:02}", c.hour, c.minute),
+            None => at.to_rfc3339(),
+        }
+    }
+
+    /// The site's wall-clock time of `at` with seconds: `14:32:05`.
+    pub fn clock_seconds(&self, at: Timestamp) -> String {
+        match self.instant_to_civil(at) {
+            Some(c) => format!("{:02}:{:02}:{:02}", c.hour, c.minute, c.second),
+            None => at.to_rfc3339(),
+        }
+    }
+
+    /// The site's date and wall-clock time of `at`: `2026-12-01 14:32`.
+    pub fn date_time(&self, at: Timestamp) -> String {
+        match self.instant_to_civil(at) {
+            Some(c) => format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}",
+                c.year, c.month, c.day, c.hour, c.minute
+            ),
+            None => at.to_rfc3339(),
+        }
+    }
+
+    /// The zone's abbreviation at `at` (`GMT`, `BST`), for a page's footer.
+    pub fn abbreviation(&self, at: Timestamp) -> String {
+        match jiff::Timestamp::from_millisecond(at.unix_ms()) {
+            Ok(ts) => self.zone.to_offset_info(ts).abbreviation().to_owned(),
+            Err(_) => self.name.clone(),
+        }
+    }
+
     /// What the site's clocks showed at `at` (for the simulator's devices, which
     /// keep local time like real ones).
     pub fn instant_to_civil(&self, at: Timestamp) -> Option<CivilTime> {
@@ -148,6 +183,13 @@ impl SiteZone {
             minute: u8::try_from(dt.minute()).ok()?,
             second: u8::try_from(dt.second()).ok()?,
         })
+    }
+}
+
+/// Two zones are the same when they have the same name.
+impl PartialEq for SiteZone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
     }
 }
 
@@ -940,11 +982,39 @@ pub struct Reading {
     pub clock_synced: bool,
 }
 
+/// A device time this far ahead of the moment the gateway received the value is
+/// still believed (clocks drift, and a measurement takes a moment); beyond it the
+/// device's clock is wrong (a cuff still on summer time reads an hour ahead).
+pub const CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// When a value was true as far as the gateway can trust it: the device's time,
+/// unless that is more than [`CLOCK_TOLERANCE`] after the value was received (no
+/// device measures the future), in which case the received time. Ordering,
+/// freshness and scoring use this; the device's own time is kept beside it.
+pub fn trusted_time(measured_at: Option<Timestamp>, received_at: Timestamp) -> Timestamp {
+    match measured_at {
+        Some(m) if m <= received_at.saturating_add(CLOCK_TOLERANCE) => m,
+        _ => received_at,
+    }
+}
+
 impl Reading {
-    /// The best estimate of when the value was true: the device's own time if it
-    /// gave one, else the moment the gateway received it.
+    /// The device's claim of when the value was true: its own time if it gave
+    /// one, else the moment the gateway received it (what is sent on the wire).
     pub fn taken_at(&self) -> Timestamp {
         self.measured_at.unwrap_or(self.received_at)
+    }
+
+    /// When the value was true as far as the gateway trusts it ([`trusted_time`]):
+    /// what `latest`, freshness and the score use.
+    pub fn trusted_at(&self) -> Timestamp {
+        trusted_time(self.measured_at, self.received_at)
+    }
+
+    /// The device's clock is ahead of the gateway beyond [`CLOCK_TOLERANCE`]: its
+    /// time is kept but not used.
+    pub fn device_clock_ahead(&self) -> bool {
+        self.measured_at.is_some_and(|m| m != self.trusted_at())
     }
 }
 

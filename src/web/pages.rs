@@ -338,6 +338,9 @@ pub(super) fn news2_of(
             value: v.value,
             unit: v.unit,
             taken_at: v.taken_at,
+            device_time: v.device_time,
+            device: Some(v.device),
+            reading_id: v.reading_id,
         })
         .collect();
     news2_from_readings(&samples, scale, now, window)

@@ -945,10 +945,18 @@ async fn the_overview_cache_never_outlives_a_change() {
         message: "only 10 MB of disk free".into(),
         score: None,
         level: "warning",
+        partial: false,
+        missing: Vec::new(),
+        parameter: None,
+        reading_ids: Vec::new(),
     };
     let id = {
         let mut book = state.alerts.lock().unwrap();
-        book.sync(std::slice::from_ref(&cause), Timestamp::now())
+        let eval = crate::clinical::alerts::Evaluation {
+            causes: vec![cause],
+            undetermined: Vec::new(),
+        };
+        book.sync(&eval, &Default::default(), Timestamp::now())
             .unwrap();
         book.list(0).unwrap()[0].id
     };

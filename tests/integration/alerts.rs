@@ -48,6 +48,8 @@ fn stage(store: &Store, book: &SharedBook, dir: &std::path::Path) -> AlertStage 
             disk_low_bytes: 0,
             ..Limits::default()
         },
+        lifecycle: Default::default(),
+        started_at: carehub::model::Timestamp::from_unix_ms(0),
         every: Duration::from_secs(30),
         store_stats: store.handle.stats().clone(),
         uplink: None,
