@@ -115,6 +115,45 @@ pub struct SensorScore {
     pub reading_ids: Vec<crate::model::ReadingId>,
 }
 
+/// The NEWS2 parameter a value is and the value in the chart's unit (mmHg, °C,
+/// coded values only where the scale has the code); `None` for anything the
+/// chart cannot use.
+pub fn chart_value(
+    quantity: crate::model::Quantity,
+    unit: crate::model::Unit,
+    n: f64,
+) -> Option<(news2::Parameter, f64)> {
+    use crate::model::{Quantity as Q, Unit as U};
+    use news2::Parameter as P;
+    let whole = |n: f64, max: f64| (n.fract() == 0.0 && (0.0..=max).contains(&n)).then_some(n);
+    Some(match (quantity, unit) {
+        (Q::RespirationRate, U::PerMinute) => (P::RespRate, n),
+        // Coded values: only the codes the scale has.
+        (Q::Consciousness, U::One) => (P::Consciousness, whole(n, 4.0)?),
+        (Q::SupplementalOxygen, U::One) => (P::Oxygen, whole(n, 1.0)?),
+        (Q::Spo2, U::Percent) => (P::Spo2, n),
+        (Q::PulseRate | Q::HeartRate, U::PerMinute) => (P::Pulse, n),
+        (Q::SystolicPressure, U::MillimetreOfMercury) => (P::Systolic, n),
+        (Q::SystolicPressure, U::Kilopascal) => (P::Systolic, n * 7.500_617),
+        (Q::BodyTemperature, U::Celsius) => (P::Temperature, n),
+        (Q::BodyTemperature, U::Fahrenheit) => (P::Temperature, (n - 32.0) * 5.0 / 9.0),
+        _ => return None,
+    })
+}
+
+/// A value of a NEWS2 parameter that no person can have (a sensor fault): shown
+/// as implausible ("check the sensor"), never scored.
+pub fn implausible(
+    quantity: crate::model::Quantity,
+    unit: crate::model::Unit,
+    value: crate::model::Value,
+) -> bool {
+    value
+        .number()
+        .and_then(|n| chart_value(quantity, unit, n))
+        .is_some_and(|(p, v)| !p.plausible(v))
+}
+
 /// Scores the newest readings: what the sensors measured (SpO₂, pulse, systolic
 /// pressure, temperature) and what staff entered in an observation set
 /// (respiration rate, consciousness, air or oxygen, or any of the others), on the
@@ -134,26 +173,8 @@ pub fn news2_from_readings(
     now: Timestamp,
     window: Duration,
 ) -> Option<SensorScore> {
-    use crate::model::{Quantity as Q, Unit as U};
     use news2::Parameter as P;
-    let whole = |n: f64, max: f64| (n.fract() == 0.0 && (0.0..=max).contains(&n)).then_some(n);
-    // Converts to the chart's units; anything else is not usable.
-    let usable = |s: &VitalSample| -> Option<(P, f64)> {
-        let n = s.value.number()?;
-        Some(match (s.quantity, s.unit) {
-            (Q::RespirationRate, U::PerMinute) => (P::RespRate, n),
-            // Coded values: only the codes the scale has.
-            (Q::Consciousness, U::One) => (P::Consciousness, whole(n, 4.0)?),
-            (Q::SupplementalOxygen, U::One) => (P::Oxygen, whole(n, 1.0)?),
-            (Q::Spo2, U::Percent) => (P::Spo2, n),
-            (Q::PulseRate | Q::HeartRate, U::PerMinute) => (P::Pulse, n),
-            (Q::SystolicPressure, U::MillimetreOfMercury) => (P::Systolic, n),
-            (Q::SystolicPressure, U::Kilopascal) => (P::Systolic, n * 7.500_617),
-            (Q::BodyTemperature, U::Celsius) => (P::Temperature, n),
-            (Q::BodyTemperature, U::Fahrenheit) => (P::Temperature, (n - 32.0) * 5.0 / 9.0),
-            _ => return None,
-        })
-    };
+    let usable = |s: &VitalSample| chart_value(s.quantity, s.unit, s.value.number()?);
     // The newest usable value of each parameter (pulse from an oximeter or a strap).
     let mut newest: Vec<(P, f64, &VitalSample)> = Vec::new();
     for s in samples {

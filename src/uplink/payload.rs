@@ -337,16 +337,22 @@ pub struct StatusMessage {
     pub certificate_expiring: bool,
 }
 
-/// `.../alerts`: one clinical alert. The shape is fixed here; the clinical stage
-/// decides when to send one.
+/// The schema of an alert message.
+pub const ALERT_SCHEMA: &str = "carehub.alert/2";
+
+/// `.../alerts`: one alert, sent when it is raised and again each time an
+/// unacknowledged emergency is announced again. The shape is fixed here; the
+/// alert stage decides when to send one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertMessage {
-    /// Always `"carehub.alert/1"`.
+    /// Always `"carehub.alert/2"`.
     pub schema: String,
     pub gateway: String,
-    /// UUIDv7 of the alert, for de-duplication.
+    /// UUIDv7 of the alert; with `announcement`, the de-duplication key.
     pub id: String,
+    /// 1 when raised; 2, 3, ... when announced again unacknowledged.
+    pub announcement: u32,
     /// The resident's pseudonymous reference.
     pub resident: String,
     /// E.g. `"news2"`.
@@ -354,10 +360,39 @@ pub struct AlertMessage {
     /// E.g. `"low"`, `"low-medium"`, `"medium"`, `"high"`.
     pub level: String,
     pub score: Option<u32>,
+    /// The score behind the alert lacked parameters (`missing`).
+    pub partial: bool,
+    /// The NEWS2 parameters the score lacked or left out as implausible.
+    pub missing: Vec<String>,
+    /// The parameter that scored 3 (`news2-single-3`) or crossed a nurse's
+    /// limit (`threshold`); null otherwise.
+    pub parameter: Option<String>,
     /// The readings the alert was computed from.
     pub reading_ids: Vec<String>,
     /// RFC 3339 UTC.
     pub raised_at: String,
+}
+
+impl AlertMessage {
+    /// The message for a stored alert, from gateway `gateway`. The resident goes
+    /// out by reference only; the alert's text (which names them) stays local.
+    pub fn from_record(gateway: &str, a: &crate::store::AlertRecord) -> AlertMessage {
+        AlertMessage {
+            schema: ALERT_SCHEMA.into(),
+            gateway: gateway.into(),
+            id: a.uuid.clone(),
+            announcement: a.announcements,
+            resident: a.resident_reference.clone().unwrap_or_default(),
+            kind: a.rule.clone(),
+            level: a.level.clone(),
+            score: a.score.map(u32::from),
+            partial: a.partial,
+            missing: a.missing.clone(),
+            parameter: a.parameter.clone(),
+            reading_ids: a.reading_ids.clone(),
+            raised_at: a.raised_at.to_rfc3339(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -636,8 +671,49 @@ mod doc_examples {
             assert_eq!(s.schema, STATUS_SCHEMA);
             assert_eq!(serde_json::to_value(&s).unwrap(), doc);
         }
-        let doc = example("alert");
-        let a: AlertMessage = serde_json::from_value(doc.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&a).unwrap(), doc);
+        for name in ["alert", "alert-single-3"] {
+            let doc = example(name);
+            let a: AlertMessage = serde_json::from_value(doc.clone()).unwrap();
+            assert_eq!(a.schema, ALERT_SCHEMA);
+            assert_eq!(serde_json::to_value(&a).unwrap(), doc);
+        }
+    }
+
+    /// The message built from a stored alert has the documented example's shape,
+    /// and never carries the alert's text (it names the resident).
+    #[test]
+    fn an_alert_record_becomes_the_documented_message() {
+        let record = crate::store::AlertRecord {
+            id: 2,
+            uuid: "019ab3c3-0000-7000-8000-000000000002".into(),
+            cause_key: "resident:7/news2-single-3:spo2".into(),
+            resident_id: Some(7),
+            resident_reference: Some("res-7f3a".into()),
+            rule: "news2-single-3".into(),
+            severity: "urgent".into(),
+            level: "low-medium".into(),
+            score: Some(3),
+            message: "Edith Example: SpO₂ scores 3 (partial)".into(),
+            raised_at: Timestamp::from_unix_ms(1_795_467_720_000),
+            acknowledged_by: None,
+            acknowledged_at: None,
+            resolved_at: None,
+            published: false,
+            cleared_at: None,
+            announced_at: Timestamp::from_unix_ms(1_795_467_720_000),
+            announcements: 1,
+            partial: true,
+            missing: ["resp_rate", "oxygen", "consciousness", "temperature"]
+                .map(String::from)
+                .to_vec(),
+            parameter: Some("spo2".into()),
+            reading_ids: vec!["019ab3c2-7a33-7c81-9d2e-0a4f5b6c7d90".into()],
+        };
+        let msg = AlertMessage::from_record("gw-0042", &record);
+        assert_eq!(
+            serde_json::to_value(&msg).unwrap(),
+            example("alert-single-3")
+        );
+        assert!(!serde_json::to_string(&msg).unwrap().contains("Edith"));
     }
 }

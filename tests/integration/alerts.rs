@@ -172,11 +172,32 @@ async fn an_alert_raised_offline_survives_a_restart_and_reaches_the_broker_once_
     };
     assert!(alerts.iter().all(|a| a.id == uuid), "{alerts:?}");
     let a = &alerts[0];
-    assert_eq!(a.schema, "carehub.alert/1");
+    assert_eq!(a.schema, "carehub.alert/2");
     assert_eq!(a.resident, "res-0001");
     assert_eq!(a.kind, "news2-single-3");
     assert_eq!(a.level, "low-medium");
     assert_eq!(a.score, Some(3));
+    assert_eq!(a.announcement, 1);
+    // What staff see travels with it (issue 15): partial, what is missing, the
+    // parameter that scored 3 and the reading it came from.
+    assert!(a.partial);
+    assert!(a.missing.iter().any(|m| m == "resp_rate"), "{a:?}");
+    assert_eq!(a.parameter.as_deref(), Some("spo2"));
+    assert_eq!(a.reading_ids.len(), 1, "{a:?}");
+    let stored: Vec<String> = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let mut st = c
+            .prepare("SELECT lower(hex(id)) FROM readings_text WHERE quantity = 'spo2'")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(
+        stored.contains(&a.reading_ids[0].replace('-', "")),
+        "{stored:?} {a:?}"
+    );
     assert!(book.lock().unwrap().unpublished(10).unwrap().is_empty());
 
     cancel.cancel();
