@@ -314,6 +314,9 @@ pub enum Quantity {
     DiastolicPressure,
     MeanArterialPressure,
     CuffPressure,
+    /// A thermometer's settling values while it measures (GATT Intermediate
+    /// Temperature, 0x2A1E): not a body temperature, never scored or alerted on.
+    IntermediateTemperature,
     BodyWeight,
     BodyMassIndex,
     BodyHeight,
@@ -409,6 +412,7 @@ impl Quantity {
         Quantity::DiastolicPressure,
         Quantity::MeanArterialPressure,
         Quantity::CuffPressure,
+        Quantity::IntermediateTemperature,
         Quantity::BodyWeight,
         Quantity::BodyMassIndex,
         Quantity::BodyHeight,
@@ -497,6 +501,7 @@ impl Quantity {
             Quantity::DiastolicPressure => "diastolic_pressure",
             Quantity::MeanArterialPressure => "mean_arterial_pressure",
             Quantity::CuffPressure => "cuff_pressure",
+            Quantity::IntermediateTemperature => "intermediate_temperature",
             Quantity::BodyWeight => "body_weight",
             Quantity::BodyMassIndex => "body_mass_index",
             Quantity::BodyHeight => "body_height",
@@ -615,6 +620,7 @@ impl Quantity {
             Quantity::DiastolicPressure => "Diastolic BP",
             Quantity::MeanArterialPressure => "Mean arterial pressure",
             Quantity::CuffPressure => "Cuff pressure",
+            Quantity::IntermediateTemperature => "Temperature while measuring",
             Quantity::BodyWeight => "Weight",
             Quantity::BodyMassIndex => "BMI",
             Quantity::BodyHeight => "Height",

@@ -310,3 +310,6 @@ mod tests;
 
 #[cfg(test)]
 mod pages_tests;
+
+#[cfg(test)]
+mod pipeline_tests;
