@@ -176,6 +176,13 @@ pub async fn run(
                     .filter(|d| d.subject != crate::model::Subject::Unassigned)
                     .collect();
                 let registry = Ingest::registry_from(&devices);
+                let history_reader = reader.clone();
+                let history =
+                    tokio::task::spawn_blocking(move || history_reader.assignment_history())
+                        .await
+                        .context("device registry task failed")?
+                        .context("cannot read the devices' assignment history")?;
+                registry.load_history(&history);
                 let settings = BleSettings::new(&config.ble, registry.clone());
                 tracing::info!(devices = devices.len(), "device registry read");
                 let ble = Ble {

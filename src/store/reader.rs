@@ -317,6 +317,15 @@ impl Reader {
         self.with_conn(super::registry::device_states)
     }
 
+    /// Whom each device belonged to and when, oldest first: (device, subject,
+    /// from, until), for `ingest::Registry::load_history` at start.
+    #[allow(clippy::type_complexity)]
+    pub fn assignment_history(
+        &self,
+    ) -> Result<Vec<(DeviceAddress, Subject, Timestamp, Option<Timestamp>)>, StoreError> {
+        self.with_conn(super::registry::assignment_history)
+    }
+
     /// Every registered device's bind key with the counters saved for it, for
     /// the decoder at start.
     pub fn keys(&self) -> Result<Vec<super::StoredKey>, StoreError> {

@@ -146,6 +146,20 @@ pub(super) fn write_record(
                 "UPDATE devices SET assigned_at_ms = ?2 WHERE address = ?1",
                 params![key, at],
             )?;
+            // The history: the assignment in force ends, this one begins.
+            close_assignment(tx, &key, at)?;
+            let (resident, room) = match &device.subject {
+                Subject::Resident(id) => (Some(id.0), None),
+                Subject::Room(room) => (None, Some(room.as_str())),
+                Subject::Unassigned => (None, None),
+            };
+            if resident.is_some() || room.is_some() {
+                tx.execute(
+                    "INSERT INTO device_assignments (address, resident_id, room, from_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![key, resident, room, at],
+                )?;
+            }
         }
         RegistryChange::Unassigned => {
             tx.execute(
@@ -153,6 +167,7 @@ pub(super) fn write_record(
                  WHERE address = ?1",
                 [&key],
             )?;
+            close_assignment(tx, &key, at)?;
         }
         // Only for a registered device (callers check first: an error here would
         // fail the whole group commit, readings included). Device rows are never
@@ -171,6 +186,57 @@ pub(super) fn write_record(
         }
     }
     Ok(())
+}
+
+fn close_assignment(
+    tx: &rusqlite::Transaction<'_>,
+    address: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE device_assignments SET until_ms = max(from_ms, ?2)
+         WHERE address = ?1 AND until_ms IS NULL",
+        params![address, at],
+    )?;
+    Ok(())
+}
+
+/// The assignment history of every device, oldest first: (device, subject,
+/// from, until). Rows this build cannot read are skipped.
+#[allow(clippy::type_complexity)]
+pub(super) fn assignment_history(
+    c: &rusqlite::Connection,
+) -> Result<Vec<(DeviceAddress, Subject, Timestamp, Option<Timestamp>)>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT address, resident_id, room, from_ms, until_ms FROM device_assignments
+         ORDER BY from_ms, id",
+    )?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?
+        .filter_map(|row| {
+            let (address, resident, room, from, until) = row.ok()?;
+            let subject = match (resident, room) {
+                (Some(id), _) => Subject::Resident(crate::model::ResidentId(id)),
+                (None, Some(room)) => Subject::Room(room),
+                (None, None) => return None,
+            };
+            Some((
+                address.parse().ok()?,
+                subject,
+                Timestamp::from_unix_ms(from),
+                until.map(Timestamp::from_unix_ms),
+            ))
+        })
+        .collect();
+    Ok(rows)
 }
 
 /// Persists signal strength and last-seen for registered devices only.
