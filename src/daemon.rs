@@ -351,6 +351,7 @@ pub async fn run(
         auth: web_security.auth,
         alerts: alert_book,
         gateway_name: config.site.gateway_id.as_str().into(),
+        zone: config.site.zone(),
         ingest: ingest_stats,
         events: events.clone(),
         web_metrics: Default::default(),

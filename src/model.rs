@@ -1049,6 +1049,20 @@ impl DeviceKind {
         DeviceKind::Unknown,
     ];
 
+    /// The kind in staff's words, for pages.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceKind::HeartRateMonitor => "heart rate monitor",
+            DeviceKind::PulseOximeter => "pulse oximeter",
+            DeviceKind::BloodPressureMonitor => "blood pressure monitor",
+            DeviceKind::Thermometer => "thermometer",
+            DeviceKind::WeightScale => "weighing scale",
+            DeviceKind::GlucoseMeter => "glucose meter",
+            DeviceKind::RoomSensor => "room sensor",
+            DeviceKind::Unknown => "sensor",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceKind::HeartRateMonitor => "heart_rate_monitor",
@@ -1202,6 +1216,34 @@ mod tests {
         let c = london.instant_to_civil(now).unwrap();
         assert_eq!((c.hour, c.minute, c.second), (17, 20, 5));
         assert_eq!(london.civil_to_instant(c, now), Some(now));
+    }
+
+    #[test]
+    fn staff_read_the_site_wall_clock_in_summer_and_winter() {
+        let london = SiteZone::named("Europe/London").unwrap();
+        // 2026-07-01T12:00:00Z is 13:00 BST; 2026-12-01T20:17:35Z is 20:17 GMT.
+        let summer = Timestamp::from_unix_ms(1_782_907_200_000);
+        assert_eq!(london.clock(summer), "13:00");
+        assert_eq!(london.date_time(summer), "2026-07-01 13:00");
+        assert_eq!(london.abbreviation(summer), "BST");
+        let winter = Timestamp::from_unix_ms(1_796_156_255_000);
+        assert_eq!(london.clock_seconds(winter), "20:17:35");
+        assert_eq!(london.abbreviation(winter), "GMT");
+    }
+
+    /// Issue 15: a device clock ahead of the receipt by more than the
+    /// tolerance is not trusted; behind it (a stored measurement) it is.
+    #[test]
+    fn a_device_time_ahead_of_its_receipt_is_not_trusted() {
+        let received = Timestamp::from_unix_ms(10_000_000);
+        let t = |ms: i64| Some(Timestamp::from_unix_ms(ms));
+        assert_eq!(trusted_time(None, received), received);
+        assert_eq!(
+            trusted_time(t(10_120_000), received),
+            received.saturating_add(CLOCK_TOLERANCE)
+        );
+        assert_eq!(trusted_time(t(10_120_001), received), received);
+        assert_eq!(trusted_time(t(3_600_000), received).unix_ms(), 3_600_000);
     }
 
     #[test]

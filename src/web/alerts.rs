@@ -284,7 +284,7 @@ fn plausible(t: &Thresholds) -> Result<(), &'static str> {
 /// not yet seen", until someone acknowledges it; an emergency nobody has
 /// acknowledged says when it was announced again.
 pub(super) fn open_alerts(rows: &[&crate::store::AlertRecord], now: Timestamp) -> Markup {
-    use super::layout::clock;
+    use super::layout::short_clock as clock;
     let ago = |t: Timestamp| super::describe_age(t.age_at(now));
     html! {
         @if !rows.is_empty() {

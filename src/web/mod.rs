@@ -66,6 +66,8 @@ pub struct AppState {
     pub alerts: crate::alerts::SharedBook,
     /// `site.gateway_id`, shown in every page's header.
     pub gateway_name: Arc<str>,
+    /// `site.timezone`: the times on the pages are its local time.
+    pub zone: crate::model::SiteZone,
     /// The decode stage's counters, for `/metrics`.
     pub ingest: Arc<crate::ingest::IngestStats>,
     /// Live-update notifications for `/events`.
@@ -80,6 +82,7 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let web_metrics = state.web_metrics.clone();
     pages::remember_gateway_name(&state.gateway_name);
+    layout::remember_zone(&state.zone);
     Router::new()
         .route("/", get(pages::overview))
         .route("/healthz", get(api::healthz))

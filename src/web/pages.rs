@@ -150,7 +150,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
                 "Cloud link: " (uplink.state.as_str())
                 ", " (uplink.backlog) " readings waiting"
                 @if let Some((at, e)) = &uplink.last_error {
-                    " — last problem at " (at.to_rfc3339()) ": " (e)
+                    " — last problem at " (layout::date_time(*at)) ": " (e)
                 }
             }
         }

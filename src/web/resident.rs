@@ -162,7 +162,7 @@ pub async fn page(
                     tbody {
                         @for dev in &d.devices {
                             tr {
-                                td { (dev.device.name.as_deref().unwrap_or("(no name)")) span.age { (dev.device.address.to_string()) " · " (dev.device.kind.as_str()) } }
+                                td { (dev.device.name.as_deref().unwrap_or("(no name)")) span.age { (dev.device.address.to_string()) " · " (dev.device.kind.label()) } }
                                 td {
                                     @match dev.battery_percent {
                                         Some(b) if b <= 15 => { (b) " %" span.badge.bad { "LOW" } }
