@@ -718,6 +718,26 @@ mod tests {
         assert_eq!(s.readings.load(Ordering::Relaxed), 1);
         assert_eq!(stored(&store.reader), 3);
         assert_eq!(store.reader.keys().unwrap()[0].replay.bthome, Some(12));
+        // pvvx's wrapping counter is saved and read back as it is (issue 15).
+        store
+            .handle
+            .event_sink()
+            .seen(vec![Seen {
+                device: address,
+                rssi: None,
+                at: Timestamp::now(),
+                replay: Some((
+                    KEY,
+                    ReplayCounters {
+                        bthome: Some(12),
+                        mibeacon: None,
+                        pvvx: Some(200),
+                    },
+                )),
+            }])
+            .unwrap();
+        store.handle.maintain(Timestamp::now()).await.unwrap();
+        assert_eq!(store.reader.keys().unwrap()[0].replay.pvvx, Some(200));
 
         // Removing the key forgets the counters with it; an old save arriving
         // after a key change is not carried over to the new key.
@@ -738,6 +758,7 @@ mod tests {
                     ReplayCounters {
                         bthome: Some(99),
                         mibeacon: None,
+                        pvvx: Some(7),
                     },
                 )),
             }])

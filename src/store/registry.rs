@@ -179,7 +179,8 @@ pub(super) fn write_record(
                 _ => None,
             };
             tx.execute(
-                "UPDATE devices SET bind_key = ?2, bthome_counter = NULL, mibeacon_counter = NULL
+                "UPDATE devices SET bind_key = ?2, bthome_counter = NULL, mibeacon_counter = NULL,
+                    pvvx_counter = NULL
                  WHERE address = ?1",
                 params![key, bind_key],
             )?;
@@ -249,17 +250,21 @@ pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Resul
     // a save racing a key change must not carry the old key's count over.
     let mut counters = tx.prepare_cached(
         "UPDATE devices SET bthome_counter = max(coalesce(bthome_counter, ?2), ?2),
-            mibeacon_counter = max(coalesce(mibeacon_counter, ?3), ?3)
+            mibeacon_counter = max(coalesce(mibeacon_counter, ?3), ?3),
+            pvvx_counter = coalesce(?5, pvvx_counter)
          WHERE address = ?1 AND bind_key = ?4",
     )?;
     for s in seen {
         stmt.execute(params![s.device.to_string(), s.rssi, s.at.unix_ms()])?;
         if let Some((key, replay)) = &s.replay {
+            // pvvx's one-byte counter wraps: the last accepted is saved as it is
+            // (the decoder only ever accepts one that rose).
             counters.execute(params![
                 s.device.to_string(),
                 replay.bthome,
                 replay.mibeacon,
-                &key[..]
+                &key[..],
+                replay.pvvx
             ])?;
         }
     }
@@ -269,7 +274,7 @@ pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Resul
 /// Every registered device's bind key with its saved counters.
 pub(super) fn keys(c: &rusqlite::Connection) -> Result<Vec<StoredKey>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT address, bind_key, bthome_counter, mibeacon_counter
+        "SELECT address, bind_key, bthome_counter, mibeacon_counter, pvvx_counter
          FROM devices WHERE bind_key IS NOT NULL ORDER BY address",
     )?;
     let mut rows = stmt.query([])?;
@@ -290,6 +295,9 @@ pub(super) fn keys(c: &rusqlite::Connection) -> Result<Vec<StoredKey>, StoreErro
             replay: ReplayCounters {
                 bthome: counter(2)?,
                 mibeacon: counter(3)?,
+                pvvx: r
+                    .get::<_, Option<i64>>(4)?
+                    .and_then(|v| u8::try_from(v).ok()),
             },
         });
     }
