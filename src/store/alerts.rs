@@ -899,6 +899,42 @@ mod tests {
         assert_eq!(a.announcements, 3);
     }
 
+    /// An announcement again is sent again: the alert is unpublished until the
+    /// broker has the new announcement, whose number the message carries.
+    #[test]
+    fn announcing_again_republishes_the_alert() {
+        let mut b = run(
+            clinical("resident:1/news2:high", Severity::Emergency),
+            &[step(0, true, false, (1, 0, 0, 0), (true, false, false))],
+        );
+        let id = b.list(0).unwrap()[0].id;
+        b.mark_published(id).unwrap();
+        assert!(b.unpublished(10).unwrap().is_empty());
+        let eval = Evaluation {
+            causes: vec![clinical("resident:1/news2:high", Severity::Emergency)],
+            undetermined: vec![],
+        };
+        let life = Lifecycle::default();
+        let r = b
+            .sync(&eval, &life, Timestamp::from_unix_ms(15 * MIN))
+            .unwrap();
+        assert_eq!(r.reannounced, vec![id]);
+        let again = b.unpublished(10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].announcements, 2);
+        let msg = crate::uplink::payload::AlertMessage::from_record("gw", &again[0]);
+        assert_eq!(msg.announcement, 2);
+        // Acknowledged: never announced again.
+        b.acknowledge(id, "Nurse Kay", Timestamp::from_unix_ms(16 * MIN))
+            .unwrap();
+        b.mark_published(id).unwrap();
+        let r = b
+            .sync(&eval, &life, Timestamp::from_unix_ms(60 * MIN))
+            .unwrap();
+        assert!(r.reannounced.is_empty());
+        assert!(b.unpublished(10).unwrap().is_empty());
+    }
+
     /// Acknowledged while its cause holds: open until the cause has cleared.
     /// A cause back within the hold keeps the same alert, and a latched cleared
     /// alert whose cause returns is active again, not a second alert.
