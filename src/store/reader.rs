@@ -247,18 +247,19 @@ impl Reader {
     ) -> Result<Vec<HistoryValue>, StoreError> {
         self.with_conn(|c| {
             let first = first_seq_received_since(c, since.saturating_sub(RECEIVED_SLACK))?;
-            let mut stmt = c.prepare_cached(
-                "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
+            // When taken, as far as the gateway trusts it (`model::trusted_time`):
+            // a device time more than 2 minutes ahead of receipt is not used.
+            let taken = "CASE WHEN measured_at_ms > received_at_ms + 120000 THEN received_at_ms
+                              ELSE coalesce(measured_at_ms, received_at_ms) END";
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT quantity, value, status, unit, {taken}, device
                  FROM readings_text
                  WHERE seq >= ?3 AND resident_id = ?1
-                   AND coalesce(measured_at_ms, received_at_ms) >= ?2
+                   AND {taken} >= ?2
                    AND quantity != 'rr_interval'
-                 ORDER BY coalesce(measured_at_ms, received_at_ms), seq",
-            )?;
-            history_rows(
-                &mut stmt,
-                rusqlite::params![id.0, since.unix_ms(), first],
-            )
+                 ORDER BY {taken}, seq"
+            ))?;
+            history_rows(&mut stmt, rusqlite::params![id.0, since.unix_ms(), first])
         })
     }
 
