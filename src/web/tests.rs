@@ -58,7 +58,8 @@ pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         auth: auth::testing::settings(),
         alerts: crate::alerts::open_book(&dir.join("t.db")).unwrap(),
         gateway_name: "test-gw".into(),
-        zone: SiteZone::utc(),
+        // The project's default zone: pages must never say "UTC" (issue 15).
+        zone: SiteZone::named("Europe/London").unwrap(),
         ingest: Default::default(),
         events: events::Events::new(tokio_util::sync::CancellationToken::new()),
         web_metrics: Default::default(),
