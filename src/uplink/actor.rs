@@ -622,9 +622,10 @@ impl Session<'_> {
             if self.alerts_out.contains(&a.id) {
                 continue;
             }
-            let msg = crate::uplink::payload::AlertMessage::from_record(
+            let msg = crate::uplink::payload::AlertMessage::for_payload(
                 &self.uplink.settings.gateway,
                 &a,
+                self.uplink.settings.payload,
             );
             let payload = serde_json::to_vec(&msg)
                 .map_err(|e| UplinkError::Connection(format!("cannot encode alert: {e}")))?;
