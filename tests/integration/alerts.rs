@@ -207,6 +207,98 @@ async fn an_alert_raised_offline_survives_a_restart_and_reaches_the_broker_once_
         .unwrap();
 }
 
+/// Issue 15: with `uplink.payload = "fhir"`, the NEWS2 alert reaching a real
+/// broker carries the score as a FHIR Observation (SNOMED CT NEWS2 total) that
+/// the crate's validator accepts, about the resident by reference only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fhir_payload_a_news2_alert_reaches_the_broker_with_its_score_observation() {
+    let pki = Pki::new();
+    let mut broker = Broker::new(&pki, "server");
+    broker.start();
+    let sub = Subscriber::start(&pki, broker.port);
+    sub.wait_subscribed();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("carehub.db");
+    let store = open_store(dir.path());
+    provision(&store.handle).await;
+    let book = open_book(&db).unwrap();
+    spo2(&store.handle, 88.0).await;
+    let raised = stage(&store, &book, dir.path())
+        .evaluate_once(Timestamp::now())
+        .await
+        .unwrap()
+        .raised;
+    assert_eq!(raised.len(), 1);
+
+    let mut health = Health::default();
+    let status = Arc::new(UplinkStatus::new(ConnectionState::Connecting));
+    let cancel = CancellationToken::new();
+    let uplink = tokio::spawn(
+        Uplink {
+            settings: settings(
+                &pki,
+                broker.port,
+                "localhost",
+                "gateway",
+                PayloadFormat::Fhir,
+            ),
+            store: store.handle.clone(),
+            status: status.clone(),
+            heartbeat: health.register("uplink"),
+            cancel: cancel.clone(),
+            reload: Arc::new(tokio::sync::Notify::new()),
+            version: "test",
+            alerts: Some(AlertFeed {
+                book: book.clone(),
+                changed: Arc::new(tokio::sync::Notify::new()),
+            }),
+        }
+        .run(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let a: AlertMessage = loop {
+        let got = sub
+            .messages()
+            .iter()
+            .find(|m| m.topic == "carehub/v1/oak-house/gw-test/alerts")
+            .map(|m| serde_json::from_slice(&m.payload).unwrap());
+        if let Some(a) = got {
+            break a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the alert never reached the broker; status {:?}; log {}",
+            status.snapshot(),
+            broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(a.kind, "news2-single-3");
+    let bundle = a
+        .fhir
+        .as_ref()
+        .expect("a NEWS2 alert with FHIR carries the score");
+    assert_eq!(carehub::uplink::fhir::validate(bundle), Ok(1));
+    let obs = &bundle["entry"][1]["resource"];
+    assert_eq!(obs["code"]["coding"][0]["code"], "1104051000000101");
+    assert_eq!(obs["code"]["coding"][0]["system"], "http://snomed.info/sct");
+    assert_eq!(obs["valueInteger"], 3);
+    assert_eq!(obs["subject"]["identifier"]["value"], "res-0001");
+    assert!(
+        obs["note"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("resp_rate")
+    );
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), uplink)
+        .await
+        .expect("uplink stops within 5 s")
+        .unwrap();
+}
+
 /// POST a JSON body; `None` while nothing listens.
 fn http_post(addr: std::net::SocketAddr, path: &str, json: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
