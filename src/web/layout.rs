@@ -83,6 +83,11 @@ pub fn clock(t: Timestamp) -> String {
     zone().clock_seconds(t)
 }
 
+/// The site zone's abbreviation at `t` ("GMT", "BST"), for a label.
+pub fn zone_abbreviation(t: Timestamp) -> String {
+    zone().abbreviation(t)
+}
+
 /// "HH:MM" of a time, in the site's local time.
 pub fn short_clock(t: Timestamp) -> String {
     zone().clock(t)

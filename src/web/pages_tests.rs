@@ -1025,11 +1025,12 @@ fn snake_case_word(text: &str) -> Option<&str> {
         })
 }
 
-/// Issue 15: the pairing and devices page, the gateway page and the audit log
+/// Issue 15: the pairing and devices page, the gateway page, the audit log, the
+/// resident's page (its chart), the overview, the alerts and the clinical page
 /// read in the site's local time ("N min ago", "2026-12-01 20:17"), never an
 /// ISO timestamp, never "UTC", never a machine word.
 #[tokio::test]
-async fn pairing_gateway_and_audit_pages_read_in_local_time_and_words() {
+async fn staff_pages_read_in_local_time_and_words() {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = setup(dir.path()).await;
     let now = Timestamp::now();
@@ -1092,6 +1093,12 @@ async fn pairing_gateway_and_audit_pages_read_in_local_time_and_words() {
             ][..],
         ),
         ("/audit", &["entries, newest first", "When"][..]),
+        // The resident's page with a chart: its time axis is labelled in the
+        // site's zone.
+        ("/residents/1", &["Ada", "GMT"][..]),
+        ("/", &["Ada"][..]),
+        ("/alerts", &["Alerts"][..]),
+        ("/residents/1/clinical", &["Ada"][..]),
     ] {
         let (status, _, html) = call(&state, Request::get(uri).body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {html}");
