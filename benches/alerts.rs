@@ -26,6 +26,9 @@ fn snapshot() -> Snapshot {
         value: Value::Number(n),
         unit,
         taken_at: at,
+        device_time: None,
+        device: None,
+        reading_id: None,
     };
     let residents = (0..60)
         .map(|i| ResidentState {
@@ -51,6 +54,7 @@ fn snapshot() -> Snapshot {
             address: format!("A4:C1:38:00:00:{i:02X}"),
             resident_id: Some(i / 2),
             last_seen: Some(at),
+            assigned_at: None,
             battery_percent: Some(if i % 10 == 0 { 9 } else { 80 }),
         })
         .collect();
@@ -58,6 +62,7 @@ fn snapshot() -> Snapshot {
         residents,
         devices,
         gateway: GatewayState::default(),
+        started_at: None,
     }
 }
 
@@ -68,7 +73,7 @@ fn rules(c: &mut Criterion) {
     let causes = evaluate(&s, &limits, now);
     // 20 single-3s, 4 of them also NEWS2 5 (pulse 111 and up), 12 low batteries.
     assert_eq!(
-        causes.len(),
+        causes.causes.len(),
         20 + 4 + 12,
         "the bench data raises what it says"
     );
@@ -84,9 +89,10 @@ fn rules(c: &mut Criterion) {
         .expect("wal");
     drop(conn);
     let mut book = carehub::store::AlertBook::open(&path).expect("book");
-    book.sync(&causes, now).expect("first sync");
+    let life = Default::default();
+    book.sync(&causes, &life, now).expect("first sync");
     c.bench_function("alerts/sync 36 open causes, nothing changes", |b| {
-        b.iter(|| book.sync(black_box(&causes), now).expect("sync"))
+        b.iter(|| book.sync(black_box(&causes), &life, now).expect("sync"))
     });
 }
 

@@ -197,6 +197,7 @@ fn main() {
                 carehub::uplink::ConnectionState::Disabled,
             )),
             gateway_name: "bench".into(),
+            zone: carehub::model::SiteZone::utc(),
             ingest: Default::default(),
             events: carehub::web::events::Events::new(Default::default()),
             web_metrics: Default::default(),

@@ -1,7 +1,9 @@
 //! The alert stage: a task that gathers what the gateway knows (latest vitals,
 //! devices, backlog, certificate, disk), asks the pure rules in
 //! `clinical::alerts` which causes hold, and drives the alert lifecycle in the
-//! alert book (raise once, resolve when the cause clears).
+//! alert book (raise once; clinical alerts latch until acknowledged, technical
+//! ones clear after the minimum hold; unacknowledged emergencies are announced
+//! again; see `store::alerts`).
 //!
 //! It evaluates soon after new readings are committed (at most once per
 //! `POLL`) and every `every` regardless, so that silence, a growing backlog or an
@@ -20,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clinical::VitalSample;
 use crate::clinical::alerts::{
-    DeviceState, GatewayState, Limits, ResidentState, Snapshot, evaluate,
+    DeviceState, GatewayState, Lifecycle, Limits, ResidentState, Snapshot, evaluate,
 };
 use crate::model::Timestamp;
 use crate::store::{AlertBook, Reader, StoreError, StoreStats};
@@ -57,6 +59,11 @@ pub struct AlertStage {
     /// The database path, for the free-disk check.
     pub db_path: PathBuf,
     pub limits: Limits,
+    /// How alerts live once raised (minimum hold, announcing again).
+    pub lifecycle: Lifecycle,
+    /// When the gateway started: no sensor is silent before it has been
+    /// listening for `sensor_silent_after`.
+    pub started_at: Timestamp,
     pub every: Duration,
     pub store_stats: Arc<StoreStats>,
     /// `None` when the uplink is disabled: no backlog or certificate alerts then.
@@ -91,10 +98,10 @@ impl AlertStage {
             last_eval = Some(tokio::time::Instant::now());
             match self.evaluate_once(Timestamp::now()).await {
                 Ok(r) => {
-                    if !r.raised.is_empty() || !r.resolved.is_empty() {
-                        tracing::info!(raised = ?r.raised, resolved = ?r.resolved, "alerts changed");
+                    if r != crate::store::SyncReport::default() {
+                        tracing::info!(raised = ?r.raised, cleared = ?r.cleared, resolved = ?r.resolved, announced_again = ?r.reannounced, "alerts changed");
                     }
-                    if !r.raised.is_empty() {
+                    if !r.raised.is_empty() || !r.reannounced.is_empty() {
                         self.changed.notify_one();
                     }
                 }
@@ -110,7 +117,9 @@ impl AlertStage {
     ) -> Result<crate::store::SyncReport, AlertError> {
         let reader = self.reader.clone();
         let book = self.book.clone();
-        let limits = self.limits;
+        let limits = self.limits.clone();
+        let lifecycle = self.lifecycle;
+        let started_at = self.started_at;
         let db_path = self.db_path.clone();
         let uplink = self.uplink.as_ref().map(|u| u.snapshot());
         let web_unanswered_for = self.web.as_ref().map(|b| b.last().age_at(now));
@@ -131,6 +140,9 @@ impl AlertStage {
                             value: l.value,
                             unit: l.unit,
                             taken_at: l.taken_at,
+                            device_time: l.device_time,
+                            device: Some(l.device),
+                            reading_id: l.reading_id,
                         })
                         .collect(),
                     thresholds: thresholds.get(&r.id.0).copied(),
@@ -142,12 +154,15 @@ impl AlertStage {
                 .unwrap()
                 .device_states()?
                 .into_iter()
-                .map(|(address, resident_id, last_seen, battery)| DeviceState {
-                    address,
-                    resident_id,
-                    last_seen,
-                    battery_percent: battery,
-                })
+                .map(
+                    |(address, resident_id, last_seen, assigned_at, battery)| DeviceState {
+                        address,
+                        resident_id,
+                        last_seen,
+                        assigned_at,
+                        battery_percent: battery,
+                    },
+                )
                 .collect();
             let stats = reader.stats()?;
             let gateway = GatewayState {
@@ -160,16 +175,17 @@ impl AlertStage {
                 web_unanswered_for,
                 uplink_held_readings: uplink.as_ref().map_or(0, |u| u.held_readings),
             };
-            let causes = evaluate(
+            let eval = evaluate(
                 &Snapshot {
                     residents,
                     devices,
                     gateway,
+                    started_at: Some(started_at),
                 },
                 &limits,
                 now,
             );
-            Ok(book.lock().unwrap().sync(&causes, now)?)
+            Ok(book.lock().unwrap().sync(&eval, &lifecycle, now)?)
         })
         .await?
     }

@@ -187,6 +187,14 @@ pub struct AlertsConfig {
     pub certificate_warn_days: u32,
     /// Free disk at or below this many MB alerts. Default 256.
     pub disk_low_mb: u64,
+    /// The minimum hold: an alert's cause must have stopped holding for this
+    /// many minutes, without a break, before the alert counts as cleared (a
+    /// value on a boundary never raises and clears in a loop). Clinical alerts
+    /// stay on the pages after that until staff acknowledge them. Default 10.
+    pub clear_after_minutes: u32,
+    /// An emergency alert (NEWS2 high) nobody has acknowledged is announced
+    /// again, on the pages and over MQTT, every this many minutes. Default 15.
+    pub reannounce_minutes: u32,
 }
 
 impl Default for AlertsConfig {
@@ -198,6 +206,8 @@ impl Default for AlertsConfig {
             backlog_max_minutes: 360,
             certificate_warn_days: 14,
             disk_low_mb: 256,
+            clear_after_minutes: 10,
+            reannounce_minutes: 15,
         }
     }
 }
@@ -553,6 +563,13 @@ backlog_max_minutes = 360
 certificate_warn_days = 14
 # Free disk at or below this many MB raises "disk low".
 disk_low_mb = 256
+# An alert counts as cleared only once its cause has stayed away this many
+# minutes without a break (a value on a boundary does not raise and clear in a
+# loop). Alerts about a resident stay on the pages until staff acknowledge them.
+clear_after_minutes = 10
+# An emergency (NEWS2 high) alert nobody has acknowledged is announced again,
+# on the pages and over MQTT, every this many minutes.
+reannounce_minutes = 15
 
 [system]
 # The account carehub switches to when started as root outside systemd, after it
@@ -863,6 +880,9 @@ impl Config {
         }
         if self.alerts.sensor_silent_minutes == 0 {
             return Err(("alerts.sensor_silent_minutes", "must be at least 1".into()));
+        }
+        if self.alerts.reannounce_minutes == 0 {
+            return Err(("alerts.reannounce_minutes", "must be at least 1".into()));
         }
         if self.alerts.battery_low_percent > 100 {
             return Err(("alerts.battery_low_percent", "must be 0 to 100".into()));

@@ -180,6 +180,13 @@ pub async fn run(
                     .filter(|d| d.subject != crate::model::Subject::Unassigned)
                     .collect();
                 let registry = Ingest::registry_from(&devices);
+                let history_reader = reader.clone();
+                let history =
+                    tokio::task::spawn_blocking(move || history_reader.assignment_history())
+                        .await
+                        .context("device registry task failed")?
+                        .context("cannot read the devices' assignment history")?;
+                registry.load_history(&history);
                 let settings = BleSettings::new(&config.ble, registry.clone());
                 tracing::info!(devices = devices.len(), "device registry read");
                 let ble = Ble {
@@ -240,6 +247,7 @@ pub async fn run(
         reader: reader.clone(),
         db_path: config.store.path.clone(),
         limits: crate::clinical::alerts::Limits {
+            zone: config.site.zone(),
             freshness_window: Duration::from_secs(
                 u64::from(config.clinical.stale_after_minutes) * 60,
             ),
@@ -249,6 +257,11 @@ pub async fn run(
             cert_warn_days: i64::from(a.certificate_warn_days),
             disk_low_bytes: a.disk_low_mb.saturating_mul(1024 * 1024),
         },
+        lifecycle: crate::clinical::alerts::Lifecycle {
+            clear_hold: Duration::from_secs(u64::from(a.clear_after_minutes) * 60),
+            reannounce_after: Duration::from_secs(u64::from(a.reannounce_minutes) * 60),
+        },
+        started_at: Timestamp::now(),
         every: Duration::from_secs(u64::from(a.evaluate_every_seconds)),
         store_stats: store_stats.clone(),
         uplink: config.uplink.enabled.then(|| uplink_status.clone()),
@@ -343,6 +356,7 @@ pub async fn run(
         auth: web_security.auth,
         alerts: alert_book,
         gateway_name: config.site.gateway_id.as_str().into(),
+        zone: config.site.zone(),
         ingest: ingest_stats,
         events: events.clone(),
         web_metrics: Default::default(),

@@ -41,8 +41,23 @@ pub struct IngestStats {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     subjects: Arc<RwLock<HashMap<DeviceAddress, Subject>>>,
+    /// Whom each device belonged to since when, oldest first (bounded), so that
+    /// a measurement is filed by the time it was taken, not by when it arrived.
+    history: Arc<RwLock<HashMap<DeviceAddress, Vec<AssignmentSpan>>>>,
     keys: Arc<RwLock<KeyBook>>,
 }
+
+/// From `from` on (until the next span), the device belonged to `subject`
+/// (`Subject::Unassigned`: to nobody).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignmentSpan {
+    pub subject: Subject,
+    pub from: Timestamp,
+}
+
+/// Spans kept per device: a device is reassigned a few times a year; a
+/// measurement older than the oldest span kept is held (unattributed).
+const HISTORY_PER_DEVICE: usize = 16;
 
 /// Bind keys with the replay counters to start them with; `generation` moves on
 /// every change so that ingest re-reads the book only when it changed.
@@ -80,8 +95,17 @@ impl Registry {
     }
 
     /// Registers `address` to `subject` (or moves it); call after the store has
-    /// recorded the assignment, so a restart keeps it.
+    /// recorded the assignment, so a restart keeps it. The assignment begins
+    /// now, as far as the history knows; see [`Registry::assign_since`].
     pub fn assign(&self, address: DeviceAddress, subject: Subject) {
+        self.assign_since(address, subject, Timestamp::now());
+    }
+
+    /// Registers `address` to `subject` from `since` (the committed time of the
+    /// assignment): measurements the device took before then are filed under
+    /// whom it belonged to then ([`Registry::subject_at`]).
+    pub fn assign_since(&self, address: DeviceAddress, subject: Subject, since: Timestamp) {
+        self.remember(address, subject.clone(), since);
         self.subjects.write().unwrap().insert(address, subject);
     }
 
@@ -89,7 +113,62 @@ impl Registry {
     /// as unregistered and the BLE source starts no session with it. Call after
     /// the store has recorded the un-assignment.
     pub fn unassign(&self, address: DeviceAddress) -> bool {
+        self.remember(address, Subject::Unassigned, Timestamp::now());
         self.subjects.write().unwrap().remove(&address).is_some()
+    }
+
+    fn remember(&self, address: DeviceAddress, subject: Subject, from: Timestamp) {
+        let mut history = self.history.write().unwrap();
+        let spans = history.entry(address).or_default();
+        spans.push(AssignmentSpan { subject, from });
+        spans.sort_by_key(|s| s.from);
+        let excess = spans.len().saturating_sub(HISTORY_PER_DEVICE);
+        spans.drain(..excess);
+    }
+
+    /// Loads the assignment history read from the store at start:
+    /// (device, subject, from, until), oldest first.
+    pub fn load_history(&self, rows: &[(DeviceAddress, Subject, Timestamp, Option<Timestamp>)]) {
+        let mut history = self.history.write().unwrap();
+        for (address, subject, from, until) in rows {
+            let spans = history.entry(*address).or_default();
+            spans.push(AssignmentSpan {
+                subject: subject.clone(),
+                from: *from,
+            });
+            if let Some(until) = until {
+                spans.push(AssignmentSpan {
+                    subject: Subject::Unassigned,
+                    from: *until,
+                });
+            }
+        }
+        for spans in history.values_mut() {
+            // Stable: an un-assignment and the next assignment at the same
+            // instant keep their order, and the assignment wins.
+            spans.sort_by_key(|s| s.from);
+            let excess = spans.len().saturating_sub(HISTORY_PER_DEVICE);
+            spans.drain(..excess);
+        }
+    }
+
+    /// Whom a measurement the device took at `at` belongs to: `None` when the
+    /// device is not registered now (its frames are dropped); the subject of
+    /// the assignment in force at `at`; `Subject::Unassigned` (held: stored with
+    /// the device, filed under nobody) when it was taken before any assignment
+    /// the history knows or while the device belonged to nobody. A device with
+    /// no recorded history (registered from the simulator's roster) files
+    /// everything under its current subject.
+    pub fn subject_at(&self, address: DeviceAddress, at: Timestamp) -> Option<Subject> {
+        let current = self.subject(address)?;
+        let history = self.history.read().unwrap();
+        let Some(spans) = history.get(&address).filter(|s| !s.is_empty()) else {
+            return Some(current);
+        };
+        Some(match spans.iter().rev().find(|s| s.from <= at) {
+            Some(s) => s.subject.clone(),
+            None => Subject::Unassigned,
+        })
     }
 
     /// Loads the keys and saved counters read from the store at start.
@@ -328,18 +407,31 @@ impl Ingest {
                 // column for the qualifier, and a fast SpO2 average stored as plain
                 // SpO2 would pass for the reading staff are meant to see.
                 for v in decoded.values.into_iter().filter(|v| v.qualifier.is_none()) {
+                    let measured_at = v
+                        .device_time
+                        .and_then(|t| t.to_timestamp(&self.zone, raw.received_at));
+                    // Filed by when it was taken: a spot-check device moved to
+                    // another resident uploads its memory on connect, and what
+                    // it measured before the move is never filed under the new
+                    // resident (issue 15; docs/safety).
+                    let taken = crate::model::trusted_time(measured_at, raw.received_at);
+                    let subject = match measured_at {
+                        Some(_) => self
+                            .registry
+                            .subject_at(address, taken)
+                            .unwrap_or(Subject::Unassigned),
+                        None => subject.clone(),
+                    };
                     out.push(Reading {
                         // Given by the store at commit, from the sequence number:
                         // no bytes on disk (docs/decisions/0011).
                         id: ReadingId::UNASSIGNED,
                         device: address,
-                        subject: subject.clone(),
+                        subject,
                         quantity: v.quantity,
                         value: v.value,
                         unit: v.unit,
-                        measured_at: v
-                            .device_time
-                            .and_then(|t| t.to_timestamp(&self.zone, raw.received_at)),
+                        measured_at,
                         received_at: raw.received_at,
                         clock_synced,
                     });
@@ -403,7 +495,7 @@ mod tests {
         assert_eq!(log.admit((a.0, true), at(202)), None);
     }
     use crate::decode::bthome;
-    use crate::model::DeviceKind;
+    use crate::model::{DeviceKind, ResidentId};
     use crate::sensor::{Advertisement, Frame};
     use crate::store::{PairingRecord, Reader, RegistryChange, Store, StoreSettings};
     use crate::system::health::Health;
@@ -472,6 +564,103 @@ mod tests {
         reader.outbox_depth().unwrap()
     }
 
+    /// A blood pressure notification (GATT 0x2A35) with the cuff's own clock.
+    fn cuff_reading(address: DeviceAddress, systolic: u16, at: Timestamp) -> RawFrame {
+        let c = SiteZone::utc().instant_to_civil(at).unwrap();
+        let mut value = vec![0x02];
+        for v in [systolic, 80, 95] {
+            value.extend_from_slice(&v.to_le_bytes());
+        }
+        value.extend_from_slice(&c.year.to_le_bytes());
+        value.extend_from_slice(&[c.month, c.day, c.hour, c.minute, c.second]);
+        RawFrame {
+            frame: Frame::Notification(crate::sensor::Notification {
+                address,
+                characteristic: crate::sensor::uuid16(
+                    crate::decode::gatt::BLOOD_PRESSURE_MEASUREMENT,
+                ),
+                value,
+            }),
+            received_at: Timestamp::now(),
+        }
+    }
+
+    /// Issue 15: a spot-check cuff moved from resident 1 to resident 2 uploads
+    /// its memory on connect. What it measured while it was resident 1's is filed
+    /// under resident 1, what it measured before anyone had it is held (filed
+    /// under nobody), and only what it measured since the move is resident 2's;
+    /// the history survives a restart (read back from the store).
+    #[tokio::test]
+    async fn stored_measurements_are_filed_by_when_they_were_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            StoreSettings::at(dir.path().join("t.db")),
+            tokio::runtime::Handle::current(),
+            Health::default().register("store"),
+        )
+        .unwrap();
+        let address: DeviceAddress = "C0:00:00:00:00:35".parse().unwrap();
+        let resident = |id: i64| crate::model::Resident {
+            id: ResidentId(id),
+            display_name: format!("Resident {id}"),
+            room: format!("{id}"),
+            reference: format!("r-{id}"),
+        };
+        store
+            .handle
+            .provision(vec![resident(1), resident(2)], vec![])
+            .await
+            .unwrap();
+        let hour = 3_600_000;
+        let now = Timestamp::now().unix_ms();
+        let at = |ms: i64| Timestamp::from_unix_ms(ms);
+        for (id, when) in [(1, now - 3 * hour), (2, now - hour)] {
+            store
+                .handle
+                .event_sink()
+                .record_committed(PairingRecord {
+                    at: at(when),
+                    device: Some(address),
+                    what: format!("assigned to resident {id}"),
+                    who: "test".into(),
+                    change: RegistryChange::Assigned(Device {
+                        address,
+                        kind: DeviceKind::BloodPressureMonitor,
+                        model: None,
+                        name: None,
+                        subject: Subject::Resident(ResidentId(id)),
+                    }),
+                })
+                .await
+                .unwrap();
+        }
+        // As at start-up: the devices and their history from the store.
+        let registry = Registry::from_devices(&store.reader.devices().unwrap());
+        registry.load_history(&store.reader.assignment_history().unwrap());
+        run_over(
+            &store,
+            &registry,
+            vec![
+                cuff_reading(address, 141, at(now - 4 * hour)),
+                cuff_reading(address, 142, at(now - 2 * hour)),
+                cuff_reading(address, 143, at(now - hour / 2)),
+            ],
+        )
+        .await;
+        let c = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        let filed: Vec<(i64, Option<i64>)> = c
+            .prepare(
+                "SELECT CAST(value AS INTEGER), resident_id FROM readings_text
+                 WHERE quantity = 'systolic_pressure' ORDER BY value",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(filed, vec![(141, None), (142, Some(1)), (143, Some(2))]);
+    }
+
     #[tokio::test]
     async fn keys_take_effect_while_running_and_replay_counters_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -529,6 +718,26 @@ mod tests {
         assert_eq!(s.readings.load(Ordering::Relaxed), 1);
         assert_eq!(stored(&store.reader), 3);
         assert_eq!(store.reader.keys().unwrap()[0].replay.bthome, Some(12));
+        // pvvx's wrapping counter is saved and read back as it is (issue 15).
+        store
+            .handle
+            .event_sink()
+            .seen(vec![Seen {
+                device: address,
+                rssi: None,
+                at: Timestamp::now(),
+                replay: Some((
+                    KEY,
+                    ReplayCounters {
+                        bthome: Some(12),
+                        mibeacon: None,
+                        pvvx: Some(200),
+                    },
+                )),
+            }])
+            .unwrap();
+        store.handle.maintain(Timestamp::now()).await.unwrap();
+        assert_eq!(store.reader.keys().unwrap()[0].replay.pvvx, Some(200));
 
         // Removing the key forgets the counters with it; an old save arriving
         // after a key change is not carried over to the new key.
@@ -549,6 +758,7 @@ mod tests {
                     ReplayCounters {
                         bthome: Some(99),
                         mibeacon: None,
+                        pvvx: Some(7),
                     },
                 )),
             }])

@@ -135,6 +135,41 @@ impl SiteZone {
         Some(Timestamp::from_unix_ms(pick))
     }
 
+    /// The site's wall-clock time of `at`, as staff read it: `14:32`.
+    pub fn clock(&self, at: Timestamp) -> String {
+        match self.instant_to_civil(at) {
+            Some(c) => format!("{:02}:{:02}", c.hour, c.minute),
+            None => at.to_rfc3339(),
+        }
+    }
+
+    /// The site's wall-clock time of `at` with seconds: `14:32:05`.
+    pub fn clock_seconds(&self, at: Timestamp) -> String {
+        match self.instant_to_civil(at) {
+            Some(c) => format!("{:02}:{:02}:{:02}", c.hour, c.minute, c.second),
+            None => at.to_rfc3339(),
+        }
+    }
+
+    /// The site's date and wall-clock time of `at`: `2026-12-01 14:32`.
+    pub fn date_time(&self, at: Timestamp) -> String {
+        match self.instant_to_civil(at) {
+            Some(c) => format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}",
+                c.year, c.month, c.day, c.hour, c.minute
+            ),
+            None => at.to_rfc3339(),
+        }
+    }
+
+    /// The zone's abbreviation at `at` (`GMT`, `BST`), for a page's footer.
+    pub fn abbreviation(&self, at: Timestamp) -> String {
+        match jiff::Timestamp::from_millisecond(at.unix_ms()) {
+            Ok(ts) => self.zone.to_offset_info(ts).abbreviation().to_owned(),
+            Err(_) => self.name.clone(),
+        }
+    }
+
     /// What the site's clocks showed at `at` (for the simulator's devices, which
     /// keep local time like real ones).
     pub fn instant_to_civil(&self, at: Timestamp) -> Option<CivilTime> {
@@ -148,6 +183,13 @@ impl SiteZone {
             minute: u8::try_from(dt.minute()).ok()?,
             second: u8::try_from(dt.second()).ok()?,
         })
+    }
+}
+
+/// Two zones are the same when they have the same name.
+impl PartialEq for SiteZone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
     }
 }
 
@@ -272,6 +314,9 @@ pub enum Quantity {
     DiastolicPressure,
     MeanArterialPressure,
     CuffPressure,
+    /// A thermometer's settling values while it measures (GATT Intermediate
+    /// Temperature, 0x2A1E): not a body temperature, never scored or alerted on.
+    IntermediateTemperature,
     BodyWeight,
     BodyMassIndex,
     BodyHeight,
@@ -367,6 +412,7 @@ impl Quantity {
         Quantity::DiastolicPressure,
         Quantity::MeanArterialPressure,
         Quantity::CuffPressure,
+        Quantity::IntermediateTemperature,
         Quantity::BodyWeight,
         Quantity::BodyMassIndex,
         Quantity::BodyHeight,
@@ -455,6 +501,7 @@ impl Quantity {
             Quantity::DiastolicPressure => "diastolic_pressure",
             Quantity::MeanArterialPressure => "mean_arterial_pressure",
             Quantity::CuffPressure => "cuff_pressure",
+            Quantity::IntermediateTemperature => "intermediate_temperature",
             Quantity::BodyWeight => "body_weight",
             Quantity::BodyMassIndex => "body_mass_index",
             Quantity::BodyHeight => "body_height",
@@ -573,6 +620,7 @@ impl Quantity {
             Quantity::DiastolicPressure => "Diastolic BP",
             Quantity::MeanArterialPressure => "Mean arterial pressure",
             Quantity::CuffPressure => "Cuff pressure",
+            Quantity::IntermediateTemperature => "Temperature while measuring",
             Quantity::BodyWeight => "Weight",
             Quantity::BodyMassIndex => "BMI",
             Quantity::BodyHeight => "Height",
@@ -940,11 +988,39 @@ pub struct Reading {
     pub clock_synced: bool,
 }
 
+/// A device time this far ahead of the moment the gateway received the value is
+/// still believed (clocks drift, and a measurement takes a moment); beyond it the
+/// device's clock is wrong (a cuff still on summer time reads an hour ahead).
+pub const CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// When a value was true as far as the gateway can trust it: the device's time,
+/// unless that is more than [`CLOCK_TOLERANCE`] after the value was received (no
+/// device measures the future), in which case the received time. Ordering,
+/// freshness and scoring use this; the device's own time is kept beside it.
+pub fn trusted_time(measured_at: Option<Timestamp>, received_at: Timestamp) -> Timestamp {
+    match measured_at {
+        Some(m) if m <= received_at.saturating_add(CLOCK_TOLERANCE) => m,
+        _ => received_at,
+    }
+}
+
 impl Reading {
-    /// The best estimate of when the value was true: the device's own time if it
-    /// gave one, else the moment the gateway received it.
+    /// The device's claim of when the value was true: its own time if it gave
+    /// one, else the moment the gateway received it (what is sent on the wire).
     pub fn taken_at(&self) -> Timestamp {
         self.measured_at.unwrap_or(self.received_at)
+    }
+
+    /// When the value was true as far as the gateway trusts it ([`trusted_time`]):
+    /// what `latest`, freshness and the score use.
+    pub fn trusted_at(&self) -> Timestamp {
+        trusted_time(self.measured_at, self.received_at)
+    }
+
+    /// The device's clock is ahead of the gateway beyond [`CLOCK_TOLERANCE`]: its
+    /// time is kept but not used.
+    pub fn device_clock_ahead(&self) -> bool {
+        self.measured_at.is_some_and(|m| m != self.trusted_at())
     }
 }
 
@@ -972,6 +1048,20 @@ impl DeviceKind {
         DeviceKind::RoomSensor,
         DeviceKind::Unknown,
     ];
+
+    /// The kind in staff's words, for pages.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceKind::HeartRateMonitor => "heart rate monitor",
+            DeviceKind::PulseOximeter => "pulse oximeter",
+            DeviceKind::BloodPressureMonitor => "blood pressure monitor",
+            DeviceKind::Thermometer => "thermometer",
+            DeviceKind::WeightScale => "weighing scale",
+            DeviceKind::GlucoseMeter => "glucose meter",
+            DeviceKind::RoomSensor => "room sensor",
+            DeviceKind::Unknown => "sensor",
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1126,6 +1216,34 @@ mod tests {
         let c = london.instant_to_civil(now).unwrap();
         assert_eq!((c.hour, c.minute, c.second), (17, 20, 5));
         assert_eq!(london.civil_to_instant(c, now), Some(now));
+    }
+
+    #[test]
+    fn staff_read_the_site_wall_clock_in_summer_and_winter() {
+        let london = SiteZone::named("Europe/London").unwrap();
+        // 2026-07-01T12:00:00Z is 13:00 BST; 2026-12-01T20:17:35Z is 20:17 GMT.
+        let summer = Timestamp::from_unix_ms(1_782_907_200_000);
+        assert_eq!(london.clock(summer), "13:00");
+        assert_eq!(london.date_time(summer), "2026-07-01 13:00");
+        assert_eq!(london.abbreviation(summer), "BST");
+        let winter = Timestamp::from_unix_ms(1_796_156_255_000);
+        assert_eq!(london.clock_seconds(winter), "20:17:35");
+        assert_eq!(london.abbreviation(winter), "GMT");
+    }
+
+    /// Issue 15: a device clock ahead of the receipt by more than the
+    /// tolerance is not trusted; behind it (a stored measurement) it is.
+    #[test]
+    fn a_device_time_ahead_of_its_receipt_is_not_trusted() {
+        let received = Timestamp::from_unix_ms(10_000_000);
+        let t = |ms: i64| Some(Timestamp::from_unix_ms(ms));
+        assert_eq!(trusted_time(None, received), received);
+        assert_eq!(
+            trusted_time(t(10_120_000), received),
+            received.saturating_add(CLOCK_TOLERANCE)
+        );
+        assert_eq!(trusted_time(t(10_120_001), received), received);
+        assert_eq!(trusted_time(t(3_600_000), received).unix_ms(), 3_600_000);
     }
 
     #[test]

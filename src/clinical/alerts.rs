@@ -1,16 +1,23 @@
 //! Alert rules, pure: given a snapshot of what the gateway knows now, the set of
-//! alert *causes* that should be open. No IO and no clock (the caller passes `now`).
+//! alert *causes* that hold, and the causes that cannot be judged now. No IO and
+//! no clock (the caller passes `now`).
 //!
-//! The lifecycle (raise once, resolve when the cause clears, acknowledge) lives in
-//! the store; this module only answers "which causes hold right now". Each cause
-//! has a stable key (subject + rule), so a cause that keeps holding maps to the
-//! same open alert and never to a storm of new ones.
+//! The lifecycle (raise once, latch clinical alerts until acknowledged, clear
+//! technical ones after the minimum hold, announce again) lives in the store
+//! (`store::alerts`); this module only answers "which causes hold right now".
+//! Each cause has a stable key (subject + rule), so a cause that keeps holding
+//! maps to the same open alert and never to a storm of new ones.
+//!
+//! A cause that cannot be judged is not a cause that has cleared: a resident
+//! with no current score (every value older than the window), or a parameter
+//! with no current plausible value, is *undetermined*, and the book leaves its
+//! alerts exactly as they are.
 
 use std::time::Duration;
 
 use super::news2::{Band, Parameter};
 use super::{Freshness, VitalSample, freshness, news2_from_readings};
-use crate::model::{Quantity, Timestamp, Unit};
+use crate::model::{Quantity, ReadingId, Timestamp, Unit};
 
 /// How urgent an alert is, in the order staff should act on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,6 +45,30 @@ impl Severity {
             "urgent" => Some(Severity::Urgent),
             "emergency" => Some(Severity::Emergency),
             _ => None,
+        }
+    }
+}
+
+/// The two kinds of alert, which follow different lifecycles (IEC 60601-1-8's
+/// latching and non-latching alarm signals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertClass {
+    /// About a resident (a NEWS2 band, a single parameter scoring 3, a nurse's
+    /// limit): latches. Once raised it stays until a member of staff has
+    /// acknowledged it, even when its cause has cleared meanwhile.
+    Clinical,
+    /// About the equipment (a sensor silent, a battery, the backlog, the
+    /// certificate, the disk, a device clock): clears itself once its cause
+    /// has stopped holding for the minimum hold, and the clearing is recorded.
+    Technical,
+}
+
+impl AlertClass {
+    /// The class of a rule, as stored in the alert book.
+    pub fn of_rule(rule: &str) -> AlertClass {
+        match rule {
+            "news2" | "news2-single-3" | "threshold" => AlertClass::Clinical,
+            _ => AlertClass::Technical,
         }
     }
 }
@@ -97,6 +128,8 @@ pub struct DeviceState {
     pub address: String,
     pub resident_id: Option<i64>,
     pub last_seen: Option<Timestamp>,
+    /// When it was assigned to its resident (its current assignment).
+    pub assigned_at: Option<Timestamp>,
     pub battery_percent: Option<u8>,
 }
 
@@ -127,11 +160,16 @@ pub struct Snapshot {
     pub residents: Vec<ResidentState>,
     pub devices: Vec<DeviceState>,
     pub gateway: GatewayState,
+    /// When the gateway (this process) started: no sensor is silent for longer
+    /// than the gateway has been listening.
+    pub started_at: Option<Timestamp>,
 }
 
 /// The configurable limits of the non-clinical rules, from `[alerts]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// The care home's zone: times in alert texts are its wall-clock times.
+    pub zone: crate::model::SiteZone,
     /// Readings older than this relative to each other or to now are stale.
     pub freshness_window: Duration,
     /// An assigned sensor not heard for longer than this is silent.
@@ -149,12 +187,39 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            zone: crate::model::SiteZone::utc(),
             freshness_window: Duration::from_secs(3600),
             sensor_silent_after: Duration::from_secs(4 * 3600),
             battery_low_percent: 15,
             backlog_max_age: Duration::from_secs(6 * 3600),
             cert_warn_days: 14,
             disk_low_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// How alerts live once raised, from `[alerts]`; the book applies it.
+///
+/// The boundary rule is a minimum hold, not a hysteresis band: a cause counts
+/// as cleared only after it has not held for `clear_hold` without a break, and
+/// holding again at any moment restarts that. A pulse moving between 130 and 131
+/// therefore raises one alert and keeps it, never a raise and a clear per reading;
+/// a hold is the same rule for every kind of cause (a band, a limit, a battery),
+/// where a band would need a margin per parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// A cause must stay away this long before its alert counts as cleared.
+    pub clear_hold: Duration,
+    /// An emergency alert nobody has acknowledged is announced again (page and
+    /// MQTT) each time this long has passed since it was last announced.
+    pub reannounce_after: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            clear_hold: Duration::from_secs(10 * 60),
+            reannounce_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -175,75 +240,155 @@ pub struct Cause {
     pub score: Option<u8>,
     /// The NEWS2 band or the severity, as the wire's `level`.
     pub level: &'static str,
+    /// The score behind it is partial (`missing` says what it lacks).
+    pub partial: bool,
+    /// The NEWS2 parameters the score behind it lacks (or left out as implausible).
+    pub missing: Vec<Parameter>,
+    /// The parameter that scored 3 or crossed a nurse's limit.
+    pub parameter: Option<Parameter>,
+    /// The stored readings it was computed from.
+    pub reading_ids: Vec<ReadingId>,
 }
 
-/// The causes that hold at `now`, sorted by key.
-pub fn evaluate(snapshot: &Snapshot, limits: &Limits, now: Timestamp) -> Vec<Cause> {
+/// What the rules found: the causes that hold, and the keys of alerts that cannot
+/// be judged now (left as they are: neither raised nor cleared).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Evaluation {
+    /// The causes that hold at `now`, sorted by key, one per key.
+    pub causes: Vec<Cause>,
+    /// Key prefixes: an open alert whose key starts with one is undetermined.
+    pub undetermined: Vec<String>,
+}
+
+impl Evaluation {
+    /// Whether the alert with this key can be judged now.
+    pub fn is_undetermined(&self, key: &str) -> bool {
+        self.undetermined
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
+}
+
+/// The causes that hold at `now` and those that cannot be judged.
+pub fn evaluate(snapshot: &Snapshot, limits: &Limits, now: Timestamp) -> Evaluation {
     let mut out = Vec::new();
+    let mut undetermined = Vec::new();
     for r in &snapshot.residents {
-        resident_causes(r, limits, now, &mut out);
+        resident_causes(r, limits, now, &mut out, &mut undetermined);
+        clock_causes(r, &mut out);
     }
     for d in &snapshot.devices {
-        device_causes(d, limits, now, &mut out);
+        device_causes(d, snapshot.started_at, limits, now, &mut out);
     }
     gateway_causes(&snapshot.gateway, limits, &mut out);
     out.sort_by(|a, b| a.key.cmp(&b.key));
     // One cause per key: a pulse from an oximeter and from a chest strap both
     // crossing a limit are one alert, not two (the first, by key order, stays).
     out.dedup_by(|later, first| later.key == first.key);
-    out
+    undetermined.sort();
+    undetermined.dedup();
+    Evaluation {
+        causes: out,
+        undetermined,
+    }
 }
 
-fn resident_causes(r: &ResidentState, limits: &Limits, now: Timestamp, out: &mut Vec<Cause>) {
+fn resident_causes(
+    r: &ResidentState,
+    limits: &Limits,
+    now: Timestamp,
+    out: &mut Vec<Cause>,
+    undetermined: &mut Vec<String>,
+) {
     let subject = format!("resident:{}", r.id);
-    // A stale score says nothing about the resident now: no clinical alert is
-    // raised or kept open from it (the silent-sensor rule covers the gap).
-    let Some(s) = news2_from_readings(&r.vitals, r.spo2_scale, now, limits.freshness_window) else {
-        return;
+    // No current score says nothing about the resident now: no clinical alert
+    // is raised from it, and none is taken as cleared (the silent-sensor rule
+    // covers the gap).
+    let s = match news2_from_readings(&r.vitals, r.spo2_scale, now, limits.freshness_window) {
+        Some(s) if !s.stale => s,
+        _ => {
+            undetermined.push(format!("{subject}/"));
+            return;
+        }
     };
-    if s.stale {
-        return;
+    // A parameter without a current plausible value cannot be judged: its
+    // single-3 and limit alerts stay as they are.
+    for p in &s.score.missing {
+        undetermined.push(format!("{subject}/news2-single-3:{}", p.as_str()));
+        undetermined.push(format!("{subject}/threshold:{}", p.as_str()));
     }
     let partial = if s.score.partial() { " (partial)" } else { "" };
+    let clinical = |key: String, rule, severity: Severity, message, level, parameter| Cause {
+        key,
+        resident_id: Some(r.id),
+        rule,
+        severity,
+        message,
+        score: Some(s.score.total),
+        level,
+        partial: s.score.partial(),
+        missing: s.score.missing.clone(),
+        parameter,
+        reading_ids: s.reading_ids.clone(),
+    };
     if s.score.band >= Band::Medium {
         let emergency = s.score.band == Band::High;
-        out.push(Cause {
-            // The band is part of the key: medium rising to high resolves the
-            // medium alert and raises a new emergency one, so an escalation is
-            // never hidden inside an alert staff have already acknowledged.
-            key: format!("{subject}/news2:{}", s.score.band.as_str()),
-            resident_id: Some(r.id),
-            rule: "news2",
-            severity: if emergency {
+        out.push(clinical(
+            // The band is part of the key: medium rising to high raises a new
+            // emergency alert, so an escalation is never hidden inside an alert
+            // staff have already acknowledged.
+            format!("{subject}/news2:{}", s.score.band.as_str()),
+            "news2",
+            if emergency {
                 Severity::Emergency
             } else {
                 Severity::Urgent
             },
-            message: format!(
+            format!(
                 "{}: NEWS2 {}{partial}, {} risk",
                 r.display_name,
                 s.score.total,
                 s.score.band.as_str()
             ),
-            score: Some(s.score.total),
-            level: s.score.band.as_str(),
-        });
+            s.score.band.as_str(),
+            None,
+        ));
     }
     for (p, points) in &s.score.components {
         if *points == 3 {
-            out.push(Cause {
-                key: format!("{subject}/news2-single-3:{}", p.as_str()),
-                resident_id: Some(r.id),
-                rule: "news2-single-3",
-                severity: Severity::Urgent,
-                message: format!("{}: {} scores 3{partial}", r.display_name, p.as_str()),
-                score: Some(s.score.total),
-                level: "low-medium",
-            });
+            out.push(clinical(
+                format!("{subject}/news2-single-3:{}", p.as_str()),
+                "news2-single-3",
+                Severity::Urgent,
+                format!("{}: {} scores 3{partial}", r.display_name, p.label()),
+                "low-medium",
+                Some(*p),
+            ));
         }
     }
     if let Some(t) = &r.thresholds {
         threshold_causes(r, t, limits, now, &subject, out);
+    }
+}
+
+/// A device whose clock is ahead of the gateway beyond the tolerance: its times
+/// are not used (the received time is), and staff are told to set its clock.
+fn clock_causes(r: &ResidentState, out: &mut Vec<Cause>) {
+    for v in &r.vitals {
+        let (Some(ahead), Some(device)) = (v.clock_ahead(), v.device) else {
+            continue;
+        };
+        let mut c = warning(
+            format!("device:{device}/clock"),
+            Some(r.id),
+            "device-clock",
+            format!(
+                "sensor {device} clock is {} min ahead: check clock (its readings are timed on receipt)",
+                ahead.as_secs().div_ceil(60)
+            ),
+        );
+        c.reading_ids = v.reading_id.into_iter().collect();
+        out.push(c);
     }
 }
 
@@ -296,6 +441,11 @@ fn threshold_causes(
             ),
             _ => continue,
         };
+        // An implausible value is a sensor fault, shown as such; it neither
+        // raises nor clears a limit alert.
+        if !param.plausible(value) {
+            continue;
+        }
         let side = if value <= low {
             "at or below"
         } else if value >= high {
@@ -312,28 +462,50 @@ fn threshold_causes(
             message: format!(
                 "{}: {} {value:.1} {unit} at {} is {side} the resident's limit {limit:.1} {unit}",
                 r.display_name,
-                param.as_str(),
-                v.taken_at.to_rfc3339()
+                param.label(),
+                limits.zone.clock(v.taken_at)
             ),
             score: None,
             level: Severity::Urgent.as_str(),
+            partial: false,
+            missing: Vec::new(),
+            parameter: Some(param),
+            reading_ids: v.reading_id.into_iter().collect(),
         });
     }
 }
 
-fn device_causes(d: &DeviceState, limits: &Limits, now: Timestamp, out: &mut Vec<Cause>) {
+fn device_causes(
+    d: &DeviceState,
+    started_at: Option<Timestamp>,
+    limits: &Limits,
+    now: Timestamp,
+    out: &mut Vec<Cause>,
+) {
     // Only sensors assigned to a resident are expected to report.
     let Some(resident) = d.resident_id else {
         return;
     };
     let subject = format!("device:{}", d.address);
-    let silent = match d.last_seen {
-        None => Some("never heard".to_owned()),
-        Some(t) if t.age_at(now) > limits.sensor_silent_after => Some(format!(
+    // Silent only after `sensor_silent_after` with nothing heard, counted from
+    // the latest of: last heard, assigned, the gateway's start. A sensor
+    // registered a second ago, or not heard while the gateway was off, is not
+    // silent yet.
+    let since = [d.last_seen, d.assigned_at, started_at]
+        .into_iter()
+        .flatten()
+        .max();
+    let silent = match (d.last_seen, since) {
+        (_, Some(t)) if t.age_at(now) <= limits.sensor_silent_after => None,
+        (Some(t), _) => Some(format!(
             "last heard {} min ago",
             t.age_at(now).as_secs() / 60
         )),
-        Some(_) => None,
+        (None, Some(t)) => Some(format!(
+            "not heard in the {} min since it was assigned or the gateway started",
+            t.age_at(now).as_secs() / 60
+        )),
+        (None, None) => Some("never heard".to_owned()),
     };
     if let Some(what) = silent {
         out.push(warning(
@@ -422,6 +594,10 @@ fn warning(key: String, resident_id: Option<i64>, rule: &'static str, message: S
         message,
         score: None,
         level: Severity::Warning.as_str(),
+        partial: false,
+        missing: Vec::new(),
+        parameter: None,
+        reading_ids: Vec::new(),
     }
 }
 
@@ -442,6 +618,9 @@ mod tests {
             value: Value::Number(n),
             unit,
             taken_at: ago(min_ago),
+            device_time: None,
+            device: None,
+            reading_id: None,
         }
     }
 
@@ -461,6 +640,7 @@ mod tests {
     /// The keys of the causes that hold, with their severity.
     fn check(snapshot: &Snapshot, expected: &[(&str, Severity)]) {
         let got: Vec<(String, Severity)> = evaluate(snapshot, &Limits::default(), ago(0))
+            .causes
             .into_iter()
             .map(|c| (c.key, c.severity))
             .collect();
@@ -537,6 +717,9 @@ mod tests {
             value: Value::Special(crate::model::SpecialValue::NotANumber),
             unit: U::Percent,
             taken_at: ago(1),
+            device_time: None,
+            device: None,
+            reading_id: None,
         };
         check(&resident(vec![nan], Some(Thresholds::default())), &[]);
     }
@@ -598,6 +781,7 @@ mod tests {
                 address: "A4:C1:38:00:00:01".into(),
                 resident_id,
                 last_seen: seen_min_ago.map(ago),
+                assigned_at: None,
                 battery_percent: battery,
             }],
             ..Default::default()
@@ -620,6 +804,142 @@ mod tests {
         );
         // An unassigned device is not expected to report.
         check(&device(None, None, Some(1)), &[]);
+    }
+
+    /// Issue 15: a sensor is silent only after `sensor_silent_after` with
+    /// nothing heard since the latest of last heard, assigned and the gateway's
+    /// start; never "never heard" in its first second.
+    #[test]
+    fn silent_counts_from_assignment_or_gateway_start() {
+        let snap = |seen: Option<i64>, assigned: Option<i64>, started: Option<i64>| Snapshot {
+            devices: vec![DeviceState {
+                address: "A4:C1:38:00:00:01".into(),
+                resident_id: Some(1),
+                last_seen: seen.map(ago),
+                assigned_at: assigned.map(ago),
+                battery_percent: None,
+            }],
+            started_at: started.map(ago),
+            ..Default::default()
+        };
+        let silent = [("device:A4:C1:38:00:00:01/sensor-silent", Warning)];
+        // Registered a second ago, at the start of the demo: not silent.
+        check(&snap(None, Some(0), Some(0)), &[]);
+        // Assigned long ago but the gateway just started: not silent yet.
+        check(&snap(None, Some(10_000), Some(1)), &[]);
+        check(&snap(Some(5_000), Some(10_000), Some(240)), &[]);
+        check(&snap(Some(5_000), Some(10_000), Some(241)), &silent);
+        // Heard recently: not silent, whatever the other times.
+        check(&snap(Some(3), Some(10_000), Some(10_000)), &[]);
+        // Assigned recently, never heard: silent only after the limit.
+        check(&snap(None, Some(240), Some(10_000)), &[]);
+        check(&snap(None, Some(241), Some(10_000)), &silent);
+        let c = &evaluate(
+            &snap(None, Some(241), Some(10_000)),
+            &Limits::default(),
+            ago(0),
+        )
+        .causes[0];
+        assert!(
+            c.message.contains("not heard in the 241 min"),
+            "{}",
+            c.message
+        );
+    }
+
+    /// Issue 15: a resident with no current score, or a parameter with no
+    /// current value, is undetermined: the book leaves those alerts alone.
+    #[test]
+    fn stale_and_missing_parameters_are_undetermined_not_cleared() {
+        let e = evaluate(
+            &resident(vec![v(Q::PulseRate, 131.0, U::PerMinute, 61)], None),
+            &Limits::default(),
+            ago(0),
+        );
+        assert!(e.causes.is_empty());
+        assert!(e.is_undetermined("resident:1/news2:high"));
+        assert!(e.is_undetermined("resident:1/news2-single-3:pulse"));
+        assert!(!e.is_undetermined("resident:2/news2:high"));
+        // SpO₂ current, pulse stale: the pulse alerts cannot be judged, SpO₂'s can.
+        let e = evaluate(
+            &resident(
+                vec![
+                    v(Q::Spo2, 97.0, U::Percent, 1),
+                    v(Q::PulseRate, 131.0, U::PerMinute, 61),
+                ],
+                Some(Thresholds::default()),
+            ),
+            &Limits::default(),
+            ago(0),
+        );
+        assert!(e.causes.is_empty(), "{:?}", e.causes);
+        assert!(e.is_undetermined("resident:1/news2-single-3:pulse"));
+        assert!(e.is_undetermined("resident:1/threshold:pulse"));
+        assert!(!e.is_undetermined("resident:1/news2-single-3:spo2"));
+        assert!(!e.is_undetermined("resident:1/news2:medium"));
+    }
+
+    /// Issue 15: one implausible value (a thermometer pointed at a wall) is left
+    /// out; every other parameter is still scored and alerted on.
+    #[test]
+    fn an_implausible_value_leaves_the_other_alerts_standing() {
+        let snap = resident(
+            vec![
+                v(Q::Spo2, 91.0, U::Percent, 1),
+                v(Q::PulseRate, 131.0, U::PerMinute, 1),
+                v(Q::SystolicPressure, 90.0, U::MillimetreOfMercury, 1),
+                v(Q::BodyTemperature, 20.0, U::Celsius, 1),
+            ],
+            Some(Thresholds::default()),
+        );
+        check(
+            &snap,
+            &[
+                ("resident:1/news2-single-3:pulse", Urgent),
+                ("resident:1/news2-single-3:spo2", Urgent),
+                ("resident:1/news2-single-3:systolic", Urgent),
+                ("resident:1/news2:high", Emergency),
+                ("resident:1/threshold:pulse", Urgent),
+                ("resident:1/threshold:spo2", Urgent),
+                ("resident:1/threshold:systolic", Urgent),
+            ],
+        );
+        let e = evaluate(&snap, &Limits::default(), ago(0));
+        let high = e.causes.iter().find(|c| c.rule == "news2").unwrap();
+        assert!(high.partial);
+        assert!(high.missing.contains(&Parameter::Temperature));
+        // The implausible temperature's own alerts cannot be judged.
+        assert!(e.is_undetermined("resident:1/threshold:temperature"));
+    }
+
+    /// Issue 15: a device clock more than 2 minutes ahead is not trusted: the
+    /// value counts from its receipt (so the score stays current and alerts),
+    /// and a technical alert names the device.
+    #[test]
+    fn a_fast_device_clock_keeps_alerts_and_names_the_device() {
+        let dev: crate::model::DeviceAddress = "C0:00:00:00:00:07".parse().unwrap();
+        let mut pulse = v(Q::PulseRate, 131.0, U::PerMinute, 0);
+        pulse.device = Some(dev);
+        pulse.device_time = Some(ago(-60));
+        check(
+            &resident(vec![pulse], None),
+            &[
+                ("device:C0:00:00:00:00:07/clock", Warning),
+                ("resident:1/news2-single-3:pulse", Urgent),
+            ],
+        );
+        let e = evaluate(&resident(vec![pulse], None), &Limits::default(), ago(0));
+        assert!(
+            e.causes[0].message.contains("60 min ahead: check clock"),
+            "{}",
+            e.causes[0].message
+        );
+        // Two minutes ahead is within the tolerance.
+        pulse.device_time = Some(Timestamp::from_unix_ms(NOW + 120_000));
+        check(
+            &resident(vec![pulse], None),
+            &[("resident:1/news2-single-3:pulse", Urgent)],
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub enum Freshness {
 }
 
 /// Device clocks drift; a value this far ahead of the gateway is still accepted.
-pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(120);
+pub const FUTURE_TOLERANCE: Duration = crate::model::CLOCK_TOLERANCE;
 
 /// Classifies a value taken at `taken_at`, seen at `now`.
 pub fn freshness(taken_at: Timestamp, now: Timestamp, stale_after: Duration) -> Freshness {
@@ -65,98 +65,192 @@ pub struct VitalSample {
     pub quantity: crate::model::Quantity,
     pub value: crate::model::Value,
     pub unit: crate::model::Unit,
+    /// When the value was true as far as the gateway trusts it
+    /// (`model::trusted_time`: never a device time ahead of its receipt).
+    pub taken_at: Timestamp,
+    /// The device's own time, when it gave one; kept beside `taken_at`, never in
+    /// its place. Ahead of `taken_at` beyond the tolerance: the clock is wrong.
+    pub device_time: Option<Timestamp>,
+    /// The device that measured it (`None` for a value typed by staff).
+    pub device: Option<crate::model::DeviceAddress>,
+    /// The stored reading, for the alert's `reading_ids`.
+    pub reading_id: Option<crate::model::ReadingId>,
+}
+
+impl VitalSample {
+    /// How far the device's clock is ahead of the trusted time, when it is ahead
+    /// beyond the tolerance ("check clock").
+    pub fn clock_ahead(&self) -> Option<Duration> {
+        self.device_time
+            .filter(|d| *d > self.taken_at.saturating_add(FUTURE_TOLERANCE))
+            .map(|d| self.taken_at.age_at(d))
+    }
+}
+
+/// A value left out of the score because no person can have it (a sensor
+/// fault): shown to staff as implausible, never scored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Implausible {
+    pub parameter: news2::Parameter,
+    /// As the sensor sent it, in its own unit.
+    pub value: f64,
+    pub unit: crate::model::Unit,
     pub taken_at: Timestamp,
 }
 
 /// A NEWS2 score built from the newest readings (sensors and staff entries).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SensorScore {
     pub score: news2::Score,
-    /// The newest value used is older than the window: show the score as stale.
+    /// Not every value it uses is within the window of now: show it as stale,
+    /// never as current, and raise or clear no alert from it.
     pub stale: bool,
-    /// The oldest value the score uses.
+    /// The oldest value the score uses: its age is the score's age.
     pub oldest: Timestamp,
+    /// The newest value the score uses.
+    pub newest: Timestamp,
+    /// Values left out as implausible (also listed in `score.missing`).
+    pub implausible: Vec<Implausible>,
+    /// The stored readings the score was computed from.
+    pub reading_ids: Vec<crate::model::ReadingId>,
+}
+
+/// The NEWS2 parameter a value is and the value in the chart's unit (mmHg, °C,
+/// coded values only where the scale has the code); `None` for anything the
+/// chart cannot use.
+pub fn chart_value(
+    quantity: crate::model::Quantity,
+    unit: crate::model::Unit,
+    n: f64,
+) -> Option<(news2::Parameter, f64)> {
+    use crate::model::{Quantity as Q, Unit as U};
+    use news2::Parameter as P;
+    let whole = |n: f64, max: f64| (n.fract() == 0.0 && (0.0..=max).contains(&n)).then_some(n);
+    Some(match (quantity, unit) {
+        (Q::RespirationRate, U::PerMinute) => (P::RespRate, n),
+        // Coded values: only the codes the scale has.
+        (Q::Consciousness, U::One) => (P::Consciousness, whole(n, 4.0)?),
+        (Q::SupplementalOxygen, U::One) => (P::Oxygen, whole(n, 1.0)?),
+        (Q::Spo2, U::Percent) => (P::Spo2, n),
+        (Q::PulseRate | Q::HeartRate, U::PerMinute) => (P::Pulse, n),
+        (Q::SystolicPressure, U::MillimetreOfMercury) => (P::Systolic, n),
+        (Q::SystolicPressure, U::Kilopascal) => (P::Systolic, n * 7.500_617),
+        (Q::BodyTemperature, U::Celsius) => (P::Temperature, n),
+        (Q::BodyTemperature, U::Fahrenheit) => (P::Temperature, (n - 32.0) * 5.0 / 9.0),
+        _ => return None,
+    })
+}
+
+/// A value of a NEWS2 parameter that no person can have (a sensor fault): shown
+/// as implausible ("check the sensor"), never scored.
+pub fn implausible(
+    quantity: crate::model::Quantity,
+    unit: crate::model::Unit,
+    value: crate::model::Value,
+) -> bool {
+    value
+        .number()
+        .and_then(|n| chart_value(quantity, unit, n))
+        .is_some_and(|(p, v)| !p.plausible(v))
 }
 
 /// Scores the newest readings: what the sensors measured (SpO₂, pulse, systolic
 /// pressure, temperature) and what staff entered in an observation set
 /// (respiration rate, consciousness, air or oxygen, or any of the others), on the
-/// resident's SpO₂ `scale`. Only values within `window` of the newest one are
-/// used; older ones count as missing, and so does a value in a unit the chart
-/// cannot use. Without a staff entry respiration rate, consciousness and oxygen
-/// are missing, so the score says it is partial. `None` when no value can be
-/// used at all.
+/// resident's SpO₂ `scale`.
+///
+/// The window is anchored at `now`: only values taken within `window` of now are
+/// used, and the score is then current. When no value is that recent, the score
+/// is built from the values within `window` of the newest one and is `stale`
+/// (shown as such, never as current). A value in a unit the chart cannot use is
+/// missing; a value no person can have (`Parameter::plausible`) is left out and
+/// listed as implausible, and every other parameter is still scored. Without a
+/// staff entry respiration rate, consciousness and oxygen are missing, so the
+/// score says it is partial. `None` when no value can be used at all.
 pub fn news2_from_readings(
     samples: &[VitalSample],
     scale: news2::Spo2Scale,
     now: Timestamp,
     window: Duration,
 ) -> Option<SensorScore> {
-    use crate::model::{Quantity as Q, Unit as U};
-    let whole = |n: f64, max: f64| (n.fract() == 0.0 && (0.0..=max).contains(&n)).then_some(n);
-    // Converts to the chart's units; anything else is not usable.
-    let usable = |s: &VitalSample| -> Option<(Q, f64)> {
-        let n = s.value.number()?;
-        let v = match (s.quantity, s.unit) {
-            (Q::RespirationRate, U::PerMinute) => n,
-            // Coded values: only the codes the scale has.
-            (Q::Consciousness, U::One) => whole(n, 4.0)?,
-            (Q::SupplementalOxygen, U::One) => whole(n, 1.0)?,
-            (Q::Spo2, U::Percent) => n,
-            (Q::PulseRate | Q::HeartRate, U::PerMinute) => n,
-            (Q::SystolicPressure, U::MillimetreOfMercury) => n,
-            (Q::SystolicPressure, U::Kilopascal) => n * 7.500_617,
-            (Q::BodyTemperature, U::Celsius) => n,
-            (Q::BodyTemperature, U::Fahrenheit) => (n - 32.0) * 5.0 / 9.0,
-            _ => return None,
-        };
-        let q = if s.quantity == Q::HeartRate {
-            Q::PulseRate
-        } else {
-            s.quantity
-        };
-        Some((q, v))
-    };
+    use news2::Parameter as P;
+    let usable = |s: &VitalSample| chart_value(s.quantity, s.unit, s.value.number()?);
     // The newest usable value of each parameter (pulse from an oximeter or a strap).
-    let mut newest: Vec<(Q, f64, Timestamp)> = Vec::new();
+    let mut newest: Vec<(P, f64, &VitalSample)> = Vec::new();
     for s in samples {
-        let Some((q, v)) = usable(s) else { continue };
-        match newest.iter_mut().find(|(nq, _, _)| *nq == q) {
-            Some(slot) if slot.2 >= s.taken_at => {}
-            Some(slot) => *slot = (q, v, s.taken_at),
-            None => newest.push((q, v, s.taken_at)),
+        let Some((p, v)) = usable(s) else { continue };
+        match newest.iter_mut().find(|(np, _, _)| *np == p) {
+            Some(slot) if slot.2.taken_at >= s.taken_at => {}
+            Some(slot) => *slot = (p, v, s),
+            None => newest.push((p, v, s)),
         }
     }
-    let latest = newest.iter().map(|(_, _, t)| *t).max()?;
-    let floor = latest.saturating_sub(window);
-    newest.retain(|(_, _, t)| *t >= floor);
-    let get = |q: Q| {
+    let latest = newest.iter().map(|(_, _, s)| s.taken_at).max()?;
+    let current_floor = now.saturating_sub(window);
+    let stale = latest < current_floor;
+    let floor = if stale {
+        latest.saturating_sub(window)
+    } else {
+        current_floor
+    };
+    newest.retain(|(_, _, s)| s.taken_at >= floor);
+    let mut implausible = Vec::new();
+    newest.retain(|(p, v, s)| {
+        let ok = p.plausible(*v);
+        if !ok && let Some(n) = s.value.number() {
+            implausible.push(Implausible {
+                parameter: *p,
+                value: n,
+                unit: s.unit,
+                taken_at: s.taken_at,
+            });
+        }
+        ok
+    });
+    let get = |p: P| {
         newest
             .iter()
-            .find(|(nq, _, _)| *nq == q)
+            .find(|(np, _, _)| *np == p)
             .map(|(_, v, _)| *v)
     };
     use news2::Consciousness as C;
     let obs = news2::Observations {
-        resp_rate: get(Q::RespirationRate),
-        spo2: get(Q::Spo2),
+        resp_rate: get(P::RespRate),
+        spo2: get(P::Spo2),
         spo2_scale: scale,
-        on_oxygen: get(Q::SupplementalOxygen).map(|v| v == 1.0),
-        pulse: get(Q::PulseRate),
-        systolic: get(Q::SystolicPressure),
-        consciousness: get(Q::Consciousness).and_then(|v| {
+        on_oxygen: get(P::Oxygen).map(|v| v == 1.0),
+        pulse: get(P::Pulse),
+        systolic: get(P::Systolic),
+        consciousness: get(P::Consciousness).and_then(|v| {
             [C::Alert, C::Confusion, C::Voice, C::Pain, C::Unresponsive]
                 .get(v as usize)
                 .copied()
         }),
-        temperature: get(Q::BodyTemperature),
+        temperature: get(P::Temperature),
     };
+    // Every value left is plausible, so the chart cannot refuse the set.
     let score = news2::score(&obs).ok()?;
-    let oldest = newest.iter().map(|(_, _, t)| *t).min()?;
+    let used: Vec<&VitalSample> = newest
+        .iter()
+        .filter(|(p, _, _)| score.component(*p).is_some())
+        .map(|(_, _, s)| *s)
+        .collect();
+    let times = || used.iter().map(|s| s.taken_at);
+    let (oldest, newest_used) = match (times().min(), times().max()) {
+        (Some(o), Some(n)) => (o, n),
+        // Nothing scored: only implausible values (or SpO2 unreadable on scale 2).
+        _ => (latest, latest),
+    };
+    if used.is_empty() && implausible.is_empty() {
+        return None;
+    }
     Some(SensorScore {
+        reading_ids: used.iter().filter_map(|s| s.reading_id).collect(),
         score,
-        stale: freshness(latest, now, window) != Freshness::Current,
+        stale,
         oldest,
+        newest: newest_used,
+        implausible,
     })
 }
 
@@ -175,6 +269,9 @@ mod sensor_score_tests {
             value: Value::Number(v),
             unit,
             taken_at: at(min_ago),
+            device_time: None,
+            device: None,
+            reading_id: None,
         }
     }
 
@@ -206,6 +303,9 @@ mod sensor_score_tests {
                 value: Value::Special(SpecialValue::NotANumber),
                 unit: U::Percent,
                 taken_at: at(70),
+                device_time: None,
+                device: None,
+                reading_id: None,
             },
             s(Q::PulseRate, 72.0, U::PerMinute, 70),
         ];

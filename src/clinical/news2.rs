@@ -173,6 +173,44 @@ fn check(
     }
 }
 
+impl Parameter {
+    /// The parameter in staff's words, for pages and alert texts.
+    pub fn label(self) -> &'static str {
+        match self {
+            Parameter::RespRate => "respiration rate",
+            Parameter::Spo2 => "SpO₂",
+            Parameter::Oxygen => "air or oxygen",
+            Parameter::Systolic => "systolic pressure",
+            Parameter::Pulse => "pulse",
+            Parameter::Consciousness => "consciousness",
+            Parameter::Temperature => "temperature",
+        }
+    }
+
+    /// The range of values a living person can have for this parameter, in the
+    /// chart's units, with its words for staff; `None` for the coded ones.
+    /// A value outside it is a sensor fault (a thermometer pointed at a wall),
+    /// never a score.
+    pub fn plausible_range(self) -> Option<(f64, f64, &'static str)> {
+        match self {
+            Parameter::RespRate => Some((0.0, 80.0, "0 to 80 /min")),
+            Parameter::Spo2 => Some((0.0, 100.0, "0 to 100 %")),
+            Parameter::Systolic => Some((0.0, 300.0, "0 to 300 mmHg")),
+            Parameter::Pulse => Some((0.0, 300.0, "0 to 300 /min")),
+            Parameter::Temperature => Some((25.0, 45.0, "25.0 to 45.0 °C")),
+            Parameter::Oxygen | Parameter::Consciousness => None,
+        }
+    }
+
+    /// Whether `v` (in the chart's unit) is one a person can have.
+    pub fn plausible(self, v: f64) -> bool {
+        v.is_finite()
+            && self
+                .plausible_range()
+                .is_none_or(|(lo, hi, _)| (lo..=hi).contains(&v))
+    }
+}
+
 impl Observations {
     /// Refuses values outside what a person can have.
     pub fn validate(&self) -> Result<(), ObservationError> {
@@ -228,23 +266,26 @@ pub fn score(obs: &Observations) -> Result<Score, ObservationError> {
     );
     put(
         Parameter::Spo2,
-        obs.spo2.map(whole).map(|s| match obs.spo2_scale {
-            Spo2Scale::One => match s {
+        obs.spo2.map(whole).and_then(|s| match obs.spo2_scale {
+            Spo2Scale::One => Some(match s {
                 ..=91 => 3,
                 92..=93 => 2,
                 94..=95 => 1,
                 _ => 0,
-            },
+            }),
             Spo2Scale::Two => match (s, obs.on_oxygen) {
-                (..=83, _) => 3,
-                (84..=85, _) => 2,
-                (86..=87, _) => 1,
-                (88..=92, _) => 0,
-                // 93 or more scores only on oxygen; on air (or not recorded) it is 0.
-                (93..=94, Some(true)) => 1,
-                (95..=96, Some(true)) => 2,
-                (_, Some(true)) => 3,
-                (_, _) => 0,
+                (..=83, _) => Some(3),
+                (84..=85, _) => Some(2),
+                (86..=87, _) => Some(1),
+                (88..=92, _) => Some(0),
+                // 93 or more scores only on oxygen and 0 on air. Not knowing
+                // which, the chart cannot be read: SpO2 is left out (the score
+                // is partial), never scored 0 as if on air.
+                (93..=94, Some(true)) => Some(1),
+                (95..=96, Some(true)) => Some(2),
+                (_, Some(true)) => Some(3),
+                (_, Some(false)) => Some(0),
+                (_, None) => None,
             },
         }),
     );
@@ -492,6 +533,30 @@ mod tests {
             (100.0, 3),
         ] {
             assert_eq!(s2(v, true), s, "scale 2 {v} on oxygen");
+        }
+    }
+
+    /// Issue 15: on scale 2 with air or oxygen not recorded, 93 % or more
+    /// cannot be read off the chart: SpO2 is missing (partial), never 0. Below
+    /// 93 the chart does not depend on oxygen and SpO2 is scored.
+    #[test]
+    fn scale_two_with_oxygen_unknown_leaves_spo2_out_above_92() {
+        let s2 = |v: f64| {
+            score(&Observations {
+                spo2: Some(v),
+                spo2_scale: Spo2Scale::Two,
+                on_oxygen: None,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        for v in [93.0, 97.0, 100.0] {
+            let s = s2(v);
+            assert_eq!(s.component(Parameter::Spo2), None, "{v}");
+            assert!(s.missing.contains(&Parameter::Spo2), "{v}");
+        }
+        for (v, points) in [(83.0, 3), (86.0, 1), (92.0, 0)] {
+            assert_eq!(s2(v).component(Parameter::Spo2), Some(points), "{v}");
         }
     }
 

@@ -558,7 +558,8 @@ fn pvvx_encrypted_vector_and_protection() {
         xiaomi::encrypt_atc(a, &k, &hex("5608d7115800"), 7).unwrap(),
         hex("07c339bc87445b2f2b0295")
     );
-    let atc_enc = xiaomi::encrypt_atc(a, &k, &[2 * (20 + 40), 2 * 50, 77], 1).unwrap();
+    // Counter 8: the counter must rise past the 7 above (issue 15).
+    let atc_enc = xiaomi::encrypt_atc(a, &k, &[2 * (20 + 40), 2 * 50, 77], 8).unwrap();
     let out = d
         .decode_advertisement(&service(a, 0x181A, atc_enc))
         .unwrap();
@@ -970,6 +971,71 @@ fn fuzz_corpus_replays_without_panics() {
     );
 }
 
+/// Issue 15: the pvvx/ATC counter must rise (one byte, wrapping: 1 to 127 steps
+/// ahead modulo 256), not merely differ from the last frame; and the last one
+/// accepted is saved and restored like BTHome's, so a restart does not reopen
+/// the door to captured frames.
+#[test]
+fn pvvx_counter_must_rise_with_wrap_and_survives_a_restart() {
+    let a = addr("A4:C1:38:12:34:56");
+    let k = key(XIAOMI_KEY);
+    let frame = |counter: u8| {
+        service(
+            a,
+            0x181A,
+            xiaomi::encrypt_atc(a, &k, &hex("5608d7115800"), counter).unwrap(),
+        )
+    };
+    let mut d = Decoder::new();
+    d.set_key(a, k);
+    // (counter, accepted?)
+    for (counter, ok) in [
+        (250, true),
+        (251, true),
+        (250, false), // an older frame replayed
+        (251, false), // the same frame again
+        (200, false), // 51 behind
+        (255, true),
+        (0, true), // wraps
+        (3, true),
+        (255, false), // 4 behind across the wrap
+        (130, true),  // 127 ahead
+    ] {
+        let got = d.decode_advertisement(&frame(counter));
+        assert_eq!(got.is_ok(), ok, "counter {counter}: {got:?}");
+        if !ok {
+            assert!(matches!(got, Err(DecodeError::Replay { .. })), "{got:?}");
+        }
+    }
+    let saved = d.replay_counters(a);
+    assert_eq!(saved.pvvx, Some(130));
+    let mut after = Decoder::new();
+    after.set_key(a, k);
+    after.restore_replay_counters(a, saved);
+    assert!(matches!(
+        after.decode_advertisement(&frame(130)),
+        Err(DecodeError::Replay { .. })
+    ));
+    assert!(after.decode_advertisement(&frame(129)).is_err());
+    assert!(after.decode_advertisement(&frame(131)).is_ok());
+    // A new key starts a new count.
+    after.clear_key(a);
+    assert_eq!(after.replay_counters(a).pvvx, None);
+    for (last, next, rises) in [
+        (0u8, 1u8, true),
+        (255, 0, true),
+        (0, 127, true),
+        (0, 128, false),
+        (5, 5, false),
+    ] {
+        assert_eq!(
+            xiaomi::pvvx_counter_rises(last, next),
+            rises,
+            "{last} -> {next}"
+        );
+    }
+}
+
 #[test]
 fn replay_counters_survive_a_new_decoder_and_a_cleared_key_forgets_them() {
     let a = addr("A4:C1:38:AA:BB:CC");
@@ -986,7 +1052,8 @@ fn replay_counters_survive_a_new_decoder_and_a_cleared_key_forgets_them() {
         saved,
         ReplayCounters {
             bthome: Some(41),
-            mibeacon: None
+            mibeacon: None,
+            pvvx: None,
         }
     );
 

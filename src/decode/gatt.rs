@@ -157,8 +157,15 @@ fn temperature(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeErro
             })?;
         out.attr("temperature_site", AttrValue::Text(name));
     }
-    out.values
-        .push(value(Quantity::BodyTemperature, reading, unit, time));
+    // Intermediate Temperature is the thermometer settling, not the result: its
+    // own quantity, so that it is never stored, scored or sent as a body
+    // temperature (as cuff pressure is not a blood pressure).
+    let quantity = if format == "gatt_intermediate_temperature" {
+        Quantity::IntermediateTemperature
+    } else {
+        Quantity::BodyTemperature
+    };
+    out.values.push(value(quantity, reading, unit, time));
     Ok(out)
 }
 

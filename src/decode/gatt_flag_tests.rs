@@ -117,12 +117,14 @@ fn temperature_every_flag_combination_both_characteristics() {
             if flags & 4 != 0 {
                 f.push(3); // ear
             }
-            let d = check(
-                c,
-                &f,
-                &vec![(Q::BodyTemperature, Some(v), unit, None)],
-                |_| false,
-            );
+            // Intermediate Temperature is the thermometer settling: its own
+            // quantity, never a body temperature (issue 15).
+            let q = if c == INTERMEDIATE_TEMPERATURE {
+                Q::IntermediateTemperature
+            } else {
+                Q::BodyTemperature
+            };
+            let d = check(c, &f, &vec![(q, Some(v), unit, None)], |_| false);
             let want_time = (flags & 2 != 0).then_some(DT);
             assert_eq!(d.values[0].device_time, want_time);
             let site = (flags & 4 != 0).then_some(&AttrValue::Text("ear"));

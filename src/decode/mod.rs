@@ -230,11 +230,13 @@ pub fn parse_bind_key(text: &str) -> Result<BindKey, &'static str> {
 
 /// The last encryption counters accepted from one device, per format family:
 /// what replay protection must remember across a restart of the gateway.
-/// (pvvx's one-byte counter wraps every 256 frames and is not kept.)
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayCounters {
     pub bthome: Option<u32>,
     pub mibeacon: Option<u32>,
+    /// pvvx/ATC encrypted: one byte that wraps (it must rise by 1 to 127,
+    /// modulo 256).
+    pub pvvx: Option<u8>,
 }
 
 /// Per-device state some formats need between frames. The caller owns it (inside
@@ -298,6 +300,7 @@ impl Decoder {
             state.key = None;
             state.last_bthome_counter = None;
             state.last_mibeacon_counter = None;
+            state.last_pvvx_counter = None;
         }
     }
 
@@ -313,6 +316,7 @@ impl Decoder {
             .map(|s| ReplayCounters {
                 bthome: s.last_bthome_counter,
                 mibeacon: s.last_mibeacon_counter,
+                pvvx: s.last_pvvx_counter,
             })
             .unwrap_or_default()
     }
@@ -323,6 +327,11 @@ impl Decoder {
         let state = self.devices.entry(address).or_default();
         state.last_bthome_counter = state.last_bthome_counter.max(saved.bthome);
         state.last_mibeacon_counter = state.last_mibeacon_counter.max(saved.mibeacon);
+        // A wrapping counter has no "max": one already heard since start is newer
+        // than any saved one.
+        if state.last_pvvx_counter.is_none() {
+            state.last_pvvx_counter = saved.pvvx;
+        }
     }
 
     pub fn decode(&mut self, frame: &Frame) -> Result<Decoded, DecodeError> {

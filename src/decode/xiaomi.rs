@@ -126,6 +126,12 @@ fn pvvx(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
     Ok((out, counter))
 }
 
+/// Whether a one-byte counter `next` is ahead of `last` with wrapping: 1 to 127
+/// steps on, modulo 256 (255 → 0 rises; 10 → 10 or 10 → 9 does not).
+pub(crate) fn pvvx_counter_rises(last: u8, next: u8) -> bool {
+    (1..=127).contains(&next.wrapping_sub(last))
+}
+
 /// The pvvx/ATC encrypted nonce: MAC (little-endian) then the AD structure header as
 /// sent on air (length, AD type, UUID) and the counter.
 fn atc_nonce(address: DeviceAddress, len: usize, counter: u8) -> [u8; 11] {
@@ -162,12 +168,16 @@ fn atc_encrypted(
         &data[end - 4..],
         &mut plain,
     )?;
-    // The counter is one byte and wraps, so only an exact repeat is a replay.
-    if state.last_pvvx_counter == Some(counter) {
+    // The counter must rise. It is one byte and wraps, so "rises" is serial
+    // number arithmetic (RFC 1982): 1 to 127 steps ahead of the last accepted,
+    // modulo 256. The same counter, or one up to 128 steps behind, is a replay.
+    if let Some(last) = state.last_pvvx_counter
+        && !pvvx_counter_rises(last, counter)
+    {
         return Err(DecodeError::Replay {
             format,
             counter: u32::from(counter),
-            last: u32::from(counter),
+            last: u32::from(last),
         });
     }
     state.last_pvvx_counter = Some(counter);

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use super::limits::{Class, EvictionReason};
 use super::{CorruptionAlarm, StoreError, StoreStats};
 use crate::model::{
-    Device, DeviceAddress, DeviceKind, Quantity, Resident, ResidentId, SpecialValue, Subject,
-    Timestamp, Unit, Value,
+    Device, DeviceAddress, DeviceKind, Quantity, ReadingId, Resident, ResidentId, SpecialValue,
+    Subject, Timestamp, Unit, Value,
 };
 
 /// The store's state for status pages and metrics, at one moment.
@@ -62,8 +62,14 @@ pub struct LatestValue {
     pub quantity: Quantity,
     pub value: Value,
     pub unit: Unit,
+    /// When it was true as far as the gateway trusts it (`model::trusted_time`).
     pub taken_at: Timestamp,
     pub device: DeviceAddress,
+    /// The device's own time, when it gave one (ahead of `taken_at` beyond the
+    /// tolerance: its clock is wrong).
+    pub device_time: Option<Timestamp>,
+    /// The stored reading it is.
+    pub reading_id: Option<ReadingId>,
 }
 
 /// A resident and the newest value of each quantity measured for them.
@@ -184,7 +190,8 @@ impl Reader {
                 "SELECT id, display_name, room FROM residents WHERE archived = 0 ORDER BY id",
             )?;
             let mut latest = conn.prepare_cached(
-                "SELECT quantity, value, status, unit, taken_at_ms, device FROM latest WHERE subject = ?1",
+                "SELECT quantity, value, status, unit, taken_at_ms, device, device_time_ms, reading_id
+                 FROM latest WHERE subject = ?1",
             )?;
             let rows: Vec<(i64, String, String)> = residents
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -192,17 +199,8 @@ impl Reader {
             let mut out = Vec::with_capacity(rows.len());
             for (id, display_name, room) in rows {
                 let mut values: Vec<LatestValue> = latest
-                    .query_map([format!("resident:{id}")], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, Option<f64>>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, i64>(4)?,
-                            r.get::<_, String>(5)?,
-                        ))
-                    })?
-                    .filter_map(|row| row.ok().and_then(|(q, v, s, u, t, d)| latest_value(&q, v, &s, &u, t, &d)))
+                    .query_map([format!("resident:{id}")], latest_row)?
+                    .filter_map(|row| row.ok().and_then(latest_value))
                     .collect();
                 values.sort_by_key(|v| v.quantity);
                 out.push(ResidentOverview { id: ResidentId(id), display_name, room, latest: values });
@@ -252,18 +250,19 @@ impl Reader {
     ) -> Result<Vec<HistoryValue>, StoreError> {
         self.with_conn(|c| {
             let first = first_seq_received_since(c, since.saturating_sub(RECEIVED_SLACK))?;
-            let mut stmt = c.prepare_cached(
-                "SELECT quantity, value, status, unit, coalesce(measured_at_ms, received_at_ms), device
+            // When taken, as far as the gateway trusts it (`model::trusted_time`):
+            // a device time more than 2 minutes ahead of receipt is not used.
+            let taken = "CASE WHEN measured_at_ms > received_at_ms + 120000 THEN received_at_ms
+                              ELSE coalesce(measured_at_ms, received_at_ms) END";
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT quantity, value, status, unit, {taken}, device
                  FROM readings_text
                  WHERE seq >= ?3 AND resident_id = ?1
-                   AND coalesce(measured_at_ms, received_at_ms) >= ?2
+                   AND {taken} >= ?2
                    AND quantity != 'rr_interval'
-                 ORDER BY coalesce(measured_at_ms, received_at_ms), seq",
-            )?;
-            history_rows(
-                &mut stmt,
-                rusqlite::params![id.0, since.unix_ms(), first],
-            )
+                 ORDER BY {taken}, seq"
+            ))?;
+            history_rows(&mut stmt, rusqlite::params![id.0, since.unix_ms(), first])
         })
     }
 
@@ -271,23 +270,12 @@ impl Reader {
     pub fn resident_latest(&self, id: ResidentId) -> Result<Vec<LatestValue>, StoreError> {
         self.with_conn(|conn| {
             let mut latest = conn.prepare_cached(
-                "SELECT quantity, value, status, unit, taken_at_ms, device FROM latest WHERE subject = ?1",
+                "SELECT quantity, value, status, unit, taken_at_ms, device, device_time_ms, reading_id
+                 FROM latest WHERE subject = ?1",
             )?;
             let mut values: Vec<LatestValue> = latest
-                .query_map([format!("resident:{}", id.0)], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<f64>>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, String>(5)?,
-                    ))
-                })?
-                .filter_map(|row| {
-                    row.ok()
-                        .and_then(|(q, v, s, u, t, d)| latest_value(&q, v, &s, &u, t, &d))
-                })
+                .query_map([format!("resident:{}", id.0)], latest_row)?
+                .filter_map(|row| row.ok().and_then(latest_value))
                 .collect();
             values.sort_by_key(|v| v.quantity);
             Ok(values)
@@ -333,6 +321,15 @@ impl Reader {
         self.with_conn(super::registry::device_states)
     }
 
+    /// Whom each device belonged to and when, oldest first: (device, subject,
+    /// from, until), for `ingest::Registry::load_history` at start.
+    #[allow(clippy::type_complexity)]
+    pub fn assignment_history(
+        &self,
+    ) -> Result<Vec<(DeviceAddress, Subject, Timestamp, Option<Timestamp>)>, StoreError> {
+        self.with_conn(super::registry::assignment_history)
+    }
+
     /// Every registered device's bind key with the counters saved for it, for
     /// the decoder at start.
     pub fn keys(&self) -> Result<Vec<super::StoredKey>, StoreError> {
@@ -367,26 +364,50 @@ impl Reader {
     }
 }
 
+/// A row of `latest` as SQLite gives it.
+type LatestRow = (
+    String,
+    Option<f64>,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    Vec<u8>,
+);
+
+fn latest_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LatestRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
 /// Rebuilds a value from its row; a row this build cannot read (a quantity or unit
 /// from a newer version) is skipped rather than shown wrongly.
 fn latest_value(
-    q: &str,
-    v: Option<f64>,
-    status: &str,
-    unit: &str,
-    t: i64,
-    device: &str,
+    (q, v, status, unit, t, device, device_time, id): LatestRow,
 ) -> Option<LatestValue> {
-    let value = match (status, v) {
+    let value = match (status.as_str(), v) {
         ("ok", Some(n)) if n.is_finite() => Value::Number(n),
         (s, _) => Value::Special(SpecialValue::parse(s)?),
     };
     Some(LatestValue {
-        quantity: Quantity::parse(q)?,
+        quantity: Quantity::parse(&q)?,
         value,
-        unit: Unit::from_ucum(unit)?,
+        unit: Unit::from_ucum(&unit)?,
         taken_at: Timestamp::from_unix_ms(t),
         device: device.parse().ok()?,
+        device_time: device_time.map(Timestamp::from_unix_ms),
+        reading_id: <[u8; 16]>::try_from(id.as_slice())
+            .ok()
+            .map(ReadingId::from_bytes),
     })
 }
 

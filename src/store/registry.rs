@@ -146,6 +146,20 @@ pub(super) fn write_record(
                 "UPDATE devices SET assigned_at_ms = ?2 WHERE address = ?1",
                 params![key, at],
             )?;
+            // The history: the assignment in force ends, this one begins.
+            close_assignment(tx, &key, at)?;
+            let (resident, room) = match &device.subject {
+                Subject::Resident(id) => (Some(id.0), None),
+                Subject::Room(room) => (None, Some(room.as_str())),
+                Subject::Unassigned => (None, None),
+            };
+            if resident.is_some() || room.is_some() {
+                tx.execute(
+                    "INSERT INTO device_assignments (address, resident_id, room, from_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![key, resident, room, at],
+                )?;
+            }
         }
         RegistryChange::Unassigned => {
             tx.execute(
@@ -153,6 +167,7 @@ pub(super) fn write_record(
                  WHERE address = ?1",
                 [&key],
             )?;
+            close_assignment(tx, &key, at)?;
         }
         // Only for a registered device (callers check first: an error here would
         // fail the whole group commit, readings included). Device rows are never
@@ -164,13 +179,65 @@ pub(super) fn write_record(
                 _ => None,
             };
             tx.execute(
-                "UPDATE devices SET bind_key = ?2, bthome_counter = NULL, mibeacon_counter = NULL
+                "UPDATE devices SET bind_key = ?2, bthome_counter = NULL, mibeacon_counter = NULL,
+                    pvvx_counter = NULL
                  WHERE address = ?1",
                 params![key, bind_key],
             )?;
         }
     }
     Ok(())
+}
+
+fn close_assignment(
+    tx: &rusqlite::Transaction<'_>,
+    address: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE device_assignments SET until_ms = max(from_ms, ?2)
+         WHERE address = ?1 AND until_ms IS NULL",
+        params![address, at],
+    )?;
+    Ok(())
+}
+
+/// The assignment history of every device, oldest first: (device, subject,
+/// from, until). Rows this build cannot read are skipped.
+#[allow(clippy::type_complexity)]
+pub(super) fn assignment_history(
+    c: &rusqlite::Connection,
+) -> Result<Vec<(DeviceAddress, Subject, Timestamp, Option<Timestamp>)>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT address, resident_id, room, from_ms, until_ms FROM device_assignments
+         ORDER BY from_ms, id",
+    )?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?
+        .filter_map(|row| {
+            let (address, resident, room, from, until) = row.ok()?;
+            let subject = match (resident, room) {
+                (Some(id), _) => Subject::Resident(crate::model::ResidentId(id)),
+                (None, Some(room)) => Subject::Room(room),
+                (None, None) => return None,
+            };
+            Some((
+                address.parse().ok()?,
+                subject,
+                Timestamp::from_unix_ms(from),
+                until.map(Timestamp::from_unix_ms),
+            ))
+        })
+        .collect();
+    Ok(rows)
 }
 
 /// Persists signal strength and last-seen for registered devices only.
@@ -183,17 +250,21 @@ pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Resul
     // a save racing a key change must not carry the old key's count over.
     let mut counters = tx.prepare_cached(
         "UPDATE devices SET bthome_counter = max(coalesce(bthome_counter, ?2), ?2),
-            mibeacon_counter = max(coalesce(mibeacon_counter, ?3), ?3)
+            mibeacon_counter = max(coalesce(mibeacon_counter, ?3), ?3),
+            pvvx_counter = coalesce(?5, pvvx_counter)
          WHERE address = ?1 AND bind_key = ?4",
     )?;
     for s in seen {
         stmt.execute(params![s.device.to_string(), s.rssi, s.at.unix_ms()])?;
         if let Some((key, replay)) = &s.replay {
+            // pvvx's one-byte counter wraps: the last accepted is saved as it is
+            // (the decoder only ever accepts one that rose).
             counters.execute(params![
                 s.device.to_string(),
                 replay.bthome,
                 replay.mibeacon,
-                &key[..]
+                &key[..],
+                replay.pvvx
             ])?;
         }
     }
@@ -203,7 +274,7 @@ pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Resul
 /// Every registered device's bind key with its saved counters.
 pub(super) fn keys(c: &rusqlite::Connection) -> Result<Vec<StoredKey>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT address, bind_key, bthome_counter, mibeacon_counter
+        "SELECT address, bind_key, bthome_counter, mibeacon_counter, pvvx_counter
          FROM devices WHERE bind_key IS NOT NULL ORDER BY address",
     )?;
     let mut rows = stmt.query([])?;
@@ -224,6 +295,9 @@ pub(super) fn keys(c: &rusqlite::Connection) -> Result<Vec<StoredKey>, StoreErro
             replay: ReplayCounters {
                 bthome: counter(2)?,
                 mibeacon: counter(3)?,
+                pvvx: r
+                    .get::<_, Option<i64>>(4)?
+                    .and_then(|v| u8::try_from(v).ok()),
             },
         });
     }

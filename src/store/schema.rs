@@ -358,6 +358,40 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN bthome_counter INTEGER;
     ALTER TABLE devices ADD COLUMN mibeacon_counter INTEGER;
     "#,
+    // 10 (clinical safety, issue 15): the alert lifecycle of clinical alarm
+    // practice. `absent_since_ms`: the cause stopped holding (reset when it holds
+    // again); `cleared_at_ms`: it stayed away for the minimum hold (a clinical
+    // alert stays open, "cleared, not yet seen", until acknowledged; a technical
+    // one is resolved then). `announced_at_ms`/`announcements`: an unacknowledged
+    // emergency alert is announced again. What the alert was computed from travels
+    // with it (partial, missing, parameter, reading ids). `latest` keeps the
+    // device's own time beside the trusted one, for "check clock". pvvx/ATC
+    // counters are saved like BTHome's. `device_assignments` is the history of who
+    // each device belonged to, so that a stored measurement is filed by its time.
+    r#"
+    ALTER TABLE alerts ADD COLUMN absent_since_ms INTEGER;
+    ALTER TABLE alerts ADD COLUMN cleared_at_ms INTEGER;
+    ALTER TABLE alerts ADD COLUMN announced_at_ms INTEGER;
+    ALTER TABLE alerts ADD COLUMN announcements INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE alerts ADD COLUMN partial INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN missing TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alerts ADD COLUMN parameter TEXT;
+    ALTER TABLE alerts ADD COLUMN reading_ids TEXT NOT NULL DEFAULT '';
+    ALTER TABLE latest ADD COLUMN device_time_ms INTEGER;
+    ALTER TABLE devices ADD COLUMN pvvx_counter INTEGER;
+    CREATE TABLE device_assignments (
+        id          INTEGER PRIMARY KEY,
+        address     TEXT NOT NULL,
+        resident_id INTEGER,
+        room        TEXT,
+        from_ms     INTEGER NOT NULL,
+        until_ms    INTEGER
+    );
+    CREATE INDEX device_assignments_address ON device_assignments (address, from_ms);
+    INSERT INTO device_assignments (address, resident_id, room, from_ms)
+        SELECT address, resident_id, room, coalesce(assigned_at_ms, 0) FROM devices
+        WHERE resident_id IS NOT NULL OR room IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

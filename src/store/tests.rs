@@ -1077,6 +1077,11 @@ async fn resident_history_is_by_time_taken() {
             resident_reading(3, 1, Quantity::Spo2, 2_000, false),
             resident_reading(4, 2, Quantity::PulseRate, 2_500, false),
             resident_reading(5, 1, Quantity::PulseRate, -5_000, false),
+            // A device clock an hour ahead (issue 15): timed on its receipt.
+            Reading {
+                measured_at: Some(Timestamp::from_unix_ms(1_800_000_000_000 + 3_604_000)),
+                ..resident_reading(6, 1, Quantity::Spo2, 4_000, false)
+            },
         ])
         .await
         .unwrap();
@@ -1092,12 +1097,13 @@ async fn resident_history_is_by_time_taken() {
         vec![
             (Quantity::PulseRate, 1_000),
             (Quantity::Spo2, 2_000),
-            (Quantity::PulseRate, 3_000)
+            (Quantity::PulseRate, 3_000),
+            (Quantity::Spo2, 4_000)
         ]
     );
     let later = Timestamp::from_unix_ms(since.unix_ms() + 2_500);
     let h = store.reader.resident_history(ResidentId(1), later).unwrap();
-    assert_eq!(h.len(), 1);
+    assert_eq!(h.len(), 2);
     close(store).await;
 }
 

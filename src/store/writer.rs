@@ -1118,7 +1118,9 @@ impl<'a, 't> Batch<'a, 't> {
         let device = matches!(r.subject, Subject::Unassigned).then_some(r.device);
         let key = (&r.subject, device, r.quantity);
         match self.latest.get(&key) {
-            Some((prev, _)) if prev.taken_at() > r.taken_at() => {}
+            // By the trusted time: a device clock running fast never makes an
+            // old value look newest (issue 15).
+            Some((prev, _)) if prev.trusted_at() > r.trusted_at() => {}
             _ => {
                 self.latest.insert(key, (r, id));
             }
@@ -1135,12 +1137,13 @@ impl<'a, 't> Batch<'a, 't> {
 
     fn finish(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
         let mut latest = tx.prepare_cached(
-            "INSERT INTO latest (subject, quantity, value, status, unit, taken_at_ms, device, reading_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO latest (subject, quantity, value, status, unit, taken_at_ms, device,
+                                 reading_id, device_time_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (subject, quantity) DO UPDATE SET
                 value = excluded.value, status = excluded.status, unit = excluded.unit,
                 taken_at_ms = excluded.taken_at_ms, device = excluded.device,
-                reading_id = excluded.reading_id
+                reading_id = excluded.reading_id, device_time_ms = excluded.device_time_ms
              WHERE excluded.taken_at_ms >= latest.taken_at_ms",
         )?;
         for ((subject, _, quantity), (r, id)) in &self.latest {
@@ -1150,9 +1153,10 @@ impl<'a, 't> Batch<'a, 't> {
                 r.value.number(),
                 r.value.status(),
                 r.unit.ucum(),
-                r.taken_at().unix_ms(),
+                r.trusted_at().unix_ms(),
                 r.device.to_string(),
                 &id.as_bytes()[..],
+                r.measured_at.map(Timestamp::unix_ms),
             ])?;
         }
         let mut seen = tx.prepare_cached(

@@ -822,17 +822,11 @@ impl Session<'_> {
             if self.alerts_out.contains(&a.id) {
                 continue;
             }
-            let msg = crate::uplink::payload::AlertMessage {
-                schema: "carehub.alert/1".into(),
-                gateway: self.uplink.settings.gateway.clone(),
-                id: a.uuid.clone(),
-                resident: a.resident_reference.clone().unwrap_or_default(),
-                kind: a.rule.clone(),
-                level: a.level.clone(),
-                score: a.score.map(u32::from),
-                reading_ids: Vec::new(),
-                raised_at: a.raised_at.to_rfc3339(),
-            };
+            let msg = crate::uplink::payload::AlertMessage::for_payload(
+                &self.uplink.settings.gateway,
+                &a,
+                self.uplink.settings.payload,
+            );
             let payload = serde_json::to_vec(&msg)
                 .map_err(|e| UplinkError::Connection(format!("cannot encode alert: {e}")))?;
             self.alerts_out.insert(a.id);

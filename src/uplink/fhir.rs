@@ -246,6 +246,10 @@ pub fn validate(bundle: &Json) -> Result<usize, FhirError> {
         if o["status"] != "final" {
             return Err(err(i, "status is not final"));
         }
+        if is_news2_total(o) {
+            check_news2_total(o, &device_urls).map_err(|what| err(i, what))?;
+            continue;
+        }
         let coding = o["code"]["coding"]
             .as_array()
             .ok_or_else(|| err(i, "no code.coding"))?;
@@ -317,6 +321,122 @@ pub fn validate(bundle: &Json) -> Result<usize, FhirError> {
         }
     }
     Ok(observations)
+}
+
+/// SNOMED CT.
+pub const SNOMED: &str = "http://snomed.info/sct";
+/// SNOMED CT (UK edition): the Royal College of Physicians NEWS2 total score.
+pub const NEWS2_TOTAL: &str = "1104051000000101";
+
+/// The NEWS2 total score behind a NEWS2 alert (`news2`, `news2-single-3`) as a
+/// transaction Bundle: the gateway as the Device that computed it, and one
+/// Observation coded with SNOMED CT [`NEWS2_TOTAL`], `valueInteger` the total,
+/// `effectiveDateTime` when it was computed (the alert's raising), the resident
+/// by pseudonymous reference only, the scored readings as `derivedFrom` (their
+/// reading-id identifiers, as sent on the readings topic), and, for a partial
+/// score, a `note` naming the parameters it lacked. Its identifier is the
+/// alert's id, so an announcement again is one Observation on the server.
+/// `None` for any other alert, or one without a score or a resident.
+pub fn news2_bundle(gateway: &str, alert: &crate::store::AlertRecord) -> Option<Json> {
+    if alert.rule != "news2" && alert.rule != "news2-single-3" {
+        return None;
+    }
+    let score = alert.score?;
+    let reference = alert.resident_reference.as_deref()?;
+    let id = format!("urn:uuid:{}", alert.uuid);
+    let mut obs = json!({
+        "resourceType": "Observation",
+        "identifier": [{ "system": URN_IETF, "value": id }],
+        "status": "final",
+        "category": [{ "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "survey",
+        }] }],
+        "code": { "coding": [{ "system": SNOMED, "code": NEWS2_TOTAL }], "text": "NEWS2 total score" },
+        "subject": { "type": "Patient", "identifier": { "system": CAREHUB_RESIDENT, "value": reference } },
+        "effectiveDateTime": alert.raised_at.to_rfc3339(),
+        "valueInteger": score,
+        "device": { "reference": gateway_url(gateway) },
+        "extension": [{
+            "url": GATEWAY_EXTENSION,
+            "valueReference": { "reference": gateway_url(gateway) },
+        }],
+    });
+    if !alert.reading_ids.is_empty() {
+        obs["derivedFrom"] = alert
+            .reading_ids
+            .iter()
+            .map(|r| json!({ "identifier": { "system": URN_IETF, "value": format!("urn:uuid:{r}") } }))
+            .collect();
+    }
+    if alert.partial {
+        obs["note"] = json!([{ "text": format!(
+            "Partial score: not scored (missing, older than the clinical window or implausible): {}",
+            alert.missing.join(", ")
+        ) }]);
+    }
+    Some(json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Device",
+                    "identifier": [{ "system": CAREHUB_GATEWAY, "value": gateway }],
+                    "type": { "coding": [{ "system": MDC, "code": "531981", "display": "MDC_MOC_VMS_MDS_AHD" }] },
+                },
+                "request": { "method": "PUT", "url": gateway_url(gateway) },
+            },
+            {
+                "fullUrl": id,
+                "resource": obs,
+                "request": {
+                    "method": "POST",
+                    "url": "Observation",
+                    "ifNoneExist": format!("identifier={URN_IETF}|{id}"),
+                },
+            },
+        ],
+    }))
+}
+
+/// An Observation coded as the NEWS2 total score.
+fn is_news2_total(o: &Json) -> bool {
+    o["code"]["coding"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["system"] == SNOMED && c["code"] == NEWS2_TOTAL)
+    })
+}
+
+/// A NEWS2 total: an integer 0-20, a time, a resident by pseudonymous reference,
+/// computed by a Device in the Bundle, and a note when it is partial.
+fn check_news2_total(o: &Json, device_urls: &[&str]) -> Result<(), &'static str> {
+    if o.get("valueQuantity").is_some() || o.get("dataAbsentReason").is_some() {
+        return Err("a NEWS2 total is a valueInteger");
+    }
+    if o["valueInteger"].as_u64().is_none_or(|v| v > 20) {
+        return Err("a NEWS2 total needs valueInteger 0 to 20");
+    }
+    if o["effectiveDateTime"].as_str().is_none() {
+        return Err("no effectiveDateTime");
+    }
+    if o["subject"]["identifier"]["system"] != CAREHUB_RESIDENT
+        || o["subject"]["identifier"]["value"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    {
+        return Err("a NEWS2 total's subject is not a pseudonymous resident reference");
+    }
+    let device = o["device"]["reference"].as_str().unwrap_or_default();
+    if !device_urls.contains(&device) {
+        return Err("device does not resolve to a Device in the Bundle");
+    }
+    if let Some(notes) = o.get("note")
+        && notes[0]["text"].as_str().is_none_or(str::is_empty)
+    {
+        return Err("a note without text");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -337,16 +337,22 @@ pub struct StatusMessage {
     pub certificate_expiring: bool,
 }
 
-/// `.../alerts`: one clinical alert. The shape is fixed here; the clinical stage
-/// decides when to send one.
+/// The schema of an alert message.
+pub const ALERT_SCHEMA: &str = "carehub.alert/2";
+
+/// `.../alerts`: one alert, sent when it is raised and again each time an
+/// unacknowledged emergency is announced again. The shape is fixed here; the
+/// alert stage decides when to send one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertMessage {
-    /// Always `"carehub.alert/1"`.
+    /// Always `"carehub.alert/2"`.
     pub schema: String,
     pub gateway: String,
-    /// UUIDv7 of the alert, for de-duplication.
+    /// UUIDv7 of the alert; with `announcement`, the de-duplication key.
     pub id: String,
+    /// 1 when raised; 2, 3, ... when announced again unacknowledged.
+    pub announcement: u32,
     /// The resident's pseudonymous reference.
     pub resident: String,
     /// E.g. `"news2"`.
@@ -354,10 +360,58 @@ pub struct AlertMessage {
     /// E.g. `"low"`, `"low-medium"`, `"medium"`, `"high"`.
     pub level: String,
     pub score: Option<u32>,
+    /// The score behind the alert lacked parameters (`missing`).
+    pub partial: bool,
+    /// The NEWS2 parameters the score lacked or left out as implausible.
+    pub missing: Vec<String>,
+    /// The parameter that scored 3 (`news2-single-3`) or crossed a nurse's
+    /// limit (`threshold`); null otherwise.
+    pub parameter: Option<String>,
     /// The readings the alert was computed from.
     pub reading_ids: Vec<String>,
     /// RFC 3339 UTC.
     pub raised_at: String,
+    /// With `uplink.payload = "fhir"`, on a NEWS2 alert: the score as a FHIR
+    /// transaction Bundle ([`super::fhir::news2_bundle`]); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir: Option<serde_json::Value>,
+}
+
+impl AlertMessage {
+    /// The message for a stored alert, from gateway `gateway`. The resident goes
+    /// out by reference only; the alert's text (which names them) stays local.
+    pub fn from_record(gateway: &str, a: &crate::store::AlertRecord) -> AlertMessage {
+        AlertMessage {
+            schema: ALERT_SCHEMA.into(),
+            gateway: gateway.into(),
+            id: a.uuid.clone(),
+            announcement: a.announcements,
+            resident: a.resident_reference.clone().unwrap_or_default(),
+            kind: a.rule.clone(),
+            level: a.level.clone(),
+            score: a.score.map(u32::from),
+            partial: a.partial,
+            missing: a.missing.clone(),
+            parameter: a.parameter.clone(),
+            reading_ids: a.reading_ids.clone(),
+            raised_at: a.raised_at.to_rfc3339(),
+            fhir: None,
+        }
+    }
+
+    /// The message for a stored alert in the configured payload format: with
+    /// FHIR, a NEWS2 alert also carries its score as an Observation.
+    pub fn for_payload(
+        gateway: &str,
+        a: &crate::store::AlertRecord,
+        format: crate::config::PayloadFormat,
+    ) -> AlertMessage {
+        let mut msg = AlertMessage::from_record(gateway, a);
+        if format == crate::config::PayloadFormat::Fhir {
+            msg.fhir = super::fhir::news2_bundle(gateway, a);
+        }
+        msg
+    }
 }
 
 #[cfg(test)]
@@ -636,8 +690,158 @@ mod doc_examples {
             assert_eq!(s.schema, STATUS_SCHEMA);
             assert_eq!(serde_json::to_value(&s).unwrap(), doc);
         }
-        let doc = example("alert");
-        let a: AlertMessage = serde_json::from_value(doc.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&a).unwrap(), doc);
+        for name in ["alert", "alert-single-3"] {
+            let doc = example(name);
+            let a: AlertMessage = serde_json::from_value(doc.clone()).unwrap();
+            assert_eq!(a.schema, ALERT_SCHEMA);
+            assert_eq!(serde_json::to_value(&a).unwrap(), doc);
+        }
+    }
+
+    /// The message built from a stored alert has the documented example's shape,
+    /// and never carries the alert's text (it names the resident).
+    #[test]
+    fn an_alert_record_becomes_the_documented_message() {
+        let record = crate::store::AlertRecord {
+            id: 2,
+            uuid: "019ab3c3-0000-7000-8000-000000000002".into(),
+            cause_key: "resident:7/news2-single-3:spo2".into(),
+            resident_id: Some(7),
+            resident_reference: Some("res-7f3a".into()),
+            rule: "news2-single-3".into(),
+            severity: "urgent".into(),
+            level: "low-medium".into(),
+            score: Some(3),
+            message: "Edith Example: SpO₂ scores 3 (partial)".into(),
+            raised_at: Timestamp::from_unix_ms(1_795_467_720_000),
+            acknowledged_by: None,
+            acknowledged_at: None,
+            resolved_at: None,
+            published: false,
+            cleared_at: None,
+            announced_at: Timestamp::from_unix_ms(1_795_467_720_000),
+            announcements: 1,
+            partial: true,
+            missing: ["resp_rate", "oxygen", "consciousness", "temperature"]
+                .map(String::from)
+                .to_vec(),
+            parameter: Some("spo2".into()),
+            reading_ids: vec!["019ab3c2-7a33-7c81-9d2e-0a4f5b6c7d90".into()],
+        };
+        let msg = AlertMessage::from_record("gw-0042", &record);
+        assert_eq!(
+            serde_json::to_value(&msg).unwrap(),
+            example("alert-single-3")
+        );
+        assert!(!serde_json::to_string(&msg).unwrap().contains("Edith"));
+    }
+
+    /// The stored alert behind the `alert` example.
+    fn news2_record() -> crate::store::AlertRecord {
+        crate::store::AlertRecord {
+            id: 1,
+            uuid: "019ab3c3-0000-7000-8000-000000000001".into(),
+            cause_key: "resident:7/news2:medium".into(),
+            resident_id: Some(7),
+            resident_reference: Some("res-7f3a".into()),
+            rule: "news2".into(),
+            severity: "urgent".into(),
+            level: "medium".into(),
+            score: Some(5),
+            message: "Edith Example: NEWS2 5 (partial)".into(),
+            raised_at: Timestamp::from_unix_ms(1_795_467_720_000),
+            acknowledged_by: None,
+            acknowledged_at: None,
+            resolved_at: None,
+            published: false,
+            cleared_at: None,
+            announced_at: Timestamp::from_unix_ms(1_795_467_720_000),
+            announcements: 1,
+            partial: true,
+            missing: ["resp_rate", "consciousness"].map(String::from).to_vec(),
+            parameter: None,
+            reading_ids: vec![
+                "019ab3c2-7a33-7c81-9d2e-0a4f5b6c7d8e".into(),
+                "019ab3c2-7a33-7c81-9d2e-0a4f5b6c7d8f".into(),
+            ],
+        }
+    }
+
+    /// Issue 15: with the FHIR payload a NEWS2 alert carries the score as an
+    /// Observation (SNOMED CT 1104051000000101, valueInteger, the time, the
+    /// resident by reference, a note when partial), exactly as docs/mqtt.md
+    /// shows it, and the crate's validator accepts it.
+    #[test]
+    fn with_fhir_a_news2_alert_carries_the_score_as_an_observation() {
+        use crate::config::PayloadFormat;
+        let record = news2_record();
+        let msg = AlertMessage::for_payload("gw-0042", &record, PayloadFormat::Fhir);
+        let made = serde_json::to_value(&msg).unwrap();
+        assert_eq!(
+            made,
+            example("alert-fhir"),
+            "{}",
+            serde_json::to_string_pretty(&made).unwrap()
+        );
+        let bundle = msg.fhir.as_ref().unwrap();
+        assert_eq!(super::super::fhir::validate(bundle), Ok(1));
+        let obs = &bundle["entry"][1]["resource"];
+        assert_eq!(obs["code"]["coding"][0]["system"], "http://snomed.info/sct");
+        assert_eq!(obs["code"]["coding"][0]["code"], "1104051000000101");
+        assert_eq!(obs["valueInteger"], 5);
+        assert_eq!(obs["effectiveDateTime"], "2026-11-23T21:02:00.000Z");
+        assert_eq!(obs["subject"]["identifier"]["value"], "res-7f3a");
+        let note = obs["note"][0]["text"].as_str().unwrap();
+        assert!(note.contains("Partial") && note.contains("resp_rate, consciousness"));
+        assert!(!serde_json::to_string(&msg).unwrap().contains("Edith"));
+
+        // A full score has no note; still valid.
+        let full = crate::store::AlertRecord {
+            partial: false,
+            missing: vec![],
+            ..news2_record()
+        };
+        let bundle = super::super::fhir::news2_bundle("gw-0042", &full).unwrap();
+        assert_eq!(super::super::fhir::validate(&bundle), Ok(1));
+        assert!(bundle["entry"][1]["resource"].get("note").is_none());
+
+        // The JSON payload, and alerts that are not a NEWS2 score, carry none.
+        let json = AlertMessage::for_payload("gw-0042", &record, PayloadFormat::Json);
+        assert_eq!(json.fhir, None);
+        assert!(!serde_json::to_string(&json).unwrap().contains("fhir"));
+        let silent = crate::store::AlertRecord {
+            rule: "sensor-silent".into(),
+            score: None,
+            ..news2_record()
+        };
+        let msg = AlertMessage::for_payload("gw-0042", &silent, PayloadFormat::Fhir);
+        assert_eq!(msg.fhir, None);
+    }
+
+    /// The validator refuses a NEWS2 total that is out of range, not an integer,
+    /// or about a resident not named by pseudonymous reference.
+    #[test]
+    fn the_validator_refuses_a_malformed_news2_observation() {
+        let good = super::super::fhir::news2_bundle("gw-0042", &news2_record()).unwrap();
+        let broken = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut b = good.clone();
+            f(&mut b["entry"][1]["resource"]);
+            super::super::fhir::validate(&b)
+        };
+        assert!(broken(&|o| o["valueInteger"] = 21.into()).is_err());
+        assert!(broken(&|o| o["valueInteger"] = 4.5.into()).is_err());
+        assert!(
+            broken(&|o| {
+                o["subject"] = serde_json::json!({ "display": "Edith Example" });
+            })
+            .is_err()
+        );
+        assert!(
+            broken(&|o| {
+                o.as_object_mut().unwrap().remove("effectiveDateTime");
+            })
+            .is_err()
+        );
+        assert!(broken(&|o| o["note"] = serde_json::json!([{ "text": "" }])).is_err());
     }
 }

@@ -53,12 +53,31 @@ pub struct AlertJson {
     pub acknowledged_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<String>,
+    /// Its cause stopped holding (after the minimum hold); a clinical alert
+    /// stays open until acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleared_at: Option<String>,
+    /// "clinical" (latches until acknowledged) or "technical" (clears itself).
+    pub class: &'static str,
+    /// 1, plus one for each time it was announced again unacknowledged.
+    pub announcements: u32,
+    /// The score behind it was partial; `missing` names what it lacked.
+    pub partial: bool,
+    pub missing: Vec<String>,
+    /// The parameter that scored 3 or crossed a limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
+    pub reading_ids: Vec<String>,
     /// The broker has acknowledged the alert message.
     pub published: bool,
 }
 
 impl From<AlertRecord> for AlertJson {
     fn from(a: AlertRecord) -> Self {
+        let class = match a.class() {
+            crate::clinical::alerts::AlertClass::Clinical => "clinical",
+            crate::clinical::alerts::AlertClass::Technical => "technical",
+        };
         AlertJson {
             id: a.id,
             uuid: a.uuid,
@@ -73,6 +92,13 @@ impl From<AlertRecord> for AlertJson {
             acknowledged_by: a.acknowledged_by,
             acknowledged_at: a.acknowledged_at.map(Timestamp::to_rfc3339),
             resolved_at: a.resolved_at.map(Timestamp::to_rfc3339),
+            cleared_at: a.cleared_at.map(Timestamp::to_rfc3339),
+            class,
+            announcements: a.announcements,
+            partial: a.partial,
+            missing: a.missing,
+            parameter: a.parameter,
+            reading_ids: a.reading_ids,
             published: a.published,
         }
     }
@@ -253,19 +279,34 @@ fn plausible(t: &Thresholds) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The open alerts, each with its acknowledgement or an Acknowledge button.
-pub(super) fn open_alerts(rows: &[&crate::store::AlertRecord]) -> Markup {
+/// The open alerts, each with its acknowledgement or an Acknowledge button. A
+/// clinical alert whose cause has cleared stays here, marked "cleared at 14:32,
+/// not yet seen", until someone acknowledges it; an emergency nobody has
+/// acknowledged says when it was announced again.
+pub(super) fn open_alerts(rows: &[&crate::store::AlertRecord], now: Timestamp) -> Markup {
+    use super::layout::short_clock as clock;
+    let ago = |t: Timestamp| super::describe_age(t.age_at(now));
     html! {
         @if !rows.is_empty() {
             section.alerts role="alert" {
                 h2 { "Alerts (" (rows.len()) ")" }
                 ul {
                     @for a in rows {
-                        li class=(format!("alert {}", a.severity)) {
+                        li class=(format!("alert {}{}", a.severity, if a.cleared_at.is_some() { " cleared" } else { "" })) data-alert=(a.id) {
                             strong { (a.severity) } ": " (a.message)
-                            " — raised " (a.raised_at.to_rfc3339())
-                            @if let Some(by) = &a.acknowledged_by {
-                                " — acknowledged by " (by)
+                            " — raised " time datetime=(a.raised_at.to_rfc3339()) { (clock(a.raised_at)) } " (" (ago(a.raised_at)) ")"
+                            @if let Some(c) = a.cleared_at {
+                                @if a.acknowledged_at.is_none() {
+                                    " — " span.cleared { "cleared at " (clock(c)) ", not yet seen" }
+                                } @else {
+                                    " — cleared at " (clock(c))
+                                }
+                            }
+                            @if a.announcements > 1 && a.acknowledged_at.is_none() {
+                                " — " span.again { "announced again at " (clock(a.announced_at)) " (" (a.announcements) " times)" }
+                            }
+                            @if let (Some(by), Some(at)) = (&a.acknowledged_by, a.acknowledged_at) {
+                                " — acknowledged by " (by) " at " (clock(at))
                             } @else {
                                 form method="post" action=(format!("/alerts/{}/ack", a.id)) {
                                     (super::csrf_field())
@@ -290,7 +331,7 @@ pub async fn page(State(state): State<AppState>) -> Result<axum::response::Html<
         @if open.is_empty() {
             p.none { "No open alerts." }
         } @else {
-            (open_alerts(&open))
+            (open_alerts(&open, now))
         }
         section aria-labelledby="resolved-h" {
             h2 id="resolved-h" { "Recently resolved" }

@@ -658,7 +658,7 @@ pub async fn clinical_page(
                 }
                 ul {
                     @for (at, by, ids) in &sets {
-                        li { (at.to_rfc3339()) " — " (by) " — " (ids.len()) " values" }
+                        li { (super::layout::date_time(*at)) " — " (by) " — " (ids.len()) " values" }
                     }
                 }
             }

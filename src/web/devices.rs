@@ -167,8 +167,9 @@ async fn apply_assign(
         (_, Some(room)) => format!("assigned to room {room}"),
         _ => "unassigned".to_owned(),
     };
+    let at = Timestamp::now();
     let record = PairingRecord {
-        at: Timestamp::now(),
+        at,
         device: Some(address),
         what: what.clone(),
         who: who.clone(),
@@ -177,7 +178,9 @@ async fn apply_assign(
     if let Err(e) = state.store.record(record).await {
         return Err(not_stored(address, &e));
     }
-    state.registry.assign(address, subject);
+    // From the committed time on: what the device measured before belongs to
+    // whom it belonged to then (issue 15).
+    state.registry.assign_since(address, subject, at);
     state.pairing.log.remember(Some(address), what, &who);
     Ok(AssignmentJson {
         address: address.to_string(),

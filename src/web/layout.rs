@@ -62,19 +62,40 @@ pub struct Frame<'a> {
     pub live: Option<&'static str>,
 }
 
-/// "HH:MM:SS" of a time, UTC.
-pub fn clock(t: Timestamp) -> String {
-    let iso = t.to_rfc3339();
-    iso.get(11..19).unwrap_or(&iso).to_owned()
+/// The care home's zone (`site.timezone`): every time a person reads on a page
+/// is its wall-clock time, as on the clock on the ward's wall. Set once when the
+/// router is built; UTC until then.
+static SITE_ZONE: std::sync::OnceLock<crate::model::SiteZone> = std::sync::OnceLock::new();
+
+pub(crate) fn remember_zone(zone: &crate::model::SiteZone) {
+    let _ = SITE_ZONE.set(zone.clone());
 }
 
-/// "2026-11-23 21:01 UTC".
+fn zone() -> crate::model::SiteZone {
+    SITE_ZONE
+        .get()
+        .cloned()
+        .unwrap_or_else(crate::model::SiteZone::utc)
+}
+
+/// "HH:MM:SS" of a time, in the site's local time.
+pub fn clock(t: Timestamp) -> String {
+    zone().clock_seconds(t)
+}
+
+/// The site zone's abbreviation at `t` ("GMT", "BST"), for a label.
+pub fn zone_abbreviation(t: Timestamp) -> String {
+    zone().abbreviation(t)
+}
+
+/// "HH:MM" of a time, in the site's local time.
+pub fn short_clock(t: Timestamp) -> String {
+    zone().clock(t)
+}
+
+/// "2026-11-23 21:01", in the site's local time.
 pub fn date_time(t: Timestamp) -> String {
-    let iso = t.to_rfc3339();
-    match (iso.get(0..10), iso.get(11..16)) {
-        (Some(d), Some(hm)) => format!("{d} {hm} UTC"),
-        _ => iso,
-    }
+    zone().date_time(t)
 }
 
 /// The whole page. `title` is the page's `h1` and the window title.
@@ -122,7 +143,7 @@ pub fn page(frame: Frame<'_>, title: &str, body: Markup) -> Markup {
                         }
                     }
                     p.updated {
-                        span id="updated" { "Updated " time datetime=(frame.now.to_rfc3339()) { (clock(frame.now)) " UTC" } }
+                        span id="updated" { "Updated " time datetime=(frame.now.to_rfc3339()) { (clock(frame.now)) " " (zone().abbreviation(frame.now)) } }
                         @if frame.live.is_some() {
                             " · " span id="live-status" role="status" { "" }
                         }
@@ -135,7 +156,7 @@ pub fn page(frame: Frame<'_>, title: &str, body: Markup) -> Markup {
                         None => (body),
                     }
                 }
-                footer { "carehub " (env!("CARGO_PKG_VERSION")) " · values older than the clinical window are marked STALE · times in UTC" }
+                footer { "carehub " (env!("CARGO_PKG_VERSION")) " · values older than the clinical window are marked STALE · times in " (zone().name()) " local time" }
             }
         }
     }

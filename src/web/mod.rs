@@ -67,6 +67,8 @@ pub struct AppState {
     pub alerts: crate::alerts::SharedBook,
     /// `site.gateway_id`, shown in every page's header.
     pub gateway_name: Arc<str>,
+    /// `site.timezone`: the times on the pages are its local time.
+    pub zone: crate::model::SiteZone,
     /// The decode stage's counters, for `/metrics`.
     pub ingest: Arc<crate::ingest::IngestStats>,
     /// Live-update notifications for `/events`.
@@ -85,6 +87,7 @@ pub fn app(state: AppState) -> Router {
         https: state.auth.https,
     });
     pages::remember_gateway_name(&state.gateway_name);
+    layout::remember_zone(&state.zone);
     Router::new()
         .route("/", get(pages::overview))
         .route("/healthz", get(api::healthz))
@@ -323,3 +326,6 @@ mod tests;
 
 #[cfg(test)]
 mod pages_tests;
+
+#[cfg(test)]
+mod pipeline_tests;

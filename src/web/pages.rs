@@ -115,7 +115,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
     };
     // The vital signs stay on screen even if the alert book cannot be read.
     let alerts = match alert_rows {
-        Ok(rows) => super::alerts::open_alerts(&rows.iter().collect::<Vec<_>>()),
+        Ok(rows) => super::alerts::open_alerts(&rows.iter().collect::<Vec<_>>(), now),
         Err(e) => {
             tracing::error!(error = %e, "alerts not shown");
             html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }
@@ -150,7 +150,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
                 "Cloud link: " (uplink.state.as_str())
                 ", " (uplink.backlog) " readings waiting"
                 @if let Some((at, e)) = &uplink.last_error {
-                    " — last problem at " (at.to_rfc3339()) ": " (e)
+                    " — last problem at " (layout::date_time(*at)) ": " (e)
                 }
             }
         }
@@ -249,14 +249,27 @@ pub(super) fn vital_row(
     } else {
         (v.quantity.label(), with_unit(v))
     };
+    // A value no person can have is a sensor fault: named as such, not scored.
+    let text = if crate::clinical::implausible(v.quantity, v.unit, v.value) {
+        format!("{text} — check the sensor")
+    } else {
+        text
+    };
+    // A device clock ahead of the gateway: the value is timed on its receipt.
+    let clock_ahead = v
+        .device_time
+        .is_some_and(|d| d > v.taken_at.saturating_add(crate::clinical::FUTURE_TOLERANCE));
     html! {
         @match fresh {
             Freshness::Current => tr {
-                th scope="row" { (label) }
-                td { span.v { (text) } span.age { (age) } }
+                th scope="row" { (label) @if clock_ahead { span.badge.clock { "CHECK CLOCK" } } }
+                td {
+                    span.v { (text) } span.age { (age) }
+                    @if clock_ahead { " " span.clock { "device clock ahead; timed on receipt" } }
+                }
             },
             Freshness::Stale => tr.stale {
-                th scope="row" { (label) span.badge { "STALE" } }
+                th scope="row" { (label) span.badge { "STALE" } @if clock_ahead { span.badge.clock { "CHECK CLOCK" } } }
                 td { span.v { (text) } span.age { "last reading " (age) } }
             },
             Freshness::FutureDated => tr.stale {
@@ -338,6 +351,9 @@ pub(super) fn news2_of(
             value: v.value,
             unit: v.unit,
             taken_at: v.taken_at,
+            device_time: v.device_time,
+            device: Some(v.device),
+            reading_id: v.reading_id,
         })
         .collect();
     news2_from_readings(&samples, scale, now, window)
@@ -354,15 +370,46 @@ pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
         Band::Medium => "MEDIUM: urgent response",
         Band::High => "HIGH: emergency response",
     };
+    let implausible: Vec<&crate::clinical::Implausible> = s.implausible.iter().collect();
     let missing: Vec<&str> = s
         .score
         .missing
         .iter()
+        .filter(|p| !implausible.iter().any(|i| i.parameter == **p))
         .map(|p| parameter_label(*p))
         .collect();
     let partial = if s.score.partial() { " (partial)" } else { "" };
+    let left_out = |i: &crate::clinical::Implausible| {
+        let shown = LatestValue {
+            quantity: match i.parameter {
+                Parameter::Temperature => Quantity::BodyTemperature,
+                Parameter::Spo2 => Quantity::Spo2,
+                Parameter::Pulse => Quantity::PulseRate,
+                Parameter::Systolic => Quantity::SystolicPressure,
+                _ => Quantity::RespirationRate,
+            },
+            value: Value::Number(i.value),
+            unit: i.unit,
+            taken_at: i.taken_at,
+            device: Default::default(),
+            device_time: None,
+            reading_id: None,
+        };
+        format!(
+            "{} {} — check the sensor",
+            parameter_label(i.parameter),
+            with_unit(&shown)
+        )
+    };
+    // Nothing scored (only implausible values): no number to show.
+    let scored = !s.score.components.is_empty();
     html! {
-        @if s.stale {
+        @if !scored {
+            div.news.stale role="status" {
+                strong { "No NEWS2" }
+                @for i in &implausible { small.implausible { "Left out: " (left_out(i)) } }
+            }
+        } @else if s.stale {
             div.news.stale role="status" {
                 strong { "NEWS2 " (s.score.total) (partial) } span.badge { "STALE" }
                 small { "from readings " (describe_age(s.oldest.age_at(now))) "; not current" }
@@ -370,6 +417,8 @@ pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
         } @else {
             div class=(format!("news band-{}", band.as_str())) role="status" {
                 strong { "NEWS2 " (s.score.total) (partial) " — " (words) }
+                small.age { "from values up to " (minutes_old(s.oldest.age_at(now))) " old" }
+                @for i in &implausible { small.implausible { "Left out: " (left_out(i)) } }
                 @if !missing.is_empty() {
                     small { "Missing: " (missing.join(", ")) ". Enter an observation set to complete it." }
                 }
@@ -380,12 +429,16 @@ pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
 
 fn parameter_label(p: Parameter) -> &'static str {
     match p {
-        Parameter::RespRate => "respiration rate",
-        Parameter::Spo2 => "SpO₂",
-        Parameter::Oxygen => "air or oxygen",
         Parameter::Systolic => "systolic BP",
-        Parameter::Pulse => "pulse",
-        Parameter::Consciousness => "consciousness",
-        Parameter::Temperature => "temperature",
+        p => p.label(),
+    }
+}
+
+/// "48 min", "12 s": how old the oldest value of a score is, in the words (and
+/// so at the moments of change) of the values' own ages on the same tile.
+fn minutes_old(age: std::time::Duration) -> String {
+    match describe_age(age).strip_suffix(" ago") {
+        Some(words) => words.to_owned(),
+        None => "a few seconds".to_owned(),
     }
 }

@@ -1069,10 +1069,18 @@ async fn the_overview_cache_never_outlives_a_change() {
         message: "only 10 MB of disk free".into(),
         score: None,
         level: "warning",
+        partial: false,
+        missing: Vec::new(),
+        parameter: None,
+        reading_ids: Vec::new(),
     };
     let id = {
         let mut book = state.alerts.lock().unwrap();
-        book.sync(std::slice::from_ref(&cause), Timestamp::now())
+        let eval = crate::clinical::alerts::Evaluation {
+            causes: vec![cause],
+            undetermined: Vec::new(),
+        };
+        book.sync(&eval, &Default::default(), Timestamp::now())
             .unwrap();
         book.list(0).unwrap()[0].id
     };
@@ -1090,4 +1098,145 @@ async fn the_overview_cache_never_outlives_a_change() {
     let (_, page) = get(&state, "/").await;
     assert!(page.contains("acknowledged by test-nurse"), "{page}");
     assert!(state.overview.reads() > reads);
+}
+
+/// The words a person reads on a page: the text outside tags, scripts and styles.
+fn visible_text(html: &str) -> String {
+    let mut text = String::new();
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        text.push_str(&rest[..open]);
+        text.push(' ');
+        let tag = &rest[open..];
+        let skip_to = if tag.starts_with("<script") {
+            tag.find("</script>").map(|i| i + "</script>".len())
+        } else if tag.starts_with("<style") {
+            tag.find("</style>").map(|i| i + "</style>".len())
+        } else {
+            tag.find('>').map(|i| i + 1)
+        };
+        match skip_to {
+            Some(n) => rest = &tag[n..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    text.push_str(rest);
+    text
+}
+
+/// `2026-12-01T20:17` anywhere in `text` (the shape of RFC 3339 / ISO 8601).
+fn iso_timestamp(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd";
+    (0..b.len().saturating_sub(shape.len() - 1)).find_map(|i| {
+        let fits = shape.iter().zip(&b[i..]).all(|(s, c)| match s {
+            b'd' => c.is_ascii_digit(),
+            s => s == c,
+        });
+        fits.then(|| &text[i..i + shape.len()])
+    })
+}
+
+/// A word like `heart_rate_monitor` or `spo2_scale`: a wire name, not staff's words.
+fn snake_case_word(text: &str) -> Option<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .find(|w| {
+            let parts: Vec<&str> = w.split('_').collect();
+            parts.len() > 1 && parts.iter().all(|p| !p.is_empty())
+        })
+}
+
+/// Issue 15: the pairing and devices page, the gateway page, the audit log, the
+/// resident's page (its chart), the overview, the alerts and the clinical page
+/// read in the site's local time ("N min ago", "2026-12-01 20:17"), never an
+/// ISO timestamp, never "UTC", never a machine word.
+#[tokio::test]
+async fn staff_pages_read_in_local_time_and_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, state) = setup(dir.path()).await;
+    let now = Timestamp::now();
+    // The device was heard 90 s ago, and something was stored (last commit).
+    store
+        .handle
+        .event_sink()
+        .seen(vec![crate::store::Seen {
+            device: "C0:00:00:00:00:01".parse().unwrap(),
+            rssi: Some(-60),
+            at: now.saturating_sub(Duration::from_secs(90)),
+            replay: None,
+        }])
+        .unwrap();
+    store
+        .handle
+        .ingest(vec![reading(
+            Quantity::PulseRate,
+            Value::Number(72.0),
+            Unit::PerMinute,
+            Duration::from_secs(60),
+        )])
+        .await
+        .unwrap();
+    // A recorded event stored under a machine name, a problem and a certificate.
+    state
+        .alerts
+        .lock()
+        .unwrap()
+        .set_spo2_scale(1, crate::clinical::news2::Spo2Scale::Two, "nurse", now)
+        .unwrap();
+    state
+        .uplink
+        .set_error(now, "the broker refused the certificate".into());
+    state.uplink.set_certificate(
+        Some(now.saturating_add(Duration::from_secs(40 * 86_400))),
+        None,
+    );
+    // Pairing open (its closing time is shown), recorded in the pairing record.
+    let (status, _, body) = call(&state, form("/pairing/window", "seconds=120")).await;
+    assert!(status.is_redirection(), "{status}: {body}");
+
+    for (uri, expected) in [
+        (
+            "/pairing",
+            &[
+                "Pairing is ON",
+                "pulse oximeter",
+                "1 min ago",
+                "SpO₂ scale changed",
+            ][..],
+        ),
+        (
+            "/gateway",
+            &[
+                "the broker refused the certificate",
+                "days left",
+                "Last stored",
+                " min ago",
+            ][..],
+        ),
+        ("/audit", &["entries, newest first", "When"][..]),
+        // The resident's page with a chart: its time axis is labelled in the
+        // site's zone.
+        ("/residents/1", &["Ada", "GMT"][..]),
+        ("/", &["Ada"][..]),
+        ("/alerts", &["Alerts"][..]),
+        ("/residents/1/clinical", &["Ada"][..]),
+    ] {
+        let (status, _, html) = call(&state, Request::get(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {html}");
+        let text = visible_text(&html);
+        for words in expected {
+            assert!(text.contains(words), "{uri}: no {words:?} in {text}");
+        }
+        assert_eq!(iso_timestamp(&text), None, "{uri}: {text}");
+        assert!(!text.contains("UTC"), "{uri}: says UTC: {text}");
+        assert_eq!(snake_case_word(&text), None, "{uri}: {text}");
+        // The machine-readable time stays in the markup, for scripts.
+        assert!(html.contains("datetime=\""), "{uri}: no datetime attribute");
+    }
+    // The audit log has rows to show (the requests above).
+    let (_, _, audit) = call(&state, Request::get("/audit").body(Body::empty()).unwrap()).await;
+    assert!(audit.contains("<td><time datetime="), "{audit}");
 }

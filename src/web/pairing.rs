@@ -306,7 +306,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                     p {
                         strong { "Pairing is ON" } " for "
                         span #pairing-countdown role="timer" data-seconds-left=(left_s) { (countdown(left_s)) }
-                        " more (until " time datetime=(c.to_rfc3339()) { (c.to_rfc3339()) } "). New sensors nearby will be paired; switch them on now."
+                        " more (until " time datetime=(c.to_rfc3339()) { (super::layout::clock(c)) } "). New sensors nearby will be paired; switch them on now."
                     }
                     form method="post" action="/pairing/close" { (super::auth::csrf_field()) button type="submit" { "Stop pairing now" } }
                     // The countdown is in live.js: the CSP allows no inline script.
@@ -362,7 +362,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                         @for d in &devices {
                             @let address = d.device.address.to_string();
                             tr {
-                                td { (d.device.name.as_deref().unwrap_or("(no name)")) br; small { (address) " " (d.device.kind.as_str()) } }
+                                td { (d.device.name.as_deref().unwrap_or("(no name)")) br; small { (address) " " (d.device.kind.label()) } }
                                 td {
                                     @match &d.device.subject {
                                         Subject::Resident(id) => {
@@ -380,7 +380,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                                 td { @if let Some(r) = d.rssi { (r) " dBm" } }
                                 td {
                                     @match d.last_seen {
-                                        Some(t) => { (super::describe_age(t.age_at(now))) br; small { (t.to_rfc3339()) } }
+                                        Some(t) => { (super::describe_age(t.age_at(now))) br; small { time datetime=(t.to_rfc3339()) { (super::layout::date_time(t)) } } }
                                         None => { "never" }
                                     }
                                 }
@@ -434,9 +434,9 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                 ul {
                     @for e in &events {
                         li {
-                            (e.at.to_rfc3339()) " "
+                            time datetime=(e.at.to_rfc3339()) { (super::layout::date_time(e.at)) } " "
                             @if let Some(a) = &e.device { (a) " " }
-                            (e.what)
+                            (event_words(&e.what))
                             @if let Some(who) = &e.who { " (by " (who) ")" }
                         }
                     }
@@ -454,6 +454,15 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
         )
         .into_string(),
     ))
+}
+
+/// A recorded event's words for staff: the few events stored under a machine
+/// name are said in words (issue 15: no wire names on a page).
+fn event_words(what: &str) -> &str {
+    match what {
+        "spo2_scale" => "SpO₂ scale changed",
+        other => other,
+    }
 }
 
 /// "1 min 59 s", "45 s": the time left in the pairing window.

@@ -162,7 +162,7 @@ pub async fn page(
                     tbody {
                         @for dev in &d.devices {
                             tr {
-                                td { (dev.device.name.as_deref().unwrap_or("(no name)")) span.age { (dev.device.address.to_string()) " · " (dev.device.kind.as_str()) } }
+                                td { (dev.device.name.as_deref().unwrap_or("(no name)")) span.age { (dev.device.address.to_string()) " · " (dev.device.kind.label()) } }
                                 td {
                                     @match dev.battery_percent {
                                         Some(b) if b <= 15 => { (b) " %" span.badge.bad { "LOW" } }
@@ -336,7 +336,7 @@ fn chart(q: Quantity, points: &[&HistoryValue], now: Timestamp, gap: Duration) -
             tick_label(*t)
         );
     }
-    // x ticks every 3 hours on the hour, UTC.
+    // x ticks every 3 hours on the hour (of UTC), labelled in the site's time.
     let hour = 3_600_000i64;
     let mut t = (start / hour + 1) * hour;
     while t <= end {
@@ -361,11 +361,12 @@ fn chart(q: Quantity, points: &[&HistoryValue], now: Timestamp, gap: Duration) -
     );
     let _ = write!(
         svg,
-        r#"<text x="4" y="{:.1}">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">UTC</text>"#,
+        r#"<text x="4" y="{:.1}">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
         TOP - 16.0,
         escape(unit),
         W - RIGHT,
-        H - 2.0
+        H - 2.0,
+        escape(&layout::zone_abbreviation(Timestamp::from_unix_ms(end)))
     );
     // The values: a line per run without a gap longer than the window; a lone
     // value is a dot.

@@ -58,6 +58,8 @@ pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         auth: auth::testing::settings(),
         alerts: crate::alerts::open_book(&dir.join("t.db")).unwrap(),
         gateway_name: "test-gw".into(),
+        // The project's default zone: pages must never say "UTC" (issue 15).
+        zone: SiteZone::named("Europe/London").unwrap(),
         ingest: Default::default(),
         events: events::Events::new(tokio_util::sync::CancellationToken::new()),
         web_metrics: Default::default(),
@@ -422,6 +424,12 @@ fn stage(state: &AppState, store: &Store, dir: &std::path::Path) -> crate::alert
             disk_low_bytes: 0,
             ..Default::default()
         },
+        // No minimum hold: a cause that stops holding clears at the next look.
+        lifecycle: crate::clinical::alerts::Lifecycle {
+            clear_hold: Duration::ZERO,
+            ..Default::default()
+        },
+        started_at: crate::model::Timestamp::from_unix_ms(0),
         every: Duration::from_secs(30),
         store_stats: store.handle.stats().clone(),
         uplink: None,
@@ -467,7 +475,7 @@ async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
 
     let (_, html) = get(&state, "/").await;
     assert!(html.contains("Alerts (1)"), "{html}");
-    assert!(html.contains("spo2 scores 3"), "{html}");
+    assert!(html.contains("SpO₂ scores 3"), "{html}");
     assert!(html.contains(&format!("/alerts/{id}/ack")), "{html}");
 
     assert!(!html.contains("name=\"by\""), "no name to type: {html}");
@@ -934,25 +942,31 @@ async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
     let r: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(r["residents"][0]["spo2_scale"], 2);
     assert_eq!(r["residents"][0]["news2"]["total"], 0, "{json}");
-    // The single-3 alert resolves once, and says so live.
-    let resolved = stage
-        .evaluate_once(Timestamp::now())
-        .await
-        .unwrap()
-        .resolved;
-    assert_eq!(resolved, raised);
+    // The single-3 alert clears once, and says so live; nobody has seen it,
+    // so it stays open (a clinical alert latches) until acknowledged.
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert_eq!(r.cleared, raised);
+    assert!(r.resolved.is_empty(), "{r:?}");
     assert_eq!(
         changes.try_recv().unwrap().kind,
-        crate::store::AlertChangeKind::Resolved
+        crate::store::AlertChangeKind::Cleared
     );
-    assert!(
-        stage
-            .evaluate_once(Timestamp::now())
-            .await
-            .unwrap()
-            .resolved
-            .is_empty()
-    );
+    let r = stage.evaluate_once(Timestamp::now()).await.unwrap();
+    assert!(r.resolved.is_empty() && r.cleared.is_empty(), "{r:?}");
+    state
+        .alerts
+        .lock()
+        .unwrap()
+        .acknowledge(raised[0], "test-nurse", Timestamp::now())
+        .unwrap();
+    let a = state
+        .alerts
+        .lock()
+        .unwrap()
+        .get(raised[0])
+        .unwrap()
+        .unwrap();
+    assert!(a.resolved_at.is_some(), "{a:?}");
     // In the audit record, with who set it.
     let reader = state.reader.clone();
     let events = tokio::task::spawn_blocking(move || reader.pairing_events(10))

@@ -230,6 +230,8 @@ mod tests {
                     },
                     taken_at: Timestamp::from_unix_ms(*at),
                     device: "C0:00:00:00:00:01".parse::<DeviceAddress>().unwrap(),
+                    device_time: None,
+                    reading_id: None,
                 })
                 .collect(),
         }

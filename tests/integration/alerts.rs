@@ -48,6 +48,8 @@ fn stage(store: &Store, book: &SharedBook, dir: &std::path::Path) -> AlertStage 
             disk_low_bytes: 0,
             ..Limits::default()
         },
+        lifecycle: Default::default(),
+        started_at: carehub::model::Timestamp::from_unix_ms(0),
         every: Duration::from_secs(30),
         store_stats: store.handle.stats().clone(),
         uplink: None,
@@ -171,12 +173,125 @@ async fn an_alert_raised_offline_survives_a_restart_and_reaches_the_broker_once_
     };
     assert!(alerts.iter().all(|a| a.id == uuid), "{alerts:?}");
     let a = &alerts[0];
-    assert_eq!(a.schema, "carehub.alert/1");
+    assert_eq!(a.schema, "carehub.alert/2");
     assert_eq!(a.resident, "res-0001");
     assert_eq!(a.kind, "news2-single-3");
     assert_eq!(a.level, "low-medium");
     assert_eq!(a.score, Some(3));
+    assert_eq!(a.announcement, 1);
+    // What staff see travels with it (issue 15): partial, what is missing, the
+    // parameter that scored 3 and the reading it came from.
+    assert!(a.partial);
+    assert!(a.missing.iter().any(|m| m == "resp_rate"), "{a:?}");
+    assert_eq!(a.parameter.as_deref(), Some("spo2"));
+    assert_eq!(a.reading_ids.len(), 1, "{a:?}");
+    let stored: Vec<String> = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let mut st = c
+            .prepare("SELECT lower(hex(id)) FROM readings_text WHERE quantity = 'spo2'")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(
+        stored.contains(&a.reading_ids[0].replace('-', "")),
+        "{stored:?} {a:?}"
+    );
     assert!(book.lock().unwrap().unpublished(10).unwrap().is_empty());
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), uplink)
+        .await
+        .expect("uplink stops within 5 s")
+        .unwrap();
+}
+
+/// Issue 15: with `uplink.payload = "fhir"`, the NEWS2 alert reaching a real
+/// broker carries the score as a FHIR Observation (SNOMED CT NEWS2 total) that
+/// the crate's validator accepts, about the resident by reference only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fhir_payload_a_news2_alert_reaches_the_broker_with_its_score_observation() {
+    let pki = Pki::new();
+    let mut broker = Broker::new(&pki, "server");
+    broker.start();
+    let sub = Subscriber::start(&pki, broker.port);
+    sub.wait_subscribed();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("carehub.db");
+    let store = open_store(dir.path());
+    provision(&store.handle).await;
+    let book = open_book(&db).unwrap();
+    spo2(&store.handle, 88.0).await;
+    let raised = stage(&store, &book, dir.path())
+        .evaluate_once(Timestamp::now())
+        .await
+        .unwrap()
+        .raised;
+    assert_eq!(raised.len(), 1);
+
+    let mut health = Health::default();
+    let status = Arc::new(UplinkStatus::new(ConnectionState::Connecting));
+    let cancel = CancellationToken::new();
+    let uplink = tokio::spawn(
+        Uplink {
+            settings: settings(
+                &pki,
+                broker.port,
+                "localhost",
+                "gateway",
+                PayloadFormat::Fhir,
+            ),
+            store: store.handle.clone(),
+            status: status.clone(),
+            heartbeat: health.register("uplink"),
+            cancel: cancel.clone(),
+            reload: Arc::new(tokio::sync::Notify::new()),
+            version: "test",
+            alerts: Some(AlertFeed {
+                book: book.clone(),
+                changed: Arc::new(tokio::sync::Notify::new()),
+            }),
+        }
+        .run(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let a: AlertMessage = loop {
+        let got = sub
+            .messages()
+            .iter()
+            .find(|m| m.topic == "carehub/v1/oak-house/gw-test/alerts")
+            .map(|m| serde_json::from_slice(&m.payload).unwrap());
+        if let Some(a) = got {
+            break a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the alert never reached the broker; status {:?}; log {}",
+            status.snapshot(),
+            broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(a.kind, "news2-single-3");
+    let bundle = a
+        .fhir
+        .as_ref()
+        .expect("a NEWS2 alert with FHIR carries the score");
+    assert_eq!(carehub::uplink::fhir::validate(bundle), Ok(1));
+    let obs = &bundle["entry"][1]["resource"];
+    assert_eq!(obs["code"]["coding"][0]["code"], "1104051000000101");
+    assert_eq!(obs["code"]["coding"][0]["system"], "http://snomed.info/sct");
+    assert_eq!(obs["valueInteger"], 3);
+    assert_eq!(obs["subject"]["identifier"]["value"], "res-0001");
+    assert!(
+        obs["note"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("resp_rate")
+    );
 
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(5), uplink)

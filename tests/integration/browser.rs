@@ -51,12 +51,24 @@ struct Gateway {
 
 impl Gateway {
     fn start() -> Gateway {
+        Gateway::start_with("")
+    }
+
+    /// The demo with `overlay` (TOML) laid over its configuration.
+    fn start_with(overlay: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         seed_stale_resident(&dir.path().join("carehub.db"));
         seed_nurse(&dir.path().join("carehub.db"));
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let daemon = Daemon::demo(port, dir.path(), &["--residents", &RESIDENTS.to_string()]);
+        let overlay_path = dir.path().join("overlay.toml");
+        std::fs::write(&overlay_path, overlay).unwrap();
+        let residents = RESIDENTS.to_string();
+        let mut args = vec!["--residents", &residents];
+        if !overlay.is_empty() {
+            args.extend(["--config", overlay_path.to_str().unwrap()]);
+        }
+        let daemon = Daemon::demo(port, dir.path(), &args);
         // Every simulated resident has SpO2, pulse and temperature shown.
         let ready = wait_for(Duration::from_secs(15), || {
             let (status, body) = http_get(addr, "/api/v1/residents")?;
@@ -667,6 +679,98 @@ fn a_resident_is_opened_and_an_alert_is_acknowledged() {
         "{api}"
     );
     screenshot(&b, "alerts", false);
+}
+
+/// Saves an observation set of one SpO₂ value, taken now, through the form.
+fn enter_spo2(b: &Browser, g: &Gateway, resident: i64, spo2: &str) {
+    b.goto(&g.url(&format!("/residents/{resident}/observations")))
+        .unwrap();
+    let field = b.find("form.obs input[name=spo2]").unwrap();
+    b.type_into(&field, spo2).unwrap();
+    b.click_to_page(&b.find("form.obs button").unwrap())
+        .unwrap();
+    assert!(
+        !b.url().unwrap().contains("/observations"),
+        "the set was saved: {}",
+        b.url().unwrap()
+    );
+}
+
+/// The text of the open alert about `name` on the Alerts page, if there is one.
+fn open_alert_about(b: &Browser, g: &Gateway, name: &str) -> Option<String> {
+    b.goto(&g.url("/alerts")).ok()?;
+    b.find_all("section.alerts li.alert")
+        .ok()?
+        .iter()
+        .filter_map(|li| b.text(li).ok())
+        .find(|t| t.contains(name))
+}
+
+/// Issue 15: a clinical alert latches. A nurse records a low SpO₂ (an alert
+/// opens), then a normal one (the cause clears): the alert stays on the page as
+/// "cleared at HH:MM, not yet seen" until she acknowledges it, and only then
+/// is it resolved.
+#[test]
+fn a_latched_alert_whose_cause_has_cleared_stays_until_acknowledged() {
+    // No minimum hold, and a look every second, so that the test need not wait.
+    let g = Gateway::start_with("[alerts]\nclear_after_minutes = 0\nevaluate_every_seconds = 1\n");
+    let b = staff_browser(&g, TABLET);
+    let (id, name, _) = STALE_RESIDENT;
+    enter_spo2(&b, &g, id, "85");
+    let raised = wait_for(Duration::from_secs(15), || {
+        open_alert_about(&b, &g, name).filter(|t| t.contains("SpO₂ scores 3"))
+    });
+    let raised = raised.expect("an alert for the low SpO₂ within 15 s");
+    assert!(!raised.contains("cleared"), "{raised}");
+
+    enter_spo2(&b, &g, id, "97");
+    let cleared = wait_for(Duration::from_secs(15), || {
+        open_alert_about(&b, &g, name).filter(|t| t.contains("not yet seen"))
+    });
+    let cleared = cleared.expect("the alert still open, marked cleared, within 15 s");
+    assert!(
+        cleared.contains("cleared at ") && cleared.contains("Acknowledge"),
+        "{cleared}"
+    );
+    // Still open while nobody has seen it, whatever the rules say meanwhile.
+    let api = g.api("/api/v1/alerts");
+    let alert = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["message"].as_str().is_some_and(|m| m.contains(name)))
+        .cloned()
+        .expect("the alert in the API");
+    assert!(alert["cleared_at"].is_string(), "{alert}");
+    assert!(alert.get("resolved_at").is_none(), "{alert}");
+    assert_eq!(alert["class"], "clinical");
+
+    let form = format!(
+        "section.alerts li.alert[data-alert='{}'] form button",
+        alert["id"]
+    );
+    b.goto(&g.url("/alerts")).unwrap();
+    b.click_to_page(&b.find(&form).unwrap()).unwrap();
+    let gone = wait_for(Duration::from_secs(10), || {
+        open_alert_about(&b, &g, name).is_none().then_some(())
+    });
+    assert!(gone.is_some(), "acknowledged: no longer open");
+    b.goto(&g.url("/alerts")).unwrap();
+    let resolved = b.text(&b.find("table.alerts").unwrap()).unwrap();
+    assert!(
+        resolved.contains(name) && resolved.contains(NURSE.0),
+        "in the resolved list with who acknowledged it: {resolved}"
+    );
+    let api = g.api("/api/v1/alerts");
+    let alert = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == alert["id"])
+        .cloned()
+        .unwrap();
+    assert_eq!(alert["acknowledged_by"], NURSE.0);
+    assert!(alert["resolved_at"].is_string(), "{alert}");
 }
 
 #[test]

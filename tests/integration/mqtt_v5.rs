@@ -181,6 +181,8 @@ async fn a_refused_publish_deletes_nothing_is_held_and_raised_and_goes_once_the_
             disk_low_bytes: 0,
             ..Limits::default()
         },
+        lifecycle: Default::default(),
+        started_at: Timestamp::from_unix_ms(0),
         every: Duration::from_secs(30),
         store_stats: store.handle.stats().clone(),
         uplink: Some(up.status.clone()),

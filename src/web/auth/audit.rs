@@ -57,9 +57,9 @@ pub async fn page(
         section.audit {
             p { (total) " entries, newest first. Page " (n) " of " (pages) ". " a href="/audit.csv" download { "Export all as CSV" } }
             table {
-                tr { th { "When (UTC)" } th { "Who" } th { "What" } th { "About" } th { "From" } th { "Result" } }
+                tr { th { "When" } th { "Who" } th { "What" } th { "About" } th { "From" } th { "Result" } }
                 @for e in &entries {
-                    tr { td { (e.at.to_rfc3339()) } td { (e.who) } td { (e.action) } td { (e.target) } td { (e.client) } td { (e.status) } }
+                    tr { td { time datetime=(e.at.to_rfc3339()) { (crate::web::layout::date_time(e.at)) } } td { (e.who) } td { (e.action) } td { (e.target) } td { (e.client) } td { (e.status) } }
                 }
             }
             nav {
