@@ -18,9 +18,11 @@ pub enum Who {
     /// Anyone from the gateway itself (the loopback address), else an admin.
     /// Meant for `/metrics`, which a local Prometheus agent scrapes.
     LoopbackOrAdmin,
-    /// A signed-in user with this role or a higher one, or `carehub pair` (the
-    /// daemon's `cli-token`, accepted from loopback only). The only lines the
-    /// token passes: it opens and closes the pairing window and nothing else.
+    /// A signed-in user with this role or a higher one, or the gateway's own
+    /// commands (the daemon's `cli-token`, accepted from loopback only). The
+    /// only lines the token passes: `carehub pair` opens and closes the pairing
+    /// window, and `carehub health-check` reads the gateway's status (no
+    /// residents' data); nothing else.
     AtLeastOrPairCli(Role),
 }
 
@@ -76,6 +78,8 @@ const NURSE: Who = AtLeast(Role::Nurse);
 const ADMIN: Who = AtLeast(Role::Admin);
 /// Nurses and up, and `carehub pair`: the pairing window.
 const NURSE_OR_PAIR_CLI: Who = Who::AtLeastOrPairCli(Role::Nurse);
+/// Carers and up, and `carehub health-check`: the gateway's status.
+const CARER_OR_LOCAL_CLI: Who = Who::AtLeastOrPairCli(Role::Carer);
 
 /// The policy. One line per method and route.
 pub const POLICY: &[Rule] = &[
@@ -156,7 +160,7 @@ pub const POLICY: &[Rule] = &[
     rule("GET", "/assets/live.js", Anyone, Changes),
     rule("GET", "/gateway", CARER, Changes),
     rule("POST", "/gateway/uplink/retry", NURSE, Changes),
-    rule("GET", "/api/v1/gateway", CARER, Changes),
+    rule("GET", "/api/v1/gateway", CARER_OR_LOCAL_CLI, Changes),
     rule("GET", "/api/v1/openapi.json", CARER, Changes),
     rule("GET", "/residents/{id}", CARER, View("resident detail")),
     rule(

@@ -475,6 +475,10 @@ async fn the_cli_token_only_opens_and_closes_the_pairing_window_and_is_named_in_
     assert_eq!(open.status, StatusCode::OK, "{}", open.body);
     let close = call(&state, cli("DELETE", "/api/v1/pairing/window", "")).await;
     assert!(close.status.is_success(), "{} {}", close.status, close.body);
+    // `carehub health-check` reads the gateway's status: no residents in it.
+    let status = call(&state, cli("GET", "/api/v1/gateway", "")).await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.body);
+    assert!(status.body.contains("\"storage\""), "{}", status.body);
     let entries = state.accounts.audit_page(0, 100).unwrap();
     for action in [
         "POST /api/v1/pairing/window",
