@@ -79,7 +79,7 @@ fn reading(i: u64, n: u64, now_ms: i64) -> Reading {
 
 fn write_config(dir: &Path, uplink: Option<(&Pki, u16)>) -> PathBuf {
     let mut text = format!(
-        "[site]\nid = \"oak-house\"\ngateway_id = \"gw-outage\"\n\
+        "[site]\nid = \"oak-house\"\ngateway_id = \"gw-test\"\n\
          [sensors]\nsource = \"simulator\"\n[simulator]\nresidents = 40\n\
          [store]\npath = \"{db}\"\n\
          [web]\nlisten = \"127.0.0.1:{web}\"\nhttps = false\n",

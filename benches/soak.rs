@@ -170,7 +170,7 @@ impl Cloud {
 fn write_config(dir: &Path, pki: &Pki, port: u16, residents: u64) -> PathBuf {
     let p = pki.pair("gateway");
     let text = format!(
-        "[site]\nid = \"oak-house\"\ngateway_id = \"gw-soak\"\n\
+        "[site]\nid = \"oak-house\"\ngateway_id = \"gw-test\"\n\
          [sensors]\nsource = \"simulator\"\n\
          [simulator]\nresidents = {residents}\nevery_ms = 1000\n\
          [store]\npath = \"{db}\"\n\
