@@ -79,12 +79,18 @@ fn csv_field(s: &str) -> String {
     crate::store::accounts::csv_cell(s)
 }
 
-/// The CSV export of the given entries.
+/// The CSV export of the given entries. The first column is the time as the
+/// care home's clocks showed it, with the zone's abbreviation, for the person
+/// who opens the file; the second the same instant in UTC, for a machine.
 pub fn csv(entries: &[AuditEntry]) -> String {
-    let mut out = String::from("at,who,action,target,client,status\r\n");
+    let mut out = String::from("local time,at_utc,who,action,target,client,status\r\n");
     for e in entries {
         out.push_str(&format!(
-            "{},{},{},{},{},{}\r\n",
+            "{}:{} {},{},{},{},{},{},{}\r\n",
+            crate::web::layout::date_time(e.at),
+            // Seconds: entries within a minute stay apart.
+            crate::web::layout::clock(e.at).get(6..8).unwrap_or("00"),
+            crate::web::layout::zone_abbreviation(e.at),
             e.at.to_rfc3339(),
             csv_field(&e.who),
             csv_field(&e.action),
@@ -185,9 +191,19 @@ mod tests {
             client: "10.0.0.2".into(),
             status: 303,
         };
+        // The local column is in whatever zone this test process's pages use
+        // (UTC, or Europe/London once a page test has set it).
+        let local = format!(
+            "{}:00 {}",
+            crate::web::layout::date_time(e.at),
+            crate::web::layout::zone_abbreviation(e.at)
+        );
+        assert!(local.starts_with("1970-01-01 0"), "{local}");
         assert_eq!(
             csv(&[e]),
-            "at,who,action,target,client,status\r\n1970-01-01T00:00:00.000Z,\"ann\",\"POST /users\",\"'=HYPERLINK(\"\"x\"\")\",\"10.0.0.2\",303\r\n"
+            format!(
+                "local time,at_utc,who,action,target,client,status\r\n{local},1970-01-01T00:00:00.000Z,\"ann\",\"POST /users\",\"'=HYPERLINK(\"\"x\"\")\",\"10.0.0.2\",303\r\n"
+            )
         );
     }
 }
