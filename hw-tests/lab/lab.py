@@ -11,6 +11,7 @@ Waits poll an observable condition and return as soon as it holds; their
 limits are generous because the guest runs under software emulation.
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -186,6 +187,7 @@ class Dbus:
 class Carehub:
     def __init__(self):
         self.proc = None
+        self._session = None
 
     def start(self):
         env = dict(os.environ, RUST_LOG="info,carehub::ble=debug", INVOCATION_ID="carehub-lab")
@@ -204,13 +206,43 @@ class Carehub:
         self.proc = None
         return code
 
-    def token(self):
-        return (STATE / "cli-token").read_text().strip()
+    def session(self):
+        """A signed-in nurse, as staff use the pages: the daemon's `cli-token`
+        only opens the pairing window (issue 17), so the lab writes the same
+        account and session rows the sign-in page writes (an account with no
+        password, a session stored by its token's SHA-256) into the daemon's
+        own database, as the integration tests do through its accounts store.
+        Made once carehub has made its database; kept across restarts."""
+        if self._session is None:
+            token = os.urandom(32).hex()
+            csrf = os.urandom(32).hex()
+            now = int(time.time() * 1000)
+            with sqlite3.connect(DB, timeout=10) as c:
+                c.execute(
+                    "INSERT INTO users (username, password_hash, role, created_at_ms, created_by) "
+                    "VALUES ('lab.nurse', '!', 'nurse', ?, 'hw-lab') ON CONFLICT (username) DO NOTHING",
+                    (now,),
+                )
+                (user,) = c.execute("SELECT id FROM users WHERE username = 'lab.nurse'").fetchone()
+                c.execute(
+                    "INSERT INTO sessions (token_hash, user_id, csrf, created_at_ms, last_seen_ms, client) "
+                    "VALUES (?, ?, ?, ?, ?, 'hw-lab')",
+                    (hashlib.sha256(token.encode()).digest(), user, csrf, now, now),
+                )
+            self._session = (token, csrf)
+        return self._session
 
     def api(self, method, path, body=None):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(WEB + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token()}")
+        try:
+            token, csrf = self.session()
+        except sqlite3.Error as e:
+            # No database (or no accounts tables) yet: carehub is still starting.
+            raise OSError(f"no session yet: {e}") from e
+        # Plain HTTP on loopback: the cookie without the __Host- prefix.
+        req.add_header("Cookie", f"carehub_session={token}")
+        req.add_header("X-CSRF-Token", csrf)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
