@@ -6,8 +6,13 @@
 //! not in the table stops parsing with an error, as the specification requires (the
 //! size of what follows is unknown).
 //!
+//! Device-information byte: bit 0 encrypted, bit 1 "MAC included" (the device's MAC
+//! follows, six bytes least significant first, before the objects), bit 2 trigger
+//! based, bits 5-7 the version.
+//!
 //! Encryption (bthome.io/encryption): AES-CCM, 4-byte MIC, no associated data, nonce
-//! = MAC ‖ `D2 FC` ‖ device-info byte ‖ counter. A device with a bind key must send
+//! = MAC ‖ `D2 FC` ‖ device-info byte ‖ counter, where the MAC is the one in the frame
+//! when it carries one (the advertiser's address otherwise). A device with a bind key must send
 //! encrypted data with a counter that only goes up; anything else is rejected
 //! (downgrade and replay protection).
 
@@ -18,6 +23,11 @@ use crate::model::{DeviceAddress, Quantity, Unit, Value};
 
 pub const SERVICE_UUID: u16 = 0xFCD2;
 const FORMAT: &str = "bthome_v2";
+
+/// Device-information bits.
+const INFO_ENCRYPTED: u8 = 0x01;
+const INFO_MAC_INCLUDED: u8 = 0x02;
+const INFO_TRIGGER_BASED: u8 = 0x04;
 
 /// A decoded BTHome frame and its packet id, for de-duplication by the caller.
 #[derive(Debug, Clone, PartialEq)]
@@ -245,10 +255,35 @@ fn object(id: u8) -> Option<&'static Object> {
 /// per-device state. Encrypted data is an error here; [`super::Decoder`] decrypts.
 pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
     let info = device_info(data)?;
-    if info & 0x01 != 0 {
+    if info & INFO_ENCRYPTED != 0 {
         return Err(DecodeError::Encrypted(FORMAT));
     }
-    parse_objects(info, &data[1..])
+    let (mac, objects) = split_mac(info, data.get(1..).unwrap_or_default())?;
+    let mut frame = parse_objects(info, objects)?;
+    if let Some(mac) = mac {
+        frame.decoded.attr("mac", AttrValue::Address(mac));
+    }
+    Ok(frame)
+}
+
+/// The MAC a frame carries, if its "MAC included" bit is set, and the bytes after it.
+/// The frame sends it least significant byte first; the address is in display order.
+fn split_mac(info: u8, rest: &[u8]) -> Result<(Option<DeviceAddress>, &[u8]), DecodeError> {
+    if info & INFO_MAC_INCLUDED == 0 {
+        return Ok((None, rest));
+    }
+    let mut c = Cursor::new(FORMAT, rest);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(c.take(6)?);
+    mac.reverse();
+    Ok((Some(DeviceAddress(mac)), rest.get(6..).unwrap_or_default()))
+}
+
+/// The MAC an advertisement's BTHome service data carries ("MAC included"), if any:
+/// the address to read its key and nonce by when the advertiser's is unknown or random.
+pub fn embedded_mac(data: &[u8]) -> Option<DeviceAddress> {
+    let info = device_info(data).ok()?;
+    split_mac(info, data.get(1..)?).ok()?.0
 }
 
 fn device_info(data: &[u8]) -> Result<u8, DecodeError> {
@@ -271,10 +306,13 @@ pub(crate) fn decode_with_state(
     state: &mut DeviceState,
 ) -> Result<Decoded, DecodeError> {
     let info = device_info(data)?;
-    let frame = if info & 0x01 != 0 {
+    let (mac, body) = split_mac(info, data.get(1..).unwrap_or_default())?;
+    let frame = if info & INFO_ENCRYPTED != 0 {
         let key = state.key.ok_or(DecodeError::Encrypted(FORMAT))?;
         let mut plain = [0u8; MAX_PLAIN];
-        let (n, counter) = decrypt(address, &key, data, &mut plain)?;
+        // A frame that carries its MAC is encrypted under that MAC, whatever
+        // address it was heard from.
+        let (n, counter) = decrypt(mac.unwrap_or(address), &key, info, body, &mut plain)?;
         if let Some(last) = state.last_bthome_counter
             && counter <= last
         {
@@ -294,8 +332,12 @@ pub(crate) fn decode_with_state(
         if state.key.is_some() {
             return Err(DecodeError::Downgrade(FORMAT));
         }
-        parse_objects(info, &data[1..])?
+        parse_objects(info, body)?
     };
+    let mut frame = frame;
+    if let Some(mac) = mac {
+        frame.decoded.attr("mac", AttrValue::Address(mac));
+    }
     if let Some(id) = frame.packet_id {
         if state.last_packet_id == Some(id) {
             return Err(DecodeError::Duplicate(id));
@@ -315,51 +357,49 @@ fn nonce(address: DeviceAddress, info: u8, counter: [u8; 4]) -> [u8; 13] {
     n
 }
 
-/// Layout: device info ‖ ciphertext ‖ counter (4, LE) ‖ MIC (4).
+/// Layout of `body` (what follows the device info and the MAC, if included):
+/// ciphertext ‖ counter (4, LE) ‖ MIC (4).
 fn decrypt(
     address: DeviceAddress,
     key: &BindKey,
-    data: &[u8],
+    info: u8,
+    body: &[u8],
     out: &mut [u8; MAX_PLAIN],
 ) -> Result<(usize, u32), DecodeError> {
-    if data.len() < 1 + 8 {
-        return Err(DecodeError::Truncated {
-            format: FORMAT,
-            offset: data.len(),
-            needed: 9,
-            len: data.len(),
-        });
-    }
-    let end = data.len();
-    let counter = [data[end - 8], data[end - 7], data[end - 6], data[end - 5]];
-    let n = nonce(address, data[0], counter);
-    let len = crypto::decrypt(
-        FORMAT,
-        key,
-        &n,
-        &[],
-        &data[1..end - 8],
-        &data[end - 4..],
-        out,
-    )?;
+    let truncated = || DecodeError::Truncated {
+        format: FORMAT,
+        offset: body.len(),
+        needed: 8,
+        len: body.len(),
+    };
+    let (ciphertext, tail) = body
+        .split_at_checked(body.len().checked_sub(8).ok_or_else(truncated)?)
+        .ok_or_else(truncated)?;
+    let (counter, mic) = tail.split_at_checked(4).ok_or_else(truncated)?;
+    let counter: [u8; 4] = counter.try_into().map_err(|_| truncated())?;
+    let n = nonce(address, info, counter);
+    let len = crypto::decrypt(FORMAT, key, &n, &[], ciphertext, mic, out)?;
     Ok((len, u32::from_le_bytes(counter)))
 }
 
 /// Builds an encrypted frame from a plain one, as a sensor does: for tests, the
-/// benchmark and fuzz seeds.
+/// benchmark and fuzz seeds. A plain frame with "MAC included" keeps its MAC in the
+/// clear and is encrypted under it.
 pub fn encrypt(
     address: DeviceAddress,
     key: &BindKey,
     plain: &[u8],
     counter: u32,
 ) -> Option<Vec<u8>> {
-    let (&info, objects) = plain.split_first()?;
-    let info = info | 0x01;
+    let (&info, rest) = plain.split_first()?;
+    let info = info | INFO_ENCRYPTED;
+    let (mac, objects) = split_mac(info, rest).ok()?;
     let c = counter.to_le_bytes();
     let mut buf = objects.to_vec();
-    let tag = crypto::encrypt(key, &nonce(address, info, c), &[], &mut buf)?;
-    let mut out = Vec::with_capacity(buf.len() + 9);
+    let tag = crypto::encrypt(key, &nonce(mac.unwrap_or(address), info, c), &[], &mut buf)?;
+    let mut out = Vec::with_capacity(buf.len() + 15);
     out.push(info);
+    out.extend_from_slice(rest.get(..rest.len() - objects.len())?);
     out.extend_from_slice(&buf);
     out.extend_from_slice(&c);
     out.extend_from_slice(&tag);
@@ -369,7 +409,7 @@ pub fn encrypt(
 fn parse_objects(info: u8, objects: &[u8]) -> Result<BthomeFrame, DecodeError> {
     let mut c = Cursor::new(FORMAT, objects);
     let mut out = Decoded::new(FORMAT);
-    if info & 0x04 != 0 {
+    if info & INFO_TRIGGER_BASED != 0 {
         out.attr("trigger_based", AttrValue::Int(1));
     }
     let mut packet_id = None;

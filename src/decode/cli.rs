@@ -118,14 +118,7 @@ fn frame(input: &Input, decoder: &mut Decoder) -> Result<Frame, CliError> {
             .map_err(|_| arg("mac", m, "expected six hex pairs like AA:BB:CC:DD:EE:FF"))?,
         None => DeviceAddress::default(),
     };
-    if let Some(k) = &input.key {
-        if input.mac.is_none() {
-            return Err(CliError::Usage(
-                "--key needs --mac (the nonce contains the address)",
-            ));
-        }
-        decoder.set_key(address, parse_key(k)?);
-    }
+    let key = input.key.as_deref().map(parse_key).transpose()?;
     if let Some(c) = &input.characteristic {
         if !input.service_data.is_empty() || !input.manufacturer_data.is_empty() {
             return Err(CliError::Usage(
@@ -133,6 +126,14 @@ fn frame(input: &Input, decoder: &mut Decoder) -> Result<Frame, CliError> {
             ));
         }
         let (uuid, hex) = split_pair("characteristic", c)?;
+        if let Some(k) = key {
+            if input.mac.is_none() {
+                return Err(CliError::Usage(
+                    "--key needs --mac (the nonce contains the address)",
+                ));
+            }
+            decoder.set_key(address, k);
+        }
         return Ok(Frame::Notification(Notification {
             address,
             characteristic: parse_uuid(uuid)?,
@@ -160,6 +161,16 @@ fn frame(input: &Input, decoder: &mut Decoder) -> Result<Frame, CliError> {
         return Err(CliError::Usage(
             "nothing to decode: give --service-data, --manufacturer-data or --characteristic",
         ));
+    }
+    if let Some(k) = key {
+        if input.mac.is_none() {
+            // A frame that carries its MAC (BTHome "MAC included", MiBeacon's MAC
+            // field) is encrypted under it: that is the address to decode as.
+            adv.address = super::embedded_mac(&adv).ok_or(CliError::Usage(
+                "--key needs --mac (the nonce contains the address) unless the frame carries its MAC",
+            ))?;
+        }
+        decoder.set_key(adv.address, k);
     }
     Ok(Frame::Advertisement(adv))
 }

@@ -99,7 +99,15 @@ fn heart_rate(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         out.push_number(Quantity::EnergyExpended, f64::from(kj), Unit::Kilojoule);
     }
     if flags & 0x10 != 0 {
-        // RR intervals fill the rest of the frame, each in units of 1/1024 s.
+        // RR intervals fill the rest of the frame, each in units of 1/1024 s. A
+        // frame whose flags announce them must carry at least one: a sensor that
+        // sets the bit over nothing is sending a frame we do not understand.
+        if c.remaining() < 2 {
+            return Err(DecodeError::Invalid {
+                format: F,
+                field: "rr interval (announced by the flags, none present)",
+            });
+        }
         while c.remaining() >= 2 {
             let rr = c.u16()?;
             let ms = round_to(f64::from(rr) * 1000.0 / 1024.0, 3);
@@ -675,6 +683,33 @@ mod tests {
     }
 
     #[test]
+    fn heart_rate_announcing_rr_intervals_without_any_is_rejected() {
+        // Heart Rate Measurement (GATT Specification Supplement 3.113): flags bit 4
+        // "RR-Interval present"; the field is one or more uint16 in 1/1024 s. Flags
+        // 0x10, 72 /min and nothing after it announces an interval that is absent.
+        let err = decode(0x2A37, &[0x10, 72]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Invalid {
+                format: "gatt_heart_rate_measurement",
+                field: "rr interval (announced by the flags, none present)",
+            }
+        );
+        assert!(err.to_string().contains("none present"), "{err}");
+        // With energy expended (flags 0x18) and still no interval: rejected too.
+        assert!(decode(0x2A37, &[0x18, 72, 0x10, 0x00]).is_err());
+        // The same frame with one interval (1024/1024 s) is accepted.
+        check(
+            0x2A37,
+            &[0x10, 72, 0x00, 0x04],
+            &[
+                (Q::HeartRate, N(72.0), U::PerMinute),
+                (Q::RrInterval, N(1000.0), U::Millisecond),
+            ],
+        );
+    }
+
+    #[test]
     fn blood_pressure_with_time_and_pulse() {
         // 120/80 mmHg, MAP 93, 2026-11-23 08:30:00, pulse 70.
         let bytes = [
@@ -738,9 +773,6 @@ mod tests {
         for (c, bytes) in full {
             assert!(decode(*c, bytes).is_ok(), "{c:04x} full frame");
             for len in 0..bytes.len() {
-                if *c == 0x2A37 && len == 5 {
-                    continue; // Zero RR intervals is a valid frame.
-                }
                 assert!(
                     decode(*c, &bytes[..len]).is_err(),
                     "{c:04x} truncated to {len}"

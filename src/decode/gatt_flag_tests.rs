@@ -87,9 +87,10 @@ fn heart_rate_every_flag_combination() {
             e.push((Q::RrInterval, Some(1000.0), U::Millisecond, None));
             e.push((Q::RrInterval, Some(500.0), U::Millisecond, None));
         }
-        // With RR intervals, a frame cut between whole intervals is a valid frame.
+        // With RR intervals, a frame cut between whole intervals is a valid frame,
+        // as long as one interval is left (the flags announce at least one).
         let d = check(HEART_RATE_MEASUREMENT, &f, &e, |len| {
-            flags & 0x10 != 0 && len >= base && (len - base) % 2 == 0
+            flags & 0x10 != 0 && len >= base + 2 && (len - base) % 2 == 0
         });
         let contact = match (flags >> 1) & 3 {
             2 => Some(&AttrValue::Text("not_detected")),

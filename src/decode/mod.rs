@@ -409,6 +409,19 @@ fn describe(adv: &Advertisement) -> String {
     }
 }
 
+/// The MAC an advertisement carries inside its service data (BTHome v2 "MAC
+/// included", MiBeacon's MAC field), if any: the address such a frame is encrypted
+/// under, whatever address it was heard from.
+pub fn embedded_mac(adv: &Advertisement) -> Option<DeviceAddress> {
+    adv.service_data
+        .iter()
+        .find_map(|(uuid, data)| match short_uuid(uuid)? {
+            bthome::SERVICE_UUID => bthome::embedded_mac(data),
+            xiaomi::MIBEACON_SERVICE_UUID => xiaomi::mibeacon_embedded_mac(data),
+            _ => None,
+        })
+}
+
 /// A little-endian cursor that turns running off the end into [`DecodeError::Truncated`].
 pub(crate) struct Cursor<'a> {
     format: &'static str,

@@ -351,6 +351,20 @@ pub(crate) fn decode_mibeacon(
     Ok(out)
 }
 
+/// The MAC a MiBeacon frame carries in its MAC field (frame control bit 4), if any.
+pub fn mibeacon_embedded_mac(data: &[u8]) -> Option<DeviceAddress> {
+    let mut c = Cursor::new(MIBEACON, data);
+    let fc = c.u16().ok()?;
+    if fc & FC_MAC == 0 || fc & FC_MESH != 0 {
+        return None;
+    }
+    c.take(3).ok()?;
+    let mut m = [0u8; 6];
+    m.copy_from_slice(c.take(6).ok()?);
+    m.reverse();
+    Some(DeviceAddress(m))
+}
+
 fn mibeacon_nonce(mac: DeviceAddress, pid: &[u8], counter: u8, ext: &[u8]) -> [u8; 12] {
     let mut n = [0u8; 12];
     let mut m = mac.0;
