@@ -6,7 +6,7 @@
 //! The JSON shape lives here, at the edge, not on the domain types.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
@@ -282,10 +282,26 @@ fn line_input(text: &str) -> Result<Input, CliError> {
 /// `--stdin`: one JSON input per line, one JSON result per line; state (keys,
 /// counters, packet ids) carries from line to line as in the daemon. Blank lines
 /// are skipped.
-pub fn run_stdin(input: impl BufRead, mut out: impl Write) -> Result<(), CliError> {
+///
+/// Results are buffered, not written line by line (a write per line cost about 150
+/// times the decode): they go out when the buffer fills, at the end, and whenever
+/// no whole input line is left to read without waiting, so that a tool that writes
+/// one line and waits for its answer still gets it at once.
+pub fn run_stdin(input: impl Read, out: impl Write) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::Io(e.to_string());
+    let mut input = BufReader::with_capacity(STDIN_BUFFER, input);
+    let mut out = BufWriter::with_capacity(STDIN_BUFFER, out);
     let mut decoder = Decoder::new();
-    for line in input.lines() {
-        let line = line.map_err(|e| CliError::Io(e.to_string()))?;
+    let mut line = String::new();
+    loop {
+        // The next read may block on the writer of stdin: answer what we have first.
+        if !input.buffer().contains(&b'\n') {
+            out.flush().map_err(io)?;
+        }
+        line.clear();
+        if input.read_line(&mut line).map_err(io)? == 0 {
+            break;
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -294,13 +310,118 @@ pub fn run_stdin(input: impl BufRead, mut out: impl Write) -> Result<(), CliErro
             Ok(j) => j,
             Err(e) => json!({"error": e.to_string()}),
         };
-        writeln!(out, "{json}").map_err(|e| CliError::Io(e.to_string()))?;
+        writeln!(out, "{json}").map_err(io)?;
     }
-    out.flush().map_err(|e| CliError::Io(e.to_string()))
+    out.flush().map_err(io)
 }
+
+/// Bytes read from stdin, and results held, at a time by `--stdin`.
+const STDIN_BUFFER: usize = 64 * 1024;
 
 /// One input from the command line: the JSON line on success.
 pub fn run_once(input: &Input) -> Result<String, CliError> {
     let mut decoder = Decoder::new();
     decode_one(input, &mut decoder).map(|j| j.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io::{Read, Write};
+    use std::rc::Rc;
+
+    use super::run_stdin;
+
+    /// What `run_stdin` has written so far, shared with the reader below.
+    #[derive(Clone, Default)]
+    struct Shared(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Stdin as a tool that waits for answers feeds it: one chunk per read, and
+    /// before each further chunk every line sent so far must have its answer out.
+    struct Interactive {
+        chunks: Vec<&'static str>,
+        sent_lines: usize,
+        out: Shared,
+    }
+
+    impl Read for Interactive {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let answered = self.out.0.borrow().iter().filter(|&&b| b == b'\n').count();
+            assert_eq!(
+                answered, self.sent_lines,
+                "stdin would block with answers still held back"
+            );
+            if self.chunks.is_empty() {
+                return Ok(0);
+            }
+            let chunk = self.chunks.remove(0);
+            assert!(chunk.len() <= buf.len());
+            buf[..chunk.len()].copy_from_slice(chunk.as_bytes());
+            // Blank lines get no answer.
+            self.sent_lines += chunk
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
+                .count();
+            Ok(chunk.len())
+        }
+    }
+
+    const LINE: &str = "{\"service_data\": {\"fcd2\": \"4002ca09\"}}\n";
+
+    #[test]
+    fn stdin_answers_go_out_before_a_read_that_may_block() {
+        let out = Shared::default();
+        let input = Interactive {
+            // Two lines at once, then one line in two pieces, a blank line, a bad one.
+            chunks: vec![
+                "{\"service_data\": {\"fcd2\": \"4002ca09\"}}\n{\"service_data\": {\"fcd2\": \"4002ca09\"}}\n",
+                "{\"service_data\": ",
+                "{\"fcd2\": \"4002ca09\"}}\n",
+                "\n",
+                "not json\n",
+                LINE,
+            ],
+            sent_lines: 0,
+            out: out.clone(),
+        };
+        run_stdin(input, out.clone()).unwrap();
+        let text = String::from_utf8(out.0.borrow().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[3].starts_with("{\"error\":"), "{text}");
+        assert!(lines[4].contains("\"temperature\""), "{text}");
+    }
+
+    #[test]
+    fn stdin_results_are_not_written_line_by_line() {
+        /// Counts the writes that reach the output.
+        #[derive(Default)]
+        struct Writes(usize, Vec<u8>);
+        impl Write for &mut Writes {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += 1;
+                self.1.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let input = LINE.repeat(1000);
+        let mut w = Writes::default();
+        run_stdin(input.as_bytes(), &mut w).unwrap();
+        assert_eq!(w.1.iter().filter(|&&b| b == b'\n').count(), 1000);
+        // 1000 results of about 130 bytes in a 64 KiB buffer: a few writes, not 1000.
+        assert!(w.0 <= 4, "{} writes for 1000 lines", w.0);
+    }
 }
