@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use carehub::clinical::VitalSample;
-use carehub::clinical::alerts::{
+use carehub::clinical::alert_rules::{
     DeviceState, GatewayState, Limits, ResidentState, Snapshot, evaluate,
 };
 use carehub::model::{Quantity, Timestamp, Unit, Value};

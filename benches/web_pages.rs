@@ -204,7 +204,7 @@ fn main() {
             overview: Default::default(),
             accounts: carehub::web::auth::testing::accounts(&path),
             auth: carehub::web::auth::testing::settings(),
-            alerts: carehub::alerts::open_book(&path).expect("alert book"),
+            alerts: carehub::alert_stage::open_book(&path).expect("alert book"),
         };
         // Pages need a signed-in user; every view is audited, as in the daemon.
         let login = carehub::web::auth::testing::sign_in(

@@ -8,9 +8,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{AddressError, DeviceAddress};
 use crate::sensor::simulator::SimulatorConfig;
 
 /// The whole configuration.
@@ -805,7 +807,7 @@ impl Config {
             return Err(("ble.connect_timeout_ms", "must be at least 1".into()));
         }
         for entry in &self.ble.allow {
-            if let Err(e) = entry.parse::<crate::ble::pairing::AllowEntry>() {
+            if let Err(e) = entry.parse::<AllowEntry>() {
                 return Err(("ble.allow", e.to_string()));
             }
         }
@@ -1022,6 +1024,53 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         }
     }
     table_line
+}
+
+/// What can be wrong with an allow-list entry (`ble.allow`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowEntryError {
+    /// The address part is not an address.
+    #[error("allow-list entry: {0}")]
+    Address(#[from] AddressError),
+    /// The model after `=` is empty.
+    #[error("allow-list entry {0:?}: the model after '=' is empty")]
+    EmptyModel(String),
+}
+
+/// One allow-list entry: an address, or an address that must also report `model`
+/// (compared with the name the device advertises, since the model number
+/// characteristic can only be read after connecting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub address: DeviceAddress,
+    pub model: Option<String>,
+}
+
+impl FromStr for AllowEntry {
+    type Err = AllowEntryError;
+    /// `"AA:BB:CC:DD:EE:FF"` or `"AA:BB:CC:DD:EE:FF=Model name"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (address, model) = match s.split_once('=') {
+            Some((_, m)) if m.trim().is_empty() => {
+                return Err(AllowEntryError::EmptyModel(s.into()));
+            }
+            Some((a, m)) => (a, Some(m.trim().to_owned())),
+            None => (s, None),
+        };
+        Ok(AllowEntry {
+            address: address.trim().parse::<DeviceAddress>()?,
+            model,
+        })
+    }
+}
+
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.model {
+            Some(m) => write!(f, "{}={m}", self.address),
+            None => write!(f, "{}", self.address),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ pub async fn run(
             .await
             .context("web start-up task failed")??;
     let db_path = config.store.path.clone();
-    let alert_book = tokio::task::spawn_blocking(move || crate::alerts::open_book(&db_path))
+    let alert_book = tokio::task::spawn_blocking(move || crate::alert_stage::open_book(&db_path))
         .await
         .context("alert book start-up task failed")?
         .context("cannot open the alert book")?;
@@ -242,11 +242,11 @@ pub async fn run(
         None => None,
     };
     let a = &config.alerts;
-    let alert_stage = crate::alerts::AlertStage {
+    let alert_stage = crate::alert_stage::AlertStage {
         book: alert_book.clone(),
         reader: reader.clone(),
         db_path: config.store.path.clone(),
-        limits: crate::clinical::alerts::Limits {
+        limits: crate::clinical::alert_rules::Limits {
             zone: config.site.zone(),
             freshness_window: Duration::from_secs(
                 u64::from(config.clinical.stale_after_minutes) * 60,
@@ -257,7 +257,7 @@ pub async fn run(
             cert_warn_days: i64::from(a.certificate_warn_days),
             disk_low_bytes: a.disk_low_mb.saturating_mul(1024 * 1024),
         },
-        lifecycle: crate::clinical::alerts::Lifecycle {
+        lifecycle: crate::clinical::alert_rules::Lifecycle {
             clear_hold: Duration::from_secs(u64::from(a.clear_after_minutes) * 60),
             reannounce_after: Duration::from_secs(u64::from(a.reannounce_minutes) * 60),
         },

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -73,21 +73,31 @@ impl Registry {
         registry
             .subjects
             .write()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .extend(devices.iter().map(|d| (d.address, d.subject.clone())));
         registry
     }
 
     pub fn subject(&self, address: DeviceAddress) -> Option<Subject> {
-        self.subjects.read().unwrap().get(&address).cloned()
+        self.subjects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&address)
+            .cloned()
     }
 
     pub fn contains(&self, address: DeviceAddress) -> bool {
-        self.subjects.read().unwrap().contains_key(&address)
+        self.subjects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&address)
     }
 
     pub fn len(&self) -> usize {
-        self.subjects.read().unwrap().len()
+        self.subjects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,7 +116,10 @@ impl Registry {
     /// whom it belonged to then ([`Registry::subject_at`]).
     pub fn assign_since(&self, address: DeviceAddress, subject: Subject, since: Timestamp) {
         self.remember(address, subject.clone(), since);
-        self.subjects.write().unwrap().insert(address, subject);
+        self.subjects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(address, subject);
     }
 
     /// Takes `address` out of the registry: from now on its frames are dropped
@@ -114,11 +127,15 @@ impl Registry {
     /// the store has recorded the un-assignment.
     pub fn unassign(&self, address: DeviceAddress) -> bool {
         self.remember(address, Subject::Unassigned, Timestamp::now());
-        self.subjects.write().unwrap().remove(&address).is_some()
+        self.subjects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&address)
+            .is_some()
     }
 
     fn remember(&self, address: DeviceAddress, subject: Subject, from: Timestamp) {
-        let mut history = self.history.write().unwrap();
+        let mut history = self.history.write().unwrap_or_else(PoisonError::into_inner);
         let spans = history.entry(address).or_default();
         spans.push(AssignmentSpan { subject, from });
         spans.sort_by_key(|s| s.from);
@@ -129,7 +146,7 @@ impl Registry {
     /// Loads the assignment history read from the store at start:
     /// (device, subject, from, until), oldest first.
     pub fn load_history(&self, rows: &[(DeviceAddress, Subject, Timestamp, Option<Timestamp>)]) {
-        let mut history = self.history.write().unwrap();
+        let mut history = self.history.write().unwrap_or_else(PoisonError::into_inner);
         for (address, subject, from, until) in rows {
             let spans = history.entry(*address).or_default();
             spans.push(AssignmentSpan {
@@ -161,7 +178,7 @@ impl Registry {
     /// everything under its current subject.
     pub fn subject_at(&self, address: DeviceAddress, at: Timestamp) -> Option<Subject> {
         let current = self.subject(address)?;
-        let history = self.history.read().unwrap();
+        let history = self.history.read().unwrap_or_else(PoisonError::into_inner);
         let Some(spans) = history.get(&address).filter(|s| !s.is_empty()) else {
             return Some(current);
         };
@@ -173,7 +190,7 @@ impl Registry {
 
     /// Loads the keys and saved counters read from the store at start.
     pub fn load_keys(&self, stored: &[StoredKey]) {
-        let mut book = self.keys.write().unwrap();
+        let mut book = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         for k in stored {
             book.keys.insert(k.device, (k.key, k.replay));
         }
@@ -183,29 +200,40 @@ impl Registry {
     /// The device encrypts with `key` from now on, its count starting again.
     /// Call after the store has recorded it.
     pub fn set_key(&self, address: DeviceAddress, key: BindKey) {
-        let mut book = self.keys.write().unwrap();
+        let mut book = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         book.keys.insert(address, (key, ReplayCounters::default()));
         book.generation += 1;
     }
 
     /// Forgets the device's key. Call after the store has recorded it.
     pub fn clear_key(&self, address: DeviceAddress) -> bool {
-        let mut book = self.keys.write().unwrap();
+        let mut book = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         book.generation += 1;
         book.keys.remove(&address).is_some()
     }
 
     /// Whether the device has a key.
     pub fn has_key(&self, address: DeviceAddress) -> bool {
-        self.keys.read().unwrap().keys.contains_key(&address)
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys
+            .contains_key(&address)
     }
 
     fn keys_generation(&self) -> u64 {
-        self.keys.read().unwrap().generation
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation
     }
 
     fn keys(&self) -> HashMap<DeviceAddress, (BindKey, ReplayCounters)> {
-        self.keys.read().unwrap().keys.clone()
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys
+            .clone()
     }
 }
 

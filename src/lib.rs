@@ -13,7 +13,7 @@ pub mod sensor;
 pub mod store;
 pub mod uplink;
 
-pub mod alerts;
+pub mod alert_stage;
 pub mod clinical;
 pub mod system;
 pub mod web;

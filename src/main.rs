@@ -61,7 +61,7 @@ enum Command {
     /// support (no keys, tokens or passphrases).
     ExportLogs(carehub::commands::support::ExportLogsArgs),
     /// Score one set of observations with NEWS2 (RCP 2017); prints JSON.
-    News2(carehub::commands::news2::News2Args),
+    News2(carehub::commands::news2_cli::News2Args),
     /// Decode one advertisement or characteristic value and print it as JSON
     /// (see docs/decode.md); `--stdin` decodes one JSON input per line.
     Decode {
@@ -170,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::News2(args) => {
-            let json = carehub::commands::news2::run(&args).map_err(anyhow::Error::msg)?;
+            let json = carehub::commands::news2_cli::run(&args).map_err(anyhow::Error::msg)?;
             println!("{json}");
             Ok(())
         }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dbus::channel::{MatchingReceiver, Sender};
@@ -77,14 +77,17 @@ impl std::fmt::Debug for PasskeyRequests {
 
 impl PasskeyRequests {
     fn hold(&self, address: DeviceAddress, call: Message, conn: Arc<SyncConnection>) {
-        self.0.lock().unwrap().insert(
-            address,
-            PendingPasskey {
-                call,
-                conn,
-                asked_at: Timestamp::now(),
-            },
-        );
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                address,
+                PendingPasskey {
+                    call,
+                    conn,
+                    asked_at: Timestamp::now(),
+                },
+            );
     }
 
     fn expire(map: &mut HashMap<DeviceAddress, PendingPasskey>) {
@@ -94,7 +97,7 @@ impl PasskeyRequests {
 
     /// Devices waiting for a passkey, and since when.
     pub fn pending(&self) -> Vec<(DeviceAddress, Timestamp)> {
-        let mut map = self.0.lock().unwrap();
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         Self::expire(&mut map);
         let mut v: Vec<_> = map.iter().map(|(a, p)| (*a, p.asked_at)).collect();
         v.sort();
@@ -107,7 +110,7 @@ impl PasskeyRequests {
             return Err(PasskeyError::OutOfRange);
         }
         let pending = {
-            let mut map = self.0.lock().unwrap();
+            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             Self::expire(&mut map);
             map.remove(&address)
         }
@@ -122,7 +125,10 @@ impl PasskeyRequests {
 
     /// Drops every held request (BlueZ cancelled, or the round ended).
     fn clear(&self) {
-        self.0.lock().unwrap().clear();
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 

@@ -25,7 +25,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use btleplug::api::{Central as _, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
@@ -126,21 +126,31 @@ pub struct BleStatus {
 impl BleStatus {
     /// Every device heard recently, newest first.
     pub fn sightings(&self) -> Vec<Sighting> {
-        let mut v: Vec<Sighting> = self.sightings.lock().unwrap().values().cloned().collect();
+        let mut v: Vec<Sighting> = self
+            .sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         v.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
         v
     }
 
     /// What the gateway last heard from `address`, if anything.
     pub fn sighting(&self, address: DeviceAddress) -> Option<Sighting> {
-        self.sightings.lock().unwrap().get(&address).cloned()
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&address)
+            .cloned()
     }
 
     /// The name a device last advertised, if it was heard.
     pub fn name_of(&self, address: DeviceAddress) -> Option<String> {
         self.sightings
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&address)
             .and_then(|s| s.name.clone())
     }
@@ -151,7 +161,10 @@ impl BleStatus {
         registered: bool,
         update: impl FnOnce(&mut Sighting),
     ) {
-        let mut map = self.sightings.lock().unwrap();
+        let mut map = self
+            .sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if !map.contains_key(&address)
             && map.len() >= MAX_SIGHTINGS
             && let Some(oldest) = map.values().min_by_key(|s| s.last_seen).map(|s| s.address)
@@ -216,7 +229,7 @@ impl BleStatus {
     pub fn seen_since(&self, since: Timestamp) -> Vec<crate::store::Seen> {
         self.sightings
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .filter(|s| (s.registered || s.paired) && s.last_seen >= since)
             .map(|s| crate::store::Seen {
@@ -230,7 +243,12 @@ impl BleStatus {
 
     /// Marks a device as no longer bonded (after un-pairing).
     pub fn unpaired(&self, address: DeviceAddress) {
-        if let Some(s) = self.sightings.lock().unwrap().get_mut(&address) {
+        if let Some(s) = self
+            .sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&address)
+        {
             s.paired = false;
         }
     }
@@ -618,7 +636,13 @@ impl Round<'_> {
             address,
             ..Advertisement::default()
         };
-        if let Some(s) = self.status.sightings.lock().unwrap().get(&address) {
+        if let Some(s) = self
+            .status
+            .sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&address)
+        {
             a.local_name.clone_from(&s.name);
             a.rssi = s.rssi;
             a.services.clone_from(&s.services);

@@ -12,12 +12,11 @@
 //! in-memory cache for tests and logs. Pages read the record from SQLite.
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::model::{AddressError, DeviceAddress, Timestamp};
+pub use crate::config::{AllowEntry, AllowEntryError};
+use crate::model::{DeviceAddress, Timestamp};
 use crate::store::{EventSink, PairingRecord, RegistryChange};
 
 /// Longest window a staff member can open at once (the error message says 600).
@@ -38,46 +37,6 @@ pub enum PairingError {
     /// The window length is zero or longer than [`MAX_WINDOW`].
     #[error("a pairing window must be 1 to 600 seconds, not {0}")]
     WindowLength(u64),
-    /// An allow-list entry's address part is not an address.
-    #[error("allow-list entry: {0}")]
-    Address(#[from] AddressError),
-    /// An allow-list entry has an empty model after `=`.
-    #[error("allow-list entry {0:?}: the model after '=' is empty")]
-    EmptyModel(String),
-}
-
-/// One allow-list entry: an address, or an address that must also report `model`
-/// (compared with the name the device advertises, since the model number
-/// characteristic can only be read after connecting).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowEntry {
-    pub address: DeviceAddress,
-    pub model: Option<String>,
-}
-
-impl FromStr for AllowEntry {
-    type Err = PairingError;
-    /// `"AA:BB:CC:DD:EE:FF"` or `"AA:BB:CC:DD:EE:FF=Model name"`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (address, model) = match s.split_once('=') {
-            Some((_, m)) if m.trim().is_empty() => return Err(PairingError::EmptyModel(s.into())),
-            Some((a, m)) => (a, Some(m.trim().to_owned())),
-            None => (s, None),
-        };
-        Ok(AllowEntry {
-            address: address.trim().parse::<DeviceAddress>()?,
-            model,
-        })
-    }
-}
-
-impl fmt::Display for AllowEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.model {
-            Some(m) => write!(f, "{}={m}", self.address),
-            None => write!(f, "{}", self.address),
-        }
-    }
 }
 
 /// Why a device may pair.
@@ -171,7 +130,7 @@ impl PairingLog {
             what: what.into(),
         };
         tracing::info!(device = ?event.address.map(|a| a.to_string()), event = %event.what, who, "pairing");
-        let mut log = self.recent.lock().unwrap();
+        let mut log = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         if log.len() == LOG_CAPACITY {
             log.pop_front();
         }
@@ -180,7 +139,12 @@ impl PairingLog {
 
     /// The newest events since start-up, oldest first.
     pub fn events(&self) -> Vec<PairingEvent> {
-        self.recent.lock().unwrap().iter().cloned().collect()
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -219,7 +183,10 @@ impl PairingPolicy {
             return Err(PairingError::WindowLength(length.as_secs()));
         }
         let closes = now.saturating_add(length);
-        *self.closes_at.lock().unwrap() = Some(closes);
+        *self
+            .closes_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(closes);
         self.log.record_change(
             None,
             format!("window opened for {} s", length.as_secs()),
@@ -230,7 +197,13 @@ impl PairingPolicy {
     }
 
     pub fn close_window(&self, who: &str) {
-        if self.closes_at.lock().unwrap().take().is_some() {
+        if self
+            .closes_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some()
+        {
             self.log
                 .record_change(None, "window closed", who, RegistryChange::Note);
         }
@@ -238,7 +211,10 @@ impl PairingPolicy {
 
     /// When the window closes, if it is open at `now`.
     pub fn window_closes_at(&self, now: Timestamp) -> Option<Timestamp> {
-        self.closes_at.lock().unwrap().filter(|c| *c > now)
+        self.closes_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .filter(|c| *c > now)
     }
 
     pub fn allow_list(&self) -> &[AllowEntry] {
@@ -364,11 +340,11 @@ mod tests {
         assert_eq!(e.to_string(), "AA:BB:CC:DD:EE:FF");
         assert!(matches!(
             "AA:BB:CC:DD:EE:FF=".parse::<AllowEntry>(),
-            Err(PairingError::EmptyModel(_))
+            Err(AllowEntryError::EmptyModel(_))
         ));
         assert!(matches!(
             "AA:BB:CC=x".parse::<AllowEntry>(),
-            Err(PairingError::Address(_))
+            Err(AllowEntryError::Address(_))
         ));
     }
 }

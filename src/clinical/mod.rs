@@ -4,7 +4,7 @@
 //!   configured window is stale and is never presented as current;
 //! - `news2`: the National Early Warning Score 2 (RCP 2017).
 
-pub mod alerts;
+pub mod alert_rules;
 pub mod news2;
 
 use std::time::Duration;

@@ -191,12 +191,20 @@ impl Parameter {
     /// chart's units, with its words for staff; `None` for the coded ones.
     /// A value outside it is a sensor fault (a thermometer pointed at a wall),
     /// never a score.
+    ///
+    /// The one source of these ranges: the scorer, the alert rules and the staff
+    /// observation form all read them here (docs/safety/hazard-log.md, H-RANGE).
+    /// SpO₂ below 50 % is outside any pulse oximeter's declared accuracy and is a
+    /// probe off the finger far more often than a person; a pulse below 20 or above
+    /// 250 /min is a lost signal or motion; a systolic pressure below 40 mmHg is no
+    /// cuff's measurement; body temperature reaches 25 °C in the severe
+    /// hypothermia a frail resident can be found in, so that stays in.
     pub fn plausible_range(self) -> Option<(f64, f64, &'static str)> {
         match self {
             Parameter::RespRate => Some((0.0, 80.0, "0 to 80 /min")),
-            Parameter::Spo2 => Some((0.0, 100.0, "0 to 100 %")),
-            Parameter::Systolic => Some((0.0, 300.0, "0 to 300 mmHg")),
-            Parameter::Pulse => Some((0.0, 300.0, "0 to 300 /min")),
+            Parameter::Spo2 => Some((50.0, 100.0, "50 to 100 %")),
+            Parameter::Systolic => Some((40.0, 300.0, "40 to 300 mmHg")),
+            Parameter::Pulse => Some((20.0, 250.0, "20 to 250 /min")),
             Parameter::Temperature => Some((25.0, 45.0, "25.0 to 45.0 °C")),
             Parameter::Oxygen | Parameter::Consciousness => None,
         }
@@ -212,31 +220,19 @@ impl Parameter {
 }
 
 impl Observations {
-    /// Refuses values outside what a person can have.
+    /// Refuses values outside what a person can have ([`Parameter::plausible_range`]).
     pub fn validate(&self) -> Result<(), ObservationError> {
-        check(
-            "respiration rate",
-            self.resp_rate,
-            0.0,
-            80.0,
-            "0 to 80 /min",
-        )?;
-        check("SpO2", self.spo2, 0.0, 100.0, "0 to 100 %")?;
-        check(
-            "systolic pressure",
-            self.systolic,
-            0.0,
-            300.0,
-            "0 to 300 mmHg",
-        )?;
-        check("pulse", self.pulse, 0.0, 300.0, "0 to 300 /min")?;
-        check(
-            "temperature",
-            self.temperature,
-            25.0,
-            45.0,
-            "25.0 to 45.0 °C",
-        )?;
+        for (p, v) in [
+            (Parameter::RespRate, self.resp_rate),
+            (Parameter::Spo2, self.spo2),
+            (Parameter::Systolic, self.systolic),
+            (Parameter::Pulse, self.pulse),
+            (Parameter::Temperature, self.temperature),
+        ] {
+            if let Some((lo, hi, range)) = p.plausible_range() {
+                check(p.label(), v, lo, hi, range)?;
+            }
+        }
         Ok(())
     }
 }

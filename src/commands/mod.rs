@@ -2,7 +2,7 @@
 //! arguments into a domain call and the result into its documented output.
 
 pub mod health_check;
-pub mod news2;
+pub mod news2_cli;
 pub mod pair;
 pub mod provision;
 pub mod support;

@@ -20,7 +20,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::ids::Epochs;
-use super::limits::{self, Class};
+use super::limits;
+use super::outbox::Class;
 use super::vocab::{Map, Vocab};
 use super::{LeaseId, LeasedReading, StoreError};
 use crate::model::{Reading, ReadingId, ResidentId, Subject, Timestamp};

@@ -12,42 +12,9 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, params};
 
-use super::{StoreError, StoreStats, outbox};
-use crate::model::{Quantity, Reading, Subject};
-
-/// Which outbox a reading waits in: vital signs outrank room data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Class {
-    Vital,
-    Room,
-}
-
-impl Class {
-    /// In eviction order: room data goes first.
-    pub const EVICTION_ORDER: [Class; 2] = [Class::Room, Class::Vital];
-
-    pub fn of(q: Quantity) -> Class {
-        if q.is_vital_sign() {
-            Class::Vital
-        } else {
-            Class::Room
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Vital => "vital",
-            Class::Room => "room",
-        }
-    }
-
-    pub(super) fn table(self) -> &'static str {
-        match self {
-            Class::Vital => "outbox_vital",
-            Class::Room => "outbox_room",
-        }
-    }
-}
+use super::outbox::{self, Class};
+use super::{StoreError, StoreStats};
+use crate::model::{Reading, Subject};
 
 /// Why readings were evicted from the outbox before delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,7 +13,7 @@
 //! own read-only connections, off the async executor.
 
 pub mod accounts;
-mod alerts;
+mod alert_book;
 #[doc(hidden)]
 pub mod crash_child;
 mod ids;
@@ -28,7 +28,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -36,10 +36,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{StoreConfig, Synchronous};
 use crate::model::{Device, Reading, Resident, ResidentId, Subject, Timestamp};
 
-pub use alerts::{AlertBook, AlertChange, AlertChangeKind, AlertRecord, SyncReport};
+pub use alert_book::{AlertBook, AlertChange, AlertChangeKind, AlertRecord, SyncReport};
 pub use lease_read::{LeaseReader, LeaseRuns, LeaseSink};
 pub use limits::free_disk_bytes;
-pub use limits::{Class, EvictionReason, MaintenanceReport};
+pub use limits::{EvictionReason, MaintenanceReport};
+pub use outbox::Class;
 pub use reader::{
     HistoryValue, LatestValue, Reader, ResidentOverview, ResidentRecord, StatsSnapshot,
     unsent_readings,
@@ -455,7 +456,7 @@ impl StoreHandle {
             let reader = self.lease_reader.clone();
             let path = self.path.clone();
             let read = tokio::task::spawn_blocking(move || {
-                let mut reader = reader.lock().unwrap();
+                let mut reader = reader.lock().unwrap_or_else(PoisonError::into_inner);
                 let reader = match &mut *reader {
                     Some(r) => r,
                     None => reader.insert(LeaseReader::open(&path)?),
@@ -673,7 +674,10 @@ impl Store {
             Err(e) if e.is_corruption() => {
                 let moved_to = move_aside(&settings.path)?;
                 tracing::error!(error = %e, moved_to = %moved_to.display(), "ALARM: the database was corrupt; it was moved aside and a fresh one started");
-                *stats.corruption.lock().unwrap() = Some(CorruptionAlarm {
+                *stats
+                    .corruption
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(CorruptionAlarm {
                     moved_to,
                     reason: e.to_string(),
                     at: Timestamp::now(),

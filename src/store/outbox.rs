@@ -12,7 +12,41 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
-use super::limits::Class;
+use crate::model::Quantity;
+
+/// Which outbox a reading waits in: vital signs outrank room data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Vital,
+    Room,
+}
+
+impl Class {
+    /// In eviction order: room data goes first.
+    pub const EVICTION_ORDER: [Class; 2] = [Class::Room, Class::Vital];
+
+    pub fn of(q: Quantity) -> Class {
+        if q.is_vital_sign() {
+            Class::Vital
+        } else {
+            Class::Room
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Vital => "vital",
+            Class::Room => "room",
+        }
+    }
+
+    pub(super) fn table(self) -> &'static str {
+        match self {
+            Class::Vital => "outbox_vital",
+            Class::Room => "outbox_room",
+        }
+    }
+}
 
 /// Sorted sequence numbers as runs of consecutive numbers `(first, last)`.
 pub(super) fn runs(sorted: impl IntoIterator<Item = i64>) -> Vec<(i64, i64)> {

@@ -2,13 +2,14 @@
 //! writer's, used from blocking threads only.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use std::sync::atomic::Ordering;
 
-use super::limits::{Class, EvictionReason};
+use super::limits::EvictionReason;
+use super::outbox::Class;
 use super::{CorruptionAlarm, StoreError, StoreStats};
 use crate::model::{
     Device, DeviceAddress, DeviceKind, Quantity, ReadingId, Resident, ResidentId, SpecialValue,
@@ -155,7 +156,11 @@ impl Reader {
             disk_full: s.disk_full.load(Ordering::Relaxed),
             storage_failing: s.storage_failing.load(Ordering::Relaxed),
             free_disk_bytes: s.free_disk_bytes.load(Ordering::Relaxed),
-            corruption: s.corruption.lock().unwrap().clone(),
+            corruption: s
+                .corruption
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         })
     }
 
@@ -163,7 +168,11 @@ impl Reader {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self.pool.lock().unwrap().pop();
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let conn = match pooled {
             Some(c) => c,
             None => {
@@ -176,7 +185,7 @@ impl Reader {
             }
         };
         let out = f(&conn);
-        let mut pool = self.pool.lock().unwrap();
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < POOL_SIZE {
             pool.push(conn);
         }

@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 
 use super::ids::{self, Epochs};
 use super::lease_read::{LeaseRuns, ReadReport};
-use super::limits::{self, Class, EvictionReason, MaintenanceReport};
+use super::limits::{self, EvictionReason, MaintenanceReport};
+use super::outbox::Class;
 use super::vocab::{Codes, Vocab};
 use super::{
     Command, LeaseId, ResidentChange, StoreError, StoreSettings, StoreStats, outbox, schema,

@@ -27,8 +27,8 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use rand::{Rng, SeedableRng};
@@ -267,7 +267,7 @@ enum Carried {
 /// (stored and forwarded like readings), and a nudge when one is raised.
 #[derive(Clone)]
 pub struct AlertFeed {
-    pub book: crate::alerts::SharedBook,
+    pub book: crate::alert_stage::SharedBook,
     pub changed: Arc<Notify>,
 }
 
@@ -853,7 +853,7 @@ impl Session<'_> {
             tokio::task::spawn_blocking(move || {
                 feed.book
                     .lock()
-                    .unwrap()
+                    .unwrap_or_else(PoisonError::into_inner)
                     .mark_published(id)
                     .map(|()| id)
                     .map_err(|e| e.to_string())
@@ -986,7 +986,10 @@ impl Session<'_> {
                 alerts_due = false;
                 fetching = Some(Box::pin(async move {
                     tokio::task::spawn_blocking(move || {
-                        feed.book.lock().unwrap().unpublished(ALERTS_IN_FLIGHT * 2)
+                        feed.book
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .unpublished(ALERTS_IN_FLIGHT * 2)
                     })
                     .await
                     .map_err(|e| UplinkError::Connection(format!("alert read task failed: {e}")))?

@@ -2,8 +2,8 @@
 //! state, the last error in words, counts and the certificate's expiry. Shared as
 //! an `Arc<UplinkStatus>`; the uplink task is the only writer.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -119,15 +119,24 @@ impl UplinkStatus {
     }
 
     pub fn set_protocol(&self, protocol: &'static str) {
-        self.inner.lock().unwrap().protocol = Some(protocol);
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .protocol = Some(protocol);
     }
 
     pub fn set_refusal(&self, at: Timestamp, what: String) {
-        self.inner.lock().unwrap().last_refusal = Some((at, what));
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_refusal = Some((at, what));
     }
 
     pub fn set_max_packet_size(&self, size: Option<u32>) {
-        self.inner.lock().unwrap().max_packet_size = size;
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max_packet_size = size;
     }
 
     /// Staff ask for held readings to be tried again.
@@ -139,7 +148,7 @@ impl UplinkStatus {
     /// once [`WARN_EVERY`] has passed, or when its words changed, so that a
     /// reconnecting uplink does not repeat it at every attempt.
     pub fn warn_due(&self, warning: &str, now: Instant) -> bool {
-        let mut i = self.inner.lock().unwrap();
+        let mut i = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let due = match &i.warned {
             Some((at, text)) => text != warning || now.duration_since(*at) >= WARN_EVERY,
             None => true,
@@ -151,21 +160,31 @@ impl UplinkStatus {
     }
 
     pub fn set_state(&self, state: ConnectionState) {
-        self.inner.lock().unwrap().state = state;
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state = state;
     }
 
     pub fn set_error(&self, at: Timestamp, message: String) {
-        self.inner.lock().unwrap().last_error = Some((at, message));
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_error = Some((at, message));
     }
 
     pub fn set_certificate(&self, expires_at: Option<Timestamp>, warning: Option<String>) {
-        let mut i = self.inner.lock().unwrap();
+        let mut i = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         i.certificate_expires_at = expires_at;
         i.certificate_warning = warning;
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {
-        let i = self.inner.lock().unwrap().clone();
+        let i = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         StatusSnapshot {
             state: i.state,
             last_error: i.last_error,

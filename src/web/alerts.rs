@@ -14,9 +14,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
+use std::sync::PoisonError;
 
 use super::{AppState, Caller, WebError};
-use crate::clinical::alerts::Thresholds;
+use crate::clinical::alert_rules::Thresholds;
 use crate::model::Timestamp;
 use crate::store::{AlertRecord, StoreError};
 
@@ -29,7 +30,10 @@ async fn with_book<T: Send + 'static>(
     f: impl FnOnce(&mut crate::store::AlertBook) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WebError> {
     let book = state.alerts.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&mut book.lock().unwrap())).await??)
+    Ok(tokio::task::spawn_blocking(move || {
+        f(&mut book.lock().unwrap_or_else(PoisonError::into_inner))
+    })
+    .await??)
 }
 
 /// One alert in `/api/v1/alerts`.
@@ -75,8 +79,8 @@ pub struct AlertJson {
 impl From<AlertRecord> for AlertJson {
     fn from(a: AlertRecord) -> Self {
         let class = match a.class() {
-            crate::clinical::alerts::AlertClass::Clinical => "clinical",
-            crate::clinical::alerts::AlertClass::Technical => "technical",
+            crate::clinical::alert_rules::AlertClass::Clinical => "clinical",
+            crate::clinical::alert_rules::AlertClass::Technical => "technical",
         };
         AlertJson {
             id: a.id,

@@ -17,6 +17,7 @@
 //! carried one (`entered_by`, `set_by`) and says why.
 
 use std::collections::HashMap;
+use std::sync::PoisonError;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::alerts::{Retired, retired};
 use super::{AppState, Caller, WebError, csrf_field};
-use crate::clinical::news2::{Consciousness, Spo2Scale};
+use crate::clinical::news2::{Consciousness, Parameter, Spo2Scale};
 use crate::model::{
     DeviceAddress, Quantity, Reading, ReadingId, ResidentId, Subject, Timestamp, Unit, Value,
 };
@@ -39,7 +40,12 @@ pub struct Scales(HashMap<i64, Spo2Scale>);
 impl Scales {
     pub async fn load(state: &AppState) -> Result<Scales, WebError> {
         let book = state.alerts.clone();
-        let map = tokio::task::spawn_blocking(move || book.lock().unwrap().spo2_scales()).await??;
+        let map = tokio::task::spawn_blocking(move || {
+            book.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .spo2_scales()
+        })
+        .await??;
         Ok(Scales(map))
     }
 
@@ -83,7 +89,10 @@ async fn with_book<T: Send + 'static>(
     f: impl FnOnce(&mut crate::store::AlertBook) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WebError> {
     let book = state.alerts.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&mut book.lock().unwrap())).await??)
+    Ok(tokio::task::spawn_blocking(move || {
+        f(&mut book.lock().unwrap_or_else(PoisonError::into_inner))
+    })
+    .await??)
 }
 
 /// The resident's name, or `None` when there is no such (current) resident.
@@ -168,7 +177,7 @@ pub struct ObservationSet {
 
 /// A numeric field of the form: (text, label, quantity, unit, lowest, highest,
 /// whole numbers only).
-type NumberField<'a> = (&'a Option<String>, &'a str, Quantity, Unit, f64, f64, bool);
+type NumberField<'a> = (&'a Option<String>, &'a str, Quantity, Unit, Parameter, bool);
 
 /// The longest ago a set may be entered for: older ones are stale on arrival.
 const MAX_MINUTES_AGO: u32 = 60;
@@ -193,15 +202,16 @@ pub fn validate(input: &ObservationInput) -> Result<ObservationSet, Vec<String>>
             )),
         }
     }
-    // (field, label, quantity, unit, lowest, highest, whole numbers only)
+    // (field, label, quantity, unit, parameter, whole numbers only); the ranges are
+    // the scorer's own (`Parameter::plausible_range`), so the form refuses exactly
+    // what the score would leave out as implausible.
     let numbers: [NumberField<'_>; 5] = [
         (
             &input.resp_rate,
             "Respiration rate",
             Quantity::RespirationRate,
             Unit::PerMinute,
-            0.0,
-            80.0,
+            Parameter::RespRate,
             true,
         ),
         (
@@ -209,8 +219,7 @@ pub fn validate(input: &ObservationInput) -> Result<ObservationSet, Vec<String>>
             "SpO2",
             Quantity::Spo2,
             Unit::Percent,
-            50.0,
-            100.0,
+            Parameter::Spo2,
             true,
         ),
         (
@@ -218,8 +227,7 @@ pub fn validate(input: &ObservationInput) -> Result<ObservationSet, Vec<String>>
             "Systolic blood pressure",
             Quantity::SystolicPressure,
             Unit::MillimetreOfMercury,
-            40.0,
-            300.0,
+            Parameter::Systolic,
             true,
         ),
         (
@@ -227,8 +235,7 @@ pub fn validate(input: &ObservationInput) -> Result<ObservationSet, Vec<String>>
             "Pulse",
             Quantity::PulseRate,
             Unit::PerMinute,
-            20.0,
-            250.0,
+            Parameter::Pulse,
             true,
         ),
         (
@@ -236,12 +243,16 @@ pub fn validate(input: &ObservationInput) -> Result<ObservationSet, Vec<String>>
             "Temperature",
             Quantity::BodyTemperature,
             Unit::Celsius,
-            30.0,
-            45.0,
+            Parameter::Temperature,
             false,
         ),
     ];
-    for (field, label, q, unit, lo, hi, whole) in numbers {
+    for (field, label, q, unit, param, whole) in numbers {
+        let Some((lo, hi, _)) = param.plausible_range() else {
+            // Every parameter above has a range; never drop a value silently.
+            errors.push(format!("{label} cannot be entered as a number."));
+            continue;
+        };
         let Some(text) = given(field) else { continue };
         let n = text
             .replace(',', ".")
@@ -581,7 +592,7 @@ pub async fn thresholds_submit(
             .parse::<f64>()
             .unwrap_or(f64::NAN)
     };
-    let t = crate::clinical::alerts::Thresholds {
+    let t = crate::clinical::alert_rules::Thresholds {
         spo2_low: num(&f.spo2_low),
         pulse_low: num(&f.pulse_low),
         pulse_high: num(&f.pulse_high),

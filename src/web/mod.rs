@@ -64,7 +64,7 @@ pub struct AppState {
     /// Cookie flags, session limits, the CLI token.
     pub auth: Arc<auth::AuthSettings>,
     /// The alert lifecycle and the nurses' thresholds.
-    pub alerts: crate::alerts::SharedBook,
+    pub alerts: crate::alert_stage::SharedBook,
     /// `site.gateway_id`, shown in every page's header.
     pub gateway_name: Arc<str>,
     /// `site.timezone`: the times on the pages are its local time.

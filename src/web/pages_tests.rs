@@ -776,16 +776,16 @@ async fn signing_out_ends_the_sessions_event_streams() {
     );
 }
 
-/// Every `.route("/api/v1...")` path in `mod.rs`, read from the source so that a
-/// route added without documentation fails the test.
-fn routed_api_paths() -> std::collections::BTreeSet<String> {
-    let source = include_str!("mod.rs");
-    source
-        .split(".route(")
-        .skip(1)
-        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
-        .filter(|p| p.starts_with("/api/v1"))
-        .map(str::to_owned)
+/// Every `/api/v1` route and method the router serves, from `auth::policy::POLICY`:
+/// the one table of routes, which the router's `authorize` layer consults on every
+/// request (a routed path with no line is refused to everyone, and
+/// `web::auth::tests::every_routed_path_and_method_has_a_policy_line_and_every_line_is_routed`
+/// holds the table and the router equal).
+fn routed_api_operations() -> std::collections::BTreeSet<(String, String)> {
+    auth::policy::POLICY
+        .iter()
+        .filter(|r| r.route.starts_with("/api/v1"))
+        .map(|r| (r.route.to_owned(), r.method.to_lowercase()))
         .collect()
 }
 
@@ -802,24 +802,43 @@ async fn every_api_route_is_documented_and_nothing_else() {
     let doc = document();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
-    let documented: std::collections::BTreeSet<String> = paths.keys().cloned().collect();
+    // The document's operations and the routes the router serves are the same set.
+    let documented: std::collections::BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            METHODS
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| (path.clone(), (*m).to_owned()))
+        })
+        .collect();
+    let routed = routed_api_operations();
+    assert!(routed.len() >= 20, "too few routes found: {routed:?}");
     assert_eq!(
-        routed_api_paths(),
-        documented,
+        routed, documented,
         "routes (left) and the document (right) differ"
     );
+    // And through the real Router: a documented operation reaches its route (not
+    // the fallback's "not found", not 405); an undocumented method on a documented
+    // path is 405.
     for (path, item) in paths {
         let uri = path
             .replace("{id}", "1")
             .replace("{address}", "C0:00:00:00:00:01");
         for method in METHODS {
-            let (status, _) = send(&state, &method.to_uppercase(), &uri, "").await;
+            let (status, body) = send(&state, &method.to_uppercase(), &uri, "").await;
             let is_documented = item.get(method).is_some();
             assert_eq!(
                 status == StatusCode::METHOD_NOT_ALLOWED,
                 !is_documented,
                 "{method} {path}: {status}, documented: {is_documented}"
             );
+            if is_documented {
+                assert!(
+                    !(status == StatusCode::NOT_FOUND && body == "not found"),
+                    "{method} {path}: the router has no such route"
+                );
+            }
         }
     }
     let (status, served) = get(&state, "/api/v1/openapi.json").await;
@@ -1061,11 +1080,11 @@ async fn the_overview_cache_never_outlives_a_change() {
     assert!(page.contains("SpO2 scale 2"), "{page}");
 
     // An alert raised, then acknowledged.
-    let cause = crate::clinical::alerts::Cause {
+    let cause = crate::clinical::alert_rules::Cause {
         key: "gateway/disk".into(),
         resident_id: None,
         rule: "disk-low",
-        severity: crate::clinical::alerts::Severity::Warning,
+        severity: crate::clinical::alert_rules::Severity::Warning,
         message: "only 10 MB of disk free".into(),
         score: None,
         level: "warning",
@@ -1076,7 +1095,7 @@ async fn the_overview_cache_never_outlives_a_change() {
     };
     let id = {
         let mut book = state.alerts.lock().unwrap();
-        let eval = crate::clinical::alerts::Evaluation {
+        let eval = crate::clinical::alert_rules::Evaluation {
             causes: vec![cause],
             undetermined: Vec::new(),
         };

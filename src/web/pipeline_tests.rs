@@ -173,11 +173,11 @@ async fn readings_in_score_freshness_alerts_and_page_words_out() {
                 .unwrap();
         }
         let mut health = crate::system::health::Health::default();
-        let stage = crate::alerts::AlertStage {
+        let stage = crate::alert_stage::AlertStage {
             book: state.alerts.clone(),
             reader: state.reader.clone(),
             db_path: dir.path().join("t.db"),
-            limits: crate::clinical::alerts::Limits {
+            limits: crate::clinical::alert_rules::Limits {
                 disk_low_bytes: 0,
                 ..Default::default()
             },

@@ -56,7 +56,7 @@ pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
         )),
         accounts: auth::testing::accounts(&dir.join("t.db")),
         auth: auth::testing::settings(),
-        alerts: crate::alerts::open_book(&dir.join("t.db")).unwrap(),
+        alerts: crate::alert_stage::open_book(&dir.join("t.db")).unwrap(),
         gateway_name: "test-gw".into(),
         // The project's default zone: pages must never say "UTC" (issue 15).
         zone: SiteZone::named("Europe/London").unwrap(),
@@ -413,19 +413,19 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
     );
 }
 
-fn stage(state: &AppState, store: &Store, dir: &std::path::Path) -> crate::alerts::AlertStage {
+fn stage(state: &AppState, store: &Store, dir: &std::path::Path) -> crate::alert_stage::AlertStage {
     let mut health = Health::default();
-    crate::alerts::AlertStage {
+    crate::alert_stage::AlertStage {
         book: state.alerts.clone(),
         reader: state.reader.clone(),
         db_path: dir.join("t.db"),
-        limits: crate::clinical::alerts::Limits {
+        limits: crate::clinical::alert_rules::Limits {
             // The test's temporary filesystem may be nearly full: not under test here.
             disk_low_bytes: 0,
             ..Default::default()
         },
         // No minimum hold: a cause that stops holding clears at the next look.
-        lifecycle: crate::clinical::alerts::Lifecycle {
+        lifecycle: crate::clinical::alert_rules::Lifecycle {
             clear_hold: Duration::ZERO,
             ..Default::default()
         },
@@ -692,7 +692,7 @@ fn observation_sets_are_validated_with_plain_words() {
         ),
         (
             input(&|i| i.temperature = s("NaN")),
-            Some("Temperature must be a number from 30 to 45 °C"),
+            Some("Temperature must be a number from 25 to 45 °C"),
         ),
         (
             input(&|i| i.consciousness = s("X")),
@@ -727,6 +727,50 @@ fn observation_sets_are_validated_with_plain_words() {
     }))
     .unwrap_err();
     assert_eq!(both.len(), 2, "{both:?}");
+}
+
+#[test]
+fn staff_form_and_scorer_refuse_exactly_the_same_values() {
+    // Issue 22: the form took SpO2 50-100, temperature 30-45 and pulse 20-250 while
+    // the scorer took 0-100, 25-45 and 0-300. Both read Parameter::plausible_range.
+    use super::clinical::{ObservationInput, validate};
+    use crate::clinical::news2::{Observations, Parameter as P};
+    let set = |p: P, v: &str| {
+        let mut i = ObservationInput::default();
+        let s = Some(v.to_owned());
+        match p {
+            P::RespRate => i.resp_rate = s,
+            P::Spo2 => i.spo2 = s,
+            P::Systolic => i.systolic = s,
+            P::Pulse => i.pulse = s,
+            _ => i.temperature = s,
+        }
+        i
+    };
+    let obs = |p: P, v: f64| {
+        let mut o = Observations::default();
+        match p {
+            P::RespRate => o.resp_rate = Some(v),
+            P::Spo2 => o.spo2 = Some(v),
+            P::Systolic => o.systolic = Some(v),
+            P::Pulse => o.pulse = Some(v),
+            _ => o.temperature = Some(v),
+        }
+        o
+    };
+    for p in [P::RespRate, P::Spo2, P::Systolic, P::Pulse, P::Temperature] {
+        let (lo, hi, _) = p.plausible_range().unwrap();
+        for (v, inside) in [(lo, true), (hi, true), (lo - 1.0, false), (hi + 1.0, false)] {
+            let form = validate(&set(p, &format!("{v}"))).is_ok();
+            assert_eq!(form, inside, "{p:?} {v}: form");
+            assert_eq!(p.plausible(v), inside, "{p:?} {v}: alert rules");
+            assert_eq!(obs(p, v).validate().is_ok(), inside, "{p:?} {v}: scorer");
+        }
+    }
+    // The values that disagreed before.
+    assert!(validate(&set(P::Spo2, "40")).is_err() && !P::Spo2.plausible(40.0));
+    assert!(validate(&set(P::Pulse, "270")).is_err() && !P::Pulse.plausible(270.0));
+    assert!(validate(&set(P::Temperature, "28.5")).is_ok() && P::Temperature.plausible(28.5));
 }
 
 #[tokio::test(flavor = "multi_thread")]

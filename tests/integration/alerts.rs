@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use carehub::alerts::{AlertStage, SharedBook, open_book};
-use carehub::clinical::alerts::Limits;
+use carehub::alert_stage::{AlertStage, SharedBook, open_book};
+use carehub::clinical::alert_rules::Limits;
 use carehub::config::PayloadFormat;
 use carehub::model::{Quantity, Reading, ReadingId, ResidentId, Subject, Timestamp, Unit, Value};
 use carehub::store::{Store, StoreHandle};

@@ -10,6 +10,7 @@ mod browser_support;
 mod decode_cli;
 mod demo;
 mod fhir_models;
+mod module_cycles;
 mod mqtt;
 mod mqtt_support;
 mod mqtt_v5;

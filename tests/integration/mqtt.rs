@@ -634,7 +634,7 @@ async fn an_alert_raised_while_the_uplink_connects_does_not_fire_its_last_will()
     let store = open_store(dir.path());
     provision(&store.handle).await;
     let db = dir.path().join("carehub.db");
-    let book = tokio::task::spawn_blocking(move || carehub::alerts::open_book(&db))
+    let book = tokio::task::spawn_blocking(move || carehub::alert_stage::open_book(&db))
         .await
         .unwrap()
         .unwrap();

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use carehub::alerts::{AlertStage, open_book};
-use carehub::clinical::alerts::Limits;
+use carehub::alert_stage::{AlertStage, open_book};
+use carehub::clinical::alert_rules::Limits;
 use carehub::config::{PayloadFormat, Protocol};
 use carehub::model::{Reading, ReadingId, ResidentId, Subject, Timestamp, Unit, Value};
 use carehub::store::StoreHandle;

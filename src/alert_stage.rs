@@ -1,9 +1,9 @@
 //! The alert stage: a task that gathers what the gateway knows (latest vitals,
 //! devices, backlog, certificate, disk), asks the pure rules in
-//! `clinical::alerts` which causes hold, and drives the alert lifecycle in the
+//! `clinical::alert_rules` which causes hold, and drives the alert lifecycle in the
 //! alert book (raise once; clinical alerts latch until acknowledged, technical
 //! ones clear after the minimum hold; unacknowledged emergencies are announced
-//! again; see `store::alerts`).
+//! again; see `store::alert_book`).
 //!
 //! It evaluates soon after new readings are committed (at most once per
 //! `POLL`) and every `every` regardless, so that silence, a growing backlog or an
@@ -14,14 +14,14 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clinical::VitalSample;
-use crate::clinical::alerts::{
+use crate::clinical::alert_rules::{
     DeviceState, GatewayState, Lifecycle, Limits, ResidentState, Snapshot, evaluate,
 };
 use crate::model::Timestamp;
@@ -124,8 +124,14 @@ impl AlertStage {
         let uplink = self.uplink.as_ref().map(|u| u.snapshot());
         let web_unanswered_for = self.web.as_ref().map(|b| b.last().age_at(now));
         tokio::task::spawn_blocking(move || {
-            let thresholds = book.lock().unwrap().thresholds()?;
-            let scales = book.lock().unwrap().spo2_scales()?;
+            let thresholds = book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .thresholds()?;
+            let scales = book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .spo2_scales()?;
             let residents = reader
                 .residents_overview()?
                 .into_iter()
@@ -151,7 +157,7 @@ impl AlertStage {
                 .collect();
             let devices = book
                 .lock()
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .device_states()?
                 .into_iter()
                 .map(
@@ -185,7 +191,10 @@ impl AlertStage {
                 &limits,
                 now,
             );
-            Ok(book.lock().unwrap().sync(&eval, &lifecycle, now)?)
+            Ok(book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sync(&eval, &lifecycle, now)?)
         })
         .await?
     }

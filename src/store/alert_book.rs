@@ -15,7 +15,7 @@
 //! compares the open alerts in the database with the causes that hold now, so a
 //! restart reloads what is open and raises nothing twice.
 //!
-//! The lifecycle (`clinical::alerts::Lifecycle`, IEC 60601-1-8's latching and
+//! The lifecycle (`clinical::alert_rules::Lifecycle`, IEC 60601-1-8's latching and
 //! non-latching alarms): a cause that stops holding is noted (`absent_since`);
 //! once it has stayed away for the minimum hold the alert is *cleared*. A
 //! technical alert is then resolved (its clearing recorded); a clinical alert
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::StoreError;
-use crate::clinical::alerts::{AlertClass, Evaluation, Lifecycle, Thresholds};
+use crate::clinical::alert_rules::{AlertClass, Evaluation, Lifecycle, Thresholds};
 use crate::clinical::news2::Spo2Scale;
 use crate::model::{ReadingId, Timestamp};
 
@@ -628,7 +628,7 @@ impl AlertBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clinical::alerts::{Cause, Severity};
+    use crate::clinical::alert_rules::{Cause, Severity};
 
     fn cause(key: &str) -> Cause {
         Cause {

@@ -4,7 +4,7 @@
 //!
 //! The lifecycle (raise once, latch clinical alerts until acknowledged, clear
 //! technical ones after the minimum hold, announce again) lives in the store
-//! (`store::alerts`); this module only answers "which causes hold right now".
+//! (`store::alert_book`); this module only answers "which causes hold right now".
 //! Each cause has a stable key (subject + rule), so a cause that keeps holding
 //! maps to the same open alert and never to a storm of new ones.
 //!
@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use super::news2::{Band, Parameter};
-use super::{Freshness, VitalSample, freshness, news2_from_readings};
-use crate::model::{Quantity, ReadingId, Timestamp, Unit};
+use super::{Freshness, VitalSample, chart_value, freshness, news2_from_readings};
+use crate::model::{ReadingId, Timestamp};
 
 /// How urgent an alert is, in the order staff should act on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -406,40 +406,16 @@ fn threshold_causes(
         }
         // A special value ("not a number") is never turned into a number.
         let Some(n) = v.value.number() else { continue };
-        let (param, value, unit, low, high) = match (v.quantity, v.unit) {
-            (Quantity::Spo2, Unit::Percent) => (Parameter::Spo2, n, "%", t.spo2_low, f64::INFINITY),
-            (Quantity::PulseRate | Quantity::HeartRate, Unit::PerMinute) => {
-                (Parameter::Pulse, n, "/min", t.pulse_low, t.pulse_high)
-            }
-            (Quantity::SystolicPressure, Unit::MillimetreOfMercury) => (
-                Parameter::Systolic,
-                n,
-                "mmHg",
-                t.systolic_low,
-                t.systolic_high,
-            ),
-            (Quantity::SystolicPressure, Unit::Kilopascal) => (
-                Parameter::Systolic,
-                n * 7.500_617,
-                "mmHg",
-                t.systolic_low,
-                t.systolic_high,
-            ),
-            (Quantity::BodyTemperature, Unit::Celsius) => (
-                Parameter::Temperature,
-                n,
-                "°C",
-                t.temperature_low,
-                t.temperature_high,
-            ),
-            (Quantity::BodyTemperature, Unit::Fahrenheit) => (
-                Parameter::Temperature,
-                (n - 32.0) * 5.0 / 9.0,
-                "°C",
-                t.temperature_low,
-                t.temperature_high,
-            ),
-            _ => continue,
+        // The chart's parameter and unit: the one conversion (kPa, °F) in `clinical`.
+        let Some((param, value)) = chart_value(v.quantity, v.unit, n) else {
+            continue;
+        };
+        let (unit, low, high) = match param {
+            Parameter::Spo2 => ("%", t.spo2_low, f64::INFINITY),
+            Parameter::Pulse => ("/min", t.pulse_low, t.pulse_high),
+            Parameter::Systolic => ("mmHg", t.systolic_low, t.systolic_high),
+            Parameter::Temperature => ("°C", t.temperature_low, t.temperature_high),
+            Parameter::RespRate | Parameter::Oxygen | Parameter::Consciousness => continue,
         };
         // An implausible value is a sensor fault, shown as such; it neither
         // raises nor clears a limit alert.
@@ -604,6 +580,7 @@ fn warning(key: String, resident_id: Option<i64>, rule: &'static str, message: S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Quantity, Unit};
     use crate::model::Value;
 
     const NOW: i64 = 100_000_000;
