@@ -6,6 +6,14 @@
 //! sensors), and the steady-state `AlertBook::sync` on a real SQLite file with 60
 //! open alerts (every cause still holds: nothing is written).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -8,6 +8,13 @@
 //! the burst rate is a floor set partly by the fake, not a ceiling of carehub.
 //! Run: `cargo bench --bench ble_pipeline` (needs what `scripts/test` installs).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
 // The harness modules are shared with the integration tests; not all of their
 // helpers are used here.
 #![allow(dead_code)]

@@ -4,6 +4,14 @@
 //! docs/performance.md (reproduce with `benches/peers/run.sh`). The payloads are the
 //! same bytes `benches/peers/decode_peers.py` gives bthome-ble and TheengsDecoder.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

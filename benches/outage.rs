@@ -15,6 +15,14 @@
 //! `cargo bench --bench outage`; `OUTAGE_READINGS=1000000` for a smaller run.
 //! Results go to `docs/reliability.md`. Nothing here asserts a time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 #[path = "../tests/integration/mqtt_support.rs"]
 #[allow(dead_code)]
 mod mqtt_support;

@@ -17,6 +17,14 @@
 //! `cargo bench --bench soak`; `SOAK_SECS=120 cargo bench --bench soak` for a
 //! quick look.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 #[path = "../tests/integration/mqtt_support.rs"]
 #[allow(dead_code)]
 mod mqtt_support;

@@ -11,6 +11,14 @@
 //! the rows the goals name (ingest at 1,000 and 10,000 per commit, steady state,
 //! the 1,000,000 backlog drain), for quick comparisons while tuning.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

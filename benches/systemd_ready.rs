@@ -5,6 +5,14 @@
 //! Run with `cargo bench --bench systemd_ready`; results go to docs/performance.md.
 //! A plain binary (no criterion): each sample is a whole process start.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

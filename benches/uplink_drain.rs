@@ -11,6 +11,14 @@
 //! for `store.synchronous = "normal"`; `CAREHUB_BENCH_ENCODE_ONLY=1` for the
 //! uplink's own ceiling without the network: lease, read, encode, ack).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 #[path = "../tests/integration/mqtt_support.rs"]
 #[allow(dead_code)]
 mod mqtt_support;

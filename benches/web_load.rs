@@ -14,6 +14,14 @@
 //! request as soon as the previous answer is read (a closed loop, as wrk does).
 //! Any answer but 200 is counted as an error and shown.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

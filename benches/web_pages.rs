@@ -13,6 +13,14 @@
 //! docs/performance.md). `CAREHUB_BENCH_DIR` picks the directory (default under
 //! the target directory).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,6 +9,14 @@
 //! 30 s) and a thermometer now and then, per room a sensor (temperature,
 //! humidity, motion), received over a few minutes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use carehub::model::{
     Device, DeviceAddress, DeviceKind, Quantity, Reading, ReadingId, Resident, ResidentId, Subject,
     Timestamp, Unit, Value,

@@ -580,8 +580,8 @@ fn warning(key: String, resident_id: Option<i64>, rule: &'static str, message: S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Quantity, Unit};
     use crate::model::Value;
+    use crate::model::{Quantity, Unit};
 
     const NOW: i64 = 100_000_000;
 

@@ -503,6 +503,12 @@ fn check_certificate(dir: &Path, cert: &[u8], id: &str, now: Timestamp, faults: 
 
 /// The wpa_supplicant configuration for a network: the passphrase is turned
 /// into the 256-bit PSK here, so it is never written in clear on the box.
+/// WPA2's PBKDF2 iteration count (IEEE 802.11i).
+const PBKDF2_ROUNDS: std::num::NonZeroU32 = match std::num::NonZeroU32::new(4096) {
+    Some(n) => n,
+    None => std::num::NonZeroU32::MIN,
+};
+
 fn wifi_config(w: &WifiSection) -> Result<String, String> {
     let ssid = w.ssid.as_bytes();
     if !(1..=32).contains(&ssid.len()) {
@@ -526,7 +532,7 @@ fn wifi_config(w: &WifiSection) -> Result<String, String> {
     let mut psk = [0u8; 32];
     ring::pbkdf2::derive(
         ring::pbkdf2::PBKDF2_HMAC_SHA1,
-        std::num::NonZeroU32::new(4096).expect("4096 is not zero"),
+        PBKDF2_ROUNDS,
         ssid,
         p.as_bytes(),
         &mut psk,

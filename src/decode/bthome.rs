@@ -248,7 +248,7 @@ fn object(id: u8) -> Option<&'static Object> {
     OBJECTS
         .binary_search_by_key(&id, |o| o.id)
         .ok()
-        .map(|i| &OBJECTS[i])
+        .and_then(|i| OBJECTS.get(i))
 }
 
 /// Decodes unencrypted service data under 0xFCD2 (the bytes after the UUID), with no
@@ -323,7 +323,7 @@ pub(crate) fn decode_with_state(
             });
         }
         state.last_bthome_counter = Some(counter);
-        let mut frame = parse_objects(info, &plain[..n])?;
+        let mut frame = parse_objects(info, plain.get(..n).unwrap_or_default())?;
         frame
             .decoded
             .attr("encryption_counter", AttrValue::Int(i64::from(counter)));
@@ -429,13 +429,14 @@ fn parse_objects(info: u8, objects: &[u8]) -> Result<BthomeFrame, DecodeError> {
             }
             Kind::Special { size } => {
                 let b = c.take(usize::from(size))?;
-                match id {
-                    0x00 => packet_id = Some(b[0]),
-                    0x3A => out.event("button", button(b[0])),
-                    0x3C => dimmer(&mut out, b[0], b[1]),
-                    0xF0 => out.attr(
+                // `b` has the size the table gives its id, so each id meets its arm.
+                match (id, b) {
+                    (0x00, &[p]) => packet_id = Some(p),
+                    (0x3A, &[e]) => out.event("button", button(e)),
+                    (0x3C, &[code, steps]) => dimmer(&mut out, code, steps),
+                    (0xF0, &[lo, hi]) => out.attr(
                         "device_type_id",
-                        AttrValue::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))),
+                        AttrValue::Int(i64::from(u16::from_le_bytes([lo, hi]))),
                     ),
                     // Firmware versions are sent least significant part first.
                     _ => {

@@ -32,8 +32,11 @@ pub(crate) fn decrypt(
             field: "encrypted payload length",
         });
     }
-    out[..n].copy_from_slice(ciphertext);
-    let buf = &mut out[..n];
+    let buf = out.get_mut(..n).ok_or(DecodeError::Invalid {
+        format,
+        field: "encrypted payload length",
+    })?;
+    buf.copy_from_slice(ciphertext);
     let key = GenericArray::from_slice(key);
     let tag = GenericArray::from_slice(tag);
     let ok = match nonce.len() {

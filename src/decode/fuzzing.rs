@@ -5,6 +5,11 @@
 //! a decoded number is not finite: a special value must never become a number, and
 //! a panic is what a fuzzer reports.
 
+#![allow(
+    clippy::indexing_slicing,
+    reason = "fuzzing entry points, not daemon code: every index is taken modulo its table's length"
+)]
+
 use super::{Decoded, Decoder, gatt, ruuvi};
 use crate::model::DeviceAddress;
 use crate::sensor::{Advertisement, Frame, Notification, uuid16};

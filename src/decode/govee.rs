@@ -115,8 +115,8 @@ pub fn packed(v: u32) -> (f64, f64) {
 fn packed_frame(format: &'static str, offset: usize, data: &[u8]) -> Result<Decoded, DecodeError> {
     let mut c = Cursor::new(format, data);
     c.take(offset)?;
-    let b = c.take(3)?;
-    let v = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+    let [b0, b1, b2] = c.array()?;
+    let v = u32::from_be_bytes([0, b0, b1, b2]);
     let battery = c.u8()?;
     let (t, h) = packed(v);
     let mut out = Decoded::new(format);

@@ -223,7 +223,9 @@ pub fn parse_bind_key(text: &str) -> Result<BindKey, &'static str> {
     let nibble = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
     let mut key = [0u8; 16];
     for (k, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
-        *k = nibble(pair[0]) << 4 | nibble(pair[1]);
+        if let [hi, lo] = pair {
+            *k = nibble(*hi) << 4 | nibble(*lo);
+        }
     }
     Ok(key)
 }
@@ -440,9 +442,8 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        match end {
-            Some(end) => {
-                let s = &self.bytes[self.pos..end];
+        match end.and_then(|end| Some((end, self.bytes.get(self.pos..end)?))) {
+            Some((end, s)) => {
                 self.pos = end;
                 Ok(s)
             }
@@ -455,23 +456,36 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// The next `N` bytes as an array.
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let format = self.format;
+        let offset = self.pos;
+        self.take(N)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated {
+                format,
+                offset,
+                needed: N,
+                len: offset,
+            })
+    }
+
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
+        let [b] = self.array()?;
+        Ok(b)
     }
 
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array()?))
     }
 
     pub(crate) fn u24(&mut self) -> Result<u32, DecodeError> {
-        let b = self.take(3)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], 0]))
+        let [a, b, c] = self.array()?;
+        Ok(u32::from_le_bytes([a, b, c, 0]))
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array()?))
     }
 
     pub(crate) fn i16(&mut self) -> Result<i16, DecodeError> {
@@ -479,8 +493,7 @@ impl<'a> Cursor<'a> {
     }
 
     pub(crate) fn u16_be(&mut self) -> Result<u16, DecodeError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        Ok(u16::from_be_bytes(self.array()?))
     }
 
     pub(crate) fn i16_be(&mut self) -> Result<i16, DecodeError> {

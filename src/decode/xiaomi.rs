@@ -156,16 +156,22 @@ fn atc_encrypted(
 ) -> Result<Decoded, DecodeError> {
     let format = if data.len() == 11 { PVVX_ENC } else { ATC_ENC };
     let key = state.key.ok_or(DecodeError::Encrypted(format))?;
-    let counter = data[0];
-    let end = data.len();
+    let invalid = DecodeError::Invalid {
+        format,
+        field: "length",
+    };
+    let (&counter, rest) = data.split_first().ok_or(invalid.clone())?;
+    let (ciphertext, mic) = rest
+        .split_at_checked(rest.len().saturating_sub(4))
+        .ok_or(invalid.clone())?;
     let mut plain = [0u8; MAX_PLAIN];
     let n = crypto::decrypt(
         format,
         &key,
-        &atc_nonce(address, end, counter),
+        &atc_nonce(address, data.len(), counter),
         &[0x11],
-        &data[1..end - 4],
-        &data[end - 4..],
+        ciphertext,
+        mic,
         &mut plain,
     )?;
     // The counter must rise. It is one byte and wraps, so "rises" is serial
@@ -181,11 +187,14 @@ fn atc_encrypted(
         });
     }
     state.last_pvvx_counter = Some(counter);
-    let p = &plain[..n];
+    let p = plain.get(..n).unwrap_or_default();
     let mut out = Decoded::new(format);
     if format == PVVX_ENC {
-        let t = i16::from_le_bytes([p[0], p[1]]);
-        let h = u16::from_le_bytes([p[2], p[3]]);
+        let &[t0, t1, h0, h1, battery, flags] = p else {
+            return Err(invalid);
+        };
+        let t = i16::from_le_bytes([t0, t1]);
+        let h = u16::from_le_bytes([h0, h1]);
         out.push_number(
             Quantity::Temperature,
             round_to(f64::from(t) * 0.01, 2),
@@ -198,21 +207,24 @@ fn atc_encrypted(
         );
         out.push_number(
             Quantity::BatteryLevel,
-            f64::from(p[4].min(100)),
+            f64::from(battery.min(100)),
             Unit::Percent,
         );
-        out.attr("flags", AttrValue::Int(i64::from(p[5])));
+        out.attr("flags", AttrValue::Int(i64::from(flags)));
     } else {
+        let &[t, h, battery] = p else {
+            return Err(invalid);
+        };
         // ATC1441 encrypted packs each value in one byte: (t + 40) × 2, h × 2, battery.
         out.push_number(
             Quantity::Temperature,
-            f64::from(p[0]) / 2.0 - 40.0,
+            f64::from(t) / 2.0 - 40.0,
             Unit::Celsius,
         );
-        out.push_number(Quantity::Humidity, f64::from(p[1]) / 2.0, Unit::Percent);
+        out.push_number(Quantity::Humidity, f64::from(h) / 2.0, Unit::Percent);
         out.push_number(
             Quantity::BatteryLevel,
-            f64::from((p[2] & 0x7F).min(100)),
+            f64::from((battery & 0x7F).min(100)),
             Unit::Percent,
         );
     }
@@ -263,8 +275,8 @@ pub(crate) fn decode_mibeacon(
     if fc & FC_MESH != 0 {
         return Err(DecodeError::Unsupported("mibeacon mesh frame".to_owned()));
     }
-    let pid_bytes = c.take(2)?;
-    let product_id = u16::from_le_bytes([pid_bytes[0], pid_bytes[1]]);
+    let pid_bytes: [u8; 2] = c.array()?;
+    let product_id = u16::from_le_bytes(pid_bytes);
     let counter = c.u8()?;
     let mac = if fc & FC_MAC != 0 {
         let mut m = [0u8; 6];
@@ -290,7 +302,9 @@ pub(crate) fn decode_mibeacon(
         // A beacon with no measurement (pairing, presence): nothing to report.
         return Ok(out);
     }
-    let rest = &data[data.len() - c.remaining()..];
+    let rest = data
+        .get(data.len().saturating_sub(c.remaining())..)
+        .unwrap_or_default();
     if rest.is_empty() {
         return Err(DecodeError::Truncated {
             format: MIBEACON,
@@ -308,28 +322,32 @@ pub(crate) fn decode_mibeacon(
             });
         }
         let key = state.key.ok_or(DecodeError::Encrypted(MIBEACON))?;
-        if rest.len() < 7 {
-            return Err(DecodeError::Truncated {
-                format: MIBEACON,
-                offset: data.len(),
-                needed: 7,
-                len: data.len(),
-            });
-        }
-        let end = rest.len();
-        let ext = &rest[end - 7..end - 4];
-        let nonce = mibeacon_nonce(mac, pid_bytes, counter, ext);
+        let truncated = DecodeError::Truncated {
+            format: MIBEACON,
+            offset: data.len(),
+            needed: 7,
+            len: data.len(),
+        };
+        // Ciphertext, then the extended counter (3) and the MIC (4).
+        let (ciphertext, tail) = rest
+            .split_at_checked(rest.len().saturating_sub(7))
+            .ok_or(truncated.clone())?;
+        let &[e0, e1, e2, m0, m1, m2, m3] = tail else {
+            return Err(truncated);
+        };
+        let ext = [e0, e1, e2];
+        let nonce = mibeacon_nonce(mac, &pid_bytes, counter, &ext);
         let mut plain = [0u8; MAX_PLAIN];
         let n = crypto::decrypt(
             MIBEACON,
             &key,
             &nonce,
             &[0x11],
-            &rest[..end - 7],
-            &rest[end - 4..],
+            ciphertext,
+            &[m0, m1, m2, m3],
             &mut plain,
         )?;
-        let full = u32::from_le_bytes([counter, ext[0], ext[1], ext[2]]);
+        let full = u32::from_le_bytes([counter, e0, e1, e2]);
         if let Some(last) = state.last_mibeacon_counter
             && full <= last
         {
@@ -340,7 +358,7 @@ pub(crate) fn decode_mibeacon(
             });
         }
         state.last_mibeacon_counter = Some(full);
-        mibeacon_objects(&plain[..n], &mut out)?;
+        mibeacon_objects(plain.get(..n).unwrap_or_default(), &mut out)?;
     } else {
         if state.key.is_some() {
             return Err(DecodeError::Downgrade(MIBEACON));
@@ -365,7 +383,7 @@ pub fn mibeacon_embedded_mac(data: &[u8]) -> Option<DeviceAddress> {
     Some(DeviceAddress(m))
 }
 
-fn mibeacon_nonce(mac: DeviceAddress, pid: &[u8], counter: u8, ext: &[u8]) -> [u8; 12] {
+fn mibeacon_nonce(mac: DeviceAddress, pid: &[u8; 2], counter: u8, ext: &[u8; 3]) -> [u8; 12] {
     let mut n = [0u8; 12];
     let mut m = mac.0;
     m.reverse();
@@ -387,79 +405,61 @@ pub fn encrypt_mibeacon(
 ) -> Option<Vec<u8>> {
     // Auth mode 2 (bits 10-11) is what LYWSD03MMC sensors send with v5 encryption.
     let fc: u16 = (5 << 12) | (2 << 10) | FC_OBJECT | FC_ENCRYPTED;
-    let c = counter.to_le_bytes();
+    let [c0, c1, c2, c3] = counter.to_le_bytes();
+    let ext = [c1, c2, c3];
     let pid = product_id.to_le_bytes();
     let mut buf = objects.to_vec();
     let tag = crypto::encrypt(
         key,
-        &mibeacon_nonce(address, &pid, c[0], &c[1..]),
+        &mibeacon_nonce(address, &pid, c0, &ext),
         &[0x11],
         &mut buf,
     )?;
     let mut out = Vec::with_capacity(buf.len() + 12);
     out.extend_from_slice(&fc.to_le_bytes());
     out.extend_from_slice(&pid);
-    out.push(c[0]);
+    out.push(c0);
     out.extend_from_slice(&buf);
-    out.extend_from_slice(&c[1..]);
+    out.extend_from_slice(&ext);
     out.extend_from_slice(&tag);
     Some(out)
 }
 
 fn mibeacon_objects(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     let mut c = Cursor::new(MIBEACON, bytes);
+    let invalid = || DecodeError::Invalid {
+        format: MIBEACON,
+        field: "object length",
+    };
     while c.remaining() > 0 {
         let kind = c.u16()?;
         let len = c.u8()?;
         let v = c.take(usize::from(len))?;
-        let need = |n: usize| {
-            if v.len() == n {
-                Ok(())
-            } else {
-                Err(DecodeError::Invalid {
-                    format: MIBEACON,
-                    field: "object length",
-                })
-            }
+        let temperature = |out: &mut Decoded, t: [u8; 2]| {
+            out.push_number(
+                Quantity::Temperature,
+                round_to(f64::from(i16::from_le_bytes(t)) * 0.1, 1),
+                Unit::Celsius,
+            );
         };
-        match kind {
-            0x1004 => {
-                need(2)?;
-                let t = i16::from_le_bytes([v[0], v[1]]);
-                out.push_number(
-                    Quantity::Temperature,
-                    round_to(f64::from(t) * 0.1, 1),
-                    Unit::Celsius,
-                );
+        let humidity = |out: &mut Decoded, h: [u8; 2]| {
+            out.push_number(
+                Quantity::Humidity,
+                round_to(f64::from(u16::from_le_bytes(h)) * 0.1, 1),
+                Unit::Percent,
+            );
+        };
+        match (kind, v) {
+            (0x1004, &[t0, t1]) => temperature(out, [t0, t1]),
+            (0x1006, &[h0, h1]) => humidity(out, [h0, h1]),
+            (0x100A, &[b]) => {
+                out.push_number(Quantity::BatteryLevel, f64::from(b), Unit::Percent);
             }
-            0x1006 => {
-                need(2)?;
-                let h = u16::from_le_bytes([v[0], v[1]]);
-                out.push_number(
-                    Quantity::Humidity,
-                    round_to(f64::from(h) * 0.1, 1),
-                    Unit::Percent,
-                );
+            (0x100D, &[t0, t1, h0, h1]) => {
+                temperature(out, [t0, t1]);
+                humidity(out, [h0, h1]);
             }
-            0x100A => {
-                need(1)?;
-                out.push_number(Quantity::BatteryLevel, f64::from(v[0]), Unit::Percent);
-            }
-            0x100D => {
-                need(4)?;
-                let t = i16::from_le_bytes([v[0], v[1]]);
-                let h = u16::from_le_bytes([v[2], v[3]]);
-                out.push_number(
-                    Quantity::Temperature,
-                    round_to(f64::from(t) * 0.1, 1),
-                    Unit::Celsius,
-                );
-                out.push_number(
-                    Quantity::Humidity,
-                    round_to(f64::from(h) * 0.1, 1),
-                    Unit::Percent,
-                );
-            }
+            (0x1004 | 0x1006 | 0x100A | 0x100D, _) => return Err(invalid()),
             // Objects carehub has no use for (buttons, plant sensors...) are stepped over.
             _ => {}
         }

@@ -103,6 +103,7 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    #[allow(clippy::indexing_slicing, reason = "modulo the table length")]
     pub fn new(config: &SimulatorConfig) -> Self {
         let mut rng = SmallRng::seed_from_u64(config.seed);
         let mut residents = Vec::new();
@@ -205,6 +206,10 @@ impl Simulator {
 
     /// Every frame due at `now`. The first call schedules every device to speak
     /// within three seconds, so a fresh demo fills its page at once.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "indexes come from 0..devices.len() and the devices never shrink"
+    )]
     pub fn poll(&mut self, now: Timestamp) -> Vec<RawFrame> {
         let mut out = Vec::new();
         let every = self.every;
@@ -250,6 +255,10 @@ impl Simulator {
         out
     }
 
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "idx is a device index from poll; a device's resident index was made with the residents"
+    )]
     fn frame_for(&mut self, idx: usize, now: Timestamp) -> Frame {
         let kind = self.devices[idx].device.kind;
         let address = self.devices[idx].device.address;
@@ -339,6 +348,10 @@ impl Simulator {
     }
 
     /// Advances one resident's physiology by `dt`.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "r is a resident index made with the residents, which never shrink"
+    )]
     fn step(&mut self, r: usize, dt: Duration) {
         let rng = &mut self.rng;
         let p = &mut self.residents[r].1;

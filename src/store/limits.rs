@@ -98,6 +98,10 @@ pub(super) fn row_bytes(r: &Reading) -> u64 {
 pub(super) const BATCH: usize = 10_000;
 
 /// Loads the persisted eviction counts into `stats`.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "EvictionReason::index is below the length of StoreStats::evicted by construction"
+)]
 pub(super) fn load_counts(conn: &Connection, stats: &StoreStats) -> Result<(), StoreError> {
     let mut q = conn.prepare("SELECT reason, class, count FROM evictions")?;
     let rows = q.query_map([], |r| {
@@ -143,6 +147,10 @@ pub(super) fn outbox_totals(conn: &Connection) -> Result<(u64, u64), StoreError>
 
 /// Deletes the given outbox readings of `class` (outbox row and reading row) and
 /// records the eviction. Returns (readings, bytes) actually evicted.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "EvictionReason::index is below the length of StoreStats::evicted by construction"
+)]
 fn evict_seqs(
     conn: &mut Connection,
     class: Class,

@@ -322,6 +322,10 @@ impl StoreStats {
     }
 
     /// Evicted readings for one reason and class.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "EvictionReason::index is below the length of evicted by construction"
+    )]
     pub fn evicted(&self, reason: EvictionReason, class: Class) -> u64 {
         self.evicted[reason.index(class)].load(Ordering::Relaxed)
     }

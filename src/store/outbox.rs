@@ -63,7 +63,9 @@ pub(super) fn runs(sorted: impl IntoIterator<Item = i64>) -> Vec<(i64, i64)> {
 /// Whether `seq` lies in one of the sorted, disjoint `ranges`.
 pub(super) fn contains(ranges: &[(i64, i64)], seq: i64) -> bool {
     let i = ranges.partition_point(|&(first, _)| first <= seq);
-    i > 0 && ranges[i - 1].1 >= seq
+    i.checked_sub(1)
+        .and_then(|j| ranges.get(j))
+        .is_some_and(|&(_, last)| last >= seq)
 }
 
 /// Puts `[first, last]` in the outbox of `class`, extending the range that ends

@@ -86,7 +86,9 @@ impl<T: Copy> ByCode<T> {
                 if self.dense.len() <= i {
                     self.dense.resize(i + 1, None);
                 }
-                self.dense[i] = Some(value);
+                if let Some(slot) = self.dense.get_mut(i) {
+                    *slot = Some(value);
+                }
             }
             _ => {
                 self.sparse.insert(code, value);

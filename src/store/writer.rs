@@ -76,6 +76,10 @@ pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connecti
     Ok(conn)
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "start-up: a thread cannot be spawned only when the process is out of resources, and then the gateway cannot run"
+)]
 pub(super) fn spawn(
     mut conn: Connection,
     rx: mpsc::Receiver<Command>,
@@ -263,6 +267,10 @@ impl Writer {
         tracing::debug!("store writer stopped: every producer has gone and all is committed");
     }
 
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slot(class) is 0 or 1, the length of cursor and leased"
+    )]
     fn handle_group(&mut self, group: Vec<Command>) {
         // Acks naming a lease this writer holds; any other is answered UnknownLease.
         let acks: HashSet<u64> = group
@@ -684,6 +692,10 @@ impl Writer {
     /// Leases up to `max` readings: vital before room, oldest first, skipping
     /// readings already leased. Reads only the outbox's ranges, never a reading:
     /// the leaser reads the rows itself ([`super::lease_read`]).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slot(class) is 0 or 1, the length of cursor and leased"
+    )]
     fn lease(&mut self, max: usize) -> Result<Option<LeaseRuns>, StoreError> {
         let mut runs = Vec::new();
         let mut count = 0usize;
@@ -739,6 +751,10 @@ impl Writer {
     /// The leaser has read a lease: keep its count and bytes for the ack, and
     /// take the rows it could not read out of it (they stay in the outbox, past
     /// the cursor, as if never leased). A lease with nothing readable is dropped.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slot(class) is 0 or 1, the length of cursor and leased"
+    )]
     fn lease_read(&mut self, report: ReadReport) {
         let Some(held) = self.leases.get_mut(&report.lease.0) else {
             return;
@@ -774,6 +790,10 @@ impl Writer {
         held.read = Some((report.readings, report.bytes));
     }
 
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slot(class) is 0 or 1, the length of cursor and leased"
+    )]
     fn release(&mut self, lease: LeaseId) -> Result<(), StoreError> {
         let held = self
             .leases
@@ -787,6 +807,10 @@ impl Writer {
         Ok(())
     }
 
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slot(class) is 0 or 1, the length of cursor and leased"
+    )]
     fn release_all(&mut self) {
         self.leases.clear();
         self.leased = [BTreeMap::new(), BTreeMap::new()];
@@ -851,6 +875,10 @@ impl Writer {
     }
 
     /// Every held run back to waiting; returns the readings that were held.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slot(class) is 0 or 1, the length of cursor and leased"
+    )]
     fn retry_held(&mut self) -> u64 {
         let n = self.held_readings();
         for (runs, _) in std::mem::take(&mut self.held) {

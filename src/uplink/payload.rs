@@ -166,6 +166,10 @@ pub fn write_readings_tail(out: &mut Vec<u8>) {
 }
 
 /// One reading of a readings message; `first` for the first of the message.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "a nibble (0 to 15) indexes the 16 hex digits"
+)]
 pub fn write_reading_json(out: &mut Vec<u8>, first: bool, r: OutgoingReading<'_>) {
     if !first {
         out.push(b',');
@@ -240,6 +244,10 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 
 /// A number as serde_json writes it. Whole numbers (a pulse rate, an SpO2) are
 /// the common case and are written by hand, `95.0`; the rest by serde_json.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "a whole number below 1e9 has at most 9 digits; the buffer holds 10"
+)]
 fn json_number(out: &mut Vec<u8>, n: f64) {
     // Below 1e9 serde_json writes a whole number as its digits and ".0"; -0.0
     // keeps its sign there, so it goes the slow way.
@@ -273,6 +281,10 @@ fn json_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 
 /// A time as `Timestamp::to_rfc3339` writes it, quoted; computed by hand for the
 /// years 0 to 9999 (Howard Hinnant's days-to-civil), else by `to_rfc3339`.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "fixed positions in a fixed-size RFC 3339 buffer"
+)]
 fn json_time(out: &mut Vec<u8>, t: Timestamp) {
     const DAY_MS: i64 = 86_400_000;
     let ms = t.unix_ms();

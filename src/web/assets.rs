@@ -14,6 +14,10 @@ pub const CSS: &str = include_str!("../../assets/carehub.css");
 pub const JS: &str = include_str!("../../assets/live.js");
 
 /// FNV-1a, 64 bit: computed at compile time, enough to tell two builds' files apart.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "i < bytes.len() by the loop condition (a const fn cannot use get)"
+)]
 const fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;

@@ -83,6 +83,10 @@ impl std::fmt::Debug for AuditMsg {
 const TICK_EVERY: Duration = Duration::from_secs(5);
 
 impl AuditWriter {
+    #[allow(
+        clippy::expect_used,
+        reason = "start-up: a thread cannot be spawned only when the process is out of resources, and then the gateway cannot run"
+    )]
     pub(super) fn start(conn: Connection, export_dir: std::path::PathBuf) -> AuditWriter {
         let (tx, rx) = tokio::sync::mpsc::channel(4 * AUDIT_BATCH);
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -15,7 +15,8 @@ pub(super) fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
-pub(super) const USER_COLUMNS: &str = "u.id, u.username, u.role, u.disabled, u.created_at_ms, u.created_by";
+pub(super) const USER_COLUMNS: &str =
+    "u.id, u.username, u.role, u.disabled, u.created_at_ms, u.created_by";
 
 impl Accounts {
     /// Whether an enabled admin exists (if not, the setup code is offered).

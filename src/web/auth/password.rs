@@ -69,6 +69,10 @@ pub fn new_token() -> Result<String, NoRandom> {
 
 /// A setup code a person can type: 16 letters and digits in groups of four, from
 /// an alphabet without look-alikes (80 bits).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "b % 32 indexes the 32-letter alphabet"
+)]
 pub fn new_setup_code() -> Result<String, NoRandom> {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let bytes = random_bytes::<16>()?;

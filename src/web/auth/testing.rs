@@ -1,6 +1,11 @@
 //! For tests: signs a user in by creating the account and the session directly
 //! through the store, so router tests run with authentication on.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test support (the integration tests use it too): a failure is the test's"
+)]
+
 use std::sync::Arc;
 
 use super::{AuthSettings, password};
