@@ -12,6 +12,7 @@ mod demo;
 mod fhir_models;
 mod mqtt;
 mod mqtt_support;
+mod mqtt_receipts;
 mod mqtt_v5;
 mod news2;
 mod provision;
