@@ -345,7 +345,12 @@ mod tests {
                         .unwrap()
                         .iter()
                         .filter(|e| e["resource"]["resourceType"] == "Observation")
-                        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
+                        .map(|e| {
+                            e["resource"]["identifier"][0]["value"]
+                                .as_str()
+                                .unwrap()
+                                .to_owned()
+                        })
                         .collect(),
                 }
             };

@@ -290,7 +290,13 @@ async fn receipts_for_compressed_fhir_bundles_empty_the_outbox() {
     let store = open_store(dir.path());
     provision(&store.handle).await;
     let ids = ingest(&store.handle, 300).await;
-    let mut s = settings(&pki, broker.port, "localhost", "gateway", PayloadFormat::Fhir);
+    let mut s = settings(
+        &pki,
+        broker.port,
+        "localhost",
+        "gateway",
+        PayloadFormat::Fhir,
+    );
     s.protocol = Protocol::V5;
     s.compact = true;
     s.receipts = Some(Duration::from_secs(30));
