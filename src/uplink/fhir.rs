@@ -111,14 +111,23 @@ fn placeholder(system: &str, value: &str) -> String {
     format!("urn:uuid:{}", uuid::Uuid::from_bytes(b))
 }
 
-/// A reference to a Device of the Bundle: its placeholder, and its identifier
-/// for a reader that does not process the Bundle as a transaction.
-fn device_ref(system: &str, value: &str) -> Json {
-    json!({
-        "reference": placeholder(system, value),
-        "type": "Device",
-        "identifier": { "system": system, "value": value },
-    })
+/// A reference to a Device of the Bundle, by its placeholder (a reader that
+/// does not process the Bundle as a transaction finds the Device by `fullUrl`).
+fn device_ref(placeholder: String) -> Json {
+    json!({ "reference": placeholder })
+}
+
+/// A sensor's placeholder: a fixed UUIDv8 prefix and its Bluetooth address as
+/// the last 12 hex digits (`urn:uuid:ca4e4bb0-0000-8000-8000-a4c138123456`),
+/// which compresses well where a sensor appears in many Observations.
+fn sensor_placeholder(address: &crate::model::DeviceAddress) -> String {
+    let mut b = [
+        0xca, 0x4e, 0x4b, 0xb0, 0, 0, 0x80, 0, 0x80, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    if let Some(tail) = b.get_mut(10..) {
+        tail.copy_from_slice(&address.0);
+    }
+    format!("urn:uuid:{}", uuid::Uuid::from_bytes(b))
 }
 
 fn gateway_entry(gateway: &str) -> Json {
@@ -136,17 +145,19 @@ fn gateway_entry(gateway: &str) -> Json {
 /// The transaction Bundle for one batch.
 pub fn bundle(gateway: &str, readings: &[OutgoingReading<'_>]) -> Json {
     let mut entries = vec![gateway_entry(gateway)];
-    let mut devices: Vec<String> = readings.iter().map(|r| eui48(&r.reading.device)).collect();
+    let mut devices: Vec<crate::model::DeviceAddress> =
+        readings.iter().map(|r| r.reading.device).collect();
     devices.sort();
     devices.dedup();
-    for address in &devices {
+    for device in &devices {
+        let address = eui48(device);
         entries.push(json!({
-            "fullUrl": placeholder(BLUETOOTH, address),
+            "fullUrl": sensor_placeholder(device),
             "resource": {
                 "resourceType": "Device",
                 "identifier": [{ "system": BLUETOOTH, "value": address }],
             },
-            "request": { "method": "PUT", "url": device_url(address) },
+            "request": { "method": "PUT", "url": device_url(&address) },
         }));
     }
     for r in readings {
@@ -176,10 +187,10 @@ fn observation_entry(gateway: &str, r: OutgoingReading<'_>) -> Json {
         "status": "final",
         "code": { "coding": coding, "text": reading.quantity.label() },
         "effectiveDateTime": reading.taken_at().to_rfc3339(),
-        "device": device_ref(BLUETOOTH, &eui48(&reading.device)),
+        "device": device_ref(sensor_placeholder(&reading.device)),
         "extension": [{
             "url": GATEWAY_EXTENSION,
-            "valueReference": device_ref(CAREHUB_GATEWAY, gateway),
+            "valueReference": device_ref(placeholder(CAREHUB_GATEWAY, gateway)),
         }],
     });
     if vital {
@@ -413,10 +424,10 @@ pub fn news2_bundle(gateway: &str, alert: &crate::store::AlertRecord) -> Option<
         "subject": { "type": "Patient", "identifier": { "system": CAREHUB_RESIDENT, "value": reference } },
         "effectiveDateTime": alert.raised_at.to_rfc3339(),
         "valueInteger": score,
-        "device": device_ref(CAREHUB_GATEWAY, gateway),
+        "device": device_ref(placeholder(CAREHUB_GATEWAY, gateway)),
         "extension": [{
             "url": GATEWAY_EXTENSION,
-            "valueReference": device_ref(CAREHUB_GATEWAY, gateway),
+            "valueReference": device_ref(placeholder(CAREHUB_GATEWAY, gateway)),
         }],
     });
     if !alert.reading_ids.is_empty() {
