@@ -73,7 +73,11 @@ fn pki(tls: &Path, gateways: &[String]) {
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
     std::fs::write(tls.join("ca.pem"), ca.pem()).unwrap();
     let leaf = |name: &str, cn: &str, server: bool| {
-        let dns = if server { vec!["localhost".to_owned()] } else { vec![] };
+        let dns = if server {
+            vec!["localhost".to_owned()]
+        } else {
+            vec![]
+        };
         let mut p = CertificateParams::new(dns).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -398,13 +402,18 @@ fn main() {
     });
     cluster(&dir, &["stop"]);
     let (want, received, messages, missing, per_gateway, times, drained, elapsed) = result;
-    println!("fleet: {fleet} gateways x {backlog} readings + 20 during the outage, MQTT 3.1.1, JSON, batch 100, 64 in flight");
+    println!(
+        "fleet: {fleet} gateways x {backlog} readings + 20 during the outage, MQTT 3.1.1, JSON, batch 100, 64 in flight"
+    );
     println!(
         "readings stored {want}; received {received} in {messages} messages ({} repeats); missing after de-dup by id: {missing}",
         received.saturating_sub(want as u64)
     );
     let worst = per_gateway.iter().max_by_key(|(_, _, m)| *m);
-    println!("per gateway: every one {} readings; most missing at one gateway: {worst:?}", per_gateway.first().map_or(0, |g| g.1));
+    println!(
+        "per gateway: every one {} readings; most missing at one gateway: {worst:?}",
+        per_gateway.first().map_or(0, |g| g.1)
+    );
     println!(
         "reconnects after node 1 was back: {}/{fleet}; p50 {:.2} s, p90 {:.2} s, max {:.2} s",
         times.len(),
@@ -420,7 +429,11 @@ fn main() {
     println!("reconnect histogram (seconds after node 1 listened again):");
     for (i, n) in buckets.iter().enumerate() {
         if *n > 0 {
-            let label = if i == 30 { "30+".to_owned() } else { format!("{i}-{}", i + 1) };
+            let label = if i == 30 {
+                "30+".to_owned()
+            } else {
+                format!("{i}-{}", i + 1)
+            };
             println!("  {label:>5} s {n:>4} {}", "#".repeat(*n));
         }
     }
