@@ -282,6 +282,7 @@ async fn carehub_run(pki: &Pki, n: usize, batch: usize) -> Result {
                 stable_after: std::time::Duration::from_secs(30),
                 watch_every: Duration::from_secs(60),
                 status_every: Duration::from_secs(60),
+                receipts: None,
             },
             store: store.handle.clone(),
             status: status.clone(),

@@ -320,6 +320,14 @@ pub struct UplinkConfig {
     /// (kept, not sent again until a reconnect, a reload or a staff action).
     /// Default 3.
     pub hold_after_refusals: u32,
+    /// End-to-end receipts: keep each reading in the outbox after the broker's
+    /// PUBACK until the cloud consumer's receipt for it arrives on
+    /// `carehub/v1/{site}/{gateway}/receipts`, and send it again when none came
+    /// within `receipt_timeout_s` (docs/mqtt.md). Default `false`.
+    pub receipts: bool,
+    /// With `receipts`: seconds to wait for a receipt after the last PUBACK of
+    /// a batch before sending the batch again. Default 120.
+    pub receipt_timeout_s: u64,
 }
 
 impl Default for UplinkConfig {
@@ -341,6 +349,8 @@ impl Default for UplinkConfig {
             backoff_max_ms: 60_000,
             cert_warn_days: 30,
             hold_after_refusals: 3,
+            receipts: false,
+            receipt_timeout_s: 120,
         }
     }
 }
@@ -624,6 +634,13 @@ cert_warn_days = 30
 # the gateway page and /metrics and raised as an alert; tried again after a
 # reconnect, a reload (SIGHUP) or a staff action on the gateway page.
 hold_after_refusals = 3
+# End-to-end receipts: keep each reading after the broker's PUBACK until the
+# cloud consumer says it has it in its own database (a receipt on
+# carehub/v1/{site}/{gateway}/receipts); a batch with no receipt within
+# receipt_timeout_s seconds is sent again. Needs a consumer that sends receipts
+# (docs/mqtt.md, tools/receipt_consumer.py); without one nothing is ever deleted.
+receipts = false
+receipt_timeout_s = 120
 "#;
 
 /// A configuration error, located in its file.
@@ -922,6 +939,9 @@ impl Config {
         }
         if u.hold_after_refusals == 0 {
             return Err(("uplink.hold_after_refusals", "must be at least 1".into()));
+        }
+        if u.receipt_timeout_s == 0 {
+            return Err(("uplink.receipt_timeout_s", "must be at least 1".into()));
         }
         // Cloud brokers (AWS IoT, Azure IoT Hub) limit client ids to 128 bytes and
         // the client id is the gateway id.

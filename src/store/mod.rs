@@ -207,7 +207,10 @@ pub(crate) enum Command {
         lease: LeaseId,
         reply: Reply<()>,
     },
+    /// Every lease back to waiting except those in `keep` (leases waiting
+    /// for end-to-end receipts).
     ReleaseAll {
+        keep: Vec<LeaseId>,
         reply: Reply<()>,
     },
     /// The broker refused a message of this lease (MQTT 5 reason code): release
@@ -529,7 +532,13 @@ impl StoreHandle {
     /// On reconnect and at start-up: every lease back to waiting (held readings
     /// stay held).
     pub async fn release_all(&self) -> Result<(), Arc<StoreError>> {
-        self.call(|reply| Command::ReleaseAll { reply }).await
+        self.release_all_but(Vec::new()).await
+    }
+
+    /// Like [`StoreHandle::release_all`], but the leases in `keep` stay leased
+    /// (in receipts mode, those the broker has and whose receipt is awaited).
+    pub async fn release_all_but(&self, keep: Vec<LeaseId>) -> Result<(), Arc<StoreError>> {
+        self.call(|reply| Command::ReleaseAll { keep, reply }).await
     }
 
     /// Runs retention, the age cap and the disk floor now, as if the time were

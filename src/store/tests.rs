@@ -170,6 +170,40 @@ async fn release_all_and_restart_release_every_lease() {
     close(store).await;
 }
 
+/// Receipts mode: a reconnect releases every lease but those waiting for a
+/// receipt, which stay leased (not sent again) and can still be acked.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_all_but_keeps_the_leases_awaiting_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(settings(dir.path()));
+    let h = &store.handle;
+    h.ingest((1..=6).map(|n| reading(n, Quantity::PulseRate)).collect())
+        .await
+        .unwrap();
+    let a = h.lease(2).await.unwrap().unwrap();
+    let b = h.lease(2).await.unwrap().unwrap();
+    let c = h.lease(2).await.unwrap().unwrap();
+    h.release_all_but(vec![b.id]).await.unwrap();
+    // a and c are leasable again; b is not.
+    let again = h.lease(10).await.unwrap().unwrap();
+    assert_eq!(
+        ids(&again).into_iter().map(number).collect::<Vec<_>>(),
+        vec![1, 2, 5, 6]
+    );
+    assert!(matches!(
+        *h.ack(a.id).await.unwrap_err(),
+        StoreError::UnknownLease(_)
+    ));
+    assert!(matches!(
+        *h.ack(c.id).await.unwrap_err(),
+        StoreError::UnknownLease(_)
+    ));
+    // b's receipt comes: it leaves the outbox.
+    h.ack(b.id).await.unwrap();
+    assert_eq!(store.reader.outbox_depth().unwrap(), 4);
+    close(store).await;
+}
+
 /// A lease refused again and again is held: kept in the outbox, skipped by
 /// later leases (the readings behind it still go), kept held across
 /// `release_all`, and leasable again after `retry_held`.

@@ -406,8 +406,12 @@ impl Writer {
                 Command::Release { lease, reply } => {
                     let _ = reply.send(self.release(lease).map_err(Arc::new));
                 }
-                Command::ReleaseAll { reply } => {
-                    self.release_all();
+                Command::ReleaseAll { keep, reply } => {
+                    if keep.is_empty() {
+                        self.release_all();
+                    } else {
+                        self.release_all_but(&keep);
+                    }
                     let _ = reply.send(Ok(()));
                 }
                 Command::Refuse {
@@ -820,6 +824,19 @@ impl Writer {
             for &(class, a, b) in runs {
                 self.leased[slot(class)].insert(a, b);
             }
+        }
+    }
+
+    /// Every lease but those in `keep` back to waiting (held readings stay held).
+    fn release_all_but(&mut self, keep: &[LeaseId]) {
+        let others: Vec<u64> = self
+            .leases
+            .keys()
+            .copied()
+            .filter(|id| !keep.contains(&LeaseId(*id)))
+            .collect();
+        for id in others {
+            let _ = self.release(LeaseId(id));
         }
     }
 

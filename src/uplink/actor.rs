@@ -68,10 +68,11 @@ pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 const ALERTS_IN_FLIGHT: usize = 4;
 use crate::system::health::Heartbeat;
 
-use super::batch::Encoder;
+use super::batch::{Encoder, Noting};
 use super::cert::{CertInfo, read_cert_info};
 use super::link::{self, LinkClient, LinkError, LinkEvent, LinkLoop, LinkOptions, Refusal};
 use super::payload::{Presence, StatusMessage, Topics};
+use super::receipts::Receipts;
 use super::status::{ConnectionState, UplinkStatus};
 use super::tls::{self, TlsFiles};
 
@@ -104,6 +105,10 @@ pub struct UplinkSettings {
     pub watch_every: Duration,
     /// How often the status message is refreshed while connected.
     pub status_every: Duration,
+    /// End-to-end receipts (`uplink.receipts`): wait this long after a batch's
+    /// last PUBACK for the consumer's receipt before sending it again. `None`:
+    /// the PUBACK is enough.
+    pub receipts: Option<Duration>,
 }
 
 impl UplinkSettings {
@@ -133,6 +138,7 @@ impl UplinkSettings {
             stable_after: STABLE_CONNECTION,
             watch_every: Duration::from_secs(10),
             status_every: Duration::from_secs(60),
+            receipts: u.receipts.then(|| Duration::from_secs(u.receipt_timeout_s)),
         }
     }
 }
@@ -336,6 +342,8 @@ struct Prepared {
     id: LeaseId,
     messages: Vec<Vec<u8>>,
     readings: u64,
+    /// The reading ids, in receipts mode.
+    ids: Option<Vec<crate::model::ReadingId>>,
 }
 
 type LeaseFuture = Pin<Box<dyn Future<Output = Result<Option<Prepared>, UplinkError>> + Send>>;
@@ -375,11 +383,14 @@ impl Uplink {
         // restart), but not after one that held readings ended soon after its
         // CONNACK, which they may have caused themselves.
         let mut retry_held = false;
+        // Leases the broker has taken and whose receipt is awaited: kept
+        // across connections (receipts mode).
+        let mut receipts = self.settings.receipts.map(Receipts::new);
         loop {
             self.heartbeat.beat();
             self.status.set_state(ConnectionState::Connecting);
             tracing::debug!(broker = %addr, "uplink: session starting");
-            let end = self.session(&addr, retry_held).await;
+            let end = self.session(&addr, retry_held, receipts.as_mut()).await;
             retry_held = matches!(
                 end,
                 SessionEnd::Reload
@@ -535,11 +546,18 @@ impl Uplink {
         }
     }
 
-    async fn session(&self, addr: &str, retry_held: bool) -> SessionEnd {
+    async fn session(
+        &self,
+        addr: &str,
+        retry_held: bool,
+        receipts: Option<&mut Receipts>,
+    ) -> SessionEnd {
         // This task is the outbox's only leaser and holds no lease between
-        // connections: whatever a previous connection could not release (a lease
-        // reply lost when it ended mid-request, a failed release) goes back now.
-        if let Err(e) = self.store.release_all().await {
+        // connections but those awaiting a receipt: whatever a previous
+        // connection could not release (a lease reply lost when it ended
+        // mid-request, a failed release) goes back now.
+        let keep = receipts.as_ref().map(|r| r.kept()).unwrap_or_default();
+        if let Err(e) = self.store.release_all_but(keep).await {
             return SessionEnd::Failed {
                 error: UplinkError::Store(e),
                 was_connected: false,
@@ -567,7 +585,7 @@ impl Uplink {
         let capacity = usize::from(self.settings.max_inflight)
             + messages_per_lease(self.settings.batch_max_readings, self.settings.max_inflight)
             + ALERTS_IN_FLIGHT
-            + 8;
+            + 9;
         let (client, events) = link::client(self.settings.protocol, options, capacity);
         let mut events = EventPump::start(events);
         let mut session = Session {
@@ -586,6 +604,7 @@ impl Uplink {
             connected_at: None,
             retry_on_connect: retry_held,
             link_lost: false,
+            receipts,
         };
         let end = session.drive(&mut events, addr, cert.as_ref(), stamp).await;
         // A connection that died soon after its CONNACK with batches in flight:
@@ -659,6 +678,8 @@ struct Session<'a> {
     retry_on_connect: bool,
     /// The event loop reported the connection gone: no goodbye is possible.
     link_lost: bool,
+    /// Receipts mode: the leases awaiting receipts (outlives the session).
+    receipts: Option<&'a mut Receipts>,
 }
 
 impl Session<'_> {
@@ -698,6 +719,10 @@ impl Session<'_> {
     fn publish_lease(&mut self, lease: Prepared) -> Result<(), UplinkError> {
         self.parts_left
             .insert(lease.id, (lease.messages.len(), lease.readings));
+        if let (Some(r), Some(ids)) = (self.receipts.as_deref_mut(), lease.ids) {
+            r.expect(lease.id, ids);
+            self.show_receipts();
+        }
         let s = &self.uplink.settings;
         let content_type = super::batch::content_type(s.payload, s.compact);
         for payload in lease.messages {
@@ -726,6 +751,13 @@ impl Session<'_> {
         if *left == 0 {
             let readings = *readings;
             self.parts_left.remove(&lease);
+            // Receipts mode: the broker has it; the consumer's receipt acks it.
+            if let Some(r) = self.receipts.as_deref_mut()
+                && r.tracks(lease)
+            {
+                r.published(lease, tokio::time::Instant::now());
+                return;
+            }
             let store = self.uplink.store.clone();
             self.acking
                 .spawn(async move { (store.ack(lease).await, lease, readings) });
@@ -758,6 +790,9 @@ impl Session<'_> {
                     return Ok(());
                 }
                 self.parts_left.remove(&lease);
+                if let Some(r) = self.receipts.as_deref_mut() {
+                    r.forget(lease);
+                }
                 let hold_after = self.uplink.settings.hold_after_refusals;
                 let outcome = self
                     .uplink
@@ -792,6 +827,80 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether another lease may start: in receipts mode at most two windows of
+    /// readings (`max_inflight` × `batch_max_readings`) wait for receipts, so a
+    /// consumer that has stopped does not pull the whole outbox into flight.
+    fn receipts_room(&self) -> bool {
+        let s = &self.uplink.settings;
+        self.receipts.as_deref().is_none_or(|r| {
+            let window = u64::from(s.max_inflight)
+                .saturating_mul(u64::try_from(s.batch_max_readings).unwrap_or(u64::MAX))
+                .saturating_mul(2);
+            r.waiting_readings() < window
+        })
+    }
+
+    fn show_receipts(&self) {
+        if let Some(r) = self.receipts.as_deref() {
+            self.uplink
+                .status
+                .awaiting_receipt
+                .store(r.waiting_readings(), Ordering::Relaxed);
+        }
+    }
+
+    /// A receipt: the consumer has stored these readings. Every lease now
+    /// wholly receipted is acked (deleted from the outbox). A receipt that does
+    /// not parse changes nothing (the time-out sends its readings again).
+    fn receipt_arrived(&mut self, payload: &[u8]) {
+        let Some(r) = self.receipts.as_deref_mut() else {
+            return;
+        };
+        let ids = match super::payload::ReceiptMessage::parse_ids(payload) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "uplink: a message on the receipts topic was not a receipt; ignored");
+                return;
+            }
+        };
+        for (lease, readings) in r.receipt(&ids) {
+            // A receipt may overtake the PUBACK: the PUBACK then finds nothing.
+            self.parts_left.remove(&lease);
+            let store = self.uplink.store.clone();
+            self.acking
+                .spawn(async move { (store.ack(lease).await, lease, readings) });
+        }
+        self.show_receipts();
+    }
+
+    /// Leases whose receipt did not come in time go back to the outbox and are
+    /// sent again (the consumer de-duplicates by reading id).
+    async fn receipts_expired(&mut self) {
+        let Some(r) = self.receipts.as_deref_mut() else {
+            return;
+        };
+        let expired = r.expired(tokio::time::Instant::now());
+        for (lease, readings) in expired {
+            match self.uplink.store.release(lease).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        lease = lease.0,
+                        readings,
+                        "uplink: no receipt from the cloud consumer in time; the batch is sent again"
+                    );
+                    self.uplink
+                        .status
+                        .receipt_timeouts
+                        .fetch_add(readings, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(lease = lease.0, error = %e, "uplink: cannot release a batch whose receipt did not come")
+                }
+            }
+        }
+        self.show_receipts();
     }
 
     /// Makes held readings leasable again (on a reconnect or a staff action).
@@ -936,6 +1045,7 @@ impl Session<'_> {
         // session in the middle of the handshake would fire the last will.
         let mut reload_due = false;
         loop {
+            let receipt_due = self.receipts.as_deref().and_then(Receipts::next_deadline);
             if reload_due && self.connected {
                 self.say_goodbye(events, None).await;
                 return SessionEnd::Reload;
@@ -947,6 +1057,7 @@ impl Session<'_> {
                 && self.connected
                 && idle_until.is_none()
                 && self.outstanding() < max
+                && self.receipts_room()
             {
                 let store = self.uplink.store.clone();
                 let batch = s.batch_max_readings.max(1);
@@ -954,21 +1065,26 @@ impl Session<'_> {
                 let encoder = Encoder::new(s.payload, &s.site, &s.gateway, batch)
                     .with_max_bytes(self.max_payload)
                     .with_compact(s.compact);
+                let sink = Noting {
+                    encoder,
+                    ids: self.receipts.is_some().then(Vec::new),
+                };
                 // Read and encoded in a blocking thread while this task goes on
                 // serving the event loop and the acks.
                 leasing = Some(Box::pin(async move {
-                    let Some((id, encoder, readings)) = store
-                        .lease_into(n, encoder)
+                    let Some((id, sink, readings)) = store
+                        .lease_into(n, sink)
                         .await
                         .map_err(UplinkError::Store)?
                     else {
                         return Ok(None);
                     };
-                    match encoder.finish() {
+                    match sink.encoder.finish() {
                         Ok(messages) => Ok(Some(Prepared {
                             id,
                             messages,
                             readings,
+                            ids: sink.ids,
                         })),
                         Err(e) => {
                             let _ = store.release(id).await;
@@ -1061,6 +1177,10 @@ impl Session<'_> {
                 _ = async { if let Some(t) = idle_until { tokio::time::sleep_until(t).await } }, if idle_until.is_some() => {
                     idle_until = None;
                 }
+                _ = async { if let Some(t) = receipt_due { tokio::time::sleep_until(t).await } }, if receipt_due.is_some() => {
+                    self.receipts_expired().await;
+                    idle_until = None;
+                }
                 leased = async { match leasing.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if leasing.is_some() => {
                     leasing = None;
                     self.uplink.heartbeat.beat();
@@ -1101,6 +1221,13 @@ impl Session<'_> {
                             payload_room(usize::try_from(m).unwrap_or(usize::MAX), &self.topics.readings)
                         });
                         self.uplink.status.set_max_packet_size(max_packet_size);
+                        // Receipts mode: subscribe before any reading leaves,
+                        // so that no receipt for them can come before it.
+                        if self.receipts.is_some()
+                            && let Err(e) = self.client.try_subscribe(&self.topics.receipts)
+                        {
+                            return failed(UplinkError::Connection(format!("mqtt client queue: {e}")), true);
+                        }
                         // A reconnect is one of the times held readings are
                         // tried again (the broker or its ACL may have changed).
                         if self.retry_on_connect
@@ -1136,6 +1263,26 @@ impl Session<'_> {
                         let carried = self.inflight.remove(&pkid);
                         if let Err(e) = self.refused(carried, refusal).await {
                             return failed(e, true);
+                        }
+                    }
+                    Ok(LinkEvent::SubAck { granted }) => {
+                        if granted {
+                            tracing::debug!(topic = %self.topics.receipts, "uplink: subscribed to receipts");
+                        } else {
+                            let text = format!(
+                                "the broker refused the subscription to {}: no receipt can arrive, so readings are sent again every {} s and never leave the outbox; let the gateway read its receipts topic (ACL)",
+                                self.topics.receipts,
+                                s.receipts.map_or(0, |d| d.as_secs())
+                            );
+                            tracing::error!("uplink: {text}");
+                            self.uplink.status.set_error(Timestamp::now(), text);
+                        }
+                    }
+                    Ok(LinkEvent::Message { topic, payload }) => {
+                        if topic == self.topics.receipts {
+                            self.receipt_arrived(&payload);
+                        } else {
+                            tracing::debug!(topic, "uplink: message on a topic it does not read; ignored");
                         }
                     }
                     Ok(_) => {}
@@ -1255,6 +1402,9 @@ impl Session<'_> {
 
     /// Counts `killer` as refused once (see [`Uplink::session`]).
     async fn charge_killer(&mut self, lease: LeaseId) {
+        if let Some(r) = self.receipts.as_deref_mut() {
+            r.forget(lease);
+        }
         let hold_after = self.uplink.settings.hold_after_refusals;
         match self.uplink.store.refuse(lease, hold_after).await {
             Ok(outcome) => {
@@ -1294,7 +1444,13 @@ impl Session<'_> {
             .drain(..)
             .chain(self.inflight.drain().map(|(_, c)| c))
             .filter_map(|c| match c {
-                Carried::Batch { lease } if !self.refused.contains(&lease) => Some(lease.0),
+                // Not refused (released or held already), nor completed by a
+                // receipt that overtook its PUBACK (acked already).
+                Carried::Batch { lease }
+                    if !self.refused.contains(&lease) && self.parts_left.contains_key(&lease) =>
+                {
+                    Some(lease.0)
+                }
                 Carried::Batch { .. } | Carried::Status | Carried::Alert { .. } => None,
             })
             .collect::<std::collections::BTreeSet<u64>>()
@@ -1307,6 +1463,12 @@ impl Session<'_> {
         // rest stay unpublished in the book and go out in the next session.
         while self.marking.join_next().await.is_some() {}
         self.alerts_out.clear();
+        if let Some(r) = self.receipts.as_deref_mut() {
+            for lease in &leases {
+                r.forget(*lease);
+            }
+        }
+        self.show_receipts();
         for lease in leases {
             if let Err(e) = self.uplink.store.release(lease).await {
                 // The lease stays in the writer's memory; release_all at the next

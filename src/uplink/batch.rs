@@ -76,6 +76,24 @@ pub fn deflate(payload: &[u8]) -> Vec<u8> {
     miniz_oxide::deflate::compress_to_vec(payload, DEFLATE_LEVEL)
 }
 
+/// A lease sink that encodes and, in receipts mode, notes each reading's id
+/// (the ids a receipt must name before the lease leaves the outbox).
+#[derive(Debug)]
+pub struct Noting {
+    pub encoder: Encoder,
+    /// `Some` in receipts mode.
+    pub ids: Option<Vec<crate::model::ReadingId>>,
+}
+
+impl LeaseSink for Noting {
+    fn reading(&mut self, reading: Reading, reference: Option<&str>) {
+        if let Some(ids) = &mut self.ids {
+            ids.push(reading.id);
+        }
+        self.encoder.reading(reading, reference);
+    }
+}
+
 /// Bytes reserved per reading of a JSON message (a reading is about 250).
 const JSON_BYTES_PER_READING: usize = 280;
 
@@ -327,7 +345,12 @@ mod tests {
                         .unwrap()
                         .iter()
                         .filter(|e| e["resource"]["resourceType"] == "Observation")
-                        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
+                        .map(|e| {
+                            e["resource"]["identifier"][0]["value"]
+                                .as_str()
+                                .unwrap()
+                                .to_owned()
+                        })
                         .collect(),
                 }
             };

@@ -81,26 +81,83 @@ fn gateway_url(gateway: &str) -> String {
     format!("Device?identifier={CAREHUB_GATEWAY}|{gateway}")
 }
 
-/// The transaction Bundle for one batch.
-pub fn bundle(gateway: &str, readings: &[OutgoingReading<'_>]) -> Json {
-    let mut entries = vec![json!({
+/// The placeholder `fullUrl` of a Device entry (`urn:uuid:`, a UUIDv8 derived
+/// from the Device's identifier, the same in every Bundle), by which the
+/// Observations refer to it. A server resolves such a placeholder in every
+/// transaction; a conditional reference (`Device?identifier=...`) only some
+/// servers resolve (Medplum stores it as written; docs/mqtt.md).
+fn placeholder(system: &str, value: &str) -> String {
+    // FNV-1a, twice with different offsets: 128 bits, no RNG, no crate.
+    let fnv = |offset: u64| {
+        let mut h = offset;
+        for b in system.bytes().chain([b'|']).chain(value.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    };
+    let mut bytes = [0u8; 16];
+    let (hi, lo) = bytes.split_at_mut(8);
+    hi.copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+    lo.copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_be_bytes());
+    let mut b = uuid::Uuid::from_bytes(bytes).into_bytes();
+    // Version 8 (custom), RFC 9562 variant.
+    if let Some(x) = b.get_mut(6) {
+        *x = (*x & 0x0f) | 0x80;
+    }
+    if let Some(x) = b.get_mut(8) {
+        *x = (*x & 0x3f) | 0x80;
+    }
+    format!("urn:uuid:{}", uuid::Uuid::from_bytes(b))
+}
+
+/// A reference to a Device of the Bundle, by its placeholder (a reader that
+/// does not process the Bundle as a transaction finds the Device by `fullUrl`).
+fn device_ref(placeholder: String) -> Json {
+    json!({ "reference": placeholder })
+}
+
+/// A sensor's placeholder: a fixed UUIDv8 prefix and its Bluetooth address as
+/// the last 12 hex digits (`urn:uuid:ca4e4bb0-0000-8000-8000-a4c138123456`),
+/// which compresses well where a sensor appears in many Observations.
+fn sensor_placeholder(address: &crate::model::DeviceAddress) -> String {
+    let mut b = [
+        0xca, 0x4e, 0x4b, 0xb0, 0, 0, 0x80, 0, 0x80, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    if let Some(tail) = b.get_mut(10..) {
+        tail.copy_from_slice(&address.0);
+    }
+    format!("urn:uuid:{}", uuid::Uuid::from_bytes(b))
+}
+
+fn gateway_entry(gateway: &str) -> Json {
+    json!({
+        "fullUrl": placeholder(CAREHUB_GATEWAY, gateway),
         "resource": {
             "resourceType": "Device",
             "identifier": [{ "system": CAREHUB_GATEWAY, "value": gateway }],
             "type": { "coding": [{ "system": MDC, "code": "531981", "display": "MDC_MOC_VMS_MDS_AHD" }] },
         },
         "request": { "method": "PUT", "url": gateway_url(gateway) },
-    })];
-    let mut devices: Vec<String> = readings.iter().map(|r| eui48(&r.reading.device)).collect();
+    })
+}
+
+/// The transaction Bundle for one batch.
+pub fn bundle(gateway: &str, readings: &[OutgoingReading<'_>]) -> Json {
+    let mut entries = vec![gateway_entry(gateway)];
+    let mut devices: Vec<crate::model::DeviceAddress> =
+        readings.iter().map(|r| r.reading.device).collect();
     devices.sort();
     devices.dedup();
-    for address in &devices {
+    for device in &devices {
+        let address = eui48(device);
         entries.push(json!({
+            "fullUrl": sensor_placeholder(device),
             "resource": {
                 "resourceType": "Device",
                 "identifier": [{ "system": BLUETOOTH, "value": address }],
             },
-            "request": { "method": "PUT", "url": device_url(address) },
+            "request": { "method": "PUT", "url": device_url(&address) },
         }));
     }
     for r in readings {
@@ -134,10 +191,10 @@ fn observation_entry(gateway: &str, r: OutgoingReading<'_>) -> Json {
         "status": "final",
         "code": { "coding": coding, "text": reading.quantity.label() },
         "effectiveDateTime": reading.taken_at().to_rfc3339(),
-        "device": { "reference": device_url(&eui48(&reading.device)) },
+        "device": device_ref(sensor_placeholder(&reading.device)),
         "extension": [{
             "url": GATEWAY_EXTENSION,
-            "valueReference": { "reference": gateway_url(gateway) },
+            "valueReference": device_ref(placeholder(CAREHUB_GATEWAY, gateway)),
         }],
     });
     if vital {
@@ -171,8 +228,11 @@ fn observation_entry(gateway: &str, r: OutgoingReading<'_>) -> Json {
                 json!({ "coding": [{ "system": DATA_ABSENT, "code": data_absent_reason(s) }] });
         }
     }
+    // No fullUrl: nothing in the Bundle refers to an Observation, and a
+    // `urn:uuid:` fullUrl equal to the identifier's value is rewritten by a
+    // server into the new resource's id wherever it appears, the identifier
+    // and `ifNoneExist` included (Medplum did: a repeat was stored twice).
     json!({
-        "fullUrl": id,
         "resource": obs,
         "request": {
             "method": "POST",
@@ -229,10 +289,12 @@ pub fn validate(bundle: &Json) -> Result<usize, FhirError> {
     let entries = bundle["entry"]
         .as_array()
         .ok_or_else(|| err(0, "no entry array"))?;
+    // Devices are referred to by their placeholder fullUrl, which every
+    // server resolves within a transaction.
     let device_urls: Vec<&str> = entries
         .iter()
         .filter(|e| e["resource"]["resourceType"] == "Device")
-        .filter_map(|e| e["request"]["url"].as_str())
+        .filter_map(|e| e["fullUrl"].as_str())
         .collect();
     let mut observations = 0;
     for (i, e) in entries.iter().enumerate() {
@@ -244,6 +306,12 @@ pub fn validate(bundle: &Json) -> Result<usize, FhirError> {
         let id = o["identifier"][0]["value"].as_str().unwrap_or_default();
         if o["identifier"][0]["system"] != URN_IETF || !id.starts_with("urn:uuid:") {
             return Err(err(i, "identifier is not the reading id"));
+        }
+        if e.get("fullUrl").is_some_and(|f| f == id) {
+            return Err(err(
+                i,
+                "fullUrl equals the identifier (a server rewrites both)",
+            ));
         }
         if e["request"]["ifNoneExist"]
             .as_str()
@@ -368,10 +436,10 @@ pub fn news2_bundle(gateway: &str, alert: &crate::store::AlertRecord) -> Option<
         "subject": { "type": "Patient", "identifier": { "system": CAREHUB_RESIDENT, "value": reference } },
         "effectiveDateTime": alert.raised_at.to_rfc3339(),
         "valueInteger": score,
-        "device": { "reference": gateway_url(gateway) },
+        "device": device_ref(placeholder(CAREHUB_GATEWAY, gateway)),
         "extension": [{
             "url": GATEWAY_EXTENSION,
-            "valueReference": { "reference": gateway_url(gateway) },
+            "valueReference": device_ref(placeholder(CAREHUB_GATEWAY, gateway)),
         }],
     });
     if !alert.reading_ids.is_empty() {
@@ -391,16 +459,8 @@ pub fn news2_bundle(gateway: &str, alert: &crate::store::AlertRecord) -> Option<
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
+            gateway_entry(gateway),
             {
-                "resource": {
-                    "resourceType": "Device",
-                    "identifier": [{ "system": CAREHUB_GATEWAY, "value": gateway }],
-                    "type": { "coding": [{ "system": MDC, "code": "531981", "display": "MDC_MOC_VMS_MDS_AHD" }] },
-                },
-                "request": { "method": "PUT", "url": gateway_url(gateway) },
-            },
-            {
-                "fullUrl": id,
                 "resource": obs,
                 "request": {
                     "method": "POST",

@@ -36,6 +36,16 @@ pub enum LinkEvent {
         pkid: u16,
         refused: Option<Refusal>,
     },
+    /// The broker answered a SUBSCRIBE; `granted` is false when it refused the
+    /// subscription (an ACL that does not let the gateway read the topic).
+    SubAck {
+        granted: bool,
+    },
+    /// A message on a topic this client subscribed to (receipts).
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     /// The DISCONNECT was written.
     DisconnectSent,
     Other,
@@ -198,6 +208,18 @@ impl LinkClient {
         }
     }
 
+    /// Queues a QoS 1 subscription to `topic`.
+    pub fn try_subscribe(&self, topic: &str) -> Result<(), String> {
+        match self {
+            LinkClient::V311(c) => c
+                .try_subscribe(topic, rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            LinkClient::V5(c) => c
+                .try_subscribe(topic, QoS5::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     pub fn try_disconnect(&self) -> Result<(), String> {
         match self {
             LinkClient::V311(c) => c.try_disconnect().map_err(|e| e.to_string()),
@@ -220,6 +242,17 @@ impl LinkLoop {
                         pkid: ack.pkid,
                         refused: None,
                     },
+                    Event::Incoming(Packet::SubAck(ack)) => LinkEvent::SubAck {
+                        granted: !ack.return_codes.is_empty()
+                            && ack
+                                .return_codes
+                                .iter()
+                                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+                    },
+                    Event::Incoming(Packet::Publish(p)) => LinkEvent::Message {
+                        topic: p.topic,
+                        payload: p.payload.to_vec(),
+                    },
                     Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Published(pkid),
                     Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
                     _ => LinkEvent::Other,
@@ -234,6 +267,19 @@ impl LinkLoop {
                     Event::Incoming(Packet5::PubAck(ack)) => LinkEvent::PubAck {
                         pkid: ack.pkid,
                         refused: refusal(&ack.reason),
+                    },
+                    Event::Incoming(Packet5::SubAck(ack)) => LinkEvent::SubAck {
+                        granted: !ack.return_codes.is_empty()
+                            && ack.return_codes.iter().all(|c| {
+                                matches!(
+                                    c,
+                                    rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                                )
+                            }),
+                    },
+                    Event::Incoming(Packet5::Publish(p)) => LinkEvent::Message {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.to_vec(),
                     },
                     Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Published(pkid),
                     Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,

@@ -9,6 +9,10 @@
 //! batches still waiting for their PUBACK are released back to the outbox and
 //! leased again after reconnecting. Delivery is therefore at least once; every
 //! reading carries its stable id so that the cloud drops repeats.
+//!
+//! With `uplink.receipts` the broker's PUBACK is not enough: a batch leaves the
+//! outbox only once the cloud consumer's receipt names its readings, and is
+//! sent again when none comes in time (`receipts`).
 
 pub mod actor;
 pub mod batch;
@@ -16,6 +20,7 @@ pub mod cert;
 pub mod fhir;
 pub mod link;
 pub mod payload;
+pub mod receipts;
 pub mod status;
 pub mod tls;
 

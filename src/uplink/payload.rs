@@ -12,6 +12,8 @@ use crate::model::{Reading, Subject, Timestamp, Value};
 pub const READINGS_SCHEMA: &str = "carehub.readings/1";
 /// The version written into every status message as `schema`.
 pub const STATUS_SCHEMA: &str = "carehub.status/1";
+/// The version of a receipt the cloud consumer sends (`receipts` mode).
+pub const RECEIPT_SCHEMA: &str = "carehub.receipt/1";
 
 /// One reading as it leaves the gateway: the reading and the pseudonymous reference
 /// of the resident it belongs to (never a name).
@@ -33,6 +35,8 @@ pub struct Topics {
     pub readings: String,
     pub status: String,
     pub alerts: String,
+    /// Receipts from the cloud consumer to this gateway (`uplink.receipts`).
+    pub receipts: String,
 }
 
 impl Topics {
@@ -42,7 +46,41 @@ impl Topics {
             readings: format!("{base}/readings"),
             status: format!("{base}/status"),
             alerts: format!("{base}/alerts"),
+            receipts: format!("{base}/receipts"),
         }
+    }
+}
+
+/// `.../receipts`: the cloud consumer has these readings in its own database
+/// (sent by the consumer, read by the gateway in `uplink.receipts` mode). Fields
+/// the gateway does not know are ignored, so a consumer may add its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptMessage {
+    /// Always [`RECEIPT_SCHEMA`].
+    pub schema: String,
+    /// The reading ids stored, as sent (`id`, or a FHIR Observation's
+    /// `urn:uuid:` identifier without its prefix).
+    pub ids: Vec<String>,
+}
+
+impl ReceiptMessage {
+    /// The reading ids of a receipt; a receipt of another schema, or one that
+    /// is not JSON, is an error (and changes nothing). Ids that are not UUIDs
+    /// are skipped.
+    pub fn parse_ids(payload: &[u8]) -> Result<Vec<crate::model::ReadingId>, String> {
+        let msg: ReceiptMessage =
+            serde_json::from_slice(payload).map_err(|e| format!("not a receipt: {e}"))?;
+        if msg.schema != RECEIPT_SCHEMA {
+            return Err(format!(
+                "receipt schema {:?}, this gateway reads {RECEIPT_SCHEMA:?}",
+                msg.schema
+            ));
+        }
+        Ok(msg
+            .ids
+            .iter()
+            .filter_map(|id| id.trim_start_matches("urn:uuid:").parse().ok())
+            .collect())
     }
 }
 
@@ -708,6 +746,24 @@ mod doc_examples {
             assert_eq!(a.schema, ALERT_SCHEMA);
             assert_eq!(serde_json::to_value(&a).unwrap(), doc);
         }
+    }
+
+    #[test]
+    fn the_receipt_example_parses_and_names_its_readings() {
+        let doc = example("receipt");
+        let r: ReceiptMessage = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(r.schema, RECEIPT_SCHEMA);
+        assert_eq!(serde_json::to_value(&r).unwrap(), doc);
+        let ids = ReceiptMessage::parse_ids(doc.to_string().as_bytes()).unwrap();
+        let want: Vec<crate::model::ReadingId> =
+            sample_readings().iter().take(2).map(|r| r.id).collect();
+        assert_eq!(ids, want);
+        // A FHIR identifier value names the same reading.
+        let fhir = br#"{"schema":"carehub.receipt/1","ids":["urn:uuid:019ab3c2-7a33-7c81-9d2e-0a4f5b6c7d8e","junk"]}"#;
+        assert_eq!(ReceiptMessage::parse_ids(fhir).unwrap(), want[..1].to_vec());
+        // Another schema or no JSON at all is refused, never half read.
+        assert!(ReceiptMessage::parse_ids(br#"{"schema":"carehub.receipt/9","ids":[]}"#).is_err());
+        assert!(ReceiptMessage::parse_ids(b"\xff").is_err());
     }
 
     /// The message built from a stored alert has the documented example's shape,

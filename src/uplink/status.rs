@@ -70,6 +70,11 @@ pub struct UplinkStatus {
     pub held_readings: AtomicU64,
     /// The last reconnect delay drawn by the back-off, in milliseconds.
     pub retry_delay_ms: AtomicU64,
+    /// Receipts mode: readings the broker has (or is taking) and whose
+    /// receipt from the cloud consumer is awaited; kept in the outbox.
+    pub awaiting_receipt: AtomicU64,
+    /// Receipts mode: readings sent again because no receipt came in time.
+    pub receipt_timeouts: AtomicU64,
     /// Staff asked to try held readings again (the gateway page).
     pub retry: Notify,
 }
@@ -88,6 +93,10 @@ pub struct StatusSnapshot {
     pub protocol: Option<&'static str>,
     pub messages_refused: u64,
     pub held_readings: u64,
+    /// Receipts mode: readings whose receipt is awaited.
+    pub awaiting_receipt: u64,
+    /// Receipts mode: readings sent again because no receipt came in time.
+    pub receipt_timeouts: u64,
     /// The last refusal: topic, reason and code.
     pub last_refusal: Option<(Timestamp, String)>,
     /// The broker's Maximum Packet Size (MQTT 5 CONNACK), if it gave one.
@@ -114,6 +123,8 @@ impl UplinkStatus {
             messages_refused: AtomicU64::new(0),
             held_readings: AtomicU64::new(0),
             retry_delay_ms: AtomicU64::new(0),
+            awaiting_receipt: AtomicU64::new(0),
+            receipt_timeouts: AtomicU64::new(0),
             retry: Notify::new(),
         }
     }
@@ -197,6 +208,8 @@ impl UplinkStatus {
             protocol: i.protocol,
             messages_refused: self.messages_refused.load(Ordering::Relaxed),
             held_readings: self.held_readings.load(Ordering::Relaxed),
+            awaiting_receipt: self.awaiting_receipt.load(Ordering::Relaxed),
+            receipt_timeouts: self.receipt_timeouts.load(Ordering::Relaxed),
             last_refusal: i.last_refusal,
             max_packet_size: i.max_packet_size,
         }

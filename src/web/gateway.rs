@@ -56,6 +56,10 @@ pub struct UplinkPart {
     pub last_refusal_at: Option<String>,
     /// Readings held after repeated refusals: kept, not sent until a retry.
     pub held_readings: u64,
+    /// `uplink.receipts`: readings the broker has, kept until the cloud
+    /// consumer's receipt (docs/mqtt.md); sent again after the time-out.
+    pub awaiting_receipt: u64,
+    pub receipt_timeouts: u64,
     /// The broker's Maximum Packet Size (MQTT 5), if it stated one.
     pub max_packet_size: Option<u32>,
 }
@@ -160,6 +164,8 @@ pub async fn gather(state: &AppState) -> Result<(GatewayJson, Times), WebError> 
             last_refusal: up.last_refusal.as_ref().map(|(_, e)| e.clone()),
             last_refusal_at: up.last_refusal.as_ref().map(|(t, _)| t.to_rfc3339()),
             held_readings: up.held_readings,
+            awaiting_receipt: up.awaiting_receipt,
+            receipt_timeouts: up.receipt_timeouts,
             max_packet_size: up.max_packet_size,
         },
         outbox: OutboxPart {

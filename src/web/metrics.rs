@@ -212,6 +212,18 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         up.held_readings as f64,
     );
     e.single(
+        "carehub_uplink_awaiting_receipt",
+        "gauge",
+        "Receipts mode: readings the broker has taken whose receipt from the cloud consumer is awaited (kept in the outbox).",
+        up.awaiting_receipt as f64,
+    );
+    e.single(
+        "carehub_uplink_receipt_timeouts_total",
+        "counter",
+        "Receipts mode: readings sent again since start because no receipt came in time.",
+        up.receipt_timeouts as f64,
+    );
+    e.single(
         "carehub_uplink_connections_total",
         "counter",
         "Connections made to the broker since start.",

@@ -20,6 +20,7 @@ mod demo;
 mod fhir_models;
 mod module_cycles;
 mod mqtt;
+mod mqtt_receipts;
 mod mqtt_support;
 mod mqtt_v5;
 mod news2;

@@ -108,6 +108,7 @@ pub(super) fn settings(
         stable_after: std::time::Duration::from_secs(30),
         watch_every: Duration::from_millis(300),
         status_every: Duration::from_secs(60),
+        receipts: None,
     }
 }
 
