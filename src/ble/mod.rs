@@ -505,6 +505,15 @@ async fn round(
     result
 }
 
+/// Whether BlueZ says the pairing failed on authentication: a wrong passkey,
+/// a rejected or unanswered numeric comparison, or a device that gave up.
+fn auth_failed(e: &BleError) -> bool {
+    matches!(
+        e,
+        BleError::Dbus(d) if d.name().is_some_and(|n| n.starts_with("org.bluez.Error.Authentication"))
+    )
+}
+
 async fn find_adapter(manager: &Manager, name: &str) -> Result<Adapter, BleError> {
     for adapter in manager.adapters().await? {
         // adapter_info is "hci0 (usb:...)": the BlueZ name comes first.
@@ -781,6 +790,9 @@ impl Round<'_> {
         let what = match &outcome {
             Ok(true) => "paired and trusted; not attributed until assigned".to_owned(),
             Ok(false) => "already paired".to_owned(),
+            Err(e) if auth_failed(e) => format!(
+                "pairing failed: the passkey was wrong, the number was rejected, or staff did not answer in time; no bond ({e})"
+            ),
             Err(e) => format!("pairing failed: {e}"),
         };
         let change = if outcome.is_ok() {

@@ -718,6 +718,94 @@ fn passkey_typed_by_staff_reaches_bluez_only_inside_a_window() {
     stop_cleanly(daemon);
 }
 
+/// Issue 18: numeric comparison is shown to staff with its number and
+/// waits for them; it is never accepted by the gateway on its own, also
+/// inside a window. Rejected, BlueZ is told no; confirmed, BlueZ is told yes.
+#[test]
+fn numeric_comparison_waits_for_staff_and_is_never_accepted_alone() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(STRANGER, "Scale with display", &[0x181D]);
+    let gw = Gateway::new(vec![], vec![], "");
+    let daemon = gw.run(&bluez);
+    let web: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+    let ask = || bluez.call_agent_with("RequestConfirmation", STRANGER, &["uint32:4321"]);
+
+    // Outside a window the question is refused at once.
+    let refused = wait_for(STEP, || {
+        ask().err().filter(|e| e.contains("org.bluez.Error"))
+    })
+    .expect("the agent is registered and answers");
+    assert!(refused.contains("org.bluez.Error.Rejected"), "{refused}");
+
+    let (status, body) = wait_for(STEP, || {
+        http_json(web, "POST", "/api/v1/pairing/window", r#"{"seconds": 60}"#)
+    })
+    .expect("the daemon serves its API");
+    assert_eq!(status, 200, "{body}");
+    let listed = || {
+        let (_, body) = crate::support::http_get(web, "/api/v1/pairing")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["confirm_requests"]
+            .as_array()?
+            .iter()
+            .find(|r| r["address"] == STRANGER)
+            .cloned()
+    };
+    for accept in [false, true] {
+        std::thread::scope(|s| {
+            let asked = s.spawn(ask);
+            let request = wait_for(STEP, listed).expect("the comparison is listed for staff");
+            assert_eq!(request["number"], 4321, "{request}");
+            assert!(request["since"].is_string(), "{request}");
+            // Listed means held: BlueZ has had no answer of the gateway's own.
+            assert!(!asked.is_finished(), "answered without staff");
+            let (status, body) = http_json(
+                web,
+                "POST",
+                "/api/v1/pairing/confirm",
+                &format!(r#"{{"address": "{STRANGER}", "accept": {accept}}}"#),
+            )
+            .unwrap();
+            assert_eq!(status, 204, "{body}");
+            let answer = asked.join().unwrap();
+            if accept {
+                answer.expect("BlueZ was told yes");
+            } else {
+                let e = answer.expect_err("BlueZ was told no");
+                assert!(e.contains("org.bluez.Error.Rejected"), "{e}");
+            }
+        });
+        assert!(listed().is_none(), "still listed once answered");
+    }
+    // Answered: a second answer has no question to go to.
+    let (status, _) = http_json(
+        web,
+        "POST",
+        "/api/v1/pairing/confirm",
+        &format!(r#"{{"address": "{STRANGER}", "accept": true}}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = http_json(
+        web,
+        "POST",
+        "/api/v1/pairing/confirm",
+        r#"{"address": "not an address", "accept": true}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    // Both answers are in the record, with the number.
+    wait_for(STEP, || {
+        let (_, events) = crate::support::http_get(web, "/api/v1/pairing")?;
+        (events.contains("number 004321 rejected by staff")
+            && events.contains("number 004321 confirmed by staff"))
+        .then_some(())
+    })
+    .expect("staff's answers are recorded");
+    stop_cleanly(daemon);
+}
+
 #[test]
 fn a_device_paired_in_a_window_delivers_readings_once_assigned_to_a_resident() {
     let bluez = FakeBluez::start();

@@ -318,6 +318,17 @@ impl FakeBluez {
     /// Plays BlueZ calling `method(device)` on carehub's agent and waits for the
     /// answer (up to 20 s). The agent is found by trying every peer on the bus.
     pub fn call_agent(&self, method: &str, address: &str) -> Result<String, String> {
+        self.call_agent_with(method, address, &[])
+    }
+
+    /// [`FakeBluez::call_agent`] with more arguments after the device path
+    /// (`uint32:123456` for `RequestConfirmation`).
+    pub fn call_agent_with(
+        &self,
+        method: &str,
+        address: &str,
+        extra: &[&str],
+    ) -> Result<String, String> {
         let names = self
             .dbus_send(
                 "org.freedesktop.DBus",
@@ -339,6 +350,7 @@ impl FakeBluez {
                     &format!("org.bluez.Agent1.{method}"),
                     &device,
                 ])
+                .args(extra)
                 .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
                 .output()
                 .unwrap();
