@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::config::BleConfig;
 use crate::ingest::Registry;
-use crate::model::{DeviceAddress, Timestamp};
+use crate::model::{DeviceAddress, SiteZone, Timestamp};
 use crate::sensor::{Advertisement, Frame, RawFrame, Source, SourceContext, SourceTask};
 use crate::store::RegistryChange;
 use crate::system::health::Heartbeat;
@@ -121,6 +121,8 @@ pub struct BleStatus {
     pub sessions_started: AtomicU64,
     pub sessions_failed: AtomicU64,
     sightings: Mutex<HashMap<DeviceAddress, Sighting>>,
+    /// What each glucose meter has handed over (RACP), across rounds.
+    pub racp: session::RacpProgress,
 }
 
 impl BleStatus {
@@ -185,10 +187,12 @@ pub struct BleSettings {
     /// Registered devices (the `devices` table, and assignments made while
     /// running): the only ones given a GATT session.
     pub registered: Registry,
+    /// The site's civil time zone, in which device clocks are set.
+    pub zone: SiteZone,
 }
 
 impl BleSettings {
-    pub fn new(config: &BleConfig, registered: Registry) -> Self {
+    pub fn new(config: &BleConfig, registered: Registry, zone: SiteZone) -> Self {
         BleSettings {
             adapter: config.adapter.clone(),
             max_connections: config.max_connections,
@@ -197,6 +201,7 @@ impl BleSettings {
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             silence_restart: Duration::from_secs(u64::from(config.silence_restart_s)),
             registered,
+            zone,
         }
     }
 }
@@ -719,6 +724,9 @@ impl Round<'_> {
             slots: self.slots.clone(),
             stop,
             connect_timeout: self.settings.connect_timeout,
+            zone: self.settings.zone.clone(),
+            racp: self.status.racp.clone(),
+            clock_synchronised: crate::system::clock_synchronised,
         };
         let peripheral = k.peripheral.clone();
         self.sessions

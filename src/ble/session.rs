@@ -5,11 +5,23 @@
 //! Devices that measure on demand (BP cuffs, scales, thermometers) connect,
 //! deliver what they stored and disconnect: a session that ends with the device
 //! disconnecting is the normal outcome, not an error.
+//!
+//! Two devices need the gateway to speak first:
+//! - a glucose meter (0x1808) sends nothing until asked over its Record Access
+//!   Control Point (RACP, 0x2A52): once subscribed to the measurement, its
+//!   context and the RACP, the session asks for the stored records, all of
+//!   them the first time, then only those after the last sequence number the
+//!   gateway has ([`RacpProgress`]);
+//! - a device that offers a writable Current Time (0x2A2B, Current Time
+//!   Service) has its clock set to the site's civil time, but only while the
+//!   gateway's own clock is synchronised: a gateway that booted in the past
+//!   must not spread its wrong time to the residents' devices.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _};
+use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, WriteType};
 use btleplug::platform::Peripheral;
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
@@ -18,7 +30,7 @@ use uuid::Uuid;
 
 use super::BleError;
 use crate::decode::gatt;
-use crate::model::{DeviceAddress, DeviceKind, Timestamp};
+use crate::model::{DeviceAddress, DeviceKind, SiteZone, Timestamp};
 use crate::sensor::{Frame, Notification, RawFrame, short_uuid, uuid16};
 
 /// GATT services that mark a device as a health device the gateway connects to.
@@ -36,6 +48,93 @@ const MEASUREMENTS: [u16; 9] = [
     gatt::WEIGHT_MEASUREMENT,
     0x2A18, // Glucose Measurement: subscribed so it is seen; no decoder yet
 ];
+
+/// Glucose Measurement Context: subscribed before the RACP is used, as the
+/// Glucose Profile asks; its values are not readings and are not passed on.
+const GLUCOSE_CONTEXT: u16 = 0x2A34;
+
+/// Record Access Control Point (write, indicate).
+const RACP: u16 = 0x2A52;
+
+/// Current Time (Current Time Service 0x1805).
+const CURRENT_TIME: u16 = 0x2A2B;
+
+/// RACP op codes and operators (Glucose Service 1.0, 3.4).
+const RACP_REPORT_STORED_RECORDS: u8 = 0x01;
+const RACP_RESPONSE_CODE: u8 = 0x06;
+const RACP_ALL_RECORDS: u8 = 0x01;
+const RACP_GREATER_OR_EQUAL: u8 = 0x03;
+const RACP_FILTER_SEQUENCE_NUMBER: u8 = 0x01;
+
+/// The highest glucose record sequence number the gateway has taken from each
+/// meter, so that the next connection asks only for newer records. Kept for
+/// as long as carehub runs (across BLE rounds); after a restart the first
+/// connection asks for every record again. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RacpProgress(Arc<Mutex<HashMap<DeviceAddress, u16>>>);
+
+impl RacpProgress {
+    /// The last sequence number taken from the meter, if any.
+    pub fn last(&self, address: DeviceAddress) -> Option<u16> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&address)
+            .copied()
+    }
+
+    /// Notes a record handed to the pipeline.
+    fn taken(&self, address: DeviceAddress, sequence: u16) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let last = map.entry(address).or_insert(sequence);
+        *last = (*last).max(sequence);
+    }
+}
+
+/// The RACP request for the records the gateway does not have yet: all of
+/// them, or those from the sequence number after `last`. `None` when the last
+/// record taken had the highest number there is (nothing newer can be named).
+pub fn racp_request(last: Option<u16>) -> Option<Vec<u8>> {
+    match last {
+        None => Some(vec![RACP_REPORT_STORED_RECORDS, RACP_ALL_RECORDS]),
+        Some(n) => {
+            let [lo, hi] = n.checked_add(1)?.to_le_bytes();
+            Some(vec![
+                RACP_REPORT_STORED_RECORDS,
+                RACP_GREATER_OR_EQUAL,
+                RACP_FILTER_SEQUENCE_NUMBER,
+                lo,
+                hi,
+            ])
+        }
+    }
+}
+
+/// The sequence number of a Glucose Measurement (after its flags byte).
+fn glucose_sequence(value: &[u8]) -> Option<u16> {
+    let bytes = value.get(1..3)?;
+    Some(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]))
+}
+
+/// The Current Time value (Exact Time 256 and the adjust reason) for `at` in
+/// the site's civil time: year, month, day, hours, minutes, seconds, day of
+/// week (1 = Monday), fractions of 1/256 s, and "external reference time
+/// update" as the reason.
+pub fn current_time_value(zone: &SiteZone, at: Timestamp) -> Option<Vec<u8>> {
+    let c = zone.instant_to_civil(at)?;
+    let day = jiff::civil::Date::new(
+        i16::try_from(c.year).ok()?,
+        i8::try_from(c.month).ok()?,
+        i8::try_from(c.day).ok()?,
+    )
+    .ok()?;
+    let weekday = u8::try_from(day.weekday().to_monday_one_offset()).ok()?;
+    let [ylo, yhi] = c.year.to_le_bytes();
+    let fraction = u8::try_from(at.unix_ms().rem_euclid(1000) * 256 / 1000).unwrap_or(0);
+    Some(vec![
+        ylo, yhi, c.month, c.day, c.hour, c.minute, c.second, weekday, fraction, 0x02,
+    ])
+}
 
 /// How often a connected session asks BlueZ whether the link is still up, for
 /// the disconnects BlueZ reports late or never.
@@ -87,6 +186,12 @@ pub struct SessionContext {
     /// Fires when the device disconnects or the gateway stops the session.
     pub stop: CancellationToken,
     pub connect_timeout: Duration,
+    /// The site's civil time zone, for setting device clocks.
+    pub zone: SiteZone,
+    /// What each glucose meter has already handed over.
+    pub racp: RacpProgress,
+    /// Whether the gateway's clock is synchronised now (asked when needed).
+    pub clock_synchronised: fn() -> bool,
 }
 
 /// Runs one session to its end.
@@ -168,6 +273,38 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         }
         subscribed += 1;
     }
+    let racp = characteristics.iter().find(|c| {
+        c.uuid == uuid16(RACP)
+            && c.properties.contains(CharPropFlags::INDICATE)
+            && c.properties.contains(CharPropFlags::WRITE)
+    });
+    if let Some(racp) = racp {
+        // The Glucose Profile: measurement, context and RACP indications on
+        // before the first request, so that no record is sent to nobody.
+        let context = characteristics.iter().find(|c| {
+            c.uuid == uuid16(GLUCOSE_CONTEXT) && c.properties.contains(CharPropFlags::NOTIFY)
+        });
+        for c in context.into_iter().chain([racp]) {
+            if step("subscribe", limit, &ctx.stop, peripheral.subscribe(c))
+                .await?
+                .is_none()
+            {
+                return Ok(SessionEnd::Stopped);
+            }
+        }
+    }
+    if let Some(clock) = characteristics.iter().find(|c| {
+        c.uuid == uuid16(CURRENT_TIME)
+            && c.properties
+                .intersects(CharPropFlags::WRITE | CharPropFlags::WRITE_WITHOUT_RESPONSE)
+    }) {
+        // Best effort: a clock not set is not a failed session.
+        match set_clock(peripheral, clock, ctx).await {
+            Ok(Some(())) => {}
+            Ok(None) => return Ok(SessionEnd::Stopped),
+            Err(e) => tracing::warn!(device = %ctx.address, error = %e, "device clock not set"),
+        }
+    }
     if let Some(battery) = characteristics.iter().find(|c| {
         c.uuid == uuid16(gatt::BATTERY_LEVEL) && c.properties.contains(CharPropFlags::READ)
     }) {
@@ -186,6 +323,28 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         return Err(BleError::NothingToSubscribe);
     }
     tracing::info!(device = %ctx.address, characteristics = subscribed, "gatt session up");
+    if let Some(racp) = racp {
+        let last = ctx.racp.last(ctx.address);
+        match racp_request(last) {
+            Some(request) => {
+                tracing::info!(device = %ctx.address, after_sequence = ?last, "asking the meter for its stored records (RACP)");
+                if step(
+                    "RACP request",
+                    limit,
+                    &ctx.stop,
+                    peripheral.write(racp, &request, WriteType::WithResponse),
+                )
+                .await?
+                .is_none()
+                {
+                    return Ok(SessionEnd::Stopped);
+                }
+            }
+            None => {
+                tracing::warn!(device = %ctx.address, "glucose sequence numbers exhausted: no newer record can be asked for")
+            }
+        }
+    }
 
     let mut link_check = tokio::time::interval(LINK_CHECK);
     link_check.reset();
@@ -195,9 +354,20 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             // disconnect arrive together, and the value must not be dropped.
             biased;
             v = values.next() => match v {
+                Some(n) if n.uuid == uuid16(RACP) => racp_answered(ctx.address, &n.value),
+                // Context records carry no reading of their own.
+                Some(n) if n.uuid == uuid16(GLUCOSE_CONTEXT) => {}
                 Some(n) => {
+                    let sequence = (n.uuid == uuid16(gatt::GLUCOSE_MEASUREMENT))
+                        .then(|| glucose_sequence(&n.value))
+                        .flatten();
                     if !send(ctx, n.uuid, n.value).await {
                         return Ok(SessionEnd::Stopped);
+                    }
+                    // Taken once the pipeline has it: a record lost on the
+                    // way is asked for again on the next connection.
+                    if let Some(sequence) = sequence {
+                        ctx.racp.taken(ctx.address, sequence);
                     }
                 }
                 None => return Ok(SessionEnd::Disconnected),
@@ -210,6 +380,58 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             }
         }
     }
+}
+
+/// Writes the site's civil time to the device's Current Time, when the
+/// gateway's own clock is synchronised. `Ok(None)`: the session was stopped.
+async fn set_clock(
+    peripheral: &Peripheral,
+    clock: &Characteristic,
+    ctx: &SessionContext,
+) -> Result<Option<()>, BleError> {
+    if !(ctx.clock_synchronised)() {
+        tracing::info!(device = %ctx.address, "gateway clock not synchronised: device clock left alone");
+        return Ok(Some(()));
+    }
+    let now = Timestamp::now();
+    let Some(value) = current_time_value(&ctx.zone, now) else {
+        return Ok(Some(()));
+    };
+    let kind = if clock.properties.contains(CharPropFlags::WRITE) {
+        WriteType::WithResponse
+    } else {
+        WriteType::WithoutResponse
+    };
+    let done = step(
+        "current time write",
+        ctx.connect_timeout,
+        &ctx.stop,
+        peripheral.write(clock, &value, kind),
+    )
+    .await?;
+    if done.is_some() {
+        tracing::info!(device = %ctx.address, time = %ctx.zone.date_time(now), zone = ctx.zone.name(), "device clock set");
+    }
+    Ok(done)
+}
+
+/// Logs the meter's answer to a RACP request.
+fn racp_answered(address: DeviceAddress, value: &[u8]) {
+    match value {
+        [RACP_RESPONSE_CODE, _, RACP_REPORT_STORED_RECORDS, 0x01, ..] => {
+            tracing::info!(device = %address, "meter sent its stored records (RACP success)");
+        }
+        [RACP_RESPONSE_CODE, _, RACP_REPORT_STORED_RECORDS, 0x06, ..] => {
+            tracing::info!(device = %address, "meter has no new records (RACP)");
+        }
+        other => {
+            tracing::warn!(device = %address, answer = %hex(other), "unexpected RACP answer");
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_measurement(c: &Characteristic) -> bool {
@@ -251,6 +473,42 @@ mod tests {
         ] {
             assert_eq!(kind_from_services(&services), expected, "{services:?}");
         }
+    }
+
+    #[test]
+    fn racp_asks_for_all_records_then_only_newer_ones() {
+        assert_eq!(racp_request(None), Some(vec![0x01, 0x01]));
+        assert_eq!(racp_request(Some(7)), Some(vec![0x01, 0x03, 0x01, 8, 0]));
+        assert_eq!(
+            racp_request(Some(0x01FF)),
+            Some(vec![0x01, 0x03, 0x01, 0x00, 0x02])
+        );
+        assert_eq!(racp_request(Some(u16::MAX)), None);
+        let p = RacpProgress::default();
+        let a = DeviceAddress([1, 2, 3, 4, 5, 6]);
+        assert_eq!(p.last(a), None);
+        p.taken(a, 3);
+        p.taken(a, 2);
+        assert_eq!(p.last(a), Some(3));
+        assert_eq!(glucose_sequence(&[0x02, 0x34, 0x12, 0xE8]), Some(0x1234));
+        assert_eq!(glucose_sequence(&[0x02, 0x34]), None);
+    }
+
+    #[test]
+    fn current_time_is_the_site_civil_time() {
+        let london = SiteZone::named("Europe/London").unwrap();
+        // 2026-07-01T11:30:15.500Z is 12:30:15 BST, a Wednesday.
+        let summer = Timestamp::from_unix_ms(1_782_905_415_500);
+        assert_eq!(
+            current_time_value(&london, summer),
+            Some(vec![0xEA, 0x07, 7, 1, 12, 30, 15, 3, 128, 0x02])
+        );
+        // 2026-12-03T09:00:00Z is 09:00 GMT, a Thursday.
+        let winter = Timestamp::from_unix_ms(1_796_288_400_000);
+        assert_eq!(
+            current_time_value(&london, winter),
+            Some(vec![0xEA, 0x07, 12, 3, 9, 0, 0, 4, 0, 0x02])
+        );
     }
 
     #[test]

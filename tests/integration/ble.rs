@@ -285,6 +285,82 @@ fn connection_cap_queues_devices_and_links_that_drop_are_reconnected() {
     stop_cleanly(daemon);
 }
 
+/// Issue 18: a glucose meter sends nothing until asked over its Record
+/// Access Control Point. The session subscribes to the measurement, its
+/// context and the RACP, then asks for every stored record; on the next
+/// connection it asks only for records after the last one it has.
+#[test]
+fn glucose_meter_is_asked_for_its_records_over_racp_and_only_new_ones_again() {
+    const METER: &str = "C0:FF:EE:00:00:08";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(METER, "Glucose meter", &[0x1808]);
+    let glucose = bluez.add_service(METER, 0x1808);
+    let measurement = bluez.add_characteristic(&glucose, 0x2A18, "notify", "00");
+    let context = bluez.add_characteristic(&glucose, 0x2A34, "notify", "00");
+    let racp = bluez.add_characteristic(&glucose, 0x2A52, "write,indicate", "00");
+    let gw = Gateway::new(
+        vec![resident(1, "Margaret Ellis", "Room 4")],
+        vec![device(
+            METER,
+            DeviceKind::GlucoseMeter,
+            Subject::Resident(ResidentId(1)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(METER);
+            (!bluez.written(&racp).is_empty()).then_some(())
+        })
+        .is_some(),
+        "the meter was never asked for its records\n{}",
+        bluez.log()
+    );
+    // Subscribed to all three before asking: no record is sent to nobody.
+    for c in [&measurement, &context, &racp] {
+        assert!(bluez.notifying(c), "{c} not subscribed before the request");
+    }
+    assert_eq!(bluez.written(&racp), ["0101"], "report all stored records");
+    // Two records, 95 and 110 mg/dL, sequence numbers 1 and 2.
+    assert!(bluez.notify(&measurement, "020100ea070c030900005fb011"));
+    assert!(bluez.notify(&measurement, "020200ea070c030a00006eb011"));
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(gw.wait_readings(METER, "blood_glucose", 2, STEP));
+
+    bluez.drop_link(METER);
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(METER);
+            (bluez.written(&racp).len() >= 2).then_some(())
+        })
+        .is_some(),
+        "the meter was not asked again on its next connection\n{}",
+        bluez.log()
+    );
+    assert_eq!(
+        bluez.written(&racp),
+        ["0101", "0103010300"],
+        "the second request asks for sequence numbers from 3 on"
+    );
+    assert!(bluez.notify(&racp, "06000106"));
+    let got: Vec<(Option<i64>, Option<f64>, String)> = gw
+        .readings(METER)
+        .into_iter()
+        .filter(|r| r.2 == "blood_glucose")
+        .map(|r| (r.0, r.3, r.4))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(1), Some(95.0), "mg/dL".to_owned()),
+            (Some(1), Some(110.0), "mg/dL".to_owned())
+        ]
+    );
+    stop_cleanly(daemon);
+}
+
 #[test]
 fn unknown_device_is_observed_never_connected_and_nothing_attributed() {
     let bluez = FakeBluez::start();

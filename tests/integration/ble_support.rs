@@ -266,6 +266,17 @@ impl FakeBluez {
         self.mock("StopScanning", &["string:hci0"]);
     }
 
+    /// What the gateway wrote to a characteristic (its object path), in hex,
+    /// oldest first.
+    pub fn written(&self, characteristic: &str) -> Vec<String> {
+        let out = self.mock("Written", &[&format!("string:{characteristic}")]);
+        out.split_whitespace()
+            .filter(|w| !w.is_empty() && w.len() % 2 == 0)
+            .filter(|w| w.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn connect_count(&self, address: &str) -> u32 {
         let path = format!("/org/bluez/hci0/dev_{}", address.replace(':', "_"));
         let out = self.mock("ConnectCount", &[&format!("string:{path}")]);

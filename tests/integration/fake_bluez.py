@@ -115,6 +115,13 @@ def _read_value(chrc, _options):
     return chrc.props[GATT_CHRC_IFACE]["Value"]
 
 
+def _write_value(chrc, value, _options):
+    """Remembers what the gateway wrote (a RACP request, the current time)."""
+    if not hasattr(chrc, "written"):
+        chrc.written = []
+    chrc.written.append(bytes(value).hex())
+
+
 def _set_discovering(adapter, on):
     adapter.props[bluez5.ADAPTER_IFACE]["Discovering"] = dbus.Boolean(on)
     adapter.EmitSignal(dbus.PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
@@ -210,7 +217,7 @@ def AddGattCharacteristic(self, service_path, uuid, flags, value):
                     "Value": _bytes(value), "Notifying": dbus.Boolean(False),
                     "Flags": dbus.Array(flags, signature="s")},
                    [("ReadValue", "a{sv}", "ay", _read_value),
-                    ("WriteValue", "aya{sv}", "", ""),
+                    ("WriteValue", "aya{sv}", "", _write_value),
                     ("StartNotify", "", "", _start_notify),
                     ("StopNotify", "", "", _stop_notify)])
     chrc = mockobject.objects[path]
@@ -258,6 +265,12 @@ def NotifyBurst(self, chrc_path, value, count):
     for _ in range(count):
         _emit_value(chrc, value)
     return True
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="as")
+def Written(self, chrc_path):
+    """What the gateway wrote to a characteristic, oldest first, in hex."""
+    return dbus.Array(getattr(mockobject.objects[chrc_path], "written", []), signature="s")
 
 
 @dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="u")
