@@ -372,6 +372,8 @@ struct Round<'a> {
     adapter: Adapter,
     known: HashMap<PeripheralId, Known>,
     slots: Arc<Semaphore>,
+    /// Sessions waiting for one of the slots.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     sessions: JoinSet<(DeviceAddress, Result<SessionEnd, BleError>)>,
     active: HashMap<DeviceAddress, CancellationToken>,
     retries: HashMap<DeviceAddress, Retry>,
@@ -438,6 +440,7 @@ async fn round(
         adapter,
         known: HashMap::new(),
         slots: Arc::new(Semaphore::new(settings.max_connections)),
+        waiting: Arc::default(),
         sessions: JoinSet::new(),
         active: HashMap::new(),
         retries: HashMap::new(),
@@ -727,6 +730,7 @@ impl Round<'_> {
             zone: self.settings.zone.clone(),
             racp: self.status.racp.clone(),
             clock_synchronised: crate::system::clock_synchronised,
+            waiting: self.waiting.clone(),
         };
         let peripheral = k.peripheral.clone();
         self.sessions
@@ -778,7 +782,14 @@ impl Round<'_> {
                     return Ok(false);
                 }
                 agent::set_pairable(&conn, &adapter, Some(pairable_for)).await?;
-                agent::pair(&conn, &adapter, address).await?;
+                if let Err(e) = agent::pair(&conn, &adapter, address).await {
+                    // A failed pairing (a wrong passkey, a rejected number)
+                    // can leave the link up, and a connected device does not
+                    // advertise: it would never be heard, so never tried
+                    // again. Drop the link, as after a pairing that worked.
+                    let _ = agent::disconnect(&conn, &adapter, address).await;
+                    return Err(e);
+                }
                 // Pairing left a link up that nobody uses: the device is not
                 // assigned yet, and while connected it does not advertise, so
                 // it would never be heard (and given a session) once it is.

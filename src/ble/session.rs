@@ -18,6 +18,7 @@
 //!   must not spread its wrong time to the residents' devices.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +141,12 @@ pub fn current_time_value(zone: &SiteZone, at: Timestamp) -> Option<Vec<u8>> {
 /// the disconnects BlueZ reports late or never.
 const LINK_CHECK: Duration = Duration::from_secs(5);
 
+/// How long a session keeps its connection slot while other devices wait for
+/// one: after this it gives the slot up (disconnects) and queues again behind
+/// them, so that more devices than `ble.max_connections` are all served in
+/// turn. Only while someone waits: with slots to spare nobody is cut off.
+pub const SLOT_SHARE: Duration = Duration::from_secs(30);
+
 /// Longest wait for a best-effort disconnect when the session is stopped.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
@@ -176,6 +183,9 @@ pub enum SessionEnd {
     Disconnected,
     /// The gateway stopped the session (shutdown, round restart).
     Stopped,
+    /// The session gave its connection slot to a device waiting for one
+    /// ([`SLOT_SHARE`]); the device is served again in its turn.
+    Yielded,
 }
 
 /// What a session needs besides the device.
@@ -192,12 +202,32 @@ pub struct SessionContext {
     pub racp: RacpProgress,
     /// Whether the gateway's clock is synchronised now (asked when needed).
     pub clock_synchronised: fn() -> bool,
+    /// How many sessions wait for a connection slot now (all sessions of the
+    /// round share it).
+    pub waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a session as waiting for a slot for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs one session to its end.
 pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionEnd, BleError> {
     // The semaphore queues waiters first come, first served: a fair queue for the
     // connection slots the controller can hold.
+    let waiting = Waiting::new(&ctx.waiting);
     let _slot = tokio::select! {
         _ = ctx.stop.cancelled() => return Ok(SessionEnd::Stopped),
         slot = ctx.slots.clone().acquire_owned() => match slot {
@@ -205,8 +235,9 @@ pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionE
             Err(_) => return Ok(SessionEnd::Stopped),
         },
     };
+    drop(waiting);
     let result = connected(&peripheral, &ctx).await;
-    if ctx.stop.is_cancelled() || result.is_err() {
+    if ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)) {
         // Leave no half-open link behind; the device may already be gone.
         let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
     }
@@ -230,6 +261,7 @@ async fn step<T>(
 
 async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<SessionEnd, BleError> {
     let limit = ctx.connect_timeout;
+    let holding_since = tokio::time::Instant::now();
     // A device BlueZ already holds connected (at start-up, or after a round
     // restart) is used as it is: Connect would fail with AlreadyConnected.
     let already = peripheral.is_connected().await.unwrap_or(false);
@@ -263,6 +295,20 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
     else {
         return Ok(SessionEnd::Stopped);
     };
+    // The clock first: a spot-check device hangs up soon after it has handed
+    // over what it stored, which the subscriptions below start.
+    if let Some(clock) = characteristics.iter().find(|c| {
+        c.uuid == uuid16(CURRENT_TIME)
+            && c.properties
+                .intersects(CharPropFlags::WRITE | CharPropFlags::WRITE_WITHOUT_RESPONSE)
+    }) {
+        // Best effort: a clock not set is not a failed session.
+        match set_clock(peripheral, clock, ctx).await {
+            Ok(Some(())) => {}
+            Ok(None) => return Ok(SessionEnd::Stopped),
+            Err(e) => tracing::warn!(device = %ctx.address, error = %e, "device clock not set"),
+        }
+    }
     let mut subscribed = 0;
     for c in characteristics.iter().filter(|c| is_measurement(c)) {
         if step("subscribe", limit, &ctx.stop, peripheral.subscribe(c))
@@ -291,18 +337,6 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             {
                 return Ok(SessionEnd::Stopped);
             }
-        }
-    }
-    if let Some(clock) = characteristics.iter().find(|c| {
-        c.uuid == uuid16(CURRENT_TIME)
-            && c.properties
-                .intersects(CharPropFlags::WRITE | CharPropFlags::WRITE_WITHOUT_RESPONSE)
-    }) {
-        // Best effort: a clock not set is not a failed session.
-        match set_clock(peripheral, clock, ctx).await {
-            Ok(Some(())) => {}
-            Ok(None) => return Ok(SessionEnd::Stopped),
-            Err(e) => tracing::warn!(device = %ctx.address, error = %e, "device clock not set"),
         }
     }
     if let Some(battery) = characteristics.iter().find(|c| {
@@ -376,6 +410,11 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             _ = link_check.tick() => {
                 if !peripheral.is_connected().await.unwrap_or(false) {
                     return Ok(SessionEnd::Disconnected);
+                }
+                let waiting = ctx.waiting.load(Ordering::Relaxed);
+                if waiting > 0 && holding_since.elapsed() >= SLOT_SHARE {
+                    tracing::info!(device = %ctx.address, waiting, "devices wait for a connection slot: giving this one up for a turn");
+                    return Ok(SessionEnd::Yielded);
                 }
             }
         }

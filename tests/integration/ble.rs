@@ -361,6 +361,74 @@ fn glucose_meter_is_asked_for_its_records_over_racp_and_only_new_ones_again() {
     stop_cleanly(daemon);
 }
 
+/// Issue 18: more devices than `max_connections`, and the one connected
+/// never leaves (a continuous strap): the waiting device is still served, in
+/// its turn, because a session that has held its slot for `SLOT_SHARE` while
+/// others wait gives it up and queues again behind them.
+#[test]
+fn a_device_that_never_disconnects_gives_its_slot_to_one_that_waits() {
+    const OTHER_STRAP: &str = "C0:FF:EE:00:00:04";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    let chars = [hr_strap(&bluez, HR_STRAP), hr_strap(&bluez, OTHER_STRAP)];
+    let addresses = [HR_STRAP, OTHER_STRAP];
+    let gw = Gateway::new(
+        vec![
+            resident(1, "Margaret Ellis", "Room 4"),
+            resident(2, "Arthur Price", "Room 7"),
+        ],
+        vec![
+            device(
+                HR_STRAP,
+                DeviceKind::HeartRateMonitor,
+                Subject::Resident(ResidentId(1)),
+            ),
+            device(
+                OTHER_STRAP,
+                DeviceKind::HeartRateMonitor,
+                Subject::Resident(ResidentId(2)),
+            ),
+        ],
+        "max_connections = 1",
+    );
+    let daemon = gw.run(&bluez);
+    let first = wait_for(STEP, || (0..2).find(|&i| bluez.notifying(&chars[i])))
+        .expect("neither strap was subscribed");
+    let second = 1 - first;
+    // The second strap keeps advertising; the first never hangs up. Within
+    // the share (30 s) and a link check, the second gets the slot.
+    let share = carehub::ble::session::SLOT_SHARE + STEP;
+    assert!(
+        wait_for(share, || {
+            bluez.advertise_presence(addresses[second]);
+            bluez.notifying(&chars[second]).then_some(())
+        })
+        .is_some(),
+        "the waiting strap was never served\n{}",
+        bluez.log()
+    );
+    assert!(bluez.notify(&chars[second], "0050"));
+    assert!(gw.wait_readings(addresses[second], "heart_rate", 1, STEP));
+    // Never both at once: the first gave its link up before the second got one.
+    assert!(
+        !bluez.connected(addresses[first]),
+        "the cap of 1 was exceeded"
+    );
+    // And the first is served again in its turn.
+    assert!(
+        wait_for(share, || {
+            bluez.advertise_presence(addresses[first]);
+            (bluez.connect_count(addresses[first]) >= 2 && bluez.notifying(&chars[first]))
+                .then_some(())
+        })
+        .is_some(),
+        "the first strap never got its turn back\n{}",
+        bluez.log()
+    );
+    let stderr = stop_cleanly(daemon);
+    assert!(stderr.contains("giving this one up for a turn"), "{stderr}");
+}
+
 #[test]
 fn unknown_device_is_observed_never_connected_and_nothing_attributed() {
     let bluez = FakeBluez::start();
