@@ -371,6 +371,35 @@ class BloodPressureCuff(Sensor):
         await self.advertise()
 
 
+# A device left connected with nothing to do hangs up after this long.
+IDLE_HANG_UP = 45.0  # longer than SMP's 30 s, so a pairing waiting for staff is not cut
+
+
+def hang_up_when(sensor, connection):
+    """As battery devices do: hang up a second after bonding, or after a
+    failed pairing, and when connected for IDLE_HANG_UP seconds with nobody
+    subscribed. The lab needs this: on Debian's 6.1 kernel a BlueZ
+    Disconnect right after pairing answers success but sends no HCI
+    Disconnect, so the link the gateway dropped stays up on the device's
+    side (hw-tests/README.md, "What the lab found")."""
+    loop = asyncio.get_running_loop()
+
+    async def hang_up(why, delay):
+        await asyncio.sleep(delay)
+        if connection.handle in sensor.device.connections and not (
+            why == "idle" and sensor.subscribed
+        ):
+            log.info("%s: %s, hanging up", sensor.key, why)
+            try:
+                await connection.disconnect()
+            except Exception as e:
+                log.info("%s: disconnect: %s", sensor.key, e)
+
+    connection.on("pairing", lambda _keys: loop.create_task(hang_up("bonded", 1.0)))
+    connection.on("pairing_failure", lambda _r: loop.create_task(hang_up("pairing failed", 1.0)))
+    loop.create_task(hang_up("idle", IDLE_HANG_UP))
+
+
 class SpotCheck(Sensor):
     """A device that measures on demand: its measurement is indicated, and
     the CCCD needs an encrypted (or authenticated) link, so the gateway must
@@ -397,19 +426,7 @@ class SpotCheck(Sensor):
         )
 
     def connected(self, connection):
-        connection.on(
-            "pairing",
-            lambda _keys: asyncio.get_running_loop().create_task(self.hang_up(connection)),
-        )
-
-    async def hang_up(self, connection):
-        await asyncio.sleep(1.0)
-        if connection.handle in self.device.connections:
-            log.info("%s: bonded, hanging up", self.key)
-            try:
-                await connection.disconnect()
-            except Exception as e:
-                log.info("%s: disconnect: %s", self.key, e)
+        hang_up_when(self, connection)
 
     def on_subscription(self, conn, _notify, indicate):
         self.subscribed = indicate
@@ -494,8 +511,9 @@ class GlucoseMeter(Sensor):
 
     def __init__(self, link, key, name, address):
         super().__init__(link, key, name, address, [0x1808])
-        self.records = []  # (sequence, mg/dL)
-        self.fresh = False
+        self.records = []  # (sequence, mg/dL, local time taken)
+        # New out of the box it advertises (pairing mode) until first asked.
+        self.fresh = True
         self.sent = []
         self.requests = []
         notify = Characteristic.Properties.NOTIFY
@@ -517,6 +535,9 @@ class GlucoseMeter(Sensor):
         for c in (self.measurement, self.context, self.racp):
             require(c, self.device, Attribute.WRITE_REQUIRES_ENCRYPTION)
         self.pairing(sc=True, mitm=False, bonding=True)
+
+    def connected(self, connection):
+        hang_up_when(self, connection)
 
     def on_subscription(self, _conn, notify, _indicate):
         self.subscribed = notify
@@ -540,11 +561,13 @@ class GlucoseMeter(Sensor):
             log.info("%s: RACP request not supported", self.key)
             await self.device.indicate_subscriber(conn, self.racp, bytes([6, 0, request[0], 2]))
             return
-        for seq, mgdl in chosen:
-            # Flags 0x02: concentration (kg/L) and type-location follow;
-            # base time 2026-12-03 09:seq:00; capillary whole blood, finger.
+        for seq, mgdl, t in chosen:
+            # Flags 0x02: concentration (kg/L) and type-location follow; the
+            # base time is the meter's clock (the site's local time) when the
+            # record was taken; capillary whole blood, finger.
             value = (
-                bytes([0x02]) + struct.pack("<HHBBBBB", seq, 2026, 12, 3, 9, seq % 60, 0)
+                bytes([0x02])
+                + struct.pack("<HHBBBBB", seq, t.year, t.month, t.day, t.hour, t.minute, t.second)
                 + sfloat(mgdl, -5) + bytes([0x11])
             )
             await self.device.notify_subscriber(conn, self.measurement, value)
@@ -564,7 +587,10 @@ class GlucoseMeter(Sensor):
         return self.fresh
 
     async def store(self, seq, mgdl):
-        self.records.append((seq, mgdl))
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        self.records.append((seq, mgdl, datetime.now(ZoneInfo("Europe/London"))))
         self.fresh = True
         log.info("%s: stored record %d (%d mg/dL)", self.key, seq, mgdl)
         await self.advertise()
