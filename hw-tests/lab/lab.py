@@ -30,6 +30,12 @@ ROOT = Path(os.environ["LAB_ROOT"])
 CAREHUB = os.environ["LAB_CAREHUB"]
 PYTHON = os.environ["LAB_PYTHON"]
 ONLY = os.environ.get("LAB_SCENARIOS", "").split()
+# 1: the first boot; 2: the same lab booted again with the state the first
+# boot saved under /lab-out/state (bond_survives_reboot).
+PHASE = os.environ.get("LAB_PHASE", "1")
+SAVED = OUT / "state"
+# Scenarios that run on the second boot only.
+AFTER_REBOOT = {"bond_survives_reboot"}
 STATE = Path("/var/lib/carehub")
 DB = STATE / "carehub.db"
 CONFIG = STATE / "carehub.toml"
@@ -863,6 +869,53 @@ def more_devices_than_slots(lab):
         lab.carehub.start()
 
 
+@scenario
+def bond_survives_reboot(lab):
+    """Second boot (run-virtual boots the VM again with /var/lib/bluetooth,
+    carehub's state and the sensors' keys saved by the first): BlueZ has the
+    cuff's keys, the cuff reconnects with them (encrypted, no new pairing) and
+    its new measurement is filed under the same resident."""
+    keys = bonded_on_disk(CUFF)
+    assert keys, "BlueZ lost the cuff's bond over the reboot"
+    with db() as c:
+        row = c.execute("SELECT id FROM residents WHERE display_name = 'Arthur Price'").fetchone()
+    assert row, "the resident is gone after the reboot"
+    rid = row[0]
+    text = log_text("sensors")
+    pairings = text.count("cuff: paired")
+    encrypted = text.count("cuff: encryption on")
+    sensors("store cuff 128 84 99")
+    sensors("on cuff")
+    wait("the cuff's measurement after the reboot",
+         lambda: any(r[3] == 128.0 for r in readings(CUFF, "systolic_pressure")), limit=2 * STEP)
+    r = [r for r in readings(CUFF, "systolic_pressure") if r[3] == 128.0][0]
+    assert (r[0], r[4]) == (rid, "mm[Hg]"), r
+    text = log_text("sensors")
+    assert text.count("cuff: paired") == pairings, "the cuff paired again after the reboot"
+    assert text.count("cuff: encryption on") > encrypted, "the link was not encrypted with the stored keys"
+
+
+def save_state():
+    """End of the first boot: keep BlueZ's and carehub's state for the second."""
+    import shutil
+
+    for d in ("bluetooth", "carehub"):
+        shutil.copytree(f"/var/lib/{d}", SAVED / d, symlinks=True, dirs_exist_ok=True)
+    note(f"state saved for the reboot under {SAVED}")
+
+
+def restore_state():
+    """Second boot: put the first boot's state back before bluetoothd and
+    carehub start (the guest's /var/lib is a fresh tmpfs, as after a reboot of
+    a gateway whose /var/lib is on its disk)."""
+    import shutil
+
+    for d in ("bluetooth", "carehub"):
+        shutil.copytree(SAVED / d, f"/var/lib/{d}", symlinks=True, dirs_exist_ok=True)
+    run("chown", "-R", "carehub:carehub", "/var/lib/carehub")
+    note("state of the first boot restored")
+
+
 # ---- setup and main --------------------------------------------------------
 
 
@@ -903,10 +956,17 @@ def setup():
     if subprocess.run(["id", "carehub"], capture_output=True).returncode != 0:
         run("useradd", "--system", "--no-create-home", "--groups", "bluetooth", "carehub")
     Path("/run/dbus").mkdir(parents=True, exist_ok=True)
+    if PHASE == "2":
+        restore_state()
     run("dbus-daemon", "--system", "--fork")
-    spawn("btmon", ["btmon", "-w", str(LOGS / "btmon.snoop")])
+    spawn("btmon", ["btmon", "-w", str(LOGS / f"btmon{'' if PHASE == '1' else '-2'}.snoop")])
     # The sensors and the gateway's controller; hci0 appears when vhci opens.
-    spawn("bumble", [PYTHON, str(ROOT / "hw-tests/lab/sensors.py"), CONTROL, str(LOGS / "sensors.log")])
+    (SAVED / "keys").mkdir(parents=True, exist_ok=True)
+    spawn(
+        "bumble",
+        [PYTHON, str(ROOT / "hw-tests/lab/sensors.py"), CONTROL, str(LOGS / "sensors.log")],
+        env=dict(os.environ, LAB_SENSOR_KEYS=str(SAVED / "keys")),
+    )
     wait("the Bumble sensors", lambda: os.path.exists(CONTROL), limit=180)
     wait("hci0", lambda: Path("/sys/class/bluetooth/hci0").exists())
     bluetoothd = start_bluetoothd()
@@ -933,12 +993,17 @@ def main():
         note("setup failed:\n" + traceback.format_exc())
         results.write("FAIL setup\n")
         failed += 1
+    reboot = "bond_survives_reboot" in ONLY or not ONLY
     if lab is not None:
         for f in SCENARIOS:
             name = f.__name__
             if ONLY and name not in ONLY and name != "carehub_starts_and_scans":
                 continue
             if not ONLY and name in OPT_IN:
+                continue
+            if PHASE == "2" and name not in AFTER_REBOOT | {"carehub_starts_and_scans"}:
+                continue
+            if PHASE == "1" and name in AFTER_REBOOT:
                 continue
             note(f"== {name}")
             start = time.monotonic()
@@ -957,10 +1022,23 @@ def main():
         note(f"carehub stopped: exit {code}")
         for d in Path("/var/lib/bluetooth").rglob("*"):
             note(f"bluetooth state: {d}")
+        if PHASE == "1" and reboot:
+            try:
+                save_state()
+                (OUT / "reboot").write_text("2\n")
+            except Exception:
+                note("state not saved:\n" + traceback.format_exc())
+                results.write("FAIL bond_survives_reboot: state not saved\n")
+                failed += 1
     try:
         sensors("quit")
     except Exception:
         pass
+    if PHASE == "2":
+        # The first boot's counts, plus this one's.
+        before = (OUT / "summary.1").read_text().split()
+        passed += int(before[0])
+        failed += int(before[1])
     (OUT / "summary").write_text(f"{passed} {failed}\n")
     results.close()
     return 0 if failed == 0 else 1
