@@ -213,12 +213,21 @@ impl PasskeyRequests {
     }
 
     /// Drops every held request (BlueZ cancelled, or the round ended), and
-    /// says which devices were still waiting for staff.
+    /// says which devices were still waiting for staff. Each held call is
+    /// answered "rejected", so nothing waits on it any more.
     fn clear(&self) -> Vec<DeviceAddress> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut waiting: Vec<DeviceAddress> = map.keys().copied().collect();
+        let held: Vec<(DeviceAddress, PendingPasskey)> = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().collect()
+        };
+        let name = ErrorName::from("org.bluez.Error.Rejected");
+        let text = CString::new("cancelled").unwrap_or_default();
+        let mut waiting = Vec::with_capacity(held.len());
+        for (address, pending) in held {
+            let _ = pending.conn.send(pending.call.error(&name, &text));
+            waiting.push(address);
+        }
         waiting.sort();
-        map.clear();
         waiting
     }
 }

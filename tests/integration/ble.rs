@@ -922,6 +922,25 @@ fn numeric_comparison_waits_for_staff_and_is_never_accepted_alone() {
         });
         assert!(listed().is_none(), "still listed once answered");
     }
+    // Unanswered until BlueZ gives up (Cancel): no longer listed, and the
+    // record says that nothing bonded.
+    std::thread::scope(|s| {
+        let asked = s.spawn(ask);
+        wait_for(STEP, listed).expect("the comparison is listed for staff");
+        bluez
+            .call_agent("Cancel", STRANGER)
+            .expect("the agent takes BlueZ's Cancel");
+        let e = asked.join().unwrap().expect_err("nothing accepted it");
+        assert!(e.contains("org.bluez.Error.Rejected"), "{e}");
+    });
+    assert!(listed().is_none(), "still listed once BlueZ gave up");
+    wait_for(STEP, || {
+        let (_, events) = crate::support::http_get(web, "/api/v1/pairing")?;
+        events
+            .contains("pairing cancelled before staff answered: no bond")
+            .then_some(())
+    })
+    .expect("the cancelled comparison is recorded");
     // Answered: a second answer has no question to go to.
     let (status, _) = http_json(
         web,
