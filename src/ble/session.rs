@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, WriteType};
+use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, ValueNotification, WriteType};
 use btleplug::platform::Peripheral;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -262,29 +262,11 @@ async fn step<T>(
 async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<SessionEnd, BleError> {
     let limit = ctx.connect_timeout;
     let holding_since = tokio::time::Instant::now();
-    // A device BlueZ already holds connected (at start-up, or after a round
-    // restart) is used as it is: Connect would fail with AlreadyConnected.
-    let already = peripheral.is_connected().await.unwrap_or(false);
-    if !already
-        && step("connect", limit, &ctx.stop, peripheral.connect())
-            .await?
-            .is_none()
-    {
-        return Ok(SessionEnd::Stopped);
-    }
-    if step(
-        "service discovery",
-        limit,
-        &ctx.stop,
-        peripheral.discover_services(),
-    )
-    .await?
-    .is_none()
-    {
-        return Ok(SessionEnd::Stopped);
-    }
-    let characteristics = peripheral.characteristics();
-    // Subscribe to the stream before enabling notifications so none is missed.
+    // The value stream first, before the link is up: BlueZ restores the
+    // subscriptions of a bonded device on reconnection by itself, and a
+    // spot-check device then indicates what it stored at once, before this
+    // session has discovered or subscribed anything (the virtual lab's
+    // current_time_set lost a thermometer's temperature that way).
     let Some(mut values) = step(
         "notification stream",
         limit,
@@ -295,6 +277,28 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
     else {
         return Ok(SessionEnd::Stopped);
     };
+    // A device BlueZ already holds connected (at start-up, or after a round
+    // restart) is used as it is: Connect would fail with AlreadyConnected.
+    let already = peripheral.is_connected().await.unwrap_or(false);
+    if !already
+        && step("connect", limit, &ctx.stop, peripheral.connect())
+            .await?
+            .is_none()
+    {
+        return Ok(drain(&mut values, ctx).await);
+    }
+    if step(
+        "service discovery",
+        limit,
+        &ctx.stop,
+        peripheral.discover_services(),
+    )
+    .await?
+    .is_none()
+    {
+        return Ok(drain(&mut values, ctx).await);
+    }
+    let characteristics = peripheral.characteristics();
     // The clock first: a spot-check device hangs up soon after it has handed
     // over what it stored, which the subscriptions below start.
     if let Some(clock) = characteristics.iter().find(|c| {
@@ -305,7 +309,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         // Best effort: a clock not set is not a failed session.
         match set_clock(peripheral, clock, ctx).await {
             Ok(Some(())) => {}
-            Ok(None) => return Ok(SessionEnd::Stopped),
+            Ok(None) => return Ok(drain(&mut values, ctx).await),
             Err(e) => tracing::warn!(device = %ctx.address, error = %e, "device clock not set"),
         }
     }
@@ -315,7 +319,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             .await?
             .is_none()
         {
-            return Ok(SessionEnd::Stopped);
+            return Ok(drain(&mut values, ctx).await);
         }
         subscribed += 1;
     }
@@ -335,7 +339,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
                 .await?
                 .is_none()
             {
-                return Ok(SessionEnd::Stopped);
+                return Ok(drain(&mut values, ctx).await);
             }
         }
     }
@@ -346,10 +350,10 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         match step("battery read", limit, &ctx.stop, peripheral.read(battery)).await {
             Ok(Some(value)) => {
                 if !send(ctx, battery.uuid, value).await {
-                    return Ok(SessionEnd::Stopped);
+                    return Ok(drain(&mut values, ctx).await);
                 }
             }
-            Ok(None) => return Ok(SessionEnd::Stopped),
+            Ok(None) => return Ok(drain(&mut values, ctx).await),
             Err(e) => tracing::warn!(device = %ctx.address, error = %e, "battery level not read"),
         }
     }
@@ -371,7 +375,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
                 .await?
                 .is_none()
                 {
-                    return Ok(SessionEnd::Stopped);
+                    return Ok(drain(&mut values, ctx).await);
                 }
             }
             None => {
@@ -388,20 +392,9 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             // disconnect arrive together, and the value must not be dropped.
             biased;
             v = values.next() => match v {
-                Some(n) if n.uuid == uuid16(RACP) => racp_answered(ctx.address, &n.value),
-                // Context records carry no reading of their own.
-                Some(n) if n.uuid == uuid16(GLUCOSE_CONTEXT) => {}
                 Some(n) => {
-                    let sequence = (n.uuid == uuid16(gatt::GLUCOSE_MEASUREMENT))
-                        .then(|| glucose_sequence(&n.value))
-                        .flatten();
-                    if !send(ctx, n.uuid, n.value).await {
+                    if !forward(ctx, n).await {
                         return Ok(SessionEnd::Stopped);
-                    }
-                    // Taken once the pipeline has it: a record lost on the
-                    // way is asked for again on the next connection.
-                    if let Some(sequence) = sequence {
-                        ctx.racp.taken(ctx.address, sequence);
                     }
                 }
                 None => return Ok(SessionEnd::Disconnected),
@@ -419,6 +412,45 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             }
         }
     }
+}
+
+/// Passes one value on (RACP answers are logged, glucose context is not a
+/// reading); false when the pipeline has closed.
+async fn forward(ctx: &SessionContext, n: ValueNotification) -> bool {
+    if n.uuid == uuid16(RACP) {
+        racp_answered(ctx.address, &n.value);
+        return true;
+    }
+    // Context records carry no reading of their own.
+    if n.uuid == uuid16(GLUCOSE_CONTEXT) {
+        return true;
+    }
+    let sequence = (n.uuid == uuid16(gatt::GLUCOSE_MEASUREMENT))
+        .then(|| glucose_sequence(&n.value))
+        .flatten();
+    if !send(ctx, n.uuid, n.value).await {
+        return false;
+    }
+    // Taken once the pipeline has it: a record lost on the way is asked for
+    // again on the next connection.
+    if let Some(sequence) = sequence {
+        ctx.racp.taken(ctx.address, sequence);
+    }
+    true
+}
+
+/// A session stopped while it was still setting up (the device hung up, or
+/// the gateway stopped): values already received are passed on all the same.
+async fn drain(
+    values: &mut (impl futures_util::Stream<Item = ValueNotification> + Unpin),
+    ctx: &SessionContext,
+) -> SessionEnd {
+    while let Some(Some(n)) = values.next().now_or_never() {
+        if !forward(ctx, n).await {
+            break;
+        }
+    }
+    SessionEnd::Stopped
 }
 
 /// Writes the site's civil time to the device's Current Time, when the
