@@ -356,6 +356,9 @@ struct Known {
     address: DeviceAddress,
     peripheral: Peripheral,
     services: Vec<Uuid>,
+    /// Heard this round (an advertisement or a signal strength), not merely
+    /// remembered by BlueZ from before: only such a device is dialled.
+    in_range: bool,
 }
 
 /// Per-device reconnect state.
@@ -548,6 +551,7 @@ impl Round<'_> {
                 if let Some(address) = self.resolve(&id).await {
                     if let Some(k) = self.known.get_mut(&id) {
                         k.services.clone_from(&services);
+                        k.in_range = true;
                     }
                     self.heard(address, |s| s.services = services);
                     self.maybe_connect(&id);
@@ -556,6 +560,9 @@ impl Round<'_> {
             }
             CentralEvent::RssiUpdate { id, rssi } => {
                 if let Some(address) = self.resolve(&id).await {
+                    if let Some(k) = self.known.get_mut(&id) {
+                        k.in_range = true;
+                    }
                     self.heard(address, |s| s.rssi = Some(rssi));
                     self.maybe_connect(&id);
                     self.maybe_pair(&id);
@@ -631,6 +638,9 @@ impl Round<'_> {
         let Some(address) = self.resolve(id).await else {
             return true;
         };
+        if let Some(k) = self.known.get_mut(id) {
+            k.in_range = true;
+        }
         let mut a = Advertisement {
             address,
             ..Advertisement::default()
@@ -696,6 +706,7 @@ impl Round<'_> {
                 address,
                 peripheral,
                 services,
+                in_range: rssi.is_some(),
             },
         );
         Some(address)
@@ -706,9 +717,20 @@ impl Round<'_> {
     /// is reconnected when it is in range again, never dialled blindly, because a
     /// connect to an absent device would hold a connection slot until it timed out.
     fn maybe_connect(&mut self, id: &PeripheralId) {
+        self.connect_if(id, false);
+    }
+
+    /// [`Round::maybe_connect`]; `connected`: BlueZ holds the link already,
+    /// so the device needs no advertisement to be reached.
+    fn connect_if(&mut self, id: &PeripheralId, connected: bool) {
         let Some(k) = self.known.get(id) else { return };
         let address = k.address;
-        if !self.settings.registered.contains(address)
+        // BlueZ reports every device it remembers when a round starts, in
+        // range or not; dialling the absent ones held connection slots for
+        // the whole connect time-out (the virtual lab's
+        // more_devices_than_slots, after a restart with 2 slots).
+        if !(k.in_range || connected)
+            || !self.settings.registered.contains(address)
             || !session::is_health_device(&k.services)
             || self.active.contains_key(&address)
             || self
@@ -937,7 +959,7 @@ impl Round<'_> {
                 .collect();
             for (id, peripheral) in idle {
                 if peripheral.is_connected().await.unwrap_or(false) {
-                    self.maybe_connect(&id);
+                    self.connect_if(&id, true);
                 }
             }
         }

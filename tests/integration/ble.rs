@@ -429,6 +429,58 @@ fn a_device_that_never_disconnects_gives_its_slot_to_one_that_waits() {
     assert!(stderr.contains("giving this one up for a turn"), "{stderr}");
 }
 
+/// Issue 18 (found in the virtual lab): real BlueZ restores a bonded
+/// device's subscriptions when it reconnects, and a spot-check device then
+/// indicates what it stored at once, before the session has subscribed, and
+/// hangs up. The session's value stream is open before it connects, and what
+/// arrived is passed on even though the session ends while setting up.
+#[test]
+fn a_value_sent_before_the_session_subscribes_is_not_lost() {
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(BP_CUFF, "BP cuff", &[0x1810]);
+    let bp = bluez.add_service(BP_CUFF, 0x1810);
+    let measurement = bluez.add_characteristic(&bp, 0x2A35, "indicate", "00");
+    let gw = Gateway::new(
+        vec![resident(2, "Arthur Price", "Room 7")],
+        vec![device(
+            BP_CUFF,
+            DeviceKind::BloodPressureMonitor,
+            Subject::Resident(ResidentId(2)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+    // A first session, as after pairing: subscribed, then the cuff leaves.
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(BP_CUFF);
+            bluez.notifying(&measurement).then_some(())
+        })
+        .is_some(),
+        "the cuff was never subscribed\n{}",
+        bluez.log()
+    );
+    bluez.drop_link(BP_CUFF);
+    // It comes back with a stored 120/80/93 mmHg and sends it the moment the
+    // link is up.
+    bluez.indicate_on_reconnect(&measurement, &["00780050005d00"]);
+    assert!(
+        wait_for(STEP, || {
+            bluez.advertise_presence(BP_CUFF);
+            (bluez.connect_count(BP_CUFF) >= 2).then_some(())
+        })
+        .is_some(),
+        "the cuff was not reconnected"
+    );
+    assert!(
+        gw.wait_readings(BP_CUFF, "systolic_pressure", 1, STEP),
+        "the measurement sent before the subscription was lost\n{}",
+        bluez.log()
+    );
+    stop_cleanly(daemon);
+}
+
 #[test]
 fn unknown_device_is_observed_never_connected_and_nothing_attributed() {
     let bluez = FakeBluez::start();

@@ -257,6 +257,19 @@ impl FakeBluez {
         );
     }
 
+    /// On its next connection the device sends these values at once, before
+    /// any subscription, then hangs up (a bonded spot-check device whose
+    /// subscription real BlueZ restores by itself).
+    pub fn indicate_on_reconnect(&self, characteristic: &str, values_hex: &[&str]) {
+        self.mock(
+            "IndicateOnReconnect",
+            &[
+                &format!("string:{characteristic}"),
+                &format!("array:string:{}", values_hex.join(",")),
+            ],
+        );
+    }
+
     /// The device leaves: its link drops and its subscriptions end.
     pub fn drop_link(&self, address: &str) {
         self.mock("DropLink", &["string:hci0", &format!("string:{address}")]);
@@ -349,13 +362,17 @@ impl FakeBluez {
             )
             .unwrap();
         let device = format!("objpath:/org/bluez/hci0/dev_{}", address.replace(':', "_"));
+        // Every bus name is tried, the test's own dbus-send clients too, and
+        // one still waiting for its answer never replies: a Cancel (answered
+        // at once by the agent) must not wait out another call's time-out.
+        let timeout = if method == "Cancel" { 2_000 } else { 20_000 };
         let mut last = String::from("no agent on the bus");
         for name in names.split_whitespace().filter(|n| n.starts_with(':')) {
             let out = Command::new("dbus-send")
                 .args([
                     "--system",
                     "--print-reply=literal",
-                    "--reply-timeout=20000",
+                    &format!("--reply-timeout={timeout}"),
                     &format!("--dest={name}"),
                     "/org/carehub/agent",
                     &format!("org.bluez.Agent1.{method}"),

@@ -49,6 +49,21 @@ def _connect(device):
     device.connected = True
     device.connect_count = getattr(device, "connect_count", 0) + 1
     _set_device_props(device, {"Connected": dbus.Boolean(True), "ServicesResolved": dbus.Boolean(True)})
+    early = [c for c in _characteristics(device.path) if getattr(c, "early", None)]
+    if early:
+        # Real BlueZ re-enables a bonded device's subscriptions by itself on
+        # reconnection ("Re-register subscribed notification client"), and a
+        # spot-check device then indicates what it stored at once, before the
+        # gateway has discovered or subscribed anything, and hangs up.
+        def deliver():
+            for chrc in early:
+                values, chrc.early = chrc.early, []
+                for v in values:
+                    _emit_value(chrc, v)
+            GLib.timeout_add(200, lambda: (_disconnect(device), False)[1])
+            return False
+
+        GLib.timeout_add(5, deliver)
 
 
 def _pair(device):
@@ -236,6 +251,14 @@ def StoreValues(self, chrc_path, values, disconnect_after):
     chrc = mockobject.objects[chrc_path]
     chrc.stored = [str(v) for v in values]
     chrc.disconnect_after = bool(disconnect_after)
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="sas", out_signature="")
+def IndicateOnReconnect(self, chrc_path, values):
+    """Values the characteristic sends the moment the device is next
+    connected, before anyone subscribes (a bonded device whose subscription
+    BlueZ restores); then the device hangs up."""
+    mockobject.objects[chrc_path].early = [str(v) for v in values]
 
 
 @dbus.service.method(MOCK_IFACE, in_signature="ss", out_signature="b")
