@@ -320,9 +320,22 @@ OPT_IN = set()
 
 
 def opt_in(f):
-    """A scenario that runs only when named on the command line."""
+    """A scenario that runs only when named on the command line (or with `all`)."""
     OPT_IN.add(f.__name__)
     return scenario(f)
+
+
+# The long set: not in the default (CI) run, which must stay under 10 minutes;
+# run with `hw-tests/run-virtual all` (every scenario) or by name.
+LONG = set()
+
+
+def long_set(f):
+    LONG.add(f.__name__)
+    return scenario(f)
+
+
+EVERYTHING = "all" in ONLY
 
 
 class Lab:
@@ -834,7 +847,7 @@ def bthome_room_sensors(lab):
     assert "room: connected" not in text and "room_enc: connected" not in text, "carehub connected to a room sensor"
 
 
-@scenario
+@long_set
 def more_devices_than_slots(lab):
     """max_connections = 2 with two continuous devices (strap, oximeter)
     holding both slots and three spot-check devices with something stored:
@@ -869,7 +882,7 @@ def more_devices_than_slots(lab):
         lab.carehub.start()
 
 
-@scenario
+@long_set
 def bond_survives_reboot(lab):
     """Second boot (run-virtual boots the VM again with /var/lib/bluetooth,
     carehub's state and the sensors' keys saved by the first): BlueZ has the
@@ -993,13 +1006,15 @@ def main():
         note("setup failed:\n" + traceback.format_exc())
         results.write("FAIL setup\n")
         failed += 1
-    reboot = "bond_survives_reboot" in ONLY or not ONLY
+    reboot = "bond_survives_reboot" in ONLY or EVERYTHING
     if lab is not None:
         for f in SCENARIOS:
             name = f.__name__
-            if ONLY and name not in ONLY and name != "carehub_starts_and_scans":
+            if EVERYTHING:
+                pass
+            elif ONLY and name not in ONLY and name != "carehub_starts_and_scans":
                 continue
-            if not ONLY and name in OPT_IN:
+            elif not ONLY and name in OPT_IN | LONG:
                 continue
             if PHASE == "2" and name not in AFTER_REBOOT | {"carehub_starts_and_scans"}:
                 continue
