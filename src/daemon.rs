@@ -187,7 +187,7 @@ pub async fn run(
                         .context("device registry task failed")?
                         .context("cannot read the devices' assignment history")?;
                 registry.load_history(&history);
-                let settings = BleSettings::new(&config.ble, registry.clone());
+                let settings = BleSettings::new(&config.ble, registry.clone(), config.site.zone());
                 tracing::info!(devices = devices.len(), "device registry read");
                 let ble = Ble {
                     settings,

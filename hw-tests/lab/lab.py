@@ -30,6 +30,12 @@ ROOT = Path(os.environ["LAB_ROOT"])
 CAREHUB = os.environ["LAB_CAREHUB"]
 PYTHON = os.environ["LAB_PYTHON"]
 ONLY = os.environ.get("LAB_SCENARIOS", "").split()
+# 1: the first boot; 2: the same lab booted again with the state the first
+# boot saved under /lab-out/state (bond_survives_reboot).
+PHASE = os.environ.get("LAB_PHASE", "1")
+SAVED = OUT / "state"
+# Scenarios that run on the second boot only.
+AFTER_REBOOT = {"bond_survives_reboot"}
 STATE = Path("/var/lib/carehub")
 DB = STATE / "carehub.db"
 CONFIG = STATE / "carehub.toml"
@@ -39,7 +45,19 @@ CONTROL = "/run/sensors.sock"
 HR = "C0:FF:EE:00:00:02"
 CUFF = "C0:FF:EE:00:00:03"
 STRANGER = "DE:AD:BE:EF:00:09"
+THERMO = "C0:FF:EE:00:00:05"
+SCALE = "C0:FF:EE:00:00:06"
+PLX = "C0:FF:EE:00:00:07"
+GLUCOSE = "C0:FF:EE:00:00:08"
+ROOM = "C0:FF:EE:00:00:11"
+ROOM_ENC = "C0:FF:EE:00:00:12"
 GATEWAY = "F0:CA:FE:00:00:01"
+# The encrypted room sensor's bind key, as printed on its box (sensors.py).
+BTHOME_KEY = "5c1a7e0d9b3f42a68e21c4d07f9ab316"
+
+# carehub tries an unpaired device again this long after a failed pairing
+# (PAIR_RETRY in src/ble/mod.rs).
+PAIR_RETRY = 30.0
 
 # One step (a connect, a pairing, a reading arriving) under TCG on a loaded
 # two-core machine. Polls return as soon as the condition holds.
@@ -302,9 +320,22 @@ OPT_IN = set()
 
 
 def opt_in(f):
-    """A scenario that runs only when named on the command line."""
+    """A scenario that runs only when named on the command line (or with `all`)."""
     OPT_IN.add(f.__name__)
     return scenario(f)
+
+
+# The long set: not in the default (CI) run, which must stay under 10 minutes;
+# run with `hw-tests/run-virtual all` (every scenario) or by name.
+LONG = set()
+
+
+def long_set(f):
+    LONG.add(f.__name__)
+    return scenario(f)
+
+
+EVERYTHING = "all" in ONLY
 
 
 class Lab:
@@ -323,12 +354,25 @@ class Lab:
             self.residents[name] = body["id"]
         return self.residents[name]
 
-    def assign(self, address, resident_id):
-        status, body = self.carehub.api(
-            "PUT", f"/api/v1/devices/{address}/assignment", {"resident_id": resident_id}
-        )
+    def assign(self, address, resident_id=None, room=None):
+        subject = {"resident_id": resident_id} if room is None else {"room": room}
+        status, body = self.carehub.api("PUT", f"/api/v1/devices/{address}/assignment", subject)
         assert status == 200, f"assignment refused: {status} {body}"
         return body
+
+    def pending(self, field, address):
+        """The request for `address` in GET /api/v1/pairing's `field`
+        (passkey_requests, confirm_requests), if staff are being asked."""
+        body = self.carehub.api_ok("/api/v1/pairing") or {}
+        return next((r for r in body.get(field, []) if r.get("address") == address), None)
+
+    def open_window(self, seconds):
+        status, body = self.carehub.api("POST", "/api/v1/pairing/window", {"seconds": seconds})
+        assert status == 200, f"window not opened: {status} {body}"
+
+    def close_window(self):
+        status, body = self.carehub.api("DELETE", "/api/v1/pairing/window")
+        assert status in (200, 204), f"window not closed: {status} {body}"
 
     def heard(self, address):
         """Whether carehub lists the device as heard (GET /api/v1/pairing)."""
@@ -549,10 +593,346 @@ def killed_carehub_leaves_no_open_door(lab):
     lab.carehub.start()
 
 
+def no_bond(address):
+    info = bt_info(address)
+    disk = bonded_on_disk(address)
+    assert info.get("Paired") != "yes" and disk is None, (
+        f"BlueZ bonded with {address}: Paired={info.get('Paired')} keys on disk: {disk is not None}"
+    )
+
+
+def authenticated(keys):
+    """Whether BlueZ stored the long-term key as authenticated (MITM
+    protected): 1 (legacy) or 3 (LE Secure Connections); 0 and 2 are Just Works."""
+    return any(f"Authenticated={n}" in keys for n in (1, 3))
+
+
+def failures(address):
+    return [w for w, _ in pairing_events(address) if w.startswith("pairing failed")]
+
+
+def shown(key, count):
+    """What the device shows (passkey or number), once it has shown `count`
+    in all (each pairing attempt shows a new one)."""
+    if log_text("sensors").count(f"{key}: shows ") < count:
+        return None
+    value = sensor_state(key)["shown"]
+    return None if value == "None" else int(value)
+
+
+def readings_of(address, quantity):
+    return [(r[0], r[3], r[4]) for r in readings(address, quantity)]
+
+
+@scenario
+def thermometer_passkey(lab):
+    """0x1809 needs authenticated pairing by passkey entry: the thermometer
+    shows a passkey and carehub asks staff for it (passkey_requests). A
+    wrong passkey fails: no bond, and the record says so. The right one
+    bonds, and once assigned the stored temperature arrives. The gateway's
+    clock is not synchronised (no NTP in the guest), so the thermometer's
+    clock is left alone."""
+    rid = lab.resident("Doris Hale", "Room 2")
+    assert not clock_synchronised(), "the guest's clock reads as synchronised"
+    sensors("store thermo 372")
+    sensors("on thermo")
+    wait("carehub to hear the thermometer", lambda: lab.heard(THERMO))
+    lab.open_window(300)
+    wait("carehub to ask staff for the passkey", lambda: lab.pending("passkey_requests", THERMO))
+    passkey = wait("the thermometer to show a passkey", lambda: shown("thermo", 1))
+    wrong = (passkey + 1) % 1_000_000
+    status, body = lab.carehub.api("POST", "/api/v1/pairing/passkey", {"address": THERMO, "passkey": wrong})
+    assert status == 204, f"passkey not taken: {status} {body}"
+    wait("the wrong passkey to fail the pairing, on the record", lambda: failures(THERMO))
+    assert "passkey" in failures(THERMO)[0], failures(THERMO)
+    events = (lab.carehub.api_ok("/api/v1/pairing") or {}).get("events", [])
+    assert any(e["device"] == THERMO and e["what"].startswith("pairing failed") for e in events), events
+    no_bond(THERMO)
+    # carehub tries again; this time the nurse types what the device shows.
+    wait("carehub to ask again", lambda: lab.pending("passkey_requests", THERMO), limit=STEP + PAIR_RETRY)
+    passkey = wait("the thermometer to show its new passkey", lambda: shown("thermo", 2))
+    status, body = lab.carehub.api("POST", "/api/v1/pairing/passkey", {"address": THERMO, "passkey": passkey})
+    assert status == 204, f"passkey not taken: {status} {body}"
+    keys = wait("BlueZ to bond with the thermometer", lambda: bonded_on_disk(THERMO))
+    assert authenticated(keys), f"the bond is not authenticated:\n{keys}"
+    lab.close_window()
+    wait("the bond in carehub's record", lambda: any(w.startswith("paired") for w, _ in pairing_events(THERMO)))
+    lab.assign(THERMO, rid)
+    wait("the temperature in SQLite", lambda: readings(THERMO, "body_temperature"))
+    assert readings_of(THERMO, "body_temperature") == [(rid, 37.2, "Cel")], readings(THERMO)
+    assert sensor_state("thermo")["clock_writes"] == "0", "device clock set from an unsynchronised gateway"
+
+
+def clock_synchronised():
+    """Whether the guest kernel says its clock is synchronised (as carehub asks it)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct timex, modes = 0: read only
+    state = libc.adjtimex(buf)
+    status = int.from_bytes(buf.raw[40:44], "little")
+    return state >= 0 and state != 5 and not status & 0x0040  # TIME_ERROR, STA_UNSYNC
+
+
+def mark_clock_synchronised():
+    """Tells the guest kernel its clock is synchronised, as an NTP daemon does
+    (ADJ_STATUS with STA_UNSYNC clear, ADJ_MAXERROR and ADJ_ESTERROR 0)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = bytearray(256)
+    buf[0:4] = (0x0010 | 0x0004 | 0x0008).to_bytes(4, "little")
+    raw = ctypes.create_string_buffer(bytes(buf), 256)
+    state = libc.adjtimex(raw)
+    assert state >= 0, f"adjtimex failed: errno {ctypes.get_errno()}"
+
+
+@scenario
+def current_time_set(lab):
+    """Current Time Service: once the gateway's clock is synchronised, the
+    thermometer's drifted clock is set to the site's civil time
+    (Europe/London) on its next connection; asserted from the device."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    mark_clock_synchronised()
+    assert clock_synchronised(), "the guest's clock did not become synchronised"
+    sensors("store thermo 368")
+    wait("the new temperature in SQLite", lambda: len(readings(THERMO, "body_temperature")) >= 2)
+    st = wait("the thermometer's clock set", lambda: (lambda st: st if st["clock_writes"] != "0" else None)(sensor_state("thermo")))
+    v = bytes.fromhex(st["clock"])
+    set_at = datetime.fromtimestamp(float(st["clock_set_at"]), ZoneInfo("Europe/London")).replace(tzinfo=None)
+    written = datetime(int.from_bytes(v[0:2], "little"), v[2], v[3], v[4], v[5], v[6])
+    assert abs((written - set_at).total_seconds()) <= 10, f"device clock {written}, site time {set_at}"
+    assert v[7] == written.isoweekday(), f"day of week {v[7]} for {written}"
+    assert v[9] == 0x02, f"adjust reason {v[9]:#x}, expected external reference"
+    assert readings_of(THERMO, "body_temperature")[-1] == (lab.residents["Doris Hale"], 36.8, "Cel")
+
+
+@scenario
+def glucose_racp(lab):
+    """0x1808 with RACP: the meter sends nothing until asked. New, it
+    advertises to be paired; bonded and assigned, carehub subscribes and asks
+    for all stored records (it has none yet: "no records found"). Two
+    measurements later it asks for all again and each arrives once; after a
+    third, the next connection asks only for records from the sequence number
+    after the last one taken, and gets only the new one. (Records stamped
+    before the assignment would be held, filed under nobody: H4.)"""
+    rid = lab.resident("Doris Hale", "Room 2")
+    sensors("on glucose")
+    wait("carehub to hear the meter", lambda: lab.heard(GLUCOSE))
+    lab.open_window(120)
+    wait("BlueZ to bond with the meter", lambda: bonded_on_disk(GLUCOSE))
+    lab.close_window()
+    wait("the bond in carehub's record", lambda: any(w.startswith("paired") for w, _ in pairing_events(GLUCOSE)))
+    st = sensor_state("glucose")
+    assert st["requests"] == "-", f"asked before it was assigned: {st}"
+    lab.assign(GLUCOSE, rid)
+    wait("carehub to ask the meter (RACP)", lambda: sensor_state("glucose")["requests"] != "-")
+    sensors("store glucose 1 95")
+    sensors("store glucose 2 110")
+    wait("two glucose records in SQLite", lambda: len(readings(GLUCOSE, "blood_glucose")) >= 2)
+    st = wait("the meter's transfer to end", lambda: (lambda st: st if st["connected"] == "0" else None)(sensor_state("glucose")))
+    assert st["requests"] == "0101,0101", f"expected 'report all stored records' twice: {st}"
+    assert st["sent"] == "1,2", st
+    sensors("store glucose 3 120")
+    wait("the third record in SQLite", lambda: len(readings(GLUCOSE, "blood_glucose")) >= 3)
+    st = wait("the second transfer to end", lambda: (lambda st: st if st["connected"] == "0" else None)(sensor_state("glucose")))
+    assert st["requests"] == "0101,0101,0103010300", f"expected 'report records from sequence 3': {st}"
+    assert st["sent"] == "1,2,3", st
+    got = readings_of(GLUCOSE, "blood_glucose")
+    assert got == [(rid, 95.0, "mg/dL"), (rid, 110.0, "mg/dL"), (rid, 120.0, "mg/dL")], got
+
+
+@opt_in
+def numeric_comparison_times_out(lab):
+    """Numeric comparison nobody answers: BlueZ gives up, the request is no
+    longer listed, the record says so, and there is no bond."""
+    sensors("store scale 70500")
+    sensors("on scale")
+    wait("carehub to hear the scale", lambda: lab.heard(SCALE))
+    lab.open_window(300)
+    wait("the number shown to staff", lambda: lab.pending("confirm_requests", SCALE))
+    before = len(failures(SCALE))
+    wait("the unanswered request to end", lambda: not lab.pending("confirm_requests", SCALE), limit=STEP)
+    wait("the failure on the record", lambda: len(failures(SCALE)) > before or any(
+        "cancelled before staff answered" in w for w, _ in pairing_events(SCALE)))
+    no_bond(SCALE)
+    lab.close_window()
+
+
+@scenario
+def scale_numeric_comparison(lab):
+    """0x181D with a display and a yes/no button pairs by numeric comparison:
+    the number is shown to staff (confirm_requests) and is the one the scale
+    shows; nothing bonds until staff confirm. Rejected: no bond, on the
+    record. Confirmed: bonded, and once assigned the weight arrives."""
+    rid = lab.resident("Walter Finch", "Room 9")
+    if "scale: stored" not in log_text("sensors"):
+        sensors("store scale 70500")
+    sensors("on scale")
+    wait("carehub to hear the scale", lambda: lab.heard(SCALE))
+    lab.open_window(300)
+    seen = log_text("sensors").count("scale: shows ")
+    req = wait("the number shown to staff", lambda: lab.pending("confirm_requests", SCALE), limit=STEP + PAIR_RETRY)
+    number = wait("the scale to show its number", lambda: shown("scale", seen + 1))
+    assert req["number"] == number, f"staff see {req['number']}, the scale shows {number}"
+    assert req.get("since"), req
+    # Nobody has answered: it is still waiting, with no bond.
+    assert lab.pending("confirm_requests", SCALE), "answered without staff"
+    no_bond(SCALE)
+    before = len(failures(SCALE))
+    status, body = lab.carehub.api("POST", "/api/v1/pairing/confirm", {"address": SCALE, "accept": False})
+    assert status == 204, f"rejection not taken: {status} {body}"
+    wait("the rejection to fail the pairing, on the record", lambda: len(failures(SCALE)) > before)
+    assert any("rejected by staff" in w for w, _ in pairing_events(SCALE)), pairing_events(SCALE)
+    no_bond(SCALE)
+    # carehub tries again; this time staff confirm.
+    req = wait("the number shown again", lambda: lab.pending("confirm_requests", SCALE), limit=STEP + PAIR_RETRY)
+    number = wait("the scale to show its new number", lambda: shown("scale", seen + 2))
+    assert req["number"] == number, f"staff see {req['number']}, the scale shows {number}"
+    status, body = lab.carehub.api("POST", "/api/v1/pairing/confirm", {"address": SCALE, "accept": True})
+    assert status == 204, f"confirmation not taken: {status} {body}"
+    keys = wait("BlueZ to bond with the scale", lambda: bonded_on_disk(SCALE))
+    assert authenticated(keys), f"the bond is not authenticated:\n{keys}"
+    lab.close_window()
+    wait("the bond in carehub's record", lambda: any(w.startswith("paired") for w, _ in pairing_events(SCALE)))
+    lab.assign(SCALE, rid)
+    wait("the weight in SQLite", lambda: readings(SCALE, "body_weight"))
+    assert readings_of(SCALE, "body_weight") == [(rid, 70.5, "kg")], readings(SCALE)
+
+
+@scenario
+def pulse_oximeter(lab):
+    """0x1822: continuous measurements (notified) and a spot-check
+    (indicated) arrive as SpO2 in % and pulse rate in /min."""
+    rid = lab.resident("Walter Finch", "Room 9")
+    sensors("on plx")
+    lab.assign(PLX, rid)
+    wait("carehub to subscribe to the oximeter", lambda: sensor_state("plx")["subscribed"] == "1")
+    sensors("plx cont 97 72")
+    sensors("plx spot 95 80")
+    wait("two SpO2 readings in SQLite", lambda: len(readings(PLX, "spo2")) >= 2)
+    wait("two pulse rates in SQLite", lambda: len(readings(PLX, "pulse_rate")) >= 2)
+    assert sorted(readings_of(PLX, "spo2")) == [(rid, 95.0, "%"), (rid, 97.0, "%")], readings(PLX)
+    assert sorted(readings_of(PLX, "pulse_rate")) == [(rid, 72.0, "/min"), (rid, 80.0, "/min")], readings(PLX)
+
+
+@scenario
+def bthome_room_sensors(lab):
+    """BTHome v2 room sensors, advertising only: a plain one, and one that
+    encrypts (AES-CCM) whose key staff enter; values arrive under their
+    rooms with their units, and carehub never connects to either."""
+    sensors("on room")
+    sensors("on room_enc")
+    sensors("bthome room 2150 4500")
+    sensors("bthome room_enc 1980 5200")
+    wait("carehub to hear both room sensors", lambda: lab.heard(ROOM) and lab.heard(ROOM_ENC))
+    lab.assign(ROOM, room="Lounge")
+    lab.assign(ROOM_ENC, room="Dining room")
+    status, body = lab.carehub.api("PUT", f"/api/v1/devices/{ROOM_ENC}/key", {"key": BTHOME_KEY})
+    assert status in (200, 204), f"key refused: {status} {body}"
+    sensors("bthome room 2210 4400")
+    sensors("bthome room_enc 2040 5100")
+    wait("the plain sensor's temperature", lambda: readings(ROOM, "temperature"))
+    wait("the encrypted sensor's temperature", lambda: readings(ROOM_ENC, "temperature"))
+    wait("both humidities", lambda: readings(ROOM, "humidity") and readings(ROOM_ENC, "humidity"))
+    room = lambda a, q: [(r[1], r[3], r[4]) for r in readings(a, q)]
+    assert room(ROOM, "temperature")[-1] == ("Lounge", 22.1, "Cel"), readings(ROOM)
+    assert room(ROOM, "humidity")[-1] == ("Lounge", 44.0, "%"), readings(ROOM)
+    assert room(ROOM_ENC, "temperature")[-1] == ("Dining room", 20.4, "Cel"), readings(ROOM_ENC)
+    assert room(ROOM_ENC, "humidity")[-1] == ("Dining room", 51.0, "%"), readings(ROOM_ENC)
+    assert all(r[0] is None for r in readings(ROOM) + readings(ROOM_ENC)), "a room reading under a resident"
+    text = log_text("sensors")
+    assert "room: connected" not in text and "room_enc: connected" not in text, "carehub connected to a room sensor"
+
+
+@long_set
+def more_devices_than_slots(lab):
+    """max_connections = 2 with two continuous devices (strap, oximeter)
+    holding both slots and three spot-check devices with something stored:
+    every one is served in turn (a session that held its slot 30 s while
+    others wait gives it up), never more than 2 links at once."""
+    lab.carehub.stop()
+    write_config(max_connections=2)
+    lab.carehub.start()
+    try:
+        counts = {
+            (CUFF, "systolic_pressure"): len(readings(CUFF, "systolic_pressure")),
+            (THERMO, "body_temperature"): len(readings(THERMO, "body_temperature")),
+            (GLUCOSE, "blood_glucose"): len(readings(GLUCOSE, "blood_glucose")),
+        }
+        wait("the strap and the oximeter subscribed", lambda: sensor_state("hr")["subscribed"] == "1"
+             and sensor_state("plx")["subscribed"] == "1", limit=2 * STEP)
+        sensors("links reset")
+        sensors("store cuff 125 82 96")
+        sensors("store thermo 371")
+        sensors("store glucose 4 101")
+        for (address, quantity), n in counts.items():
+            wait(f"{quantity} from {address}", lambda: len(readings(address, quantity)) > n, limit=4 * STEP)
+        hr_subs = int(sensor_state("hr")["subscriptions"])
+        hr_reading_arrives(lab, 74, hr_subs - 1)
+        most = sensors("links").split()
+        assert "most=1" in most or "most=2" in most, f"more links than max_connections: {most}"
+        assert "giving this one up for a turn" in log_text("carehub"), "no session gave its slot up"
+        assert readings_of(GLUCOSE, "blood_glucose")[-1][1:] == (101.0, "mg/dL")
+    finally:
+        lab.carehub.stop()
+        write_config()
+        lab.carehub.start()
+
+
+@long_set
+def bond_survives_reboot(lab):
+    """Second boot (run-virtual boots the VM again with /var/lib/bluetooth,
+    carehub's state and the sensors' keys saved by the first): BlueZ has the
+    cuff's keys, the cuff reconnects with them (encrypted, no new pairing) and
+    its new measurement is filed under the same resident."""
+    keys = bonded_on_disk(CUFF)
+    assert keys, "BlueZ lost the cuff's bond over the reboot"
+    with db() as c:
+        row = c.execute("SELECT id FROM residents WHERE display_name = 'Arthur Price'").fetchone()
+    assert row, "the resident is gone after the reboot"
+    rid = row[0]
+    text = log_text("sensors")
+    pairings = text.count("cuff: paired")
+    encrypted = text.count("cuff: encryption on")
+    sensors("store cuff 128 84 99")
+    sensors("on cuff")
+    wait("the cuff's measurement after the reboot",
+         lambda: any(r[3] == 128.0 for r in readings(CUFF, "systolic_pressure")), limit=2 * STEP)
+    r = [r for r in readings(CUFF, "systolic_pressure") if r[3] == 128.0][0]
+    assert (r[0], r[4]) == (rid, "mm[Hg]"), r
+    text = log_text("sensors")
+    assert text.count("cuff: paired") == pairings, "the cuff paired again after the reboot"
+    assert text.count("cuff: encryption on") > encrypted, "the link was not encrypted with the stored keys"
+
+
+def save_state():
+    """End of the first boot: keep BlueZ's and carehub's state for the second."""
+    import shutil
+
+    for d in ("bluetooth", "carehub"):
+        shutil.copytree(f"/var/lib/{d}", SAVED / d, symlinks=True, dirs_exist_ok=True)
+    note(f"state saved for the reboot under {SAVED}")
+
+
+def restore_state():
+    """Second boot: put the first boot's state back before bluetoothd and
+    carehub start (the guest's /var/lib is a fresh tmpfs, as after a reboot of
+    a gateway whose /var/lib is on its disk)."""
+    import shutil
+
+    for d in ("bluetooth", "carehub"):
+        shutil.copytree(SAVED / d, f"/var/lib/{d}", symlinks=True, dirs_exist_ok=True)
+    run("chown", "-R", "carehub:carehub", "/var/lib/carehub")
+    note("state of the first boot restored")
+
+
 # ---- setup and main --------------------------------------------------------
 
 
-def write_config():
+def write_config(max_connections=4):
     STATE.mkdir(parents=True, exist_ok=True)
     CONFIG.write_text(
         f"""[site]
@@ -565,7 +945,7 @@ source = "ble"
 
 [ble]
 adapter = "hci0"
-max_connections = 4
+max_connections = {max_connections}
 connect_timeout_ms = 60000
 reconnect_min_ms = 1000
 reconnect_max_ms = 10000
@@ -589,10 +969,17 @@ def setup():
     if subprocess.run(["id", "carehub"], capture_output=True).returncode != 0:
         run("useradd", "--system", "--no-create-home", "--groups", "bluetooth", "carehub")
     Path("/run/dbus").mkdir(parents=True, exist_ok=True)
+    if PHASE == "2":
+        restore_state()
     run("dbus-daemon", "--system", "--fork")
-    spawn("btmon", ["btmon", "-w", str(LOGS / "btmon.snoop")])
+    spawn("btmon", ["btmon", "-w", str(LOGS / f"btmon{'' if PHASE == '1' else '-2'}.snoop")])
     # The sensors and the gateway's controller; hci0 appears when vhci opens.
-    spawn("bumble", [PYTHON, str(ROOT / "hw-tests/lab/sensors.py"), CONTROL, str(LOGS / "sensors.log")])
+    (SAVED / "keys").mkdir(parents=True, exist_ok=True)
+    spawn(
+        "bumble",
+        [PYTHON, str(ROOT / "hw-tests/lab/sensors.py"), CONTROL, str(LOGS / "sensors.log")],
+        env=dict(os.environ, LAB_SENSOR_KEYS=str(SAVED / "keys")),
+    )
     wait("the Bumble sensors", lambda: os.path.exists(CONTROL), limit=180)
     wait("hci0", lambda: Path("/sys/class/bluetooth/hci0").exists())
     bluetoothd = start_bluetoothd()
@@ -619,12 +1006,19 @@ def main():
         note("setup failed:\n" + traceback.format_exc())
         results.write("FAIL setup\n")
         failed += 1
+    reboot = "bond_survives_reboot" in ONLY or EVERYTHING
     if lab is not None:
         for f in SCENARIOS:
             name = f.__name__
-            if ONLY and name not in ONLY and name != "carehub_starts_and_scans":
+            if EVERYTHING:
+                pass
+            elif ONLY and name not in ONLY and name != "carehub_starts_and_scans":
                 continue
-            if not ONLY and name in OPT_IN:
+            elif not ONLY and name in OPT_IN | LONG:
+                continue
+            if PHASE == "2" and name not in AFTER_REBOOT | {"carehub_starts_and_scans"}:
+                continue
+            if PHASE == "1" and name in AFTER_REBOOT:
                 continue
             note(f"== {name}")
             start = time.monotonic()
@@ -643,10 +1037,23 @@ def main():
         note(f"carehub stopped: exit {code}")
         for d in Path("/var/lib/bluetooth").rglob("*"):
             note(f"bluetooth state: {d}")
+        if PHASE == "1" and reboot:
+            try:
+                save_state()
+                (OUT / "reboot").write_text("2\n")
+            except Exception:
+                note("state not saved:\n" + traceback.format_exc())
+                results.write("FAIL bond_survives_reboot: state not saved\n")
+                failed += 1
     try:
         sensors("quit")
     except Exception:
         pass
+    if PHASE == "2":
+        # The first boot's counts, plus this one's.
+        before = (OUT / "summary.1").read_text().split()
+        passed += int(before[0])
+        failed += int(before[1])
     (OUT / "summary").write_text(f"{passed} {failed}\n")
     results.close()
     return 0 if failed == 0 else 1

@@ -11,8 +11,15 @@ line, one answer line each ("ok ..." or "error ..."):
 
     notify hr <bpm>            heart-rate strap notifies a measurement
     store cuff <sys> <dia> <map>   the cuff stores a measurement (indicated on next connect)
+    store thermo <tenths C>    the thermometer stores a temperature
+    store scale <grams>        the scale stores a weight
+    store glucose <seq> <mg/dL>    the meter stores a record (sent only when asked over RACP)
+    plx cont|spot <spo2> <pr>  the oximeter notifies (continuous) or indicates (spot-check)
+    bthome <key> <centi C> <centi %RH>   a room sensor advertises a new value
     off <sensor> / on <sensor> power a sensor off (drops links, stops advertising) / on
-    state <sensor>             connected, encrypted, bonded-with-gateway, subscribed
+    state <sensor>             connected, encrypted, bonded-with-gateway, subscribed, and
+                               what the device showed (passkey or number) and its clock
+    links                      how many sensors are connected now, and the most at once
     quit
 
 Every event (connections, pairing, subscriptions, values sent) is logged with
@@ -24,6 +31,7 @@ import logging
 import os
 import struct
 import sys
+import time
 
 from bumble.controller import Controller
 from bumble.core import AdvertisingData
@@ -31,6 +39,7 @@ from bumble.device import Device, DeviceConfiguration
 from bumble.gatt import (
     GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR,
     Characteristic,
+    CharacteristicValue,
     Service,
 )
 from bumble.hci import Address
@@ -87,9 +96,31 @@ def adv_data(name, services):
     return b"".join(bytes([len(v) + 1, int(t)]) + v for t, v in fields)
 
 
-def sfloat(value):
-    """IEEE 11073 SFLOAT for a whole number (exponent 0)."""
-    return struct.pack("<H", value & 0x0FFF)
+def sfloat(value, exponent=0):
+    """IEEE 11073 SFLOAT: a 12-bit mantissa and a 4-bit exponent."""
+    return struct.pack("<H", ((exponent & 0x0F) << 12) | (value & 0x0FFF))
+
+
+def float32(mantissa, exponent):
+    """IEEE 11073 FLOAT: a 24-bit mantissa and an 8-bit exponent."""
+    return struct.pack("<I", ((exponent & 0xFF) << 24) | (mantissa & 0xFFFFFF))
+
+
+# Every sensor connected to the gateway now, and the most at once (for the
+# scenario with more devices than the gateway's max_connections).
+LINKS = {"now": set(), "most": 0}
+
+
+def require(characteristic, device, permission):
+    """Makes writing the characteristic's CCCD need `permission`
+    (encryption or authentication), as a real health device does."""
+    for a in device.gatt_server.attributes:
+        if (
+            a.type == GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR
+            and a.handle > characteristic.handle
+            and a.handle <= characteristic.end_group_handle
+        ):
+            a.permissions |= permission
 
 
 class Sensor:
@@ -102,6 +133,11 @@ class Sensor:
         self.services = services
         controller = Controller(key, link=link)
         config = DeviceConfiguration(name=name, address=Address(address))
+        # Keys kept on the results share survive a reboot of the VM, as a real
+        # device keeps its bonds in flash (bond_survives_reboot).
+        keys = os.environ.get("LAB_SENSOR_KEYS")
+        if keys:
+            config.keystore = f"JsonKeyStore:{keys}/{key}.json"
         self.device = Device(
             config=config, host=Host(controller, AsyncPipeSink(controller))
         )
@@ -120,6 +156,8 @@ class Sensor:
 
     def on_connection(self, connection):
         log.info("%s: connected by %s", self.key, connection.peer_address)
+        LINKS["now"].add(self.key)
+        LINKS["most"] = max(LINKS["most"], len(LINKS["now"]))
         connection.on("disconnection", self.on_disconnection)
         connection.on(
             "connection_encryption_change",
@@ -141,6 +179,8 @@ class Sensor:
 
     def on_disconnection(self, reason):
         log.info("%s: disconnected (%s)", self.key, reason)
+        if not self.device.connections:
+            LINKS["now"].discard(self.key)
         # A subscription lives as long as its link (no bond keeps it here).
         self.subscribed = False
         asyncio.get_running_loop().create_task(self.advertise())
@@ -157,6 +197,9 @@ class Sensor:
         await self.advertise()
         log.info("%s: on (%s)", self.key, self.address)
 
+    def advertising_data(self):
+        return adv_data(self.name, self.services)
+
     async def advertise(self):
         """Advertises when on, free, and it has something to say; again after
         every disconnection for as long as that holds."""
@@ -165,7 +208,7 @@ class Sensor:
         if self.device.is_advertising:
             return
         await self.device.start_advertising(
-            advertising_data=adv_data(self.name, self.services), auto_restart=False
+            advertising_data=self.advertising_data(), auto_restart=False
         )
         log.info("%s: advertising", self.key)
 
@@ -189,8 +232,31 @@ class Sensor:
             f"connected={int(bool(conns))} "
             f"encrypted={int(any(c.is_encrypted for c in conns))} "
             f"bonded={int(bonded)} subscribed={int(self.subscribed)} "
-            f"subscriptions={self.subscriptions}"
+            f"subscriptions={self.subscriptions} "
+            f"shown={getattr(self, 'shown', None)} "
+            f"clock_writes={getattr(self, 'clock_writes', 0)} "
+            f"clock={getattr(self, 'clock', b'').hex()} "
+            f"clock_set_at={getattr(self, 'clock_set_at', 0):.0f}"
         )
+
+
+class Panel(PairingDelegate):
+    """The device's own display and buttons during pairing: it shows a
+    passkey or a number (kept in `sensor.shown` for the lab to read, as a
+    nurse reads the screen), and its user presses "yes" to a number."""
+
+    def __init__(self, sensor, io):
+        super().__init__(io_capability=io)
+        self.sensor = sensor
+
+    async def display_number(self, number, digits):
+        self.sensor.shown = number
+        log.info("%s: shows passkey %06d", self.sensor.key, number)
+
+    async def compare_numbers(self, number, digits):
+        self.sensor.shown = number
+        log.info("%s: shows number %06d, its user presses yes", self.sensor.key, number)
+        return True
 
 
 class HeartRateStrap(Sensor):
@@ -310,6 +376,328 @@ class BloodPressureCuff(Sensor):
         await self.advertise()
 
 
+# A device left connected with nothing to do hangs up after this long.
+IDLE_HANG_UP = 45.0  # longer than SMP's 30 s, so a pairing waiting for staff is not cut
+
+
+def hang_up_when(sensor, connection):
+    """As battery devices do: hang up a second after bonding, or after a
+    failed pairing, and when connected for IDLE_HANG_UP seconds with nobody
+    subscribed. The lab needs this: on Debian's 6.1 kernel a BlueZ
+    Disconnect right after pairing answers success but sends no HCI
+    Disconnect, so the link the gateway dropped stays up on the device's
+    side (hw-tests/README.md, "What the lab found")."""
+    loop = asyncio.get_running_loop()
+
+    async def hang_up(why, delay):
+        await asyncio.sleep(delay)
+        if connection.handle in sensor.device.connections and not (
+            why == "idle" and sensor.subscribed
+        ):
+            log.info("%s: %s, hanging up", sensor.key, why)
+            try:
+                await connection.disconnect()
+            except Exception as e:
+                log.info("%s: disconnect: %s", sensor.key, e)
+
+    connection.on("pairing", lambda _keys: loop.create_task(hang_up("bonded", 1.0)))
+    connection.on("pairing_failure", lambda _r: loop.create_task(hang_up("pairing failed", 1.0)))
+    loop.create_task(hang_up("idle", IDLE_HANG_UP))
+
+
+class SpotCheck(Sensor):
+    """A device that measures on demand: its measurement is indicated, and
+    the CCCD needs an encrypted (or authenticated) link, so the gateway must
+    pair and bond. It advertises while it holds something, indicates it once
+    subscribed, then hangs up. After bonding it hangs up too, as devices in
+    pairing mode do."""
+
+    def __init__(self, link, key, name, address, service, uuid, io, mitm, extra=()):
+        super().__init__(link, key, name, address, [service])
+        self.stored = []
+        self.shown = None
+        self.measurement = Characteristic(
+            uuid16(uuid), Characteristic.Properties.INDICATE, Characteristic.READABLE, bytes([0])
+        )
+        self.measurement.on("subscription", self.on_subscription)
+        self.device.add_services([Service(uuid16(service), [self.measurement]), *extra])
+        require(
+            self.measurement,
+            self.device,
+            Attribute.WRITE_REQUIRES_AUTHENTICATION if mitm else Attribute.WRITE_REQUIRES_ENCRYPTION,
+        )
+        self.device.pairing_config_factory = lambda _c: PairingConfig(
+            sc=True, mitm=mitm, bonding=True, delegate=Panel(self, io)
+        )
+
+    def connected(self, connection):
+        hang_up_when(self, connection)
+
+    def on_subscription(self, conn, _notify, indicate):
+        self.subscribed = indicate
+        self.subscriptions += int(indicate)
+        log.info("%s: indications %s", self.key, "on" if indicate else "off")
+        if indicate:
+            asyncio.get_running_loop().create_task(self.upload(conn))
+
+    async def upload(self, conn):
+        # A moment for the gateway to finish its other writes (the clock).
+        await asyncio.sleep(1.0)
+        while self.stored:
+            value = self.stored[0]
+            await self.device.indicate_subscriber(conn, self.measurement, value)
+            log.info("%s: indicated %s (confirmed)", self.key, value.hex())
+            self.stored.pop(0)
+        await asyncio.sleep(0.5)
+        log.info("%s: done, disconnecting", self.key)
+        try:
+            await conn.disconnect()
+        except Exception as e:
+            log.info("%s: disconnect: %s", self.key, e)
+
+    def advertising(self):
+        return bool(self.stored)
+
+    async def store(self, value):
+        self.stored.append(value)
+        log.info("%s: stored %s", self.key, value.hex())
+        await self.advertise()
+
+
+class Thermometer(SpotCheck):
+    """0x1809 with a display and no keys: pairing is authenticated by passkey
+    entry (the thermometer shows the passkey, the gateway's user types it).
+    It offers the Current Time Service (0x1805) with a writable Current Time,
+    and its clock has drifted: it keeps what the gateway writes."""
+
+    def __init__(self, link, key, name, address):
+        self.clock = bytes([0xE9, 0x07, 1, 1, 0, 0, 0, 3, 0, 0])  # 2025-01-01 00:00
+        self.clock_writes = 0
+        self.clock_set_at = 0.0
+        self.current_time = Characteristic(
+            uuid16(0x2A2B),
+            Characteristic.Properties.READ
+            | Characteristic.Properties.WRITE
+            | Characteristic.Properties.NOTIFY,
+            Characteristic.READABLE | Characteristic.WRITEABLE,
+            CharacteristicValue(read=lambda _c: self.clock, write=self.set_clock),
+        )
+        super().__init__(
+            link, key, name, address, 0x1809, 0x2A1C,
+            PairingDelegate.DISPLAY_OUTPUT_ONLY, True,
+            extra=[Service(uuid16(0x1805), [self.current_time])],
+        )
+
+    def set_clock(self, _connection, value):
+        self.clock = bytes(value)
+        self.clock_writes += 1
+        self.clock_set_at = time.time()
+        log.info("%s: clock set to %s", self.key, self.clock.hex())
+
+
+class Scale(SpotCheck):
+    """0x181D with a display and a yes/no button: pairing is numeric
+    comparison (both sides show a number; both users must say yes)."""
+
+    def __init__(self, link, key, name, address):
+        super().__init__(
+            link, key, name, address, 0x181D, 0x2A9D,
+            PairingDelegate.DISPLAY_OUTPUT_AND_YES_NO_INPUT, True,
+        )
+
+
+class GlucoseMeter(Sensor):
+    """0x1808 with the Record Access Control Point: it stores records with
+    sequence numbers and sends nothing until the gateway asks over RACP
+    ("report stored records": all, or from a sequence number on); then it
+    notifies those records, indicates the RACP answer and hangs up. Its CCCDs
+    need an encrypted link (Just Works, bonded). It advertises while it holds
+    records it has not been asked for."""
+
+    def __init__(self, link, key, name, address):
+        super().__init__(link, key, name, address, [0x1808])
+        self.records = []  # (sequence, mg/dL, local time taken)
+        # New out of the box it advertises (pairing mode) until first asked.
+        self.fresh = True
+        self.sent = []
+        self.requests = []
+        notify = Characteristic.Properties.NOTIFY
+        self.measurement = Characteristic(uuid16(0x2A18), notify, Characteristic.READABLE, b"\x00")
+        self.context = Characteristic(uuid16(0x2A34), notify, Characteristic.READABLE, b"\x00")
+        feature = Characteristic(
+            uuid16(0x2A51), Characteristic.Properties.READ, Characteristic.READABLE, b"\x00\x00"
+        )
+        self.racp = Characteristic(
+            uuid16(0x2A52),
+            Characteristic.Properties.WRITE | Characteristic.Properties.INDICATE,
+            Characteristic.WRITEABLE,
+            CharacteristicValue(write=self.on_racp),
+        )
+        self.measurement.on("subscription", self.on_subscription)
+        self.device.add_services(
+            [Service(uuid16(0x1808), [self.measurement, self.context, feature, self.racp])]
+        )
+        for c in (self.measurement, self.context, self.racp):
+            require(c, self.device, Attribute.WRITE_REQUIRES_ENCRYPTION)
+        self.pairing(sc=True, mitm=False, bonding=True)
+
+    def connected(self, connection):
+        hang_up_when(self, connection)
+
+    def on_subscription(self, _conn, notify, _indicate):
+        self.subscribed = notify
+        self.subscriptions += int(notify)
+        log.info("%s: notifications %s", self.key, "on" if notify else "off")
+
+    def on_racp(self, connection, value):
+        value = bytes(value)
+        self.requests.append(value.hex())
+        log.info("%s: RACP request %s", self.key, value.hex())
+        asyncio.get_running_loop().create_task(self.report(connection, value))
+
+    async def report(self, conn, request):
+        await asyncio.sleep(0.2)  # the write response goes first
+        if request[:2] == b"\x01\x01":
+            chosen = list(self.records)
+        elif request[:3] == b"\x01\x03\x01" and len(request) >= 5:
+            first = struct.unpack("<H", request[3:5])[0]
+            chosen = [r for r in self.records if r[0] >= first]
+        else:
+            log.info("%s: RACP request not supported", self.key)
+            await self.device.indicate_subscriber(conn, self.racp, bytes([6, 0, request[0], 2]))
+            return
+        for seq, mgdl, t in chosen:
+            # Flags 0x02: concentration (kg/L) and type-location follow; the
+            # base time is the meter's clock (the site's local time) when the
+            # record was taken; capillary whole blood, finger.
+            value = (
+                bytes([0x02])
+                + struct.pack("<HHBBBBB", seq, t.year, t.month, t.day, t.hour, t.minute, t.second)
+                + sfloat(mgdl, -5) + bytes([0x11])
+            )
+            await self.device.notify_subscriber(conn, self.measurement, value)
+            self.sent.append(seq)
+            log.info("%s: sent record %d (%d mg/dL)", self.key, seq, mgdl)
+        code = 1 if chosen else 6  # success, or no records found
+        await self.device.indicate_subscriber(conn, self.racp, bytes([6, 0, 1, code]))
+        log.info("%s: RACP answered %d", self.key, code)
+        self.fresh = False
+        await asyncio.sleep(0.5)
+        try:
+            await conn.disconnect()
+        except Exception as e:
+            log.info("%s: disconnect: %s", self.key, e)
+
+    def advertising(self):
+        return self.fresh
+
+    async def store(self, seq, mgdl):
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        self.records.append((seq, mgdl, datetime.now(ZoneInfo("Europe/London"))))
+        self.fresh = True
+        log.info("%s: stored record %d (%d mg/dL)", self.key, seq, mgdl)
+        await self.advertise()
+
+    async def state(self):
+        return (
+            await super().state()
+            + f" requests={','.join(self.requests) or '-'}"
+            + f" sent={','.join(map(str, self.sent)) or '-'}"
+        )
+
+
+class PulseOximeter(Sensor):
+    """0x1822: PLX continuous measurement (notify) and spot-check measurement
+    (indicate), with PLX features; no security. Always advertises when free."""
+
+    def __init__(self, link, key, name, address):
+        super().__init__(link, key, name, address, [0x1822])
+        self.continuous = Characteristic(
+            uuid16(0x2A5F), Characteristic.Properties.NOTIFY, Characteristic.READABLE, b"\x00"
+        )
+        self.spot = Characteristic(
+            uuid16(0x2A5E), Characteristic.Properties.INDICATE, Characteristic.READABLE, b"\x00"
+        )
+        features = Characteristic(
+            uuid16(0x2A60), Characteristic.Properties.READ, Characteristic.READABLE, b"\x00\x00"
+        )
+        self.continuous.on("subscription", self.on_subscription)
+        self.device.add_services([Service(uuid16(0x1822), [self.spot, self.continuous, features])])
+        self.pairing(sc=True, mitm=False, bonding=False)
+
+    def on_subscription(self, _conn, notify, _indicate):
+        self.subscribed = notify
+        self.subscriptions += int(notify)
+        log.info("%s: continuous notifications %s", self.key, "on" if notify else "off")
+
+    async def send(self, kind, spo2, pr):
+        value = bytes([0x00]) + sfloat(spo2) + sfloat(pr)
+        if kind == "cont":
+            await self.device.notify_subscribers(self.continuous, value)
+        else:
+            await self.device.indicate_subscribers(self.spot, value)
+        log.info("%s: %s SpO2 %d %% PR %d /min", self.key, kind, spo2, pr)
+
+
+class RoomSensor(Sensor):
+    """A BTHome v2 room sensor: advertising only (not connectable), a packet
+    id, temperature and humidity; encrypted (AES-CCM, bthome.io) when given a
+    bind key."""
+
+    def __init__(self, link, key, name, address, bind_key=None):
+        super().__init__(link, key, name, address, [])
+        self.bind_key = bind_key
+        self.packet = 0
+        self.counter = 0
+        self.payload = None
+
+    def advertising(self):
+        return self.payload is not None
+
+    def advertising_data(self):
+        fields = [
+            (AdvertisingData.FLAGS, bytes([0x06])),
+            (AdvertisingData.SERVICE_DATA_16_BIT_UUID, struct.pack("<H", 0xFCD2) + self.payload),
+            (AdvertisingData.COMPLETE_LOCAL_NAME, self.name.encode()),
+        ]
+        return b"".join(bytes([len(v) + 1, int(t)]) + v for t, v in fields)
+
+    async def advertise(self):
+        if not (self.powered and self.advertising()):
+            return
+        if self.device.is_advertising:
+            await self.device.stop_advertising()
+        from bumble.device import AdvertisingType
+
+        await self.device.start_advertising(
+            advertising_type=AdvertisingType.UNDIRECTED,
+            advertising_data=self.advertising_data(),
+            auto_restart=False,
+        )
+        log.info("%s: advertising %s", self.key, self.payload.hex())
+
+    async def send(self, centi_c, centi_rh):
+        self.packet = (self.packet + 1) % 256
+        objects = bytes([0x00, self.packet]) + bytes([0x02]) + struct.pack("<h", centi_c)
+        objects += bytes([0x03]) + struct.pack("<H", centi_rh)
+        if self.bind_key is None:
+            self.payload = bytes([0x40]) + objects
+        else:
+            from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+            self.counter += 1
+            info = 0x41
+            counter = struct.pack("<I", self.counter)
+            mac = bytes.fromhex(self.address.replace(":", ""))
+            nonce = mac + struct.pack("<H", 0xFCD2) + bytes([info]) + counter
+            sealed = AESCCM(bytes.fromhex(self.bind_key), tag_length=4).encrypt(nonce, objects, None)
+            self.payload = bytes([info]) + sealed[:-4] + counter + sealed[-4:]
+        log.info("%s: %d centi-C, %d centi-%%RH", self.key, centi_c, centi_rh)
+        await self.advertise()
+
+
 class Stranger(Sensor):
     """Someone's health device that nobody here registered: it advertises heart
     rate, and whenever it is connected it asks to bond (SMP Security Request)."""
@@ -327,10 +715,19 @@ class Stranger(Sensor):
         self.device.request_pairing(connection)
 
 
+# The bind key printed on the encrypted room sensor's box (made up for the lab).
+BTHOME_KEY = "5c1a7e0d9b3f42a68e21c4d07f9ab316"
+
 SENSORS = {
     "hr": (HeartRateStrap, "HR strap", "C0:FF:EE:00:00:02"),
     "cuff": (BloodPressureCuff, "BP cuff", "C0:FF:EE:00:00:03"),
     "stranger": (Stranger, "Stranger HR", "DE:AD:BE:EF:00:09"),
+    "thermo": (Thermometer, "Thermometer", "C0:FF:EE:00:00:05"),
+    "scale": (Scale, "Scale", "C0:FF:EE:00:00:06"),
+    "plx": (PulseOximeter, "Oximeter", "C0:FF:EE:00:00:07"),
+    "glucose": (GlucoseMeter, "Glucose meter", "C0:FF:EE:00:00:08"),
+    "room": (RoomSensor, "Room sensor", "C0:FF:EE:00:00:11"),
+    "room_enc": (lambda *a: RoomSensor(*a, bind_key=BTHOME_KEY), "Room sensor E", "C0:FF:EE:00:00:12"),
 }
 
 
@@ -358,6 +755,22 @@ async def command(sensors, words):
             await sensors["hr"].notify(int(bpm))
         case ["store", "cuff", s, d, m]:
             await sensors["cuff"].store(int(s), int(d), int(m))
+        case ["store", "thermo", tenths]:
+            # Flags 0x00: Celsius, no time stamp, no type.
+            await sensors["thermo"].store(bytes([0x00]) + float32(int(tenths), -1))
+        case ["store", "scale", grams]:
+            # Flags 0x00: SI, resolution 5 g.
+            await sensors["scale"].store(bytes([0x00]) + struct.pack("<H", int(grams) // 5))
+        case ["store", "glucose", seq, mgdl]:
+            await sensors["glucose"].store(int(seq), int(mgdl))
+        case ["plx", kind, spo2, pr] if kind in ("cont", "spot"):
+            await sensors["plx"].send(kind, int(spo2), int(pr))
+        case ["bthome", key, c, rh]:
+            await sensors[key].send(int(c), int(rh))
+        case ["links"]:
+            return f"ok now={len(LINKS['now'])} most={LINKS['most']}"
+        case ["links", "reset"]:
+            LINKS["most"] = len(LINKS["now"])
         case ["off", key]:
             await sensors[key].power_off()
         case ["on", key]:
@@ -391,8 +804,10 @@ async def main(control, logfile):
         link=link,
         public_address=GATEWAY_ADDRESS,
     )
-    for s in sensors.values():
-        await s.device.power_on()
+    # The first three at once (as before); the others when first switched on
+    # (`on <key>`): each controller's reset costs seconds under emulation.
+    for key in ("hr", "cuff", "stranger"):
+        await sensors[key].device.power_on()
     await serve(sensors, control)
     log.info("ready")
     print("ready", flush=True)

@@ -6,7 +6,10 @@
 //! Works, and a sensor that displays a passkey makes BlueZ ask the agent for it
 //! (`RequestPasskey`). That request is held ([`PasskeyRequests`]) until a staff
 //! member types the number shown on the device into the pairing page; BlueZ
-//! gets the answer then. BlueZ also asks the agent before it lets a device pair
+//! gets the answer then. A sensor with a display and a yes/no button pairs by
+//! numeric comparison (`RequestConfirmation`): that request is held the same
+//! way, with the number, until staff confirm or reject that the device shows
+//! the same number; it is never accepted on its own, also inside a window. BlueZ also asks the agent before it lets a device pair
 //! or use a service on its own initiative. Outside the window, and off the
 //! allow-list, every answer is `org.bluez.Error.Rejected`.
 //!
@@ -36,8 +39,10 @@ pub const AGENT_PATH: &str = "/org/carehub/agent";
 /// Longest wait for BlueZ to answer a management call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest wait for a pairing to complete.
-const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a pairing to complete, staff typing a passkey or
+/// confirming a number included (the kernel's SMP gives up after 30 s without
+/// progress, and BlueZ then fails the call first).
+const PAIR_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The capability the agent registers with.
 const CAPABILITY: &str = "KeyboardDisplay";
@@ -59,15 +64,46 @@ pub enum PasskeyError {
     Gone,
 }
 
+/// What can go wrong answering a numeric comparison.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    /// No device is waiting for a confirmation (never asked, answered, or expired).
+    #[error("{0} is not waiting for a number to be confirmed")]
+    NoRequest(DeviceAddress),
+    /// BlueZ's connection went away before the answer could be sent.
+    #[error("bluetooth is not reachable; ask the device to pair again")]
+    Gone,
+}
+
+/// What BlueZ asked and is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The passkey the device displays (`RequestPasskey`).
+    Passkey,
+    /// Whether the device shows this number (`RequestConfirmation`).
+    Confirm(u32),
+}
+
 struct PendingPasskey {
     call: Message,
     conn: Arc<SyncConnection>,
     asked_at: Timestamp,
+    asked: Asked,
 }
 
-/// BlueZ's passkey questions waiting for staff to answer them. Cheap to clone.
+/// BlueZ's passkey and numeric-comparison questions waiting for staff to
+/// answer them. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct PasskeyRequests(Arc<Mutex<HashMap<DeviceAddress, PendingPasskey>>>);
+
+/// A numeric comparison waiting for staff: the device, the number BlueZ
+/// computed (the device shows the same one if nobody is in the middle), since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfirmRequest {
+    pub address: DeviceAddress,
+    pub number: u32,
+    pub since: Timestamp,
+}
 
 impl std::fmt::Debug for PasskeyRequests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,18 +112,16 @@ impl std::fmt::Debug for PasskeyRequests {
 }
 
 impl PasskeyRequests {
-    fn hold(&self, address: DeviceAddress, call: Message, conn: Arc<SyncConnection>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                address,
-                PendingPasskey {
-                    call,
-                    conn,
-                    asked_at: Timestamp::now(),
-                },
-            );
+    fn hold(&self, address: DeviceAddress, call: Message, conn: Arc<SyncConnection>, asked: Asked) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            address,
+            PendingPasskey {
+                call,
+                conn,
+                asked_at: Timestamp::now(),
+                asked,
+            },
+        );
     }
 
     fn expire(map: &mut HashMap<DeviceAddress, PendingPasskey>) {
@@ -99,9 +133,61 @@ impl PasskeyRequests {
     pub fn pending(&self) -> Vec<(DeviceAddress, Timestamp)> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         Self::expire(&mut map);
-        let mut v: Vec<_> = map.iter().map(|(a, p)| (*a, p.asked_at)).collect();
+        let mut v: Vec<_> = map
+            .iter()
+            .filter(|(_, p)| p.asked == Asked::Passkey)
+            .map(|(a, p)| (*a, p.asked_at))
+            .collect();
         v.sort();
         v
+    }
+
+    /// Devices waiting for staff to confirm a number, oldest first.
+    pub fn pending_confirms(&self) -> Vec<ConfirmRequest> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Self::expire(&mut map);
+        let mut v: Vec<ConfirmRequest> = map
+            .iter()
+            .filter_map(|(a, p)| match p.asked {
+                Asked::Confirm(number) => Some(ConfirmRequest {
+                    address: *a,
+                    number,
+                    since: p.asked_at,
+                }),
+                Asked::Passkey => None,
+            })
+            .collect();
+        v.sort_by_key(|c| (c.since, c.address));
+        v
+    }
+
+    /// Tells BlueZ whether staff saw the same number on the device: `accept`
+    /// lets the pairing go on, anything else ends it without a bond.
+    pub fn confirm(&self, address: DeviceAddress, accept: bool) -> Result<u32, ConfirmError> {
+        let pending = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            Self::expire(&mut map);
+            match map.get(&address).map(|p| p.asked) {
+                Some(Asked::Confirm(_)) => map.remove(&address),
+                _ => None,
+            }
+        }
+        .ok_or(ConfirmError::NoRequest(address))?;
+        let Asked::Confirm(number) = pending.asked else {
+            return Err(ConfirmError::NoRequest(address));
+        };
+        let reply = if accept {
+            pending.call.method_return()
+        } else {
+            let name = ErrorName::from("org.bluez.Error.Rejected");
+            let text = CString::new("staff said the numbers differ").unwrap_or_default();
+            pending.call.error(&name, &text)
+        };
+        pending
+            .conn
+            .send(reply)
+            .map(|_| number)
+            .map_err(|()| ConfirmError::Gone)
     }
 
     /// Gives BlueZ the passkey staff read off the device.
@@ -112,7 +198,10 @@ impl PasskeyRequests {
         let pending = {
             let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             Self::expire(&mut map);
-            map.remove(&address)
+            match map.get(&address).map(|p| p.asked) {
+                Some(Asked::Passkey) => map.remove(&address),
+                _ => None,
+            }
         }
         .ok_or(PasskeyError::NoRequest(address))?;
         let reply = pending.call.method_return().append1(passkey);
@@ -123,12 +212,23 @@ impl PasskeyRequests {
             .map_err(|()| PasskeyError::Gone)
     }
 
-    /// Drops every held request (BlueZ cancelled, or the round ended).
-    fn clear(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+    /// Drops every held request (BlueZ cancelled, or the round ended), and
+    /// says which devices were still waiting for staff. Each held call is
+    /// answered "rejected", so nothing waits on it any more.
+    fn clear(&self) -> Vec<DeviceAddress> {
+        let held: Vec<(DeviceAddress, PendingPasskey)> = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().collect()
+        };
+        let name = ErrorName::from("org.bluez.Error.Rejected");
+        let text = CString::new("cancelled").unwrap_or_default();
+        let mut waiting = Vec::with_capacity(held.len());
+        for (address, pending) in held {
+            let _ = pending.conn.send(pending.call.error(&name, &text));
+            waiting.push(address);
+        }
+        waiting.sort();
+        waiting
     }
 }
 
@@ -169,15 +269,25 @@ pub async fn register(
                 Answer::Now(reply) => {
                     let _ = conn.send(reply);
                 }
-                Answer::AskStaff(address) => {
-                    policy.log.record(
-                        Some(address),
-                        "passkey requested: type the number the device shows on the pairing page",
-                    );
-                    passkeys.hold(address, msg, own.clone());
+                Answer::AskStaff(address, asked) => {
+                    let what = match asked {
+                        Asked::Passkey => "passkey requested: type the number the device shows on the pairing page".to_owned(),
+                        Asked::Confirm(n) => format!(
+                            "numeric comparison: does the device show {n:06}? Confirm or reject on the pairing page"
+                        ),
+                    };
+                    policy.log.record(Some(address), what);
+                    passkeys.hold(address, msg, own.clone(), asked);
                 }
                 Answer::Cancelled => {
-                    passkeys.clear();
+                    // BlueZ gave up (the device went away, or SMP timed out
+                    // while staff had not answered): nothing bonds, say so.
+                    for address in passkeys.clear() {
+                        policy.log.record(
+                            Some(address),
+                            "pairing cancelled before staff answered: no bond",
+                        );
+                    }
                     let _ = conn.send(msg.method_return());
                 }
             }
@@ -210,8 +320,8 @@ pub async fn register(
 /// How the agent answers one call.
 enum Answer {
     Now(Message),
-    /// Hold the call until staff type the passkey.
-    AskStaff(DeviceAddress),
+    /// Hold the call until staff type the passkey or confirm the number.
+    AskStaff(DeviceAddress, Asked),
     /// BlueZ cancelled what it asked before.
     Cancelled,
 }
@@ -244,7 +354,7 @@ fn reply(msg: &Message, policy: &PairingPolicy, status: &BleStatus) -> Result<Me
                 return Ok(reject("unknown device"));
             };
             if let Decision::Pair(_) = allowed(address) {
-                return Err(Answer::AskStaff(address));
+                return Err(Answer::AskStaff(address, Asked::Passkey));
             }
             policy.log.record(
                 Some(address),
@@ -252,7 +362,23 @@ fn reply(msg: &Message, policy: &PairingPolicy, status: &BleStatus) -> Result<Me
             );
             reject("no pairing window open")
         }
-        "RequestAuthorization" | "RequestConfirmation" | "AuthorizeService" => {
+        "RequestConfirmation" => {
+            // Numeric comparison: the number is the protection against someone
+            // in the middle, so only staff who see the device may accept it,
+            // never the gateway on its own (also inside a window).
+            let (Some(address), Ok((_, number))) = (device, msg.read2::<Path, u32>()) else {
+                return Ok(reject("unknown device"));
+            };
+            if let Decision::Pair(_) = allowed(address) {
+                return Err(Answer::AskStaff(address, Asked::Confirm(number)));
+            }
+            policy.log.record(
+                Some(address),
+                "RequestConfirmation rejected: no pairing window open and not on the allow-list",
+            );
+            reject("no pairing window open")
+        }
+        "RequestAuthorization" | "AuthorizeService" => {
             let Some(address) = device else {
                 return Ok(reject("unknown device"));
             };

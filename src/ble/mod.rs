@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::config::BleConfig;
 use crate::ingest::Registry;
-use crate::model::{DeviceAddress, Timestamp};
+use crate::model::{DeviceAddress, SiteZone, Timestamp};
 use crate::sensor::{Advertisement, Frame, RawFrame, Source, SourceContext, SourceTask};
 use crate::store::RegistryChange;
 use crate::system::health::Heartbeat;
@@ -121,6 +121,8 @@ pub struct BleStatus {
     pub sessions_started: AtomicU64,
     pub sessions_failed: AtomicU64,
     sightings: Mutex<HashMap<DeviceAddress, Sighting>>,
+    /// What each glucose meter has handed over (RACP), across rounds.
+    pub racp: session::RacpProgress,
 }
 
 impl BleStatus {
@@ -198,10 +200,12 @@ pub struct BleSettings {
     /// Registered devices (the `devices` table, and assignments made while
     /// running): the only ones given a GATT session.
     pub registered: Registry,
+    /// The site's civil time zone, in which device clocks are set.
+    pub zone: SiteZone,
 }
 
 impl BleSettings {
-    pub fn new(config: &BleConfig, registered: Registry) -> Self {
+    pub fn new(config: &BleConfig, registered: Registry, zone: SiteZone) -> Self {
         BleSettings {
             adapter: config.adapter.clone(),
             max_connections: config.max_connections,
@@ -210,6 +214,7 @@ impl BleSettings {
             reconnect_max: Duration::from_millis(config.reconnect_max_ms),
             silence_restart: Duration::from_secs(u64::from(config.silence_restart_s)),
             registered,
+            zone,
         }
     }
 }
@@ -369,6 +374,9 @@ struct Known {
     address: DeviceAddress,
     peripheral: Peripheral,
     services: Vec<Uuid>,
+    /// Heard this round (an advertisement or a signal strength), not merely
+    /// remembered by BlueZ from before: only such a device is dialled.
+    in_range: bool,
 }
 
 /// Per-device reconnect state.
@@ -385,6 +393,8 @@ struct Round<'a> {
     adapter: Adapter,
     known: HashMap<PeripheralId, Known>,
     slots: Arc<Semaphore>,
+    /// Sessions waiting for one of the slots.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     sessions: JoinSet<(DeviceAddress, Result<SessionEnd, BleError>)>,
     active: HashMap<DeviceAddress, CancellationToken>,
     retries: HashMap<DeviceAddress, Retry>,
@@ -451,6 +461,7 @@ async fn round(
         adapter,
         known: HashMap::new(),
         slots: Arc::new(Semaphore::new(settings.max_connections)),
+        waiting: Arc::default(),
         sessions: JoinSet::new(),
         active: HashMap::new(),
         retries: HashMap::new(),
@@ -523,6 +534,15 @@ async fn round(
     result
 }
 
+/// Whether BlueZ says the pairing failed on authentication: a wrong passkey,
+/// a rejected or unanswered numeric comparison, or a device that gave up.
+fn auth_failed(e: &BleError) -> bool {
+    matches!(
+        e,
+        BleError::Dbus(d) if d.name().is_some_and(|n| n.starts_with("org.bluez.Error.Authentication"))
+    )
+}
+
 async fn find_adapter(manager: &Manager, name: &str) -> Result<Adapter, BleError> {
     for adapter in manager.adapters().await? {
         // adapter_info is "hci0 (usb:...)": the BlueZ name comes first.
@@ -549,6 +569,7 @@ impl Round<'_> {
                 if let Some(address) = self.resolve(&id).await {
                     if let Some(k) = self.known.get_mut(&id) {
                         k.services.clone_from(&services);
+                        k.in_range = true;
                     }
                     self.heard(address, |s| s.services = services);
                     self.maybe_connect(&id);
@@ -557,6 +578,9 @@ impl Round<'_> {
             }
             CentralEvent::RssiUpdate { id, rssi } => {
                 if let Some(address) = self.resolve(&id).await {
+                    if let Some(k) = self.known.get_mut(&id) {
+                        k.in_range = true;
+                    }
                     self.heard(address, |s| s.rssi = Some(rssi));
                     self.maybe_connect(&id);
                     self.maybe_pair(&id);
@@ -632,6 +656,9 @@ impl Round<'_> {
         let Some(address) = self.resolve(id).await else {
             return true;
         };
+        if let Some(k) = self.known.get_mut(id) {
+            k.in_range = true;
+        }
         let mut a = Advertisement {
             address,
             ..Advertisement::default()
@@ -703,6 +730,7 @@ impl Round<'_> {
                 address,
                 peripheral,
                 services,
+                in_range: rssi.is_some(),
             },
         );
         Some(address)
@@ -713,9 +741,20 @@ impl Round<'_> {
     /// is reconnected when it is in range again, never dialled blindly, because a
     /// connect to an absent device would hold a connection slot until it timed out.
     fn maybe_connect(&mut self, id: &PeripheralId) {
+        self.connect_if(id, false);
+    }
+
+    /// [`Round::maybe_connect`]; `connected`: BlueZ holds the link already,
+    /// so the device needs no advertisement to be reached.
+    fn connect_if(&mut self, id: &PeripheralId, connected: bool) {
         let Some(k) = self.known.get(id) else { return };
         let address = k.address;
-        if !self.settings.registered.contains(address)
+        // BlueZ reports every device it remembers when a round starts, in
+        // range or not; dialling the absent ones held connection slots for
+        // the whole connect time-out (the virtual lab's
+        // more_devices_than_slots, after a restart with 2 slots).
+        if !(k.in_range || connected)
+            || !self.settings.registered.contains(address)
             || !session::is_health_device(&k.services)
             || self.active.contains_key(&address)
             || self
@@ -734,6 +773,10 @@ impl Round<'_> {
             slots: self.slots.clone(),
             stop,
             connect_timeout: self.settings.connect_timeout,
+            zone: self.settings.zone.clone(),
+            racp: self.status.racp.clone(),
+            clock_synchronised: crate::system::clock_synchronised,
+            waiting: self.waiting.clone(),
         };
         let peripheral = k.peripheral.clone();
         self.sessions
@@ -785,7 +828,14 @@ impl Round<'_> {
                     return Ok(false);
                 }
                 agent::set_pairable(&conn, &adapter, Some(pairable_for)).await?;
-                agent::pair(&conn, &adapter, address).await?;
+                if let Err(e) = agent::pair(&conn, &adapter, address).await {
+                    // A failed pairing (a wrong passkey, a rejected number)
+                    // can leave the link up, and a connected device does not
+                    // advertise: it would never be heard, so never tried
+                    // again. Drop the link, as after a pairing that worked.
+                    let _ = agent::disconnect(&conn, &adapter, address).await;
+                    return Err(e);
+                }
                 // Pairing left a link up that nobody uses: the device is not
                 // assigned yet, and while connected it does not advertise, so
                 // it would never be heard (and given a session) once it is.
@@ -805,6 +855,9 @@ impl Round<'_> {
         let what = match &outcome {
             Ok(true) => "paired and trusted; not attributed until assigned".to_owned(),
             Ok(false) => "already paired".to_owned(),
+            Err(e) if auth_failed(e) => format!(
+                "pairing failed: the passkey was wrong, the number was rejected, or staff did not answer in time; no bond ({e})"
+            ),
             Err(e) => format!("pairing failed: {e}"),
         };
         let change = if outcome.is_ok() {
@@ -930,7 +983,7 @@ impl Round<'_> {
                 .collect();
             for (id, peripheral) in idle {
                 if peripheral.is_connected().await.unwrap_or(false) {
-                    self.maybe_connect(&id);
+                    self.connect_if(&id, true);
                 }
             }
         }

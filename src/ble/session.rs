@@ -5,20 +5,33 @@
 //! Devices that measure on demand (BP cuffs, scales, thermometers) connect,
 //! deliver what they stored and disconnect: a session that ends with the device
 //! disconnecting is the normal outcome, not an error.
+//!
+//! Two devices need the gateway to speak first:
+//! - a glucose meter (0x1808) sends nothing until asked over its Record Access
+//!   Control Point (RACP, 0x2A52): once subscribed to the measurement, its
+//!   context and the RACP, the session asks for the stored records, all of
+//!   them the first time, then only those after the last sequence number the
+//!   gateway has ([`RacpProgress`]);
+//! - a device that offers a writable Current Time (0x2A2B, Current Time
+//!   Service) has its clock set to the site's civil time, but only while the
+//!   gateway's own clock is synchronised: a gateway that booted in the past
+//!   must not spread its wrong time to the residents' devices.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _};
+use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, ValueNotification, WriteType};
 use btleplug::platform::Peripheral;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::BleError;
 use crate::decode::gatt;
-use crate::model::{DeviceAddress, DeviceKind, Timestamp};
+use crate::model::{DeviceAddress, DeviceKind, SiteZone, Timestamp};
 use crate::sensor::{Frame, Notification, RawFrame, short_uuid, uuid16};
 
 /// GATT services that mark a device as a health device the gateway connects to.
@@ -37,9 +50,102 @@ const MEASUREMENTS: [u16; 9] = [
     0x2A18, // Glucose Measurement: subscribed so it is seen; no decoder yet
 ];
 
+/// Glucose Measurement Context: subscribed before the RACP is used, as the
+/// Glucose Profile asks; its values are not readings and are not passed on.
+const GLUCOSE_CONTEXT: u16 = 0x2A34;
+
+/// Record Access Control Point (write, indicate).
+const RACP: u16 = 0x2A52;
+
+/// Current Time (Current Time Service 0x1805).
+const CURRENT_TIME: u16 = 0x2A2B;
+
+/// RACP op codes and operators (Glucose Service 1.0, 3.4).
+const RACP_REPORT_STORED_RECORDS: u8 = 0x01;
+const RACP_RESPONSE_CODE: u8 = 0x06;
+const RACP_ALL_RECORDS: u8 = 0x01;
+const RACP_GREATER_OR_EQUAL: u8 = 0x03;
+const RACP_FILTER_SEQUENCE_NUMBER: u8 = 0x01;
+
+/// The highest glucose record sequence number the gateway has taken from each
+/// meter, so that the next connection asks only for newer records. Kept for
+/// as long as carehub runs (across BLE rounds); after a restart the first
+/// connection asks for every record again. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RacpProgress(Arc<Mutex<HashMap<DeviceAddress, u16>>>);
+
+impl RacpProgress {
+    /// The last sequence number taken from the meter, if any.
+    pub fn last(&self, address: DeviceAddress) -> Option<u16> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&address)
+            .copied()
+    }
+
+    /// Notes a record handed to the pipeline.
+    fn taken(&self, address: DeviceAddress, sequence: u16) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let last = map.entry(address).or_insert(sequence);
+        *last = (*last).max(sequence);
+    }
+}
+
+/// The RACP request for the records the gateway does not have yet: all of
+/// them, or those from the sequence number after `last`. `None` when the last
+/// record taken had the highest number there is (nothing newer can be named).
+pub fn racp_request(last: Option<u16>) -> Option<Vec<u8>> {
+    match last {
+        None => Some(vec![RACP_REPORT_STORED_RECORDS, RACP_ALL_RECORDS]),
+        Some(n) => {
+            let [lo, hi] = n.checked_add(1)?.to_le_bytes();
+            Some(vec![
+                RACP_REPORT_STORED_RECORDS,
+                RACP_GREATER_OR_EQUAL,
+                RACP_FILTER_SEQUENCE_NUMBER,
+                lo,
+                hi,
+            ])
+        }
+    }
+}
+
+/// The sequence number of a Glucose Measurement (after its flags byte).
+fn glucose_sequence(value: &[u8]) -> Option<u16> {
+    let bytes = value.get(1..3)?;
+    Some(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]))
+}
+
+/// The Current Time value (Exact Time 256 and the adjust reason) for `at` in
+/// the site's civil time: year, month, day, hours, minutes, seconds, day of
+/// week (1 = Monday), fractions of 1/256 s, and "external reference time
+/// update" as the reason.
+pub fn current_time_value(zone: &SiteZone, at: Timestamp) -> Option<Vec<u8>> {
+    let c = zone.instant_to_civil(at)?;
+    let day = jiff::civil::Date::new(
+        i16::try_from(c.year).ok()?,
+        i8::try_from(c.month).ok()?,
+        i8::try_from(c.day).ok()?,
+    )
+    .ok()?;
+    let weekday = u8::try_from(day.weekday().to_monday_one_offset()).ok()?;
+    let [ylo, yhi] = c.year.to_le_bytes();
+    let fraction = u8::try_from(at.unix_ms().rem_euclid(1000) * 256 / 1000).unwrap_or(0);
+    Some(vec![
+        ylo, yhi, c.month, c.day, c.hour, c.minute, c.second, weekday, fraction, 0x02,
+    ])
+}
+
 /// How often a connected session asks BlueZ whether the link is still up, for
 /// the disconnects BlueZ reports late or never.
 const LINK_CHECK: Duration = Duration::from_secs(5);
+
+/// How long a session keeps its connection slot while other devices wait for
+/// one: after this it gives the slot up (disconnects) and queues again behind
+/// them, so that more devices than `ble.max_connections` are all served in
+/// turn. Only while someone waits: with slots to spare nobody is cut off.
+pub const SLOT_SHARE: Duration = Duration::from_secs(30);
 
 /// Longest wait for a best-effort disconnect when the session is stopped.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
@@ -77,6 +183,9 @@ pub enum SessionEnd {
     Disconnected,
     /// The gateway stopped the session (shutdown, round restart).
     Stopped,
+    /// The session gave its connection slot to a device waiting for one
+    /// ([`SLOT_SHARE`]); the device is served again in its turn.
+    Yielded,
 }
 
 /// What a session needs besides the device.
@@ -87,12 +196,38 @@ pub struct SessionContext {
     /// Fires when the device disconnects or the gateway stops the session.
     pub stop: CancellationToken,
     pub connect_timeout: Duration,
+    /// The site's civil time zone, for setting device clocks.
+    pub zone: SiteZone,
+    /// What each glucose meter has already handed over.
+    pub racp: RacpProgress,
+    /// Whether the gateway's clock is synchronised now (asked when needed).
+    pub clock_synchronised: fn() -> bool,
+    /// How many sessions wait for a connection slot now (all sessions of the
+    /// round share it).
+    pub waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a session as waiting for a slot for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs one session to its end.
 pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionEnd, BleError> {
     // The semaphore queues waiters first come, first served: a fair queue for the
     // connection slots the controller can hold.
+    let waiting = Waiting::new(&ctx.waiting);
     let _slot = tokio::select! {
         _ = ctx.stop.cancelled() => return Ok(SessionEnd::Stopped),
         slot = ctx.slots.clone().acquire_owned() => match slot {
@@ -100,8 +235,9 @@ pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionE
             Err(_) => return Ok(SessionEnd::Stopped),
         },
     };
+    drop(waiting);
     let result = connected(&peripheral, &ctx).await;
-    if ctx.stop.is_cancelled() || result.is_err() {
+    if ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)) {
         // Leave no half-open link behind; the device may already be gone.
         let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
     }
@@ -125,29 +261,12 @@ async fn step<T>(
 
 async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<SessionEnd, BleError> {
     let limit = ctx.connect_timeout;
-    // A device BlueZ already holds connected (at start-up, or after a round
-    // restart) is used as it is: Connect would fail with AlreadyConnected.
-    let already = peripheral.is_connected().await.unwrap_or(false);
-    if !already
-        && step("connect", limit, &ctx.stop, peripheral.connect())
-            .await?
-            .is_none()
-    {
-        return Ok(SessionEnd::Stopped);
-    }
-    if step(
-        "service discovery",
-        limit,
-        &ctx.stop,
-        peripheral.discover_services(),
-    )
-    .await?
-    .is_none()
-    {
-        return Ok(SessionEnd::Stopped);
-    }
-    let characteristics = peripheral.characteristics();
-    // Subscribe to the stream before enabling notifications so none is missed.
+    let holding_since = tokio::time::Instant::now();
+    // The value stream first, before the link is up: BlueZ restores the
+    // subscriptions of a bonded device on reconnection by itself, and a
+    // spot-check device then indicates what it stored at once, before this
+    // session has discovered or subscribed anything (the virtual lab's
+    // current_time_set lost a thermometer's temperature that way).
     let Some(mut values) = step(
         "notification stream",
         limit,
@@ -158,15 +277,71 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
     else {
         return Ok(SessionEnd::Stopped);
     };
+    // A device BlueZ already holds connected (at start-up, or after a round
+    // restart) is used as it is: Connect would fail with AlreadyConnected.
+    let already = peripheral.is_connected().await.unwrap_or(false);
+    if !already
+        && step("connect", limit, &ctx.stop, peripheral.connect())
+            .await?
+            .is_none()
+    {
+        return Ok(drain(&mut values, ctx).await);
+    }
+    if step(
+        "service discovery",
+        limit,
+        &ctx.stop,
+        peripheral.discover_services(),
+    )
+    .await?
+    .is_none()
+    {
+        return Ok(drain(&mut values, ctx).await);
+    }
+    let characteristics = peripheral.characteristics();
+    // The clock first: a spot-check device hangs up soon after it has handed
+    // over what it stored, which the subscriptions below start.
+    if let Some(clock) = characteristics.iter().find(|c| {
+        c.uuid == uuid16(CURRENT_TIME)
+            && c.properties
+                .intersects(CharPropFlags::WRITE | CharPropFlags::WRITE_WITHOUT_RESPONSE)
+    }) {
+        // Best effort: a clock not set is not a failed session.
+        match set_clock(peripheral, clock, ctx).await {
+            Ok(Some(())) => {}
+            Ok(None) => return Ok(drain(&mut values, ctx).await),
+            Err(e) => tracing::warn!(device = %ctx.address, error = %e, "device clock not set"),
+        }
+    }
     let mut subscribed = 0;
     for c in characteristics.iter().filter(|c| is_measurement(c)) {
         if step("subscribe", limit, &ctx.stop, peripheral.subscribe(c))
             .await?
             .is_none()
         {
-            return Ok(SessionEnd::Stopped);
+            return Ok(drain(&mut values, ctx).await);
         }
         subscribed += 1;
+    }
+    let racp = characteristics.iter().find(|c| {
+        c.uuid == uuid16(RACP)
+            && c.properties.contains(CharPropFlags::INDICATE)
+            && c.properties.contains(CharPropFlags::WRITE)
+    });
+    if let Some(racp) = racp {
+        // The Glucose Profile: measurement, context and RACP indications on
+        // before the first request, so that no record is sent to nobody.
+        let context = characteristics.iter().find(|c| {
+            c.uuid == uuid16(GLUCOSE_CONTEXT) && c.properties.contains(CharPropFlags::NOTIFY)
+        });
+        for c in context.into_iter().chain([racp]) {
+            if step("subscribe", limit, &ctx.stop, peripheral.subscribe(c))
+                .await?
+                .is_none()
+            {
+                return Ok(drain(&mut values, ctx).await);
+            }
+        }
     }
     if let Some(battery) = characteristics.iter().find(|c| {
         c.uuid == uuid16(gatt::BATTERY_LEVEL) && c.properties.contains(CharPropFlags::READ)
@@ -175,10 +350,10 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         match step("battery read", limit, &ctx.stop, peripheral.read(battery)).await {
             Ok(Some(value)) => {
                 if !send(ctx, battery.uuid, value).await {
-                    return Ok(SessionEnd::Stopped);
+                    return Ok(drain(&mut values, ctx).await);
                 }
             }
-            Ok(None) => return Ok(SessionEnd::Stopped),
+            Ok(None) => return Ok(drain(&mut values, ctx).await),
             Err(e) => tracing::warn!(device = %ctx.address, error = %e, "battery level not read"),
         }
     }
@@ -186,6 +361,28 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         return Err(BleError::NothingToSubscribe);
     }
     tracing::info!(device = %ctx.address, characteristics = subscribed, "gatt session up");
+    if let Some(racp) = racp {
+        let last = ctx.racp.last(ctx.address);
+        match racp_request(last) {
+            Some(request) => {
+                tracing::info!(device = %ctx.address, after_sequence = ?last, "asking the meter for its stored records (RACP)");
+                if step(
+                    "RACP request",
+                    limit,
+                    &ctx.stop,
+                    peripheral.write(racp, &request, WriteType::WithResponse),
+                )
+                .await?
+                .is_none()
+                {
+                    return Ok(drain(&mut values, ctx).await);
+                }
+            }
+            None => {
+                tracing::warn!(device = %ctx.address, "glucose sequence numbers exhausted: no newer record can be asked for")
+            }
+        }
+    }
 
     let mut link_check = tokio::time::interval(LINK_CHECK);
     link_check.reset();
@@ -196,7 +393,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             biased;
             v = values.next() => match v {
                 Some(n) => {
-                    if !send(ctx, n.uuid, n.value).await {
+                    if !forward(ctx, n).await {
                         return Ok(SessionEnd::Stopped);
                     }
                 }
@@ -207,9 +404,105 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
                 if !peripheral.is_connected().await.unwrap_or(false) {
                     return Ok(SessionEnd::Disconnected);
                 }
+                let waiting = ctx.waiting.load(Ordering::Relaxed);
+                if waiting > 0 && holding_since.elapsed() >= SLOT_SHARE {
+                    tracing::info!(device = %ctx.address, waiting, "devices wait for a connection slot: giving this one up for a turn");
+                    return Ok(SessionEnd::Yielded);
+                }
             }
         }
     }
+}
+
+/// Passes one value on (RACP answers are logged, glucose context is not a
+/// reading); false when the pipeline has closed.
+async fn forward(ctx: &SessionContext, n: ValueNotification) -> bool {
+    if n.uuid == uuid16(RACP) {
+        racp_answered(ctx.address, &n.value);
+        return true;
+    }
+    // Context records carry no reading of their own.
+    if n.uuid == uuid16(GLUCOSE_CONTEXT) {
+        return true;
+    }
+    let sequence = (n.uuid == uuid16(gatt::GLUCOSE_MEASUREMENT))
+        .then(|| glucose_sequence(&n.value))
+        .flatten();
+    if !send(ctx, n.uuid, n.value).await {
+        return false;
+    }
+    // Taken once the pipeline has it: a record lost on the way is asked for
+    // again on the next connection.
+    if let Some(sequence) = sequence {
+        ctx.racp.taken(ctx.address, sequence);
+    }
+    true
+}
+
+/// A session stopped while it was still setting up (the device hung up, or
+/// the gateway stopped): values already received are passed on all the same.
+async fn drain(
+    values: &mut (impl futures_util::Stream<Item = ValueNotification> + Unpin),
+    ctx: &SessionContext,
+) -> SessionEnd {
+    while let Some(Some(n)) = values.next().now_or_never() {
+        if !forward(ctx, n).await {
+            break;
+        }
+    }
+    SessionEnd::Stopped
+}
+
+/// Writes the site's civil time to the device's Current Time, when the
+/// gateway's own clock is synchronised. `Ok(None)`: the session was stopped.
+async fn set_clock(
+    peripheral: &Peripheral,
+    clock: &Characteristic,
+    ctx: &SessionContext,
+) -> Result<Option<()>, BleError> {
+    if !(ctx.clock_synchronised)() {
+        tracing::info!(device = %ctx.address, "gateway clock not synchronised: device clock left alone");
+        return Ok(Some(()));
+    }
+    let now = Timestamp::now();
+    let Some(value) = current_time_value(&ctx.zone, now) else {
+        return Ok(Some(()));
+    };
+    let kind = if clock.properties.contains(CharPropFlags::WRITE) {
+        WriteType::WithResponse
+    } else {
+        WriteType::WithoutResponse
+    };
+    let done = step(
+        "current time write",
+        ctx.connect_timeout,
+        &ctx.stop,
+        peripheral.write(clock, &value, kind),
+    )
+    .await?;
+    if done.is_some() {
+        tracing::info!(device = %ctx.address, time = %ctx.zone.date_time(now), zone = ctx.zone.name(), "device clock set");
+    }
+    Ok(done)
+}
+
+/// Logs the meter's answer to a RACP request.
+fn racp_answered(address: DeviceAddress, value: &[u8]) {
+    match value {
+        [RACP_RESPONSE_CODE, _, RACP_REPORT_STORED_RECORDS, 0x01, ..] => {
+            tracing::info!(device = %address, "meter sent its stored records (RACP success)");
+        }
+        [RACP_RESPONSE_CODE, _, RACP_REPORT_STORED_RECORDS, 0x06, ..] => {
+            tracing::info!(device = %address, "meter has no new records (RACP)");
+        }
+        other => {
+            tracing::warn!(device = %address, answer = %hex(other), "unexpected RACP answer");
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_measurement(c: &Characteristic) -> bool {
@@ -251,6 +544,42 @@ mod tests {
         ] {
             assert_eq!(kind_from_services(&services), expected, "{services:?}");
         }
+    }
+
+    #[test]
+    fn racp_asks_for_all_records_then_only_newer_ones() {
+        assert_eq!(racp_request(None), Some(vec![0x01, 0x01]));
+        assert_eq!(racp_request(Some(7)), Some(vec![0x01, 0x03, 0x01, 8, 0]));
+        assert_eq!(
+            racp_request(Some(0x01FF)),
+            Some(vec![0x01, 0x03, 0x01, 0x00, 0x02])
+        );
+        assert_eq!(racp_request(Some(u16::MAX)), None);
+        let p = RacpProgress::default();
+        let a = DeviceAddress([1, 2, 3, 4, 5, 6]);
+        assert_eq!(p.last(a), None);
+        p.taken(a, 3);
+        p.taken(a, 2);
+        assert_eq!(p.last(a), Some(3));
+        assert_eq!(glucose_sequence(&[0x02, 0x34, 0x12, 0xE8]), Some(0x1234));
+        assert_eq!(glucose_sequence(&[0x02, 0x34]), None);
+    }
+
+    #[test]
+    fn current_time_is_the_site_civil_time() {
+        let london = SiteZone::named("Europe/London").unwrap();
+        // 2026-07-01T11:30:15.500Z is 12:30:15 BST, a Wednesday.
+        let summer = Timestamp::from_unix_ms(1_782_905_415_500);
+        assert_eq!(
+            current_time_value(&london, summer),
+            Some(vec![0xEA, 0x07, 7, 1, 12, 30, 15, 3, 128, 0x02])
+        );
+        // 2026-12-03T09:00:00Z is 09:00 GMT, a Thursday.
+        let winter = Timestamp::from_unix_ms(1_796_288_400_000);
+        assert_eq!(
+            current_time_value(&london, winter),
+            Some(vec![0xEA, 0x07, 12, 3, 9, 0, 0, 4, 0, 0x02])
+        );
     }
 
     #[test]

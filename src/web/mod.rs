@@ -143,6 +143,7 @@ pub fn app(state: AppState) -> Router {
         .route("/pairing/close", post(pairing::page_close))
         .route("/pairing/passkey", post(pairing::page_passkey))
         .route("/api/v1/pairing/passkey", post(pairing::passkey))
+        .route("/api/v1/pairing/confirm", post(pairing::confirm))
         .route(
             "/api/v1/pairing/window",
             post(pairing::open_window).delete(pairing::close_window),

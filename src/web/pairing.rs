@@ -18,7 +18,7 @@ use maud::html;
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, Caller, WebError, read};
-use crate::ble::agent::{self, PasskeyError};
+use crate::ble::agent::{self, ConfirmError, PasskeyError};
 use crate::model::{DeviceAddress, Subject, Timestamp};
 use crate::store::{PairingRecord, RegistryChange};
 
@@ -72,11 +72,30 @@ pub struct PasskeyRequest {
     pub passkey: u32,
 }
 
+/// A numeric comparison waiting for staff (issue 18).
+#[derive(Serialize)]
+pub struct ConfirmRequestJson {
+    pub address: String,
+    /// The six-digit number BlueZ computed; the device should show the same.
+    pub number: u32,
+    pub since: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    pub address: String,
+    pub accept: bool,
+}
+
 #[derive(Serialize)]
 pub struct PairingResponse {
     pub window: WindowJson,
     /// Devices waiting for staff to type the passkey they display.
     pub passkey_requests: Vec<PasskeyRequestJson>,
+    /// Devices waiting for staff to confirm the number they display (numeric
+    /// comparison); never accepted without them.
+    pub confirm_requests: Vec<ConfirmRequestJson>,
     pub allow_list: Vec<String>,
     /// Devices heard since start-up, newest first; empty when the source is not BLE.
     pub nearby: Vec<NearbyJson>,
@@ -129,9 +148,22 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<PairingRespons
             asked_at: t.to_rfc3339(),
         })
         .collect();
+    let confirm_requests = state
+        .ble
+        .as_ref()
+        .map(|b| b.passkeys.pending_confirms())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ConfirmRequestJson {
+            address: c.address.to_string(),
+            number: c.number,
+            since: c.since.to_rfc3339(),
+        })
+        .collect();
     Ok(Json(PairingResponse {
         window: window(&state),
         passkey_requests,
+        confirm_requests,
         allow_list: state
             .pairing
             .allow_list()
@@ -540,6 +572,44 @@ pub async fn passkey(
     Json(req): Json<PasskeyRequest>,
 ) -> Response {
     give_passkey(&state, &req.address, req.passkey, &who)
+}
+
+/// `POST /api/v1/pairing/confirm` with `{"address": "...", "accept": true}`:
+/// staff say whether the device shows the number listed in
+/// `confirm_requests`. Accepted, the pairing goes on; rejected, it ends with
+/// no bond. Recorded either way, with who answered.
+pub async fn confirm(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Json(req): Json<ConfirmRequest>,
+) -> Response {
+    let address: DeviceAddress = match req.address.parse() {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
+    };
+    let Some(ble) = &state.ble else {
+        return (StatusCode::NOT_FOUND, "the sensor source is not Bluetooth").into_response();
+    };
+    match ble.passkeys.confirm(address, req.accept) {
+        Ok(number) => {
+            let what = if req.accept {
+                format!("number {number:06} confirmed by staff")
+            } else {
+                format!("number {number:06} rejected by staff: no bond")
+            };
+            state
+                .pairing
+                .log
+                .record_change(Some(address), what, &who, RegistryChange::Note);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e @ ConfirmError::NoRequest(_)) => {
+            (StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Err(e @ ConfirmError::Gone) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+    }
 }
 
 /// The staff form for a passkey.

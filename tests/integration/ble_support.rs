@@ -257,6 +257,19 @@ impl FakeBluez {
         );
     }
 
+    /// On its next connection the device sends these values at once, before
+    /// any subscription, then hangs up (a bonded spot-check device whose
+    /// subscription real BlueZ restores by itself).
+    pub fn indicate_on_reconnect(&self, characteristic: &str, values_hex: &[&str]) {
+        self.mock(
+            "IndicateOnReconnect",
+            &[
+                &format!("string:{characteristic}"),
+                &format!("array:string:{}", values_hex.join(",")),
+            ],
+        );
+    }
+
     /// The device leaves: its link drops and its subscriptions end.
     pub fn drop_link(&self, address: &str) {
         self.mock("DropLink", &["string:hci0", &format!("string:{address}")]);
@@ -264,6 +277,17 @@ impl FakeBluez {
 
     pub fn stop_scanning(&self) {
         self.mock("StopScanning", &["string:hci0"]);
+    }
+
+    /// What the gateway wrote to a characteristic (its object path), in hex,
+    /// oldest first.
+    pub fn written(&self, characteristic: &str) -> Vec<String> {
+        let out = self.mock("Written", &[&format!("string:{characteristic}")]);
+        out.split_whitespace()
+            .filter(|w| !w.is_empty() && w.len() % 2 == 0)
+            .filter(|w| w.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn connect_count(&self, address: &str) -> u32 {
@@ -318,6 +342,17 @@ impl FakeBluez {
     /// Plays BlueZ calling `method(device)` on carehub's agent and waits for the
     /// answer (up to 20 s). The agent is found by trying every peer on the bus.
     pub fn call_agent(&self, method: &str, address: &str) -> Result<String, String> {
+        self.call_agent_with(method, address, &[])
+    }
+
+    /// [`FakeBluez::call_agent`] with more arguments after the device path
+    /// (`uint32:123456` for `RequestConfirmation`).
+    pub fn call_agent_with(
+        &self,
+        method: &str,
+        address: &str,
+        extra: &[&str],
+    ) -> Result<String, String> {
         let names = self
             .dbus_send(
                 "org.freedesktop.DBus",
@@ -327,18 +362,23 @@ impl FakeBluez {
             )
             .unwrap();
         let device = format!("objpath:/org/bluez/hci0/dev_{}", address.replace(':', "_"));
+        // Every bus name is tried, the test's own dbus-send clients too, and
+        // one still waiting for its answer never replies: a Cancel (answered
+        // at once by the agent) must not wait out another call's time-out.
+        let timeout = if method == "Cancel" { 2_000 } else { 20_000 };
         let mut last = String::from("no agent on the bus");
         for name in names.split_whitespace().filter(|n| n.starts_with(':')) {
             let out = Command::new("dbus-send")
                 .args([
                     "--system",
                     "--print-reply=literal",
-                    "--reply-timeout=20000",
+                    &format!("--reply-timeout={timeout}"),
                     &format!("--dest={name}"),
                     "/org/carehub/agent",
                     &format!("org.bluez.Agent1.{method}"),
                     &device,
                 ])
+                .args(extra)
                 .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
                 .output()
                 .unwrap();

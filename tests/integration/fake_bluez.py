@@ -49,6 +49,21 @@ def _connect(device):
     device.connected = True
     device.connect_count = getattr(device, "connect_count", 0) + 1
     _set_device_props(device, {"Connected": dbus.Boolean(True), "ServicesResolved": dbus.Boolean(True)})
+    early = [c for c in _characteristics(device.path) if getattr(c, "early", None)]
+    if early:
+        # Real BlueZ re-enables a bonded device's subscriptions by itself on
+        # reconnection ("Re-register subscribed notification client"), and a
+        # spot-check device then indicates what it stored at once, before the
+        # gateway has discovered or subscribed anything, and hangs up.
+        def deliver():
+            for chrc in early:
+                values, chrc.early = chrc.early, []
+                for v in values:
+                    _emit_value(chrc, v)
+            GLib.timeout_add(200, lambda: (_disconnect(device), False)[1])
+            return False
+
+        GLib.timeout_add(5, deliver)
 
 
 def _pair(device):
@@ -113,6 +128,13 @@ def _stop_notify(chrc):
 
 def _read_value(chrc, _options):
     return chrc.props[GATT_CHRC_IFACE]["Value"]
+
+
+def _write_value(chrc, value, _options):
+    """Remembers what the gateway wrote (a RACP request, the current time)."""
+    if not hasattr(chrc, "written"):
+        chrc.written = []
+    chrc.written.append(bytes(value).hex())
 
 
 def _set_discovering(adapter, on):
@@ -210,7 +232,7 @@ def AddGattCharacteristic(self, service_path, uuid, flags, value):
                     "Value": _bytes(value), "Notifying": dbus.Boolean(False),
                     "Flags": dbus.Array(flags, signature="s")},
                    [("ReadValue", "a{sv}", "ay", _read_value),
-                    ("WriteValue", "aya{sv}", "", ""),
+                    ("WriteValue", "aya{sv}", "", _write_value),
                     ("StartNotify", "", "", _start_notify),
                     ("StopNotify", "", "", _stop_notify)])
     chrc = mockobject.objects[path]
@@ -229,6 +251,14 @@ def StoreValues(self, chrc_path, values, disconnect_after):
     chrc = mockobject.objects[chrc_path]
     chrc.stored = [str(v) for v in values]
     chrc.disconnect_after = bool(disconnect_after)
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="sas", out_signature="")
+def IndicateOnReconnect(self, chrc_path, values):
+    """Values the characteristic sends the moment the device is next
+    connected, before anyone subscribes (a bonded device whose subscription
+    BlueZ restores); then the device hangs up."""
+    mockobject.objects[chrc_path].early = [str(v) for v in values]
 
 
 @dbus.service.method(MOCK_IFACE, in_signature="ss", out_signature="b")
@@ -258,6 +288,12 @@ def NotifyBurst(self, chrc_path, value, count):
     for _ in range(count):
         _emit_value(chrc, value)
     return True
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="as")
+def Written(self, chrc_path):
+    """What the gateway wrote to a characteristic, oldest first, in hex."""
+    return dbus.Array(getattr(mockobject.objects[chrc_path], "written", []), signature="s")
 
 
 @dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="u")

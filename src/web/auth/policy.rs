@@ -126,6 +126,7 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/pairing/close", NURSE, Changes),
     rule("POST", "/pairing/passkey", NURSE, Changes),
     rule("POST", "/api/v1/pairing/passkey", NURSE, Changes),
+    rule("POST", "/api/v1/pairing/confirm", NURSE, Changes),
     // `carehub pair` opens the window (POST); closing it early is the other
     // half of the same job.
     rule("POST", "/api/v1/pairing/window", NURSE_OR_PAIR_CLI, Changes),
