@@ -682,7 +682,7 @@ fn mpint_bits(m: &[u8]) -> usize {
 /// Standard base64 with padding, strictly; `None` when it is not.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let t = text.as_bytes();
-    if t.is_empty() || t.len() % 4 != 0 {
+    if t.is_empty() || !t.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| -> Option<u32> {
@@ -1095,6 +1095,53 @@ mod tests {
         assert!(wifi_config(&w("x", "short", "GB")).is_err());
         assert!(wifi_config(&w("x", "password\n", "GB")).is_err());
         assert!(wifi_config(&w("x", "password", "gb")).is_err());
+    }
+
+    #[test]
+    fn base64_is_decoded_strictly() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8h").unwrap(), b"hello!");
+        assert_eq!(base64_decode("aGVsbA==").unwrap(), b"hell");
+        for bad in ["", "aGVsbG8", "aGV=bG8=", "aGVsbG8*", "a===", "aGVs\nbG8="] {
+            assert_eq!(base64_decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ssh_key_lines_name_their_fault() {
+        // An ed25519 blob: the type string, then a 32-byte key.
+        let mut blob = Vec::new();
+        blob.extend(11u32.to_be_bytes());
+        blob.extend(b"ssh-ed25519");
+        blob.extend(32u32.to_be_bytes());
+        blob.extend([7u8; 32]);
+        let b64 = |b: &[u8]| {
+            const A: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut s = String::new();
+            for c in b.chunks(3) {
+                let n = c.iter().fold(0u32, |n, x| (n << 8) | u32::from(*x)) << (8 * (3 - c.len()));
+                for i in 0..4 {
+                    if i <= c.len() {
+                        s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                    } else {
+                        s.push('=');
+                    }
+                }
+            }
+            s
+        };
+        let key = b64(&blob);
+        assert_eq!(base64_decode(&key).unwrap(), blob);
+        assert!(check_ssh_key_line(&format!("ssh-ed25519 {key} me")).is_ok());
+        assert!(check_ssh_key_line(&format!("no-pty ssh-ed25519 {key}")).is_ok());
+        let cut = b64(&blob[..20]);
+        assert!(check_ssh_key_line(&format!("ssh-ed25519 {cut}")).is_err());
+        assert!(check_ssh_key_line(&format!("ssh-rsa {key}")).is_err());
+        assert!(check_ssh_key_line("ssh-ed25519").is_err());
+        assert!(check_ssh_key_line("hello world").is_err());
+        assert!(check_authorized_keys("# nobody\n\n").is_err());
+        assert!(check_authorized_keys("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n").is_err());
     }
 
     #[test]
