@@ -12,6 +12,14 @@
 //! the Wi-Fi passphrase are then overwritten and deleted from the stick, and
 //! `PROVISIONED.txt` says what was done.
 //!
+//! A bundle may also hold `authorized_keys`: the OpenSSH public keys of the
+//! field engineers allowed to log in as root over SSH (key only; root has no
+//! password). Every line is checked (a known key type whose encoded key names
+//! the same type, RSA of 2048 bits or more, no private key); the file replaces
+//! `authorized_keys` in the system directory (`/data/system`, mode 0600,
+//! owned by root), where the image's sshd looks. A bundle without it leaves
+//! the keys the box has; factory reset removes them.
+//!
 //! Every run, bundle or not, lays the box's settings (`site.toml` in the state
 //! directory, the part a bundle provides) over the image's production defaults
 //! (`/etc/carehub/carehub.toml`) into `carehub.toml` in the state directory:
@@ -52,6 +60,8 @@ const BUNDLE_CERT: &str = "gateway.pem";
 const BUNDLE_KEY: &str = "gateway.key";
 const BUNDLE_CA: &str = "ca.pem";
 const BUNDLE_EXTRA: &str = "carehub.toml";
+/// The engineers' SSH public keys, in a bundle and in the system directory.
+pub const SSH_KEYS_FILE: &str = "authorized_keys";
 /// Files of a bundle that hold secrets: overwritten and deleted once applied.
 const SECRET_FILES: [&str; 2] = [BUNDLE_KEY, PROVISION_FILE];
 
@@ -256,6 +266,7 @@ struct Checked {
     site_toml: String,
     cert: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     wifi: Option<String>,
+    ssh_keys: Option<String>,
     web_self_signed: bool,
 }
 
@@ -308,6 +319,20 @@ fn check_bundle(
     let key = read(BUNDLE_KEY, &mut faults);
     let ca = read(BUNDLE_CA, &mut faults);
     let extra = read(BUNDLE_EXTRA, &mut faults);
+    let ssh_keys = match read(SSH_KEYS_FILE, &mut faults).map(String::from_utf8) {
+        Some(Ok(text)) => match check_authorized_keys(&text) {
+            Ok(keys) => Some(keys),
+            Err(f) => {
+                faults.extend(f);
+                None
+            }
+        },
+        Some(Err(_)) => {
+            faults.push(format!("{SSH_KEYS_FILE}: not UTF-8 text"));
+            None
+        }
+        None => None,
+    };
 
     let Some(bundle) = bundle else {
         return Err(faults);
@@ -435,6 +460,7 @@ fn check_bundle(
         site_toml,
         cert: cert_files,
         wifi,
+        ssh_keys,
         web_self_signed,
     })
 }
@@ -548,6 +574,151 @@ fn wifi_config(w: &WifiSection) -> Result<String, String> {
     ))
 }
 
+/// OpenSSH public key types a field engineer's key may have. DSA is refused
+/// (OpenSSH itself no longer accepts it).
+const SSH_KEY_TYPES: [&str; 7] = [
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+/// The smallest RSA modulus accepted, in bits.
+const SSH_RSA_MIN_BITS: usize = 2048;
+
+/// Checks an `authorized_keys` file: every line that is not blank or a
+/// comment is `[options] type base64 [comment]` with a known type whose
+/// encoded key names that same type. Returns the file to install (with a
+/// header), or every fault, each with its line number.
+fn check_authorized_keys(text: &str) -> Result<String, Vec<String>> {
+    let mut faults = Vec::new();
+    let mut keys = Vec::new();
+    if text.contains("PRIVATE KEY") {
+        faults.push(format!(
+            "{SSH_KEYS_FILE}: holds a private key; put only public keys (the .pub files) in the bundle"
+        ));
+        return Err(faults);
+    }
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match check_ssh_key_line(line) {
+            Ok(()) => keys.push(line),
+            Err(f) => faults.push(format!("{SSH_KEYS_FILE} line {}: {f}", n + 1)),
+        }
+    }
+    if keys.is_empty() && faults.is_empty() {
+        faults.push(format!("{SSH_KEYS_FILE}: no public key in it"));
+    }
+    if !faults.is_empty() {
+        return Err(faults);
+    }
+    let mut out = String::from(
+        "# Field engineers' SSH keys for root, written by carehub provision from\n\
+         # the provisioning bundle. A new bundle with authorized_keys replaces them.\n",
+    );
+    for k in keys {
+        out.push_str(k);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// One key line: options (if any) come before the first known key type.
+fn check_ssh_key_line(line: &str) -> Result<(), String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.contains(&"ssh-dss") {
+        return Err("DSA keys (ssh-dss) are not accepted; use ssh-ed25519".to_owned());
+    }
+    let Some(at) = words.iter().position(|w| SSH_KEY_TYPES.contains(w)) else {
+        return Err(format!(
+            "no public key (a line starts with one of {}, then the key)",
+            SSH_KEY_TYPES.join(", ")
+        ));
+    };
+    let (Some(kind), Some(encoded)) = (words.get(at), words.get(at + 1)) else {
+        return Err("the key itself is missing after its type".to_owned());
+    };
+    let blob = base64_decode(encoded).ok_or("the key is not valid base64")?;
+    let mut r = SshReader(&blob);
+    if r.string() != Some(kind.as_bytes()) {
+        return Err(format!("the key does not hold a {kind} key"));
+    }
+    if *kind == "ssh-rsa" {
+        let _exponent = r.string().ok_or("the RSA key is cut short")?;
+        let modulus = r.string().ok_or("the RSA key is cut short")?;
+        let bits = mpint_bits(modulus);
+        if bits < SSH_RSA_MIN_BITS {
+            return Err(format!(
+                "RSA key of {bits} bits; at least {SSH_RSA_MIN_BITS} (better: ssh-ed25519)"
+            ));
+        }
+    } else if r.string().is_none_or(<[u8]>::is_empty) {
+        return Err(format!("the {kind} key is cut short"));
+    }
+    Ok(())
+}
+
+/// Reads the length-prefixed strings of an SSH wire-format blob.
+struct SshReader<'a>(&'a [u8]);
+
+impl<'a> SshReader<'a> {
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.0.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        let s = rest.get(..len)?;
+        self.0 = rest.get(len..)?;
+        Some(s)
+    }
+}
+
+/// The bit length of an SSH mpint (big-endian, maybe a leading zero byte).
+fn mpint_bits(m: &[u8]) -> usize {
+    let mut bytes = m.iter().skip_while(|b| **b == 0);
+    match bytes.next() {
+        Some(first) => 8 * bytes.count() + (8 - first.leading_zeros() as usize),
+        None => 0,
+    }
+}
+
+/// Standard base64 with padding, strictly; `None` when it is not.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let t = text.as_bytes();
+    if t.is_empty() || !t.len().is_multiple_of(4) {
+        return None;
+    }
+    let value = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let mut out = Vec::with_capacity(t.len() / 4 * 3);
+    let chunks = t.len() / 4;
+    for (i, chunk) in t.chunks_exact(4).enumerate() {
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 || (pad > 0 && i + 1 != chunks) {
+            return None;
+        }
+        let mut n = 0u32;
+        for c in chunk.iter().take(4 - pad) {
+            n = (n << 6) | value(*c)?;
+        }
+        n <<= 6 * pad;
+        let bytes = n.to_be_bytes();
+        out.extend(bytes.get(1..4 - pad)?);
+    }
+    Some(out)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -570,6 +741,15 @@ fn apply(c: &Checked, args: &ProvisionArgs) -> Result<(), ProvisionError> {
         plan.push((
             args.system_dir.join(WIFI_FILE),
             w.as_bytes().to_vec(),
+            0o600,
+            None,
+        ));
+    }
+    if let Some(keys) = &c.ssh_keys {
+        // Root's: sshd reads it as root and wants nobody else able to write it.
+        plan.push((
+            args.system_dir.join(SSH_KEYS_FILE),
+            keys.as_bytes().to_vec(),
             0o600,
             None,
         ));
@@ -726,6 +906,7 @@ fn consume(dir: &Path, c: &Checked) -> Result<(), ProvisionError> {
         BUNDLE_CERT,
         BUNDLE_CA,
         BUNDLE_EXTRA,
+        SSH_KEYS_FILE,
         FAILED_FILE,
     ] {
         let p = dir.join(name);
@@ -813,8 +994,10 @@ pub fn example_files() -> BTreeMap<&'static str, &'static str> {
             "README.txt",
             "Fill in provision.toml, add gateway.pem, gateway.key and ca.pem\n\
              (carehub cert request; docs/imaging.md), optionally carehub.toml with\n\
-             more carehub settings (carehub config example lists them all), and copy\n\
-             this folder to the card's boot partition or a USB stick labelled CAREHUB.\n",
+             more carehub settings (carehub config example lists them all), optionally\n\
+             authorized_keys with the SSH public keys (.pub) of the field engineers who\n\
+             may log in as root, and copy this folder to the card's boot partition or a\n\
+             USB stick labelled CAREHUB.\n",
         ),
     ])
 }
@@ -918,6 +1101,53 @@ mod tests {
         assert!(wifi_config(&w("x", "short", "GB")).is_err());
         assert!(wifi_config(&w("x", "password\n", "GB")).is_err());
         assert!(wifi_config(&w("x", "password", "gb")).is_err());
+    }
+
+    #[test]
+    fn base64_is_decoded_strictly() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8h").unwrap(), b"hello!");
+        assert_eq!(base64_decode("aGVsbA==").unwrap(), b"hell");
+        for bad in ["", "aGVsbG8", "aGV=bG8=", "aGVsbG8*", "a===", "aGVs\nbG8="] {
+            assert_eq!(base64_decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ssh_key_lines_name_their_fault() {
+        // An ed25519 blob: the type string, then a 32-byte key.
+        let mut blob = Vec::new();
+        blob.extend(11u32.to_be_bytes());
+        blob.extend(b"ssh-ed25519");
+        blob.extend(32u32.to_be_bytes());
+        blob.extend([7u8; 32]);
+        let b64 = |b: &[u8]| {
+            const A: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut s = String::new();
+            for c in b.chunks(3) {
+                let n = c.iter().fold(0u32, |n, x| (n << 8) | u32::from(*x)) << (8 * (3 - c.len()));
+                for i in 0..4 {
+                    if i <= c.len() {
+                        s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                    } else {
+                        s.push('=');
+                    }
+                }
+            }
+            s
+        };
+        let key = b64(&blob);
+        assert_eq!(base64_decode(&key).unwrap(), blob);
+        assert!(check_ssh_key_line(&format!("ssh-ed25519 {key} me")).is_ok());
+        assert!(check_ssh_key_line(&format!("no-pty ssh-ed25519 {key}")).is_ok());
+        let cut = b64(&blob[..20]);
+        assert!(check_ssh_key_line(&format!("ssh-ed25519 {cut}")).is_err());
+        assert!(check_ssh_key_line(&format!("ssh-rsa {key}")).is_err());
+        assert!(check_ssh_key_line("ssh-ed25519").is_err());
+        assert!(check_ssh_key_line("hello world").is_err());
+        assert!(check_authorized_keys("# nobody\n\n").is_err());
+        assert!(check_authorized_keys("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n").is_err());
     }
 
     #[test]

@@ -212,7 +212,17 @@ fn collect(args: &ExportLogsArgs, dir: &Path) -> Result<Vec<String>, SupportErro
         "journal.txt",
         tool(
             "journalctl",
-            &["--no-pager", "-o", "short-iso-precise", "-n", &lines],
+            // --merge: the read-only root has a new machine id at every
+            // boot, so each boot's journal is in its own folder on /data;
+            // without it only this boot's would be read.
+            &[
+                "--no-pager",
+                "--merge",
+                "-o",
+                "short-iso-precise",
+                "-n",
+                &lines,
+            ],
         ),
     )?;
     put(

@@ -700,3 +700,118 @@ fn the_web_certificate_names_the_host_when_proc_sys_is_hidden() {
     assert!(names.contains(&host), "{host} not in {names:?}");
     assert!(names.contains(&format!("{host}.local")), "{names:?}");
 }
+
+/// A public key made by OpenSSH's own ssh-keygen: (the .pub line, the
+/// private key file's text).
+fn ssh_key(dir: &Path, name: &str, args: &[&str]) -> (String, String) {
+    let path = dir.join(name);
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("ssh-keygen (openssh-client) runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let private = std::fs::read_to_string(&path).unwrap();
+    (public.trim().to_owned(), private)
+}
+
+#[test]
+fn engineers_ssh_keys_go_to_data_for_root_only_and_a_bad_key_applies_nothing() {
+    let pki = Pki::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (ed25519, ed25519_private) = ssh_key(keys.path(), "alice", &["-t", "ed25519"]);
+    let (ecdsa, _) = ssh_key(keys.path(), "bob", &["-t", "ecdsa", "-b", "384"]);
+    let (rsa_small, _) = ssh_key(keys.path(), "old", &["-t", "rsa", "-b", "1024"]);
+
+    let card = Card::new();
+    card.good_bundle(&pki);
+    let file = format!(
+        "# field engineers\n{ed25519}\n\nfrom=\"192.0.2.0/24\",no-agent-forwarding {ecdsa}\n"
+    );
+    std::fs::write(card.bundle.join("authorized_keys"), &file).unwrap();
+    let out = card.provision(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let installed = card.system.join("authorized_keys");
+    assert_eq!(mode(&installed), 0o600);
+    let meta = std::fs::metadata(&installed).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        nix::unistd::getuid().as_raw(),
+        "owned by the provisioning account (root on the box)"
+    );
+    let text_installed = std::fs::read_to_string(&installed).unwrap();
+    assert!(text_installed.contains(&ed25519), "{text_installed}");
+    assert!(text_installed.contains(&ecdsa), "{text_installed}");
+    // OpenSSH reads the installed file as two keys.
+    let listed = std::process::Command::new("ssh-keygen")
+        .arg("-l")
+        .arg("-f")
+        .arg(&installed)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 2);
+    assert!(
+        !card.bundle.join("authorized_keys").exists(),
+        "taken off the stick"
+    );
+
+    // A later bundle without keys keeps them.
+    card.good_bundle(&pki);
+    let out = card.provision(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&installed).unwrap(), text_installed);
+
+    // Any bad key: nothing of the bundle is applied, the keys stay, and the
+    // card says which line is wrong.
+    let (_, swapped_blob) = ecdsa.split_once(' ').unwrap();
+    let bad: [(&str, String, &str); 6] = [
+        (
+            "a private key",
+            ed25519_private.clone(),
+            "holds a private key",
+        ),
+        (
+            "a short RSA key",
+            format!("{ed25519}\n{rsa_small}\n"),
+            "line 2: RSA key of 1024 bits",
+        ),
+        (
+            "a key whose text is cut",
+            format!("{}\n", &ed25519[..ed25519.len() - 20]),
+            "line 1:",
+        ),
+        (
+            "a key of another type than it says",
+            format!(
+                "ssh-ed25519 {}\n",
+                swapped_blob.split_whitespace().next().unwrap()
+            ),
+            "does not hold a ssh-ed25519 key",
+        ),
+        (
+            "a DSA key",
+            "ssh-dss AAAAB3NzaC1kc3MAAACBAP8= old\n".to_owned(),
+            "DSA keys",
+        ),
+        (
+            "no key at all",
+            "# nobody yet\n".to_owned(),
+            "no public key",
+        ),
+    ];
+    for (what, keys_file, says) in bad {
+        let card = Card::new();
+        card.good_bundle(&pki);
+        std::fs::write(card.bundle.join("authorized_keys"), keys_file).unwrap();
+        let out = card.provision(&[]);
+        assert!(!out.status.success(), "{what}: accepted: {}", text(&out));
+        assert!(text(&out).contains(says), "{what}: {}", text(&out));
+        assert_eq!(card.applied(), vec![], "{what}: something was applied");
+        let failed = std::fs::read_to_string(card.bundle.join("PROVISION-FAILED.txt")).unwrap();
+        assert!(failed.contains(says), "{what}: {failed}");
+        assert!(card.bundle.join("authorized_keys").exists(), "{what}");
+    }
+}

@@ -5,8 +5,9 @@ SUMMARY = "Persistent state on /data for the read-only carehub image"
 DESCRIPTION = "Mounts the data and boot partitions from units in the root \
                filesystem (so a RAUC-installed slot has them too), bind-mounts \
                /var/lib/carehub, /var/lib/bluetooth and /var/lib/systemd/timesync \
-               onto /data, loads the Bluetooth, Wi-Fi and watchdog modules and \
-               arms the hardware watchdog."
+               onto /data, keeps a size-capped journal there, loads the \
+               Bluetooth, Wi-Fi and watchdog modules and arms the hardware \
+               watchdog."
 # nooelint: oelint.vars.homepageping - placeholder host, as in the carehub recipe; CI lints offline
 HOMEPAGE = "https://git.example.invalid/carehub"
 BUGTRACKER = "https://git.example.invalid/carehub/issues"
@@ -21,8 +22,11 @@ SRC_URI = "file://data.mount \
            file://var-lib-carehub.mount \
            file://var-lib-bluetooth.mount \
            file://var-lib-systemd-timesync.mount \
+           file://var-volatile-log-journal.mount \
+           file://carehub-journald.conf \
            file://bluetooth-data.conf \
            file://sshdgenkeys-data.conf \
+           file://sshd-socket-keys.conf \
            file://carehub-modules.conf \
            file://carehub-watchdog.conf \
            file://carehub-low-ports.conf \
@@ -43,6 +47,7 @@ SYSTEMD_SERVICE:${PN} = "data.mount \
                          var-lib-carehub.mount \
                          var-lib-bluetooth.mount \
                          var-lib-systemd-timesync.mount \
+                         var-volatile-log-journal.mount \
 "
 
 do_configure[noexec] = "1"
@@ -52,7 +57,8 @@ do_install() {
     install -d ${D}${systemd_system_unitdir}
     for unit in data.mount boot-firmware.mount \
                 carehub-data-dirs.service var-lib-carehub.mount \
-                var-lib-bluetooth.mount var-lib-systemd-timesync.mount; do
+                var-lib-bluetooth.mount var-lib-systemd-timesync.mount \
+                var-volatile-log-journal.mount; do
         install -m 0644 ${S}/$unit ${D}${systemd_system_unitdir}/
     done
 
@@ -60,6 +66,12 @@ do_install() {
     install -m 0644 ${S}/bluetooth-data.conf ${D}${systemd_system_unitdir}/bluetooth.service.d/10-carehub-data.conf
     install -d ${D}${systemd_system_unitdir}/sshdgenkeys.service.d
     install -m 0644 ${S}/sshdgenkeys-data.conf ${D}${systemd_system_unitdir}/sshdgenkeys.service.d/10-carehub-data.conf
+    install -d ${D}${systemd_system_unitdir}/sshd.socket.d
+    install -m 0644 ${S}/sshd-socket-keys.conf ${D}${systemd_system_unitdir}/sshd.socket.d/10-carehub-keys.conf
+
+    # The journal persistent on /data (the mount above) and capped in size.
+    install -d ${D}${systemd_unitdir}/journald.conf.d
+    install -m 0644 ${S}/carehub-journald.conf ${D}${systemd_unitdir}/journald.conf.d/10-carehub.conf
 
     # Bluetooth (hci_uart, btbcm), Wi-Fi (brcmfmac) and the watchdog are
     # modules on the Pi kernel: load them at boot.
@@ -90,6 +102,7 @@ do_install() {
 }
 
 FILES:${PN} += "${systemd_system_unitdir} ${systemd_unitdir}/system.conf.d \
+                ${systemd_unitdir}/journald.conf.d \
                 ${systemd_unitdir}/network /data /boot/firmware"
 
 # carehub-data-dirs.service chowns /data/carehub to the carehub user;

@@ -52,18 +52,27 @@ IMAGE_INSTALL += "${CAREHUB_BT_FIRMWARE}"
 # timesyncd's clock file on /data so the clock starts from the last known time
 # rather than the build date.
 
-# SSH is off by default: no SSH server is installed. To allow key-only root
-# login for field engineers, point CAREHUB_SSH_AUTHORIZED_KEYS (local.conf or
-# kas) at a file of public keys; the image then gets OpenSSH with password and
-# keyboard-interactive logins disabled, and its host keys kept in /data/ssh.
+# SSH for field engineers, key only. Root has no password, so nobody gets in
+# without a key. The keys come from the box's provisioning bundle
+# (authorized_keys beside provision.toml; `carehub provision` checks them and
+# installs them as /data/system/authorized_keys, root's, mode 0600) or, for
+# every box of a site, from a file named by CAREHUB_SSH_AUTHORIZED_KEYS
+# (local.conf or kas), built into the image as root's ~/.ssh/authorized_keys.
+# sshd (OpenSSH, password and keyboard-interactive logins disabled, host keys
+# kept in /data/ssh) listens only on a box that has keys: sshd.socket has a
+# condition on either file (carehub-persist). CAREHUB_SSH = "0" leaves SSH
+# out of the image altogether.
+CAREHUB_SSH ??= "1"
 CAREHUB_SSH_AUTHORIZED_KEYS ??= ""
-IMAGE_FEATURES += "${@'ssh-server-openssh' if d.getVar('CAREHUB_SSH_AUTHORIZED_KEYS') else ''}"
+IMAGE_FEATURES += "${@'ssh-server-openssh' if d.getVar('CAREHUB_SSH') == '1' else ''}"
 
 carehub_ssh_key_only() {
-    [ -n "${CAREHUB_SSH_AUTHORIZED_KEYS}" ] || return 0
-    [ -f "${CAREHUB_SSH_AUTHORIZED_KEYS}" ] || bbfatal "CAREHUB_SSH_AUTHORIZED_KEYS: no file ${CAREHUB_SSH_AUTHORIZED_KEYS}"
-    install -d -m 0700 ${IMAGE_ROOTFS}${ROOT_HOME}/.ssh
-    install -m 0600 ${CAREHUB_SSH_AUTHORIZED_KEYS} ${IMAGE_ROOTFS}${ROOT_HOME}/.ssh/authorized_keys
+    [ "${CAREHUB_SSH}" = "1" ] || return 0
+    if [ -n "${CAREHUB_SSH_AUTHORIZED_KEYS}" ]; then
+        [ -f "${CAREHUB_SSH_AUTHORIZED_KEYS}" ] || bbfatal "CAREHUB_SSH_AUTHORIZED_KEYS: no file ${CAREHUB_SSH_AUTHORIZED_KEYS}"
+        install -d -m 0700 ${IMAGE_ROOTFS}${ROOT_HOME}/.ssh
+        install -m 0600 ${CAREHUB_SSH_AUTHORIZED_KEYS} ${IMAGE_ROOTFS}${ROOT_HOME}/.ssh/authorized_keys
+    fi
     for conf in sshd_config sshd_config_readonly; do
         f=${IMAGE_ROOTFS}${sysconfdir}/ssh/$conf
         [ -f "$f" ] || continue
@@ -72,8 +81,10 @@ carehub_ssh_key_only() {
                -e '/^[#[:space:]]*KbdInteractiveAuthentication[[:space:]]/d' \
                -e '/^[#[:space:]]*PermitRootLogin[[:space:]]/d' \
                -e '/^[#[:space:]]*PermitEmptyPasswords[[:space:]]/d' \
+               -e '/^[#[:space:]]*AuthorizedKeysFile[[:space:]]/d' \
                -e 's,^HostKey ${localstatedir}/run/ssh/,HostKey /data/ssh/,' "$f"
-        sed -i -e '1i PasswordAuthentication no' \
+        sed -i -e '1i AuthorizedKeysFile .ssh/authorized_keys /data/system/authorized_keys' \
+               -e '1i PasswordAuthentication no' \
                -e '1i KbdInteractiveAuthentication no' \
                -e '1i PermitEmptyPasswords no' \
                -e '1i PermitRootLogin prohibit-password' "$f"
@@ -102,7 +113,7 @@ carehub_mount_points() {
 }
 
 carehub_mount_points[doc] = "Create the /var/lib mount points for the binds onto /data"
-carehub_ssh_key_only[doc] = "With CAREHUB_SSH_AUTHORIZED_KEYS set: key-only OpenSSH with host keys on /data"
+carehub_ssh_key_only[doc] = "Key-only OpenSSH (provisioned or built-in keys) with host keys on /data"
 carehub_no_empty_passwords[doc] = "Fail the image if any account has an empty password"
 # :append so these run after oe-core's own hooks (read_only_rootfs_hook among them).
 ROOTFS_POSTPROCESS_COMMAND:append = " carehub_mount_points carehub_ssh_key_only carehub_no_empty_passwords"
