@@ -16,6 +16,14 @@
 //! docs/fleet.md. Not run by `cargo test` (it needs the RabbitMQ package and
 //! about two minutes).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test and benchmark code: a failure is the run's"
+)]
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
