@@ -115,6 +115,7 @@ pub(super) fn spawn(
         last_maintenance: Instant::now(),
         purge_cursor: limits::PurgeCursor::default(),
         unsynced_since: None,
+        started_ms: Timestamp::now().unix_ms(),
         heartbeat,
     };
     Ok(std::thread::Builder::new()
@@ -169,6 +170,8 @@ struct Writer {
     /// The first sequence number this run stored with an unsynchronised clock
     /// since the last step was corrected: where a correction starts.
     unsynced_since: Option<i64>,
+    /// When this run began, by the wall clock of the time (maybe a wrong one).
+    started_ms: i64,
     /// The writer's heartbeat, also beaten between the tries of a commit that
     /// failed for an I/O error: the writer is working, the storage is failing.
     heartbeat: Heartbeat,
@@ -748,8 +751,27 @@ impl Writer {
              WHERE seq >= ?2 AND clock_synced = 0",
             params![delta_ms, since, TOLERANCE_MS],
         )?;
+        // Devices last heard and assignments made in this run before the step
+        // were stamped by the same wrong clock: between this run's start and
+        // now, both by it. (The alert stage moves the alerts: the alert book
+        // counts its own changes.)
+        let old_now = Timestamp::now().unix_ms().saturating_sub(delta_ms);
+        for (table, column) in [
+            ("devices", "last_seen_ms"),
+            ("devices", "assigned_at_ms"),
+            ("device_assignments", "from_ms"),
+        ] {
+            tx.execute(
+                &format!(
+                    "UPDATE {table} SET {column} = {column} + ?1 WHERE {column} BETWEEN ?2 AND ?3"
+                ),
+                params![delta_ms, self.started_ms, old_now],
+            )?;
+        }
         tx.commit()?;
         self.unsynced_since = None;
+        // The overview's cache is keyed on commits: this one changed `latest`.
+        self.stats.commits.fetch_add(1, Ordering::Release);
         self.stats.changed.notify_waiters();
         Ok(n as u64)
     }
