@@ -294,20 +294,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// glibc gives every thread that allocates an arena of its own (up to eight per
-/// core), and memory freed in one arena is kept for it: the daemon's threads
-/// (runtime workers, blocking pool, the store writer, web handlers) each held
-/// some. Two arenas are enough for a daemon this size (docs/reliability.md,
-/// memory). Before any thread is started.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a tunable of glibc's allocator; called before
-    // the runtime starts any thread.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn serve(
     config: Config,
     source: ConfigSource,
@@ -315,7 +301,6 @@ fn serve(
     demo: bool,
     on_ready: impl FnOnce(&carehub::daemon::Ready),
 ) -> anyhow::Result<()> {
-    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
