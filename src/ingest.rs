@@ -274,6 +274,14 @@ impl ErrorLog {
     }
 }
 
+/// How long after a step of the clock a frame stamped before it is still
+/// looked for (and corrected on its own).
+const LATE_FRAMES_FOR: Duration = Duration::from_secs(10);
+
+fn shifted(t: Timestamp, delta_ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(t.unix_ms().saturating_add(delta_ms))
+}
+
 /// Most frames folded into one store command.
 const MAX_BATCH: usize = 512;
 
@@ -291,6 +299,7 @@ impl Ingest {
         let mut saved_at = Instant::now();
         let mut frames = Vec::with_capacity(MAX_BATCH);
         let mut clock = crate::system::clock::ClockWatch::new();
+        let mut last_step: Option<(crate::system::clock::Step, Instant)> = None;
         loop {
             self.apply_keys(&mut decoder, &mut keys);
             if saved_at.elapsed() >= SAVE_COUNTERS_EVERY {
@@ -302,6 +311,7 @@ impl Ingest {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     self.heartbeat.beat();
                     if let Some(step) = clock.as_mut().and_then(|c| c.check()) {
+                        last_step = Some((step, Instant::now()));
                         self.clock_stepped(step, Vec::new()).await;
                     }
                     continue;
@@ -318,15 +328,50 @@ impl Ingest {
             let synced = (self.clock_synced)();
             let mut before = Vec::new();
             let mut readings = Vec::with_capacity(frames.len() * 2);
-            for raw in frames.drain(..) {
+            for mut raw in frames.drain(..) {
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
                 let (out, synced) = match step {
                     Some(s) if s.stamped_before(raw.received_at) => (&mut before, false),
-                    _ => (&mut readings, synced),
+                    _ => {
+                        // A frame stamped before the last step but reaching
+                        // ingest after it (a source descheduled between its
+                        // stamp and its send): corrected here, still marked
+                        // unsynchronised.
+                        let late = last_step.filter(|(s, at)| {
+                            at.elapsed() < LATE_FRAMES_FOR && s.stamped_before(raw.received_at)
+                        });
+                        match late {
+                            Some((s, _)) => {
+                                let first = readings.len();
+                                let was = raw.received_at;
+                                raw.received_at = shifted(was, s.delta_ms);
+                                self.attribute(
+                                    &mut decoder,
+                                    &mut keys,
+                                    &mut errors,
+                                    raw,
+                                    false,
+                                    &mut readings,
+                                );
+                                for r in readings.iter_mut().skip(first) {
+                                    // A device time that agreed with the old clock moves with it.
+                                    if let Some(m) = r.measured_at
+                                        && (m.unix_ms() - was.unix_ms()).abs()
+                                            <= crate::model::CLOCK_TOLERANCE.as_millis() as i64
+                                    {
+                                        r.measured_at = Some(shifted(m, s.delta_ms));
+                                    }
+                                }
+                                continue;
+                            }
+                            None => (&mut readings, synced),
+                        }
+                    }
                 };
                 self.attribute(&mut decoder, &mut keys, &mut errors, raw, synced, out);
             }
             if let Some(step) = step {
+                last_step = Some((step, Instant::now()));
                 self.clock_stepped(step, before).await;
             }
             self.hand_over(readings).await;

@@ -685,6 +685,15 @@ fn a_clock_set_a_month_forward_by_ntp_corrects_what_was_received_before() {
         (count("SELECT count(*) FROM readings WHERE clock_synced = 1") >= 10).then_some(())
     })
     .expect("readings after the step, synchronised");
+    // The alert stage moves this run's alert times when it next wakes.
+    wait_for(Duration::from_secs(30), || {
+        (count(&format!(
+            "SELECT count(*) FROM alerts WHERE raised_at_ms < {}",
+            stepped_ms - MONTH_MS / 2
+        )) == 0)
+            .then_some(())
+    })
+    .expect("the alerts raised before the step moved with the clock");
     let (_, body) = super::support::http_get(addr, "/api/v1/alerts").unwrap();
     let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
     let out = daemon.stop(libc::SIGTERM);
@@ -696,9 +705,15 @@ fn a_clock_set_a_month_forward_by_ntp_corrects_what_was_received_before() {
     );
     let ended_ms = unix_ms();
 
-    // The file: nothing unsynchronised left, nothing a month old, nothing ahead.
+    // The file: nothing stamped before the step left unsynchronised (a reading
+    // stamped after the step, before the kernel says synchronised, keeps the
+    // flag with its right time: NTP steps the clock, then clears STA_UNSYNC),
+    // nothing a month old, nothing ahead.
     assert_eq!(
-        count("SELECT count(*) FROM readings WHERE clock_synced = 0"),
+        count(&format!(
+            "SELECT count(*) FROM readings WHERE clock_synced = 0 AND received_at_ms < {}",
+            stepped_ms - 5_000
+        )),
         0,
         "every reading stamped before the step is corrected"
     );
