@@ -5,9 +5,11 @@
 //! ones clear after the minimum hold; unacknowledged emergencies are announced
 //! again; see `store::alert_book`).
 //!
-//! It evaluates soon after new readings are committed (at most once per
-//! `POLL`) and every `every` regardless, so that silence, a growing backlog or an
-//! expiring certificate are noticed when nothing arrives at all. It wakes the
+//! It evaluates as soon as new readings are committed (woken by
+//! `StoreStats::changed`, at most once per `EVAL_GAP`; a `POLL` each second
+//! catches a wake-up missed during an evaluation) and every `every`
+//! regardless, so that silence, a growing backlog or an expiring certificate
+//! are noticed when nothing arrives at all. It wakes the
 //! uplink through `changed` whenever an alert is raised, so that it is published
 //! at once when the broker is reachable; unpublished alerts stay in SQLite until
 //! the broker acknowledges them.
@@ -40,8 +42,16 @@ pub enum AlertError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// How often the stage looks for newly committed readings.
+/// How often the stage looks for newly committed readings when no commit
+/// wakes it (`StoreStats::changed` is missed while an evaluation runs).
 const POLL: Duration = Duration::from_secs(1);
+
+/// The shortest time between two evaluations woken by commits.
+const EVAL_GAP: Duration = Duration::from_millis(200);
+
+/// After a step of the clock, how long the stage waits for ingest to have the
+/// store correct the times stamped before it (ingest looks every second).
+const CLOCK_SETTLE: Duration = Duration::from_secs(3);
 
 /// The alert book shared by the stage, the web API and the uplink; every use is
 /// short and blocking, so a plain mutex inside `spawn_blocking` is enough.
@@ -78,17 +88,40 @@ pub struct AlertStage {
 }
 
 impl AlertStage {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = u64::MAX;
         let mut last_eval: Option<tokio::time::Instant> = None;
+        let mut clock = crate::system::clock::ClockWatch::new();
+        let mut settle_until: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 _ = poll.tick() => {}
+                // A commit: evaluate now, not at the next tick, but at most once
+                // every EVAL_GAP (a busy home commits several times a second).
+                () = self.store_stats.changed.notified() => {
+                    let wait = last_eval.map_or(Duration::ZERO, |t| EVAL_GAP.saturating_sub(t.elapsed()));
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            () = self.cancel.cancelled() => break,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
             }
             self.heartbeat.beat();
+            // The clock was set: ingest has the store correct what was stamped
+            // before the step; judging silence or staleness meanwhile would
+            // compare old stamps with the new clock (docs/decisions/0014).
+            if let Some(step) = clock.as_mut().and_then(|c| c.check()) {
+                self.clock_stepped(step.delta_ms).await;
+                settle_until = Some(tokio::time::Instant::now() + CLOCK_SETTLE);
+            }
+            if settle_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                continue;
+            }
             let committed = self.store_stats.readings_committed.load(Ordering::Relaxed);
             let due = last_eval.is_none_or(|t| t.elapsed() >= self.every);
             if committed == seen && !due {
@@ -106,6 +139,37 @@ impl AlertStage {
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "alert evaluation failed; retrying"),
+            }
+        }
+    }
+
+    /// The clock stepped: this run's alert times, stamped by the old clock
+    /// between the gateway's start and now, move by the step, and so does the
+    /// start.
+    async fn clock_stepped(&mut self, delta_ms: i64) {
+        let from_ms = self.started_at.unix_ms();
+        let to_ms = Timestamp::now().unix_ms().saturating_sub(delta_ms);
+        self.started_at = Timestamp::from_unix_ms(from_ms.saturating_add(delta_ms));
+        let book = self.book.clone();
+        let moved = tokio::task::spawn_blocking(move || {
+            let mut book = book
+                .lock()
+                .map_err(|_| "the alert book's lock is poisoned".to_owned())?;
+            book.clock_stepped(delta_ms, from_ms, to_ms)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match moved {
+            Ok(Ok(n)) => tracing::warn!(
+                step_s = delta_ms / 1000,
+                alert_times = n,
+                "the clock was set (stepped): this run's alert times moved with it"
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot move the alert times by the clock's step")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move the alert times by the clock's step")
             }
         }
     }

@@ -302,6 +302,14 @@ impl ErrorLog {
     }
 }
 
+/// How long after a step of the clock a frame stamped before it is still
+/// looked for (and corrected on its own).
+const LATE_FRAMES_FOR: Duration = Duration::from_secs(10);
+
+fn shifted(t: Timestamp, delta_ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(t.unix_ms().saturating_add(delta_ms))
+}
+
 /// Most frames folded into one store command.
 const MAX_BATCH: usize = 512;
 
@@ -318,6 +326,8 @@ impl Ingest {
         let mut errors = ErrorLog::default();
         let mut saved_at = Instant::now();
         let mut frames = Vec::with_capacity(MAX_BATCH);
+        let mut clock = crate::system::clock::ClockWatch::new();
+        let mut last_step: Option<(crate::system::clock::Step, Instant)> = None;
         loop {
             self.apply_keys(&mut decoder, &mut keys);
             if saved_at.elapsed() >= SAVE_COUNTERS_EVERY {
@@ -328,6 +338,10 @@ impl Ingest {
                 n = self.rx.recv_many(&mut frames, MAX_BATCH) => n,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     self.heartbeat.beat();
+                    if let Some(step) = clock.as_mut().and_then(|c| c.check()) {
+                        last_step = Some((step, Instant::now()));
+                        self.clock_stepped(step, Vec::new()).await;
+                    }
                     continue;
                 }
             };
@@ -335,35 +349,100 @@ impl Ingest {
                 break;
             }
             self.heartbeat.beat();
+            // A step of the clock since the last look: this batch's frames
+            // stamped before it are stored as unsynchronised before the
+            // correction, the others after it.
+            let step = clock.as_mut().and_then(|c| c.check());
             let synced = (self.clock_synced)();
+            let mut before = Vec::new();
             let mut readings = Vec::with_capacity(frames.len() * 2);
-            for raw in frames.drain(..) {
+            for mut raw in frames.drain(..) {
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                self.attribute(
-                    &mut decoder,
-                    &mut keys,
-                    &mut errors,
-                    raw,
-                    synced,
-                    &mut readings,
-                );
+                let (out, synced) = match step {
+                    Some(s) if s.stamped_before(raw.received_at) => (&mut before, false),
+                    _ => {
+                        // A frame stamped before the last step but reaching
+                        // ingest after it (a source descheduled between its
+                        // stamp and its send): corrected here, still marked
+                        // unsynchronised.
+                        let late = last_step.filter(|(s, at)| {
+                            at.elapsed() < LATE_FRAMES_FOR && s.stamped_before(raw.received_at)
+                        });
+                        match late {
+                            Some((s, _)) => {
+                                let first = readings.len();
+                                let was = raw.received_at;
+                                raw.received_at = shifted(was, s.delta_ms);
+                                self.attribute(
+                                    &mut decoder,
+                                    &mut keys,
+                                    &mut errors,
+                                    raw,
+                                    false,
+                                    &mut readings,
+                                );
+                                for r in readings.iter_mut().skip(first) {
+                                    // A device time that agreed with the old clock moves with it.
+                                    if let Some(m) = r.measured_at
+                                        && (m.unix_ms() - was.unix_ms()).abs()
+                                            <= crate::model::CLOCK_TOLERANCE.as_millis() as i64
+                                    {
+                                        r.measured_at = Some(shifted(m, s.delta_ms));
+                                    }
+                                }
+                                continue;
+                            }
+                            None => (&mut readings, synced),
+                        }
+                    }
+                };
+                self.attribute(&mut decoder, &mut keys, &mut errors, raw, synced, out);
             }
-            if readings.is_empty() {
-                continue;
+            if let Some(step) = step {
+                last_step = Some((step, Instant::now()));
+                self.clock_stepped(step, before).await;
             }
-            let n = readings.len() as u64;
-            match self.store.ingest_nowait(readings).await {
-                Ok(()) => {
-                    self.stats.readings.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.stats.store_errors.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(error = %e, readings = n, "cannot hand readings to the store");
-                }
-            }
+            self.hand_over(readings).await;
         }
         self.save_counters(&decoder, &mut keys);
         tracing::debug!("ingest stopped: sources closed and all frames handed to the store");
+    }
+
+    /// Hands readings to the store without waiting for their commit.
+    async fn hand_over(&self, readings: Vec<Reading>) {
+        if readings.is_empty() {
+            return;
+        }
+        let n = readings.len() as u64;
+        match self.store.ingest_nowait(readings).await {
+            Ok(()) => {
+                self.stats.readings.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.store_errors.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, readings = n, "cannot hand readings to the store");
+            }
+        }
+    }
+
+    /// The clock stepped: hands over the readings stamped before the step (as
+    /// unsynchronised), then has the store correct this run's unsynchronised
+    /// readings by the step and waits for it, so that no reading stamped after
+    /// the step is corrected (docs/decisions/0014).
+    async fn clock_stepped(&self, step: crate::system::clock::Step, before: Vec<Reading>) {
+        self.hand_over(before).await;
+        match self.store.clock_stepped(step.delta_ms).await {
+            Ok(n) => tracing::warn!(
+                step_s = step.delta_ms / 1000,
+                corrected = n,
+                "the clock was set (stepped): readings stamped before it while it was not synchronised were corrected by the step"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                step_s = step.delta_ms / 1000,
+                "the clock was set, and the readings stamped before it could not be corrected: they stay marked unsynchronised"
+            ),
+        }
     }
 
     /// Brings the decoder's keys in step with the registry when they changed: a

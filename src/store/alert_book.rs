@@ -442,6 +442,37 @@ impl AlertBook {
         Ok(())
     }
 
+    /// The wall clock stepped by `delta_ms` (docs/decisions/0014): every alert
+    /// time between `from_ms` and `to_ms` (this run's start and the step, both
+    /// by the old clock) was stamped by the wrong clock and moves by the step.
+    pub fn clock_stepped(
+        &mut self,
+        delta_ms: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.changing();
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        for column in [
+            "raised_at_ms",
+            "acknowledged_at_ms",
+            "resolved_at_ms",
+            "absent_since_ms",
+            "cleared_at_ms",
+            "announced_at_ms",
+        ] {
+            n += tx.execute(
+                &format!(
+                    "UPDATE alerts SET {column} = {column} + ?1 WHERE {column} BETWEEN ?2 AND ?3"
+                ),
+                rusqlite::params![delta_ms, from_ms, to_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
     /// Each device assigned to a resident: address, resident, last heard, assigned
     /// at, battery.
     #[allow(clippy::type_complexity)]

@@ -45,6 +45,18 @@ pub(super) fn derive(prefix: &Prefix, seq: i64) -> ReadingId {
     ReadingId::from_bytes(b)
 }
 
+/// The sequence number of a reading id derived from `prefix` (this run's epoch);
+/// `None` for any other id.
+pub(super) fn seq_of(prefix: &Prefix, id: &[u8]) -> Option<i64> {
+    let (head, tail) = (id.get(..10)?, id.get(10..16)?);
+    if id.len() != 16 || head != prefix {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.get_mut(2..)?.copy_from_slice(tail);
+    Some(i64::from_be_bytes(b))
+}
+
 /// The epochs of one database, oldest first.
 #[derive(Debug, Default)]
 pub(super) struct Epochs(Vec<(i64, Prefix)>);

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::outbox::{self, Class};
 use super::{StoreError, StoreStats};
@@ -213,7 +213,10 @@ fn oldest(
     ))?;
     let mut rows = q.query([])?;
     let mut out = Vec::new();
-    while out.len() < n {
+    // Readings stepped over (unsynchronised clock) count too: a call reads at
+    // most `n + OLDEST_SKIP` rows.
+    let mut skipped = 0usize;
+    while out.len() < n && skipped < OLDEST_SKIP {
         let Some(row) = rows.next()? else { break };
         let received: i64 = row.get(2)?;
         if let Some(cutoff) = older_than_ms {
@@ -221,6 +224,7 @@ fn oldest(
                 break;
             }
             if !row.get::<_, bool>(3)? {
+                skipped += 1;
                 continue;
             }
         }
@@ -231,6 +235,11 @@ fn oldest(
     }
     Ok(out)
 }
+
+/// Readings stamped by an unsynchronised clock that one [`oldest`] call steps
+/// over before it gives up: the age cap's pass stays bounded even behind a long
+/// run of them (they are never evicted for age: their age is not known).
+const OLDEST_SKIP: usize = 100_000;
 
 /// Evicts oldest-first, room before vital, while `still_over` says how many more
 /// must go (one transaction per answer).
@@ -253,16 +262,23 @@ pub(super) fn evict_until(
     Ok(total)
 }
 
-/// Evicts undelivered readings received before `cutoff_ms`, both classes.
+/// Evicts undelivered readings received before `cutoff_ms`, both classes, at
+/// most `max_batches` transactions of [`BATCH`] each (the rest waits for the
+/// next pass); `beat` is called between them.
 pub(super) fn evict_older_than(
     conn: &mut Connection,
     cutoff_ms: i64,
+    max_batches: usize,
     stats: &StoreStats,
+    beat: &mut dyn FnMut(),
 ) -> Result<u64, StoreError> {
     let mut total = 0;
+    let mut batches = 0;
     for class in Class::EVICTION_ORDER {
-        loop {
+        while batches < max_batches {
+            batches += 1;
             let seqs = oldest(conn, class, BATCH, Some(cutoff_ms))?;
+            beat();
             if seqs.is_empty() {
                 break;
             }
@@ -272,50 +288,147 @@ pub(super) fn evict_older_than(
     Ok(total)
 }
 
-/// Deletes up to `max` delivered readings (not in either outbox), oldest first;
-/// with `before_ms`, only those received before it. Returns how many.
+/// Where the history purge goes on from: the purge walks the delivered readings
+/// (the gaps between the outbox's ranges) in sequence order, a bounded amount of
+/// work per call, and starts again from the first reading once it has reached a
+/// reading inside the history window or the last one. Readings delivered behind
+/// the cursor (an ack of an old reading) are found on the next sweep.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PurgeCursor {
+    next_seq: i64,
+}
+
+/// Steps one [`purge_history`] call may take: an outbox range stepped over, or a
+/// gap between ranges looked into. Each is a few primary-key lookups, so a call
+/// stays in milliseconds however long the outbox is (a month of outage at 200
+/// sensors is ~10^5 ranges): the writer's heartbeat never waits on it.
+pub(super) const PURGE_STEPS: usize = 2_000;
+
+/// What one [`purge_history`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Purged {
+    /// Delivered readings deleted.
+    pub readings: u64,
+    /// The sweep reached its end (the last reading, or one inside the window):
+    /// the next call starts again from the first reading.
+    pub swept: bool,
+}
+
+/// The outbox range of `class` holding `seq`, else the first one after it.
+fn range_at_or_after(
+    conn: &Connection,
+    class: Class,
+    seq: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let table = class.table();
+    let at = conn
+        .prepare_cached(&format!(
+            "SELECT first_seq, last_seq FROM {table} WHERE first_seq <= ?1
+             ORDER BY first_seq DESC LIMIT 1"
+        ))?
+        .query_row([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .optional()?;
+    if let Some((first, last)) = at
+        && last >= seq
+    {
+        return Ok(Some((first, last)));
+    }
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT first_seq, last_seq FROM {table} WHERE first_seq > ?1
+             ORDER BY first_seq LIMIT 1"
+        ))?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Deletes up to `max` delivered readings (in neither outbox), oldest first, from
+/// `cursor` on; with `before_ms`, only those received before it (the sweep ends
+/// at the first reading received later: sequence order is arrival order). At
+/// most [`PURGE_STEPS`] steps: a call may purge nothing and still not be
+/// through; call again.
+///
+/// Never reads an undelivered reading: it steps over the outbox's ranges by
+/// their bounds and reads only the gaps between them, by sequence number.
 pub(super) fn purge_history(
     conn: &mut Connection,
     before_ms: Option<i64>,
     max: usize,
+    cursor: &mut PurgeCursor,
     stats: &StoreStats,
-) -> Result<u64, StoreError> {
-    let seqs: Vec<i64> = {
-        let mut q = conn.prepare_cached(
-            "SELECT r.seq, r.received_at_ms,
-                    coalesce((SELECT v.last_seq FROM outbox_vital v WHERE v.first_seq <= r.seq
-                              ORDER BY v.first_seq DESC LIMIT 1), -1) >= r.seq
-                    OR coalesce((SELECT m.last_seq FROM outbox_room m WHERE m.first_seq <= r.seq
-                                 ORDER BY m.first_seq DESC LIMIT 1), -1) >= r.seq
-             FROM readings r ORDER BY r.seq",
-        )?;
-        let mut rows = q.query([])?;
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(row) = rows.next()? else { break };
-            if before_ms.is_some_and(|cutoff| row.get::<_, i64>(1).is_ok_and(|t| t >= cutoff)) {
-                break;
-            }
-            if !row.get::<_, bool>(2)? {
-                out.push(row.get(0)?);
+) -> Result<Purged, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut pos = cursor.next_seq;
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    let mut purged = 0usize;
+    let mut swept = false;
+    let mut steps = 0;
+    while purged < max && steps < PURGE_STEPS {
+        steps += 1;
+        // The gap from `pos` to the next range of either class, unless `pos` is
+        // inside a range: then step over it.
+        let mut inside: Option<i64> = None;
+        let mut gap_end = i64::MAX;
+        for class in Class::EVICTION_ORDER {
+            match range_at_or_after(&tx, class, pos)? {
+                Some((first, last)) if first <= pos => {
+                    inside = Some(inside.map_or(last, |l| l.max(last)));
+                }
+                Some((first, _)) => gap_end = gap_end.min(first.saturating_sub(1)),
+                None => {}
             }
         }
-        out
-    };
-    if seqs.is_empty() {
-        return Ok(0);
+        if let Some(last) = inside {
+            pos = last.saturating_add(1);
+            continue;
+        }
+        let limit = max - purged;
+        let mut q = tx.prepare_cached(
+            "SELECT seq, received_at_ms FROM readings WHERE seq BETWEEN ?1 AND ?2
+             ORDER BY seq LIMIT ?3",
+        )?;
+        let mut rows = q.query(params![pos, gap_end, limit as i64])?;
+        let mut seen = 0usize;
+        let mut last_old = None;
+        let mut newer = false;
+        while let Some(row) = rows.next()? {
+            seen += 1;
+            let received: i64 = row.get(1)?;
+            if before_ms.is_some_and(|cutoff| received >= cutoff) {
+                newer = true;
+                break;
+            }
+            last_old = Some(row.get::<_, i64>(0)?);
+            purged += 1;
+        }
+        if let Some(last) = last_old {
+            runs.push((pos, last));
+            pos = last.saturating_add(1);
+        }
+        if newer {
+            swept = true;
+            break;
+        }
+        if seen < limit {
+            // The gap is exhausted.
+            if gap_end == i64::MAX {
+                swept = true;
+                break;
+            }
+            pos = gap_end.saturating_add(1);
+        }
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
-        let mut del = tx.prepare_cached("DELETE FROM readings WHERE seq = ?1")?;
-        for seq in &seqs {
-            del.execute([seq])?;
+        let mut del = tx.prepare_cached("DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2")?;
+        for &(first, last) in &runs {
+            del.execute([first, last])?;
         }
     }
     tx.commit()?;
-    let n = seqs.len() as u64;
+    cursor.next_seq = if swept { 0 } else { pos };
+    let n = purged as u64;
     stats.history_purged.fetch_add(n, Ordering::Relaxed);
-    Ok(n)
+    Ok(Purged { readings: n, swept })
 }
 
 /// Free bytes for unprivileged writers on the filesystem holding `path`.
@@ -343,7 +456,15 @@ pub(super) fn free_one_batch(
     batch: usize,
     stats: &StoreStats,
 ) -> Result<u64, StoreError> {
-    let purged = purge_history(conn, None, batch, stats)?;
+    // History first, from the first reading: a sweep is a bounded number of
+    // steps per call, and the number of calls is bounded by the outbox's ranges.
+    let mut cursor = PurgeCursor::default();
+    let purged = loop {
+        let p = purge_history(conn, None, batch, &mut cursor, stats)?;
+        if p.readings > 0 || p.swept {
+            break p.readings;
+        }
+    };
     if purged > 0 {
         tracing::warn!(
             purged,

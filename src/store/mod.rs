@@ -228,6 +228,12 @@ pub(crate) enum Command {
         now: Timestamp,
         reply: Reply<MaintenanceReport>,
     },
+    /// The wall clock stepped by `delta_ms`: the readings of this run stamped
+    /// before it while the clock was not synchronised are corrected.
+    ClockStepped {
+        delta_ms: i64,
+        reply: Reply<u64>,
+    },
     /// One event of the pairing record and its registry change.
     Record {
         record: PairingRecord,
@@ -400,6 +406,16 @@ impl StoreHandle {
             })
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// The wall clock stepped by `delta_ms` (NTP set it): the readings this run
+    /// stored while the clock was not synchronised, every one stamped before
+    /// the step, get their times moved by it and are marked corrected
+    /// (`clock_synced = 2`); so does their `latest` row. Returns how many.
+    /// Readings stamped after the step must be handed over after this returns.
+    pub async fn clock_stepped(&self, delta_ms: i64) -> Result<u64, Arc<StoreError>> {
+        self.call(|reply| Command::ClockStepped { delta_ms, reply })
+            .await
     }
 
     /// Records residents and devices (insert or update), e.g. the simulator's roster.

@@ -1774,3 +1774,152 @@ async fn a_refused_command_does_not_fail_the_readings_grouped_with_it() {
     assert_eq!(h.stats().outbox_readings.load(Ordering::Relaxed), 3);
     close(store).await;
 }
+
+/// A file made by the store, then filled by SQL: `n` readings, `seq` 1..=n,
+/// received one second apart from `base`; the outbox holds, in each block of 10,
+/// seqs 1-3 (vital) and 5-6 (room): two ranges per block, half the readings
+/// undelivered, the rest delivered history.
+async fn history_file(dir: &Path, n: i64, base: i64) -> rusqlite::Connection {
+    close(open(settings(dir))).await;
+    let conn = rusqlite::Connection::open(dir.join("t.db")).unwrap();
+    conn.execute(
+        "WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < ?1)
+         INSERT INTO readings (seq, device_code, quantity_code, value, status_code,
+                               unit_code, received_at_ms, clock_synced)
+         SELECT seq, 1, 1, 60.0, 1, 1, ?2 + seq * 1000, 1 FROM s",
+        [n, base],
+    )
+    .unwrap();
+    conn.execute(
+        "WITH RECURSIVE k(b) AS (SELECT 0 UNION ALL SELECT b + 10 FROM k WHERE b + 10 < ?1)
+         INSERT INTO outbox_vital (first_seq, last_seq) SELECT b + 1, b + 3 FROM k",
+        [n],
+    )
+    .unwrap();
+    conn.execute(
+        "WITH RECURSIVE k(b) AS (SELECT 0 UNION ALL SELECT b + 10 FROM k WHERE b + 10 < ?1)
+         INSERT INTO outbox_room (first_seq, last_seq) SELECT b + 5, b + 6 FROM k",
+        [n],
+    )
+    .unwrap();
+    conn
+}
+
+fn undelivered(seq: i64) -> bool {
+    matches!((seq - 1) % 10, 0..=2 | 4..=5)
+}
+
+fn seqs_left(conn: &rusqlite::Connection) -> Vec<i64> {
+    conn.prepare("SELECT seq FROM readings ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_purge_is_bounded_per_call_and_purges_exactly_old_delivered_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, base) = (30_000i64, 1_800_000_000_000i64);
+    let mut conn = history_file(dir.path(), n, base).await;
+    let stats = StoreStats::default();
+    // The window starts at reading 25,001: older delivered readings go.
+    let cutoff = base + 25_001 * 1000;
+    let mut cursor = limits::PurgeCursor::default();
+    let mut calls = 0;
+    let mut total = 0;
+    loop {
+        let p = limits::purge_history(&mut conn, Some(cutoff), 1_000, &mut cursor, &stats).unwrap();
+        calls += 1;
+        assert!(p.readings <= 1_000, "a call purges at most its max");
+        total += p.readings;
+        if p.swept {
+            break;
+        }
+        assert!(calls < 1_000, "the sweep ends");
+    }
+    let want: Vec<i64> = (1..=n).filter(|&s| undelivered(s) || s >= 25_001).collect();
+    assert_eq!(
+        seqs_left(&conn),
+        want,
+        "undelivered all kept, old delivered all gone"
+    );
+    assert_eq!(total, (n - want.len() as i64) as u64);
+    assert_eq!(stats.history_purged.load(Ordering::Relaxed), total);
+    assert!(
+        calls > 10,
+        "{calls} calls: each one bounded, not one long scan"
+    );
+
+    // Readings delivered behind the cursor (an ack of old readings) go on the
+    // next sweep; a sweep over nothing to purge ends.
+    conn.execute("DELETE FROM outbox_vital WHERE first_seq < 100", [])
+        .unwrap();
+    let mut cursor = limits::PurgeCursor::default();
+    let mut purged = 0;
+    loop {
+        let p =
+            limits::purge_history(&mut conn, Some(cutoff), 10_000, &mut cursor, &stats).unwrap();
+        purged += p.readings;
+        if p.swept {
+            break;
+        }
+    }
+    assert_eq!(
+        purged, 30,
+        "the 30 vital readings of the first 10 blocks, now delivered"
+    );
+    close_conn_check(&conn);
+}
+
+fn close_conn_check(conn: &rusqlite::Connection) {
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_purge_steps_over_a_long_undelivered_outbox_a_bounded_amount_per_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, base) = (60_000i64, 1_800_000_000_000i64);
+    let conn = history_file(dir.path(), n, base).await;
+    // An outage: the first 50,000 readings are all undelivered, in 10,000 ranges.
+    conn.execute("DELETE FROM outbox_vital", []).unwrap();
+    conn.execute("DELETE FROM outbox_room", []).unwrap();
+    conn.execute(
+        "WITH RECURSIVE k(b) AS (SELECT 0 UNION ALL SELECT b + 5 FROM k WHERE b + 5 < 50000)
+         INSERT INTO outbox_vital (first_seq, last_seq) SELECT b + 1, b + 5 FROM k",
+        [],
+    )
+    .unwrap();
+    let mut conn = conn;
+    let stats = StoreStats::default();
+    let mut cursor = limits::PurgeCursor::default();
+    // Everything older than now: every delivered reading (50,001 on) goes.
+    let cutoff = base + (n + 1) * 1000;
+    let first = limits::purge_history(&mut conn, Some(cutoff), 1_000, &mut cursor, &stats).unwrap();
+    assert_eq!(
+        first,
+        limits::Purged {
+            readings: 0,
+            swept: false
+        },
+        "the call stops after PURGE_STEPS ranges instead of reading the whole outbox"
+    );
+    let mut purged = 0;
+    let mut calls = 1;
+    loop {
+        let p = limits::purge_history(&mut conn, Some(cutoff), 1_000, &mut cursor, &stats).unwrap();
+        calls += 1;
+        purged += p.readings;
+        if p.swept {
+            break;
+        }
+    }
+    assert_eq!(purged, 10_000);
+    assert!(calls >= 10_000 / limits::PURGE_STEPS + 10, "{calls} calls");
+    assert_eq!(seqs_left(&conn), (1..=50_000).collect::<Vec<_>>());
+    close_conn_check(&conn);
+}

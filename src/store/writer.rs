@@ -43,6 +43,11 @@ const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 const DISK_BATCH: usize = 500;
 /// At most this many such transactions per check.
 const MAKE_ROOM_ROUNDS: usize = 50;
+/// Transactions of [`limits::BATCH`] readings one maintenance pass may take for
+/// the age cap, and calls of the history purge: the pass is bounded (a month's
+/// backlog is worked off over several minutes), and the heartbeat is beaten
+/// between them.
+const MAINTENANCE_BATCHES: usize = 10;
 
 /// The WAL's size before a checkpoint, about (see [`open_write_connection`]).
 const WAL_BYTES: i64 = 4096 * 1000;
@@ -113,6 +118,9 @@ pub(super) fn spawn(
         refusals: HashMap::new(),
         held: Vec::new(),
         last_maintenance: Instant::now(),
+        purge_cursor: limits::PurgeCursor::default(),
+        unsynced_since: None,
+        started_ms: Timestamp::now().unix_ms(),
         heartbeat,
     };
     Ok(std::thread::Builder::new()
@@ -162,6 +170,13 @@ struct Writer {
     /// `leased` too, so that no lease takes them until `retry_held`.
     held: Vec<HeldAside>,
     last_maintenance: Instant,
+    /// Where the history purge goes on from at the next maintenance pass.
+    purge_cursor: limits::PurgeCursor,
+    /// The first sequence number this run stored with an unsynchronised clock
+    /// since the last step was corrected: where a correction starts.
+    unsynced_since: Option<i64>,
+    /// When this run began, by the wall clock of the time (maybe a wrong one).
+    started_ms: i64,
     /// The writer's heartbeat, also beaten between the tries of a commit that
     /// failed for an I/O error: the writer is working, the storage is failing.
     heartbeat: Heartbeat,
@@ -427,6 +442,9 @@ impl Writer {
                 Command::Maintain { now, reply } => {
                     let _ = reply.send(self.maintain(now).map_err(Arc::new));
                 }
+                Command::ClockStepped { delta_ms, reply } => {
+                    let _ = reply.send(self.correct_clock(delta_ms).map_err(Arc::new));
+                }
                 Command::Record { committed, record } => match committed {
                     Some(reply) => {
                         let _ = reply.send(outcome.clone());
@@ -621,6 +639,7 @@ impl Writer {
         // Sequence numbers are taken for good only when the commit succeeds; a
         // rolled-back group leaves nothing that used them.
         let mut next_seq = self.next_seq;
+        let mut unsynced = self.unsynced_since;
         {
             let mut batch = Batch::new(&tx, self.prefix)?;
             // Vital signs first, then room data, so that each class's readings of
@@ -648,6 +667,9 @@ impl Writer {
                     let seq = next_seq;
                     next_seq += 1;
                     batch.add(r, seq, codes)?;
+                    if !r.clock_synced && unsynced.is_none_or(|u| seq < u) {
+                        unsynced = Some(seq);
+                    }
                     run = match run {
                         Some((first, last)) if last + 1 == seq => Some((first, seq)),
                         Some((first, last)) => {
@@ -690,7 +712,81 @@ impl Writer {
         tx.commit()?;
         w.committed = true;
         self.next_seq = next_seq;
+        self.unsynced_since = unsynced;
         Ok(w)
+    }
+
+    /// Moves the times of this run's readings stamped while the clock was not
+    /// synchronised by the clock's step, marks them corrected, and moves their
+    /// `latest` rows with them (only where the row still shows that reading).
+    /// A device time (`measured_at`) within [`crate::model::CLOCK_TOLERANCE`]
+    /// of our wrong clock agreed with it (a device set from the gateway) and
+    /// moves with it; one further off is the device's own clock and stays.
+    /// Readings of an earlier run stay marked unsynchronised: the boot clock
+    /// they were stamped against is gone.
+    fn correct_clock(&mut self, delta_ms: i64) -> Result<u64, StoreError> {
+        const TOLERANCE_MS: i64 = crate::model::CLOCK_TOLERANCE.as_millis() as i64;
+        let Some(since) = self.unsynced_since else {
+            return Ok(0);
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let latest: Vec<(String, String, Vec<u8>, i64)> = tx
+            .prepare("SELECT subject, quantity, reading_id, taken_at_ms FROM latest")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        {
+            let mut row = tx.prepare_cached(
+                "SELECT received_at_ms FROM readings WHERE seq = ?1 AND clock_synced = 0",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE latest SET taken_at_ms = ?3 WHERE subject = ?1 AND quantity = ?2",
+            )?;
+            for (subject, quantity, id, taken) in latest {
+                let Some(seq) = ids::seq_of(&self.prefix, &id) else {
+                    continue;
+                };
+                if seq < since {
+                    continue;
+                }
+                let received: Option<i64> = row.query_row([seq], |r| r.get(0)).optional()?;
+                if received.is_some_and(|r| (taken - r).abs() <= TOLERANCE_MS) {
+                    update.execute(params![subject, quantity, taken.saturating_add(delta_ms)])?;
+                }
+            }
+        }
+        let n = tx.execute(
+            "UPDATE readings SET received_at_ms = received_at_ms + ?1,
+                                 measured_offset_ms = CASE WHEN abs(measured_offset_ms) <= ?3
+                                     THEN measured_offset_ms ELSE measured_offset_ms - ?1 END,
+                                 clock_synced = 2
+             WHERE seq >= ?2 AND clock_synced = 0",
+            params![delta_ms, since, TOLERANCE_MS],
+        )?;
+        // Devices last heard and assignments made in this run before the step
+        // were stamped by the same wrong clock: between this run's start and
+        // now, both by it. (The alert stage moves the alerts: the alert book
+        // counts its own changes.)
+        let old_now = Timestamp::now().unix_ms().saturating_sub(delta_ms);
+        for (table, column) in [
+            ("devices", "last_seen_ms"),
+            ("devices", "assigned_at_ms"),
+            ("device_assignments", "from_ms"),
+        ] {
+            tx.execute(
+                &format!(
+                    "UPDATE {table} SET {column} = {column} + ?1 WHERE {column} BETWEEN ?2 AND ?3"
+                ),
+                params![delta_ms, self.started_ms, old_now],
+            )?;
+        }
+        tx.commit()?;
+        self.unsynced_since = None;
+        // The overview's cache is keyed on commits: this one changed `latest`.
+        self.stats.commits.fetch_add(1, Ordering::Release);
+        self.stats.changed.notify_waiters();
+        Ok(n as u64)
     }
 
     /// Leases up to `max` readings: vital before room, oldest first, skipping
@@ -1011,17 +1107,29 @@ impl Writer {
         self.last_maintenance = Instant::now();
         let mut report = MaintenanceReport::default();
         let age_cutoff = now.saturating_sub(self.settings.max_outbox_age).unix_ms();
-        report.evicted_for_age = limits::evict_older_than(&mut self.conn, age_cutoff, &self.stats)?;
+        let heartbeat = &self.heartbeat;
+        report.evicted_for_age = limits::evict_older_than(
+            &mut self.conn,
+            age_cutoff,
+            MAINTENANCE_BATCHES,
+            &self.stats,
+            &mut || heartbeat.beat(),
+        )?;
+        // Bounded: at most MAINTENANCE_BATCHES calls, each of bounded work; a
+        // backlog of history to purge (after an outage) is worked off over the
+        // next passes, from where this one stopped.
         let history_cutoff = now.saturating_sub(self.settings.history).unix_ms();
-        loop {
-            let n = limits::purge_history(
+        for _ in 0..MAINTENANCE_BATCHES {
+            let p = limits::purge_history(
                 &mut self.conn,
                 Some(history_cutoff),
                 limits::BATCH,
+                &mut self.purge_cursor,
                 &self.stats,
             )?;
-            report.history_purged += n;
-            if n == 0 {
+            self.heartbeat.beat();
+            report.history_purged += p.readings;
+            if p.swept {
                 break;
             }
         }

@@ -1,6 +1,7 @@
 //! The daemon's relations with its host: signals, the clock, stage health, and
 //! systemd (notifications, the watchdog, the journal, privileges, reload).
 
+pub mod clock;
 pub mod fault;
 pub mod health;
 pub mod logging;

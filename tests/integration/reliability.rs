@@ -263,8 +263,14 @@ fn daemon_killed_in_a_loop_loses_nothing_and_sends_only_what_it_stored() {
 /// while a flag file exists (`fault/failing_fsync.c`), with the machine's C
 /// compiler; a missing compiler fails the test.
 fn failing_fsync_shim(dir: &Path) -> std::path::PathBuf {
-    let so = dir.join("failing_fsync.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fault/failing_fsync.c");
+    fault_shim(dir, "failing_fsync")
+}
+
+/// Builds `fault/NAME.c` into `dir/NAME.so` with the machine's C compiler.
+fn fault_shim(dir: &Path, name: &str) -> std::path::PathBuf {
+    let so = dir.join(format!("{name}.so"));
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/integration/fault/{name}.c"));
     let out = std::process::Command::new("cc")
         .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
         .arg(&so)
@@ -555,4 +561,194 @@ fn a_broker_from_another_ca_is_refused_in_words_and_the_backlog_waits() {
         out
     };
     assert!(out.status.success());
+}
+
+/// A gateway without a battery clock: `carehub run` starts with the wall clock
+/// 30 days behind and unsynchronised (`fault/clock_step.c`, an `LD_PRELOAD`
+/// shim over `clock_gettime` and `ntp_adjtime`), then NTP steps it to the real
+/// time and reports it synchronised. The readings received before the step are
+/// corrected by it and marked so (`clock_synced = 2`): in the file no reading is
+/// a month old, none is in the future, none stays unsynchronised; on the JSON API
+/// every resident's vitals are current right after the step (sensors speak only
+/// every 20 s, so most shown were received before it), and the unwell resident's
+/// clinical alert is there with a raised time of this run, with no sensor
+/// reported silent.
+#[test]
+fn a_clock_set_a_month_forward_by_ntp_corrects_what_was_received_before() {
+    const MONTH_MS: i64 = 30 * 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let shim = fault_shim(dir.path(), "clock_step");
+    let offset = dir.path().join("clock-offset");
+    let unsync = dir.path().join("clock-unsynchronised");
+    std::fs::write(&offset, format!("{}", -MONTH_MS)).unwrap();
+    std::fs::write(&unsync, b"").unwrap();
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let db = dir.path().join("carehub.db");
+    let config = dir.path().join("carehub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nid = \"oak-house\"\ngateway_id = \"gw-test\"\n\
+             [sensors]\nsource = \"simulator\"\n\
+             [simulator]\nresidents = 3\nevery_ms = 20000\n\
+             [store]\npath = \"{}\"\n\
+             [web]\nlisten = \"127.0.0.1:{port}\"\nhttps = false\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    super::support::web_state_dir(addr, dir.path());
+    let log = dir.path().join("carehub.log");
+    let started_ms = unix_ms();
+    let child = super::support::carehub_as_service()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("LD_PRELOAD", &shim)
+        .env("CAREHUB_CLOCK_OFFSET_FILE", &offset)
+        .env("CAREHUB_CLOCK_UNSYNC_FLAG", &unsync)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child: Some(child) };
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()
+            .and_then(|c| c.query_row(sql, [], |r| r.get(0)).ok())
+            .unwrap_or(0)
+    };
+    // Every resident's vitals in, each stamped by the wrong clock; and the
+    // unwell resident's alert raised.
+    let residents = |addr: std::net::SocketAddr| -> Option<serde_json::Value> {
+        let (status, body) = super::support::http_get(addr, "/api/v1/residents")?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    wait_for(Duration::from_secs(60), || {
+        let v = residents(addr)?;
+        let all = v["residents"].as_array()?;
+        (all.len() == 3
+            && all
+                .iter()
+                .all(|r| r["vitals"].as_array().is_some_and(|x| x.len() >= 3)))
+        .then_some(())
+    })
+    .expect("every resident's vitals before the step");
+    let alerts_before = wait_for(Duration::from_secs(30), || {
+        let (_, body) = super::support::http_get(addr, "/api/v1/alerts")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|a| a["class"] == "clinical" && a["resident_id"] == 3)
+            .then_some(v)
+    })
+    .expect("the unwell resident's clinical alert before the step");
+    let unsynced = count("SELECT count(*) FROM readings WHERE clock_synced = 0");
+    let month_old = count(&format!(
+        "SELECT count(*) FROM readings WHERE received_at_ms < {}",
+        started_ms - MONTH_MS + 3_600_000
+    ));
+    assert!(
+        unsynced > 0 && month_old == unsynced,
+        "the shim holds the clock a month back, unsynchronised: {unsynced} unsynchronised, {month_old} a month old\n{alerts_before}"
+    );
+
+    // NTP sets the clock and says so.
+    std::fs::write(&offset, b"0").unwrap();
+    std::fs::remove_file(&unsync).unwrap();
+    let stepped_ms = unix_ms();
+    wait_for(Duration::from_secs(30), || {
+        (count("SELECT count(*) FROM readings WHERE clock_synced = 2") >= unsynced).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the readings stamped before the step were not corrected\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
+    // At once: what the page shows is current, none of it a month old or ahead.
+    let v = residents(addr).expect("the API answers after the step");
+    for r in v["residents"].as_array().unwrap() {
+        for vital in r["vitals"].as_array().unwrap() {
+            let age = vital["age_s"].as_i64().unwrap();
+            assert!(
+                vital["freshness"] == "current" && (0..120).contains(&age),
+                "a vital of resident {} shows as {} ({age} s old) after the step: {vital}",
+                r["id"],
+                vital["freshness"]
+            );
+        }
+    }
+    // Readings flow on, now stamped by a synchronised clock.
+    wait_for(Duration::from_secs(60), || {
+        (count("SELECT count(*) FROM readings WHERE clock_synced = 1") >= 10).then_some(())
+    })
+    .expect("readings after the step, synchronised");
+    // The alert stage moves this run's alert times when it next wakes.
+    wait_for(Duration::from_secs(30), || {
+        (count(&format!(
+            "SELECT count(*) FROM alerts WHERE raised_at_ms < {}",
+            stepped_ms - MONTH_MS / 2
+        )) == 0)
+            .then_some(())
+    })
+    .expect("the alerts raised before the step moved with the clock");
+    let (_, body) = super::support::http_get(addr, "/api/v1/alerts").unwrap();
+    let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let out = daemon.stop(libc::SIGTERM);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(out.status.success(), "clean stop\n{log}");
+    assert!(
+        log.contains("the clock was set"),
+        "the step is logged\n{log}"
+    );
+    let ended_ms = unix_ms();
+
+    // The file: nothing stamped before the step left unsynchronised (a reading
+    // stamped after the step, before the kernel says synchronised, keeps the
+    // flag with its right time: NTP steps the clock, then clears STA_UNSYNC),
+    // nothing a month old, nothing ahead.
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM readings WHERE clock_synced = 0 AND received_at_ms < {}",
+            stepped_ms - 5_000
+        )),
+        0,
+        "every reading stamped before the step is corrected"
+    );
+    let (lo, hi) = (started_ms - 2_000, ended_ms + 2_000);
+    for sql in [
+        "SELECT min(received_at_ms) FROM readings",
+        "SELECT max(received_at_ms) FROM readings",
+        "SELECT min(received_at_ms + coalesce(measured_offset_ms, 0)) FROM readings",
+        "SELECT max(received_at_ms + coalesce(measured_offset_ms, 0)) FROM readings",
+        "SELECT min(taken_at_ms) FROM latest",
+        "SELECT max(taken_at_ms) FROM latest",
+        "SELECT min(raised_at_ms) FROM alerts",
+    ] {
+        let t = count(sql);
+        assert!(
+            (lo..=hi).contains(&t),
+            "{sql}: {t}, outside this run ({lo}..={hi}; stepped at {stepped_ms})"
+        );
+    }
+    let seen = count(&format!(
+        "SELECT count(*) FROM devices WHERE last_seen_ms NOT BETWEEN {lo} AND {hi}"
+    ));
+    assert_eq!(seen, 0, "a device's last heard is outside this run");
+    // Alerts kept working: the clinical alert is there, raised in this run by
+    // the real clock, and no sensor was called silent by the step.
+    let list = alerts.as_array().unwrap();
+    assert!(
+        list.iter()
+            .any(|a| a["class"] == "clinical" && a["resident_id"] == 3),
+        "the unwell resident's alert after the step: {alerts}"
+    );
+    assert!(
+        !list
+            .iter()
+            .any(|a| a["rule"].as_str().is_some_and(|r| r.contains("silent"))),
+        "no sensor silent because of the step: {alerts}"
+    );
 }
