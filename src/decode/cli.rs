@@ -177,9 +177,104 @@ fn frame(input: &Input, decoder: &mut Decoder) -> Result<Frame, CliError> {
 
 /// Decodes one input to its JSON result.
 pub fn decode_one(input: &Input, decoder: &mut Decoder) -> Result<Json, CliError> {
+    decode_input(input, decoder).map(|d| to_json(&d))
+}
+
+fn decode_input(input: &Input, decoder: &mut Decoder) -> Result<Decoded, CliError> {
     let f = frame(input, decoder)?;
-    let decoded = decoder.decode(&f)?;
-    Ok(to_json(&decoded))
+    Ok(decoder.decode(&f)?)
+}
+
+/// Writes the text of [`to_json`]'s object, exactly as `to_json(d).to_string()`
+/// gives it, without building the tree: what `--stdin` prints for each line.
+/// serde_json's objects are sorted maps, so keys go in byte order and the last of
+/// a repeated attribute wins; numbers and strings are written by serde_json.
+pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+    let mut attributes: Vec<(&str, &AttrValue)> = Vec::with_capacity(d.attributes.len());
+    for (k, v) in &d.attributes {
+        match attributes.binary_search_by(|(x, _)| x.cmp(k)) {
+            Ok(i) => {
+                if let Some(slot) = attributes.get_mut(i) {
+                    slot.1 = v;
+                }
+            }
+            Err(i) => attributes.insert(i, (k, v)),
+        }
+    }
+    out.extend_from_slice(b"{\"attributes\":{");
+    for (i, (k, v)) in attributes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        text(out, k);
+        out.push(b':');
+        match v {
+            AttrValue::Int(n) => {
+                let _ = serde_json::to_writer(&mut *out, n);
+            }
+            AttrValue::Text(t) => text(out, t),
+            AttrValue::Owned(t) => text(out, t),
+            AttrValue::Address(a) => text(out, &a.to_string()),
+        }
+    }
+    out.extend_from_slice(b"},\"events\":[");
+    for (i, e) in d.events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"detail\":");
+        text(out, &e.detail);
+        out.extend_from_slice(b",\"kind\":");
+        text(out, e.kind);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"format\":");
+    text(out, d.format);
+    out.extend_from_slice(b",\"readings\":[");
+    for (i, v) in d.values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        if let Some(t) = v.device_time {
+            out.extend_from_slice(b"\"device_time\":");
+            match t.as_if_utc() {
+                Some(_) => {
+                    let s = format!(
+                        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                        t.year, t.month, t.day, t.hour, t.minute, t.second
+                    );
+                    text(out, &s);
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+            out.push(b',');
+        }
+        if let Some(q) = v.qualifier {
+            out.extend_from_slice(b"\"qualifier\":");
+            text(out, q);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"quantity\":");
+        text(out, v.quantity.as_str());
+        out.extend_from_slice(b",\"status\":");
+        text(out, v.value.status());
+        out.extend_from_slice(b",\"unit\":");
+        text(out, v.unit.ucum());
+        out.extend_from_slice(b",\"value\":");
+        match v.value {
+            Value::Number(n) if n.is_finite() => {
+                let _ = serde_json::to_writer(&mut *out, &n);
+            }
+            _ => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
 }
 
 /// The documented JSON shape of a decoded frame.
@@ -293,6 +388,7 @@ pub fn run_stdin(input: impl Read, out: impl Write) -> Result<(), CliError> {
     let mut out = BufWriter::with_capacity(STDIN_BUFFER, out);
     let mut decoder = Decoder::new();
     let mut line = String::new();
+    let mut result = Vec::new();
     loop {
         // The next read may block on the writer of stdin: answer what we have first.
         if !input.buffer().contains(&b'\n') {
@@ -305,12 +401,15 @@ pub fn run_stdin(input: impl Read, out: impl Write) -> Result<(), CliError> {
         if line.trim().is_empty() {
             continue;
         }
-        let result = line_input(&line).and_then(|i| decode_one(&i, &mut decoder));
-        let json = match result {
-            Ok(j) => j,
-            Err(e) => json!({"error": e.to_string()}),
-        };
-        writeln!(out, "{json}").map_err(io)?;
+        result.clear();
+        match line_input(&line).and_then(|i| decode_input(&i, &mut decoder)) {
+            Ok(d) => write_json(&d, &mut result),
+            Err(e) => {
+                let _ = serde_json::to_writer(&mut result, &json!({"error": e.to_string()}));
+            }
+        }
+        result.push(b'\n');
+        out.write_all(&result).map_err(io)?;
     }
     out.flush().map_err(io)
 }
@@ -377,6 +476,62 @@ mod tests {
     }
 
     const LINE: &str = "{\"service_data\": {\"fcd2\": \"4002ca09\"}}\n";
+
+    #[test]
+    fn written_json_is_the_documented_object_byte_for_byte() {
+        use super::super::{Decoder, bthome};
+        use super::{Input, decode_input, to_json, write_json};
+        let input = |sd: &[&str], md: &[&str], ch: Option<&str>, mac: Option<&str>| Input {
+            mac: mac.map(str::to_owned),
+            name: None,
+            key: None,
+            service_data: sd.iter().map(|s| (*s).to_owned()).collect(),
+            manufacturer_data: md.iter().map(|s| (*s).to_owned()).collect(),
+            characteristic: ch.map(str::to_owned),
+        };
+        let mut decoded = vec![
+            // BTHome events, text with quotes to escape, raw, two firmware versions
+            // (a repeated key: the last wins), device type.
+            bthome::decode(
+                b"\x44\x3A\x01\x3C\x01\x03\x53\x05a\"b\\c\x54\x02\x01\xAB\xF0\x01\x00\xF1\x00\x01\x02\x04\xF2\x00\x01\x06",
+            )
+            .unwrap()
+            .decoded,
+        ];
+        let mut d = Decoder::new();
+        for i in [
+            input(&["fcd2=4002ca0903bf13"], &[], None, None),
+            input(&["fcd2=42a5808fe6485402ca0903bf13"], &[], None, None),
+            input(
+                &[],
+                &["0499=0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"],
+                None,
+                None,
+            ),
+            input(
+                &["fe95=5020aa0137dfaa33342d580d100404016602"],
+                &[],
+                None,
+                Some("58:2D:34:33:AA:DF"),
+            ),
+            // Blood pressure with a device time; an SFLOAT NaN; heart rate with contact.
+            input(
+                &[],
+                &[],
+                Some("2a35=1e780050005d00ea070b17081e054600020f00"),
+                None,
+            ),
+            input(&[], &[], Some("2A5E=00ff07ff07"), None),
+            input(&[], &[], Some("2a37=16480004"), None),
+        ] {
+            decoded.push(decode_input(&i, &mut d).unwrap());
+        }
+        for dec in &decoded {
+            let mut out = Vec::new();
+            write_json(dec, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), to_json(dec).to_string());
+        }
+    }
 
     #[test]
     fn stdin_answers_go_out_before_a_read_that_may_block() {
