@@ -475,7 +475,10 @@ async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
 
     let (_, html) = get(&state, "/").await;
     assert!(html.contains("Alerts (1)"), "{html}");
-    assert!(html.contains("SpO₂ scores 3"), "{html}");
+    assert!(
+        html.contains("oxygen saturation 88 % (scores 3) at "),
+        "{html}"
+    );
     assert!(html.contains(&format!("/alerts/{id}/ack")), "{html}");
 
     assert!(!html.contains("name=\"by\""), "no name to type: {html}");

@@ -17,6 +17,7 @@ use std::time::Duration;
 use carehub::model::{
     DeviceAddress, Quantity, Reading, ReadingId, ResidentId, Subject, Timestamp, Unit, Value,
 };
+use carehub::store::accounts::Role;
 use carehub::store::{Store, StoreSettings};
 use serde_json::{Value as Json, json};
 
@@ -58,7 +59,8 @@ impl Gateway {
     fn start_with(overlay: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         seed_stale_resident(&dir.path().join("carehub.db"));
-        seed_nurse(&dir.path().join("carehub.db"));
+        seed_user(&dir.path().join("carehub.db"), NURSE, Role::Nurse);
+        seed_user(&dir.path().join("carehub.db"), ADMIN, Role::Admin);
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let overlay_path = dir.path().join("overlay.toml");
@@ -176,20 +178,16 @@ fn seed_stale_resident(db: &Path) {
 /// The nurse the browser signs in as, made through carehub's own accounts store
 /// with an Argon2id hash, as `/users` would.
 const NURSE: (&str, &str) = ("nurse.kay", "correct horse battery staple");
+/// The manager, who also sees the users and audit pages.
+const ADMIN: (&str, &str) = ("manager.ola", "a longer admin passphrase here");
 
-fn seed_nurse(db: &Path) {
+fn seed_user(db: &Path, (name, password): (&str, &str), role: Role) {
     let accounts = carehub::store::accounts::Accounts::open(db, carehub::config::Synchronous::Full)
         .expect("open the accounts store");
-    let hash = carehub::web::auth::password::hash(NURSE.1).expect("hash");
+    let hash = carehub::web::auth::password::hash(password).expect("hash");
     accounts
-        .create_user(
-            NURSE.0,
-            &hash,
-            carehub::store::accounts::Role::Nurse,
-            "test",
-            Timestamp::now(),
-        )
-        .expect("create the nurse");
+        .create_user(name, &hash, role, "test", Timestamp::now())
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
 }
 
 // ---- Steps: what a member of staff does --------------------------------------
@@ -718,7 +716,7 @@ fn a_latched_alert_whose_cause_has_cleared_stays_until_acknowledged() {
     let (id, name, _) = STALE_RESIDENT;
     enter_spo2(&b, &g, id, "85");
     let raised = wait_for(Duration::from_secs(15), || {
-        open_alert_about(&b, &g, name).filter(|t| t.contains("SpO₂ scores 3"))
+        open_alert_about(&b, &g, name).filter(|t| t.contains("oxygen saturation 85 % (scores 3)"))
     });
     let raised = raised.expect("an alert for the low SpO₂ within 15 s");
     assert!(!raised.contains("cleared"), "{raised}");
@@ -771,6 +769,140 @@ fn a_latched_alert_whose_cause_has_cleared_stays_until_acknowledged() {
         .unwrap();
     assert_eq!(alert["acknowledged_by"], NURSE.0);
     assert!(alert["resolved_at"].is_string(), "{alert}");
+}
+
+/// Every page staff can open, with the demo's data and an open alert, for the
+/// plain-words check: the pages of [`PAGES`] and the forms and admin pages.
+const ALL_STAFF_PAGES: &[&str] = &[
+    "/",
+    "/alerts",
+    "/pairing",
+    "/gateway",
+    "/residents",
+    "/residents/new",
+    "/residents/1",
+    "/residents/3",
+    "/residents/90",
+    "/residents/1/edit",
+    "/residents/1/observations",
+    "/residents/1/clinical",
+    "/users",
+    "/audit",
+];
+
+/// What a page shows that staff should not have to decode: an ISO 8601 time, a
+/// time in UTC (the care home reads its own clock), or a snake_case word (a
+/// program's name for something, like `heart_rate_monitor`, or `spo2`). One
+/// line each.
+fn machine_words(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || ",;()[]\"'“”".contains(c))
+            .filter(|w| !w.is_empty())
+            .collect();
+        for w in words {
+            let w = w.trim_end_matches(['.', ':', '!', '?']);
+            let b = w.as_bytes();
+            let iso = b.len() >= 16
+                && w.char_indices().any(|(i, _)| {
+                    let rest = &w.as_bytes()[i..];
+                    rest.len() >= 16
+                        && rest[..4].iter().all(u8::is_ascii_digit)
+                        && rest[4] == b'-'
+                        && rest[7] == b'-'
+                        && rest[10] == b'T'
+                        && rest[13] == b':'
+                });
+            let utc = w == "UTC" || w.starts_with("UTC+") || w.starts_with("UTC-");
+            let snake = w.contains('_')
+                && w.split('_').count() >= 2
+                && w.split('_').all(|p| {
+                    !p.is_empty()
+                        && p.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                });
+            // The program's name of a quantity, where staff read "oxygen saturation".
+            let code = w == "spo2";
+            if iso || utc || snake || code {
+                found.push(format!("{w:?} in {line:?}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn machine_words_finds_iso_times_utc_and_snake_case_only() {
+    for (text, n) in [
+        ("raised 2026-12-01T20:17:32.373Z", 1),
+        ("Updated 20:17:35 UTC", 1),
+        ("kind: heart_rate_monitor", 1),
+        ("spo2 scores 3 (partial)", 1),
+        ("SpO2 scale 2", 0),
+        ("Updated 20:17:35 GMT, at 14:32 on 1 Dec", 0),
+        (
+            "Doreen Baptiste, Room 3 — oxygen saturation 91 % (scores 3) at 14:32",
+            0,
+        ),
+        ("heart-rate strap, 2026-12-01 20:17", 0),
+    ] {
+        assert_eq!(
+            machine_words(text).len(),
+            n,
+            "{text}: {:?}",
+            machine_words(text)
+        );
+    }
+}
+
+/// Issue 20: no staff page shows a time in ISO form or in UTC, or a program's
+/// snake_case word; with an alert open, so that alert texts are read too.
+#[test]
+fn no_staff_page_shows_an_iso_time_utc_or_a_snake_case_word() {
+    let g = Gateway::start();
+    let b = Browser::start(TABLET.0, TABLET.1);
+    sign_in(&b, &g, ADMIN.0, ADMIN.1);
+    // The simulator's third resident deteriorates from the start.
+    let alert = wait_for(Duration::from_secs(30), || {
+        let v = g.api("/api/v1/alerts");
+        (!v.as_array()?.is_empty()).then_some(())
+    });
+    assert!(alert.is_some(), "an alert opens within 30 s");
+    let mut problems = Vec::new();
+    for page in ALL_STAFF_PAGES {
+        b.goto(&g.url(page)).unwrap();
+        let text = b
+            .execute(
+                r#"const opts = [...document.querySelectorAll("option")].map(o => o.text);
+                   return document.title + "\n" + document.body.innerText + "\n" + opts.join("\n");"#,
+                json!([]),
+            )
+            .unwrap();
+        let text = text.as_str().unwrap_or_default();
+        assert!(text.len() > 100, "{page} rendered: {text:?}");
+        for w in machine_words(text) {
+            problems.push(format!("{page}: {w}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The alert says who, where, what with its unit, and when, in words.
+    b.goto(&g.url("/alerts")).unwrap();
+    let alert = b.text(&b.find("section.alerts li.alert").unwrap()).unwrap();
+    let (who, what) = alert
+        .split_once(" — ")
+        .unwrap_or_else(|| panic!("no \" — \" in {alert:?}"));
+    assert!(who.ends_with("Doreen Baptiste, Room 3"), "{alert:?}");
+    let at = what.split_once(" at ").map(|(_, t)| t).unwrap_or_default();
+    assert!(
+        (what.starts_with("oxygen saturation ") || what.starts_with("NEWS2 "))
+            && at.get(2..3) == Some(":")
+            && at
+                .get(..5)
+                .is_some_and(|t| t.chars().filter(char::is_ascii_digit).count() == 4),
+        "{alert:?}"
+    );
 }
 
 #[test]
