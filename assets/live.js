@@ -85,4 +85,10 @@
   source.onopen = function () { say("Live"); };
   source.onerror = function () { say("Reconnecting..."); };
   window.setInterval(function () { schedule(0); }, 30000);
+  // A page waiting for something no event announces (a sensor's passkey
+  // question, in the pairing guide) marks an element data-poll: look again
+  // as often as the gap allows while it is there.
+  window.setInterval(function () {
+    if (region.querySelector("[data-poll]")) { schedule(0); }
+  }, MIN_GAP_MS);
 })();

@@ -115,7 +115,7 @@ fn not_stored(address: DeviceAddress, e: &impl std::fmt::Display) -> Refusal {
 }
 
 /// Validates, commits and applies one assignment.
-async fn apply_assign(
+pub(super) async fn apply_assign(
     state: &AppState,
     address: DeviceAddress,
     resident_id: Option<i64>,

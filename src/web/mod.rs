@@ -20,6 +20,7 @@ mod openapi;
 mod overview_data;
 pub(crate) mod pages;
 mod pairing;
+mod pairing_guide;
 mod resident;
 mod residents_admin;
 pub mod serve;
@@ -142,6 +143,12 @@ pub fn app(state: AppState) -> Router {
         .route("/pairing/window", post(pairing::page_open))
         .route("/pairing/close", post(pairing::page_close))
         .route("/pairing/passkey", post(pairing::page_passkey))
+        .route(
+            "/pairing/guide",
+            get(pairing_guide::page).post(pairing_guide::start),
+        )
+        .route("/pairing/guide/assign", post(pairing_guide::assign))
+        .route("/pairing/guide/passkey", post(pairing_guide::passkey))
         .route("/api/v1/pairing/passkey", post(pairing::passkey))
         .route(
             "/api/v1/pairing/window",

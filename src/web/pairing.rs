@@ -314,6 +314,9 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                 }
                 None => {
                     p { "Pairing is off: sensors nobody chose are listed below but never paired." }
+                    form.guide method="post" action="/pairing/guide" { (super::auth::csrf_field())
+                        button type="submit" { "Pair a new sensor" }
+                    }
                     form method="post" action="/pairing/window" { (super::auth::csrf_field())
                         input type="hidden" name="seconds" value="120";
                         button type="submit" { "Pair new sensors (2 minutes)" }
@@ -503,7 +506,7 @@ fn pending_passkeys(state: &AppState) -> Vec<(DeviceAddress, Timestamp)> {
 }
 
 /// Hands a passkey to the waiting BlueZ request.
-fn give_passkey(state: &AppState, address: &str, passkey: u32, who: &str) -> Response {
+pub(super) fn give_passkey(state: &AppState, address: &str, passkey: u32, who: &str) -> Response {
     let address: DeviceAddress = match address.parse() {
         Ok(a) => a,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),

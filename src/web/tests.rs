@@ -614,7 +614,7 @@ async fn a_nurse_threshold_raises_where_the_chart_would_not() {
     assert_eq!(r.raised.len(), 1);
     let (_, json) = get(&state, "/api/v1/alerts").await;
     assert!(json.contains("resident:1/threshold:spo2"), "{json}");
-    assert!(json.contains("93.0 %"), "value with its unit: {json}");
+    assert!(json.contains("oxygen saturation 93 % at "), "value with its unit: {json}");
 }
 
 /// Who set resident 1's limits, read from the database itself.

@@ -177,11 +177,11 @@ fn seed_stale_resident(db: &Path) {
 
 /// The nurse the browser signs in as, made through carehub's own accounts store
 /// with an Argon2id hash, as `/users` would.
-const NURSE: (&str, &str) = ("nurse.kay", "correct horse battery staple");
+pub(crate) const NURSE: (&str, &str) = ("nurse.kay", "correct horse battery staple");
 /// The manager, who also sees the users and audit pages.
 const ADMIN: (&str, &str) = ("manager.ola", "a longer admin passphrase here");
 
-fn seed_user(db: &Path, (name, password): (&str, &str), role: Role) {
+pub(crate) fn seed_user(db: &Path, (name, password): (&str, &str), role: Role) {
     let accounts = carehub::store::accounts::Accounts::open(db, carehub::config::Synchronous::Full)
         .expect("open the accounts store");
     let hash = carehub::web::auth::password::hash(password).expect("hash");
@@ -202,7 +202,12 @@ fn staff_browser(gateway: &Gateway, viewport: (u32, u32)) -> Browser {
 
 /// Signs in through the real form; any page asked for first sends staff there.
 fn sign_in(b: &Browser, g: &Gateway, username: &str, password: &str) {
-    b.goto(&g.url("/")).unwrap();
+    sign_in_at(b, &g.base, username, password);
+}
+
+/// [`sign_in`] on the gateway at `base` ("http://127.0.0.1:PORT").
+pub(crate) fn sign_in_at(b: &Browser, base: &str, username: &str, password: &str) {
+    b.goto(&format!("{base}/")).unwrap();
     assert!(
         b.url().unwrap().contains("/login"),
         "an anonymous visitor is sent to sign in: {}",
@@ -438,7 +443,7 @@ fn horizontal_overflow(b: &Browser) -> (i64, Vec<String>) {
 
 /// Takes a screenshot of the viewport or the whole page; keeps it as
 /// `DIR/name.png` when `CAREHUB_SCREENSHOTS=DIR`.
-fn screenshot(b: &Browser, name: &str, whole_page: bool) {
+pub(crate) fn screenshot(b: &Browser, name: &str, whole_page: bool) {
     let png = b.screenshot(whole_page).unwrap();
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,

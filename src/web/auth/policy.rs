@@ -125,6 +125,11 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/pairing/window", NURSE, Changes),
     rule("POST", "/pairing/close", NURSE, Changes),
     rule("POST", "/pairing/passkey", NURSE, Changes),
+    // The guided flow (web::pairing_guide): nurses pair.
+    rule("GET", "/pairing/guide", NURSE, View("pairing guide")),
+    rule("POST", "/pairing/guide", NURSE, Changes),
+    rule("POST", "/pairing/guide/assign", NURSE, Changes),
+    rule("POST", "/pairing/guide/passkey", NURSE, Changes),
     rule("POST", "/api/v1/pairing/passkey", NURSE, Changes),
     // `carehub pair` opens the window (POST); closing it early is the other
     // half of the same job.
