@@ -10,6 +10,7 @@ pub mod assets;
 pub mod auth;
 mod clinical;
 pub mod conn;
+mod device_page;
 mod devices;
 pub mod events;
 mod gateway;
@@ -135,6 +136,8 @@ pub fn app(state: AppState) -> Router {
             axum::routing::put(devices::set_key).delete(devices::clear_key),
         )
         .route("/api/v1/devices", get(devices::list))
+        .route("/devices/{address}", get(device_page::page))
+        .route("/devices/{address}/remove", post(device_page::remove))
         .route("/pairing/assign", post(devices::page_assign))
         .route("/pairing/unassign", post(devices::page_unassign))
         .route("/pairing/key", post(devices::page_set_key))

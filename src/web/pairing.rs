@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppState, Caller, WebError, read};
 use crate::ble::agent::{self, PasskeyError};
-use crate::model::{DeviceAddress, Subject, Timestamp};
+use crate::model::{DeviceAddress, Timestamp};
 use crate::store::{PairingRecord, RegistryChange};
 
 /// Most events of the record shown on the page and in the API.
@@ -355,81 +355,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                 }
             }
             h2 { "Devices" }
-            @if devices.is_empty() {
-                p.none { "No devices registered yet." }
-            } @else {
-                // Scrolls inside its box on a phone; its forms make it reachable by keyboard.
-                div.scroll {
-                    table.devices {
-                        tr { th { "Device" } th { "Belongs to" } th { "Paired" } th { "Battery" } th { "Signal" } th { "Last heard" } th { "Change" } }
-                        @for d in &devices {
-                            @let address = d.device.address.to_string();
-                            tr {
-                                td { (d.device.name.as_deref().unwrap_or("(no name)")) br; small { (address) " " (d.device.kind.label()) } }
-                                td {
-                                    @match &d.device.subject {
-                                        Subject::Resident(id) => {
-                                            @match residents.iter().find(|r| r.id == *id) {
-                                                Some(r) => { (r.display_name) " (" (r.room) ")" }
-                                                None => { "resident " (id.0) }
-                                            }
-                                        }
-                                        Subject::Room(room) => { "room " (room) }
-                                        Subject::Unassigned => { em { "nobody: readings not attributed" } }
-                                    }
-                                }
-                                td { @if d.paired { "yes" } @else { "no" } }
-                                td { @if let Some(b) = d.battery_percent { (b) " %" } @else { "unknown" } }
-                                td { @if let Some(r) = d.rssi { (r) " dBm" } }
-                                td {
-                                    @match d.last_seen {
-                                        Some(t) => { (super::describe_age(t.age_at(now))) br; small { time datetime=(t.to_rfc3339()) { (super::layout::date_time(t)) } } }
-                                        None => { "never" }
-                                    }
-                                }
-                                td {
-                                    form.assign method="post" action="/pairing/assign" { (super::auth::csrf_field())
-                                        input type="hidden" name="address" value=(address);
-                                        @let what = d.device.name.as_deref().unwrap_or(address.as_str());
-                                        select name="resident_id" aria-label=(format!("Resident for {what}")) {
-                                            option value="" { "(a room instead)" }
-                                            @for r in &residents {
-                                                option value=(r.id.0) { (r.display_name) " (" (r.room) ")" }
-                                            }
-                                        }
-                                        " or room "
-                                        input type="text" name="room" size="8" aria-label=(format!("Room for {what}"));
-                                        button type="submit" { "Assign" }
-                                    }
-                                    @if d.device.subject != Subject::Unassigned {
-                                        form.unassign method="post" action="/pairing/unassign" { (super::auth::csrf_field())
-                                            input type="hidden" name="address" value=(address);
-                                            button type="submit" { "Un-assign" }
-                                        }
-                                    }
-                                    // Sensors that encrypt their broadcasts (BTHome, pvvx,
-                                    // Xiaomi) need the key printed with them or shown by
-                                    // their app; without it their readings cannot be read.
-                                    @if d.has_key {
-                                        form.key method="post" action="/pairing/key/remove" { (super::auth::csrf_field())
-                                            input type="hidden" name="address" value=(address);
-                                            "Encrypted: key set "
-                                            button type="submit" { "Remove key" }
-                                        }
-                                    } @else {
-                                        form.key method="post" action="/pairing/key" { (super::auth::csrf_field())
-                                            input type="hidden" name="address" value=(address);
-                                            input type="text" name="key" size="16" autocomplete="off" spellcheck="false"
-                                                placeholder="32 hex digits" aria-label=(format!("Encryption key for {what}"));
-                                            button type="submit" { "Set key" }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            (super::device_page::grouped(&devices, &residents, now))
             h2 { "Record" }
             @if events.is_empty() {
                 p.none { "Nothing recorded yet." }

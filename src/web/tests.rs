@@ -403,10 +403,11 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
     assert!(v[0]["assigned_at"].is_string(), "{v}");
     let (_, page) = get(&state, "/pairing").await;
     assert!(
-        page.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil (Room 1)"),
+        page.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil, Room 1"),
         "{page}"
     );
-    assert!(page.contains("action=\"/pairing/unassign\""), "{page}");
+    let (_, own) = get(&state, &format!("/devices/{ox}")).await;
+    assert!(own.contains("action=\"/pairing/unassign\""), "{own}");
     assert!(
         page.contains("unassigned: readings no longer attributed (by test-nurse)"),
         "{page}"
@@ -614,7 +615,10 @@ async fn a_nurse_threshold_raises_where_the_chart_would_not() {
     assert_eq!(r.raised.len(), 1);
     let (_, json) = get(&state, "/api/v1/alerts").await;
     assert!(json.contains("resident:1/threshold:spo2"), "{json}");
-    assert!(json.contains("oxygen saturation 93 % at "), "value with its unit: {json}");
+    assert!(
+        json.contains("oxygen saturation 93 % at "),
+        "value with its unit: {json}"
+    );
 }
 
 /// Who set resident 1's limits, read from the database itself.
@@ -1053,13 +1057,14 @@ async fn an_encryption_key_is_set_by_a_nurse_never_shown_and_removed() {
     let (_, devices) = get(&state, "/api/v1/devices").await;
     let v: serde_json::Value = serde_json::from_str(&devices).unwrap();
     assert_eq!(v[0]["encrypted"], true, "{v}");
+    let (_, own) = get(&state, &format!("/devices/{ox}")).await;
+    assert!(own.contains("A key is set."), "{own}");
     let (_, page) = get(&state, "/pairing").await;
-    assert!(page.contains("Encrypted: key set"), "{page}");
     assert!(
         page.contains("encryption key set (by test-nurse)"),
         "{page}"
     );
-    for shown in [&devices, &page] {
+    for shown in [&devices, &page, &own] {
         assert!(
             !shown.to_lowercase().contains(hex),
             "the key is never shown"
@@ -1076,8 +1081,10 @@ async fn an_encryption_key_is_set_by_a_nurse_never_shown_and_removed() {
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert!(!state.registry.has_key(ox));
     assert!(state.reader.keys().unwrap().is_empty());
+    // An oximeter does not encrypt: with its key gone, its page offers none.
+    let (_, own) = get(&state, &format!("/devices/{ox}")).await;
+    assert!(!own.contains("action=\"/pairing/key\""), "{own}");
     let (_, page) = get(&state, "/pairing").await;
-    assert!(page.contains("action=\"/pairing/key\""), "{page}");
     assert!(
         page.contains("encryption key removed (by test-nurse)"),
         "{page}"

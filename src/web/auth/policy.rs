@@ -118,6 +118,8 @@ pub const POLICY: &[Rule] = &[
     ),
     rule("PUT", "/api/v1/devices/{address}/key", NURSE, Changes),
     rule("DELETE", "/api/v1/devices/{address}/key", NURSE, Changes),
+    rule("GET", "/devices/{address}", CARER, View("device page")),
+    rule("POST", "/devices/{address}/remove", NURSE, Changes),
     rule("POST", "/pairing/key", NURSE, Changes),
     rule("POST", "/pairing/key/remove", NURSE, Changes),
     rule("POST", "/pairing/assign", NURSE, Changes),
