@@ -25,7 +25,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
 
-use super::alerts::{Retired, retired};
+use super::alert_page::{Retired, retired};
 use super::{AppState, Caller, WebError, csrf_field};
 use crate::clinical::news2::{Consciousness, Spo2Scale};
 use crate::model::{
@@ -590,7 +590,7 @@ pub async fn thresholds_submit(
         temperature_low: num(&f.temperature_low),
         temperature_high: num(&f.temperature_high),
     };
-    let r = super::alerts::apply_thresholds(&state, resident, t, who).await?;
+    let r = super::alert_page::apply_thresholds(&state, resident, t, who).await?;
     Ok(if r.status() == StatusCode::NO_CONTENT {
         Redirect::to(&format!("/residents/{resident}/clinical")).into_response()
     } else {

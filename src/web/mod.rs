@@ -4,7 +4,7 @@
 //! async executor. Every value is shown with its unit and its age; a value older
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
-mod alerts;
+mod alert_page;
 mod api;
 pub mod assets;
 pub mod auth;
@@ -162,13 +162,13 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(pairing::unpair),
         )
         .route("/api/v1/uplink", get(api::uplink))
-        .route("/alerts", get(alerts::page))
-        .route("/api/v1/alerts", get(alerts::list))
-        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
-        .route("/alerts/{id}/ack", post(alerts::page_ack))
+        .route("/alerts", get(alert_page::page))
+        .route("/api/v1/alerts", get(alert_page::list))
+        .route("/api/v1/alerts/{id}/ack", post(alert_page::ack))
+        .route("/alerts/{id}/ack", post(alert_page::page_ack))
         .route(
             "/api/v1/residents/{id}/thresholds",
-            axum::routing::put(alerts::set_thresholds),
+            axum::routing::put(alert_page::set_thresholds),
         )
         // Staff observation sets, SpO2 scale and limits (web::clinical).
         .route(

@@ -115,7 +115,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
     };
     // The vital signs stay on screen even if the alert book cannot be read.
     let alerts = match alert_rows {
-        Ok(rows) => super::alerts::open_alerts(&rows.iter().collect::<Vec<_>>(), now),
+        Ok(rows) => super::alert_page::open_alerts(&rows.iter().collect::<Vec<_>>(), now),
         Err(e) => {
             tracing::error!(error = %e, "alerts not shown");
             html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }

@@ -680,7 +680,7 @@ fn observation_sets_are_validated_with_plain_words() {
         (input(&|_| {}), Some("Enter at least one observation.")),
         (
             input(&|i| {
-                i.entered_by = super::alerts::Retired(true);
+                i.entered_by = super::alert_page::Retired(true);
                 i.resp_rate = s("18");
             }),
             Some("\"entered_by\" is no longer accepted"),
