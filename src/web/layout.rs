@@ -148,6 +148,13 @@ pub fn page(frame: Frame<'_>, title: &str, body: Markup) -> Markup {
                             " · " span id="live-status" role="status" { "" }
                         }
                     }
+                    // The overview's opt-in sound for a new high alert, outside
+                    // the live region so that it stays as tapped. Shown by
+                    // live.js (hidden without it): a tablet plays sound only
+                    // after a tap, so staff turn it on.
+                    @if frame.section == Section::Residents && frame.live.is_some() {
+                        p.sound { button #alert-sound type="button" aria-pressed="false" hidden { "Turn on alert sound" } }
+                    }
                 }
                 main id="content" {
                     h1 { (title) }

@@ -160,6 +160,12 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
         @if scored.is_empty() {
             p.none { "No residents yet." }
         }
+        @if scored.iter().any(|(_, _, s)| s.as_ref().is_some_and(|s| s.score.missing.iter().any(|p| STAFF_ENTERED.contains(p)))) {
+            p.note {
+                "A score marked partial lacks breathing rate, consciousness or air or oxygen, which only staff can enter: "
+                "use Enter observations on the resident's tile to complete it."
+            }
+        }
         div.tiles {
             (maud::PreEscaped(tiles))
         }
@@ -195,8 +201,20 @@ pub(super) fn tile(
     stale_after: std::time::Duration,
 ) -> Markup {
     let find = |q: Quantity| r.latest.iter().find(|v| v.quantity == q);
+    // Calm when the current score is low, loud from low-medium up: the one tile
+    // that matters stands out from the rest.
+    let mood = match score {
+        Some(s) if !s.stale && !s.score.components.is_empty() => {
+            if s.score.band == Band::Low {
+                "tile calm"
+            } else {
+                "tile loud"
+            }
+        }
+        _ => "tile",
+    };
     html! {
-        article.tile aria-labelledby=(format!("res-{}", r.id.0)) {
+        article class=(mood) aria-labelledby=(format!("res-{}", r.id.0)) {
             h2 id=(format!("res-{}", r.id.0)) { a href=(format!("/residents/{}", r.id.0)) { (r.display_name) } }
             p.room {
                 (r.room)
@@ -204,7 +222,7 @@ pub(super) fn tile(
                     " " span.badge.scale2 { "SpO2 scale 2" }
                 }
             }
-            (news2_block(score, now))
+            (news2_block_with(score, now, Missing::SaidOnce))
             p.actions {
                 a href=(format!("/residents/{}/observations", r.id.0)) { "Enter observations" }
                 " · "
@@ -359,7 +377,29 @@ pub(super) fn news2_of(
     news2_from_readings(&samples, scale, now, window)
 }
 
+/// How a score block names the parameters it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missing {
+    /// Every one of them, with what to do (a resident's own page).
+    Listed,
+    /// Only those beyond the ones only staff can enter (breathing rate,
+    /// consciousness, air or oxygen), which the overview says once for all.
+    SaidOnce,
+}
+
+/// The parameters a sensor never gives: a score lacks them until staff enter
+/// an observation set.
+pub(super) const STAFF_ENTERED: [Parameter; 3] = [
+    Parameter::RespRate,
+    Parameter::Oxygen,
+    Parameter::Consciousness,
+];
+
 pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
+    news2_block_with(s, now, Missing::Listed)
+}
+
+pub(super) fn news2_block_with(s: Option<&SensorScore>, now: Timestamp, said: Missing) -> Markup {
     let Some(s) = s else {
         return html! {};
     };
@@ -376,6 +416,7 @@ pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
         .missing
         .iter()
         .filter(|p| !implausible.iter().any(|i| i.parameter == **p))
+        .filter(|p| said == Missing::Listed || !STAFF_ENTERED.contains(p))
         .map(|p| parameter_label(*p))
         .collect();
     let partial = if s.score.partial() { " (partial)" } else { "" };
@@ -420,7 +461,11 @@ pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
                 small.age { "from values up to " (minutes_old(s.oldest.age_at(now))) " old" }
                 @for i in &implausible { small.implausible { "Left out: " (left_out(i)) } }
                 @if !missing.is_empty() {
-                    small { "Missing: " (missing.join(", ")) ". Enter an observation set to complete it." }
+                    @if said == Missing::Listed {
+                        small { "Missing: " (missing.join(", ")) ". Enter an observation set to complete it." }
+                    } @else {
+                        small.missing { "No current " (missing.join(", ")) " from the sensors." }
+                    }
                 }
             }
         }

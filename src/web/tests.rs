@@ -145,7 +145,12 @@ async fn overview_shows_value_unit_age_and_marks_stale() {
     // SpO2 96 scores 0; the temperature is stale relative to it and the pulse is NaN:
     // both count as missing, never as zero.
     assert!(html.contains("NEWS2 0 (partial)"), "{html}");
-    assert!(html.contains("Missing: respiration rate, air or oxygen, systolic BP, pulse, consciousness, temperature."), "{html}");
+    // What only staff enter is said once for the page; the tile names the rest.
+    assert!(
+        html.contains("No current systolic BP, pulse, temperature from the sensors."),
+        "{html}"
+    );
+    assert_eq!(html.matches("only staff can enter").count(), 1, "{html}");
 
     let (status, json) = get(&state, "/api/v1/residents").await;
     assert_eq!(status, StatusCode::OK);

@@ -811,6 +811,77 @@ fn a_device_is_moved_between_residents_on_its_own_page() {
     assert_eq!(group, "Not assigned to anyone", "{address}");
 }
 
+/// Issue 20: tiles are calm when the score is low and loud when not; the note
+/// about what only staff can enter is said once, not on every tile; a new high
+/// alert is marked on the overview, and sounds once staff turned the sound on
+/// (a tap, as tablets require before a page may play sound).
+#[test]
+fn a_new_high_alert_is_marked_loudly_and_sounds_once_staff_turned_sound_on() {
+    let g = Gateway::start_with("[alerts]\nevaluate_every_seconds = 1\n");
+    let b = staff_browser(&g, TABLET);
+    b.goto(&g.url("/")).unwrap();
+    let v = b
+        .execute(
+            r#"return {
+                notes: document.querySelectorAll("p.note").length,
+                repeated: [...document.querySelectorAll("article.tile")]
+                    .filter(t => t.innerText.includes("Enter an observation set")).length,
+                calm: document.querySelectorAll("article.tile.calm").length,
+                sound: getComputedStyle(document.getElementById("alert-sound")).display,
+            };"#,
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(v["notes"], 1, "the partial-score note once: {v}");
+    assert_eq!(v["repeated"], 0, "no tile repeats it: {v}");
+    assert!(v["calm"].as_i64().unwrap() >= 1, "low scores are calm: {v}");
+    assert_ne!(v["sound"], "none", "the sound button is offered: {v}");
+    let sound = b.find("#alert-sound").unwrap();
+    b.click(&sound).unwrap();
+    assert_eq!(
+        b.execute(
+            "return document.getElementById('alert-sound').getAttribute('aria-pressed');",
+            json!([])
+        )
+        .unwrap(),
+        "true"
+    );
+
+    // Iris Quinn, breathing 30 a minute, SpO₂ 85 %, unresponsive: NEWS2 9, high.
+    let (status, body) = crate::ble_support::http_json(
+        g.addr,
+        "POST",
+        &format!("/api/v1/residents/{}/observations", STALE_RESIDENT.0),
+        r#"{"resp_rate": 30, "spo2": 85, "consciousness": "U"}"#,
+    )
+    .expect("the gateway answers");
+    assert!((200..300).contains(&status), "{status} {body}");
+    let cue = wait_for(Duration::from_secs(30), || {
+        let v = b
+            .execute(
+                r#"const tile = [...document.querySelectorAll("article.tile")]
+                       .find(t => t.innerText.includes(arguments[0]));
+                   return {
+                       cues: Number(document.body.dataset.alertCues || 0),
+                       beeps: Number(document.body.dataset.alertBeeps || 0),
+                       fresh: !!document.querySelector("section.alerts.fresh li.alert.emergency"),
+                       loud: !!(tile && tile.classList.contains("loud")),
+                       title: document.title,
+                   };"#,
+                json!([STALE_RESIDENT.1]),
+            )
+            .ok()?;
+        (v["cues"].as_i64()? >= 1 && v["fresh"] == true && v["loud"] == true).then_some(v)
+    })
+    .expect("the new high alert is marked on the overview within 30 s");
+    assert!(cue["beeps"].as_i64().unwrap() >= 1, "and sounded: {cue}");
+    assert!(
+        cue["title"].as_str().unwrap().starts_with("NEW HIGH ALERT"),
+        "{cue}"
+    );
+    screenshot(&b, "overview-high-alert", false);
+}
+
 /// Every page staff can open, with the demo's data and an open alert, for the
 /// plain-words check: the pages of [`PAGES`] and the forms and admin pages.
 const ALL_STAFF_PAGES: &[&str] = &[
