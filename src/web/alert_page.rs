@@ -24,7 +24,7 @@ use crate::store::{AlertRecord, StoreError};
 const RECENT_RESOLVED: usize = 20;
 
 /// Runs a blocking call on the alert book off the executor.
-async fn with_book<T: Send + 'static>(
+pub(super) async fn with_book<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&mut crate::store::AlertBook) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WebError> {

@@ -17,6 +17,7 @@ use crate::model::Timestamp;
 pub enum Section {
     Residents,
     Alerts,
+    Handover,
     Devices,
     Gateway,
     ManageResidents,
@@ -31,6 +32,7 @@ pub enum Section {
 const NAV: &[(Section, &str, &str)] = &[
     (Section::Residents, "/", "Residents"),
     (Section::Alerts, "/alerts", "Alerts"),
+    (Section::Handover, "/handover", "Handover"),
     (Section::Devices, "/pairing", "Devices"),
     (Section::Gateway, "/gateway", "Gateway"),
     (Section::ManageResidents, "/residents", "Manage residents"),

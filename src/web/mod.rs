@@ -14,6 +14,7 @@ mod device_page;
 mod devices;
 pub mod events;
 mod gateway;
+mod handover;
 pub mod headers;
 pub mod layout;
 pub mod metrics;
@@ -163,6 +164,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/uplink", get(api::uplink))
         .route("/alerts", get(alert_page::page))
+        .route("/handover", get(handover::page))
+        .route("/handover.csv", get(handover::csv))
         .route("/api/v1/alerts", get(alert_page::list))
         .route("/api/v1/alerts/{id}/ack", post(alert_page::ack))
         .route("/alerts/{id}/ack", post(alert_page::page_ack))

@@ -33,6 +33,7 @@ const PAGES: &[&str] = &[
     "/devices/C0:A1:5E:02:00:00",
     "/residents/1",
     "/alerts",
+    "/handover",
     "/gateway",
 ];
 
@@ -882,11 +883,119 @@ fn a_new_high_alert_is_marked_loudly_and_sounds_once_staff_turned_sound_on() {
     screenshot(&b, "overview-high-alert", false);
 }
 
+/// Issue 20: the shift handover: every resident on one page, each observation
+/// with its unit and time (stale ones marked), the score, open alerts; printable
+/// (no navigation on paper) and exported as CSV.
+#[test]
+fn the_handover_page_lists_every_resident_with_units_and_times_and_prints() {
+    let g = Gateway::start();
+    let b = staff_browser(&g, TABLET);
+    b.goto(&g.url("/")).unwrap();
+    b.click_to_page(&b.find("nav a[href='/handover']").unwrap())
+        .unwrap();
+    let v = b
+        .execute(
+            r#"return [...document.querySelectorAll("section.handover")].map(s => ({
+                   name: s.querySelector("h2").innerText,
+                   score: s.querySelector(".news") ? s.querySelector(".news").innerText : "",
+                   rows: [...s.querySelectorAll("table.handover tr")].slice(1).map(tr => ({
+                       stale: tr.classList.contains("stale"),
+                       cells: [...tr.children].map(c => c.innerText),
+                   })),
+                   alerts: s.querySelector("ul.handover-alerts, p.quiet").innerText,
+               }));"#,
+            json!([]),
+        )
+        .unwrap();
+    let sections = v.as_array().unwrap();
+    assert_eq!(sections.len(), RESIDENTS + 1, "{v}");
+    for s in sections {
+        let name = s["name"].as_str().unwrap();
+        assert!(s["score"].as_str().unwrap().starts_with("NEWS2"), "{s}");
+        let rows = s["rows"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{name}: no observations");
+        for r in rows {
+            let cells: Vec<&str> = r["cells"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            let [label, value, taken] = cells.as_slice() else {
+                panic!("{name}: {r}")
+            };
+            // Every number with its unit, every value with its time.
+            assert!(
+                !value.ends_with(|c: char| c.is_ascii_digit()),
+                "{name}: {value} without unit"
+            );
+            assert!(
+                taken.starts_with("at ")
+                    && (taken.ends_with(" ago)") || taken.ends_with("(just now)")),
+                "{name}: {taken}"
+            );
+            let stale = r["stale"] == true;
+            assert_eq!(
+                stale,
+                name.starts_with(STALE_RESIDENT.1),
+                "{name}: {label} stale={stale}"
+            );
+            if stale {
+                assert!(
+                    label.contains("STALE") && taken.contains("last reading"),
+                    "{name}: {r}"
+                );
+            }
+        }
+        assert!(!s["alerts"].as_str().unwrap().is_empty(), "{s}");
+    }
+
+    // On paper: no navigation, no sign-out button, every resident still there.
+    let print = json!({ "cmd": "Emulation.setEmulatedMedia", "params": { "media": "print" } });
+    b.cdp(&print).unwrap();
+    let printed = b
+        .execute(
+            r#"return {
+                nav: getComputedStyle(document.querySelector("header.top")).display,
+                sections: [...document.querySelectorAll("section.handover")]
+                    .filter(s => getComputedStyle(s).display !== "none").length,
+            };"#,
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(printed["nav"], "none", "{printed}");
+    assert_eq!(printed["sections"], RESIDENTS + 1, "{printed}");
+    b.cdp(&json!({ "cmd": "Emulation.setEmulatedMedia", "params": { "media": "" } }))
+        .unwrap();
+    screenshot(&b, "handover", true);
+
+    // The CSV: a line per observation, the stale ones marked.
+    let csv = b
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch("/handover.csv").then(r => r.text()).then(done, e => done("failed: " + e));"#,
+            json!([]),
+        )
+        .unwrap();
+    let csv = csv.as_str().unwrap();
+    assert!(
+        csv.starts_with("resident,room,observation,value,taken (local time),age,stale"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().any(
+            |l| l.starts_with(&format!("\"{}\"", STALE_RESIDENT.1)) && l.ends_with("\"STALE\"")
+        ),
+        "{csv}"
+    );
+}
+
 /// Every page staff can open, with the demo's data and an open alert, for the
 /// plain-words check: the pages of [`PAGES`] and the forms and admin pages.
 const ALL_STAFF_PAGES: &[&str] = &[
     "/",
     "/alerts",
+    "/handover",
     "/pairing",
     "/pairing/guide",
     "/devices/C0:A1:5E:02:00:00",

@@ -99,6 +99,9 @@ pub const POLICY: &[Rule] = &[
         CARER,
         View("residents overview (api)"),
     ),
+    // The shift handover (web::handover): everyone on shift reads it.
+    rule("GET", "/handover", CARER, View("shift handover")),
+    rule("GET", "/handover.csv", CARER, View("shift handover export")),
     // Devices and pairing: carers see, nurses change.
     rule("GET", "/pairing", CARER, View("pairing page")),
     rule("GET", "/api/v1/pairing", CARER, Changes),
