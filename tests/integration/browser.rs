@@ -5,7 +5,8 @@
 //! `open_pairing_window`, `assign_device`, ...) so that a test reads like the task
 //! and a new page or sign-in is one more step. Every page in [`PAGES`] is checked
 //! with axe-core against WCAG 2.1 A and AA, walked with the Tab key, and laid out at
-//! a 10" tablet's and a phone's width without horizontal scrolling.
+//! a 10" tablet's and a phone's width, and a 1024 px tablet at 200 % zoom,
+//! without horizontal scrolling.
 //!
 //! Set `CAREHUB_SCREENSHOTS=DIR` to keep the screenshots the tests take
 //! (`scripts/screenshots` does, into docs/screenshots/).
@@ -45,6 +46,9 @@ const KNOWN_VIOLATIONS: &[(&str, &str)] = &[];
 const TABLET: (u32, u32) = (1280, 800);
 /// A small phone: the narrowest screen staff may pick up.
 const PHONE: (u32, u32) = (360, 740);
+/// A 1024 x 768 tablet zoomed to 200 % (WCAG 1.4.4): the page lays out in half
+/// as many CSS pixels each way.
+const TABLET_ZOOM_200: (u32, u32) = (512, 384);
 
 /// Simulated residents; the test adds one more with only old readings.
 const RESIDENTS: usize = 3;
@@ -532,7 +536,7 @@ fn every_page_passes_wcag_21_aa_works_by_keyboard_and_fits_tablet_and_phone() {
             }
         }
 
-        for (w, h) in [TABLET, PHONE] {
+        for (w, h) in [TABLET, PHONE, TABLET_ZOOM_200] {
             b.viewport(w, h).unwrap();
             b.goto(&g.url(page)).unwrap();
             let (over, what) = horizontal_overflow(&b);
