@@ -173,6 +173,18 @@ fn check(
     }
 }
 
+/// ACVPU in words, from the stored code (see `Quantity::Consciousness`).
+pub fn acvpu_words(code: f64) -> &'static str {
+    match code {
+        0.0 => "A (alert)",
+        1.0 => "C (new confusion)",
+        2.0 => "V (responds to voice)",
+        3.0 => "P (responds to pain)",
+        4.0 => "U (unresponsive)",
+        _ => "unknown code",
+    }
+}
+
 impl Parameter {
     /// The parameter as a carer says it, for the alert texts staff act on
     /// ("oxygen saturation", not "SpO₂").
@@ -199,15 +211,7 @@ impl Parameter {
             Parameter::Temperature => format!("{v:.1} °C"),
             Parameter::Oxygen if v == 1.0 => "on oxygen".to_owned(),
             Parameter::Oxygen => "on air".to_owned(),
-            Parameter::Consciousness => match v {
-                0.0 => "A (alert)",
-                1.0 => "C (new confusion)",
-                2.0 => "V (responds to voice)",
-                3.0 => "P (responds to pain)",
-                4.0 => "U (unresponsive)",
-                _ => "not recorded",
-            }
-            .to_owned(),
+            Parameter::Consciousness => acvpu_words(v).to_owned(),
         }
     }
 

@@ -55,18 +55,6 @@ pub fn scale_number(s: Spo2Scale) -> u8 {
     }
 }
 
-/// ACVPU in words, from the stored code (see `Quantity::Consciousness`).
-pub fn acvpu_words(code: f64) -> &'static str {
-    match code {
-        0.0 => "A (alert)",
-        1.0 => "C (new confusion)",
-        2.0 => "V (responds to voice)",
-        3.0 => "P (responds to pain)",
-        4.0 => "U (unresponsive)",
-        _ => "unknown code",
-    }
-}
-
 fn acvpu_code(c: Consciousness) -> f64 {
     match c {
         Consciousness::Alert => 0.0,

@@ -301,7 +301,7 @@ pub(super) fn vital_row(
 pub(super) fn with_unit(v: &LatestValue) -> String {
     match v.value {
         Value::Number(n) if v.quantity == Quantity::Consciousness => {
-            super::clinical::acvpu_words(n).to_owned()
+            crate::clinical::news2::acvpu_words(n).to_owned()
         }
         Value::Number(n) if v.quantity == Quantity::SupplementalOxygen => {
             if n == 1.0 { "yes" } else { "no (air)" }.to_owned()

@@ -1118,6 +1118,11 @@ fn no_staff_page_shows_an_iso_time_utc_or_a_snake_case_word() {
         for w in machine_words(text) {
             problems.push(format!("{page}: {w}"));
         }
+        match *page {
+            "/residents/1" => screenshot(&b, "resident", false),
+            "/gateway" => screenshot(&b, "gateway", false),
+            _ => {}
+        }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
