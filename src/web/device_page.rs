@@ -152,7 +152,11 @@ pub async fn page(
                 Subject::Unassigned => strong { "nobody (its readings are not attributed)" },
             }
         }
-        p { (state_words(&d, now)) @if d.paired { " · paired" } }
+        p {
+            (state_words(&d, now))
+            @if let Some(r) = d.rssi { " · signal " (r) " dBm" }
+            @if d.paired { " · paired" }
+        }
         h2 { "Give it to someone else" }
         form.assign method="post" action="/pairing/assign" {
             (super::csrf_field())
