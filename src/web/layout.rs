@@ -136,7 +136,7 @@ pub fn page(frame: Frame<'_>, title: &str, body: Markup) -> Markup {
                     }
                     @if let Some(who) = super::auth::current() {
                         form.signout method="post" action="/logout" {
-                            (super::auth::csrf_field())
+                            (super::csrf_field())
                             span.who {
                                 (who.username)
                                 @if let Some(role) = who.role() { " (" (role.as_str()) ")" }

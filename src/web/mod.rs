@@ -259,10 +259,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 }
 
 /// The hidden anti-forgery field of every state-changing form: the signed-in
-/// session's token (see `auth`).
-pub fn csrf_field() -> maud::Markup {
-    auth::csrf_field()
-}
+/// session's token (see `auth`). The one helper; every form calls it.
+pub use auth::csrf_field;
 
 /// Unknown addresses: a page in plain words for people, plain text for the API.
 async fn not_found(

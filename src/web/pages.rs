@@ -16,36 +16,6 @@ use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from
 use crate::model::{Quantity, Timestamp, Value};
 use crate::store::{LatestValue, ResidentOverview};
 
-/// The CSRF token a form must carry: the signed-in session's (see `auth`).
-#[derive(Debug, Clone, Default)]
-pub struct CsrfToken(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CsrfToken {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(CsrfToken(
-            parts
-                .extensions
-                .get::<super::auth::Principal>()
-                .and_then(|p| p.csrf.clone())
-                .unwrap_or_default(),
-        ))
-    }
-}
-
-/// The hidden `csrf` field every state-changing form carries.
-pub fn csrf_field(token: &CsrfToken) -> Markup {
-    if token.0.is_empty() {
-        // Rendered inside the request's task: the middleware's principal.
-        return super::auth::csrf_field();
-    }
-    html! { input type="hidden" name="csrf" value=(token.0); }
-}
-
 /// The gateway's name for pages built without the state (sign-in, users, audit,
 /// clinical forms); set once when the router is built.
 static GATEWAY_NAME: std::sync::OnceLock<std::sync::Arc<str>> = std::sync::OnceLock::new();

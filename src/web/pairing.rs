@@ -308,23 +308,23 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                         span #pairing-countdown role="timer" data-seconds-left=(left_s) { (countdown(left_s)) }
                         " more (until " time datetime=(c.to_rfc3339()) { (super::layout::clock(c)) } "). New sensors nearby will be paired; switch them on now."
                     }
-                    form method="post" action="/pairing/close" { (super::auth::csrf_field()) button type="submit" { "Stop pairing now" } }
+                    form method="post" action="/pairing/close" { (super::csrf_field()) button type="submit" { "Stop pairing now" } }
                     // The countdown is in live.js: the CSP allows no inline script.
                     script src=(crate::web::assets::js_url()) defer {}
                 }
                 None => {
                     p { "Pairing is off: sensors nobody chose are listed below but never paired." }
-                    form.guide method="post" action="/pairing/guide" { (super::auth::csrf_field())
+                    form.guide method="post" action="/pairing/guide" { (super::csrf_field())
                         button type="submit" { "Pair a new sensor" }
                     }
-                    form method="post" action="/pairing/window" { (super::auth::csrf_field())
+                    form method="post" action="/pairing/window" { (super::csrf_field())
                         input type="hidden" name="seconds" value="120";
                         button type="submit" { "Pair new sensors (2 minutes)" }
                     }
                 }
             }
             @for (address, _) in &passkeys {
-                form.passkey method="post" action="/pairing/passkey" { (super::auth::csrf_field())
+                form.passkey method="post" action="/pairing/passkey" { (super::csrf_field())
                     label {
                         "Sensor " (address.to_string()) " shows a 6-digit number. Type it here: "
                         input type="text" name="passkey" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required;
