@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::ble_support::{FakeBluez, Gateway, resident};
 use crate::browser::{NURSE, seed_user, sign_in_at};
-use crate::browser_support::{Browser, Element};
+use crate::browser_support::Browser;
 use crate::support::{http_get, wait_for};
 
 const STRAP: &str = "DE:AD:BE:EF:00:21";
@@ -49,14 +49,15 @@ fn page_text(b: &Browser) -> String {
         .unwrap_or_default()
 }
 
-/// The element matching `css` whose text contains `words`, once the live page
-/// shows it.
-fn wait_shown(b: &Browser, css: &str, words: &str) -> Element {
+/// The text of the element matching `css` that contains `words`, once the
+/// live page shows it (read as found: the region may be replaced after).
+fn wait_shown(b: &Browser, css: &str, words: &str) -> String {
     wait_for(STEP, || {
         b.find_all(css)
             .ok()?
             .into_iter()
-            .find(|e| b.text(e).is_ok_and(|t| t.contains(words)))
+            .filter_map(|e| b.text(&e).ok())
+            .find(|t| t.contains(words))
     })
     .unwrap_or_else(|| panic!("no {css} with {words:?} within {STEP:?}:\n{}", page_text(b)))
 }
@@ -112,15 +113,16 @@ fn a_new_strap_is_paired_and_assigned_in_at_most_four_taps() {
     let mut taps = Taps { b: &b, n: 0 };
 
     // The strap is switched on: it appears by itself, by name and kind.
-    let found = wait_for(STEP, || {
+    // Its text is read as it is found: the live list may be replaced after.
+    let shown = wait_for(STEP, || {
         bluez.advertise_presence(STRAP);
         b.find_all("a.found")
             .ok()?
             .into_iter()
-            .find(|e| b.text(e).is_ok_and(|t| t.contains("Polar H10 7E2A")))
+            .filter_map(|e| b.text(&e).ok())
+            .find(|t| t.contains("Polar H10 7E2A"))
     })
     .unwrap_or_else(|| panic!("the strap was not listed:\n{}", page_text(&b)));
-    let shown = b.text(&found).unwrap();
     assert!(shown.contains("heart-rate strap"), "{shown}");
     taps.tap("a.found", "Polar H10 7E2A");
     assert!(b.url().unwrap().contains(&format!("address={STRAP}")));
@@ -161,7 +163,6 @@ fn a_new_strap_is_paired_and_assigned_in_at_most_four_taps() {
     );
     assert!(bluez.notify(&measurement, "0046"));
     let reading = wait_shown(&b, "p.first-reading", "Heart rate 70 /min at ");
-    let reading = b.text(&reading).unwrap();
     assert!(
         reading.contains(" ago)") || reading.contains("(just now)"),
         "{reading}"
