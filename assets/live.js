@@ -85,4 +85,70 @@
   source.onopen = function () { say("Live"); };
   source.onerror = function () { say("Reconnecting..."); };
   window.setInterval(function () { schedule(0); }, 30000);
+  // A page waiting for something no event announces (a sensor's passkey
+  // question, in the pairing guide) marks an element data-poll: look again
+  // as often as the gap allows while it is there.
+  window.setInterval(function () {
+    if (region.querySelector("[data-poll]")) { schedule(0); }
+  }, MIN_GAP_MS);
+})();
+
+// A new high (emergency) alert on the overview: a visual cue always, and a
+// sound only once staff have turned it on with the button, because tablets
+// play no sound a page starts before a person has tapped it. Alerts already
+// there when the page opened are not announced again; each new one once.
+(function () {
+  "use strict";
+  var known = null, audio = null, cues = 0, beeps = 0;
+  function emergencies() {
+    return Array.prototype.map.call(
+      document.querySelectorAll("section.alerts li.alert.emergency:not(.acknowledged)"),
+      function (li) { return li.getAttribute("data-alert"); });
+  }
+  function beep() {
+    if (!audio) return;
+    try {
+      var o = audio.createOscillator(), g = audio.createGain();
+      o.frequency.value = 880;
+      g.gain.value = 0.2;
+      o.connect(g); g.connect(audio.destination);
+      o.start(); o.stop(audio.currentTime + 0.6);
+      beeps += 1;
+      document.body.setAttribute("data-alert-beeps", String(beeps));
+    } catch (e) { /* no sound device: the visual cue stays */ }
+  }
+  function look() {
+    var now = emergencies();
+    if (known === null) { known = now; return; }
+    var fresh = now.filter(function (id) { return known.indexOf(id) < 0; });
+    known = known.concat(fresh);
+    var box = document.querySelector("section.alerts");
+    var unseen = now.some(function (id) { return cuedIds.indexOf(id) >= 0; });
+    if (fresh.length) {
+      cuedIds = cuedIds.concat(fresh);
+      cues += fresh.length;
+      document.body.setAttribute("data-alert-cues", String(cues));
+      if (document.title.indexOf("NEW HIGH ALERT") !== 0) { document.title = "NEW HIGH ALERT — " + document.title; }
+      beep();
+    }
+    if (box && (fresh.length || unseen)) { box.classList.add("fresh"); }
+  }
+  var cuedIds = [];
+  var button = document.getElementById("alert-sound");
+  if (button) {
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      if (!audio) {
+        var Ctx = window.AudioContext || window.webkitAudioContext;
+        if (Ctx) { audio = new Ctx(); }
+      }
+      if (audio && audio.resume) { audio.resume(); }
+      button.setAttribute("aria-pressed", audio ? "true" : "false");
+      button.textContent = audio ? "Alert sound is on" : "This browser cannot play sound";
+    });
+  }
+  var region = document.querySelector("[data-live]");
+  if (!region || !document.querySelector("#alert-sound")) return;
+  look();
+  new MutationObserver(look).observe(region, { childList: true, subtree: true });
 })();

@@ -42,6 +42,7 @@ fn snapshot() -> Snapshot {
         .map(|i| ResidentState {
             id: i,
             display_name: format!("Resident {i}"),
+            room: format!("Room {i}"),
             vitals: vec![
                 // Every third resident has SpO2 91: a single-3 alert.
                 v(

@@ -202,6 +202,7 @@ impl AlertStage {
                 .map(|r| ResidentState {
                     id: r.id.0,
                     display_name: r.display_name,
+                    room: r.room,
                     vitals: r
                         .latest
                         .iter()

@@ -112,6 +112,8 @@ impl Default for Thresholds {
 pub struct ResidentState {
     pub id: i64,
     pub display_name: String,
+    /// The room, named beside the resident in alert texts.
+    pub room: String,
     /// The newest sensor value of each quantity.
     pub vitals: Vec<VitalSample>,
     /// A nurse's override; `None` means the chart defaults, which the single-3
@@ -317,7 +319,12 @@ fn resident_causes(
         undetermined.push(format!("{subject}/news2-single-3:{}", p.as_str()));
         undetermined.push(format!("{subject}/threshold:{}", p.as_str()));
     }
-    let partial = if s.score.partial() { " (partial)" } else { "" };
+    let who = who(r);
+    let partial = if s.score.partial() {
+        " from incomplete observations"
+    } else {
+        ""
+    };
     let clinical = |key: String, rule, severity: Severity, message, level, parameter| Cause {
         key,
         resident_id: Some(r.id),
@@ -345,10 +352,10 @@ fn resident_causes(
                 Severity::Urgent
             },
             format!(
-                "{}: NEWS2 {}{partial}, {} risk",
-                r.display_name,
+                "{who} — NEWS2 {}{partial}, {} risk, at {}",
                 s.score.total,
-                s.score.band.as_str()
+                s.score.band.as_str(),
+                limits.zone.clock(s.newest)
             ),
             s.score.band.as_str(),
             None,
@@ -360,7 +367,15 @@ fn resident_causes(
                 format!("{subject}/news2-single-3:{}", p.as_str()),
                 "news2-single-3",
                 Severity::Urgent,
-                format!("{}: {} scores 3{partial}", r.display_name, p.label()),
+                match scored_value(r, *p, now, limits.freshness_window) {
+                    Some((value, at)) => format!(
+                        "{who} — {} {} (scores 3) at {}",
+                        p.spoken(),
+                        p.value_words(value),
+                        limits.zone.clock(at)
+                    ),
+                    None => format!("{who} — {} scores 3", p.spoken()),
+                },
                 "low-medium",
                 Some(*p),
             ));
@@ -369,6 +384,33 @@ fn resident_causes(
     if let Some(t) = &r.thresholds {
         threshold_causes(r, t, limits, now, &subject, out);
     }
+}
+
+/// "Doreen Baptiste, Room 3": whom an alert is about, as staff find them.
+fn who(r: &ResidentState) -> String {
+    if r.room.trim().is_empty() {
+        r.display_name.clone()
+    } else {
+        format!("{}, {}", r.display_name, r.room)
+    }
+}
+
+/// The newest current value of NEWS2 parameter `p` (in the chart's unit) and
+/// when it was taken: the value the score used for it.
+fn scored_value(
+    r: &ResidentState,
+    p: Parameter,
+    now: Timestamp,
+    window: Duration,
+) -> Option<(f64, Timestamp)> {
+    r.vitals
+        .iter()
+        .filter(|v| freshness(v.taken_at, now, window) == Freshness::Current)
+        .filter_map(|v| {
+            let (param, value) = super::chart_value(v.quantity, v.unit, v.value.number()?)?;
+            (param == p && p.plausible(value)).then_some((value, v.taken_at))
+        })
+        .max_by_key(|(_, at)| *at)
 }
 
 /// A device whose clock is ahead of the gateway beyond the tolerance: its times
@@ -436,9 +478,10 @@ fn threshold_causes(
             rule: "threshold",
             severity: Severity::Urgent,
             message: format!(
-                "{}: {} {value:.1} {unit} at {} is {side} the resident's limit {limit:.1} {unit}",
-                r.display_name,
-                param.label(),
+                "{} — {} {} at {} is {side} the resident's limit {limit:.1} {unit}",
+                who(r),
+                param.spoken(),
+                param.value_words(value),
                 limits.zone.clock(v.taken_at)
             ),
             score: None,
@@ -606,6 +649,7 @@ mod tests {
             residents: vec![ResidentState {
                 id: 1,
                 display_name: "Ada".into(),
+                room: "Room 1".into(),
                 vitals,
                 thresholds,
                 spo2_scale: Default::default(),
@@ -629,6 +673,49 @@ mod tests {
     use Quantity as Q;
     use Severity::*;
     use Unit as U;
+
+    /// Issue 20: an alert text a carer can act on: who, where, what, the value
+    /// with its unit, and when (site time), in words, not program names.
+    #[test]
+    fn alert_texts_name_resident_room_value_unit_and_time() {
+        let message = |vitals: Vec<VitalSample>, thresholds| {
+            evaluate(&resident(vitals, thresholds), &Limits::default(), ago(0))
+                .causes
+                .into_iter()
+                .map(|c| c.message)
+                .collect::<Vec<_>>()
+        };
+        // NOW is 03:46:40 UTC; one minute ago is 03:45.
+        assert_eq!(
+            message(vec![v(Q::Spo2, 91.0, U::Percent, 1)], None),
+            ["Ada, Room 1 — oxygen saturation 91 % (scores 3) at 03:45"]
+        );
+        assert_eq!(
+            message(
+                vec![
+                    v(Q::Spo2, 91.0, U::Percent, 1),
+                    v(Q::PulseRate, 131.0, U::PerMinute, 2),
+                    v(Q::BodyTemperature, 39.2, U::Celsius, 3),
+                ],
+                None
+            ),
+            [
+                "Ada, Room 1 — pulse 131 /min (scores 3) at 03:44",
+                "Ada, Room 1 — oxygen saturation 91 % (scores 3) at 03:45",
+                "Ada, Room 1 — NEWS2 8 from incomplete observations, high risk, at 03:45",
+            ]
+        );
+        let limits = Thresholds {
+            spo2_low: 93.0,
+            ..Thresholds::default()
+        };
+        assert_eq!(
+            message(vec![v(Q::Spo2, 93.0, U::Percent, 1)], Some(limits)),
+            [
+                "Ada, Room 1 — oxygen saturation 93 % at 03:45 is at or below the resident's limit 93.0 %"
+            ]
+        );
+    }
 
     #[test]
     fn news2_bands_and_single_three() {

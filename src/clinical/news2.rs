@@ -173,7 +173,48 @@ fn check(
     }
 }
 
+/// ACVPU in words, from the stored code (see `Quantity::Consciousness`).
+pub fn acvpu_words(code: f64) -> &'static str {
+    match code {
+        0.0 => "A (alert)",
+        1.0 => "C (new confusion)",
+        2.0 => "V (responds to voice)",
+        3.0 => "P (responds to pain)",
+        4.0 => "U (unresponsive)",
+        _ => "unknown code",
+    }
+}
+
 impl Parameter {
+    /// The parameter as a carer says it, for the alert texts staff act on
+    /// ("oxygen saturation", not "SpO₂").
+    pub fn spoken(self) -> &'static str {
+        match self {
+            Parameter::RespRate => "breathing rate",
+            Parameter::Spo2 => "oxygen saturation",
+            Parameter::Oxygen => "air or oxygen",
+            Parameter::Systolic => "systolic blood pressure",
+            Parameter::Pulse => "pulse",
+            Parameter::Consciousness => "consciousness",
+            Parameter::Temperature => "temperature",
+        }
+    }
+
+    /// A value of this parameter in the chart's unit, with the unit, as an
+    /// alert text shows it ("91 %", "38.4 °C", "on oxygen", "V (voice)").
+    pub fn value_words(self, v: f64) -> String {
+        match self {
+            Parameter::RespRate => format!("{v:.0} /min"),
+            Parameter::Spo2 => format!("{v:.0} %"),
+            Parameter::Pulse => format!("{v:.0} /min"),
+            Parameter::Systolic => format!("{v:.0} mmHg"),
+            Parameter::Temperature => format!("{v:.1} °C"),
+            Parameter::Oxygen if v == 1.0 => "on oxygen".to_owned(),
+            Parameter::Oxygen => "on air".to_owned(),
+            Parameter::Consciousness => acvpu_words(v).to_owned(),
+        }
+    }
+
     /// The parameter in staff's words, for pages and alert texts.
     pub fn label(self) -> &'static str {
         match self {

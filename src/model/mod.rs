@@ -919,7 +919,7 @@ impl DeviceKind {
     /// The kind in staff's words, for pages.
     pub fn label(self) -> &'static str {
         match self {
-            DeviceKind::HeartRateMonitor => "heart rate monitor",
+            DeviceKind::HeartRateMonitor => "heart-rate strap",
             DeviceKind::PulseOximeter => "pulse oximeter",
             DeviceKind::BloodPressureMonitor => "blood pressure monitor",
             DeviceKind::Thermometer => "thermometer",

@@ -26,7 +26,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
 
-use super::alerts::{Retired, retired};
+use super::alert_page::{Retired, retired};
 use super::{AppState, Caller, WebError, csrf_field};
 use crate::clinical::news2::{Consciousness, Parameter, Spo2Scale};
 use crate::model::{
@@ -58,18 +58,6 @@ pub fn scale_number(s: Spo2Scale) -> u8 {
     match s {
         Spo2Scale::One => 1,
         Spo2Scale::Two => 2,
-    }
-}
-
-/// ACVPU in words, from the stored code (see `Quantity::Consciousness`).
-pub fn acvpu_words(code: f64) -> &'static str {
-    match code {
-        0.0 => "A (alert)",
-        1.0 => "C (new confusion)",
-        2.0 => "V (responds to voice)",
-        3.0 => "P (responds to pain)",
-        4.0 => "U (unresponsive)",
-        _ => "unknown code",
     }
 }
 
@@ -601,7 +589,7 @@ pub async fn thresholds_submit(
         temperature_low: num(&f.temperature_low),
         temperature_high: num(&f.temperature_high),
     };
-    let r = super::alerts::apply_thresholds(&state, resident, t, who).await?;
+    let r = super::alert_page::apply_thresholds(&state, resident, t, who).await?;
     Ok(if r.status() == StatusCode::NO_CONTENT {
         Redirect::to(&format!("/residents/{resident}/clinical")).into_response()
     } else {

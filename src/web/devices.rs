@@ -14,7 +14,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +115,7 @@ fn not_stored(address: DeviceAddress, e: &impl std::fmt::Display) -> Refusal {
 }
 
 /// Validates, commits and applies one assignment.
-async fn apply_assign(
+pub(super) async fn apply_assign(
     state: &AppState,
     address: DeviceAddress,
     resident_id: Option<i64>,
@@ -276,6 +276,9 @@ pub struct AssignForm {
     pub resident_id: String,
     #[serde(default)]
     pub room: String,
+    /// "device": back to the device's own page.
+    #[serde(default)]
+    pub back: String,
 }
 
 /// `POST /pairing/assign` (form): back to the page, or the reason in plain words.
@@ -305,13 +308,18 @@ pub async fn page_assign(
         apply_assign(&state, address, resident_id, room, who).await
     }
     .await;
-    answer(result, |_| Redirect::to("/pairing").into_response())
+    answer(result, |_| {
+        super::device_page::back(&form.back, &form.address).into_response()
+    })
 }
 
 /// The staff form: un-assign one device.
 #[derive(Deserialize)]
 pub struct UnassignForm {
     pub address: String,
+    /// "device": back to the device's own page.
+    #[serde(default)]
+    pub back: String,
 }
 
 /// `POST /pairing/unassign` (form): back to the page, or the reason.
@@ -325,7 +333,9 @@ pub async fn page_unassign(
         apply_unassign(&state, address, who).await
     }
     .await;
-    answer(result, |()| Redirect::to("/pairing").into_response())
+    answer(result, |()| {
+        super::device_page::back(&form.back, &form.address).into_response()
+    })
 }
 
 /// Validates, commits and applies a new key (`Some`) or the removal of the key
@@ -423,6 +433,9 @@ pub struct KeyForm {
     pub address: String,
     #[serde(default)]
     pub key: String,
+    /// "device": back to the device's own page.
+    #[serde(default)]
+    pub back: String,
 }
 
 /// `POST /pairing/key` (form): back to the page, or the reason.
@@ -437,7 +450,9 @@ pub async fn page_set_key(
         apply_key(&state, address, Some(key), who).await
     }
     .await;
-    answer(result, |()| Redirect::to("/pairing").into_response())
+    answer(result, |()| {
+        super::device_page::back(&form.back, &form.address).into_response()
+    })
 }
 
 /// `POST /pairing/key/remove` (form): back to the page, or the reason.
@@ -451,5 +466,7 @@ pub async fn page_clear_key(
         apply_key(&state, address, None, who).await
     }
     .await;
-    answer(result, |()| Redirect::to("/pairing").into_response())
+    answer(result, |()| {
+        super::device_page::back(&form.back, &form.address).into_response()
+    })
 }

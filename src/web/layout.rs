@@ -17,6 +17,7 @@ use crate::model::Timestamp;
 pub enum Section {
     Residents,
     Alerts,
+    Handover,
     Devices,
     Gateway,
     ManageResidents,
@@ -31,6 +32,7 @@ pub enum Section {
 const NAV: &[(Section, &str, &str)] = &[
     (Section::Residents, "/", "Residents"),
     (Section::Alerts, "/alerts", "Alerts"),
+    (Section::Handover, "/handover", "Handover"),
     (Section::Devices, "/pairing", "Devices"),
     (Section::Gateway, "/gateway", "Gateway"),
     (Section::ManageResidents, "/residents", "Manage residents"),
@@ -134,7 +136,7 @@ pub fn page(frame: Frame<'_>, title: &str, body: Markup) -> Markup {
                     }
                     @if let Some(who) = super::auth::current() {
                         form.signout method="post" action="/logout" {
-                            (super::auth::csrf_field())
+                            (super::csrf_field())
                             span.who {
                                 (who.username)
                                 @if let Some(role) = who.role() { " (" (role.as_str()) ")" }
@@ -147,6 +149,13 @@ pub fn page(frame: Frame<'_>, title: &str, body: Markup) -> Markup {
                         @if frame.live.is_some() {
                             " · " span id="live-status" role="status" { "" }
                         }
+                    }
+                    // The overview's opt-in sound for a new high alert, outside
+                    // the live region so that it stays as tapped. Shown by
+                    // live.js (hidden without it): a tablet plays sound only
+                    // after a tap, so staff turn it on.
+                    @if frame.section == Section::Residents && frame.live.is_some() {
+                        p.sound { button #alert-sound type="button" aria-pressed="false" hidden { "Turn on alert sound" } }
                     }
                 }
                 main id="content" {

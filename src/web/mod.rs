@@ -4,15 +4,17 @@
 //! async executor. Every value is shown with its unit and its age; a value older
 //! than the clinical window is shown as "last reading N min ago", never as current.
 
-mod alerts;
+mod alert_page;
 mod api;
 pub mod assets;
 pub mod auth;
 mod clinical;
 pub mod conn;
+mod device_page;
 mod devices;
 pub mod events;
 mod gateway;
+mod handover;
 pub mod headers;
 pub mod layout;
 pub mod metrics;
@@ -20,6 +22,7 @@ mod openapi;
 mod overview_data;
 pub(crate) mod pages;
 mod pairing;
+mod pairing_guide;
 mod resident;
 mod residents_admin;
 pub mod serve;
@@ -134,6 +137,8 @@ pub fn app(state: AppState) -> Router {
             axum::routing::put(devices::set_key).delete(devices::clear_key),
         )
         .route("/api/v1/devices", get(devices::list))
+        .route("/devices/{address}", get(device_page::page))
+        .route("/devices/{address}/remove", post(device_page::remove))
         .route("/pairing/assign", post(devices::page_assign))
         .route("/pairing/unassign", post(devices::page_unassign))
         .route("/pairing/key", post(devices::page_set_key))
@@ -142,6 +147,12 @@ pub fn app(state: AppState) -> Router {
         .route("/pairing/window", post(pairing::page_open))
         .route("/pairing/close", post(pairing::page_close))
         .route("/pairing/passkey", post(pairing::page_passkey))
+        .route(
+            "/pairing/guide",
+            get(pairing_guide::page).post(pairing_guide::start),
+        )
+        .route("/pairing/guide/assign", post(pairing_guide::assign))
+        .route("/pairing/guide/passkey", post(pairing_guide::passkey))
         .route("/api/v1/pairing/passkey", post(pairing::passkey))
         .route("/api/v1/pairing/confirm", post(pairing::confirm))
         .route(
@@ -153,13 +164,15 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(pairing::unpair),
         )
         .route("/api/v1/uplink", get(api::uplink))
-        .route("/alerts", get(alerts::page))
-        .route("/api/v1/alerts", get(alerts::list))
-        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
-        .route("/alerts/{id}/ack", post(alerts::page_ack))
+        .route("/alerts", get(alert_page::page))
+        .route("/handover", get(handover::page))
+        .route("/handover.csv", get(handover::csv))
+        .route("/api/v1/alerts", get(alert_page::list))
+        .route("/api/v1/alerts/{id}/ack", post(alert_page::ack))
+        .route("/alerts/{id}/ack", post(alert_page::page_ack))
         .route(
             "/api/v1/residents/{id}/thresholds",
-            axum::routing::put(alerts::set_thresholds),
+            axum::routing::put(alert_page::set_thresholds),
         )
         // Staff observation sets, SpO2 scale and limits (web::clinical).
         .route(
@@ -247,10 +260,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 }
 
 /// The hidden anti-forgery field of every state-changing form: the signed-in
-/// session's token (see `auth`).
-pub fn csrf_field() -> maud::Markup {
-    auth::csrf_field()
-}
+/// session's token (see `auth`). The one helper; every form calls it.
+pub use auth::csrf_field;
 
 /// Unknown addresses: a page in plain words for people, plain text for the API.
 async fn not_found(

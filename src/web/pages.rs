@@ -16,36 +16,6 @@ use crate::clinical::{Freshness, SensorScore, VitalSample, freshness, news2_from
 use crate::model::{Quantity, Timestamp, Value};
 use crate::store::{LatestValue, ResidentOverview};
 
-/// The CSRF token a form must carry: the signed-in session's (see `auth`).
-#[derive(Debug, Clone, Default)]
-pub struct CsrfToken(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CsrfToken {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(CsrfToken(
-            parts
-                .extensions
-                .get::<super::auth::Principal>()
-                .and_then(|p| p.csrf.clone())
-                .unwrap_or_default(),
-        ))
-    }
-}
-
-/// The hidden `csrf` field every state-changing form carries.
-pub fn csrf_field(token: &CsrfToken) -> Markup {
-    if token.0.is_empty() {
-        // Rendered inside the request's task: the middleware's principal.
-        return super::auth::csrf_field();
-    }
-    html! { input type="hidden" name="csrf" value=(token.0); }
-}
-
 /// The gateway's name for pages built without the state (sign-in, users, audit,
 /// clinical forms); set once when the router is built.
 static GATEWAY_NAME: std::sync::OnceLock<std::sync::Arc<str>> = std::sync::OnceLock::new();
@@ -115,7 +85,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
     };
     // The vital signs stay on screen even if the alert book cannot be read.
     let alerts = match alert_rows {
-        Ok(rows) => super::alerts::open_alerts(&rows.iter().collect::<Vec<_>>(), now),
+        Ok(rows) => super::alert_page::open_alerts(&rows.iter().collect::<Vec<_>>(), now),
         Err(e) => {
             tracing::error!(error = %e, "alerts not shown");
             html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }
@@ -160,6 +130,12 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
         @if scored.is_empty() {
             p.none { "No residents yet." }
         }
+        @if scored.iter().any(|(_, _, s)| s.as_ref().is_some_and(|s| s.score.missing.iter().any(|p| STAFF_ENTERED.contains(p)))) {
+            p.note {
+                "A score marked partial lacks breathing rate, consciousness or air or oxygen, which only staff can enter: "
+                "use Enter observations on the resident's tile to complete it."
+            }
+        }
         div.tiles {
             (maud::PreEscaped(tiles))
         }
@@ -195,8 +171,20 @@ pub(super) fn tile(
     stale_after: std::time::Duration,
 ) -> Markup {
     let find = |q: Quantity| r.latest.iter().find(|v| v.quantity == q);
+    // Calm when the current score is low, loud from low-medium up: the one tile
+    // that matters stands out from the rest.
+    let mood = match score {
+        Some(s) if !s.stale && !s.score.components.is_empty() => {
+            if s.score.band == Band::Low {
+                "tile calm"
+            } else {
+                "tile loud"
+            }
+        }
+        _ => "tile",
+    };
     html! {
-        article.tile aria-labelledby=(format!("res-{}", r.id.0)) {
+        article class=(mood) aria-labelledby=(format!("res-{}", r.id.0)) {
             h2 id=(format!("res-{}", r.id.0)) { a href=(format!("/residents/{}", r.id.0)) { (r.display_name) } }
             p.room {
                 (r.room)
@@ -204,7 +192,7 @@ pub(super) fn tile(
                     " " span.badge.scale2 { "SpO2 scale 2" }
                 }
             }
-            (news2_block(score, now))
+            (news2_block_with(score, now, Missing::SaidOnce))
             p.actions {
                 a href=(format!("/residents/{}/observations", r.id.0)) { "Enter observations" }
                 " · "
@@ -283,7 +271,7 @@ pub(super) fn vital_row(
 pub(super) fn with_unit(v: &LatestValue) -> String {
     match v.value {
         Value::Number(n) if v.quantity == Quantity::Consciousness => {
-            super::clinical::acvpu_words(n).to_owned()
+            crate::clinical::news2::acvpu_words(n).to_owned()
         }
         Value::Number(n) if v.quantity == Quantity::SupplementalOxygen => {
             if n == 1.0 { "yes" } else { "no (air)" }.to_owned()
@@ -359,7 +347,29 @@ pub(super) fn news2_of(
     news2_from_readings(&samples, scale, now, window)
 }
 
+/// How a score block names the parameters it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missing {
+    /// Every one of them, with what to do (a resident's own page).
+    Listed,
+    /// Only those beyond the ones only staff can enter (breathing rate,
+    /// consciousness, air or oxygen), which the overview says once for all.
+    SaidOnce,
+}
+
+/// The parameters a sensor never gives: a score lacks them until staff enter
+/// an observation set.
+pub(super) const STAFF_ENTERED: [Parameter; 3] = [
+    Parameter::RespRate,
+    Parameter::Oxygen,
+    Parameter::Consciousness,
+];
+
 pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
+    news2_block_with(s, now, Missing::Listed)
+}
+
+pub(super) fn news2_block_with(s: Option<&SensorScore>, now: Timestamp, said: Missing) -> Markup {
     let Some(s) = s else {
         return html! {};
     };
@@ -376,6 +386,7 @@ pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
         .missing
         .iter()
         .filter(|p| !implausible.iter().any(|i| i.parameter == **p))
+        .filter(|p| said == Missing::Listed || !STAFF_ENTERED.contains(p))
         .map(|p| parameter_label(*p))
         .collect();
     let partial = if s.score.partial() { " (partial)" } else { "" };
@@ -420,7 +431,11 @@ pub(super) fn news2_block(s: Option<&SensorScore>, now: Timestamp) -> Markup {
                 small.age { "from values up to " (minutes_old(s.oldest.age_at(now))) " old" }
                 @for i in &implausible { small.implausible { "Left out: " (left_out(i)) } }
                 @if !missing.is_empty() {
-                    small { "Missing: " (missing.join(", ")) ". Enter an observation set to complete it." }
+                    @if said == Missing::Listed {
+                        small { "Missing: " (missing.join(", ")) ". Enter an observation set to complete it." }
+                    } @else {
+                        small.missing { "No current " (missing.join(", ")) " from the sensors." }
+                    }
                 }
             }
         }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppState, Caller, WebError, read};
 use crate::ble::agent::{self, ConfirmError, PasskeyError};
-use crate::model::{DeviceAddress, Subject, Timestamp};
+use crate::model::{DeviceAddress, Timestamp};
 use crate::store::{PairingRecord, RegistryChange};
 
 /// Most events of the record shown on the page and in the API.
@@ -340,20 +340,23 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                         span #pairing-countdown role="timer" data-seconds-left=(left_s) { (countdown(left_s)) }
                         " more (until " time datetime=(c.to_rfc3339()) { (super::layout::clock(c)) } "). New sensors nearby will be paired; switch them on now."
                     }
-                    form method="post" action="/pairing/close" { (super::auth::csrf_field()) button type="submit" { "Stop pairing now" } }
+                    form method="post" action="/pairing/close" { (super::csrf_field()) button type="submit" { "Stop pairing now" } }
                     // The countdown is in live.js: the CSP allows no inline script.
                     script src=(crate::web::assets::js_url()) defer {}
                 }
                 None => {
                     p { "Pairing is off: sensors nobody chose are listed below but never paired." }
-                    form method="post" action="/pairing/window" { (super::auth::csrf_field())
+                    form.guide method="post" action="/pairing/guide" { (super::csrf_field())
+                        button type="submit" { "Pair a new sensor" }
+                    }
+                    form method="post" action="/pairing/window" { (super::csrf_field())
                         input type="hidden" name="seconds" value="120";
                         button type="submit" { "Pair new sensors (2 minutes)" }
                     }
                 }
             }
             @for (address, _) in &passkeys {
-                form.passkey method="post" action="/pairing/passkey" { (super::auth::csrf_field())
+                form.passkey method="post" action="/pairing/passkey" { (super::csrf_field())
                     label {
                         "Sensor " (address.to_string()) " shows a 6-digit number. Type it here: "
                         input type="text" name="passkey" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required;
@@ -384,81 +387,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                 }
             }
             h2 { "Devices" }
-            @if devices.is_empty() {
-                p.none { "No devices registered yet." }
-            } @else {
-                // Scrolls inside its box on a phone; its forms make it reachable by keyboard.
-                div.scroll {
-                    table.devices {
-                        tr { th { "Device" } th { "Belongs to" } th { "Paired" } th { "Battery" } th { "Signal" } th { "Last heard" } th { "Change" } }
-                        @for d in &devices {
-                            @let address = d.device.address.to_string();
-                            tr {
-                                td { (d.device.name.as_deref().unwrap_or("(no name)")) br; small { (address) " " (d.device.kind.label()) } }
-                                td {
-                                    @match &d.device.subject {
-                                        Subject::Resident(id) => {
-                                            @match residents.iter().find(|r| r.id == *id) {
-                                                Some(r) => { (r.display_name) " (" (r.room) ")" }
-                                                None => { "resident " (id.0) }
-                                            }
-                                        }
-                                        Subject::Room(room) => { "room " (room) }
-                                        Subject::Unassigned => { em { "nobody: readings not attributed" } }
-                                    }
-                                }
-                                td { @if d.paired { "yes" } @else { "no" } }
-                                td { @if let Some(b) = d.battery_percent { (b) " %" } @else { "unknown" } }
-                                td { @if let Some(r) = d.rssi { (r) " dBm" } }
-                                td {
-                                    @match d.last_seen {
-                                        Some(t) => { (super::describe_age(t.age_at(now))) br; small { time datetime=(t.to_rfc3339()) { (super::layout::date_time(t)) } } }
-                                        None => { "never" }
-                                    }
-                                }
-                                td {
-                                    form.assign method="post" action="/pairing/assign" { (super::auth::csrf_field())
-                                        input type="hidden" name="address" value=(address);
-                                        @let what = d.device.name.as_deref().unwrap_or(address.as_str());
-                                        select name="resident_id" aria-label=(format!("Resident for {what}")) {
-                                            option value="" { "(a room instead)" }
-                                            @for r in &residents {
-                                                option value=(r.id.0) { (r.display_name) " (" (r.room) ")" }
-                                            }
-                                        }
-                                        " or room "
-                                        input type="text" name="room" size="8" aria-label=(format!("Room for {what}"));
-                                        button type="submit" { "Assign" }
-                                    }
-                                    @if d.device.subject != Subject::Unassigned {
-                                        form.unassign method="post" action="/pairing/unassign" { (super::auth::csrf_field())
-                                            input type="hidden" name="address" value=(address);
-                                            button type="submit" { "Un-assign" }
-                                        }
-                                    }
-                                    // Sensors that encrypt their broadcasts (BTHome, pvvx,
-                                    // Xiaomi) need the key printed with them or shown by
-                                    // their app; without it their readings cannot be read.
-                                    @if d.has_key {
-                                        form.key method="post" action="/pairing/key/remove" { (super::auth::csrf_field())
-                                            input type="hidden" name="address" value=(address);
-                                            "Encrypted: key set "
-                                            button type="submit" { "Remove key" }
-                                        }
-                                    } @else {
-                                        form.key method="post" action="/pairing/key" { (super::auth::csrf_field())
-                                            input type="hidden" name="address" value=(address);
-                                            input type="text" name="key" size="16" autocomplete="off" spellcheck="false"
-                                                placeholder="32 hex digits" aria-label=(format!("Encryption key for {what}"));
-                                            button type="submit" { "Set key" }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            (super::device_page::grouped(&devices, &residents, now))
             h2 { "Record" }
             @if events.is_empty() {
                 p.none { "Nothing recorded yet." }
@@ -535,7 +464,7 @@ fn pending_passkeys(state: &AppState) -> Vec<(DeviceAddress, Timestamp)> {
 }
 
 /// Hands a passkey to the waiting BlueZ request.
-fn give_passkey(state: &AppState, address: &str, passkey: u32, who: &str) -> Response {
+pub(super) fn give_passkey(state: &AppState, address: &str, passkey: u32, who: &str) -> Response {
     let address: DeviceAddress = match address.parse() {
         Ok(a) => a,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),

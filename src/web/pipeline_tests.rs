@@ -211,7 +211,7 @@ async fn readings_in_score_freshness_alerts_and_page_words_out() {
         }
         let (_, page) = get(&state, "/").await;
         let tile = page
-            .split("<article class=\"tile\"")
+            .split("<article class=\"tile")
             .nth(1)
             .unwrap_or_default();
         for w in case.shows {

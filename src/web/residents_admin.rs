@@ -17,7 +17,6 @@ use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
 
 use super::layout::{self, Frame, Section};
-use super::pages::{CsrfToken, csrf_field};
 use super::{AppState, WebError, read};
 use crate::model::{Resident, ResidentId, Timestamp};
 use crate::store::{ResidentChange, ResidentRecord, StoreError};
@@ -271,13 +270,7 @@ pub async fn list(
 }
 
 /// The add/edit form, with the errors of the last attempt beside their fields.
-fn form_markup(
-    action: &str,
-    form: &ResidentForm,
-    errors: &[FieldError],
-    csrf: &CsrfToken,
-    submit: &str,
-) -> Markup {
+fn form_markup(action: &str, form: &ResidentForm, errors: &[FieldError], submit: &str) -> Markup {
     let error_of = |f: &str| {
         errors
             .iter()
@@ -311,7 +304,7 @@ fn form_markup(
             }
         }
         form.stacked method="post" action=(action) {
-            (csrf_field(csrf))
+            (super::csrf_field())
             (field("display_name", "Name", "The name staff know the resident by. It never leaves the gateway.", &form.display_name, NAME_MAX))
             (field("room", "Room", "For example: Room 12.", &form.room, ROOM_MAX))
             (field("reference", "Reference for the cloud", "Like R-0001. It stands for the resident outside the home, so it must never contain a name. Changing it starts a new record in the cloud.", &form.reference, 21))
@@ -332,23 +325,13 @@ fn form_page(state: &AppState, status: StatusCode, title: &str, body: Markup) ->
 }
 
 /// `GET /residents/new`
-pub async fn new_form(State(state): State<AppState>, csrf: CsrfToken) -> Response {
-    let body = form_markup(
-        "/residents",
-        &ResidentForm::default(),
-        &[],
-        &csrf,
-        "Add resident",
-    );
+pub async fn new_form(State(state): State<AppState>) -> Response {
+    let body = form_markup("/residents", &ResidentForm::default(), &[], "Add resident");
     form_page(&state, StatusCode::OK, "Add a resident", body)
 }
 
 /// `POST /residents`
-pub async fn create(
-    State(state): State<AppState>,
-    csrf: CsrfToken,
-    Form(form): Form<ResidentForm>,
-) -> Response {
+pub async fn create(State(state): State<AppState>, Form(form): Form<ResidentForm>) -> Response {
     let errors = match check(&form, None) {
         Ok(c) => {
             let change = ResidentChange::Add {
@@ -375,7 +358,7 @@ pub async fn create(
         }
         Err(errors) => errors,
     };
-    let body = form_markup("/residents", &form, &errors, &csrf, "Add resident");
+    let body = form_markup("/residents", &form, &errors, "Add resident");
     form_page(
         &state,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -406,7 +389,6 @@ fn gone(state: &AppState) -> Response {
 pub async fn edit_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    csrf: CsrfToken,
 ) -> Result<Response, WebError> {
     let Some(r) = living(&state, &id).await? else {
         return Ok(gone(&state));
@@ -420,7 +402,6 @@ pub async fn edit_form(
         &format!("/residents/{}/edit", r.resident.id.0),
         &form,
         &[],
-        &csrf,
         "Save changes",
     );
     Ok(form_page(
@@ -435,7 +416,6 @@ pub async fn edit_form(
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    csrf: CsrfToken,
     Form(form): Form<ResidentForm>,
 ) -> Result<Response, WebError> {
     let Some(r) = living(&state, &id).await? else {
@@ -473,7 +453,6 @@ pub async fn update(
         &format!("/residents/{}/edit", id.0),
         &form,
         &errors,
-        &csrf,
         "Save changes",
     );
     Ok(form_page(
@@ -488,7 +467,6 @@ pub async fn update(
 pub async fn archive_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    csrf: CsrfToken,
 ) -> Result<Response, WebError> {
     let Some(r) = living(&state, &id).await? else {
         return Ok(gone(&state));
@@ -497,7 +475,7 @@ pub async fn archive_form(
     let body = html! {
         p { "Archive " strong { (name) } " (" (r.resident.room) ")? They will no longer appear on any page. Their readings are kept as history." }
         form.stacked method="post" action=(format!("/residents/{}/archive", r.resident.id.0)) {
-            (csrf_field(&csrf))
+            (super::csrf_field())
             p.actions {
                 button.danger type="submit" { "Archive " (name) }
                 a.button.secondary href="/residents" { "Cancel" }
@@ -516,7 +494,6 @@ pub async fn archive_form(
 pub async fn archive(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    _csrf: CsrfToken,
 ) -> Result<Response, WebError> {
     let Some(r) = living(&state, &id).await? else {
         return Ok(gone(&state));

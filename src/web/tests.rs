@@ -145,7 +145,12 @@ async fn overview_shows_value_unit_age_and_marks_stale() {
     // SpO2 96 scores 0; the temperature is stale relative to it and the pulse is NaN:
     // both count as missing, never as zero.
     assert!(html.contains("NEWS2 0 (partial)"), "{html}");
-    assert!(html.contains("Missing: respiration rate, air or oxygen, systolic BP, pulse, consciousness, temperature."), "{html}");
+    // What only staff enter is said once for the page; the tile names the rest.
+    assert!(
+        html.contains("No current systolic BP, pulse, temperature from the sensors."),
+        "{html}"
+    );
+    assert_eq!(html.matches("only staff can enter").count(), 1, "{html}");
 
     let (status, json) = get(&state, "/api/v1/residents").await;
     assert_eq!(status, StatusCode::OK);
@@ -403,10 +408,11 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
     assert!(v[0]["assigned_at"].is_string(), "{v}");
     let (_, page) = get(&state, "/pairing").await;
     assert!(
-        page.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil (Room 1)"),
+        page.contains("&lt;b&gt;Ada&lt;/b&gt; O'Neil, Room 1"),
         "{page}"
     );
-    assert!(page.contains("action=\"/pairing/unassign\""), "{page}");
+    let (_, own) = get(&state, &format!("/devices/{ox}")).await;
+    assert!(own.contains("action=\"/pairing/unassign\""), "{own}");
     assert!(
         page.contains("unassigned: readings no longer attributed (by test-nurse)"),
         "{page}"
@@ -475,7 +481,10 @@ async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
 
     let (_, html) = get(&state, "/").await;
     assert!(html.contains("Alerts (1)"), "{html}");
-    assert!(html.contains("SpO₂ scores 3"), "{html}");
+    assert!(
+        html.contains("oxygen saturation 88 % (scores 3) at "),
+        "{html}"
+    );
     assert!(html.contains(&format!("/alerts/{id}/ack")), "{html}");
 
     assert!(!html.contains("name=\"by\""), "no name to type: {html}");
@@ -611,7 +620,10 @@ async fn a_nurse_threshold_raises_where_the_chart_would_not() {
     assert_eq!(r.raised.len(), 1);
     let (_, json) = get(&state, "/api/v1/alerts").await;
     assert!(json.contains("resident:1/threshold:spo2"), "{json}");
-    assert!(json.contains("93.0 %"), "value with its unit: {json}");
+    assert!(
+        json.contains("oxygen saturation 93 % at "),
+        "value with its unit: {json}"
+    );
 }
 
 /// Who set resident 1's limits, read from the database itself.
@@ -673,7 +685,7 @@ fn observation_sets_are_validated_with_plain_words() {
         (input(&|_| {}), Some("Enter at least one observation.")),
         (
             input(&|i| {
-                i.entered_by = super::alerts::Retired(true);
+                i.entered_by = super::alert_page::Retired(true);
                 i.resp_rate = s("18");
             }),
             Some("\"entered_by\" is no longer accepted"),
@@ -1094,13 +1106,14 @@ async fn an_encryption_key_is_set_by_a_nurse_never_shown_and_removed() {
     let (_, devices) = get(&state, "/api/v1/devices").await;
     let v: serde_json::Value = serde_json::from_str(&devices).unwrap();
     assert_eq!(v[0]["encrypted"], true, "{v}");
+    let (_, own) = get(&state, &format!("/devices/{ox}")).await;
+    assert!(own.contains("A key is set."), "{own}");
     let (_, page) = get(&state, "/pairing").await;
-    assert!(page.contains("Encrypted: key set"), "{page}");
     assert!(
         page.contains("encryption key set (by test-nurse)"),
         "{page}"
     );
-    for shown in [&devices, &page] {
+    for shown in [&devices, &page, &own] {
         assert!(
             !shown.to_lowercase().contains(hex),
             "the key is never shown"
@@ -1117,8 +1130,10 @@ async fn an_encryption_key_is_set_by_a_nurse_never_shown_and_removed() {
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert!(!state.registry.has_key(ox));
     assert!(state.reader.keys().unwrap().is_empty());
+    // An oximeter does not encrypt: with its key gone, its page offers none.
+    let (_, own) = get(&state, &format!("/devices/{ox}")).await;
+    assert!(!own.contains("action=\"/pairing/key\""), "{own}");
     let (_, page) = get(&state, "/pairing").await;
-    assert!(page.contains("action=\"/pairing/key\""), "{page}");
     assert!(
         page.contains("encryption key removed (by test-nurse)"),
         "{page}"

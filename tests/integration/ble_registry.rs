@@ -159,8 +159,11 @@ fn paired_state_assignment_and_record_survive_a_restart_and_unassign_stops_attri
     );
     let (status, page) = http(web, "GET", "/pairing").unwrap();
     assert_eq!(status, 200);
-    assert!(page.contains("Edith Moore (Room 9)"), "{page}");
-    assert!(page.contains("-61 dBm"), "{page}");
+    // Listed under her name (issue 20); its signal on its own page.
+    assert!(page.contains("Edith Moore, Room 9"), "{page}");
+    let (status, own) = http(web, "GET", &format!("/devices/{STRAP}")).unwrap();
+    assert_eq!(status, 200);
+    assert!(own.contains("-61 dBm"), "{own}");
     assert!(
         page.contains(&format!("assigned to resident 3 (by {TEST_NURSE})")),
         "{page}"

@@ -140,6 +140,11 @@ impl Browser {
             .map(drop)
     }
 
+    /// One Chrome DevTools command, `{"cmd": ..., "params": {...}}`.
+    pub fn cdp(&self, command: &Value) -> Result<Value> {
+        self.call("POST", "/goog/cdp/execute", Some(command))
+    }
+
     pub fn goto(&self, url: &str) -> Result<()> {
         self.call("POST", "/url", Some(&json!({ "url": url })))
             .map(drop)

@@ -14,6 +14,7 @@ mod ble;
 mod ble_registry;
 mod ble_support;
 mod browser;
+mod browser_pairing;
 mod browser_support;
 mod decode_cli;
 mod demo;

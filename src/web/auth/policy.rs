@@ -99,6 +99,9 @@ pub const POLICY: &[Rule] = &[
         CARER,
         View("residents overview (api)"),
     ),
+    // The shift handover (web::handover): everyone on shift reads it.
+    rule("GET", "/handover", CARER, View("shift handover")),
+    rule("GET", "/handover.csv", CARER, View("shift handover export")),
     // Devices and pairing: carers see, nurses change.
     rule("GET", "/pairing", CARER, View("pairing page")),
     rule("GET", "/api/v1/pairing", CARER, Changes),
@@ -118,6 +121,8 @@ pub const POLICY: &[Rule] = &[
     ),
     rule("PUT", "/api/v1/devices/{address}/key", NURSE, Changes),
     rule("DELETE", "/api/v1/devices/{address}/key", NURSE, Changes),
+    rule("GET", "/devices/{address}", CARER, View("device page")),
+    rule("POST", "/devices/{address}/remove", NURSE, Changes),
     rule("POST", "/pairing/key", NURSE, Changes),
     rule("POST", "/pairing/key/remove", NURSE, Changes),
     rule("POST", "/pairing/assign", NURSE, Changes),
@@ -125,6 +130,11 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/pairing/window", NURSE, Changes),
     rule("POST", "/pairing/close", NURSE, Changes),
     rule("POST", "/pairing/passkey", NURSE, Changes),
+    // The guided flow (web::pairing_guide): nurses pair.
+    rule("GET", "/pairing/guide", NURSE, View("pairing guide")),
+    rule("POST", "/pairing/guide", NURSE, Changes),
+    rule("POST", "/pairing/guide/assign", NURSE, Changes),
+    rule("POST", "/pairing/guide/passkey", NURSE, Changes),
     rule("POST", "/api/v1/pairing/passkey", NURSE, Changes),
     rule("POST", "/api/v1/pairing/confirm", NURSE, Changes),
     // `carehub pair` opens the window (POST); closing it early is the other

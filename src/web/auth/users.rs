@@ -29,7 +29,7 @@ fn page(users: &[User], error: Option<&str>) -> Html<String> {
                         td { (u.username) }
                         td { (u.role.as_str()) }
                         td { @if u.disabled { "disabled" } @else { "active" } }
-                        td { (u.created_at.to_rfc3339()) @if let Some(by) = &u.created_by { " by " (by) } }
+                        td { (crate::web::layout::date_time(u.created_at)) @if let Some(by) = &u.created_by { " by " (by) } }
                         td {
                             @if u.disabled {
                                 form method="post" action=(format!("/users/{}/enable", u.id)) { (csrf_field()) button type="submit" { "Enable" } }

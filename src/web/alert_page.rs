@@ -25,7 +25,7 @@ use crate::store::{AlertRecord, StoreError};
 const RECENT_RESOLVED: usize = 20;
 
 /// Runs a blocking call on the alert book off the executor.
-async fn with_book<T: Send + 'static>(
+pub(super) async fn with_book<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&mut crate::store::AlertBook) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WebError> {
@@ -296,12 +296,14 @@ pub(super) fn open_alerts(rows: &[&crate::store::AlertRecord], now: Timestamp) -
                 h2 { "Alerts (" (rows.len()) ")" }
                 ul {
                     @for a in rows {
-                        li class=(format!("alert {}{}", a.severity, if a.cleared_at.is_some() { " cleared" } else { "" })) data-alert=(a.id) {
+                        li class=(format!("alert {}{}{}", a.severity, if a.cleared_at.is_some() { " cleared" } else { "" }, if a.acknowledged_at.is_some() { " acknowledged" } else { "" })) data-alert=(a.id) {
                             strong { (a.severity) } ": " (a.message)
                             " — raised " time datetime=(a.raised_at.to_rfc3339()) { (clock(a.raised_at)) } " (" (ago(a.raised_at)) ")"
                             @if let Some(c) = a.cleared_at {
                                 @if a.acknowledged_at.is_none() {
                                     " — " span.cleared { "cleared at " (clock(c)) ", not yet seen" }
+                                    // Latched: open until someone acknowledges it.
+                                    span.latched { "STILL OPEN" }
                                 } @else {
                                     " — cleared at " (clock(c))
                                 }
