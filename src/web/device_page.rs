@@ -8,12 +8,11 @@
 //! API (`devices`), with `back=device` to come back here.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::layout::{Frame, Section};
-use super::{AppState, Caller, WebError, describe_age, read};
+use super::{AppState, WebError, describe_age, read};
 use crate::model::{DeviceAddress, DeviceKind, Subject, Timestamp};
 use crate::store::{DeviceState, ResidentOverview};
 
@@ -224,21 +223,6 @@ pub async fn page(
         live: None,
     };
     Ok(Html(super::layout::page(frame, &what, body).into_string()).into_response())
-}
-
-/// `POST /devices/{address}/remove`: forgets the Bluetooth bond, back here.
-pub async fn remove(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(address): Path<String>,
-) -> Response {
-    let back = format!("/devices/{}", address.trim());
-    let res = super::pairing::unpair(State(state), caller, Path(address)).await;
-    if res.status() == StatusCode::OK {
-        Redirect::to(&back).into_response()
-    } else {
-        res
-    }
 }
 
 /// Where a device form goes afterwards: the device's page when it came from

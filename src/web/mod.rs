@@ -138,7 +138,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/devices", get(devices::list))
         .route("/devices/{address}", get(device_page::page))
-        .route("/devices/{address}/remove", post(device_page::remove))
+        .route(
+            "/devices/{address}/remove",
+            post(pairing::remove_from_device_page),
+        )
         .route("/pairing/assign", post(devices::page_assign))
         .route("/pairing/unassign", post(devices::page_unassign))
         .route("/pairing/key", post(devices::page_set_key))

@@ -568,3 +568,18 @@ pub async fn page_passkey(
         res
     }
 }
+
+/// `POST /devices/{address}/remove`: forgets the Bluetooth bond, back here.
+pub async fn remove_from_device_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(address): Path<String>,
+) -> Response {
+    let back = format!("/devices/{}", address.trim());
+    let res = unpair(State(state), caller, Path(address)).await;
+    if res.status() == StatusCode::OK {
+        Redirect::to(&back).into_response()
+    } else {
+        res
+    }
+}

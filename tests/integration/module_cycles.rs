@@ -18,8 +18,6 @@ type Module = Vec<String>;
 
 /// Cycles not broken yet, each with who breaks it; delete the line when it goes.
 const KNOWN: &[&[&str]] = &[
-    // Issue 20 (the web pages) moves the CSRF helper out of web::pages.
-    &["web::clinical", "web::pages"],
     // Found by this test, in modules other branches are changing now (issues 16
     // and 21): fhir takes `OutgoingReading` from payload, which calls fhir for a
     // NEWS2 bundle; registry calls `writer::provision`, the writer calls
