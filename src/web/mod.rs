@@ -156,6 +156,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/pairing/guide/assign", post(pairing_guide::assign))
         .route("/pairing/guide/passkey", post(pairing_guide::passkey))
+        .route("/pairing/guide/confirm", post(pairing_guide::confirm))
         .route("/api/v1/pairing/passkey", post(pairing::passkey))
         .route("/api/v1/pairing/confirm", post(pairing::confirm))
         .route(

@@ -330,6 +330,11 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
         .map(|b| b.status.sightings())
         .unwrap_or_default();
     let passkeys = pending_passkeys(&state);
+    let confirms = state
+        .ble
+        .as_ref()
+        .map(|b| b.passkeys.pending_confirms())
+        .unwrap_or_default();
     let body = html! {
         section.pairing {
             @match closes {
@@ -363,6 +368,12 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
                     }
                     input type="hidden" name="address" value=(address.to_string());
                     button type="submit" { "Pair" }
+                }
+            }
+            @for c in &confirms {
+                p.confirm role="alert" {
+                    "Sensor " (c.address.to_string()) " asks staff to check a number. "
+                    a href=(format!("/pairing/guide?address={}", c.address)) { "Check the number" }
                 }
             }
             h2 { "Nearby" }
@@ -512,16 +523,26 @@ pub async fn confirm(
     Caller(who): Caller,
     Json(req): Json<ConfirmRequest>,
 ) -> Response {
-    let address: DeviceAddress = match req.address.parse() {
+    give_confirmation(&state, &req.address, req.accept, &who)
+}
+
+/// Gives BlueZ staff's answer to a number shown for confirmation, and records it.
+pub(super) fn give_confirmation(
+    state: &AppState,
+    address: &str,
+    accept: bool,
+    who: &str,
+) -> Response {
+    let address: DeviceAddress = match address.trim().parse() {
         Ok(a) => a,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
     };
     let Some(ble) = &state.ble else {
         return (StatusCode::NOT_FOUND, "the sensor source is not Bluetooth").into_response();
     };
-    match ble.passkeys.confirm(address, req.accept) {
+    match ble.passkeys.confirm(address, accept) {
         Ok(number) => {
-            let what = if req.accept {
+            let what = if accept {
                 format!("number {number:06} confirmed by staff")
             } else {
                 format!("number {number:06} rejected by staff: no bond")
@@ -529,7 +550,7 @@ pub async fn confirm(
             state
                 .pairing
                 .log
-                .record_change(Some(address), what, &who, RegistryChange::Note);
+                .record_change(Some(address), what, who, RegistryChange::Note);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e @ ConfirmError::NoRequest(_)) => {

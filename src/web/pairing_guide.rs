@@ -215,12 +215,38 @@ fn assign_step(
         .ble
         .as_ref()
         .is_some_and(|b| b.passkeys.pending().iter().any(|(a, _)| *a == address));
+    // Numeric comparison: never answered by the gateway, only by a nurse who
+    // has looked at the sensor (hazard H31).
+    let confirm_number = state.ble.as_ref().and_then(|b| {
+        b.passkeys
+            .pending_confirms()
+            .into_iter()
+            .find(|c| c.address == address)
+            .map(|c| c.number)
+    });
     let here = format!("/pairing/guide?address={address}");
     html! {
         // A passkey question comes with no event: the page looks again while
         // the sensor is being paired and assigned.
         div data-poll { (sensor_heading(device, seen, address)) }
-        @if asks_passkey {
+        @if let Some(number) = confirm_number {
+            div.confirm {
+                p { strong { "Does the sensor show " span.number { (format!("{:03} {:03}", number / 1000, number % 1000)) } "?" } }
+                p { "Look at the sensor's screen. Only say yes if it shows exactly this number." }
+                form.confirm-yes method="post" action="/pairing/guide/confirm" {
+                    (super::csrf_field())
+                    input type="hidden" name="address" value=(address.to_string());
+                    input type="hidden" name="accept" value="yes";
+                    button type="submit" { "Yes, it shows this number" }
+                }
+                form.confirm-no method="post" action="/pairing/guide/confirm" {
+                    (super::csrf_field())
+                    input type="hidden" name="address" value=(address.to_string());
+                    input type="hidden" name="accept" value="no";
+                    button type="submit" { "No, the number is different" }
+                }
+            }
+        } @else if asks_passkey {
             form.passkey method="post" action="/pairing/guide/passkey" {
                 (super::csrf_field())
                 input type="hidden" name="address" value=(address.to_string());
@@ -362,6 +388,36 @@ pub async fn passkey(
             .into_response();
     };
     let res = super::pairing::give_passkey(&state, &form.address, passkey, &who);
+    if res.status().is_success() {
+        Redirect::to(&format!("/pairing/guide?address={}", form.address.trim())).into_response()
+    } else {
+        res
+    }
+}
+
+/// The flow's answer to "does the sensor show this number?".
+#[derive(Deserialize)]
+pub struct ConfirmForm {
+    pub address: String,
+    /// `yes` or `no`.
+    pub accept: String,
+}
+
+/// `POST /pairing/guide/confirm`: staff's answer to a numeric comparison, back
+/// to the sensor.
+pub async fn confirm(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Form(form): Form<ConfirmForm>,
+) -> Response {
+    let accept = match form.accept.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => {
+            return (StatusCode::UNPROCESSABLE_ENTITY, "the answer is yes or no").into_response();
+        }
+    };
+    let res = super::pairing::give_confirmation(&state, &form.address, accept, &who);
     if res.status().is_success() {
         Redirect::to(&format!("/pairing/guide?address={}", form.address.trim())).into_response()
     } else {

@@ -180,3 +180,73 @@ fn a_new_strap_is_paired_and_assigned_in_at_most_four_taps() {
     assert_eq!(strap["resident_id"], 3, "{strap}");
     crate::browser::screenshot(&b, "pairing-guide", false);
 }
+
+/// Issue 18 on the staff page: a sensor that pairs by numeric comparison shows
+/// its number in the guided flow and the pairing goes on only when a nurse says
+/// it matches; "different" ends it with BlueZ told no (hazard H31).
+#[test]
+fn a_number_to_compare_is_shown_and_only_a_nurse_accepts_or_rejects_it() {
+    const SCALE: &str = "DE:AD:BE:EF:00:22";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(SCALE, "A&D UC-352BLE", &[0x181D]);
+    let gw = Gateway::new(vec![resident(3, "Doreen Baptiste", "Room 3")], vec![], "");
+    seed_user(
+        &gw.dir.path().join("carehub.db"),
+        NURSE,
+        carehub::store::accounts::Role::Nurse,
+    );
+    let _daemon = gw.run(&bluez);
+    let web: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+    wait_for(STEP, || {
+        http_get(web, "/healthz").filter(|(s, _)| *s == 200)
+    })
+    .expect("the gateway serves its pages");
+    let base = format!("http://{web}");
+    let b = Browser::start(1024, 768);
+    sign_in_at(&b, &base, NURSE.0, NURSE.1);
+    b.goto(&format!("{base}/pairing")).unwrap();
+    b.click_to_page(&b.find("form.guide button").unwrap())
+        .unwrap();
+    let mut taps = Taps { b: &b, n: 0 };
+    wait_for(STEP, || {
+        bluez.advertise_presence(SCALE);
+        b.find_all("a.found")
+            .ok()?
+            .into_iter()
+            .filter_map(|e| b.text(&e).ok())
+            .find(|t| t.contains("A&D UC-352BLE"))
+    })
+    .unwrap_or_else(|| panic!("the scale was not listed:\n{}", page_text(&b)));
+    taps.tap("a.found", "A&D UC-352BLE");
+
+    // First the nurse sees a number that differs from the scale's: rejected.
+    std::thread::scope(|s| {
+        let asked =
+            s.spawn(|| bluez.call_agent_with("RequestConfirmation", SCALE, &["uint32:48213"]));
+        let shown = wait_shown(&b, "div.confirm", "Does the sensor show");
+        assert!(shown.contains("048 213"), "{shown}");
+        taps.tap("form.confirm-no button", "different");
+        let answer = asked.join().unwrap();
+        let refused = answer.expect_err("a rejected number is refused to BlueZ");
+        assert!(refused.contains("org.bluez.Error.Rejected"), "{refused}");
+    });
+    // Then the number matches: accepted, and BlueZ's call returns.
+    std::thread::scope(|s| {
+        let asked =
+            s.spawn(|| bluez.call_agent_with("RequestConfirmation", SCALE, &["uint32:902114"]));
+        let shown = wait_shown(&b, "div.confirm", "Does the sensor show");
+        assert!(shown.contains("902 114"), "{shown}");
+        taps.tap("form.confirm-yes button", "Yes");
+        asked
+            .join()
+            .unwrap()
+            .expect("a confirmed number lets the pairing go on");
+    });
+    let (_, record) = http_get(web, "/api/v1/pairing").unwrap();
+    assert!(
+        record.contains("number 048213 rejected by staff")
+            && record.contains("number 902114 confirmed by staff"),
+        "{record}"
+    );
+}

@@ -135,6 +135,7 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/pairing/guide", NURSE, Changes),
     rule("POST", "/pairing/guide/assign", NURSE, Changes),
     rule("POST", "/pairing/guide/passkey", NURSE, Changes),
+    rule("POST", "/pairing/guide/confirm", NURSE, Changes),
     rule("POST", "/api/v1/pairing/passkey", NURSE, Changes),
     rule("POST", "/api/v1/pairing/confirm", NURSE, Changes),
     // `carehub pair` opens the window (POST); closing it early is the other
