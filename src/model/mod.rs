@@ -793,6 +793,19 @@ impl SpecialValue {
         }
     }
 
+    /// What staff read for it: plain words, never the wire's status word.
+    pub fn words(self) -> &'static str {
+        match self {
+            SpecialValue::NotANumber => "not a number",
+            SpecialValue::NotAtResolution => "not at this resolution",
+            SpecialValue::PositiveInfinity => "above its range",
+            SpecialValue::NegativeInfinity => "below its range",
+            SpecialValue::Reserved => "a reserved value",
+            SpecialValue::Unavailable => "not available",
+            SpecialValue::Unsuccessful => "measurement failed",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<SpecialValue> {
         SpecialValue::ALL.iter().copied().find(|v| v.as_str() == s)
     }

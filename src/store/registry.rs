@@ -10,9 +10,9 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{StoreError, writer};
+use super::StoreError;
 use crate::decode::{BindKey, ReplayCounters};
-use crate::model::{Device, DeviceAddress, DeviceKind, ResidentId, Subject, Timestamp};
+use crate::model::{Device, DeviceAddress, DeviceKind, Resident, ResidentId, Subject, Timestamp};
 
 /// What a recorded event changes in the `devices` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,7 +141,7 @@ pub(super) fn write_record(
             )?;
         }
         RegistryChange::Assigned(device) => {
-            writer::provision(tx, &[], std::slice::from_ref(device))?;
+            provision(tx, &[], std::slice::from_ref(device))?;
             tx.execute(
                 "UPDATE devices SET assigned_at_ms = ?2 WHERE address = ?1",
                 params![key, at],
@@ -370,4 +370,45 @@ pub(super) fn device_states(c: &rusqlite::Connection) -> Result<Vec<DeviceState>
         });
     }
     Ok(out)
+}
+
+pub(super) fn provision(
+    tx: &rusqlite::Transaction<'_>,
+    residents: &[Resident],
+    devices: &[Device],
+) -> Result<(), StoreError> {
+    for r in residents {
+        tx.execute(
+            "INSERT INTO residents (id, display_name, room, reference) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
+                room = excluded.room, reference = excluded.reference",
+            params![r.id.0, r.display_name, r.room, r.reference],
+        )?;
+    }
+    for d in devices {
+        let (resident, room) = match &d.subject {
+            Subject::Resident(id) => (Some(id.0), None),
+            Subject::Room(room) => (None, Some(room.clone())),
+            Subject::Unassigned => (None, None),
+        };
+        let exists: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM devices WHERE address = ?1",
+                [d.address.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if exists.is_some() {
+            tx.execute(
+                "UPDATE devices SET kind = ?2, model = ?3, name = ?4, resident_id = ?5, room = ?6 WHERE address = ?1",
+                params![d.address.to_string(), d.kind.as_str(), d.model, d.name, resident, room],
+            )?;
+        } else {
+            tx.execute(
+                "INSERT INTO devices (address, kind, model, name, resident_id, room) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.address.to_string(), d.kind.as_str(), d.model, d.name, resident, room],
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -31,9 +31,7 @@ use super::{
     subject_key,
 };
 use crate::config::Synchronous;
-use crate::model::{
-    Device, DeviceAddress, Quantity, Reading, ReadingId, Resident, ResidentId, Subject, Timestamp,
-};
+use crate::model::{DeviceAddress, Quantity, Reading, ReadingId, ResidentId, Subject, Timestamp};
 use crate::system::health::Heartbeat;
 
 const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -689,7 +687,7 @@ impl Writer {
                 match cmd {
                     Command::Provision {
                         residents, devices, ..
-                    } => provision(&tx, residents, devices)?,
+                    } => super::registry::provision(&tx, residents, devices)?,
                     Command::Record { record, .. } => super::registry::write_record(&tx, record)?,
                     Command::Seen { seen } => super::registry::write_seen(&tx, seen)?,
                     Command::Ingest {
@@ -1347,47 +1345,6 @@ fn write_entered(
         e.entered_at.unix_ms(),
         ids.join(" ")
     ])?;
-    Ok(())
-}
-
-pub(super) fn provision(
-    tx: &rusqlite::Transaction<'_>,
-    residents: &[Resident],
-    devices: &[Device],
-) -> Result<(), StoreError> {
-    for r in residents {
-        tx.execute(
-            "INSERT INTO residents (id, display_name, room, reference) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
-                room = excluded.room, reference = excluded.reference",
-            params![r.id.0, r.display_name, r.room, r.reference],
-        )?;
-    }
-    for d in devices {
-        let (resident, room) = match &d.subject {
-            Subject::Resident(id) => (Some(id.0), None),
-            Subject::Room(room) => (None, Some(room.clone())),
-            Subject::Unassigned => (None, None),
-        };
-        let exists: Option<i64> = tx
-            .query_row(
-                "SELECT 1 FROM devices WHERE address = ?1",
-                [d.address.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if exists.is_some() {
-            tx.execute(
-                "UPDATE devices SET kind = ?2, model = ?3, name = ?4, resident_id = ?5, room = ?6 WHERE address = ?1",
-                params![d.address.to_string(), d.kind.as_str(), d.model, d.name, resident, room],
-            )?;
-        } else {
-            tx.execute(
-                "INSERT INTO devices (address, kind, model, name, resident_id, room) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![d.address.to_string(), d.kind.as_str(), d.model, d.name, resident, room],
-            )?;
-        }
-    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 
 use crate::model::{Quantity, SpecialValue, Subject, Value};
 
-use super::payload::OutgoingReading;
+use super::outgoing::OutgoingReading;
 
 /// MDC code system (ISO/IEEE 11073-10101 nomenclature).
 pub const MDC: &str = "urn:iso:std:iso:11073:10101";

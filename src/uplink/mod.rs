@@ -19,6 +19,7 @@ pub mod batch;
 pub mod cert;
 pub mod fhir;
 pub mod link;
+pub mod outgoing;
 pub mod payload;
 pub mod receipts;
 pub mod status;

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Reading, Subject, Timestamp, Value};
+use crate::model::{Subject, Timestamp, Value};
 
 /// The version written into every readings batch as `schema`.
 pub const READINGS_SCHEMA: &str = "carehub.readings/1";
@@ -15,15 +15,7 @@ pub const STATUS_SCHEMA: &str = "carehub.status/1";
 /// The version of a receipt the cloud consumer sends (`receipts` mode).
 pub const RECEIPT_SCHEMA: &str = "carehub.receipt/1";
 
-/// One reading as it leaves the gateway: the reading and the pseudonymous reference
-/// of the resident it belongs to (never a name).
-#[derive(Debug, Clone, Copy)]
-pub struct OutgoingReading<'a> {
-    pub reading: &'a Reading,
-    /// The configured pseudonymous reference; `None` for room data and for devices
-    /// not assigned to anybody.
-    pub resident_reference: Option<&'a str>,
-}
+pub use super::outgoing::OutgoingReading;
 
 /// The topics of one gateway: `carehub/v1/{site}/{gateway}/...`.
 ///
@@ -467,6 +459,7 @@ impl AlertMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Reading;
     use crate::model::{
         DeviceAddress, Quantity, ReadingId, ResidentId, SpecialValue, Timestamp, Unit,
     };
@@ -643,6 +636,7 @@ mod tests {
 #[cfg(test)]
 mod doc_examples {
     use super::*;
+    use crate::model::Reading;
     use crate::model::{DeviceAddress, Quantity, ResidentId, SpecialValue, Timestamp, Unit};
 
     const DOC: &str = include_str!("../../docs/mqtt.md");

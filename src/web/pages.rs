@@ -289,7 +289,7 @@ pub(super) fn with_unit(v: &LatestValue) -> String {
         }
         Value::Special(s) => format!(
             "no value (sensor reported {}) {}",
-            s.as_str(),
+            s.words(),
             v.unit.symbol()
         ),
     }
@@ -309,7 +309,7 @@ pub(super) fn number(q: Quantity, v: Value) -> String {
             };
             format!("{n:.digits$}")
         }
-        Value::Special(s) => format!("({})", s.as_str()),
+        Value::Special(s) => format!("({})", s.words()),
     }
 }
 

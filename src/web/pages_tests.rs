@@ -200,14 +200,17 @@ async fn resident_detail_draws_gaps_as_gaps_and_specials_as_marks() {
         .find(|c| c.contains("Pulse (/min)"))
         .unwrap_or_else(|| panic!("no pulse chart: {html}"));
     assert_eq!(chart.matches("<polyline").count(), 2, "{chart}");
-    assert!(chart.contains("sensor reported nan</title>"), "{chart}");
+    assert!(
+        chart.contains("sensor reported not a number</title>"),
+        "{chart}"
+    );
     assert!(chart.contains("▼ no value (1)"), "{chart}");
     assert!(
         chart.contains("5 readings; lowest 70 /min, highest 82 /min; newest 82 /min"),
         "{chart}"
     );
     assert!(
-        html.contains("no value (sensor reported nan) /min"),
+        html.contains("no value (sensor reported not a number) /min"),
         "{html}"
     );
     assert!(html.contains("Newest 100 readings"), "{html}");

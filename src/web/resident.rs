@@ -221,7 +221,7 @@ fn value_words(h: &HistoryValue) -> String {
         }
         Value::Special(s) => format!(
             "no value (sensor reported {}) {}",
-            s.as_str(),
+            s.words(),
             h.unit.symbol()
         ),
     }
@@ -394,7 +394,7 @@ fn chart(q: Quantity, points: &[&HistoryValue], now: Timestamp, gap: Duration) -
     for s in &specials {
         let xx = x(s.taken_at.unix_ms());
         let words = match s.value {
-            Value::Special(sv) => sv.as_str(),
+            Value::Special(sv) => sv.words(),
             Value::Number(_) => "",
         };
         let _ = write!(
@@ -466,8 +466,9 @@ fn summary(
         numbers.last(),
     ) {
         (Some(lo), Some(hi), Some(last)) => parts.push(format!(
-            "{} readings; lowest {}, highest {}; newest {} at {}",
+            "{} reading{}; lowest {}, highest {}; newest {} at {}",
             numbers.len(),
+            if numbers.len() == 1 { "" } else { "s" },
             with(lo),
             with(hi),
             with(last.1),

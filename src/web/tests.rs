@@ -141,7 +141,10 @@ async fn overview_shows_value_unit_age_and_marks_stale() {
         html.contains("STALE") && html.contains("last reading 75 min ago"),
         "{html}"
     );
-    assert!(html.contains("no value (sensor reported nan)"), "{html}");
+    assert!(
+        html.contains("no value (sensor reported not a number)"),
+        "{html}"
+    );
     // SpO2 96 scores 0; the temperature is stale relative to it and the pulse is NaN:
     // both count as missing, never as zero.
     assert!(html.contains("NEWS2 0 (partial)"), "{html}");

@@ -25,6 +25,10 @@ use super::mqtt_support::{Broker, Pki};
 
 /// A venv's python with paho-mqtt 2 (made on first use, under the target dir).
 pub fn consumer_python() -> PathBuf {
+    // Tests run in parallel: one makes the venv while the others wait, so none
+    // finds it half made.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("consumer-venv");
     let python = venv.join("bin/python");
     let ready = python.exists()
