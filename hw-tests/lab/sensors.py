@@ -357,6 +357,7 @@ class BloodPressureCuff(Sensor):
             log.info("%s: indicated %s (confirmed)", self.key, value.hex())
             self.stored.pop(0)
         await asyncio.sleep(0.5)
+        await self.linger()
         log.info("%s: done, disconnecting", self.key)
         try:
             await conn.disconnect()
@@ -455,6 +456,10 @@ class SpotCheck(Sensor):
         except Exception as e:
             log.info("%s: disconnect: %s", self.key, e)
 
+    async def linger(self):
+        """What the device waits for before it hangs up, once it has handed
+        over what it stored: nothing."""
+
     def advertising(self):
         return bool(self.stored)
 
@@ -474,6 +479,7 @@ class Thermometer(SpotCheck):
         self.clock = bytes([0xE9, 0x07, 1, 1, 0, 0, 0, 3, 0, 0])  # 2025-01-01 00:00
         self.clock_writes = 0
         self.clock_set_at = 0.0
+        self.clock_set_this_link = False
         self.current_time = Characteristic(
             uuid16(0x2A2B),
             Characteristic.Properties.READ
@@ -488,7 +494,21 @@ class Thermometer(SpotCheck):
             extra=[Service(uuid16(0x1805), [self.current_time])],
         )
 
+    async def linger(self):
+        # Like devices with a Current Time Service, it stays a while for the
+        # gateway to set its clock (up to 10 s) before it hangs up.
+        writes = self.clock_writes
+        for _ in range(50):
+            if self.clock_writes > writes or self.clock_set_this_link:
+                return
+            await asyncio.sleep(0.2)
+
+    def connected(self, connection):
+        self.clock_set_this_link = False
+        super().connected(connection)
+
     def set_clock(self, _connection, value):
+        self.clock_set_this_link = True
         self.clock = bytes(value)
         self.clock_writes += 1
         self.clock_set_at = time.time()
