@@ -357,7 +357,6 @@ class BloodPressureCuff(Sensor):
             log.info("%s: indicated %s (confirmed)", self.key, value.hex())
             self.stored.pop(0)
         await asyncio.sleep(0.5)
-        await self.linger()
         log.info("%s: done, disconnecting", self.key)
         try:
             await conn.disconnect()
@@ -450,6 +449,7 @@ class SpotCheck(Sensor):
             log.info("%s: indicated %s (confirmed)", self.key, value.hex())
             self.stored.pop(0)
         await asyncio.sleep(0.5)
+        await self.linger()
         log.info("%s: done, disconnecting", self.key)
         try:
             await conn.disconnect()
