@@ -202,15 +202,19 @@ class Sensor:
 
     async def advertise(self):
         """Advertises when on, free, and it has something to say; again after
-        every disconnection for as long as that holds."""
-        if not (self.powered and self.advertising()) or self.device.connections:
-            return
-        if self.device.is_advertising:
-            return
-        await self.device.start_advertising(
-            advertising_data=self.advertising_data(), auto_restart=False
-        )
-        log.info("%s: advertising", self.key)
+        every disconnection for as long as that holds. One start at a time:
+        two commands close together (two stored records) raced in Bumble."""
+        if not hasattr(self, "_adv_lock"):
+            self._adv_lock = asyncio.Lock()
+        async with self._adv_lock:
+            if not (self.powered and self.advertising()) or self.device.connections:
+                return
+            if self.device.is_advertising:
+                return
+            await self.device.start_advertising(
+                advertising_data=self.advertising_data(), auto_restart=False
+            )
+            log.info("%s: advertising", self.key)
 
     async def power_off(self):
         self.powered = False
