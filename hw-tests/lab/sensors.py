@@ -202,15 +202,19 @@ class Sensor:
 
     async def advertise(self):
         """Advertises when on, free, and it has something to say; again after
-        every disconnection for as long as that holds."""
-        if not (self.powered and self.advertising()) or self.device.connections:
-            return
-        if self.device.is_advertising:
-            return
-        await self.device.start_advertising(
-            advertising_data=self.advertising_data(), auto_restart=False
-        )
-        log.info("%s: advertising", self.key)
+        every disconnection for as long as that holds. One start at a time:
+        two commands close together (two stored records) raced in Bumble."""
+        if not hasattr(self, "_adv_lock"):
+            self._adv_lock = asyncio.Lock()
+        async with self._adv_lock:
+            if not (self.powered and self.advertising()) or self.device.connections:
+                return
+            if self.device.is_advertising:
+                return
+            await self.device.start_advertising(
+                advertising_data=self.advertising_data(), auto_restart=False
+            )
+            log.info("%s: advertising", self.key)
 
     async def power_off(self):
         self.powered = False
@@ -449,11 +453,16 @@ class SpotCheck(Sensor):
             log.info("%s: indicated %s (confirmed)", self.key, value.hex())
             self.stored.pop(0)
         await asyncio.sleep(0.5)
+        await self.linger()
         log.info("%s: done, disconnecting", self.key)
         try:
             await conn.disconnect()
         except Exception as e:
             log.info("%s: disconnect: %s", self.key, e)
+
+    async def linger(self):
+        """What the device waits for before it hangs up, once it has handed
+        over what it stored: nothing."""
 
     def advertising(self):
         return bool(self.stored)
@@ -474,6 +483,7 @@ class Thermometer(SpotCheck):
         self.clock = bytes([0xE9, 0x07, 1, 1, 0, 0, 0, 3, 0, 0])  # 2025-01-01 00:00
         self.clock_writes = 0
         self.clock_set_at = 0.0
+        self.clock_set_this_link = False
         self.current_time = Characteristic(
             uuid16(0x2A2B),
             Characteristic.Properties.READ
@@ -488,7 +498,21 @@ class Thermometer(SpotCheck):
             extra=[Service(uuid16(0x1805), [self.current_time])],
         )
 
+    async def linger(self):
+        # Like devices with a Current Time Service, it stays a while for the
+        # gateway to set its clock (up to 10 s) before it hangs up.
+        writes = self.clock_writes
+        for _ in range(50):
+            if self.clock_writes > writes or self.clock_set_this_link:
+                return
+            await asyncio.sleep(0.2)
+
+    def connected(self, connection):
+        self.clock_set_this_link = False
+        super().connected(connection)
+
     def set_clock(self, _connection, value):
+        self.clock_set_this_link = True
         self.clock = bytes(value)
         self.clock_writes += 1
         self.clock_set_at = time.time()

@@ -750,9 +750,9 @@ impl Round<'_> {
         let Some(k) = self.known.get(id) else { return };
         let address = k.address;
         // BlueZ reports every device it remembers when a round starts, in
-        // range or not; dialling the absent ones held connection slots for
-        // the whole connect time-out (the virtual lab's
-        // more_devices_than_slots, after a restart with 2 slots).
+        // range or not; a connect to an absent one holds a connection slot
+        // for the whole connect time-out. (Repeated dials of absent devices
+        // are still seen in the virtual lab's more_devices_than_slots: open.)
         if !(k.in_range || connected)
             || !self.settings.registered.contains(address)
             || !session::is_health_device(&k.services)

@@ -277,6 +277,23 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
     else {
         return Ok(SessionEnd::Stopped);
     };
+    let result = set_up_and_serve(peripheral, ctx, &mut values, holding_since).await;
+    if result.is_err() {
+        // A step that failed (BlueZ answered "In Progress" to a subscription
+        // it was restoring itself) must not lose what already arrived.
+        drain(&mut values, ctx).await;
+    }
+    result
+}
+
+/// The rest of a session, on a value stream opened before connecting.
+async fn set_up_and_serve(
+    peripheral: &Peripheral,
+    ctx: &SessionContext,
+    values: &mut (impl futures_util::Stream<Item = ValueNotification> + Unpin),
+    holding_since: tokio::time::Instant,
+) -> Result<SessionEnd, BleError> {
+    let limit = ctx.connect_timeout;
     // A device BlueZ already holds connected (at start-up, or after a round
     // restart) is used as it is: Connect would fail with AlreadyConnected.
     let already = peripheral.is_connected().await.unwrap_or(false);
@@ -285,7 +302,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             .await?
             .is_none()
     {
-        return Ok(drain(&mut values, ctx).await);
+        return Ok(drain(values, ctx).await);
     }
     if step(
         "service discovery",
@@ -296,7 +313,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
     .await?
     .is_none()
     {
-        return Ok(drain(&mut values, ctx).await);
+        return Ok(drain(values, ctx).await);
     }
     let characteristics = peripheral.characteristics();
     // The clock first: a spot-check device hangs up soon after it has handed
@@ -309,7 +326,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         // Best effort: a clock not set is not a failed session.
         match set_clock(peripheral, clock, ctx).await {
             Ok(Some(())) => {}
-            Ok(None) => return Ok(drain(&mut values, ctx).await),
+            Ok(None) => return Ok(drain(values, ctx).await),
             Err(e) => tracing::warn!(device = %ctx.address, error = %e, "device clock not set"),
         }
     }
@@ -319,7 +336,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
             .await?
             .is_none()
         {
-            return Ok(drain(&mut values, ctx).await);
+            return Ok(drain(values, ctx).await);
         }
         subscribed += 1;
     }
@@ -339,7 +356,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
                 .await?
                 .is_none()
             {
-                return Ok(drain(&mut values, ctx).await);
+                return Ok(drain(values, ctx).await);
             }
         }
     }
@@ -350,10 +367,10 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
         match step("battery read", limit, &ctx.stop, peripheral.read(battery)).await {
             Ok(Some(value)) => {
                 if !send(ctx, battery.uuid, value).await {
-                    return Ok(drain(&mut values, ctx).await);
+                    return Ok(drain(values, ctx).await);
                 }
             }
-            Ok(None) => return Ok(drain(&mut values, ctx).await),
+            Ok(None) => return Ok(drain(values, ctx).await),
             Err(e) => tracing::warn!(device = %ctx.address, error = %e, "battery level not read"),
         }
     }
@@ -375,7 +392,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
                 .await?
                 .is_none()
                 {
-                    return Ok(drain(&mut values, ctx).await);
+                    return Ok(drain(values, ctx).await);
                 }
             }
             None => {
