@@ -686,7 +686,12 @@ fn a_latched_alert_whose_cause_has_cleared_stays_until_acknowledged() {
         alert["id"]
     );
     b.goto(&g.url("/alerts")).unwrap();
-    b.click_to_page(&b.find(&form).unwrap()).unwrap();
+    // The live page may replace the button between finding and tapping it: a
+    // person taps the one that is there now, and so does this.
+    wait_for(Duration::from_secs(10), || {
+        b.click_to_page(&b.find(&form).ok()?).ok()
+    })
+    .expect("the acknowledge button could be tapped");
     let gone = wait_for(Duration::from_secs(10), || {
         open_alert_about(&b, &g, name).is_none().then_some(())
     });
