@@ -569,12 +569,9 @@ pub struct PasskeyForm {
     pub passkey: String,
 }
 
-/// `POST /pairing/passkey` (form): back to the page, or the reason it failed.
-pub async fn page_passkey(
-    State(state): State<AppState>,
-    Caller(who): Caller,
-    Form(form): Form<PasskeyForm>,
-) -> Response {
+/// Hands the passkey a nurse typed into a form (the Devices page's or the
+/// guide's) to the waiting BlueZ request.
+pub(super) fn give_typed_passkey(state: &AppState, form: &PasskeyForm, who: &str) -> Response {
     let Ok(passkey) = form.passkey.trim().parse::<u32>() else {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -582,7 +579,16 @@ pub async fn page_passkey(
         )
             .into_response();
     };
-    let res = give_passkey(&state, &form.address, passkey, &who);
+    give_passkey(state, &form.address, passkey, who)
+}
+
+/// `POST /pairing/passkey` (form): back to the page, or the reason it failed.
+pub async fn page_passkey(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Form(form): Form<PasskeyForm>,
+) -> Response {
+    let res = give_typed_passkey(&state, &form, &who);
     if res.status().is_success() {
         Redirect::to("/pairing").into_response()
     } else {

@@ -367,27 +367,13 @@ pub async fn assign(
     }
 }
 
-/// The flow's form: the number the sensor shows.
-#[derive(Deserialize)]
-pub struct PasskeyForm {
-    pub address: String,
-    pub passkey: String,
-}
-
 /// `POST /pairing/guide/passkey`: hands the number to BlueZ, back to the sensor.
 pub async fn passkey(
     State(state): State<AppState>,
     Caller(who): Caller,
-    Form(form): Form<PasskeyForm>,
+    Form(form): Form<super::pairing::PasskeyForm>,
 ) -> Response {
-    let Ok(passkey) = form.passkey.trim().parse::<u32>() else {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the number is 6 digits, 000000 to 999999",
-        )
-            .into_response();
-    };
-    let res = super::pairing::give_passkey(&state, &form.address, passkey, &who);
+    let res = super::pairing::give_typed_passkey(&state, &form, &who);
     if res.status().is_success() {
         Redirect::to(&format!("/pairing/guide?address={}", form.address.trim())).into_response()
     } else {

@@ -21,27 +21,11 @@ const MEDPLUM: &str = "5.2.13";
 
 /// The venv's python with `fhir.resources` installed (made on first use).
 fn fhir_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fhir-venv");
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import fhir.resources.R4B.bundle"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ready {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for the FHIR validation test");
-        assert!(made.success(), "python3 -m venv failed");
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "fhir.resources>=8,<9"])
-            .status()
-            .unwrap();
-        assert!(pip.success(), "pip install fhir.resources failed");
-    }
-    python
+    crate::support::python_venv(
+        "fhir-venv",
+        "fhir.resources.R4B.bundle",
+        "fhir.resources>=8,<9",
+    )
 }
 
 fn reading(n: usize, quantity: Quantity, value: Value, unit: Unit, subject: Subject) -> Reading {

@@ -25,31 +25,7 @@ use super::mqtt_support::{Broker, Pki};
 
 /// A venv's python with paho-mqtt 2 (made on first use, under the target dir).
 pub fn consumer_python() -> PathBuf {
-    // Tests run in parallel: one makes the venv while the others wait, so none
-    // finds it half made.
-    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("consumer-venv");
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import paho.mqtt.client"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ready {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for the reference consumer");
-        assert!(made.success(), "python3 -m venv failed");
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "paho-mqtt>=2,<3"])
-            .status()
-            .unwrap();
-        assert!(pip.success(), "pip install paho-mqtt failed");
-    }
-    python
+    crate::support::python_venv("consumer-venv", "paho.mqtt.client", "paho-mqtt>=2,<3")
 }
 
 /// The reference consumer as a child process (killed on drop).

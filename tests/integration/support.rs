@@ -187,3 +187,33 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The python of a venv under the test target dir with `requirement` installed,
+/// made on first use; `module` is imported to tell whether it is ready. Tests
+/// run in parallel: one makes a venv while the others wait, so none finds it
+/// half made.
+pub fn python_venv(name: &str, module: &str, requirement: &str) -> std::path::PathBuf {
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = venv.join("bin/python");
+    let ready = python.exists()
+        && Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ready {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is needed for a test's Python venv");
+        assert!(made.success(), "python3 -m venv {name} failed");
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", requirement])
+            .status()
+            .unwrap();
+        assert!(pip.success(), "pip install {requirement} failed");
+    }
+    python
+}
