@@ -10,9 +10,18 @@
 //! each reading's delay from the gateway receiving the sensor's frame
 //! (`received_at`) to the reading arriving at the cloud subscriber.
 //!
+//! A staff page is watched as `assets/live.js` watches it: a signed-in nurse's
+//! `/events` stream, and on each event the overview fetched again (with the
+//! `X-Carehub-Live` header the script sends). Each vital sign on the overview
+//! carries its time (`<time class="age" datetime=...>`); a value seen for the
+//! first time gives the delay from the gateway receiving its frame to the page
+//! holding it. Every `SOAK_ALERT_EVERY_SECS` (20) a probe resident is added and
+//! a nurse records an observation set that scores NEWS2 high; the time from that
+//! reading being stored to its alert on the fetched overview is the alert delay.
+//!
 //! At the end it prints the figures `docs/reliability.md` quotes: memory, files,
 //! CPU, database and WAL first/last/peak, bytes written a day and what that means
-//! for an SD card, and the delay's p50/p99. It asserts nothing about time.
+//! for an SD card, and the delays' p50/p99. It asserts nothing about time.
 //!
 //! `cargo bench --bench soak`; `SOAK_SECS=120 cargo bench --bench soak` for a
 //! quick look.
@@ -32,7 +41,9 @@ mod mqtt_support;
 #[allow(dead_code)]
 mod support;
 
-use std::io::Write;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -175,7 +186,204 @@ impl Cloud {
     }
 }
 
-fn write_config(dir: &Path, pki: &Pki, port: u16, residents: u64) -> PathBuf {
+/// Wall-clock milliseconds since 1970, the unit of the page's `datetime`s.
+fn now_ms() -> f64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e6
+}
+
+fn rfc3339_ms(s: &str) -> Option<f64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e6)
+}
+
+/// One HTTP/1.1 request as the nurse; the status and the body.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        support::auth_header(addr),
+        body.len()
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// What the page watcher measured.
+#[derive(Default)]
+struct PageFigures {
+    /// Frame received → the value on the fetched overview, ms.
+    value_ms: Vec<f64>,
+    /// Alerting reading stored → its alert on the fetched overview, ms.
+    alert_ms: Vec<f64>,
+    fetches: u64,
+}
+
+/// The probe whose alert the watcher looks for: its name and when its reading
+/// was stored (wall-clock ms).
+type Probe = Arc<Mutex<Option<(String, f64)>>>;
+
+/// The staff page, watched as `live.js` does: the event stream, and the
+/// overview fetched again after each event (events arriving during a fetch are
+/// coalesced into one more fetch).
+fn watch_page(
+    addr: SocketAddr,
+    warm_up: Duration,
+    probe: Probe,
+    figures: Arc<Mutex<PageFigures>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let started = Instant::now();
+    let mut seen: HashSet<(usize, String)> = HashSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        if write!(
+            stream,
+            "GET /events HTTP/1.1\r\nHost: {addr}\r\n{}Accept: text/event-stream\r\n\r\n",
+            support::auth_header(addr)
+        )
+        .is_err()
+        {
+            continue;
+        }
+        let mut lines = BufReader::new(stream);
+        let mut line = String::new();
+        let mut pending = false;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            line.clear();
+            match lines.read_line(&mut line) {
+                Ok(0) => break, // the stream ended: open it again
+                Ok(_) => {
+                    if line.starts_with("event:") {
+                        pending = true;
+                    }
+                    // Read on while more lines wait (a burst of events is one fetch).
+                    if !lines.buffer().is_empty() {
+                        continue;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            if !pending {
+                continue;
+            }
+            pending = false;
+            let Some((200, html)) = request(
+                addr,
+                "GET",
+                "/",
+                "Accept: text/html\r\nX-Carehub-Live: 1\r\n",
+                "",
+            ) else {
+                continue;
+            };
+            let done = now_ms();
+            let measuring = started.elapsed() >= warm_up;
+            let mut f = figures.lock().expect("figures");
+            f.fetches += 1;
+            // Every value's time, keyed by its place on the page.
+            for (i, part) in html
+                .split("<time class=\"age\" datetime=\"")
+                .skip(1)
+                .enumerate()
+            {
+                let Some((at, _)) = part.split_once('"') else {
+                    continue;
+                };
+                if seen.insert((i, at.to_owned()))
+                    && measuring
+                    && let Some(at) = rfc3339_ms(at)
+                {
+                    f.value_ms.push(done - at);
+                }
+            }
+            let alerts = html
+                .split_once("<section class=\"alerts\"")
+                .and_then(|(_, rest)| rest.split_once("</section>"))
+                .map(|(a, _)| a)
+                .unwrap_or("");
+            let mut p = probe.lock().expect("probe");
+            if let Some((name, stored)) = p.as_ref()
+                && alerts.contains(name.as_str())
+            {
+                f.alert_ms.push(done - stored);
+                *p = None;
+            }
+        }
+    }
+}
+
+/// Adds a probe resident and records a nurse's observation set that scores
+/// NEWS2 high for them; the time it was stored goes to `probe`.
+fn raise_probe_alert(addr: SocketAddr, n: u64, probe: &Probe) -> Result<(), String> {
+    let name = format!("Latency probe {n}");
+    let body = serde_json::json!({"display_name": name, "room": format!("Probe {n}"), "reference": format!("PRB-{n:04}")}).to_string();
+    let (status, reply) = request(
+        addr,
+        "POST",
+        "/api/v1/residents",
+        "Content-Type: application/json\r\n",
+        &body,
+    )
+    .ok_or("no answer adding a probe resident")?;
+    if status != 201 && status != 200 {
+        return Err(format!("adding a probe resident: {status} {reply}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&reply).map_err(|e| e.to_string())?;
+    let id = v["id"]
+        .as_i64()
+        .or_else(|| v["resident"]["id"].as_i64())
+        .ok_or(format!("no id in {reply}"))?;
+    // NEWS2 well above 7: the overview shows the alert.
+    let obs = r#"{"resp_rate": 28, "consciousness": "A", "on_oxygen": "no", "spo2": 85, "systolic": 88, "pulse": 132, "temperature": 39.4}"#;
+    // From the request's start: the delay includes storing the set.
+    let stored = now_ms();
+    let (status, reply) = request(
+        addr,
+        "POST",
+        &format!("/api/v1/residents/{id}/observations"),
+        "Content-Type: application/json\r\n",
+        obs,
+    )
+    .ok_or("no answer recording the probe's observations")?;
+    if status != 201 {
+        return Err(format!(
+            "recording the probe's observations: {status} {reply}"
+        ));
+    }
+    *probe.lock().expect("probe") = Some((name, stored));
+    Ok(())
+}
+
+fn write_config(dir: &Path, pki: &Pki, port: u16, residents: u64, web: u16) -> PathBuf {
     let p = pki.pair("gateway");
     let text = format!(
         "[site]\nid = \"oak-house\"\ngateway_id = \"gw-test\"\n\
@@ -186,7 +394,6 @@ fn write_config(dir: &Path, pki: &Pki, port: u16, residents: u64) -> PathBuf {
          [uplink]\nenabled = true\nhost = \"localhost\"\nport = {port}\n\
          ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
         db = dir.join("carehub.db").display(),
-        web = support::free_port(),
         ca = pki.path("ca.pem").display(),
         cert = p.cert.display(),
         key = p.key.display(),
@@ -217,7 +424,11 @@ fn main() {
     broker.start();
     let cloud = Cloud::start(&pki, broker.port);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &pki, broker.port, residents);
+    let web_port = support::free_port();
+    let web = SocketAddr::from(([127, 0, 0, 1], web_port));
+    support::web_state_dir(web, dir.path());
+    let config = write_config(dir.path(), &pki, broker.port, residents, web_port);
+    let alert_every = env_u64("SOAK_ALERT_EVERY_SECS", 20);
     let db = dir.path().join("carehub.db");
     let wal = dir.path().join("carehub.db-wal");
     let mut child = Command::new(env!("CARGO_BIN_EXE_carehub"))
@@ -234,6 +445,22 @@ fn main() {
         "soak: {residents} residents' sensors at 1 Hz for {secs} s, sampling every {every} s into {csv_path}"
     );
     let started = Instant::now();
+    // The page watcher signs in once the daemon has made its accounts tables.
+    support::wait_for(Duration::from_secs(60), || {
+        support::http_get(web, "/healthz")?;
+        (!support::auth_header(web).is_empty()).then_some(())
+    })
+    .expect("carehub's web answers and a nurse can sign in");
+    let probe: Probe = Arc::new(Mutex::new(None));
+    let page = Arc::new(Mutex::new(PageFigures::default()));
+    let stop_page = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (probe, page, stop) = (probe.clone(), page.clone(), stop_page.clone());
+        // The first 30 s fill the page; their values are not delays.
+        std::thread::spawn(move || watch_page(web, Duration::from_secs(30), probe, page, stop))
+    };
+    let mut probes = 0u64;
+    let mut next_probe = Instant::now() + Duration::from_secs(40);
     let mut samples: Vec<Sample> = Vec::new();
     let mut csv = std::fs::File::create(&csv_path).expect("csv");
     writeln!(
@@ -241,8 +468,20 @@ fn main() {
         "t_s,rss_kib,open_files,cpu_s,written_bytes,db_bytes,wal_bytes,received_readings"
     )
     .expect("csv");
+    let mut next_sample = Instant::now() + Duration::from_secs(every);
     while started.elapsed() < Duration::from_secs(secs) {
-        std::thread::sleep(Duration::from_secs(every));
+        std::thread::sleep(Duration::from_millis(200));
+        if alert_every > 0 && Instant::now() >= next_probe {
+            next_probe += Duration::from_secs(alert_every);
+            probes += 1;
+            if let Err(e) = raise_probe_alert(web, probes, &probe) {
+                eprintln!("soak: alert probe {probes}: {e}");
+            }
+        }
+        if Instant::now() < next_sample {
+            continue;
+        }
+        next_sample += Duration::from_secs(every);
         if let Ok(Some(status)) = child.try_wait() {
             panic!("carehub exited during the soak: {status}");
         }
@@ -265,6 +504,9 @@ fn main() {
         samples.push(s);
     }
     let peak_kib = status_kib(pid, "VmHWM");
+    stop_page.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.join();
+    let page = std::mem::take(&mut *page.lock().expect("figures"));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
@@ -321,5 +563,24 @@ fn main() {
         percentile(&delays, 0.50),
         percentile(&delays, 0.99),
         delays.last().copied().unwrap_or(f64::NAN)
+    );
+    let mut value_ms = page.value_ms;
+    value_ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  staff page ({} fetches after events): {} values; delay from frame received to the value on the page: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        page.fetches,
+        value_ms.len(),
+        percentile(&value_ms, 0.50),
+        percentile(&value_ms, 0.99),
+        value_ms.last().copied().unwrap_or(f64::NAN)
+    );
+    let mut alert_ms = page.alert_ms;
+    alert_ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  alerts: {} of {} probes seen on the overview; delay from the alerting reading stored to the alert on the page: p50 {:.0} ms, max {:.0} ms",
+        alert_ms.len(),
+        probes,
+        percentile(&alert_ms, 0.50),
+        alert_ms.last().copied().unwrap_or(f64::NAN)
     );
 }

@@ -252,13 +252,13 @@ pub(super) fn vital_row(
             Freshness::Current => tr {
                 th scope="row" { (label) @if clock_ahead { span.badge.clock { "CHECK CLOCK" } } }
                 td {
-                    span.v { (text) } span.age { (age) }
+                    span.v { (text) } time.age datetime=(v.taken_at.to_rfc3339()) { (age) }
                     @if clock_ahead { " " span.clock { "device clock ahead; timed on receipt" } }
                 }
             },
             Freshness::Stale => tr.stale {
                 th scope="row" { (label) span.badge { "STALE" } @if clock_ahead { span.badge.clock { "CHECK CLOCK" } } }
-                td { span.v { (text) } span.age { "last reading " (age) } }
+                td { span.v { (text) } time.age datetime=(v.taken_at.to_rfc3339()) { "last reading " (age) } }
             },
             Freshness::FutureDated => tr.stale {
                 th scope="row" { (label) span.badge { "CHECK CLOCK" } }
