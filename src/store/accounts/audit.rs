@@ -71,6 +71,57 @@ const ROW_OVERHEAD: u64 = 48;
 pub(super) struct AuditWriter {
     tx: tokio::sync::mpsc::Sender<AuditMsg>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// The views a page's own refreshes repeat: see [`Accounts::audit_refresh`].
+    refreshed: Arc<Mutex<RecentViews>>,
+}
+
+/// A page's own refresh (`live.js`, after each change the event stream
+/// announces) repeats a view its user already had: one row per user and page in
+/// [`REFRESH_WINDOW`], not one per refresh. A tablet left on the overview of a
+/// busy home refreshes several times a second; a row each would fill the log's
+/// budget in days, wear the SD card and make every refresh wait for a commit.
+pub const REFRESH_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Users × pages remembered at most; beyond it the oldest are forgotten (a
+/// forgotten one costs one more row, never one fewer).
+const RECENT_VIEWS_CAP: usize = 4096;
+
+/// When each (user, action, page) view was last written.
+#[derive(Debug, Default)]
+struct RecentViews(HashMap<(String, String, String), Timestamp>);
+
+impl RecentViews {
+    /// Whether a refresh at `entry.at` is to be written: no view of the same
+    /// page by the same user is remembered within the window before it.
+    fn due(&self, entry: &AuditEntry) -> bool {
+        let key = (
+            entry.who.clone(),
+            entry.action.clone(),
+            entry.target.clone(),
+        );
+        self.0
+            .get(&key)
+            .is_none_or(|last| entry.at < *last || entry.at.saturating_sub(REFRESH_WINDOW) >= *last)
+    }
+
+    /// Remembers a written entry: refreshes of the same page by the same user
+    /// within the window after it are not written again.
+    fn note(&mut self, entry: &AuditEntry) {
+        if self.0.len() >= RECENT_VIEWS_CAP {
+            let cutoff = entry.at.saturating_sub(REFRESH_WINDOW);
+            self.0.retain(|_, at| *at > cutoff);
+            if self.0.len() >= RECENT_VIEWS_CAP {
+                self.0.clear();
+            }
+        }
+        self.0.insert(
+            (
+                entry.who.clone(),
+                entry.action.clone(),
+                entry.target.clone(),
+            ),
+            entry.at,
+        );
+    }
 }
 
 impl std::fmt::Debug for AuditMsg {
@@ -116,7 +167,11 @@ impl AuditWriter {
             .expect(
                 "spawning a thread at start-up only fails when the process is out of resources",
             );
-        AuditWriter { tx, dropped }
+        AuditWriter {
+            tx,
+            dropped,
+            refreshed: Arc::default(),
+        }
     }
 }
 
@@ -498,6 +553,11 @@ impl Accounts {
     /// queued together share one transaction (see `AuditWriter`). Async: this
     /// never blocks the executor.
     pub async fn audit(&self, e: AuditEntry) -> Result<(), StoreError> {
+        self.audit
+            .refreshed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .note(&e);
         let (done, committed) = tokio::sync::oneshot::channel();
         self.audit
             .tx
@@ -505,6 +565,23 @@ impl Accounts {
             .await
             .map_err(|_| StoreError::Closed)?;
         committed.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends a view a page made on its own (a live refresh), unless the same
+    /// user's view of the same page was written within [`REFRESH_WINDOW`]:
+    /// then it is already in the log and nothing is written. Returns whether a
+    /// row was written.
+    pub async fn audit_refresh(&self, e: AuditEntry) -> Result<bool, StoreError> {
+        let due = self
+            .audit
+            .refreshed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .due(&e);
+        if due {
+            self.audit(e).await?;
+        }
+        Ok(due)
     }
 
     /// Counts an event of someone not signed in: tallied, not a row each (see

@@ -153,7 +153,7 @@ mod users;
 use audit::AuditWriter;
 pub use audit::{
     AUDIT_BUDGET_BYTES, AUDIT_EXPORT_DIR, AUDIT_FIELD_CHARS, AUDIT_MAINTAIN_EVERY, AUDIT_RETENTION,
-    Maintained, TALLY_KEYS, TALLY_WINDOW, csv_cell, maintain,
+    Maintained, REFRESH_WINDOW, TALLY_KEYS, TALLY_WINDOW, csv_cell, maintain,
 };
 
 /// Adding or changing an account was refused.

@@ -437,3 +437,45 @@ fn old_rows_and_rows_over_budget_are_exported_then_deleted() {
     let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
     assert!(text.contains("new0000;'=1"), "{}", &text[..200]);
 }
+
+/// A page's own refreshes (live.js) repeat a view already written: one row per
+/// user and page in `REFRESH_WINDOW`, a row again after it; a person's own view
+/// is always written.
+#[tokio::test]
+async fn a_page_refreshing_itself_writes_one_row_per_user_and_page_in_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    let t0 = Timestamp::now();
+    let view = |who: &str, target: &str, at: Timestamp| AuditEntry {
+        at,
+        who: who.into(),
+        action: "view residents overview".into(),
+        target: target.into(),
+        client: "192.0.2.7".into(),
+        status: 200,
+    };
+    // The nurse opens the overview; the page then refreshes itself 500 times.
+    a.audit(view("ann", "/", t0)).await.unwrap();
+    let mut written = 0;
+    for i in 1..=500u64 {
+        let at = t0.saturating_add(Duration::from_millis(i * 200));
+        written += u32::from(a.audit_refresh(view("ann", "/", at)).await.unwrap());
+    }
+    assert_eq!(written, 0, "refreshes of a view already written");
+    // Another nurse's refresh, and another page, are views of their own.
+    assert!(a.audit_refresh(view("bob", "/", t0)).await.unwrap());
+    assert!(a.audit_refresh(view("ann", "/alerts", t0)).await.unwrap());
+    // After the window, the refresh is written again (once).
+    let later = t0.saturating_add(REFRESH_WINDOW + Duration::from_secs(1));
+    assert!(a.audit_refresh(view("ann", "/", later)).await.unwrap());
+    assert!(!a.audit_refresh(view("ann", "/", later)).await.unwrap());
+    // A person's view is always a row, refresh window or not.
+    a.audit(view("ann", "/", later)).await.unwrap();
+    let rows = a.audit_page(0, 1000).unwrap();
+    let ann_overview = rows
+        .iter()
+        .filter(|r| r.who == "ann" && r.target == "/")
+        .count();
+    assert_eq!(ann_overview, 3, "{rows:?}");
+    assert_eq!(rows.len(), 5, "{rows:?}");
+}

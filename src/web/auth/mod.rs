@@ -459,6 +459,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
         if anonymous {
             // Counted, not a row each: nobody signed in can grow the log.
             state.accounts.audit_anonymous(entry);
+        } else if automatic && is_safe(&method) {
+            // A page's own refresh: one row per user and page in a while.
+            if let Err(e) = state.accounts.audit_refresh(entry).await {
+                tracing::error!(error = %e, "audit entry not written");
+            }
         } else {
             write_audit(&state, entry).await;
         }
