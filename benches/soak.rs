@@ -15,7 +15,8 @@
 //! `X-Carehub-Live` header the script sends). Each vital sign on the overview
 //! carries its time (`<time class="age" datetime=...>`); a value seen for the
 //! first time gives the delay from the gateway receiving its frame to the page
-//! holding it. Every `SOAK_ALERT_EVERY_SECS` (20) a probe resident is added and
+//! holding it; the database, read every 20 ms, gives frame → commit. Every
+//! `SOAK_ALERT_EVERY_SECS` (20) a probe resident is added and
 //! a nurse records an observation set that scores NEWS2 high; the time from that
 //! reading being stored to its alert on the fetched overview is the alert delay.
 //!
@@ -341,6 +342,51 @@ fn watch_page(
     }
 }
 
+/// Frame received → committed: the database read (read-only, beside the
+/// writer, as WAL allows) every `every`; each reading committed since the last
+/// look gives now − `received_at_ms`, so the figure is the commit delay plus at
+/// most `every`.
+fn watch_commits(
+    db: PathBuf,
+    every: Duration,
+    warm_up: Duration,
+    delays: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let started = Instant::now();
+    let mut last_seq: i64 = -1;
+    let mut conn = None;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(every);
+        if conn.is_none() {
+            conn = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok();
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        let rows: Vec<(i64, i64)> = c
+            .prepare_cached("SELECT seq, received_at_ms FROM readings WHERE seq > ?1 ORDER BY seq")
+            .and_then(|mut st| {
+                st.query_map([last_seq], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = now_ms();
+        let Some(&(top, _)) = rows.last() else {
+            continue;
+        };
+        // The first look finds everything so far: a starting point, not delays.
+        if last_seq >= 0 && started.elapsed() >= warm_up {
+            let mut d = delays.lock().expect("delays");
+            d.extend(rows.iter().map(|(_, at)| now - *at as f64));
+        }
+        last_seq = top;
+    }
+}
+
 /// Adds a probe resident and records a nurse's observation set that scores
 /// NEWS2 high for them; the time it was stored goes to `probe`.
 fn raise_probe_alert(addr: SocketAddr, n: u64, probe: &Probe) -> Result<(), String> {
@@ -459,6 +505,19 @@ fn main() {
         // The first 30 s fill the page; their values are not delays.
         std::thread::spawn(move || watch_page(web, Duration::from_secs(30), probe, page, stop))
     };
+    let commit_delays = Arc::new(Mutex::new(Vec::new()));
+    let commits = {
+        let (db, delays, stop) = (db.clone(), commit_delays.clone(), stop_page.clone());
+        std::thread::spawn(move || {
+            watch_commits(
+                db,
+                Duration::from_millis(20),
+                Duration::from_secs(30),
+                delays,
+                stop,
+            )
+        })
+    };
     let mut probes = 0u64;
     let mut next_probe = Instant::now() + Duration::from_secs(40);
     let mut samples: Vec<Sample> = Vec::new();
@@ -506,6 +565,9 @@ fn main() {
     let peak_kib = status_kib(pid, "VmHWM");
     stop_page.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = watcher.join();
+    let _ = commits.join();
+    let mut commit_ms = std::mem::take(&mut *commit_delays.lock().expect("delays"));
+    commit_ms.sort_by(|a, b| a.total_cmp(b));
     let page = std::mem::take(&mut *page.lock().expect("figures"));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -563,6 +625,13 @@ fn main() {
         percentile(&delays, 0.50),
         percentile(&delays, 0.99),
         delays.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  committed (database read every 20 ms): {} readings; delay from frame received to commit (+ up to 20 ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        commit_ms.len(),
+        percentile(&commit_ms, 0.50),
+        percentile(&commit_ms, 0.99),
+        commit_ms.last().copied().unwrap_or(f64::NAN)
     );
     let mut value_ms = page.value_ms;
     value_ms.sort_by(|a, b| a.total_cmp(b));
