@@ -251,7 +251,7 @@ fn watch_page(
 ) {
     use std::sync::atomic::Ordering;
     let started = Instant::now();
-    let mut seen: HashSet<(usize, String)> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
             std::thread::sleep(Duration::from_millis(200));
@@ -310,16 +310,13 @@ fn watch_page(
             let measuring = started.elapsed() >= warm_up;
             let mut f = figures.lock().expect("figures");
             f.fetches += 1;
-            // Every value's time, keyed by its place on the page.
-            for (i, part) in html
-                .split("<time class=\"age\" datetime=\"")
-                .skip(1)
-                .enumerate()
-            {
+            // Every value's time: one not seen before is a value new on the
+            // page (not its place: tiles move when residents are added).
+            for part in html.split("<time class=\"age\" datetime=\"").skip(1) {
                 let Some((at, _)) = part.split_once('"') else {
                     continue;
                 };
-                if seen.insert((i, at.to_owned()))
+                if seen.insert(at.to_owned())
                     && measuring
                     && let Some(at) = rfc3339_ms(at)
                 {
