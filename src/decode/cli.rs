@@ -207,8 +207,9 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
             if previous.is_some_and(|p| *k <= p) {
                 continue;
             }
+            // A smaller key takes the place, and so does the same key again: of
+            // a repeated key, the last one wins.
             match next {
-                // `<=`: of a repeated key, the last one wins.
                 Some((n, _)) if *k > n => {}
                 _ => next = Some((k, v)),
             }
