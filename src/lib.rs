@@ -20,3 +20,6 @@ pub mod web;
 
 pub mod commands;
 pub mod daemon;
+
+#[cfg(test)]
+mod test_alloc;

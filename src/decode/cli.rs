@@ -5,13 +5,16 @@
 //!
 //! The JSON shape lives here, at the edge, not on the domain types.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value as Json, json};
 
-use super::{AttrValue, BindKey, Decoded, Decoder};
+use super::{AttrValue, BindKey, DecodeError, Decoded, Decoder};
 use crate::model::{DeviceAddress, Value};
 use crate::sensor::{Advertisement, Frame, Notification, uuid16};
 
@@ -194,22 +197,30 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     }
-    let mut attributes: Vec<(&str, &AttrValue)> = Vec::with_capacity(d.attributes.len());
-    for (k, v) in &d.attributes {
-        match attributes.binary_search_by(|(x, _)| x.cmp(k)) {
-            Ok(i) => {
-                if let Some(slot) = attributes.get_mut(i) {
-                    slot.1 = v;
-                }
-            }
-            Err(i) => attributes.insert(i, (k, v)),
-        }
-    }
     out.extend_from_slice(b"{\"attributes\":{");
-    for (i, (k, v)) in attributes.iter().enumerate() {
-        if i > 0 {
+    // A frame has a handful of attributes: picking the next key each time costs
+    // less than sorting a copy, and allocates nothing.
+    let mut previous: Option<&str> = None;
+    loop {
+        let mut next: Option<(&str, &AttrValue)> = None;
+        for (k, v) in &d.attributes {
+            if previous.is_some_and(|p| *k <= p) {
+                continue;
+            }
+            // A smaller key takes the place, and so does the same key again: of
+            // a repeated key, the last one wins.
+            match next {
+                Some((n, _)) if *k > n => {}
+                _ => next = Some((k, v)),
+            }
+        }
+        let Some((k, v)) = next else {
+            break;
+        };
+        if previous.is_some() {
             out.push(b',');
         }
+        previous = Some(k);
         text(out, k);
         out.push(b':');
         match v {
@@ -218,7 +229,10 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
             }
             AttrValue::Text(t) => text(out, t),
             AttrValue::Owned(t) => text(out, t),
-            AttrValue::Address(a) => text(out, &a.to_string()),
+            // Hex digits and colons: nothing to escape.
+            AttrValue::Address(a) => {
+                let _ = write!(out, "\"{a}\"");
+            }
         }
     }
     out.extend_from_slice(b"},\"events\":[");
@@ -243,12 +257,13 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
         if let Some(t) = v.device_time {
             out.extend_from_slice(b"\"device_time\":");
             match t.as_if_utc() {
+                // Digits and separators: nothing to escape.
                 Some(_) => {
-                    let s = format!(
-                        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                    let _ = write!(
+                        out,
+                        "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}\"",
                         t.year, t.month, t.day, t.hour, t.minute, t.second
                     );
-                    text(out, &s);
                 }
                 None => out.extend_from_slice(b"null"),
             }
@@ -374,6 +389,347 @@ fn line_input(text: &str) -> Result<Input, CliError> {
     })
 }
 
+// The plain `--stdin` line, decoded without allocating.
+//
+// [`line_input`] turns a line into owned strings and maps, then into `KEY=HEX`
+// strings that [`frame`] parses again into a new frame: about a dozen allocations
+// a line, most of what `--stdin` cost beside the decoder. The lines tools send are
+// plain: an object with known keys, maps whose keys rise (JSON from a sorted or
+// one-entry map), hex digits and nothing else. [`decode_plain_line`] reads such a
+// line with borrowed strings straight into a frame kept from line to line, and
+// declines everything else before it touches the decoder, so that
+// [`line_input`] and [`frame`] still answer every other line, and every error,
+// exactly as before (`decode::cli::tests::stdin_batch_answers_are_unchanged`).
+
+/// Reused from line to line by `--stdin`: the frame being filled and the byte
+/// buffers of earlier lines.
+struct Scratch {
+    adv: Advertisement,
+    note: Notification,
+    /// Service and manufacturer data buffers of earlier lines.
+    spare: Vec<Vec<u8>>,
+    /// The local name of an earlier line, for its capacity.
+    spare_name: String,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            adv: Advertisement::default(),
+            note: Notification {
+                address: DeviceAddress::default(),
+                characteristic: uuid16(0),
+                value: Vec::new(),
+            },
+            spare: Vec::new(),
+            spare_name: String::new(),
+        }
+    }
+}
+
+impl Scratch {
+    /// Empties the advertisement, keeping its buffers for the next line.
+    fn reset(&mut self) {
+        let Scratch {
+            adv,
+            spare,
+            spare_name,
+            ..
+        } = self;
+        spare.extend(adv.service_data.drain(..).map(|(_, b)| b));
+        spare.extend(adv.manufacturer_data.drain(..).map(|(_, b)| b));
+        if let Some(name) = adv.local_name.take() {
+            *spare_name = name;
+        }
+        adv.address = DeviceAddress::default();
+    }
+}
+
+/// A buffer from `spare`, empty.
+fn take_buffer(spare: &mut Vec<Vec<u8>>) -> Vec<u8> {
+    let mut b = spare.pop().unwrap_or_default();
+    b.clear();
+    b
+}
+
+/// Appends the bytes of `s` to `out` when it is what [`parse_hex`] takes without
+/// question: pairs of 0-9, a-f, A-F, white space around them. `None` for anything
+/// else (odd lengths, signs, other characters), which [`parse_hex`] then judges.
+fn plain_hex(s: &str, out: &mut Vec<u8>) -> Option<()> {
+    let s = s.trim().as_bytes();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    out.reserve(s.len() / 2);
+    for pair in s.chunks_exact(2) {
+        let [hi, lo] = pair else {
+            return None;
+        };
+        out.push(hex_digit(*hi)? << 4 | hex_digit(*lo)?);
+    }
+    Some(())
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// [`parse_key`] for a plain key (32 hex digits).
+fn plain_key(s: &str) -> Option<BindKey> {
+    let s = s.trim().as_bytes();
+    if s.len() != 32 {
+        return None;
+    }
+    let mut key = BindKey::default();
+    for (k, pair) in key.iter_mut().zip(s.chunks_exact(2)) {
+        let [hi, lo] = pair else {
+            return None;
+        };
+        *k = hex_digit(*hi)? << 4 | hex_digit(*lo)?;
+    }
+    Some(key)
+}
+
+/// A string of a line: borrowed from it unless it was written with escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// What a plain line holds besides the advertisement data, which goes straight
+/// into [`Scratch::adv`].
+#[derive(Default)]
+struct PlainLine<'de> {
+    mac: Option<Text<'de>>,
+    name: Option<Text<'de>>,
+    key: Option<Text<'de>>,
+    characteristic: Option<(Text<'de>, Text<'de>)>,
+}
+
+/// The line is not plain: [`line_input`] takes it. Never shown.
+fn not_plain<E: de::Error>() -> E {
+    E::custom("not a plain line")
+}
+
+/// Reads a line's object into a [`PlainLine`] and the scratch advertisement.
+struct LineSeed<'s>(&'s mut Scratch);
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
+    type Value = PlainLine<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PlainLine<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_> {
+    type Value = PlainLine<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a --stdin line")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainLine<'de>, A::Error> {
+        let mut line = PlainLine::default();
+        // A field given twice is an error of `Line`'s: not plain.
+        let mut seen = 0u8;
+        let mut first_time = |bit: u8| {
+            let first = seen & bit == 0;
+            seen |= bit;
+            if first { Ok(()) } else { Err(not_plain()) }
+        };
+        while let Some(field) = map.next_key::<Text<'de>>()? {
+            match field.0.as_ref() {
+                "mac" => {
+                    first_time(1)?;
+                    line.mac = map.next_value()?;
+                }
+                "name" => {
+                    first_time(2)?;
+                    line.name = map.next_value()?;
+                }
+                "key" => {
+                    first_time(4)?;
+                    line.key = map.next_value()?;
+                }
+                "service_data" => {
+                    first_time(8)?;
+                    map.next_value_seed(DataSeed {
+                        scratch: &mut *self.0,
+                        company: false,
+                    })?;
+                }
+                "manufacturer_data" => {
+                    first_time(16)?;
+                    map.next_value_seed(DataSeed {
+                        scratch: &mut *self.0,
+                        company: true,
+                    })?;
+                }
+                "characteristic" => {
+                    first_time(32)?;
+                    line.characteristic = map.next_value_seed(OneCharacteristic)?;
+                }
+                _ => return Err(not_plain()),
+            }
+        }
+        Ok(line)
+    }
+}
+
+/// Puts a `service_data` or `manufacturer_data` map into the scratch
+/// advertisement.
+struct DataSeed<'s> {
+    scratch: &'s mut Scratch,
+    /// Keys are company ids (manufacturer data), not UUIDs.
+    company: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Scratch { adv, spare, .. } = self.scratch;
+        let mut last: Option<Text<'de>> = None;
+        while let Some((k, v)) = map.next_entry::<Text<'de>, Text<'de>>()? {
+            // `Line`'s maps put keys in byte order, the last of a repeated key
+            // winning, and `frame` splits `KEY=HEX` at the first `=`: the same as
+            // the line's own order only when keys rise and hold no `=`.
+            if last.as_ref().is_some_and(|l| l.0 >= k.0) || k.0.contains('=') {
+                return Err(not_plain());
+            }
+            let mut bytes = take_buffer(spare);
+            plain_hex(&v.0, &mut bytes).ok_or_else(not_plain)?;
+            if self.company {
+                let id = parse_u16("company id", &k.0).map_err(|_| not_plain())?;
+                adv.manufacturer_data.push((id, bytes));
+            } else {
+                let uuid = parse_uuid(&k.0).map_err(|_| not_plain())?;
+                adv.service_data.push((uuid, bytes));
+            }
+            last = Some(k);
+        }
+        Ok(())
+    }
+}
+
+/// A `characteristic` map of at most one entry.
+struct OneCharacteristic;
+
+impl<'de> DeserializeSeed<'de> for OneCharacteristic {
+    type Value = Option<(Text<'de>, Text<'de>)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OneCharacteristic {
+    type Value = Option<(Text<'de>, Text<'de>)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let first = map.next_entry::<Text<'de>, Text<'de>>()?;
+        if first.as_ref().is_some_and(|(k, _)| k.0.contains('='))
+            || map.next_key::<de::IgnoredAny>()?.is_some()
+        {
+            return Err(not_plain());
+        }
+        Ok(first)
+    }
+}
+
+/// Decodes a plain `--stdin` line as [`line_input`] and [`frame`] would, without
+/// allocating for the line; `None`, with the decoder untouched, for a line that is
+/// not plain or would be an error before the decoder (those go the long way).
+fn decode_plain_line(
+    text: &str,
+    scratch: &mut Scratch,
+    decoder: &mut Decoder,
+) -> Option<Result<Decoded, DecodeError>> {
+    scratch.reset();
+    let mut json = serde_json::Deserializer::from_str(text);
+    let line = LineSeed(&mut *scratch).deserialize(&mut json).ok()?;
+    json.end().ok()?;
+    let address = match &line.mac {
+        Some(m) => m.0.parse::<DeviceAddress>().ok()?,
+        None => DeviceAddress::default(),
+    };
+    let key = match &line.key {
+        Some(k) => Some(plain_key(&k.0)?),
+        None => None,
+    };
+    let Scratch {
+        adv,
+        note,
+        spare_name,
+        ..
+    } = scratch;
+    if let Some((uuid, hex)) = &line.characteristic {
+        if !adv.service_data.is_empty() || !adv.manufacturer_data.is_empty() {
+            return None;
+        }
+        if key.is_some() && line.mac.is_none() {
+            return None;
+        }
+        note.characteristic = parse_uuid(&uuid.0).ok()?;
+        note.value.clear();
+        plain_hex(&hex.0, &mut note.value)?;
+        note.address = address;
+        if let Some(k) = key {
+            decoder.set_key(address, k);
+        }
+        return Some(decoder.decode_notification(note));
+    }
+    if adv.service_data.is_empty() && adv.manufacturer_data.is_empty() {
+        return None;
+    }
+    adv.address = address;
+    if let Some(name) = &line.name {
+        let mut s = std::mem::take(spare_name);
+        s.clear();
+        s.push_str(&name.0);
+        adv.local_name = Some(s);
+    }
+    if let Some(k) = key {
+        if line.mac.is_none() {
+            adv.address = super::embedded_mac(adv)?;
+        }
+        decoder.set_key(adv.address, k);
+    }
+    Some(decoder.decode_advertisement(adv))
+}
+
 /// `--stdin`: one JSON input per line, one JSON result per line; state (keys,
 /// counters, packet ids) carries from line to line as in the daemon. Blank lines
 /// are skipped.
@@ -387,6 +743,7 @@ pub fn run_stdin(input: impl Read, out: impl Write) -> Result<(), CliError> {
     let mut input = BufReader::with_capacity(STDIN_BUFFER, input);
     let mut out = BufWriter::with_capacity(STDIN_BUFFER, out);
     let mut decoder = Decoder::new();
+    let mut scratch = Scratch::default();
     let mut line = String::new();
     let mut result = Vec::new();
     loop {
@@ -402,10 +759,17 @@ pub fn run_stdin(input: impl Read, out: impl Write) -> Result<(), CliError> {
             continue;
         }
         result.clear();
-        match line_input(&line).and_then(|i| decode_input(&i, &mut decoder)) {
+        let answer = match decode_plain_line(&line, &mut scratch, &mut decoder) {
+            Some(answer) => answer.map_err(CliError::from),
+            None => line_input(&line).and_then(|i| decode_input(&i, &mut decoder)),
+        };
+        match answer {
             Ok(d) => write_json(&d, &mut result),
             Err(e) => {
-                let _ = serde_json::to_writer(&mut result, &json!({"error": e.to_string()}));
+                // What `json!({"error": ..})` prints.
+                result.extend_from_slice(b"{\"error\":");
+                let _ = serde_json::to_writer(&mut result, &e.to_string());
+                result.push(b'}');
             }
         }
         result.push(b'\n');
@@ -531,6 +895,113 @@ mod tests {
             write_json(dec, &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), to_json(dec).to_string());
         }
+    }
+
+    /// The bench's adverts (`benches/peers/decode_stdin.py`): BTHome v2 plain with
+    /// a packet id that changes every frame, and Ruuvi RAWv2, alternating.
+    fn bench_lines(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!(
+                        "{{\"mac\": \"54:48:E6:8F:80:A5\", \"name\": \"ATC_8F80A5\", \"service_data\": {{\"fcd2\": \"4000{:02x}016402ca0903bf13\"}}}}\n",
+                        (i / 2) % 256
+                    )
+                } else {
+                    "{\"mac\": \"54:48:E6:8F:80:A5\", \"manufacturer_data\": {\"0499\": \"0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F\"}}\n".to_owned()
+                }
+            })
+            .collect()
+    }
+
+    /// One answer line as `run_stdin` prints it.
+    fn answer(a: Result<super::Decoded, super::CliError>) -> String {
+        let mut out = Vec::new();
+        match a {
+            Ok(d) => super::write_json(&d, &mut out),
+            Err(e) => {
+                out = serde_json::json!({"error": e.to_string()})
+                    .to_string()
+                    .into()
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn stdin_batch_answers_are_unchanged() {
+        // Varied lines, plain and not, well-formed and not, with state carried from
+        // line to line (keys, replays, repeated packet ids); the answers were
+        // printed by the build before plain lines took their own path
+        // (`carehub decode --stdin < stdin_batch.jsonl`, commit 3f717a2).
+        let input = include_str!("testdata/stdin_batch.jsonl");
+        let expected = include_str!("testdata/stdin_batch.expected.jsonl");
+        let mut out = Vec::new();
+        run_stdin(input.as_bytes(), &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        for (i, (got, want)) in out.lines().zip(expected.lines()).enumerate() {
+            assert_eq!(got, want, "answer {}", i + 1);
+        }
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn plain_lines_get_the_answers_of_the_long_way() {
+        use super::super::Decoder;
+        use super::{Scratch, decode_input, decode_plain_line, line_input};
+        let batch = include_str!("testdata/stdin_batch.jsonl");
+        let bench = bench_lines(600);
+        // Two decoders kept in step: one only ever goes the long way.
+        let (mut long, mut short) = (Decoder::new(), Decoder::new());
+        let mut scratch = Scratch::default();
+        let mut plain = 0;
+        for (i, line) in batch.lines().chain(bench.lines()).enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let want = answer(line_input(line).and_then(|i| decode_input(&i, &mut long)));
+            let got = match decode_plain_line(line, &mut scratch, &mut short) {
+                Some(a) => {
+                    plain += 1;
+                    answer(a.map_err(super::CliError::from))
+                }
+                None => answer(line_input(line).and_then(|i| decode_input(&i, &mut short))),
+            };
+            assert_eq!(got, want, "line {}: {line}", i + 1);
+        }
+        // Every bench line and about half of the batch are plain.
+        assert!(plain >= 600 + 45, "{plain} plain lines");
+    }
+
+    #[test]
+    fn plain_stdin_lines_allocate_nothing_beside_the_decoder() {
+        use super::super::Decoder;
+        use super::line_input;
+        use crate::test_alloc::allocations;
+        let n = 2000;
+        let input = bench_lines(n);
+        // What the decoder itself allocates for these frames (its results).
+        let mut d = Decoder::new();
+        let frames: Vec<_> = input
+            .lines()
+            .map(|l| super::frame(&line_input(l).unwrap(), &mut d).unwrap())
+            .collect();
+        let mut d = Decoder::new();
+        let before = allocations();
+        for f in &frames {
+            d.decode(f).unwrap();
+        }
+        let decoder = allocations() - before;
+        let mut out = Vec::with_capacity(4 << 20);
+        let before = allocations();
+        run_stdin(input.as_bytes(), &mut out).unwrap();
+        let total = allocations() - before;
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), n);
+        // Buffers made once per run, not per line.
+        assert!(
+            total <= decoder + 32,
+            "{total} allocations for {n} lines, of which the decoder's {decoder}"
+        );
     }
 
     #[test]

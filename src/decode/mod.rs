@@ -381,6 +381,12 @@ impl Decoder {
         }
         Err(DecodeError::Unsupported(describe(adv)))
     }
+
+    /// Decodes a characteristic value: what [`Decoder::decode`] does with a
+    /// [`Frame::Notification`], for a caller that keeps the notification itself.
+    pub fn decode_notification(&self, n: &Notification) -> Result<Decoded, DecodeError> {
+        decode_notification(n)
+    }
 }
 
 fn decode_notification(n: &Notification) -> Result<Decoded, DecodeError> {

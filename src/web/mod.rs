@@ -338,6 +338,9 @@ pub fn describe_age(age: Duration) -> String {
 }
 
 #[cfg(test)]
+pub(crate) mod test_support;
+
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

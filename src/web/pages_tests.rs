@@ -8,61 +8,25 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use super::tests::{get, reading, send, setup};
+use super::test_support::{self, ADMIN, get, ingest_one, reading, send, setup, sign_in, signed_in};
 use super::*;
 use crate::model::*;
 use crate::store::ResidentChange;
 
 /// The session cookie of a signed-in admin (who may do what nurses and carers do).
 fn admin_cookie(state: &AppState) -> String {
-    super::auth::testing::sign_in(state, "pages-admin", crate::store::accounts::Role::Admin).cookie
-}
-
-/// `req` as a signed-in admin: the session cookie, and for a form its CSRF field.
-async fn signed_in(state: &AppState, req: Request<Body>) -> Request<Body> {
-    let login =
-        super::auth::testing::sign_in(state, "pages-admin", crate::store::accounts::Role::Admin);
-    let (mut parts, body) = req.into_parts();
-    parts
-        .headers
-        .insert("cookie", login.cookie.parse().unwrap());
-    let is_form = parts
-        .headers
-        .get("content-type")
-        .is_some_and(|t| t == "application/x-www-form-urlencoded");
-    let body = if is_form {
-        let bytes = body.collect().await.unwrap().to_bytes();
-        let text = String::from_utf8(bytes.to_vec()).unwrap();
-        Body::from(format!("{text}&csrf={}", login.csrf))
-    } else {
-        if parts.method != axum::http::Method::GET {
-            parts
-                .headers
-                .insert(super::auth::CSRF_HEADER, login.csrf.parse().unwrap());
-        }
-        body
-    };
-    Request::from_parts(parts, body)
+    sign_in(state, ADMIN).cookie
 }
 
 /// A response's status, headers and body text, as a signed-in admin.
 async fn call(state: &AppState, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
-    let req = signed_in(state, req).await;
-    let res = app(state.clone()).oneshot(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
+    let res = test_support::call(state, signed_in(state, ADMIN, req).await).await;
+    (res.status, res.headers, res.body)
 }
 
+/// A form post, signed in by `call`.
 fn form(uri: &str, body: &str) -> Request<Body> {
-    Request::post(uri)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Body::from(body.to_owned()))
-        .unwrap()
+    test_support::form(uri, None, body)
 }
 
 #[tokio::test]
@@ -445,16 +409,16 @@ async fn residents_api_checks_every_change() {
 async fn gateway_page_and_api_show_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = setup(dir.path()).await;
-    store
-        .handle
-        .ingest(vec![reading(
+    ingest_one(
+        &store,
+        reading(
             Quantity::Spo2,
             Value::Number(95.0),
             Unit::Percent,
             Duration::ZERO,
-        )])
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     state
         .uplink
         .set_state(crate::uplink::ConnectionState::Backoff);
@@ -558,16 +522,16 @@ async fn held_readings_and_refusals_are_shown_counted_and_can_be_retried() {
 async fn metrics_follow_the_text_format() {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = setup(dir.path()).await;
-    store
-        .handle
-        .ingest(vec![reading(
+    ingest_one(
+        &store,
+        reading(
             Quantity::Spo2,
             Value::Number(95.0),
             Unit::Percent,
             Duration::ZERO,
-        )])
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(get(&state, "/").await.0, StatusCode::OK);
     assert_eq!(get(&state, "/nope").await.0, StatusCode::NOT_FOUND);
     let (status, headers, text) = call(
@@ -652,16 +616,16 @@ async fn events_tell_pages_what_changed_and_end_at_shutdown() {
         .unwrap();
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     let mut body = res.into_body();
-    store
-        .handle
-        .ingest(vec![reading(
+    ingest_one(
+        &store,
+        reading(
             Quantity::Spo2,
             Value::Number(95.0),
             Unit::Percent,
             Duration::ZERO,
-        )])
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(
         next_event(&mut body).await.as_deref(),
         Some("event: readings\ndata: readings\n\n")
@@ -733,7 +697,7 @@ async fn a_slow_event_client_is_told_to_resync_and_the_count_is_capped() {
         held.push(res);
         user += 1;
     }
-    let other = super::auth::testing::sign_in(&state, "late", crate::store::accounts::Role::Carer);
+    let other = sign_in(&state, ("late", crate::store::accounts::Role::Carer));
     let refused = open_as(other.cookie.clone()).await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     drop(held);
@@ -748,7 +712,7 @@ async fn a_slow_event_client_is_told_to_resync_and_the_count_is_capped() {
 async fn signing_out_ends_the_sessions_event_streams() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, state) = setup(dir.path()).await;
-    let login = super::auth::testing::sign_in(&state, "kay", crate::store::accounts::Role::Nurse);
+    let login = sign_in(&state, ("kay", crate::store::accounts::Role::Nurse));
     let mut stream = app(state.clone())
         .oneshot(
             Request::get("/events")
@@ -1191,16 +1155,16 @@ async fn staff_pages_read_in_local_time_and_words() {
             replay: None,
         }])
         .unwrap();
-    store
-        .handle
-        .ingest(vec![reading(
+    ingest_one(
+        &store,
+        reading(
             Quantity::PulseRate,
             Value::Number(72.0),
             Unit::PerMinute,
             Duration::from_secs(60),
-        )])
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     // A recorded event stored under a machine name, a problem and a certificate.
     state
         .alerts

@@ -4,9 +4,7 @@
 //! deteriorating resident once stopped being flagged, or a value was shown as
 //! what it was not.
 
-use std::time::Duration;
-
-use super::tests::{get, setup};
+use super::test_support::{alert_stage, get, setup};
 use crate::model::*;
 
 const MIN: i64 = 60_000;
@@ -172,24 +170,11 @@ async fn readings_in_score_freshness_alerts_and_page_words_out() {
                 .set_spo2_scale(1, crate::clinical::news2::Spo2Scale::Two, "nurse", now)
                 .unwrap();
         }
-        let mut health = crate::system::health::Health::default();
+        // With the lifecycle's own minimum hold, started now.
         let stage = crate::alert_stage::AlertStage {
-            book: state.alerts.clone(),
-            reader: state.reader.clone(),
-            db_path: dir.path().join("t.db"),
-            limits: crate::clinical::alert_rules::Limits {
-                disk_low_bytes: 0,
-                ..Default::default()
-            },
             lifecycle: Default::default(),
             started_at: now,
-            every: Duration::from_secs(30),
-            store_stats: store.handle.stats().clone(),
-            uplink: None,
-            changed: Default::default(),
-            heartbeat: health.register("alerts"),
-            web: None,
-            cancel: Default::default(),
+            ..alert_stage(&state, &store, dir.path())
         };
         stage.evaluate_once(now).await.unwrap();
         let open: Vec<String> = state

@@ -1,104 +1,15 @@
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use super::test_support::{
+    CARER, NURSE, alert_stage, call, form, get, ingest_one, post_form, post_form_as, reading, send,
+    send_as, setup, sign_in,
+};
 use super::*;
-use crate::config::Synchronous;
 use crate::model::*;
-use crate::store::{Store, StoreSettings};
-use crate::system::health::Health;
-
-pub(crate) async fn setup(dir: &std::path::Path) -> (Store, AppState) {
-    let mut health = Health::default();
-    let hb = health.register("store");
-    let settings = StoreSettings {
-        path: dir.join("t.db"),
-        commit_max_readings: 100,
-        commit_max_delay: Duration::from_millis(1),
-        synchronous: Synchronous::Normal,
-        ..StoreSettings::at(dir.join("t.db"))
-    };
-    let store = Store::open(settings, tokio::runtime::Handle::current(), hb).unwrap();
-    let resident = Resident {
-        id: ResidentId(1),
-        display_name: "<b>Ada</b> O'Neil".into(),
-        room: "Room 1".into(),
-        reference: "r1".into(),
-    };
-    let dev = Device {
-        address: "C0:00:00:00:00:01".parse().unwrap(),
-        kind: DeviceKind::PulseOximeter,
-        model: None,
-        name: None,
-        subject: Subject::Resident(ResidentId(1)),
-    };
-    store
-        .handle
-        .provision(vec![resident], vec![dev])
-        .await
-        .unwrap();
-    let state = AppState {
-        reader: store.reader.clone(),
-        stale_after: Duration::from_secs(3600),
-        health: Arc::new(health),
-        started_at: Timestamp::now(),
-        version: "test",
-        pairing: Default::default(),
-        ble: None,
-        registry: Default::default(),
-        store: store.handle.clone(),
-        uplink: Arc::new(crate::uplink::UplinkStatus::new(
-            crate::uplink::ConnectionState::Disabled,
-        )),
-        accounts: auth::testing::accounts(&dir.join("t.db")),
-        auth: auth::testing::settings(),
-        alerts: crate::alert_stage::open_book(&dir.join("t.db")).unwrap(),
-        gateway_name: "test-gw".into(),
-        // The project's default zone: pages must never say "UTC" (issue 15).
-        zone: SiteZone::named("Europe/London").unwrap(),
-        ingest: Default::default(),
-        events: events::Events::new(tokio_util::sync::CancellationToken::new()),
-        web_metrics: Default::default(),
-        overview: Default::default(),
-    };
-    (store, state)
-}
-
-pub(super) fn reading(q: Quantity, value: Value, unit: Unit, age: Duration) -> Reading {
-    let t = Timestamp::now().saturating_sub(age);
-    Reading {
-        id: ReadingId::new(t),
-        device: "C0:00:00:00:00:01".parse().unwrap(),
-        subject: Subject::Resident(ResidentId(1)),
-        quantity: q,
-        value,
-        unit,
-        measured_at: None,
-        received_at: t,
-        clock_synced: true,
-    }
-}
-
-/// GET as a signed-in nurse.
-pub(super) async fn get(state: &AppState, uri: &str) -> (StatusCode, String) {
-    let login = auth::testing::sign_in(state, "test-nurse", crate::store::accounts::Role::Nurse);
-    let res = app(state.clone())
-        .oneshot(
-            Request::get(uri)
-                .header("cookie", &login.cookie)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
-}
 
 #[tokio::test]
 async fn overview_shows_value_unit_age_and_marks_stale() {
@@ -226,19 +137,16 @@ async fn pairing_page_opens_and_closes_the_window() {
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Pairing is off"), "{page}");
 
-    let login = auth::testing::sign_in(&state, "test-nurse", crate::store::accounts::Role::Nurse);
+    let login = sign_in(&state, NURSE);
     let post = |uri: &str, body: &str| {
-        Request::post(uri)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("cookie", &login.cookie)
-            .body(Body::from(format!("csrf={}&{body}", login.csrf)))
-            .unwrap()
+        form(
+            uri,
+            Some(&login.cookie),
+            &format!("csrf={}&{body}", login.csrf),
+        )
     };
-    let res = app(state.clone())
-        .oneshot(post("/pairing/window", "seconds=120"))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let res = call(&state, post("/pairing/window", "seconds=120")).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
     let (_, page) = get(&state, "/pairing").await;
     assert!(page.contains("Pairing is ON"), "{page}");
     assert!(
@@ -251,17 +159,11 @@ async fn pairing_page_opens_and_closes_the_window() {
     let v: serde_json::Value = serde_json::from_str(&api).unwrap();
     assert_eq!(v["window"]["open"], true);
 
-    let res = app(state.clone())
-        .oneshot(post("/pairing/window", "seconds=9999"))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let res = call(&state, post("/pairing/window", "seconds=9999")).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let res = app(state.clone())
-        .oneshot(post("/pairing/close", ""))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let res = call(&state, post("/pairing/close", "")).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
     let (_, page) = get(&state, "/pairing").await;
     assert!(page.contains("Pairing is off"), "{page}");
     let (_, api) = get(&state, "/api/v1/bluetooth").await;
@@ -301,50 +203,6 @@ async fn uplink_state_error_and_certificate_warning_are_shown() {
         v["certificate_warning"],
         "the gateway certificate expires in 9 days"
     );
-}
-
-/// A JSON request as a signed-in nurse, with the session's CSRF header.
-pub(super) async fn send(
-    state: &AppState,
-    method: &str,
-    uri: &str,
-    json: &str,
-) -> (StatusCode, String) {
-    send_as(state, NURSE, method, uri, json).await
-}
-
-/// The user `send` and `post_form` sign in as.
-const NURSE: (&str, crate::store::accounts::Role) =
-    ("test-nurse", crate::store::accounts::Role::Nurse);
-/// A carer, for what only nurses may do.
-const CARER: (&str, crate::store::accounts::Role) =
-    ("test-carer", crate::store::accounts::Role::Carer);
-
-/// A JSON request as `who` (username, role), with the session's CSRF header.
-async fn send_as(
-    state: &AppState,
-    who: (&str, crate::store::accounts::Role),
-    method: &str,
-    uri: &str,
-    json: &str,
-) -> (StatusCode, String) {
-    let login = auth::testing::sign_in(state, who.0, who.1);
-    let res = app(state.clone())
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .header("content-type", "application/json")
-                .header("cookie", &login.cookie)
-                .header(auth::CSRF_HEADER, &login.csrf)
-                .body(Body::from(json.to_owned()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 #[tokio::test]
@@ -422,38 +280,11 @@ async fn unassign_is_committed_then_applied_and_refusals_say_why() {
     );
 }
 
-fn stage(state: &AppState, store: &Store, dir: &std::path::Path) -> crate::alert_stage::AlertStage {
-    let mut health = Health::default();
-    crate::alert_stage::AlertStage {
-        book: state.alerts.clone(),
-        reader: state.reader.clone(),
-        db_path: dir.join("t.db"),
-        limits: crate::clinical::alert_rules::Limits {
-            // The test's temporary filesystem may be nearly full: not under test here.
-            disk_low_bytes: 0,
-            ..Default::default()
-        },
-        // No minimum hold: a cause that stops holding clears at the next look.
-        lifecycle: crate::clinical::alert_rules::Lifecycle {
-            clear_hold: Duration::ZERO,
-            ..Default::default()
-        },
-        started_at: crate::model::Timestamp::from_unix_ms(0),
-        every: Duration::from_secs(30),
-        store_stats: store.handle.stats().clone(),
-        uplink: None,
-        changed: Default::default(),
-        heartbeat: health.register("alerts"),
-        web: None,
-        cancel: Default::default(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = setup(dir.path()).await;
-    let stage = stage(&state, &store, dir.path());
+    let stage = alert_stage(&state, &store, dir.path());
     let spo2 = |v: f64| {
         reading(
             Quantity::Spo2,
@@ -561,17 +392,17 @@ async fn an_alert_is_raised_once_shown_acknowledged_and_resolved_once() {
 async fn a_nurse_threshold_raises_where_the_chart_would_not() {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = setup(dir.path()).await;
-    let stage = stage(&state, &store, dir.path());
-    store
-        .handle
-        .ingest(vec![reading(
+    let stage = alert_stage(&state, &store, dir.path());
+    ingest_one(
+        &store,
+        reading(
             Quantity::Spo2,
             Value::Number(93.0),
             Unit::Percent,
             Duration::ZERO,
-        )])
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert!(
         stage
             .evaluate_once(Timestamp::now())
@@ -638,36 +469,6 @@ fn threshold_set_by(dir: &std::path::Path) -> Option<String> {
         |r| r.get(0),
     ))
     .unwrap()
-}
-
-/// A form post as a signed-in nurse, with the session's CSRF field.
-async fn post_form(state: &AppState, uri: &str, form: &str) -> (StatusCode, String) {
-    post_form_as(state, NURSE, uri, form).await
-}
-
-/// A form post as `who` (username, role), with the session's CSRF field.
-async fn post_form_as(
-    state: &AppState,
-    who: (&str, crate::store::accounts::Role),
-    uri: &str,
-    form: &str,
-) -> (StatusCode, String) {
-    let login = auth::testing::sign_in(state, who.0, who.1);
-    let res = app(state.clone())
-        .oneshot(
-            Request::builder()
-                .method("POST")
-                .uri(uri)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("cookie", &login.cookie)
-                .body(Body::from(format!("{form}&csrf={}", login.csrf)))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 #[test]
@@ -926,18 +727,18 @@ async fn spo2_scale_two_is_set_by_a_nurse_audited_shown_and_scored() {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = setup(dir.path()).await;
     let mut changes = state.alerts.lock().unwrap().subscribe();
-    let stage = stage(&state, &store, dir.path());
+    let stage = alert_stage(&state, &store, dir.path());
     // 89 % on air: scale 1 scores 3 (a single-3 alert); scale 2 scores 0.
-    store
-        .handle
-        .ingest(vec![reading(
+    ingest_one(
+        &store,
+        reading(
             Quantity::Spo2,
             Value::Number(89.0),
             Unit::Percent,
             Duration::ZERO,
-        )])
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let raised = stage.evaluate_once(Timestamp::now()).await.unwrap().raised;
     assert_eq!(raised.len(), 1);
     let c = changes.try_recv().unwrap();
@@ -1160,7 +961,7 @@ async fn an_encryption_key_is_set_by_a_nurse_never_shown_and_removed() {
 async fn the_pages_own_refreshes_do_not_keep_a_session_alive_but_staff_do() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, state) = setup(dir.path()).await;
-    let login = auth::testing::sign_in(&state, "test-carer", crate::store::accounts::Role::Carer);
+    let login = sign_in(&state, CARER);
     let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
     // The session was last marked used two minutes ago.
     let two_minutes_ago = Timestamp::now().unix_ms() - 120_000;

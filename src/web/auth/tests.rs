@@ -17,33 +17,8 @@ use super::signin::{FirstStart, first_start};
 use super::testing::{Login, sign_in};
 use super::*;
 use crate::store::accounts::Role;
-use crate::web::{AppState, app};
-
-struct Res {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-async fn call(state: &AppState, req: Request<Body>) -> Res {
-    let res = app(state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    // A live stream (`/events`) never ends: its status and headers are the answer.
-    let streaming = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
-    let body = if streaming {
-        Default::default()
-    } else {
-        res.into_body().collect().await.unwrap().to_bytes()
-    };
-    Res {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
+use crate::web::AppState;
+use crate::web::test_support::{self, Res, call, form, setup};
 
 fn from(addr: &str, mut req: Request<Body>) -> Request<Body> {
     let addr: SocketAddr = addr.parse().unwrap();
@@ -51,23 +26,9 @@ fn from(addr: &str, mut req: Request<Body>) -> Request<Body> {
     req
 }
 
+/// A request from the client address the tests sign in from.
 fn request(method: &str, uri: &str, login: Option<&Login>) -> Request<Body> {
-    let mut b = Request::builder().method(method).uri(uri);
-    if let Some(l) = login {
-        b = b
-            .header(header::COOKIE, &l.cookie)
-            .header(CSRF_HEADER, &l.csrf);
-    }
-    from("192.0.2.10:5000", b.body(Body::empty()).unwrap())
-}
-
-fn form(uri: &str, cookie: Option<&str>, body: &str) -> Request<Body> {
-    let mut b =
-        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-    if let Some(c) = cookie {
-        b = b.header(header::COOKIE, c);
-    }
-    b.body(Body::from(body.to_owned())).unwrap()
+    from("192.0.2.10:5000", test_support::request(method, uri, login))
 }
 
 /// A concrete path for a route pattern.
@@ -81,7 +42,7 @@ fn concrete(route: &str, user_id: i64) -> String {
 #[tokio::test]
 async fn authorization_matrix_every_policy_line_times_every_role() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     // Someone to act on, so that /users/{id}/... reaches its handler.
     let target = sign_in(&state, "target-carer", Role::Carer);
     // Every role, nobody, and `carehub pair`'s token (from loopback, the only
@@ -220,7 +181,7 @@ fn routes_in_source() -> Vec<(String, Vec<&'static str>)> {
 #[tokio::test]
 async fn every_routed_path_and_method_has_a_policy_line_and_every_line_is_routed() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let target = sign_in(&state, "target-carer", Role::Carer);
     let routes = routes_in_source();
     assert!(
@@ -288,7 +249,7 @@ async fn every_routed_path_and_method_has_a_policy_line_and_every_line_is_routed
 #[tokio::test]
 async fn a_route_missing_from_the_policy_is_refused_to_everyone() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let admin = sign_in(&state, "ann", Role::Admin);
     let router = axum::Router::new()
         .route("/not-in-policy", axum::routing::get(|| async { "secret" }))
@@ -313,7 +274,7 @@ async fn a_route_missing_from_the_policy_is_refused_to_everyone() {
 #[tokio::test]
 async fn state_changes_need_the_session_csrf_token_and_our_own_origin() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let nurse = sign_in(&state, "nina", Role::Nurse);
     let other = sign_in(&state, "olga", Role::Nurse);
     let check = async |req: Request<Body>, expected: StatusCode, why: &str| {
@@ -431,7 +392,7 @@ async fn state_changes_need_the_session_csrf_token_and_our_own_origin() {
 #[tokio::test]
 async fn the_cli_token_only_opens_and_closes_the_pairing_window_and_is_named_in_the_audit() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let cli = |method: &str, uri: &str, body: &'static str| {
         from(
             "127.0.0.1:5",
@@ -519,7 +480,7 @@ fn login_form(user: &str, pw: &str, cookie: Option<&str>, client: &str) -> Reque
 #[tokio::test]
 async fn login_sets_a_fresh_strict_cookie_and_drops_any_planted_session() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     add_user(&state, "ann", "a long passphrase", Role::Nurse).await;
     // A session the attacker holds and plants in the victim's browser.
     let planted = sign_in(&state, "mallory", Role::Carer);
@@ -605,7 +566,7 @@ async fn login_sets_a_fresh_strict_cookie_and_drops_any_planted_session() {
 #[tokio::test]
 async fn failures_make_that_address_wait_for_that_account_only_and_an_admin_can_clear_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     add_user(&state, "ann", "a long passphrase", Role::Nurse).await;
     add_user(&state, "bob", "another passphrase", Role::Carer).await;
     let unknown = call(
@@ -734,7 +695,7 @@ fn next_is_a_path_on_this_site_or_the_overview() {
 #[tokio::test]
 async fn an_idle_session_is_signed_out() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let u = state
         .accounts
         .create_user(
@@ -762,7 +723,7 @@ async fn an_idle_session_is_signed_out() {
 #[tokio::test]
 async fn the_setup_code_creates_the_first_admin_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let FirstStart::SetupCode(code) = first_start(&state.accounts, false).unwrap() else {
         panic!("no admin: a setup code is expected");
     };
@@ -826,7 +787,7 @@ async fn the_setup_code_creates_the_first_admin_once() {
 #[tokio::test]
 async fn the_demo_link_signs_in_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let FirstStart::SignInLink(token) = first_start(&state.accounts, true).unwrap() else {
         panic!("demo: a link is expected");
     };
@@ -853,7 +814,7 @@ async fn the_demo_link_signs_in_once() {
 #[tokio::test]
 async fn admins_manage_users_but_never_remove_the_last_admin() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let admin = sign_in(&state, "root-admin", Role::Admin);
     let post = |uri: &str, body: &str| {
         form(
@@ -939,7 +900,7 @@ async fn admins_manage_users_but_never_remove_the_last_admin() {
 #[tokio::test]
 async fn views_and_changes_are_audited_with_who_and_where() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, state) = crate::web::tests::setup(dir.path()).await;
+    let (_store, state) = setup(dir.path()).await;
     let nurse = sign_in(&state, "nina", Role::Nurse);
     let admin = sign_in(&state, "root-admin", Role::Admin);
     assert_eq!(
