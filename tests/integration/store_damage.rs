@@ -260,15 +260,15 @@ fn a_database_damaged_while_running_is_reported_replaced_and_its_readable_backlo
     // Which of the undelivered readings the test itself can still read in the
     // damaged file, row by row: those must not be lost.
     let old = Connection::open_with_flags(&aside[0], OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let (readable, unreadable): (Vec<(&i64, &String)>, Vec<(&i64, &String)>) =
-        before.iter().partition(|(seq, _)| {
-            old.query_row(
-                "SELECT id FROM readings_text WHERE seq = ?1",
-                [**seq],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .is_ok()
-        });
+    type Rows<'a> = Vec<(&'a i64, &'a String)>;
+    let (readable, unreadable): (Rows, Rows) = before.iter().partition(|(seq, _)| {
+        old.query_row(
+            "SELECT id FROM readings_text WHERE seq = ?1",
+            [**seq],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .is_ok()
+    });
     assert!(
         !unreadable.is_empty() && unreadable.len() < 200,
         "the damage cost some rows: {} of {}",
