@@ -797,7 +797,7 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel(256);
         let mut writer = writer::prepare(conn, settings.clone(), stats.clone(), heartbeat)?;
-        let rescue = recover::rescue_path(&settings.path);
+        let rescue = rescue_path(&settings.path);
         if moved_to.is_some() || marker.is_some() || rescue.exists() {
             let alarm = recover::recover(
                 &mut writer,
@@ -834,6 +834,14 @@ impl Store {
             writer,
         })
     }
+}
+
+/// The fresh store file beside the database that the writer commits to once
+/// the database turned out damaged while running (`recover`, decision 0015).
+fn rescue_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".rescue");
+    PathBuf::from(p)
 }
 
 /// Renames the database and its WAL and shared-memory files to

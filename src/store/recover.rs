@@ -49,11 +49,6 @@ fn beside(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The fresh store file the writer commits to once the database is damaged.
-pub(super) fn rescue_path(db: &Path) -> PathBuf {
-    beside(db, ".rescue")
-}
-
 /// The marker of damage found while running.
 fn marker_path(db: &Path) -> PathBuf {
     beside(db, ".damaged")
@@ -312,6 +307,7 @@ mod tests {
     use super::*;
     use crate::config::Synchronous;
     use crate::model::{DeviceAddress, Quantity, ReadingId, ResidentId, Subject, Unit, Value};
+    use crate::store::rescue_path;
     use crate::store::{Store, StoreSettings};
     use crate::system::health::Health;
 

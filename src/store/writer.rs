@@ -337,7 +337,7 @@ impl Writer {
     /// into the fresh database; leases are forgotten (their readings stay in
     /// the damaged file's outbox, recovered from there as far as readable).
     fn enter_rescue(&mut self) -> Result<(), StoreError> {
-        let path = super::recover::rescue_path(&self.settings.path);
+        let path = super::rescue_path(&self.settings.path);
         let settings = StoreSettings {
             path: path.clone(),
             ..self.settings.clone()
