@@ -344,6 +344,9 @@ pub struct StoreStats {
     pub corruption: Mutex<Option<CorruptionAlarm>>,
     /// Damage found while running (set once; the daemon then stops).
     pub damage: Mutex<Option<DamageFound>>,
+    /// This start replaced a damaged database (or brought in a rescue file):
+    /// the storage has just failed, whatever the age of the record.
+    pub replaced_at_start: AtomicBool,
     /// Cancelled when damage is found while running: the daemon's signal to
     /// stop so that systemd restarts it into the start-up check.
     pub damage_found: tokio_util::sync::CancellationToken,
@@ -811,6 +814,7 @@ impl Store {
                 marker.as_ref().map(|m| m.at),
             )?;
             recover::finish(&settings.path, &rescue);
+            stats.replaced_at_start.store(true, Ordering::Relaxed);
             tracing::error!(
                 recovered = alarm.recovered,
                 rescued = alarm.rescued,

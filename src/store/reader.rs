@@ -45,6 +45,8 @@ pub struct StatsSnapshot {
     pub corruption: Option<CorruptionAlarm>,
     /// Damage found while running: the daemon is stopping to replace the file.
     pub damage: Option<DamageFound>,
+    /// This run's start replaced a damaged database.
+    pub replaced_at_start: bool,
 }
 
 impl StatsSnapshot {
@@ -163,6 +165,7 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            replaced_at_start: s.replaced_at_start.load(Ordering::Relaxed),
             damage: s
                 .damage
                 .lock()

@@ -97,6 +97,9 @@ pub struct StoragePart {
     pub corruption: Option<String>,
     /// When that damage was found (RFC 3339).
     pub corruption_found_at: Option<String>,
+    /// This run's start replaced the damaged database (`carehub health-check`
+    /// fails then; the record itself stays for good).
+    pub replaced_at_start: bool,
     /// Damage found while running, in words: the daemon is stopping so that
     /// its start-up check replaces the file.
     pub damage_found: Option<String>,
@@ -200,6 +203,7 @@ pub async fn gather(state: &AppState) -> Result<(GatewayJson, Times), WebError> 
             last_commit_at: stats.last_commit.map(Timestamp::to_rfc3339),
             corruption: stats.corruption.as_ref().map(describe_damage),
             corruption_found_at: stats.corruption.as_ref().map(|c| c.at.to_rfc3339()),
+            replaced_at_start: stats.replaced_at_start,
             damage_found: stats.damage.as_ref().map(|d| {
                 format!(
                     "the database file is damaged ({}); carehub is restarting to move it aside and start a fresh one",

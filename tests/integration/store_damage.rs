@@ -204,6 +204,7 @@ fn a_database_damaged_while_running_is_reported_replaced_and_its_readable_backlo
         "{words}"
     );
     assert!(storage["corruption_found_at"].is_string(), "{g}");
+    assert_eq!(storage["replaced_at_start"], true, "{g}");
     let (_, page) = http_get(addr, "/gateway").unwrap();
     assert!(
         page.contains("DATABASE REPLACED"),
@@ -279,6 +280,12 @@ fn a_database_damaged_while_running_is_reported_replaced_and_its_readable_backlo
         unreadable_recorded,
         unreadable.len() as i64,
         "the record counts exactly the undelivered readings that could not be read"
+    );
+    eprintln!(
+        "undelivered before the damage: {}; unreadable after it: {}; damaged pages: {damaged_pages:?} of {} leaves",
+        before.len(),
+        unreadable.len(),
+        leaves.len()
     );
     let readable: BTreeSet<&String> = readable.into_iter().map(|(_, id)| id).collect();
     // Delivered before the stop, or copied into the fresh file and delivered
