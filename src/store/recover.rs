@@ -128,6 +128,7 @@ pub(super) fn recover(
     if rescue.exists() {
         rescued = copy_outbox(rescue, &mut |chunk| writer.import(chunk))?;
     }
+    writer.count_outbox()?;
     let alarm = CorruptionAlarm {
         moved_to: damaged.map(Path::to_path_buf),
         reason: reason.unwrap_or_else(|| "damage reported while running".to_owned()),
@@ -556,6 +557,15 @@ mod tests {
         let rescued: BTreeSet<u64> = (2001..=2100).collect();
         let want: BTreeSet<u64> = readable.union(&rescued).copied().collect();
         assert_eq!(outbox(&store).await, want);
+        assert_eq!(
+            store
+                .handle
+                .stats()
+                .outbox_readings
+                .load(std::sync::atomic::Ordering::Relaxed),
+            want.len() as u64,
+            "the outbox's count includes what was brought in"
+        );
         assert_eq!(alarm.recovered, readable.len() as u64);
         assert_eq!(alarm.rescued, 100);
         assert_eq!(alarm.unreadable, 2000 - readable.len() as u64);

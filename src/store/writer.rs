@@ -253,8 +253,9 @@ impl Writer {
             .expect("spawning a thread at start-up only fails when the process is out of resources")
     }
 
-    /// The outbox's totals and the free disk space, into the stats.
-    fn count_outbox(&self) -> Result<(), StoreError> {
+    /// The outbox's totals and the free disk space, into the stats (after an
+    /// import: once, since it reads the whole outbox).
+    pub(super) fn count_outbox(&self) -> Result<(), StoreError> {
         let (rows, bytes) = limits::outbox_totals(&self.conn)?;
         self.stats.outbox_readings.store(rows, Ordering::Relaxed);
         self.stats.outbox_bytes.store(bytes, Ordering::Relaxed);
@@ -281,7 +282,6 @@ impl Writer {
         // Readings of an earlier run keep their times: a clock step of this run
         // never moves them (docs/decisions/0014).
         self.unsynced_since = None;
-        self.count_outbox()?;
         Ok(n)
     }
 
