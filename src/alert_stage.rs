@@ -245,6 +245,11 @@ impl AlertStage {
                 disk_free_bytes: crate::store::free_disk_bytes(&db_path),
                 web_unanswered_for,
                 uplink_held_readings: uplink.as_ref().map_or(0, |u| u.held_readings),
+                database_damaged_at: stats
+                    .damage
+                    .as_ref()
+                    .map(|d| d.at)
+                    .or(stats.corruption.as_ref().map(|c| c.at)),
             };
             let eval = evaluate(
                 &Snapshot {

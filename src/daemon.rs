@@ -124,12 +124,14 @@ pub async fn run(
     .context("store start-up task failed")?;
     let store = store
         .with_context(|| format!("cannot open the database {}", config.store.path.display()))?;
+    let db_path_for_exit = config.store.path.clone();
     let Store {
         handle: store_handle,
         reader,
         writer,
     } = store;
     let store_stats = store_handle.stats().clone();
+    let damage_found = store_stats.damage_found.clone();
     let web_config = config.clone();
     let web_security =
         tokio::task::spawn_blocking(move || crate::web::serve::prepare(&web_config, demo))
@@ -460,6 +462,11 @@ pub async fn run(
     let why = loop {
         tokio::select! {
             why = &mut shutdown => break why,
+            // The database file is damaged: stop in order (what is in flight
+            // goes to the rescue file or the damaged file, read back at the next
+            // start) and exit non-zero, so that systemd restarts carehub into
+            // the start-up check, which moves the file aside (decision 0015).
+            () = damage_found.cancelled() => break "the database file is damaged",
             _ = hangup.recv() => {
                 reload(&config_source, &config_tx, notifier, &describe).await;
                 uplink_reload.notify_one();
@@ -488,7 +495,14 @@ pub async fn run(
         // Every store handle is gone now; the writer commits what is left and exits.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     };
-    match tokio::time::timeout(SHUTDOWN_DEADLINE, stop).await {
+    let stopped = tokio::time::timeout(SHUTDOWN_DEADLINE, stop).await;
+    if damage_found.is_cancelled() {
+        bail!(
+            "stopped because the database file {} is damaged; the next start moves it aside, starts a fresh one and copies into it what can be read (systemd restarts carehub)",
+            db_path_for_exit.display()
+        );
+    }
+    match stopped {
         Ok(()) => {
             tracing::info!("stopped cleanly; everything received is committed");
             Ok(())

@@ -149,7 +149,15 @@ pub struct GatewayState {
     /// Readings the uplink holds because the broker refused them again and
     /// again (MQTT 5 reason codes).
     pub uplink_held_readings: u64,
+    /// When the database file was last found damaged (while running, or by
+    /// the start-up check), from the record kept in the fresh file.
+    pub database_damaged_at: Option<Timestamp>,
 }
+
+/// How long `gateway/database` stays raised after the database was found
+/// damaged: long enough for an engineer to be called and the cloud to hear of
+/// it across a weekend; the Gateway page keeps the record after that.
+pub const DATABASE_DAMAGE_ALERT_FOR: Duration = Duration::from_secs(7 * 86_400);
 
 /// The staff pages not answering for longer than this raise `gateway/web`: the
 /// web stage mends itself and never restarts the daemon, so someone must know
@@ -282,7 +290,7 @@ pub fn evaluate(snapshot: &Snapshot, limits: &Limits, now: Timestamp) -> Evaluat
     for d in &snapshot.devices {
         device_causes(d, snapshot.started_at, limits, now, &mut out);
     }
-    gateway_causes(&snapshot.gateway, limits, &mut out);
+    gateway_causes(&snapshot.gateway, limits, now, &mut out);
     out.sort_by(|a, b| a.key.cmp(&b.key));
     // One cause per key: a pulse from an oximeter and from a chest strap both
     // crossing a limit are one alert, not two (the first, by key order, stays).
@@ -547,7 +555,24 @@ fn device_causes(
     }
 }
 
-fn gateway_causes(g: &GatewayState, limits: &Limits, out: &mut Vec<Cause>) {
+fn gateway_causes(g: &GatewayState, limits: &Limits, now: Timestamp, out: &mut Vec<Cause>) {
+    if let Some(at) = g
+        .database_damaged_at
+        .filter(|at| at.age_at(now) < DATABASE_DAMAGE_ALERT_FOR)
+    {
+        let mut cause = warning(
+            "gateway/database".into(),
+            None,
+            "database-damaged",
+            format!(
+                "the gateway's database was found damaged at {}: it was replaced by a fresh one and what could be read was copied into it; the damaged file is kept. Call support (Gateway page)",
+                at.to_rfc3339()
+            ),
+        );
+        cause.severity = Severity::Urgent;
+        cause.level = Severity::Urgent.as_str();
+        out.push(cause);
+    }
     if let Some(age) = g.backlog_age.filter(|a| *a > limits.backlog_max_age) {
         out.push(warning(
             "gateway/uplink-backlog".into(),
@@ -1015,6 +1040,7 @@ mod tests {
                 disk_free_bytes: Some(disk_mb * 1024 * 1024),
                 web_unanswered_for: Some(Duration::from_secs(backlog_min - 300)),
                 uplink_held_readings: 0,
+                database_damaged_at: None,
             },
             ..Default::default()
         };
@@ -1038,5 +1064,23 @@ mod tests {
             ..Default::default()
         };
         check(&held, &[("gateway/uplink-held", Warning)]);
+    }
+
+    #[test]
+    fn a_damaged_database_is_an_urgent_technical_alert_for_a_week() {
+        let found = |days_ago: i64| Snapshot {
+            gateway: GatewayState {
+                database_damaged_at: Some(Timestamp::from_unix_ms(NOW - days_ago * 86_400_000)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        check(&found(0), &[("gateway/database", Urgent)]);
+        check(&found(6), &[("gateway/database", Urgent)]);
+        check(&found(7), &[]);
+        assert_eq!(
+            AlertClass::of_rule("database-damaged"),
+            AlertClass::Technical
+        );
     }
 }

@@ -138,7 +138,15 @@ pub fn judge_status(config: &Config, v: &serde_json::Value) -> Vec<String> {
     if let Some(n) = storage["commit_errors"].as_u64().filter(|n| *n > 0) {
         problems.push(format!("the store has failed {n} commits"));
     }
-    if let Some(c) = storage["corruption"].as_str() {
+    // The record of a damaged database stays for good (decision 0015); only
+    // damage found now, or a start that had to replace the file, makes this
+    // boot unhealthy, as the storage has just failed.
+    if let Some(d) = storage["damage_found"].as_str() {
+        problems.push(d.to_owned());
+    }
+    if storage["replaced_at_start"] == serde_json::Value::Bool(true)
+        && let Some(c) = storage["corruption"].as_str()
+    {
         problems.push(format!("the database was found corrupt: {c}"));
     }
     let uplink = v["uplink"]["state"].as_str().unwrap_or("unknown");
@@ -295,13 +303,20 @@ mod tests {
             &["uplink is waiting to reconnect, not connected: tls handshake refused"],
         );
         let mut full = status("ble", true, "connected");
-        full["storage"] =
-            json!({"disk_full": true, "commit_errors": 3, "corruption": "moved aside"});
+        full["storage"] = json!({"disk_full": true, "commit_errors": 3, "corruption": "moved aside", "replaced_at_start": true});
         check(
             true,
             true,
             full,
             &["disk is full", "failed 3 commits", "corrupt"],
         );
+        // The record of an earlier replacement alone is no reason; damage
+        // found now is.
+        let mut earlier = status("ble", true, "connected");
+        earlier["storage"]["corruption"] = json!("moved aside last month");
+        earlier["storage"]["replaced_at_start"] = json!(false);
+        check(true, true, earlier.clone(), &[]);
+        earlier["storage"]["damage_found"] = json!("the database file is damaged (read: …)");
+        check(true, true, earlier, &["the database file is damaged"]);
     }
 }

@@ -182,7 +182,7 @@ impl LeaseReader {
 }
 
 /// The codes and the reading-id epochs of the database, without adding any.
-fn read_vocab(conn: &Connection) -> Result<Vocab, StoreError> {
+pub(super) fn read_vocab(conn: &Connection) -> Result<Vocab, StoreError> {
     let mut vocab = Vocab::read(conn)?;
     vocab.epochs = Epochs::load(conn)?;
     Ok(vocab)
@@ -190,7 +190,10 @@ fn read_vocab(conn: &Connection) -> Result<Vocab, StoreError> {
 
 /// Rebuilds a reading from its row (`seq` at index 0, then [`COLUMNS`]);
 /// `None` when a code, value or epoch is unknown to this build.
-fn decode_row(vocab: &Vocab, row: &rusqlite::Row<'_>) -> Result<Option<Reading>, StoreError> {
+pub(super) fn decode_row(
+    vocab: &Vocab,
+    row: &rusqlite::Row<'_>,
+) -> Result<Option<Reading>, StoreError> {
     // Schema v8: an id stored with the reading, else the one derived from its seq.
     let id = match row.get_ref(1)? {
         rusqlite::types::ValueRef::Null => vocab.reading_id(row.get(0)?),

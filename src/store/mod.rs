@@ -21,6 +21,7 @@ mod lease_read;
 mod limits;
 mod outbox;
 mod reader;
+mod recover;
 mod registry;
 mod schema;
 mod vocab;
@@ -121,16 +122,29 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether this error says the file is not a sound SQLite database.
-    fn is_corruption(&self) -> bool {
+    /// Whether this error says the file is not a sound SQLite database (its
+    /// pages are damaged, or it is not a database at all), as opposed to a
+    /// refusal that may pass (busy, locked, a full disk, an I/O error, a
+    /// constraint). Only this kind is mended by moving the file aside.
+    pub fn is_corruption(&self) -> bool {
         match self {
             StoreError::Corrupt(_) => true,
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
-                e.code,
-                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ),
+            StoreError::Sqlite(e) | StoreError::DiskFull(e) => sqlite_is_corruption(e),
             _ => false,
         }
+    }
+}
+
+/// Whether SQLite said the file is damaged: `SQLITE_CORRUPT` (reads report it
+/// as "database disk image is malformed"), `SQLITE_NOTADB`, or one of their
+/// extended codes. A busy, locked, full or failing disk is not corruption.
+pub(crate) fn sqlite_is_corruption(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+        ),
+        _ => false,
     }
 }
 
@@ -266,13 +280,36 @@ pub enum ResidentChange {
     Archive(ResidentId),
 }
 
-/// The alarm raised when the database failed its integrity check at start-up.
+/// The record of a damaged database (`store_damage`, in the fresh file that
+/// replaced it, so that it outlives the restart): found while running or by the
+/// integrity check at start-up, and what became of its readings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CorruptionAlarm {
-    /// Where the bad file now lies, for a technician to inspect.
-    pub moved_to: PathBuf,
+    /// Where the bad file now lies, for a technician to inspect; `None` when the
+    /// start-up check found the file sound after all (the damage was reported
+    /// while running, then not found again).
+    pub moved_to: Option<PathBuf>,
     pub reason: String,
+    /// When the damage was first found (while running, or at start-up).
     pub at: Timestamp,
+    /// Undelivered readings copied out of the damaged file into the fresh one.
+    pub recovered: u64,
+    /// Readings received after the damage was found, kept in the rescue file
+    /// and brought into the fresh one.
+    pub rescued: u64,
+    /// Outbox readings (or whole ranges, counted as one) that could not be read
+    /// back: they stay only in the damaged file.
+    pub unreadable: u64,
+}
+
+/// Damage found while running: the daemon stops on purpose so that the
+/// start-up check replaces the file (docs/decisions/0015).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DamageFound {
+    pub at: Timestamp,
+    /// Who met it (`"commit"`, `"lease read"`, `"read"`, `"maintenance"`) and
+    /// SQLite's words.
+    pub reason: String,
 }
 
 /// Counters the writer keeps for status pages and metrics.
@@ -302,14 +339,54 @@ pub struct StoreStats {
     pub evicted: [AtomicU64; limits::EVICTION_SLOTS],
     /// Delivered readings purged from history (retention or disk pressure).
     pub history_purged: AtomicU64,
-    /// Set when start-up found a corrupt database and moved it aside.
+    /// The newest record of a damaged database (`store_damage`), loaded at
+    /// every start: it stays visible after the restart that replaced the file.
     pub corruption: Mutex<Option<CorruptionAlarm>>,
+    /// Damage found while running (set once; the daemon then stops).
+    pub damage: Mutex<Option<DamageFound>>,
+    /// This start replaced a damaged database (or brought in a rescue file):
+    /// the storage has just failed, whatever the age of the record.
+    pub replaced_at_start: AtomicBool,
+    /// Cancelled when damage is found while running: the daemon's signal to
+    /// stop so that systemd restarts it into the start-up check.
+    pub damage_found: tokio_util::sync::CancellationToken,
     /// Commits that changed residents or devices (provisioning, pairing record,
     /// sightings, resident changes): the web pages' live updates watch it.
     pub registry_changes: AtomicU64,
 }
 
 impl StoreStats {
+    /// Reports `e` if it says the file is damaged: records when and how (in
+    /// memory and in the marker file beside the database, which the next
+    /// start-up reads, since the database itself may not be readable), logs
+    /// the alarm once and tells the daemon to stop. Returns whether it was
+    /// corruption. Blocking (one small file write): call it from the writer
+    /// thread or a blocking task.
+    pub(crate) fn report_if_damaged(&self, db: &Path, during: &str, e: &StoreError) -> bool {
+        if !e.is_corruption() {
+            return false;
+        }
+        let mut damage = self.damage.lock().unwrap_or_else(PoisonError::into_inner);
+        if damage.is_none() {
+            let found = DamageFound {
+                at: Timestamp::now(),
+                reason: format!("{during}: {e}"),
+            };
+            tracing::error!(
+                error = %e,
+                during,
+                db = %db.display(),
+                "ALARM: the database file is damaged; carehub stops so that its start-up check moves it aside and starts a fresh one (systemd restarts it)"
+            );
+            if let Err(err) = recover::write_marker(db, &found) {
+                tracing::error!(error = %err, "cannot write the damage marker beside the database");
+            }
+            *damage = Some(found);
+            self.damage_found.cancel();
+        }
+        true
+    }
+
     /// Readings and bytes that left the outbox (acked or evicted). Never wraps
     /// below zero: the counters are estimates kept beside the database.
     pub(crate) fn outbox_left(&self, rows: u64, bytes: u64) {
@@ -478,14 +555,25 @@ impl StoreHandle {
             let id = runs.id;
             let reader = self.lease_reader.clone();
             let path = self.path.clone();
+            let stats = self.stats.clone();
             let read = tokio::task::spawn_blocking(move || {
                 let mut reader = reader.lock().unwrap_or_else(PoisonError::into_inner);
-                let reader = match &mut *reader {
-                    Some(r) => r,
-                    None => reader.insert(LeaseReader::open(&path)?),
-                };
-                let report = reader.read(&runs, &mut sink)?;
-                Ok::<_, StoreError>((report, sink))
+                let read = (|| {
+                    let reader = match &mut *reader {
+                        Some(r) => r,
+                        None => reader.insert(LeaseReader::open(&path)?),
+                    };
+                    reader.read(&runs, &mut sink)
+                })();
+                match read {
+                    Ok(report) => Ok::<_, StoreError>((report, sink)),
+                    Err(e) => {
+                        // The outbox's pages refuse: the daemon stops to have the
+                        // file replaced; the readings stay undelivered.
+                        stats.report_if_damaged(&path, "lease read", &e);
+                        Err(e)
+                    }
+                }
             })
             .await
             .map_err(|e| StoreError::ReadTask(e.to_string()));
@@ -698,32 +786,47 @@ impl Store {
             })?;
         }
         let stats = Arc::new(StoreStats::default());
-        let conn = match writer::open_write_connection(&settings) {
-            Ok(conn) => conn,
+        // Damage found while the last run was running: when and how.
+        let marker = recover::read_marker(&settings.path);
+        let (conn, moved_to) = match writer::open_write_connection(&settings) {
+            Ok(conn) => (conn, None),
             Err(e) if e.is_corruption() => {
                 let moved_to = move_aside(&settings.path)?;
                 tracing::error!(error = %e, moved_to = %moved_to.display(), "ALARM: the database was corrupt; it was moved aside and a fresh one started");
-                *stats
-                    .corruption
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(CorruptionAlarm {
-                    moved_to,
-                    reason: e.to_string(),
-                    at: Timestamp::now(),
-                });
-                writer::open_write_connection(&settings)?
+                let conn = writer::open_write_connection(&settings)?;
+                (conn, Some((moved_to, e.to_string())))
             }
             Err(e) => return Err(e),
         };
         let (tx, rx) = mpsc::channel(256);
-        let writer = writer::spawn(
-            conn,
-            rx,
-            settings.clone(),
-            stats.clone(),
-            runtime,
-            heartbeat,
-        )?;
+        let mut writer = writer::prepare(conn, settings.clone(), stats.clone(), heartbeat)?;
+        let rescue = rescue_path(&settings.path);
+        if moved_to.is_some() || marker.is_some() || rescue.exists() {
+            let alarm = recover::recover(
+                &mut writer,
+                moved_to.as_ref().map(|(p, _)| p.as_path()),
+                &rescue,
+                // What was met first, while running; else the check's words.
+                marker
+                    .as_ref()
+                    .map(|m| m.reason.clone())
+                    .or(moved_to.as_ref().map(|(_, why)| why.clone())),
+                marker.as_ref().map(|m| m.at),
+            )?;
+            recover::finish(&settings.path, &rescue);
+            stats.replaced_at_start.store(true, Ordering::Relaxed);
+            tracing::error!(
+                recovered = alarm.recovered,
+                rescued = alarm.rescued,
+                unreadable = alarm.unreadable,
+                "ALARM: the damaged database's undelivered readings were copied into the fresh one as far as they could be read"
+            );
+        }
+        *stats
+            .corruption
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = writer.last_damage()?;
+        let writer = writer.start(rx, runtime);
         Ok(Store {
             handle: StoreHandle {
                 tx,
@@ -735,6 +838,14 @@ impl Store {
             writer,
         })
     }
+}
+
+/// The fresh store file beside the database that the writer commits to once
+/// the database turned out damaged while running (`recover`, decision 0015).
+fn rescue_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".rescue");
+    PathBuf::from(p)
 }
 
 /// Renames the database and its WAL and shared-memory files to

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use super::limits::EvictionReason;
 use super::outbox::Class;
-use super::{CorruptionAlarm, StoreError, StoreStats};
+use super::{CorruptionAlarm, DamageFound, StoreError, StoreStats};
 use crate::model::{
     Device, DeviceAddress, DeviceKind, Quantity, ReadingId, Resident, ResidentId, SpecialValue,
     Subject, Timestamp, Unit, Value,
@@ -41,8 +41,12 @@ pub struct StatsSnapshot {
     pub storage_failing: bool,
     /// Free bytes on the database's filesystem at the last check.
     pub free_disk_bytes: u64,
-    /// Set when start-up found the database corrupt and moved it aside.
+    /// The newest record of a damaged database (kept across restarts).
     pub corruption: Option<CorruptionAlarm>,
+    /// Damage found while running: the daemon is stopping to replace the file.
+    pub damage: Option<DamageFound>,
+    /// This run's start replaced a damaged database.
+    pub replaced_at_start: bool,
 }
 
 impl StatsSnapshot {
@@ -161,6 +165,12 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            replaced_at_start: s.replaced_at_start.load(Ordering::Relaxed),
+            damage: s
+                .damage
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         })
     }
 
@@ -185,6 +195,11 @@ impl Reader {
             }
         };
         let out = f(&conn);
+        if let Err(e) = &out {
+            // A page read for the staff pages or the alerts that says the file
+            // is damaged stops the daemon like a commit that does.
+            self.stats.report_if_damaged(&self.path, "read", e);
+        }
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < POOL_SIZE {
             pool.push(conn);

@@ -392,6 +392,22 @@ const MIGRATIONS: &[&str] = &[
         SELECT address, resident_id, room, coalesce(assigned_at_ms, 0) FROM devices
         WHERE resident_id IS NOT NULL OR room IS NOT NULL;
     "#,
+    // 11 (issue 21): the record of a damaged database, kept in the fresh file
+    // that replaced it so that the Gateway page and the alert still say so after
+    // the restart: when it was found, why, where the damaged file lies, and what
+    // became of its undelivered readings (docs/decisions/0015).
+    r#"
+    CREATE TABLE store_damage (
+        id             INTEGER PRIMARY KEY,
+        found_at_ms    INTEGER NOT NULL,
+        reason         TEXT NOT NULL,
+        moved_to       TEXT,
+        recovered      INTEGER NOT NULL,
+        rescued        INTEGER NOT NULL,
+        unreadable     INTEGER NOT NULL,
+        recorded_at_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

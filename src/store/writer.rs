@@ -79,28 +79,18 @@ pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connecti
     Ok(conn)
 }
 
-#[allow(
-    clippy::expect_used,
-    reason = "start-up: a thread cannot be spawned only when the process is out of resources, and then the gateway cannot run"
-)]
-pub(super) fn spawn(
+/// Builds the writer on an open connection (codes, epoch, outbox totals); the
+/// store may bring readings in ([`Writer::import`]) before it [`Writer::start`]s.
+pub(super) fn prepare(
     mut conn: Connection,
-    rx: mpsc::Receiver<Command>,
     settings: StoreSettings,
     stats: Arc<StoreStats>,
-    runtime: tokio::runtime::Handle,
     heartbeat: Heartbeat,
-) -> Result<std::thread::JoinHandle<()>, StoreError> {
+) -> Result<Writer, StoreError> {
     limits::load_counts(&conn, &stats)?;
     let mut vocab = Vocab::load(&mut conn)?;
     let (epochs, next_seq, prefix) = Epochs::begin(&mut conn)?;
     vocab.epochs = epochs;
-    let (rows, bytes) = limits::outbox_totals(&conn)?;
-    stats.outbox_readings.store(rows, Ordering::Relaxed);
-    stats.outbox_bytes.store(bytes, Ordering::Relaxed);
-    if let Some(free) = limits::free_disk_bytes(&settings.path) {
-        stats.free_disk_bytes.store(free, Ordering::Relaxed);
-    }
     let writer = Writer {
         conn,
         sync_lowered: false,
@@ -120,11 +110,20 @@ pub(super) fn spawn(
         unsynced_since: None,
         started_ms: Timestamp::now().unix_ms(),
         heartbeat,
+        rescue: None,
     };
-    Ok(std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || writer.run(rx, runtime))
-        .expect("spawning a thread at start-up only fails when the process is out of resources"))
+    writer.count_outbox()?;
+    Ok(writer)
+}
+
+/// The stored record of a damaged database, for [`Writer::record_damage`].
+pub(super) struct DamageRow<'a> {
+    pub at: Timestamp,
+    pub reason: &'a str,
+    pub moved_to: Option<&'a std::path::Path>,
+    pub recovered: u64,
+    pub rescued: u64,
+    pub unreadable: u64,
 }
 
 /// One lease: its runs of sequence numbers, and what reading it found.
@@ -139,7 +138,7 @@ struct Held {
 /// The runs of a lease held after repeated refusals, and its readings.
 type HeldAside = (Vec<(Class, i64, i64)>, u64);
 
-struct Writer {
+pub(super) struct Writer {
     conn: Connection,
     /// The connection is at `synchronous=NORMAL` for a commit of acks only.
     sync_lowered: bool,
@@ -178,6 +177,10 @@ struct Writer {
     /// The writer's heartbeat, also beaten between the tries of a commit that
     /// failed for an I/O error: the writer is working, the storage is failing.
     heartbeat: Heartbeat,
+    /// Set once a commit met a damaged database: from then on every group is
+    /// committed to the rescue file beside it, nothing is leased, and the
+    /// daemon is stopping (docs/decisions/0015).
+    rescue: Option<std::path::PathBuf>,
 }
 
 fn slot(class: Class) -> usize {
@@ -234,6 +237,131 @@ fn is_disk_full(e: &StoreError) -> bool {
 }
 
 impl Writer {
+    /// Starts the writer's thread.
+    #[allow(
+        clippy::expect_used,
+        reason = "start-up: a thread cannot be spawned only when the process is out of resources, and then the gateway cannot run"
+    )]
+    pub(super) fn start(
+        self,
+        rx: mpsc::Receiver<Command>,
+        runtime: tokio::runtime::Handle,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || self.run(rx, runtime))
+            .expect("spawning a thread at start-up only fails when the process is out of resources")
+    }
+
+    /// The outbox's totals and the free disk space, into the stats (after an
+    /// import: once, since it reads the whole outbox).
+    pub(super) fn count_outbox(&self) -> Result<(), StoreError> {
+        let (rows, bytes) = limits::outbox_totals(&self.conn)?;
+        self.stats.outbox_readings.store(rows, Ordering::Relaxed);
+        self.stats.outbox_bytes.store(bytes, Ordering::Relaxed);
+        if let Some(free) = limits::free_disk_bytes(&self.settings.path) {
+            self.stats.free_disk_bytes.store(free, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Stores readings brought back from a damaged database or a rescue file,
+    /// each with the id it had there, into the outbox, before the thread
+    /// starts. Returns how many.
+    pub(super) fn import(&mut self, readings: Vec<Reading>) -> Result<u64, StoreError> {
+        let n = readings.len() as u64;
+        if n == 0 {
+            return Ok(0);
+        }
+        let group = [Command::Ingest {
+            readings,
+            entered: None,
+            committed: None,
+        }];
+        self.write_group(&group)?;
+        // Readings of an earlier run keep their times: a clock step of this run
+        // never moves them (docs/decisions/0014).
+        self.unsynced_since = None;
+        Ok(n)
+    }
+
+    /// The write connection, for copying tables before the thread starts.
+    pub(super) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Records a damaged database in `store_damage`.
+    pub(super) fn record_damage(&mut self, d: &DamageRow<'_>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO store_damage (found_at_ms, reason, moved_to, recovered, rescued,
+                                       unreadable, recorded_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                d.at.unix_ms(),
+                d.reason,
+                d.moved_to.map(|p| p.display().to_string()),
+                i64::try_from(d.recovered).unwrap_or(i64::MAX),
+                i64::try_from(d.rescued).unwrap_or(i64::MAX),
+                i64::try_from(d.unreadable).unwrap_or(i64::MAX),
+                Timestamp::now().unix_ms(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest record of a damaged database, if any.
+    pub(super) fn last_damage(&self) -> Result<Option<super::CorruptionAlarm>, StoreError> {
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT found_at_ms, reason, moved_to, recovered, rescued, unreadable
+                 FROM store_damage ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(super::CorruptionAlarm {
+                        at: Timestamp::from_unix_ms(r.get(0)?),
+                        reason: r.get(1)?,
+                        moved_to: r.get::<_, Option<String>>(2)?.map(std::path::PathBuf::from),
+                        recovered: count(r.get(3)?),
+                        rescued: count(r.get(4)?),
+                        unreadable: count(r.get(5)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// A commit met a damaged database: from now on the writer commits to a
+    /// fresh store file beside it (`<db>.rescue`), which the next start brings
+    /// into the fresh database; leases are forgotten (their readings stay in
+    /// the damaged file's outbox, recovered from there as far as readable).
+    fn enter_rescue(&mut self) -> Result<(), StoreError> {
+        let path = super::rescue_path(&self.settings.path);
+        let settings = StoreSettings {
+            path: path.clone(),
+            ..self.settings.clone()
+        };
+        let mut conn = open_write_connection(&settings)?;
+        let mut vocab = Vocab::load(&mut conn)?;
+        let (epochs, next_seq, prefix) = Epochs::begin(&mut conn)?;
+        vocab.epochs = epochs;
+        self.conn = conn;
+        self.sync_lowered = false;
+        self.vocab = vocab;
+        self.next_seq = next_seq;
+        self.prefix = prefix;
+        self.unsynced_since = None;
+        self.leases.clear();
+        self.leased = [BTreeMap::new(), BTreeMap::new()];
+        self.cursor = [0, 0];
+        self.refusals.clear();
+        self.held.clear();
+        tracing::error!(rescue = %path.display(), "readings received from now on are committed to the rescue file beside the damaged database");
+        self.rescue = Some(path);
+        Ok(())
+    }
+
     /// Collects commands into groups and handles each group, until every sender
     /// has gone; then commits what is left and returns.
     fn run(mut self, mut rx: mpsc::Receiver<Command>, runtime: tokio::runtime::Handle) {
@@ -242,7 +370,7 @@ impl Writer {
         loop {
             self.heartbeat.beat();
             if self.last_maintenance.elapsed() >= super::MAINTENANCE_EVERY
-                && let Err(e) = self.maintain(Timestamp::now())
+                && let Err(e) = self.maintain_reported(Timestamp::now())
             {
                 tracing::error!(error = %e, "store maintenance failed; will retry");
             }
@@ -305,6 +433,23 @@ impl Writer {
             && is_io_error(e)
         {
             result = self.retry_after_io_error(&group, e);
+        }
+        // The database is damaged: the group is not lost, nor split (every
+        // command would meet the same pages): it is committed to the rescue
+        // file, and the daemon stops to have the file replaced.
+        if let Err(e) = &result
+            && self.rescue.is_none()
+            && self
+                .stats
+                .report_if_damaged(&self.settings.path, "commit", e)
+        {
+            result = match self.enter_rescue() {
+                Ok(()) => self.write_group(&group),
+                Err(rescue_error) => {
+                    tracing::error!(error = %rescue_error, "cannot open the rescue file; this group is lost");
+                    result
+                }
+            };
         }
         // One command refused (a constraint, a trigger, a word this build cannot
         // code) must not cost the others of its group their commit: sensor
@@ -413,7 +558,13 @@ impl Writer {
                     let _ = reply.send(r);
                 }
                 Command::Lease { max, reply } => {
-                    let _ = reply.send(self.lease(max).map_err(Arc::new));
+                    // Nothing is sent from the rescue file: its readings reach
+                    // the outbox of the fresh database at the next start.
+                    let leased = match self.rescue {
+                        Some(_) => Ok(None),
+                        None => self.lease(max).map_err(Arc::new),
+                    };
+                    let _ = reply.send(leased);
                 }
                 Command::LeaseRead { report } => self.lease_read(report),
                 Command::Release { lease, reply } => {
@@ -438,7 +589,7 @@ impl Writer {
                     let _ = reply.send(Ok(self.retry_held()));
                 }
                 Command::Maintain { now, reply } => {
-                    let _ = reply.send(self.maintain(now).map_err(Arc::new));
+                    let _ = reply.send(self.maintain_reported(now).map_err(Arc::new));
                 }
                 Command::ClockStepped { delta_ms, reply } => {
                     let _ = reply.send(self.correct_clock(delta_ms).map_err(Arc::new));
@@ -1098,6 +1249,21 @@ impl Writer {
             ),
             Err(e) => tracing::error!(error = %e, "cannot free space inside the database"),
         }
+    }
+
+    /// [`Writer::maintain`], reporting a damaged database it meets; nothing
+    /// to maintain in the rescue file.
+    fn maintain_reported(&mut self, now: Timestamp) -> Result<MaintenanceReport, StoreError> {
+        if self.rescue.is_some() {
+            self.last_maintenance = Instant::now();
+            return Ok(MaintenanceReport::default());
+        }
+        let result = self.maintain(now);
+        if let Err(e) = &result {
+            self.stats
+                .report_if_damaged(&self.settings.path, "maintenance", e);
+        }
+        result
     }
 
     /// Retention of history, the age cap of the outbox, and the disk floor.

@@ -92,8 +92,18 @@ pub struct StoragePart {
     pub readings_committed: u64,
     pub commit_errors: u64,
     pub last_commit_at: Option<String>,
-    /// Set when start-up found the database corrupt and moved it aside.
+    /// The newest record of a damaged database, in words; kept after the
+    /// restart that replaced it (`store_damage`, docs/decisions/0015).
     pub corruption: Option<String>,
+    /// When that damage was found (RFC 3339).
+    pub corruption_found_at: Option<String>,
+    /// This run's start replaced the damaged database (`carehub health-check`
+    /// fails then; the record itself stays for good).
+    pub replaced_at_start: bool,
+    /// Damage found while running, in words: the daemon is stopping so that
+    /// its start-up check replaces the file.
+    pub damage_found: Option<String>,
+    pub damage_found_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -191,14 +201,16 @@ pub async fn gather(state: &AppState) -> Result<(GatewayJson, Times), WebError> 
             readings_committed: stats.readings_committed,
             commit_errors: stats.commit_errors,
             last_commit_at: stats.last_commit.map(Timestamp::to_rfc3339),
-            corruption: stats.corruption.map(|c| {
+            corruption: stats.corruption.as_ref().map(describe_damage),
+            corruption_found_at: stats.corruption.as_ref().map(|c| c.at.to_rfc3339()),
+            replaced_at_start: stats.replaced_at_start,
+            damage_found: stats.damage.as_ref().map(|d| {
                 format!(
-                    "at {} the database was corrupt ({}); it was moved to {} and a fresh one started",
-                    c.at.to_rfc3339(),
-                    c.reason,
-                    c.moved_to.display()
+                    "the database file is damaged ({}); carehub is restarting to move it aside and start a fresh one",
+                    d.reason
                 )
             }),
+            damage_found_at: stats.damage.as_ref().map(|d| d.at.to_rfc3339()),
         },
         certificate: CertificatePart {
             expires_at: up.certificate_expires_at.map(Timestamp::to_rfc3339),
@@ -215,6 +227,23 @@ pub async fn gather(state: &AppState) -> Result<(GatewayJson, Times), WebError> 
         },
     };
     Ok((json, times))
+}
+
+/// The record of a damaged database in words: when, why, where the file lies
+/// and what became of its undelivered readings.
+fn describe_damage(c: &crate::store::CorruptionAlarm) -> String {
+    let replaced = match &c.moved_to {
+        Some(p) => format!("it was moved to {} and a fresh one started", p.display()),
+        None => "the start-up check then found it sound; it was kept".to_owned(),
+    };
+    format!(
+        "at {} the database was found damaged ({}); {replaced}; {} undelivered readings were copied out of it, {} received after the damage were kept, {} could not be read and stay in the damaged file",
+        c.at.to_rfc3339(),
+        c.reason,
+        c.recovered,
+        c.rescued,
+        c.unreadable
+    )
 }
 
 /// `GET /api/v1/gateway`
@@ -250,8 +279,11 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
     let up_refusal_at = up_snapshot.last_refusal.as_ref().map(|(t, _)| *t);
     let evicted_total: u64 = g.evictions.iter().map(|e| e.count).sum();
     let body = html! {
+        @if let Some(d) = &g.storage.damage_found {
+            p.notice.bad role="alert" { strong { "DATABASE DAMAGED: " } (d) }
+        }
         @if let Some(c) = &g.storage.corruption {
-            p.notice.bad role="alert" { strong { "DATABASE REPLACED: " } (c) }
+            p.notice.bad role="alert" { strong { "DATABASE REPLACED: " } (c) ". Call support: the damaged file is kept for an engineer." }
         }
         @if g.storage.storage_failing {
             p.notice.bad role="alert" { strong { "STORAGE FAILING: " } "the gateway cannot write to its storage card and is trying again; new readings are held in memory for a short time only. Call support to replace the card." }

@@ -29,6 +29,7 @@ mod provision;
 mod reliability;
 mod store_caps;
 mod store_crash;
+mod store_damage;
 mod store_full_disk;
 mod support;
 mod systemd;
