@@ -310,13 +310,25 @@ fn watch_page(
             let measuring = started.elapsed() >= warm_up;
             let mut f = figures.lock().expect("figures");
             f.fetches += 1;
-            // Every value's time: one not seen before is a value new on the
-            // page (not its place: tiles move when residents are added).
-            for part in html.split("<time class=\"age\" datetime=\"").skip(1) {
-                let Some((at, _)) = part.split_once('"') else {
+            // Every value with its time: one not seen before is new on the
+            // page (keyed by what it says, not by its place: tiles move when
+            // residents are added). Values timed by the device's own clock in
+            // whole seconds (GATT Date Time: a cuff, a thermometer) are left
+            // out: their time is up to a second before the frame was received.
+            for tile in html.split("<span class=\"v\">").skip(1) {
+                let Some((text, rest)) = tile.split_once("</span>") else {
                     continue;
                 };
-                if seen.insert(at.to_owned())
+                let Some(rest) = rest.strip_prefix("<time class=\"age\" datetime=\"") else {
+                    continue;
+                };
+                let Some((at, _)) = rest.split_once('"') else {
+                    continue;
+                };
+                if at.ends_with(".000Z") {
+                    continue;
+                }
+                if seen.insert(format!("{text}@{at}"))
                     && measuring
                     && let Some(at) = rfc3339_ms(at)
                 {
