@@ -12,7 +12,8 @@
 //!
 //! A staff page is watched as `assets/live.js` watches it: a signed-in nurse's
 //! `/events` stream, and on each event the overview fetched again (with the
-//! `X-Carehub-Live` header the script sends). Each vital sign on the overview
+//! `X-Carehub-Live` header the script sends, no more often than its
+//! `MIN_GAP_MS`, at once for an alert). Each vital sign on the overview
 //! carries its time (`<time class="age" datetime=...>`); a value seen for the
 //! first time gives the delay from the gateway receiving its frame to the page
 //! holding it; the database, read every 20 ms, gives frame → commit. Every
@@ -239,9 +240,22 @@ struct PageFigures {
 /// was stored (wall-clock ms).
 type Probe = Arc<Mutex<Option<(String, f64)>>>;
 
+/// `live.js`'s `MIN_GAP_MS`, read from the script the daemon serves, so the
+/// watcher fetches no more often than a browser would.
+fn live_js_gap() -> Duration {
+    let js = include_str!("../assets/live.js");
+    let ms = js
+        .split_once("var MIN_GAP_MS = ")
+        .and_then(|(_, rest)| rest.split_once(';'))
+        .and_then(|(v, _)| v.trim().parse().ok())
+        .expect("live.js has var MIN_GAP_MS = <ms>;");
+    Duration::from_millis(ms)
+}
+
 /// The staff page, watched as `live.js` does: the event stream, and the
-/// overview fetched again after each event (events arriving during a fetch are
-/// coalesced into one more fetch).
+/// overview fetched again after an event, at most once per `MIN_GAP_MS` of
+/// live.js and at once for an `alerts` event (events arriving meanwhile are
+/// one more fetch).
 fn watch_page(
     addr: SocketAddr,
     warm_up: Duration,
@@ -252,12 +266,15 @@ fn watch_page(
     use std::sync::atomic::Ordering;
     let started = Instant::now();
     let mut seen: HashSet<String> = HashSet::new();
+    let gap = live_js_gap();
+    let mut last_fetch: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        // Short: a fetch held back by the gap is made on time.
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
         if write!(
             stream,
             "GET /events HTTP/1.1\r\nHost: {addr}\r\n{}Accept: text/event-stream\r\n\r\n",
@@ -269,7 +286,8 @@ fn watch_page(
         }
         let mut lines = BufReader::new(stream);
         let mut line = String::new();
-        let mut pending = false;
+        // When the next fetch is due, as live.js schedules it.
+        let mut due: Option<Instant> = None;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return;
@@ -278,8 +296,14 @@ fn watch_page(
             match lines.read_line(&mut line) {
                 Ok(0) => break, // the stream ended: open it again
                 Ok(_) => {
-                    if line.starts_with("event:") {
-                        pending = true;
+                    if let Some(name) = line.strip_prefix("event:") {
+                        let now = Instant::now();
+                        let at = if name.trim() == "alerts" {
+                            now
+                        } else {
+                            last_fetch.map_or(now, |t: Instant| (t + gap).max(now))
+                        };
+                        due = Some(due.map_or(at, |d| d.min(at)));
                     }
                     // Read on while more lines wait (a burst of events is one fetch).
                     if !lines.buffer().is_empty() {
@@ -293,10 +317,11 @@ fn watch_page(
                     ) => {}
                 Err(_) => break,
             }
-            if !pending {
+            if due.is_none_or(|d| d > Instant::now()) {
                 continue;
             }
-            pending = false;
+            due = None;
+            last_fetch = Some(Instant::now());
             let Some((200, html)) = request(
                 addr,
                 "GET",

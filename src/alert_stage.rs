@@ -133,6 +133,8 @@ impl AlertStage {
                 Ok(r) => {
                     if r != crate::store::SyncReport::default() {
                         tracing::info!(raised = ?r.raised, cleared = ?r.cleared, resolved = ?r.resolved, announced_again = ?r.reannounced, "alerts changed");
+                        // Pages hear of it now, not at the next reading.
+                        self.store_stats.note_alerts_changed();
                     }
                     if !r.raised.is_empty() || !r.reannounced.is_empty() {
                         self.changed.notify_one();

@@ -353,9 +353,20 @@ pub struct StoreStats {
     /// Commits that changed residents or devices (provisioning, pairing record,
     /// sightings, resident changes): the web pages' live updates watch it.
     pub registry_changes: AtomicU64,
+    /// Changes to the alert book (raised, cleared, resolved, announced again,
+    /// acknowledged): the pages showing alerts watch it, so that an alert
+    /// reaches them without waiting for the next reading.
+    pub alert_changes: AtomicU64,
 }
 
 impl StoreStats {
+    /// The alert book changed: counted, and the watchers of [`Self::changed`]
+    /// (the pages' event stream) woken.
+    pub fn note_alerts_changed(&self) {
+        self.alert_changes.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
     /// Reports `e` if it says the file is damaged: records when and how (in
     /// memory and in the marker file beside the database, which the next
     /// start-up reads, since the database itself may not be readable), logs

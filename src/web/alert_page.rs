@@ -184,6 +184,9 @@ async fn acknowledge(state: &AppState, id: i64, by: String) -> Result<Response, 
         }
     })
     .await?;
+    if done.is_some() {
+        state.store.stats().note_alerts_changed();
+    }
     Ok(match done {
         Some(a) => Json(AlertJson::from(a)).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no such alert {id}")).into_response(),
@@ -369,7 +372,7 @@ pub async fn page(State(state): State<AppState>) -> Result<axum::response::Html<
         gateway: &state.gateway_name,
         section: super::layout::Section::Alerts,
         now,
-        live: Some("readings"),
+        live: Some("readings alerts"),
     };
     Ok(axum::response::Html(
         super::layout::page(frame, "Alerts", body).into_string(),

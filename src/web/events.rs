@@ -2,8 +2,8 @@
 //! changed, so that `live.js` re-fetches them.
 //!
 //! One watcher task per process compares counters (readings committed,
-//! registry changes, the uplink's state and last error) when the store says it
-//! committed, at most every [`MIN_GAP`], and once a second, and publishes on a
+//! registry changes, alert book changes, the uplink's state and last error)
+//! when the store says it committed or the alert stage says alerts changed, at most every [`MIN_GAP`], and once a second, and publishes on a
 //! small broadcast channel; clients never touch SQLite. A slow
 //! client that falls behind the channel's few slots is told `resync` (refresh
 //! everything) instead of being buffered for, so memory does not grow with
@@ -56,6 +56,8 @@ pub enum Change {
     Devices,
     /// The uplink's state or last error changed.
     Uplink,
+    /// An alert was raised, cleared, resolved, announced again or acknowledged.
+    Alerts,
 }
 
 impl Change {
@@ -64,6 +66,7 @@ impl Change {
             Change::Readings => "readings",
             Change::Devices => "devices",
             Change::Uplink => "uplink",
+            Change::Alerts => "alerts",
         }
     }
 }
@@ -149,6 +152,7 @@ impl Events {
 struct Seen {
     readings: u64,
     registry: u64,
+    alerts: u64,
     uplink: (&'static str, Option<crate::model::Timestamp>),
 }
 
@@ -158,6 +162,7 @@ impl Seen {
         Seen {
             readings: stats.readings_committed.load(Ordering::Relaxed),
             registry: stats.registry_changes.load(Ordering::Relaxed),
+            alerts: stats.alert_changes.load(Ordering::Relaxed),
             uplink: (u.state.as_str(), u.last_error.map(|(t, _)| t)),
         }
     }
@@ -172,6 +177,9 @@ impl Seen {
         }
         if now.uplink != self.uplink {
             out.push(Change::Uplink);
+        }
+        if now.alerts != self.alerts {
+            out.push(Change::Alerts);
         }
         out
     }
@@ -336,6 +344,7 @@ mod tests {
         let base = Seen {
             readings: 1,
             registry: 1,
+            alerts: 1,
             uplink: ("connected", None),
         };
         let check = |now: Seen, expected: &[Change]| assert_eq!(base.changes(&now), expected);
@@ -369,6 +378,35 @@ mod tests {
             },
             &[Change::Readings, Change::Uplink],
         );
+        check(
+            Seen {
+                alerts: 2,
+                ..base.clone()
+            },
+            &[Change::Alerts],
+        );
+    }
+
+    /// An alert raised (or acknowledged) reaches open pages at once, though no
+    /// reading was committed: before, the overview heard of it only with the
+    /// next reading, which in a quiet home can be minutes away.
+    #[tokio::test(start_paused = true)]
+    async fn an_alert_is_published_without_waiting_for_a_reading() {
+        let stats = Arc::new(StoreStats::default());
+        let uplink = Arc::new(UplinkStatus::new(crate::uplink::ConnectionState::Disabled));
+        let cancel = CancellationToken::new();
+        let events = Events::new(cancel.clone());
+        let mut rx = events.tx.subscribe();
+        let watcher = tokio::spawn(events.clone().watch(stats.clone(), uplink));
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let t0 = tokio::time::Instant::now();
+        stats.note_alerts_changed();
+        let got = tokio::time::timeout(Duration::from_millis(10), rx.recv()).await;
+        assert_eq!(got.ok().and_then(Result::ok), Some(Change::Alerts));
+        assert!(t0.elapsed() < Duration::from_millis(10));
+        cancel.cancel();
+        watcher.await.unwrap();
     }
 
     /// A commit reaches open pages when the store says so, not at the next

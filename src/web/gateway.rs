@@ -439,7 +439,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, WebErro
         gateway: &state.gateway_name,
         section: Section::Gateway,
         now,
-        live: Some("readings devices uplink"),
+        live: Some("readings devices uplink alerts"),
     };
     Ok(Html(layout::page(frame, "Gateway", body).into_string()))
 }

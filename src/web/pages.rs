@@ -144,7 +144,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
         gateway: &state.gateway_name,
         section: Section::Residents,
         now,
-        live: Some("readings devices uplink"),
+        live: Some("readings devices uplink alerts"),
     };
     Ok(Html(layout::page(frame, "Residents", body).into_string()))
 }

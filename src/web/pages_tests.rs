@@ -240,7 +240,7 @@ async fn the_sickest_resident_comes_first() {
         "band in words: {html}"
     );
     assert!(
-        html.contains("data-live=\"readings devices uplink\""),
+        html.contains("data-live=\"readings devices uplink alerts\""),
         "{html}"
     );
 }

@@ -191,7 +191,7 @@ pub async fn page(
         gateway: &state.gateway_name,
         section: Section::Residents,
         now,
-        live: Some("readings devices"),
+        live: Some("readings devices alerts"),
     };
     Ok(
         Html(layout::page(frame, &d.resident.resident.display_name, body).into_string())
