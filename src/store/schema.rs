@@ -392,6 +392,12 @@ const MIGRATIONS: &[&str] = &[
         SELECT address, resident_id, room, coalesce(assigned_at_ms, 0) FROM devices
         WHERE resident_id IS NOT NULL OR room IS NOT NULL;
     "#,
+    // 11 (virtual BLE lab, issue 18): the last glucose record sequence number
+    // filed from each meter, so that after a restart the meter is asked (RACP)
+    // only for newer records and none is filed twice.
+    r#"
+    ALTER TABLE devices ADD COLUMN racp_sequence INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.
