@@ -787,7 +787,7 @@ def glucose_progress_survives_restart(lab):
     assert saved == 5, f"racp_sequence={saved}"
 
 
-@opt_in
+@scenario
 def numeric_comparison_times_out(lab):
     """Numeric comparison nobody answers: BlueZ gives up, the request is no
     longer listed, the record says so, and there is no bond."""

@@ -484,6 +484,8 @@ struct Round<'a> {
     retries: HashMap<DeviceAddress, Retry>,
     /// Devices that gave their slot up for a turn, to dial again.
     redial: std::collections::HashSet<DeviceAddress>,
+    /// Devices whose current session was started from `redial`.
+    redialled: std::collections::HashSet<DeviceAddress>,
     stop: CancellationToken,
     last_heard: Instant,
     pairing: &'a PairingPolicy,
@@ -553,6 +555,7 @@ async fn round(
         active: HashMap::new(),
         retries: HashMap::new(),
         redial: std::collections::HashSet::new(),
+        redialled: std::collections::HashSet::new(),
         stop: ctx.cancel.child_token(),
         last_heard: Instant::now(),
         pairing,
@@ -896,6 +899,7 @@ impl Round<'_> {
             slots: self.slots.clone(),
             probe,
             stop,
+            round: self.stop.clone(),
             connect_timeout: self.settings.connect_timeout,
             reach_timeout,
             zone: self.settings.zone.clone(),
@@ -1014,6 +1018,7 @@ impl Round<'_> {
 
     fn session_ended(&mut self, address: DeviceAddress, outcome: Result<SessionEnd, BleError>) {
         self.active.remove(&address);
+        let was_redialled = self.redialled.remove(&address);
         let retry = self.retries.entry(address).or_insert_with(|| Retry {
             backoff: Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max),
             not_before: Instant::now(),
@@ -1033,7 +1038,12 @@ impl Round<'_> {
                 // but BlueZ signals an advertisement only when something in it
                 // changed: nothing would bring it back. It was there a moment
                 // ago: dial it again once its back-off is over.
-                if end == SessionEnd::Yielded {
+                // A session dialled again after a turn can be stopped at once
+                // by BlueZ's late report that the link it gave up is down
+                // (seen in the virtual lab): dial it once more.
+                let stopped_late =
+                    end == SessionEnd::Stopped && was_redialled && !self.stop.is_cancelled();
+                if end == SessionEnd::Yielded || stopped_late {
                     self.redial.insert(address);
                     for k in self.known.values_mut().filter(|k| k.address == address) {
                         k.heard_at = Some(Instant::now());
@@ -1142,6 +1152,7 @@ impl Round<'_> {
                 .collect();
             for address in due {
                 self.redial.remove(&address);
+                self.redialled.insert(address);
                 let id = self
                     .known
                     .iter()

@@ -122,6 +122,9 @@ pub const SLOT_SHARE: Duration = Duration::from_secs(30);
 /// Longest wait for a best-effort disconnect when the session is stopped.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
+/// How often a session that gave its slot up asks whether its link is down.
+const LINK_DOWN_POLL: Duration = Duration::from_millis(250);
+
 /// Whether an advertised service list marks a health device.
 pub fn is_health_device(services: &[Uuid]) -> bool {
     services
@@ -171,6 +174,9 @@ pub struct SessionContext {
     pub probe: Option<Arc<Semaphore>>,
     /// Fires when the device disconnects or the gateway stops the session.
     pub stop: CancellationToken,
+    /// The round's own token (`stop`'s parent): fired when the round ends
+    /// (shutdown, bluetoothd restarted, adapter lost).
+    pub round: CancellationToken,
     pub connect_timeout: Duration,
     /// Longest wait for the link itself (the connect step): the connect
     /// time-out, or less for a probe.
@@ -226,9 +232,40 @@ pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionE
     };
     drop(waiting);
     let result = connected(&peripheral, &ctx, probing).await;
-    if ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)) {
-        // Leave no half-open link behind; the device may already be gone.
-        let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
+    // When the round ends (carehub stopping, BlueZ going away) a working link
+    // is left to BlueZ: the next round (or the next carehub) takes it over,
+    // as a device BlueZ holds connected. Disconnecting it here is what
+    // stranded devices in the virtual lab's more_devices_than_slots: the
+    // kernel (Debian's 6.1) answered BlueZ's disconnect without sending one
+    // to the controller, BlueZ forgot the device, and the device, still
+    // connected as far as it knew, never advertised again.
+    let round_over = ctx.round.is_cancelled() && result.is_ok();
+    if !round_over
+        && (ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)))
+    {
+        if matches!(result, Ok(SessionEnd::Yielded)) {
+            // The slot goes to a device that waits: give it back only once
+            // BlueZ says this link is down (bounded), or the controller would
+            // hold one link more than `max_connections` (the virtual lab's
+            // more_devices_than_slots saw BlueZ still connected 2 s after a
+            // yield's disconnect under emulation).
+            let down = async {
+                let _ = peripheral.disconnect().await;
+                let mut poll = tokio::time::interval(LINK_DOWN_POLL);
+                while peripheral.is_connected().await.unwrap_or(false) {
+                    poll.tick().await;
+                }
+            };
+            if tokio::time::timeout(ctx.connect_timeout, down)
+                .await
+                .is_err()
+            {
+                tracing::warn!(device = %ctx.address, "link still up after giving the slot up; the slot is released anyway");
+            }
+        } else {
+            // Leave no half-open link behind; the device may already be gone.
+            let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
+        }
     }
     result
 }
