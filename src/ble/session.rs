@@ -122,9 +122,6 @@ pub const SLOT_SHARE: Duration = Duration::from_secs(30);
 /// Longest wait for a best-effort disconnect when the session is stopped.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
-/// How often a session that gave its slot up asks whether its link is down.
-const LINK_DOWN_POLL: Duration = Duration::from_millis(250);
-
 /// Whether an advertised service list marks a health device.
 pub fn is_health_device(services: &[Uuid]) -> bool {
     services
@@ -243,29 +240,8 @@ pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionE
     if !round_over
         && (ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)))
     {
-        if matches!(result, Ok(SessionEnd::Yielded)) {
-            // The slot goes to a device that waits: give it back only once
-            // BlueZ says this link is down (bounded), or the controller would
-            // hold one link more than `max_connections` (the virtual lab's
-            // more_devices_than_slots saw BlueZ still connected 2 s after a
-            // yield's disconnect under emulation).
-            let down = async {
-                let _ = peripheral.disconnect().await;
-                let mut poll = tokio::time::interval(LINK_DOWN_POLL);
-                while peripheral.is_connected().await.unwrap_or(false) {
-                    poll.tick().await;
-                }
-            };
-            if tokio::time::timeout(ctx.connect_timeout, down)
-                .await
-                .is_err()
-            {
-                tracing::warn!(device = %ctx.address, "link still up after giving the slot up; the slot is released anyway");
-            }
-        } else {
-            // Leave no half-open link behind; the device may already be gone.
-            let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
-        }
+        // Leave no half-open link behind; the device may already be gone.
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
     }
     result
 }
