@@ -154,6 +154,14 @@ pub async fn run(
         .collect();
     let pairing = PairingPolicy::new(allow).with_sink(store_handle.event_sink());
     let ble_status = Arc::new(BleStatus::default());
+    // How far each glucose meter's records are filed: asked only for newer
+    // ones after a restart, and none filed twice.
+    let racp_reader = reader.clone();
+    let racp = tokio::task::spawn_blocking(move || racp_reader.racp_progress())
+        .await
+        .context("glucose record progress task failed")?
+        .context("cannot read how far the glucose meters' records are filed")?;
+    ble_status.racp.load(&racp);
     let passkeys = PasskeyRequests::default();
     let (source, registry, resident_count, device_count): (Box<dyn Source>, _, _, _) =
         match config.sensors.source {
@@ -287,6 +295,7 @@ pub async fn run(
         heartbeat: ingest_beat,
         clock_synced: crate::system::clock_synchronised,
         zone: config.site.zone(),
+        racp: ble_status.racp.clone(),
     };
     let hang_ingest = fault::hang_requested("ingest");
     let ingest = tokio::spawn(async move {

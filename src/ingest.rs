@@ -263,6 +263,10 @@ pub struct Ingest {
     pub clock_synced: fn() -> bool,
     /// The site's civil time zone: device clocks show local time.
     pub zone: SiteZone,
+    /// The glucose records filed per meter (shared with the BLE source, which
+    /// asks a meter only for newer ones): a record filed already is not filed
+    /// again.
+    pub racp: crate::sensor::RacpProgress,
 }
 
 /// A device's undecodable frames are logged at most once in this long, with how
@@ -403,9 +407,19 @@ impl Ingest {
                 self.clock_stepped(step, before).await;
             }
             self.hand_over(readings).await;
+            self.save_racp();
         }
         self.save_counters(&decoder, &mut keys);
         tracing::debug!("ingest stopped: sources closed and all frames handed to the store");
+    }
+
+    /// Has the store save how far each meter's records are filed; queued after
+    /// the readings of those records, so never committed before them.
+    fn save_racp(&self) {
+        let filed = self.racp.take_unsaved();
+        if let Err(e) = self.store.event_sink().racp_filed(filed) {
+            tracing::warn!(error = %e, "cannot save how far the glucose meters' records are filed");
+        }
     }
 
     /// Hands readings to the store without waiting for their commit.
@@ -504,8 +518,25 @@ impl Ingest {
             self.stats.unregistered.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // A glucose record carries the meter's sequence number: one filed
+        // already (asked for again after a restart, or sent twice) is not
+        // filed twice.
+        let record = match &raw.frame {
+            crate::sensor::Frame::Notification(n) => crate::sensor::glucose_record_sequence(n),
+            _ => None,
+        };
+        if let Some(sequence) = record
+            && self.racp.already_filed(address, sequence)
+        {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(device = %address, sequence, "glucose record filed already: not filed again");
+            return;
+        }
         match decoder.decode(&raw.frame) {
             Ok(decoded) => {
+                if let Some(sequence) = record {
+                    self.racp.filed(address, sequence);
+                }
                 if keys.keys.contains_key(&address) {
                     keys.heard.insert(address, raw.received_at);
                 }
@@ -638,6 +669,12 @@ mod tests {
             heartbeat: Health::default().register("ingest"),
             clock_synced: || true,
             zone: SiteZone::utc(),
+            // As the daemon does at start: what the store kept.
+            racp: {
+                let racp = crate::sensor::RacpProgress::default();
+                racp.load(&store.reader.racp_progress().unwrap());
+                racp
+            },
         };
         let task = tokio::spawn(stage.run());
         for f in frames {
@@ -766,6 +803,87 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(filed, vec![(141, None), (142, Some(1)), (143, Some(2))]);
+    }
+
+    /// A Glucose Measurement (0x2A18) record: sequence number, base time,
+    /// concentration in kg/L (SFLOAT, exponent -5), capillary blood, finger.
+    fn glucose_record(address: DeviceAddress, sequence: u16, mgdl: u16) -> RawFrame {
+        let mut value = vec![0x02];
+        value.extend_from_slice(&sequence.to_le_bytes());
+        value.extend_from_slice(&2026u16.to_le_bytes());
+        value.extend_from_slice(&[12, 3, 9, 0, 0]);
+        let sfloat = (0xB000u16) | (mgdl & 0x0FFF);
+        value.extend_from_slice(&sfloat.to_le_bytes());
+        value.push(0x11);
+        RawFrame {
+            frame: Frame::Notification(crate::sensor::Notification {
+                address,
+                characteristic: crate::sensor::uuid16(crate::sensor::GLUCOSE_MEASUREMENT),
+                value,
+            }),
+            received_at: Timestamp::now(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_glucose_record_is_filed_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            StoreSettings::at(dir.path().join("t.db")),
+            tokio::runtime::Handle::current(),
+            Health::default().register("store"),
+        )
+        .unwrap();
+        let meter: DeviceAddress = "C0:FF:EE:00:00:08".parse().unwrap();
+        let device = Device {
+            address: meter,
+            kind: DeviceKind::GlucoseMeter,
+            model: None,
+            name: None,
+            subject: Subject::Room("Room 3".into()),
+        };
+        store
+            .handle
+            .provision(vec![], vec![device.clone()])
+            .await
+            .unwrap();
+        let registry = Registry::from_devices(&[device]);
+        assert_eq!(store.reader.racp_progress().unwrap(), vec![]);
+
+        // Records 1 and 2, then record 2 again in the same run (a meter that
+        // sends it twice): filed once.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_record(meter, 1, 95),
+                glucose_record(meter, 2, 110),
+                glucose_record(meter, 2, 110),
+            ],
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 2);
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(stored(&store.reader), 2);
+        // Saved with them: the next start asks the meter for records after 2.
+        assert_eq!(store.reader.racp_progress().unwrap(), vec![(meter, 2)]);
+
+        // A restart (run_over loads the progress from the store, as the
+        // daemon does): a meter that sends 1 to 3 again files only 3.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_record(meter, 1, 95),
+                glucose_record(meter, 2, 110),
+                glucose_record(meter, 3, 120),
+            ],
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 1);
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 2);
+        assert_eq!(stored(&store.reader), 3);
+        assert_eq!(store.reader.racp_progress().unwrap(), vec![(meter, 3)]);
     }
 
     #[tokio::test]

@@ -744,7 +744,50 @@ def glucose_racp(lab):
     assert got == [(rid, 95.0, "mg/dL"), (rid, 110.0, "mg/dL"), (rid, 120.0, "mg/dL")], got
 
 
-@opt_in
+def transfer_ended(_):
+    st = sensor_state("glucose")
+    return st if st["connected"] == "0" else None
+
+
+@long_set
+def glucose_progress_survives_restart(lab):
+    """How far the meter's records are filed is kept in carehub's database:
+    carehub restarted between two meter sessions asks the meter only for
+    records after the last one filed (not "all" again), and none is filed
+    twice. Then a meter that sends every record it holds whatever it is asked
+    (records 1 to 5 when asked for 5 on): only 5 is filed."""
+    rid = lab.residents["Doris Hale"]
+    before = readings_of(GLUCOSE, "blood_glucose")
+    assert len(before) >= 3, f"run glucose_racp first: {before}"
+    with db() as c:
+        (saved,) = c.execute("SELECT racp_sequence FROM devices WHERE address = ?", (GLUCOSE,)).fetchone()
+    assert saved == 3, f"the last record filed is not saved: racp_sequence={saved}"
+    asked = len(sensor_state("glucose")["requests"].split(","))
+    code = lab.carehub.stop()
+    assert code == 0, f"carehub exit {code}"
+    lab.carehub.start()
+    sensors("store glucose 4 105")
+    wait("the fourth record in SQLite", lambda: len(readings(GLUCOSE, "blood_glucose")) > len(before))
+    st = wait("the meter's transfer to end", lambda: transfer_ended(None))
+    requests = st["requests"].split(",")[asked:]
+    assert requests == ["0103010400"], f"after the restart carehub asked {requests}, not 'from sequence 4'"
+    assert st["sent"] == "1,2,3,4", st
+    sensors("glucose careless")
+    try:
+        sensors("store glucose 5 99")
+        wait("record 5 in SQLite", lambda: any(v == 99.0 for _, v, _ in readings_of(GLUCOSE, "blood_glucose")))
+        st = wait("the careless transfer to end", lambda: transfer_ended(None))
+    finally:
+        sensors("glucose careful")
+    assert st["sent"] == "1,2,3,4,1,2,3,4,5", f"the meter did not send its old records again: {st}"
+    got = readings_of(GLUCOSE, "blood_glucose")
+    assert got == before + [(rid, 105.0, "mg/dL"), (rid, 99.0, "mg/dL")], got
+    with db() as c:
+        (saved,) = c.execute("SELECT racp_sequence FROM devices WHERE address = ?", (GLUCOSE,)).fetchone()
+    assert saved == 5, f"racp_sequence={saved}"
+
+
+@scenario
 def numeric_comparison_times_out(lab):
     """Numeric comparison nobody answers: BlueZ gives up, the request is no
     longer listed, the record says so, and there is no bond."""
@@ -867,7 +910,7 @@ def more_devices_than_slots(lab):
         sensors("links reset")
         sensors("store cuff 125 82 96")
         sensors("store thermo 371")
-        sensors("store glucose 4 101")
+        sensors("store glucose 6 101")
         for (address, quantity), n in counts.items():
             wait(f"{quantity} from {address}", lambda: len(readings(address, quantity)) > n, limit=4 * STEP)
         hr_subs = int(sensor_state("hr")["subscriptions"])

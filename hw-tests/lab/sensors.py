@@ -14,6 +14,8 @@ line, one answer line each ("ok ..." or "error ..."):
     store thermo <tenths C>    the thermometer stores a temperature
     store scale <grams>        the scale stores a weight
     store glucose <seq> <mg/dL>    the meter stores a record (sent only when asked over RACP)
+    glucose careless|careful   the meter sends every record it holds whatever it is
+                               asked (as a faulty meter might), or only those asked for
     plx cont|spot <spo2> <pr>  the oximeter notifies (continuous) or indicates (spot-check)
     bthome <key> <centi C> <centi %RH>   a room sensor advertises a new value
     off <sensor> / on <sensor> power a sensor off (drops links, stops advertising) / on
@@ -545,6 +547,8 @@ class GlucoseMeter(Sensor):
         self.fresh = True
         self.sent = []
         self.requests = []
+        # A faulty meter sends every record whatever the request says.
+        self.careless = False
         notify = Characteristic.Properties.NOTIFY
         self.measurement = Characteristic(uuid16(0x2A18), notify, Characteristic.READABLE, b"\x00")
         self.context = Characteristic(uuid16(0x2A34), notify, Characteristic.READABLE, b"\x00")
@@ -581,7 +585,7 @@ class GlucoseMeter(Sensor):
 
     async def report(self, conn, request):
         await asyncio.sleep(0.2)  # the write response goes first
-        if request[:2] == b"\x01\x01":
+        if request[:2] == b"\x01\x01" or (self.careless and request[:1] == b"\x01"):
             chosen = list(self.records)
         elif request[:3] == b"\x01\x03\x01" and len(request) >= 5:
             first = struct.unpack("<H", request[3:5])[0]
@@ -787,6 +791,9 @@ async def command(sensors, words):
             await sensors["scale"].store(bytes([0x00]) + struct.pack("<H", int(grams) // 5))
         case ["store", "glucose", seq, mgdl]:
             await sensors["glucose"].store(int(seq), int(mgdl))
+        case ["glucose", mode] if mode in ("careless", "careful"):
+            sensors["glucose"].careless = mode == "careless"
+            log.info("glucose: %s", mode)
         case ["plx", kind, spo2, pr] if kind in ("cont", "spot"):
             await sensors["plx"].send(kind, int(spo2), int(pr))
         case ["bthome", key, c, rh]:

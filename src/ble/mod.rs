@@ -74,6 +74,17 @@ pub enum BleError {
     /// The device offers none of the measurement characteristics carehub reads.
     #[error("no measurement characteristic to subscribe to")]
     NothingToSubscribe,
+    /// The connect itself failed or timed out: no link, the device was not
+    /// there (or not connectable).
+    #[error("not reached: {0}")]
+    Unreachable(Box<BleError>),
+}
+
+impl BleError {
+    /// Wraps the error of a connect attempt.
+    pub fn unreachable(e: BleError) -> Self {
+        BleError::Unreachable(Box::new(e))
+    }
 }
 
 /// How often a round checks the adapter and the silence timer.
@@ -374,15 +385,86 @@ struct Known {
     address: DeviceAddress,
     peripheral: Peripheral,
     services: Vec<Uuid>,
-    /// Heard this round (an advertisement or a signal strength), not merely
-    /// remembered by BlueZ from before: only such a device is dialled.
-    in_range: bool,
+    /// When the radio last heard it this round (an advertising report: a
+    /// signal strength, service or manufacturer data), not merely what BlueZ
+    /// remembers of it. `None`: never heard this round.
+    heard_at: Option<Instant>,
+    /// Whether it was dialled this round without being heard ([`Dial::Probe`]).
+    probed: bool,
 }
 
 /// Per-device reconnect state.
 struct Retry {
     backoff: Backoff,
     not_before: Instant,
+    /// When a connect to it last failed without a link (it was not there):
+    /// it is dialled again only once heard after this.
+    unreachable_at: Option<Instant>,
+}
+
+/// How a registered health device with no session is dialled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dial {
+    /// It was heard on the air (or BlueZ holds it connected).
+    Heard,
+    /// Never heard this round: one probe, at most one at a time and with a
+    /// short connect time-out ([`PROBE_CONNECT`]), for a device that still
+    /// holds a link to the gateway's controller and so does not advertise
+    /// (after carehub's own disconnect the kernel may keep the link up while
+    /// BlueZ reports it down: seen in the virtual lab).
+    Probe,
+}
+
+/// Longest connect of a [`Dial::Probe`]: a device that holds a link is
+/// reached at once; one that is not there gives its slot back after this.
+const PROBE_CONNECT: Duration = Duration::from_secs(15);
+
+/// Whether (and how) a registered health device with no session may be
+/// dialled now.
+///
+/// - `connected`: BlueZ holds a link to it already (no advertisement needed);
+/// - heard this round (`heard_at`), and, if a connect to it failed for want
+///   of a link (`unreachable_at`), heard again since: a device that is not
+///   there is never dialled again on old news, so it cannot hold a connection
+///   slot (and pause discovery) again and again;
+/// - never heard and never probed this round: one [`Dial::Probe`];
+/// - and only once its back-off is over (`not_before`).
+fn dial(
+    now: Instant,
+    connected: bool,
+    heard_at: Option<Instant>,
+    unreachable_at: Option<Instant>,
+    not_before: Option<Instant>,
+    probed: bool,
+) -> Option<Dial> {
+    if not_before.is_some_and(|t| now < t) {
+        return None;
+    }
+    if connected {
+        return Some(Dial::Heard);
+    }
+    match (heard_at, unreachable_at) {
+        (Some(_), None) => Some(Dial::Heard),
+        (Some(heard), Some(failed)) if heard > failed => Some(Dial::Heard),
+        (None, None) if !probed => Some(Dial::Probe),
+        _ => None,
+    }
+}
+
+/// Whether a BlueZ event is the radio hearing the device now. btleplug also
+/// reports what BlueZ remembers as if it were heard: a round's first events
+/// (`DeviceDiscovered`, and `ServicesAdvertisement` from BlueZ's cache of the
+/// device's services) list every device BlueZ knows, in range or not, and a
+/// service list changes when a connected device's services are resolved. The
+/// signal strength and advertised data come only from advertising reports
+/// (BlueZ drops the signal strength when discovery stops).
+fn heard_on_air(event: &CentralEvent) -> bool {
+    matches!(
+        event,
+        CentralEvent::RssiUpdate { .. }
+            | CentralEvent::ServiceDataAdvertisement { .. }
+            | CentralEvent::ManufacturerDataAdvertisement { .. }
+    )
 }
 
 /// The state of one round.
@@ -393,11 +475,17 @@ struct Round<'a> {
     adapter: Adapter,
     known: HashMap<PeripheralId, Known>,
     slots: Arc<Semaphore>,
+    /// One probe ([`Dial::Probe`]) at a time.
+    probes: Arc<Semaphore>,
     /// Sessions waiting for one of the slots.
     waiting: Arc<std::sync::atomic::AtomicUsize>,
     sessions: JoinSet<(DeviceAddress, Result<SessionEnd, BleError>)>,
     active: HashMap<DeviceAddress, CancellationToken>,
     retries: HashMap<DeviceAddress, Retry>,
+    /// Devices that gave their slot up for a turn, to dial again.
+    redial: std::collections::HashSet<DeviceAddress>,
+    /// Devices whose current session was started from `redial`.
+    redialled: std::collections::HashSet<DeviceAddress>,
     stop: CancellationToken,
     last_heard: Instant,
     pairing: &'a PairingPolicy,
@@ -461,10 +549,13 @@ async fn round(
         adapter,
         known: HashMap::new(),
         slots: Arc::new(Semaphore::new(settings.max_connections)),
+        probes: Arc::new(Semaphore::new(1)),
         waiting: Arc::default(),
         sessions: JoinSet::new(),
         active: HashMap::new(),
         retries: HashMap::new(),
+        redial: std::collections::HashSet::new(),
+        redialled: std::collections::HashSet::new(),
         stop: ctx.cancel.child_token(),
         last_heard: Instant::now(),
         pairing,
@@ -557,6 +648,7 @@ async fn find_adapter(manager: &Manager, name: &str) -> Result<Adapter, BleError
 impl Round<'_> {
     /// Handles one BlueZ event; false when the pipeline has closed.
     async fn on_event(&mut self, event: CentralEvent) -> bool {
+        let on_air = heard_on_air(&event);
         match event {
             CentralEvent::DeviceDiscovered(id) | CentralEvent::DeviceUpdated(id) => {
                 if let Some(address) = self.resolve(&id).await {
@@ -567,9 +659,13 @@ impl Round<'_> {
             }
             CentralEvent::ServicesAdvertisement { id, services } => {
                 if let Some(address) = self.resolve(&id).await {
+                    // Not evidence that it is here (see heard_on_air): BlueZ's
+                    // cache lists the services of every device it remembers.
                     if let Some(k) = self.known.get_mut(&id) {
                         k.services.clone_from(&services);
-                        k.in_range = true;
+                    }
+                    if on_air {
+                        self.mark_heard(&id);
                     }
                     self.heard(address, |s| s.services = services);
                     self.maybe_connect(&id);
@@ -578,8 +674,8 @@ impl Round<'_> {
             }
             CentralEvent::RssiUpdate { id, rssi } => {
                 if let Some(address) = self.resolve(&id).await {
-                    if let Some(k) = self.known.get_mut(&id) {
-                        k.in_range = true;
+                    if on_air {
+                        self.mark_heard(&id);
                     }
                     self.heard(address, |s| s.rssi = Some(rssi));
                     self.maybe_connect(&id);
@@ -656,9 +752,7 @@ impl Round<'_> {
         let Some(address) = self.resolve(id).await else {
             return true;
         };
-        if let Some(k) = self.known.get_mut(id) {
-            k.in_range = true;
-        }
+        self.mark_heard(id);
         let mut a = Advertisement {
             address,
             ..Advertisement::default()
@@ -684,6 +778,13 @@ impl Round<'_> {
         tokio::select! {
             _ = self.stop.cancelled() => false,
             sent = self.frames.send(frame) => sent.is_ok(),
+        }
+    }
+
+    /// Notes that the radio heard the device just now (see [`heard_on_air`]).
+    fn mark_heard(&mut self, id: &PeripheralId) {
+        if let Some(k) = self.known.get_mut(id) {
+            k.heard_at = Some(Instant::now());
         }
     }
 
@@ -730,7 +831,10 @@ impl Round<'_> {
                 address,
                 peripheral,
                 services,
-                in_range: rssi.is_some(),
+                // BlueZ has a signal strength only for what discovery heard
+                // since it started (it drops them when discovery stops).
+                heard_at: rssi.map(|_| Instant::now()),
+                probed: false,
             },
         );
         Some(address)
@@ -750,20 +854,42 @@ impl Round<'_> {
         let Some(k) = self.known.get(id) else { return };
         let address = k.address;
         // BlueZ reports every device it remembers when a round starts, in
-        // range or not; a connect to an absent one holds a connection slot
-        // for the whole connect time-out. (Repeated dials of absent devices
-        // are still seen in the virtual lab's more_devices_than_slots: open.)
-        if !(k.in_range || connected)
-            || !self.settings.registered.contains(address)
+        // range or not, and a connect to an absent one holds a connection
+        // slot for the whole connect time-out while the kernel pauses
+        // discovery: the virtual lab's more_devices_than_slots starved the
+        // devices that were there this way. A device heard on the air (and,
+        // after a failed connect, heard again since) is dialled; one never
+        // heard is probed once, briefly, one probe at a time.
+        let retry = self.retries.get(&address);
+        if !self.settings.registered.contains(address)
             || !session::is_health_device(&k.services)
             || self.active.contains_key(&address)
-            || self
-                .retries
-                .get(&address)
-                .is_some_and(|r| Instant::now() < r.not_before)
         {
             return;
         }
+        let Some(how) = dial(
+            Instant::now(),
+            connected,
+            k.heard_at,
+            retry.and_then(|r| r.unreachable_at),
+            retry.map(|r| r.not_before),
+            k.probed,
+        ) else {
+            return;
+        };
+        let (reach_timeout, probe) = match how {
+            Dial::Heard => (self.settings.connect_timeout, None),
+            Dial::Probe => (
+                self.settings.connect_timeout.min(PROBE_CONNECT),
+                Some(self.probes.clone()),
+            ),
+        };
+        if let Some(k) = self.known.get_mut(id)
+            && how == Dial::Probe
+        {
+            k.probed = true;
+        }
+        tracing::debug!(device = %address, connected, dial = ?how, "dialling");
         let stop = self.stop.child_token();
         self.active.insert(address, stop.clone());
         self.status.sessions_started.fetch_add(1, Ordering::Relaxed);
@@ -771,14 +897,19 @@ impl Round<'_> {
             address,
             frames: self.frames.clone(),
             slots: self.slots.clone(),
+            probe,
             stop,
+            round: self.stop.clone(),
             connect_timeout: self.settings.connect_timeout,
+            reach_timeout,
             zone: self.settings.zone.clone(),
             racp: self.status.racp.clone(),
             clock_synchronised: crate::system::clock_synchronised,
             waiting: self.waiting.clone(),
         };
-        let peripheral = k.peripheral.clone();
+        let Some(peripheral) = self.known.get(id).map(|k| k.peripheral.clone()) else {
+            return;
+        };
         self.sessions
             .spawn(async move { (address, session::run(peripheral, ctx).await) });
     }
@@ -887,9 +1018,11 @@ impl Round<'_> {
 
     fn session_ended(&mut self, address: DeviceAddress, outcome: Result<SessionEnd, BleError>) {
         self.active.remove(&address);
+        let was_redialled = self.redialled.remove(&address);
         let retry = self.retries.entry(address).or_insert_with(|| Retry {
             backoff: Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max),
             not_before: Instant::now(),
+            unreachable_at: None,
         });
         match outcome {
             Ok(end) => {
@@ -900,11 +1033,32 @@ impl Round<'_> {
                 // in a tight loop.
                 retry.not_before = Instant::now() + retry.backoff.next_delay();
                 retry.backoff.reset();
+                retry.unreachable_at = None;
+                // A device that gave its slot up for a turn advertises again,
+                // but BlueZ signals an advertisement only when something in it
+                // changed: nothing would bring it back. It was there a moment
+                // ago: dial it again once its back-off is over.
+                // A session dialled again after a turn can be stopped at once
+                // by BlueZ's late report that the link it gave up is down
+                // (seen in the virtual lab): dial it once more.
+                let stopped_late =
+                    end == SessionEnd::Stopped && was_redialled && !self.stop.is_cancelled();
+                if end == SessionEnd::Yielded || stopped_late {
+                    self.redial.insert(address);
+                    for k in self.known.values_mut().filter(|k| k.address == address) {
+                        k.heard_at = Some(Instant::now());
+                    }
+                }
             }
             Err(e) => {
                 self.status.sessions_failed.fetch_add(1, Ordering::Relaxed);
                 let delay = retry.backoff.next_delay();
                 retry.not_before = Instant::now() + delay;
+                if matches!(e, BleError::Unreachable(_)) {
+                    // Not there: dialled again only once heard again, and the
+                    // back-off keeps growing while it stays away.
+                    retry.unreachable_at = Some(Instant::now());
+                }
                 tracing::warn!(device = %address, error = %e, retry_in_ms = delay.as_millis() as u64, "gatt session failed");
             }
         }
@@ -987,6 +1141,28 @@ impl Round<'_> {
                 }
             }
         }
+        // Devices that yielded their slot, once their back-off is over.
+        if !self.redial.is_empty() {
+            let now = Instant::now();
+            let due: Vec<DeviceAddress> = self
+                .redial
+                .iter()
+                .copied()
+                .filter(|a| self.retries.get(a).is_none_or(|r| now >= r.not_before))
+                .collect();
+            for address in due {
+                self.redial.remove(&address);
+                self.redialled.insert(address);
+                let id = self
+                    .known
+                    .iter()
+                    .find(|(_, k)| k.address == address)
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = id {
+                    self.connect_if(&id, false);
+                }
+            }
+        }
         // A device un-assigned (or un-paired) while connected: close its session,
         // so the link and its connection slot are not held for data nobody may
         // keep. It is not dialled again unless it is registered again.
@@ -1013,6 +1189,47 @@ mod tests {
         assert_eq!(got, [100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_device_only_remembered_by_bluez_is_probed_once_then_left_alone() {
+        let now = Instant::now();
+        // What BlueZ remembers (a round's first events, its cache of the
+        // services) is not heard_on_air, so heard_at stays None: one probe.
+        assert_eq!(dial(now, false, None, None, None, false), Some(Dial::Probe));
+        // Probed already this round and not heard: left alone, however long.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(dial(later, false, None, None, None, true), None);
+        // The probe failed: not probed again either.
+        assert_eq!(dial(later, false, None, Some(now), Some(now), false), None);
+        // Heard, no failure: dialled once its back-off is over.
+        assert_eq!(
+            dial(now, false, Some(now), None, None, true),
+            Some(Dial::Heard)
+        );
+        let soon = Some(now + Duration::from_secs(1));
+        assert_eq!(dial(now, false, Some(now), None, soon, true), None);
+        // Held connected by BlueZ: reached without an advertisement.
+        assert_eq!(dial(now, true, None, None, None, true), Some(Dial::Heard));
+    }
+
+    #[test]
+    fn a_device_not_reached_is_dialled_again_only_once_heard_again() {
+        let heard = Instant::now();
+        let failed = heard + Duration::from_secs(20);
+        let later = failed + Duration::from_secs(60);
+        // The connect failed after it was last heard: old news, no dial, even
+        // long after the back-off.
+        assert_eq!(
+            dial(later, false, Some(heard), Some(failed), Some(failed), false),
+            None
+        );
+        // Heard again since the failure: dialled.
+        let again = failed + Duration::from_secs(5);
+        assert_eq!(
+            dial(later, false, Some(again), Some(failed), Some(failed), true),
+            Some(Dial::Heard)
+        );
     }
 
     #[test]

@@ -11,15 +11,14 @@
 //!   Control Point (RACP, 0x2A52): once subscribed to the measurement, its
 //!   context and the RACP, the session asks for the stored records, all of
 //!   them the first time, then only those after the last sequence number the
-//!   gateway has ([`RacpProgress`]);
+//!   gateway has filed ([`RacpProgress`], kept in the store across restarts);
 //! - a device that offers a writable Current Time (0x2A2B, Current Time
 //!   Service) has its clock set to the site's civil time, but only while the
 //!   gateway's own clock is synchronised: a gateway that booted in the past
 //!   must not spread its wrong time to the residents' devices.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, ValueNotification, WriteType};
@@ -67,30 +66,9 @@ const RACP_ALL_RECORDS: u8 = 0x01;
 const RACP_GREATER_OR_EQUAL: u8 = 0x03;
 const RACP_FILTER_SEQUENCE_NUMBER: u8 = 0x01;
 
-/// The highest glucose record sequence number the gateway has taken from each
-/// meter, so that the next connection asks only for newer records. Kept for
-/// as long as carehub runs (across BLE rounds); after a restart the first
-/// connection asks for every record again. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct RacpProgress(Arc<Mutex<HashMap<DeviceAddress, u16>>>);
-
-impl RacpProgress {
-    /// The last sequence number taken from the meter, if any.
-    pub fn last(&self, address: DeviceAddress) -> Option<u16> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&address)
-            .copied()
-    }
-
-    /// Notes a record handed to the pipeline.
-    fn taken(&self, address: DeviceAddress, sequence: u16) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let last = map.entry(address).or_insert(sequence);
-        *last = (*last).max(sequence);
-    }
-}
+/// What each meter has handed over and ingest has filed (shared with ingest,
+/// saved in the store, loaded at start).
+pub use crate::sensor::RacpProgress;
 
 /// The RACP request for the records the gateway does not have yet: all of
 /// them, or those from the sequence number after `last`. `None` when the last
@@ -109,12 +87,6 @@ pub fn racp_request(last: Option<u16>) -> Option<Vec<u8>> {
             ])
         }
     }
-}
-
-/// The sequence number of a Glucose Measurement (after its flags byte).
-fn glucose_sequence(value: &[u8]) -> Option<u16> {
-    let bytes = value.get(1..3)?;
-    Some(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]))
 }
 
 /// The Current Time value (Exact Time 256 and the adjust reason) for `at` in
@@ -193,9 +165,19 @@ pub struct SessionContext {
     pub address: DeviceAddress,
     pub frames: mpsc::Sender<RawFrame>,
     pub slots: Arc<Semaphore>,
+    /// For a device dialled without being heard (a probe): the permit to
+    /// probe, held until the connect has succeeded or failed, so that probes
+    /// of devices that may not be there take at most one slot at a time.
+    pub probe: Option<Arc<Semaphore>>,
     /// Fires when the device disconnects or the gateway stops the session.
     pub stop: CancellationToken,
+    /// The round's own token (`stop`'s parent): fired when the round ends
+    /// (shutdown, bluetoothd restarted, adapter lost).
+    pub round: CancellationToken,
     pub connect_timeout: Duration,
+    /// Longest wait for the link itself (the connect step): the connect
+    /// time-out, or less for a probe.
+    pub reach_timeout: Duration,
     /// The site's civil time zone, for setting device clocks.
     pub zone: SiteZone,
     /// What each glucose meter has already handed over.
@@ -225,6 +207,16 @@ impl Drop for Waiting<'_> {
 
 /// Runs one session to its end.
 pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionEnd, BleError> {
+    let probing = match &ctx.probe {
+        Some(probes) => tokio::select! {
+            _ = ctx.stop.cancelled() => return Ok(SessionEnd::Stopped),
+            permit = probes.clone().acquire_owned() => match permit {
+                Ok(p) => Some(p),
+                Err(_) => return Ok(SessionEnd::Stopped),
+            },
+        },
+        None => None,
+    };
     // The semaphore queues waiters first come, first served: a fair queue for the
     // connection slots the controller can hold.
     let waiting = Waiting::new(&ctx.waiting);
@@ -236,8 +228,18 @@ pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionE
         },
     };
     drop(waiting);
-    let result = connected(&peripheral, &ctx).await;
-    if ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)) {
+    let result = connected(&peripheral, &ctx, probing).await;
+    // When the round ends (carehub stopping, BlueZ going away) a working link
+    // is left to BlueZ: the next round (or the next carehub) takes it over,
+    // as a device BlueZ holds connected. Disconnecting it here is what
+    // stranded devices in the virtual lab's more_devices_than_slots: the
+    // kernel (Debian's 6.1) answered BlueZ's disconnect without sending one
+    // to the controller, BlueZ forgot the device, and the device, still
+    // connected as far as it knew, never advertised again.
+    let round_over = ctx.round.is_cancelled() && result.is_ok();
+    if !round_over
+        && (ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)))
+    {
         // Leave no half-open link behind; the device may already be gone.
         let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
     }
@@ -259,7 +261,11 @@ async fn step<T>(
     }
 }
 
-async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<SessionEnd, BleError> {
+async fn connected(
+    peripheral: &Peripheral,
+    ctx: &SessionContext,
+    probing: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<SessionEnd, BleError> {
     let limit = ctx.connect_timeout;
     let holding_since = tokio::time::Instant::now();
     // The value stream first, before the link is up: BlueZ restores the
@@ -277,7 +283,7 @@ async fn connected(peripheral: &Peripheral, ctx: &SessionContext) -> Result<Sess
     else {
         return Ok(SessionEnd::Stopped);
     };
-    let result = set_up_and_serve(peripheral, ctx, &mut values, holding_since).await;
+    let result = set_up_and_serve(peripheral, ctx, &mut values, holding_since, probing).await;
     if result.is_err() {
         // A step that failed (BlueZ answered "In Progress" to a subscription
         // it was restoring itself) must not lose what already arrived.
@@ -292,18 +298,27 @@ async fn set_up_and_serve(
     ctx: &SessionContext,
     values: &mut (impl futures_util::Stream<Item = ValueNotification> + Unpin),
     holding_since: tokio::time::Instant,
+    probing: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<SessionEnd, BleError> {
     let limit = ctx.connect_timeout;
     // A device BlueZ already holds connected (at start-up, or after a round
     // restart) is used as it is: Connect would fail with AlreadyConnected.
     let already = peripheral.is_connected().await.unwrap_or(false);
     if !already
-        && step("connect", limit, &ctx.stop, peripheral.connect())
-            .await?
-            .is_none()
+        && step(
+            "connect",
+            ctx.reach_timeout,
+            &ctx.stop,
+            peripheral.connect(),
+        )
+        .await
+        .map_err(BleError::unreachable)?
+        .is_none()
     {
         return Ok(drain(values, ctx).await);
     }
+    // Reached (or failed above): the next probe may go.
+    drop(probing);
     if step(
         "service discovery",
         limit,
@@ -442,18 +457,9 @@ async fn forward(ctx: &SessionContext, n: ValueNotification) -> bool {
     if n.uuid == uuid16(GLUCOSE_CONTEXT) {
         return true;
     }
-    let sequence = (n.uuid == uuid16(gatt::GLUCOSE_MEASUREMENT))
-        .then(|| glucose_sequence(&n.value))
-        .flatten();
-    if !send(ctx, n.uuid, n.value).await {
-        return false;
-    }
-    // Taken once the pipeline has it: a record lost on the way is asked for
-    // again on the next connection.
-    if let Some(sequence) = sequence {
-        ctx.racp.taken(ctx.address, sequence);
-    }
-    true
+    // Ingest notes a glucose record as filed once it has handed it to the
+    // store (RacpProgress): a record lost on the way is asked for again.
+    send(ctx, n.uuid, n.value).await
 }
 
 /// A session stopped while it was still setting up (the device hung up, or
@@ -575,11 +581,20 @@ mod tests {
         let p = RacpProgress::default();
         let a = DeviceAddress([1, 2, 3, 4, 5, 6]);
         assert_eq!(p.last(a), None);
-        p.taken(a, 3);
-        p.taken(a, 2);
+        p.filed(a, 3);
+        p.filed(a, 2);
         assert_eq!(p.last(a), Some(3));
-        assert_eq!(glucose_sequence(&[0x02, 0x34, 0x12, 0xE8]), Some(0x1234));
-        assert_eq!(glucose_sequence(&[0x02, 0x34]), None);
+        assert!(p.already_filed(a, 3) && p.already_filed(a, 1) && !p.already_filed(a, 4));
+        assert_eq!(p.take_unsaved(), vec![(a, 3)]);
+        assert_eq!(p.take_unsaved(), vec![]);
+        let glucose = |value: Vec<u8>| crate::sensor::Notification {
+            address: a,
+            characteristic: uuid16(gatt::GLUCOSE_MEASUREMENT),
+            value,
+        };
+        use crate::sensor::glucose_record_sequence as seq;
+        assert_eq!(seq(&glucose(vec![0x02, 0x34, 0x12, 0xE8])), Some(0x1234));
+        assert_eq!(seq(&glucose(vec![0x02, 0x34])), None);
     }
 
     #[test]

@@ -360,6 +360,12 @@ impl Reader {
         self.with_conn(super::registry::keys)
     }
 
+    /// The last glucose record sequence number filed from each meter, for the
+    /// BLE source and ingest at start.
+    pub fn racp_progress(&self) -> Result<Vec<(crate::model::DeviceAddress, u16)>, StoreError> {
+        self.with_conn(super::registry::racp_progress)
+    }
+
     /// The newest `limit` events of the pairing record, newest first.
     pub fn pairing_events(
         &self,

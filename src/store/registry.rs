@@ -271,6 +271,40 @@ pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Resul
     Ok(())
 }
 
+/// Saves the last glucose record sequence number filed per meter (it only
+/// ever rises).
+pub(super) fn write_racp(
+    tx: &rusqlite::Transaction<'_>,
+    racp: &[(DeviceAddress, u16)],
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE devices SET racp_sequence = max(coalesce(racp_sequence, ?2), ?2) WHERE address = ?1",
+    )?;
+    for (device, sequence) in racp {
+        stmt.execute(params![device.to_string(), sequence])?;
+    }
+    Ok(())
+}
+
+/// The last glucose record sequence number filed from each meter.
+pub(super) fn racp_progress(
+    c: &rusqlite::Connection,
+) -> Result<Vec<(DeviceAddress, u16)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT address, racp_sequence FROM devices WHERE racp_sequence IS NOT NULL ORDER BY address",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let address: String = r.get(0)?;
+        let sequence: i64 = r.get(1)?;
+        if let (Ok(device), Ok(sequence)) = (address.parse(), u16::try_from(sequence)) {
+            out.push((device, sequence));
+        }
+    }
+    Ok(out)
+}
+
 /// Every registered device's bind key with its saved counters.
 pub(super) fn keys(c: &rusqlite::Connection) -> Result<Vec<StoredKey>, StoreError> {
     let mut stmt = c.prepare_cached(

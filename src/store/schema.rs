@@ -408,6 +408,12 @@ const MIGRATIONS: &[&str] = &[
         recorded_at_ms INTEGER NOT NULL
     );
     "#,
+    // 12 (virtual BLE lab, issue 18): the last glucose record sequence number
+    // filed from each meter, so that after a restart the meter is asked (RACP)
+    // only for newer records and none is filed twice.
+    r#"
+    ALTER TABLE devices ADD COLUMN racp_sequence INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -840,7 +840,10 @@ impl Writer {
                         residents, devices, ..
                     } => super::registry::provision(&tx, residents, devices)?,
                     Command::Record { record, .. } => super::registry::write_record(&tx, record)?,
-                    Command::Seen { seen } => super::registry::write_seen(&tx, seen)?,
+                    Command::Seen { seen, racp } => {
+                        super::registry::write_seen(&tx, seen)?;
+                        super::registry::write_racp(&tx, racp)?;
+                    }
                     Command::Ingest {
                         readings,
                         entered: Some(e),
