@@ -44,7 +44,7 @@ mod mqtt_support;
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -199,33 +199,6 @@ fn rfc3339_ms(s: &str) -> Option<f64> {
         .map(|t| t.unix_timestamp_nanos() as f64 / 1e6)
 }
 
-/// One HTTP/1.1 request as the nurse; the status and the body.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    extra: &str,
-    body: &str,
-) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        support::auth_header(addr),
-        body.len()
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
 /// What the page watcher measured.
 #[derive(Default)]
 struct PageFigures {
@@ -322,7 +295,7 @@ fn watch_page(
             }
             due = None;
             last_fetch = Some(Instant::now());
-            let Some((200, html)) = request(
+            let Some((200, html)) = support::http_request(
                 addr,
                 "GET",
                 "/",
@@ -426,7 +399,7 @@ fn watch_commits(
 fn raise_probe_alert(addr: SocketAddr, n: u64, probe: &Probe) -> Result<(), String> {
     let name = format!("Latency probe {n}");
     let body = serde_json::json!({"display_name": name, "room": format!("Probe {n}"), "reference": format!("PRB-{n:04}")}).to_string();
-    let (status, reply) = request(
+    let (status, reply) = support::http_request(
         addr,
         "POST",
         "/api/v1/residents",
@@ -446,7 +419,7 @@ fn raise_probe_alert(addr: SocketAddr, n: u64, probe: &Probe) -> Result<(), Stri
     let obs = r#"{"resp_rate": 28, "consciousness": "A", "on_oxygen": "no", "spo2": 85, "systolic": 88, "pulse": 132, "temperature": 39.4}"#;
     // From the request's start: the delay includes storing the set.
     let stored = now_ms();
-    let (status, reply) = request(
+    let (status, reply) = support::http_request(
         addr,
         "POST",
         &format!("/api/v1/residents/{id}/observations"),

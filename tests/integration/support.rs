@@ -115,11 +115,29 @@ pub fn cli_token_header(addr: SocketAddr) -> String {
 /// GET `path` (as [`TEST_NURSE`] when the daemon's data directory is registered);
 /// `None` while nothing listens yet.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, "", "")
+}
+
+/// One HTTP/1.1 request (as [`TEST_NURSE`] when the daemon's data directory is
+/// registered), `extra` being more header lines, each ending in `\r\n`; the
+/// status and the body, or `None` while nothing listens yet.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{}Connection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{}{extra}{length}Connection: close\r\n\r\n{body}",
         auth_header(addr)
     )
     .ok()?;
