@@ -194,8 +194,19 @@ fn decode_input(input: &Input, decoder: &mut Decoder) -> Result<Decoded, CliErro
 /// a repeated attribute wins; numbers and strings are written by serde_json.
 pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
     fn text(out: &mut Vec<u8>, s: &str) {
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+        // Keys, quantities, units and statuses are fixed strings with nothing to
+        // escape: written as they are, the same bytes serde_json would write
+        // (it escapes only `"`, `\\` and control characters), without its
+        // escaping writer.
+        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            out.reserve(s.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        } else {
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
     }
     out.extend_from_slice(b"{\"attributes\":{");
     // A frame has a handful of attributes: picking the next key each time costs
@@ -225,14 +236,13 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
         out.push(b':');
         match v {
             AttrValue::Int(n) => {
-                let _ = serde_json::to_writer(&mut *out, n);
+                // Plain decimal, as serde_json writes an integer.
+                let _ = write!(out, "{n}");
             }
             AttrValue::Text(t) => text(out, t),
             AttrValue::Owned(t) => text(out, t),
             // Hex digits and colons: nothing to escape.
-            AttrValue::Address(a) => {
-                let _ = write!(out, "\"{a}\"");
-            }
+            AttrValue::Address(a) => write_address(a, out),
         }
     }
     out.extend_from_slice(b"},\"events\":[");
@@ -290,6 +300,44 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
+}
+
+/// `"AA:BB:CC:DD:EE:FF"`, quoted: what `DeviceAddress`'s `Display` prints, one
+/// table look-up a digit instead of six `{:02X}`.
+fn write_address(a: &DeviceAddress, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // `n & 0x0f` is always in the table.
+    let digit = |n: u8| HEX.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0');
+    out.reserve(19);
+    out.push(b'"');
+    for (i, byte) in a.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b':');
+        }
+        out.extend_from_slice(&[digit(byte >> 4), digit(*byte)]);
+    }
+    out.push(b'"');
+}
+
+/// [`DeviceAddress`]'s `FromStr` for the usual spelling, exactly 17 bytes of hex
+/// pairs parted by `:` or `-`, read byte by byte; `None` for anything else, which
+/// `FromStr` then judges.
+fn plain_address(s: &str) -> Option<DeviceAddress> {
+    let b: &[u8; 17] = s.as_bytes().try_into().ok()?;
+    let mut out = [0u8; 6];
+    for (i, (byte, chunk)) in out.iter_mut().zip(b.chunks(3)).enumerate() {
+        let (hi, lo, sep) = match chunk {
+            [hi, lo, sep] => (*hi, *lo, Some(*sep)),
+            [hi, lo] => (*hi, *lo, None),
+            _ => return None,
+        };
+        match (i, sep) {
+            (5, None) | (0..5, Some(b':' | b'-')) => {}
+            _ => return None,
+        }
+        *byte = hex_digit(hi)? << 4 | hex_digit(lo)?;
+    }
+    Some(DeviceAddress(out))
 }
 
 /// The documented JSON shape of a decoded frame.
@@ -682,7 +730,10 @@ fn decode_plain_line(
     let line = LineSeed(&mut *scratch).deserialize(&mut json).ok()?;
     json.end().ok()?;
     let address = match &line.mac {
-        Some(m) => m.0.parse::<DeviceAddress>().ok()?,
+        Some(m) => match plain_address(&m.0) {
+            Some(a) => a,
+            None => m.0.parse::<DeviceAddress>().ok()?,
+        },
         None => DeviceAddress::default(),
     };
     let key = match &line.key {
@@ -926,6 +977,74 @@ mod tests {
             }
         }
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn addresses_are_read_and_written_as_model_does() {
+        use super::{DeviceAddress, plain_address, write_address};
+        for s in [
+            "54:48:E6:8F:80:A5",
+            "54-48-e6-8f-80-a5",
+            "00:11:22:33:44:ff",
+            "ff:FF:00-01:aB:9c",
+            "54:48:E6:8F:80:A",
+            "54:48:E6:8F:80:A55",
+            "54:48:E6:8F:80A:5",
+            "54:48:E6:8F:80_A5",
+            "+4:48:E6:8F:80:A5",
+            "54:48:E6:8F:80:G5",
+            "5:448:E6:8F:80:A5",
+            "54:48:E6:8F:80:\u{e9}",
+        ] {
+            let model = s.parse::<DeviceAddress>().ok();
+            let plain = plain_address(s);
+            // The fast reader takes a subset, and agrees where it takes it.
+            assert!(plain.is_none() || plain == model, "{s}");
+            if s.len() == 17
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'-')
+            {
+                assert_eq!(plain, model, "{s}");
+            }
+            if let Some(a) = model {
+                let mut out = Vec::new();
+                write_address(&a, &mut out);
+                assert_eq!(String::from_utf8(out).unwrap(), format!("\"{a}\""));
+            }
+        }
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        use super::super::Decoded;
+        use super::write_json;
+        for s in [
+            "plain",
+            "",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "nul\u{0}",
+            "del\u{7f}",
+            "\u{1f}",
+            "caf\u{e9} \u{2028}",
+        ] {
+            let d = Decoded {
+                format: "bthome_v2",
+                events: vec![super::super::Event {
+                    kind: "button",
+                    detail: s.to_owned(),
+                }],
+                ..Decoded::default()
+            };
+            let mut out = Vec::new();
+            write_json(&d, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                super::to_json(&d).to_string(),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]
