@@ -483,11 +483,14 @@ pub async fn run(
         }
     };
     tracing::info!(signal = why, "shutting down");
-    notifier.stopping(&format!("stopping ({why}): committing what is in flight"));
     cancel.cancel();
+    // The supervisor first: once it has stopped, no ping or status can follow
+    // STOPPING (on a busy machine one did, between STOPPING and the cancel).
+    // Bounded: a supervisor that does not stop must not hold the shutdown.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), supervisor).await;
+    notifier.stopping(&format!("stopping ({why}): committing what is in flight"));
 
     let stop = async {
-        let _ = supervisor.await;
         let _ = probe.await;
         let _ = live.await;
         if let Some(flush) = seen_flush {
