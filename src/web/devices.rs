@@ -267,6 +267,34 @@ pub async fn unassign(
     answer(result, |()| StatusCode::NO_CONTENT.into_response())
 }
 
+/// What a staff form asks for (the Devices page and the pairing guide): the
+/// sensor, and a resident chosen from the list or a room typed, in plain words
+/// when it is neither or both.
+pub(super) fn staff_assignment(
+    address: &str,
+    resident_id: &str,
+    room: String,
+) -> Result<(DeviceAddress, Option<i64>, Option<String>), Refusal> {
+    let address = parse_address(address)?;
+    let resident_id = match resident_id.trim() {
+        "" => None,
+        id => Some(id.parse::<i64>().map_err(|_| {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "choose a resident from the list".to_owned(),
+            )
+        })?),
+    };
+    let room = Some(room).filter(|r| !r.trim().is_empty());
+    if resident_id.is_some() && room.is_some() {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "choose a resident or type a room, not both".to_owned(),
+        ));
+    }
+    Ok((address, resident_id, room))
+}
+
 /// The staff form: assign to a resident (chosen from a list) or type a room.
 #[derive(Deserialize)]
 pub struct AssignForm {
@@ -288,23 +316,8 @@ pub async fn page_assign(
     Form(form): Form<AssignForm>,
 ) -> Response {
     let result = async {
-        let address = parse_address(&form.address)?;
-        let resident_id = match form.resident_id.trim() {
-            "" => None,
-            id => Some(id.parse::<i64>().map_err(|_| {
-                (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "choose a resident from the list".to_owned(),
-                )
-            })?),
-        };
-        let room = Some(form.room).filter(|r| !r.trim().is_empty());
-        if resident_id.is_some() && room.is_some() {
-            return Err((
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "choose a resident or type a room, not both".to_owned(),
-            ));
-        }
+        let (address, resident_id, room) =
+            staff_assignment(&form.address, &form.resident_id, form.room.clone())?;
         apply_assign(&state, address, resident_id, room, who).await
     }
     .await;

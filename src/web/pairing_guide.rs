@@ -344,23 +344,11 @@ pub async fn assign(
     Caller(who): Caller,
     Form(form): Form<AssignForm>,
 ) -> Response {
-    let Ok(address) = form.address.trim().parse::<DeviceAddress>() else {
-        return (StatusCode::BAD_REQUEST, "not a sensor address").into_response();
-    };
-    let resident_id = match form.resident_id.trim() {
-        "" => None,
-        id => match id.parse::<i64>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                return (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "choose a resident from the list",
-                )
-                    .into_response();
-            }
-        },
-    };
-    let room = Some(form.room).filter(|r| !r.trim().is_empty());
+    let (address, resident_id, room) =
+        match super::devices::staff_assignment(&form.address, &form.resident_id, form.room) {
+            Ok(a) => a,
+            Err(refusal) => return refusal.into_response(),
+        };
     match super::devices::apply_assign(&state, address, resident_id, room, who).await {
         Ok(_) => Redirect::to(&format!("/pairing/guide?address={address}")).into_response(),
         Err(refusal) => refusal.into_response(),
