@@ -117,6 +117,11 @@ struct Sample {
     db: u64,
     wal: u64,
     received: u64,
+    /// Of `rss_kib`: anonymous pages (heap, stacks, SQLite's cache) and
+    /// file-backed ones (the executable's code and the libraries'), which the
+    /// kernel can drop and read again.
+    rss_anon_kib: u64,
+    rss_file_kib: u64,
 }
 
 /// The cloud side: counts readings and records each one's delay in ms.
@@ -484,7 +489,10 @@ fn main() {
     let alert_every = env_u64("SOAK_ALERT_EVERY_SECS", 20);
     let db = dir.path().join("carehub.db");
     let wal = dir.path().join("carehub.db-wal");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_carehub"))
+    // `SOAK_BIN` runs another build of the daemon (e.g. one made with another
+    // release profile, to compare their memory) under the same load.
+    let bin = std::env::var("SOAK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_carehub").into());
+    let mut child = Command::new(&bin)
         .args(["run", "--config"])
         .arg(&config)
         .env("INVOCATION_ID", "carehub-soak")
@@ -495,7 +503,7 @@ fn main() {
         .expect("start carehub");
     let pid = child.id();
     eprintln!(
-        "soak: {residents} residents' sensors at 1 Hz for {secs} s, sampling every {every} s into {csv_path}"
+        "soak: {bin}: {residents} residents' sensors at 1 Hz for {secs} s, sampling every {every} s into {csv_path}"
     );
     let started = Instant::now();
     // The page watcher signs in once the daemon has made its accounts tables.
@@ -531,7 +539,7 @@ fn main() {
     let mut csv = std::fs::File::create(&csv_path).expect("csv");
     writeln!(
         csv,
-        "t_s,rss_kib,open_files,cpu_s,written_bytes,db_bytes,wal_bytes,received_readings"
+        "t_s,rss_kib,open_files,cpu_s,written_bytes,db_bytes,wal_bytes,received_readings,rss_anon_kib,rss_file_kib"
     )
     .expect("csv");
     let mut next_sample = Instant::now() + Duration::from_secs(every);
@@ -560,11 +568,22 @@ fn main() {
             db: file_size(&db),
             wal: file_size(&wal),
             received: cloud.count(),
+            rss_anon_kib: status_kib(pid, "RssAnon"),
+            rss_file_kib: status_kib(pid, "RssFile"),
         };
         writeln!(
             csv,
-            "{:.0},{},{},{:.2},{},{},{},{}",
-            s.t_s, s.rss_kib, s.fds, s.cpu_s, s.written, s.db, s.wal, s.received
+            "{:.0},{},{},{:.2},{},{},{},{},{},{}",
+            s.t_s,
+            s.rss_kib,
+            s.fds,
+            s.cpu_s,
+            s.written,
+            s.db,
+            s.wal,
+            s.received,
+            s.rss_anon_kib,
+            s.rss_file_kib
         )
         .expect("csv");
         samples.push(s);
@@ -601,6 +620,12 @@ fn main() {
         peak_kib,
         steady.iter().map(|s| s.rss_kib).min().unwrap_or(0),
         steady.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+    );
+    let steady_max = |f: fn(&Sample) -> u64| steady.iter().map(|s| f(s)).max().unwrap_or(0);
+    println!(
+        "  of which anonymous (heap, stacks, caches): steady-state max {} KiB; file-backed (code): steady-state max {} KiB",
+        steady_max(|s| s.rss_anon_kib),
+        steady_max(|s| s.rss_file_kib),
     );
     println!(
         "  open files: first {}, last {}, max {}",

@@ -9,7 +9,17 @@ set grid
 set xlabel "minutes"
 set title "resident memory (MiB)"
 set yrange [0:*]
-plot csv using ($1/60):($2/1024) every ::1 with lines lw 2
+# CSVs from 2026-12-03 (third session) on also hold the anonymous and the
+# file-backed (code) parts: pass -e "split=1" to draw them.
+if (exists("split")) {
+  set key top left
+  plot csv using ($1/60):($2/1024) every ::1 with lines lw 2 title "resident", \
+       csv using ($1/60):($9/1024) every ::1 with lines lw 1 title "anonymous", \
+       csv using ($1/60):($10/1024) every ::1 with lines lw 1 title "file-backed (code)"
+  set key off
+} else {
+  plot csv using ($1/60):($2/1024) every ::1 with lines lw 2
+}
 set title "open files"
 plot csv using ($1/60):3 every ::1 with lines lw 2
 set title "CPU (% of one core, per 10 s)"
