@@ -125,6 +125,8 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: arenas made earlier would stay (system::memory).
+    carehub::system::memory::one_malloc_arena();
     let cli = Cli::parse();
     carehub::system::logging::init();
     match run(cli) {

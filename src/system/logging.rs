@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -30,7 +30,7 @@ pub enum LoggingError {
 /// Installs the global subscriber: journald when stderr is the journal, else text on
 /// stderr. `RUST_LOG` filters either way (default `info`).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter_from(std::env::var("RUST_LOG").ok().as_deref());
     let journal = match stderr_is_journal() {
         Ok(yes) => yes,
         Err(e) => {
@@ -45,11 +45,31 @@ pub fn init() {
             .with(JournalLayer)
             .init();
     } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
+}
+
+/// `RUST_LOG` read as a list of `level` and `target=level` directives
+/// (`info,carehub::ble=debug`); unset or empty: `info`; one that does not
+/// parse is said on stderr and `info` is used.
+///
+/// `Targets` rather than `EnvFilter`: the daemon never filtered on spans or
+/// fields, and `EnvFilter` brings a regular-expression engine into the binary
+/// (~0.3 MB of code, resident in every gateway: docs/reliability.md, memory).
+fn filter_from(value: Option<&str>) -> Targets {
+    let info = Targets::new().with_default(LevelFilter::INFO);
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return info;
+    };
+    value.parse().unwrap_or_else(|e| {
+        eprintln!(
+            "carehub: RUST_LOG={value:?} is not a list of target=level ({e}); logging at info"
+        );
+        info
+    })
 }
 
 /// Whether fd 2 is the journal stream systemd announced in `JOURNAL_STREAM`.
@@ -187,6 +207,20 @@ fn journal_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_directives_filter_by_target_and_a_bad_one_means_info() {
+        let f = filter_from(Some("warn,carehub::ble=debug"));
+        assert!(f.would_enable("carehub::ble::session", &Level::DEBUG));
+        assert!(!f.would_enable("carehub::ble::session", &Level::TRACE));
+        assert!(!f.would_enable("carehub::uplink", &Level::INFO));
+        assert!(f.would_enable("carehub::uplink", &Level::WARN));
+        for info in [None, Some(""), Some("  "), Some("carehub=loud")] {
+            let f = filter_from(info);
+            assert!(f.would_enable("carehub::store", &Level::INFO), "{info:?}");
+            assert!(!f.would_enable("carehub::store", &Level::DEBUG), "{info:?}");
+        }
+    }
 
     fn check(level: Level, target: &str, fields: &[(&'static str, &str)], expected: &[&str]) {
         let f = Fields {

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod fault;
 pub mod health;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod privileges;
 pub mod probe;
