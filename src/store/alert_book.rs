@@ -178,10 +178,20 @@ fn words(s: &str) -> Vec<String> {
 }
 
 impl AlertBook {
+    /// The page cache bound of this connection, in KiB (a test's view).
+    #[cfg(test)]
+    pub(crate) fn page_cache_kib(&self) -> i64 {
+        -self
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    }
+
     /// Opens the book on a database that `Store::open` has already migrated.
     pub fn open(path: &Path) -> Result<AlertBook, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        super::bound_page_cache(&conn, super::SIDE_CACHE_KIB)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version < super::SCHEMA_VERSION {
             return Err(StoreError::NotMigrated {

@@ -104,6 +104,15 @@ pub(super) fn rows_sql() -> String {
 }
 
 impl LeaseReader {
+    /// The page cache bound of this connection, in KiB (a test's view).
+    #[cfg(test)]
+    pub(crate) fn page_cache_kib(&self) -> i64 {
+        -self
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    }
+
     /// Opens `path` read-only. Blocking; open it after the store (whose writer
     /// adds this build's words to the code tables first).
     pub fn open(path: &Path) -> Result<LeaseReader, StoreError> {
@@ -112,6 +121,8 @@ impl LeaseReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // It reads each lease's rows once, in order: a cache would not be read again.
+        super::bound_page_cache(&conn, super::SIDE_CACHE_KIB)?;
         let vocab = read_vocab(&conn)?;
         Ok(LeaseReader { conn, vocab })
     }

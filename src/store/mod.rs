@@ -750,6 +750,24 @@ impl EventSink {
     }
 }
 
+/// The page cache of the writer's connection, in KiB: SQLite's default size,
+/// said here so that the daemon's whole budget is in one place.
+pub(crate) const WRITER_CACHE_KIB: i64 = 2048;
+
+/// The page cache of every other connection (the readers for the pages and
+/// alerts, the uplink's lease reader, the alert book, accounts and audit), in
+/// KiB. Each would otherwise grow to SQLite's default 2 MiB as it touches
+/// pages: with nine connections, up to 18 MiB of heap over a long run, more
+/// than the gateway's whole memory budget (docs/reliability.md, memory). They
+/// read recent rows and small tables; the writer's cache holds the hot pages.
+pub(crate) const SIDE_CACHE_KIB: i64 = 256;
+
+/// Bounds `conn`'s page cache to `kib` KiB.
+pub(crate) fn bound_page_cache(conn: &rusqlite::Connection, kib: i64) -> rusqlite::Result<()> {
+    // A negative cache_size is a size in KiB, whatever the page size.
+    conn.pragma_update(None, "cache_size", -kib)
+}
+
 /// How often the writer runs retention, the age cap and the disk check on its own.
 pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 

@@ -114,6 +114,14 @@ pub struct Reader {
 const POOL_SIZE: usize = 4;
 
 impl Reader {
+    /// The page cache bound of this connection, in KiB (a test's view).
+    #[cfg(test)]
+    pub(crate) fn page_cache_kib(&self) -> i64 {
+        self.with_conn(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?))
+            .map(|n| -n)
+            .unwrap()
+    }
+
     pub(super) fn new(path: PathBuf, stats: Arc<StoreStats>) -> Self {
         Reader {
             path,
@@ -191,6 +199,7 @@ impl Reader {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(2))?;
+                super::bound_page_cache(&c, super::SIDE_CACHE_KIB)?;
                 c
             }
         };

@@ -1931,3 +1931,21 @@ async fn history_purge_steps_over_a_long_undelivered_outbox_a_bounded_amount_per
     assert_eq!(seqs_left(&conn), (1..=50_000).collect::<Vec<_>>());
     close_conn_check(&conn);
 }
+
+/// Every connection beside the writer's has a small page cache: nine
+/// connections at SQLite's default 2 MiB each would be more than the gateway's
+/// whole memory budget once a long run has touched enough pages.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_connection_but_the_writers_has_a_bounded_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let path = s.path.clone();
+    let store = open(s);
+    assert_eq!(store.reader.page_cache_kib(), super::SIDE_CACHE_KIB);
+    let lease = super::lease_read::LeaseReader::open(&path).unwrap();
+    assert_eq!(lease.page_cache_kib(), super::SIDE_CACHE_KIB);
+    let book = super::alert_book::AlertBook::open(&path).unwrap();
+    assert_eq!(book.page_cache_kib(), super::SIDE_CACHE_KIB);
+    let accounts = super::accounts::Accounts::open(&path, Synchronous::Normal).unwrap();
+    assert_eq!(accounts.page_cache_kib(), super::SIDE_CACHE_KIB);
+}

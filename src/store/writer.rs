@@ -71,6 +71,7 @@ pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connecti
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    super::bound_page_cache(&conn, super::WRITER_CACHE_KIB)?;
     let verdict: String = conn.query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))?;
     if verdict != "ok" {
         return Err(StoreError::Corrupt(verdict));

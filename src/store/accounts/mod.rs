@@ -183,6 +183,17 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Accounts {
+    /// The page cache bound of this connection, in KiB (a test's view).
+    #[cfg(test)]
+    pub(crate) fn page_cache_kib(&self) -> i64 {
+        -self
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    }
+
     /// Opens a connection on the store's database, which `Store::open` has
     /// already migrated.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Accounts, StoreError> {
@@ -196,6 +207,7 @@ impl Accounts {
             conn.pragma_update(None, "synchronous", sync)?;
             conn.pragma_update(None, "foreign_keys", true)?;
             conn.busy_timeout(Duration::from_secs(5))?;
+            crate::store::bound_page_cache(&conn, crate::store::SIDE_CACHE_KIB)?;
             Ok(conn)
         };
         Ok(Accounts {
