@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -284,13 +284,17 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
             text(out, q);
             out.push(b',');
         }
-        out.extend_from_slice(b"\"quantity\":");
-        text(out, v.quantity.as_str());
-        out.extend_from_slice(b",\"status\":");
-        text(out, v.value.status());
-        out.extend_from_slice(b",\"unit\":");
-        text(out, v.unit.ucum());
-        out.extend_from_slice(b",\"value\":");
+        // Quantity names, statuses and UCUM units come from the model's fixed
+        // tables, none with a byte to escape
+        // (`decode::cli::tests::model_names_need_no_escaping`): written as they
+        // are, without looking at each byte.
+        out.extend_from_slice(b"\"quantity\":\"");
+        out.extend_from_slice(v.quantity.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"status\":\"");
+        out.extend_from_slice(v.value.status().as_bytes());
+        out.extend_from_slice(b"\",\"unit\":\"");
+        out.extend_from_slice(v.unit.ucum().as_bytes());
+        out.extend_from_slice(b"\",\"value\":");
         match v.value {
             Value::Number(n) if n.is_finite() => {
                 let _ = serde_json::to_writer(&mut *out, &n);
@@ -449,11 +453,13 @@ fn line_input(text: &str) -> Result<Input, CliError> {
 // [`line_input`] and [`frame`] still answer every other line, and every error,
 // exactly as before (`decode::cli::tests::stdin_batch_answers_are_unchanged`).
 
-/// Reused from line to line by `--stdin`: the frame being filled and the byte
-/// buffers of earlier lines.
+/// Reused from line to line by `--stdin`: the frame being filled, the byte
+/// buffers of earlier lines and the decoder's result.
 struct Scratch {
     adv: Advertisement,
     note: Notification,
+    /// What the decoder wrote for this line (its vectors kept from line to line).
+    decoded: Decoded,
     /// Service and manufacturer data buffers of earlier lines.
     spare: Vec<Vec<u8>>,
     /// The local name of an earlier line, for its capacity.
@@ -471,6 +477,7 @@ impl Default for Scratch {
             },
             spare: Vec::new(),
             spare_name: String::new(),
+            decoded: Decoded::default(),
         }
     }
 }
@@ -508,23 +515,34 @@ fn plain_hex(s: &str, out: &mut Vec<u8>) -> Option<()> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    out.reserve(s.len() / 2);
-    for pair in s.chunks_exact(2) {
+    let start = out.len();
+    out.resize(start + s.len() / 2, 0);
+    let mut bad = 0;
+    for (byte, pair) in out.get_mut(start..)?.iter_mut().zip(s.chunks_exact(2)) {
         let [hi, lo] = pair else {
             return None;
         };
-        out.push(hex_digit(*hi)? << 4 | hex_digit(*lo)?);
+        let (hi, lo) = (nibble(*hi), nibble(*lo));
+        // A digit is 0-15; anything else has high bits set, checked once at the end.
+        bad |= hi | lo;
+        *byte = hi << 4 | lo;
     }
-    Some(())
+    (bad < 16).then_some(())
+}
+
+/// The value of a hex digit; 0xFF for every other byte.
+fn nibble(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => 0xFF,
+    }
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let n = nibble(b);
+    (n < 16).then_some(n)
 }
 
 /// [`parse_key`] for a plain key (32 hex digits).
@@ -718,13 +736,14 @@ impl<'de> Visitor<'de> for OneCharacteristic {
 }
 
 /// Decodes a plain `--stdin` line as [`line_input`] and [`frame`] would, without
-/// allocating for the line; `None`, with the decoder untouched, for a line that is
-/// not plain or would be an error before the decoder (those go the long way).
+/// allocating, into `scratch.decoded`; `None`, with the decoder untouched, for a
+/// line that is not plain or would be an error before the decoder (those go the
+/// long way).
 fn decode_plain_line(
     text: &str,
     scratch: &mut Scratch,
     decoder: &mut Decoder,
-) -> Option<Result<Decoded, DecodeError>> {
+) -> Option<Result<(), DecodeError>> {
     scratch.reset();
     let mut json = serde_json::Deserializer::from_str(text);
     let line = LineSeed(&mut *scratch).deserialize(&mut json).ok()?;
@@ -744,6 +763,7 @@ fn decode_plain_line(
         adv,
         note,
         spare_name,
+        decoded,
         ..
     } = scratch;
     if let Some((uuid, hex)) = &line.characteristic {
@@ -760,7 +780,7 @@ fn decode_plain_line(
         if let Some(k) = key {
             decoder.set_key(address, k);
         }
-        return Some(decoder.decode_notification(note));
+        return Some(decoder.decode_notification_into(note, decoded));
     }
     if adv.service_data.is_empty() && adv.manufacturer_data.is_empty() {
         return None;
@@ -778,7 +798,7 @@ fn decode_plain_line(
         }
         decoder.set_key(adv.address, k);
     }
-    Some(decoder.decode_advertisement(adv))
+    Some(decoder.decode_advertisement_into(adv, decoded))
 }
 
 /// `--stdin`: one JSON input per line, one JSON result per line; state (keys,
@@ -788,45 +808,78 @@ fn decode_plain_line(
 /// Results are buffered, not written line by line (a write per line cost about 150
 /// times the decode): they go out when the buffer fills, at the end, and whenever
 /// no whole input line is left to read without waiting, so that a tool that writes
-/// one line and waits for its answer still gets it at once.
-pub fn run_stdin(input: impl Read, out: impl Write) -> Result<(), CliError> {
+/// one line and waits for its answer still gets it at once. A line that lies whole
+/// in the read buffer is decoded where it lies; only one cut by the buffer's end
+/// is copied out first.
+pub fn run_stdin(input: impl Read, mut out: impl Write) -> Result<(), CliError> {
     let io = |e: std::io::Error| CliError::Io(e.to_string());
     let mut input = BufReader::with_capacity(STDIN_BUFFER, input);
-    let mut out = BufWriter::with_capacity(STDIN_BUFFER, out);
     let mut decoder = Decoder::new();
     let mut scratch = Scratch::default();
-    let mut line = String::new();
-    let mut result = Vec::new();
+    // Room for a long line from the start, so that it grows only for longer ones.
+    let mut cut_line = String::with_capacity(1024);
+    // Answers not yet written.
+    let mut pending = Vec::with_capacity(STDIN_BUFFER + 4096);
     loop {
-        // The next read may block on the writer of stdin: answer what we have first.
-        if !input.buffer().contains(&b'\n') {
-            out.flush().map_err(io)?;
-        }
-        line.clear();
-        if input.read_line(&mut line).map_err(io)? == 0 {
-            break;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        result.clear();
-        let answer = match decode_plain_line(&line, &mut scratch, &mut decoder) {
-            Some(answer) => answer.map_err(CliError::from),
-            None => line_input(&line).and_then(|i| decode_input(&i, &mut decoder)),
-        };
-        match answer {
-            Ok(d) => write_json(&d, &mut result),
-            Err(e) => {
-                // What `json!({"error": ..})` prints.
-                result.extend_from_slice(b"{\"error\":");
-                let _ = serde_json::to_writer(&mut result, &e.to_string());
-                result.push(b'}');
+        let buffered = input.buffer();
+        // A line that is not UTF-8 goes the way below, which reports it as before.
+        let whole = buffered
+            .iter()
+            .position(|&b| b == b'\n')
+            .and_then(|end| buffered.get(..=end))
+            .and_then(|line| std::str::from_utf8(line).ok());
+        let used = match whole {
+            Some(line) => {
+                answer_line(line, &mut scratch, &mut decoder, &mut pending);
+                line.len()
             }
+            None => {
+                // The next read may block on the writer of stdin: answer what we
+                // have first.
+                out.write_all(&pending).map_err(io)?;
+                pending.clear();
+                out.flush().map_err(io)?;
+                cut_line.clear();
+                if input.read_line(&mut cut_line).map_err(io)? == 0 {
+                    break;
+                }
+                answer_line(&cut_line, &mut scratch, &mut decoder, &mut pending);
+                0
+            }
+        };
+        input.consume(used);
+        if pending.len() >= STDIN_BUFFER {
+            out.write_all(&pending).map_err(io)?;
+            pending.clear();
         }
-        result.push(b'\n');
-        out.write_all(&result).map_err(io)?;
     }
+    out.write_all(&pending).map_err(io)?;
     out.flush().map_err(io)
+}
+
+/// Appends the answer to one `--stdin` line, and a newline, to `out`; nothing for a
+/// blank line.
+fn answer_line(line: &str, scratch: &mut Scratch, decoder: &mut Decoder, out: &mut Vec<u8>) {
+    if line.trim().is_empty() {
+        return;
+    }
+    let answer = match decode_plain_line(line, scratch, decoder) {
+        Some(answer) => answer.map_err(CliError::from),
+        None => line_input(line).and_then(|i| {
+            let f = frame(&i, decoder)?;
+            Ok(decoder.decode_into(&f, &mut scratch.decoded)?)
+        }),
+    };
+    match answer {
+        Ok(()) => write_json(&scratch.decoded, out),
+        Err(e) => {
+            // What `json!({"error": ..})` prints.
+            out.extend_from_slice(b"{\"error\":");
+            let _ = serde_json::to_writer(&mut *out, &e.to_string());
+            out.push(b'}');
+        }
+    }
+    out.push(b'\n');
 }
 
 /// Bytes read from stdin, and results held, at a time by `--stdin`.
@@ -1033,7 +1086,7 @@ mod tests {
                 format: "bthome_v2",
                 events: vec![super::super::Event {
                     kind: "button",
-                    detail: s.to_owned(),
+                    detail: s.to_owned().into(),
                 }],
                 ..Decoded::default()
             };
@@ -1044,6 +1097,24 @@ mod tests {
                 super::to_json(&d).to_string(),
                 "{s:?}"
             );
+        }
+    }
+
+    #[test]
+    fn model_names_need_no_escaping() {
+        use crate::model::{Quantity, SpecialValue, Unit, Value};
+        // `write_json` writes these between quotes as they are.
+        let statuses = SpecialValue::ALL
+            .iter()
+            .map(|s| Value::Special(*s).status())
+            .chain([Value::Number(1.0).status()]);
+        for s in Quantity::ALL
+            .iter()
+            .map(|q| q.as_str())
+            .chain(Unit::ALL.iter().map(|u| u.ucum()))
+            .chain(statuses)
+        {
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
         }
     }
 
@@ -1082,7 +1153,10 @@ mod tests {
             let got = match decode_plain_line(line, &mut scratch, &mut short) {
                 Some(a) => {
                     plain += 1;
-                    answer(a.map_err(super::CliError::from))
+                    answer(
+                        a.map(|()| scratch.decoded.clone())
+                            .map_err(super::CliError::from),
+                    )
                 }
                 None => answer(line_input(line).and_then(|i| decode_input(&i, &mut short))),
             };
@@ -1093,34 +1167,27 @@ mod tests {
     }
 
     #[test]
-    fn plain_stdin_lines_allocate_nothing_beside_the_decoder() {
-        use super::super::Decoder;
-        use super::line_input;
+    fn plain_stdin_lines_allocate_nothing() {
         use crate::test_alloc::allocations;
-        let n = 2000;
-        let input = bench_lines(n);
-        // What the decoder itself allocates for these frames (its results).
-        let mut d = Decoder::new();
-        let frames: Vec<_> = input
-            .lines()
-            .map(|l| super::frame(&line_input(l).unwrap(), &mut d).unwrap())
-            .collect();
-        let mut d = Decoder::new();
-        let before = allocations();
-        for f in &frames {
-            d.decode(f).unwrap();
-        }
-        let decoder = allocations() - before;
-        let mut out = Vec::with_capacity(4 << 20);
-        let before = allocations();
-        run_stdin(input.as_bytes(), &mut out).unwrap();
-        let total = allocations() - before;
-        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), n);
-        // Buffers made once per run, not per line.
-        assert!(
-            total <= decoder + 32,
-            "{total} allocations for {n} lines, of which the decoder's {decoder}"
+        // The bench's lines through the whole of `--stdin`, parsing, decoding and
+        // writing: what a run allocates must not grow with its lines.
+        let run = |n: usize| {
+            let input = bench_lines(n);
+            let mut out = Vec::with_capacity(4 << 20);
+            let before = allocations();
+            run_stdin(input.as_bytes(), &mut out).unwrap();
+            let made = allocations() - before;
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), n);
+            made
+        };
+        let (short, long) = (run(200), run(2000));
+        // Buffers made once per run (reader, writer, line, scratch frame and
+        // result, the decoder's device), none per line.
+        assert_eq!(
+            long, short,
+            "{long} allocations for 2000 lines, {short} for 200"
         );
+        assert!(long <= 32, "{long} allocations for a run");
     }
 
     #[test]
