@@ -86,8 +86,9 @@ def main() -> None:
     check(out_t, n, '"tempc"')
     c, t = statistics.median(c_runs), statistics.median(t_runs)
     print(f"adverts\t{n}\t(BTHome v2 plain and Ruuvi RAWv2, alternating)")
-    print(f"carehub decode --stdin\t{n / c:,.0f} adverts/s\t{c * 1e9 / n:,.0f} ns/advert\tmedian of {CAREHUB_RUNS}")
-    print(f"TheengsDecoder (Python, decodeBLE)\t{n / t:,.0f} adverts/s\t{t * 1e9 / n:,.0f} ns/advert\tmedian of {THEENGS_RUNS}")
+    spread = lambda runs: f"{min(runs) * 1e3:,.1f}-{max(runs) * 1e3:,.1f} ms"
+    print(f"carehub decode --stdin\t{n / c:,.0f} adverts/s\t{c * 1e9 / n:,.0f} ns/advert\tmedian of {CAREHUB_RUNS} ({spread(c_runs)})")
+    print(f"TheengsDecoder (Python, decodeBLE)\t{n / t:,.0f} adverts/s\t{t * 1e9 / n:,.0f} ns/advert\tmedian of {THEENGS_RUNS} ({spread(t_runs)})")
     print(f"ratio\t{t / c:,.0f}x")
 
 

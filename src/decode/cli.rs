@@ -310,58 +310,67 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
 /// a tenth of `--stdin`'s time) writes every other number. Held equal by
 /// `decode::cli::tests::numbers_are_written_as_serde_json_writes_them`.
 fn write_number(n: f64, out: &mut Vec<u8>) {
-    let Some((digits, places)) = short_decimal(n) else {
+    let Some((mut digits, places)) = short_decimal(n) else {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, &n);
         return;
     };
-    // `digits` < 10^15 and `places` <= 6: at most 15 digits, a leading zero below 1.
-    let mut buf = [b'0'; 20];
-    let mut rest = digits;
-    let mut len = 0;
-    for slot in buf.iter_mut().rev() {
-        *slot = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        len += 1;
-        if rest == 0 && len > places {
+    // Written from the right: at most a sign, ten digits, a point and six more.
+    let mut buf = [0u8; 24];
+    let mut at = buf.len();
+    let mut put = |b: u8| {
+        at = at.saturating_sub(1);
+        if let Some(slot) = buf.get_mut(at) {
+            *slot = b;
+        }
+    };
+    if places == 0 {
+        put(b'0');
+    }
+    for _ in 0..places {
+        put(b'0' + (digits % 10) as u8);
+        digits /= 10;
+    }
+    put(b'.');
+    loop {
+        put(b'0' + (digits % 10) as u8);
+        digits /= 10;
+        if digits == 0 {
             break;
         }
     }
-    let Some((int, frac)) = buf
-        .get(buf.len() - len..)
-        .and_then(|d| d.split_at_checked(len - places))
-    else {
-        let _ = serde_json::to_writer(&mut *out, &n);
-        return;
-    };
     if n < 0.0 {
-        out.push(b'-');
+        put(b'-');
     }
-    out.extend_from_slice(int);
-    out.push(b'.');
-    out.extend_from_slice(if places == 0 { b"0" } else { frac });
+    out.extend_from_slice(buf.get(at..).unwrap_or_default());
 }
 
-/// `(|n| × 10^places, places)` for the fewest places, at most six, at which the
-/// decimal `|n| × 10^places / 10^places` reads back as `n`; `None` when there are
-/// none or `|n|` is outside 0.0001 to 10^15. The fewest places give the fewest
-/// digits, so this is the shortest decimal that reads back as `n`, the one
-/// serde_json writes: with the integer below 10^15 and the power of ten exact, the
-/// division is the double nearest the decimal, and the only one of that length.
-fn short_decimal(n: f64) -> Option<(u64, usize)> {
+/// `(|n| × 10^places, places)` for the shortest decimal of at most six places that
+/// reads back as `n`: the one serde_json writes. `None` when there is none or `|n|`
+/// is outside 0.0001 to 4·10^9.
+///
+/// Below 2^32 a double's neighbours are less than 10^-6 apart, so at most one
+/// decimal of six places reads back as `n`: the one nearest `|n| × 10^6`, checked
+/// by dividing it back (the integer is below 2^53 and 10^6 exact, so the division
+/// gives the double nearest that decimal). Any shorter decimal that read back as
+/// `n` would be that same one with its trailing zeros, which are dropped.
+fn short_decimal(n: f64) -> Option<(u64, u32)> {
     let a = n.abs();
-    if !(1e-4..1e15).contains(&a) {
+    if !(1e-4..4e9).contains(&a) {
         return None;
     }
-    let mut scale = 1.0;
-    for places in 0..=6 {
-        let k = (a * scale).round();
-        if k < 1e15 && k / scale == a {
-            return Some((k as u64, places));
-        }
-        scale *= 10.0;
+    // `a × 10^6` is below 2^53 and not negative: converting after adding a half
+    // rounds it to the nearest integer, and the check below catches any miss.
+    let mut digits = (a * 1e6 + 0.5) as u64;
+    if digits as f64 / 1e6 != a {
+        return None;
     }
-    None
+    let mut places = 6;
+    while places > 0 && digits.is_multiple_of(10) {
+        digits /= 10;
+        places -= 1;
+    }
+    Some((digits, places))
 }
 
 /// `"AA:BB:CC:DD:EE:FF"`, quoted: what `DeviceAddress`'s `Display` prints, one
@@ -758,36 +767,177 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
         f.write_str("a map")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Scratch { adv, spare, .. } = self.scratch;
         let mut last: Option<Text<'de>> = None;
         while let Some((k, v)) = map.next_entry::<Text<'de>, Text<'de>>()? {
-            // `Line`'s maps put keys in byte order, the last of a repeated key
-            // winning, and `frame` splits `KEY=HEX` at the first `=`: the same as
-            // the line's own order only when keys rise and hold no `=`.
-            if last.as_ref().is_some_and(|l| l.0 >= k.0) || k.0.contains('=') {
-                return Err(not_plain());
-            }
-            let mut bytes = take_buffer(spare);
-            plain_hex(&v.0, &mut bytes).ok_or_else(not_plain)?;
-            // Four hex digits, the usual spelling, read here; every other one by
-            // the functions `frame` uses.
-            let short = four_hex(&k.0);
-            if self.company {
-                let id = match short {
-                    Some(id) => id,
-                    None => parse_u16("company id", &k.0).map_err(|_| not_plain())?,
-                };
-                adv.manufacturer_data.push((id, bytes));
-            } else {
-                let uuid = match short {
-                    Some(id) => uuid16(id),
-                    None => parse_uuid(&k.0).map_err(|_| not_plain())?,
-                };
-                adv.service_data.push((uuid, bytes));
-            }
+            let previous = last.as_ref().map(|l| l.0.as_ref());
+            add_data(self.scratch, self.company, previous, &k.0, &v.0).ok_or_else(not_plain)?;
             last = Some(k);
         }
         Ok(())
+    }
+}
+
+/// Puts one entry of a `service_data` (or, with `company`, `manufacturer_data`)
+/// map into the scratch advertisement; `None` when the map is not plain.
+fn add_data(
+    scratch: &mut Scratch,
+    company: bool,
+    previous: Option<&str>,
+    key: &str,
+    hex: &str,
+) -> Option<()> {
+    // `Line`'s maps put keys in byte order, the last of a repeated key winning,
+    // and `frame` splits `KEY=HEX` at the first `=`: the same as the line's own
+    // order only when keys rise and hold no `=`.
+    if previous.is_some_and(|p| p >= key) || key.contains('=') {
+        return None;
+    }
+    let Scratch { adv, spare, .. } = scratch;
+    let mut bytes = take_buffer(spare);
+    plain_hex(hex, &mut bytes)?;
+    // Four hex digits, the usual spelling, read here; every other one by the
+    // functions `frame` uses.
+    let short = four_hex(key);
+    if company {
+        let id = match short {
+            Some(id) => id,
+            None => parse_u16("company id", key).ok()?,
+        };
+        adv.manufacturer_data.push((id, bytes));
+    } else {
+        let uuid = match short {
+            Some(id) => uuid16(id),
+            None => parse_uuid(key).ok()?,
+        };
+        adv.service_data.push((uuid, bytes));
+    }
+    Some(())
+}
+
+/// Reads the commonest plain line by hand, as [`LineSeed`] reads it, at a
+/// fraction of serde_json's cost: an object of `mac`, `name`, `key`,
+/// `service_data` and `manufacturer_data`, each once, whose strings hold no
+/// escape and no control character. `None` for anything else (nulls, escapes,
+/// characteristics, numbers, bad syntax), which [`LineSeed`] then reads, from a
+/// reset scratch. Held equal to it by
+/// `decode::cli::tests::hand_read_lines_are_read_as_serde_json_reads_them`.
+fn scan_plain_line<'de>(text: &'de str, scratch: &mut Scratch) -> Option<PlainLine<'de>> {
+    let mut s = Scan { text, pos: 0 };
+    let mut line = PlainLine::default();
+    let mut seen = 0u8;
+    s.token(b'{')?;
+    if !s.closes()? {
+        loop {
+            let field = s.string()?;
+            s.token(b':')?;
+            let bit = match field {
+                "mac" => 1,
+                "name" => 2,
+                "key" => 4,
+                "service_data" => 8,
+                "manufacturer_data" => 16,
+                _ => return None,
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            match bit {
+                1 => line.mac = Some(Text(Cow::Borrowed(s.string()?))),
+                2 => line.name = Some(Text(Cow::Borrowed(s.string()?))),
+                4 => line.key = Some(Text(Cow::Borrowed(s.string()?))),
+                _ => {
+                    s.token(b'{')?;
+                    if !s.closes()? {
+                        let mut previous = None;
+                        loop {
+                            let key = s.string()?;
+                            s.token(b':')?;
+                            let hex = s.string()?;
+                            add_data(scratch, bit == 16, previous, key, hex)?;
+                            previous = Some(key);
+                            if !s.next_or_close()? {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if !s.next_or_close()? {
+                break;
+            }
+        }
+    }
+    s.blank();
+    (s.pos == text.len()).then_some(line)
+}
+
+/// A position in a line being read by [`scan_plain_line`].
+struct Scan<'de> {
+    text: &'de str,
+    pos: usize,
+}
+
+impl<'de> Scan<'de> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    /// Skips JSON's white space (the only bytes serde_json skips).
+    fn blank(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// White space, then `byte`.
+    fn token(&mut self, byte: u8) -> Option<()> {
+        self.blank();
+        if self.peek()? != byte {
+            return None;
+        }
+        self.pos += 1;
+        Some(())
+    }
+
+    /// After an opening brace: whether the object closes at once (`{}`).
+    fn closes(&mut self) -> Option<bool> {
+        self.blank();
+        let closes = self.peek()? == b'}';
+        if closes {
+            self.pos += 1;
+        }
+        Some(closes)
+    }
+
+    /// After a member: `true` for a comma (another member follows), `false` for
+    /// the closing brace.
+    fn next_or_close(&mut self) -> Option<bool> {
+        self.blank();
+        let next = match self.peek()? {
+            b',' => true,
+            b'}' => false,
+            _ => return None,
+        };
+        self.pos += 1;
+        Some(next)
+    }
+
+    /// A string with no escape and no control character (which serde_json
+    /// refuses), borrowed from the line.
+    fn string(&mut self) -> Option<&'de str> {
+        self.token(b'"')?;
+        let rest = self.text.as_bytes().get(self.pos..)?;
+        let len = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest.get(len) != Some(&b'"') {
+            return None;
+        }
+        // Both ends are next to a quote, so on character boundaries.
+        let s = self.text.get(self.pos..self.pos + len)?;
+        self.pos += len + 1;
+        Some(s)
     }
 }
 
@@ -827,9 +977,16 @@ fn decode_plain_line(
     decoder: &mut Decoder,
 ) -> Option<Result<(), DecodeError>> {
     scratch.reset();
-    let mut json = serde_json::Deserializer::from_str(text);
-    let line = LineSeed(&mut *scratch).deserialize(&mut json).ok()?;
-    json.end().ok()?;
+    let line = match scan_plain_line(text, scratch) {
+        Some(line) => line,
+        None => {
+            scratch.reset();
+            let mut json = serde_json::Deserializer::from_str(text);
+            let line = LineSeed(&mut *scratch).deserialize(&mut json).ok()?;
+            json.end().ok()?;
+            line
+        }
+    };
     let address = match &line.mac {
         Some(m) => match plain_address(&m.0) {
             Some(a) => a,
@@ -1254,11 +1411,16 @@ mod tests {
             x ^= x << 17;
             let places = (x % 7) as i32;
             let k = (x >> 8) % 1_000_000_000_000_000;
-            let v = k as f64 / 10f64.powi(places);
-            check(v);
-            check(-v);
-            check(f64::from_bits(v.to_bits() + 1));
-            check(f64::from_bits(v.to_bits().saturating_sub(1)));
+            // Over the whole range, and below the 4e9 the digits path takes.
+            for v in [
+                k as f64 / 10f64.powi(places),
+                (k % 4_000_000_000_000_000) as f64 / 10f64.powi(places + 6),
+            ] {
+                check(v);
+                check(-v);
+                check(f64::from_bits(v.to_bits() + 1));
+                check(f64::from_bits(v.to_bits().saturating_sub(1)));
+            }
             let any = f64::from_bits(x);
             if any.is_finite() {
                 check(any);
@@ -1275,6 +1437,12 @@ mod tests {
             0.000123,
             1e15,
             999_999_999_999_999.0,
+            4e9,
+            3_999_999_999.999_999,
+            4_294_967_295.999_999,
+            0.000_100_000_1,
+            0.5,
+            2.5,
             1e16,
             1e17,
             123_456_789_012_345.6,
@@ -1321,6 +1489,84 @@ mod tests {
         ] {
             assert_eq!(super::four_hex(key), None, "{key:?}");
         }
+    }
+
+    #[test]
+    fn hand_read_lines_are_read_as_serde_json_reads_them() {
+        use super::{LineSeed, PlainLine, Scratch, scan_plain_line};
+        use serde::de::DeserializeSeed;
+        type Read = (
+            [Option<String>; 3],
+            Vec<(uuid::Uuid, Vec<u8>)>,
+            Vec<(u16, Vec<u8>)>,
+        );
+        let read = |line: PlainLine<'_>, scratch: &Scratch| -> Read {
+            let text = |t: Option<super::Text<'_>>| t.map(|t| t.0.into_owned());
+            (
+                [text(line.mac), text(line.name), text(line.key)],
+                scratch.adv.service_data.clone(),
+                scratch.adv.manufacturer_data.clone(),
+            )
+        };
+        let by_serde = |line: &str| {
+            let mut scratch = Scratch::default();
+            let mut json = serde_json::Deserializer::from_str(line);
+            let l = LineSeed(&mut scratch).deserialize(&mut json).ok()?;
+            json.end().ok()?;
+            if l.characteristic.is_some() {
+                return None;
+            }
+            Some(read(l, &scratch))
+        };
+        let by_hand = |line: &str| {
+            let mut scratch = Scratch::default();
+            let l = scan_plain_line(line, &mut scratch)?;
+            Some(read(l, &scratch))
+        };
+        let batch = include_str!("testdata/stdin_batch.jsonl");
+        let bench = bench_lines(4);
+        let mut lines: Vec<String> = batch
+            .lines()
+            .chain(bench.lines())
+            .map(str::to_owned)
+            .collect();
+        lines.extend([
+            "{}".to_owned(),
+            " { \"mac\" :\"54:48:E6:8F:80:A5\"\t,\r\n\"service_data\":{ } } ".to_owned(),
+            "{\"service_data\":{\"fcd2\":\"40\",\"fcd3\":\"41\"},\"manufacturer_data\":{\"0499\":\"05\"}}".to_owned(),
+        ]);
+        // Every base line, and each with one byte of JSON syntax, an escape, a
+        // control character, a non-ASCII letter or white space put in, or a byte
+        // taken out, at every place.
+        let mut variants = Vec::new();
+        for base in lines.iter().filter(|l| l.len() < 200) {
+            variants.push(base.clone());
+            for (i, _) in base.char_indices().chain([(base.len(), ' ')]) {
+                for insert in [
+                    " ", "\t", "\n", "\"", "\\", "\u{1}", ",", "}", "{", ":", "=", "\u{e9}", "null",
+                ] {
+                    let mut v = base.clone();
+                    v.insert_str(i, insert);
+                    variants.push(v);
+                }
+                let mut v = base.clone();
+                if i < v.len() {
+                    v.remove(i);
+                    variants.push(v);
+                }
+            }
+        }
+        let mut hand = 0;
+        for v in &variants {
+            if let Some(got) = by_hand(v) {
+                hand += 1;
+                assert_eq!(Some(got), by_serde(v), "{v:?}");
+            }
+        }
+        // The bench's lines and most plain lines are read by hand.
+        assert!(by_hand(bench.lines().next().unwrap()).is_some());
+        assert!(by_hand(bench.lines().nth(1).unwrap()).is_some());
+        assert!(hand > variants.len() / 10, "{hand} of {}", variants.len());
     }
 
     #[test]
