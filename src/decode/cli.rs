@@ -928,9 +928,7 @@ impl<'de> Scan<'de> {
     fn string(&mut self) -> Option<&'de str> {
         self.token(b'"')?;
         let rest = self.text.as_bytes().get(self.pos..)?;
-        let len = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let len = string_end(rest)?;
         if rest.get(len) != Some(&b'"') {
             return None;
         }
@@ -1113,6 +1111,37 @@ fn newline(bytes: &[u8]) -> Option<usize> {
     }
     let rest = bytes.get(at..)?;
     rest.iter().position(|&b| b == b'\n').map(|i| at + i)
+}
+
+/// Where a JSON string's text stops: the first `"`, `\\` or control character,
+/// looked for eight bytes at a time as [`newline`] does.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let w = u64::from_le_bytes(word);
+        // A quote or a backslash is a zero byte of the XOR; a byte below 0x20 sets
+        // its high bit when 0x20 is taken from it (exact for any byte below 0x80,
+        // and bytes from 0x80 up are kept out by `!w`).
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        if has_zero(w ^ (ONES * u64::from(b'"')))
+            | has_zero(w ^ (ONES * u64::from(b'\\')))
+            | below_space
+            != 0
+        {
+            break;
+        }
+        at += 8;
+    }
+    let rest = bytes.get(at..)?;
+    rest.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| at + i)
 }
 
 /// Appends the answer to one `--stdin` line, and a newline, to `out`; nothing for a
@@ -1455,6 +1484,27 @@ mod tests {
         ] {
             check(v);
             check(-v);
+        }
+    }
+
+    #[test]
+    fn string_ends_are_found_as_byte_by_byte() {
+        let special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+        // Every byte value at every place of the first word, and past it, among
+        // fillers next to the special ones.
+        for filler in [
+            b'a', b'!', b'#', b'[', b']', b' ', 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+        ] {
+            for len in 0..20 {
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut bytes = vec![filler; len];
+                        bytes[at] = b;
+                        let want = bytes.iter().position(|&b| special(b));
+                        assert_eq!(super::string_end(&bytes), want, "{bytes:?}");
+                    }
+                }
+            }
         }
     }
 
