@@ -1092,56 +1092,63 @@ pub fn run_stdin(input: impl Read, mut out: impl Write) -> Result<(), CliError> 
     out.flush().map_err(io)
 }
 
-/// The index of the first `\n` in `bytes`, looked for eight bytes at a time.
-fn newline(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut at = 0;
-    for chunk in bytes.chunks_exact(8) {
-        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        // A newline is a zero byte of `x`; the test below is non-zero exactly
-        // when `x` has one.
-        let x = u64::from_le_bytes(word) ^ (ONES * u64::from(b'\n'));
-        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
-            break;
-        }
-        at += 8;
-    }
-    let rest = bytes.get(at..)?;
-    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each zero byte of `x` (and perhaps of bytes above a zero one,
+/// through the borrow, so only the lowest mark is exact).
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGHS
 }
 
-/// Where a JSON string's text stops: the first `"`, `\\` or control character,
-/// looked for eight bytes at a time as [`newline`] does.
-fn string_end(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+/// The first byte of `bytes` that `found` marks, looked for eight bytes at a time:
+/// `found` takes eight bytes (the first in the lowest bits) and sets the high bit
+/// of each byte it looks for, exactly for the lowest one; `is` says the same of one
+/// byte, for the bytes after the last whole word.
+fn first_marked(
+    bytes: &[u8],
+    found: impl Fn(u64) -> u64,
+    is: impl Fn(u8) -> bool,
+) -> Option<usize> {
     let mut at = 0;
     for chunk in bytes.chunks_exact(8) {
         let Ok(word) = <[u8; 8]>::try_from(chunk) else {
             break;
         };
-        let w = u64::from_le_bytes(word);
-        // A quote or a backslash is a zero byte of the XOR; a byte below 0x20 sets
-        // its high bit when 0x20 is taken from it (exact for any byte below 0x80,
-        // and bytes from 0x80 up are kept out by `!w`).
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-        if has_zero(w ^ (ONES * u64::from(b'"')))
-            | has_zero(w ^ (ONES * u64::from(b'\\')))
-            | below_space
-            != 0
-        {
-            break;
+        let marks = found(u64::from_le_bytes(word));
+        if marks != 0 {
+            return Some(at + marks.trailing_zeros() as usize / 8);
         }
         at += 8;
     }
     let rest = bytes.get(at..)?;
-    rest.iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map(|i| at + i)
+    rest.iter().position(|&b| is(b)).map(|i| at + i)
+}
+
+/// The index of the first `\n` in `bytes`.
+fn newline(bytes: &[u8]) -> Option<usize> {
+    first_marked(
+        bytes,
+        |w| zero_bytes(w ^ (ONES * u64::from(b'\n'))),
+        |b| b == b'\n',
+    )
+}
+
+/// Where a JSON string's text stops: the first `"`, `\\` or control character.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    first_marked(
+        bytes,
+        |w| {
+            // A quote or a backslash is a zero byte of the XOR; a byte below 0x20
+            // sets its high bit when 0x20 is taken from it (bytes from 0x80 up are
+            // kept out by `!w`). Each borrows only from the bytes above it, so the
+            // lowest mark of the three is exact.
+            zero_bytes(w ^ (ONES * u64::from(b'"')))
+                | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+                | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+        },
+        |b| b == b'"' || b == b'\\' || b < 0x20,
+    )
 }
 
 /// Appends the answer to one `--stdin` line, and a newline, to `out`; nothing for a
@@ -1502,6 +1509,15 @@ mod tests {
                         bytes[at] = b;
                         let want = bytes.iter().position(|&b| special(b));
                         assert_eq!(super::string_end(&bytes), want, "{bytes:?}");
+                        // A second special byte above the first must not move it.
+                        for (later, second) in [(1, b'"'), (2, 0x00), (5, b'\\'), (7, 0x1f)] {
+                            if at + later < len {
+                                bytes[at + later] = second;
+                                let want = bytes.iter().position(|&b| special(b));
+                                assert_eq!(super::string_end(&bytes), want, "{bytes:?}");
+                                bytes[at + later] = filler;
+                            }
+                        }
                     }
                 }
             }
