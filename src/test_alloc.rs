@@ -1,6 +1,7 @@
 //! The test binary's allocator: the system one, counting the allocations each
 //! thread makes, for tests that pin "no allocation per item" on a hot path
-//! (`decode::cli::tests::plain_stdin_lines_allocate_nothing_beside_the_decoder`).
+//! (`decode::cli::tests::plain_stdin_lines_allocate_nothing`,
+//! `decode::advert_tests::a_reused_result_equals_a_new_one_and_costs_no_allocation`).
 //! Test builds only; the daemon uses the system allocator as it is.
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -12,7 +12,8 @@ TheengsDecoder is timed as a Python process that reads the lines, calls
 `decodeBLE` on each and prints what it returns; carehub as the release binary with
 stdin and stdout redirected to files. Every result is checked to carry a
 temperature, so neither side is timed doing nothing. Prints adverts per second and
-the ratio. Run through benches/peers/decode_stdin.sh.
+the ratio of wall-clock medians (the figure the goal is stated in), then the same
+runs' CPU time (user + system, from each process's resource usage) and its ratio. Run through benches/peers/decode_stdin.sh.
 
     decode_stdin.py CAREHUB_BINARY [N]
 """
@@ -55,11 +56,17 @@ def adverts(n: int):
             )
 
 
-def timed(cmd, stdin_path: str, out_path: str) -> float:
+def timed(cmd, stdin_path: str, out_path: str) -> tuple[float, float]:
+    """Wall-clock seconds of the whole run, and the CPU seconds (user + system)
+    the process used, from its own resource usage."""
     with open(stdin_path, "rb") as i, open(out_path, "wb") as o:
         start = time.perf_counter()
-        subprocess.run(cmd, stdin=i, stdout=o, check=True)
-        return time.perf_counter() - start
+        p = subprocess.Popen(cmd, stdin=i, stdout=o)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - start
+        p.returncode = os.waitstatus_to_exitcode(status)
+        assert p.returncode == 0, (cmd, p.returncode)
+        return wall, usage.ru_utime + usage.ru_stime
 
 
 def check(out_path: str, n: int, key: str) -> None:
@@ -80,15 +87,22 @@ def main() -> None:
             a.write(x + "\n")
             b.write(y + "\n")
     out_c, out_t = os.path.join(tmp, "carehub.out"), os.path.join(tmp, "theengs.out")
-    c_runs = [timed([carehub, "decode", "--stdin"], ours, out_c) for _ in range(CAREHUB_RUNS)]
+    c_both = [timed([carehub, "decode", "--stdin"], ours, out_c) for _ in range(CAREHUB_RUNS)]
     check(out_c, n, '"temperature"')
-    t_runs = [timed([sys.executable, "-c", THEENGS], theirs, out_t) for _ in range(THEENGS_RUNS)]
+    t_both = [timed([sys.executable, "-c", THEENGS], theirs, out_t) for _ in range(THEENGS_RUNS)]
     check(out_t, n, '"tempc"')
+    c_runs, t_runs = [w for w, _ in c_both], [w for w, _ in t_both]
+    c_cpu, t_cpu = [u for _, u in c_both], [u for _, u in t_both]
     c, t = statistics.median(c_runs), statistics.median(t_runs)
     print(f"adverts\t{n}\t(BTHome v2 plain and Ruuvi RAWv2, alternating)")
-    print(f"carehub decode --stdin\t{n / c:,.0f} adverts/s\t{c * 1e9 / n:,.0f} ns/advert\tmedian of {CAREHUB_RUNS}")
-    print(f"TheengsDecoder (Python, decodeBLE)\t{n / t:,.0f} adverts/s\t{t * 1e9 / n:,.0f} ns/advert\tmedian of {THEENGS_RUNS}")
+    spread = lambda runs: f"{min(runs) * 1e3:,.1f}-{max(runs) * 1e3:,.1f} ms"
+    print(f"carehub decode --stdin\t{n / c:,.0f} adverts/s\t{c * 1e9 / n:,.0f} ns/advert\tmedian of {CAREHUB_RUNS} ({spread(c_runs)})")
+    print(f"TheengsDecoder (Python, decodeBLE)\t{n / t:,.0f} adverts/s\t{t * 1e9 / n:,.0f} ns/advert\tmedian of {THEENGS_RUNS} ({spread(t_runs)})")
     print(f"ratio\t{t / c:,.0f}x")
+    # The same runs counted in CPU time: what each whole run cost, whatever else
+    # the machine was doing (a short run suffers more from waiting for a core).
+    cc, tc = statistics.median(c_cpu), statistics.median(t_cpu)
+    print(f"cpu time (user + system), medians\tcarehub {cc * 1e3:,.1f} ms ({spread(c_cpu)})\tTheengsDecoder {tc * 1e3:,.1f} ms ({spread(t_cpu)})\tratio {tc / cc:,.0f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ use super::{
     xiaomi,
 };
 use crate::model::{DeviceAddress, SpecialValue, Value};
-use crate::sensor::{Advertisement, uuid16};
+use crate::sensor::{Advertisement, Frame, Notification, uuid16};
 
 /// (quantity, number or status, UCUM unit) as the tests spell an expected value.
 type Row = (&'static str, &'static str, &'static str);
@@ -236,7 +236,7 @@ fn bthome_events_text_raw_and_device_info_objects() {
     let ev: Vec<(&str, &str)> = d
         .events
         .iter()
-        .map(|e| (e.kind, e.detail.as_str()))
+        .map(|e| (e.kind, e.detail.as_ref()))
         .collect();
     assert_eq!(
         ev,
@@ -1194,5 +1194,89 @@ fn bind_keys_are_parsed_as_people_type_them() {
         "00112233445566778899aabbccddeeé",
     ] {
         assert!(super::parse_bind_key(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// Frames of every format family, for the reuse test below: each device its own
+/// address, and counters and packet ids that move on with `pass`, so that no frame
+/// is dropped as a repeat or refused as a replay.
+fn every_family(pass: u8, key: &BindKey) -> Vec<Frame> {
+    let at = |last: u8| DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, last]);
+    let note = |c: u16, value: &str| {
+        Frame::Notification(Notification {
+            address: at(0x20),
+            characteristic: uuid16(c),
+            value: hex(value),
+        })
+    };
+    let mut frames = Vec::new();
+    for step in [2 * pass, 2 * pass + 1] {
+        let bthome = vec![
+            0x40, 0x00, step, 0x01, 0x64, 0x02, 0xCA, 0x09, 0x03, 0xBF, 0x13,
+        ];
+        let encrypted =
+            bthome::encrypt(at(2), key, &[0x40, 0x02, 0xCA, 0x09], u32::from(step) + 1).unwrap();
+        let mut pvvx = hex("56341238c1a45608d711860b570900");
+        pvvx[13] = step;
+        let mut atc = hex("a4c13812345600ea2d570b8609");
+        atc[12] = step;
+        let mut mibeacon = hex("5020aa0137dfaa33342d580d100404016602");
+        mibeacon[4] = step;
+        frames.extend(
+            [
+                service(at(1), 0xFCD2, bthome),
+                service(at(2), 0xFCD2, encrypted),
+                // Trigger based, a button press: an event as well as values.
+                service(at(3), 0xFCD2, vec![0x44, 0x3A, 0x01, 0x02, 0xCA, 0x09]),
+                service(at(4), 0x181A, pvvx),
+                service(at(5), 0x181A, atc),
+                service(at(6), 0xFE95, mibeacon),
+                manufacturer("", 0x0499, hex(RUUVI_V5)),
+                manufacturer("GVH5075_1234", 0xEC88, hex("000418ee6400")),
+                manufacturer("sps", 0x09F0, hex("fe1301ca893008")),
+            ]
+            .map(Frame::Advertisement),
+        );
+    }
+    frames.extend([
+        note(0x2A37, "16480004"),
+        note(0x2A35, "1e780050005d00ea070b17081e054600020f00"),
+        note(0x2A1C, "066d0100ffea070b17081e0002"),
+        note(0x2A5E, "00ff07ff07"),
+        note(0x2A9D, "00b036"),
+        note(0x2A19, "64"),
+    ]);
+    frames
+}
+
+/// The first Ruuvi RAWv2 vector of Ruuvi's specification.
+const RUUVI_V5: &str = "0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F";
+
+/// A result reused from frame to frame ([`Decoder::decode_into`], what `carehub
+/// decode --stdin` does) holds exactly what a new one would, whatever it held
+/// before; and once its vectors have grown, decoding allocates nothing at all.
+#[test]
+fn a_reused_result_equals_a_new_one_and_costs_no_allocation() {
+    use crate::test_alloc::allocations;
+    let key = [0x5A; 16];
+    let (mut reused, mut fresh) = (Decoder::new(), Decoder::new());
+    reused.set_key(DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 2]), key);
+    fresh.set_key(DeviceAddress([0xA4, 0xC1, 0x38, 0, 0, 2]), key);
+    let mut out = Decoded::default();
+    for pass in 0..4 {
+        let frames = every_family(pass, &key);
+        let mut allocated = 0;
+        for f in &frames {
+            let before = allocations();
+            let got = reused.decode_into(f, &mut out);
+            allocated += allocations() - before;
+            let want = fresh.decode(f);
+            assert!(want.is_ok(), "{f:?}: {want:?}");
+            assert_eq!(got.map(|()| out.clone()), want, "pass {pass}: {f:?}");
+        }
+        // The first pass grows the vectors and makes each device's state.
+        if pass > 0 {
+            assert_eq!(allocated, 0, "pass {pass}: {allocated} allocations");
+        }
     }
 }

@@ -259,11 +259,12 @@ pub fn decode(data: &[u8]) -> Result<BthomeFrame, DecodeError> {
         return Err(DecodeError::Encrypted(FORMAT));
     }
     let (mac, objects) = split_mac(info, data.get(1..).unwrap_or_default())?;
-    let mut frame = parse_objects(info, objects)?;
+    let mut decoded = Decoded::default();
+    let packet_id = parse_objects(info, objects, &mut decoded)?;
     if let Some(mac) = mac {
-        frame.decoded.attr("mac", AttrValue::Address(mac));
+        decoded.attr("mac", AttrValue::Address(mac));
     }
-    Ok(frame)
+    Ok(BthomeFrame { decoded, packet_id })
 }
 
 /// The MAC a frame carries, if its "MAC included" bit is set, and the bytes after it.
@@ -304,10 +305,11 @@ pub(crate) fn decode_with_state(
     address: DeviceAddress,
     data: &[u8],
     state: &mut DeviceState,
-) -> Result<Decoded, DecodeError> {
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     let info = device_info(data)?;
     let (mac, body) = split_mac(info, data.get(1..).unwrap_or_default())?;
-    let frame = if info & INFO_ENCRYPTED != 0 {
+    let packet_id = if info & INFO_ENCRYPTED != 0 {
         let key = state.key.ok_or(DecodeError::Encrypted(FORMAT))?;
         let mut plain = [0u8; MAX_PLAIN];
         // A frame that carries its MAC is encrypted under that MAC, whatever
@@ -323,28 +325,25 @@ pub(crate) fn decode_with_state(
             });
         }
         state.last_bthome_counter = Some(counter);
-        let mut frame = parse_objects(info, plain.get(..n).unwrap_or_default())?;
-        frame
-            .decoded
-            .attr("encryption_counter", AttrValue::Int(i64::from(counter)));
-        frame
+        let packet_id = parse_objects(info, plain.get(..n).unwrap_or_default(), out)?;
+        out.attr("encryption_counter", AttrValue::Int(i64::from(counter)));
+        packet_id
     } else {
         if state.key.is_some() {
             return Err(DecodeError::Downgrade(FORMAT));
         }
-        parse_objects(info, body)?
+        parse_objects(info, body, out)?
     };
-    let mut frame = frame;
     if let Some(mac) = mac {
-        frame.decoded.attr("mac", AttrValue::Address(mac));
+        out.attr("mac", AttrValue::Address(mac));
     }
-    if let Some(id) = frame.packet_id {
+    if let Some(id) = packet_id {
         if state.last_packet_id == Some(id) {
             return Err(DecodeError::Duplicate(id));
         }
         state.last_packet_id = Some(id);
     }
-    Ok(frame.decoded)
+    Ok(())
 }
 
 /// The nonce of an encrypted frame: MAC (display order) ‖ UUID ‖ device info ‖ counter.
@@ -406,9 +405,10 @@ pub fn encrypt(
     Some(out)
 }
 
-fn parse_objects(info: u8, objects: &[u8]) -> Result<BthomeFrame, DecodeError> {
+/// Reads the objects into `out`; returns the packet id, if the frame has one.
+fn parse_objects(info: u8, objects: &[u8], out: &mut Decoded) -> Result<Option<u8>, DecodeError> {
     let mut c = Cursor::new(FORMAT, objects);
-    let mut out = Decoded::new(FORMAT);
+    out.start(FORMAT);
     if info & INFO_TRIGGER_BASED != 0 {
         out.attr("trigger_based", AttrValue::Int(1));
     }
@@ -433,7 +433,7 @@ fn parse_objects(info: u8, objects: &[u8]) -> Result<BthomeFrame, DecodeError> {
                 match (id, b) {
                     (0x00, &[p]) => packet_id = Some(p),
                     (0x3A, &[e]) => out.event("button", button(e)),
-                    (0x3C, &[code, steps]) => dimmer(&mut out, code, steps),
+                    (0x3C, &[code, steps]) => dimmer(out, code, steps),
                     (0xF0, &[lo, hi]) => out.attr(
                         "device_type_id",
                         AttrValue::Int(i64::from(u16::from_le_bytes([lo, hi]))),
@@ -460,10 +460,7 @@ fn parse_objects(info: u8, objects: &[u8]) -> Result<BthomeFrame, DecodeError> {
             }
         }
     }
-    Ok(BthomeFrame {
-        decoded: out,
-        packet_id,
-    })
+    Ok(packet_id)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -506,11 +503,11 @@ fn dimmer(out: &mut Decoded, code: u8, steps: u8) {
         0x00 => out.event("dimmer", "none"),
         0x01 => out.events.push(super::Event {
             kind: "dimmer",
-            detail: format!("rotate_left {steps}"),
+            detail: format!("rotate_left {steps}").into(),
         }),
         0x02 => out.events.push(super::Event {
             kind: "dimmer",
-            detail: format!("rotate_right {steps}"),
+            detail: format!("rotate_right {steps}").into(),
         }),
         _ => out.event("dimmer", "unknown"),
     }

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -236,8 +236,7 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
         out.push(b':');
         match v {
             AttrValue::Int(n) => {
-                // Plain decimal, as serde_json writes an integer.
-                let _ = write!(out, "{n}");
+                let _ = serde_json::to_writer(&mut *out, n);
             }
             AttrValue::Text(t) => text(out, t),
             AttrValue::Owned(t) => text(out, t),
@@ -284,22 +283,94 @@ pub fn write_json(d: &Decoded, out: &mut Vec<u8>) {
             text(out, q);
             out.push(b',');
         }
-        out.extend_from_slice(b"\"quantity\":");
-        text(out, v.quantity.as_str());
-        out.extend_from_slice(b",\"status\":");
-        text(out, v.value.status());
-        out.extend_from_slice(b",\"unit\":");
-        text(out, v.unit.ucum());
-        out.extend_from_slice(b",\"value\":");
+        // Quantity names, statuses and UCUM units come from the model's fixed
+        // tables, none with a byte to escape
+        // (`decode::cli::tests::model_names_need_no_escaping`): written as they
+        // are, without looking at each byte.
+        out.extend_from_slice(b"\"quantity\":\"");
+        out.extend_from_slice(v.quantity.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"status\":\"");
+        out.extend_from_slice(v.value.status().as_bytes());
+        out.extend_from_slice(b"\",\"unit\":\"");
+        out.extend_from_slice(v.unit.ucum().as_bytes());
+        out.extend_from_slice(b"\",\"value\":");
         match v.value {
-            Value::Number(n) if n.is_finite() => {
-                let _ = serde_json::to_writer(&mut *out, &n);
-            }
+            Value::Number(n) if n.is_finite() => write_number(n, out),
             _ => out.extend_from_slice(b"null"),
         }
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
+}
+
+/// A finite number as serde_json writes it: the shortest decimal that reads back as
+/// the same double, in plain notation between 1e-5 and 1e16, with at least one
+/// digit after the point. Sensors send values in steps of 1, 0.1, ... 0.000001,
+/// which are written here from their digits; serde_json's float formatter (about
+/// a tenth of `--stdin`'s time) writes every other number. Held equal by
+/// `decode::cli::tests::numbers_are_written_as_serde_json_writes_them`.
+fn write_number(n: f64, out: &mut Vec<u8>) {
+    let Some((mut digits, places)) = short_decimal(n) else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &n);
+        return;
+    };
+    // Written from the right: at most a sign, ten digits, a point and six more.
+    let mut buf = [0u8; 24];
+    let mut at = buf.len();
+    let mut put = |b: u8| {
+        at = at.saturating_sub(1);
+        if let Some(slot) = buf.get_mut(at) {
+            *slot = b;
+        }
+    };
+    if places == 0 {
+        put(b'0');
+    }
+    for _ in 0..places {
+        put(b'0' + (digits % 10) as u8);
+        digits /= 10;
+    }
+    put(b'.');
+    loop {
+        put(b'0' + (digits % 10) as u8);
+        digits /= 10;
+        if digits == 0 {
+            break;
+        }
+    }
+    if n < 0.0 {
+        put(b'-');
+    }
+    out.extend_from_slice(buf.get(at..).unwrap_or_default());
+}
+
+/// `(|n| × 10^places, places)` for the shortest decimal of at most six places that
+/// reads back as `n`: the one serde_json writes. `None` when there is none or `|n|`
+/// is outside 0.0001 to 4·10^9.
+///
+/// Below 2^32 a double's neighbours are less than 10^-6 apart, so at most one
+/// decimal of six places reads back as `n`: the one nearest `|n| × 10^6`, checked
+/// by dividing it back (the integer is below 2^53 and 10^6 exact, so the division
+/// gives the double nearest that decimal). Any shorter decimal that read back as
+/// `n` would be that same one with its trailing zeros, which are dropped.
+fn short_decimal(n: f64) -> Option<(u64, u32)> {
+    let a = n.abs();
+    if !(1e-4..4e9).contains(&a) {
+        return None;
+    }
+    // `a × 10^6` is below 2^53 and not negative: converting after adding a half
+    // rounds it to the nearest integer, and the check below catches any miss.
+    let mut digits = (a * 1e6 + 0.5) as u64;
+    if digits as f64 / 1e6 != a {
+        return None;
+    }
+    let mut places = 6;
+    while places > 0 && digits.is_multiple_of(10) {
+        digits /= 10;
+        places -= 1;
+    }
+    Some((digits, places))
 }
 
 /// `"AA:BB:CC:DD:EE:FF"`, quoted: what `DeviceAddress`'s `Display` prints, one
@@ -449,11 +520,13 @@ fn line_input(text: &str) -> Result<Input, CliError> {
 // [`line_input`] and [`frame`] still answer every other line, and every error,
 // exactly as before (`decode::cli::tests::stdin_batch_answers_are_unchanged`).
 
-/// Reused from line to line by `--stdin`: the frame being filled and the byte
-/// buffers of earlier lines.
+/// Reused from line to line by `--stdin`: the frame being filled, the byte
+/// buffers of earlier lines and the decoder's result.
 struct Scratch {
     adv: Advertisement,
     note: Notification,
+    /// What the decoder wrote for this line (its vectors kept from line to line).
+    decoded: Decoded,
     /// Service and manufacturer data buffers of earlier lines.
     spare: Vec<Vec<u8>>,
     /// The local name of an earlier line, for its capacity.
@@ -471,6 +544,7 @@ impl Default for Scratch {
             },
             spare: Vec::new(),
             spare_name: String::new(),
+            decoded: Decoded::default(),
         }
     }
 }
@@ -504,27 +578,53 @@ fn take_buffer(spare: &mut Vec<Vec<u8>>) -> Vec<u8> {
 /// question: pairs of 0-9, a-f, A-F, white space around them. `None` for anything
 /// else (odd lengths, signs, other characters), which [`parse_hex`] then judges.
 fn plain_hex(s: &str, out: &mut Vec<u8>) -> Option<()> {
-    let s = s.trim().as_bytes();
+    // `str::trim` takes more white space than this; a value with any of that at an
+    // end is not plain (such white space is no hex digit), and goes the long way.
+    let s = s.as_bytes().trim_ascii();
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    out.reserve(s.len() / 2);
-    for pair in s.chunks_exact(2) {
+    let start = out.len();
+    out.resize(start + s.len() / 2, 0);
+    let mut bad = 0;
+    for (byte, pair) in out.get_mut(start..)?.iter_mut().zip(s.chunks_exact(2)) {
         let [hi, lo] = pair else {
             return None;
         };
-        out.push(hex_digit(*hi)? << 4 | hex_digit(*lo)?);
+        let (hi, lo) = (nibble(*hi), nibble(*lo));
+        // A digit is 0-15; anything else has high bits set, checked once at the end.
+        bad |= hi | lo;
+        *byte = hi << 4 | lo;
     }
-    Some(())
+    (bad < 16).then_some(())
+}
+
+/// Exactly four hex digits as a number: what [`parse_u16`] and [`parse_uuid`]
+/// make of them.
+fn four_hex(s: &str) -> Option<u16> {
+    let &[a, b, c, d] = s.as_bytes() else {
+        return None;
+    };
+    let mut n = 0u16;
+    for digit in [a, b, c, d] {
+        n = n << 4 | u16::from(hex_digit(digit)?);
+    }
+    Some(n)
+}
+
+/// The value of a hex digit; 0xFF for every other byte.
+fn nibble(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => 0xFF,
+    }
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let n = nibble(b);
+    (n < 16).then_some(n)
 }
 
 /// [`parse_key`] for a plain key (32 hex digits).
@@ -667,27 +767,175 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
         f.write_str("a map")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Scratch { adv, spare, .. } = self.scratch;
         let mut last: Option<Text<'de>> = None;
         while let Some((k, v)) = map.next_entry::<Text<'de>, Text<'de>>()? {
-            // `Line`'s maps put keys in byte order, the last of a repeated key
-            // winning, and `frame` splits `KEY=HEX` at the first `=`: the same as
-            // the line's own order only when keys rise and hold no `=`.
-            if last.as_ref().is_some_and(|l| l.0 >= k.0) || k.0.contains('=') {
-                return Err(not_plain());
-            }
-            let mut bytes = take_buffer(spare);
-            plain_hex(&v.0, &mut bytes).ok_or_else(not_plain)?;
-            if self.company {
-                let id = parse_u16("company id", &k.0).map_err(|_| not_plain())?;
-                adv.manufacturer_data.push((id, bytes));
-            } else {
-                let uuid = parse_uuid(&k.0).map_err(|_| not_plain())?;
-                adv.service_data.push((uuid, bytes));
-            }
+            let previous = last.as_ref().map(|l| l.0.as_ref());
+            add_data(self.scratch, self.company, previous, &k.0, &v.0).ok_or_else(not_plain)?;
             last = Some(k);
         }
         Ok(())
+    }
+}
+
+/// Puts one entry of a `service_data` (or, with `company`, `manufacturer_data`)
+/// map into the scratch advertisement; `None` when the map is not plain.
+fn add_data(
+    scratch: &mut Scratch,
+    company: bool,
+    previous: Option<&str>,
+    key: &str,
+    hex: &str,
+) -> Option<()> {
+    // `Line`'s maps put keys in byte order, the last of a repeated key winning,
+    // and `frame` splits `KEY=HEX` at the first `=`: the same as the line's own
+    // order only when keys rise and hold no `=`.
+    if previous.is_some_and(|p| p >= key) || key.contains('=') {
+        return None;
+    }
+    let Scratch { adv, spare, .. } = scratch;
+    let mut bytes = take_buffer(spare);
+    plain_hex(hex, &mut bytes)?;
+    // Four hex digits, the usual spelling, read here; every other one by the
+    // functions `frame` uses.
+    let short = four_hex(key);
+    if company {
+        let id = match short {
+            Some(id) => id,
+            None => parse_u16("company id", key).ok()?,
+        };
+        adv.manufacturer_data.push((id, bytes));
+    } else {
+        let uuid = match short {
+            Some(id) => uuid16(id),
+            None => parse_uuid(key).ok()?,
+        };
+        adv.service_data.push((uuid, bytes));
+    }
+    Some(())
+}
+
+/// Reads the commonest plain line by hand, as [`LineSeed`] reads it, at a
+/// fraction of serde_json's cost: an object of `mac`, `name`, `key`,
+/// `service_data` and `manufacturer_data`, each once, whose strings hold no
+/// escape and no control character. `None` for anything else (nulls, escapes,
+/// characteristics, numbers, bad syntax), which [`LineSeed`] then reads, from a
+/// reset scratch. Held equal to it by
+/// `decode::cli::tests::hand_read_lines_are_read_as_serde_json_reads_them`.
+fn scan_plain_line<'de>(text: &'de str, scratch: &mut Scratch) -> Option<PlainLine<'de>> {
+    let mut s = Scan { text, pos: 0 };
+    let mut line = PlainLine::default();
+    let mut seen = 0u8;
+    s.token(b'{')?;
+    if !s.closes()? {
+        loop {
+            let field = s.string()?;
+            s.token(b':')?;
+            let bit = match field {
+                "mac" => 1,
+                "name" => 2,
+                "key" => 4,
+                "service_data" => 8,
+                "manufacturer_data" => 16,
+                _ => return None,
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            match bit {
+                1 => line.mac = Some(Text(Cow::Borrowed(s.string()?))),
+                2 => line.name = Some(Text(Cow::Borrowed(s.string()?))),
+                4 => line.key = Some(Text(Cow::Borrowed(s.string()?))),
+                _ => {
+                    s.token(b'{')?;
+                    if !s.closes()? {
+                        let mut previous = None;
+                        loop {
+                            let key = s.string()?;
+                            s.token(b':')?;
+                            let hex = s.string()?;
+                            add_data(scratch, bit == 16, previous, key, hex)?;
+                            previous = Some(key);
+                            if !s.next_or_close()? {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if !s.next_or_close()? {
+                break;
+            }
+        }
+    }
+    s.blank();
+    (s.pos == text.len()).then_some(line)
+}
+
+/// A position in a line being read by [`scan_plain_line`].
+struct Scan<'de> {
+    text: &'de str,
+    pos: usize,
+}
+
+impl<'de> Scan<'de> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    /// Skips JSON's white space (the only bytes serde_json skips).
+    fn blank(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// White space, then `byte`.
+    fn token(&mut self, byte: u8) -> Option<()> {
+        self.blank();
+        if self.peek()? != byte {
+            return None;
+        }
+        self.pos += 1;
+        Some(())
+    }
+
+    /// After an opening brace: whether the object closes at once (`{}`).
+    fn closes(&mut self) -> Option<bool> {
+        self.blank();
+        let closes = self.peek()? == b'}';
+        if closes {
+            self.pos += 1;
+        }
+        Some(closes)
+    }
+
+    /// After a member: `true` for a comma (another member follows), `false` for
+    /// the closing brace.
+    fn next_or_close(&mut self) -> Option<bool> {
+        self.blank();
+        let next = match self.peek()? {
+            b',' => true,
+            b'}' => false,
+            _ => return None,
+        };
+        self.pos += 1;
+        Some(next)
+    }
+
+    /// A string with no escape and no control character (which serde_json
+    /// refuses), borrowed from the line.
+    fn string(&mut self) -> Option<&'de str> {
+        self.token(b'"')?;
+        let rest = self.text.as_bytes().get(self.pos..)?;
+        let len = string_end(rest)?;
+        if rest.get(len) != Some(&b'"') {
+            return None;
+        }
+        // Both ends are next to a quote, so on character boundaries.
+        let s = self.text.get(self.pos..self.pos + len)?;
+        self.pos += len + 1;
+        Some(s)
     }
 }
 
@@ -718,17 +966,25 @@ impl<'de> Visitor<'de> for OneCharacteristic {
 }
 
 /// Decodes a plain `--stdin` line as [`line_input`] and [`frame`] would, without
-/// allocating for the line; `None`, with the decoder untouched, for a line that is
-/// not plain or would be an error before the decoder (those go the long way).
+/// allocating, into `scratch.decoded`; `None`, with the decoder untouched, for a
+/// line that is not plain or would be an error before the decoder (those go the
+/// long way).
 fn decode_plain_line(
     text: &str,
     scratch: &mut Scratch,
     decoder: &mut Decoder,
-) -> Option<Result<Decoded, DecodeError>> {
+) -> Option<Result<(), DecodeError>> {
     scratch.reset();
-    let mut json = serde_json::Deserializer::from_str(text);
-    let line = LineSeed(&mut *scratch).deserialize(&mut json).ok()?;
-    json.end().ok()?;
+    let line = match scan_plain_line(text, scratch) {
+        Some(line) => line,
+        None => {
+            scratch.reset();
+            let mut json = serde_json::Deserializer::from_str(text);
+            let line = LineSeed(&mut *scratch).deserialize(&mut json).ok()?;
+            json.end().ok()?;
+            line
+        }
+    };
     let address = match &line.mac {
         Some(m) => match plain_address(&m.0) {
             Some(a) => a,
@@ -744,6 +1000,7 @@ fn decode_plain_line(
         adv,
         note,
         spare_name,
+        decoded,
         ..
     } = scratch;
     if let Some((uuid, hex)) = &line.characteristic {
@@ -760,7 +1017,7 @@ fn decode_plain_line(
         if let Some(k) = key {
             decoder.set_key(address, k);
         }
-        return Some(decoder.decode_notification(note));
+        return Some(decoder.decode_notification_into(note, decoded));
     }
     if adv.service_data.is_empty() && adv.manufacturer_data.is_empty() {
         return None;
@@ -778,7 +1035,7 @@ fn decode_plain_line(
         }
         decoder.set_key(adv.address, k);
     }
-    Some(decoder.decode_advertisement(adv))
+    Some(decoder.decode_advertisement_into(adv, decoded))
 }
 
 /// `--stdin`: one JSON input per line, one JSON result per line; state (keys,
@@ -788,45 +1045,135 @@ fn decode_plain_line(
 /// Results are buffered, not written line by line (a write per line cost about 150
 /// times the decode): they go out when the buffer fills, at the end, and whenever
 /// no whole input line is left to read without waiting, so that a tool that writes
-/// one line and waits for its answer still gets it at once.
-pub fn run_stdin(input: impl Read, out: impl Write) -> Result<(), CliError> {
+/// one line and waits for its answer still gets it at once. A line that lies whole
+/// in the read buffer is decoded where it lies; only one cut by the buffer's end
+/// is copied out first.
+pub fn run_stdin(input: impl Read, mut out: impl Write) -> Result<(), CliError> {
     let io = |e: std::io::Error| CliError::Io(e.to_string());
     let mut input = BufReader::with_capacity(STDIN_BUFFER, input);
-    let mut out = BufWriter::with_capacity(STDIN_BUFFER, out);
     let mut decoder = Decoder::new();
     let mut scratch = Scratch::default();
-    let mut line = String::new();
-    let mut result = Vec::new();
+    // Room for a long line from the start, so that it grows only for longer ones.
+    let mut cut_line = String::with_capacity(1024);
+    // Answers not yet written.
+    let mut pending = Vec::with_capacity(STDIN_BUFFER + 4096);
     loop {
-        // The next read may block on the writer of stdin: answer what we have first.
-        if !input.buffer().contains(&b'\n') {
-            out.flush().map_err(io)?;
-        }
-        line.clear();
-        if input.read_line(&mut line).map_err(io)? == 0 {
-            break;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        result.clear();
-        let answer = match decode_plain_line(&line, &mut scratch, &mut decoder) {
-            Some(answer) => answer.map_err(CliError::from),
-            None => line_input(&line).and_then(|i| decode_input(&i, &mut decoder)),
-        };
-        match answer {
-            Ok(d) => write_json(&d, &mut result),
-            Err(e) => {
-                // What `json!({"error": ..})` prints.
-                result.extend_from_slice(b"{\"error\":");
-                let _ = serde_json::to_writer(&mut result, &e.to_string());
-                result.push(b'}');
+        let buffered = input.buffer();
+        // A line that is not UTF-8 goes the way below, which reports it as before.
+        let whole = newline(buffered)
+            .and_then(|end| buffered.get(..=end))
+            .and_then(|line| std::str::from_utf8(line).ok());
+        let used = match whole {
+            Some(line) => {
+                answer_line(line, &mut scratch, &mut decoder, &mut pending);
+                line.len()
             }
+            None => {
+                // The next read may block on the writer of stdin: answer what we
+                // have first.
+                out.write_all(&pending).map_err(io)?;
+                pending.clear();
+                out.flush().map_err(io)?;
+                cut_line.clear();
+                if input.read_line(&mut cut_line).map_err(io)? == 0 {
+                    break;
+                }
+                answer_line(&cut_line, &mut scratch, &mut decoder, &mut pending);
+                0
+            }
+        };
+        input.consume(used);
+        if pending.len() >= STDIN_BUFFER {
+            out.write_all(&pending).map_err(io)?;
+            pending.clear();
         }
-        result.push(b'\n');
-        out.write_all(&result).map_err(io)?;
     }
+    out.write_all(&pending).map_err(io)?;
     out.flush().map_err(io)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each zero byte of `x` (and perhaps of bytes above a zero one,
+/// through the borrow, so only the lowest mark is exact).
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The first byte of `bytes` that `found` marks, looked for eight bytes at a time:
+/// `found` takes eight bytes (the first in the lowest bits) and sets the high bit
+/// of each byte it looks for, exactly for the lowest one; `is` says the same of one
+/// byte, for the bytes after the last whole word.
+fn first_marked(
+    bytes: &[u8],
+    found: impl Fn(u64) -> u64,
+    is: impl Fn(u8) -> bool,
+) -> Option<usize> {
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let marks = found(u64::from_le_bytes(word));
+        if marks != 0 {
+            return Some(at + marks.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = bytes.get(at..)?;
+    rest.iter().position(|&b| is(b)).map(|i| at + i)
+}
+
+/// The index of the first `\n` in `bytes`.
+fn newline(bytes: &[u8]) -> Option<usize> {
+    first_marked(
+        bytes,
+        |w| zero_bytes(w ^ (ONES * u64::from(b'\n'))),
+        |b| b == b'\n',
+    )
+}
+
+/// Where a JSON string's text stops: the first `"`, `\\` or control character.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    first_marked(
+        bytes,
+        |w| {
+            // A quote or a backslash is a zero byte of the XOR; a byte below 0x20
+            // sets its high bit when 0x20 is taken from it (bytes from 0x80 up are
+            // kept out by `!w`). Each borrows only from the bytes above it, so the
+            // lowest mark of the three is exact.
+            zero_bytes(w ^ (ONES * u64::from(b'"')))
+                | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+                | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+        },
+        |b| b == b'"' || b == b'\\' || b < 0x20,
+    )
+}
+
+/// Appends the answer to one `--stdin` line, and a newline, to `out`; nothing for a
+/// blank line.
+fn answer_line(line: &str, scratch: &mut Scratch, decoder: &mut Decoder, out: &mut Vec<u8>) {
+    if !line.starts_with('{') && line.trim().is_empty() {
+        return;
+    }
+    let answer = match decode_plain_line(line, scratch, decoder) {
+        Some(answer) => answer.map_err(CliError::from),
+        None => line_input(line).and_then(|i| {
+            let f = frame(&i, decoder)?;
+            Ok(decoder.decode_into(&f, &mut scratch.decoded)?)
+        }),
+    };
+    match answer {
+        Ok(()) => write_json(&scratch.decoded, out),
+        Err(e) => {
+            // What `json!({"error": ..})` prints.
+            out.extend_from_slice(b"{\"error\":");
+            let _ = serde_json::to_writer(&mut *out, &e.to_string());
+            out.push(b'}');
+        }
+    }
+    out.push(b'\n');
 }
 
 /// Bytes read from stdin, and results held, at a time by `--stdin`.
@@ -1033,7 +1380,7 @@ mod tests {
                 format: "bthome_v2",
                 events: vec![super::super::Event {
                     kind: "button",
-                    detail: s.to_owned(),
+                    detail: s.to_owned().into(),
                 }],
                 ..Decoded::default()
             };
@@ -1044,6 +1391,265 @@ mod tests {
                 super::to_json(&d).to_string(),
                 "{s:?}"
             );
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_them() {
+        let check = |n: f64| {
+            let mut out = Vec::new();
+            super::write_number(n, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&n).unwrap(),
+                "{n:e} ({:#x})",
+                n.to_bits()
+            );
+        };
+        // The digits path is taken for a sensor's values, and not outside its range.
+        assert_eq!(super::short_decimal(25.06), Some((2506, 2)));
+        assert_eq!(super::short_decimal(-0.004), Some((4, 3)));
+        assert_eq!(super::short_decimal(1013.0), Some((1013, 0)));
+        assert_eq!(super::short_decimal(0.1 + 0.2), None);
+        assert_eq!(super::short_decimal(1e-5), None);
+        // What the decoders make: raw integers of one to three bytes times a
+        // factor, rounded to its digits (`gatt::round_to`), both signs.
+        for (factor, digits) in [(1.0, 0), (0.1, 1), (0.01, 2), (0.001, 3), (0.35, 2)] {
+            for raw in (0..65_536).chain((65_536..1 << 24).step_by(251)) {
+                let v = super::super::gatt::round_to(f64::from(raw) * factor, digits);
+                check(v);
+                check(-v);
+            }
+        }
+        // Ruuvi's scalings, and Govee's and the Xiaomi family's divisions.
+        for raw in -32_768..32_768 {
+            let raw = f64::from(raw);
+            for v in [
+                raw * 5.0 / 1000.0,
+                raw * 25.0 / 10_000.0,
+                (raw + 50_000.0) / 100.0,
+                raw / 1000.0,
+                (raw + 1600.0) / 1000.0,
+                raw / 100.0,
+                raw / 10.0,
+                raw / 2.0 - 40.0,
+                raw * 1000.0 / 1024.0,
+            ] {
+                check(v);
+            }
+        }
+        // Decimals of one to six places over the whole range, and their
+        // neighbouring doubles; the edges of the range; any bit pattern.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..60_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let places = (x % 7) as i32;
+            let k = (x >> 8) % 1_000_000_000_000_000;
+            // Over the whole range, and below the 4e9 the digits path takes.
+            for v in [
+                k as f64 / 10f64.powi(places),
+                (k % 4_000_000_000_000_000) as f64 / 10f64.powi(places + 6),
+            ] {
+                check(v);
+                check(-v);
+                check(f64::from_bits(v.to_bits() + 1));
+                check(f64::from_bits(v.to_bits().saturating_sub(1)));
+            }
+            let any = f64::from_bits(x);
+            if any.is_finite() {
+                check(any);
+            }
+        }
+        for v in [
+            0.0,
+            -0.0,
+            1e-4,
+            9.999e-5,
+            1e-5,
+            1e-6,
+            1e-7,
+            0.000123,
+            1e15,
+            999_999_999_999_999.0,
+            4e9,
+            3_999_999_999.999_999,
+            4_294_967_295.999_999,
+            0.000_100_000_1,
+            0.5,
+            2.5,
+            1e16,
+            1e17,
+            123_456_789_012_345.6,
+            0.1,
+            0.2,
+            0.3,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ] {
+            check(v);
+            check(-v);
+        }
+    }
+
+    #[test]
+    fn string_ends_are_found_as_byte_by_byte() {
+        let special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+        // Every byte value at every place of the first word, and past it, among
+        // fillers next to the special ones.
+        for filler in [
+            b'a', b'!', b'#', b'[', b']', b' ', 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+        ] {
+            for len in 0..20 {
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut bytes = vec![filler; len];
+                        bytes[at] = b;
+                        let want = bytes.iter().position(|&b| special(b));
+                        assert_eq!(super::string_end(&bytes), want, "{bytes:?}");
+                        // A second special byte above the first must not move it.
+                        for (later, second) in [(1, b'"'), (2, 0x00), (5, b'\\'), (7, 0x1f)] {
+                            if at + later < len {
+                                bytes[at + later] = second;
+                                let want = bytes.iter().position(|&b| special(b));
+                                assert_eq!(super::string_end(&bytes), want, "{bytes:?}");
+                                bytes[at + later] = filler;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn newlines_and_four_digit_keys_are_found_as_before() {
+        // The word-at-a-time search finds the first newline wherever it lies,
+        // among bytes that differ from it by one bit or have the high bit set.
+        for len in 0..40 {
+            for filler in [b'a', b'\n' ^ 0x80, b'\x0b', b'\x08', 0xff, 0x00, b'{'] {
+                for at in (0..len).map(Some).chain([None]) {
+                    let mut bytes = vec![filler; len];
+                    if let Some(i) = at {
+                        bytes[i] = b'\n';
+                        if i + 3 < len {
+                            bytes[i + 3] = b'\n';
+                        }
+                    }
+                    let want = bytes.iter().position(|&b| b == b'\n');
+                    assert_eq!(super::newline(&bytes), want, "{bytes:?}");
+                }
+            }
+        }
+        for n in 0..=u16::MAX {
+            for key in [format!("{n:04x}"), format!("{n:04X}")] {
+                assert_eq!(super::four_hex(&key), Some(n));
+                assert_eq!(super::parse_u16("k", &key), Ok(n));
+                assert_eq!(super::parse_uuid(&key), Ok(crate::sensor::uuid16(n)));
+            }
+        }
+        for key in [
+            "", "fcd", "fcd2 ", " fcd", "0xfc", "fcdg", "+fcd", "fcd2a", "\u{e9}cd",
+        ] {
+            assert_eq!(super::four_hex(key), None, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn hand_read_lines_are_read_as_serde_json_reads_them() {
+        use super::{LineSeed, PlainLine, Scratch, scan_plain_line};
+        use serde::de::DeserializeSeed;
+        type Read = (
+            [Option<String>; 3],
+            Vec<(uuid::Uuid, Vec<u8>)>,
+            Vec<(u16, Vec<u8>)>,
+        );
+        let read = |line: PlainLine<'_>, scratch: &Scratch| -> Read {
+            let text = |t: Option<super::Text<'_>>| t.map(|t| t.0.into_owned());
+            (
+                [text(line.mac), text(line.name), text(line.key)],
+                scratch.adv.service_data.clone(),
+                scratch.adv.manufacturer_data.clone(),
+            )
+        };
+        let by_serde = |line: &str| {
+            let mut scratch = Scratch::default();
+            let mut json = serde_json::Deserializer::from_str(line);
+            let l = LineSeed(&mut scratch).deserialize(&mut json).ok()?;
+            json.end().ok()?;
+            if l.characteristic.is_some() {
+                return None;
+            }
+            Some(read(l, &scratch))
+        };
+        let by_hand = |line: &str| {
+            let mut scratch = Scratch::default();
+            let l = scan_plain_line(line, &mut scratch)?;
+            Some(read(l, &scratch))
+        };
+        let batch = include_str!("testdata/stdin_batch.jsonl");
+        let bench = bench_lines(4);
+        let mut lines: Vec<String> = batch
+            .lines()
+            .chain(bench.lines())
+            .map(str::to_owned)
+            .collect();
+        lines.extend([
+            "{}".to_owned(),
+            " { \"mac\" :\"54:48:E6:8F:80:A5\"\t,\r\n\"service_data\":{ } } ".to_owned(),
+            "{\"service_data\":{\"fcd2\":\"40\",\"fcd3\":\"41\"},\"manufacturer_data\":{\"0499\":\"05\"}}".to_owned(),
+        ]);
+        // Every base line, and each with one byte of JSON syntax, an escape, a
+        // control character, a non-ASCII letter or white space put in, or a byte
+        // taken out, at every place.
+        let mut variants = Vec::new();
+        for base in lines.iter().filter(|l| l.len() < 200) {
+            variants.push(base.clone());
+            for (i, _) in base.char_indices().chain([(base.len(), ' ')]) {
+                for insert in [
+                    " ", "\t", "\n", "\"", "\\", "\u{1}", ",", "}", "{", ":", "=", "\u{e9}", "null",
+                ] {
+                    let mut v = base.clone();
+                    v.insert_str(i, insert);
+                    variants.push(v);
+                }
+                let mut v = base.clone();
+                if i < v.len() {
+                    v.remove(i);
+                    variants.push(v);
+                }
+            }
+        }
+        let mut hand = 0;
+        for v in &variants {
+            if let Some(got) = by_hand(v) {
+                hand += 1;
+                assert_eq!(Some(got), by_serde(v), "{v:?}");
+            }
+        }
+        // The bench's lines and most plain lines are read by hand.
+        assert!(by_hand(bench.lines().next().unwrap()).is_some());
+        assert!(by_hand(bench.lines().nth(1).unwrap()).is_some());
+        assert!(hand > variants.len() / 10, "{hand} of {}", variants.len());
+    }
+
+    #[test]
+    fn model_names_need_no_escaping() {
+        use crate::model::{Quantity, SpecialValue, Unit, Value};
+        // `write_json` writes these between quotes as they are.
+        let statuses = SpecialValue::ALL
+            .iter()
+            .map(|s| Value::Special(*s).status())
+            .chain([Value::Number(1.0).status()]);
+        for s in Quantity::ALL
+            .iter()
+            .map(|q| q.as_str())
+            .chain(Unit::ALL.iter().map(|u| u.ucum()))
+            .chain(statuses)
+        {
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
         }
     }
 
@@ -1082,7 +1688,10 @@ mod tests {
             let got = match decode_plain_line(line, &mut scratch, &mut short) {
                 Some(a) => {
                     plain += 1;
-                    answer(a.map_err(super::CliError::from))
+                    answer(
+                        a.map(|()| scratch.decoded.clone())
+                            .map_err(super::CliError::from),
+                    )
                 }
                 None => answer(line_input(line).and_then(|i| decode_input(&i, &mut short))),
             };
@@ -1093,34 +1702,27 @@ mod tests {
     }
 
     #[test]
-    fn plain_stdin_lines_allocate_nothing_beside_the_decoder() {
-        use super::super::Decoder;
-        use super::line_input;
+    fn plain_stdin_lines_allocate_nothing() {
         use crate::test_alloc::allocations;
-        let n = 2000;
-        let input = bench_lines(n);
-        // What the decoder itself allocates for these frames (its results).
-        let mut d = Decoder::new();
-        let frames: Vec<_> = input
-            .lines()
-            .map(|l| super::frame(&line_input(l).unwrap(), &mut d).unwrap())
-            .collect();
-        let mut d = Decoder::new();
-        let before = allocations();
-        for f in &frames {
-            d.decode(f).unwrap();
-        }
-        let decoder = allocations() - before;
-        let mut out = Vec::with_capacity(4 << 20);
-        let before = allocations();
-        run_stdin(input.as_bytes(), &mut out).unwrap();
-        let total = allocations() - before;
-        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), n);
-        // Buffers made once per run, not per line.
-        assert!(
-            total <= decoder + 32,
-            "{total} allocations for {n} lines, of which the decoder's {decoder}"
+        // The bench's lines through the whole of `--stdin`, parsing, decoding and
+        // writing: what a run allocates must not grow with its lines.
+        let run = |n: usize| {
+            let input = bench_lines(n);
+            let mut out = Vec::with_capacity(4 << 20);
+            let before = allocations();
+            run_stdin(input.as_bytes(), &mut out).unwrap();
+            let made = allocations() - before;
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), n);
+            made
+        };
+        let (short, long) = (run(200), run(2000));
+        // Buffers made once per run (reader, writer, line, scratch frame and
+        // result, the decoder's device), none per line.
+        assert_eq!(
+            long, short,
+            "{long} allocations for 2000 lines, {short} for 200"
         );
+        assert!(long <= 32, "{long} allocations for a run");
     }
 
     #[test]

@@ -37,17 +37,26 @@ pub const CHARACTERISTICS: &[u16] = &[
 
 /// Decodes the value of the characteristic with the given 16-bit UUID.
 pub fn decode(characteristic: u16, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    super::fresh(|out| decode_into(characteristic, bytes, out))
+}
+
+/// [`decode`] into a result the caller reuses (see [`super::Decoder::decode_into`]).
+pub fn decode_into(
+    characteristic: u16,
+    bytes: &[u8],
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     match characteristic {
-        HEART_RATE_MEASUREMENT => heart_rate(bytes),
-        TEMPERATURE_MEASUREMENT => temperature("gatt_temperature_measurement", bytes),
-        INTERMEDIATE_TEMPERATURE => temperature("gatt_intermediate_temperature", bytes),
-        BLOOD_PRESSURE_MEASUREMENT => blood_pressure("gatt_blood_pressure_measurement", bytes),
-        INTERMEDIATE_CUFF_PRESSURE => blood_pressure("gatt_intermediate_cuff_pressure", bytes),
-        PLX_SPOT_CHECK => plx_spot_check(bytes),
-        PLX_CONTINUOUS => plx_continuous(bytes),
-        WEIGHT_MEASUREMENT => weight(bytes),
-        GLUCOSE_MEASUREMENT => glucose(bytes),
-        BATTERY_LEVEL => battery(bytes),
+        HEART_RATE_MEASUREMENT => heart_rate(bytes, out),
+        TEMPERATURE_MEASUREMENT => temperature("gatt_temperature_measurement", bytes, out),
+        INTERMEDIATE_TEMPERATURE => temperature("gatt_intermediate_temperature", bytes, out),
+        BLOOD_PRESSURE_MEASUREMENT => blood_pressure("gatt_blood_pressure_measurement", bytes, out),
+        INTERMEDIATE_CUFF_PRESSURE => blood_pressure("gatt_intermediate_cuff_pressure", bytes, out),
+        PLX_SPOT_CHECK => plx_spot_check(bytes, out),
+        PLX_CONTINUOUS => plx_continuous(bytes, out),
+        WEIGHT_MEASUREMENT => weight(bytes, out),
+        GLUCOSE_MEASUREMENT => glucose(bytes, out),
+        BATTERY_LEVEL => battery(bytes, out),
         other => Err(DecodeError::Unsupported(format!(
             "characteristic {other:04x}"
         ))),
@@ -77,7 +86,7 @@ fn flag_events(out: &mut Decoded, kind: &'static str, bits: u32, names: &[(u32, 
     }
 }
 
-fn heart_rate(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn heart_rate(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     const F: &str = "gatt_heart_rate_measurement";
     let mut c = Cursor::new(F, bytes);
     let flags = c.u8()?;
@@ -86,7 +95,7 @@ fn heart_rate(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     } else {
         u16::from(c.u8()?)
     };
-    let mut out = Decoded::new(F);
+    out.start(F);
     out.push_number(Quantity::HeartRate, f64::from(bpm), Unit::PerMinute);
     // Bits 1-2: 0 or 1 contact not supported, 2 supported but not detected, 3 detected.
     match (flags >> 1) & 0x03 {
@@ -120,7 +129,7 @@ fn heart_rate(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 // Bytes after the last field the flags announce are ignored, as the GATT
@@ -139,7 +148,7 @@ const TEMPERATURE_SITES: [&str; 9] = [
     "tympanum",
 ];
 
-fn temperature(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn temperature(format: &'static str, bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     let mut c = Cursor::new(format, bytes);
     let flags = c.u8()?;
     let reading = float(c.u32()?);
@@ -153,7 +162,7 @@ fn temperature(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeErro
     } else {
         None
     };
-    let mut out = Decoded::new(format);
+    out.start(format);
     if flags & 0x04 != 0 {
         let site = c.u8()?;
         let name = usize::from(site)
@@ -174,10 +183,14 @@ fn temperature(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeErro
         Quantity::BodyTemperature
     };
     out.values.push(value(quantity, reading, unit, time));
-    Ok(out)
+    Ok(())
 }
 
-fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn blood_pressure(
+    format: &'static str,
+    bytes: &[u8],
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     let mut c = Cursor::new(format, bytes);
     let flags = c.u8()?;
     let unit = if flags & 0x01 != 0 {
@@ -209,7 +222,7 @@ fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeE
         None
     };
 
-    let mut out = Decoded::new(format);
+    out.start(format);
     if format == "gatt_intermediate_cuff_pressure" {
         // The first field is the current cuff pressure; the others are NaN.
         out.values
@@ -226,11 +239,11 @@ fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeE
         out.values
             .push(value(Quantity::PulseRate, p, Unit::PerMinute, time));
     }
-    user_attr(&mut out, user);
+    user_attr(out, user);
     if let Some(s) = status {
         let s = u32::from(s);
         flag_events(
-            &mut out,
+            out,
             "measurement_status",
             s,
             &[
@@ -246,7 +259,7 @@ fn blood_pressure(format: &'static str, bytes: &[u8]) -> Result<Decoded, DecodeE
             _ => {}
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// User index: 0xFF means "unknown user" (Bluetooth SIG User Index 0x2A9A).
@@ -321,7 +334,7 @@ fn unless_invalid(v: Value, invalid: bool) -> Value {
     }
 }
 
-fn plx_spot_check(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn plx_spot_check(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     const F: &str = "gatt_plx_spot_check";
     let mut c = Cursor::new(F, bytes);
     let flags = c.u8()?;
@@ -348,7 +361,7 @@ fn plx_spot_check(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         None
     };
     let invalid = plx_invalid(measurement);
-    let mut out = Decoded::new(F);
+    out.start(F);
     out.values.push(value(
         Quantity::Spo2,
         unless_invalid(spo2, invalid),
@@ -372,11 +385,11 @@ fn plx_spot_check(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if flags & 0x10 != 0 {
         out.attr("device_clock_set", AttrValue::Int(0));
     }
-    plx_status(&mut out, measurement, device);
-    Ok(out)
+    plx_status(out, measurement, device);
+    Ok(())
 }
 
-fn plx_continuous(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn plx_continuous(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     const F: &str = "gatt_plx_continuous";
     let mut c = Cursor::new(F, bytes);
     let flags = c.u8()?;
@@ -408,7 +421,7 @@ fn plx_continuous(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         None
     };
     let invalid = plx_invalid(measurement);
-    let mut out = Decoded::new(F);
+    out.start(F);
     for (qualifier, pair) in [
         (None, Some((spo2, pr))),
         (Some("fast"), fast),
@@ -433,11 +446,11 @@ fn plx_continuous(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             None,
         ));
     }
-    plx_status(&mut out, measurement, device);
-    Ok(out)
+    plx_status(out, measurement, device);
+    Ok(())
 }
 
-fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn weight(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     const F: &str = "gatt_weight_measurement";
     let mut c = Cursor::new(F, bytes);
     let flags = c.u8()?;
@@ -468,7 +481,7 @@ fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     } else {
         Value::Number(round_to(f64::from(raw) * resolution, 3))
     };
-    let mut out = Decoded::new(F);
+    out.start(F);
     out.values.push(value(Quantity::BodyWeight, w, unit, time));
     if let Some((bmi, height)) = bmi_height {
         out.values.push(value(
@@ -489,8 +502,8 @@ fn weight(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             time,
         ));
     }
-    user_attr(&mut out, user);
-    Ok(out)
+    user_attr(out, user);
+    Ok(())
 }
 
 const GLUCOSE_TYPES: [&str; 10] = [
@@ -531,7 +544,7 @@ const GLUCOSE_STATUS: &[(u32, &str)] = &[
 
 /// Glucose Measurement 0x2A18. The concentration is an SFLOAT in kg/L or mol/L;
 /// carehub reports it in the clinical units mg/dL (×10⁵) and mmol/L (×10³).
-fn glucose(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn glucose(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     const F: &str = "gatt_glucose_measurement";
     let mut c = Cursor::new(F, bytes);
     let flags = c.u8()?;
@@ -555,7 +568,7 @@ fn glucose(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         None
     };
     let time = offset_time(base, offset);
-    let mut out = Decoded::new(F);
+    out.start(F);
     out.attr("sequence", AttrValue::Int(i64::from(sequence)));
     if let Some(o) = offset {
         out.attr("time_offset_min", AttrValue::Int(i64::from(o)));
@@ -586,12 +599,12 @@ fn glucose(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         }
     }
     if let Some(s) = status {
-        flag_events(&mut out, "sensor_status", u32::from(s), GLUCOSE_STATUS);
+        flag_events(out, "sensor_status", u32::from(s), GLUCOSE_STATUS);
     }
     if flags & 0x10 != 0 {
         out.attr("context_follows", AttrValue::Int(1));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Base time plus the signed minute offset; the base unchanged when the base is
@@ -613,7 +626,7 @@ fn offset_time(base: DeviceDateTime, offset: Option<i16>) -> Option<DeviceDateTi
     })
 }
 
-fn battery(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+fn battery(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     const F: &str = "gatt_battery_level";
     let mut c = Cursor::new(F, bytes);
     let pct = c.u8()?;
@@ -623,9 +636,9 @@ fn battery(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             field: "battery level over 100 %",
         });
     }
-    let mut out = Decoded::new(F);
+    out.start(F);
     out.push_number(Quantity::BatteryLevel, f64::from(pct), Unit::Percent);
-    Ok(out)
+    Ok(())
 }
 
 /// Removes the binary noise of a fixed-point scale factor (0.005 × 14000 = 70.0).

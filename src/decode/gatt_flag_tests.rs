@@ -59,7 +59,7 @@ fn attr<'a>(d: &'a super::Decoded, key: &str) -> Option<&'a AttrValue> {
 }
 
 fn events(d: &super::Decoded) -> Vec<&str> {
-    d.events.iter().map(|e| e.detail.as_str()).collect()
+    d.events.iter().map(|e| e.detail.as_ref()).collect()
 }
 
 #[test]

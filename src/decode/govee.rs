@@ -82,6 +82,17 @@ fn layout(name: &str, company: u16, len: usize) -> Option<Layout> {
 /// Decodes a Govee frame; `None` when the advertisement is not a Govee sensor
 /// carehub knows, so that dispatch can try other formats.
 pub fn decode(name: &str, company: u16, data: &[u8]) -> Option<Result<Decoded, DecodeError>> {
+    let mut out = Decoded::default();
+    Some(decode_into(name, company, data, &mut out)?.map(|()| out))
+}
+
+/// [`decode`] into a result the caller reuses (see [`super::Decoder::decode_into`]).
+pub fn decode_into(
+    name: &str,
+    company: u16,
+    data: &[u8],
+    out: &mut Decoded,
+) -> Option<Result<(), DecodeError>> {
     let l = layout(name, company, data.len())?;
     let (format, len) = match l {
         Layout::Packed { format, len, .. } | Layout::Split { format, len, .. } => (format, len),
@@ -97,8 +108,8 @@ pub fn decode(name: &str, company: u16, data: &[u8]) -> Option<Result<Decoded, D
         }));
     }
     Some(match l {
-        Layout::Packed { format, offset, .. } => packed_frame(format, offset, data),
-        Layout::Split { format, offset, .. } => split_frame(format, offset, data),
+        Layout::Packed { format, offset, .. } => packed_frame(format, offset, data, out),
+        Layout::Split { format, offset, .. } => split_frame(format, offset, data, out),
     })
 }
 
@@ -112,31 +123,41 @@ pub fn packed(v: u32) -> (f64, f64) {
     (if negative { -t } else { t }, h)
 }
 
-fn packed_frame(format: &'static str, offset: usize, data: &[u8]) -> Result<Decoded, DecodeError> {
+fn packed_frame(
+    format: &'static str,
+    offset: usize,
+    data: &[u8],
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     let mut c = Cursor::new(format, data);
     c.take(offset)?;
     let [b0, b1, b2] = c.array()?;
     let v = u32::from_be_bytes([0, b0, b1, b2]);
     let battery = c.u8()?;
     let (t, h) = packed(v);
-    let mut out = Decoded::new(format);
+    out.start(format);
     out.push_number(Quantity::Temperature, t, Unit::Celsius);
     out.push_number(Quantity::Humidity, h, Unit::Percent);
-    battery_value(format, &mut out, battery)?;
-    Ok(out)
+    battery_value(format, out, battery)?;
+    Ok(())
 }
 
-fn split_frame(format: &'static str, offset: usize, data: &[u8]) -> Result<Decoded, DecodeError> {
+fn split_frame(
+    format: &'static str,
+    offset: usize,
+    data: &[u8],
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     let mut c = Cursor::new(format, data);
     c.take(offset)?;
     let t = c.i16()?;
     let h = c.u16()?;
     let battery = c.u8()?;
-    let mut out = Decoded::new(format);
+    out.start(format);
     out.push_number(Quantity::Temperature, f64::from(t) / 100.0, Unit::Celsius);
     out.push_number(Quantity::Humidity, f64::from(h) / 100.0, Unit::Percent);
-    battery_value(format, &mut out, battery)?;
-    Ok(out)
+    battery_value(format, out, battery)?;
+    Ok(())
 }
 
 fn battery_value(format: &'static str, out: &mut Decoded, battery: u8) -> Result<(), DecodeError> {

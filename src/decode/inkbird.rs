@@ -18,13 +18,18 @@ pub fn is_inkbird(name: &str) -> bool {
 
 /// Decodes a frame given the "company id" BlueZ reported and the data after it.
 pub fn decode(company: u16, data: &[u8]) -> Result<Decoded, DecodeError> {
+    super::fresh(|out| decode_into(company, data, out))
+}
+
+/// [`decode`] into a result the caller reuses (see [`super::Decoder::decode_into`]).
+pub fn decode_into(company: u16, data: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     let mut c = Cursor::new(FORMAT, data);
     let h = c.u16()?;
     let probe = c.u8()?;
     let _checksum = c.u16()?;
     let battery = c.u8()?;
     let t = company as i16;
-    let mut out = Decoded::new(FORMAT);
+    out.start(FORMAT);
     out.push_number(Quantity::Temperature, f64::from(t) / 100.0, Unit::Celsius);
     if h != 0 {
         out.push_number(Quantity::Humidity, f64::from(h) / 100.0, Unit::Percent);
@@ -37,5 +42,5 @@ pub fn decode(company: u16, data: &[u8]) -> Result<Decoded, DecodeError> {
     }
     out.push_number(Quantity::BatteryLevel, f64::from(battery), Unit::Percent);
     out.attr("external_probe", AttrValue::Int(i64::from(probe == 1)));
-    Ok(out)
+    Ok(())
 }

@@ -24,6 +24,7 @@ mod advert_tests;
 #[cfg(test)]
 mod gatt_flag_tests;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::model::{CivilTime, DeviceAddress, Quantity, SiteZone, Timestamp, Unit, Value};
@@ -47,7 +48,8 @@ pub struct DecodedValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub kind: &'static str,
-    pub detail: String,
+    /// A fixed word for most events (no allocation), text made for a few.
+    pub detail: Cow<'static, str>,
 }
 
 /// A fact about the frame or device that is not a measurement: a sequence number,
@@ -72,13 +74,17 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    pub(crate) fn new(format: &'static str) -> Self {
-        Decoded {
-            format,
-            values: Vec::with_capacity(4),
-            events: Vec::new(),
-            attributes: Vec::new(),
-        }
+    /// Empties the result for a frame of `format`, keeping its buffers: a decoder
+    /// writes into a `Decoded` its caller may reuse from frame to frame, so that a
+    /// long run (`carehub decode --stdin`) allocates nothing per frame.
+    pub(crate) fn start(&mut self, format: &'static str) {
+        self.format = format;
+        self.values.clear();
+        self.events.clear();
+        self.attributes.clear();
+        // Most frames carry a few values: one allocation for a new result, none for
+        // a reused one.
+        self.values.reserve(4);
     }
 
     pub(crate) fn push(&mut self, quantity: Quantity, value: Value, unit: Unit) {
@@ -95,16 +101,26 @@ impl Decoded {
         self.push(quantity, Value::Number(n), unit);
     }
 
-    pub(crate) fn event(&mut self, kind: &'static str, detail: &str) {
+    pub(crate) fn event(&mut self, kind: &'static str, detail: &'static str) {
         self.events.push(Event {
             kind,
-            detail: detail.to_owned(),
+            detail: Cow::Borrowed(detail),
         });
     }
 
     pub(crate) fn attr(&mut self, key: &'static str, value: AttrValue) {
         self.attributes.push((key, value));
     }
+}
+
+/// Runs a decoder that writes into a result and returns that result, new: the
+/// form of the decode functions for callers that keep no `Decoded` of their own.
+pub(crate) fn fresh(
+    decode: impl FnOnce(&mut Decoded) -> Result<(), DecodeError>,
+) -> Result<Decoded, DecodeError> {
+    let mut out = Decoded::default();
+    decode(&mut out)?;
+    Ok(out)
 }
 
 /// A Bluetooth SIG Date Time (0x2A08): the device's local time, no zone.
@@ -337,9 +353,17 @@ impl Decoder {
     }
 
     pub fn decode(&mut self, frame: &Frame) -> Result<Decoded, DecodeError> {
+        fresh(|out| self.decode_into(frame, out))
+    }
+
+    /// [`Decoder::decode`] into a result the caller keeps and reuses: `out` is
+    /// emptied first and keeps its buffers, so decoding allocates nothing once
+    /// they have grown. On an error `out` holds what was read before it, which
+    /// means nothing: read it only after `Ok`.
+    pub fn decode_into(&mut self, frame: &Frame, out: &mut Decoded) -> Result<(), DecodeError> {
         match frame {
-            Frame::Notification(n) => decode_notification(n),
-            Frame::Advertisement(a) => self.decode_advertisement(a),
+            Frame::Notification(n) => decode_notification(n, out),
+            Frame::Advertisement(a) => self.decode_advertisement_into(a, out),
         }
     }
 
@@ -347,6 +371,16 @@ impl Decoder {
     /// first (they name a format), then manufacturer data by company id and, where a
     /// vendor reuses ids, by local name.
     pub fn decode_advertisement(&mut self, adv: &Advertisement) -> Result<Decoded, DecodeError> {
+        fresh(|out| self.decode_advertisement_into(adv, out))
+    }
+
+    /// [`Decoder::decode_advertisement`] into a reused result, as
+    /// [`Decoder::decode_into`].
+    pub fn decode_advertisement_into(
+        &mut self,
+        adv: &Advertisement,
+        out: &mut Decoded,
+    ) -> Result<(), DecodeError> {
         for (uuid, data) in &adv.service_data {
             let Some(short) = short_uuid(uuid) else {
                 continue;
@@ -354,15 +388,15 @@ impl Decoder {
             match short {
                 bthome::SERVICE_UUID => {
                     let state = self.devices.entry(adv.address).or_default();
-                    return bthome::decode_with_state(adv.address, data, state);
+                    return bthome::decode_with_state(adv.address, data, state, out);
                 }
                 xiaomi::ATC_SERVICE_UUID => {
                     let state = self.devices.entry(adv.address).or_default();
-                    return xiaomi::decode_atc(adv.address, data, state);
+                    return xiaomi::decode_atc(adv.address, data, state, out);
                 }
                 xiaomi::MIBEACON_SERVICE_UUID => {
                     let state = self.devices.entry(adv.address).or_default();
-                    return xiaomi::decode_mibeacon(adv.address, data, state);
+                    return xiaomi::decode_mibeacon(adv.address, data, state, out);
                 }
                 _ => {}
             }
@@ -370,12 +404,12 @@ impl Decoder {
         let name = adv.local_name.as_deref().unwrap_or("");
         for (company, data) in &adv.manufacturer_data {
             if *company == ruuvi::COMPANY_ID {
-                return ruuvi::decode(data);
+                return ruuvi::decode_into(data, out);
             }
             if inkbird::is_inkbird(name) {
-                return inkbird::decode(*company, data);
+                return inkbird::decode_into(*company, data, out);
             }
-            if let Some(decoded) = govee::decode(name, *company, data) {
+            if let Some(decoded) = govee::decode_into(name, *company, data, out) {
                 return decoded;
             }
         }
@@ -385,18 +419,28 @@ impl Decoder {
     /// Decodes a characteristic value: what [`Decoder::decode`] does with a
     /// [`Frame::Notification`], for a caller that keeps the notification itself.
     pub fn decode_notification(&self, n: &Notification) -> Result<Decoded, DecodeError> {
-        decode_notification(n)
+        fresh(|out| decode_notification(n, out))
+    }
+
+    /// [`Decoder::decode_notification`] into a reused result, as
+    /// [`Decoder::decode_into`].
+    pub fn decode_notification_into(
+        &self,
+        n: &Notification,
+        out: &mut Decoded,
+    ) -> Result<(), DecodeError> {
+        decode_notification(n, out)
     }
 }
 
-fn decode_notification(n: &Notification) -> Result<Decoded, DecodeError> {
+fn decode_notification(n: &Notification, out: &mut Decoded) -> Result<(), DecodeError> {
     let Some(short) = short_uuid(&n.characteristic) else {
         return Err(DecodeError::Unsupported(format!(
             "characteristic {}",
             n.characteristic
         )));
     };
-    gatt::decode(short, &n.value)
+    gatt::decode_into(short, &n.value, out)
 }
 
 fn describe(adv: &Advertisement) -> String {

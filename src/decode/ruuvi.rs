@@ -13,6 +13,11 @@ const NA: Value = Value::Special(SpecialValue::Unavailable);
 
 /// Decodes manufacturer data after the company id.
 pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
+    super::fresh(|out| decode_into(data, out))
+}
+
+/// [`decode`] into a result the caller reuses (see [`super::Decoder::decode_into`]).
+pub fn decode_into(data: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
     let mut c = Cursor::new(FORMAT, data);
     let version = c.u8()?;
     if version != 5 {
@@ -31,7 +36,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
     let mut mac = [0u8; 6];
     mac.copy_from_slice(c.take(6)?);
 
-    let mut out = Decoded::new(FORMAT);
+    out.start(FORMAT);
     let num = |ok: bool, v: f64| if ok { Value::Number(v) } else { NA };
     out.push(
         Quantity::Temperature,
@@ -80,5 +85,5 @@ pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
     if mac != [0xFF; 6] {
         out.attr("mac", AttrValue::Address(DeviceAddress(mac)));
     }
-    Ok(out)
+    Ok(())
 }

@@ -42,22 +42,23 @@ pub(crate) fn decode_atc(
     address: DeviceAddress,
     data: &[u8],
     state: &mut DeviceState,
-) -> Result<Decoded, DecodeError> {
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     match data.len() {
         13 | 15 => {
             let format = if data.len() == 13 { ATC } else { PVVX };
             if state.key.is_some() {
                 return Err(DecodeError::Downgrade(format));
             }
-            let (out, counter) = if data.len() == 13 {
-                atc1441(data)?
+            let counter = if data.len() == 13 {
+                atc1441(data, out)?
             } else {
-                pvvx(data)?
+                pvvx(data, out)?
             };
             dedup(state, counter)?;
-            Ok(out)
+            Ok(())
         }
-        11 | 8 => atc_encrypted(address, data, state),
+        11 | 8 => atc_encrypted(address, data, state, out),
         n => Err(DecodeError::Invalid {
             format: ATC,
             field: if n < 8 {
@@ -71,7 +72,8 @@ pub(crate) fn decode_atc(
 
 /// ATC1441: MAC (big-endian), temperature s16 BE ×0.1 °C, humidity u8 %, battery u8
 /// %, battery u16 BE mV, frame counter.
-fn atc1441(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
+/// Returns the frame counter.
+fn atc1441(data: &[u8], out: &mut Decoded) -> Result<u8, DecodeError> {
     let mut c = Cursor::new(ATC, data);
     let mut mac = [0u8; 6];
     mac.copy_from_slice(c.take(6)?);
@@ -80,7 +82,7 @@ fn atc1441(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
     let b = c.u8()?;
     let mv = c.u16_be()?;
     let counter = c.u8()?;
-    let mut out = Decoded::new(ATC);
+    out.start(ATC);
     out.push_number(
         Quantity::Temperature,
         round_to(f64::from(t) * 0.1, 1),
@@ -89,14 +91,15 @@ fn atc1441(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
     out.push_number(Quantity::Humidity, f64::from(h), Unit::Percent);
     out.push_number(Quantity::BatteryLevel, f64::from(b), Unit::Percent);
     out.push_number(Quantity::BatteryVoltage, f64::from(mv) / 1000.0, Unit::Volt);
-    mac_attr(&mut out, mac);
+    mac_attr(out, mac);
     out.attr("frame_counter", AttrValue::Int(i64::from(counter)));
-    Ok((out, counter))
+    Ok(counter)
 }
 
 /// pvvx custom: MAC (little-endian), temperature s16 ×0.01 °C, humidity u16 ×0.01 %,
 /// battery mV u16, battery %, counter, flags; all little-endian.
-fn pvvx(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
+/// Returns the frame counter.
+fn pvvx(data: &[u8], out: &mut Decoded) -> Result<u8, DecodeError> {
     let mut c = Cursor::new(PVVX, data);
     let mut mac = [0u8; 6];
     mac.copy_from_slice(c.take(6)?);
@@ -107,7 +110,7 @@ fn pvvx(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
     let b = c.u8()?;
     let counter = c.u8()?;
     let flags = c.u8()?;
-    let mut out = Decoded::new(PVVX);
+    out.start(PVVX);
     out.push_number(
         Quantity::Temperature,
         round_to(f64::from(t) * 0.01, 2),
@@ -120,10 +123,10 @@ fn pvvx(data: &[u8]) -> Result<(Decoded, u8), DecodeError> {
     );
     out.push_number(Quantity::BatteryVoltage, f64::from(mv) / 1000.0, Unit::Volt);
     out.push_number(Quantity::BatteryLevel, f64::from(b), Unit::Percent);
-    mac_attr(&mut out, mac);
+    mac_attr(out, mac);
     out.attr("frame_counter", AttrValue::Int(i64::from(counter)));
     out.attr("flags", AttrValue::Int(i64::from(flags)));
-    Ok((out, counter))
+    Ok(counter)
 }
 
 /// Whether a one-byte counter `next` is ahead of `last` with wrapping: 1 to 127
@@ -153,7 +156,8 @@ fn atc_encrypted(
     address: DeviceAddress,
     data: &[u8],
     state: &mut DeviceState,
-) -> Result<Decoded, DecodeError> {
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     let format = if data.len() == 11 { PVVX_ENC } else { ATC_ENC };
     let key = state.key.ok_or(DecodeError::Encrypted(format))?;
     let invalid = DecodeError::Invalid {
@@ -188,7 +192,7 @@ fn atc_encrypted(
     }
     state.last_pvvx_counter = Some(counter);
     let p = plain.get(..n).unwrap_or_default();
-    let mut out = Decoded::new(format);
+    out.start(format);
     if format == PVVX_ENC {
         let &[t0, t1, h0, h1, battery, flags] = p else {
             return Err(invalid);
@@ -229,7 +233,7 @@ fn atc_encrypted(
         );
     }
     out.attr("frame_counter", AttrValue::Int(i64::from(counter)));
-    Ok(out)
+    Ok(())
 }
 
 /// Builds a pvvx or ATC1441 encrypted frame (11 or 8 bytes) from its plaintext (6 or
@@ -262,7 +266,8 @@ pub(crate) fn decode_mibeacon(
     address: DeviceAddress,
     data: &[u8],
     state: &mut DeviceState,
-) -> Result<Decoded, DecodeError> {
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     let mut c = Cursor::new(MIBEACON, data);
     let fc = c.u16()?;
     let version = (fc >> 12) as u8;
@@ -293,14 +298,14 @@ pub(crate) fn decode_mibeacon(
             c.u8()?;
         }
     }
-    let mut out = Decoded::new(MIBEACON);
+    out.start(MIBEACON);
     out.attr("product_id", AttrValue::Int(i64::from(product_id)));
     if fc & FC_MAC != 0 {
-        mac_attr(&mut out, mac.0);
+        mac_attr(out, mac.0);
     }
     if fc & FC_OBJECT == 0 {
         // A beacon with no measurement (pairing, presence): nothing to report.
-        return Ok(out);
+        return Ok(());
     }
     let rest = data
         .get(data.len().saturating_sub(c.remaining())..)
@@ -358,15 +363,15 @@ pub(crate) fn decode_mibeacon(
             });
         }
         state.last_mibeacon_counter = Some(full);
-        mibeacon_objects(plain.get(..n).unwrap_or_default(), &mut out)?;
+        mibeacon_objects(plain.get(..n).unwrap_or_default(), out)?;
     } else {
         if state.key.is_some() {
             return Err(DecodeError::Downgrade(MIBEACON));
         }
         dedup(state, counter)?;
-        mibeacon_objects(rest, &mut out)?;
+        mibeacon_objects(rest, out)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The MAC a MiBeacon frame carries in its MAC field (frame control bit 4), if any.
