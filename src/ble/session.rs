@@ -578,23 +578,6 @@ mod tests {
             Some(vec![0x01, 0x03, 0x01, 0x00, 0x02])
         );
         assert_eq!(racp_request(Some(u16::MAX)), None);
-        let p = RacpProgress::default();
-        let a = DeviceAddress([1, 2, 3, 4, 5, 6]);
-        assert_eq!(p.last(a), None);
-        p.filed(a, 3);
-        p.filed(a, 2);
-        assert_eq!(p.last(a), Some(3));
-        assert!(p.already_filed(a, 3) && p.already_filed(a, 1) && !p.already_filed(a, 4));
-        assert_eq!(p.take_unsaved(), vec![(a, 3)]);
-        assert_eq!(p.take_unsaved(), vec![]);
-        let glucose = |value: Vec<u8>| crate::sensor::Notification {
-            address: a,
-            characteristic: uuid16(gatt::GLUCOSE_MEASUREMENT),
-            value,
-        };
-        use crate::sensor::glucose_record_sequence as seq;
-        assert_eq!(seq(&glucose(vec![0x02, 0x34, 0x12, 0xE8])), Some(0x1234));
-        assert_eq!(seq(&glucose(vec![0x02, 0x34])), None);
     }
 
     #[test]
