@@ -151,6 +151,33 @@ pub fn renumbered_words(sequence: u16) -> String {
     )
 }
 
+/// What the gateway asks a meter for over its Record Access Control Point
+/// ("report stored records", op code 0x01, Glucose Service 1.0 section 3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RacpQuery {
+    /// Every record it holds (operator 0x01).
+    All,
+    /// The records from this sequence number on (operator 0x03 "greater than
+    /// or equal to", filter type 0x01 sequence number).
+    From(u16),
+    /// Its last record only (operator 0x06), to learn its highest number.
+    Last,
+}
+
+impl RacpQuery {
+    /// The bytes written to the RACP.
+    pub fn bytes(self) -> Vec<u8> {
+        match self {
+            RacpQuery::All => vec![0x01, 0x01],
+            RacpQuery::From(n) => {
+                let [lo, hi] = n.to_le_bytes();
+                vec![0x01, 0x03, 0x01, lo, hi]
+            }
+            RacpQuery::Last => vec![0x01, 0x06],
+        }
+    }
+}
+
 /// What to save for one meter: its progress, and the renumbering found since
 /// the last save, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +200,10 @@ pub struct RacpProgress(Arc<Mutex<RacpState>>);
 #[derive(Debug, Default)]
 pub struct RacpState {
     meters: HashMap<DeviceAddress, MeterProgress>,
+    /// A question a session decided to ask a meter and did not get answered
+    /// (the meter hung up first), with the last number filed when it was
+    /// decided: the next session asks it first.
+    pending: HashMap<DeviceAddress, (RacpQuery, Option<u16>)>,
     /// Advanced since last handed to the store.
     unsaved: BTreeMap<DeviceAddress, (MeterProgress, Option<Renumbering>)>,
 }
@@ -198,6 +229,21 @@ impl RacpProgress {
     /// How far the meter's records are filed.
     pub fn progress(&self, device: DeviceAddress) -> Option<MeterProgress> {
         self.state().meters.get(&device).copied()
+    }
+
+    /// The question to ask the meter first, left by a session that could not
+    /// ask it, with the last number filed when it was decided.
+    pub fn pending(&self, device: DeviceAddress) -> Option<(RacpQuery, Option<u16>)> {
+        self.state().pending.get(&device).copied()
+    }
+
+    /// Sets (or with `None` clears) the question to ask the meter first.
+    pub fn set_pending(&self, device: DeviceAddress, query: Option<(RacpQuery, Option<u16>)>) {
+        let mut s = self.state();
+        match query {
+            Some(q) => s.pending.insert(device, q),
+            None => s.pending.remove(&device),
+        };
     }
 
     /// What the record is, given what was filed from its meter.
