@@ -729,6 +729,9 @@ def glucose_racp(lab):
     assert st["requests"] == "-", f"asked before it was assigned: {st}"
     lab.assign(GLUCOSE, rid)
     wait("carehub to ask the meter (RACP)", lambda: sensor_state("glucose")["requests"] != "-")
+    # Its answer ("no records found") and the hang-up first: a record stored
+    # while the meter chooses what to send would go in this first transfer.
+    wait("the first transfer to end", lambda: transfer_ended(None))
     sensors("store glucose 1 95")
     sensors("store glucose 2 110")
     wait("two glucose records in SQLite", lambda: len(readings(GLUCOSE, "blood_glucose")) >= 2)

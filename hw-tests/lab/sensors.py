@@ -550,6 +550,9 @@ class GlucoseMeter(Sensor):
     def __init__(self, link, key, name, address):
         super().__init__(link, key, name, address, [0x1808])
         self.records = []  # (sequence, mg/dL, local time taken)
+        # How many records were ever stored (a record stored during a
+        # transfer, after the meter chose what to send, keeps it advertising).
+        self.stores = 0
         # New out of the box it advertises (pairing mode) until first asked.
         self.fresh = True
         self.sent = []
@@ -593,6 +596,9 @@ class GlucoseMeter(Sensor):
     async def report(self, conn, request):
         asked = len(self.requests)
         await asyncio.sleep(0.2)  # the write response goes first
+        # A record stored from here on was not chosen: the meter keeps
+        # advertising for it after this transfer.
+        stores = self.stores
         if request[:2] == b"\x01\x01" or (self.careless and request[:1] == b"\x01"):
             chosen = list(self.records)
         elif request[:2] == b"\x01\x06":
@@ -621,7 +627,8 @@ class GlucoseMeter(Sensor):
         code = 1 if chosen else 6  # success, or no records found
         await self.device.indicate_subscriber(conn, self.racp, bytes([6, 0, 1, code]))
         log.info("%s: RACP answered %d", self.key, code)
-        self.fresh = False
+        if self.stores == stores:
+            self.fresh = False
         # The gateway may ask again (its last record after "no records
         # found", then all of them): hang up only when it has not.
         await asyncio.sleep(GLUCOSE_FOLLOW_UP)
@@ -640,6 +647,7 @@ class GlucoseMeter(Sensor):
         from zoneinfo import ZoneInfo
 
         self.records.append((seq, mgdl, datetime.now(ZoneInfo("Europe/London"))))
+        self.stores += 1
         self.fresh = True
         log.info("%s: stored record %d (%d mg/dL)", self.key, seq, mgdl)
         await self.advertise()
