@@ -65,6 +65,7 @@ fn snapshot() -> Snapshot {
             last_seen: Some(at),
             assigned_at: None,
             battery_percent: Some(if i % 10 == 0 { 9 } else { 80 }),
+            meter_renumbered: None,
         })
         .collect();
     Snapshot {

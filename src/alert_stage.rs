@@ -228,12 +228,15 @@ impl AlertStage {
                 .device_states()?
                 .into_iter()
                 .map(
-                    |(address, resident_id, last_seen, assigned_at, battery)| DeviceState {
-                        address,
-                        resident_id,
-                        last_seen,
-                        assigned_at,
-                        battery_percent: battery,
+                    |(address, resident_id, last_seen, assigned_at, battery, renumbered)| {
+                        DeviceState {
+                            address,
+                            resident_id,
+                            last_seen,
+                            assigned_at,
+                            battery_percent: battery,
+                            meter_renumbered: renumbered,
+                        }
                     },
                 )
                 .collect();

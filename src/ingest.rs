@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::decode::{BindKey, DecodeError, Decoder, ReplayCounters};
 use crate::model::{Device, DeviceAddress, Reading, ReadingId, SiteZone, Subject, Timestamp};
 use crate::sensor::RawFrame;
+use crate::sensor::racp::Verdict;
 use crate::store::{Seen, StoreHandle, StoredKey};
 use crate::system::health::Heartbeat;
 
@@ -518,24 +519,36 @@ impl Ingest {
             self.stats.unregistered.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // A glucose record carries the meter's sequence number: one filed
-        // already (asked for again after a restart, or sent twice) is not
-        // filed twice.
+        // A glucose record carries the meter's sequence number and base time:
+        // one filed already (asked for again after a restart, or sent twice)
+        // is not filed twice; one at or below the last number filed but taken
+        // later is a renumbered meter's new record, filed (H35).
         let record = match &raw.frame {
-            crate::sensor::Frame::Notification(n) => crate::sensor::glucose_record_sequence(n),
+            crate::sensor::Frame::Notification(n) => crate::sensor::glucose_record(n),
             _ => None,
         };
-        if let Some(sequence) = record
-            && self.racp.already_filed(address, sequence)
-        {
-            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(device = %address, sequence, "glucose record filed already: not filed again");
-            return;
+        let verdict = record.map(|r| (r, self.racp.judge(address, r)));
+        match verdict {
+            Some((r, Verdict::Repeat)) => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(device = %address, sequence = r.sequence, "glucose record filed already: not filed again");
+                return;
+            }
+            Some((r, Verdict::Renumbered)) => {
+                tracing::warn!(
+                    device = %address,
+                    sequence = r.sequence,
+                    filed_up_to = ?self.racp.last(address),
+                    "{}",
+                    crate::sensor::racp::renumbered_words(r.sequence)
+                );
+            }
+            _ => {}
         }
         match decoder.decode(&raw.frame) {
             Ok(decoded) => {
-                if let Some(sequence) = record {
-                    self.racp.filed(address, sequence);
+                if let Some((r, verdict)) = verdict {
+                    self.racp.filed(address, r, verdict, raw.received_at);
                 }
                 if keys.keys.contains_key(&address) {
                     keys.heard.insert(address, raw.received_at);
@@ -808,10 +821,21 @@ mod tests {
     /// A Glucose Measurement (0x2A18) record: sequence number, base time,
     /// concentration in kg/L (SFLOAT, exponent -5), capillary blood, finger.
     fn glucose_record(address: DeviceAddress, sequence: u16, mgdl: u16) -> RawFrame {
+        glucose_taken(address, sequence, mgdl, (9, 0))
+    }
+
+    /// A glucose record taken at `(hour, minute)` on 2026-12-03 by the
+    /// meter's clock (its base time).
+    fn glucose_taken(
+        address: DeviceAddress,
+        sequence: u16,
+        mgdl: u16,
+        (hour, minute): (u8, u8),
+    ) -> RawFrame {
         let mut value = vec![0x02];
         value.extend_from_slice(&sequence.to_le_bytes());
         value.extend_from_slice(&2026u16.to_le_bytes());
-        value.extend_from_slice(&[12, 3, 9, 0, 0]);
+        value.extend_from_slice(&[12, 3, hour, minute, 0]);
         let sfloat = (0xB000u16) | (mgdl & 0x0FFF);
         value.extend_from_slice(&sfloat.to_le_bytes());
         value.push(0x11);
@@ -823,6 +847,218 @@ mod tests {
             }),
             received_at: Timestamp::now(),
         }
+    }
+
+    /// The last sequence number saved per meter.
+    fn filed_up_to(reader: &Reader) -> Vec<(DeviceAddress, u16)> {
+        reader
+            .racp_progress()
+            .unwrap()
+            .into_iter()
+            .map(|(d, p)| (d, p.last.sequence))
+            .collect()
+    }
+
+    /// The glucose readings in the database file: value, unit, device time
+    /// (as minutes past midnight UTC on 2026-12-03, the tests' zone).
+    fn glucose_filed(db: &std::path::Path) -> Vec<(f64, String, i64)> {
+        let day = 1_796_256_000_000; // 2026-12-03T00:00:00Z
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .prepare(
+                "SELECT value, unit, measured_at_ms FROM readings_text
+                 WHERE quantity = 'blood_glucose' ORDER BY seq",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, (r.get::<_, i64>(2)? - day) / 60_000))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// The pairing record's lines about `device` (what, who).
+    fn record_of(reader: &Reader, device: DeviceAddress) -> Vec<(String, String)> {
+        reader
+            .pairing_events(100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.device == Some(device.to_string()))
+            .map(|e| (e.what, e.who.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn glucose_meter_store(dir: &std::path::Path) -> (Store, Registry, DeviceAddress) {
+        let store = Store::open(
+            StoreSettings::at(dir.join("t.db")),
+            tokio::runtime::Handle::current(),
+            Health::default().register("store"),
+        )
+        .unwrap();
+        let meter: DeviceAddress = "C0:FF:EE:00:00:08".parse().unwrap();
+        let device = Device {
+            address: meter,
+            kind: DeviceKind::GlucoseMeter,
+            model: None,
+            name: None,
+            subject: Subject::Room("Room 3".into()),
+        };
+        store
+            .handle
+            .provision(vec![], vec![device.clone()])
+            .await
+            .unwrap();
+        (store, Registry::from_devices(&[device]), meter)
+    }
+
+    /// H35: a meter whose memory was cleared numbers its records from 1 again;
+    /// taken after the last record filed, they are new and filed (with their
+    /// values, units and device times), across a restart, the renumbering is
+    /// written in the pairing record and kept for the technical alert, and
+    /// what it sends again after that is still filed once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_meter_whose_memory_was_cleared_has_its_new_records_filed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let (store, registry, meter) = glucose_meter_store(dir.path()).await;
+        let s = run_over(
+            &store,
+            &registry,
+            (1..=3)
+                .map(|n| glucose_taken(meter, n, 90 + n, (9, 10 * n as u8)))
+                .collect(),
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 3);
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 3)]);
+
+        // A restart, then the meter's memory is cleared: records 1 and 2 of
+        // the new numbering, taken later, and 1 sent twice.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_taken(meter, 1, 150, (11, 0)),
+                glucose_taken(meter, 1, 150, (11, 0)),
+                glucose_taken(meter, 2, 160, (11, 5)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            s.readings.load(Ordering::Relaxed),
+            2,
+            "the new records filed"
+        );
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 1);
+        let mgdl = "mg/dL".to_owned();
+        assert_eq!(
+            glucose_filed(&db),
+            vec![
+                (91.0, mgdl.clone(), 9 * 60 + 10),
+                (92.0, mgdl.clone(), 9 * 60 + 20),
+                (93.0, mgdl.clone(), 9 * 60 + 30),
+                (150.0, mgdl.clone(), 11 * 60),
+                (160.0, mgdl.clone(), 11 * 60 + 5),
+            ]
+        );
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 2)]);
+        assert_eq!(
+            record_of(&store.reader, meter),
+            vec![(
+                "the meter's record numbering started again at 1 (memory cleared or reset); records since are filed".to_owned(),
+                "gateway".to_owned()
+            )]
+        );
+        let (at, from): (Option<i64>, Option<i64>) = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT racp_renumbered_at_ms, racp_renumbered_sequence FROM devices WHERE address = ?1",
+                [meter.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(at.is_some() && from == Some(1), "{at:?} {from:?}");
+
+        // Another restart: the new records, and an old one, sent again are
+        // not filed again; the next new one is.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_taken(meter, 1, 150, (11, 0)),
+                glucose_taken(meter, 2, 160, (11, 5)),
+                glucose_taken(meter, 3, 93, (9, 30)),
+                glucose_taken(meter, 3, 170, (11, 30)),
+            ],
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 1);
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 3);
+        assert_eq!(glucose_filed(&db).len(), 6);
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 3)]);
+        assert_eq!(
+            record_of(&store.reader, meter).len(),
+            1,
+            "one renumbering, told once"
+        );
+    }
+
+    /// H35: the sequence number wraps after 65,535 to 0; the records after the
+    /// wrap are filed, and those before it that the meter still holds, sent
+    /// again when it is asked for all its records, are not filed twice, also
+    /// after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_meter_whose_numbering_wrapped_has_its_new_records_filed_and_old_ones_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let (store, registry, meter) = glucose_meter_store(dir.path()).await;
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_taken(meter, 65_534, 100, (9, 0)),
+                glucose_taken(meter, 65_535, 101, (9, 1)),
+            ],
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 2);
+        // The wrap, in the same run: 0 and 1 taken later.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_taken(meter, 0, 102, (9, 2)),
+                glucose_taken(meter, 1, 103, (9, 3)),
+            ],
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 2, "0 and 1 filed");
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 1)]);
+        // After a restart the meter sends everything it holds.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_taken(meter, 65_534, 100, (9, 0)),
+                glucose_taken(meter, 65_535, 101, (9, 1)),
+                glucose_taken(meter, 0, 102, (9, 2)),
+                glucose_taken(meter, 1, 103, (9, 3)),
+                glucose_taken(meter, 2, 104, (9, 4)),
+            ],
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 1, "only 2 is new");
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 4);
+        let values: Vec<f64> = glucose_filed(&db).into_iter().map(|(v, ..)| v).collect();
+        assert_eq!(values, vec![100.0, 101.0, 102.0, 103.0, 104.0]);
+        assert_eq!(
+            record_of(&store.reader, meter),
+            vec![(
+                "the meter's record numbering started again at 0 (memory cleared or reset); records since are filed".to_owned(),
+                "gateway".to_owned()
+            )]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,7 +1084,7 @@ mod tests {
             .await
             .unwrap();
         let registry = Registry::from_devices(&[device]);
-        assert_eq!(store.reader.racp_progress().unwrap(), vec![]);
+        assert_eq!(filed_up_to(&store.reader), vec![]);
 
         // Records 1 and 2, then record 2 again in the same run (a meter that
         // sends it twice): filed once.
@@ -866,7 +1102,7 @@ mod tests {
         assert_eq!(s.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(stored(&store.reader), 2);
         // Saved with them: the next start asks the meter for records after 2.
-        assert_eq!(store.reader.racp_progress().unwrap(), vec![(meter, 2)]);
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 2)]);
 
         // A restart (run_over loads the progress from the store, as the
         // daemon does): a meter that sends 1 to 3 again files only 3.
@@ -883,7 +1119,7 @@ mod tests {
         assert_eq!(s.readings.load(Ordering::Relaxed), 1);
         assert_eq!(s.duplicates.load(Ordering::Relaxed), 2);
         assert_eq!(stored(&store.reader), 3);
-        assert_eq!(store.reader.racp_progress().unwrap(), vec![(meter, 3)]);
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 3)]);
     }
 
     #[tokio::test]

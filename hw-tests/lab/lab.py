@@ -729,6 +729,9 @@ def glucose_racp(lab):
     assert st["requests"] == "-", f"asked before it was assigned: {st}"
     lab.assign(GLUCOSE, rid)
     wait("carehub to ask the meter (RACP)", lambda: sensor_state("glucose")["requests"] != "-")
+    # Its answer ("no records found") and the hang-up first: a record stored
+    # while the meter chooses what to send would go in this first transfer.
+    wait("the first transfer to end", lambda: transfer_ended(None))
     sensors("store glucose 1 95")
     sensors("store glucose 2 110")
     wait("two glucose records in SQLite", lambda: len(readings(GLUCOSE, "blood_glucose")) >= 2)
@@ -785,6 +788,84 @@ def glucose_progress_survives_restart(lab):
     with db() as c:
         (saved,) = c.execute("SELECT racp_sequence FROM devices WHERE address = ?", (GLUCOSE,)).fetchone()
     assert saved == 5, f"racp_sequence={saved}"
+
+
+def glucose_rows():
+    """(resident_id, value, unit, measured_at_ms) of the meter's glucose readings, oldest first."""
+    with db() as c:
+        return c.execute(
+            "SELECT resident_id, value, unit, measured_at_ms FROM readings_text "
+            "WHERE device = ? AND quantity = 'blood_glucose' ORDER BY seq",
+            (bytes.fromhex(GLUCOSE.replace(":", "")),),
+        ).fetchall()
+
+
+RENUMBERED = "the meter's record numbering started again at 1 (memory cleared or reset); records since are filed"
+
+
+@scenario
+def glucose_meter_renumbered(lab):
+    """H35: the meter's memory is cleared and it numbers its records from 1
+    again, below the last number filed. Asked for records after that number
+    it has none ("no records found"); carehub asks for its last record (2,
+    below the one filed: the numbering went back), then for all its records,
+    and files both new ones with their values, units and device times, each
+    once. Staff are told: a technical alert (GET /api/v1/alerts) and a line in
+    the pairing record name the meter. Then the meter sends everything it
+    holds again (careless): only its new record is filed. Self-contained: it
+    pairs and assigns the meter first (glucose_racp) when no earlier scenario
+    has."""
+    if not readings(GLUCOSE, "blood_glucose"):
+        glucose_racp(lab)
+    rid = lab.residents["Doris Hale"]
+    before = glucose_rows()
+    with db() as c:
+        (saved,) = c.execute("SELECT racp_sequence FROM devices WHERE address = ?", (GLUCOSE,)).fetchone()
+    assert saved is not None and saved >= 3, f"racp_sequence={saved}"
+    asked = len(sensor_state("glucose")["requests"].split(","))
+    sensors("glucose clear")
+    t0 = int(time.time()) * 1000
+    sensors("store glucose 1 150")
+    sensors("store glucose 2 160")
+    t1 = (int(time.time()) + 1) * 1000
+    wait("the renumbered meter's records in SQLite", lambda: len(glucose_rows()) >= len(before) + 2, limit=2 * STEP)
+    st = wait("the meter's transfer to end", lambda: transfer_ended(None))
+    requests = st["requests"].split(",")[asked:]
+    assert "0106" in requests and requests[-1] == "0101", (
+        f"after 'no records found' carehub asked {requests}, not 'last record' then 'all records'"
+    )
+    got = glucose_rows()
+    assert got[: len(before)] == before, got
+    new = got[len(before):]
+    assert [r[:3] for r in new] == [(rid, 150.0, "mg/dL"), (rid, 160.0, "mg/dL")], new
+    for r in new:
+        assert r[3] is not None and t0 <= r[3] <= t1, f"device time {r[3]} not the meter's clock ({t0}..{t1})"
+    with db() as c:
+        row = c.execute(
+            "SELECT racp_sequence, racp_renumbered_sequence FROM devices WHERE address = ?", (GLUCOSE,)
+        ).fetchone()
+    assert row == (2, 1), f"racp_sequence, racp_renumbered_sequence = {row}"
+    alert = wait(
+        "the technical alert naming the meter",
+        lambda: next(
+            (a for a in lab.carehub.api_ok("/api/v1/alerts") or []
+             if a["rule"] == "meter-renumbered" and GLUCOSE in a["message"]),
+            None,
+        ),
+    )
+    assert RENUMBERED in alert["message"] and alert["class"] == "technical", alert
+    assert (RENUMBERED, "gateway") in pairing_events(GLUCOSE), pairing_events(GLUCOSE)
+    # True repeats are still dropped: the meter sends 1 to 3 when asked for 3 on.
+    sensors("glucose careless")
+    try:
+        sensors("store glucose 3 170")
+        wait("record 3 in SQLite", lambda: any(r[1] == 170.0 for r in glucose_rows()))
+        st = wait("the careless transfer to end", lambda: transfer_ended(None))
+    finally:
+        sensors("glucose careful")
+    assert st["sent"].endswith("2,1,2,1,2,3"), f"the meter did not send its records again: {st}"
+    got = glucose_rows()
+    assert [r[1] for r in got[len(before):]] == [150.0, 160.0, 170.0], got
 
 
 @scenario

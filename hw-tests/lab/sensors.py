@@ -14,6 +14,7 @@ line, one answer line each ("ok ..." or "error ..."):
     store thermo <tenths C>    the thermometer stores a temperature
     store scale <grams>        the scale stores a weight
     store glucose <seq> <mg/dL>    the meter stores a record (sent only when asked over RACP)
+    glucose clear              the meter's memory is cleared (its next records are numbered from 1 again)
     glucose careless|careful   the meter sends every record it holds whatever it is
                                asked (as a faulty meter might), or only those asked for
     plx cont|spot <spo2> <pr>  the oximeter notifies (continuous) or indicates (spot-check)
@@ -532,17 +533,26 @@ class Scale(SpotCheck):
         )
 
 
+# How long the glucose meter waits for another RACP question after answering
+# one before it hangs up (seconds; the guest runs under software emulation).
+GLUCOSE_FOLLOW_UP = 4.0
+
+
 class GlucoseMeter(Sensor):
     """0x1808 with the Record Access Control Point: it stores records with
     sequence numbers and sends nothing until the gateway asks over RACP
-    ("report stored records": all, or from a sequence number on); then it
-    notifies those records, indicates the RACP answer and hangs up. Its CCCDs
+    ("report stored records": all, from a sequence number on, or its last
+    record); then it notifies those records, indicates the RACP answer and
+    hangs up unless asked again within GLUCOSE_FOLLOW_UP seconds. Its CCCDs
     need an encrypted link (Just Works, bonded). It advertises while it holds
     records it has not been asked for."""
 
     def __init__(self, link, key, name, address):
         super().__init__(link, key, name, address, [0x1808])
         self.records = []  # (sequence, mg/dL, local time taken)
+        # How many records were ever stored (a record stored during a
+        # transfer, after the meter chose what to send, keeps it advertising).
+        self.stores = 0
         # New out of the box it advertises (pairing mode) until first asked.
         self.fresh = True
         self.sent = []
@@ -584,9 +594,17 @@ class GlucoseMeter(Sensor):
         asyncio.get_running_loop().create_task(self.report(connection, value))
 
     async def report(self, conn, request):
+        asked = len(self.requests)
         await asyncio.sleep(0.2)  # the write response goes first
+        # A record stored from here on was not chosen: the meter keeps
+        # advertising for it after this transfer.
+        stores = self.stores
         if request[:2] == b"\x01\x01" or (self.careless and request[:1] == b"\x01"):
             chosen = list(self.records)
+        elif request[:2] == b"\x01\x06":
+            # Operator "last record": the one stored last (the highest number
+            # of its current numbering).
+            chosen = self.records[-1:]
         elif request[:3] == b"\x01\x03\x01" and len(request) >= 5:
             first = struct.unpack("<H", request[3:5])[0]
             chosen = [r for r in self.records if r[0] >= first]
@@ -609,8 +627,13 @@ class GlucoseMeter(Sensor):
         code = 1 if chosen else 6  # success, or no records found
         await self.device.indicate_subscriber(conn, self.racp, bytes([6, 0, 1, code]))
         log.info("%s: RACP answered %d", self.key, code)
-        self.fresh = False
-        await asyncio.sleep(0.5)
+        if self.stores == stores:
+            self.fresh = False
+        # The gateway may ask again (its last record after "no records
+        # found", then all of them): hang up only when it has not.
+        await asyncio.sleep(GLUCOSE_FOLLOW_UP)
+        if len(self.requests) != asked:
+            return
         try:
             await conn.disconnect()
         except Exception as e:
@@ -624,6 +647,7 @@ class GlucoseMeter(Sensor):
         from zoneinfo import ZoneInfo
 
         self.records.append((seq, mgdl, datetime.now(ZoneInfo("Europe/London"))))
+        self.stores += 1
         self.fresh = True
         log.info("%s: stored record %d (%d mg/dL)", self.key, seq, mgdl)
         await self.advertise()
@@ -791,6 +815,12 @@ async def command(sensors, words):
             await sensors["scale"].store(bytes([0x00]) + struct.pack("<H", int(grams) // 5))
         case ["store", "glucose", seq, mgdl]:
             await sensors["glucose"].store(int(seq), int(mgdl))
+        case ["glucose", "clear"]:
+            # Its memory cleared (or a reset): every record gone; what it
+            # stores next is numbered from whatever `store` says (1 again),
+            # with later base times.
+            sensors["glucose"].records.clear()
+            log.info("glucose: memory cleared")
         case ["glucose", mode] if mode in ("careless", "careful"):
             sensors["glucose"].careless = mode == "careless"
             log.info("glucose: %s", mode)

@@ -12,6 +12,10 @@
 //!   context and the RACP, the session asks for the stored records, all of
 //!   them the first time, then only those after the last sequence number the
 //!   gateway has filed ([`RacpProgress`], kept in the store across restarts);
+//!   when the meter has none, it is asked for its last record, and when that
+//!   is numbered below the last one filed (its numbering started again:
+//!   memory cleared, a reset, the number wrapped; H35) for all its records
+//!   ([`RacpExchange`]);
 //! - a device that offers a writable Current Time (0x2A2B, Current Time
 //!   Service) has its clock set to the site's civil time, but only while the
 //!   gateway's own clock is synchronised: a gateway that booted in the past
@@ -59,33 +63,127 @@ const RACP: u16 = 0x2A52;
 /// Current Time (Current Time Service 0x1805).
 const CURRENT_TIME: u16 = 0x2A2B;
 
-/// RACP op codes and operators (Glucose Service 1.0, 3.4).
+/// RACP op codes and answers (Glucose Service 1.0, 3.4).
 const RACP_REPORT_STORED_RECORDS: u8 = 0x01;
 const RACP_RESPONSE_CODE: u8 = 0x06;
-const RACP_ALL_RECORDS: u8 = 0x01;
-const RACP_GREATER_OR_EQUAL: u8 = 0x03;
-const RACP_FILTER_SEQUENCE_NUMBER: u8 = 0x01;
+const RACP_SUCCESS: u8 = 0x01;
+const RACP_NO_RECORDS_FOUND: u8 = 0x06;
+
+/// Most RACP questions one session asks a meter: the first, its last record,
+/// all records (a meter that answers each is asked nothing more).
+const RACP_MOST_QUESTIONS: u8 = 3;
 
 /// What each meter has handed over and ingest has filed (shared with ingest,
 /// saved in the store, loaded at start).
 pub use crate::sensor::RacpProgress;
+pub use crate::sensor::racp::RacpQuery;
 
-/// The RACP request for the records the gateway does not have yet: all of
-/// them, or those from the sequence number after `last`. `None` when the last
-/// record taken had the highest number there is (nothing newer can be named).
-pub fn racp_request(last: Option<u16>) -> Option<Vec<u8>> {
-    match last {
-        None => Some(vec![RACP_REPORT_STORED_RECORDS, RACP_ALL_RECORDS]),
-        Some(n) => {
-            let [lo, hi] = n.checked_add(1)?.to_le_bytes();
-            Some(vec![
-                RACP_REPORT_STORED_RECORDS,
-                RACP_GREATER_OR_EQUAL,
-                RACP_FILTER_SEQUENCE_NUMBER,
-                lo,
-                hi,
-            ])
+/// A meter's answer to "report stored records".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RacpAnswer {
+    /// It sent what was asked for.
+    Success,
+    /// It holds no record that matches.
+    NoRecords,
+    /// Any other response code (not supported, procedure failed, ...).
+    Other(u8),
+}
+
+impl RacpAnswer {
+    /// The answer in a RACP indication, if it answers "report stored records".
+    pub fn parse(value: &[u8]) -> Option<RacpAnswer> {
+        match value {
+            [RACP_RESPONSE_CODE, _, RACP_REPORT_STORED_RECORDS, code, ..] => Some(match *code {
+                RACP_SUCCESS => RacpAnswer::Success,
+                RACP_NO_RECORDS_FOUND => RacpAnswer::NoRecords,
+                other => RacpAnswer::Other(other),
+            }),
+            _ => None,
         }
+    }
+}
+
+/// One session's RACP exchange with a meter (pure): what to ask first, which
+/// records to pass on, and what to ask after each answer.
+///
+/// The gateway asks for the records after the last number filed. A meter
+/// whose numbering started again (memory cleared, a reset, the number
+/// wrapping) has none: it answers "no records found" (or sends nothing), and
+/// would do so for ever (H35). So that answer is followed by "your last
+/// record": a last number below the one filed means the numbering went back,
+/// and the meter is asked for all its records, of which ingest files the new
+/// ones and drops the repeats (`sensor::racp::judge`). That last record is
+/// not passed on then: it comes again, in order, with all the others, and
+/// filed first it would make the older new records look like repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RacpExchange {
+    /// The last number filed when the exchange was decided.
+    saved: Option<u16>,
+    asked: RacpQuery,
+    /// The highest sequence number the meter sent since the last question.
+    highest: Option<u16>,
+    questions_left: u8,
+}
+
+impl RacpExchange {
+    /// The exchange and its first question: one left unanswered by an
+    /// earlier session, else all records (nothing filed yet), the records
+    /// after the last one filed, or the last record when no number is above
+    /// it (65,535, the meter's number will wrap).
+    pub fn start(saved: Option<u16>, pending: Option<(RacpQuery, Option<u16>)>) -> Self {
+        let (asked, saved) = match (pending, saved) {
+            (Some((query, then)), _) => (query, then),
+            (None, None) => (RacpQuery::All, None),
+            (None, Some(n)) => (
+                n.checked_add(1).map_or(RacpQuery::Last, RacpQuery::From),
+                Some(n),
+            ),
+        };
+        RacpExchange {
+            saved,
+            asked,
+            highest: None,
+            questions_left: RACP_MOST_QUESTIONS - 1,
+        }
+    }
+
+    /// The question asked now.
+    pub fn asked(&self) -> RacpQuery {
+        self.asked
+    }
+
+    /// The last number filed when the exchange was decided.
+    pub fn saved(&self) -> Option<u16> {
+        self.saved
+    }
+
+    /// A glucose record with this number arrived: whether to pass it on.
+    pub fn record(&mut self, sequence: u16) -> bool {
+        self.highest = Some(self.highest.map_or(sequence, |h| h.max(sequence)));
+        !(self.asked == RacpQuery::Last && self.went_back(sequence))
+    }
+
+    fn went_back(&self, last: u16) -> bool {
+        self.saved.is_some_and(|saved| last < saved)
+    }
+
+    /// The meter answered the question asked: what to ask next, if anything.
+    pub fn answered(&mut self, answer: RacpAnswer) -> Option<RacpQuery> {
+        let highest = self.highest.take();
+        let next = match (self.asked, answer, highest) {
+            // Nothing after the last number filed: is the meter's last
+            // record below it?
+            (RacpQuery::From(_), RacpAnswer::NoRecords, _)
+            | (RacpQuery::From(_), RacpAnswer::Success, None) => Some(RacpQuery::Last),
+            (RacpQuery::Last, RacpAnswer::Success, Some(last)) if self.went_back(last) => {
+                Some(RacpQuery::All)
+            }
+            _ => None,
+        };
+        let next = next.filter(|_| self.questions_left > 0)?;
+        self.questions_left -= 1;
+        self.asked = next;
+        Some(next)
     }
 }
 
@@ -393,27 +491,13 @@ async fn set_up_and_serve(
         return Err(BleError::NothingToSubscribe);
     }
     tracing::info!(device = %ctx.address, characteristics = subscribed, "gatt session up");
+    let mut exchange = None;
     if let Some(racp) = racp {
-        let last = ctx.racp.last(ctx.address);
-        match racp_request(last) {
-            Some(request) => {
-                tracing::info!(device = %ctx.address, after_sequence = ?last, "asking the meter for its stored records (RACP)");
-                if step(
-                    "RACP request",
-                    limit,
-                    &ctx.stop,
-                    peripheral.write(racp, &request, WriteType::WithResponse),
-                )
-                .await?
-                .is_none()
-                {
-                    return Ok(drain(values, ctx).await);
-                }
-            }
-            None => {
-                tracing::warn!(device = %ctx.address, "glucose sequence numbers exhausted: no newer record can be asked for")
-            }
+        let ex = RacpExchange::start(ctx.racp.last(ctx.address), ctx.racp.pending(ctx.address));
+        if ask_meter(peripheral, racp, ctx, &ex).await?.is_none() {
+            return Ok(drain(values, ctx).await);
         }
+        exchange = Some(ex);
     }
 
     let mut link_check = tokio::time::interval(LINK_CHECK);
@@ -425,6 +509,19 @@ async fn set_up_and_serve(
             biased;
             v = values.next() => match v {
                 Some(n) => {
+                    if let (Some(racp), Some(ex)) = (racp, exchange.as_mut()) {
+                        match racp_step(ex, ctx, &n) {
+                            RacpStep::Withhold => continue,
+                            RacpStep::Pass => {}
+                            RacpStep::Ask => {
+                                racp_answered(ctx.address, &n.value);
+                                if ask_meter(peripheral, racp, ctx, ex).await?.is_none() {
+                                    return Ok(drain(values, ctx).await);
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     if !forward(ctx, n).await {
                         return Ok(SessionEnd::Stopped);
                     }
@@ -444,6 +541,79 @@ async fn set_up_and_serve(
             }
         }
     }
+}
+
+/// What a value means to the session's RACP exchange.
+enum RacpStep {
+    /// Pass it on as usual.
+    Pass,
+    /// A record not to pass on (the meter's last record, which comes again
+    /// with all the others).
+    Withhold,
+    /// The meter answered and is to be asked the exchange's next question.
+    Ask,
+}
+
+/// Feeds one value to the RACP exchange; a question decided and not yet
+/// answered is left in [`RacpProgress`] for the next session, should the
+/// meter hang up first.
+fn racp_step(ex: &mut RacpExchange, ctx: &SessionContext, n: &ValueNotification) -> RacpStep {
+    if n.uuid == uuid16(gatt::GLUCOSE_MEASUREMENT) {
+        let record = crate::sensor::glucose_record(&Notification {
+            address: ctx.address,
+            characteristic: n.uuid,
+            value: n.value.clone(),
+        });
+        if let Some(r) = record
+            && !ex.record(r.sequence)
+        {
+            tracing::warn!(
+                device = %ctx.address,
+                last_record = r.sequence,
+                filed_up_to = ?ex.saved(),
+                "the meter's last record is numbered below the last one filed: its numbering went back (memory cleared, reset or wrapped); asking for all its records"
+            );
+            return RacpStep::Withhold;
+        }
+        return RacpStep::Pass;
+    }
+    if n.uuid != uuid16(RACP) {
+        return RacpStep::Pass;
+    }
+    let Some(answer) = RacpAnswer::parse(&n.value) else {
+        return RacpStep::Pass;
+    };
+    let next = ex.answered(answer);
+    ctx.racp
+        .set_pending(ctx.address, next.map(|q| (q, ex.saved())));
+    match next {
+        Some(_) => RacpStep::Ask,
+        None => RacpStep::Pass,
+    }
+}
+
+/// Writes the exchange's question to the meter's RACP. `Ok(None)`: the
+/// session was stopped.
+async fn ask_meter(
+    peripheral: &Peripheral,
+    racp: &Characteristic,
+    ctx: &SessionContext,
+    ex: &RacpExchange,
+) -> Result<Option<()>, BleError> {
+    let asked = ex.asked();
+    let what = match asked {
+        RacpQuery::All => "asking the meter for all its stored records (RACP)",
+        RacpQuery::From(_) => "asking the meter for its records after the last one filed (RACP)",
+        RacpQuery::Last => "asking the meter for its last record (RACP)",
+    };
+    tracing::info!(device = %ctx.address, question = ?asked, filed_up_to = ?ex.saved(), "{what}");
+    step(
+        "RACP request",
+        ctx.connect_timeout,
+        &ctx.stop,
+        peripheral.write(racp, &asked.bytes(), WriteType::WithResponse),
+    )
+    .await
 }
 
 /// Passes one value on (RACP answers are logged, glucose context is not a
@@ -511,15 +681,15 @@ async fn set_clock(
 
 /// Logs the meter's answer to a RACP request.
 fn racp_answered(address: DeviceAddress, value: &[u8]) {
-    match value {
-        [RACP_RESPONSE_CODE, _, RACP_REPORT_STORED_RECORDS, 0x01, ..] => {
+    match RacpAnswer::parse(value) {
+        Some(RacpAnswer::Success) => {
             tracing::info!(device = %address, "meter sent its stored records (RACP success)");
         }
-        [RACP_RESPONSE_CODE, _, RACP_REPORT_STORED_RECORDS, 0x06, ..] => {
-            tracing::info!(device = %address, "meter has no new records (RACP)");
+        Some(RacpAnswer::NoRecords) => {
+            tracing::info!(device = %address, "meter has no records that match (RACP)");
         }
-        other => {
-            tracing::warn!(device = %address, answer = %hex(other), "unexpected RACP answer");
+        _ => {
+            tracing::warn!(device = %address, answer = %hex(value), "unexpected RACP answer");
         }
     }
 }
@@ -571,30 +741,123 @@ mod tests {
 
     #[test]
     fn racp_asks_for_all_records_then_only_newer_ones() {
-        assert_eq!(racp_request(None), Some(vec![0x01, 0x01]));
-        assert_eq!(racp_request(Some(7)), Some(vec![0x01, 0x03, 0x01, 8, 0]));
+        let first = |saved| RacpExchange::start(saved, None).asked();
+        assert_eq!(first(None).bytes(), vec![0x01, 0x01]);
+        assert_eq!(first(Some(7)).bytes(), vec![0x01, 0x03, 0x01, 8, 0]);
         assert_eq!(
-            racp_request(Some(0x01FF)),
-            Some(vec![0x01, 0x03, 0x01, 0x00, 0x02])
+            first(Some(0x01FF)).bytes(),
+            vec![0x01, 0x03, 0x01, 0x00, 0x02]
         );
-        assert_eq!(racp_request(Some(u16::MAX)), None);
-        let p = RacpProgress::default();
-        let a = DeviceAddress([1, 2, 3, 4, 5, 6]);
-        assert_eq!(p.last(a), None);
-        p.filed(a, 3);
-        p.filed(a, 2);
-        assert_eq!(p.last(a), Some(3));
-        assert!(p.already_filed(a, 3) && p.already_filed(a, 1) && !p.already_filed(a, 4));
-        assert_eq!(p.take_unsaved(), vec![(a, 3)]);
-        assert_eq!(p.take_unsaved(), vec![]);
-        let glucose = |value: Vec<u8>| crate::sensor::Notification {
-            address: a,
-            characteristic: uuid16(gatt::GLUCOSE_MEASUREMENT),
-            value,
-        };
-        use crate::sensor::glucose_record_sequence as seq;
-        assert_eq!(seq(&glucose(vec![0x02, 0x34, 0x12, 0xE8])), Some(0x1234));
-        assert_eq!(seq(&glucose(vec![0x02, 0x34])), None);
+        // No number above 65,535: the meter is asked for its last record.
+        assert_eq!(first(Some(u16::MAX)), RacpQuery::Last);
+        assert_eq!(RacpQuery::Last.bytes(), vec![0x01, 0x06]);
+        // A question an earlier session could not ask goes first.
+        let ex = RacpExchange::start(Some(3), Some((RacpQuery::All, Some(9))));
+        assert_eq!((ex.asked(), ex.saved()), (RacpQuery::All, Some(9)));
+        assert_eq!(RacpAnswer::parse(&[6, 0, 1, 1]), Some(RacpAnswer::Success));
+        assert_eq!(
+            RacpAnswer::parse(&[6, 0, 1, 6]),
+            Some(RacpAnswer::NoRecords)
+        );
+        assert_eq!(RacpAnswer::parse(&[6, 0, 1, 2]), Some(RacpAnswer::Other(2)));
+        assert_eq!(RacpAnswer::parse(&[6, 0, 4, 1]), None);
+        assert_eq!(RacpAnswer::parse(&[5, 0, 1]), None);
+    }
+
+    /// A question, the records sent in answer (passed on or not), and the
+    /// next question.
+    type Step = (RacpQuery, Vec<(u16, bool)>, Option<RacpQuery>);
+
+    /// One exchange, step by step: (records the meter sends, passed on or
+    /// not), its answer, and the next question.
+    fn exchange(saved: Option<u16>, steps: &[(&[u16], RacpAnswer)]) -> Vec<Step> {
+        let mut ex = RacpExchange::start(saved, None);
+        let mut out = Vec::new();
+        for (records, answer) in steps {
+            let asked = ex.asked();
+            let passed = records.iter().map(|n| (*n, ex.record(*n))).collect();
+            out.push((asked, passed, ex.answered(*answer)));
+        }
+        out
+    }
+
+    /// H35: a meter whose numbering started again answers "no records found"
+    /// to "from the number after the last filed"; its last record, below that
+    /// number, shows the numbering went back, and it is asked for all its
+    /// records. A meter with nothing new is asked no more than its last record.
+    #[test]
+    fn a_meter_whose_numbering_went_back_is_asked_for_all_its_records() {
+        use RacpAnswer::*;
+        use RacpQuery::*;
+        // Memory cleared: filed up to 10, the meter now holds 1 to 3.
+        assert_eq!(
+            exchange(
+                Some(10),
+                &[(&[], NoRecords), (&[3], Success), (&[1, 2, 3], Success)]
+            ),
+            vec![
+                (From(11), vec![], Some(Last)),
+                (Last, vec![(3, false)], Some(All)),
+                (All, vec![(1, true), (2, true), (3, true)], None),
+            ]
+        );
+        // Nothing new: its last record is the one filed.
+        assert_eq!(
+            exchange(Some(10), &[(&[], NoRecords), (&[10], Success)]),
+            vec![
+                (From(11), vec![], Some(Last)),
+                (Last, vec![(10, true)], None)
+            ]
+        );
+        // "Success" with nothing sent counts as nothing after the number.
+        assert_eq!(
+            exchange(Some(10), &[(&[], Success), (&[2], Success)]),
+            vec![
+                (From(11), vec![], Some(Last)),
+                (Last, vec![(2, false)], Some(All))
+            ]
+        );
+        // Wrapped: filed up to 65,535, the meter's last is 1.
+        assert_eq!(
+            exchange(Some(u16::MAX), &[(&[1], Success)]),
+            vec![(Last, vec![(1, false)], Some(All))]
+        );
+        // New records after the last filed: nothing more to ask.
+        assert_eq!(
+            exchange(Some(10), &[(&[11, 12], Success)]),
+            vec![(From(11), vec![(11, true), (12, true)], None)]
+        );
+        // An empty meter, a refused question: nothing more.
+        assert_eq!(
+            exchange(Some(10), &[(&[], NoRecords), (&[], NoRecords)]),
+            vec![(From(11), vec![], Some(Last)), (Last, vec![], None)]
+        );
+        assert_eq!(
+            exchange(Some(10), &[(&[], Other(2))]),
+            vec![(From(11), vec![], None)]
+        );
+        assert_eq!(
+            exchange(None, &[(&[], NoRecords)]),
+            vec![(All, vec![], None)]
+        );
+    }
+
+    /// The exchange always ends: at most three questions in a session, even
+    /// for a meter that answers every one with nothing.
+    #[test]
+    fn a_racp_exchange_asks_at_most_three_questions() {
+        let mut ex = RacpExchange::start(Some(10), None);
+        let mut asked = 1;
+        for _ in 0..10 {
+            ex.record(1);
+            if ex.answered(RacpAnswer::Success).is_some() {
+                asked += 1;
+            }
+            if ex.answered(RacpAnswer::NoRecords).is_some() {
+                asked += 1;
+            }
+        }
+        assert!(asked <= 3, "{asked}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub enum AlertClass {
     /// acknowledged it, even when its cause has cleared meanwhile.
     Clinical,
     /// About the equipment (a sensor silent, a battery, the backlog, the
-    /// certificate, the disk, a device clock): clears itself once its cause
+    /// certificate, the disk, a device clock, a glucose meter renumbered): clears itself once its cause
     /// has stopped holding for the minimum hold, and the clearing is recorded.
     Technical,
 }
@@ -133,7 +133,16 @@ pub struct DeviceState {
     /// When it was assigned to its resident (its current assignment).
     pub assigned_at: Option<Timestamp>,
     pub battery_percent: Option<u8>,
+    /// A glucose meter whose record numbering started again (memory cleared,
+    /// reset, the number wrapped): when the gateway found it, and the number
+    /// it started again at (hazard H35).
+    pub meter_renumbered: Option<(Timestamp, u16)>,
 }
+
+/// How long `device:…/meter-renumbered` stays raised after a glucose meter's
+/// record numbering started again: a day, so that every shift sees it. The
+/// pairing record keeps the line after that.
+pub const METER_RENUMBERED_ALERT_FOR: Duration = Duration::from_secs(86_400);
 
 /// What the rules know of the gateway itself.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -553,6 +562,25 @@ fn device_causes(
             format!("sensor {} battery at {b} %", d.address),
         ));
     }
+    // Its new records are filed (ingest's rule, H35); staff are told so that
+    // someone checks the meter (its memory, its clock) and knows why its
+    // numbers start again.
+    if let Some((at, sequence)) = d
+        .meter_renumbered
+        .filter(|(at, _)| at.age_at(now) < METER_RENUMBERED_ALERT_FOR)
+    {
+        out.push(warning(
+            format!("{subject}/meter-renumbered"),
+            Some(resident),
+            "meter-renumbered",
+            format!(
+                "glucose meter {}: {} (found at {})",
+                d.address,
+                crate::sensor::racp::renumbered_words(sequence),
+                limits.zone.clock(at)
+            ),
+        ));
+    }
 }
 
 fn gateway_causes(g: &GatewayState, limits: &Limits, now: Timestamp, out: &mut Vec<Cause>) {
@@ -872,6 +900,7 @@ mod tests {
                 last_seen: seen_min_ago.map(ago),
                 assigned_at: None,
                 battery_percent: battery,
+                meter_renumbered: None,
             }],
             ..Default::default()
         }
@@ -895,6 +924,36 @@ mod tests {
         check(&device(None, None, Some(1)), &[]);
     }
 
+    /// H35: a glucose meter whose record numbering started again raises a
+    /// technical alert naming it and the number, for a day after it was found.
+    #[test]
+    fn a_renumbered_glucose_meter_is_a_technical_alert_for_a_day() {
+        let snap = |resident_id: Option<i64>, min_ago: i64| Snapshot {
+            devices: vec![DeviceState {
+                address: "C0:FF:EE:00:00:08".into(),
+                resident_id,
+                last_seen: Some(ago(0)),
+                assigned_at: None,
+                battery_percent: None,
+                meter_renumbered: Some((ago(min_ago), 1)),
+            }],
+            ..Default::default()
+        };
+        let raised = [("device:C0:FF:EE:00:00:08/meter-renumbered", Warning)];
+        check(&snap(Some(1), 0), &raised);
+        check(&snap(Some(1), 24 * 60 - 1), &raised);
+        check(&snap(Some(1), 24 * 60), &[]);
+        let c = &evaluate(&snap(Some(1), 5), &Limits::default(), ago(0)).causes[0];
+        assert_eq!(c.rule, "meter-renumbered");
+        assert_eq!(AlertClass::of_rule(c.rule), AlertClass::Technical);
+        assert_eq!(c.resident_id, Some(1));
+        assert!(
+            c.message.starts_with("glucose meter C0:FF:EE:00:00:08: the meter's record numbering started again at 1 (memory cleared or reset); records since are filed"),
+            "{}",
+            c.message
+        );
+    }
+
     /// Issue 15: a sensor is silent only after `sensor_silent_after` with
     /// nothing heard since the latest of last heard, assigned and the gateway's
     /// start; never "never heard" in its first second.
@@ -907,6 +966,7 @@ mod tests {
                 last_seen: seen.map(ago),
                 assigned_at: assigned.map(ago),
                 battery_percent: None,
+                meter_renumbered: None,
             }],
             started_at: started.map(ago),
             ..Default::default()

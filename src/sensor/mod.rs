@@ -9,7 +9,10 @@
 //! the channel; the simulator, the BlueZ source in `crate::ble` and (later) the
 //! hardware-in-the-loop rigs all implement it and nothing downstream knows which.
 
+pub mod racp;
 pub mod simulator;
+
+pub use racp::{RacpProgress, glucose_record};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -95,6 +98,9 @@ pub struct RawFrame {
     pub received_at: Timestamp,
 }
 
+/// Glucose Measurement (0x2A18), the records a meter hands over on request.
+pub const GLUCOSE_MEASUREMENT: u16 = 0x2A18;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,76 +113,5 @@ mod tests {
         );
         assert_eq!(short_uuid(&uuid16(0xFCD2)), Some(0xFCD2));
         assert_eq!(short_uuid(&Uuid::from_u128(1)), None);
-    }
-}
-
-/// Glucose Measurement (0x2A18), the records a meter hands over on request.
-pub const GLUCOSE_MEASUREMENT: u16 = 0x2A18;
-
-/// The record sequence number of a Glucose Measurement notification (the
-/// two bytes after its flags), if the frame is one.
-pub fn glucose_record_sequence(n: &Notification) -> Option<u16> {
-    if n.characteristic != uuid16(GLUCOSE_MEASUREMENT) {
-        return None;
-    }
-    let bytes = n.value.get(1..3)?;
-    Some(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]))
-}
-
-/// The highest glucose record sequence number filed from each meter: the
-/// next connection asks the meter (RACP) only for records after it, and a
-/// record at or below it that arrives again is not filed twice. Ingest
-/// advances it once it has handed a record's readings to the store, and has
-/// the store save it (`devices.racp_sequence`) right after them; the daemon
-/// loads it from there at start, so a restart does not fetch every record
-/// again. Cheap to clone; clones share the map.
-#[derive(Debug, Clone, Default)]
-pub struct RacpProgress(std::sync::Arc<std::sync::Mutex<RacpState>>);
-
-#[derive(Debug, Default)]
-pub struct RacpState {
-    last: std::collections::HashMap<DeviceAddress, u16>,
-    /// Advanced since last handed to the store.
-    unsaved: std::collections::BTreeMap<DeviceAddress, u16>,
-}
-
-impl RacpProgress {
-    fn state(&self) -> std::sync::MutexGuard<'_, RacpState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// What the store saved (at start).
-    pub fn load(&self, saved: &[(DeviceAddress, u16)]) {
-        let mut s = self.state();
-        for (device, sequence) in saved {
-            let last = s.last.entry(*device).or_insert(*sequence);
-            *last = (*last).max(*sequence);
-        }
-    }
-
-    /// The last sequence number filed from the meter, if any.
-    pub fn last(&self, device: DeviceAddress) -> Option<u16> {
-        self.state().last.get(&device).copied()
-    }
-
-    /// Whether a record with this sequence number was filed already.
-    pub fn already_filed(&self, device: DeviceAddress, sequence: u16) -> bool {
-        self.last(device).is_some_and(|last| sequence <= last)
-    }
-
-    /// Notes a record handed to the store.
-    pub fn filed(&self, device: DeviceAddress, sequence: u16) {
-        let mut s = self.state();
-        let last = s.last.entry(device).or_insert(sequence);
-        *last = (*last).max(sequence);
-        let now = *last;
-        s.unsaved.insert(device, now);
-    }
-
-    /// What advanced since the last call, to save.
-    pub fn take_unsaved(&self) -> Vec<(DeviceAddress, u16)> {
-        std::mem::take(&mut self.state().unsaved)
-            .into_iter()
-            .collect()
     }
 }

@@ -484,7 +484,8 @@ impl AlertBook {
     }
 
     /// Each device assigned to a resident: address, resident, last heard, assigned
-    /// at, battery.
+    /// at, battery, and when and at which number a glucose meter's record
+    /// numbering last started again.
     #[allow(clippy::type_complexity)]
     pub fn device_states(
         &self,
@@ -495,15 +496,21 @@ impl AlertBook {
             Option<Timestamp>,
             Option<Timestamp>,
             Option<u8>,
+            Option<(Timestamp, u16)>,
         )>,
         StoreError,
     > {
         let mut st = self.conn.prepare(
-            "SELECT address, resident_id, last_seen_ms, assigned_at_ms, battery_percent FROM devices
+            "SELECT address, resident_id, last_seen_ms, assigned_at_ms, battery_percent,
+                    racp_renumbered_at_ms, racp_renumbered_sequence FROM devices
              WHERE resident_id IS NOT NULL ORDER BY address",
         )?;
         let rows = st
             .query_map([], |r| {
+                let renumbered_at = r.get::<_, Option<i64>>(5)?.map(Timestamp::from_unix_ms);
+                let renumbered_sequence = r
+                    .get::<_, Option<i64>>(6)?
+                    .and_then(|n| u16::try_from(n).ok());
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -511,6 +518,7 @@ impl AlertBook {
                     r.get::<_, Option<i64>>(3)?.map(Timestamp::from_unix_ms),
                     r.get::<_, Option<i64>>(4)?
                         .and_then(|b| u8::try_from(b.clamp(0, 100)).ok()),
+                    renumbered_at.zip(renumbered_sequence),
                 ))
             })?
             .collect::<Result<_, _>>()?;

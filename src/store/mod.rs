@@ -256,9 +256,9 @@ pub(crate) enum Command {
     /// Signal strength and last-seen of registered devices.
     Seen {
         seen: Vec<Seen>,
-        /// Glucose record sequence numbers filed, per meter (queued after the
-        /// readings they came with).
-        racp: Vec<(crate::model::DeviceAddress, u16)>,
+        /// How far each meter's records are filed (queued after the readings
+        /// they came with).
+        racp: Vec<crate::sensor::racp::RacpSave>,
     },
     /// Adds, edits or archives a resident, in a transaction of its own so that a
     /// refused change (a reference already taken) never fails a group of readings.
@@ -733,13 +733,10 @@ impl EventSink {
         })
     }
 
-    /// Queues the last glucose record sequence number filed from each meter.
-    /// Queued after the readings of those records, it is committed with them
-    /// or after them, never before.
-    pub fn racp_filed(
-        &self,
-        racp: Vec<(crate::model::DeviceAddress, u16)>,
-    ) -> Result<(), StoreError> {
+    /// Queues how far each meter's records are filed (and a renumbering
+    /// found). Queued after the readings of those records, it is committed
+    /// with them or after them, never before.
+    pub fn racp_filed(&self, racp: Vec<crate::sensor::racp::RacpSave>) -> Result<(), StoreError> {
         if racp.is_empty() {
             return Ok(());
         }

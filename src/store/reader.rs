@@ -369,9 +369,17 @@ impl Reader {
         self.with_conn(super::registry::keys)
     }
 
-    /// The last glucose record sequence number filed from each meter, for the
-    /// BLE source and ingest at start.
-    pub fn racp_progress(&self) -> Result<Vec<(crate::model::DeviceAddress, u16)>, StoreError> {
+    /// How far each glucose meter's records are filed, for the BLE source and
+    /// ingest at start.
+    pub fn racp_progress(
+        &self,
+    ) -> Result<
+        Vec<(
+            crate::model::DeviceAddress,
+            crate::sensor::racp::MeterProgress,
+        )>,
+        StoreError,
+    > {
         self.with_conn(super::registry::racp_progress)
     }
 

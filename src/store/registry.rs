@@ -13,6 +13,7 @@ use rusqlite::{OptionalExtension, params};
 use super::StoreError;
 use crate::decode::{BindKey, ReplayCounters};
 use crate::model::{Device, DeviceAddress, DeviceKind, Resident, ResidentId, Subject, Timestamp};
+use crate::sensor::racp::{BaseTime, MeterProgress, MeterRecord, RacpSave, renumbered_words};
 
 /// What a recorded event changes in the `devices` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,36 +272,74 @@ pub(super) fn write_seen(tx: &rusqlite::Transaction<'_>, seen: &[Seen]) -> Resul
     Ok(())
 }
 
-/// Saves the last glucose record sequence number filed per meter (it only
-/// ever rises).
+/// Saves how far each meter's records are filed: the last record (number and
+/// base time) and the last one before the latest renumbering. A renumbering
+/// found is saved with its time and number and gets its line in the pairing
+/// record (who: "gateway"), in the same transaction.
 pub(super) fn write_racp(
     tx: &rusqlite::Transaction<'_>,
-    racp: &[(DeviceAddress, u16)],
+    racp: &[RacpSave],
 ) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "UPDATE devices SET racp_sequence = max(coalesce(racp_sequence, ?2), ?2) WHERE address = ?1",
+    let mut progress = tx.prepare_cached(
+        "UPDATE devices SET racp_sequence = ?2, racp_base_time = ?3,
+                racp_before_sequence = ?4, racp_before_base_time = ?5
+         WHERE address = ?1",
     )?;
-    for (device, sequence) in racp {
-        stmt.execute(params![device.to_string(), sequence])?;
+    let mut renumbered = tx.prepare_cached(
+        "UPDATE devices SET racp_renumbered_at_ms = ?2, racp_renumbered_sequence = ?3
+         WHERE address = ?1",
+    )?;
+    let mut note = tx.prepare_cached(
+        "INSERT INTO pairing_events (at_ms, device, what, who) VALUES (?1, ?2, ?3, 'gateway')",
+    )?;
+    for save in racp {
+        let device = save.device.to_string();
+        let p = &save.progress;
+        let changed = progress.execute(params![
+            device,
+            p.last.sequence,
+            p.last.base_time.map(|t| t.0),
+            p.before.map(|b| b.sequence),
+            p.before.and_then(|b| b.base_time).map(|t| t.0),
+        ])?;
+        if let Some(r) = save.renumbered.filter(|_| changed > 0) {
+            renumbered.execute(params![device, r.at.unix_ms(), r.sequence])?;
+            note.execute(params![
+                r.at.unix_ms(),
+                device,
+                renumbered_words(r.sequence)
+            ])?;
+        }
     }
     Ok(())
 }
 
-/// The last glucose record sequence number filed from each meter.
+/// How far each meter's records are filed.
 pub(super) fn racp_progress(
     c: &rusqlite::Connection,
-) -> Result<Vec<(DeviceAddress, u16)>, StoreError> {
+) -> Result<Vec<(DeviceAddress, MeterProgress)>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT address, racp_sequence FROM devices WHERE racp_sequence IS NOT NULL ORDER BY address",
+        "SELECT address, racp_sequence, racp_base_time, racp_before_sequence, racp_before_base_time
+         FROM devices WHERE racp_sequence IS NOT NULL ORDER BY address",
     )?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
+    let record = |sequence: Option<i64>, time: Option<i64>| {
+        Some(MeterRecord {
+            sequence: u16::try_from(sequence?).ok()?,
+            base_time: time.map(BaseTime),
+        })
+    };
     while let Some(r) = rows.next()? {
         let address: String = r.get(0)?;
-        let sequence: i64 = r.get(1)?;
-        if let (Ok(device), Ok(sequence)) = (address.parse(), u16::try_from(sequence)) {
-            out.push((device, sequence));
-        }
+        let Ok(device) = address.parse() else {
+            continue;
+        };
+        let Some(last) = record(r.get(1)?, r.get(2)?) else {
+            continue;
+        };
+        let before = record(r.get(3)?, r.get(4)?);
+        out.push((device, MeterProgress { last, before }));
     }
     Ok(out)
 }

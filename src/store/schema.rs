@@ -414,6 +414,20 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE devices ADD COLUMN racp_sequence INTEGER;
     "#,
+    // 13 (hazard H35): a meter's numbering can start again (memory cleared,
+    // reset, the number wrapping): the base time of the last record filed
+    // (the meter's own clock, YYYYMMDDhhmmss as it gave it) tells a repeat
+    // from a renumbered meter's new record; the last record before the latest
+    // renumbering tells a wrapped meter's old records from new ones; when and
+    // at which number the numbering started again is kept for staff (a
+    // technical alert).
+    r#"
+    ALTER TABLE devices ADD COLUMN racp_base_time INTEGER;
+    ALTER TABLE devices ADD COLUMN racp_before_sequence INTEGER;
+    ALTER TABLE devices ADD COLUMN racp_before_base_time INTEGER;
+    ALTER TABLE devices ADD COLUMN racp_renumbered_at_ms INTEGER;
+    ALTER TABLE devices ADD COLUMN racp_renumbered_sequence INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -361,6 +361,91 @@ fn glucose_meter_is_asked_for_its_records_over_racp_and_only_new_ones_again() {
     stop_cleanly(daemon);
 }
 
+/// H35: a meter whose memory was cleared holds records 1 and 2 again, taken
+/// later than the last record filed (3). Asked for records from 4 it answers
+/// "no records found"; the session then asks for its last record (2, below 3:
+/// the numbering went back), then for all its records, and the new records
+/// are filed once each, beside the three filed before. (The last record is
+/// not filed when it first comes: filed before 1, it would make 1 look like a
+/// repeat.)
+#[test]
+fn a_glucose_meter_whose_memory_was_cleared_is_asked_for_all_its_records() {
+    const METER: &str = "C0:FF:EE:00:00:08";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(METER, "Glucose meter", &[0x1808]);
+    let glucose = bluez.add_service(METER, 0x1808);
+    let measurement = bluez.add_characteristic(&glucose, 0x2A18, "notify", "00");
+    bluez.add_characteristic(&glucose, 0x2A34, "notify", "00");
+    let racp = bluez.add_characteristic(&glucose, 0x2A52, "write,indicate", "00");
+    let gw = Gateway::new(
+        vec![resident(1, "Margaret Ellis", "Room 4")],
+        vec![device(
+            METER,
+            DeviceKind::GlucoseMeter,
+            Subject::Resident(ResidentId(1)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+    let asked = |n: usize, what: &str| {
+        assert!(
+            wait_for(STEP, || {
+                bluez.advertise_presence(METER);
+                (bluez.written(&racp).len() >= n).then_some(())
+            })
+            .is_some(),
+            "{what}\n{}",
+            bluez.log()
+        );
+    };
+    asked(1, "the meter was never asked for its records");
+    // Records 1 to 3 (95, 110, 120 mg/dL; 09:00, 10:00, 10:20 by its clock).
+    assert!(bluez.notify(&measurement, "020100ea070c030900005fb011"));
+    assert!(bluez.notify(&measurement, "020200ea070c030a00006eb011"));
+    assert!(bluez.notify(&measurement, "020300ea070c030a140078b011"));
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(gw.wait_readings(METER, "blood_glucose", 3, STEP));
+
+    // Its memory is cleared; it holds records 1 and 2 again: 150 mg/dL at
+    // 11:00 and 160 mg/dL at 11:05.
+    let new_1 = "020100ea070c030b000096b011";
+    let new_2 = "020200ea070c030b0500a0b011";
+    bluez.drop_link(METER);
+    asked(2, "the meter was not asked again on its next connection");
+    assert!(bluez.notify(&racp, "06000106"));
+    asked(3, "no 'last record' question after 'no records found'");
+    assert_eq!(bluez.written(&racp)[1..3], ["0103010400", "0106"]);
+    assert!(bluez.notify(&measurement, new_2));
+    assert!(bluez.notify(&racp, "06000101"));
+    asked(
+        4,
+        "no 'all records' question after a last record below the one filed",
+    );
+    assert_eq!(bluez.written(&racp)[3], "0101");
+    assert!(bluez.notify(&measurement, new_1));
+    assert!(bluez.notify(&measurement, new_2));
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(gw.wait_readings(METER, "blood_glucose", 5, STEP));
+    let got: Vec<(Option<i64>, Option<f64>, String)> = gw
+        .readings(METER)
+        .into_iter()
+        .filter(|r| r.2 == "blood_glucose")
+        .map(|r| (r.0, r.3, r.4))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(1), Some(95.0), "mg/dL".to_owned()),
+            (Some(1), Some(110.0), "mg/dL".to_owned()),
+            (Some(1), Some(120.0), "mg/dL".to_owned()),
+            (Some(1), Some(150.0), "mg/dL".to_owned()),
+            (Some(1), Some(160.0), "mg/dL".to_owned())
+        ]
+    );
+    stop_cleanly(daemon);
+}
+
 /// Issue 18: more devices than `max_connections`, and the one connected
 /// never leaves (a continuous strap): the waiting device is still served, in
 /// its turn, because a session that has held its slot for `SLOT_SHARE` while
