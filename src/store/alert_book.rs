@@ -181,10 +181,7 @@ impl AlertBook {
     /// The page cache bound of this connection, in KiB (a test's view).
     #[cfg(test)]
     pub(crate) fn page_cache_kib(&self) -> i64 {
-        -self
-            .conn
-            .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
-            .unwrap()
+        super::page_cache_kib(&self.conn)
     }
 
     /// Opens the book on a database that `Store::open` has already migrated.

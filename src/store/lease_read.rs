@@ -107,10 +107,7 @@ impl LeaseReader {
     /// The page cache bound of this connection, in KiB (a test's view).
     #[cfg(test)]
     pub(crate) fn page_cache_kib(&self) -> i64 {
-        -self
-            .conn
-            .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
-            .unwrap()
+        super::page_cache_kib(&self.conn)
     }
 
     /// Opens `path` read-only. Blocking; open it after the store (whose writer

@@ -759,6 +759,14 @@ pub(crate) const WRITER_CACHE_KIB: i64 = 2048;
 /// read recent rows and small tables; the writer's cache holds the hot pages.
 pub(crate) const SIDE_CACHE_KIB: i64 = 256;
 
+/// `conn`'s page cache bound in KiB, as set by [`bound_page_cache`] (tests).
+#[cfg(test)]
+pub(crate) fn page_cache_kib(conn: &rusqlite::Connection) -> i64 {
+    -conn
+        .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
+        .unwrap()
+}
+
 /// Bounds `conn`'s page cache to `kib` KiB.
 pub(crate) fn bound_page_cache(conn: &rusqlite::Connection, kib: i64) -> rusqlite::Result<()> {
     // A negative cache_size is a size in KiB, whatever the page size.

@@ -117,9 +117,7 @@ impl Reader {
     /// The page cache bound of this connection, in KiB (a test's view).
     #[cfg(test)]
     pub(crate) fn page_cache_kib(&self) -> i64 {
-        self.with_conn(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?))
-            .map(|n| -n)
-            .unwrap()
+        self.with_conn(|c| Ok(super::page_cache_kib(c))).unwrap()
     }
 
     pub(super) fn new(path: PathBuf, stats: Arc<StoreStats>) -> Self {

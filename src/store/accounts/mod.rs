@@ -186,12 +186,7 @@ impl Accounts {
     /// The page cache bound of this connection, in KiB (a test's view).
     #[cfg(test)]
     pub(crate) fn page_cache_kib(&self) -> i64 {
-        -self
-            .conn
-            .lock()
-            .unwrap()
-            .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
-            .unwrap()
+        crate::store::page_cache_kib(&self.conn.lock().unwrap())
     }
 
     /// Opens a connection on the store's database, which `Store::open` has
