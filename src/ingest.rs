@@ -1064,26 +1064,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_glucose_record_is_filed_once_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            StoreSettings::at(dir.path().join("t.db")),
-            tokio::runtime::Handle::current(),
-            Health::default().register("store"),
-        )
-        .unwrap();
-        let meter: DeviceAddress = "C0:FF:EE:00:00:08".parse().unwrap();
-        let device = Device {
-            address: meter,
-            kind: DeviceKind::GlucoseMeter,
-            model: None,
-            name: None,
-            subject: Subject::Room("Room 3".into()),
-        };
-        store
-            .handle
-            .provision(vec![], vec![device.clone()])
-            .await
-            .unwrap();
-        let registry = Registry::from_devices(&[device]);
+        let (store, registry, meter) = glucose_meter_store(dir.path()).await;
         assert_eq!(filed_up_to(&store.reader), vec![]);
 
         // Records 1 and 2, then record 2 again in the same run (a meter that
