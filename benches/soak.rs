@@ -20,6 +20,8 @@
 //! `SOAK_ALERT_EVERY_SECS` (20) a probe resident is added and
 //! a nurse records an observation set that scores NEWS2 high; the time from that
 //! reading being stored to its alert on the fetched overview is the alert delay.
+//! Before the next probe, the last one's alerts are acknowledged and its
+//! resident archived, so that the home does not grow through the run.
 //!
 //! At the end it prints the figures `docs/reliability.md` quotes: memory, files,
 //! CPU, database and WAL first/last/peak, bytes written a day and what that means
@@ -401,7 +403,48 @@ fn watch_commits(
 
 /// Adds a probe resident and records a nurse's observation set that scores
 /// NEWS2 high for them; the time it was stored goes to `probe`.
-fn raise_probe_alert(addr: SocketAddr, n: u64, probe: &Probe) -> Result<(), String> {
+/// A nurse's part in a steady home: the last probe's open alerts are
+/// acknowledged and its resident archived (discharged) before the next probe
+/// comes. The home stays at its residents plus one, as a real home does; until
+/// 2026-12-03 every probe stayed, and the home grew by twenty residents an
+/// hour with their open alerts (docs/reliability.md, memory).
+fn discharge_probe(addr: SocketAddr, id: i64) -> Result<(), String> {
+    let (status, reply) = support::http_request(addr, "GET", "/api/v1/alerts", "", "")
+        .ok_or("no answer listing the alerts")?;
+    if status != 200 {
+        return Err(format!("listing the alerts: {status} {reply}"));
+    }
+    let alerts: serde_json::Value = serde_json::from_str(&reply).map_err(|e| e.to_string())?;
+    for alert in alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["resident_id"].as_i64() == Some(id) && a.get("acknowledged_at").is_none())
+    {
+        let alert_id = alert["id"].as_i64().ok_or(format!("no id in {alert}"))?;
+        let (status, reply) = support::http_request(
+            addr,
+            "POST",
+            &format!("/api/v1/alerts/{alert_id}/ack"),
+            "",
+            "",
+        )
+        .ok_or("no answer acknowledging a probe's alert")?;
+        if !(200..300).contains(&status) {
+            return Err(format!("acknowledging alert {alert_id}: {status} {reply}"));
+        }
+    }
+    let (status, reply) =
+        support::http_request(addr, "DELETE", &format!("/api/v1/residents/{id}"), "", "")
+            .ok_or("no answer archiving a probe resident")?;
+    if status != 204 {
+        return Err(format!("archiving probe resident {id}: {status} {reply}"));
+    }
+    Ok(())
+}
+
+/// Adds probe resident `n` with a NEWS2-high observation set; returns its id.
+fn raise_probe_alert(addr: SocketAddr, n: u64, probe: &Probe) -> Result<i64, String> {
     let name = format!("Latency probe {n}");
     let body = serde_json::json!({"display_name": name, "room": format!("Probe {n}"), "reference": format!("PRB-{n:04}")}).to_string();
     let (status, reply) = support::http_request(
@@ -438,7 +481,7 @@ fn raise_probe_alert(addr: SocketAddr, n: u64, probe: &Probe) -> Result<(), Stri
         ));
     }
     *probe.lock().expect("probe") = Some((name, stored));
-    Ok(())
+    Ok(id)
 }
 
 fn write_config(dir: &Path, pki: &Pki, port: u16, residents: u64, web: u16) -> PathBuf {
@@ -534,6 +577,7 @@ fn main() {
         })
     };
     let mut probes = 0u64;
+    let mut last_probe: Option<i64> = None;
     let mut next_probe = Instant::now() + Duration::from_secs(40);
     let mut samples: Vec<Sample> = Vec::new();
     let mut csv = std::fs::File::create(&csv_path).expect("csv");
@@ -548,8 +592,14 @@ fn main() {
         if alert_every > 0 && Instant::now() >= next_probe {
             next_probe += Duration::from_secs(alert_every);
             probes += 1;
-            if let Err(e) = raise_probe_alert(web, probes, &probe) {
-                eprintln!("soak: alert probe {probes}: {e}");
+            if let Some(id) = last_probe.take()
+                && let Err(e) = discharge_probe(web, id)
+            {
+                eprintln!("soak: discharging probe resident {id}: {e}");
+            }
+            match raise_probe_alert(web, probes, &probe) {
+                Ok(id) => last_probe = Some(id),
+                Err(e) => eprintln!("soak: alert probe {probes}: {e}"),
             }
         }
         if Instant::now() < next_sample {

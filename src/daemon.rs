@@ -401,6 +401,7 @@ pub async fn run(
         web.table.clone(),
         cancel.clone(),
     ));
+    let trim = tokio::spawn(crate::system::memory::trim_heap(cancel.clone()));
     let seen_flush = ble_seen
         .map(|(status, sink)| tokio::spawn(persist_sightings(status, sink, cancel.clone())));
 
@@ -492,6 +493,7 @@ pub async fn run(
 
     let stop = async {
         let _ = probe.await;
+        let _ = trim.await;
         let _ = live.await;
         if let Some(flush) = seen_flush {
             let _ = flush.await;

@@ -759,6 +759,23 @@ pub(crate) const WRITER_CACHE_KIB: i64 = 2048;
 /// read recent rows and small tables; the writer's cache holds the hot pages.
 pub(crate) const SIDE_CACHE_KIB: i64 = 256;
 
+/// All of SQLite's heap in the process, in KiB: a soft limit (`PRAGMA
+/// soft_heap_limit`, set when the writer opens). Past it, no allocation fails:
+/// each connection's page cache reuses its own least recently used pages
+/// instead of growing. Schemas and statements of the nine connections take
+/// about 0.75 MiB; the rest is page cache, which otherwise fills towards the
+/// bounds above for an hour as the file grows (docs/reliability.md, memory).
+/// A page not cached is read again from the operating system's cache.
+pub(crate) const SQLITE_HEAP_KIB: i64 = 1024;
+
+/// SQLite's heap in this process now, in bytes (every connection's caches,
+/// schemas and statements).
+pub fn sqlite_heap_bytes() -> i64 {
+    // SAFETY: sqlite3_memory_used reads a counter under SQLite's own mutex; it
+    // takes no pointer and is safe to call from any thread at any time.
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
+
 /// `conn`'s page cache bound in KiB, as set by [`bound_page_cache`] (tests).
 #[cfg(test)]
 pub(crate) fn page_cache_kib(conn: &rusqlite::Connection) -> i64 {

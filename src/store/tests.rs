@@ -1949,3 +1949,60 @@ async fn every_connection_but_the_writers_has_a_bounded_page_cache() {
     let accounts = super::accounts::Accounts::open(&path, Synchronous::Normal).unwrap();
     assert_eq!(accounts.page_cache_kib(), super::SIDE_CACHE_KIB);
 }
+
+/// The store bounds SQLite's heap for the whole process: a connection that
+/// reads a file four times the budget keeps less than the budget cached, not
+/// its own bound (SQLite's default 2 MiB), so the caches of the nine
+/// connections cannot fill towards their bounds together.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_bounds_sqlite_heap_for_the_whole_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(settings(dir.path()));
+    let budget = super::SQLITE_HEAP_KIB * 1024;
+    let other = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        let limit: i64 = conn
+            .query_row("PRAGMA soft_heap_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, budget);
+        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        for _ in 0..50 {
+            let tx = conn.unchecked_transaction().unwrap();
+            for _ in 0..100 {
+                tx.execute("INSERT INTO t VALUES (zeroblob(1000))", [])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(&other).unwrap();
+    let cache_kib: i64 = conn
+        .query_row("PRAGMA cache_size", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        -cache_kib * 1024 > budget,
+        "its own bound is above the budget"
+    );
+    let bytes: i64 = conn
+        .query_row("SELECT sum(length(x)) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert!(bytes > 4 * budget, "the file is bigger than the budget");
+    let (mut used, mut high) = (0, 0);
+    // SAFETY: the handle is this open connection's; the out pointers live.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+            &mut used,
+            &mut high,
+            0,
+        )
+    };
+    assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+    assert!(
+        i64::from(used) < budget,
+        "{used} bytes cached, budget {budget}"
+    );
+    assert!(super::sqlite_heap_bytes() > 0);
+}

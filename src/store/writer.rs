@@ -72,6 +72,8 @@ pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connecti
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     super::bound_page_cache(&conn, super::WRITER_CACHE_KIB)?;
+    // Process-wide: bounds the readers' caches too, opened after this one.
+    conn.pragma_update(None, "soft_heap_limit", super::SQLITE_HEAP_KIB * 1024)?;
     let verdict: String = conn.query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))?;
     if verdict != "ok" {
         return Err(StoreError::Corrupt(verdict));

@@ -326,6 +326,20 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         "Web requests answered, by status class.",
         &requests,
     );
+    if let Some(rss) = crate::system::memory::resident_bytes() {
+        e.single(
+            "process_resident_memory_bytes",
+            "gauge",
+            "The daemon's resident memory (VmRSS), in bytes.",
+            rss as f64,
+        );
+    }
+    e.single(
+        "carehub_sqlite_heap_bytes",
+        "gauge",
+        "SQLite's heap in the daemon (page caches, schemas, statements), in bytes.",
+        crate::store::sqlite_heap_bytes() as f64,
+    );
     e.single(
         "carehub_web_event_streams",
         "gauge",
