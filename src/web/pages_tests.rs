@@ -582,6 +582,10 @@ async fn metrics_follow_the_text_format() {
     assert_eq!(value("carehub_decode_errors_total", &[]), 0.0);
     assert_eq!(value("carehub_frames_refused_total", &[]), 0.0);
     assert_eq!(value("carehub_build_info", &[("gateway", "test-gw")]), 1.0);
+    // The memory a field engineer watches: this process's, so only their presence
+    // and a plausible size (the test binary holds more than a megabyte).
+    assert!(value("process_resident_memory_bytes", &[]) > 1_048_576.0);
+    assert!(value("carehub_sqlite_heap_bytes", &[]) > 0.0);
 }
 
 /// The next SSE frame's text, or `None` when the stream has ended.
