@@ -220,6 +220,17 @@ pub const SLOT_SHARE: Duration = Duration::from_secs(30);
 /// Longest wait for a best-effort disconnect when the session is stopped.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
+/// Longest wait for a yielded link to be reported down before its slot goes
+/// to a waiting device. BlueZ answers `Disconnect` before the radio has let
+/// go (it waits 2 s before asking the kernel), and a slot handed on at the
+/// answer put one link more than `ble.max_connections` on the controller
+/// (the virtual lab's `more_devices_than_slots`). Bounded: a link BlueZ never
+/// reports down must not keep the slot from everyone for good.
+const YIELD_DISCONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a yielding session asks BlueZ whether its link is down yet.
+const LINK_DOWN_POLL: Duration = Duration::from_millis(100);
+
 /// Whether an advertised service list marks a health device.
 pub fn is_health_device(services: &[Uuid]) -> bool {
     services
@@ -335,13 +346,33 @@ pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionE
     // to the controller, BlueZ forgot the device, and the device, still
     // connected as far as it knew, never advertised again.
     let round_over = ctx.round.is_cancelled() && result.is_ok();
-    if !round_over
-        && (ctx.stop.is_cancelled() || result.is_err() || matches!(result, Ok(SessionEnd::Yielded)))
-    {
+    if !round_over && matches!(result, Ok(SessionEnd::Yielded)) {
+        // The slot (held until this returns) goes on only once the link is
+        // down, so that the controller never holds more links than slots.
+        if !let_go(&peripheral).await {
+            tracing::warn!(device = %ctx.address, wait_s = YIELD_DISCONNECT_WAIT.as_secs(), "yielded link not reported down in time; giving its slot on all the same");
+        }
+    } else if !round_over && (ctx.stop.is_cancelled() || result.is_err()) {
         // Leave no half-open link behind; the device may already be gone.
         let _ = tokio::time::timeout(DISCONNECT_WAIT, peripheral.disconnect()).await;
     }
     result
+}
+
+/// Disconnects and waits until BlueZ reports the link down (at most
+/// [`YIELD_DISCONNECT_WAIT`]); false when it was not reported down in time.
+async fn let_go(peripheral: &Peripheral) -> bool {
+    let down = async {
+        // A failed Disconnect (the device left already) is answered by the
+        // link state below.
+        let _ = peripheral.disconnect().await;
+        while peripheral.is_connected().await.unwrap_or(false) {
+            tokio::time::sleep(LINK_DOWN_POLL).await;
+        }
+    };
+    tokio::time::timeout(YIELD_DISCONNECT_WAIT, down)
+        .await
+        .is_ok()
 }
 
 async fn step<T>(
