@@ -457,10 +457,9 @@ IDLE_HANG_UP = 45.0  # longer than SMP's 30 s, so a pairing waiting for staff is
 def hang_up_when(sensor, connection):
     """As battery devices do: hang up a second after bonding, or after a
     failed pairing, and when connected for IDLE_HANG_UP seconds with nobody
-    subscribed. The lab needs this: on Debian's 6.1 kernel a BlueZ
-    Disconnect right after pairing answers success but sends no HCI
-    Disconnect, so the link the gateway dropped stays up on the device's
-    side (hw-tests/README.md, "What the lab found")."""
+    subscribed. Added when the gateway's disconnects did not reach the
+    devices (that was Bumble's controller breaking the specification, fixed
+    by GatewayController); kept because real battery devices do it."""
     loop = asyncio.get_running_loop()
 
     async def hang_up(why, delay):

@@ -410,8 +410,8 @@ enum Dial {
     /// Never heard this round: one probe, at most one at a time and with a
     /// short connect time-out ([`PROBE_CONNECT`]), for a device that still
     /// holds a link to the gateway's controller and so does not advertise
-    /// (after carehub's own disconnect the kernel may keep the link up while
-    /// BlueZ reports it down: seen in the virtual lab).
+    /// (one left up across a carehub restart, or one whose disconnect never
+    /// reached it: docs/hardware.md).
     Probe,
 }
 

@@ -340,11 +340,12 @@ pub async fn run(peripheral: Peripheral, ctx: SessionContext) -> Result<SessionE
     let result = connected(&peripheral, &ctx, probing).await;
     // When the round ends (carehub stopping, BlueZ going away) a working link
     // is left to BlueZ: the next round (or the next carehub) takes it over,
-    // as a device BlueZ holds connected. Disconnecting it here is what
-    // stranded devices in the virtual lab's more_devices_than_slots: the
-    // kernel (Debian's 6.1) answered BlueZ's disconnect without sending one
-    // to the controller, BlueZ forgot the device, and the device, still
-    // connected as far as it knew, never advertised again.
+    // as a device BlueZ holds connected, and a continuous device is not cut
+    // off by a restart. (This was first done because the virtual lab's
+    // disconnects never reached the devices; that was the lab's emulated
+    // controller, fixed since: hw-tests/README.md, "What the lab found". A
+    // disconnect that does not reach the device stays possible on Linux 6.1
+    // in a rare race, see docs/hardware.md.)
     let round_over = ctx.round.is_cancelled() && result.is_ok();
     if !round_over && matches!(result, Ok(SessionEnd::Yielded)) {
         // The slot (held until this returns) goes on only once the link is
