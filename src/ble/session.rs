@@ -221,11 +221,12 @@ pub const SLOT_SHARE: Duration = Duration::from_secs(30);
 const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
 /// Longest wait for a yielded link to be reported down before its slot goes
-/// to a waiting device. BlueZ answers `Disconnect` before the radio has let
-/// go (it waits 2 s before asking the kernel), and a slot handed on at the
-/// answer put one link more than `ble.max_connections` on the controller
-/// (the virtual lab's `more_devices_than_slots`). Bounded: a link BlueZ never
-/// reports down must not keep the slot from everyone for good.
+/// to a waiting device. BlueZ asks the kernel to disconnect only some 2.5 s
+/// after `Disconnect` is called (seen in the virtual lab), and a slot handed
+/// on after the best-effort wait ([`DISCONNECT_WAIT`]) put one link more than
+/// `ble.max_connections` on the controller (the lab's
+/// `more_devices_than_slots`). Bounded: a link BlueZ never reports down must
+/// not keep the slot from everyone for good.
 const YIELD_DISCONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a yielding session asks BlueZ whether its link is down yet.

@@ -516,10 +516,11 @@ fn a_device_that_never_disconnects_gives_its_slot_to_one_that_waits() {
 
 /// Issue 18 (found in the virtual lab's more_devices_than_slots once its
 /// emulated controller kept to the specification): a session that gives its
-/// slot up asks BlueZ to disconnect, and BlueZ answers before the radio has
-/// let go (it waits 2 s before it even asks the kernel). Handing the slot on
-/// at the answer put a third link on a controller meant to hold two. The slot
-/// goes to the waiting device only once the yielded link is down.
+/// slot up asks BlueZ to disconnect, and BlueZ asks the kernel only some
+/// 2.5 s later. Handing the slot on after a short wait put a third link on a
+/// controller meant to hold two. The slot goes to the waiting device only
+/// once the yielded link is down (here the fake's links go down 2 s after
+/// `Disconnect` has returned).
 #[test]
 fn a_yielded_slot_is_given_on_only_once_the_link_is_down() {
     const OTHER_STRAP: &str = "C0:FF:EE:00:00:04";
