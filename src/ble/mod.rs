@@ -410,8 +410,8 @@ enum Dial {
     /// Never heard this round: one probe, at most one at a time and with a
     /// short connect time-out ([`PROBE_CONNECT`]), for a device that still
     /// holds a link to the gateway's controller and so does not advertise
-    /// (after carehub's own disconnect the kernel may keep the link up while
-    /// BlueZ reports it down: seen in the virtual lab).
+    /// (one left up across a carehub restart, or one whose disconnect never
+    /// reached it: docs/hardware.md).
     Probe,
 }
 
@@ -479,6 +479,8 @@ struct Round<'a> {
     probes: Arc<Semaphore>,
     /// Sessions waiting for one of the slots.
     waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Sessions giving their slot up now ([`session::claim_turn`]).
+    yielding: Arc<std::sync::atomic::AtomicUsize>,
     sessions: JoinSet<(DeviceAddress, Result<SessionEnd, BleError>)>,
     active: HashMap<DeviceAddress, CancellationToken>,
     retries: HashMap<DeviceAddress, Retry>,
@@ -551,6 +553,7 @@ async fn round(
         slots: Arc::new(Semaphore::new(settings.max_connections)),
         probes: Arc::new(Semaphore::new(1)),
         waiting: Arc::default(),
+        yielding: Arc::default(),
         sessions: JoinSet::new(),
         active: HashMap::new(),
         retries: HashMap::new(),
@@ -906,6 +909,7 @@ impl Round<'_> {
             racp: self.status.racp.clone(),
             clock_synchronised: crate::system::clock_synchronised,
             waiting: self.waiting.clone(),
+            yielding: self.yielding.clone(),
         };
         let Some(peripheral) = self.known.get(id).map(|k| k.peripheral.clone()) else {
             return;

@@ -299,6 +299,25 @@ impl FakeBluez {
             .unwrap_or_else(|| panic!("{out}"))
     }
 
+    /// The device's link goes down only `delay_ms` after BlueZ answers its
+    /// Disconnect.
+    pub fn slow_disconnect(&self, address: &str, delay_ms: u32) {
+        let path = format!("/org/bluez/hci0/dev_{}", address.replace(':', "_"));
+        self.mock(
+            "SlowDisconnect",
+            &[&format!("string:{path}"), &format!("uint32:{delay_ms}")],
+        );
+    }
+
+    /// The most devices connected at once so far.
+    pub fn most_links(&self) -> u32 {
+        let out = self.mock("MostLinks", &[]);
+        out.split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    }
+
     fn property(&self, path: &str, interface: &str, name: &str) -> Option<String> {
         self.dbus_send(
             "org.bluez",

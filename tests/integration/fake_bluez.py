@@ -49,6 +49,9 @@ def _connect(device):
     device.connected = True
     device.connect_count = getattr(device, "connect_count", 0) + 1
     _set_device_props(device, {"Connected": dbus.Boolean(True), "ServicesResolved": dbus.Boolean(True)})
+    links = sum(1 for o in mockobject.objects.values()
+                if bluez5.DEVICE_IFACE in o.props and o.props[bluez5.DEVICE_IFACE].get("Connected"))
+    mockobject.objects["/"].most_links = max(getattr(mockobject.objects["/"], "most_links", 0), links)
     early = [c for c in _characteristics(device.path) if getattr(c, "early", None)]
     if early:
         # Real BlueZ re-enables a bonded device's subscriptions by itself on
@@ -81,6 +84,17 @@ def _disconnect(device):
         if chrc.props[GATT_CHRC_IFACE]["Notifying"]:
             chrc.props[GATT_CHRC_IFACE]["Notifying"] = dbus.Boolean(False)
     _set_device_props(device, {"Connected": dbus.Boolean(False), "ServicesResolved": dbus.Boolean(False)})
+
+
+def _disconnect_call(device):
+    """Device1.Disconnect. With a slow disconnect set (SlowDisconnect), the
+    call returns at once and the link goes down only later, as the radio's
+    own disconnect takes its time after BlueZ has been asked."""
+    delay = getattr(device, "slow_disconnect_ms", 0)
+    if delay:
+        GLib.timeout_add(delay, lambda: (_disconnect(device) if getattr(device, "connected", False) else None, False)[1])
+        return
+    _disconnect(device)
 
 
 def _characteristics(device_path):
@@ -172,7 +186,7 @@ def AddSensor(self, adapter, address, name, uuids):
     device.props[bluez5.DEVICE_IFACE]["RSSI"] = dbus.Int16(-60)
     device.AddMethods(bluez5.DEVICE_IFACE, [
         ("Connect", "", "", _connect),
-        ("Disconnect", "", "", _disconnect),
+        ("Disconnect", "", "", _disconnect_call),
         ("Pair", "", "", _pair),
     ])
     return path
@@ -299,3 +313,15 @@ def Written(self, chrc_path):
 @dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="u")
 def ConnectCount(self, device_path):
     return dbus.UInt32(getattr(mockobject.objects[device_path], "connect_count", 0))
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="su", out_signature="")
+def SlowDisconnect(self, device_path, delay_ms):
+    """The device's link goes down `delay_ms` after Disconnect returns."""
+    mockobject.objects[device_path].slow_disconnect_ms = int(delay_ms)
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="", out_signature="u")
+def MostLinks(self):
+    """The most devices connected at once so far."""
+    return dbus.UInt32(getattr(mockobject.objects["/"], "most_links", 0))
