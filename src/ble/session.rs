@@ -77,6 +77,7 @@ const RACP_MOST_QUESTIONS: u8 = 3;
 /// saved in the store, loaded at start).
 pub use crate::sensor::RacpProgress;
 pub use crate::sensor::racp::RacpQuery;
+use crate::sensor::racp::Verdict;
 
 /// A meter's answer to "report stored records".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,8 @@ pub struct RacpExchange {
     asked: RacpQuery,
     /// The highest sequence number the meter sent since the last question.
     highest: Option<u16>,
+    /// The last record the meter sent showed its numbering went back.
+    back: bool,
     questions_left: u8,
 }
 
@@ -143,6 +146,7 @@ impl RacpExchange {
             saved,
             asked,
             highest: None,
+            back: false,
             questions_left: RACP_MOST_QUESTIONS - 1,
         }
     }
@@ -157,14 +161,23 @@ impl RacpExchange {
         self.saved
     }
 
-    /// A glucose record with this number arrived: whether to pass it on.
-    pub fn record(&mut self, sequence: u16) -> bool {
+    /// A glucose record with this number arrived, `filed` when it is one the
+    /// gateway filed already (`sensor::racp::judge` says a repeat): whether
+    /// to pass it on.
+    pub fn record(&mut self, sequence: u16, filed: bool) -> bool {
         self.highest = Some(self.highest.map_or(sequence, |h| h.max(sequence)));
-        !(self.asked == RacpQuery::Last && self.went_back(sequence))
+        if self.asked == RacpQuery::Last && self.went_back(sequence, filed) {
+            self.back = true;
+            return false;
+        }
+        true
     }
 
-    fn went_back(&self, last: u16) -> bool {
-        self.saved.is_some_and(|saved| last < saved)
+    /// The meter's last record, numbered `last`, shows its numbering went
+    /// back: below the last number filed, or at it and not the record filed.
+    fn went_back(&self, last: u16, filed: bool) -> bool {
+        self.saved
+            .is_some_and(|saved| last < saved || (last == saved && !filed))
     }
 
     /// The meter answered the question asked: what to ask next, if anything.
@@ -175,9 +188,7 @@ impl RacpExchange {
             // record below it?
             (RacpQuery::From(_), RacpAnswer::NoRecords, _)
             | (RacpQuery::From(_), RacpAnswer::Success, None) => Some(RacpQuery::Last),
-            (RacpQuery::Last, RacpAnswer::Success, Some(last)) if self.went_back(last) => {
-                Some(RacpQuery::All)
-            }
+            (RacpQuery::Last, RacpAnswer::Success, Some(_)) if self.back => Some(RacpQuery::All),
             _ => None,
         };
         let next = next.filter(|_| self.questions_left > 0)?;
@@ -564,16 +575,20 @@ fn racp_step(ex: &mut RacpExchange, ctx: &SessionContext, n: &ValueNotification)
             characteristic: n.uuid,
             value: n.value.clone(),
         });
-        if let Some(r) = record
-            && !ex.record(r.sequence)
-        {
-            tracing::warn!(
-                device = %ctx.address,
-                last_record = r.sequence,
-                filed_up_to = ?ex.saved(),
-                "the meter's last record is numbered below the last one filed: its numbering went back (memory cleared, reset or wrapped); asking for all its records"
-            );
-            return RacpStep::Withhold;
+        if let Some((r, key)) = record {
+            let filed = ctx.racp.judge(ctx.address, r, key) == Verdict::Repeat;
+            if !ex.record(r.sequence, filed) {
+                tracing::warn!(
+                    device = %ctx.address,
+                    last_record = r.sequence,
+                    filed_up_to = ?ex.saved(),
+                    "the meter's last record is numbered below the last one filed (or at it, and another record): its numbering went back (memory cleared, reset or wrapped); asking for all its records"
+                );
+                // Ingest takes its records up to that number for the new
+                // numbering's, whatever their clock says (H35).
+                ctx.racp.went_back(ctx.address, r.sequence);
+                return RacpStep::Withhold;
+            }
         }
         return RacpStep::Pass;
     }
@@ -771,11 +786,27 @@ mod tests {
     /// One exchange, step by step: (records the meter sends, passed on or
     /// not), its answer, and the next question.
     fn exchange(saved: Option<u16>, steps: &[(&[u16], RacpAnswer)]) -> Vec<Step> {
+        exchange_of(saved, true, steps)
+    }
+
+    /// As [`exchange`]; `same_meter`: the records it sends numbered at or
+    /// below the last filed are the ones filed (else a new numbering's).
+    fn exchange_of(
+        saved: Option<u16>,
+        same_meter: bool,
+        steps: &[(&[u16], RacpAnswer)],
+    ) -> Vec<Step> {
         let mut ex = RacpExchange::start(saved, None);
         let mut out = Vec::new();
         for (records, answer) in steps {
             let asked = ex.asked();
-            let passed = records.iter().map(|n| (*n, ex.record(*n))).collect();
+            let passed = records
+                .iter()
+                .map(|n| {
+                    let filed = same_meter && saved.is_some_and(|s| *n <= s);
+                    (*n, ex.record(*n, filed))
+                })
+                .collect();
             out.push((asked, passed, ex.answered(*answer)));
         }
         out
@@ -822,6 +853,20 @@ mod tests {
             exchange(Some(u16::MAX), &[(&[1], Success)]),
             vec![(Last, vec![(1, false)], Some(All))]
         );
+        // Renumbered up to the very number filed (10), another record 10:
+        // the numbering went back all the same (H35's residual).
+        assert_eq!(
+            exchange_of(
+                Some(10),
+                false,
+                &[(&[], NoRecords), (&[10], Success), (&[1, 10], Success)]
+            ),
+            vec![
+                (From(11), vec![], Some(Last)),
+                (Last, vec![(10, false)], Some(All)),
+                (All, vec![(1, true), (10, true)], None),
+            ]
+        );
         // New records after the last filed: nothing more to ask.
         assert_eq!(
             exchange(Some(10), &[(&[11, 12], Success)]),
@@ -849,7 +894,7 @@ mod tests {
         let mut ex = RacpExchange::start(Some(10), None);
         let mut asked = 1;
         for _ in 0..10 {
-            ex.record(1);
+            ex.record(1, false);
             if ex.answered(RacpAnswer::Success).is_some() {
                 asked += 1;
             }
