@@ -446,6 +446,128 @@ fn a_glucose_meter_whose_memory_was_cleared_is_asked_for_all_its_records() {
     stop_cleanly(daemon);
 }
 
+/// A Glucose Measurement value in hex: number, base time (year, month, day,
+/// hour, minute), mg/dL (kg/L, exponent -5), capillary blood, finger.
+fn glucose_hex(sequence: u16, (y, mo, d, h, mi): (u16, u8, u8, u8, u8), mgdl: u16) -> String {
+    let mut v = vec![0x02];
+    v.extend_from_slice(&sequence.to_le_bytes());
+    v.extend_from_slice(&y.to_le_bytes());
+    v.extend_from_slice(&[mo, d, h, mi, 0]);
+    v.extend_from_slice(&(0xB000u16 | mgdl).to_le_bytes());
+    v.push(0x11);
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// H35's residual: the meter's memory is cleared AND its clock reset (to
+/// 2000-01-01, with the battery), and it holds records 1 to 3 again: the
+/// same numbers as those filed, and "taken" before them. Its last record, 3,
+/// is not the 3 filed: the numbering went back, the meter is asked for all
+/// its records, the new ones are filed once each, and the renumbering is
+/// kept for staff (the technical alert's source and the pairing record).
+/// Fails with the rule by base time: the last record was taken for the
+/// filed 3, the new ones for repeats.
+#[test]
+fn a_glucose_meter_renumbered_with_its_clock_reset_has_its_new_records_filed() {
+    const METER: &str = "C0:FF:EE:00:00:08";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(METER, "Glucose meter", &[0x1808]);
+    let glucose = bluez.add_service(METER, 0x1808);
+    let measurement = bluez.add_characteristic(&glucose, 0x2A18, "notify", "00");
+    bluez.add_characteristic(&glucose, 0x2A34, "notify", "00");
+    let racp = bluez.add_characteristic(&glucose, 0x2A52, "write,indicate", "00");
+    let gw = Gateway::new(
+        vec![resident(1, "Margaret Ellis", "Room 4")],
+        vec![device(
+            METER,
+            DeviceKind::GlucoseMeter,
+            Subject::Resident(ResidentId(1)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+    let asked = |n: usize, what: &str| {
+        assert!(
+            wait_for(STEP, || {
+                bluez.advertise_presence(METER);
+                (bluez.written(&racp).len() >= n).then_some(())
+            })
+            .is_some(),
+            "{what}\n{}",
+            bluez.log()
+        );
+    };
+    asked(1, "the meter was never asked for its records");
+    for n in 1..=3u8 {
+        let value = glucose_hex(n.into(), (2026, 12, 3, 9, 10 * n), 90 + u16::from(n));
+        assert!(bluez.notify(&measurement, &value));
+    }
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(gw.wait_readings(METER, "blood_glucose", 3, STEP));
+
+    let new: Vec<String> = (1..=3u8)
+        .map(|n| glucose_hex(n.into(), (2000, 1, 1, 0, 5 * n), 140 + 10 * u16::from(n)))
+        .collect();
+    bluez.drop_link(METER);
+    asked(2, "the meter was not asked again on its next connection");
+    assert!(bluez.notify(&racp, "06000106"));
+    asked(3, "no 'last record' question after 'no records found'");
+    assert_eq!(bluez.written(&racp)[1..3], ["0103010400", "0106"]);
+    assert!(bluez.notify(&measurement, &new[2]));
+    assert!(bluez.notify(&racp, "06000101"));
+    asked(
+        4,
+        "no 'all records' question after a last record at the number filed but not the record filed",
+    );
+    assert_eq!(bluez.written(&racp)[3], "0101");
+    for value in &new {
+        assert!(bluez.notify(&measurement, value));
+    }
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(gw.wait_readings(METER, "blood_glucose", 6, STEP));
+    let got: Vec<(Option<f64>, String)> = gw
+        .readings(METER)
+        .into_iter()
+        .filter(|r| r.2 == "blood_glucose")
+        .map(|r| (r.3, r.4))
+        .collect();
+    let mgdl = |v: f64| (Some(v), "mg/dL".to_owned());
+    assert_eq!(
+        got,
+        [
+            mgdl(91.0),
+            mgdl(92.0),
+            mgdl(93.0),
+            mgdl(150.0),
+            mgdl(160.0),
+            mgdl(170.0)
+        ]
+    );
+    let db = gw.db();
+    let from: Option<i64> = db
+        .query_row(
+            "SELECT racp_renumbered_sequence FROM devices WHERE address = ?1",
+            [METER],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        from,
+        Some(1),
+        "the renumbering kept for the technical alert"
+    );
+    let told: i64 = db
+        .query_row(
+            "SELECT count(*) FROM pairing_events WHERE device = ?1 AND who = 'gateway'
+             AND what LIKE 'the meter''s record numbering started again at 1 %'",
+            [METER],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(told, 1, "the pairing record's line");
+    stop_cleanly(daemon);
+}
+
 /// Issue 18: more devices than `max_connections`, and the one connected
 /// never leaves (a continuous strap): the waiting device is still served, in
 /// its turn, because a session that has held its slot for `SLOT_SHARE` while
