@@ -13,9 +13,9 @@
 //!   them the first time, then only those after the last sequence number the
 //!   gateway has filed ([`RacpProgress`], kept in the store across restarts);
 //!   when the meter has none, it is asked for its last record, and when that
-//!   is numbered below the last one filed (its numbering started again:
-//!   memory cleared, a reset, the number wrapped; H35) for all its records
-//!   ([`RacpExchange`]);
+//!   is numbered below the last one filed, or at it and is not the record
+//!   filed (its numbering started again: memory cleared, a reset, the number
+//!   wrapped; H35) for all its records ([`RacpExchange`]);
 //! - a device that offers a writable Current Time (0x2A2B, Current Time
 //!   Service) has its clock set to the site's civil time, but only while the
 //!   gateway's own clock is synchronised: a gateway that booted in the past
@@ -111,9 +111,10 @@ impl RacpAnswer {
 /// whose numbering started again (memory cleared, a reset, the number
 /// wrapping) has none: it answers "no records found" (or sends nothing), and
 /// would do so for ever (H35). So that answer is followed by "your last
-/// record": a last number below the one filed means the numbering went back,
-/// and the meter is asked for all its records, of which ingest files the new
-/// ones and drops the repeats (`sensor::racp::judge`). That last record is
+/// record": a last number below the one filed, or the same number on another
+/// record (its fingerprint not filed), means the numbering went back, and the
+/// meter is asked for all its records, of which ingest files the new ones and
+/// drops the repeats (`sensor::racp::judge`). That last record is
 /// not passed on then: it comes again, in order, with all the others, and
 /// filed first it would make the older new records look like repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
