@@ -812,7 +812,10 @@ def glucose_meter_renumbered(lab):
     and files both new ones with their values, units and device times, each
     once. Staff are told: a technical alert (GET /api/v1/alerts) and a line in
     the pairing record name the meter. Then the meter sends everything it
-    holds again (careless): only its new record is filed. Self-contained: it
+    holds again (careless): only its new record is filed. Then a battery
+    change clears its memory and sets its clock back to 2000-01-01: its new
+    records 1 to 3 (the last number filed is 3) are all filed, once, with the
+    meter's own (wrong) times, and told again. Self-contained: it
     pairs and assigns the meter first (glucose_racp) when no earlier scenario
     has."""
     if not readings(GLUCOSE, "blood_glucose"):
@@ -866,6 +869,43 @@ def glucose_meter_renumbered(lab):
     assert st["sent"].endswith("2,1,2,1,2,3"), f"the meter did not send its records again: {st}"
     got = glucose_rows()
     assert [r[1] for r in got[len(before):]] == [150.0, 160.0, 170.0], got
+    # H35's residual: a battery change clears the meter's memory AND sets its
+    # clock back to 2000-01-01 00:00; it stores 1 to 3 again: the very numbers
+    # filed (3 the last), "taken" before all of them. Its last record is not
+    # the 3 filed (another fingerprint): carehub asks for all its records and
+    # files the three, each once, though none is later than the last filed.
+    before = glucose_rows()
+    asked = len(sensor_state("glucose")["requests"].split(","))
+    sensors("glucose clear reset-clock")
+    try:
+        for seq, mgdl in ((1, 180), (2, 190), (3, 200)):
+            sensors(f"store glucose {seq} {mgdl}")
+    finally:
+        sensors("glucose clock-set")
+    wait("the records of the meter whose clock went back in SQLite",
+         lambda: len(glucose_rows()) >= len(before) + 3, limit=2 * STEP)
+    st = wait("the meter's transfer to end", lambda: transfer_ended(None))
+    requests = st["requests"].split(",")[asked:]
+    assert "0106" in requests and requests[-1] == "0101", (
+        f"with its last record at the number filed, carehub asked {requests}, not 'last record' then 'all records'"
+    )
+    got = glucose_rows()
+    assert got[: len(before)] == before, got
+    new = got[len(before):]
+    assert [r[1:3] for r in new] == [(180.0, "mg/dL"), (190.0, "mg/dL"), (200.0, "mg/dL")], new
+    y2000 = 946_684_800_000  # 2000-01-01 00:00 in London (GMT) as ms since the epoch
+    for r in new:
+        assert r[3] is not None and y2000 <= r[3] < y2000 + 3_600_000, f"device time {r[3]} not the meter's reset clock"
+    # Dated before the meter was assigned, they are held under nobody (issue
+    # 15), not filed as the resident's (hazard log H35, residual).
+    assert all(r[0] is None for r in new), new
+    with db() as c:
+        row = c.execute(
+            "SELECT racp_sequence, racp_renumbered_sequence FROM devices WHERE address = ?", (GLUCOSE,)
+        ).fetchone()
+    assert row == (3, 1), f"racp_sequence, racp_renumbered_sequence = {row}"
+    told = [e for e in pairing_events(GLUCOSE) if e == (RENUMBERED, "gateway")]
+    assert len(told) == 2, pairing_events(GLUCOSE)
 
 
 @scenario
