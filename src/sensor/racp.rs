@@ -3,7 +3,7 @@
 //! again (hazard H35).
 //!
 //! A meter numbers its records (a 16-bit sequence number) and the gateway
-//! asks it over RACP only for records after the last one filed. That number
+//! asks it over RACP only for records from the last one filed on. That number
 //! alone cannot tell a repeat from a new record once the meter's numbering
 //! starts again (memory cleared, a reset, a battery change on some models, or
 //! the number wrapping after 65,535), and the record's base time (the meter's
@@ -387,7 +387,7 @@ pub struct SavedMeter {
 }
 
 /// The glucose records filed from each meter: the next connection asks the
-/// meter (RACP) only for records after the last one, and a record that is a
+/// meter (RACP) only for records from the last one on, and a record that is a
 /// repeat ([`judge`]) is not filed twice. Ingest advances it once it has
 /// handed a record's readings to the store, and has the store save it
 /// (`devices.racp_sequence`, ..., and the fingerprints in `glucose_filed`)

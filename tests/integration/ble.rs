@@ -288,7 +288,7 @@ fn connection_cap_queues_devices_and_links_that_drop_are_reconnected() {
 /// Issue 18: a glucose meter sends nothing until asked over its Record
 /// Access Control Point. The session subscribes to the measurement, its
 /// context and the RACP, then asks for every stored record; on the next
-/// connection it asks only for records after the last one it has.
+/// connection it asks only for records from the last one it has on.
 #[test]
 fn glucose_meter_is_asked_for_its_records_over_racp_and_only_new_ones_again() {
     const METER: &str = "C0:FF:EE:00:00:08";
@@ -341,10 +341,20 @@ fn glucose_meter_is_asked_for_its_records_over_racp_and_only_new_ones_again() {
     );
     assert_eq!(
         bluez.written(&racp),
-        ["0101", "0103010300"],
-        "the second request asks for sequence numbers from 3 on"
+        ["0101", "0103010200"],
+        "the second request asks for sequence numbers from 2 (the last filed) on"
     );
-    assert!(bluez.notify(&racp, "06000106"));
+    // It holds nothing new: the record filed comes again, and is not filed again.
+    assert!(bluez.notify(&measurement, "020200ea070c030a00006eb011"));
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(
+        wait_for(STEP, || (bluez.written(&racp).len() >= 3).then_some(())).is_some(),
+        "nothing new: its last record was not asked for\n{}",
+        bluez.log()
+    );
+    assert_eq!(bluez.written(&racp)[2], "0106");
+    assert!(bluez.notify(&measurement, "020200ea070c030a00006eb011"));
+    assert!(bluez.notify(&racp, "06000101"));
     let got: Vec<(Option<i64>, Option<f64>, String)> = gw
         .readings(METER)
         .into_iter()
@@ -415,7 +425,7 @@ fn a_glucose_meter_whose_memory_was_cleared_is_asked_for_all_its_records() {
     asked(2, "the meter was not asked again on its next connection");
     assert!(bluez.notify(&racp, "06000106"));
     asked(3, "no 'last record' question after 'no records found'");
-    assert_eq!(bluez.written(&racp)[1..3], ["0103010400", "0106"]);
+    assert_eq!(bluez.written(&racp)[1..3], ["0103010300", "0106"]);
     assert!(bluez.notify(&measurement, new_2));
     assert!(bluez.notify(&racp, "06000101"));
     asked(
@@ -460,9 +470,9 @@ fn glucose_hex(sequence: u16, (y, mo, d, h, mi): (u16, u8, u8, u8, u8), mgdl: u1
 
 /// H35's residual: the meter's memory is cleared AND its clock reset (to
 /// 2000-01-01, with the battery), and it holds records 1 to 3 again: the
-/// same numbers as those filed, and "taken" before them. Its last record, 3,
-/// is not the 3 filed: the numbering went back, the meter is asked for all
-/// its records, the new ones are filed once each, and the renumbering is
+/// same numbers as those filed, and "taken" before them. Asked from 3 on,
+/// it sends its 3, not the 3 filed: the numbering went back, the meter is
+/// asked for all its records, the new ones are filed once each, and the renumbering is
 /// kept for staff (the technical alert's source and the pairing record).
 /// Fails with the rule by base time: the last record was taken for the
 /// filed 3, the new ones for repeats.
@@ -510,16 +520,19 @@ fn a_glucose_meter_renumbered_with_its_clock_reset_has_its_new_records_filed() {
         .collect();
     bluez.drop_link(METER);
     asked(2, "the meter was not asked again on its next connection");
-    assert!(bluez.notify(&racp, "06000106"));
-    asked(3, "no 'last record' question after 'no records found'");
-    assert_eq!(bluez.written(&racp)[1..3], ["0103010400", "0106"]);
+    assert_eq!(
+        bluez.written(&racp)[1],
+        "0103010300",
+        "from 3, the last filed, on"
+    );
+    // Its record 3 is not the 3 filed.
     assert!(bluez.notify(&measurement, &new[2]));
     assert!(bluez.notify(&racp, "06000101"));
     asked(
-        4,
-        "no 'all records' question after a last record at the number filed but not the record filed",
+        3,
+        "no 'all records' question after a record at the number filed that is not the record filed",
     );
-    assert_eq!(bluez.written(&racp)[3], "0101");
+    assert_eq!(bluez.written(&racp)[2], "0101");
     for value in &new {
         assert!(bluez.notify(&measurement, value));
     }
