@@ -519,22 +519,23 @@ impl Ingest {
             self.stats.unregistered.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // A glucose record carries the meter's sequence number and base time:
-        // one filed already (asked for again after a restart, or sent twice)
-        // is not filed twice; one at or below the last number filed but taken
-        // later is a renumbered meter's new record, filed (H35).
+        // A glucose record carries the meter's sequence number, base time and
+        // content: one filed already (the same record, asked for again after
+        // a restart or sent twice) is not filed twice; one at or below the
+        // last number filed that was never filed is a renumbered meter's new
+        // record, filed, whatever its clock says (H35).
         let record = match &raw.frame {
             crate::sensor::Frame::Notification(n) => crate::sensor::glucose_record(n),
             _ => None,
         };
-        let verdict = record.map(|r| (r, self.racp.judge(address, r)));
+        let verdict = record.map(|(r, key)| (r, key, self.racp.judge(address, r, key)));
         match verdict {
-            Some((r, Verdict::Repeat)) => {
+            Some((r, _, Verdict::Repeat)) => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(device = %address, sequence = r.sequence, "glucose record filed already: not filed again");
                 return;
             }
-            Some((r, Verdict::Renumbered)) => {
+            Some((r, _, Verdict::Renumbered)) => {
                 tracing::warn!(
                     device = %address,
                     sequence = r.sequence,
@@ -547,8 +548,8 @@ impl Ingest {
         }
         match decoder.decode(&raw.frame) {
             Ok(decoded) => {
-                if let Some((r, verdict)) = verdict {
-                    self.racp.filed(address, r, verdict, raw.received_at);
+                if let Some((r, key, verdict)) = verdict {
+                    self.racp.filed(address, r, key, verdict, raw.received_at);
                 }
                 if keys.keys.contains_key(&address) {
                     keys.heard.insert(address, raw.received_at);
@@ -855,7 +856,7 @@ mod tests {
             .racp_progress()
             .unwrap()
             .into_iter()
-            .map(|(d, p)| (d, p.last.sequence))
+            .map(|(d, m)| (d, m.progress.last.sequence))
             .collect()
     }
 
@@ -1059,6 +1060,228 @@ mod tests {
                 "gateway".to_owned()
             )]
         );
+    }
+
+    /// A glucose record taken at `(year, month, day, hour, minute)` by the
+    /// meter's clock, with `mgdl`.
+    fn glucose_on(
+        address: DeviceAddress,
+        sequence: u16,
+        mgdl: u16,
+        (year, month, day, hour, minute): (u16, u8, u8, u8, u8),
+    ) -> RawFrame {
+        let mut frame = glucose_taken(address, sequence, mgdl, (hour, minute));
+        if let Frame::Notification(n) = &mut frame.frame {
+            n.value.splice(3..7, {
+                let [lo, hi] = year.to_le_bytes();
+                [lo, hi, month, day]
+            });
+        }
+        frame
+    }
+
+    /// The glucose readings in the database file: value, unit, device time
+    /// as the meter gave it (ms since the epoch, none when it has no date).
+    fn glucose_rows(db: &std::path::Path) -> Vec<(f64, String, Option<i64>)> {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .prepare(
+                "SELECT value, unit, measured_at_ms FROM readings_text
+                 WHERE quantity = 'blood_glucose' ORDER BY seq",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Closes the store as the daemon does at shutdown (the writer drains
+    /// and stops) and opens the file again: a restart.
+    async fn restart(store: Store, dir: &std::path::Path) -> (Store, Registry, DeviceAddress) {
+        let Store { handle, writer, .. } = store;
+        drop(handle);
+        tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        glucose_meter_store(dir).await
+    }
+
+    /// H35's residual: the meter's memory was cleared AND its clock went
+    /// back (reset with the battery to 2000-01-01, never set again). Its new
+    /// records, numbered from 1 again and "taken" before the last one filed,
+    /// are filed, each once (also when sent again, across restarts of the
+    /// gateway on the same SQLite file), staff are told as for any
+    /// renumbering, and the old records it might send again stay repeats.
+    /// Under the rule by base time the new records were all dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_meter_whose_memory_was_cleared_and_clock_reset_has_its_new_records_filed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let (store, registry, meter) = glucose_meter_store(dir.path()).await;
+        let dec3 = |n: u8| (2026, 12, 3, 9, 10 * n);
+        let y2000 = |minute: u8| (2000, 1, 1, 0, minute);
+        let s = run_over(
+            &store,
+            &registry,
+            (1..=3)
+                .map(|n| glucose_on(meter, n, 90 + n, dec3(n as u8)))
+                .collect(),
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 3);
+
+        let (store, registry, meter) = restart(store, dir.path()).await;
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_on(meter, 1, 150, y2000(0)),
+                glucose_on(meter, 1, 150, y2000(0)),
+                glucose_on(meter, 2, 160, y2000(5)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (
+                s.readings.load(Ordering::Relaxed),
+                s.duplicates.load(Ordering::Relaxed)
+            ),
+            (2, 1),
+            "the two new records filed, the one sent twice once"
+        );
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 2)]);
+        assert_eq!(
+            record_of(&store.reader, meter),
+            vec![(
+                "the meter's record numbering started again at 1 (memory cleared or reset); records since are filed".to_owned(),
+                "gateway".to_owned()
+            )]
+        );
+        let (at, from): (Option<i64>, Option<i64>) = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT racp_renumbered_at_ms, racp_renumbered_sequence FROM devices WHERE address = ?1",
+                [meter.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(at.is_some() && from == Some(1), "{at:?} {from:?}");
+
+        // Another restart: the meter sends all it holds (the new 1 and 2),
+        // an old record comes again (3, as filed), and a new 3.
+        let (store, registry, meter) = restart(store, dir.path()).await;
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_on(meter, 1, 150, y2000(0)),
+                glucose_on(meter, 2, 160, y2000(5)),
+                glucose_on(meter, 3, 93, dec3(3)),
+                glucose_on(meter, 3, 170, y2000(30)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (
+                s.readings.load(Ordering::Relaxed),
+                s.duplicates.load(Ordering::Relaxed)
+            ),
+            (1, 3)
+        );
+        let mgdl = "mg/dL".to_owned();
+        let dec3_ms = |n: i64| Some(1_796_256_000_000 + (9 * 60 + 10 * n) * 60_000);
+        let y2000_ms = |m: i64| Some(946_684_800_000 + m * 60_000);
+        assert_eq!(
+            glucose_rows(&db),
+            vec![
+                (91.0, mgdl.clone(), dec3_ms(1)),
+                (92.0, mgdl.clone(), dec3_ms(2)),
+                (93.0, mgdl.clone(), dec3_ms(3)),
+                (150.0, mgdl.clone(), y2000_ms(0)),
+                (160.0, mgdl.clone(), y2000_ms(5)),
+                (170.0, mgdl.clone(), y2000_ms(30)),
+            ],
+            "each record once, with its value, unit and the meter's own time"
+        );
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 3)]);
+        assert_eq!(record_of(&store.reader, meter).len(), 1, "told once");
+    }
+
+    /// H35's residual: a meter that does not know the date (year 0) and one
+    /// renumbered up to the very number filed. Records numbered at or below
+    /// the last one filed that were never filed are filed (once, across a
+    /// restart); the ones filed stay repeats. Under the rule by base time
+    /// (year 0: by number alone) the new ones were dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_meter_without_a_date_or_renumbered_to_the_same_number_has_its_new_records_filed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let (store, registry, meter) = glucose_meter_store(dir.path()).await;
+        let year0 = |minute: u8| (0, 0, 0, 0, minute);
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_on(meter, 1, 91, year0(1)),
+                glucose_on(meter, 2, 92, year0(2)),
+            ],
+        )
+        .await;
+        assert_eq!(s.readings.load(Ordering::Relaxed), 2);
+        let (store, registry, meter) = restart(store, dir.path()).await;
+        // Memory cleared: a new 1 and 2 (other values), and the old 2 as filed.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_on(meter, 2, 92, year0(2)),
+                glucose_on(meter, 1, 120, year0(0)),
+                glucose_on(meter, 2, 125, year0(0)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (
+                s.readings.load(Ordering::Relaxed),
+                s.duplicates.load(Ordering::Relaxed)
+            ),
+            (2, 1)
+        );
+        let (store, registry, meter) = restart(store, dir.path()).await;
+        // Renumbered again, this time up to 2, the last number filed: the
+        // new 2 is another record. The one before, sent again, stays one.
+        let s = run_over(
+            &store,
+            &registry,
+            vec![
+                glucose_on(meter, 2, 125, year0(0)),
+                glucose_on(meter, 1, 130, (2026, 12, 3, 12, 0)),
+                glucose_on(meter, 2, 131, (2026, 12, 3, 12, 5)),
+                glucose_on(meter, 2, 131, (2026, 12, 3, 12, 5)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (
+                s.readings.load(Ordering::Relaxed),
+                s.duplicates.load(Ordering::Relaxed)
+            ),
+            (2, 2)
+        );
+        let values: Vec<f64> = glucose_rows(&db).into_iter().map(|(v, ..)| v).collect();
+        assert_eq!(values, vec![91.0, 92.0, 120.0, 125.0, 130.0, 131.0]);
+        assert_eq!(
+            glucose_rows(&db).first().map(|r| r.2),
+            Some(None),
+            "a meter without a date: no device time"
+        );
+        assert_eq!(filed_up_to(&store.reader), vec![(meter, 2)]);
+        let told: Vec<String> = record_of(&store.reader, meter)
+            .into_iter()
+            .map(|(what, _)| what)
+            .collect();
+        assert_eq!(told.len(), 2, "both renumberings told: {told:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

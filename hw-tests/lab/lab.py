@@ -715,8 +715,9 @@ def glucose_racp(lab):
     advertises to be paired; bonded and assigned, carehub subscribes and asks
     for all stored records (it has none yet: "no records found"). Two
     measurements later it asks for all again and each arrives once; after a
-    third, the next connection asks only for records from the sequence number
-    after the last one taken, and gets only the new one. (Records stamped
+    third, the next connection asks only for records from the last sequence
+    number taken on (that record included: it shows the numbering goes on, and
+    is not filed again), and files only the new one. (Records stamped
     before the assignment would be held, filed under nobody: H4.)"""
     rid = lab.resident("Doris Hale", "Room 2")
     sensors("on glucose")
@@ -741,8 +742,8 @@ def glucose_racp(lab):
     sensors("store glucose 3 120")
     wait("the third record in SQLite", lambda: len(readings(GLUCOSE, "blood_glucose")) >= 3)
     st = wait("the second transfer to end", lambda: (lambda st: st if st["connected"] == "0" else None)(sensor_state("glucose")))
-    assert st["requests"] == "0101,0101,0103010300", f"expected 'report records from sequence 3': {st}"
-    assert st["sent"] == "1,2,3", st
+    assert st["requests"] == "0101,0101,0103010200", f"expected 'report records from sequence 2': {st}"
+    assert st["sent"] == "1,2,2,3", st
     got = readings_of(GLUCOSE, "blood_glucose")
     assert got == [(rid, 95.0, "mg/dL"), (rid, 110.0, "mg/dL"), (rid, 120.0, "mg/dL")], got
 
@@ -756,9 +757,9 @@ def transfer_ended(_):
 def glucose_progress_survives_restart(lab):
     """How far the meter's records are filed is kept in carehub's database:
     carehub restarted between two meter sessions asks the meter only for
-    records after the last one filed (not "all" again), and none is filed
+    records from the last one filed on (not "all" again), and none is filed
     twice. Then a meter that sends every record it holds whatever it is asked
-    (records 1 to 5 when asked for 5 on): only 5 is filed."""
+    (records 1 to 5 when asked for 4 on): only 5 is filed."""
     rid = lab.residents["Doris Hale"]
     before = readings_of(GLUCOSE, "blood_glucose")
     assert len(before) >= 3, f"run glucose_racp first: {before}"
@@ -773,8 +774,8 @@ def glucose_progress_survives_restart(lab):
     wait("the fourth record in SQLite", lambda: len(readings(GLUCOSE, "blood_glucose")) > len(before))
     st = wait("the meter's transfer to end", lambda: transfer_ended(None))
     requests = st["requests"].split(",")[asked:]
-    assert requests == ["0103010400"], f"after the restart carehub asked {requests}, not 'from sequence 4'"
-    assert st["sent"] == "1,2,3,4", st
+    assert requests == ["0103010300"], f"after the restart carehub asked {requests}, not 'from sequence 3'"
+    assert st["sent"] == "1,2,2,3,3,4", st
     sensors("glucose careless")
     try:
         sensors("store glucose 5 99")
@@ -782,7 +783,7 @@ def glucose_progress_survives_restart(lab):
         st = wait("the careless transfer to end", lambda: transfer_ended(None))
     finally:
         sensors("glucose careful")
-    assert st["sent"] == "1,2,3,4,1,2,3,4,5", f"the meter did not send its old records again: {st}"
+    assert st["sent"] == "1,2,2,3,3,4,1,2,3,4,5", f"the meter did not send its old records again: {st}"
     got = readings_of(GLUCOSE, "blood_glucose")
     assert got == before + [(rid, 105.0, "mg/dL"), (rid, 99.0, "mg/dL")], got
     with db() as c:
@@ -812,7 +813,10 @@ def glucose_meter_renumbered(lab):
     and files both new ones with their values, units and device times, each
     once. Staff are told: a technical alert (GET /api/v1/alerts) and a line in
     the pairing record name the meter. Then the meter sends everything it
-    holds again (careless): only its new record is filed. Self-contained: it
+    holds again (careless): only its new record is filed. Then a battery
+    change clears its memory and sets its clock back to 2000-01-01: its new
+    records 1 to 3 (the last number filed is 3) are all filed, once, with the
+    meter's own (wrong) times, and told again. Self-contained: it
     pairs and assigns the meter first (glucose_racp) when no earlier scenario
     has."""
     if not readings(GLUCOSE, "blood_glucose"):
@@ -855,7 +859,7 @@ def glucose_meter_renumbered(lab):
     )
     assert RENUMBERED in alert["message"] and alert["class"] == "technical", alert
     assert (RENUMBERED, "gateway") in pairing_events(GLUCOSE), pairing_events(GLUCOSE)
-    # True repeats are still dropped: the meter sends 1 to 3 when asked for 3 on.
+    # True repeats are still dropped: the meter sends 1 to 3 when asked for 2 on.
     sensors("glucose careless")
     try:
         sensors("store glucose 3 170")
@@ -866,6 +870,44 @@ def glucose_meter_renumbered(lab):
     assert st["sent"].endswith("2,1,2,1,2,3"), f"the meter did not send its records again: {st}"
     got = glucose_rows()
     assert [r[1] for r in got[len(before):]] == [150.0, 160.0, 170.0], got
+    # H35's residual: a battery change clears the meter's memory AND sets its
+    # clock back to 2000-01-01 00:00; it stores 1 to 3 again: the very numbers
+    # filed (3 the last), "taken" before all of them. Asked from 3 on, it sends
+    # its 3, not the 3 filed (another fingerprint): carehub asks for all its
+    # records and files the three, each once, though none is later than the
+    # last filed.
+    before = glucose_rows()
+    asked = len(sensor_state("glucose")["requests"].split(","))
+    sensors("glucose clear reset-clock")
+    try:
+        for seq, mgdl in ((1, 180), (2, 190), (3, 200)):
+            sensors(f"store glucose {seq} {mgdl}")
+    finally:
+        sensors("glucose clock-set")
+    wait("the records of the meter whose clock went back in SQLite",
+         lambda: len(glucose_rows()) >= len(before) + 3, limit=2 * STEP)
+    st = wait("the meter's transfer to end", lambda: transfer_ended(None))
+    requests = st["requests"].split(",")[asked:]
+    assert requests[0] == "0103010300" and requests[-1] == "0101", (
+        f"with another record at the number filed, carehub asked {requests}, not 'from 3' then 'all records'"
+    )
+    got = glucose_rows()
+    assert got[: len(before)] == before, got
+    new = got[len(before):]
+    assert [r[1:3] for r in new] == [(180.0, "mg/dL"), (190.0, "mg/dL"), (200.0, "mg/dL")], new
+    y2000 = 946_684_800_000  # 2000-01-01 00:00 in London (GMT) as ms since the epoch
+    for r in new:
+        assert r[3] is not None and y2000 <= r[3] < y2000 + 3_600_000, f"device time {r[3]} not the meter's reset clock"
+    # Dated before the meter was assigned, they are held under nobody (issue
+    # 15), not filed as the resident's (hazard log H35, residual).
+    assert all(r[0] is None for r in new), new
+    with db() as c:
+        row = c.execute(
+            "SELECT racp_sequence, racp_renumbered_sequence FROM devices WHERE address = ?", (GLUCOSE,)
+        ).fetchone()
+    assert row == (3, 1), f"racp_sequence, racp_renumbered_sequence = {row}"
+    told = [e for e in pairing_events(GLUCOSE) if e == (RENUMBERED, "gateway")]
+    assert len(told) == 2, pairing_events(GLUCOSE)
 
 
 @scenario

@@ -15,6 +15,8 @@ line, one answer line each ("ok ..." or "error ..."):
     store scale <grams>        the scale stores a weight
     store glucose <seq> <mg/dL>    the meter stores a record (sent only when asked over RACP)
     glucose clear              the meter's memory is cleared (its next records are numbered from 1 again)
+    glucose clear reset-clock  the same, and its clock goes back to 2000-01-01 00:00 (a battery change)
+    glucose clock-set          its clock shows the site's time again
     glucose careless|careful   the meter sends every record it holds whatever it is
                                asked (as a faulty meter might), or only those asked for
     plx cont|spot <spo2> <pr>  the oximeter notifies (continuous) or indicates (spot-check)
@@ -616,6 +618,9 @@ class GlucoseMeter(Sensor):
     def __init__(self, link, key, name, address):
         super().__init__(link, key, name, address, [0x1808])
         self.records = []  # (sequence, mg/dL, local time taken)
+        # Set when its clock went back to 2000-01-01 00:00 (a battery
+        # change): the moment it did, by the host's clock.
+        self.clock_reset_at = None
         # How many records were ever stored (a record stored during a
         # transfer, after the meter chose what to send, keeps it advertising).
         self.stores = 0
@@ -712,7 +717,11 @@ class GlucoseMeter(Sensor):
         from datetime import datetime
         from zoneinfo import ZoneInfo
 
-        self.records.append((seq, mgdl, datetime.now(ZoneInfo("Europe/London"))))
+        now = datetime.now(ZoneInfo("Europe/London"))
+        if self.clock_reset_at is not None:
+            # Its clock counts on from 2000-01-01 00:00 since it was reset.
+            now = datetime(2000, 1, 1) + (datetime.now() - self.clock_reset_at)
+        self.records.append((seq, mgdl, now))
         self.stores += 1
         self.fresh = True
         log.info("%s: stored record %d (%d mg/dL)", self.key, seq, mgdl)
@@ -887,6 +896,18 @@ async def command(sensors, words):
             # with later base times.
             sensors["glucose"].records.clear()
             log.info("glucose: memory cleared")
+        case ["glucose", "clear", "reset-clock"]:
+            # A battery change on a meter that loses its memory and its
+            # clock: the clock starts again at 2000-01-01 00:00 and the user
+            # never sets it (H35's residual).
+            from datetime import datetime
+
+            sensors["glucose"].records.clear()
+            sensors["glucose"].clock_reset_at = datetime.now()
+            log.info("glucose: memory cleared, clock back to 2000-01-01 00:00")
+        case ["glucose", "clock-set"]:
+            sensors["glucose"].clock_reset_at = None
+            log.info("glucose: clock shows the site's time")
         case ["glucose", mode] if mode in ("careless", "careful"):
             sensors["glucose"].careless = mode == "careless"
             log.info("glucose: %s", mode)

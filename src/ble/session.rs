@@ -10,12 +10,13 @@
 //! - a glucose meter (0x1808) sends nothing until asked over its Record Access
 //!   Control Point (RACP, 0x2A52): once subscribed to the measurement, its
 //!   context and the RACP, the session asks for the stored records, all of
-//!   them the first time, then only those after the last sequence number the
-//!   gateway has filed ([`RacpProgress`], kept in the store across restarts);
-//!   when the meter has none, it is asked for its last record, and when that
-//!   is numbered below the last one filed (its numbering started again:
-//!   memory cleared, a reset, the number wrapped; H35) for all its records
-//!   ([`RacpExchange`]);
+//!   them the first time, then those from the last sequence number the
+//!   gateway has filed on ([`RacpProgress`], kept in the store across
+//!   restarts), whose record at that number shows whether the numbering goes
+//!   on; with nothing new the meter is asked for its last record; when its
+//!   numbering went back (another record at the number filed, or a last
+//!   record below it: memory cleared, a reset, the number wrapped; H35) for
+//!   all its records ([`RacpExchange`]);
 //! - a device that offers a writable Current Time (0x2A2B, Current Time
 //!   Service) has its clock set to the site's civil time, but only while the
 //!   gateway's own clock is synchronised: a gateway that booted in the past
@@ -77,6 +78,7 @@ const RACP_MOST_QUESTIONS: u8 = 3;
 /// saved in the store, loaded at start).
 pub use crate::sensor::RacpProgress;
 pub use crate::sensor::racp::RacpQuery;
+use crate::sensor::racp::Verdict;
 
 /// A meter's answer to "report stored records".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,15 +108,20 @@ impl RacpAnswer {
 /// One session's RACP exchange with a meter (pure): what to ask first, which
 /// records to pass on, and what to ask after each answer.
 ///
-/// The gateway asks for the records after the last number filed. A meter
-/// whose numbering started again (memory cleared, a reset, the number
-/// wrapping) has none: it answers "no records found" (or sends nothing), and
-/// would do so for ever (H35). So that answer is followed by "your last
-/// record": a last number below the one filed means the numbering went back,
-/// and the meter is asked for all its records, of which ingest files the new
-/// ones and drops the repeats (`sensor::racp::judge`). That last record is
-/// not passed on then: it comes again, in order, with all the others, and
-/// filed first it would make the older new records look like repeats.
+/// The gateway asks for the records from the last number filed on (that
+/// record included: "greater than or equal to"). The meter's record at that
+/// number, when it is the record filed (its fingerprint), shows the
+/// numbering goes on, and is not passed on again; another record at that
+/// number means the numbering went back (memory cleared or a reset, and the
+/// meter has since taken as many records or more; H35). A meter with no
+/// record from that number on, or only that one, is asked for its last
+/// record: a last number below the one filed, or the same number on another
+/// record, means the numbering went back (or wrapped after 65,535). When it
+/// went back the meter is asked for all its records, of which ingest files
+/// the new ones and drops the repeats (`sensor::racp::judge`); the records
+/// that showed it are not passed on then: they come again, in order, with all
+/// the others, and filed first they would make the older new records look
+/// like repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RacpExchange {
     /// The last number filed when the exchange was decided.
@@ -122,27 +129,40 @@ pub struct RacpExchange {
     asked: RacpQuery,
     /// The highest sequence number the meter sent since the last question.
     highest: Option<u16>,
+    /// A record sent in answer to this question showed the meter's
+    /// numbering went back.
+    back: bool,
     questions_left: u8,
+}
+
+/// What the session does with a glucose record the meter sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordStep {
+    /// Pass it on to ingest.
+    Pass,
+    /// Not passed on: the record filed, sent again at the number asked from,
+    /// or a record that comes again with all the others.
+    Withhold,
+    /// Not passed on, and the meter's numbering went back: it is asked for
+    /// all its records next.
+    WentBack,
 }
 
 impl RacpExchange {
     /// The exchange and its first question: one left unanswered by an
-    /// earlier session, else all records (nothing filed yet), the records
-    /// after the last one filed, or the last record when no number is above
-    /// it (65,535, the meter's number will wrap).
+    /// earlier session, else all records (nothing filed yet) or the records
+    /// from the last one filed on.
     pub fn start(saved: Option<u16>, pending: Option<(RacpQuery, Option<u16>)>) -> Self {
         let (asked, saved) = match (pending, saved) {
             (Some((query, then)), _) => (query, then),
             (None, None) => (RacpQuery::All, None),
-            (None, Some(n)) => (
-                n.checked_add(1).map_or(RacpQuery::Last, RacpQuery::From),
-                Some(n),
-            ),
+            (None, Some(n)) => (RacpQuery::From(n), Some(n)),
         };
         RacpExchange {
             saved,
             asked,
             highest: None,
+            back: false,
             questions_left: RACP_MOST_QUESTIONS - 1,
         }
     }
@@ -157,26 +177,55 @@ impl RacpExchange {
         self.saved
     }
 
-    /// A glucose record with this number arrived: whether to pass it on.
-    pub fn record(&mut self, sequence: u16) -> bool {
+    /// A glucose record with this number arrived, `filed` when it is one the
+    /// gateway filed already (`sensor::racp::judge` says a repeat): what to
+    /// do with it.
+    pub fn record(&mut self, sequence: u16, filed: bool) -> RecordStep {
         self.highest = Some(self.highest.map_or(sequence, |h| h.max(sequence)));
-        !(self.asked == RacpQuery::Last && self.went_back(sequence))
+        if self.back {
+            // The rest of this answer comes again with all the records.
+            return RecordStep::Withhold;
+        }
+        match self.asked {
+            // The record filed, still there: the numbering goes on.
+            RacpQuery::From(n) if sequence == n && filed => RecordStep::Withhold,
+            // Another record at that number: the numbering went back.
+            RacpQuery::From(n) if sequence == n => {
+                self.back = true;
+                RecordStep::WentBack
+            }
+            // Not asked for (a careless meter that sends everything): filed
+            // already, or its numbering went back, which is found at the
+            // number asked from or by its last record.
+            RacpQuery::From(n) if sequence < n => RecordStep::Withhold,
+            RacpQuery::Last if self.went_back(sequence, filed) => {
+                self.back = true;
+                RecordStep::WentBack
+            }
+            _ => RecordStep::Pass,
+        }
     }
 
-    fn went_back(&self, last: u16) -> bool {
-        self.saved.is_some_and(|saved| last < saved)
+    /// The meter's record numbered `last` shows its numbering went back:
+    /// below the last number filed, or at it and not the record filed.
+    fn went_back(&self, last: u16, filed: bool) -> bool {
+        self.saved
+            .is_some_and(|saved| last < saved || (last == saved && !filed))
     }
 
     /// The meter answered the question asked: what to ask next, if anything.
     pub fn answered(&mut self, answer: RacpAnswer) -> Option<RacpQuery> {
         let highest = self.highest.take();
-        let next = match (self.asked, answer, highest) {
-            // Nothing after the last number filed: is the meter's last
-            // record below it?
-            (RacpQuery::From(_), RacpAnswer::NoRecords, _)
-            | (RacpQuery::From(_), RacpAnswer::Success, None) => Some(RacpQuery::Last),
-            (RacpQuery::Last, RacpAnswer::Success, Some(last)) if self.went_back(last) => {
+        let back = std::mem::take(&mut self.back);
+        let next = match (self.asked, answer) {
+            (RacpQuery::From(_) | RacpQuery::Last, RacpAnswer::Success) if back => {
                 Some(RacpQuery::All)
+            }
+            // Nothing after the last number filed: is the meter's last
+            // record below it (or another record at it)?
+            (RacpQuery::From(_), RacpAnswer::NoRecords) => Some(RacpQuery::Last),
+            (RacpQuery::From(n), RacpAnswer::Success) if highest.is_none_or(|h| h <= n) => {
+                Some(RacpQuery::Last)
             }
             _ => None,
         };
@@ -626,16 +675,24 @@ fn racp_step(ex: &mut RacpExchange, ctx: &SessionContext, n: &ValueNotification)
             characteristic: n.uuid,
             value: n.value.clone(),
         });
-        if let Some(r) = record
-            && !ex.record(r.sequence)
-        {
-            tracing::warn!(
-                device = %ctx.address,
-                last_record = r.sequence,
-                filed_up_to = ?ex.saved(),
-                "the meter's last record is numbered below the last one filed: its numbering went back (memory cleared, reset or wrapped); asking for all its records"
-            );
-            return RacpStep::Withhold;
+        if let Some((r, key)) = record {
+            let filed = ctx.racp.judge(ctx.address, r, key) == Verdict::Repeat;
+            match ex.record(r.sequence, filed) {
+                RecordStep::Pass => {}
+                RecordStep::Withhold => return RacpStep::Withhold,
+                RecordStep::WentBack => {
+                    tracing::warn!(
+                        device = %ctx.address,
+                        record = r.sequence,
+                        filed_up_to = ?ex.saved(),
+                        "the meter's record numbering went back (its last record is below the last one filed, or its record at that number is another one): memory cleared, reset or wrapped; asking for all its records"
+                    );
+                    // Ingest takes its records up to that number for the new
+                    // numbering's, whatever their clock says (H35).
+                    ctx.racp.went_back(ctx.address, r.sequence);
+                    return RacpStep::Withhold;
+                }
+            }
         }
         return RacpStep::Pass;
     }
@@ -665,7 +722,7 @@ async fn ask_meter(
     let asked = ex.asked();
     let what = match asked {
         RacpQuery::All => "asking the meter for all its stored records (RACP)",
-        RacpQuery::From(_) => "asking the meter for its records after the last one filed (RACP)",
+        RacpQuery::From(_) => "asking the meter for its records from the last one filed on (RACP)",
         RacpQuery::Last => "asking the meter for its last record (RACP)",
     };
     tracing::info!(device = %ctx.address, question = ?asked, filed_up_to = ?ex.saved(), "{what}");
@@ -823,13 +880,13 @@ mod tests {
     fn racp_asks_for_all_records_then_only_newer_ones() {
         let first = |saved| RacpExchange::start(saved, None).asked();
         assert_eq!(first(None).bytes(), vec![0x01, 0x01]);
-        assert_eq!(first(Some(7)).bytes(), vec![0x01, 0x03, 0x01, 8, 0]);
+        // From the last number filed on, that record included.
+        assert_eq!(first(Some(7)).bytes(), vec![0x01, 0x03, 0x01, 7, 0]);
         assert_eq!(
-            first(Some(0x01FF)).bytes(),
+            first(Some(0x0200)).bytes(),
             vec![0x01, 0x03, 0x01, 0x00, 0x02]
         );
-        // No number above 65,535: the meter is asked for its last record.
-        assert_eq!(first(Some(u16::MAX)), RacpQuery::Last);
+        assert_eq!(first(Some(u16::MAX)), RacpQuery::From(u16::MAX));
         assert_eq!(RacpQuery::Last.bytes(), vec![0x01, 0x06]);
         // A question an earlier session could not ask goes first.
         let ex = RacpExchange::start(Some(3), Some((RacpQuery::All, Some(9))));
@@ -844,31 +901,48 @@ mod tests {
         assert_eq!(RacpAnswer::parse(&[5, 0, 1]), None);
     }
 
-    /// A question, the records sent in answer (passed on or not), and the
-    /// next question.
-    type Step = (RacpQuery, Vec<(u16, bool)>, Option<RacpQuery>);
+    /// A question, the records sent in answer (what the session does with
+    /// each), and the next question.
+    type Step = (RacpQuery, Vec<(u16, RecordStep)>, Option<RacpQuery>);
 
-    /// One exchange, step by step: (records the meter sends, passed on or
-    /// not), its answer, and the next question.
-    fn exchange(saved: Option<u16>, steps: &[(&[u16], RacpAnswer)]) -> Vec<Step> {
+    /// One exchange, step by step: the records the meter sends, its answer,
+    /// and the next question. `same_meter`: the records it sends numbered at
+    /// or below the last filed are the ones filed (else a new numbering's).
+    fn exchange_of(
+        saved: Option<u16>,
+        same_meter: bool,
+        steps: &[(&[u16], RacpAnswer)],
+    ) -> Vec<Step> {
         let mut ex = RacpExchange::start(saved, None);
         let mut out = Vec::new();
         for (records, answer) in steps {
             let asked = ex.asked();
-            let passed = records.iter().map(|n| (*n, ex.record(*n))).collect();
+            let passed = records
+                .iter()
+                .map(|n| {
+                    let filed = same_meter && saved.is_some_and(|s| *n <= s);
+                    (*n, ex.record(*n, filed))
+                })
+                .collect();
             out.push((asked, passed, ex.answered(*answer)));
         }
         out
     }
 
-    /// H35: a meter whose numbering started again answers "no records found"
-    /// to "from the number after the last filed"; its last record, below that
-    /// number, shows the numbering went back, and it is asked for all its
-    /// records. A meter with nothing new is asked no more than its last record.
+    fn exchange(saved: Option<u16>, steps: &[(&[u16], RacpAnswer)]) -> Vec<Step> {
+        exchange_of(saved, true, steps)
+    }
+
+    /// H35: the meter is asked from the last number filed on; its record at
+    /// that number shows whether the numbering goes on. A meter whose
+    /// numbering started again has none there, or another record there, or
+    /// a last record below: it is asked for all its records. A meter with
+    /// nothing new is asked no more than its last record.
     #[test]
     fn a_meter_whose_numbering_went_back_is_asked_for_all_its_records() {
         use RacpAnswer::*;
         use RacpQuery::*;
+        use RecordStep::*;
         // Memory cleared: filed up to 10, the meter now holds 1 to 3.
         assert_eq!(
             exchange(
@@ -876,45 +950,77 @@ mod tests {
                 &[(&[], NoRecords), (&[3], Success), (&[1, 2, 3], Success)]
             ),
             vec![
-                (From(11), vec![], Some(Last)),
-                (Last, vec![(3, false)], Some(All)),
-                (All, vec![(1, true), (2, true), (3, true)], None),
+                (From(10), vec![], Some(Last)),
+                (Last, vec![(3, WentBack)], Some(All)),
+                (All, vec![(1, Pass), (2, Pass), (3, Pass)], None),
             ]
         );
-        // Nothing new: its last record is the one filed.
+        // Nothing new: the record filed is still there, and is its last.
         assert_eq!(
-            exchange(Some(10), &[(&[], NoRecords), (&[10], Success)]),
+            exchange(Some(10), &[(&[10], Success), (&[10], Success)]),
             vec![
-                (From(11), vec![], Some(Last)),
-                (Last, vec![(10, true)], None)
+                (From(10), vec![(10, Withhold)], Some(Last)),
+                (Last, vec![(10, Pass)], None)
             ]
         );
-        // "Success" with nothing sent counts as nothing after the number.
+        // "Success" with nothing sent counts as nothing from the number on.
         assert_eq!(
             exchange(Some(10), &[(&[], Success), (&[2], Success)]),
             vec![
-                (From(11), vec![], Some(Last)),
-                (Last, vec![(2, false)], Some(All))
+                (From(10), vec![], Some(Last)),
+                (Last, vec![(2, WentBack)], Some(All))
             ]
         );
-        // Wrapped: filed up to 65,535, the meter's last is 1.
+        // Wrapped: filed up to 65,535, which it still holds; its last is 1.
         assert_eq!(
-            exchange(Some(u16::MAX), &[(&[1], Success)]),
-            vec![(Last, vec![(1, false)], Some(All))]
+            exchange(Some(u16::MAX), &[(&[u16::MAX], Success), (&[1], Success)]),
+            vec![
+                (From(u16::MAX), vec![(u16::MAX, Withhold)], Some(Last)),
+                (Last, vec![(1, WentBack)], Some(All))
+            ]
+        );
+        // Renumbered up to the very number filed (10), another record 10:
+        // the numbering went back all the same.
+        assert_eq!(
+            exchange_of(Some(10), false, &[(&[10], Success), (&[1, 10], Success)]),
+            vec![
+                (From(10), vec![(10, WentBack)], Some(All)),
+                (All, vec![(1, Pass), (10, Pass)], None),
+            ]
+        );
+        // Renumbered past it: its records 10 to 12 are a new numbering's,
+        // and 1 to 9 too: all are asked for, the rest of the answer held.
+        assert_eq!(
+            exchange_of(Some(10), false, &[(&[10, 11, 12], Success)]),
+            vec![(
+                From(10),
+                vec![(10, WentBack), (11, Withhold), (12, Withhold)],
+                Some(All)
+            )]
         );
         // New records after the last filed: nothing more to ask.
         assert_eq!(
-            exchange(Some(10), &[(&[11, 12], Success)]),
-            vec![(From(11), vec![(11, true), (12, true)], None)]
+            exchange(Some(10), &[(&[10, 11, 12], Success)]),
+            vec![(From(10), vec![(10, Withhold), (11, Pass), (12, Pass)], None)]
+        );
+        // A careless meter sends everything: what is below the number asked
+        // from is not passed on (filed, or found by the number or the last).
+        assert_eq!(
+            exchange(Some(3), &[(&[1, 2, 3, 4], Success)]),
+            vec![(
+                From(3),
+                vec![(1, Withhold), (2, Withhold), (3, Withhold), (4, Pass)],
+                None
+            )]
         );
         // An empty meter, a refused question: nothing more.
         assert_eq!(
             exchange(Some(10), &[(&[], NoRecords), (&[], NoRecords)]),
-            vec![(From(11), vec![], Some(Last)), (Last, vec![], None)]
+            vec![(From(10), vec![], Some(Last)), (Last, vec![], None)]
         );
         assert_eq!(
             exchange(Some(10), &[(&[], Other(2))]),
-            vec![(From(11), vec![], None)]
+            vec![(From(10), vec![], None)]
         );
         assert_eq!(
             exchange(None, &[(&[], NoRecords)]),
@@ -929,7 +1035,7 @@ mod tests {
         let mut ex = RacpExchange::start(Some(10), None);
         let mut asked = 1;
         for _ in 0..10 {
-            ex.record(1);
+            ex.record(1, false);
             if ex.answered(RacpAnswer::Success).is_some() {
                 asked += 1;
             }

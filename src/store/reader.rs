@@ -371,13 +371,8 @@ impl Reader {
     /// ingest at start.
     pub fn racp_progress(
         &self,
-    ) -> Result<
-        Vec<(
-            crate::model::DeviceAddress,
-            crate::sensor::racp::MeterProgress,
-        )>,
-        StoreError,
-    > {
+    ) -> Result<Vec<(crate::model::DeviceAddress, crate::sensor::racp::SavedMeter)>, StoreError>
+    {
         self.with_conn(super::registry::racp_progress)
     }
 

@@ -34,9 +34,12 @@ const CHUNK: usize = 1000;
 
 /// The registry tables copied from a damaged file of this schema version, in
 /// an order that keeps foreign keys whole (residents before what names them).
-const REGISTRY_TABLES: [&str; 6] = [
+const REGISTRY_TABLES: [&str; 7] = [
     "residents",
     "devices",
+    // The glucose records filed per meter (H35): without them a meter's
+    // records sent again would be filed twice.
+    "glucose_filed",
     "device_assignments",
     "resident_thresholds",
     "resident_clinical",
@@ -183,6 +186,16 @@ fn copy_registry(conn: &mut Connection, damaged: &Path) {
                         tracing::error!(error = %e, table, "cannot copy this table from the damaged database; it stays there only")
                     }
                 }
+            }
+            // A meter whose filed records' fingerprints stayed behind is
+            // judged by its records' base times as well, as one paired
+            // before they were kept (H35), rather than refiling them all.
+            if let Err(e) = conn.execute(
+                "UPDATE main.devices SET racp_legacy = 1 WHERE racp_sequence IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM main.glucose_filed g WHERE g.device = address)",
+                [],
+            ) {
+                tracing::error!(error = %e, "cannot mark the glucose meters whose filed records were not copied");
             }
         }
         Ok(v) => {

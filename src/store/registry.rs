@@ -13,7 +13,10 @@ use rusqlite::{OptionalExtension, params};
 use super::StoreError;
 use crate::decode::{BindKey, ReplayCounters};
 use crate::model::{Device, DeviceAddress, DeviceKind, Resident, ResidentId, Subject, Timestamp};
-use crate::sensor::racp::{BaseTime, MeterProgress, MeterRecord, RacpSave, renumbered_words};
+use crate::sensor::racp::{
+    BaseTime, FILED_KEPT, Filed, MeterProgress, MeterRecord, RacpSave, RecordKey, SavedMeter,
+    renumbered_words,
+};
 
 /// What a recorded event changes in the `devices` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,9 +285,14 @@ pub(super) fn write_racp(
 ) -> Result<(), StoreError> {
     let mut progress = tx.prepare_cached(
         "UPDATE devices SET racp_sequence = ?2, racp_base_time = ?3,
-                racp_before_sequence = ?4, racp_before_base_time = ?5
+                racp_before_sequence = ?4, racp_before_base_time = ?5,
+                racp_numbering_from = ?6, racp_legacy = ?7
          WHERE address = ?1",
     )?;
+    let mut print = tx.prepare_cached(
+        "INSERT OR REPLACE INTO glucose_filed (device, n, record) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut forget = tx.prepare_cached("DELETE FROM glucose_filed WHERE device = ?1 AND n < ?2")?;
     let mut renumbered = tx.prepare_cached(
         "UPDATE devices SET racp_renumbered_at_ms = ?2, racp_renumbered_sequence = ?3
          WHERE address = ?1",
@@ -301,7 +309,23 @@ pub(super) fn write_racp(
             p.last.base_time.map(|t| t.0),
             p.before.map(|b| b.sequence),
             p.before.and_then(|b| b.base_time).map(|t| t.0),
+            i64::try_from(save.numbering_from).unwrap_or(i64::MAX),
+            save.legacy,
         ])?;
+        if changed > 0 {
+            for (n, key) in &save.filed {
+                let n = i64::try_from(*n).unwrap_or(i64::MAX);
+                print.execute(params![device, n, key.to_bytes().as_slice()])?;
+            }
+            // Bounded: the last FILED_KEPT per meter.
+            if let Some(newest) = save.filed.iter().map(|(n, _)| *n).max() {
+                let keep_from = newest.saturating_add(1).saturating_sub(FILED_KEPT as u64);
+                forget.execute(params![
+                    device,
+                    i64::try_from(keep_from).unwrap_or(i64::MAX)
+                ])?;
+            }
+        }
         if let Some(r) = save.renumbered.filter(|_| changed > 0) {
             renumbered.execute(params![device, r.at.unix_ms(), r.sequence])?;
             note.execute(params![
@@ -314,14 +338,18 @@ pub(super) fn write_racp(
     Ok(())
 }
 
-/// How far each meter's records are filed.
+/// How far each meter's records are filed, and the fingerprints of the
+/// records filed from it.
 pub(super) fn racp_progress(
     c: &rusqlite::Connection,
-) -> Result<Vec<(DeviceAddress, MeterProgress)>, StoreError> {
+) -> Result<Vec<(DeviceAddress, SavedMeter)>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT address, racp_sequence, racp_base_time, racp_before_sequence, racp_before_base_time
+        "SELECT address, racp_sequence, racp_base_time, racp_before_sequence, racp_before_base_time,
+                racp_numbering_from, racp_legacy
          FROM devices WHERE racp_sequence IS NOT NULL ORDER BY address",
     )?;
+    let mut prints =
+        c.prepare_cached("SELECT n, record FROM glucose_filed WHERE device = ?1 ORDER BY n")?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     let record = |sequence: Option<i64>, time: Option<i64>| {
@@ -339,7 +367,26 @@ pub(super) fn racp_progress(
             continue;
         };
         let before = record(r.get(3)?, r.get(4)?);
-        out.push((device, MeterProgress { last, before }));
+        let numbering_from = u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0);
+        let legacy: bool = r.get(6)?;
+        let mut kept = Vec::new();
+        let mut p = prints.query(params![address])?;
+        while let Some(row) = p.next()? {
+            let n = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
+            let bytes: Vec<u8> = row.get(1)?;
+            // A fingerprint that does not read is left out: its record, sent
+            // again, is filed once more rather than lost.
+            if let Some(key) = RecordKey::from_bytes(&bytes) {
+                kept.push((n, key));
+            }
+        }
+        out.push((
+            device,
+            SavedMeter {
+                progress: MeterProgress { last, before },
+                filed: Filed::restore(kept, numbering_from, legacy),
+            },
+        ));
     }
     Ok(out)
 }

@@ -428,6 +428,26 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN racp_renumbered_at_ms INTEGER;
     ALTER TABLE devices ADD COLUMN racp_renumbered_sequence INTEGER;
     "#,
+    // 14 (hazard H35's residual): a meter whose numbering started again and
+    // whose clock went back too gives base times that tell nothing: the
+    // gateway keeps a fingerprint of each glucose record it filed (number,
+    // base time and offset, value, unit, type; 16 bytes), the last 4,096 per
+    // meter by running number `n`, written with the progress; a record is a
+    // repeat only when that record was filed. `racp_numbering_from` is the
+    // running number of the first record of the meter's current numbering;
+    // `racp_legacy` marks meters that filed records before fingerprints were
+    // kept (judged by the base time as well until 4,096 are kept).
+    r#"
+    CREATE TABLE glucose_filed (
+        device TEXT    NOT NULL,
+        n      INTEGER NOT NULL,
+        record BLOB    NOT NULL,
+        PRIMARY KEY (device, n)
+    ) WITHOUT ROWID;
+    ALTER TABLE devices ADD COLUMN racp_numbering_from INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN racp_legacy INTEGER NOT NULL DEFAULT 0;
+    UPDATE devices SET racp_legacy = 1 WHERE racp_sequence IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

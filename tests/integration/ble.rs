@@ -288,7 +288,7 @@ fn connection_cap_queues_devices_and_links_that_drop_are_reconnected() {
 /// Issue 18: a glucose meter sends nothing until asked over its Record
 /// Access Control Point. The session subscribes to the measurement, its
 /// context and the RACP, then asks for every stored record; on the next
-/// connection it asks only for records after the last one it has.
+/// connection it asks only for records from the last one it has on.
 #[test]
 fn glucose_meter_is_asked_for_its_records_over_racp_and_only_new_ones_again() {
     const METER: &str = "C0:FF:EE:00:00:08";
@@ -341,10 +341,20 @@ fn glucose_meter_is_asked_for_its_records_over_racp_and_only_new_ones_again() {
     );
     assert_eq!(
         bluez.written(&racp),
-        ["0101", "0103010300"],
-        "the second request asks for sequence numbers from 3 on"
+        ["0101", "0103010200"],
+        "the second request asks for sequence numbers from 2 (the last filed) on"
     );
-    assert!(bluez.notify(&racp, "06000106"));
+    // It holds nothing new: the record filed comes again, and is not filed again.
+    assert!(bluez.notify(&measurement, "020200ea070c030a00006eb011"));
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(
+        wait_for(STEP, || (bluez.written(&racp).len() >= 3).then_some(())).is_some(),
+        "nothing new: its last record was not asked for\n{}",
+        bluez.log()
+    );
+    assert_eq!(bluez.written(&racp)[2], "0106");
+    assert!(bluez.notify(&measurement, "020200ea070c030a00006eb011"));
+    assert!(bluez.notify(&racp, "06000101"));
     let got: Vec<(Option<i64>, Option<f64>, String)> = gw
         .readings(METER)
         .into_iter()
@@ -415,7 +425,7 @@ fn a_glucose_meter_whose_memory_was_cleared_is_asked_for_all_its_records() {
     asked(2, "the meter was not asked again on its next connection");
     assert!(bluez.notify(&racp, "06000106"));
     asked(3, "no 'last record' question after 'no records found'");
-    assert_eq!(bluez.written(&racp)[1..3], ["0103010400", "0106"]);
+    assert_eq!(bluez.written(&racp)[1..3], ["0103010300", "0106"]);
     assert!(bluez.notify(&measurement, new_2));
     assert!(bluez.notify(&racp, "06000101"));
     asked(
@@ -443,6 +453,131 @@ fn a_glucose_meter_whose_memory_was_cleared_is_asked_for_all_its_records() {
             (Some(1), Some(160.0), "mg/dL".to_owned())
         ]
     );
+    stop_cleanly(daemon);
+}
+
+/// A Glucose Measurement value in hex: number, base time (year, month, day,
+/// hour, minute), mg/dL (kg/L, exponent -5), capillary blood, finger.
+fn glucose_hex(sequence: u16, (y, mo, d, h, mi): (u16, u8, u8, u8, u8), mgdl: u16) -> String {
+    let mut v = vec![0x02];
+    v.extend_from_slice(&sequence.to_le_bytes());
+    v.extend_from_slice(&y.to_le_bytes());
+    v.extend_from_slice(&[mo, d, h, mi, 0]);
+    v.extend_from_slice(&(0xB000u16 | mgdl).to_le_bytes());
+    v.push(0x11);
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// H35's residual: the meter's memory is cleared AND its clock reset (to
+/// 2000-01-01, with the battery), and it holds records 1 to 3 again: the
+/// same numbers as those filed, and "taken" before them. Asked from 3 on,
+/// it sends its 3, not the 3 filed: the numbering went back, the meter is
+/// asked for all its records, the new ones are filed once each, and the renumbering is
+/// kept for staff (the technical alert's source and the pairing record).
+/// Fails with the rule by base time: the last record was taken for the
+/// filed 3, the new ones for repeats.
+#[test]
+fn a_glucose_meter_renumbered_with_its_clock_reset_has_its_new_records_filed() {
+    const METER: &str = "C0:FF:EE:00:00:08";
+    let bluez = FakeBluez::start();
+    bluez.add_adapter();
+    bluez.add_sensor(METER, "Glucose meter", &[0x1808]);
+    let glucose = bluez.add_service(METER, 0x1808);
+    let measurement = bluez.add_characteristic(&glucose, 0x2A18, "notify", "00");
+    bluez.add_characteristic(&glucose, 0x2A34, "notify", "00");
+    let racp = bluez.add_characteristic(&glucose, 0x2A52, "write,indicate", "00");
+    let gw = Gateway::new(
+        vec![resident(1, "Margaret Ellis", "Room 4")],
+        vec![device(
+            METER,
+            DeviceKind::GlucoseMeter,
+            Subject::Resident(ResidentId(1)),
+        )],
+        "",
+    );
+    let daemon = gw.run(&bluez);
+    let asked = |n: usize, what: &str| {
+        assert!(
+            wait_for(STEP, || {
+                bluez.advertise_presence(METER);
+                (bluez.written(&racp).len() >= n).then_some(())
+            })
+            .is_some(),
+            "{what}\n{}",
+            bluez.log()
+        );
+    };
+    asked(1, "the meter was never asked for its records");
+    for n in 1..=3u8 {
+        let value = glucose_hex(n.into(), (2026, 12, 3, 9, 10 * n), 90 + u16::from(n));
+        assert!(bluez.notify(&measurement, &value));
+    }
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(gw.wait_readings(METER, "blood_glucose", 3, STEP));
+
+    let new: Vec<String> = (1..=3u8)
+        .map(|n| glucose_hex(n.into(), (2000, 1, 1, 0, 5 * n), 140 + 10 * u16::from(n)))
+        .collect();
+    bluez.drop_link(METER);
+    asked(2, "the meter was not asked again on its next connection");
+    assert_eq!(
+        bluez.written(&racp)[1],
+        "0103010300",
+        "from 3, the last filed, on"
+    );
+    // Its record 3 is not the 3 filed.
+    assert!(bluez.notify(&measurement, &new[2]));
+    assert!(bluez.notify(&racp, "06000101"));
+    asked(
+        3,
+        "no 'all records' question after a record at the number filed that is not the record filed",
+    );
+    assert_eq!(bluez.written(&racp)[2], "0101");
+    for value in &new {
+        assert!(bluez.notify(&measurement, value));
+    }
+    assert!(bluez.notify(&racp, "06000101"));
+    assert!(gw.wait_readings(METER, "blood_glucose", 6, STEP));
+    let got: Vec<(Option<f64>, String)> = gw
+        .readings(METER)
+        .into_iter()
+        .filter(|r| r.2 == "blood_glucose")
+        .map(|r| (r.3, r.4))
+        .collect();
+    let mgdl = |v: f64| (Some(v), "mg/dL".to_owned());
+    assert_eq!(
+        got,
+        [
+            mgdl(91.0),
+            mgdl(92.0),
+            mgdl(93.0),
+            mgdl(150.0),
+            mgdl(160.0),
+            mgdl(170.0)
+        ]
+    );
+    let db = gw.db();
+    let from: Option<i64> = db
+        .query_row(
+            "SELECT racp_renumbered_sequence FROM devices WHERE address = ?1",
+            [METER],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        from,
+        Some(1),
+        "the renumbering kept for the technical alert"
+    );
+    let told: i64 = db
+        .query_row(
+            "SELECT count(*) FROM pairing_events WHERE device = ?1 AND who = 'gateway'
+             AND what LIKE 'the meter''s record numbering started again at 1 %'",
+            [METER],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(told, 1, "the pairing record's line");
     stop_cleanly(daemon);
 }
 
