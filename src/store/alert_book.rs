@@ -188,7 +188,7 @@ impl AlertBook {
     pub fn open(path: &Path) -> Result<AlertBook, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        super::bound_page_cache(&conn, super::SIDE_CACHE_KIB)?;
+        super::bound_memory(&conn, super::SIDE_CACHE_KIB)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version < super::SCHEMA_VERSION {
             return Err(StoreError::NotMigrated {

@@ -119,7 +119,7 @@ impl LeaseReader {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // It reads each lease's rows once, in order: a cache would not be read again.
-        super::bound_page_cache(&conn, super::SIDE_CACHE_KIB)?;
+        super::bound_memory(&conn, super::SIDE_CACHE_KIB)?;
         let vocab = read_vocab(&conn)?;
         Ok(LeaseReader { conn, vocab })
     }

@@ -197,7 +197,7 @@ impl Reader {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(2))?;
-                super::bound_page_cache(&c, super::SIDE_CACHE_KIB)?;
+                super::bound_memory(&c, super::SIDE_CACHE_KIB)?;
                 c
             }
         };

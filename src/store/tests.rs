@@ -2006,3 +2006,48 @@ async fn the_store_bounds_sqlite_heap_for_the_whole_process() {
     );
     assert!(super::sqlite_heap_bytes() > 0);
 }
+
+/// Every connection sets little aside for SQLite's small allocations: a
+/// workload that keeps more than its slots busy on a connection with SQLite's
+/// default lookaside uses at most [`super::LOOKASIDE`]'s on one bounded by
+/// `bound_memory` (24 slots: 6 of 1,200 bytes, 18 of 128).
+#[test]
+fn every_connection_sets_little_aside_for_small_allocations() {
+    let bounded = rusqlite::Connection::open_in_memory().unwrap();
+    super::bound_memory(&bounded, super::SIDE_CACHE_KIB).unwrap();
+    let default = rusqlite::Connection::open_in_memory().unwrap();
+    let most_slots_used = |c: &rusqlite::Connection| {
+        c.execute_batch(
+            "CREATE TABLE t (a, b, c); CREATE INDEX t_a ON t (a);
+             INSERT INTO t VALUES (1, 2, 'x'), (2, 3, 'y');",
+        )
+        .unwrap();
+        // Statements held open at once, as a page's reads hold them.
+        let statements: Vec<rusqlite::Statement> = (0..20)
+            .map(|i| {
+                c.prepare(&format!(
+                    "SELECT count(*), max(b) FROM t WHERE a = {i} OR b IN (1, 2, 3) OR c LIKE 'x%'"
+                ))
+                .unwrap()
+            })
+            .collect();
+        let (mut now, mut high) = (0, 0);
+        // SAFETY: the handle is this open connection's; the out pointers live.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                c.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_LOOKASIDE_USED,
+                &mut now,
+                &mut high,
+                0,
+            )
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        drop(statements);
+        high
+    };
+    let with_default = most_slots_used(&default);
+    assert!(with_default > 24, "the workload wants {with_default} slots");
+    let bounded_high = most_slots_used(&bounded);
+    assert!(bounded_high <= 24, "{bounded_high} slots used");
+}

@@ -53,6 +53,7 @@ const WAL_BYTES: i64 = 4096 * 1000;
 /// Opens the write connection, checks the file's integrity and migrates it.
 pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(&settings.path)?;
+    super::bound_memory(&conn, super::WRITER_CACHE_KIB)?;
     // 1 KiB pages: every commit rewrites a few pages that it barely changes (the
     // tail of `readings`, its parent, the outbox ranges, `latest`, page 1), and
     // smaller pages make those cost less in the WAL: 88 instead of 101 bytes
@@ -71,7 +72,6 @@ pub(super) fn open_write_connection(settings: &StoreSettings) -> Result<Connecti
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    super::bound_page_cache(&conn, super::WRITER_CACHE_KIB)?;
     // Process-wide: bounds the readers' caches too, opened after this one.
     conn.pragma_update(None, "soft_heap_limit", super::SQLITE_HEAP_KIB * 1024)?;
     let verdict: String = conn.query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))?;

@@ -194,6 +194,7 @@ impl Accounts {
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Accounts, StoreError> {
         let open = || -> Result<Connection, StoreError> {
             let conn = Connection::open(path)?;
+            crate::store::bound_memory(&conn, crate::store::SIDE_CACHE_KIB)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             let sync = match synchronous {
                 Synchronous::Full => "FULL",
@@ -202,7 +203,6 @@ impl Accounts {
             conn.pragma_update(None, "synchronous", sync)?;
             conn.pragma_update(None, "foreign_keys", true)?;
             conn.busy_timeout(Duration::from_secs(5))?;
-            crate::store::bound_page_cache(&conn, crate::store::SIDE_CACHE_KIB)?;
             Ok(conn)
         };
         Ok(Accounts {
