@@ -124,7 +124,10 @@ impl Demo {
             .unwrap()
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_carehub"))
+        // `WEB_LOAD_BIN` runs another build of the daemon (e.g. to compare two).
+        let bin =
+            std::env::var("WEB_LOAD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_carehub").into());
+        let child = Command::new(bin)
             .args(["demo", "--listen", &addr.to_string(), "--data-dir"])
             .arg(dir.path())
             .args(["--residents", &residents.to_string()])
