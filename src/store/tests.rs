@@ -1950,6 +1950,15 @@ async fn every_connection_but_the_writers_has_a_bounded_page_cache() {
     assert_eq!(accounts.page_cache_kib(), super::SIDE_CACHE_KIB);
 }
 
+/// `conn`'s SQLite status counter `op`: (now, high-water mark).
+fn db_status(conn: &rusqlite::Connection, op: i32) -> (i32, i32) {
+    let (mut now, mut high) = (0, 0);
+    // SAFETY: the handle is this open connection's; the out pointers live.
+    let rc = unsafe { rusqlite::ffi::sqlite3_db_status(conn.handle(), op, &mut now, &mut high, 0) };
+    assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+    (now, high)
+}
+
 /// The store bounds SQLite's heap for the whole process: a connection that
 /// reads a file four times the budget keeps less than the budget cached, not
 /// its own bound (SQLite's default 2 MiB), so the caches of the nine
@@ -1988,18 +1997,7 @@ async fn the_store_bounds_sqlite_heap_for_the_whole_process() {
         .query_row("SELECT sum(length(x)) FROM t", [], |r| r.get(0))
         .unwrap();
     assert!(bytes > 4 * budget, "the file is bigger than the budget");
-    let (mut used, mut high) = (0, 0);
-    // SAFETY: the handle is this open connection's; the out pointers live.
-    let rc = unsafe {
-        rusqlite::ffi::sqlite3_db_status(
-            conn.handle(),
-            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
-            &mut used,
-            &mut high,
-            0,
-        )
-    };
-    assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+    let (used, _) = db_status(&conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED);
     assert!(
         i64::from(used) < budget,
         "{used} bytes cached, budget {budget}"
@@ -2031,18 +2029,7 @@ fn every_connection_sets_little_aside_for_small_allocations() {
                 .unwrap()
             })
             .collect();
-        let (mut now, mut high) = (0, 0);
-        // SAFETY: the handle is this open connection's; the out pointers live.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_db_status(
-                c.handle(),
-                rusqlite::ffi::SQLITE_DBSTATUS_LOOKASIDE_USED,
-                &mut now,
-                &mut high,
-                0,
-            )
-        };
-        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        let (_, high) = db_status(c, rusqlite::ffi::SQLITE_DBSTATUS_LOOKASIDE_USED);
         drop(statements);
         high
     };
