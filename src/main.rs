@@ -303,10 +303,7 @@ fn serve(
     demo: bool,
     on_ready: impl FnOnce(&carehub::daemon::Ready),
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = carehub::system::memory::runtime().context("cannot start the async runtime")?;
     let notifier = Notifier::from_env();
     let result = runtime.block_on(async {
         let shutdown =

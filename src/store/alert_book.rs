@@ -109,6 +109,13 @@ impl AlertRecord {
     }
 }
 
+/// The first of the open alerts, most urgent first, and how many are open.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenAlerts {
+    pub first: Vec<AlertRecord>,
+    pub total: usize,
+}
+
 /// What one `sync` changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -428,6 +435,32 @@ impl AlertBook {
             out.push(r?);
         }
         Ok(out)
+    }
+
+    /// The `limit` most urgent open alerts (emergencies, then urgent, then the
+    /// rest; within each those nobody has acknowledged first, newest first),
+    /// and how many are open in all. The overview shows these; the alerts page
+    /// shows every one (`list`).
+    pub fn most_urgent_open(&self, limit: usize) -> Result<OpenAlerts, StoreError> {
+        let rank = "CASE a.severity WHEN 'emergency' THEN 0 WHEN 'urgent' THEN 1 ELSE 2 END";
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM alerts a LEFT JOIN residents r ON r.id = a.resident_id
+             WHERE a.resolved_at_ms IS NULL
+             ORDER BY {rank}, a.acknowledged_at_ms IS NOT NULL, a.id DESC LIMIT ?1"
+        ))?;
+        let max = i64::try_from(limit).unwrap_or(i64::MAX);
+        let first = st
+            .query_map([max], record)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM alerts WHERE resolved_at_ms IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(OpenAlerts {
+            total: usize::try_from(total).unwrap_or(0).max(first.len()),
+            first,
+        })
     }
 
     /// Alerts not yet acknowledged by the broker, oldest first.

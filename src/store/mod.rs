@@ -37,7 +37,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{StoreConfig, Synchronous};
 use crate::model::{Device, Reading, Resident, ResidentId, Subject, Timestamp};
 
-pub use alert_book::{AlertBook, AlertChange, AlertChangeKind, AlertRecord, SyncReport};
+pub use alert_book::{
+    AlertBook, AlertChange, AlertChangeKind, AlertRecord, OpenAlerts, SyncReport,
+};
 pub use lease_read::{LeaseReader, LeaseRuns, LeaseSink};
 pub use limits::free_disk_bytes;
 pub use limits::{EvictionReason, MaintenanceReport};

@@ -1,14 +1,15 @@
 //! The daemon's heap: one malloc arena for the whole process, freed pages
-//! given back every minute; the resident memory that `/metrics` reports.
+//! given back every minute, at most two runtime workers; the resident memory
+//! that `/metrics` reports.
 //!
 //! glibc gives threads that meet a busy arena an arena of their own, up to
 //! eight per core; each keeps the pages it has used. The daemon's threads (the
-//! runtime's workers, one per core, the store's writer, the blocking pool) are
+//! runtime's workers, the store's writer, the blocking pool) are
 //! rarely busy at once, so their arenas are mostly freed memory kept for later:
 //! at 198 sensors once a second with a staff page open, 7.6 MB of anonymous
 //! memory with the default and 5.1 MB with one arena, the delays unchanged
-//! (`benches/soak.rs`, docs/reliability.md). On a Raspberry Pi 4 there are
-//! four workers, so more arenas by default.
+//! (`benches/soak.rs`, docs/reliability.md). On a Raspberry Pi 4 there would
+//! be four workers by default, so more arenas still.
 
 use std::time::Duration;
 
@@ -28,6 +29,22 @@ pub fn one_malloc_arena() -> bool {
     {
         false
     }
+}
+
+/// Most worker threads the daemon's runtime gets. At 200 sensors a second with
+/// the uplink and a staff page open the daemon uses about 1 % of one core, so
+/// more workers only wait; each keeps a stack, queues and a share of the heap:
+/// four workers (a Raspberry Pi 4's default) held 280 KB more than two in the
+/// soak at the same load (docs/reliability.md).
+pub const MAX_WORKERS: usize = 2;
+
+/// The daemon's async runtime: one worker per core, at most [`MAX_WORKERS`].
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.clamp(1, MAX_WORKERS))
+        .enable_all()
+        .build()
 }
 
 /// How often the daemon gives freed heap pages back to the system.
@@ -89,6 +106,17 @@ fn rss_of(status: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    /// The daemon's runtime never has more than two workers, whatever the
+    /// machine (a Pi 4 has four cores).
+    #[test]
+    fn the_runtime_has_at_most_two_workers() {
+        let rt = super::runtime().unwrap();
+        let workers = rt.metrics().num_workers();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(workers, cores.clamp(1, super::MAX_WORKERS));
+        assert!((1..=2).contains(&workers), "{workers}");
+    }
+
     /// Freed blocks between live ones are given back page by page.
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

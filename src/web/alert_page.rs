@@ -289,14 +289,27 @@ fn plausible(t: &Thresholds) -> Result<(), &'static str> {
 /// The open alerts, each with its acknowledgement or an Acknowledge button. A
 /// clinical alert whose cause has cleared stays here, marked "cleared at 14:32,
 /// not yet seen", until someone acknowledges it; an emergency nobody has
-/// acknowledged says when it was announced again.
-pub(super) fn open_alerts(rows: &[&crate::store::AlertRecord], now: Timestamp) -> Markup {
+/// acknowledged says when it was announced again. `total` is how many are open:
+/// when `rows` are only the first of them (the overview), the heading counts
+/// them all and a link leads to the alerts page, which shows every one.
+pub(super) fn open_alerts(
+    rows: &[&crate::store::AlertRecord],
+    total: usize,
+    now: Timestamp,
+) -> Markup {
     use super::layout::short_clock as clock;
     let ago = |t: Timestamp| super::describe_age(t.age_at(now));
+    let total = total.max(rows.len());
     html! {
-        @if !rows.is_empty() {
+        @if total > 0 {
             section.alerts role="alert" {
-                h2 { "Alerts (" (rows.len()) ")" }
+                h2 { "Alerts (" (total) ")" }
+                @if total > rows.len() {
+                    p.more {
+                        "The " (rows.len()) " most urgent are shown here. "
+                        a href="/alerts" { "See all " (total) " open alerts" }
+                    }
+                }
                 ul {
                     @for a in rows {
                         li class=(format!("alert {}{}{}", a.severity, if a.cleared_at.is_some() { " cleared" } else { "" }, if a.acknowledged_at.is_some() { " acknowledged" } else { "" })) data-alert=(a.id) {
@@ -340,7 +353,7 @@ pub async fn page(State(state): State<AppState>) -> Result<axum::response::Html<
         @if open.is_empty() {
             p.none { "No open alerts." }
         } @else {
-            (open_alerts(&open, now))
+            (open_alerts(&open, open.len(), now))
         }
         section aria-labelledby="resolved-h" {
             h2 id="resolved-h" { "Recently resolved" }

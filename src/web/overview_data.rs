@@ -1,5 +1,5 @@
 //! What the residents overview reads — every resident with their newest values,
-//! the SpO₂ scales and the open alerts — kept between two changes of the store
+//! the SpO₂ scales and the most urgent open alerts with their count — kept between two changes of the store
 //! or the alert book, so that 50 staff screens asking for the page do not each
 //! read the same rows (and each make a trip to a blocking thread to do so).
 //!
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{AppState, WebError, read};
 use crate::clinical::news2::Spo2Scale;
-use crate::store::{AlertRecord, ResidentOverview, StoreError, StoreStats};
+use crate::store::{OpenAlerts, ResidentOverview, StoreError, StoreStats};
 
 /// The change counters a snapshot was read at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,8 @@ pub struct Snapshot {
     key: Key,
     pub residents: Arc<Vec<ResidentOverview>>,
     pub scales: Arc<HashMap<i64, Spo2Scale>>,
-    pub alerts: Arc<Vec<AlertRecord>>,
+    /// The most urgent open alerts (`pages::OVERVIEW_ALERTS`) and the count.
+    pub alerts: Arc<OpenAlerts>,
 }
 
 /// The last snapshot and the rendered tiles, per application
@@ -61,7 +62,7 @@ pub enum Overview {
     Partial {
         residents: Vec<ResidentOverview>,
         scales: Result<HashMap<i64, Spo2Scale>, StoreError>,
-        alerts: Result<Vec<AlertRecord>, StoreError>,
+        alerts: Result<OpenAlerts, StoreError>,
     },
 }
 
@@ -118,7 +119,7 @@ impl OverviewData {
                     generation,
                     book_key,
                     book.spo2_scales(),
-                    book.list(0),
+                    book.most_urgent_open(super::pages::OVERVIEW_ALERTS),
                 ))
             })
             .await?;

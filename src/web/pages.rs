@@ -67,9 +67,16 @@ fn urgency(score: Option<&SensorScore>) -> (u8, std::cmp::Reverse<Band>, std::cm
     }
 }
 
+/// Open alerts shown on the overview, most urgent first; the heading counts all
+/// of them and links to the alerts page. Enough for the alerts of a bad night
+/// to show above the tiles on a tablet; more pushed every resident off the
+/// screen, and a page of 200 open alerts was the largest thing the daemon
+/// built (about 0.8 MB of heap while rendering, issue 21; docs/reliability.md).
+pub(super) const OVERVIEW_ALERTS: usize = 10;
+
 /// `GET /`: a tile per resident, the sickest first.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, WebError> {
-    // The residents, their SpO₂ scales and the open alerts: as last read unless
+    // The residents, their SpO₂ scales and the most urgent open alerts: as last read unless
     // the store or the alert book has changed since (`overview_data`).
     let data = state.overview.get(&state).await?;
     let now = Timestamp::now();
@@ -85,7 +92,9 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, Web
     };
     // The vital signs stay on screen even if the alert book cannot be read.
     let alerts = match alert_rows {
-        Ok(rows) => super::alert_page::open_alerts(&rows.iter().collect::<Vec<_>>(), now),
+        Ok(open) => {
+            super::alert_page::open_alerts(&open.first.iter().collect::<Vec<_>>(), open.total, now)
+        }
         Err(e) => {
             tracing::error!(error = %e, "alerts not shown");
             html! { p.notice.warn role="alert" { "Alerts cannot be read right now; check the gateway." } }

@@ -1230,3 +1230,137 @@ async fn staff_pages_read_in_local_time_and_words() {
     let (_, _, audit) = call(&state, Request::get("/audit").body(Body::empty()).unwrap()).await;
     assert!(audit.contains("<td><time datetime="), "{audit}");
 }
+
+/// A bad night's open alerts do not push every resident off the overview: the
+/// most urgent ten are listed (emergencies first), the heading counts all of
+/// them, and a link leads to the alerts page, which lists every one.
+#[tokio::test]
+async fn the_overview_lists_the_most_urgent_open_alerts_and_links_to_all() {
+    use crate::clinical::alert_rules::{Cause, Evaluation, Severity};
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let cause = |i: usize, severity: Severity| Cause {
+        key: format!("gateway/test-{i}"),
+        resident_id: None,
+        rule: "disk-low",
+        severity,
+        message: format!("test cause number {i}."),
+        score: None,
+        level: severity.as_str(),
+        partial: false,
+        missing: Vec::new(),
+        parameter: None,
+        reading_ids: Vec::new(),
+    };
+    // Ten warnings, then two emergencies raised after them, then three more
+    // warnings: fifteen open.
+    let causes: Vec<Cause> = (0..10)
+        .map(|i| cause(i, Severity::Warning))
+        .chain((10..12).map(|i| cause(i, Severity::Emergency)))
+        .chain((12..15).map(|i| cause(i, Severity::Warning)))
+        .collect();
+    {
+        let mut book = state.alerts.lock().unwrap();
+        for n in 1..=causes.len() {
+            let eval = Evaluation {
+                causes: causes[..n].to_vec(),
+                undetermined: Vec::new(),
+            };
+            book.sync(&eval, &Default::default(), Timestamp::now())
+                .unwrap();
+        }
+    }
+
+    let (status, page) = get(&state, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Alerts (15)"), "{page}");
+    assert_eq!(page.matches("data-alert=").count(), 10, "{page}");
+    assert!(
+        page.contains("See all 15 open alerts") && page.contains("href=\"/alerts\""),
+        "{page}"
+    );
+    // The emergencies first, though raised later than most, then the newest
+    // warnings; the oldest warnings are left to the alerts page.
+    let at = |i: usize| page.find(&format!("test cause number {i}.")).map(|_| ());
+    assert!(at(10).is_some() && at(11).is_some(), "{page}");
+    assert!(
+        page.find("test cause number 11.") < page.find("test cause number 14."),
+        "{page}"
+    );
+    assert!(
+        at(14).is_some() && at(13).is_some() && at(12).is_some(),
+        "{page}"
+    );
+    assert!(at(0).is_none() && at(4).is_none(), "{page}");
+
+    // An acknowledged emergency goes below the one nobody has seen yet.
+    let newest = state.alerts.lock().unwrap().list(0).unwrap()[0].clone();
+    assert!(newest.message.contains("number 11."), "{newest:?}");
+    state
+        .alerts
+        .lock()
+        .unwrap()
+        .acknowledge(newest.id, "test-nurse", Timestamp::now())
+        .unwrap();
+    let (_, page) = get(&state, "/").await;
+    assert!(
+        page.find("test cause number 10.") < page.find("test cause number 11."),
+        "{page}"
+    );
+    assert!(
+        page.find("test cause number 11.") < page.find("test cause number 14."),
+        "{page}"
+    );
+
+    let (status, all) = get(&state, "/alerts").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(all.contains("Alerts (15)"), "{all}");
+    assert_eq!(all.matches("data-alert=").count(), 15, "{all}");
+    assert!(!all.contains("See all"), "{all}");
+    for i in 0..15 {
+        assert!(
+            all.contains(&format!("test cause number {i}.")),
+            "{i}: {all}"
+        );
+    }
+}
+
+/// With no more open alerts than the overview lists, there is no link.
+#[tokio::test]
+async fn the_overview_lists_every_open_alert_when_there_are_few() {
+    use crate::clinical::alert_rules::{Cause, Evaluation, Severity};
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, state) = setup(dir.path()).await;
+    let causes: Vec<Cause> = (0..super::pages::OVERVIEW_ALERTS)
+        .map(|i| Cause {
+            key: format!("gateway/test-{i}"),
+            resident_id: None,
+            rule: "disk-low",
+            severity: Severity::Warning,
+            message: format!("test cause number {i}."),
+            score: None,
+            level: "warning",
+            partial: false,
+            missing: Vec::new(),
+            parameter: None,
+            reading_ids: Vec::new(),
+        })
+        .collect();
+    state
+        .alerts
+        .lock()
+        .unwrap()
+        .sync(
+            &Evaluation {
+                causes,
+                undetermined: Vec::new(),
+            },
+            &Default::default(),
+            Timestamp::now(),
+        )
+        .unwrap();
+    let (_, page) = get(&state, "/").await;
+    assert!(page.contains("Alerts (10)"), "{page}");
+    assert_eq!(page.matches("data-alert=").count(), 10, "{page}");
+    assert!(!page.contains("See all"), "{page}");
+}
