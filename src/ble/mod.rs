@@ -483,6 +483,9 @@ struct Round<'a> {
     yielding: Arc<std::sync::atomic::AtomicUsize>,
     sessions: JoinSet<(DeviceAddress, Result<SessionEnd, BleError>)>,
     active: HashMap<DeviceAddress, CancellationToken>,
+    /// For each session started as a probe: fired when the device is heard
+    /// (`SessionContext::heard`), so that it stops waiting for its turn.
+    probing: HashMap<DeviceAddress, CancellationToken>,
     retries: HashMap<DeviceAddress, Retry>,
     /// Devices that gave their slot up for a turn, to dial again.
     redial: std::collections::HashSet<DeviceAddress>,
@@ -556,6 +559,7 @@ async fn round(
         yielding: Arc::default(),
         sessions: JoinSet::new(),
         active: HashMap::new(),
+        probing: HashMap::new(),
         retries: HashMap::new(),
         redial: std::collections::HashSet::new(),
         redialled: std::collections::HashSet::new(),
@@ -788,6 +792,10 @@ impl Round<'_> {
     fn mark_heard(&mut self, id: &PeripheralId) {
         if let Some(k) = self.known.get_mut(id) {
             k.heard_at = Some(Instant::now());
+            // Its probe, if it waits for its turn, need wait no longer.
+            if let Some(heard) = self.probing.remove(&k.address) {
+                heard.cancel();
+            }
         }
     }
 
@@ -895,12 +903,17 @@ impl Round<'_> {
         tracing::debug!(device = %address, connected, dial = ?how, "dialling");
         let stop = self.stop.child_token();
         self.active.insert(address, stop.clone());
+        let heard = CancellationToken::new();
+        if how == Dial::Probe {
+            self.probing.insert(address, heard.clone());
+        }
         self.status.sessions_started.fetch_add(1, Ordering::Relaxed);
         let ctx = SessionContext {
             address,
             frames: self.frames.clone(),
             slots: self.slots.clone(),
             probe,
+            heard,
             stop,
             round: self.stop.clone(),
             connect_timeout: self.settings.connect_timeout,
@@ -1022,6 +1035,7 @@ impl Round<'_> {
 
     fn session_ended(&mut self, address: DeviceAddress, outcome: Result<SessionEnd, BleError>) {
         self.active.remove(&address);
+        self.probing.remove(&address);
         let was_redialled = self.redialled.remove(&address);
         let retry = self.retries.entry(address).or_insert_with(|| Retry {
             backoff: Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max),
