@@ -1051,19 +1051,11 @@ async fn the_overview_cache_never_outlives_a_change() {
     assert!(page.contains("SpO2 scale 2"), "{page}");
 
     // An alert raised, then acknowledged.
-    let cause = crate::clinical::alert_rules::Cause {
-        key: "gateway/disk".into(),
-        resident_id: None,
-        rule: "disk-low",
-        severity: crate::clinical::alert_rules::Severity::Warning,
-        message: "only 10 MB of disk free".into(),
-        score: None,
-        level: "warning",
-        partial: false,
-        missing: Vec::new(),
-        parameter: None,
-        reading_ids: Vec::new(),
-    };
+    let cause = gateway_cause(
+        "gateway/disk",
+        "only 10 MB of disk free",
+        crate::clinical::alert_rules::Severity::Warning,
+    );
     let id = {
         let mut book = state.alerts.lock().unwrap();
         let eval = crate::clinical::alert_rules::Evaluation {
@@ -1239,18 +1231,12 @@ async fn the_overview_lists_the_most_urgent_open_alerts_and_links_to_all() {
     use crate::clinical::alert_rules::{Cause, Evaluation, Severity};
     let dir = tempfile::tempdir().unwrap();
     let (_store, state) = setup(dir.path()).await;
-    let cause = |i: usize, severity: Severity| Cause {
-        key: format!("gateway/test-{i}"),
-        resident_id: None,
-        rule: "disk-low",
-        severity,
-        message: format!("test cause number {i}."),
-        score: None,
-        level: severity.as_str(),
-        partial: false,
-        missing: Vec::new(),
-        parameter: None,
-        reading_ids: Vec::new(),
+    let cause = |i: usize, severity: Severity| {
+        gateway_cause(
+            &format!("gateway/test-{i}"),
+            &format!("test cause number {i}."),
+            severity,
+        )
     };
     // Ten warnings, then two emergencies raised after them, then three more
     // warnings: fifteen open.
@@ -1332,18 +1318,12 @@ async fn the_overview_lists_every_open_alert_when_there_are_few() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, state) = setup(dir.path()).await;
     let causes: Vec<Cause> = (0..super::pages::OVERVIEW_ALERTS)
-        .map(|i| Cause {
-            key: format!("gateway/test-{i}"),
-            resident_id: None,
-            rule: "disk-low",
-            severity: Severity::Warning,
-            message: format!("test cause number {i}."),
-            score: None,
-            level: "warning",
-            partial: false,
-            missing: Vec::new(),
-            parameter: None,
-            reading_ids: Vec::new(),
+        .map(|i| {
+            gateway_cause(
+                &format!("gateway/test-{i}"),
+                &format!("test cause number {i}."),
+                Severity::Warning,
+            )
         })
         .collect();
     state
@@ -1363,4 +1343,25 @@ async fn the_overview_lists_every_open_alert_when_there_are_few() {
     assert!(page.contains("Alerts (10)"), "{page}");
     assert_eq!(page.matches("data-alert=").count(), 10, "{page}");
     assert!(!page.contains("See all"), "{page}");
+}
+
+/// A gateway alert's cause (no resident), as the alert rules give one.
+fn gateway_cause(
+    key: &str,
+    message: &str,
+    severity: crate::clinical::alert_rules::Severity,
+) -> crate::clinical::alert_rules::Cause {
+    crate::clinical::alert_rules::Cause {
+        key: key.into(),
+        resident_id: None,
+        rule: "disk-low",
+        severity,
+        message: message.into(),
+        score: None,
+        level: severity.as_str(),
+        partial: false,
+        missing: Vec::new(),
+        parameter: None,
+        reading_ids: Vec::new(),
+    }
 }
