@@ -892,6 +892,105 @@ fn a_new_high_alert_is_marked_loudly_and_sounds_once_staff_turned_sound_on() {
     screenshot(&b, "overview-high-alert", false);
 }
 
+/// Issue 21: a bad night nobody has caught up with. More alerts are open than
+/// the overview lists: on a tablet the heading counts them all, the five most
+/// urgent are listed, the residents' tiles still begin on the first screen,
+/// and the link opens the Alerts page with every one.
+#[test]
+fn many_open_alerts_leave_the_tiles_on_a_tablets_first_screen() {
+    let g = Gateway::start_with("[alerts]\nevaluate_every_seconds = 1\n");
+    let residents: Vec<i64> = g.api("/api/v1/residents")["residents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    // Breathing 30 a minute, systolic 80, unresponsive: three parameters that
+    // score 3 each (no sensor overrides them) and a high NEWS2, for everyone.
+    for id in &residents {
+        let (status, body) = crate::ble_support::http_json(
+            g.addr,
+            "POST",
+            &format!("/api/v1/residents/{id}/observations"),
+            r#"{"resp_rate": 30, "systolic": 80, "consciousness": "U"}"#,
+        )
+        .expect("the gateway answers");
+        assert!((200..300).contains(&status), "{status} {body}");
+    }
+    let open_now = || {
+        g.api("/api/v1/alerts")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["resolved_at"].is_null())
+            .count()
+    };
+    let open = wait_for(Duration::from_secs(30), || {
+        let n = open_now();
+        (n >= 4 * residents.len()).then_some(n)
+    })
+    .expect("three alerts and a NEWS2 alert per resident within 30 s");
+    assert!(open > 10, "{open}");
+
+    let b = staff_browser(&g, TABLET);
+    let seen = wait_for(Duration::from_secs(15), || {
+        b.goto(&g.url("/")).ok()?;
+        let v = b
+            .execute(
+                r#"const h = document.querySelector("section.alerts h2");
+                   const more = document.querySelector("section.alerts p.more a");
+                   const tile = document.querySelector("article.tile");
+                   return {
+                       heading: h ? h.innerText : "",
+                       listed: document.querySelectorAll("section.alerts li.alert").length,
+                       emergencies_first: [...document.querySelectorAll("section.alerts li.alert")]
+                           .map(li => li.classList.contains("emergency")),
+                       more: more ? more.innerText : "",
+                       more_href: more ? more.getAttribute("href") : "",
+                       tile_top: tile ? tile.getBoundingClientRect().top : 1e9,
+                       name_bottom: tile ? tile.querySelector("h2").getBoundingClientRect().bottom : 1e9,
+                       screen: window.innerHeight,
+                   };"#,
+                json!([]),
+            )
+            .ok()?;
+        (v["heading"] == format!("Alerts ({open})")).then_some(v)
+    })
+    .expect("the overview counts every open alert");
+    assert_eq!(seen["listed"], 5, "{seen}");
+    assert_eq!(
+        seen["more"],
+        format!("See all {open} open alerts"),
+        "{seen}"
+    );
+    assert_eq!(seen["more_href"], "/alerts", "{seen}");
+    // Every resident's NEWS2 is high: the emergencies lead the list.
+    let order: Vec<bool> = seen["emergencies_first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_bool().unwrap())
+        .collect();
+    assert!(order[0], "{seen}");
+    assert!(order.windows(2).all(|w| w[0] || !w[1]), "{seen}");
+    // The sickest resident's tile begins on the first screen, with the name.
+    assert!(
+        seen["name_bottom"].as_f64().unwrap() <= seen["screen"].as_f64().unwrap(),
+        "the first tile begins on the first screen, its name shown: {seen}"
+    );
+    screenshot(&b, "overview-many-alerts", false);
+
+    b.click_to_page(&b.find("section.alerts p.more a").unwrap())
+        .unwrap();
+    assert!(
+        b.url().unwrap().ends_with("/alerts"),
+        "{}",
+        b.url().unwrap()
+    );
+    let listed = b.find_all("section.alerts li.alert").unwrap().len();
+    assert_eq!(listed, open_now(), "the Alerts page lists every open alert");
+}
+
 /// Issue 20: the shift handover: every resident on one page, each observation
 /// with its unit and time (stale ones marked), the score, open alerts; printable
 /// (no navigation on paper) and exported as CSV.
