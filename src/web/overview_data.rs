@@ -1,7 +1,8 @@
 //! What the residents overview reads — every resident with their newest values,
-//! the SpO₂ scales and the most urgent open alerts with their count — kept between two changes of the store
-//! or the alert book, so that 50 staff screens asking for the page do not each
-//! read the same rows (and each make a trip to a blocking thread to do so).
+//! the SpO₂ scales, the most urgent open alerts and their count — kept between
+//! two changes of the store or the alert book, so that 50 staff screens asking
+//! for the page do not each read the same rows (and each make a trip to a
+//! blocking thread to do so).
 //!
 //! The key is three change counters: the store writer's commits and registry
 //! changes (`StoreStats`; the writer is the only writer of `residents` and
