@@ -34,8 +34,8 @@ pub fn one_malloc_arena() -> bool {
 /// Most worker threads the daemon's runtime gets. At 200 sensors a second with
 /// the uplink and a staff page open the daemon uses about 1 % of one core, so
 /// more workers only wait; each keeps a stack, queues and a share of the heap:
-/// four workers (a Raspberry Pi 4's default) held 280 KB more than two in the
-/// soak at the same load (docs/reliability.md).
+/// four workers (a Raspberry Pi 4's default) held about 200–300 KiB more than
+/// two in the soak at the same load (docs/reliability.md).
 pub const MAX_WORKERS: usize = 2;
 
 /// The daemon's async runtime: one worker per core, at most [`MAX_WORKERS`].
